@@ -1,0 +1,415 @@
+//! Access decisions over a set of roles.
+
+use crate::labels::{compile, label_matches};
+use crate::template::expand;
+use crate::Traits;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use warden_types::resource::{resources, verbs};
+use warden_types::{Document, RoleConditions, RoleSpec};
+
+/// An access decision and the reasons behind it, one line per role consulted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The role that decided: the denying role, or the first allowing one.
+    pub role: Option<String>,
+    pub reasons: Vec<String>,
+}
+
+impl Decision {
+    fn deny(reasons: Vec<String>, role: Option<String>) -> Self {
+        Decision {
+            allowed: false,
+            role,
+            reasons,
+        }
+    }
+
+    /// One-line summary for error messages and audit events.
+    pub fn summary(&self) -> String {
+        match (&self.role, self.allowed) {
+            (Some(r), true) => format!("allowed by role {r}"),
+            (Some(r), false) => format!("denied by role {r}"),
+            (None, _) => self
+                .reasons
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "denied".into()),
+        }
+    }
+}
+
+fn expand_logins(values: &[String], traits: &Traits) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| expand(v, traits).unwrap_or_default())
+        .filter(|l| valid_login(l))
+        .collect()
+}
+
+/// Unix login names as OpenSSH principals: no spaces, commas or wildcards,
+/// whatever a trait might contain.
+fn valid_login(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 64
+        && l.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | '$'))
+        && !l.starts_with('-')
+}
+
+/// May a user with `roles` and `traits` log in as `login` on a node with
+/// `node_labels`?
+pub fn check_node_access(
+    roles: &[Document<RoleSpec>],
+    traits: &Traits,
+    login: &str,
+    node_labels: &BTreeMap<String, String>,
+) -> Decision {
+    if roles.is_empty() {
+        return Decision::deny(vec!["user has no roles".into()], None);
+    }
+    let mut reasons = Vec::new();
+    // Deny first: any matching deny ends the evaluation.
+    for role in roles {
+        let deny = &role.spec.deny;
+        if expand_logins(&deny.logins, traits).iter().any(|l| l == login) {
+            reasons.push(format!("role {}: denies login {login:?}", role.name()));
+            return Decision::deny(reasons, Some(role.name().to_string()));
+        }
+        if !deny.node_labels.is_empty() {
+            let (hit, why) = label_matches(&deny.node_labels, node_labels, traits);
+            if hit {
+                reasons.push(format!("role {}: deny rule: {why}", role.name()));
+                return Decision::deny(reasons, Some(role.name().to_string()));
+            }
+        }
+    }
+    let mut allowed_by = None;
+    for role in roles {
+        let allow = &role.spec.allow;
+        let logins = expand_logins(&allow.logins, traits);
+        if !logins.iter().any(|l| l == login) {
+            reasons.push(format!(
+                "role {}: login {login:?} not in allowed logins {logins:?}",
+                role.name()
+            ));
+            continue;
+        }
+        let (hit, why) = label_matches(&allow.node_labels, node_labels, traits);
+        if hit {
+            reasons.push(format!("role {}: allows login {login:?}; {why}", role.name()));
+            allowed_by.get_or_insert_with(|| role.name().to_string());
+        } else {
+            reasons.push(format!("role {}: {why}", role.name()));
+        }
+    }
+    match allowed_by {
+        Some(role) => Decision {
+            allowed: true,
+            role: Some(role),
+            reasons,
+        },
+        None => {
+            reasons.push("no role allows this access".into());
+            Decision::deny(reasons, None)
+        }
+    }
+}
+
+/// The logins (certificate principals) the roles grant: every allowed login
+/// that no role denies, sorted.
+pub fn allowed_logins(roles: &[Document<RoleSpec>], traits: &Traits) -> Vec<String> {
+    let denied: BTreeSet<String> = roles
+        .iter()
+        .flat_map(|r| expand_logins(&r.spec.deny.logins, traits))
+        .collect();
+    let allowed: BTreeSet<String> = roles
+        .iter()
+        .flat_map(|r| expand_logins(&r.spec.allow.logins, traits))
+        .filter(|l| !denied.contains(l))
+        .collect();
+    allowed.into_iter().collect()
+}
+
+/// Certificate options derived from the roles in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// The smallest `max_session_ttl` of the roles.
+    pub max_ttl: Duration,
+    pub permit_port_forwarding: bool,
+    pub permit_agent_forwarding: bool,
+    pub permit_x11_forwarding: bool,
+}
+
+/// A permission holds only if some role grants it and no role forbids it.
+fn combine(values: impl Iterator<Item = Option<bool>>) -> bool {
+    let mut granted = false;
+    for v in values {
+        match v {
+            Some(false) => return false,
+            Some(true) => granted = true,
+            None => {}
+        }
+    }
+    granted
+}
+
+pub fn session_options(roles: &[Document<RoleSpec>]) -> SessionOptions {
+    let opts = || roles.iter().map(|r| &r.spec.options);
+    SessionOptions {
+        max_ttl: opts()
+            .map(|o| o.max_session_ttl.0)
+            .min()
+            .unwrap_or(Duration::ZERO),
+        permit_port_forwarding: combine(opts().map(|o| o.permit_port_forwarding)),
+        permit_agent_forwarding: combine(opts().map(|o| o.permit_agent_forwarding)),
+        permit_x11_forwarding: combine(opts().map(|o| o.permit_x11_forwarding)),
+    }
+}
+
+fn rule_matches(cond: &RoleConditions, resource: &str, verb: &str) -> bool {
+    cond.rules.iter().any(|r| {
+        r.resources.iter().any(|x| x == "*" || x == resource)
+            && r.verbs.iter().any(|v| v == "*" || v == verb)
+    })
+}
+
+/// May the roles perform `verb` on `resource` (`user`, `role`, ...)?
+pub fn check_rule(roles: &[Document<RoleSpec>], resource: &str, verb: &str) -> Decision {
+    for role in roles {
+        if rule_matches(&role.spec.deny, resource, verb) {
+            return Decision::deny(
+                vec![format!("role {}: denies {verb} on {resource}", role.name())],
+                Some(role.name().to_string()),
+            );
+        }
+    }
+    match roles
+        .iter()
+        .find(|r| rule_matches(&r.spec.allow, resource, verb))
+    {
+        Some(role) => Decision {
+            allowed: true,
+            role: Some(role.name().to_string()),
+            reasons: vec![format!("role {}: allows {verb} on {resource}", role.name())],
+        },
+        None => Decision::deny(
+            vec![format!(
+                "no role allows {verb} on {resource} (roles: {})",
+                roles
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )],
+            None,
+        ),
+    }
+}
+
+/// Checks a role before it is stored: templates parse, regexes compile,
+/// rules name known resources and verbs, the TTL is positive.
+pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    if role.spec.options.max_session_ttl.0 < Duration::from_secs(60) {
+        errors.push("options.max_session_ttl must be at least 1m".to_string());
+    }
+    for (side, cond) in [("allow", &role.spec.allow), ("deny", &role.spec.deny)] {
+        for login in &cond.logins {
+            if let Err(e) = expand(login, &Traits::new()) {
+                errors.push(format!("{side}.logins: {e}"));
+            } else if !login.contains("{{") && !valid_login(login) {
+                errors.push(format!("{side}.logins: {login:?} is not a valid login name"));
+            }
+        }
+        for (key, values) in &cond.node_labels {
+            for v in &values.0 {
+                if let Err(e) = expand(v, &Traits::new()) {
+                    errors.push(format!("{side}.node_labels.{key}: {e}"));
+                }
+                if let Some(Err(e)) = compile(v) {
+                    errors.push(format!("{side}.node_labels.{key}: invalid regex {v:?}: {e}"));
+                }
+            }
+            if key == "*" && values.0.iter().any(|v| v != "*") {
+                errors.push(format!(
+                    "{side}.node_labels: the key '*' only takes the value '*'"
+                ));
+            }
+        }
+        for rule in &cond.rules {
+            for r in &rule.resources {
+                if r != "*" && !resources::ALL.contains(&r.as_str()) {
+                    errors.push(format!(
+                        "{side}.rules: unknown resource {r:?} (known: {}, *)",
+                        resources::ALL.join(", ")
+                    ));
+                }
+            }
+            for v in &rule.verbs {
+                if v != "*" && !verbs::ALL.contains(&v.as_str()) {
+                    errors.push(format!(
+                        "{side}.rules: unknown verb {v:?} (known: {}, *)",
+                        verbs::ALL.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_types::resource::kind;
+    use warden_types::{LabelValues, Rule};
+
+    fn role(name: &str, f: impl FnOnce(&mut RoleSpec)) -> Document<RoleSpec> {
+        let mut spec = RoleSpec::default();
+        f(&mut spec);
+        Document::new(kind::ROLE, name, spec)
+    }
+
+    fn all_nodes() -> BTreeMap<String, LabelValues> {
+        [("*".to_string(), LabelValues(vec!["*".into()]))].into()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn traits(logins: &[&str]) -> Traits {
+        [(
+            "logins".to_string(),
+            logins.iter().map(|s| s.to_string()).collect(),
+        )]
+        .into()
+    }
+
+    #[test]
+    fn no_roles_no_access() {
+        let d = check_node_access(&[], &traits(&["root"]), "root", &labels(&[]));
+        assert!(!d.allowed);
+        assert_eq!(d.summary(), "user has no roles");
+        assert!(allowed_logins(&[], &traits(&["root"])).is_empty());
+    }
+
+    #[test]
+    fn allow_by_login_and_labels() {
+        let r = role("access", |s| {
+            s.allow.logins = vec!["{{internal.logins}}".into()];
+            s.allow.node_labels = all_nodes();
+        });
+        let d = check_node_access(&[r.clone()], &traits(&["alice"]), "alice", &labels(&[]));
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.role.as_deref(), Some("access"));
+        let d = check_node_access(&[r], &traits(&["alice"]), "root", &labels(&[]));
+        assert!(!d.allowed);
+    }
+
+    #[test]
+    fn deny_beats_allow() {
+        let allow = role("access", |s| {
+            s.allow.logins = vec!["root".into()];
+            s.allow.node_labels = all_nodes();
+        });
+        let deny_login = role("no-root", |s| s.deny.logins = vec!["root".into()]);
+        let d = check_node_access(
+            &[allow.clone(), deny_login.clone()],
+            &Traits::new(),
+            "root",
+            &labels(&[]),
+        );
+        assert!(!d.allowed);
+        assert_eq!(d.summary(), "denied by role no-root");
+        // Deny also removes the principal from certificates.
+        assert!(allowed_logins(&[allow.clone(), deny_login], &Traits::new()).is_empty());
+
+        let deny_prod = role("no-prod", |s| {
+            s.deny.node_labels = [("env".to_string(), LabelValues(vec!["prod".into()]))].into()
+        });
+        let roles = [allow, deny_prod];
+        assert!(!check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "prod")])).allowed);
+        assert!(check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "dev")])).allowed);
+    }
+
+    #[test]
+    fn missing_trait_grants_nothing() {
+        let r = role("access", |s| {
+            s.allow.logins = vec!["{{internal.logins}}".into()];
+            s.allow.node_labels = all_nodes();
+        });
+        assert!(allowed_logins(&[r.clone()], &Traits::new()).is_empty());
+        assert!(!check_node_access(&[r], &Traits::new(), "", &labels(&[])).allowed);
+    }
+
+    #[test]
+    fn hostile_trait_values_are_not_principals() {
+        let r = role("access", |s| s.allow.logins = vec!["{{external.logins}}".into()]);
+        let t = traits(&["ok", "root,admin", "*", "a b", "-oProxyCommand"]);
+        assert_eq!(allowed_logins(&[r], &t), vec!["ok"]);
+    }
+
+    #[test]
+    fn options_combine_strictly() {
+        let a = role("a", |s| {
+            s.options.max_session_ttl = "8h".parse().unwrap();
+            s.options.permit_port_forwarding = Some(true);
+            s.options.permit_agent_forwarding = Some(true);
+        });
+        let b = role("b", |s| {
+            s.options.max_session_ttl = "1h".parse().unwrap();
+            s.options.permit_agent_forwarding = Some(false);
+        });
+        let o = session_options(&[a, b]);
+        assert_eq!(o.max_ttl, Duration::from_secs(3600));
+        assert!(o.permit_port_forwarding);
+        assert!(!o.permit_agent_forwarding);
+        assert!(!o.permit_x11_forwarding);
+    }
+
+    #[test]
+    fn rules_deny_wins_and_wildcards() {
+        let editor = role("editor", |s| {
+            s.allow.rules = vec![Rule {
+                resources: vec!["*".into()],
+                verbs: vec!["*".into()],
+            }]
+        });
+        let no_delete = role("nd", |s| {
+            s.deny.rules = vec![Rule {
+                resources: vec!["user".into()],
+                verbs: vec!["delete".into()],
+            }]
+        });
+        assert!(check_rule(&[editor.clone()], "user", "delete").allowed);
+        assert!(!check_rule(&[editor.clone(), no_delete], "user", "delete").allowed);
+        assert!(!check_rule(&[], "user", "list").allowed);
+    }
+
+    #[test]
+    fn validation_reports_each_problem() {
+        let r = role("bad", |s| {
+            s.allow.logins = vec!["{{internal.logins".into(), "a b".into()];
+            s.allow.node_labels = [("env".to_string(), LabelValues(vec!["^(x$".into()]))].into();
+            s.allow.rules = vec![Rule {
+                resources: vec!["nodez".into()],
+                verbs: vec!["read".into()],
+            }];
+        });
+        let errs = validate_role(&r).unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        for d in crate::defaults::roles() {
+            validate_role(&d).unwrap();
+        }
+    }
+}

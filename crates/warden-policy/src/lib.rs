@@ -1,0 +1,22 @@
+//! Role-based access decisions, pure and explainable.
+//!
+//! Nothing here does I/O: callers pass the roles in force and get a
+//! [`Decision`] that says what was decided and which role decided it.
+//! Deny rules always beat allow rules; no role means no access.
+
+pub mod defaults;
+mod eval;
+mod labels;
+mod template;
+
+pub use eval::{
+    allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
+    SessionOptions,
+};
+pub use labels::{label_matches, value_matches};
+pub use template::{expand, TemplateError};
+
+use std::collections::BTreeMap;
+
+/// User traits: named lists of values (`logins`, `groups`, ...).
+pub type Traits = BTreeMap<String, Vec<String>>;

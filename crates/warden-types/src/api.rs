@@ -1,0 +1,190 @@
+//! JSON messages of the HTTP API.
+
+use crate::audit::AuditEvent;
+use crate::identity::Identity;
+use crate::resource::{Document, TokenKind, UserSpec};
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Header through which a proxy tells auth the client's address (honoured
+/// only from proxy identities).
+pub const CLIENT_ADDR_HEADER: &str = "x-warden-client-addr";
+
+/// Public facts about a cluster, served by the proxy without authentication.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PingResponse {
+    pub cluster: String,
+    pub version: String,
+    /// PEM certificates of the tls CA (all trusted keys).
+    pub tls_ca_pems: Vec<String>,
+    /// OpenSSH public keys of the host CA, for known_hosts `@cert-authority`.
+    pub ssh_host_ca_keys: Vec<String>,
+    /// OpenSSH public keys of the user CA, for `TrustedUserCAKeys`.
+    pub ssh_user_ca_keys: Vec<String>,
+}
+
+/// Password + TOTP login with the public keys to certify.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: Secret<String>,
+    pub otp: Secret<String>,
+    /// OpenSSH public key line to certify.
+    pub ssh_public_key: String,
+    /// PEM certificate signing request for the X.509 client certificate.
+    pub tls_csr_pem: String,
+    /// Requested lifetime; clamped by the user's roles.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Certificates issued at login.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub identity: Identity,
+    /// OpenSSH certificate line (`ssh-ed25519-cert-v01@openssh.com ...`).
+    pub ssh_cert: String,
+    pub tls_cert_pem: String,
+    pub tls_ca_pems: Vec<String>,
+    pub ssh_host_ca_keys: Vec<String>,
+}
+
+/// What a signup token is for, shown before the user picks a password.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignupInfo {
+    pub user: String,
+    pub cluster: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// Completes a signup: password and TOTP enrolment in one step, so the token
+/// is consumed atomically.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignupRequest {
+    pub token: Secret<String>,
+    pub password: Secret<String>,
+    /// Base32 TOTP secret chosen by the client (at least 160 bits).
+    pub totp_secret: Secret<String>,
+    /// A current code for that secret, proving the authenticator works.
+    pub otp: Secret<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignupResponse {
+    pub user: String,
+}
+
+/// `warden admin users add`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateUserRequest {
+    pub name: String,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub logins: Vec<String>,
+    #[serde(default)]
+    pub traits: BTreeMap<String, Vec<String>>,
+    /// Lifetime of the signup token.
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateUserResponse {
+    pub user: Document<UserSpec>,
+    pub token: Secret<String>,
+    /// Unix seconds.
+    pub token_expires: i64,
+}
+
+/// `warden admin users update`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpdateUserRequest {
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    #[serde(default)]
+    pub logins: Option<Vec<String>>,
+}
+
+/// `warden admin tokens add`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    pub kind: TokenKind,
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    pub id: String,
+    pub token: Secret<String>,
+    pub kind: TokenKind,
+    /// Unix seconds.
+    pub expires: i64,
+    pub ca_pin: String,
+}
+
+/// A token as listed: never the secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenSummary {
+    pub id: String,
+    pub kind: TokenKind,
+    pub user: Option<String>,
+    /// Unix seconds.
+    pub expires: i64,
+    pub created_by: Option<String>,
+}
+
+/// The caller as the auth service sees it now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub identity: Identity,
+    /// Roles in force now (may differ from the certificate's).
+    pub current_roles: Vec<String>,
+}
+
+/// Outcome of a role upsert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChangeResponse {
+    pub name: String,
+    pub change: Change,
+    pub revision: Option<i64>,
+}
+
+/// Query of `GET /v1/audit/events`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEvents {
+    pub events: Vec<AuditEvent>,
+}
+
+/// Every error body of the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable machine-readable code, e.g. `access_denied`.
+    pub code: String,
+    /// A sentence a person can act on.
+    pub message: String,
+}

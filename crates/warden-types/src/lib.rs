@@ -1,0 +1,29 @@
+//! Warden's shared vocabulary: resources, identities, audit events and API
+//! messages. No I/O lives here, so every other crate can depend on it.
+
+pub mod api;
+pub mod audit;
+pub mod duration;
+pub mod identity;
+pub mod resource;
+pub mod secret;
+
+pub use identity::{Identity, IdentityKind};
+pub use resource::{
+    ClusterConfigSpec, Document, LabelValues, Metadata, RoleConditions, RoleOptions, RoleSpec,
+    Rule, TokenKind, TokenSpec, UserSpec,
+};
+pub use secret::Secret;
+
+/// The version string every component reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// TLS ALPN protocol a client uses to reach the auth API through the proxy.
+pub const ALPN_AUTH: &[u8] = b"warden-auth";
+/// TLS ALPN protocol of a node's reverse tunnel.
+pub const ALPN_TUNNEL: &[u8] = b"warden-tunnel";
+/// DNS name in the auth server's certificate; clients always verify this name.
+pub const AUTH_SERVER_NAME: &str = "warden-auth";
+/// OID of the X.509 extension that carries a Warden identity as JSON
+/// (a private enterprise arc, fixed for the cluster's lifetime).
+pub const IDENTITY_EXT_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59999, 1, 1];

@@ -1,0 +1,315 @@
+//! Resources: versioned documents (`kind`, `version`, `metadata`, `spec`)
+//! that read and write as YAML or JSON, so RBAC can live in git.
+
+use crate::duration::HumanDuration;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// Resource kinds known to this version.
+pub mod kind {
+    pub const USER: &str = "user";
+    pub const ROLE: &str = "role";
+    pub const TOKEN: &str = "token";
+    pub const CLUSTER_CONFIG: &str = "cluster_config";
+}
+
+/// The only document version so far.
+pub const V1: &str = "v1";
+
+/// A resource document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document<S> {
+    pub kind: String,
+    pub version: String,
+    pub metadata: Metadata,
+    pub spec: S,
+}
+
+impl<S> Document<S> {
+    pub fn new(kind: &str, name: impl Into<String>, spec: S) -> Self {
+        Document {
+            kind: kind.to_string(),
+            version: V1.to_string(),
+            metadata: Metadata {
+                name: name.into(),
+                ..Metadata::default()
+            },
+            spec,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+/// Common metadata of every resource.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Store revision of this version of the document; set by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires: Option<OffsetDateTime>,
+}
+
+/// A resource name must be usable in a store key and on a command line.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: use 1-128 characters of a-z, A-Z, 0-9, '-', '_', '.', '@', not starting with '.'"
+        ))
+    }
+}
+
+/// A user: roles and traits. Credentials live apart, never in this document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserSpec {
+    pub roles: Vec<String>,
+    /// Named lists of values used by role templates; `logins` feeds
+    /// `{{internal.logins}}`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub traits: BTreeMap<String, Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// A role: what it allows, what it denies, and session options.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleSpec {
+    pub options: RoleOptions,
+    pub allow: RoleConditions,
+    pub deny: RoleConditions,
+}
+
+/// Options attached to sessions and certificates of a role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleOptions {
+    /// Longest certificate/session lifetime this role grants.
+    pub max_session_ttl: HumanDuration,
+    /// `None` means "this role has no opinion".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permit_port_forwarding: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permit_agent_forwarding: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permit_x11_forwarding: Option<bool>,
+}
+
+impl Default for RoleOptions {
+    fn default() -> Self {
+        RoleOptions {
+            max_session_ttl: HumanDuration::from_secs(8 * 3600),
+            permit_port_forwarding: None,
+            permit_agent_forwarding: None,
+            permit_x11_forwarding: None,
+        }
+    }
+}
+
+/// One side (allow or deny) of a role.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConditions {
+    /// Unix logins; may use trait templates such as `{{internal.logins}}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logins: Vec<String>,
+    /// Node label selectors: exact values, `*`, or anchored `^regex$`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, LabelValues>,
+    #[serde(skip_serializing_if = "RequestConditions::is_empty")]
+    pub request: RequestConditions,
+    /// Permissions on cluster resources (users, roles, tokens, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// Roles a user may request just in time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestConditions {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl RequestConditions {
+    pub fn is_empty(&self) -> bool {
+        self.roles.is_empty()
+    }
+}
+
+/// A permission on resources: `resources: [user, role]`, `verbs: [list, read]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+/// Resource names usable in rules.
+pub mod resources {
+    pub const USER: &str = "user";
+    pub const ROLE: &str = "role";
+    pub const TOKEN: &str = "token";
+    pub const CLUSTER_CONFIG: &str = "cluster_config";
+    pub const EVENT: &str = "event";
+    pub const SESSION: &str = "session";
+    pub const ALL: &[&str] = &[USER, ROLE, TOKEN, CLUSTER_CONFIG, EVENT, SESSION];
+}
+
+/// Verbs usable in rules.
+pub mod verbs {
+    pub const LIST: &str = "list";
+    pub const READ: &str = "read";
+    pub const CREATE: &str = "create";
+    pub const UPDATE: &str = "update";
+    pub const DELETE: &str = "delete";
+    pub const ALL: &[&str] = &[LIST, READ, CREATE, UPDATE, DELETE];
+}
+
+/// Label values: YAML accepts a single string or a list.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct LabelValues(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for LabelValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => LabelValues(vec![s]),
+            OneOrMany::Many(v) => LabelValues(v),
+        })
+    }
+}
+
+/// What a token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Lets a new user set a password and enrol a second factor.
+    Signup,
+    /// Lets a node join the cluster.
+    Node,
+    /// Lets a proxy join the cluster.
+    Proxy,
+}
+
+impl std::fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenKind::Signup => "signup",
+            TokenKind::Node => "node",
+            TokenKind::Proxy => "proxy",
+        })
+    }
+}
+
+impl std::str::FromStr for TokenKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "signup" => Ok(TokenKind::Signup),
+            "node" => Ok(TokenKind::Node),
+            "proxy" => Ok(TokenKind::Proxy),
+            _ => Err(format!(
+                "unknown token type {s:?}: expected one of signup, node, proxy"
+            )),
+        }
+    }
+}
+
+/// A one-time token. The document's name is a short id; the secret itself is
+/// never stored, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub kind: TokenKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// Cluster-wide settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfigSpec {
+    pub cluster_name: String,
+    /// Failed logins in a row before a user is locked out.
+    pub lockout_attempts: u32,
+    pub lockout_duration: HumanDuration,
+    /// Login attempts allowed per source address per minute.
+    pub login_rate_per_minute: u32,
+    /// Default certificate lifetime when the client asks for none.
+    pub default_session_ttl: HumanDuration,
+}
+
+impl Default for ClusterConfigSpec {
+    fn default() -> Self {
+        ClusterConfigSpec {
+            cluster_name: "warden".into(),
+            lockout_attempts: 5,
+            lockout_duration: HumanDuration::from_secs(15 * 60),
+            login_rate_per_minute: 30,
+            default_session_ttl: HumanDuration::from_secs(8 * 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_accept_string_or_list() {
+        let c: RoleConditions =
+            serde_json::from_str(r#"{"node_labels":{"env":"prod","team":["a","b"]}}"#).unwrap();
+        assert_eq!(c.node_labels["env"].0, vec!["prod"]);
+        assert_eq!(c.node_labels["team"].0, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = serde_json::from_str::<RoleConditions>(r#"{"login":["root"]}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `login`"), "{e}");
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("alice").is_ok());
+        assert!(validate_name("bob.smith@corp").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("..").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Storage behind traits: the key-value [`Backend`] (users, roles, tokens,
+//! CA keys...) and the [`AuditLog`], with embedded SQLite implementations.
+//!
+//! The traits are shaped after etcd (revisions, prefix watches that resume
+//! from a revision) so PostgreSQL and etcd implementations fit without
+//! touching callers. [`conformance`] is the test suite every implementation
+//! must pass.
+
+mod audit;
+mod backend;
+pub mod conformance;
+mod sqlite;
+
+pub use audit::{AuditLog, SqliteAuditLog, VerifyReport};
+pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
+pub use sqlite::SqliteBackend;
+
+/// Result type of the store.
+pub type Result<T> = std::result::Result<T, StoreError>;

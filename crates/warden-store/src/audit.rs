@@ -1,0 +1,242 @@
+//! The audit log: append-only, hash-chained, searchable.
+
+use crate::backend::StoreError;
+use crate::Result;
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warden_types::api::AuditQuery;
+use warden_types::audit::AuditEvent;
+
+/// Outcome of checking the hash chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: u64,
+    /// The first event whose hash or link does not check out.
+    pub first_broken: Option<(u64, String)>,
+}
+
+/// Where audit events go. `append` returns only once the event is durable.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Chains and stores `event`; returns it with index and hashes set.
+    async fn append(&self, event: AuditEvent) -> Result<AuditEvent>;
+    /// Newest first.
+    async fn search(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    /// Recomputes the chain.
+    async fn verify(&self) -> Result<VerifyReport>;
+}
+
+/// SQLite [`AuditLog`] in its own file, so audit I/O never blocks the state
+/// store.
+#[derive(Clone)]
+pub struct SqliteAuditLog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Hex SHA-256 of an event's canonical form.
+pub fn event_hash(event: &AuditEvent) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &event.hash_input());
+    data_encoding::HEXLOWER.encode(digest.as_ref())
+}
+
+impl SqliteAuditLog {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS events (
+                 idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time INTEGER NOT NULL,
+                 type TEXT NOT NULL, user TEXT NOT NULL, node TEXT, session_id TEXT,
+                 body TEXT NOT NULL, hash TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_time ON events(time);
+             CREATE INDEX IF NOT EXISTS events_type ON events(type, time);
+             CREATE INDEX IF NOT EXISTS events_user ON events(user, time);
+             CREATE INDEX IF NOT EXISTS events_node ON events(node, time);
+             CREATE INDEX IF NOT EXISTS events_session ON events(session_id);",
+        )
+        .map_err(db_err)?;
+        Ok(SqliteAuditLog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("audit task failed: {e}")))?
+    }
+}
+
+fn parse(body: String) -> rusqlite::Result<AuditEvent> {
+    serde_json::from_str(&body)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+#[async_trait]
+impl AuditLog for SqliteAuditLog {
+    async fn append(&self, mut event: AuditEvent) -> Result<AuditEvent> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let last: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT idx, hash FROM events ORDER BY idx DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let (idx, prev) = last.unwrap_or((0, String::new()));
+            event.index = idx as u64 + 1;
+            event.prev_hash = prev;
+            event.hash = event_hash(&event);
+            let body = serde_json::to_string(&event)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO events (idx, id, time, type, user, node, session_id, body, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    event.index as i64,
+                    event.id,
+                    event.time.unix_timestamp(),
+                    event.event_type,
+                    event.user,
+                    event.node,
+                    event.session_id,
+                    body,
+                    event.hash
+                ],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn search(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        let q = q.clone();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT body FROM events
+                     WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR user = ?2)
+                       AND (?3 IS NULL OR time >= ?3)
+                     ORDER BY idx DESC LIMIT ?4",
+                )
+                .map_err(db_err)?;
+            let limit = q.limit.unwrap_or(1000).min(10_000);
+            let rows = st
+                .query_map(params![q.event_type, q.user, q.since, limit], |r| {
+                    parse(r.get(0)?)
+                })
+                .map_err(db_err)?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn verify(&self) -> Result<VerifyReport> {
+        self.with(|c| {
+            let mut st = c
+                .prepare("SELECT idx, body, hash FROM events ORDER BY idx")
+                .map_err(db_err)?;
+            let mut rows = st.query([]).map_err(db_err)?;
+            let mut prev = String::new();
+            let mut expected_idx = 1u64;
+            let mut count = 0;
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let idx: i64 = row.get(0).map_err(db_err)?;
+                let stored_hash: String = row.get(2).map_err(db_err)?;
+                let event = parse(row.get(1).map_err(db_err)?).map_err(db_err)?;
+                count += 1;
+                let broken = if idx as u64 != expected_idx || event.index != idx as u64 {
+                    Some(format!("event {expected_idx} is missing or out of order"))
+                } else if event.prev_hash != prev {
+                    Some("link to the previous event does not match".to_string())
+                } else if event_hash(&event) != event.hash || event.hash != stored_hash {
+                    Some("content does not match its hash".to_string())
+                } else {
+                    None
+                };
+                if let Some(why) = broken {
+                    return Ok(VerifyReport {
+                        events: count,
+                        first_broken: Some((idx as u64, why)),
+                    });
+                }
+                prev = event.hash;
+                expected_idx += 1;
+            }
+            Ok(VerifyReport {
+                events: count,
+                first_broken: None,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_types::audit::codes;
+
+    #[tokio::test]
+    async fn chain_detects_tampering() {
+        let dir = std::env::temp_dir().join(format!("warden-audit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = SqliteAuditLog::open(&dir.join("audit.db")).unwrap();
+        for user in ["a", "b", "c"] {
+            log.append(AuditEvent::new(codes::LOGIN_SUCCESS, "c1", user, "ok"))
+                .await
+                .unwrap();
+        }
+        let found = log
+            .search(&AuditQuery {
+                user: Some("b".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].index, 2);
+        assert_eq!(log.verify().await.unwrap().first_broken, None);
+        // Alter the second event's message behind the log's back.
+        {
+            let c = log.conn.lock().unwrap();
+            let body: String = c
+                .query_row("SELECT body FROM events WHERE idx = 2", [], |r| r.get(0))
+                .unwrap();
+            let body = body.replace("\"ok\"", "\"forged\"");
+            c.execute("UPDATE events SET body = ?1 WHERE idx = 2", [body])
+                .unwrap();
+        }
+        let report = log.verify().await.unwrap();
+        assert_eq!(report.first_broken.unwrap().0, 2);
+        // Deleting an event is detected too.
+        {
+            let c = log.conn.lock().unwrap();
+            c.execute("DELETE FROM events WHERE idx <= 2", []).unwrap();
+        }
+        assert_eq!(log.verify().await.unwrap().first_broken.unwrap().0, 3);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

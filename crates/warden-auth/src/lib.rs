@@ -1,0 +1,17 @@
+//! The auth service: certificate authorities, users and roles, login, and
+//! the mTLS HTTP API that the proxy, nodes, clients and admins call.
+
+mod api;
+mod certs;
+mod error;
+mod init;
+mod login;
+mod ratelimit;
+mod resources;
+mod server;
+mod serve;
+
+pub use error::AuthError;
+pub use init::{AdminConfig, ADMIN_DIR};
+pub use server::{AuthServer, ServiceIdentity};
+pub use serve::serve_mtls;

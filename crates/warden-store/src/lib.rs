@@ -8,10 +8,12 @@
 
 mod audit;
 mod backend;
+mod cache;
 pub mod conformance;
 mod sqlite;
 
 pub use audit::{AuditLog, SqliteAuditLog, VerifyReport};
+pub use cache::WatchCache;
 pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use sqlite::SqliteBackend;
 

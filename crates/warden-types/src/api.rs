@@ -188,3 +188,16 @@ pub struct ApiError {
     /// A sentence a person can act on.
     pub message: String,
 }
+
+/// `<data-dir>/admin/config.json`: how the local operator reaches auth,
+/// written at every start next to the admin key and certificate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminConfig {
+    pub cluster: String,
+    /// Address of the auth API (mTLS).
+    pub auth_addr: String,
+    /// Public proxy address, for the commands printed to users.
+    #[serde(default)]
+    pub proxy_addr: Option<String>,
+    pub ca_pin: String,
+}

@@ -1,0 +1,632 @@
+//! HTTP handlers of the auth API. Handlers are thin: they authorize the
+//! caller and call into [`AuthServer`].
+
+use crate::error::{AuthError, Result};
+use crate::login::token_id;
+use crate::resources::{self, CREDENTIALS, ROLES, TOKENS, USERS};
+use crate::server::AuthServer;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use time::{Duration, OffsetDateTime};
+use warden_ca::CaType;
+use warden_policy::check_rule;
+use warden_store::StoreError;
+use warden_types::api::*;
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::resource::{kind, resources as res, validate_name, verbs, V1};
+use warden_types::{Document, IdentityKind, RoleSpec, TokenKind, TokenSpec, UserSpec};
+
+/// Who is calling, from the verified client certificate.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: warden_types::Identity,
+    pub addr: SocketAddr,
+}
+
+/// Longest lifetime of a token an admin may create.
+const MAX_TOKEN_TTL: u64 = 7 * 24 * 3600;
+
+pub fn router(server: AuthServer) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/login", post(login))
+        .route("/v1/signup/info", post(signup_info))
+        .route("/v1/signup", post(signup))
+        .route("/v1/users", get(list_users).post(create_user))
+        .route(
+            "/v1/users/{name}",
+            get(get_user).patch(update_user).delete(delete_user),
+        )
+        .route("/v1/users/{name}/unlock", post(unlock_user))
+        .route("/v1/roles", get(list_roles))
+        .route(
+            "/v1/roles/{name}",
+            get(get_role).put(put_role).delete(delete_role),
+        )
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
+        .route("/v1/audit/events", get(audit_events))
+        .with_state(server)
+}
+
+impl AuthServer {
+    /// The roles in force for a caller: live from the store for users, from
+    /// the certificate for built-in identities.
+    fn caller_roles(&self, c: &Caller) -> Result<Vec<Document<RoleSpec>>> {
+        match c.identity.kind {
+            IdentityKind::User => {
+                let user = self.inner.users.get(&c.identity.username).ok_or_else(|| {
+                    AuthError::Unauthenticated(format!(
+                        "user {} no longer exists",
+                        c.identity.username
+                    ))
+                })?;
+                Ok(self.roles(&user.spec.roles))
+            }
+            IdentityKind::Admin => Ok(self.roles(&c.identity.roles)),
+            IdentityKind::Proxy | IdentityKind::Node => Ok(Vec::new()),
+        }
+    }
+
+    async fn authorize(&self, c: &Caller, resource: &str, verb: &str) -> Result<()> {
+        let roles = self.caller_roles(c)?;
+        let decision = check_rule(&roles, resource, verb);
+        if decision.allowed {
+            return Ok(());
+        }
+        self.audit(
+            AuditEvent::new(
+                codes::ACCESS_DENIED,
+                self.cluster(),
+                &c.identity.username,
+                format!("{verb} {resource}: {}", decision.summary()),
+            )
+            .source(Some(c.addr.to_string())),
+        )
+        .await;
+        Err(AuthError::AccessDenied(format!(
+            "{} may not {verb} {resource}s: {}",
+            c.identity.username,
+            decision.summary()
+        )))
+    }
+
+    /// Creates a one-time token; returns its secret.
+    async fn new_token(
+        &self,
+        kind_: TokenKind,
+        user: Option<String>,
+        ttl_secs: u64,
+        created_by: &str,
+    ) -> Result<(String, Document<TokenSpec>)> {
+        if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL {
+            return Err(AuthError::BadRequest(format!(
+                "token TTL must be between 1s and {}",
+                warden_types::duration::HumanDuration::from_secs(MAX_TOKEN_TTL)
+            )));
+        }
+        let secret = data_encoding::HEXLOWER.encode(&warden_ca::random_bytes::<32>());
+        let (id, hash) = token_id(&secret);
+        let expires = OffsetDateTime::now_utc() + Duration::seconds(ttl_secs as i64);
+        let mut doc = Document::new(
+            kind::TOKEN,
+            id.clone(),
+            TokenSpec {
+                kind: kind_,
+                user,
+                secret_sha256: hash,
+                created_by: Some(created_by.to_string()),
+            },
+        );
+        doc.metadata.expires = Some(expires);
+        // Kept an hour past expiry so users hear "expired", not "invalid".
+        let gc = std::time::SystemTime::from(expires) + std::time::Duration::from_secs(3600);
+        let rev = self
+            .backend()
+            .create(&format!("{TOKENS}{id}"), resources::encode(&doc), Some(gc))
+            .await?;
+        doc.metadata.revision = Some(rev);
+        self.audit(
+            AuditEvent::new(
+                codes::TOKEN_CREATE,
+                self.cluster(),
+                created_by,
+                format!("created {kind_} token {id}"),
+            )
+            .with("token_id", id)
+            .with("token_kind", kind_.to_string())
+            .with("expires", expires.unix_timestamp()),
+        )
+        .await;
+        Ok((secret, doc))
+    }
+
+    async fn check_roles_exist(&self, roles: &[String]) -> Result<()> {
+        for r in roles {
+            if self.backend().get(&format!("{ROLES}{r}")).await?.is_none() {
+                return Err(AuthError::BadRequest(format!(
+                    "role {r:?} does not exist; see 'warden admin roles ls' or create it with 'warden admin roles apply -f FILE'"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn client_addr(c: &Caller, headers: &HeaderMap) -> Option<String> {
+    if c.identity.kind == IdentityKind::Proxy {
+        if let Some(v) = headers
+            .get(CLIENT_ADDR_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            return Some(v.to_string());
+        }
+    }
+    Some(c.addr.ip().to_string())
+}
+
+fn require_proxy(c: &Caller) -> Result<()> {
+    if c.identity.kind == IdentityKind::Proxy {
+        Ok(())
+    } else {
+        Err(AuthError::AccessDenied(
+            "this call is made by the proxy on behalf of users; use the proxy address".into(),
+        ))
+    }
+}
+
+async fn ping(State(s): State<AuthServer>) -> Result<Json<PingResponse>> {
+    Ok(Json(PingResponse {
+        cluster: s.cluster().to_string(),
+        version: warden_types::VERSION.to_string(),
+        tls_ca_pems: s.tls_ca_pems().await?,
+        ssh_host_ca_keys: s.authority(CaType::Host).await?.ssh_public_keys(),
+        ssh_user_ca_keys: s.authority(CaType::User).await?.ssh_public_keys(),
+    }))
+}
+
+async fn whoami(State(s): State<AuthServer>, Extension(c): Extension<Caller>) -> Result<Json<WhoAmI>> {
+    let current_roles = s
+        .caller_roles(&c)?
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+    Ok(Json(WhoAmI {
+        identity: c.identity,
+        current_roles,
+    }))
+}
+
+async fn login(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>> {
+    require_proxy(&c)?;
+    Ok(Json(s.login(&req, client_addr(&c, &headers)).await?))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: warden_types::Secret<String>,
+}
+
+async fn signup_info(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(body): Json<TokenBody>,
+) -> Result<Json<SignupInfo>> {
+    require_proxy(&c)?;
+    Ok(Json(s.signup_info(body.token.expose()).await?))
+}
+
+async fn signup(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<SignupRequest>,
+) -> Result<Json<SignupResponse>> {
+    require_proxy(&c)?;
+    let user = s.signup(&req, client_addr(&c, &headers)).await?;
+    Ok(Json(SignupResponse { user }))
+}
+
+async fn list_users(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<Document<UserSpec>>>> {
+    s.authorize(&c, res::USER, verbs::LIST).await?;
+    Ok(Json(resources::list(s.backend(), USERS).await?))
+}
+
+async fn get_user(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Document<UserSpec>>> {
+    s.authorize(&c, res::USER, verbs::READ).await?;
+    resources::get(s.backend(), &format!("{USERS}{name}"))
+        .await?
+        .map(Json)
+        .ok_or_else(|| AuthError::NotFound(format!("user {name} not found")))
+}
+
+async fn create_user(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<CreateUserRequest>,
+) -> Result<Json<CreateUserResponse>> {
+    s.authorize(&c, res::USER, verbs::CREATE).await?;
+    validate_name(&req.name).map_err(AuthError::BadRequest)?;
+    s.check_roles_exist(&req.roles).await?;
+    let mut traits = req.traits.clone();
+    if !req.logins.is_empty() {
+        traits.insert("logins".into(), req.logins.clone());
+    }
+    let doc = Document::new(
+        kind::USER,
+        req.name.clone(),
+        UserSpec {
+            roles: req.roles.clone(),
+            traits,
+            created_by: Some(c.identity.username.clone()),
+        },
+    );
+    match s
+        .backend()
+        .create(&format!("{USERS}{}", req.name), resources::encode(&doc), None)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::AlreadyExists(_)) => {
+            return Err(AuthError::AlreadyExists(format!(
+                "user {} already exists; change it with 'warden admin users update'",
+                req.name
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::USER_CREATE,
+            s.cluster(),
+            &c.identity.username,
+            format!("created user {}", req.name),
+        )
+        .with("target", req.name.clone())
+        .with("roles", req.roles.clone())
+        .with("logins", req.logins.clone()),
+    )
+    .await;
+    let (token, token_doc) = s
+        .new_token(
+            TokenKind::Signup,
+            Some(req.name.clone()),
+            req.token_ttl_secs,
+            &c.identity.username,
+        )
+        .await?;
+    Ok(Json(CreateUserResponse {
+        user: doc,
+        token: token.into(),
+        token_expires: token_doc
+            .metadata
+            .expires
+            .map(|e| e.unix_timestamp())
+            .unwrap_or(0),
+    }))
+}
+
+async fn update_user(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateUserRequest>,
+) -> Result<Json<Document<UserSpec>>> {
+    s.authorize(&c, res::USER, verbs::UPDATE).await?;
+    let key = format!("{USERS}{name}");
+    let mut doc: Document<UserSpec> = resources::get(s.backend(), &key)
+        .await?
+        .ok_or_else(|| AuthError::NotFound(format!("user {name} not found")))?;
+    if let Some(roles) = &req.roles {
+        s.check_roles_exist(roles).await?;
+        doc.spec.roles = roles.clone();
+    }
+    if let Some(logins) = &req.logins {
+        doc.spec.traits.insert("logins".into(), logins.clone());
+    }
+    let rev = doc.metadata.revision.unwrap_or_default();
+    let new_rev = s
+        .backend()
+        .compare_and_swap(&key, rev, resources::encode(&doc), None)
+        .await?;
+    doc.metadata.revision = Some(new_rev);
+    s.audit(
+        AuditEvent::new(
+            codes::USER_UPDATE,
+            s.cluster(),
+            &c.identity.username,
+            format!("updated user {name}"),
+        )
+        .with("target", name)
+        .with("roles", doc.spec.roles.clone()),
+    )
+    .await;
+    Ok(Json(doc))
+}
+
+async fn delete_user(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ChangeResponse>> {
+    s.authorize(&c, res::USER, verbs::DELETE).await?;
+    if !s.backend().delete(&format!("{USERS}{name}")).await? {
+        return Err(AuthError::NotFound(format!("user {name} not found")));
+    }
+    s.backend().delete(&format!("{CREDENTIALS}{name}")).await?;
+    for t in resources::list::<TokenSpec>(s.backend(), TOKENS).await? {
+        if t.spec.user.as_deref() == Some(name.as_str()) {
+            s.backend().delete(&format!("{TOKENS}{}", t.name())).await?;
+        }
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::USER_DELETE,
+            s.cluster(),
+            &c.identity.username,
+            format!("deleted user {name}"),
+        )
+        .with("target", name.clone()),
+    )
+    .await;
+    Ok(Json(ChangeResponse {
+        name,
+        change: Change::Deleted,
+        revision: None,
+    }))
+}
+
+async fn unlock_user(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ChangeResponse>> {
+    s.authorize(&c, res::USER, verbs::UPDATE).await?;
+    s.unlock_user(&name).await?;
+    s.audit(
+        AuditEvent::new(
+            codes::USER_UPDATE,
+            s.cluster(),
+            &c.identity.username,
+            format!("unlocked user {name}"),
+        )
+        .with("target", name.clone()),
+    )
+    .await;
+    Ok(Json(ChangeResponse {
+        name,
+        change: Change::Updated,
+        revision: None,
+    }))
+}
+
+async fn list_roles(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<Document<RoleSpec>>>> {
+    s.authorize(&c, res::ROLE, verbs::LIST).await?;
+    Ok(Json(resources::list(s.backend(), ROLES).await?))
+}
+
+async fn get_role(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Document<RoleSpec>>> {
+    s.authorize(&c, res::ROLE, verbs::READ).await?;
+    resources::get(s.backend(), &format!("{ROLES}{name}"))
+        .await?
+        .map(Json)
+        .ok_or_else(|| AuthError::NotFound(format!("role {name} not found")))
+}
+
+/// Two role documents say the same thing (ignoring server-set fields).
+fn same_role(a: &Document<RoleSpec>, b: &Document<RoleSpec>) -> bool {
+    a.spec == b.spec
+        && a.metadata.description == b.metadata.description
+        && a.metadata.labels == b.metadata.labels
+}
+
+async fn put_role(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(mut doc): Json<Document<RoleSpec>>,
+) -> Result<Json<ChangeResponse>> {
+    if doc.kind != kind::ROLE || doc.version != V1 {
+        return Err(AuthError::BadRequest(format!(
+            "expected kind: role, version: v1; got kind: {}, version: {}",
+            doc.kind, doc.version
+        )));
+    }
+    if doc.name() != name {
+        return Err(AuthError::BadRequest(format!(
+            "role name {:?} does not match the URL ({name:?})",
+            doc.name()
+        )));
+    }
+    validate_name(&name).map_err(AuthError::BadRequest)?;
+    warden_policy::validate_role(&doc).map_err(|errs| {
+        AuthError::BadRequest(format!("role {name} is invalid: {}", errs.join("; ")))
+    })?;
+    let key = format!("{ROLES}{name}");
+    let existing: Option<Document<RoleSpec>> = resources::get(s.backend(), &key).await?;
+    let verb = if existing.is_some() {
+        verbs::UPDATE
+    } else {
+        verbs::CREATE
+    };
+    s.authorize(&c, res::ROLE, verb).await?;
+    doc.metadata.expires = None;
+    let (change, revision) = match &existing {
+        Some(old) if same_role(old, &doc) => (Change::Unchanged, old.metadata.revision),
+        Some(old) => {
+            let expected = doc.metadata.revision.or(old.metadata.revision).unwrap_or(0);
+            let rev = s
+                .backend()
+                .compare_and_swap(&key, expected, resources::encode(&doc), None)
+                .await?;
+            (Change::Updated, Some(rev))
+        }
+        None => {
+            let rev = s
+                .backend()
+                .create(&key, resources::encode(&doc), None)
+                .await?;
+            (Change::Created, Some(rev))
+        }
+    };
+    if change != Change::Unchanged {
+        let code = if change == Change::Created {
+            codes::ROLE_CREATE
+        } else {
+            codes::ROLE_UPDATE
+        };
+        s.audit(
+            AuditEvent::new(code, s.cluster(), &c.identity.username, format!("{change:?} role {name}").to_lowercase())
+                .with("target", name.clone()),
+        )
+        .await;
+    }
+    Ok(Json(ChangeResponse {
+        name,
+        change,
+        revision,
+    }))
+}
+
+async fn delete_role(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ChangeResponse>> {
+    s.authorize(&c, res::ROLE, verbs::DELETE).await?;
+    let users: Vec<String> = resources::list::<UserSpec>(s.backend(), USERS)
+        .await?
+        .into_iter()
+        .filter(|u| u.spec.roles.contains(&name))
+        .map(|u| u.name().to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(AuthError::Conflict(format!(
+            "role {name} is assigned to {}; remove it from them first ('warden admin users update USER --roles ...')",
+            users.join(", ")
+        )));
+    }
+    if !s.backend().delete(&format!("{ROLES}{name}")).await? {
+        return Err(AuthError::NotFound(format!("role {name} not found")));
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::ROLE_DELETE,
+            s.cluster(),
+            &c.identity.username,
+            format!("deleted role {name}"),
+        )
+        .with("target", name.clone()),
+    )
+    .await;
+    Ok(Json(ChangeResponse {
+        name,
+        change: Change::Deleted,
+        revision: None,
+    }))
+}
+
+async fn list_tokens(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<TokenSummary>>> {
+    s.authorize(&c, res::TOKEN, verbs::LIST).await?;
+    let tokens = resources::list::<TokenSpec>(s.backend(), TOKENS).await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| TokenSummary {
+                id: t.name().to_string(),
+                kind: t.spec.kind,
+                user: t.spec.user,
+                expires: t.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+                created_by: t.spec.created_by,
+            })
+            .collect(),
+    ))
+}
+
+async fn create_token(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<CreateTokenRequest>,
+) -> Result<Json<CreateTokenResponse>> {
+    s.authorize(&c, res::TOKEN, verbs::CREATE).await?;
+    if req.kind == TokenKind::Signup {
+        return Err(AuthError::BadRequest(
+            "signup tokens come with 'warden admin users add'".into(),
+        ));
+    }
+    let (token, doc) = s
+        .new_token(req.kind, None, req.ttl_secs, &c.identity.username)
+        .await?;
+    Ok(Json(CreateTokenResponse {
+        id: doc.name().to_string(),
+        token: token.into(),
+        kind: req.kind,
+        expires: doc.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        ca_pin: s.ca_pin().await?,
+    }))
+}
+
+async fn delete_token(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<ChangeResponse>> {
+    s.authorize(&c, res::TOKEN, verbs::DELETE).await?;
+    if !s.backend().delete(&format!("{TOKENS}{id}")).await? {
+        return Err(AuthError::NotFound(format!(
+            "token {id} not found; see 'warden admin tokens ls'"
+        )));
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::TOKEN_DELETE,
+            s.cluster(),
+            &c.identity.username,
+            format!("deleted token {id}"),
+        )
+        .with("token_id", id.clone()),
+    )
+    .await;
+    Ok(Json(ChangeResponse {
+        name: id,
+        change: Change::Deleted,
+        revision: None,
+    }))
+}
+
+async fn audit_events(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditEvents>> {
+    s.authorize(&c, res::EVENT, verbs::LIST).await?;
+    let events = s.inner.audit.search(&q).await?;
+    Ok(Json(AuditEvents { events }))
+}

@@ -1,0 +1,136 @@
+//! Issuing user certificates from the roles in force.
+
+use crate::error::{AuthError, Result};
+use crate::resources::SSH_SERIAL;
+use crate::server::AuthServer;
+use std::time::Duration as StdDuration;
+use time::{Duration, OffsetDateTime};
+use warden_ca::ssh::{sign_user_cert, UserCert};
+use warden_ca::tls::{self, CertRequest, Usage};
+use warden_ca::CaType;
+use warden_store::StoreError;
+use warden_types::api::LoginResponse;
+use warden_types::{Document, Identity, IdentityKind, UserSpec};
+
+/// Shortest certificate a client may ask for.
+const MIN_TTL: StdDuration = StdDuration::from_secs(60);
+
+impl AuthServer {
+    /// Next SSH certificate serial: monotonic, so revoked serials cluster
+    /// and KRLs stay small.
+    async fn next_serial(&self) -> Result<u64> {
+        for _ in 0..100 {
+            let current = self.backend().get(SSH_SERIAL).await?;
+            let (n, res) = match current {
+                None => (1u64, self.backend().create(SSH_SERIAL, b"1".to_vec(), None).await),
+                Some(item) => {
+                    let n: u64 = std::str::from_utf8(&item.value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| AuthError::Internal("corrupt serial counter".into()))?;
+                    (
+                        n + 1,
+                        self.backend()
+                            .compare_and_swap(
+                                SSH_SERIAL,
+                                item.revision,
+                                (n + 1).to_string().into_bytes(),
+                                None,
+                            )
+                            .await,
+                    )
+                }
+            };
+            match res {
+                Ok(_) => return Ok(n),
+                Err(StoreError::Conflict { .. }) | Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AuthError::Internal("serial counter is too contended".into()))
+    }
+
+    /// Certificates for `user`'s public keys, with the user's current roles.
+    pub(crate) async fn issue_user_certs(
+        &self,
+        user: &Document<UserSpec>,
+        ssh_public_key: &str,
+        tls_csr_pem: &str,
+        ttl_secs: Option<u64>,
+    ) -> Result<LoginResponse> {
+        let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
+            .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
+        let roles = self.roles(&user.spec.roles);
+        let traits = user.spec.traits.clone();
+        let logins = warden_policy::allowed_logins(&roles, &traits);
+        let options = warden_policy::session_options(&roles);
+        let default_ttl = self.config().await?.default_session_ttl.0;
+        let requested = ttl_secs.map(StdDuration::from_secs).unwrap_or(default_ttl);
+        let max = if roles.is_empty() {
+            default_ttl
+        } else {
+            options.max_ttl
+        };
+        let ttl = requested.min(max).max(MIN_TTL);
+        let now = OffsetDateTime::now_utc();
+        let valid_before = now + Duration::seconds(ttl.as_secs() as i64);
+        let role_names: Vec<String> = roles.iter().map(|r| r.name().to_string()).collect();
+        let identity = Identity {
+            kind: IdentityKind::User,
+            username: user.name().to_string(),
+            cluster: self.cluster().to_string(),
+            roles: role_names.clone(),
+            logins: logins.clone(),
+            traits: traits.clone(),
+            requests: Vec::new(),
+            expires: valid_before.unix_timestamp(),
+        };
+        let (user_ca, _) = self.signer(CaType::User).await?;
+        let cert = sign_user_cert(
+            &*user_ca,
+            &UserCert {
+                public_key,
+                username: user.name().to_string(),
+                logins,
+                valid_after: (now - Duration::minutes(1)).unix_timestamp() as u64,
+                valid_before: valid_before.unix_timestamp() as u64,
+                serial: self.next_serial().await?,
+                permit_pty: true,
+                permit_port_forwarding: options.permit_port_forwarding,
+                permit_agent_forwarding: options.permit_agent_forwarding,
+                permit_x11_forwarding: options.permit_x11_forwarding,
+                roles: role_names,
+                traits,
+                requests: Vec::new(),
+                cluster: self.cluster().to_string(),
+            },
+        )?;
+        let ssh_cert = cert
+            .to_openssh()
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
+        let tls_ca_pems = tls_authority.tls_cert_pems();
+        let tls_cert_pem = tls::issue_from_csr(
+            &*tls_ca,
+            &tls_ca_pems[0],
+            tls_csr_pem,
+            &CertRequest {
+                common_name: user.name().to_string(),
+                dns_names: vec![],
+                ips: vec![],
+                identity: Some(identity.clone()),
+                not_before: now - Duration::minutes(1),
+                not_after: valid_before,
+                usage: Usage::Client,
+            },
+        )
+        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        Ok(LoginResponse {
+            identity,
+            ssh_cert,
+            tls_cert_pem,
+            tls_ca_pems,
+            ssh_host_ca_keys: self.authority(CaType::Host).await?.ssh_public_keys(),
+        })
+    }
+}

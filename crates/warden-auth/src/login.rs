@@ -1,0 +1,368 @@
+//! Local login (password + TOTP), signup, lockout and rate limits.
+
+use crate::error::{AuthError, Result};
+use crate::resources::{self, Credentials, CREDENTIALS, TOKENS, USERS};
+use crate::server::AuthServer;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use warden_ca::otp;
+use warden_store::StoreError;
+use warden_types::api::{LoginRequest, LoginResponse, SignupInfo, SignupRequest};
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::duration::relative;
+use warden_types::{Document, TokenKind, TokenSpec, UserSpec};
+
+/// Context bound into sealed TOTP secrets.
+const TOTP_AAD: &[u8] = b"warden totp v1";
+/// Shortest password accepted at signup.
+const MIN_PASSWORD: usize = 12;
+/// Longest password accepted (argon2 input is bounded).
+const MAX_PASSWORD: usize = 1024;
+/// Message for every credential failure: it must not tell an attacker which
+/// part was wrong or whether the user exists.
+const BAD_CREDENTIALS: &str = "login failed: wrong user name, password or one-time code";
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::encode_b64(&warden_ca::random_bytes::<16>())
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash to verify against when the user does not exist, so timing does
+/// not reveal which user names exist.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("warden-dummy-password").unwrap_or_default())
+}
+
+/// Splits a presented token into its store id and hash.
+pub(crate) fn token_id(secret: &str) -> (String, String) {
+    let hash = warden_ca::sha256_hex(secret.trim().as_bytes());
+    (hash[..16].to_string(), hash)
+}
+
+impl AuthServer {
+    /// Finds a live token by its secret, comparing hashes in constant time.
+    /// Expired tokens are reported as such for a grace period.
+    pub(crate) async fn find_token(
+        &self,
+        secret: &str,
+        kind: TokenKind,
+    ) -> Result<Document<TokenSpec>> {
+        let (id, hash) = token_id(secret);
+        let invalid = || {
+            AuthError::Unauthenticated(format!(
+                "invalid {kind} token: it was never issued, was already used, or was deleted; ask an admin for a new one"
+            ))
+        };
+        let doc = resources::get::<TokenSpec>(self.backend(), &format!("{TOKENS}{id}"))
+            .await?
+            .ok_or_else(invalid)?;
+        let same: bool = doc.spec.secret_sha256.as_bytes().ct_eq(hash.as_bytes()).into();
+        if !same || doc.spec.kind != kind {
+            return Err(invalid());
+        }
+        if let Some(exp) = doc.metadata.expires {
+            let left = exp.unix_timestamp() - now();
+            if left <= 0 {
+                return Err(AuthError::Expired(format!(
+                    "{kind} token expired {}; ask an admin for a new one",
+                    relative(left)
+                )));
+            }
+        }
+        Ok(doc)
+    }
+
+    pub async fn signup_info(&self, token: &str) -> Result<SignupInfo> {
+        let doc = self.find_token(token, TokenKind::Signup).await?;
+        Ok(SignupInfo {
+            user: doc.spec.user.clone().unwrap_or_default(),
+            cluster: self.cluster().to_string(),
+            expires: doc.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        })
+    }
+
+    /// Sets a user's password and TOTP secret, consuming the signup token.
+    pub async fn signup(&self, req: &SignupRequest, source: Option<String>) -> Result<String> {
+        let token = self.find_token(req.token.expose(), TokenKind::Signup).await?;
+        let user = token
+            .spec
+            .user
+            .clone()
+            .ok_or_else(|| AuthError::BadRequest("token is not bound to a user".into()))?;
+        let fail = |msg: String| {
+            let ev = AuditEvent::new(codes::SIGNUP_FAILURE, self.cluster(), &user, msg.clone())
+                .source(source.clone());
+            (ev, AuthError::BadRequest(msg))
+        };
+        let password = req.password.expose();
+        if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
+            let (ev, err) = fail(format!(
+                "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"
+            ));
+            self.audit(ev).await;
+            return Err(err);
+        }
+        let secret = otp::decode_secret(req.totp_secret.expose())
+            .filter(|s| s.len() >= otp::MIN_SECRET)
+            .ok_or_else(|| {
+                AuthError::BadRequest(format!(
+                    "TOTP secret must be base32 and at least {} bytes",
+                    otp::MIN_SECRET
+                ))
+            })?;
+        let Some(step) = otp::verify(&secret, req.otp.expose(), now() as u64) else {
+            let (ev, err) = fail(
+                "the one-time code does not match the new TOTP secret; check the authenticator app's clock and try again".into(),
+            );
+            self.audit(ev).await;
+            return Err(err);
+        };
+        if resources::get::<UserSpec>(self.backend(), &format!("{USERS}{user}"))
+            .await?
+            .is_none()
+        {
+            return Err(AuthError::NotFound(format!(
+                "user {user} no longer exists; ask an admin"
+            )));
+        }
+        // Consume the token first: of two concurrent signups, one wins.
+        let rev = token.metadata.revision.unwrap_or_default();
+        match self
+            .backend()
+            .compare_and_delete(&format!("{TOKENS}{}", token.name()), rev)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {
+                return Err(AuthError::Unauthenticated(
+                    "signup token was already used".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let password = password.to_string();
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))??;
+        let creds = Credentials {
+            password_hash,
+            totp_sealed: self.inner.keys.seal(TOTP_AAD, &secret),
+            last_otp_step: step,
+            failed_attempts: 0,
+            locked_until: 0,
+        };
+        self.backend()
+            .put(
+                &format!("{CREDENTIALS}{user}"),
+                serde_json::to_vec(&creds).map_err(|e| AuthError::Internal(e.to_string()))?,
+                None,
+            )
+            .await?;
+        self.audit(
+            AuditEvent::new(codes::SIGNUP, self.cluster(), &user, "user completed signup")
+                .source(source),
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Password + TOTP login; returns certificates for the client's keys.
+    pub async fn login(&self, req: &LoginRequest, source: Option<String>) -> Result<LoginResponse> {
+        let config = self.config().await?;
+        let src = source.clone().unwrap_or_else(|| "unknown".into());
+        if !self
+            .inner
+            .limiter
+            .allow(&format!("src:{src}"), config.login_rate_per_minute)
+        {
+            self.audit(
+                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, "rate limited")
+                    .source(source.clone()),
+            )
+            .await;
+            return Err(AuthError::RateLimited(format!(
+                "too many login attempts from {src}; wait a minute and try again"
+            )));
+        }
+        let user_key = format!("{USERS}{}", req.user);
+        let cred_key = format!("{CREDENTIALS}{}", req.user);
+        let user = resources::get::<UserSpec>(self.backend(), &user_key).await?;
+        let creds = resources::get_raw::<Credentials>(self.backend(), &cred_key).await?;
+        let (Some(user), Some((mut creds, rev))) = (user, creds) else {
+            let password = req.password.expose().clone();
+            let _ = tokio::task::spawn_blocking(move || verify_password(&password, dummy_hash()))
+                .await;
+            self.audit(
+                AuditEvent::new(
+                    codes::LOGIN_FAILURE,
+                    self.cluster(),
+                    &req.user,
+                    "unknown user or signup not completed",
+                )
+                .source(source),
+            )
+            .await;
+            return Err(AuthError::Unauthenticated(BAD_CREDENTIALS.into()));
+        };
+        if creds.locked_until > now() {
+            self.audit(
+                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, "account locked")
+                    .source(source),
+            )
+            .await;
+            return Err(AuthError::Locked(format!(
+                "account {} is locked after {} failed logins; try again {} or ask an admin to run 'warden admin users unlock {}'",
+                req.user,
+                creds.failed_attempts,
+                relative(creds.locked_until - now()),
+                req.user
+            )));
+        }
+        let password = req.password.expose().clone();
+        let phc = creds.password_hash.clone();
+        let password_ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let secret = self.inner.keys.open(TOTP_AAD, &creds.totp_sealed)?;
+        let step = otp::verify(&secret, req.otp.expose(), now() as u64)
+            .filter(|s| *s > creds.last_otp_step);
+        let (Some(step), true) = (step, password_ok) else {
+            creds.failed_attempts += 1;
+            let mut reason = if password_ok {
+                "wrong or reused one-time code"
+            } else {
+                "wrong password"
+            }
+            .to_string();
+            let locked = creds.failed_attempts >= config.lockout_attempts;
+            if locked {
+                creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
+                reason.push_str("; account locked");
+            }
+            // A concurrent login may have changed the record; losing one
+            // failure count then is acceptable, losing the lockout is not.
+            let _ = self
+                .backend()
+                .compare_and_swap(&cred_key, rev, to_json(&creds)?, None)
+                .await;
+            self.audit(
+                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, reason)
+                    .source(source.clone())
+                    .with("failed_attempts", creds.failed_attempts),
+            )
+            .await;
+            if locked {
+                self.audit(
+                    AuditEvent::new(
+                        codes::USER_LOCKED_OUT,
+                        self.cluster(),
+                        &req.user,
+                        format!(
+                            "locked for {} after {} failed logins",
+                            config.lockout_duration, creds.failed_attempts
+                        ),
+                    )
+                    .source(source),
+                )
+                .await;
+            }
+            return Err(AuthError::Unauthenticated(format!(
+                "{BAD_CREDENTIALS} ({} of {} attempts before the account is locked)",
+                creds.failed_attempts.min(config.lockout_attempts),
+                config.lockout_attempts
+            )));
+        };
+        creds.failed_attempts = 0;
+        creds.locked_until = 0;
+        creds.last_otp_step = step;
+        match self
+            .backend()
+            .compare_and_swap(&cred_key, rev, to_json(&creds)?, None)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(AuthError::Unauthenticated(
+                    "another login used this one-time code at the same moment; wait for the next code"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let resp = self
+            .issue_user_certs(&user, &req.ssh_public_key, &req.tls_csr_pem, req.ttl_secs)
+            .await?;
+        self.audit(
+            AuditEvent::new(codes::LOGIN_SUCCESS, self.cluster(), &req.user, "local login")
+                .source(source)
+                .with("method", "password+totp")
+                .with("roles", resp.identity.roles.clone())
+                .with("logins", resp.identity.logins.clone())
+                .with("expires", resp.identity.expires),
+        )
+        .await;
+        Ok(resp)
+    }
+
+    /// Clears a lockout.
+    pub async fn unlock_user(&self, name: &str) -> Result<()> {
+        let key = format!("{CREDENTIALS}{name}");
+        let Some((mut creds, rev)) = resources::get_raw::<Credentials>(self.backend(), &key).await?
+        else {
+            return Err(AuthError::NotFound(format!(
+                "user {name} has no local credentials (signup not completed?)"
+            )));
+        };
+        creds.failed_attempts = 0;
+        creds.locked_until = 0;
+        self.backend()
+            .compare_and_swap(&key, rev, to_json(&creds)?, None)
+            .await?;
+        Ok(())
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_round_trip() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse battery", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn token_ids_are_prefixes_of_the_hash() {
+        let (id, hash) = token_id("abc");
+        assert_eq!(id.len(), 16);
+        assert!(hash.starts_with(&id));
+    }
+}

@@ -1,0 +1,108 @@
+//! The auth API's mTLS listener: every connection must present a client
+//! certificate issued by the cluster's tls CA; its identity extension tells
+//! the handlers who is calling.
+
+use crate::api::{router, Caller};
+use crate::server::AuthServer;
+use anyhow::Context;
+use axum::Extension;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use warden_ca::tls::{identity_from_der, pem_to_der};
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the TLS config of the auth API: server cert `warden-auth`,
+/// client certs required and verified against the tls CA.
+pub async fn tls_config(server: &AuthServer) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let id = server.server_identity().await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in &id.ca_pems {
+        for der in pem_to_der(pem)? {
+            roots.add(der)?;
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    let mut chain = pem_to_der(&id.cert_pem)?;
+    chain.extend(pem_to_der(&id.ca_pems[0])?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("auth TLS config")?;
+    config.alpn_protocols = vec![warden_types::ALPN_AUTH.to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the auth API on `listener` until `shutdown` completes.
+pub async fn serve_mtls(
+    server: AuthServer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(tls_config(&server).await?);
+    let app = router(server.clone());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let cluster = server.cluster().to_string();
+        tokio::spawn(async move {
+            if let Err(e) = handle(tcp, addr, acceptor, app, &cluster).await {
+                tracing::debug!(%addr, error = %e, "auth connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    addr: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    cluster: &str,
+) -> anyhow::Result<()> {
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .context("TLS handshake timed out")??;
+    let der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("no client certificate")?
+        .clone();
+    let identity = identity_from_der(&der)?.context("client certificate has no Warden identity")?;
+    anyhow::ensure!(
+        identity.cluster == cluster,
+        "certificate is for cluster {}",
+        identity.cluster
+    );
+    let caller = Caller { identity, addr };
+    let svc = TowerToHyperService::new(app.layer(Extension(caller)));
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(tls), svc)
+        .await?;
+    Ok(())
+}

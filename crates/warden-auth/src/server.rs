@@ -1,0 +1,288 @@
+//! The auth service's state and its core operations, independent of HTTP.
+
+use crate::error::{AuthError, Result};
+use crate::ratelimit::RateLimiter;
+use crate::resources::{self, AUTHORITIES, CLUSTER_CONFIG, ROLES, USERS};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+use warden_ca::tls::{self, CertRequest, Usage};
+use warden_ca::{CaSigner, CaType, CertAuthority, ClientKey, KeyStore, SoftwareKeyStore};
+use warden_store::{AuditLog, Backend, SqliteAuditLog, SqliteBackend, StoreError, WatchCache};
+use warden_types::audit::AuditEvent;
+use warden_types::resource::kind;
+use warden_types::{ClusterConfigSpec, Document, Identity, IdentityKind, RoleSpec, UserSpec};
+
+/// The auth service. Cheap to clone.
+#[derive(Clone)]
+pub struct AuthServer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub cluster: String,
+    pub backend: Arc<dyn Backend>,
+    pub audit: Arc<dyn AuditLog>,
+    pub keys: Arc<SoftwareKeyStore>,
+    pub limiter: RateLimiter,
+    pub roles: WatchCache<RoleSpec>,
+    pub users: WatchCache<UserSpec>,
+}
+
+/// Key and certificate of a service (proxy, auth itself) or of the local
+/// admin.
+pub struct ServiceIdentity {
+    pub key: ClientKey,
+    pub cert_pem: String,
+    pub ca_pems: Vec<String>,
+}
+
+impl AuthServer {
+    /// Opens the cluster state in `data_dir`, creating the CAs, the cluster
+    /// config and the default roles on first start.
+    pub async fn open(data_dir: &Path, cluster_name: Option<&str>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        create_private_dir(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let keys = Arc::new(SoftwareKeyStore::open_or_create(&data_dir.join("kek"))?);
+        let backend: Arc<dyn Backend> = Arc::new(
+            SqliteBackend::open(&data_dir.join("state.db")).context("cannot open state.db")?,
+        );
+        let audit: Arc<dyn AuditLog> = Arc::new(
+            SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
+        );
+        Self::with_stores(backend, audit, keys, cluster_name).await
+    }
+
+    /// Builds the service over given stores (used by `open`, and by tests of
+    /// other backends).
+    pub async fn with_stores(
+        backend: Arc<dyn Backend>,
+        audit: Arc<dyn AuditLog>,
+        keys: Arc<SoftwareKeyStore>,
+        cluster_name: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let config = ensure_cluster_config(&*backend, cluster_name).await?;
+        let cluster = config.spec.cluster_name.clone();
+        for ca in CaType::ALL {
+            ensure_authority(&*backend, &*keys, ca, &cluster).await?;
+        }
+        for role in warden_policy::defaults::roles() {
+            let key = format!("{ROLES}{}", role.name());
+            match backend.create(&key, resources::encode(&role), None).await {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let roles = WatchCache::start(backend.clone(), ROLES).await?;
+        let users = WatchCache::start(backend.clone(), USERS).await?;
+        Ok(AuthServer {
+            inner: Arc::new(Inner {
+                cluster,
+                backend,
+                audit,
+                keys,
+                limiter: RateLimiter::new(),
+                roles,
+                users,
+            }),
+        })
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.inner.cluster
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    pub(crate) async fn config(&self) -> Result<ClusterConfigSpec> {
+        Ok(resources::get::<ClusterConfigSpec>(self.backend(), CLUSTER_CONFIG)
+            .await?
+            .map(|d| d.spec)
+            .unwrap_or_default())
+    }
+
+    pub(crate) async fn authority(&self, ca: CaType) -> Result<CertAuthority> {
+        resources::get_raw::<CertAuthority>(self.backend(), &format!("{AUTHORITIES}{}", ca.as_str()))
+            .await?
+            .map(|(a, _)| a)
+            .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))
+    }
+
+    /// The signer and (for tls) CA certificate of a CA's active key.
+    pub(crate) async fn signer(&self, ca: CaType) -> Result<(Arc<dyn CaSigner>, CertAuthority)> {
+        let authority = self.authority(ca).await?;
+        let key = authority
+            .signing_key()
+            .ok_or_else(|| AuthError::Internal(format!("{} CA has no active key", ca.as_str())))?;
+        Ok((self.inner.keys.load(&key.handle)?, authority))
+    }
+
+    /// PEM certificates of the tls CA.
+    pub async fn tls_ca_pems(&self) -> Result<Vec<String>> {
+        Ok(self.authority(CaType::Tls).await?.tls_cert_pems())
+    }
+
+    /// `sha256:...` pin of the tls CA's signing key.
+    pub async fn ca_pin(&self) -> Result<String> {
+        let pems = self.tls_ca_pems().await?;
+        let first = pems
+            .first()
+            .ok_or_else(|| AuthError::Internal("tls CA has no certificate".into()))?;
+        Ok(tls::ca_pin(first)?)
+    }
+
+    /// Appends an audit event; failures are logged, never swallowed silently.
+    pub(crate) async fn audit(&self, event: AuditEvent) {
+        if let Err(e) = self.inner.audit.append(event).await {
+            tracing::error!(error = %e, "cannot write audit event");
+        }
+    }
+
+    /// Issues a key and X.509 certificate for a service or the admin.
+    pub async fn issue_service_identity(
+        &self,
+        kind: IdentityKind,
+        name: &str,
+        dns_names: Vec<String>,
+        ips: Vec<IpAddr>,
+        ttl: Duration,
+    ) -> Result<ServiceIdentity> {
+        let (signer, authority) = self.signer(CaType::Tls).await?;
+        let ca_pems = authority.tls_cert_pems();
+        let key = ClientKey::generate();
+        let now = OffsetDateTime::now_utc();
+        let roles = match kind {
+            IdentityKind::Admin => vec!["editor".to_string()],
+            _ => Vec::new(),
+        };
+        let identity = Identity {
+            kind,
+            username: name.to_string(),
+            cluster: self.inner.cluster.clone(),
+            roles,
+            logins: Vec::new(),
+            traits: Default::default(),
+            requests: Vec::new(),
+            expires: (now + ttl).unix_timestamp(),
+        };
+        let usage = match kind {
+            IdentityKind::Admin | IdentityKind::User => Usage::Client,
+            IdentityKind::Proxy | IdentityKind::Node => Usage::ClientAndServer,
+        };
+        let cert_pem = tls::issue_for_ed25519(
+            &*signer,
+            &ca_pems[0],
+            key.public_raw(),
+            &CertRequest {
+                common_name: name.to_string(),
+                dns_names,
+                ips,
+                identity: Some(identity),
+                not_before: now - Duration::minutes(1),
+                not_after: now + ttl,
+                usage,
+            },
+        )?;
+        Ok(ServiceIdentity {
+            key,
+            cert_pem,
+            ca_pems,
+        })
+    }
+
+    /// The auth server's own TLS certificate (name `warden-auth`).
+    pub async fn server_identity(&self) -> Result<ServiceIdentity> {
+        let (signer, authority) = self.signer(CaType::Tls).await?;
+        let ca_pems = authority.tls_cert_pems();
+        let key = ClientKey::generate();
+        let now = OffsetDateTime::now_utc();
+        let cert_pem = tls::issue_for_ed25519(
+            &*signer,
+            &ca_pems[0],
+            key.public_raw(),
+            &CertRequest {
+                common_name: warden_types::AUTH_SERVER_NAME.to_string(),
+                dns_names: vec![warden_types::AUTH_SERVER_NAME.to_string()],
+                ips: vec![],
+                identity: None,
+                not_before: now - Duration::minutes(1),
+                not_after: now + Duration::days(365),
+                usage: Usage::Server,
+            },
+        )?;
+        Ok(ServiceIdentity {
+            key,
+            cert_pem,
+            ca_pems,
+        })
+    }
+
+    /// Roles in force now for `names`, from the cache. Unknown names are
+    /// skipped: a deleted role grants nothing.
+    pub(crate) fn roles(&self, names: &[String]) -> Vec<Document<RoleSpec>> {
+        names.iter().filter_map(|n| self.inner.roles.get(n)).collect()
+    }
+}
+
+/// Creates a directory readable only by its owner.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+async fn ensure_cluster_config(
+    backend: &dyn Backend,
+    name: Option<&str>,
+) -> anyhow::Result<Document<ClusterConfigSpec>> {
+    if let Some(existing) = resources::get::<ClusterConfigSpec>(backend, CLUSTER_CONFIG).await? {
+        if let Some(name) = name {
+            anyhow::ensure!(
+                name == existing.spec.cluster_name,
+                "this data dir belongs to cluster {:?}, not {name:?}; a cluster cannot be renamed",
+                existing.spec.cluster_name
+            );
+        }
+        return Ok(existing);
+    }
+    let mut spec = ClusterConfigSpec::default();
+    if let Some(name) = name {
+        warden_types::resource::validate_name(name).map_err(anyhow::Error::msg)?;
+        spec.cluster_name = name.to_string();
+    }
+    let doc = Document::new(kind::CLUSTER_CONFIG, "cluster-config", spec);
+    match backend.create(CLUSTER_CONFIG, resources::encode(&doc), None).await {
+        Ok(_) => Ok(doc),
+        Err(StoreError::AlreadyExists(_)) => Ok(resources::get(backend, CLUSTER_CONFIG)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("cluster config vanished"))?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ensure_authority(
+    backend: &dyn Backend,
+    keys: &dyn KeyStore,
+    ca: CaType,
+    cluster: &str,
+) -> anyhow::Result<()> {
+    let key = format!("{AUTHORITIES}{}", ca.as_str());
+    if backend.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    let authority = CertAuthority::generate(ca, cluster, keys)?;
+    match backend
+        .create(&key, serde_json::to_vec(&authority)?, None)
+        .await
+    {
+        // Another auth server won the race: its CA stands.
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,245 @@
+//! A small JSON-over-HTTPS client: one TLS connection per call, bounded
+//! response size, errors mapped to [`ClientError`].
+
+use crate::tls::{client_config, ClientCert, ClusterVerifier, Trust};
+use crate::{ClientError, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use warden_types::api::ApiError;
+
+/// Largest response body accepted.
+const MAX_RESPONSE: usize = 16 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client of one Warden API endpoint.
+#[derive(Clone)]
+pub struct ApiClient {
+    addr: String,
+    server_name: ServerName<'static>,
+    verifier: Arc<ClusterVerifier>,
+    config: Arc<rustls::ClientConfig>,
+    extra_headers: Vec<(String, String)>,
+}
+
+/// The host part of `host:port` (IPv6 in brackets allowed).
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+impl ApiClient {
+    /// A client for `addr` (`host:port`). `server_name` defaults to the
+    /// host of `addr`.
+    pub fn new(
+        addr: &str,
+        server_name: Option<&str>,
+        trust: Trust,
+        alpn: &[u8],
+        client_cert: Option<&ClientCert>,
+    ) -> Result<Self> {
+        let name = server_name.unwrap_or_else(|| host_of(addr)).to_string();
+        let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+            ClientError::Local(format!("{name:?} is not a valid host name or IP address"))
+        })?;
+        let verifier = ClusterVerifier::new(trust);
+        let config = client_config(verifier.clone(), alpn, client_cert)?;
+        Ok(ApiClient {
+            addr: addr.to_string(),
+            server_name,
+            verifier,
+            config,
+            extra_headers: Vec::new(),
+        })
+    }
+
+    /// Adds a header to every request (the proxy passes the client address).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.extra_headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// CA pins the server presented on the last handshake.
+    pub fn presented_pins(&self) -> Vec<String> {
+        self.verifier
+            .presented
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn tls_error(&self, e: std::io::Error) -> ClientError {
+        let presented = self.presented_pins();
+        let text = e.to_string();
+        if text.contains("CA pin mismatch") {
+            return ClientError::PinMismatch {
+                addr: self.addr.clone(),
+                expected: match self.verifier.trust() {
+                    Trust::Pin(p) => p.clone(),
+                    _ => String::new(),
+                },
+                presented: presented.join(", "),
+            };
+        }
+        if text.contains("not yet trusted") {
+            return ClientError::UntrustedCluster {
+                addr: self.addr.clone(),
+                presented: presented.first().cloned().unwrap_or_default(),
+            };
+        }
+        let reason = if text.contains("CertificateRequired") || text.contains("certificate required") {
+            "the server requires a client certificate; run 'warden login'".to_string()
+        } else if text.contains("CertExpired") || text.contains("expired") {
+            "a certificate has expired; run 'warden login'".to_string()
+        } else {
+            text
+        };
+        ClientError::Tls {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
+    /// Opens a TLS connection (also used for raw streams later).
+    pub async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "connection timed out".into(),
+            })?
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(self.config.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| self.tls_error(e))
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.call_inner(method, path, body))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "request timed out".into(),
+            })?
+    }
+
+    async fn call_inner<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let proto = |reason: String| ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let tls = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| proto(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Local(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host_of(&self.addr))
+            .header("user-agent", format!("warden/{}", warden_types::VERSION));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in &self.extra_headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| proto(e.to_string()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| proto(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.code,
+                    message: e.message,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ),
+                },
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| proto(format!("invalid JSON: {e}")))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call::<(), T>(Method::GET, path, None).await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call::<(), T>(Method::DELETE, path, None).await
+    }
+}

@@ -1,0 +1,109 @@
+//! Talking to a cluster through its proxy: ping, signup, login, and the
+//! authenticated API client for admin and user commands.
+
+use crate::http::ApiClient;
+use crate::profile::{Profile, ProfileStore};
+use crate::tls::{ClientCert, Trust};
+use crate::{ClientError, Result};
+use warden_ca::ClientKey;
+use warden_types::api::{
+    LoginRequest, LoginResponse, PingResponse, SignupInfo, SignupRequest, SignupResponse,
+};
+use warden_types::{Secret, ALPN_AUTH, AUTH_SERVER_NAME};
+
+/// A client for the proxy's public (login) API.
+pub fn public_client(proxy: &str, trust: Trust) -> Result<ApiClient> {
+    ApiClient::new(proxy, None, trust, b"http/1.1", None)
+}
+
+/// Public facts about the cluster; verifies the proxy by `trust`. With a
+/// pin, also checks that the CA the cluster advertises has that pin.
+pub async fn ping(proxy: &str, trust: Trust) -> Result<PingResponse> {
+    let pin = match &trust {
+        Trust::Pin(p) => Some(p.clone()),
+        _ => None,
+    };
+    let resp: PingResponse = public_client(proxy, trust)?.get("/v1/ping").await?;
+    if let Some(pin) = pin {
+        let ok = resp
+            .tls_ca_pems
+            .iter()
+            .any(|pem| warden_ca::tls::ca_pin(pem).ok().as_deref() == Some(pin.as_str()));
+        if !ok {
+            return Err(ClientError::PinMismatch {
+                addr: proxy.to_string(),
+                expected: pin,
+                presented: "a CA list without it".into(),
+            });
+        }
+    }
+    Ok(resp)
+}
+
+pub async fn signup_info(proxy: &str, trust: Trust, token: &str) -> Result<SignupInfo> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        token: &'a str,
+    }
+    public_client(proxy, trust)?
+        .post("/v1/signup/info", &Body { token })
+        .await
+}
+
+pub async fn signup(proxy: &str, trust: Trust, req: &SignupRequest) -> Result<SignupResponse> {
+    public_client(proxy, trust)?.post("/v1/signup", req).await
+}
+
+/// Inputs of a password login.
+pub struct LoginInput {
+    pub user: String,
+    pub password: Secret<String>,
+    pub otp: Secret<String>,
+    pub ttl_secs: Option<u64>,
+}
+
+/// Logs in with a fresh key; the private key never leaves this machine.
+pub async fn login(
+    proxy: &str,
+    trust: Trust,
+    input: LoginInput,
+) -> Result<(ClientKey, LoginResponse)> {
+    let key = ClientKey::generate();
+    let req = LoginRequest {
+        user: input.user.clone(),
+        password: input.password,
+        otp: input.otp,
+        ssh_public_key: key
+            .ssh_public_key()
+            .to_openssh()
+            .map_err(|e| ClientError::Local(e.to_string()))?,
+        tls_csr_pem: key.csr_pem(&input.user)?,
+        ttl_secs: input.ttl_secs,
+    };
+    let resp = public_client(proxy, trust)?.post("/v1/login", &req).await?;
+    Ok((key, resp))
+}
+
+/// A client of the auth API through the proxy (ALPN `warden-auth`), mTLS
+/// end to end with the profile's certificate.
+pub fn auth_client(store: &ProfileStore, profile: &Profile) -> Result<ApiClient> {
+    let cert = store.client_cert(profile)?;
+    ApiClient::new(
+        &profile.proxy,
+        Some(AUTH_SERVER_NAME),
+        store.trust(profile)?,
+        ALPN_AUTH,
+        Some(&cert),
+    )
+}
+
+/// A client of the auth API at `addr` directly, with a given identity.
+pub fn direct_auth_client(addr: &str, ca_pems: Vec<String>, cert: &ClientCert) -> Result<ApiClient> {
+    ApiClient::new(
+        addr,
+        Some(AUTH_SERVER_NAME),
+        Trust::Roots(ca_pems),
+        ALPN_AUTH,
+        Some(cert),
+    )
+}

@@ -1,0 +1,213 @@
+//! Local profiles: `~/.warden` (or `$WARDEN_HOME`) holds one profile per
+//! proxy, with the user's key (0600) and certificates.
+//!
+//! ```text
+//! ~/.warden/current                        name of the active profile
+//! ~/.warden/profiles/<name>.json           proxy, user, cluster, CA pin
+//! ~/.warden/keys/<name>/<user>             private key (OpenSSH, 0600)
+//! ~/.warden/keys/<name>/<user>-cert.pub    OpenSSH user certificate
+//! ~/.warden/keys/<name>/<user>-x509.pem    X.509 client certificate
+//! ~/.warden/keys/<name>/cas.pem            the cluster's tls CA
+//! ~/.warden/keys/<name>/known_hosts        @cert-authority line for nodes
+//! ```
+
+use crate::tls::{ClientCert, Trust};
+use crate::{ClientError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use warden_ca::keystore::write_private_file;
+use warden_ca::ClientKey;
+use warden_types::api::LoginResponse;
+
+/// One cluster login.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    pub proxy: String,
+    pub user: String,
+    pub cluster: String,
+    pub ca_pin: String,
+}
+
+/// The directory of profiles.
+#[derive(Clone, Debug)]
+pub struct ProfileStore {
+    home: PathBuf,
+}
+
+/// A profile name for a proxy address: safe as a file name.
+pub fn profile_name(proxy: &str) -> String {
+    proxy
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect()
+}
+
+fn local(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Local(e.to_string())
+}
+
+impl ProfileStore {
+    pub fn new(home: PathBuf) -> Self {
+        ProfileStore { home }
+    }
+
+    /// `$WARDEN_HOME`, else `~/.warden`.
+    pub fn default_home() -> Result<PathBuf> {
+        if let Some(h) = std::env::var_os("WARDEN_HOME") {
+            return Ok(PathBuf::from(h));
+        }
+        let home = std::env::var_os("HOME")
+            .ok_or_else(|| ClientError::Local("HOME is not set; set WARDEN_HOME".into()))?;
+        Ok(PathBuf::from(home).join(".warden"))
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn key_dir(&self, p: &Profile) -> PathBuf {
+        self.home.join("keys").join(&p.name)
+    }
+    pub fn private_key_path(&self, p: &Profile) -> PathBuf {
+        self.key_dir(p).join(&p.user)
+    }
+    pub fn ssh_cert_path(&self, p: &Profile) -> PathBuf {
+        self.key_dir(p).join(format!("{}-cert.pub", p.user))
+    }
+    pub fn tls_cert_path(&self, p: &Profile) -> PathBuf {
+        self.key_dir(p).join(format!("{}-x509.pem", p.user))
+    }
+    pub fn ca_path(&self, p: &Profile) -> PathBuf {
+        self.key_dir(p).join("cas.pem")
+    }
+    pub fn known_hosts_path(&self, p: &Profile) -> PathBuf {
+        self.key_dir(p).join("known_hosts")
+    }
+    fn profile_path(&self, name: &str) -> PathBuf {
+        self.home.join("profiles").join(format!("{name}.json"))
+    }
+
+    /// Saves the result of a login and makes it the current profile.
+    pub fn save_login(
+        &self,
+        proxy: &str,
+        ca_pin: &str,
+        key: &ClientKey,
+        resp: &LoginResponse,
+    ) -> Result<Profile> {
+        let p = Profile {
+            name: profile_name(proxy),
+            proxy: proxy.to_string(),
+            user: resp.identity.username.clone(),
+            cluster: resp.identity.cluster.clone(),
+            ca_pin: ca_pin.to_string(),
+        };
+        create_private_dir(&self.key_dir(&p))?;
+        create_private_dir(&self.home.join("profiles"))?;
+        write_private_file(&self.private_key_path(&p), key.to_openssh()?.as_bytes())?;
+        let public = key.ssh_public_key().to_openssh().map_err(local)?;
+        std::fs::write(
+            self.key_dir(&p).join(format!("{}.pub", p.user)),
+            format!("{public}\n"),
+        )?;
+        std::fs::write(self.ssh_cert_path(&p), format!("{}\n", resp.ssh_cert.trim()))?;
+        write_private_file(&self.tls_cert_path(&p), resp.tls_cert_pem.as_bytes())?;
+        std::fs::write(self.ca_path(&p), resp.tls_ca_pems.join(""))?;
+        let known_hosts: String = resp
+            .ssh_host_ca_keys
+            .iter()
+            .map(|k| format!("@cert-authority * {k}\n"))
+            .collect();
+        std::fs::write(self.known_hosts_path(&p), known_hosts)?;
+        std::fs::write(
+            self.profile_path(&p.name),
+            serde_json::to_vec_pretty(&p).map_err(local)?,
+        )?;
+        std::fs::write(self.home.join("current"), &p.name)?;
+        Ok(p)
+    }
+
+    /// The active profile, if logged in anywhere.
+    pub fn current(&self) -> Result<Option<Profile>> {
+        let name = match std::fs::read_to_string(self.home.join("current")) {
+            Ok(n) => n.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        self.load(&name)
+    }
+
+    pub fn load(&self, name: &str) -> Result<Option<Profile>> {
+        match std::fs::read(self.profile_path(name)) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+                ClientError::Local(format!(
+                    "profile {} is corrupt ({e}); run 'warden logout' and log in again",
+                    self.profile_path(name).display()
+                ))
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// How to trust `proxy`: its saved CA if we know it.
+    pub fn saved_trust(&self, proxy: &str) -> Option<Trust> {
+        let p = self.load(&profile_name(proxy)).ok().flatten()?;
+        let pem = std::fs::read_to_string(self.ca_path(&p)).ok()?;
+        Some(Trust::Roots(vec![pem]))
+    }
+
+    /// The saved CA of a profile.
+    pub fn trust(&self, p: &Profile) -> Result<Trust> {
+        let pem = std::fs::read_to_string(self.ca_path(p)).map_err(|e| {
+            ClientError::Local(format!(
+                "cannot read {}: {e}; run 'warden login'",
+                self.ca_path(p).display()
+            ))
+        })?;
+        Ok(Trust::Roots(vec![pem]))
+    }
+
+    /// The X.509 client certificate and key of a profile.
+    pub fn client_cert(&self, p: &Profile) -> Result<ClientCert> {
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|e| {
+                ClientError::Local(format!(
+                    "cannot read {}: {e}; run 'warden login'",
+                    path.display()
+                ))
+            })
+        };
+        let key = ClientKey::from_openssh(&read(self.private_key_path(p))?)?;
+        Ok(ClientCert {
+            cert_pem: read(self.tls_cert_path(p))?,
+            key_pkcs8: key.pkcs8_der().to_vec(),
+        })
+    }
+
+    /// Removes a profile and its keys.
+    pub fn remove(&self, p: &Profile) -> Result<()> {
+        match std::fs::remove_dir_all(self.key_dir(p)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = std::fs::remove_file(self.profile_path(&p.name));
+        if let Ok(cur) = std::fs::read_to_string(self.home.join("current")) {
+            if cur.trim() == p.name {
+                let _ = std::fs::remove_file(self.home.join("current"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ClientError::Local(format!("cannot create {}: {e}", dir.display())))
+}

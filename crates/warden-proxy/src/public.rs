@@ -1,0 +1,105 @@
+//! The public API the proxy terminates: ping, signup and login, forwarded
+//! to auth with the proxy's identity and the client's address.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use std::net::SocketAddr;
+use warden_client::{ApiClient, ClientError};
+use warden_types::api::{ApiError, CLIENT_ADDR_HEADER};
+
+/// The client's address as the proxy saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Largest request body forwarded.
+const MAX_BODY: usize = 64 * 1024;
+
+pub fn public_router(auth: ApiClient) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/login", post(forward_login))
+        .route("/v1/signup/info", post(forward_signup_info))
+        .route("/v1/signup", post(forward_signup))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(auth)
+}
+
+fn error_response(e: ClientError) -> Response {
+    let (status, code, message) = match e {
+        ClientError::Api {
+            status,
+            code,
+            message,
+        } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            code,
+            message,
+        ),
+        other => {
+            tracing::warn!(error = %other, "auth unreachable from proxy");
+            (
+                StatusCode::BAD_GATEWAY,
+                "auth_unavailable".to_string(),
+                "the proxy cannot reach the auth service; try again shortly or tell your admin"
+                    .to_string(),
+            )
+        }
+    };
+    (status, Json(ApiError { code, message })).into_response()
+}
+
+async fn ping(State(auth): State<ApiClient>) -> Response {
+    match auth.get::<serde_json::Value>("/v1/ping").await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn forward(auth: ApiClient, path: &str, addr: ClientAddr, body: Bytes) -> Response {
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(ApiError {
+                    code: "bad_request".into(),
+                    message: format!("invalid JSON: {e}"),
+                }),
+            )
+                .into_response()
+        }
+    };
+    let auth = auth.with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
+    match auth.post::<_, serde_json::Value>(path, &value).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn forward_login(
+    State(auth): State<ApiClient>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(auth, "/v1/login", addr, body).await
+}
+
+async fn forward_signup_info(
+    State(auth): State<ApiClient>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(auth, "/v1/signup/info", addr, body).await
+}
+
+async fn forward_signup(
+    State(auth): State<ApiClient>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(auth, "/v1/signup", addr, body).await
+}

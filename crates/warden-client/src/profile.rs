@@ -9,6 +9,7 @@
 //! ~/.warden/keys/<name>/<user>-x509.pem    X.509 client certificate
 //! ~/.warden/keys/<name>/cas.pem            the cluster's tls CA
 //! ~/.warden/keys/<name>/known_hosts        @cert-authority line for nodes
+//! ~/.warden/known_clusters/<name>.json     CA and pin of clusters verified
 //! ```
 
 use crate::tls::{ClientCert, Trust};
@@ -27,6 +28,13 @@ pub struct Profile {
     pub user: String,
     pub cluster: String,
     pub ca_pin: String,
+}
+
+/// A cluster whose CA was verified by pin.
+#[derive(Serialize, Deserialize)]
+struct KnownCluster {
+    pin: String,
+    ca_pems: Vec<String>,
 }
 
 /// The directory of profiles.
@@ -114,6 +122,7 @@ impl ProfileStore {
         std::fs::write(self.ssh_cert_path(&p), format!("{}\n", resp.ssh_cert.trim()))?;
         write_private_file(&self.tls_cert_path(&p), resp.tls_cert_pem.as_bytes())?;
         std::fs::write(self.ca_path(&p), resp.tls_ca_pems.join(""))?;
+        self.remember_cluster(proxy, ca_pin, &resp.tls_ca_pems)?;
         let known_hosts: String = resp
             .ssh_host_ca_keys
             .iter()
@@ -151,11 +160,40 @@ impl ProfileStore {
         }
     }
 
-    /// How to trust `proxy`: its saved CA if we know it.
-    pub fn saved_trust(&self, proxy: &str) -> Option<Trust> {
-        let p = self.load(&profile_name(proxy)).ok().flatten()?;
-        let pem = std::fs::read_to_string(self.ca_path(&p)).ok()?;
-        Some(Trust::Roots(vec![pem]))
+    fn known_path(&self, proxy: &str) -> PathBuf {
+        self.home
+            .join("known_clusters")
+            .join(format!("{}.json", profile_name(proxy)))
+    }
+
+    /// Remembers a cluster verified by pin, so later commands need no pin.
+    pub fn remember_cluster(&self, proxy: &str, pin: &str, ca_pems: &[String]) -> Result<()> {
+        create_private_dir(&self.home.join("known_clusters"))?;
+        let known = KnownCluster {
+            pin: pin.to_string(),
+            ca_pems: ca_pems.to_vec(),
+        };
+        std::fs::write(
+            self.known_path(proxy),
+            serde_json::to_vec_pretty(&known).map_err(local)?,
+        )?;
+        Ok(())
+    }
+
+    /// How to trust `proxy` if it was verified before: its saved CA and pin.
+    pub fn saved_trust(&self, proxy: &str) -> Result<Option<(Trust, String)>> {
+        let bytes = match std::fs::read(self.known_path(proxy)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let known: KnownCluster = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Local(format!(
+                "{} is corrupt ({e}); delete it and pass --ca-pin",
+                self.known_path(proxy).display()
+            ))
+        })?;
+        Ok(Some((Trust::Roots(known.ca_pems), known.pin)))
     }
 
     /// The saved CA of a profile.

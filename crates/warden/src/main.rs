@@ -1,1 +1,104 @@
-fn main() {}
+//! `warden`: one binary for the cluster's services, its users and its
+//! administrators.
+
+mod admin;
+mod output;
+mod prompt;
+mod start;
+mod user;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Warden: short-lived certificates and an identity-aware proxy for SSH.
+///
+/// Start a cluster on this machine:   warden start
+/// Add a user (on the auth host):     warden admin users add alice --roles access --logins alice
+/// Log in (anywhere):                 warden login --proxy HOST:3080 --user alice
+#[derive(Parser)]
+#[command(name = "warden", version, propagate_version = true, verbatim_doc_comment)]
+struct Cli {
+    /// Log verbosely to stderr (or set RUST_LOG).
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run cluster services: auth and proxy, on an embedded SQLite store.
+    Start(start::StartArgs),
+    /// Complete a signup: choose a password and enrol a TOTP authenticator.
+    Signup(user::SignupArgs),
+    /// Log in and receive short-lived SSH and X.509 certificates.
+    Login(user::LoginArgs),
+    /// Show the current login: user, roles, logins, expiry, cluster.
+    Status(user::StatusArgs),
+    /// Forget the current login and delete its keys.
+    Logout,
+    /// Manage users, roles, tokens and the audit log.
+    Admin(admin::AdminArgs),
+}
+
+/// The default data directory (ARCHITECTURE.md §1).
+pub fn default_data_dir() -> PathBuf {
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/warden");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("warden");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/warden")
+}
+
+fn init_logging(debug: bool, default: &str) {
+    let filter = if debug {
+        tracing_subscriber::EnvFilter::new("debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_start = matches!(cli.command, Command::Start(_));
+    init_logging(cli.debug, if is_start { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Start(a) => start::run(a).await,
+            Command::Signup(a) => user::signup(a).await,
+            Command::Login(a) => user::login(a).await,
+            Command::Status(a) => user::status(a).await,
+            Command::Logout => user::logout().await,
+            Command::Admin(a) => admin::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Prompts that scripts can answer too.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, IsTerminal, Write};
+use warden_types::Secret;
+
+/// Reads one line from stdin (for `--password-stdin`).
+pub fn line_from_stdin(what: &str) -> anyhow::Result<Secret<String>> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("cannot read the {what} from stdin"))?;
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    if line.is_empty() {
+        bail!("no {what} on stdin");
+    }
+    Ok(Secret::new(line))
+}
+
+fn require_tty(flag: &str) -> anyhow::Result<()> {
+    if std::io::stdin().is_terminal() || std::path::Path::new("/dev/tty").exists() {
+        Ok(())
+    } else {
+        bail!("no terminal to ask on; pass {flag}")
+    }
+}
+
+/// Asks for a secret without echo.
+pub fn secret(prompt: &str, flag: &str) -> anyhow::Result<Secret<String>> {
+    require_tty(flag)?;
+    let v = rpassword::prompt_password(prompt)
+        .with_context(|| format!("cannot read from the terminal; pass {flag}"))?;
+    Ok(Secret::new(v))
+}
+
+/// Asks a yes/no question on the terminal; no terminal means no.
+pub fn confirm(question: &str) -> bool {
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
+}
+
+/// A QR code for the terminal (two rows per character).
+pub fn qr(text: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}

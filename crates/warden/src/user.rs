@@ -1,0 +1,286 @@
+//! `warden signup`, `login`, `status`, `logout`.
+
+use crate::output::{self, Format};
+use crate::prompt;
+use anyhow::{bail, Context};
+use clap::Args;
+use warden_ca::otp;
+use warden_client::login::{self as client, LoginInput};
+use warden_client::tls::Trust;
+use warden_client::{ClientError, ProfileStore};
+use warden_types::api::SignupRequest;
+use warden_types::duration::{relative, HumanDuration};
+use warden_types::Secret;
+
+#[derive(Args)]
+pub struct SignupArgs {
+    /// The one-time signup token from your admin.
+    token: String,
+    /// The cluster's proxy, HOST:PORT.
+    #[arg(long, env = "WARDEN_PROXY")]
+    proxy: String,
+    /// The cluster's CA pin (sha256:...), from your admin.
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// Read the new password from the first line of stdin.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Use this base32 TOTP secret instead of generating one (automation).
+    #[arg(long, value_name = "BASE32")]
+    totp_secret: Option<String>,
+    /// The current 6-digit code, instead of asking.
+    #[arg(long)]
+    otp: Option<String>,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// The cluster's proxy, HOST:PORT.
+    #[arg(long, env = "WARDEN_PROXY")]
+    proxy: String,
+    /// Your user name.
+    #[arg(long, env = "WARDEN_USER")]
+    user: String,
+    /// The cluster's CA pin (sha256:...), needed on first contact.
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The current 6-digit TOTP code, instead of asking.
+    #[arg(long)]
+    otp: Option<String>,
+    /// Certificate lifetime to ask for (capped by your roles), e.g. 1h.
+    #[arg(long)]
+    ttl: Option<HumanDuration>,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+fn store() -> anyhow::Result<ProfileStore> {
+    Ok(ProfileStore::new(ProfileStore::default_home()?))
+}
+
+/// How to trust `proxy`: the given pin, the saved CA, or (on a terminal)
+/// the user's confirmation of the fingerprint the cluster shows.
+async fn resolve_trust(
+    store: &ProfileStore,
+    proxy: &str,
+    pin: Option<String>,
+) -> anyhow::Result<(Trust, String)> {
+    if let Some(pin) = pin {
+        if !pin.starts_with("sha256:") || pin.len() != 71 {
+            bail!("invalid --ca-pin {pin:?}: expected sha256: followed by 64 hex digits");
+        }
+        return Ok((Trust::Pin(pin.clone()), pin));
+    }
+    if let Some(saved) = store.saved_trust(proxy)? {
+        return Ok(saved);
+    }
+    match client::ping(proxy, Trust::Discover).await {
+        Err(ClientError::UntrustedCluster { presented, .. }) if !presented.is_empty() => {
+            eprintln!("The cluster at {proxy} presents CA {presented}.");
+            if prompt::confirm("Is this the pin your admin gave you? Trust it?") {
+                Ok((Trust::Pin(presented.clone()), presented))
+            } else {
+                bail!(
+                    "not trusting {proxy}; pass --ca-pin with the pin from your admin ('warden start' prints it)"
+                )
+            }
+        }
+        Err(e) => Err(e.into()),
+        Ok(_) => bail!("{proxy} was trusted without a CA; refusing"),
+    }
+}
+
+pub async fn signup(a: SignupArgs) -> anyhow::Result<()> {
+    let store = store()?;
+    let (trust, pin) = resolve_trust(&store, &a.proxy, a.ca_pin).await?;
+    let ping = client::ping(&a.proxy, trust.clone()).await?;
+    let info = client::signup_info(&a.proxy, trust.clone(), &a.token).await?;
+    eprintln!(
+        "Signing up {} on cluster {} (token expires {}).",
+        info.user,
+        info.cluster,
+        relative(info.expires - output::now())
+    );
+    let password = if a.password_stdin {
+        prompt::line_from_stdin("password")?
+    } else {
+        let p1 = prompt::secret("Choose a password (12+ characters): ", "--password-stdin")?;
+        let p2 = prompt::secret("Repeat it: ", "--password-stdin")?;
+        if p1 != p2 {
+            bail!("the passwords do not match; run the command again");
+        }
+        p1
+    };
+    if password.expose().chars().count() < 12 {
+        bail!("the password is too short: use at least 12 characters");
+    }
+    let secret = match a.totp_secret {
+        Some(s) => {
+            if otp::decode_secret(&s).map(|b| b.len()).unwrap_or(0) < otp::MIN_SECRET {
+                bail!("--totp-secret must be base32 of at least 20 bytes (32 characters)");
+            }
+            s
+        }
+        None => otp::generate_secret(),
+    };
+    let uri = otp::uri(&secret, &info.user, &info.cluster);
+    eprintln!("\nAdd this account to your authenticator app (scan the code or enter the secret):\n");
+    if let Some(qr) = prompt::qr(&uri) {
+        eprintln!("{qr}");
+    }
+    eprintln!("  {uri}\n  secret: {secret}\n");
+    let code = match a.otp {
+        Some(c) => Secret::new(c),
+        None => prompt::secret("Enter the 6-digit code it shows: ", "--otp")?,
+    };
+    let resp = client::signup(
+        &a.proxy,
+        trust,
+        &SignupRequest {
+            token: Secret::new(a.token),
+            password,
+            totp_secret: Secret::new(secret),
+            otp: code,
+        },
+    )
+    .await?;
+    store.remember_cluster(&a.proxy, &pin, &ping.tls_ca_pems)?;
+    println!(
+        "Signed up {}. Log in with:\n  warden login --proxy {} --user {}",
+        resp.user, a.proxy, resp.user
+    );
+    Ok(())
+}
+
+pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
+    let store = store()?;
+    let (trust, pin) = resolve_trust(&store, &a.proxy, a.ca_pin).await?;
+    // Fail fast (unreachable proxy, wrong pin) before asking for secrets.
+    client::ping(&a.proxy, trust.clone()).await?;
+    let password = if a.password_stdin {
+        prompt::line_from_stdin("password")?
+    } else {
+        prompt::secret(&format!("Password for {}: ", a.user), "--password-stdin")?
+    };
+    let otp = match a.otp {
+        Some(c) => Secret::new(c),
+        None => prompt::secret("One-time code: ", "--otp")?,
+    };
+    let (key, resp) = client::login(
+        &a.proxy,
+        trust,
+        LoginInput {
+            user: a.user,
+            password,
+            otp,
+            ttl_secs: a.ttl.map(|t| t.0.as_secs()),
+        },
+    )
+    .await?;
+    let profile = store.save_login(&a.proxy, &pin, &key, &resp)?;
+    println!("Logged in to {} as {}.", profile.cluster, profile.user);
+    print_status(&store, Format::Text)
+}
+
+pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
+    print_status(&store()?, a.format)
+}
+
+#[derive(serde::Serialize)]
+struct Status {
+    profile: String,
+    proxy: String,
+    cluster: String,
+    user: String,
+    roles: Vec<String>,
+    logins: Vec<String>,
+    valid_until: i64,
+    expired: bool,
+    extensions: Vec<String>,
+    ssh_cert: String,
+    private_key: String,
+}
+
+fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
+    let Some(p) = store.current()? else {
+        bail!("not logged in; run 'warden login --proxy HOST:3080 --user NAME'");
+    };
+    let cert_path = store.ssh_cert_path(&p);
+    let text = std::fs::read_to_string(&cert_path)
+        .with_context(|| format!("cannot read {}; run 'warden login'", cert_path.display()))?;
+    let cert = ssh_key::Certificate::from_openssh(text.trim())
+        .with_context(|| format!("{} is not a valid certificate; run 'warden login'", cert_path.display()))?;
+    let roles: Vec<String> = cert
+        .extensions()
+        .get("roles@warden")
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    let valid_until = cert.valid_before() as i64;
+    let s = Status {
+        profile: p.name.clone(),
+        proxy: p.proxy.clone(),
+        cluster: p.cluster.clone(),
+        user: p.user.clone(),
+        roles,
+        logins: cert
+            .valid_principals()
+            .iter()
+            .filter(|l| l.as_str() != warden_ca::ssh::NO_LOGIN_PRINCIPAL)
+            .cloned()
+            .collect(),
+        valid_until,
+        expired: valid_until <= output::now(),
+        extensions: cert
+            .extensions()
+            .keys()
+            .filter(|k| k.starts_with("permit-"))
+            .cloned()
+            .collect(),
+        ssh_cert: cert_path.display().to_string(),
+        private_key: store.private_key_path(&p).display().to_string(),
+    };
+    match format {
+        Format::Json => println!("{}", output::json(&s)?),
+        Format::Text => {
+            let none = |v: &[String]| if v.is_empty() { "(none)".to_string() } else { v.join(", ") };
+            println!("  Proxy:        {}", s.proxy);
+            println!("  Cluster:      {}", s.cluster);
+            println!("  User:         {}", s.user);
+            println!("  Roles:        {}", none(&s.roles));
+            println!("  Logins:       {}", none(&s.logins));
+            println!(
+                "  Valid until:  {} ({})",
+                output::time(valid_until),
+                relative(valid_until - output::now())
+            );
+            println!("  Extensions:   {}", none(&s.extensions));
+            println!("  Certificate:  {}", s.ssh_cert);
+        }
+    }
+    if s.expired {
+        bail!(
+            "certificate expired {}; run 'warden login'",
+            relative(valid_until - output::now())
+        );
+    }
+    Ok(())
+}
+
+pub async fn logout() -> anyhow::Result<()> {
+    let store = store()?;
+    match store.current()? {
+        Some(p) => {
+            store.remove(&p)?;
+            println!("Logged out {} from {} (keys deleted).", p.user, p.proxy);
+        }
+        None => println!("Not logged in."),
+    }
+    Ok(())
+}

@@ -190,7 +190,10 @@ async fn ping(State(s): State<AuthServer>) -> Result<Json<PingResponse>> {
     }))
 }
 
-async fn whoami(State(s): State<AuthServer>, Extension(c): Extension<Caller>) -> Result<Json<WhoAmI>> {
+async fn whoami(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<WhoAmI>> {
     let current_roles = s
         .caller_roles(&c)?
         .iter()
@@ -280,7 +283,11 @@ async fn create_user(
     );
     match s
         .backend()
-        .create(&format!("{USERS}{}", req.name), resources::encode(&doc), None)
+        .create(
+            &format!("{USERS}{}", req.name),
+            resources::encode(&doc),
+            None,
+        )
         .await
     {
         Ok(_) => {}
@@ -500,8 +507,13 @@ async fn put_role(
             codes::ROLE_UPDATE
         };
         s.audit(
-            AuditEvent::new(code, s.cluster(), &c.identity.username, format!("{change:?} role {name}").to_lowercase())
-                .with("target", name.clone()),
+            AuditEvent::new(
+                code,
+                s.cluster(),
+                &c.identity.username,
+                format!("{change:?} role {name}").to_lowercase(),
+            )
+            .with("target", name.clone()),
         )
         .await;
     }
@@ -588,7 +600,11 @@ async fn create_token(
         id: doc.name().to_string(),
         token: token.into(),
         kind: req.kind,
-        expires: doc.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+        expires: doc
+            .metadata
+            .expires
+            .map(|e| e.unix_timestamp())
+            .unwrap_or(0),
         ca_pin: s.ca_pin().await?,
     }))
 }

@@ -22,7 +22,10 @@ impl AuthServer {
         for _ in 0..100 {
             let current = self.backend().get(SSH_SERIAL).await?;
             let (n, res) = match current {
-                None => (1u64, self.backend().create(SSH_SERIAL, b"1".to_vec(), None).await),
+                None => (
+                    1u64,
+                    self.backend().create(SSH_SERIAL, b"1".to_vec(), None).await,
+                ),
                 Some(item) => {
                     let n: u64 = std::str::from_utf8(&item.value)
                         .ok()
@@ -47,7 +50,9 @@ impl AuthServer {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(AuthError::Internal("serial counter is too contended".into()))
+        Err(AuthError::Internal(
+            "serial counter is too contended".into(),
+        ))
     }
 
     /// Certificates for `user`'s public keys, with the user's current roles.

@@ -8,10 +8,10 @@ mod init;
 mod login;
 mod ratelimit;
 mod resources;
-mod server;
 mod serve;
+mod server;
 
 pub use error::AuthError;
 pub use init::{AdminConfig, ADMIN_DIR};
-pub use server::{AuthServer, ServiceIdentity};
 pub use serve::serve_mtls;
+pub use server::{AuthServer, ServiceIdentity};

@@ -76,7 +76,12 @@ impl AuthServer {
         let doc = resources::get::<TokenSpec>(self.backend(), &format!("{TOKENS}{id}"))
             .await?
             .ok_or_else(invalid)?;
-        let same: bool = doc.spec.secret_sha256.as_bytes().ct_eq(hash.as_bytes()).into();
+        let same: bool = doc
+            .spec
+            .secret_sha256
+            .as_bytes()
+            .ct_eq(hash.as_bytes())
+            .into();
         if !same || doc.spec.kind != kind {
             return Err(invalid());
         }
@@ -97,13 +102,19 @@ impl AuthServer {
         Ok(SignupInfo {
             user: doc.spec.user.clone().unwrap_or_default(),
             cluster: self.cluster().to_string(),
-            expires: doc.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or(0),
+            expires: doc
+                .metadata
+                .expires
+                .map(|e| e.unix_timestamp())
+                .unwrap_or(0),
         })
     }
 
     /// Sets a user's password and TOTP secret, consuming the signup token.
     pub async fn signup(&self, req: &SignupRequest, source: Option<String>) -> Result<String> {
-        let token = self.find_token(req.token.expose(), TokenKind::Signup).await?;
+        let token = self
+            .find_token(req.token.expose(), TokenKind::Signup)
+            .await?;
         let user = token
             .spec
             .user
@@ -179,8 +190,13 @@ impl AuthServer {
             )
             .await?;
         self.audit(
-            AuditEvent::new(codes::SIGNUP, self.cluster(), &user, "user completed signup")
-                .source(source),
+            AuditEvent::new(
+                codes::SIGNUP,
+                self.cluster(),
+                &user,
+                "user completed signup",
+            )
+            .source(source),
         )
         .await;
         Ok(user)
@@ -196,8 +212,13 @@ impl AuthServer {
             .allow(&format!("src:{src}"), config.login_rate_per_minute)
         {
             self.audit(
-                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, "rate limited")
-                    .source(source.clone()),
+                AuditEvent::new(
+                    codes::LOGIN_FAILURE,
+                    self.cluster(),
+                    &req.user,
+                    "rate limited",
+                )
+                .source(source.clone()),
             )
             .await;
             return Err(AuthError::RateLimited(format!(
@@ -210,8 +231,8 @@ impl AuthServer {
         let creds = resources::get_raw::<Credentials>(self.backend(), &cred_key).await?;
         let (Some(user), Some((mut creds, rev))) = (user, creds) else {
             let password = req.password.expose().clone();
-            let _ = tokio::task::spawn_blocking(move || verify_password(&password, dummy_hash()))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || verify_password(&password, dummy_hash())).await;
             self.audit(
                 AuditEvent::new(
                     codes::LOGIN_FAILURE,
@@ -226,8 +247,13 @@ impl AuthServer {
         };
         if creds.locked_until > now() {
             self.audit(
-                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, "account locked")
-                    .source(source),
+                AuditEvent::new(
+                    codes::LOGIN_FAILURE,
+                    self.cluster(),
+                    &req.user,
+                    "account locked",
+                )
+                .source(source),
             )
             .await;
             return Err(AuthError::Locked(format!(
@@ -301,24 +327,27 @@ impl AuthServer {
             .await
         {
             Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(AuthError::Unauthenticated(
-                    "another login used this one-time code at the same moment; wait for the next code"
-                        .into(),
-                ))
-            }
+            Err(StoreError::Conflict { .. }) => return Err(AuthError::Unauthenticated(
+                "another login used this one-time code at the same moment; wait for the next code"
+                    .into(),
+            )),
             Err(e) => return Err(e.into()),
         }
         let resp = self
             .issue_user_certs(&user, &req.ssh_public_key, &req.tls_csr_pem, req.ttl_secs)
             .await?;
         self.audit(
-            AuditEvent::new(codes::LOGIN_SUCCESS, self.cluster(), &req.user, "local login")
-                .source(source)
-                .with("method", "password+totp")
-                .with("roles", resp.identity.roles.clone())
-                .with("logins", resp.identity.logins.clone())
-                .with("expires", resp.identity.expires),
+            AuditEvent::new(
+                codes::LOGIN_SUCCESS,
+                self.cluster(),
+                &req.user,
+                "local login",
+            )
+            .source(source)
+            .with("method", "password+totp")
+            .with("roles", resp.identity.roles.clone())
+            .with("logins", resp.identity.logins.clone())
+            .with("expires", resp.identity.expires),
         )
         .await;
         Ok(resp)
@@ -327,7 +356,8 @@ impl AuthServer {
     /// Clears a lockout.
     pub async fn unlock_user(&self, name: &str) -> Result<()> {
         let key = format!("{CREDENTIALS}{name}");
-        let Some((mut creds, rev)) = resources::get_raw::<Credentials>(self.backend(), &key).await?
+        let Some((mut creds, rev)) =
+            resources::get_raw::<Credentials>(self.backend(), &key).await?
         else {
             return Err(AuthError::NotFound(format!(
                 "user {name} has no local credentials (signup not completed?)"

@@ -99,17 +99,22 @@ impl AuthServer {
     }
 
     pub(crate) async fn config(&self) -> Result<ClusterConfigSpec> {
-        Ok(resources::get::<ClusterConfigSpec>(self.backend(), CLUSTER_CONFIG)
-            .await?
-            .map(|d| d.spec)
-            .unwrap_or_default())
+        Ok(
+            resources::get::<ClusterConfigSpec>(self.backend(), CLUSTER_CONFIG)
+                .await?
+                .map(|d| d.spec)
+                .unwrap_or_default(),
+        )
     }
 
     pub(crate) async fn authority(&self, ca: CaType) -> Result<CertAuthority> {
-        resources::get_raw::<CertAuthority>(self.backend(), &format!("{AUTHORITIES}{}", ca.as_str()))
-            .await?
-            .map(|(a, _)| a)
-            .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))
+        resources::get_raw::<CertAuthority>(
+            self.backend(),
+            &format!("{AUTHORITIES}{}", ca.as_str()),
+        )
+        .await?
+        .map(|(a, _)| a)
+        .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))
     }
 
     /// The signer and (for tls) CA certificate of a CA's active key.
@@ -224,7 +229,10 @@ impl AuthServer {
     /// Roles in force now for `names`, from the cache. Unknown names are
     /// skipped: a deleted role grants nothing.
     pub(crate) fn roles(&self, names: &[String]) -> Vec<Document<RoleSpec>> {
-        names.iter().filter_map(|n| self.inner.roles.get(n)).collect()
+        names
+            .iter()
+            .filter_map(|n| self.inner.roles.get(n))
+            .collect()
     }
 }
 
@@ -257,7 +265,10 @@ async fn ensure_cluster_config(
         spec.cluster_name = name.to_string();
     }
     let doc = Document::new(kind::CLUSTER_CONFIG, "cluster-config", spec);
-    match backend.create(CLUSTER_CONFIG, resources::encode(&doc), None).await {
+    match backend
+        .create(CLUSTER_CONFIG, resources::encode(&doc), None)
+        .await
+    {
         Ok(_) => Ok(doc),
         Err(StoreError::AlreadyExists(_)) => Ok(resources::get(backend, CLUSTER_CONFIG)
             .await?

@@ -93,7 +93,9 @@ impl CertAuthority {
 
     /// Every trusted OpenSSH public key line.
     pub fn ssh_public_keys(&self) -> Vec<String> {
-        self.all().filter_map(|k| k.ssh_public_key.clone()).collect()
+        self.all()
+            .filter_map(|k| k.ssh_public_key.clone())
+            .collect()
     }
 
     /// Every trusted CA certificate (PEM).

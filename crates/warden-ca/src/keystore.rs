@@ -129,8 +129,8 @@ impl SoftwareKeyStore {
 impl KeyStore for SoftwareKeyStore {
     fn generate(&self) -> Result<KeyHandle> {
         let seed = Zeroizing::new(random_bytes::<32>());
-        let pair = Ed25519KeyPair::from_seed_unchecked(&*seed)
-            .map_err(|e| CaError::Key(e.to_string()))?;
+        let pair =
+            Ed25519KeyPair::from_seed_unchecked(&*seed).map_err(|e| CaError::Key(e.to_string()))?;
         Ok(KeyHandle {
             store: "software".into(),
             public_key: data_encoding::HEXLOWER.encode(pair.public_key().as_ref()),
@@ -201,15 +201,22 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_kek_matters() {
-        let dir = std::env::temp_dir().join(format!("warden-ks-{}", crate::sha256_hex(&random_bytes::<8>())));
+        let dir = std::env::temp_dir().join(format!(
+            "warden-ks-{}",
+            crate::sha256_hex(&random_bytes::<8>())
+        ));
         let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
-        let mode = std::fs::metadata(dir.join("kek")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("kek"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let h = ks.generate().unwrap();
         assert!(!h.data.contains(&h.public_key));
         let signer = ks.load(&h).unwrap();
         let sig = signer.sign(b"msg");
-        let pk = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, signer.public_key());
+        let pk =
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, signer.public_key());
         pk.verify(b"msg", &sig).unwrap();
         // Reopening the same KEK loads the key; another KEK cannot.
         let again = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
@@ -222,7 +229,9 @@ mod tests {
         assert_eq!(&*ks.open(b"a", &sealed).unwrap(), b"secret");
         // A world-readable KEK is refused.
         std::fs::set_permissions(dir.join("kek"), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = SoftwareKeyStore::open_or_create(&dir.join("kek")).err().unwrap();
+        let err = SoftwareKeyStore::open_or_create(&dir.join("kek"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -29,8 +29,12 @@ pub fn code_at(secret: &[u8], now: u64) -> String {
     let mac = ring::hmac::sign(&key, &counter.to_be_bytes());
     let mac = mac.as_ref();
     let offset = (mac[mac.len() - 1] & 0x0f) as usize;
-    let bin = u32::from_be_bytes([mac[offset], mac[offset + 1], mac[offset + 2], mac[offset + 3]])
-        & 0x7fff_ffff;
+    let bin = u32::from_be_bytes([
+        mac[offset],
+        mac[offset + 1],
+        mac[offset + 2],
+        mac[offset + 3],
+    ]) & 0x7fff_ffff;
     format!("{:06}", bin % 1_000_000)
 }
 
@@ -43,7 +47,10 @@ pub fn verify(secret: &[u8], code: &str, now: u64) -> Option<u64> {
     }
     let mut found = None;
     for step in [now / STEP - 1, now / STEP, now / STEP + 1] {
-        let ok: bool = code_at(secret, step * STEP).as_bytes().ct_eq(code.as_bytes()).into();
+        let ok: bool = code_at(secret, step * STEP)
+            .as_bytes()
+            .ct_eq(code.as_bytes())
+            .into();
         if ok && found.is_none() {
             found = Some(step);
         }
@@ -104,6 +111,8 @@ mod tests {
         let s = generate_secret();
         assert_eq!(decode_secret(&s).unwrap().len(), 20);
         assert_eq!(decode_secret(&s.to_lowercase()).unwrap().len(), 20);
-        assert!(uri(&s, "alice", "my cluster").starts_with("otpauth://totp/my%20cluster:alice?secret="));
+        assert!(
+            uri(&s, "alice", "my cluster").starts_with("otpauth://totp/my%20cluster:alice?secret=")
+        );
     }
 }

@@ -88,10 +88,14 @@ pub fn sign_user_cert(ca: &dyn CaSigner, c: &UserCert) -> Result<Certificate> {
             b.extension(name, "").map_err(ssh_err)?;
         }
     }
-    b.extension("roles@warden", json(&c.roles)).map_err(ssh_err)?;
-    b.extension("traits@warden", json(&c.traits)).map_err(ssh_err)?;
-    b.extension("requests@warden", json(&c.requests)).map_err(ssh_err)?;
-    b.extension("cluster@warden", c.cluster.clone()).map_err(ssh_err)?;
+    b.extension("roles@warden", json(&c.roles))
+        .map_err(ssh_err)?;
+    b.extension("traits@warden", json(&c.traits))
+        .map_err(ssh_err)?;
+    b.extension("requests@warden", json(&c.requests))
+        .map_err(ssh_err)?;
+    b.extension("cluster@warden", c.cluster.clone())
+        .map_err(ssh_err)?;
     b.comment(c.username.clone()).map_err(ssh_err)?;
     b.sign(&SshSigner(ca)).map_err(ssh_err)
 }
@@ -143,7 +147,10 @@ mod tests {
 
     #[test]
     fn user_cert_is_valid_and_carries_identity() {
-        let dir = std::env::temp_dir().join(format!("warden-ssh-{}", crate::sha256_hex(&random_bytes::<8>())));
+        let dir = std::env::temp_dir().join(format!(
+            "warden-ssh-{}",
+            crate::sha256_hex(&random_bytes::<8>())
+        ));
         let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
         let ca = ks.load(&ks.generate().unwrap()).unwrap();
         let client = ClientKey::generate();

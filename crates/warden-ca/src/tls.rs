@@ -73,7 +73,9 @@ pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
     params.not_before = now - Duration::minutes(1);
     params.not_after = now + CA_LIFETIME;
     params.serial_number = Some(random_serial());
-    let cert = params.self_signed(&RcgenSigner::new(ca)).map_err(x509_err)?;
+    let cert = params
+        .self_signed(&RcgenSigner::new(ca))
+        .map_err(x509_err)?;
     Ok(cert.pem())
 }
 
@@ -104,9 +106,9 @@ fn params_for(req: &CertRequest) -> Result<CertificateParams> {
     dn.push(DnType::CommonName, req.common_name.as_str());
     params.distinguished_name = dn;
     for name in &req.dns_names {
-        params.subject_alt_names.push(SanType::DnsName(
-            name.clone().try_into().map_err(x509_err)?,
-        ));
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.clone().try_into().map_err(x509_err)?));
     }
     for ip in &req.ips {
         params.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -128,7 +130,10 @@ fn params_for(req: &CertRequest) -> Result<CertificateParams> {
         let json = serde_json::to_vec(id).map_err(x509_err)?;
         params
             .custom_extensions
-            .push(CustomExtension::from_oid_content(IDENTITY_EXT_OID, der_octet_string(&json)));
+            .push(CustomExtension::from_oid_content(
+                IDENTITY_EXT_OID,
+                der_octet_string(&json),
+            ));
     }
     Ok(params)
 }
@@ -162,7 +167,9 @@ fn read_octet_string(der: &[u8]) -> Option<&[u8]> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     (rest.len() == len).then_some(rest)
@@ -266,7 +273,8 @@ mod tests {
 
     #[test]
     fn client_cert_carries_identity_and_chains_to_ca() {
-        let dir = std::env::temp_dir().join(format!("warden-tls-{}", sha256_hex(&random_bytes::<8>())));
+        let dir =
+            std::env::temp_dir().join(format!("warden-tls-{}", sha256_hex(&random_bytes::<8>())));
         let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
         let ca = ks.load(&ks.generate().unwrap()).unwrap();
         let ca_pem = create_ca_cert(&*ca, "c1").unwrap();
@@ -314,10 +322,21 @@ mod tests {
             .verify_client_cert(&der[0], &[], rustls_pki_types::UnixTime::now())
             .unwrap();
         // A garbage CSR is a clear error, not a panic.
-        let err = issue_from_csr(&*ca, &ca_pem, "not a csr", &CertRequest {
-            common_name: "x".into(), dns_names: vec![], ips: vec![], identity: None,
-            not_before: now, not_after: now, usage: Usage::Client,
-        }).unwrap_err();
+        let err = issue_from_csr(
+            &*ca,
+            &ca_pem,
+            "not a csr",
+            &CertRequest {
+                common_name: "x".into(),
+                dns_names: vec![],
+                ips: vec![],
+                identity: None,
+                not_before: now,
+                not_after: now,
+                usage: Usage::Client,
+            },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("certificate signing request"));
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -3,7 +3,9 @@ use thiserror::Error;
 /// Client errors, worded for the person at the terminal.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot reach {addr}: {reason}; check the address and that 'warden start' is running there")]
+    #[error(
+        "cannot reach {addr}: {reason}; check the address and that 'warden start' is running there"
+    )]
     Unreachable { addr: String, reason: String },
     #[error("CA pin mismatch for {addr}: expected {expected}, the server presented {presented}. Refusing to talk to it: this may be a different cluster or an attacker in the middle. Check the pin with your cluster admin")]
     PinMismatch {

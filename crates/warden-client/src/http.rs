@@ -64,7 +64,8 @@ impl ApiClient {
 
     /// Adds a header to every request (the proxy passes the client address).
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.extra_headers.push((name.to_string(), value.to_string()));
+        self.extra_headers
+            .push((name.to_string(), value.to_string()));
         self
     }
 
@@ -100,13 +101,14 @@ impl ApiClient {
                 presented: presented.first().cloned().unwrap_or_default(),
             };
         }
-        let reason = if text.contains("CertificateRequired") || text.contains("certificate required") {
-            "the server requires a client certificate; run 'warden login'".to_string()
-        } else if text.contains("CertExpired") || text.contains("expired") {
-            "a certificate has expired; run 'warden login'".to_string()
-        } else {
-            text
-        };
+        let reason =
+            if text.contains("CertificateRequired") || text.contains("certificate required") {
+                "the server requires a client certificate; run 'warden login'".to_string()
+            } else if text.contains("CertExpired") || text.contains("expired") {
+                "a certificate has expired; run 'warden login'".to_string()
+            } else {
+                text
+            };
         ClientError::Tls {
             addr: self.addr.clone(),
             reason,

@@ -98,7 +98,11 @@ pub fn auth_client(store: &ProfileStore, profile: &Profile) -> Result<ApiClient>
 }
 
 /// A client of the auth API at `addr` directly, with a given identity.
-pub fn direct_auth_client(addr: &str, ca_pems: Vec<String>, cert: &ClientCert) -> Result<ApiClient> {
+pub fn direct_auth_client(
+    addr: &str,
+    ca_pems: Vec<String>,
+    cert: &ClientCert,
+) -> Result<ApiClient> {
     ApiClient::new(
         addr,
         Some(AUTH_SERVER_NAME),

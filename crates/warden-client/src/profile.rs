@@ -47,7 +47,13 @@ pub struct ProfileStore {
 pub fn profile_name(proxy: &str) -> String {
     proxy
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -119,7 +125,10 @@ impl ProfileStore {
             self.key_dir(&p).join(format!("{}.pub", p.user)),
             format!("{public}\n"),
         )?;
-        std::fs::write(self.ssh_cert_path(&p), format!("{}\n", resp.ssh_cert.trim()))?;
+        std::fs::write(
+            self.ssh_cert_path(&p),
+            format!("{}\n", resp.ssh_cert.trim()),
+        )?;
         write_private_file(&self.tls_cert_path(&p), resp.tls_cert_pem.as_bytes())?;
         std::fs::write(self.ca_path(&p), resp.tls_ca_pems.join(""))?;
         self.remember_cluster(proxy, ca_pin, &resp.tls_ca_pems)?;

@@ -73,7 +73,10 @@ pub fn check_node_access(
     // Deny first: any matching deny ends the evaluation.
     for role in roles {
         let deny = &role.spec.deny;
-        if expand_logins(&deny.logins, traits).iter().any(|l| l == login) {
+        if expand_logins(&deny.logins, traits)
+            .iter()
+            .any(|l| l == login)
+        {
             reasons.push(format!("role {}: denies login {login:?}", role.name()));
             return Decision::deny(reasons, Some(role.name().to_string()));
         }
@@ -98,7 +101,10 @@ pub fn check_node_access(
         }
         let (hit, why) = label_matches(&allow.node_labels, node_labels, traits);
         if hit {
-            reasons.push(format!("role {}: allows login {login:?}; {why}", role.name()));
+            reasons.push(format!(
+                "role {}: allows login {login:?}; {why}",
+                role.name()
+            ));
             allowed_by.get_or_insert_with(|| role.name().to_string());
         } else {
             reasons.push(format!("role {}: {why}", role.name()));
@@ -220,7 +226,9 @@ pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
             if let Err(e) = expand(login, &Traits::new()) {
                 errors.push(format!("{side}.logins: {e}"));
             } else if !login.contains("{{") && !valid_login(login) {
-                errors.push(format!("{side}.logins: {login:?} is not a valid login name"));
+                errors.push(format!(
+                    "{side}.logins: {login:?} is not a valid login name"
+                ));
             }
         }
         for (key, values) in &cond.node_labels {
@@ -229,7 +237,9 @@ pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
                     errors.push(format!("{side}.node_labels.{key}: {e}"));
                 }
                 if let Some(Err(e)) = compile(v) {
-                    errors.push(format!("{side}.node_labels.{key}: invalid regex {v:?}: {e}"));
+                    errors.push(format!(
+                        "{side}.node_labels.{key}: invalid regex {v:?}: {e}"
+                    ));
                 }
             }
             if key == "*" && values.0.iter().any(|v| v != "*") {
@@ -309,7 +319,12 @@ mod tests {
             s.allow.logins = vec!["{{internal.logins}}".into()];
             s.allow.node_labels = all_nodes();
         });
-        let d = check_node_access(&[r.clone()], &traits(&["alice"]), "alice", &labels(&[]));
+        let d = check_node_access(
+            std::slice::from_ref(&r),
+            &traits(&["alice"]),
+            "alice",
+            &labels(&[]),
+        );
         assert!(d.allowed, "{d:?}");
         assert_eq!(d.role.as_deref(), Some("access"));
         let d = check_node_access(&[r], &traits(&["alice"]), "root", &labels(&[]));
@@ -338,8 +353,12 @@ mod tests {
             s.deny.node_labels = [("env".to_string(), LabelValues(vec!["prod".into()]))].into()
         });
         let roles = [allow, deny_prod];
-        assert!(!check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "prod")])).allowed);
-        assert!(check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "dev")])).allowed);
+        assert!(
+            !check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "prod")])).allowed
+        );
+        assert!(
+            check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "dev")])).allowed
+        );
     }
 
     #[test]
@@ -348,13 +367,15 @@ mod tests {
             s.allow.logins = vec!["{{internal.logins}}".into()];
             s.allow.node_labels = all_nodes();
         });
-        assert!(allowed_logins(&[r.clone()], &Traits::new()).is_empty());
+        assert!(allowed_logins(std::slice::from_ref(&r), &Traits::new()).is_empty());
         assert!(!check_node_access(&[r], &Traits::new(), "", &labels(&[])).allowed);
     }
 
     #[test]
     fn hostile_trait_values_are_not_principals() {
-        let r = role("access", |s| s.allow.logins = vec!["{{external.logins}}".into()]);
+        let r = role("access", |s| {
+            s.allow.logins = vec!["{{external.logins}}".into()]
+        });
         let t = traits(&["ok", "root,admin", "*", "a b", "-oProxyCommand"]);
         assert_eq!(allowed_logins(&[r], &t), vec!["ok"]);
     }
@@ -391,7 +412,7 @@ mod tests {
                 verbs: vec!["delete".into()],
             }]
         });
-        assert!(check_rule(&[editor.clone()], "user", "delete").allowed);
+        assert!(check_rule(std::slice::from_ref(&editor), "user", "delete").allowed);
         assert!(!check_rule(&[editor.clone(), no_delete], "user", "delete").allowed);
         assert!(!check_rule(&[], "user", "list").allowed);
     }

@@ -149,9 +149,23 @@ mod tests {
     #[test]
     fn all_keys_must_match() {
         let s = sel(&[("env", &["prod"]), ("team", &["db", "web"])]);
-        assert!(label_matches(&s, &labels(&[("env", "prod"), ("team", "web")]), &Traits::new()).0);
+        assert!(
+            label_matches(
+                &s,
+                &labels(&[("env", "prod"), ("team", "web")]),
+                &Traits::new()
+            )
+            .0
+        );
         assert!(!label_matches(&s, &labels(&[("env", "prod")]), &Traits::new()).0);
-        assert!(!label_matches(&s, &labels(&[("env", "dev"), ("team", "db")]), &Traits::new()).0);
+        assert!(
+            !label_matches(
+                &s,
+                &labels(&[("env", "dev"), ("team", "db")]),
+                &Traits::new()
+            )
+            .0
+        );
     }
 
     #[test]

@@ -89,15 +89,24 @@ mod tests {
 
     #[test]
     fn classifies() {
-        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap(), Some(Protocol::Ssh));
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap(),
+            Some(Protocol::Ssh)
+        );
         assert_eq!(classify(b"SS").unwrap(), None);
         assert!(classify(b"GET / HTTP/1.1\r\n").is_err());
         let auth = client_hello(&[ALPN_AUTH]);
         assert_eq!(classify(&auth).unwrap(), Some(Protocol::AuthPassthrough));
         // A partial hello asks for more.
         assert_eq!(classify(&auth[..auth.len() / 2]).unwrap(), None);
-        assert_eq!(classify(&client_hello(&[ALPN_TUNNEL])).unwrap(), Some(Protocol::Tunnel));
-        assert_eq!(classify(&client_hello(&[b"http/1.1"])).unwrap(), Some(Protocol::Web));
+        assert_eq!(
+            classify(&client_hello(&[ALPN_TUNNEL])).unwrap(),
+            Some(Protocol::Tunnel)
+        );
+        assert_eq!(
+            classify(&client_hello(&[b"http/1.1"])).unwrap(),
+            Some(Protocol::Web)
+        );
         assert_eq!(classify(&client_hello(&[])).unwrap(), Some(Protocol::Web));
         // Garbage after the TLS byte is an error, not a panic.
         assert!(classify(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]).is_err());

@@ -84,8 +84,9 @@ impl SqliteAuditLog {
 }
 
 fn parse(body: String) -> rusqlite::Result<AuditEvent> {
-    serde_json::from_str(&body)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(&body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 #[async_trait]
@@ -105,8 +106,8 @@ impl AuditLog for SqliteAuditLog {
             event.index = idx as u64 + 1;
             event.prev_hash = prev;
             event.hash = event_hash(&event);
-            let body = serde_json::to_string(&event)
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let body =
+                serde_json::to_string(&event).map_err(|e| StoreError::Backend(e.to_string()))?;
             tx.execute(
                 "INSERT INTO events (idx, id, time, type, user, node, session_id, body, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

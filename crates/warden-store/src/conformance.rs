@@ -36,16 +36,29 @@ fn ns(test: &str) -> String {
 async fn crud(b: &dyn Backend) {
     let p = ns("crud");
     let k = format!("{p}a");
-    assert!(b.get(&k).await.unwrap().is_none(), "missing key must read as None");
+    assert!(
+        b.get(&k).await.unwrap().is_none(),
+        "missing key must read as None"
+    );
     let r1 = b.put(&k, b"one".to_vec(), None).await.unwrap();
-    let item = b.get(&k).await.unwrap().expect("put value must be readable");
+    let item = b
+        .get(&k)
+        .await
+        .unwrap()
+        .expect("put value must be readable");
     assert_eq!(item.value, b"one");
     assert_eq!(item.revision, r1);
     let r2 = b.put(&k, b"two".to_vec(), None).await.unwrap();
     assert!(r2 > r1, "revisions must increase: {r1} then {r2}");
     assert_eq!(b.get(&k).await.unwrap().unwrap().value, b"two");
-    assert!(b.delete(&k).await.unwrap(), "delete of a live key reports true");
-    assert!(!b.delete(&k).await.unwrap(), "delete of a missing key reports false");
+    assert!(
+        b.delete(&k).await.unwrap(),
+        "delete of a live key reports true"
+    );
+    assert!(
+        !b.delete(&k).await.unwrap(),
+        "delete of a missing key reports false"
+    );
     assert!(b.get(&k).await.unwrap().is_none());
     // Binary values survive untouched.
     let blob: Vec<u8> = (0..=255u8).collect();
@@ -72,7 +85,10 @@ async fn compare_and_swap(b: &dyn Backend) {
         other => panic!("CAS on a missing key must be NotFound, got {other:?}"),
     }
     let r1 = b.put(&k, b"a".to_vec(), None).await.unwrap();
-    let r2 = b.compare_and_swap(&k, r1, b"b".to_vec(), None).await.unwrap();
+    let r2 = b
+        .compare_and_swap(&k, r1, b"b".to_vec(), None)
+        .await
+        .unwrap();
     assert!(r2 > r1);
     match b.compare_and_swap(&k, r1, b"c".to_vec(), None).await {
         Err(StoreError::Conflict {
@@ -106,9 +122,13 @@ async fn range_by_prefix(b: &dyn Backend) {
             .unwrap();
     }
     // A sibling whose name extends the prefix without the separator.
-    b.put(&format!("{}x", p.trim_end_matches('/')), b"no".to_vec(), None)
-        .await
-        .unwrap();
+    b.put(
+        &format!("{}x", p.trim_end_matches('/')),
+        b"no".to_vec(),
+        None,
+    )
+    .await
+    .unwrap();
     let keys: Vec<String> = b
         .range(&p)
         .await
@@ -116,7 +136,11 @@ async fn range_by_prefix(b: &dyn Backend) {
         .into_iter()
         .map(|i| i.key[p.len()..].to_string())
         .collect();
-    assert_eq!(keys, vec!["%", "_x", "a", "b", "c/d"], "sorted, prefix only");
+    assert_eq!(
+        keys,
+        vec!["%", "_x", "a", "b", "c/d"],
+        "sorted, prefix only"
+    );
     let sub = b.range(&format!("{p}c/")).await.unwrap();
     assert_eq!(sub.len(), 1);
     // Wildcard characters in a prefix are literal.
@@ -140,12 +164,12 @@ async fn ttl(b: &dyn Backend) {
     let k = format!("{p}short");
     let expires = SystemTime::now() + Duration::from_millis(700);
     b.put(&k, b"v".to_vec(), Some(expires)).await.unwrap();
-    b.put(&format!("{p}long"), b"v".to_vec(), None).await.unwrap();
+    b.put(&format!("{p}long"), b"v".to_vec(), None)
+        .await
+        .unwrap();
     let item = b.get(&k).await.unwrap().expect("unexpired item is visible");
     let got = item.expires.expect("expiry is kept");
-    let skew = got
-        .duration_since(expires)
-        .unwrap_or_else(|e| e.duration());
+    let skew = got.duration_since(expires).unwrap_or_else(|e| e.duration());
     assert!(skew < Duration::from_millis(5), "expiry kept to the ms");
     let start = b.revision().await.unwrap();
     let mut w = b.watch(&p, start).await.unwrap();
@@ -158,7 +182,10 @@ async fn ttl(b: &dyn Backend) {
         .expect("expiry must produce a delete event")
         .unwrap()
         .unwrap();
-    assert_eq!((ev.kind, ev.item.key.as_str()), (EventKind::Delete, k.as_str()));
+    assert_eq!(
+        (ev.kind, ev.item.key.as_str()),
+        (EventKind::Delete, k.as_str())
+    );
     // An expired key can be created again.
     b.create(&k, b"again".to_vec(), None).await.unwrap();
 }
@@ -219,7 +246,11 @@ async fn watch_in_order(b: &dyn Backend) {
             .expect("watch event must arrive")
             .unwrap()
             .unwrap();
-        seen.push((ev.kind, ev.item.key[p.len()..].to_string(), ev.item.revision));
+        seen.push((
+            ev.kind,
+            ev.item.key[p.len()..].to_string(),
+            ev.item.revision,
+        ));
     }
     assert_eq!(seen[0], (EventKind::Put, "a".into(), r1));
     assert_eq!(seen[1], (EventKind::Put, "b".into(), r2));
@@ -247,8 +278,14 @@ where
     drop(w);
     drop(b);
     let writer = open().await;
-    writer.put(&format!("{p}2"), b"2".to_vec(), None).await.unwrap();
-    writer.put(&format!("{p}3"), b"3".to_vec(), None).await.unwrap();
+    writer
+        .put(&format!("{p}2"), b"2".to_vec(), None)
+        .await
+        .unwrap();
+    writer
+        .put(&format!("{p}3"), b"3".to_vec(), None)
+        .await
+        .unwrap();
     drop(writer);
     // A new connection resumes from the last revision seen and misses nothing.
     let b = open().await;

@@ -13,8 +13,8 @@ pub mod conformance;
 mod sqlite;
 
 pub use audit::{AuditLog, SqliteAuditLog, VerifyReport};
-pub use cache::WatchCache;
 pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
+pub use cache::WatchCache;
 pub use sqlite::SqliteBackend;
 
 /// Result type of the store.

@@ -192,7 +192,12 @@ fn live(tx: &Transaction<'_>, key: &str) -> Result<Option<Item>> {
     .map_err(db_err)
 }
 
-fn write(tx: &Transaction<'_>, key: &str, value: &[u8], expires: Option<SystemTime>) -> Result<i64> {
+fn write(
+    tx: &Transaction<'_>,
+    key: &str,
+    value: &[u8],
+    expires: Option<SystemTime>,
+) -> Result<i64> {
     let exp = expires.map(to_millis);
     tx.execute(
         "INSERT INTO events (key, kind, value, expires) VALUES (?1, 0, ?2, ?3)",
@@ -347,9 +352,7 @@ impl Backend for SqliteBackend {
                 let Some(inner) = weak.upgrade() else { return };
                 let backend = SqliteBackend { inner };
                 let p = prefix.clone();
-                let batch = backend
-                    .tx(move |tx| read_events(tx, &p, last))
-                    .await;
+                let batch = backend.tx(move |tx| read_events(tx, &p, last)).await;
                 drop(backend);
                 match batch {
                     Ok(events) => {

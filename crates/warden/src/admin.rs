@@ -20,6 +20,9 @@ pub struct AdminArgs {
     /// Data dir of the auth service whose admin identity to use.
     #[arg(long, env = "WARDEN_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Act as your own login ('warden login'), even on the auth host.
+    #[arg(long, global = true)]
+    login: bool,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -153,15 +156,23 @@ fn read(path: &Path) -> anyhow::Result<String> {
 }
 
 /// The local admin identity if this is the auth host, else the login.
-fn connect(data_dir: Option<PathBuf>) -> anyhow::Result<Admin> {
+fn connect(data_dir: Option<PathBuf>, use_login: bool) -> anyhow::Result<Admin> {
+    if use_login {
+        return connect_as_login();
+    }
     let explicit = data_dir.is_some();
     let dir = data_dir
         .unwrap_or_else(crate::default_data_dir)
         .join(warden_auth::ADMIN_DIR);
     let config_path = dir.join("config.json");
     if config_path.exists() {
-        let config: AdminConfig = serde_json::from_str(&read(&config_path)?)
-            .with_context(|| format!("{} is corrupt; restart 'warden start'", config_path.display()))?;
+        let config: AdminConfig =
+            serde_json::from_str(&read(&config_path)?).with_context(|| {
+                format!(
+                    "{} is corrupt; restart 'warden start'",
+                    config_path.display()
+                )
+            })?;
         let key = warden_ca::ClientKey::from_openssh(&read(&dir.join("identity"))?)?;
         let cert = ClientCert {
             cert_pem: read(&dir.join("identity.crt"))?,
@@ -184,12 +195,18 @@ fn connect(data_dir: Option<PathBuf>) -> anyhow::Result<Admin> {
             dir.display()
         );
     }
+    connect_as_login().map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}; no admin identity in {} either (on the auth host, pass --data-dir)",
+            dir.display()
+        )
+    })
+}
+
+fn connect_as_login() -> anyhow::Result<Admin> {
     let store = ProfileStore::new(ProfileStore::default_home()?);
     let Some(profile) = store.current()? else {
-        bail!(
-            "no admin identity found in {} and not logged in; run this on the auth host (or pass --data-dir), or 'warden login' first",
-            dir.display()
-        );
+        bail!("not logged in; run 'warden login' first");
     };
     Ok(Admin {
         api: warden_client::login::auth_client(&store, &profile)?,
@@ -199,7 +216,7 @@ fn connect(data_dir: Option<PathBuf>) -> anyhow::Result<Admin> {
 }
 
 pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
-    let admin = connect(a.data_dir)?;
+    let admin = connect(a.data_dir, a.login)?;
     match a.command {
         AdminCommand::Users(c) => users(&admin, c).await,
         AdminCommand::Roles(c) => roles(&admin, c).await,
@@ -351,7 +368,9 @@ pub fn load_roles(path: &Path) -> anyhow::Result<Vec<Document<RoleSpec>>> {
             let doc: Document<RoleSpec> = {
                 // Re-parse the document's own text so errors carry real
                 // line and column numbers.
-                let de = serde_norway::Deserializer::from_str(&text).nth(i).expect("same doc");
+                let de = serde_norway::Deserializer::from_str(&text)
+                    .nth(i)
+                    .expect("same doc");
                 Document::deserialize(de).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
             };
             if doc.kind != kind::ROLE {
@@ -644,7 +663,11 @@ mod tests {
         std::fs::write(&f, "kind: role\nversion: v1\nmetadata:\n  name: x\nspec:\n  allow:\n    node_labels:\n      env: '^(prod$'\n").unwrap();
         let err = load_roles(&f).unwrap_err().to_string();
         assert!(err.contains("invalid regex"), "{err}");
-        std::fs::write(&f, "kind: role\nversion: v1\nmetadata:\n  name: x\nspec: {}\n---\n").unwrap();
+        std::fs::write(
+            &f,
+            "kind: role\nversion: v1\nmetadata:\n  name: x\nspec: {}\n---\n",
+        )
+        .unwrap();
         assert_eq!(load_roles(&f).unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }

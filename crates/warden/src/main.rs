@@ -17,7 +17,12 @@ use std::process::ExitCode;
 /// Add a user (on the auth host):     warden admin users add alice --roles access --logins alice
 /// Log in (anywhere):                 warden login --proxy HOST:3080 --user alice
 #[derive(Parser)]
-#[command(name = "warden", version, propagate_version = true, verbatim_doc_comment)]
+#[command(
+    name = "warden",
+    version,
+    propagate_version = true,
+    verbatim_doc_comment
+)]
 struct Cli {
     /// Log verbosely to stderr (or set RUST_LOG).
     #[arg(long, global = true)]

@@ -55,7 +55,9 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     for r in &a.roles {
         match r.as_str() {
             "auth" | "proxy" => {}
-            "node" => bail!("the node service is not part of this build yet; run --roles auth,proxy"),
+            "node" => {
+                bail!("the node service is not part of this build yet; run --roles auth,proxy")
+            }
             other => bail!("unknown service {other:?}: expected auth and/or proxy"),
         }
     }
@@ -91,13 +93,19 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         };
         let proxy = build_proxy(&auth, auth_addr, bound, &public_addrs).await?;
         public = Some(public_addrs[0].clone());
-        proxy_task = Some(tokio::spawn(proxy.serve(listener, wait(shutdown_rx.clone()))));
+        proxy_task = Some(tokio::spawn(
+            proxy.serve(listener, wait(shutdown_rx.clone())),
+        ));
     }
     auth.write_admin_identity(&data_dir, &auth_addr.to_string(), public.as_deref())
         .await
         .context("cannot write the admin identity")?;
     let pin = auth.ca_pin().await?;
-    println!("Warden {} cluster {:?} is running.", warden_types::VERSION, auth.cluster());
+    println!(
+        "Warden {} cluster {:?} is running.",
+        warden_types::VERSION,
+        auth.cluster()
+    );
     println!("  data dir:   {}", data_dir.display());
     println!("  auth:       {auth_addr} (mTLS)");
     if let Some(p) = &public {

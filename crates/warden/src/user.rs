@@ -131,7 +131,9 @@ pub async fn signup(a: SignupArgs) -> anyhow::Result<()> {
         None => otp::generate_secret(),
     };
     let uri = otp::uri(&secret, &info.user, &info.cluster);
-    eprintln!("\nAdd this account to your authenticator app (scan the code or enter the secret):\n");
+    eprintln!(
+        "\nAdd this account to your authenticator app (scan the code or enter the secret):\n"
+    );
     if let Some(qr) = prompt::qr(&uri) {
         eprintln!("{qr}");
     }
@@ -215,8 +217,12 @@ fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
     let cert_path = store.ssh_cert_path(&p);
     let text = std::fs::read_to_string(&cert_path)
         .with_context(|| format!("cannot read {}; run 'warden login'", cert_path.display()))?;
-    let cert = ssh_key::Certificate::from_openssh(text.trim())
-        .with_context(|| format!("{} is not a valid certificate; run 'warden login'", cert_path.display()))?;
+    let cert = ssh_key::Certificate::from_openssh(text.trim()).with_context(|| {
+        format!(
+            "{} is not a valid certificate; run 'warden login'",
+            cert_path.display()
+        )
+    })?;
     let roles: Vec<String> = cert
         .extensions()
         .get("roles@warden")
@@ -249,7 +255,13 @@ fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", output::json(&s)?),
         Format::Text => {
-            let none = |v: &[String]| if v.is_empty() { "(none)".to_string() } else { v.join(", ") };
+            let none = |v: &[String]| {
+                if v.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
             println!("  Proxy:        {}", s.proxy);
             println!("  Cluster:      {}", s.cluster);
             println!("  User:         {}", s.user);

@@ -1,0 +1,822 @@
+//! End-to-end tests: real `warden` processes on random 127.0.0.1 ports in
+//! temp dirs, driven through the CLI like a user would. Needs Debian's
+//! `ssh-keygen` (openssh-client) and `oathtool` (an independent TOTP
+//! implementation).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
+const PASSWORD: &str = "correct horse battery staple";
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "warden-e2e-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Output of one CLI run.
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    #[track_caller]
+    fn expect_ok(self) -> Self {
+        assert!(self.ok, "command failed:\n{}", self.all());
+        self
+    }
+    #[track_caller]
+    fn expect_err(self, needle: &str) -> Self {
+        assert!(!self.ok, "command should have failed:\n{}", self.all());
+        assert!(
+            self.stderr.contains(needle),
+            "error should mention {needle:?}:\n{}",
+            self.all()
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.all());
+        self
+    }
+}
+
+/// A running `warden start`.
+struct Cluster {
+    dir: PathBuf,
+    child: Child,
+    proxy: String,
+    pin: String,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let mut child = Command::new(WARDEN)
+            .args([
+                "start",
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--auth-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn warden start");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut proxy, mut pin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pin.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("warden start did not print its CA pin within 60s");
+            if let Some(v) = line.trim().strip_prefix("proxy:") {
+                proxy = Some(v.trim().to_string());
+            }
+            if let Some(v) = line.trim().strip_prefix("CA pin:") {
+                pin = Some(v.trim().to_string());
+            }
+        }
+        Cluster {
+            dir: dir.to_path_buf(),
+            child,
+            proxy: proxy.expect("proxy address"),
+            pin: pin.unwrap(),
+        }
+    }
+
+    /// Runs the CLI as a user whose profile lives in `home`.
+    fn run_as(&self, home: &str, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut cmd = Command::new(WARDEN);
+        cmd.args(args)
+            .env("WARDEN_HOME", self.dir.join(home))
+            .env_remove("WARDEN_DATA_DIR")
+            .env_remove("WARDEN_PROXY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn warden");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        self.run_as("home", args, stdin)
+    }
+
+    /// `warden admin ...` with the local admin identity.
+    fn admin(&self, args: &[&str]) -> Out {
+        let data = self.dir.join("data");
+        let mut full = vec!["admin", "--data-dir", data.to_str().unwrap()];
+        full.extend_from_slice(args);
+        self.run(&full, None)
+    }
+
+    /// Adds a user and completes their signup; returns the TOTP secret.
+    fn add_user(&self, name: &str, roles: &str, logins: &str) -> String {
+        let out = self
+            .admin(&["users", "add", name, "--roles", roles, "--logins", logins])
+            .expect_ok();
+        let token = signup_token(&out.stdout);
+        let secret = totp_secret(name);
+        self.run(
+            &[
+                "signup",
+                &token,
+                "--proxy",
+                &self.proxy,
+                "--ca-pin",
+                &self.pin,
+                "--password-stdin",
+                "--totp-secret",
+                &secret,
+                "--otp",
+                &totp(&secret, 0),
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .expect_ok();
+        secret
+    }
+
+    fn login(&self, home: &str, user: &str, otp: &str) -> Out {
+        self.run_as(
+            home,
+            &[
+                "login",
+                "--proxy",
+                &self.proxy,
+                "--user",
+                user,
+                "--ca-pin",
+                &self.pin,
+                "--password-stdin",
+                "--otp",
+                otp,
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The token from the `warden signup TOKEN ...` line an admin gets.
+fn signup_token(admin_output: &str) -> String {
+    let line = admin_output
+        .lines()
+        .find(|l| l.trim_start().starts_with("warden signup "))
+        .unwrap_or_else(|| panic!("no signup command in:\n{admin_output}"));
+    line.split_whitespace().nth(2).unwrap().to_string()
+}
+
+/// A per-user base32 secret (32 chars = 20 bytes).
+fn totp_secret(user: &str) -> String {
+    let mut s = String::new();
+    for c in user.bytes().cycle().take(32) {
+        s.push((b'A' + c % 26) as char);
+    }
+    s
+}
+
+/// The code `oathtool` computes for `secret`, `offset` seconds from now.
+fn totp(secret: &str, offset: i64) -> String {
+    let out = Command::new("oathtool")
+        .args([
+            "--totp",
+            "-b",
+            "-N",
+            &format!("now + {offset} seconds"),
+            secret,
+        ])
+        .output()
+        .expect("oathtool (Debian package oathtool) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn wrong_code(right: &str) -> String {
+    right
+        .chars()
+        .map(|c| char::from(b'0' + (c as u8 - b'0' + 1) % 10))
+        .collect()
+}
+
+#[test]
+fn quickstart_login_and_certificate() {
+    let dir = temp_dir("quickstart");
+    let c = Cluster::start(&dir);
+    assert!(
+        c.pin.starts_with("sha256:") && c.pin.len() == 71,
+        "{}",
+        c.pin
+    );
+
+    // The admin gets the exact command to hand to the user.
+    let out = c
+        .admin(&[
+            "users",
+            "add",
+            "alice",
+            "--roles",
+            "access",
+            "--logins",
+            "alice,root",
+        ])
+        .expect_ok();
+    assert!(
+        out.stdout
+            .contains(&format!("--proxy {} --ca-pin {}", c.proxy, c.pin)),
+        "{}",
+        out.stdout
+    );
+    let token = signup_token(&out.stdout);
+    let secret = totp_secret("alice");
+    let signup = |password: &str, otp: &str| {
+        c.run(
+            &[
+                "signup",
+                &token,
+                "--proxy",
+                &c.proxy,
+                "--ca-pin",
+                &c.pin,
+                "--password-stdin",
+                "--totp-secret",
+                &secret,
+                "--otp",
+                otp,
+            ],
+            Some(&format!("{password}\n")),
+        )
+    };
+    signup(PASSWORD, &wrong_code(&totp(&secret, 0))).expect_err("one-time code does not match");
+    signup("short", &totp(&secret, 0)).expect_err("too short");
+    let out = signup(PASSWORD, &totp(&secret, 0)).expect_ok();
+    assert!(out.stderr.contains("otpauth://totp/"), "shows the URI");
+    signup(PASSWORD, &totp(&secret, 0)).expect_err("invalid signup token");
+
+    // Bad logins: clear errors, non-zero exits.
+    let right = totp(&secret, 30);
+    c.run(
+        &[
+            "login",
+            "--proxy",
+            &c.proxy,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--otp",
+            &right,
+        ],
+        Some("not the password\n"),
+    )
+    .expect_err("wrong user name, password or one-time code");
+    c.login("home", "alice", &wrong_code(&right))
+        .expect_err("wrong user name, password or one-time code");
+    c.login("home", "nobody", &right).expect_err("login failed");
+    let zero_pin = format!("sha256:{}", "0".repeat(64));
+    c.run_as(
+        "other",
+        &[
+            "login",
+            "--proxy",
+            &c.proxy,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &zero_pin,
+            "--password-stdin",
+            "--otp",
+            &right,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_err("CA pin mismatch");
+    c.run_as(
+        "other",
+        &[
+            "login",
+            "--proxy",
+            &c.proxy,
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--otp",
+            &right,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_err("--ca-pin");
+    c.run_as(
+        "other",
+        &[
+            "login",
+            "--proxy",
+            "127.0.0.1:1",
+            "--user",
+            "alice",
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--otp",
+            &right,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_err("cannot reach 127.0.0.1:1");
+
+    // The real login.
+    let out = c.login("home", "alice", &right).expect_ok();
+    assert!(
+        out.stdout.contains("Logged in to warden as alice"),
+        "{}",
+        out.stdout
+    );
+    let status = c.run(&["status", "--format", "json"], None).expect_ok();
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["roles"], serde_json::json!(["access"]));
+    assert_eq!(s["logins"], serde_json::json!(["alice", "root"]));
+    assert_eq!(s["expired"], false);
+
+    // A real OpenSSH certificate, as ssh-keygen reads it.
+    let cert = s["ssh_cert"].as_str().unwrap();
+    let key = s["private_key"].as_str().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "private key must be 0600");
+    let out = Command::new("ssh-keygen")
+        .args(["-L", "-f", cert])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "ssh-ed25519-cert-v01@openssh.com user certificate",
+        "Key ID: \"alice\"",
+        "permit-pty",
+        "permit-port-forwarding",
+        "roles@warden",
+        "traits@warden",
+        "cluster@warden",
+        "requests@warden",
+    ] {
+        assert!(text.contains(want), "ssh-keygen -L lacks {want:?}:\n{text}");
+    }
+    let principals: Vec<&str> = text
+        .split("Principals:")
+        .nth(1)
+        .unwrap()
+        .split("Critical Options:")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(principals, ["alice", "root"]);
+    assert!(
+        !text.contains("permit-X11-forwarding"),
+        "access role does not grant X11"
+    );
+    // The certificate certifies the private key the client holds.
+    let fingerprint = |args: &[&str]| {
+        let out = Command::new("ssh-keygen").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let derived = std::path::PathBuf::from(format!("{key}.derived.pub"));
+    std::fs::write(&derived, fingerprint(&["-y", "-f", key])).unwrap();
+    let key_fp = fingerprint(&["-l", "-f", derived.to_str().unwrap()]);
+    let key_fp = key_fp.split_whitespace().nth(1).unwrap();
+    assert!(
+        text.contains(&format!("Public key: ED25519-CERT {key_fp}")),
+        "certificate is for another key:\n{text}"
+    );
+
+    // Human status output.
+    let out = c.run(&["status"], None).expect_ok();
+    assert!(
+        out.stdout.contains("Roles:        access"),
+        "{}",
+        out.stdout
+    );
+
+    // alice is not an editor: admin calls as herself are denied, through
+    // the proxy's passthrough to auth (mTLS end to end).
+    c.run(&["admin", "--login", "users", "ls"], None)
+        .expect_err("alice may not list users");
+    // Granting a role applies at once, without a new login.
+    c.admin(&["users", "update", "alice", "--roles", "access,editor"])
+        .expect_ok();
+    let mut ok = false;
+    for _ in 0..50 {
+        let out = c.run(
+            &["admin", "--login", "users", "ls", "--format", "json"],
+            None,
+        );
+        if out.ok {
+            let users: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            assert_eq!(users[0]["metadata"]["name"], "alice");
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "role change did not apply to the live session");
+
+    c.run(&["logout"], None).expect_ok();
+    c.run(&["status"], None).expect_err("not logged in");
+    assert!(!Path::new(key).exists(), "logout deletes the key");
+}
+
+#[test]
+fn roles_apply_tokens_lockout_and_audit() {
+    let dir = temp_dir("admin");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("roles.yaml");
+    let write = |dba_ttl: &str| {
+        std::fs::write(
+            &roles,
+            format!(
+                "kind: role\nversion: v1\nmetadata:\n  name: dba\n  description: databases\nspec:\n  options:\n    max_session_ttl: {dba_ttl}\n  allow:\n    logins: [postgres, '{{{{internal.logins}}}}']\n    node_labels:\n      env: '^prod-[0-9]+$'\n      team: [db, data]\n  deny:\n    logins: [root]\n---\nkind: role\nversion: v1\nmetadata:\n  name: readonly\nspec:\n  allow:\n    rules:\n      - resources: [user, role]\n        verbs: [list, read]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("1h");
+    let f = roles.to_str().unwrap();
+    let out = c
+        .admin(&["roles", "apply", "-f", f, "--dry-run"])
+        .expect_ok();
+    assert!(out.stdout.contains("+ create role dba"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Dry run: 2 change(s)"),
+        "{}",
+        out.stdout
+    );
+    assert!(!c.admin(&["roles", "ls"]).expect_ok().stdout.contains("dba"));
+    let out = c.admin(&["roles", "apply", "-f", f]).expect_ok();
+    assert!(
+        out.stdout.contains("Applied: 2 change(s)"),
+        "{}",
+        out.stdout
+    );
+    // Idempotent.
+    let out = c.admin(&["roles", "apply", "-f", f]).expect_ok();
+    assert!(
+        out.stdout.contains("= role dba unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("Applied: 0 change(s)"),
+        "{}",
+        out.stdout
+    );
+    write("2h");
+    let out = c.admin(&["roles", "apply", "-f", f]).expect_ok();
+    assert!(out.stdout.contains("~ update role dba"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("+     max_session_ttl: 2h"),
+        "{}",
+        out.stdout
+    );
+    let json = c
+        .admin(&["roles", "get", "dba", "--format", "json"])
+        .expect_ok();
+    let role: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        role["spec"]["allow"]["node_labels"]["team"],
+        serde_json::json!(["db", "data"])
+    );
+    // Malformed YAML: line and column.
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: x\nspec:\n  allow:\n    login: [root]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", f])
+        .expect_err("line 7 column 5");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: x\n spec: [\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", f]).expect_err("line");
+    // A role in use cannot be deleted; an unused one can.
+    c.admin(&["users", "add", "erin", "--roles", "dba"])
+        .expect_ok();
+    c.admin(&["roles", "rm", "dba"])
+        .expect_err("assigned to erin");
+    c.admin(&["roles", "rm", "readonly"]).expect_ok();
+    c.admin(&["users", "add", "frank", "--roles", "nope"])
+        .expect_err("role \"nope\" does not exist");
+
+    // Tokens.
+    let out = c
+        .admin(&[
+            "tokens", "add", "--type", "node", "--ttl", "10m", "--format", "json",
+        ])
+        .expect_ok();
+    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(tok["ca_pin"], c.pin);
+    let ls = c.admin(&["tokens", "ls", "--format", "json"]).expect_ok();
+    assert!(ls.stdout.contains(tok["id"].as_str().unwrap()));
+    assert!(
+        !ls.stdout.contains(tok["token"].as_str().unwrap()),
+        "secrets are never listed"
+    );
+
+    // An expired signup token says so.
+    let out = c
+        .admin(&[
+            "users",
+            "add",
+            "carol",
+            "--roles",
+            "access",
+            "--token-ttl",
+            "1s",
+        ])
+        .expect_ok();
+    let token = signup_token(&out.stdout);
+    std::thread::sleep(Duration::from_millis(2100));
+    let secret = totp_secret("carol");
+    c.run(
+        &[
+            "signup",
+            &token,
+            "--proxy",
+            &c.proxy,
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--totp-secret",
+            &secret,
+            "--otp",
+            &totp(&secret, 0),
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_err("signup token expired");
+
+    // Lockout after five failures, even with the right password afterwards.
+    let secret = c.add_user("dave", "access", "dave");
+    for _ in 0..5 {
+        c.run(
+            &[
+                "login",
+                "--proxy",
+                &c.proxy,
+                "--user",
+                "dave",
+                "--ca-pin",
+                &c.pin,
+                "--password-stdin",
+                "--otp",
+                "000000",
+            ],
+            Some("wrong password\n"),
+        )
+        .expect_err("login failed");
+    }
+    c.login("home", "dave", &totp(&secret, 30))
+        .expect_err("is locked");
+    c.admin(&["users", "unlock", "dave"]).expect_ok();
+    c.login("home", "dave", &totp(&secret, 30)).expect_ok();
+    // A one-time code is accepted once.
+    c.login("home", "dave", &totp(&secret, 30))
+        .expect_err("login failed");
+
+    // Audit events for all of it.
+    let out = c
+        .admin(&["audit", "search", "--format", "json", "--limit", "1000"])
+        .expect_ok();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let has = |ty: &str, code: &str, user: &str| {
+        events
+            .iter()
+            .any(|e| e["type"] == ty && e["code"] == code && e["user"] == user)
+    };
+    assert!(has("user.login", "WA1000I", "dave"));
+    assert!(has("user.login", "WA1000W", "dave"));
+    assert!(has("user.lockout", "WA1005W", "dave"));
+    assert!(has("user.create", "WA1002I", "admin"));
+    assert!(has("role.create", "WA2000I", "admin"));
+    assert!(has("role.update", "WA2001I", "admin"));
+    assert!(has("role.delete", "WA2002I", "admin"));
+    assert!(has("token.create", "WA3000I", "admin"));
+    assert!(has("user.signup", "WA1001I", "dave"));
+    // Events are chained.
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[0]["prev_hash"], pair[1]["hash"],
+            "newest first, each links to the one before"
+        );
+    }
+    let only = c
+        .admin(&[
+            "audit",
+            "search",
+            "--type",
+            "user.lockout",
+            "--format",
+            "json",
+        ])
+        .expect_ok();
+    let only: Vec<serde_json::Value> = serde_json::from_str(&only.stdout).unwrap();
+    assert_eq!(only.len(), 1);
+}
+
+#[test]
+fn sigkill_keeps_every_acknowledged_write() {
+    let dir = temp_dir("crash");
+    let mut c = Cluster::start(&dir);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let data = dir.join("data");
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let stop = stop.clone();
+            let acked = acked.clone();
+            let data = data.clone();
+            let home = dir.join("home");
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let name = format!("u{w}-{i}");
+                    let out = Command::new(WARDEN)
+                        .args([
+                            "admin",
+                            "--data-dir",
+                            data.to_str().unwrap(),
+                            "users",
+                            "add",
+                            &name,
+                            "--roles",
+                            "access",
+                        ])
+                        .env("WARDEN_HOME", &home)
+                        .output()
+                        .unwrap();
+                    if out.status.success() {
+                        acked.lock().unwrap().push(name);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let writes flow, then kill the server mid-stream.
+    let t0 = Instant::now();
+    while acked.lock().unwrap().len() < 20 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill();
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 20,
+        "only {} writes before the kill",
+        acked.len()
+    );
+
+    // The store opens cleanly and holds every acknowledged user.
+    let c = Cluster::start(&dir);
+    let out = c.admin(&["users", "ls", "--format", "json"]).expect_ok();
+    let users: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = users
+        .iter()
+        .map(|u| u["metadata"]["name"].as_str().unwrap())
+        .collect();
+    for a in &acked {
+        assert!(
+            names.contains(&a.as_str()),
+            "acknowledged user {a} lost in the crash"
+        );
+    }
+    // And the audit chain survived intact.
+    let out = c
+        .admin(&[
+            "audit",
+            "search",
+            "--type",
+            "user.create",
+            "--format",
+            "json",
+            "--limit",
+            "10000",
+        ])
+        .expect_ok();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert!(events.len() >= acked.len());
+}
+
+#[test]
+fn certificates_from_another_cluster_are_refused() {
+    let a_dir = temp_dir("ca-a");
+    let b_dir = temp_dir("ca-b");
+    let a = Cluster::start(&a_dir);
+    let b = Cluster::start(&b_dir);
+    assert_ne!(a.pin, b.pin, "every cluster has its own CA");
+    // B's admin identity, aimed at A's auth API, trusting A's server cert.
+    let forged = a_dir.join("forged");
+    let admin_a = a_dir.join("data/admin");
+    let admin_b = b_dir.join("data/admin");
+    std::fs::create_dir_all(forged.join("admin")).unwrap();
+    for f in ["config.json", "ca.pem"] {
+        std::fs::copy(admin_a.join(f), forged.join("admin").join(f)).unwrap();
+    }
+    for f in ["identity", "identity.crt"] {
+        std::fs::copy(admin_b.join(f), forged.join("admin").join(f)).unwrap();
+    }
+    let out = a.run(
+        &[
+            "admin",
+            "--data-dir",
+            forged.to_str().unwrap(),
+            "users",
+            "ls",
+        ],
+        None,
+    );
+    assert!(
+        !out.ok,
+        "a foreign certificate must be refused:\n{}",
+        out.all()
+    );
+    // A's own admin works.
+    a.admin(&["users", "ls"]).expect_ok();
+    // And the client refuses a proxy whose CA is not the pinned one.
+    a.run(
+        &[
+            "login",
+            "--proxy",
+            &b.proxy,
+            "--user",
+            "x",
+            "--ca-pin",
+            &a.pin,
+            "--password-stdin",
+            "--otp",
+            "123456",
+        ],
+        Some("x\n"),
+    )
+    .expect_err("CA pin mismatch");
+}

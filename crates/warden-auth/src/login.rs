@@ -22,7 +22,8 @@ const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 /// Message for every credential failure: it must not tell an attacker which
 /// part was wrong or whether the user exists.
-const BAD_CREDENTIALS: &str = "login failed: wrong user name, password or one-time code";
+const BAD_CREDENTIALS: &str =
+    "login failed: wrong user name, password or one-time code (each code works once: if you just used it, wait for the next)";
 
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()

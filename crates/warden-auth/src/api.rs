@@ -43,6 +43,7 @@ pub fn router(server: AuthServer) -> Router {
             get(get_user).patch(update_user).delete(delete_user),
         )
         .route("/v1/users/{name}/unlock", post(unlock_user))
+        .route("/v1/users/{name}/reset", post(reset_user))
         .route("/v1/roles", get(list_roles))
         .route(
             "/v1/roles/{name}",
@@ -421,6 +422,57 @@ async fn unlock_user(
         name,
         change: Change::Updated,
         revision: None,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ResetBody {
+    token_ttl_secs: u64,
+}
+
+/// Forgets a user's password and TOTP and issues a new signup token.
+async fn reset_user(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<ResetBody>,
+) -> Result<Json<CreateUserResponse>> {
+    s.authorize(&c, res::USER, verbs::UPDATE).await?;
+    let user: Document<UserSpec> = resources::get(s.backend(), &format!("{USERS}{name}"))
+        .await?
+        .ok_or_else(|| AuthError::NotFound(format!("user {name} not found")))?;
+    s.backend().delete(&format!("{CREDENTIALS}{name}")).await?;
+    for t in resources::list::<TokenSpec>(s.backend(), TOKENS).await? {
+        if t.spec.user.as_deref() == Some(name.as_str()) {
+            s.backend().delete(&format!("{TOKENS}{}", t.name())).await?;
+        }
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::USER_UPDATE,
+            s.cluster(),
+            &c.identity.username,
+            format!("reset credentials of user {name}"),
+        )
+        .with("target", name.clone()),
+    )
+    .await;
+    let (token, token_doc) = s
+        .new_token(
+            TokenKind::Signup,
+            Some(name),
+            body.token_ttl_secs,
+            &c.identity.username,
+        )
+        .await?;
+    Ok(Json(CreateUserResponse {
+        user,
+        token: token.into(),
+        token_expires: token_doc
+            .metadata
+            .expires
+            .map(|e| e.unix_timestamp())
+            .unwrap_or(0),
     }))
 }
 

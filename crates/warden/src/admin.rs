@@ -77,6 +77,12 @@ enum UsersCommand {
     Rm { name: String },
     /// Clear a lockout after failed logins.
     Unlock { name: String },
+    /// Forget a user's password and TOTP; print a new signup command.
+    Reset {
+        name: String,
+        #[arg(long, default_value = "1h")]
+        token_ttl: HumanDuration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -255,12 +261,7 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-            let proxy = admin.proxy.clone().unwrap_or_else(|| "PROXY:3080".into());
-            let command = format!(
-                "warden signup {} --proxy {proxy} --ca-pin {}",
-                resp.token.expose(),
-                admin.ca_pin
-            );
+            let command = signup_command(admin, &resp);
             match format {
                 Format::Json => println!(
                     "{}",
@@ -277,10 +278,7 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
                         resp.user.spec.roles.join(", "),
                         logins_of(&resp.user)
                     );
-                    println!(
-                        "Give {name} this one-time command; it expires {}:\n\n  {command}\n",
-                        relative(resp.token_expires - output::now())
-                    );
+                    print_signup(&name, &command, &resp);
                 }
             }
         }
@@ -329,6 +327,16 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
             let _: ChangeResponse = api.delete(&format!("/v1/users/{name}")).await?;
             println!("User {name} deleted.");
         }
+        UsersCommand::Reset { name, token_ttl } => {
+            let resp: CreateUserResponse = api
+                .post(
+                    &format!("/v1/users/{name}/reset"),
+                    &serde_json::json!({ "token_ttl_secs": token_ttl.0.as_secs() }),
+                )
+                .await?;
+            println!("Password and second factor of {name} cleared.");
+            print_signup(&name, &signup_command(admin, &resp), &resp);
+        }
         UsersCommand::Unlock { name } => {
             let _: ChangeResponse = api
                 .post(&format!("/v1/users/{name}/unlock"), &serde_json::json!({}))
@@ -337,6 +345,22 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn signup_command(admin: &Admin, resp: &CreateUserResponse) -> String {
+    let proxy = admin.proxy.clone().unwrap_or_else(|| "PROXY:3080".into());
+    format!(
+        "warden signup {} --proxy {proxy} --ca-pin {}",
+        resp.token.expose(),
+        admin.ca_pin
+    )
+}
+
+fn print_signup(name: &str, command: &str, resp: &CreateUserResponse) {
+    println!(
+        "Give {name} this one-time command; it expires {}:\n\n  {command}\n",
+        relative(resp.token_expires - output::now())
+    );
 }
 
 /// Role documents from a file or directory, with file/line context on

@@ -611,6 +611,26 @@ fn roles_apply_tokens_lockout_and_audit() {
         Some(&format!("{PASSWORD}\n")),
     )
     .expect_err("signup token expired");
+    // The admin issues a new one.
+    let out = c.admin(&["users", "reset", "carol"]).expect_ok();
+    let token = signup_token(&out.stdout);
+    c.run(
+        &[
+            "signup",
+            &token,
+            "--proxy",
+            &c.proxy,
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--totp-secret",
+            &secret,
+            "--otp",
+            &totp(&secret, 0),
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_ok();
 
     // Lockout after five failures, even with the right password afterwards.
     let secret = c.add_user("dave", "access", "dave");

@@ -273,6 +273,17 @@ async fn create_user(
     if !req.logins.is_empty() {
         traits.insert("logins".into(), req.logins.clone());
     }
+    // Credentials left by an earlier user of the same name must not let
+    // anyone log in as the new one.
+    if s.backend()
+        .get(&format!("{USERS}{}", req.name))
+        .await?
+        .is_none()
+    {
+        s.backend()
+            .delete(&format!("{CREDENTIALS}{}", req.name))
+            .await?;
+    }
     let doc = Document::new(
         kind::USER,
         req.name.clone(),

@@ -76,7 +76,10 @@ impl AuthServer {
         } else {
             options.max_ttl
         };
-        let ttl = requested.min(max).max(MIN_TTL);
+        let ttl = requested
+            .min(max)
+            .min(warden_policy::MAX_SESSION_TTL)
+            .max(MIN_TTL);
         let now = OffsetDateTime::now_utc();
         let valid_before = now + Duration::seconds(ttl.as_secs() as i64);
         let role_names: Vec<String> = roles.iter().map(|r| r.name().to_string()).collect();
@@ -100,7 +103,7 @@ impl AuthServer {
                 valid_after: (now - Duration::minutes(1)).unix_timestamp() as u64,
                 valid_before: valid_before.unix_timestamp() as u64,
                 serial: self.next_serial().await?,
-                permit_pty: true,
+                permit_pty: options.permit_pty,
                 permit_port_forwarding: options.permit_port_forwarding,
                 permit_agent_forwarding: options.permit_agent_forwarding,
                 permit_x11_forwarding: options.permit_x11_forwarding,

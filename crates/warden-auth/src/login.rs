@@ -22,8 +22,23 @@ const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 /// Message for every credential failure: it must not tell an attacker which
 /// part was wrong or whether the user exists.
-const BAD_CREDENTIALS: &str =
-    "login failed: wrong user name, password or one-time code (each code works once: if you just used it, wait for the next)";
+const BAD_CREDENTIALS: &str = "login failed: wrong user name, password or one-time code, \
+     or the account is locked after repeated failures (each code works once: \
+     if you just used it, wait for the next)";
+/// Longest wait for a password-hashing slot.
+const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The rate-limit key of a client address: IPv6 clients are grouped by /64,
+/// since one host usually holds a whole /64.
+fn source_key(addr: &str) -> String {
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => addr.to_string(),
+    }
+}
 
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -173,9 +188,7 @@ impl AuthServer {
             Err(e) => return Err(e.into()),
         }
         let password = password.to_string();
-        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))??;
+        let password_hash = self.hash_job(move || hash_password(&password)).await??;
         let creds = Credentials {
             password_hash,
             totp_sealed: self.inner.keys.seal(TOTP_AAD, &secret),
@@ -203,15 +216,47 @@ impl AuthServer {
         Ok(user)
     }
 
+    /// Runs a password hash on the blocking pool, at most a few at a time:
+    /// each argon2id run takes ~19 MiB, so a login flood must queue, not
+    /// exhaust memory.
+    async fn hash_job<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let _permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.inner.hashing.acquire())
+            .await
+            .map_err(|_| {
+                AuthError::RateLimited(
+                    "the auth service is busy; try again in a few seconds".into(),
+                )
+            })?
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))
+    }
+
+    async fn login_failed(&self, user: &str, reason: &str, source: &Option<String>) -> AuthError {
+        self.audit(
+            AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), user, reason)
+                .source(source.clone()),
+        )
+        .await;
+        AuthError::Unauthenticated(BAD_CREDENTIALS.into())
+    }
+
     /// Password + TOTP login; returns certificates for the client's keys.
     pub async fn login(&self, req: &LoginRequest, source: Option<String>) -> Result<LoginResponse> {
         let config = self.config().await?;
         let src = source.clone().unwrap_or_else(|| "unknown".into());
-        if !self
-            .inner
-            .limiter
-            .allow(&format!("src:{src}"), config.login_rate_per_minute)
-        {
+        let limiter = &self.inner.limiter;
+        if !limiter.allow(
+            &format!("src:{}", source_key(&src)),
+            config.login_rate_per_minute,
+        ) || !limiter.allow(
+            &format!("user:{}", req.user),
+            config.lockout_attempts.max(1) * 2,
+        ) {
             self.audit(
                 AuditEvent::new(
                     codes::LOGIN_FAILURE,
@@ -223,134 +268,139 @@ impl AuthServer {
             )
             .await;
             return Err(AuthError::RateLimited(format!(
-                "too many login attempts from {src}; wait a minute and try again"
+                "too many login attempts from {src} or for {}; wait a minute and try again",
+                req.user
             )));
         }
         let user_key = format!("{USERS}{}", req.user);
         let cred_key = format!("{CREDENTIALS}{}", req.user);
         let user = resources::get::<UserSpec>(self.backend(), &user_key).await?;
         let creds = resources::get_raw::<Credentials>(self.backend(), &cred_key).await?;
-        let (Some(user), Some((mut creds, rev))) = (user, creds) else {
+        let (Some(user), Some((creds, rev))) = (user, creds) else {
             let password = req.password.expose().clone();
-            let _ =
-                tokio::task::spawn_blocking(move || verify_password(&password, dummy_hash())).await;
-            self.audit(
-                AuditEvent::new(
-                    codes::LOGIN_FAILURE,
-                    self.cluster(),
-                    &req.user,
-                    "unknown user or signup not completed",
-                )
-                .source(source),
-            )
-            .await;
-            return Err(AuthError::Unauthenticated(BAD_CREDENTIALS.into()));
+            self.hash_job(move || verify_password(&password, dummy_hash()))
+                .await?;
+            return Err(self
+                .login_failed(&req.user, "unknown user or signup not completed", &source)
+                .await);
         };
         if creds.locked_until > now() {
-            self.audit(
-                AuditEvent::new(
-                    codes::LOGIN_FAILURE,
-                    self.cluster(),
-                    &req.user,
-                    "account locked",
-                )
-                .source(source),
-            )
-            .await;
-            return Err(AuthError::Locked(format!(
-                "account {} is locked after {} failed logins; try again {} or ask an admin to run 'warden admin users unlock {}'",
-                req.user,
-                creds.failed_attempts,
-                relative(creds.locked_until - now()),
-                req.user
-            )));
+            return Err(self
+                .login_failed(&req.user, "account locked", &source)
+                .await);
         }
         let password = req.password.expose().clone();
         let phc = creds.password_hash.clone();
-        let password_ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let password_ok = self
+            .hash_job(move || verify_password(&password, &phc))
+            .await?;
         let secret = self.inner.keys.open(TOTP_AAD, &creds.totp_sealed)?;
-        let step = otp::verify(&secret, req.otp.expose(), now() as u64)
-            .filter(|s| *s > creds.last_otp_step);
-        let (Some(step), true) = (step, password_ok) else {
-            creds.failed_attempts += 1;
-            let mut reason = if password_ok {
-                "wrong or reused one-time code"
+        let code_step = otp::verify(&secret, req.otp.expose(), now() as u64);
+        // Apply the outcome with compare-and-swap, re-reading on conflict, so
+        // concurrent guesses each count and a code is accepted only once.
+        let (mut creds, mut rev) = (creds, rev);
+        for _ in 0..50 {
+            if creds.locked_until != 0 && creds.locked_until <= now() {
+                creds.locked_until = 0;
+                creds.failed_attempts = 0;
+            }
+            if creds.locked_until > now() {
+                return Err(self
+                    .login_failed(&req.user, "account locked", &source)
+                    .await);
+            }
+            let fresh_code = code_step.filter(|s| *s > creds.last_otp_step);
+            let ok = password_ok && fresh_code.is_some();
+            let mut reason = String::new();
+            if ok {
+                creds.failed_attempts = 0;
+                creds.last_otp_step = fresh_code.unwrap_or_default();
             } else {
-                "wrong password"
+                reason = if !password_ok {
+                    "wrong password".into()
+                } else if code_step.is_some() {
+                    "reused one-time code".into()
+                } else {
+                    "wrong one-time code".into()
+                };
+                creds.failed_attempts += 1;
+                if creds.failed_attempts >= config.lockout_attempts {
+                    creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
+                }
             }
-            .to_string();
-            let locked = creds.failed_attempts >= config.lockout_attempts;
-            if locked {
-                creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
-                reason.push_str("; account locked");
-            }
-            // A concurrent login may have changed the record; losing one
-            // failure count then is acceptable, losing the lockout is not.
-            let _ = self
+            match self
                 .backend()
                 .compare_and_swap(&cred_key, rev, to_json(&creds)?, None)
-                .await;
-            self.audit(
-                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, reason)
-                    .source(source.clone())
-                    .with("failed_attempts", creds.failed_attempts),
-            )
-            .await;
-            if locked {
-                self.audit(
-                    AuditEvent::new(
-                        codes::USER_LOCKED_OUT,
-                        self.cluster(),
-                        &req.user,
-                        format!(
-                            "locked for {} after {} failed logins",
-                            config.lockout_duration, creds.failed_attempts
-                        ),
+                .await
+            {
+                Ok(_) if ok => return self.login_succeeded(&user, req, source).await,
+                Ok(_) => {
+                    if creds.locked_until > now() {
+                        reason.push_str("; account locked");
+                        self.audit(
+                            AuditEvent::new(
+                                codes::USER_LOCKED_OUT,
+                                self.cluster(),
+                                &req.user,
+                                format!(
+                                    "locked for {} after {} failed logins",
+                                    config.lockout_duration, creds.failed_attempts
+                                ),
+                            )
+                            .source(source.clone()),
+                        )
+                        .await;
+                    }
+                    self.audit(
+                        AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), &req.user, reason)
+                            .source(source.clone())
+                            .with("failed_attempts", creds.failed_attempts),
                     )
-                    .source(source),
-                )
-                .await;
+                    .await;
+                    return Err(AuthError::Unauthenticated(BAD_CREDENTIALS.into()));
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    let Some(fresh) =
+                        resources::get_raw::<Credentials>(self.backend(), &cred_key).await?
+                    else {
+                        return Err(self
+                            .login_failed(&req.user, "credentials removed", &source)
+                            .await);
+                    };
+                    (creds, rev) = fresh;
+                }
+                Err(e) => return Err(e.into()),
             }
-            return Err(AuthError::Unauthenticated(format!(
-                "{BAD_CREDENTIALS} ({} of {} attempts before the account is locked)",
-                creds.failed_attempts.min(config.lockout_attempts),
-                config.lockout_attempts
-            )));
-        };
-        creds.failed_attempts = 0;
-        creds.locked_until = 0;
-        creds.last_otp_step = step;
-        match self
-            .backend()
-            .compare_and_swap(&cred_key, rev, to_json(&creds)?, None)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => return Err(AuthError::Unauthenticated(
-                "another login used this one-time code at the same moment; wait for the next code"
-                    .into(),
-            )),
-            Err(e) => return Err(e.into()),
         }
+        Err(AuthError::Internal("login state is too contended".into()))
+    }
+
+    async fn login_succeeded(
+        &self,
+        user: &Document<UserSpec>,
+        req: &LoginRequest,
+        source: Option<String>,
+    ) -> Result<LoginResponse> {
         let resp = self
-            .issue_user_certs(&user, &req.ssh_public_key, &req.tls_csr_pem, req.ttl_secs)
+            .issue_user_certs(user, &req.ssh_public_key, &req.tls_csr_pem, req.ttl_secs)
             .await?;
-        self.audit(
-            AuditEvent::new(
-                codes::LOGIN_SUCCESS,
-                self.cluster(),
-                &req.user,
-                "local login",
+        // No certificates leave without their audit event.
+        self.inner
+            .audit
+            .append(
+                AuditEvent::new(
+                    codes::LOGIN_SUCCESS,
+                    self.cluster(),
+                    &req.user,
+                    "local login",
+                )
+                .source(source)
+                .with("method", "password+totp")
+                .with("roles", resp.identity.roles.clone())
+                .with("logins", resp.identity.logins.clone())
+                .with("expires", resp.identity.expires),
             )
-            .source(source)
-            .with("method", "password+totp")
-            .with("roles", resp.identity.roles.clone())
-            .with("logins", resp.identity.logins.clone())
-            .with("expires", resp.identity.expires),
-        )
-        .await;
+            .await?;
         Ok(resp)
     }
 
@@ -388,6 +438,13 @@ mod tests {
         assert!(verify_password("correct horse battery", &h));
         assert!(!verify_password("wrong", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn ipv6_sources_group_by_64() {
+        assert_eq!(source_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(source_key("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64");
+        assert_eq!(source_key("10.0.0.1"), "10.0.0.1");
     }
 
     #[test]

@@ -23,10 +23,13 @@ impl RateLimiter {
         let cap = per_minute.max(1) as f64;
         let now = Instant::now();
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_SOURCES {
-            map.retain(|_, (tokens, t)| {
-                *tokens + now.duration_since(*t).as_secs_f64() * cap / 60.0 < cap
-            });
+        if map.len() >= MAX_SOURCES && !map.contains_key(source) {
+            // Forget sources idle for a minute (their buckets are full again).
+            map.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 60);
+            if map.len() >= MAX_SOURCES {
+                // Under a flood from this many sources, new ones wait.
+                return false;
+            }
         }
         let (tokens, last) = map.entry(source.to_string()).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * cap / 60.0).min(cap);

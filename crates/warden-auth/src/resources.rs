@@ -46,7 +46,7 @@ pub fn encode<S: Serialize + Clone>(doc: &Document<S>) -> Vec<u8> {
 }
 
 /// A local user's secrets. Never leaves the auth service.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Credentials {
     /// Argon2id PHC string.
     pub password_hash: String,

@@ -19,6 +19,8 @@ use warden_ca::tls::{identity_from_der, pem_to_der};
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 10_000;
 
 /// Builds the TLS config of the auth API: server cert `warden-auth`,
 /// client certs required and verified against the tls CA.
@@ -50,6 +52,7 @@ pub async fn serve_mtls(
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls_config(&server).await?);
     let app = router(server.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -63,10 +66,15 @@ pub async fn serve_mtls(
             },
             _ = &mut shutdown => return Ok(()),
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "connection limit reached; closing");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let cluster = server.cluster().to_string();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = handle(tcp, addr, acceptor, app, &cluster).await {
                 tracing::debug!(%addr, error = %e, "auth connection ended");
             }

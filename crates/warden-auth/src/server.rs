@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub limiter: RateLimiter,
     pub roles: WatchCache<RoleSpec>,
     pub users: WatchCache<UserSpec>,
+    /// Bounds concurrent password hashing.
+    pub hashing: tokio::sync::Semaphore,
 }
 
 /// Key and certificate of a service (proxy, auth itself) or of the local
@@ -86,6 +88,9 @@ impl AuthServer {
                 limiter: RateLimiter::new(),
                 roles,
                 users,
+                hashing: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+                ),
             }),
         })
     }
@@ -238,11 +243,13 @@ impl AuthServer {
 
 /// Creates a directory readable only by its owner.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    // An existing directory is tightened too.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 async fn ensure_cluster_config(

@@ -174,7 +174,12 @@ pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself must survive a power loss (the KEK above all).
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Refuses key files that others can read.

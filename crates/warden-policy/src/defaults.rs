@@ -21,6 +21,7 @@ pub fn roles() -> Vec<Document<RoleSpec>> {
     let mut access = RoleSpec::default();
     access.allow.logins = vec!["{{internal.logins}}".into()];
     access.allow.node_labels = [("*".to_string(), LabelValues(vec!["*".into()]))].into();
+    access.options.permit_pty = Some(true);
     access.options.permit_port_forwarding = Some(true);
     access.options.permit_agent_forwarding = Some(true);
 

@@ -138,11 +138,15 @@ pub fn allowed_logins(roles: &[Document<RoleSpec>], traits: &Traits) -> Vec<Stri
     allowed.into_iter().collect()
 }
 
+/// Longest certificate lifetime any role may grant.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Certificate options derived from the roles in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionOptions {
     /// The smallest `max_session_ttl` of the roles.
     pub max_ttl: Duration,
+    pub permit_pty: bool,
     pub permit_port_forwarding: bool,
     pub permit_agent_forwarding: bool,
     pub permit_x11_forwarding: bool,
@@ -167,7 +171,9 @@ pub fn session_options(roles: &[Document<RoleSpec>]) -> SessionOptions {
         max_ttl: opts()
             .map(|o| o.max_session_ttl.0)
             .min()
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_SESSION_TTL),
+        permit_pty: combine(opts().map(|o| o.permit_pty)),
         permit_port_forwarding: combine(opts().map(|o| o.permit_port_forwarding)),
         permit_agent_forwarding: combine(opts().map(|o| o.permit_agent_forwarding)),
         permit_x11_forwarding: combine(opts().map(|o| o.permit_x11_forwarding)),
@@ -218,8 +224,9 @@ pub fn check_rule(roles: &[Document<RoleSpec>], resource: &str, verb: &str) -> D
 /// rules name known resources and verbs, the TTL is positive.
 pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
     let mut errors = Vec::new();
-    if role.spec.options.max_session_ttl.0 < Duration::from_secs(60) {
-        errors.push("options.max_session_ttl must be at least 1m".to_string());
+    let ttl = role.spec.options.max_session_ttl.0;
+    if ttl < Duration::from_secs(60) || ttl > MAX_SESSION_TTL {
+        errors.push("options.max_session_ttl must be between 1m and 30days".to_string());
     }
     for (side, cond) in [("allow", &role.spec.allow), ("deny", &role.spec.deny)] {
         for login in &cond.logins {

@@ -50,15 +50,20 @@ pub fn label_matches(
         return (false, "no node_labels".into());
     }
     for (key, values) in selector {
-        let mut patterns = Vec::new();
+        // (pattern, literal): values that came from traits match literally,
+        // so a trait value of "*" or "^.*$" cannot widen a selector.
+        let mut patterns: Vec<(String, bool)> = Vec::new();
         for v in &values.0 {
             match expand(v, traits) {
-                Ok(expanded) => patterns.extend(expanded),
+                Ok(expanded) => {
+                    let literal = v.contains("{{");
+                    patterns.extend(expanded.into_iter().map(|p| (p, literal)));
+                }
                 Err(e) => return (false, e.to_string()),
             }
         }
         if key == "*" {
-            if patterns.iter().any(|p| p == "*") {
+            if patterns.iter().any(|(p, literal)| p == "*" && !literal) {
                 continue;
             }
             return (false, "label key '*' only supports the value '*'".into());
@@ -72,10 +77,18 @@ pub fn label_matches(
                 format!("selector {key:?} has no values (missing trait?)"),
             );
         }
-        if !patterns.iter().any(|p| value_matches(p, value)) {
+        let hit = patterns.iter().any(|(p, literal)| {
+            if *literal {
+                p == value
+            } else {
+                value_matches(p, value)
+            }
+        });
+        if !hit {
+            let shown: Vec<&str> = patterns.iter().map(|(p, _)| p.as_str()).collect();
             return (
                 false,
-                format!("label {key}={value} does not match {patterns:?}"),
+                format!("label {key}={value} does not match {shown:?}"),
             );
         }
     }
@@ -181,5 +194,12 @@ mod tests {
         let mut t = Traits::new();
         t.insert("team".into(), vec!["db".into()]);
         assert!(label_matches(&s, &l, &t).0);
+        // Trait values are literal: they cannot smuggle in wildcards.
+        for hostile in ["*", "^.*$"] {
+            t.insert("team".into(), vec![hostile.into()]);
+            assert!(!label_matches(&s, &l, &t).0, "{hostile}");
+            let any = sel(&[("*", &["{{external.team}}"])]);
+            assert!(!label_matches(&any, &l, &t).0, "{hostile}");
+        }
     }
 }

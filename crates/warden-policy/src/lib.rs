@@ -11,7 +11,7 @@ mod template;
 
 pub use eval::{
     allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
-    SessionOptions,
+    SessionOptions, MAX_SESSION_TTL,
 };
 pub use labels::{label_matches, value_matches};
 pub use template::{expand, TemplateError};

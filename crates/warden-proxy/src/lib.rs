@@ -25,6 +25,10 @@ use warden_client::ApiClient;
 
 /// Time a client has to send its first bytes (SSH banner or ClientHello).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; past this, new ones are closed at accept.
+pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// What the proxy needs to run.
 pub struct Proxy {
@@ -45,6 +49,7 @@ impl Proxy {
     ) -> anyhow::Result<()> {
         let this = Arc::new(self);
         let app = public_router(this.auth.clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
             let (tcp, addr) = tokio::select! {
@@ -58,9 +63,14 @@ impl Proxy {
                 },
                 _ = &mut shutdown => return Ok(()),
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%addr, "connection limit reached; closing");
+                continue;
+            };
             let this = this.clone();
             let app = app.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = this.handle(tcp, addr, app).await {
                     tracing::debug!(%addr, error = %e, "proxy connection ended");
                 }
@@ -90,10 +100,13 @@ impl Proxy {
                 Ok(())
             }
             Protocol::Web => {
-                let tls = TlsAcceptor::from(self.tls.clone())
-                    .accept(Prefixed::new(head, tcp))
-                    .await
-                    .context("TLS handshake")?;
+                let tls = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    TlsAcceptor::from(self.tls.clone()).accept(Prefixed::new(head, tcp)),
+                )
+                .await
+                .context("TLS handshake timed out")?
+                .context("TLS handshake")?;
                 let app = app.layer(axum::Extension(public::ClientAddr(addr)));
                 hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())

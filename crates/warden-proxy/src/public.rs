@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use warden_client::{ApiClient, ClientError};
 use warden_types::api::{ApiError, CLIENT_ADDR_HEADER};
 
@@ -18,14 +20,28 @@ pub struct ClientAddr(pub SocketAddr);
 /// Largest request body forwarded.
 const MAX_BODY: usize = 64 * 1024;
 
+/// How long the proxy reuses auth's ping answer (public, unauthenticated
+/// traffic must not cost an auth round trip each).
+const PING_CACHE: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct Public {
+    auth: ApiClient,
+    ping: Arc<Mutex<Option<(Instant, serde_json::Value)>>>,
+}
+
 pub fn public_router(auth: ApiClient) -> Router {
+    let state = Public {
+        auth,
+        ping: Arc::new(Mutex::new(None)),
+    };
     Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/login", post(forward_login))
         .route("/v1/signup/info", post(forward_signup_info))
         .route("/v1/signup", post(forward_signup))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(auth)
+        .with_state(state)
 }
 
 fn error_response(e: ClientError) -> Response {
@@ -52,9 +68,17 @@ fn error_response(e: ClientError) -> Response {
     (status, Json(ApiError { code, message })).into_response()
 }
 
-async fn ping(State(auth): State<ApiClient>) -> Response {
-    match auth.get::<serde_json::Value>("/v1/ping").await {
-        Ok(v) => Json(v).into_response(),
+async fn ping(State(p): State<Public>) -> Response {
+    if let Some((at, v)) = p.ping.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if at.elapsed() < PING_CACHE {
+            return Json(v.clone()).into_response();
+        }
+    }
+    match p.auth.get::<serde_json::Value>("/v1/ping").await {
+        Ok(v) => {
+            *p.ping.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v.clone()));
+            Json(v).into_response()
+        }
         Err(e) => error_response(e),
     }
 }
@@ -81,25 +105,25 @@ async fn forward(auth: ApiClient, path: &str, addr: ClientAddr, body: Bytes) -> 
 }
 
 async fn forward_login(
-    State(auth): State<ApiClient>,
+    State(p): State<Public>,
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(auth, "/v1/login", addr, body).await
+    forward(p.auth, "/v1/login", addr, body).await
 }
 
 async fn forward_signup_info(
-    State(auth): State<ApiClient>,
+    State(p): State<Public>,
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(auth, "/v1/signup/info", addr, body).await
+    forward(p.auth, "/v1/signup/info", addr, body).await
 }
 
 async fn forward_signup(
-    State(auth): State<ApiClient>,
+    State(p): State<Public>,
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(auth, "/v1/signup", addr, body).await
+    forward(p.auth, "/v1/signup", addr, body).await
 }

@@ -48,6 +48,7 @@ pub fn event_hash(event: &AuditEvent) -> String {
 
 impl SqliteAuditLog {
     pub fn open(path: &Path) -> Result<Self> {
+        crate::sqlite::create_private_db(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
         conn.execute_batch(

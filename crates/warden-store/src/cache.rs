@@ -48,7 +48,8 @@ impl<S: DeserializeOwned + Clone + Send + Sync + 'static> WatchCache<S> {
         for item in items {
             match decode::<S>(&item.value, item.revision) {
                 Some(doc) => {
-                    map.insert(item.key[prefix.len()..].to_string(), doc);
+                    let name = item.key.strip_prefix(prefix).unwrap_or(&item.key);
+                    map.insert(name.to_string(), doc);
                 }
                 None => tracing::warn!(key = %item.key, "skipping undecodable resource"),
             }
@@ -77,7 +78,12 @@ impl<S: DeserializeOwned + Clone + Send + Sync + 'static> WatchCache<S> {
             while let Some(ev) = watcher.next().await {
                 let Ok(ev) = ev else { break };
                 rev = ev.item.revision;
-                let name = ev.item.key[prefix.len()..].to_string();
+                let name = ev
+                    .item
+                    .key
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(&ev.item.key)
+                    .to_string();
                 let mut items = self.items.write().unwrap_or_else(|p| p.into_inner());
                 match ev.kind {
                     EventKind::Put => match decode::<S>(&ev.item.value, ev.item.revision) {

@@ -143,6 +143,16 @@ async fn range_by_prefix(b: &dyn Backend) {
     );
     let sub = b.range(&format!("{p}c/")).await.unwrap();
     assert_eq!(sub.len(), 1);
+    // Non-ASCII keys and prefixes.
+    b.put(&format!("{p}é/1"), b"e".to_vec(), None)
+        .await
+        .unwrap();
+    b.put(&format!("{p}ü/1"), b"u".to_vec(), None)
+        .await
+        .unwrap();
+    let e = b.range(&format!("{p}é/")).await.unwrap();
+    assert_eq!(e.len(), 1, "a non-ASCII prefix matches exactly");
+    assert_eq!(e[0].value, b"e");
     // Wildcard characters in a prefix are literal.
     assert_eq!(b.range(&format!("{p}%")).await.unwrap().len(), 1);
     assert_eq!(b.range(&format!("{p}_")).await.unwrap().len(), 1);
@@ -186,7 +196,13 @@ async fn ttl(b: &dyn Backend) {
         (ev.kind, ev.item.key.as_str()),
         (EventKind::Delete, k.as_str())
     );
-    // An expired key can be created again.
+    // An expired key behaves as absent for every operation.
+    assert!(matches!(
+        b.compare_and_swap(&k, item.revision, b"x".to_vec(), None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!b.delete(&k).await.unwrap());
     b.create(&k, b"again".to_vec(), None).await.unwrap();
 }
 
@@ -272,7 +288,11 @@ where
     let start = b.revision().await.unwrap();
     let mut w = b.watch(&p, start).await.unwrap();
     b.put(&format!("{p}1"), b"1".to_vec(), None).await.unwrap();
-    let first = w.next().await.unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("watch event must arrive")
+        .unwrap()
+        .unwrap();
     let last_seen = first.item.revision;
     // The watcher's connection goes away; writes continue elsewhere.
     drop(w);

@@ -62,6 +62,7 @@ impl SqliteBackend {
     /// Opens (creating if needed) the store at `path` and starts the TTL
     /// sweeper.
     pub fn open(path: &Path) -> Result<Self> {
+        create_private_db(path)?;
         let conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
         conn.execute_batch(
@@ -160,18 +161,30 @@ async fn sweep(inner: Weak<Inner>) {
     }
 }
 
+/// The latest revision. Compaction always keeps the newest event, and
+/// AUTOINCREMENT never reuses a revision, so MAX is the head.
 fn current_revision(conn: &Connection) -> Result<i64> {
     conn.query_row(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        "SELECT COALESCE((SELECT MAX(revision) FROM events),
+                         (SELECT value FROM meta WHERE name = 'compacted'), 0)",
         [],
         |r| r.get(0),
     )
-    .or_else(|e| match e {
-        // sqlite_sequence does not exist until the first AUTOINCREMENT insert.
-        rusqlite::Error::SqliteFailure(..) => Ok(0),
-        other => Err(other),
-    })
     .map_err(db_err)
+}
+
+/// Creates the database file 0600 (SQLite gives its -wal and -shm files the
+/// same mode): it holds password hashes and sealed keys.
+pub(crate) fn create_private_db(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }
 
 /// The live item at `key`, inside a transaction.
@@ -320,22 +333,18 @@ impl Backend for SqliteBackend {
                     })
                 })
                 .map_err(db_err)?
-                .collect::<std::result::Result<Vec<_>, _>>()
+                .collect::<std::result::Result<Vec<Item>, _>>()
                 .map_err(db_err)?;
-            Ok(items)
+            Ok(items
+                .into_iter()
+                .filter(|i| i.key.starts_with(&prefix))
+                .collect())
         })
         .await
     }
 
     async fn watch(&self, prefix: &str, after: i64) -> Result<Watcher> {
-        let oldest: i64 = self
-            .tx(|tx| {
-                tx.query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| {
-                    r.get(0)
-                })
-                .map_err(db_err)
-            })
-            .await?;
+        let oldest = self.tx(compacted).await?;
         if after < oldest {
             return Err(StoreError::Compacted {
                 requested: after,
@@ -388,7 +397,23 @@ impl Backend for SqliteBackend {
     }
 }
 
+fn compacted(tx: &Transaction<'_>) -> Result<i64> {
+    tx.query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| {
+        r.get(0)
+    })
+    .map_err(db_err)
+}
+
+/// Events after `after`; a watcher that fell behind compaction gets
+/// [`StoreError::Compacted`] instead of a silent gap.
 fn read_events(tx: &Transaction<'_>, prefix: &str, after: i64) -> Result<Vec<Event>> {
+    let oldest = compacted(tx)?;
+    if after < oldest {
+        return Err(StoreError::Compacted {
+            requested: after,
+            oldest,
+        });
+    }
     let end = prefix_end(prefix).unwrap_or_else(|| "\u{10ffff}".to_string());
     let mut st = tx
         .prepare(
@@ -414,9 +439,13 @@ fn read_events(tx: &Transaction<'_>, prefix: &str, after: i64) -> Result<Vec<Eve
             })
         })
         .map_err(db_err)?
-        .collect::<std::result::Result<Vec<_>, _>>()
+        .collect::<std::result::Result<Vec<Event>, _>>()
         .map_err(db_err)?;
-    Ok(rows)
+    // The range scan is by string order; keep exact prefix matches only.
+    Ok(rows
+        .into_iter()
+        .filter(|e| e.item.key.starts_with(prefix))
+        .collect())
 }
 
 #[cfg(test)]

@@ -110,7 +110,10 @@ pub struct RoleSpec {
 pub struct RoleOptions {
     /// Longest certificate/session lifetime this role grants.
     pub max_session_ttl: HumanDuration,
-    /// `None` means "this role has no opinion".
+    /// Interactive terminals. `None` means "this role has no opinion";
+    /// a permission holds if some role grants it and none forbids it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permit_pty: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permit_port_forwarding: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +126,7 @@ impl Default for RoleOptions {
     fn default() -> Self {
         RoleOptions {
             max_session_ttl: HumanDuration::from_secs(8 * 3600),
+            permit_pty: None,
             permit_port_forwarding: None,
             permit_agent_forwarding: None,
             permit_x11_forwarding: None,

@@ -26,7 +26,12 @@ pub struct SignupArgs {
     #[arg(long)]
     password_stdin: bool,
     /// Use this base32 TOTP secret instead of generating one (automation).
-    #[arg(long, value_name = "BASE32")]
+    #[arg(
+        long,
+        value_name = "BASE32",
+        env = "WARDEN_TOTP_SECRET",
+        hide_env_values = true
+    )]
     totp_secret: Option<String>,
     /// The current 6-digit code, instead of asking.
     #[arg(long)]

@@ -147,6 +147,18 @@ impl AuthServer {
         Ok((secret, doc))
     }
 
+    /// Deletes the pending signup tokens of a user.
+    async fn delete_signup_tokens(&self, user: &str) -> Result<()> {
+        for t in resources::list::<TokenSpec>(self.backend(), TOKENS).await? {
+            if t.spec.user.as_deref() == Some(user) {
+                self.backend()
+                    .delete(&format!("{TOKENS}{}", t.name()))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn check_roles_exist(&self, roles: &[String]) -> Result<()> {
         for r in roles {
             if self.backend().get(&format!("{ROLES}{r}")).await?.is_none() {
@@ -156,6 +168,22 @@ impl AuthServer {
             }
         }
         Ok(())
+    }
+}
+
+fn signup_response(
+    user: Document<UserSpec>,
+    token: String,
+    token_doc: &Document<TokenSpec>,
+) -> CreateUserResponse {
+    CreateUserResponse {
+        user,
+        token: token.into(),
+        token_expires: token_doc
+            .metadata
+            .expires
+            .map(|e| e.unix_timestamp())
+            .unwrap_or(0),
     }
 }
 
@@ -331,15 +359,7 @@ async fn create_user(
             &c.identity.username,
         )
         .await?;
-    Ok(Json(CreateUserResponse {
-        user: doc,
-        token: token.into(),
-        token_expires: token_doc
-            .metadata
-            .expires
-            .map(|e| e.unix_timestamp())
-            .unwrap_or(0),
-    }))
+    Ok(Json(signup_response(doc, token, &token_doc)))
 }
 
 async fn update_user(
@@ -390,11 +410,7 @@ async fn delete_user(
         return Err(AuthError::NotFound(format!("user {name} not found")));
     }
     s.backend().delete(&format!("{CREDENTIALS}{name}")).await?;
-    for t in resources::list::<TokenSpec>(s.backend(), TOKENS).await? {
-        if t.spec.user.as_deref() == Some(name.as_str()) {
-            s.backend().delete(&format!("{TOKENS}{}", t.name())).await?;
-        }
-    }
+    s.delete_signup_tokens(&name).await?;
     s.audit(
         AuditEvent::new(
             codes::USER_DELETE,
@@ -453,11 +469,7 @@ async fn reset_user(
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("user {name} not found")))?;
     s.backend().delete(&format!("{CREDENTIALS}{name}")).await?;
-    for t in resources::list::<TokenSpec>(s.backend(), TOKENS).await? {
-        if t.spec.user.as_deref() == Some(name.as_str()) {
-            s.backend().delete(&format!("{TOKENS}{}", t.name())).await?;
-        }
-    }
+    s.delete_signup_tokens(&name).await?;
     s.audit(
         AuditEvent::new(
             codes::USER_UPDATE,
@@ -476,15 +488,7 @@ async fn reset_user(
             &c.identity.username,
         )
         .await?;
-    Ok(Json(CreateUserResponse {
-        user,
-        token: token.into(),
-        token_expires: token_doc
-            .metadata
-            .expires
-            .map(|e| e.unix_timestamp())
-            .unwrap_or(0),
-    }))
+    Ok(Json(signup_response(user, token, &token_doc)))
 }
 
 async fn list_roles(

@@ -21,7 +21,8 @@ use std::process::ExitCode;
     name = "warden",
     version,
     propagate_version = true,
-    verbatim_doc_comment
+    verbatim_doc_comment,
+    arg_required_else_help = true
 )]
 struct Cli {
     /// Log verbosely to stderr (or set RUST_LOG).

@@ -52,13 +52,14 @@ pub fn router(server: AuthServer) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route("/v1/audit/events", get(audit_events))
+        .merge(crate::nodes::routes())
         .with_state(server)
 }
 
 impl AuthServer {
     /// The roles in force for a caller: live from the store for users, from
     /// the certificate for built-in identities.
-    fn caller_roles(&self, c: &Caller) -> Result<Vec<Document<RoleSpec>>> {
+    pub(crate) fn caller_roles(&self, c: &Caller) -> Result<Vec<Document<RoleSpec>>> {
         match c.identity.kind {
             IdentityKind::User => {
                 let user = self.inner.users.get(&c.identity.username).ok_or_else(|| {
@@ -147,6 +148,14 @@ impl AuthServer {
         Ok((secret, doc))
     }
 
+    /// A node join token, for the local node of an all-in-one cluster.
+    pub async fn create_node_token(&self, ttl: std::time::Duration) -> Result<String> {
+        let (secret, _) = self
+            .new_token(TokenKind::Node, None, ttl.as_secs(), "warden-start")
+            .await?;
+        Ok(secret)
+    }
+
     /// Deletes the pending signup tokens of a user.
     async fn delete_signup_tokens(&self, user: &str) -> Result<()> {
         for t in resources::list::<TokenSpec>(self.backend(), TOKENS).await? {
@@ -187,7 +196,7 @@ fn signup_response(
     }
 }
 
-fn client_addr(c: &Caller, headers: &HeaderMap) -> Option<String> {
+pub(crate) fn client_addr(c: &Caller, headers: &HeaderMap) -> Option<String> {
     if c.identity.kind == IdentityKind::Proxy {
         if let Some(v) = headers
             .get(CLIENT_ADDR_HEADER)
@@ -199,7 +208,7 @@ fn client_addr(c: &Caller, headers: &HeaderMap) -> Option<String> {
     Some(c.addr.ip().to_string())
 }
 
-fn require_proxy(c: &Caller) -> Result<()> {
+pub(crate) fn require_proxy(c: &Caller) -> Result<()> {
     if c.identity.kind == IdentityKind::Proxy {
         Ok(())
     } else {

@@ -6,6 +6,7 @@ mod certs;
 mod error;
 mod init;
 mod login;
+mod nodes;
 mod ratelimit;
 mod resources;
 mod serve;

@@ -9,6 +9,7 @@ use warden_types::Document;
 pub const USERS: &str = "/users/";
 pub const ROLES: &str = "/roles/";
 pub const TOKENS: &str = "/tokens/";
+pub const NODES: &str = "/nodes/";
 pub const CREDENTIALS: &str = "/credentials/";
 pub const AUTHORITIES: &str = "/authorities/";
 pub const CLUSTER_CONFIG: &str = "/cluster_config";

@@ -40,6 +40,7 @@ pub fn public_router(auth: ApiClient) -> Router {
         .route("/v1/login", post(forward_login))
         .route("/v1/signup/info", post(forward_signup_info))
         .route("/v1/signup", post(forward_signup))
+        .route("/v1/join", post(forward_join))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -126,4 +127,12 @@ async fn forward_signup(
     body: Bytes,
 ) -> Response {
     forward(p.auth, "/v1/signup", addr, body).await
+}
+
+async fn forward_join(
+    State(p): State<Public>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(p.auth, "/v1/join", addr, body).await
 }

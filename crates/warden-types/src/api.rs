@@ -201,3 +201,72 @@ pub struct AdminConfig {
     pub proxy_addr: Option<String>,
     pub ca_pin: String,
 }
+
+/// A node's request to join with a one-time token (sent through the proxy's
+/// public API: the node has no certificate yet).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: Secret<String>,
+    /// Human name of the node (unique names are the admin's business).
+    pub name: String,
+    /// OpenSSH public key of the node's host key.
+    pub ssh_public_key: String,
+    /// CSR for the node's X.509 certificate (same key).
+    pub tls_csr_pem: String,
+    /// Addresses the node's SSH server is reachable at, `host:port`.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
+/// Certificates for a node, at join and at every renewal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeCerts {
+    pub node_id: String,
+    pub cluster: String,
+    /// OpenSSH host certificate.
+    pub ssh_host_cert: String,
+    pub tls_cert_pem: String,
+    pub tls_ca_pems: Vec<String>,
+    /// OpenSSH public keys of the user CA: the only keys the node trusts.
+    pub ssh_user_ca_keys: Vec<String>,
+}
+
+/// A node's certificate renewal (mTLS with its current certificate).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewNodeRequest {
+    pub ssh_public_key: String,
+    pub tls_csr_pem: String,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
+/// A node's heartbeat: what it is now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    pub version: String,
+}
+
+/// A node asks auth whether a user may log in (decided with live roles).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessCheckRequest {
+    pub user: String,
+    pub login: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessCheckResponse {
+    pub allowed: bool,
+    /// One-line reason, shown to the user on denial.
+    pub reason: String,
+    /// Every role's reasoning.
+    pub explanation: Vec<String>,
+    pub permit_port_forwarding: bool,
+    pub permit_agent_forwarding: bool,
+    pub permit_x11_forwarding: bool,
+    pub roles: Vec<String>,
+}

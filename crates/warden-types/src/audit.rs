@@ -56,6 +56,24 @@ pub mod codes {
     pub const TOKEN_CREATE: (&str, &str) = ("token.create", "WA3000I");
     pub const TOKEN_DELETE: (&str, &str) = ("token.delete", "WA3001I");
     pub const ACCESS_DENIED: (&str, &str) = ("api.denied", "WA4000W");
+    pub const NODE_JOIN: (&str, &str) = ("node.join", "WA5000I");
+    pub const NODE_JOIN_FAILURE: (&str, &str) = ("node.join", "WA5000W");
+    pub const SESSION_START: (&str, &str) = ("session.start", "WA6000I");
+    pub const SESSION_END: (&str, &str) = ("session.end", "WA6001I");
+    pub const SESSION_REJECTED: (&str, &str) = ("session.rejected", "WA6002W");
+    pub const EXEC: (&str, &str) = ("exec", "WA6003I");
+    pub const SUBSYSTEM: (&str, &str) = ("subsystem", "WA6004I");
+    pub const PORT_FORWARD: (&str, &str) = ("port_forward", "WA6005I");
+    pub const PORT_FORWARD_DENIED: (&str, &str) = ("port_forward", "WA6005W");
+    /// Event types a node may report.
+    pub const NODE_EVENT_TYPES: &[&str] = &[
+        "session.start",
+        "session.end",
+        "session.rejected",
+        "exec",
+        "subsystem",
+        "port_forward",
+    ];
 }
 
 impl AuditEvent {

@@ -10,8 +10,8 @@ pub mod secret;
 
 pub use identity::{Identity, IdentityKind};
 pub use resource::{
-    ClusterConfigSpec, Document, LabelValues, Metadata, RoleConditions, RoleOptions, RoleSpec,
-    Rule, TokenKind, TokenSpec, UserSpec,
+    ClusterConfigSpec, Document, LabelValues, Metadata, NodeSpec, RoleConditions, RoleOptions,
+    RoleSpec, Rule, TokenKind, TokenSpec, UserSpec,
 };
 pub use secret::Secret;
 

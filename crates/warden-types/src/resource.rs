@@ -12,6 +12,7 @@ pub mod kind {
     pub const ROLE: &str = "role";
     pub const TOKEN: &str = "token";
     pub const CLUSTER_CONFIG: &str = "cluster_config";
+    pub const NODE: &str = "node";
 }
 
 /// The only document version so far.
@@ -181,7 +182,8 @@ pub mod resources {
     pub const CLUSTER_CONFIG: &str = "cluster_config";
     pub const EVENT: &str = "event";
     pub const SESSION: &str = "session";
-    pub const ALL: &[&str] = &[USER, ROLE, TOKEN, CLUSTER_CONFIG, EVENT, SESSION];
+    pub const NODE: &str = "node";
+    pub const ALL: &[&str] = &[USER, ROLE, TOKEN, CLUSTER_CONFIG, EVENT, SESSION, NODE];
 }
 
 /// Verbs usable in rules.
@@ -262,6 +264,23 @@ pub struct TokenSpec {
     pub secret_sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+}
+
+/// A node is online if it sent a heartbeat this recently (seconds).
+pub const NODE_ONLINE_SECS: i64 = 90;
+
+/// A node in the inventory; `metadata.name` is its id, `metadata.labels`
+/// its labels, `metadata.expires` when it is dropped without heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSpec {
+    /// Human name (`db-1`).
+    pub hostname: String,
+    /// Where its SSH server listens, `host:port` (empty behind NAT).
+    pub addrs: Vec<String>,
+    pub version: String,
+    /// Unix seconds of the last heartbeat.
+    pub heartbeat: i64,
 }
 
 /// Cluster-wide settings.

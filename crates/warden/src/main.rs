@@ -32,9 +32,11 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run cluster services: auth and proxy, on an embedded SQLite store.
+    /// Run cluster services: auth, proxy and a node, on an embedded SQLite store.
     Start(start::StartArgs),
     /// Complete a signup: choose a password and enrol a TOTP authenticator.
     Signup(user::SignupArgs),

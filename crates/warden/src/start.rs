@@ -15,16 +15,18 @@ use warden_types::IdentityKind;
 
 #[derive(Args)]
 pub struct StartArgs {
-    /// Services to run, comma-separated: auth, proxy.
-    #[arg(long, value_delimiter = ',', default_value = "auth,proxy")]
+    /// Services to run, comma-separated: auth, proxy, node.
+    #[arg(long, value_delimiter = ',', default_value = "auth,proxy,node")]
     roles: Vec<String>,
-    /// Where the cluster state lives [default: /var/lib/warden as root, else
-    /// $XDG_DATA_HOME/warden].
+    /// Where this service keeps its state [default: /var/lib/warden as
+    /// root, else $XDG_DATA_HOME/warden].
     #[arg(long, env = "WARDEN_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The proxy's public port (port 0 picks a free one).
-    #[arg(long, default_value = "0.0.0.0:3080")]
-    listen_addr: SocketAddr,
+    /// The public port: the proxy's, or the node's SSH server when only the
+    /// node runs (port 0 picks a free one) [default: 0.0.0.0:3080, or
+    /// 0.0.0.0:3022 for a node].
+    #[arg(long)]
+    listen_addr: Option<SocketAddr>,
     /// The auth API (mTLS only); keep it private.
     #[arg(long, default_value = "127.0.0.1:3025")]
     auth_addr: SocketAddr,
@@ -35,6 +37,40 @@ pub struct StartArgs {
     /// Cluster name, fixed at first start.
     #[arg(long)]
     cluster_name: Option<String>,
+    /// Node: the cluster's proxy, HOST:PORT (not needed all-in-one).
+    #[arg(long, env = "WARDEN_PROXY")]
+    proxy: Option<String>,
+    /// Node: one-time join token ('warden admin tokens add --type node').
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Node: the cluster's CA pin, verified on first contact.
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// Node: its name in the inventory [default: this host's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Node: labels, e.g. env=prod,team=db.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Node, all-in-one: where the local node's SSH server listens.
+    #[arg(long, default_value = "127.0.0.1:3022")]
+    node_listen_addr: SocketAddr,
+    /// Node: the address to advertise for its SSH server, HOST:PORT.
+    #[arg(long)]
+    advertise_addr: Option<String>,
+}
+
+fn parse_labels(items: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in items.iter().filter(|i| !i.is_empty()) {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("invalid label {item:?}: use key=value, e.g. env=prod");
+        };
+        warden_types::resource::validate_name(k)
+            .map_err(|e| anyhow::anyhow!("invalid label key: {e}"))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 fn hostname() -> Option<String> {
@@ -53,28 +89,56 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpLis
 pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     for r in &a.roles {
-        match r.as_str() {
-            "auth" | "proxy" => {}
-            "node" => {
-                bail!("the node service is not part of this build yet; run --roles auth,proxy")
-            }
-            other => bail!("unknown service {other:?}: expected auth and/or proxy"),
+        if !matches!(r.as_str(), "auth" | "proxy" | "node") {
+            bail!("unknown service {r:?}: expected auth, proxy and/or node");
         }
     }
-    if !a.roles.iter().any(|r| r == "auth") {
-        bail!("a proxy without a local auth service (joining by token) is not supported yet; add auth to --roles");
+    let has = |r: &str| a.roles.iter().any(|x| x == r);
+    let labels = parse_labels(&a.labels)?;
+    let name = a
+        .name
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(|| "node".into());
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    if !has("auth") {
+        if has("proxy") {
+            bail!("a proxy without a local auth service (joining by token) is not supported yet; add auth to --roles");
+        }
+        // A node on its own: join the cluster through its proxy.
+        let Some(proxy) = a.proxy.clone() else {
+            bail!("a node needs --proxy HOST:PORT of the cluster (and --token, --ca-pin on first start)");
+        };
+        let config = warden_node::NodeConfig {
+            data_dir,
+            proxy,
+            token: a.token.clone(),
+            ca_pin: a.ca_pin.clone(),
+            name,
+            labels,
+            listen_addr: a
+                .listen_addr
+                .unwrap_or_else(|| "0.0.0.0:3022".parse().expect("valid")),
+            advertise_addr: a.advertise_addr.clone(),
+        };
+        let node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
+        tokio::select! {
+            r = node => return r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))?,
+            _ = shutdown_signal() => {}
+        }
+        let _ = shutdown_tx.send(true);
+        return Ok(());
     }
-    let run_proxy = a.roles.iter().any(|r| r == "proxy");
 
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref())
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
     let auth_listener = bind(a.auth_addr, "auth API", "--auth-addr").await?;
     let auth_addr = auth_listener.local_addr()?;
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
     let auth_task = tokio::spawn(warden_auth::serve_mtls(
         auth.clone(),
         auth_listener,
@@ -83,8 +147,11 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
 
     let mut public = None;
     let mut proxy_task = None;
-    if run_proxy {
-        let listener = bind(a.listen_addr, "proxy", "--listen-addr").await?;
+    if has("proxy") {
+        let listen = a
+            .listen_addr
+            .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
+        let listener = bind(listen, "proxy", "--listen-addr").await?;
         let bound = listener.local_addr()?;
         let public_addrs = if a.public_addr.is_empty() {
             vec![format!("127.0.0.1:{}", bound.port())]
@@ -112,13 +179,58 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         println!("  proxy:      {p}");
     }
     println!("  CA pin:     {pin}");
+
+    let mut node_task = None;
+    if has("node") {
+        let Some(proxy) = public.clone() else {
+            bail!("an all-in-one node needs the proxy too: --roles auth,proxy,node");
+        };
+        // The local node joins like any other, through the proxy; it asks
+        // for a token only on first start.
+        let joined = data_dir
+            .join(warden_node::NODE_DIR)
+            .join("state.json")
+            .exists();
+        let token = if joined {
+            None
+        } else {
+            Some(
+                auth.create_node_token(std::time::Duration::from_secs(300))
+                    .await?,
+            )
+        };
+        let config = warden_node::NodeConfig {
+            data_dir: data_dir.clone(),
+            proxy,
+            token,
+            ca_pin: Some(pin.clone()),
+            name,
+            labels,
+            listen_addr: a.node_listen_addr,
+            advertise_addr: a.advertise_addr.clone(),
+        };
+        node_task = Some(tokio::spawn(warden_node::run(
+            config,
+            wait(shutdown_rx.clone()),
+        )));
+    }
     println!();
     println!("Next: add a user (on this host, as the same OS user):");
     println!("  warden admin users add alice --roles access --logins alice,root");
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    shutdown_signal().await;
+    if let Some(node) = node_task {
+        tokio::select! {
+            r = node => {
+                let _ = shutdown_tx.send(true);
+                r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))??;
+            }
+            _ = shutdown_signal() => {}
+        }
+    } else {
+        shutdown_signal().await;
+    }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = auth_task.await;

@@ -1,0 +1,350 @@
+//! Nodes: joining with a token, certificate renewal, heartbeats into the
+//! inventory, live access decisions and audit events from nodes.
+
+use crate::api::Caller;
+use crate::error::{AuthError, Result};
+use crate::resources::{self, NODES, TOKENS};
+use crate::server::AuthServer;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use time::{Duration, OffsetDateTime};
+use warden_ca::ssh::{sign_host_cert, HostCert};
+use warden_ca::tls::{self, CertRequest, Usage};
+use warden_ca::CaType;
+use warden_store::StoreError;
+use warden_types::api::*;
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::resource::{kind, resources as res, verbs};
+use warden_types::{Document, Identity, IdentityKind, NodeSpec, TokenKind, UserSpec};
+
+/// Lifetime of node certificates; nodes renew at half-life.
+pub const NODE_CERT_TTL: Duration = Duration::hours(24);
+/// An offline node leaves the inventory after this long.
+const INVENTORY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+pub fn routes() -> Router<AuthServer> {
+    Router::new()
+        .route("/v1/join", post(join))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/certs", post(renew))
+        .route("/v1/nodes/heartbeat", put(heartbeat))
+        .route("/v1/nodes/access", post(access))
+        .route("/v1/events", post(node_event))
+}
+
+fn require_node(c: &Caller) -> Result<&str> {
+    if c.identity.kind == IdentityKind::Node {
+        Ok(&c.identity.username)
+    } else {
+        Err(AuthError::AccessDenied(
+            "only nodes may make this call".into(),
+        ))
+    }
+}
+
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+impl AuthServer {
+    /// Host and X.509 certificates for a node's keys.
+    async fn node_certs(
+        &self,
+        node_id: &str,
+        name: &str,
+        ssh_public_key: &str,
+        tls_csr_pem: &str,
+        addrs: &[String],
+    ) -> Result<NodeCerts> {
+        warden_types::resource::validate_name(name).map_err(AuthError::BadRequest)?;
+        let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
+            .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
+        let mut principals = vec![node_id.to_string(), name.to_string()];
+        for a in addrs.iter().take(16) {
+            let h = host_of(a).to_string();
+            if !h.is_empty() && !principals.contains(&h) {
+                principals.push(h);
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let until = now + NODE_CERT_TTL;
+        let (host_ca, _) = self.signer(CaType::Host).await?;
+        let cert = sign_host_cert(
+            &*host_ca,
+            &HostCert {
+                public_key,
+                host_id: node_id.to_string(),
+                principals,
+                valid_after: (now - Duration::minutes(1)).unix_timestamp() as u64,
+                valid_before: until.unix_timestamp() as u64,
+                cluster: self.cluster().to_string(),
+            },
+        )?;
+        let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
+        let tls_ca_pems = tls_authority.tls_cert_pems();
+        let identity = Identity {
+            kind: IdentityKind::Node,
+            username: node_id.to_string(),
+            cluster: self.cluster().to_string(),
+            roles: vec![],
+            logins: vec![],
+            traits: Default::default(),
+            requests: vec![],
+            expires: until.unix_timestamp(),
+        };
+        let tls_cert_pem = tls::issue_from_csr(
+            &*tls_ca,
+            &tls_ca_pems[0],
+            tls_csr_pem,
+            &CertRequest {
+                common_name: node_id.to_string(),
+                dns_names: vec![node_id.to_string()],
+                ips: vec![],
+                identity: Some(identity),
+                not_before: now - Duration::minutes(1),
+                not_after: until,
+                usage: Usage::ClientAndServer,
+            },
+        )
+        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        Ok(NodeCerts {
+            node_id: node_id.to_string(),
+            cluster: self.cluster().to_string(),
+            ssh_host_cert: cert
+                .to_openssh()
+                .map_err(|e| AuthError::Internal(e.to_string()))?,
+            tls_cert_pem,
+            tls_ca_pems,
+            ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
+        })
+    }
+
+    /// Joins a node: consumes its token and certifies its keys.
+    pub async fn join(&self, req: &JoinRequest, source: Option<String>) -> Result<NodeCerts> {
+        let token = match self.find_token(req.token.expose(), TokenKind::Node).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.audit(
+                    AuditEvent::new(
+                        codes::NODE_JOIN_FAILURE,
+                        self.cluster(),
+                        &req.name,
+                        e.to_string(),
+                    )
+                    .source(source),
+                )
+                .await;
+                return Err(e);
+            }
+        };
+        let rev = token.metadata.revision.unwrap_or_default();
+        match self
+            .backend()
+            .compare_and_delete(&format!("{TOKENS}{}", token.name()), rev)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {
+                return Err(AuthError::Unauthenticated(
+                    "node token was already used; ask an admin for a new one".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let node_id = uuid::Uuid::new_v4().to_string();
+        let certs = self
+            .node_certs(
+                &node_id,
+                &req.name,
+                &req.ssh_public_key,
+                &req.tls_csr_pem,
+                &req.addrs,
+            )
+            .await?;
+        self.audit(
+            AuditEvent::new(
+                codes::NODE_JOIN,
+                self.cluster(),
+                &req.name,
+                format!("node {} joined", req.name),
+            )
+            .source(source)
+            .with("node_id", node_id.clone())
+            .with("token_id", token.name().to_string()),
+        )
+        .await;
+        Ok(certs)
+    }
+
+    /// Records a heartbeat of node `id`.
+    pub async fn heartbeat(&self, id: &str, hb: &Heartbeat) -> Result<()> {
+        warden_types::resource::validate_name(&hb.name).map_err(AuthError::BadRequest)?;
+        let now = OffsetDateTime::now_utc();
+        let mut doc = Document::new(
+            kind::NODE,
+            id,
+            NodeSpec {
+                hostname: hb.name.clone(),
+                addrs: hb.addrs.iter().take(16).cloned().collect(),
+                version: hb.version.clone(),
+                heartbeat: now.unix_timestamp(),
+            },
+        );
+        doc.metadata.labels = hb.labels.clone();
+        let expires = std::time::SystemTime::now() + INVENTORY_TTL;
+        doc.metadata.expires = Some(OffsetDateTime::from(expires));
+        self.backend()
+            .put(
+                &format!("{NODES}{id}"),
+                resources::encode(&doc),
+                Some(expires),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Decides, with the user's current roles, whether `user` may log in as
+    /// `login` on node `node_id`.
+    pub async fn check_access(
+        &self,
+        node_id: &str,
+        user: &str,
+        login: &str,
+    ) -> Result<AccessCheckResponse> {
+        let node = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{node_id}")).await?;
+        let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
+        let Some(u) = self.inner.users.get(user) else {
+            return Ok(AccessCheckResponse {
+                allowed: false,
+                reason: format!("user {user} does not exist (deleted?)"),
+                explanation: vec![],
+                permit_port_forwarding: false,
+                permit_agent_forwarding: false,
+                permit_x11_forwarding: false,
+                roles: vec![],
+            });
+        };
+        let roles = self.roles(&u.spec.roles);
+        let decision = warden_policy::check_node_access(&roles, &u.spec.traits, login, &labels);
+        let options = warden_policy::session_options(&roles);
+        Ok(AccessCheckResponse {
+            allowed: decision.allowed,
+            reason: decision.summary(),
+            explanation: decision.reasons.clone(),
+            permit_port_forwarding: options.permit_port_forwarding,
+            permit_agent_forwarding: options.permit_agent_forwarding,
+            permit_x11_forwarding: options.permit_x11_forwarding,
+            roles: roles.iter().map(|r| r.name().to_string()).collect(),
+        })
+    }
+}
+
+async fn join(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<JoinRequest>,
+) -> Result<Json<NodeCerts>> {
+    crate::api::require_proxy(&c)?;
+    Ok(Json(
+        s.join(&req, crate::api::client_addr(&c, &headers)).await?,
+    ))
+}
+
+async fn renew(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<RenewNodeRequest>,
+) -> Result<Json<NodeCerts>> {
+    let id = require_node(&c)?.to_string();
+    let name = resources::get::<NodeSpec>(s.backend(), &format!("{NODES}{id}"))
+        .await?
+        .map(|n| n.spec.hostname)
+        .unwrap_or_else(|| id.clone());
+    Ok(Json(
+        s.node_certs(
+            &id,
+            &name,
+            &req.ssh_public_key,
+            &req.tls_csr_pem,
+            &req.addrs,
+        )
+        .await?,
+    ))
+}
+
+async fn heartbeat(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(hb): Json<Heartbeat>,
+) -> Result<Json<serde_json::Value>> {
+    let id = require_node(&c)?.to_string();
+    s.heartbeat(&id, &hb).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn access(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<AccessCheckRequest>,
+) -> Result<Json<AccessCheckResponse>> {
+    let id = require_node(&c)?.to_string();
+    Ok(Json(s.check_access(&id, &req.user, &req.login).await?))
+}
+
+async fn node_event(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(mut ev): Json<AuditEvent>,
+) -> Result<Json<serde_json::Value>> {
+    let id = require_node(&c)?.to_string();
+    if !codes::NODE_EVENT_TYPES.contains(&ev.event_type.as_str()) {
+        return Err(AuthError::BadRequest(format!(
+            "nodes may not report events of type {:?}",
+            ev.event_type
+        )));
+    }
+    // The node speaks for itself only.
+    ev.cluster = s.cluster().to_string();
+    ev.node = Some(id);
+    ev.id = uuid::Uuid::new_v4().to_string();
+    // Acknowledged only once durable.
+    s.inner.audit.append(ev).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// Inventory: all nodes for those who may list nodes; for other users, the
+/// nodes they may log in to.
+async fn list_nodes(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<Document<NodeSpec>>>> {
+    let nodes: Vec<Document<NodeSpec>> = resources::list(s.backend(), NODES).await?;
+    let roles = s.caller_roles(&c)?;
+    if warden_policy::check_rule(&roles, res::NODE, verbs::LIST).allowed {
+        return Ok(Json(nodes));
+    }
+    let traits = match c.identity.kind {
+        IdentityKind::User => s
+            .inner
+            .users
+            .get(&c.identity.username)
+            .map(|u: Document<UserSpec>| u.spec.traits)
+            .unwrap_or_default(),
+        _ => Default::default(),
+    };
+    let logins = warden_policy::allowed_logins(&roles, &traits);
+    Ok(Json(
+        nodes
+            .into_iter()
+            .filter(|n| {
+                logins.iter().any(|l| {
+                    warden_policy::check_node_access(&roles, &traits, l, &n.metadata.labels).allowed
+                })
+            })
+            .collect(),
+    ))
+}

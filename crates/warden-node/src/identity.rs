@@ -1,0 +1,197 @@
+//! The node's identity: joined once with a token, persisted in the data dir
+//! (so a restart keeps the same node id), renewed before expiry.
+
+use crate::NodeConfig;
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use warden_ca::keystore::write_private_file;
+use warden_ca::ClientKey;
+use warden_client::login::{direct_auth_client, public_client};
+use warden_client::tls::{ClientCert, Trust};
+use warden_client::ApiClient;
+use warden_types::api::{
+    AccessCheckRequest, AccessCheckResponse, Heartbeat, JoinRequest, NodeCerts, RenewNodeRequest,
+};
+use warden_types::audit::AuditEvent;
+use warden_types::Secret;
+
+/// Sub-directory of the data dir with the node's identity.
+pub const NODE_DIR: &str = "node";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    node_id: String,
+    name: String,
+    cluster: String,
+}
+
+/// A joined node's keys and certificates.
+pub struct NodeIdentity {
+    dir: PathBuf,
+    proxy: String,
+    key: ClientKey,
+    state: State,
+    certs: RwLock<NodeCerts>,
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+impl NodeIdentity {
+    /// Loads the identity in `<data-dir>/node`, or joins with the token.
+    pub async fn load_or_join(config: &NodeConfig, addrs: &[String]) -> anyhow::Result<Self> {
+        let dir = config.data_dir.join(NODE_DIR);
+        if dir.join("state.json").exists() {
+            let state: State = serde_json::from_str(&read(&dir.join("state.json"))?)?;
+            let certs: NodeCerts = serde_json::from_str(&read(&dir.join("certs.json"))?)?;
+            let key = ClientKey::from_openssh(&read(&dir.join("key"))?)?;
+            let id = NodeIdentity {
+                dir,
+                proxy: config.proxy.clone(),
+                key,
+                state,
+                certs: RwLock::new(certs),
+            };
+            return Ok(id);
+        }
+        let Some(token) = &config.token else {
+            bail!(
+                "this node has not joined a cluster yet: pass --token (from 'warden admin tokens add --type node') and --ca-pin"
+            );
+        };
+        let Some(pin) = &config.ca_pin else {
+            bail!("pass --ca-pin to verify the cluster on first contact ('warden admin tokens add' prints it)");
+        };
+        let key = ClientKey::generate();
+        let req = JoinRequest {
+            token: Secret::new(token.clone()),
+            name: config.name.clone(),
+            ssh_public_key: key.ssh_public_key().to_openssh()?,
+            tls_csr_pem: key.csr_pem(&config.name)?,
+            addrs: addrs.to_vec(),
+        };
+        let certs: NodeCerts = public_client(&config.proxy, Trust::Pin(pin.clone()))?
+            .post("/v1/join", &req)
+            .await
+            .context("cannot join the cluster")?;
+        let state = State {
+            node_id: certs.node_id.clone(),
+            name: config.name.clone(),
+            cluster: certs.cluster.clone(),
+        };
+        std::fs::create_dir_all(&dir)?;
+        write_private_file(&dir.join("key"), key.to_openssh()?.as_bytes())?;
+        write_private_file(&dir.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;
+        let id = NodeIdentity {
+            dir,
+            proxy: config.proxy.clone(),
+            key,
+            state,
+            certs: RwLock::new(certs.clone()),
+        };
+        id.save_certs(&certs)?;
+        tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
+        Ok(id)
+    }
+
+    fn save_certs(&self, certs: &NodeCerts) -> anyhow::Result<()> {
+        write_private_file(
+            &self.dir.join("certs.json"),
+            &serde_json::to_vec_pretty(certs)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.state.node_id
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.state.cluster
+    }
+
+    pub fn certs(&self) -> NodeCerts {
+        self.certs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The host private key, OpenSSH format.
+    pub fn host_key_openssh(&self) -> anyhow::Result<String> {
+        Ok(self.key.to_openssh()?.to_string())
+    }
+
+    /// mTLS client of the auth API, through the proxy.
+    fn api(&self) -> anyhow::Result<ApiClient> {
+        let certs = self.certs();
+        let cert = ClientCert {
+            cert_pem: certs.tls_cert_pem.clone(),
+            key_pkcs8: self.key.pkcs8_der().to_vec(),
+        };
+        Ok(direct_auth_client(
+            &self.proxy,
+            certs.tls_ca_pems.clone(),
+            &cert,
+        )?)
+    }
+
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> anyhow::Result<()> {
+        let _: serde_json::Value = self.api()?.put("/v1/nodes/heartbeat", hb).await?;
+        Ok(())
+    }
+
+    /// Renews the certificates once half their lifetime has passed.
+    pub async fn renew_if_due(&self, addrs: &[String]) -> anyhow::Result<()> {
+        let certs = self.certs();
+        let der = warden_ca::tls::pem_to_der(&certs.tls_cert_pem)?;
+        let not_after = warden_ca::tls::not_after(der.first().context("no node certificate")?)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let lifetime = warden_types::duration::HumanDuration::from_secs(24 * 3600)
+            .0
+            .as_secs() as i64;
+        if not_after - now > lifetime / 2 {
+            return Ok(());
+        }
+        let req = RenewNodeRequest {
+            ssh_public_key: self.key.ssh_public_key().to_openssh()?,
+            tls_csr_pem: self.key.csr_pem(&self.state.name)?,
+            addrs: addrs.to_vec(),
+        };
+        let fresh: NodeCerts = self.api()?.post("/v1/nodes/certs", &req).await?;
+        self.save_certs(&fresh)?;
+        *self.certs.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        tracing::info!("node certificates renewed");
+        Ok(())
+    }
+
+    /// Asks auth whether `user` may log in as `login` here, now.
+    pub async fn check_access(
+        &self,
+        user: &str,
+        login: &str,
+    ) -> anyhow::Result<AccessCheckResponse> {
+        Ok(self
+            .api()?
+            .post(
+                "/v1/nodes/access",
+                &AccessCheckRequest {
+                    user: user.to_string(),
+                    login: login.to_string(),
+                },
+            )
+            .await?)
+    }
+
+    /// Sends an audit event; logs if auth cannot take it (durable local
+    /// buffering arrives with the audit issue).
+    pub async fn emit(&self, mut event: AuditEvent) {
+        event.cluster = self.state.cluster.clone();
+        event.node = Some(self.state.node_id.clone());
+        let result: anyhow::Result<serde_json::Value> =
+            async { Ok(self.api()?.post("/v1/events", &event).await?) }.await;
+        if let Err(e) = result {
+            tracing::error!(error = %format!("{e:#}"), event = %event.event_type, "audit event not delivered");
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Running a user's processes: exec, shell and subsystems, with or without
+//! a PTY, as the requested Unix login; and pumping their bytes to the SSH
+//! channel with backpressure both ways.
+
+use crate::pty;
+use crate::unix::Account;
+use russh::server::Msg;
+use russh::Channel;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Environment variables a client may set (OpenSSH's usual AcceptEnv).
+pub fn env_allowed(name: &str) -> bool {
+    matches!(name, "LANG" | "COLORTERM" | "TZ") || name.starts_with("LC_")
+}
+
+/// A requested terminal.
+#[derive(Clone, Debug)]
+pub struct PtyRequest {
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+}
+
+/// What to run.
+pub struct Spec {
+    pub account: Account,
+    /// `None`: the login shell. `Some`: a command for the shell's `-c`.
+    pub command: Option<String>,
+    /// Run this binary directly instead (subsystems).
+    pub program: Option<String>,
+    pub pty: Option<PtyRequest>,
+    pub env: Vec<(String, String)>,
+    pub session_id: String,
+    pub username: String,
+    /// Switch to the account (root only); else run as ourselves.
+    pub switch_user: bool,
+}
+
+/// A started process.
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// PTY master, when a PTY was requested.
+    pub master: Option<pty::Master>,
+}
+
+impl Running {
+    pub fn master_fd(&self) -> Option<RawFd> {
+        self.master.as_ref().map(|m| m.raw())
+    }
+}
+
+/// Starts the process described by `spec`.
+pub fn spawn(spec: &Spec) -> std::io::Result<Running> {
+    let a = &spec.account;
+    let shell = a.shell.clone();
+    let base = shell.rsplit('/').next().unwrap_or("sh").to_string();
+    let mut cmd = match (&spec.program, &spec.command) {
+        (Some(p), _) => tokio::process::Command::new(p),
+        (None, Some(c)) => {
+            let mut cmd = tokio::process::Command::new(&shell);
+            cmd.arg("-c").arg(c);
+            cmd
+        }
+        (None, None) => {
+            let mut cmd = tokio::process::Command::new(&shell);
+            // A leading '-' makes it a login shell.
+            cmd.arg0(format!("-{base}"));
+            cmd
+        }
+    };
+    let home = if std::path::Path::new(&a.home).is_dir() {
+        a.home.clone()
+    } else {
+        "/".to_string()
+    };
+    cmd.env_clear()
+        .env("HOME", &a.home)
+        .env("USER", &a.name)
+        .env("LOGNAME", &a.name)
+        .env("SHELL", &shell)
+        .env(
+            "PATH",
+            if a.uid == 0 {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            } else {
+                "/usr/local/bin:/usr/bin:/bin"
+            },
+        )
+        .env("WARDEN_SESSION_ID", &spec.session_id)
+        .env("WARDEN_USER", &spec.username)
+        .current_dir(&home);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let mut master = None;
+    let with_pty = spec.pty.is_some();
+    if let Some(p) = &spec.pty {
+        let (m, s) = pty::open(p.cols, p.rows)?;
+        cmd.env("TERM", &p.term);
+        cmd.stdin(Stdio::from(s.try_clone()?))
+            .stdout(Stdio::from(s.try_clone()?))
+            .stderr(Stdio::from(s));
+        master = Some(m);
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+    // Prepared before fork: nothing may allocate in the child.
+    let name = CString::new(a.name.clone())
+        .map_err(|_| std::io::Error::other("login name contains NUL"))?;
+    let (uid, gid, switch) = (a.uid, a.gid, spec.switch_user);
+    // SAFETY: the closure only makes async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if with_pty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if switch {
+                if libc::initgroups(name.as_ptr(), gid as _) < 0
+                    || libc::setgid(gid) < 0
+                    || libc::setuid(uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Never keep root by accident.
+                if uid != 0 && libc::setuid(0) == 0 {
+                    return Err(std::io::Error::other("could not drop privileges"));
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let master = match master {
+        Some(m) => Some(pty::Master::new(m)?),
+        None => None,
+    };
+    Ok(Running { child, pid, master })
+}
+
+/// How a process ended and what crossed the channel.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+async fn copy_counted<R, W>(mut r: R, mut w: W) -> u64
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let n = tokio::io::copy(&mut r, &mut w).await.unwrap_or(0);
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+    n
+}
+
+/// Moves bytes between the process and the channel until the process ends
+/// and its output is drained; then reports exit status or signal and closes.
+pub async fn pump(
+    mut running: Running,
+    channel: Channel<Msg>,
+    handle: russh::server::Handle,
+) -> Outcome {
+    let id = channel.id();
+    let (mut read_half, write_half) = channel.split();
+    let mut outcome = Outcome::default();
+    if let Some(master) = running.master.take() {
+        let out = write_half.make_writer();
+        let to_user = copy_counted(master.clone(), out);
+        let mut m = master.clone();
+        let from_user = async {
+            let r = read_half.make_reader();
+            tokio::pin!(r);
+            tokio::io::copy(&mut r, &mut m).await.unwrap_or(0)
+        };
+        // The shell's exit closes the slave; reading the master then ends.
+        let (out_n, status) = tokio::join!(to_user, async {
+            tokio::select! {
+                s = running.child.wait() => s,
+                _ = from_user => running.child.wait().await,
+            }
+        });
+        outcome.bytes_out = out_n;
+        record_status(&mut outcome, status);
+    } else {
+        let stdin = running.child.stdin.take();
+        let stdout = running.child.stdout.take();
+        let stderr = running.child.stderr.take();
+        let out = write_half.make_writer();
+        let err = write_half.make_writer_ext(Some(1));
+        let feed = async {
+            if let Some(mut stdin) = stdin {
+                let r = read_half.make_reader();
+                tokio::pin!(r);
+                let n = tokio::io::copy(&mut r, &mut stdin).await.unwrap_or(0);
+                let _ = stdin.shutdown().await;
+                n
+            } else {
+                0
+            }
+        };
+        let drain_out = async {
+            match stdout {
+                Some(s) => copy_counted(s, out).await,
+                None => 0,
+            }
+        };
+        let drain_err = async {
+            match stderr {
+                Some(s) => copy_counted(s, err).await,
+                None => 0,
+            }
+        };
+        let outputs = async { tokio::join!(drain_out, drain_err) };
+        tokio::pin!(feed);
+        tokio::pin!(outputs);
+        // stdin may never reach EOF (the client keeps it open): stop
+        // feeding once the outputs are drained.
+        let ((o, e), i) = tokio::select! {
+            oe = &mut outputs => (oe, 0),
+            i = &mut feed => ((&mut outputs).await, i),
+        };
+        outcome.bytes_in = i;
+        outcome.bytes_out = o + e;
+        let status = running.child.wait().await;
+        record_status(&mut outcome, status);
+    }
+    match (outcome.exit_code, outcome.signal) {
+        (Some(code), _) => {
+            let _ = write_half.exit_status(code as u32).await;
+        }
+        (None, Some(sig)) => {
+            let _ = handle
+                .exit_signal_request(id, signal_name(sig), false, String::new(), String::new())
+                .await;
+        }
+        _ => {
+            let _ = write_half.exit_status(255).await;
+        }
+    }
+    let _ = write_half.eof().await;
+    let _ = write_half.close().await;
+    outcome
+}
+
+fn record_status(o: &mut Outcome, status: std::io::Result<std::process::ExitStatus>) {
+    if let Ok(s) = status {
+        o.exit_code = s.code();
+        o.signal = s.signal();
+    }
+}
+
+/// An SSH signal name for a Unix signal number.
+pub fn signal_name(sig: i32) -> russh::Sig {
+    use russh::Sig;
+    match sig {
+        libc::SIGABRT => Sig::ABRT,
+        libc::SIGALRM => Sig::ALRM,
+        libc::SIGFPE => Sig::FPE,
+        libc::SIGHUP => Sig::HUP,
+        libc::SIGILL => Sig::ILL,
+        libc::SIGINT => Sig::INT,
+        libc::SIGKILL => Sig::KILL,
+        libc::SIGPIPE => Sig::PIPE,
+        libc::SIGQUIT => Sig::QUIT,
+        libc::SIGSEGV => Sig::SEGV,
+        libc::SIGTERM => Sig::TERM,
+        libc::SIGUSR1 => Sig::USR1,
+        other => Sig::Custom(format!("SIG{other}")),
+    }
+}
+
+/// The Unix signal for an SSH signal name.
+pub fn signal_number(sig: &russh::Sig) -> Option<i32> {
+    use russh::Sig;
+    Some(match sig {
+        Sig::ABRT => libc::SIGABRT,
+        Sig::ALRM => libc::SIGALRM,
+        Sig::FPE => libc::SIGFPE,
+        Sig::HUP => libc::SIGHUP,
+        Sig::ILL => libc::SIGILL,
+        Sig::INT => libc::SIGINT,
+        Sig::KILL => libc::SIGKILL,
+        Sig::PIPE => libc::SIGPIPE,
+        Sig::QUIT => libc::SIGQUIT,
+        Sig::SEGV => libc::SIGSEGV,
+        Sig::TERM => libc::SIGTERM,
+        Sig::USR1 => libc::SIGUSR1,
+        Sig::Custom(name) => match name.as_str() {
+            "USR2" => libc::SIGUSR2,
+            "WINCH" => libc::SIGWINCH,
+            "CONT" => libc::SIGCONT,
+            "STOP" => libc::SIGSTOP,
+            _ => return None,
+        },
+    })
+}
+
+/// Where Debian and others keep OpenSSH's sftp-server.
+pub fn sftp_server() -> Option<String> {
+    [
+        "/usr/lib/openssh/sftp-server",
+        "/usr/lib/sftp-server",
+        "/usr/libexec/openssh/sftp-server",
+        "/usr/libexec/sftp-server",
+    ]
+    .iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .map(|p| p.to_string())
+}

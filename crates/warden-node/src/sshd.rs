@@ -1,0 +1,589 @@
+//! The node's SSH server. Only user certificates signed by the cluster's
+//! user CA get in; the login must be a principal of the certificate, and
+//! auth must allow it now, with the user's live roles and this node's labels.
+
+use crate::identity::NodeIdentity;
+use crate::session::{self, PtyRequest, Spec};
+use crate::unix::{self, Account};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use warden_types::audit::{codes, AuditEvent};
+
+/// Sessions served at once (each costs a task and a little memory).
+const MAX_CONNECTIONS: usize = 10_000;
+
+fn server_config(identity: &NodeIdentity) -> anyhow::Result<Arc<russh::server::Config>> {
+    let certs = identity.certs();
+    let key = PrivateKey::from_openssh(identity.host_key_openssh()?)?;
+    let cert = Certificate::from_openssh(certs.ssh_host_cert.trim())?;
+    Ok(Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-warden_{}", warden_types::VERSION).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        certificates: vec![cert],
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        ..Default::default()
+    }))
+}
+
+/// Accepts SSH connections until `shutdown`.
+pub async fn serve(
+    identity: Arc<NodeIdentity>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if unix::current_uid() != 0 {
+        tracing::warn!(
+            "not running as root: single-user mode, only this process's own login is served"
+        );
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        // Built per connection so renewed certificates apply at once.
+        let config = match server_config(&identity) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot load host key or certificate");
+                continue;
+            }
+        };
+        let trusted = trusted_user_cas(&identity);
+        let conn = Conn {
+            identity: identity.clone(),
+            peer,
+            trusted,
+            user: None,
+            channels: HashMap::new(),
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            match russh::server::run_stream(config, tcp, conn).await {
+                Ok(running) => {
+                    if let Err(e) = running.await {
+                        tracing::debug!(%peer, error = %e, "ssh connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
+            }
+        });
+    }
+}
+
+fn trusted_user_cas(identity: &NodeIdentity) -> Vec<russh::keys::ssh_key::Fingerprint> {
+    identity
+        .certs()
+        .ssh_user_ca_keys
+        .iter()
+        .filter_map(|k| PublicKey::from_openssh(k).ok())
+        .map(|k| k.fingerprint(HashAlg::Sha256))
+        .collect()
+}
+
+/// An authenticated user on this connection.
+struct Authed {
+    username: String,
+    login: String,
+    account: Option<Account>,
+    /// Why this user may do nothing here (shown to them on every request).
+    denied: Option<String>,
+    permit_pty: bool,
+    permit_port_forwarding: bool,
+    roles: Vec<String>,
+}
+
+#[derive(Default)]
+struct ChanState {
+    channel: Option<Channel<Msg>>,
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+    master: Option<RawFd>,
+    pid: Option<u32>,
+}
+
+struct Conn {
+    identity: Arc<NodeIdentity>,
+    peer: SocketAddr,
+    trusted: Vec<russh::keys::ssh_key::Fingerprint>,
+    user: Option<Authed>,
+    channels: HashMap<ChannelId, ChanState>,
+}
+
+impl Conn {
+    fn event(&self, kind: (&str, &str), message: impl Into<String>) -> AuditEvent {
+        let mut ev = AuditEvent::new(
+            kind,
+            self.identity.cluster(),
+            self.user
+                .as_ref()
+                .map(|u| u.username.as_str())
+                .unwrap_or(""),
+            message,
+        )
+        .source(Some(self.peer.ip().to_string()));
+        ev.login = self.user.as_ref().map(|u| u.login.clone());
+        ev
+    }
+
+    fn emit(&self, ev: AuditEvent) {
+        let identity = self.identity.clone();
+        tokio::spawn(async move { identity.emit(ev).await });
+    }
+
+    /// Decides what an authenticated certificate may do here.
+    async fn authorize(&self, login: &str, cert: &Certificate) -> Authed {
+        let username = cert.key_id().to_string();
+        let exts = cert.extensions();
+        let mut authed = Authed {
+            username: username.clone(),
+            login: login.to_string(),
+            account: None,
+            denied: None,
+            permit_pty: exts.contains_key("permit-pty"),
+            permit_port_forwarding: exts.contains_key("permit-port-forwarding"),
+            roles: Vec::new(),
+        };
+        if !cert.valid_principals().iter().any(|p| p == login) {
+            let logins: Vec<&str> = cert
+                .valid_principals()
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !p.starts_with('-'))
+                .collect();
+            authed.denied =
+                Some(format!(
+                "login {login:?} is not in your certificate (your logins: {}); ask an admin for it",
+                if logins.is_empty() { "none".to_string() } else { logins.join(", ") }
+            ));
+            return authed;
+        }
+        match self.identity.check_access(&username, login).await {
+            Ok(d) if d.allowed => {
+                authed.permit_port_forwarding &= d.permit_port_forwarding;
+                authed.roles = d.roles;
+            }
+            Ok(d) => {
+                authed.denied = Some(format!(
+                    "access to this node as {login} denied: {}",
+                    d.reason
+                ));
+                return authed;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "access check failed");
+                authed.denied = Some(
+                    "cannot reach the auth service to check your access; try again shortly".into(),
+                );
+                return authed;
+            }
+        }
+        let Some(account) = unix::lookup(login) else {
+            authed.denied = Some(format!("login {login:?} does not exist on this node"));
+            return authed;
+        };
+        let me = unix::current_uid();
+        if me != 0 && account.uid != me {
+            authed.denied = Some(format!(
+                "this node runs unprivileged and only serves the login {:?}",
+                unix::lookup_uid_name(me).unwrap_or_default()
+            ));
+            return authed;
+        }
+        authed.account = Some(account);
+        authed
+    }
+
+    /// Tells the client why it is refused, on stderr, and ends the channel.
+    fn refuse(&self, channel: Channel<Msg>, reason: String) {
+        tokio::spawn(async move {
+            let _ = channel
+                .extended_data_bytes(1, format!("warden: {reason}\r\n").into_bytes())
+                .await;
+            let _ = channel.exit_status(1).await;
+            let _ = channel.eof().await;
+            let _ = channel.close().await;
+        });
+    }
+
+    /// Starts a shell, command or subsystem on `id`.
+    fn start(&mut self, id: ChannelId, what: Start, session: &mut Session) -> anyhow::Result<()> {
+        let Some(state) = self.channels.get_mut(&id) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        let Some(channel) = state.channel.take() else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        let Some(user) = &self.user else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        if let Some(reason) = &user.denied {
+            let ev = self.event(codes::SESSION_REJECTED, reason.clone());
+            self.emit(ev);
+            self.refuse(channel, reason.clone());
+            return Ok(());
+        }
+        let account = user
+            .account
+            .clone()
+            .expect("authorized users have an account");
+        let (command, program, label) = match &what {
+            Start::Shell => (None, None, "shell".to_string()),
+            Start::Exec(c) => (Some(c.clone()), None, c.clone()),
+            Start::Subsystem(name) => {
+                let Some(path) = (name == "sftp").then(session::sftp_server).flatten() else {
+                    self.refuse(
+                        channel,
+                        format!("subsystem {name:?} is not available on this node"),
+                    );
+                    return Ok(());
+                };
+                (None, Some(path), format!("subsystem {name}"))
+            }
+        };
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let spec = Spec {
+            account,
+            command,
+            program,
+            pty: state.pty.clone(),
+            env: state.env.clone(),
+            session_id: session_id.clone(),
+            username: user.username.clone(),
+            switch_user: unix::current_uid() == 0,
+        };
+        let running = match session::spawn(&spec) {
+            Ok(r) => r,
+            Err(e) => {
+                self.refuse(channel, format!("cannot start {label}: {e}"));
+                return Ok(());
+            }
+        };
+        state.master = running.master_fd();
+        state.pid = Some(running.pid);
+        let mut start = self
+            .event(
+                codes::SESSION_START,
+                format!("{} started {label}", user.username),
+            )
+            .with("roles", user.roles.clone())
+            .with("pty", spec.pty.is_some());
+        start.session_id = Some(session_id.clone());
+        match &what {
+            Start::Exec(c) => {
+                let mut ev = self
+                    .event(codes::EXEC, c.clone())
+                    .with("command", c.clone());
+                ev.session_id = Some(session_id.clone());
+                self.emit(ev);
+            }
+            Start::Subsystem(n) => {
+                let mut ev = self
+                    .event(codes::SUBSYSTEM, n.clone())
+                    .with("subsystem", n.clone());
+                ev.session_id = Some(session_id.clone());
+                self.emit(ev);
+            }
+            Start::Shell => {}
+        }
+        self.emit(start);
+        let mut end = self.event(codes::SESSION_END, String::new());
+        end.session_id = Some(session_id);
+        let identity = self.identity.clone();
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let outcome = session::pump(running, channel, handle).await;
+            end.message = format!("{label} ended");
+            let end = end
+                .with("duration_ms", began.elapsed().as_millis() as u64)
+                .with("bytes_in", outcome.bytes_in)
+                .with("bytes_out", outcome.bytes_out)
+                .with("exit_code", outcome.exit_code)
+                .with("signal", outcome.signal);
+            identity.emit(end).await;
+        });
+        Ok(())
+    }
+}
+
+enum Start {
+    Shell,
+    Exec(String),
+    Subsystem(String),
+}
+
+impl russh::server::Handler for Conn {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Plain keys never get in: certificates only.
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        login: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let refuse = |why: &str| {
+            let mut ev = AuditEvent::new(
+                codes::SESSION_REJECTED,
+                self.identity.cluster(),
+                cert.key_id(),
+                format!("certificate refused: {why}"),
+            )
+            .source(Some(self.peer.ip().to_string()));
+            ev.login = Some(login.to_string());
+            ev
+        };
+        if cert.cert_type() != CertType::User {
+            self.emit(refuse("not a user certificate"));
+            return Ok(Auth::reject());
+        }
+        if let Err(e) = cert.validate(self.trusted.iter()) {
+            self.emit(refuse(&format!(
+                "not signed by this cluster's user CA, expired or not yet valid ({e})"
+            )));
+            return Ok(Auth::reject());
+        }
+        if let Some(opt) = cert.critical_options().keys().next() {
+            self.emit(refuse(&format!("unsupported critical option {opt:?}")));
+            return Ok(Auth::reject());
+        }
+        let authed = self.authorize(login, cert).await;
+        if let Some(reason) = &authed.denied {
+            tracing::info!(user = %authed.username, %login, %reason, "session will be refused");
+        }
+        self.user = Some(authed);
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.user.is_none() || self.channels.len() >= 64 {
+            return Ok(()); // dropping the reply refuses the channel
+        }
+        self.channels.insert(
+            channel.id(),
+            ChanState {
+                channel: Some(channel),
+                ..Default::default()
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let permitted = self.user.as_ref().is_some_and(|u| u.permit_pty);
+        match self.channels.get_mut(&id) {
+            Some(s) if permitted => {
+                s.pty = Some(PtyRequest {
+                    term: term.chars().take(64).collect(),
+                    cols,
+                    rows,
+                });
+                session.channel_success(id)?;
+            }
+            _ => session.channel_failure(id)?,
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&id) {
+            Some(s) if session::env_allowed(name) && s.env.len() < 64 && value.len() < 4096 => {
+                s.env.push((name.to_string(), value.to_string()));
+                session.channel_success(id)?;
+            }
+            _ => session.channel_failure(id)?,
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(id, Start::Shell, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        self.start(id, Start::Exec(command), session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(id, Start::Subsystem(name.to_string()), session)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        id: ChannelId,
+        cols: u32,
+        rows: u32,
+        _pw: u32,
+        _ph: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get(&id).and_then(|s| s.master) {
+            Some(fd) => {
+                crate::pty::resize(fd, cols, rows);
+                session.channel_success(id)?;
+            }
+            None => session.channel_failure(id)?,
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        id: ChannelId,
+        signal: russh::Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let (Some(pid), Some(sig)) = (
+            self.channels.get(&id).and_then(|s| s.pid),
+            session::signal_number(&signal),
+        ) {
+            // The session leader's process group: the shell and its jobs.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-(pid as i32), sig) };
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        let target = format!("{host}:{port}");
+        let allowed = user.denied.is_none() && user.permit_port_forwarding;
+        let ev = self
+            .event(
+                if allowed {
+                    codes::PORT_FORWARD
+                } else {
+                    codes::PORT_FORWARD_DENIED
+                },
+                if allowed {
+                    format!("port forward to {target}")
+                } else {
+                    format!("port forward to {target} denied: not permitted by role or certificate")
+                },
+            )
+            .with("target", target.clone())
+            .with("originator", originator.to_string());
+        self.emit(ev);
+        if !allowed {
+            return Ok(()); // refused: administratively prohibited
+        }
+        let stream = match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(target.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            let mut chan = channel.into_stream();
+            let mut tcp = stream;
+            let _ = tokio::io::copy_bidirectional(&mut chan, &mut tcp).await;
+        });
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        id: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&id);
+        Ok(())
+    }
+}

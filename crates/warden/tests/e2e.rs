@@ -70,6 +70,8 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--auth-addr",
                 "127.0.0.1:0",
+                "--node-listen-addr",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(dir.join("data"))

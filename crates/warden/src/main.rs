@@ -2,6 +2,7 @@
 //! administrators.
 
 mod admin;
+mod nodes;
 mod output;
 mod prompt;
 mod start;
@@ -46,6 +47,14 @@ enum Command {
     Status(user::StatusArgs),
     /// Forget the current login and delete its keys.
     Logout,
+    /// List the nodes you may access (filter with key=value labels).
+    Ls(nodes::LsArgs),
+    /// SSH to a node (LOGIN@NODE) with OpenSSH and your certificate.
+    Ssh(nodes::SshArgs),
+    /// Copy files to or from a node (LOGIN@NODE:PATH) with scp.
+    Scp(nodes::ScpArgs),
+    /// Open an SFTP session with a node (LOGIN@NODE).
+    Sftp(nodes::SftpArgs),
     /// Manage users, roles, tokens and the audit log.
     Admin(admin::AdminArgs),
 }
@@ -99,6 +108,10 @@ fn main() -> ExitCode {
             Command::Login(a) => user::login(a).await,
             Command::Status(a) => user::status(a).await,
             Command::Logout => user::logout().await,
+            Command::Ls(a) => nodes::ls(a).await,
+            Command::Ssh(a) => nodes::ssh(a).await,
+            Command::Scp(a) => nodes::scp(a).await,
+            Command::Sftp(a) => nodes::sftp(a).await,
             Command::Admin(a) => admin::run(a).await,
         }
     });

@@ -1,0 +1,316 @@
+//! `warden ls`, `ssh`, `scp`, `sftp`: the inventory, and OpenSSH's own
+//! clients pointed at a node with the user's certificate and the cluster's
+//! host CA (no trust on first use).
+
+use crate::output::{self, Format};
+use anyhow::{bail, Context};
+use clap::Args;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use warden_client::{Profile, ProfileStore};
+use warden_types::duration::relative;
+use warden_types::resource::NODE_ONLINE_SECS;
+use warden_types::{Document, NodeSpec};
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// Only nodes with these labels, e.g. env=prod team=db.
+    selectors: Vec<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Args)]
+pub struct SshArgs {
+    /// Local port forward, [bind:]port:host:hostport (repeatable).
+    #[arg(short = 'L')]
+    local: Vec<String>,
+    /// Remote port forward (repeatable).
+    #[arg(short = 'R')]
+    remote: Vec<String>,
+    /// Force a terminal.
+    #[arg(short = 't')]
+    tty: bool,
+    /// No terminal.
+    #[arg(short = 'T')]
+    no_tty: bool,
+    /// No command (forwarding only).
+    #[arg(short = 'N')]
+    no_command: bool,
+    /// Forward your SSH agent.
+    #[arg(short = 'A')]
+    agent: bool,
+    /// Forward X11.
+    #[arg(short = 'X')]
+    x11: bool,
+    /// LOGIN@NODE (node name or id).
+    destination: String,
+    /// Command to run instead of a shell.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ScpArgs {
+    /// Copy directories recursively.
+    #[arg(short = 'r')]
+    recursive: bool,
+    /// Keep times and modes.
+    #[arg(short = 'p')]
+    preserve: bool,
+    /// Sources and destination; remote ones as LOGIN@NODE:PATH.
+    #[arg(required = true, num_args = 2..)]
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SftpArgs {
+    /// Batch file of sftp commands ('-' for stdin).
+    #[arg(short = 'b')]
+    batch: Option<String>,
+    /// LOGIN@NODE.
+    destination: String,
+}
+
+fn profile() -> anyhow::Result<(ProfileStore, Profile)> {
+    let store = ProfileStore::new(ProfileStore::default_home()?);
+    let Some(p) = store.current()? else {
+        bail!("not logged in; run 'warden login --proxy HOST:3080 --user NAME'");
+    };
+    Ok((store, p))
+}
+
+async fn inventory(store: &ProfileStore, p: &Profile) -> anyhow::Result<Vec<Document<NodeSpec>>> {
+    Ok(warden_client::login::auth_client(store, p)?
+        .get("/v1/nodes")
+        .await?)
+}
+
+fn online(n: &Document<NodeSpec>) -> bool {
+    output::now() - n.spec.heartbeat <= NODE_ONLINE_SECS
+}
+
+pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
+    let (store, p) = profile()?;
+    let mut want = Vec::new();
+    for s in &a.selectors {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("invalid selector {s:?}: use key=value, e.g. env=prod");
+        };
+        want.push((k.to_string(), v.to_string()));
+    }
+    let mut nodes = inventory(&store, &p).await?;
+    nodes.retain(|n| {
+        want.iter()
+            .all(|(k, v)| n.metadata.labels.get(k) == Some(v))
+    });
+    nodes.sort_by(|a, b| a.spec.hostname.cmp(&b.spec.hostname));
+    match a.format {
+        Format::Json => println!("{}", output::json(&nodes)?),
+        Format::Text => println!(
+            "{}",
+            output::table(
+                &["node", "id", "address", "labels", "status"],
+                nodes
+                    .iter()
+                    .map(|n| vec![
+                        n.spec.hostname.clone(),
+                        n.name().to_string(),
+                        n.spec.addrs.first().cloned().unwrap_or_default(),
+                        n.metadata
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        if online(n) {
+                            "online".to_string()
+                        } else {
+                            format!(
+                                "offline (seen {})",
+                                relative(n.spec.heartbeat - output::now())
+                            )
+                        },
+                    ])
+                    .collect()
+            )
+        ),
+    }
+    Ok(())
+}
+
+/// A node to connect to.
+struct Target {
+    node_id: String,
+    host: String,
+    port: String,
+}
+
+async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Result<Target> {
+    let nodes = inventory(store, p).await?;
+    let matches: Vec<&Document<NodeSpec>> = nodes
+        .iter()
+        .filter(|n| n.name() == node || n.spec.hostname == node)
+        .collect();
+    let n = match matches.as_slice() {
+        [] => {
+            bail!("no node {node:?} that you may access; 'warden ls' lists the ones you can reach")
+        }
+        [one] => *one,
+        many => bail!(
+            "{} nodes are named {node:?}; use an id: {}",
+            many.len(),
+            many.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let Some(addr) = n.spec.addrs.first() else {
+        bail!("node {node:?} has no direct address (it is behind NAT); reaching it through the proxy's tunnels is not available yet");
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("node address {addr:?} has no port"))?;
+    Ok(Target {
+        node_id: n.name().to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: port.to_string(),
+    })
+}
+
+/// OpenSSH options that use the profile's key and certificate and trust
+/// only the cluster's host CA, for node `node_id`.
+fn openssh_options(
+    store: &ProfileStore,
+    p: &Profile,
+    node_id: &str,
+) -> anyhow::Result<Vec<String>> {
+    let cert = store.ssh_cert_path(p);
+    let text = std::fs::read_to_string(&cert)
+        .with_context(|| format!("cannot read {}; run 'warden login'", cert.display()))?;
+    let parsed = ssh_key::Certificate::from_openssh(text.trim()).with_context(|| {
+        format!(
+            "{} is not a certificate; run 'warden login'",
+            cert.display()
+        )
+    })?;
+    let left = parsed.valid_before() as i64 - output::now();
+    if left <= 0 {
+        bail!("certificate expired {}; run 'warden login'", relative(left));
+    }
+    let opt = |k: &str, v: String| vec!["-o".to_string(), format!("{k}={v}")];
+    let mut o = Vec::new();
+    o.extend(opt("CertificateFile", cert.display().to_string()));
+    o.extend(vec![
+        "-i".to_string(),
+        store.private_key_path(p).display().to_string(),
+    ]);
+    o.extend(opt("IdentitiesOnly", "yes".into()));
+    o.extend(opt(
+        "UserKnownHostsFile",
+        store.known_hosts_path(p).display().to_string(),
+    ));
+    o.extend(opt("GlobalKnownHostsFile", "/dev/null".into()));
+    o.extend(opt("StrictHostKeyChecking", "yes".into()));
+    // The host certificate must name this node's id.
+    o.extend(opt("HostKeyAlias", node_id.to_string()));
+    o.extend(opt("PasswordAuthentication", "no".into()));
+    o.extend(opt("KbdInteractiveAuthentication", "no".into()));
+    Ok(o)
+}
+
+fn split_destination(dest: &str) -> anyhow::Result<(&str, &str)> {
+    dest.split_once('@')
+        .filter(|(l, n)| !l.is_empty() && !n.is_empty())
+        .with_context(|| format!("{dest:?}: use LOGIN@NODE, e.g. root@db-1"))
+}
+
+fn exec(program: &str, args: Vec<String>) -> anyhow::Result<()> {
+    let err = Command::new(program).args(&args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        bail!("{program} not found: install the OpenSSH client (Debian: apt-get install openssh-client)");
+    }
+    Err(err).with_context(|| format!("cannot run {program}"))
+}
+
+pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
+    let (store, p) = profile()?;
+    let (login, node) = split_destination(&a.destination)?;
+    let t = resolve(&store, &p, node).await?;
+    let mut args = openssh_options(&store, &p, &t.node_id)?;
+    args.extend(["-p".to_string(), t.port.clone()]);
+    for l in &a.local {
+        args.extend(["-L".to_string(), l.clone()]);
+    }
+    for r in &a.remote {
+        args.extend(["-R".to_string(), r.clone()]);
+    }
+    for (on, flag) in [
+        (a.tty, "-t"),
+        (a.no_tty, "-T"),
+        (a.no_command, "-N"),
+        (a.agent, "-A"),
+        (a.x11, "-X"),
+    ] {
+        if on {
+            args.push(flag.to_string());
+        }
+    }
+    args.push(format!("{login}@{}", t.host));
+    if !a.command.is_empty() {
+        args.push("--".to_string());
+        args.extend(a.command);
+    }
+    exec("ssh", args)
+}
+
+pub async fn scp(a: ScpArgs) -> anyhow::Result<()> {
+    let (store, p) = profile()?;
+    let mut target: Option<Target> = None;
+    let mut paths = Vec::new();
+    for path in &a.paths {
+        let remote = path
+            .split_once(':')
+            .filter(|(dest, _)| dest.contains('@') && !dest.contains('/'));
+        let Some((dest, file)) = remote else {
+            paths.push(path.clone());
+            continue;
+        };
+        let (login, node) = split_destination(dest)?;
+        let t = resolve(&store, &p, node).await?;
+        if let Some(prev) = &target {
+            if prev.node_id != t.node_id {
+                bail!("copy between two nodes is not supported; copy through this machine");
+            }
+        }
+        paths.push(format!("{login}@{}:{file}", t.host));
+        target = Some(t);
+    }
+    let Some(t) = target else {
+        bail!("no remote path: name one as LOGIN@NODE:PATH");
+    };
+    let mut args = openssh_options(&store, &p, &t.node_id)?;
+    args.extend(["-P".to_string(), t.port.clone()]);
+    if a.recursive {
+        args.push("-r".into());
+    }
+    if a.preserve {
+        args.push("-p".into());
+    }
+    args.extend(paths);
+    exec("scp", args)
+}
+
+pub async fn sftp(a: SftpArgs) -> anyhow::Result<()> {
+    let (store, p) = profile()?;
+    let (login, node) = split_destination(&a.destination)?;
+    let t = resolve(&store, &p, node).await?;
+    let mut args = openssh_options(&store, &p, &t.node_id)?;
+    args.extend(["-P".to_string(), t.port.clone()]);
+    if let Some(b) = a.batch {
+        args.extend(["-b".to_string(), b]);
+    }
+    args.push(format!("{login}@{}", t.host));
+    exec("sftp", args)
+}

@@ -157,6 +157,9 @@ pub struct Outcome {
     pub bytes_out: u64,
 }
 
+/// Copies until `r` ends. The channel writer is flushed, not shut down:
+/// shutting down sends EOF, and stdout and stderr share one channel, so EOF
+/// goes out once, after both.
 async fn copy_counted<R, W>(mut r: R, mut w: W) -> u64
 where
     R: AsyncRead + Unpin,
@@ -164,7 +167,6 @@ where
 {
     let n = tokio::io::copy(&mut r, &mut w).await.unwrap_or(0);
     let _ = w.flush().await;
-    let _ = w.shutdown().await;
     n
 }
 

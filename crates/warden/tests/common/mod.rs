@@ -1,0 +1,357 @@
+//! Shared harness of the end-to-end tests: real `warden` processes on
+//! random 127.0.0.1 ports in temp dirs, driven through the CLI.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "warden-e2e-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Output of one CLI run.
+pub struct Out {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    #[track_caller]
+    pub fn expect_ok(self) -> Self {
+        assert!(self.ok, "command failed:\n{}", self.all());
+        self
+    }
+    #[track_caller]
+    pub fn expect_err(self, needle: &str) -> Self {
+        assert!(!self.ok, "command should have failed:\n{}", self.all());
+        assert!(
+            self.stderr.contains(needle),
+            "error should mention {needle:?}:\n{}",
+            self.all()
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.all());
+        self
+    }
+}
+
+/// A running `warden start`.
+pub struct Cluster {
+    pub dir: PathBuf,
+    child: Child,
+    pub proxy: String,
+    pub pin: String,
+    /// The all-in-one node's SSH address.
+    pub node: String,
+}
+
+impl Cluster {
+    pub fn start(dir: &Path) -> Cluster {
+        let mut child = Command::new(WARDEN)
+            .args([
+                "start",
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--auth-addr",
+                "127.0.0.1:0",
+                "--node-listen-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn warden start");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut proxy, mut pin, mut node) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while node.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("warden start did not report its node within 60s");
+            if let Some(v) = line.trim().strip_prefix("proxy:") {
+                proxy = Some(v.trim().to_string());
+            }
+            if let Some(v) = line.trim().strip_prefix("CA pin:") {
+                pin = Some(v.trim().to_string());
+            }
+            if let Some((_, addr)) = line.split_once(" serving SSH on ") {
+                node = Some(addr.trim().trim_end_matches('.').to_string());
+            }
+        }
+        Cluster {
+            dir: dir.to_path_buf(),
+            child,
+            proxy: proxy.expect("proxy address"),
+            pin: pin.expect("CA pin"),
+            node: node.unwrap(),
+        }
+    }
+
+    /// Runs the CLI as a user whose profile lives in `home`.
+    pub fn run_as(&self, home: &str, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut cmd = Command::new(WARDEN);
+        cmd.args(args)
+            .env("WARDEN_HOME", self.dir.join(home))
+            .env_remove("WARDEN_DATA_DIR")
+            .env_remove("WARDEN_PROXY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn warden");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        Out {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        self.run_as("home", args, stdin)
+    }
+
+    /// `warden admin ...` with the local admin identity.
+    pub fn admin(&self, args: &[&str]) -> Out {
+        let data = self.dir.join("data");
+        let mut full = vec!["admin", "--data-dir", data.to_str().unwrap()];
+        full.extend_from_slice(args);
+        self.run(&full, None)
+    }
+
+    /// Adds a user and completes their signup; returns the TOTP secret.
+    pub fn add_user(&self, name: &str, roles: &str, logins: &str) -> String {
+        let out = self
+            .admin(&["users", "add", name, "--roles", roles, "--logins", logins])
+            .expect_ok();
+        let token = signup_token(&out.stdout);
+        let secret = totp_secret(name);
+        self.run(
+            &[
+                "signup",
+                &token,
+                "--proxy",
+                &self.proxy,
+                "--ca-pin",
+                &self.pin,
+                "--password-stdin",
+                "--totp-secret",
+                &secret,
+                "--otp",
+                &totp(&secret, 0),
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .expect_ok();
+        secret
+    }
+
+    pub fn login(&self, home: &str, user: &str, otp: &str) -> Out {
+        self.run_as(
+            home,
+            &[
+                "login",
+                "--proxy",
+                &self.proxy,
+                "--user",
+                user,
+                "--ca-pin",
+                &self.pin,
+                "--password-stdin",
+                "--otp",
+                otp,
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The token from the `warden signup TOKEN ...` line an admin gets.
+pub fn signup_token(admin_output: &str) -> String {
+    let line = admin_output
+        .lines()
+        .find(|l| l.trim_start().starts_with("warden signup "))
+        .unwrap_or_else(|| panic!("no signup command in:\n{admin_output}"));
+    line.split_whitespace().nth(2).unwrap().to_string()
+}
+
+/// A per-user base32 secret (32 chars = 20 bytes).
+pub fn totp_secret(user: &str) -> String {
+    let mut s = String::new();
+    for c in user.bytes().cycle().take(32) {
+        s.push((b'A' + c % 26) as char);
+    }
+    s
+}
+
+/// The code `oathtool` computes for `secret`, `offset` seconds from now.
+pub fn totp(secret: &str, offset: i64) -> String {
+    let out = Command::new("oathtool")
+        .args([
+            "--totp",
+            "-b",
+            "-N",
+            &format!("now + {offset} seconds"),
+            secret,
+        ])
+        .output()
+        .expect("oathtool (Debian package oathtool) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn wrong_code(right: &str) -> String {
+    right
+        .chars()
+        .map(|c| char::from(b'0' + (c as u8 - b'0' + 1) % 10))
+        .collect()
+}
+
+impl Cluster {
+    /// The key directory of `user`'s profile in `home`.
+    pub fn keys_dir(&self, home: &str) -> PathBuf {
+        let name: String = self
+            .proxy
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(home).join("keys").join(name)
+    }
+
+    /// Stock OpenSSH options for `user` logged in under `home`: their key
+    /// and certificate, and only the cluster's host CA as known host.
+    pub fn openssh(&self, home: &str, user: &str) -> Vec<String> {
+        let k = self.keys_dir(home);
+        let (_, port) = self.node.rsplit_once(':').unwrap();
+        vec![
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!(
+                "CertificateFile={}",
+                k.join(format!("{user}-cert.pub")).display()
+            ),
+            "-i".into(),
+            k.join(user).display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", k.join("known_hosts").display()),
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+            "-p".into(),
+            port.to_string(),
+        ]
+    }
+
+    pub fn node_host(&self) -> String {
+        self.node.rsplit_once(':').unwrap().0.to_string()
+    }
+
+    /// Runs stock `ssh` as `user` to `login@node` with options `opts`
+    /// and `command`.
+    pub fn ssh(
+        &self,
+        home: &str,
+        user: &str,
+        login: &str,
+        opts: &[&str],
+        command: &str,
+        stdin: Option<&str>,
+    ) -> Out {
+        let mut args = self.openssh(home, user);
+        args.extend(opts.iter().map(|s| s.to_string()));
+        args.push(format!("{login}@{}", self.node_host()));
+        if !command.is_empty() {
+            args.push(command.to_string());
+        }
+        run_program("ssh", &args, stdin)
+    }
+
+    /// Audit events of the cluster, newest first.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let out = self
+            .admin(&["audit", "search", "--format", "json", "--limit", "10000"])
+            .expect_ok();
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+}
+
+/// Runs any program with a timeout-free stdin.
+pub fn run_program(program: &str, args: &[String], stdin: Option<&str>) -> Out {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    Out {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,343 @@
+//! End-to-end tests of the node agent with Debian's stock `ssh`, `scp` and
+//! `sftp` (openssh-client, openssh-sftp-server).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// A cluster with users, each logged in under their own home.
+fn cluster_with(users: &[(&str, &str, &str)]) -> (Cluster, std::path::PathBuf) {
+    let dir = temp_dir("node");
+    let c = Cluster::start(&dir);
+    for (user, roles, logins) in users {
+        let secret = c.add_user(user, roles, logins);
+        c.login(user, user, &totp(&secret, 30)).expect_ok();
+    }
+    (c, dir)
+}
+
+fn has_event(
+    events: &[serde_json::Value],
+    ty: &str,
+    code: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
+    events
+        .iter()
+        .any(|e| e["type"] == ty && e["code"] == code && pred(e))
+}
+
+#[test]
+fn stock_openssh_exec_shell_copy_and_forward() {
+    let (c, dir) = cluster_with(&[("alice", "access", "root")]);
+
+    // exec: output and exit codes travel back.
+    let out = c.ssh(
+        "alice",
+        "alice",
+        "root",
+        &[],
+        "echo hello from $(whoami); exit 7",
+        None,
+    );
+    assert_eq!(out.code, Some(7), "{}", out.all());
+    assert_eq!(out.stdout.trim(), "hello from root");
+    // stdin reaches the command, and its end closes stdin.
+    let out = c.ssh("alice", "alice", "root", &[], "wc -c", Some("twelve bytes"));
+    assert_eq!(out.stdout.trim(), "12", "{}", out.all());
+    // A PTY when asked for one.
+    let out = c.ssh(
+        "alice",
+        "alice",
+        "root",
+        &["-tt"],
+        "tty; echo TERM=$TERM",
+        None,
+    );
+    assert!(out.stdout.contains("/dev/pts/"), "{}", out.all());
+    assert!(out.ok, "{}", out.all());
+
+    // scp both ways (SFTP protocol, and the legacy one with -O).
+    let up = dir.join("up.bin");
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&up, &data).unwrap();
+    let remote = dir.join("remote.bin");
+    let down = dir.join("down.bin");
+    let (_, port) = c.node.rsplit_once(':').unwrap();
+    let scp = |args: Vec<String>| {
+        let mut full = c.openssh("alice", "alice");
+        // scp spells the port -P.
+        let p = full.iter().position(|a| a == "-p").unwrap();
+        full[p] = "-P".into();
+        full.extend(args);
+        run_program("scp", &full, None)
+    };
+    let host = c.node_host();
+    scp(vec![
+        up.display().to_string(),
+        format!("root@{host}:{}", remote.display()),
+    ])
+    .expect_ok();
+    scp(vec![
+        format!("root@{host}:{}", remote.display()),
+        down.display().to_string(),
+    ])
+    .expect_ok();
+    assert_eq!(std::fs::read(&down).unwrap(), data, "scp round trip");
+    let legacy = dir.join("legacy.bin");
+    scp(vec![
+        "-O".into(),
+        up.display().to_string(),
+        format!("root@{host}:{}", legacy.display()),
+    ])
+    .expect_ok();
+    assert_eq!(std::fs::read(&legacy).unwrap(), data, "legacy scp");
+
+    // sftp put, ls, get.
+    let batch = dir.join("batch");
+    let sftp_remote = dir.join("sftp-remote.bin");
+    let sftp_down = dir.join("sftp-down.bin");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nls -l {}\nget {} {}\n",
+            up.display(),
+            sftp_remote.display(),
+            sftp_remote.display(),
+            sftp_remote.display(),
+            sftp_down.display()
+        ),
+    )
+    .unwrap();
+    let mut args = c.openssh("alice", "alice");
+    let p = args.iter().position(|a| a == "-p").unwrap();
+    args[p] = "-P".into();
+    args.extend([
+        "-b".to_string(),
+        batch.display().to_string(),
+        format!("root@{host}"),
+    ]);
+    let out = run_program("sftp", &args, None).expect_ok();
+    assert!(
+        out.stdout.contains("2000000"),
+        "ls -l shows the size:\n{}",
+        out.all()
+    );
+    assert_eq!(std::fs::read(&sftp_down).unwrap(), data, "sftp round trip");
+
+    // -L carries real bytes to a TCP service next to the node.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fwd_args = c.openssh("alice", "alice");
+    fwd_args.extend([
+        "-N".to_string(),
+        "-o".into(),
+        "ExitOnForwardFailure=yes".into(),
+        "-L".into(),
+        format!("{local_port}:127.0.0.1:{echo_port}"),
+        format!("root@{host}"),
+    ]);
+    let mut fwd = std::process::Command::new("ssh")
+        .args(&fwd_args)
+        .spawn()
+        .unwrap();
+    let mut echoed = Vec::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", local_port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"through the tunnel").unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf) {
+                echoed = buf[..n].to_vec();
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    assert_eq!(echoed, b"through the tunnel");
+    let _ = port;
+
+    // The warden client finds the node by name and runs stock ssh.
+    let out = c
+        .run_as("alice", &["ls", "--format", "json"], None)
+        .expect_ok();
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(nodes.len(), 1);
+    let name = nodes[0]["spec"]["hostname"].as_str().unwrap().to_string();
+    let out = c
+        .run_as(
+            "alice",
+            &[
+                "ssh",
+                &format!("root@{name}"),
+                "--",
+                "echo",
+                "via",
+                "warden",
+            ],
+            None,
+        )
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "via warden");
+    let out = c.run_as("alice", &["ls"], None).expect_ok();
+    assert!(out.stdout.contains("online"), "{}", out.stdout);
+
+    // Every session is audited.
+    let events = c.events();
+    assert!(has_event(&events, "exec", "WA6003I", |e| e["user"]
+        == "alice"
+        && e["login"] == "root"));
+    assert!(has_event(&events, "session.end", "WA6001I", |e| e
+        ["fields"]["exit_code"]
+        == 7));
+    assert!(has_event(&events, "subsystem", "WA6004I", |e| e["fields"]
+        ["subsystem"]
+        == "sftp"));
+    assert!(has_event(&events, "port_forward", "WA6005I", |_| true));
+    assert!(events
+        .iter()
+        .all(|e| e["type"] != "session.start" || e["node"].is_string()));
+}
+
+#[test]
+fn node_refuses_clearly_and_audits() {
+    let dir = temp_dir("refuse");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: prod-only\nspec:\n  allow:\n    logins: [root]\n    node_labels:\n      env: prod\n---\nkind: role\nversion: v1\nmetadata:\n  name: no-root\nspec:\n  deny:\n    logins: [root]\n---\nkind: role\nversion: v1\nmetadata:\n  name: no-nodes\nspec:\n  deny:\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: no-forward\nspec:\n  options:\n    permit_pty: true\n    permit_port_forwarding: false\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    for (user, roles) in [
+        ("alice", "access"),
+        ("bob", "prod-only"),
+        ("carol", "access,no-root"),
+        ("dave", "no-forward"),
+        ("erin", "access,no-nodes"),
+    ] {
+        let secret = c.add_user(user, roles, "root");
+        c.login(user, user, &totp(&secret, 30)).expect_ok();
+    }
+    // Baseline: alice gets in.
+    c.ssh("alice", "alice", "root", &[], "true", None)
+        .expect_ok();
+
+    // A login that is not in the certificate.
+    let out = c.ssh("alice", "alice", "daemon", &[], "true", None);
+    assert!(
+        !out.ok && out.stderr.contains("not in your certificate"),
+        "{}",
+        out.all()
+    );
+    // A role whose labels do not match this node.
+    let out = c.ssh("bob", "bob", "root", &[], "true", None);
+    assert!(!out.ok && out.stderr.contains("denied"), "{}", out.all());
+    // A deny rule beats the allow of another role: a denied login never
+    // makes it into the certificate...
+    let out = c.ssh("carol", "carol", "root", &[], "true", None);
+    assert!(
+        !out.ok && out.stderr.contains("not in your certificate"),
+        "{}",
+        out.all()
+    );
+    // ...and a node deny rule is enforced at the node, with the role named.
+    let out = c.ssh("erin", "erin", "root", &[], "true", None);
+    assert!(
+        !out.ok && out.stderr.contains("denied by role no-nodes"),
+        "{}",
+        out.all()
+    );
+    // Port forwarding without the permission.
+    let out = c.ssh(
+        "dave",
+        "dave",
+        "root",
+        &["-o", "ExitOnForwardFailure=yes", "-W", "127.0.0.1:9"],
+        "",
+        None,
+    );
+    assert!(!out.ok, "{}", out.all());
+    assert!(
+        out.stderr.contains("prohibited") || out.stderr.contains("open failed"),
+        "{}",
+        out.all()
+    );
+
+    // Live roles: removing alice's role ends her access without a new login.
+    c.admin(&["users", "update", "alice", "--roles", "auditor"])
+        .expect_ok();
+    let mut refused = false;
+    for _ in 0..50 {
+        let out = c.ssh("alice", "alice", "root", &[], "true", None);
+        if !out.ok && out.stderr.contains("denied") {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused, "a removed role must stop new sessions at once");
+
+    // A certificate from another cluster never gets in, even with a valid
+    // login: the node trusts only its own user CA.
+    let other_dir = temp_dir("other");
+    let other = Cluster::start(&other_dir);
+    let secret = other.add_user("mallory", "access", "root");
+    other
+        .login("mallory", "mallory", &totp(&secret, 30))
+        .expect_ok();
+    let mut args = c.openssh("alice", "alice");
+    let theirs = other.keys_dir("mallory");
+    for a in args.iter_mut() {
+        if a.starts_with("CertificateFile=") {
+            *a = format!(
+                "CertificateFile={}",
+                theirs.join("mallory-cert.pub").display()
+            );
+        }
+    }
+    let i = args.iter().position(|a| a == "-i").unwrap();
+    args[i + 1] = theirs.join("mallory").display().to_string();
+    args.extend(["root@".to_string() + &c.node_host(), "true".into()]);
+    let out = run_program("ssh", &args, None);
+    assert!(
+        !out.ok && out.stderr.contains("Permission denied"),
+        "{}",
+        out.all()
+    );
+
+    // Each refusal is in the audit log with its reason.
+    std::thread::sleep(Duration::from_millis(500));
+    let events = c.events();
+    let rejected = |needle: &str| {
+        has_event(&events, "session.rejected", "WA6002W", |e| {
+            e["message"].as_str().unwrap_or("").contains(needle)
+        })
+    };
+    assert!(rejected("not in your certificate"));
+    assert!(rejected("denied by role no-nodes"));
+    assert!(rejected("not signed by this cluster's user CA"));
+    assert!(has_event(&events, "port_forward", "WA6005W", |e| e["user"] == "dave"));
+}

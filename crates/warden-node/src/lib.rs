@@ -3,6 +3,7 @@
 //! that trusts only the cluster's user CA and asks auth, with the user's
 //! live roles, before every login.
 
+mod forward;
 mod identity;
 mod pty;
 mod session;

@@ -56,18 +56,41 @@ impl Running {
 
 /// Starts the process described by `spec`.
 pub fn spawn(spec: &Spec) -> std::io::Result<Running> {
+    let (cmd, master) = build(spec)?;
+    let child = tokio::process::Command::from(cmd).spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let master = match master {
+        Some(m) => Some(pty::Master::new(m)?),
+        None => None,
+    };
+    Ok(Running { child, pid, master })
+}
+
+/// Runs `spec` to completion, blocking, with no input or output (helpers
+/// such as `xauth` that must finish before the session starts).
+pub fn run_blocking(spec: &Spec) -> std::io::Result<std::process::ExitStatus> {
+    let (mut cmd, _) = build(spec)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+}
+
+/// The command for `spec`, with the PTY master if one was requested.
+fn build(spec: &Spec) -> std::io::Result<(std::process::Command, Option<std::os::fd::OwnedFd>)> {
+    use std::os::unix::process::CommandExt;
     let a = &spec.account;
     let shell = a.shell.clone();
     let base = shell.rsplit('/').next().unwrap_or("sh").to_string();
     let mut cmd = match (&spec.program, &spec.command) {
-        (Some(p), _) => tokio::process::Command::new(p),
+        (Some(p), _) => std::process::Command::new(p),
         (None, Some(c)) => {
-            let mut cmd = tokio::process::Command::new(&shell);
+            let mut cmd = std::process::Command::new(&shell);
             cmd.arg("-c").arg(c);
             cmd
         }
         (None, None) => {
-            let mut cmd = tokio::process::Command::new(&shell);
+            let mut cmd = std::process::Command::new(&shell);
             // A leading '-' makes it a login shell.
             cmd.arg0(format!("-{base}"));
             cmd
@@ -139,13 +162,7 @@ pub fn spawn(spec: &Spec) -> std::io::Result<Running> {
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
-    let pid = child.id().unwrap_or(0);
-    let master = match master {
-        Some(m) => Some(pty::Master::new(m)?),
-        None => None,
-    };
-    Ok(Running { child, pid, master })
+    Ok((cmd, master))
 }
 
 /// How a process ended and what crossed the channel.

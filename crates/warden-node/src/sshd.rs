@@ -85,6 +85,8 @@ pub async fn serve(
             trusted,
             user: None,
             channels: HashMap::new(),
+            remote_forwards: HashMap::new(),
+            forwardings: Vec::new(),
         };
         tokio::spawn(async move {
             let _slot = slot;
@@ -119,6 +121,8 @@ struct Authed {
     denied: Option<String>,
     permit_pty: bool,
     permit_port_forwarding: bool,
+    permit_agent_forwarding: bool,
+    permit_x11_forwarding: bool,
     roles: Vec<String>,
 }
 
@@ -129,6 +133,8 @@ struct ChanState {
     env: Vec<(String, String)>,
     master: Option<RawFd>,
     pid: Option<u32>,
+    /// (display, protocol, cookie) for `xauth` before the session starts.
+    x11: Option<(u16, u32, String, String)>,
 }
 
 struct Conn {
@@ -137,6 +143,10 @@ struct Conn {
     trusted: Vec<russh::keys::ssh_key::Fingerprint>,
     user: Option<Authed>,
     channels: HashMap<ChannelId, ChanState>,
+    /// Remote forwards by (address, port), agent sockets, X11 displays;
+    /// dropped (and cleaned up) with the connection.
+    remote_forwards: HashMap<(String, u32), crate::forward::Forwarding>,
+    forwardings: Vec<crate::forward::Forwarding>,
 }
 
 impl Conn {
@@ -171,6 +181,8 @@ impl Conn {
             denied: None,
             permit_pty: exts.contains_key("permit-pty"),
             permit_port_forwarding: exts.contains_key("permit-port-forwarding"),
+            permit_agent_forwarding: exts.contains_key("permit-agent-forwarding"),
+            permit_x11_forwarding: exts.contains_key("permit-X11-forwarding"),
             roles: Vec::new(),
         };
         if !cert.valid_principals().iter().any(|p| p == login) {
@@ -190,6 +202,8 @@ impl Conn {
         match self.identity.check_access(&username, login).await {
             Ok(d) if d.allowed => {
                 authed.permit_port_forwarding &= d.permit_port_forwarding;
+                authed.permit_agent_forwarding &= d.permit_agent_forwarding;
+                authed.permit_x11_forwarding &= d.permit_x11_forwarding;
                 authed.roles = d.roles;
             }
             Ok(d) => {
@@ -275,6 +289,25 @@ impl Conn {
             }
         };
         let session_id = uuid::Uuid::new_v4().to_string();
+        if let Some((display, screen, proto, cookie)) = &state.x11 {
+            let xauth = Spec {
+                account: account.clone(),
+                command: Some(format!(
+                    "xauth -q add unix:{display}.{screen} {proto} {cookie}"
+                )),
+                program: None,
+                pty: None,
+                env: vec![],
+                session_id: session_id.clone(),
+                username: user.username.clone(),
+                switch_user: unix::current_uid() == 0,
+            };
+            // Best effort, as in OpenSSH: without it X clients fail with
+            // their own clear message. It must finish before the session.
+            if let Err(e) = session::run_blocking(&xauth) {
+                tracing::warn!(error = %e, "xauth failed");
+            }
+        }
         let spec = Spec {
             account,
             command,
@@ -575,6 +608,138 @@ impl russh::server::Handler for Conn {
             let mut tcp = stream;
             let _ = tokio::io::copy_bidirectional(&mut chan, &mut tcp).await;
         });
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let allowed = self
+            .user
+            .as_ref()
+            .is_some_and(|u| u.denied.is_none() && u.permit_port_forwarding);
+        let target = format!("{address}:{port}");
+        let ev = self
+            .event(
+                if allowed { codes::PORT_FORWARD } else { codes::PORT_FORWARD_DENIED },
+                if allowed {
+                    format!("remote port forward from {target}")
+                } else {
+                    format!("remote port forward from {target} denied: not permitted by role or certificate")
+                },
+            )
+            .with("listen", target)
+            .with("direction", "remote");
+        self.emit(ev);
+        if !allowed || self.remote_forwards.len() >= 64 {
+            return Ok(false);
+        }
+        match crate::forward::remote_listener(session.handle(), address, *port).await {
+            Ok((bound, task)) => {
+                *port = bound;
+                self.remote_forwards.insert(
+                    (address.to_string(), bound),
+                    crate::forward::Forwarding {
+                        task,
+                        cleanup: None,
+                    },
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "remote forward failed");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self
+            .remote_forwards
+            .remove(&(address.to_string(), port))
+            .is_some())
+    }
+
+    async fn agent_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(user) = &self.user else {
+            return Ok(false);
+        };
+        let (Some(account), true) = (
+            &user.account,
+            user.denied.is_none() && user.permit_agent_forwarding,
+        ) else {
+            return Ok(false);
+        };
+        let Some(state) = self.channels.get_mut(&id) else {
+            return Ok(false);
+        };
+        match crate::forward::agent_listener(session.handle(), account, unix::current_uid() == 0) {
+            Ok((sock, fwd)) => {
+                state.env.push(("SSH_AUTH_SOCK".into(), sock));
+                self.forwardings.push(fwd);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "agent forwarding failed");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn x11_request(
+        &mut self,
+        id: ChannelId,
+        _single_connection: bool,
+        proto: &str,
+        cookie: &str,
+        screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self
+            .user
+            .as_ref()
+            .is_some_and(|u| u.denied.is_none() && u.permit_x11_forwarding && u.account.is_some());
+        if !allowed
+            || !crate::forward::x11_auth_ok(proto, cookie)
+            || !self.channels.contains_key(&id)
+        {
+            session.channel_failure(id)?;
+            return Ok(());
+        }
+        match crate::forward::x11_listener(session.handle()).await {
+            Ok((display, fwd)) => {
+                let state = self.channels.get_mut(&id).expect("checked above");
+                state
+                    .env
+                    .push(("DISPLAY".into(), format!("localhost:{display}.{screen}")));
+                state.x11 = Some((display, screen, proto.to_string(), cookie.to_string()));
+                self.forwardings.push(fwd);
+                let ev = self
+                    .event(
+                        codes::X11_FORWARD,
+                        format!("X11 forwarding on display {display}"),
+                    )
+                    .with("display", display);
+                self.emit(ev);
+                session.channel_success(id)?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "X11 forwarding failed");
+                session.channel_failure(id)?;
+            }
+        }
         Ok(())
     }
 

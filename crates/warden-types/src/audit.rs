@@ -65,6 +65,7 @@ pub mod codes {
     pub const SUBSYSTEM: (&str, &str) = ("subsystem", "WA6004I");
     pub const PORT_FORWARD: (&str, &str) = ("port_forward", "WA6005I");
     pub const PORT_FORWARD_DENIED: (&str, &str) = ("port_forward", "WA6005W");
+    pub const X11_FORWARD: (&str, &str) = ("x11_forward", "WA6006I");
     /// Event types a node may report.
     pub const NODE_EVENT_TYPES: &[&str] = &[
         "session.start",
@@ -73,6 +74,7 @@ pub mod codes {
         "exec",
         "subsystem",
         "port_forward",
+        "x11_forward",
     ];
 }
 

@@ -341,3 +341,146 @@ fn node_refuses_clearly_and_audits() {
     assert!(rejected("not signed by this cluster's user CA"));
     assert!(has_event(&events, "port_forward", "WA6005W", |e| e["user"] == "dave"));
 }
+
+#[test]
+fn remote_forward_agent_and_x11() {
+    let dir = temp_dir("fwd");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("x11.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: x11\nspec:\n  options:\n    permit_x11_forwarding: true\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let secret = c.add_user("alice", "access,x11", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+
+    // -R: a port on the node reaches a service on the client's side.
+    let svc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let svc_port = svc.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = svc.accept() {
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = s.write_all(&[b"R:".as_slice(), &buf[..n]].concat());
+        }
+    });
+    let remote_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = c.ssh(
+        "alice",
+        "alice",
+        "root",
+        &["-o", "ExitOnForwardFailure=yes", "-R", &format!("{remote_port}:127.0.0.1:{svc_port}")],
+        &format!(
+            "python3 -c \"import socket; s=socket.create_connection(('127.0.0.1',{remote_port})); s.sendall(b'back'); print(s.recv(64).decode())\""
+        ),
+        None,
+    );
+    assert_eq!(out.stdout.trim(), "R:back", "{}", out.all());
+
+    // -A: the user's agent answers on the node.
+    let agent_dir = dir.join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let sock = agent_dir.join("sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..50 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let key = c.keys_dir("alice").join("alice");
+    let added = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        "-A".to_string(),
+        format!("root@{}", c.node_host()),
+        "ssh-add -l".into(),
+    ]);
+    let out = std::process::Command::new("ssh")
+        .args(&args)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ED25519"),
+        "agent not forwarded:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // -X: a real X client on the node draws on an Xvfb next to the client.
+    let display = 40 + std::process::id() % 50;
+    let mut xvfb = std::process::Command::new("Xvfb")
+        .args([format!(":{display}"), "-nolisten".into(), "tcp".into()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("Xvfb (Debian package xvfb) must be installed");
+    let x_socket = format!("/tmp/.X11-unix/X{display}");
+    for _ in 0..100 {
+        if std::path::Path::new(&x_socket).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        "-X".to_string(),
+        format!("root@{}", c.node_host()),
+        "echo DISPLAY=$DISPLAY; xdpyinfo | grep -E 'name of display|vendor string'".into(),
+    ]);
+    let out = std::process::Command::new("ssh")
+        .args(&args)
+        .env("DISPLAY", format!(":{display}"))
+        .output()
+        .unwrap();
+    let _ = xvfb.kill();
+    let _ = xvfb.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("DISPLAY=localhost:1"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("The X.Org Foundation"),
+        "X client did not reach the X server:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without the role's permission, no X11 (and the certificate says so).
+    let bob = c.add_user("bob", "access", "root");
+    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
+    let out = c.ssh(
+        "bob",
+        "bob",
+        "root",
+        &["-X"],
+        "echo DISPLAY=[$DISPLAY]",
+        None,
+    );
+    assert!(out.stdout.contains("DISPLAY=[]"), "{}", out.all());
+}

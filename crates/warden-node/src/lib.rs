@@ -37,6 +37,70 @@ pub struct NodeConfig {
     pub listen_addr: SocketAddr,
     /// Address advertised to the cluster (defaults to `listen_addr`).
     pub advertise_addr: Option<String>,
+    /// Labels whose values come from commands run periodically.
+    pub label_commands: Vec<LabelCommand>,
+}
+
+/// `--label-cmd arch='uname -m'@1m`: a label refreshed from a command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelCommand {
+    pub key: String,
+    pub command: String,
+    pub every: Duration,
+}
+
+impl std::str::FromStr for LabelCommand {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || {
+            format!("invalid --label-cmd {s:?}: use KEY='COMMAND'@PERIOD, e.g. arch='uname -m'@1m")
+        };
+        let (key, rest) = s.split_once('=').ok_or_else(usage)?;
+        let (command, every) = match rest.rsplit_once('@') {
+            Some((c, p)) if humantime::parse_duration(p).is_ok() => {
+                (c, humantime::parse_duration(p).map_err(|_| usage())?)
+            }
+            _ => (rest, Duration::from_secs(60)),
+        };
+        let command = command.trim().trim_matches('\'').to_string();
+        warden_types::resource::validate_name(key).map_err(|e| format!("{}: {e}", usage()))?;
+        if command.is_empty() || every < Duration::from_secs(1) {
+            return Err(usage());
+        }
+        Ok(LabelCommand {
+            key: key.to_string(),
+            command,
+            every,
+        })
+    }
+}
+
+/// Runs a label command: its first output line, bounded, or an error.
+async fn run_label_command(cmd: &str) -> Result<String, String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "timed out after 30s".to_string())?
+    .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("exited with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(128)
+        .collect())
 }
 
 /// How often a node reports in.
@@ -71,24 +135,82 @@ pub async fn run(
         config.name,
         identity.node_id()
     );
-    let hb = Heartbeat {
-        name: config.name.clone(),
-        labels: config.labels.clone(),
-        addrs: vec![advertise.clone()],
-        version: warden_types::VERSION.to_string(),
-    };
+    let labels = Arc::new(std::sync::Mutex::new(config.labels.clone()));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    for lc in config.label_commands.clone() {
+        let labels = labels.clone();
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            loop {
+                let value = match run_label_command(&lc.command).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(label = %lc.key, error = %e, "label command failed");
+                        format!("error: {e}").chars().take(128).collect()
+                    }
+                };
+                let old = labels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(lc.key.clone(), value.clone());
+                if old.as_deref() != Some(value.as_str()) {
+                    changed.notify_one();
+                }
+                tokio::time::sleep(lc.every).await;
+            }
+        });
+    }
     let agent = identity.clone();
-    let advertise_for_renew = vec![advertise];
+    let name = config.name.clone();
+    let advertise_for_renew = vec![advertise.clone()];
     tokio::spawn(async move {
         loop {
+            let hb = Heartbeat {
+                name: name.clone(),
+                labels: labels.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                addrs: vec![advertise.clone()],
+                version: warden_types::VERSION.to_string(),
+            };
             if let Err(e) = agent.heartbeat(&hb).await {
                 tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
             }
             if let Err(e) = agent.renew_if_due(&advertise_for_renew).await {
                 tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed");
             }
-            tokio::time::sleep(HEARTBEAT_EVERY).await;
+            // A changed dynamic label is reported at once.
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                _ = changed.notified() => {}
+            }
         }
     });
     sshd::serve(identity, listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_commands_parse() {
+        let lc: LabelCommand = "arch='uname -m'@1m".parse().unwrap();
+        assert_eq!(
+            lc,
+            LabelCommand {
+                key: "arch".into(),
+                command: "uname -m".into(),
+                every: Duration::from_secs(60)
+            }
+        );
+        let lc: LabelCommand = "load=cat /proc/loadavg".parse().unwrap();
+        assert_eq!(lc.every, Duration::from_secs(60));
+        let lc: LabelCommand = "mail=echo a@b@30s".parse().unwrap();
+        assert_eq!(
+            (lc.command.as_str(), lc.every),
+            ("echo a@b", Duration::from_secs(30))
+        );
+        assert!("nokey".parse::<LabelCommand>().is_err());
+        assert!("a b=x".parse::<LabelCommand>().is_err());
+        assert!("k=".parse::<LabelCommand>().is_err());
+    }
 }

@@ -41,6 +41,18 @@ enum AdminCommand {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The node inventory.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// List every node, online or not.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +240,10 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
+        AdminCommand::Nodes(NodesCommand::Ls { format }) => {
+            let nodes: Vec<Document<warden_types::NodeSpec>> = admin.api.get("/v1/nodes").await?;
+            crate::nodes::print_nodes(nodes, format)
+        }
     }
 }
 

@@ -104,8 +104,13 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
         want.iter()
             .all(|(k, v)| n.metadata.labels.get(k) == Some(v))
     });
+    print_nodes(nodes, a.format)
+}
+
+/// Prints an inventory as a table or JSON.
+pub fn print_nodes(mut nodes: Vec<Document<NodeSpec>>, format: Format) -> anyhow::Result<()> {
     nodes.sort_by(|a, b| a.spec.hostname.cmp(&b.spec.hostname));
-    match a.format {
+    match format {
         Format::Json => println!("{}", output::json(&nodes)?),
         Format::Text => println!(
             "{}",

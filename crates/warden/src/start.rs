@@ -58,6 +58,10 @@ pub struct StartArgs {
     /// Node: the address to advertise for its SSH server, HOST:PORT.
     #[arg(long)]
     advertise_addr: Option<String>,
+    /// Node: a label from a command run periodically (repeatable), e.g.
+    /// --label-cmd arch='uname -m'@1m.
+    #[arg(long = "label-cmd", value_name = "KEY=CMD@PERIOD")]
+    label_cmd: Vec<warden_node::LabelCommand>,
 }
 
 fn parse_labels(items: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -124,6 +128,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
                 .listen_addr
                 .unwrap_or_else(|| "0.0.0.0:3022".parse().expect("valid")),
             advertise_addr: a.advertise_addr.clone(),
+            label_commands: a.label_cmd.clone(),
         };
         let node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
         tokio::select! {
@@ -208,6 +213,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             labels,
             listen_addr: a.node_listen_addr,
             advertise_addr: a.advertise_addr.clone(),
+            label_commands: a.label_cmd.clone(),
         };
         node_task = Some(tokio::spawn(warden_node::run(
             config,

@@ -10,7 +10,17 @@ use std::time::Duration;
 /// A cluster with users, each logged in under their own home.
 fn cluster_with(users: &[(&str, &str, &str)]) -> (Cluster, std::path::PathBuf) {
     let dir = temp_dir("node");
-    let c = Cluster::start(&dir);
+    let c = Cluster::start_with(
+        &dir,
+        &[
+            "--name",
+            "db-1",
+            "--labels",
+            "env=dev,team=db",
+            "--label-cmd",
+            "kernel='uname -s'@1s",
+        ],
+    );
     for (user, roles, logins) in users {
         let secret = c.add_user(user, roles, logins);
         c.login(user, user, &totp(&secret, 30)).expect_ok();
@@ -201,6 +211,24 @@ fn stock_openssh_exec_shell_copy_and_forward() {
     assert_eq!(out.stdout.trim(), "via warden");
     let out = c.run_as("alice", &["ls"], None).expect_ok();
     assert!(out.stdout.contains("online"), "{}", out.stdout);
+    assert_eq!(name, "db-1");
+    assert_eq!(nodes[0]["metadata"]["labels"]["env"], "dev");
+    assert_eq!(nodes[0]["metadata"]["labels"]["team"], "db");
+    // A dynamic label from a command.
+    let mut kernel = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = c.admin(&["nodes", "ls", "--format", "json"]).expect_ok();
+        let nodes: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        kernel = nodes[0]["metadata"]["labels"]["kernel"].clone();
+        if kernel == "Linux" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(kernel, "Linux", "label-cmd value");
+    // Label selectors.
+    let out = c.run_as("alice", &["ls", "env=prod"], None).expect_ok();
+    assert!(!out.stdout.contains("db-1"), "{}", out.stdout);
 
     // Every session is audited.
     let events = c.events();

@@ -65,6 +65,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(dir: &Path) -> Cluster {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts with extra `warden start` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
         let mut child = Command::new(WARDEN)
             .args([
                 "start",
@@ -75,6 +80,7 @@ impl Cluster {
                 "--node-listen-addr",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .stdout(Stdio::piped())

@@ -66,8 +66,10 @@ fn conditions(r: &mut Rng) -> RoleConditions {
 }
 
 fn role(r: &mut Rng, i: usize) -> Document<RoleSpec> {
-    let mut spec = RoleSpec::default();
-    spec.allow = conditions(r);
+    let mut spec = RoleSpec {
+        allow: conditions(r),
+        ..Default::default()
+    };
     if r.below(3) == 0 {
         spec.deny = conditions(r);
     }

@@ -7,6 +7,7 @@ mod forward;
 mod identity;
 mod pty;
 mod session;
+mod sftp_audit;
 mod sshd;
 mod unix;
 

@@ -165,6 +165,36 @@ fn build(spec: &Spec) -> std::io::Result<(std::process::Command, Option<std::os:
     Ok((cmd, master))
 }
 
+/// Watches the bytes of an SFTP session and reports file operations.
+pub struct SftpTap {
+    pub tracker: std::sync::Arc<std::sync::Mutex<crate::sftp_audit::SftpTracker>>,
+    pub ops: tokio::sync::mpsc::UnboundedSender<crate::sftp_audit::FileOp>,
+}
+
+/// An AsyncRead that shows every chunk read to `see`.
+struct Tap<R, F> {
+    inner: R,
+    see: F,
+}
+
+impl<R: AsyncRead + Unpin, F: FnMut(&[u8]) + Unpin> AsyncRead for Tap<R, F> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r {
+            let chunk = buf.filled()[before..].to_vec();
+            if !chunk.is_empty() {
+                (self.see)(&chunk);
+            }
+        }
+        r
+    }
+}
+
 /// How a process ended and what crossed the channel.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -193,6 +223,7 @@ pub async fn pump(
     mut running: Running,
     channel: Channel<Msg>,
     handle: russh::server::Handle,
+    sftp: Option<SftpTap>,
 ) -> Outcome {
     let id = channel.id();
     let (mut read_half, write_half) = channel.split();
@@ -221,10 +252,24 @@ pub async fn pump(
         let stderr = running.child.stderr.take();
         let out = write_half.make_writer();
         let err = write_half.make_writer_ext(Some(1));
+        let (client_tap, server_tap) = match &sftp {
+            Some(t) => (
+                Some((t.tracker.clone(), t.ops.clone())),
+                Some((t.tracker.clone(), t.ops.clone())),
+            ),
+            None => (None, None),
+        };
         let feed = async {
             if let Some(mut stdin) = stdin {
-                let r = read_half.make_reader();
-                tokio::pin!(r);
+                let r = Box::pin(read_half.make_reader());
+                let mut r = Tap {
+                    inner: r,
+                    see: move |b: &[u8]| {
+                        if let Some((t, _)) = &client_tap {
+                            t.lock().unwrap_or_else(|p| p.into_inner()).client(b);
+                        }
+                    },
+                };
                 let n = tokio::io::copy(&mut r, &mut stdin).await.unwrap_or(0);
                 let _ = stdin.shutdown().await;
                 n
@@ -234,7 +279,19 @@ pub async fn pump(
         };
         let drain_out = async {
             match stdout {
-                Some(s) => copy_counted(s, out).await,
+                Some(s) => {
+                    let tapped = Tap {
+                        inner: s,
+                        see: move |b: &[u8]| {
+                            if let Some((t, ops)) = &server_tap {
+                                for op in t.lock().unwrap_or_else(|p| p.into_inner()).server(b) {
+                                    let _ = ops.send(op);
+                                }
+                            }
+                        },
+                    };
+                    copy_counted(tapped, out).await
+                }
                 None => 0,
             }
         };
@@ -257,6 +314,11 @@ pub async fn pump(
         outcome.bytes_out = o + e;
         let status = running.child.wait().await;
         record_status(&mut outcome, status);
+    }
+    if let Some(t) = &sftp {
+        for op in t.tracker.lock().unwrap_or_else(|p| p.into_inner()).finish() {
+            let _ = t.ops.send(op);
+        }
     }
     match (outcome.exit_code, outcome.signal) {
         (Some(code), _) => {

@@ -357,9 +357,42 @@ impl Conn {
         end.session_id = Some(session_id);
         let identity = self.identity.clone();
         let handle = session.handle();
+        let sftp = match &what {
+            Start::Subsystem(n) if n == "sftp" => {
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::unbounded_channel::<crate::sftp_audit::FileOp>();
+                let template = self.event(codes::SFTP, String::new());
+                let sid = end.session_id.clone();
+                let identity = identity.clone();
+                tokio::spawn(async move {
+                    while let Some(op) = rx.recv().await {
+                        let mut ev = template.clone();
+                        ev.id = uuid::Uuid::new_v4().to_string();
+                        ev.time = time::OffsetDateTime::now_utc();
+                        ev.session_id = sid.clone();
+                        ev.success = op.success;
+                        if !op.success {
+                            ev.code = codes::SFTP_FAILURE.1.to_string();
+                        }
+                        ev.message = format!("sftp {} {}", op.action, op.path);
+                        let ev = ev
+                            .with("action", op.action)
+                            .with("path", op.path)
+                            .with("target", op.target)
+                            .with("bytes", op.bytes);
+                        identity.emit(ev).await;
+                    }
+                });
+                Some(session::SftpTap {
+                    tracker: Default::default(),
+                    ops: tx,
+                })
+            }
+            _ => None,
+        };
         tokio::spawn(async move {
             let began = Instant::now();
-            let outcome = session::pump(running, channel, handle).await;
+            let outcome = session::pump(running, channel, handle, sftp).await;
             end.message = format!("{label} ended");
             let end = end
                 .with("duration_ms", began.elapsed().as_millis() as u64)

@@ -66,6 +66,8 @@ pub mod codes {
     pub const PORT_FORWARD: (&str, &str) = ("port_forward", "WA6005I");
     pub const PORT_FORWARD_DENIED: (&str, &str) = ("port_forward", "WA6005W");
     pub const X11_FORWARD: (&str, &str) = ("x11_forward", "WA6006I");
+    pub const SFTP: (&str, &str) = ("sftp", "WA6007I");
+    pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
     /// Event types a node may report.
     pub const NODE_EVENT_TYPES: &[&str] = &[
         "session.start",
@@ -75,6 +77,7 @@ pub mod codes {
         "subsystem",
         "port_forward",
         "x11_forward",
+        "sftp",
     ];
 }
 

@@ -88,6 +88,19 @@ pub async fn login(
 /// end to end with the profile's certificate.
 pub fn auth_client(store: &ProfileStore, profile: &Profile) -> Result<ApiClient> {
     let cert = store.client_cert(profile)?;
+    // An expired certificate is refused in the TLS handshake with no
+    // useful message; say it here instead.
+    let der = warden_ca::tls::pem_to_der(&cert.cert_pem)?;
+    if let Some(first) = der.first() {
+        let left =
+            warden_ca::tls::not_after(first)? - time::OffsetDateTime::now_utc().unix_timestamp();
+        if left <= 0 {
+            return Err(ClientError::Local(format!(
+                "certificate expired {}; run 'warden login'",
+                warden_types::duration::relative(left)
+            )));
+        }
+    }
     ApiClient::new(
         &profile.proxy,
         Some(AUTH_SERVER_NAME),

@@ -87,6 +87,8 @@ pub async fn serve(
             channels: HashMap::new(),
             remote_forwards: HashMap::new(),
             forwardings: Vec::new(),
+            attempted: None,
+            refusal_audited: false,
         };
         tokio::spawn(async move {
             let _slot = slot;
@@ -147,6 +149,33 @@ struct Conn {
     /// dropped (and cleaned up) with the connection.
     remote_forwards: HashMap<(String, u32), crate::forward::Forwarding>,
     forwardings: Vec<crate::forward::Forwarding>,
+    /// The login a client tried, and whether its refusal is already audited.
+    attempted: Option<String>,
+    refusal_audited: bool,
+}
+
+impl Drop for Conn {
+    /// A client that never authenticated: the SSH library refuses expired,
+    /// not-yet-valid and badly signed certificates (and plain keys) before
+    /// our handler sees them, so the refusal is audited here.
+    fn drop(&mut self) {
+        let (Some(login), None, false) = (&self.attempted, &self.user, self.refusal_audited) else {
+            return;
+        };
+        let mut ev = AuditEvent::new(
+            codes::SESSION_REJECTED,
+            self.identity.cluster(),
+            "",
+            format!(
+                "authentication as {login} failed: no acceptable certificate (expired, not yet valid, badly signed, or a plain key)"
+            ),
+        )
+        .source(Some(self.peer.ip().to_string()));
+        ev.login = Some(login.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.emit(ev);
+        }
+    }
 }
 
 impl Conn {
@@ -415,6 +444,14 @@ enum Start {
 impl russh::server::Handler for Conn {
     type Error = anyhow::Error;
 
+    async fn auth_none(&mut self, login: &str) -> Result<Auth, Self::Error> {
+        self.attempted = Some(login.chars().take(64).collect());
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
+    }
+
     async fn auth_publickey(
         &mut self,
         _user: &str,
@@ -429,6 +466,8 @@ impl russh::server::Handler for Conn {
         login: &str,
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
+        self.attempted = Some(login.chars().take(64).collect());
+        self.refusal_audited = true;
         let refuse = |why: &str| {
             let mut ev = AuditEvent::new(
                 codes::SESSION_REJECTED,

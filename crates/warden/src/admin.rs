@@ -44,6 +44,19 @@ enum AdminCommand {
     /// The node inventory.
     #[command(subcommand)]
     Nodes(NodesCommand),
+    /// The cluster's certificate authorities.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print a CA's public keys: `user` for sshd's TrustedUserCAKeys,
+    /// `host` for a known_hosts @cert-authority line, `tls` as PEM.
+    Export {
+        #[arg(long = "type", value_parser = ["user", "host", "tls"])]
+        kind: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +253,18 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
+        AdminCommand::Ca(CaCommand::Export { kind }) => {
+            let ping: PingResponse = admin.api.get("/v1/ping").await?;
+            match kind.as_str() {
+                "user" => ping.ssh_user_ca_keys.iter().for_each(|k| println!("{k}")),
+                "host" => ping
+                    .ssh_host_ca_keys
+                    .iter()
+                    .for_each(|k| println!("@cert-authority * {k}")),
+                _ => ping.tls_ca_pems.iter().for_each(|p| print!("{p}")),
+            }
+            Ok(())
+        }
         AdminCommand::Nodes(NodesCommand::Ls { format }) => {
             let nodes: Vec<Document<warden_types::NodeSpec>> = admin.api.get("/v1/nodes").await?;
             crate::nodes::print_nodes(nodes, format)

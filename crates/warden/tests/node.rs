@@ -512,3 +512,146 @@ fn remote_forward_agent_and_x11() {
     );
     assert!(out.stdout.contains("DISPLAY=[]"), "{}", out.all());
 }
+
+#[test]
+fn expired_certificate_is_refused() {
+    let dir = temp_dir("expiry");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("alice", "access", "root");
+    c.run_as(
+        "alice",
+        &[
+            "login",
+            "--proxy",
+            &c.proxy,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--otp",
+            &totp(&secret, 30),
+            "--ttl",
+            "1m",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_ok();
+    c.ssh("alice", "alice", "root", &[], "true", None)
+        .expect_ok();
+    // The shortest certificate lives a minute; wait it out.
+    std::thread::sleep(Duration::from_secs(62));
+    let out = c.ssh("alice", "alice", "root", &[], "true", None);
+    assert!(
+        !out.ok && out.stderr.contains("Permission denied"),
+        "{}",
+        out.all()
+    );
+    c.run_as("alice", &["status"], None)
+        .expect_err("certificate expired");
+    c.run_as("alice", &["ssh", "root@x", "--", "true"], None)
+        .expect_err("run 'warden login'");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = c.events();
+    assert!(has_event(&events, "session.rejected", "WA6002W", |e| e
+        ["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("expired")));
+}
+
+/// A node run by an ordinary user serves that user's login only.
+#[test]
+fn unprivileged_node_serves_only_its_own_login() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("skipped: needs root to create a test account (CI runs as root)");
+        return;
+    }
+    let user = "wardentest";
+    if std::process::Command::new("id")
+        .arg(user)
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        let ok = std::process::Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", user])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "useradd failed");
+    }
+    let dir = temp_dir("solo");
+    let c = Cluster::start(&dir);
+    let out = c
+        .admin(&["tokens", "add", "--type", "node", "--format", "json"])
+        .expect_ok();
+    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let node_dir = dir.join("solo-node");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", user])
+        .arg(&node_dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut node = std::process::Command::new("runuser")
+        .args([
+            "-u", user, "--", WARDEN, "start", "--roles", "node", "--proxy", &c.proxy,
+        ])
+        .args([
+            "--token",
+            tok["token"].as_str().unwrap(),
+            "--ca-pin",
+            &c.pin,
+        ])
+        .args([
+            "--name",
+            "solo",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&node_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = node.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let addr = line
+        .split(" serving SSH on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("node did not start: {line}"))
+        .trim()
+        .trim_end_matches('.')
+        .to_string();
+    let secret = c.add_user("alice", "access", &format!("{user},root"));
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    let mut args = c.openssh("alice", "alice");
+    let p = args.iter().position(|a| a == "-p").unwrap();
+    args[p + 1] = addr.rsplit_once(':').unwrap().1.to_string();
+    let run = |login: &str| {
+        let mut a = args.clone();
+        a.extend([format!("{login}@127.0.0.1"), "whoami".to_string()]);
+        run_program("ssh", &a, None)
+    };
+    let out = run(user);
+    let _ = &out;
+    let refused = run("root");
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(out.stdout.trim(), user, "{}", out.all());
+    assert!(
+        !refused.ok && refused.stderr.contains("only serves the login"),
+        "{}",
+        refused.all()
+    );
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -37,8 +37,8 @@ pub fn open(cols: u32, rows: u32) -> io::Result<(OwnedFd, OwnedFd)> {
 
 fn winsize(cols: u32, rows: u32) -> libc::winsize {
     libc::winsize {
-        ws_row: rows.clamp(1, u16::MAX as u32) as u16,
-        ws_col: cols.clamp(1, u16::MAX as u32) as u16,
+        ws_row: rows.min(u16::MAX as u32) as u16,
+        ws_col: cols.min(u16::MAX as u32) as u16,
         ws_xpixel: 0,
         ws_ypixel: 0,
     }

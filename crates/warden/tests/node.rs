@@ -655,3 +655,61 @@ extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+/// An interactive shell in a real terminal (tmux): the PTY takes the
+/// terminal's size, follows resizes, and Ctrl-C interrupts the foreground
+/// command without ending the shell.
+#[test]
+fn interactive_shell_resize_and_ctrl_c() {
+    let (c, dir) = cluster_with(&[("alice", "access", "root")]);
+    let tmux_sock = dir.join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        let out = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&tmux_sock)
+            .args(args)
+            .output()
+            .expect("tmux (Debian package tmux) must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut args = c.openssh("alice", "alice");
+    args.extend(["-tt".to_string(), format!("root@{}", c.node_host())]);
+    let command = std::iter::once("ssh".to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tmux(&["new-session", "-d", "-x", "100", "-y", "30", &command]);
+    let wait_for = |needle: &str| {
+        for _ in 0..100 {
+            let screen = tmux(&["capture-pane", "-p"]);
+            if screen.contains(needle) {
+                return screen;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{needle:?} never appeared:\n{}",
+            tmux(&["capture-pane", "-p"])
+        );
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "echo SIZE=$(stty size)", "Enter"]);
+    wait_for("SIZE=30 100");
+    tmux(&["resize-window", "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&["send-keys", "echo SIZE=$(stty size)", "Enter"]);
+    wait_for("SIZE=40 120");
+    tmux(&["send-keys", "sleep 100; echo NOT-INTERRUPTED", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "C-c", ""]);
+    tmux(&["send-keys", "echo AFTER-$((40+2))", "Enter"]);
+    let screen = wait_for("AFTER-42");
+    // The command line shows the text; its output would be a line alone.
+    assert!(
+        !screen.lines().any(|l| l.trim() == "NOT-INTERRUPTED"),
+        "{screen}"
+    );
+    tmux(&["send-keys", "exit", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&["kill-server"]);
+}

@@ -473,6 +473,23 @@ fn roles_apply_tokens_lockout_and_audit() {
 fn sigkill_keeps_every_acknowledged_write() {
     let dir = temp_dir("crash");
     let mut c = Cluster::start(&dir);
+    let node_ids = |c: &Cluster| -> Vec<String> {
+        let out = c.admin(&["nodes", "ls", "--format", "json"]).expect_ok();
+        let nodes: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        nodes
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut before = Vec::new();
+    for _ in 0..50 {
+        before = node_ids(&c);
+        if !before.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(before.len(), 1, "the all-in-one node is in the inventory");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let data = dir.join("data");
@@ -539,6 +556,8 @@ fn sigkill_keeps_every_acknowledged_write() {
             "acknowledged user {a} lost in the crash"
         );
     }
+    // The node came back with the same identity (no second join).
+    assert_eq!(node_ids(&c), before, "a restart keeps the node id");
     // And the audit chain survived intact.
     let out = c
         .admin(&[

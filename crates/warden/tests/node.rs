@@ -713,3 +713,18 @@ fn interactive_shell_resize_and_ctrl_c() {
     std::thread::sleep(Duration::from_millis(300));
     tmux(&["kill-server"]);
 }
+
+/// Locks arrive with the access-request issue (6); this states the
+/// contract so it fails until they exist: a locked user is refused at the
+/// node at once, with the lock's reason.
+#[test]
+#[ignore = "locks arrive with issue 6 (access requests and locks)"]
+fn locked_user_is_refused() {
+    let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
+    c.ssh("alice", "alice", "root", &[], "true", None)
+        .expect_ok();
+    c.admin(&["lock", "--user", "alice", "--reason", "INC-1"])
+        .expect_ok();
+    let out = c.ssh("alice", "alice", "root", &[], "true", None);
+    assert!(!out.ok && out.stderr.contains("INC-1"), "{}", out.all());
+}

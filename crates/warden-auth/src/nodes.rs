@@ -62,7 +62,12 @@ impl AuthServer {
         warden_types::resource::validate_name(name).map_err(AuthError::BadRequest)?;
         let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
             .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
-        let mut principals = vec![node_id.to_string(), name.to_string()];
+        // `<name>.<cluster>` is how `warden config` users address nodes.
+        let mut principals = vec![
+            node_id.to_string(),
+            name.to_string(),
+            format!("{name}.{}", self.cluster()),
+        ];
         for a in addrs.iter().take(16) {
             let h = host_of(a).to_string();
             if !h.is_empty() && !principals.contains(&h) {
@@ -120,6 +125,31 @@ impl AuthServer {
             tls_ca_pems,
             ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
         })
+    }
+
+    /// A host certificate for a proxy's SSH key (the jump host).
+    pub async fn proxy_host_cert(
+        &self,
+        ssh_public_key: &str,
+        principals: Vec<String>,
+    ) -> Result<String> {
+        let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
+            .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
+        let now = OffsetDateTime::now_utc();
+        let (host_ca, _) = self.signer(CaType::Host).await?;
+        let cert = sign_host_cert(
+            &*host_ca,
+            &HostCert {
+                public_key,
+                host_id: "proxy".into(),
+                principals,
+                valid_after: (now - Duration::minutes(1)).unix_timestamp() as u64,
+                valid_before: (now + Duration::days(365)).unix_timestamp() as u64,
+                cluster: self.cluster().to_string(),
+            },
+        )?;
+        cert.to_openssh()
+            .map_err(|e| AuthError::Internal(e.to_string()))
     }
 
     /// Joins a node: consumes its token and certifies its keys.
@@ -323,6 +353,10 @@ async fn list_nodes(
     Extension(c): Extension<Caller>,
 ) -> Result<Json<Vec<Document<NodeSpec>>>> {
     let nodes: Vec<Document<NodeSpec>> = resources::list(s.backend(), NODES).await?;
+    // Proxies route to every node; the node itself decides access.
+    if c.identity.kind == IdentityKind::Proxy {
+        return Ok(Json(nodes));
+    }
     let roles = s.caller_roles(&c)?;
     if warden_policy::check_rule(&roles, res::NODE, verbs::LIST).allowed {
         return Ok(Json(nodes));

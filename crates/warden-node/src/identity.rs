@@ -122,6 +122,11 @@ impl NodeIdentity {
         Ok(self.key.to_openssh()?.to_string())
     }
 
+    /// The node's key as PKCS#8, for TLS.
+    pub fn tls_key_pkcs8(&self) -> Vec<u8> {
+        self.key.pkcs8_der().to_vec()
+    }
+
     /// mTLS client of the auth API, through the proxy.
     fn api(&self) -> anyhow::Result<ApiClient> {
         let certs = self.certs();

@@ -9,6 +9,7 @@ mod pty;
 mod session;
 mod sftp_audit;
 mod sshd;
+mod tunnel;
 mod unix;
 
 pub use identity::{NodeIdentity, NODE_DIR};
@@ -34,8 +35,9 @@ pub struct NodeConfig {
     pub ca_pin: Option<String>,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Where the SSH server listens.
-    pub listen_addr: SocketAddr,
+    /// Where the SSH server listens; `None`: no listening port at all, the
+    /// node is reached through its reverse tunnel only (behind NAT).
+    pub listen_addr: Option<SocketAddr>,
     /// Address advertised to the cluster (defaults to `listen_addr`).
     pub advertise_addr: Option<String>,
     /// Labels whose values come from commands run periodically.
@@ -112,30 +114,42 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for SSH; pass --listen-addr to pick another address",
-                config.listen_addr
-            )
-        })?;
-    let bound = listener.local_addr()?;
-    let advertise = config.advertise_addr.clone().unwrap_or_else(|| {
-        if bound.ip().is_unspecified() {
-            format!("127.0.0.1:{}", bound.port())
-        } else {
-            bound.to_string()
+    let listener = match config.listen_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for SSH; pass --listen-addr to pick another address")
+        })?),
+        None => None,
+    };
+    let advertise: Vec<String> = match (&listener, &config.advertise_addr) {
+        (_, Some(a)) => vec![a.clone()],
+        (Some(l), None) => {
+            let bound = l.local_addr()?;
+            vec![if bound.ip().is_unspecified() {
+                format!("127.0.0.1:{}", bound.port())
+            } else {
+                bound.to_string()
+            }]
         }
-    });
-    let identity =
-        Arc::new(NodeIdentity::load_or_join(&config, std::slice::from_ref(&advertise)).await?);
-    tracing::info!(node_id = %identity.node_id(), %advertise, "node SSH server listening");
-    println!(
-        "Node {} ({}) serving SSH on {advertise}.",
-        config.name,
-        identity.node_id()
-    );
+        (None, None) => vec![],
+    };
+    let identity = Arc::new(NodeIdentity::load_or_join(&config, &advertise).await?);
+    match advertise.first() {
+        Some(a) => {
+            tracing::info!(node_id = %identity.node_id(), advertise = %a, "node SSH server listening");
+            println!(
+                "Node {} ({}) serving SSH on {a}.",
+                config.name,
+                identity.node_id()
+            );
+        }
+        None => println!(
+            "Node {} ({}) has no listening port; reachable through the proxy at {}.",
+            config.name,
+            identity.node_id(),
+            config.proxy
+        ),
+    }
+    tokio::spawn(tunnel::keep_tunnel(identity.clone(), config.proxy.clone()));
     let labels = Arc::new(std::sync::Mutex::new(config.labels.clone()));
     let changed = Arc::new(tokio::sync::Notify::new());
     for lc in config.label_commands.clone() {
@@ -163,13 +177,13 @@ pub async fn run(
     }
     let agent = identity.clone();
     let name = config.name.clone();
-    let advertise_for_renew = vec![advertise.clone()];
+    let advertise_for_renew = advertise.clone();
     tokio::spawn(async move {
         loop {
             let hb = Heartbeat {
                 name: name.clone(),
                 labels: labels.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                addrs: vec![advertise.clone()],
+                addrs: advertise.clone(),
                 version: warden_types::VERSION.to_string(),
             };
             if let Err(e) = agent.heartbeat(&hb).await {
@@ -185,7 +199,13 @@ pub async fn run(
             }
         }
     });
-    sshd::serve(identity, listener, shutdown).await
+    match listener {
+        Some(l) => sshd::serve(identity, l, shutdown).await,
+        None => {
+            shutdown.await;
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -70,37 +70,47 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        // Built per connection so renewed certificates apply at once.
-        let config = match server_config(&identity) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "cannot load host key or certificate");
-                continue;
-            }
-        };
-        let trusted = trusted_user_cas(&identity);
-        let conn = Conn {
-            identity: identity.clone(),
-            peer,
-            trusted,
-            user: None,
-            channels: HashMap::new(),
-            remote_forwards: HashMap::new(),
-            forwardings: Vec::new(),
-            attempted: None,
-            refusal_audited: false,
-        };
+        let identity = identity.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match russh::server::run_stream(config, tcp, conn).await {
-                Ok(running) => {
-                    if let Err(e) = running.await {
-                        tracing::debug!(%peer, error = %e, "ssh connection ended");
-                    }
-                }
-                Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
-            }
+            serve_stream(identity, tcp, peer).await;
         });
+    }
+}
+
+/// Serves one SSH connection on any byte stream: a TCP connection, or a
+/// channel of a reverse tunnel through the proxy.
+pub async fn serve_stream<S>(identity: Arc<NodeIdentity>, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Built per connection so renewed certificates apply at once.
+    let config = match server_config(&identity) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot load host key or certificate");
+            return;
+        }
+    };
+    let trusted = trusted_user_cas(&identity);
+    let conn = Conn {
+        identity,
+        peer,
+        trusted,
+        user: None,
+        channels: HashMap::new(),
+        remote_forwards: HashMap::new(),
+        forwardings: Vec::new(),
+        attempted: None,
+        refusal_audited: false,
+    };
+    match russh::server::run_stream(config, stream, conn).await {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                tracing::debug!(%peer, error = %e, "ssh connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
     }
 }
 

@@ -4,12 +4,17 @@
 //! - TLS with ALPN `warden-auth` is passed through, still encrypted, to the
 //!   auth service (mTLS end to end between client and auth);
 //! - other TLS is terminated here and served the public login API;
-//! - SSH and `warden-tunnel` arrive with the proxy issue and are refused
-//!   with a log line for now.
+//! - SSH goes to the jump host, which forwards `direct-tcpip` to nodes;
+//! - TLS with ALPN `warden-tunnel` is a node's reverse tunnel (mTLS).
 
+mod inventory;
+mod jump;
 mod prefixed;
 mod public;
 mod sniff;
+mod tunnel;
+
+pub use tunnel::Tunnels;
 
 pub use public::public_router;
 
@@ -30,17 +35,111 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; past this, new ones are closed at accept.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
+/// The proxy's keys and certificates, issued by auth.
+pub struct ProxyIdentity {
+    /// One Ed25519 key for TLS and the SSH host key.
+    pub key: warden_ca::ClientKey,
+    pub tls_cert_pem: String,
+    pub ca_pems: Vec<String>,
+    /// OpenSSH host certificate of the jump host.
+    pub ssh_host_cert: String,
+}
+
 /// What the proxy needs to run.
 pub struct Proxy {
     /// Address of the auth API, for passthrough.
     pub auth_addr: String,
     /// The proxy's public TLS config (cert issued by the cluster's tls CA).
     pub tls: Arc<rustls::ServerConfig>,
+    /// TLS for reverse tunnels: node certificates required.
+    tunnel_tls: Arc<rustls::ServerConfig>,
+    tunnel_ssh: Arc<russh::server::Config>,
+    jump: jump::Jump,
     /// mTLS client of the auth API with the proxy's own identity.
     pub auth: ApiClient,
 }
 
+fn tls_config(
+    id: &ProxyIdentity,
+    client_auth: bool,
+    alpn: &[u8],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut chain = warden_ca::tls::pem_to_der(&id.tls_cert_pem)?;
+    chain.extend(warden_ca::tls::pem_to_der(&id.ca_pems[0])?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
+    let builder = rustls::ServerConfig::builder();
+    let mut config = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in &id.ca_pems {
+            for der in warden_ca::tls::pem_to_der(pem)? {
+                roots.add(der)?;
+            }
+        }
+        builder
+            .with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?,
+            )
+            .with_single_cert(chain, key)?
+    } else {
+        builder.with_no_client_auth().with_single_cert(chain, key)?
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Keeps the trusted user CA keys current (rotation adds keys).
+async fn refresh_user_cas(
+    auth: ApiClient,
+    cas: Arc<std::sync::RwLock<Vec<russh::keys::ssh_key::Fingerprint>>>,
+) {
+    loop {
+        match auth
+            .get::<warden_types::api::PingResponse>("/v1/ping")
+            .await
+        {
+            Ok(ping) => {
+                let fps = ping
+                    .ssh_user_ca_keys
+                    .iter()
+                    .filter_map(|k| russh::keys::PublicKey::from_openssh(k).ok())
+                    .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
+                    .collect();
+                *cas.write().unwrap_or_else(|p| p.into_inner()) = fps;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the user CA"),
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
 impl Proxy {
+    /// Builds the proxy from its identity and its client of auth.
+    pub fn new(auth_addr: String, id: &ProxyIdentity, auth: ApiClient) -> anyhow::Result<Self> {
+        let ssh_key = russh::keys::PrivateKey::from_openssh(id.key.to_openssh()?.as_bytes())?;
+        let ssh_cert = russh::keys::Certificate::from_openssh(id.ssh_host_cert.trim())?;
+        let user_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
+        tokio::spawn(refresh_user_cas(auth.clone(), user_cas.clone()));
+        Ok(Proxy {
+            auth_addr,
+            tls: tls_config(id, false, b"http/1.1")?,
+            tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
+            tunnel_ssh: tunnel::tunnel_ssh_config(ssh_key.clone()),
+            jump: jump::Jump {
+                config: jump::jump_ssh_config(ssh_key, ssh_cert),
+                user_cas,
+                inventory: inventory::Inventory::new(auth.clone()),
+                tunnels: Tunnels::default(),
+            },
+            auth,
+        })
+    }
+
+    /// Live reverse tunnels.
+    pub fn tunnels(&self) -> Tunnels {
+        self.jump.tunnels.clone()
+    }
+
     /// Serves `listener` until `shutdown` completes.
     pub async fn serve(
         self,
@@ -119,10 +218,38 @@ impl Proxy {
                 Ok(())
             }
             Protocol::Ssh => {
-                anyhow::bail!("SSH on the proxy port is not served yet (proxy issue)")
+                jump::serve_ssh(self.jump.clone(), Prefixed::new(head, tcp), addr).await;
+                Ok(())
             }
             Protocol::Tunnel => {
-                anyhow::bail!("reverse tunnels are not served yet (proxy issue)")
+                let tls = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    TlsAcceptor::from(self.tunnel_tls.clone()).accept(Prefixed::new(head, tcp)),
+                )
+                .await
+                .context("tunnel TLS handshake timed out")?
+                .context("tunnel TLS handshake")?;
+                let der = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .context("no node certificate")?
+                    .clone();
+                let identity = warden_ca::tls::identity_from_der(&der)?
+                    .context("certificate has no Warden identity")?;
+                anyhow::ensure!(
+                    identity.kind == warden_types::IdentityKind::Node,
+                    "only nodes open tunnels"
+                );
+                tunnel::serve_tunnel(
+                    self.tunnel_ssh.clone(),
+                    tls,
+                    identity.username,
+                    self.jump.tunnels.clone(),
+                )
+                .await;
+                Ok(())
             }
         }
     }

@@ -55,8 +55,20 @@ enum Command {
     Scp(nodes::ScpArgs),
     /// Open an SFTP session with a node (LOGIN@NODE).
     Sftp(nodes::SftpArgs),
+    /// Print an OpenSSH config block: then `ssh LOGIN@NODE.CLUSTER` works.
+    Config(nodes::ConfigArgs),
+    /// Helpers for OpenSSH (ProxyCommand).
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
     /// Manage users, roles, tokens and the audit log.
     Admin(admin::AdminArgs),
+}
+
+#[derive(Subcommand)]
+enum ProxyCommand {
+    /// Connect stdin/stdout to a node through the proxy:
+    /// ProxyCommand warden proxy ssh %r@%h:%p
+    Ssh(nodes::ProxySshArgs),
 }
 
 /// The default data directory (ARCHITECTURE.md §1).
@@ -112,6 +124,8 @@ fn main() -> ExitCode {
             Command::Ssh(a) => nodes::ssh(a).await,
             Command::Scp(a) => nodes::scp(a).await,
             Command::Sftp(a) => nodes::sftp(a).await,
+            Command::Config(a) => nodes::config(a).await,
+            Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
             Command::Admin(a) => admin::run(a).await,
         }
     });

@@ -144,11 +144,9 @@ pub fn print_nodes(mut nodes: Vec<Document<NodeSpec>>, format: Format) -> anyhow
     Ok(())
 }
 
-/// A node to connect to.
+/// A node to connect to (through the proxy, by id).
 struct Target {
     node_id: String,
-    host: String,
-    port: String,
 }
 
 async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Result<Target> {
@@ -168,19 +166,8 @@ async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Resul
             many.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
         ),
     };
-    let Some(addr) = n.spec.addrs.first() else {
-        bail!("node {node:?} has no direct address (it is behind NAT); reaching it through the proxy's tunnels is not available yet");
-    };
-    let (host, port) = addr
-        .rsplit_once(':')
-        .with_context(|| format!("node address {addr:?} has no port"))?;
     Ok(Target {
         node_id: n.name().to_string(),
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port: port.to_string(),
     })
 }
 
@@ -222,7 +209,22 @@ fn openssh_options(
     o.extend(opt("HostKeyAlias", node_id.to_string()));
     o.extend(opt("PasswordAuthentication", "no".into()));
     o.extend(opt("KbdInteractiveAuthentication", "no".into()));
+    o.extend(opt(
+        "ProxyCommand",
+        format!("{} proxy ssh %r@%h:%p", self_exe()?),
+    ));
     Ok(o)
+}
+
+/// This binary, for ProxyCommand lines.
+fn self_exe() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot find the warden binary")?;
+    let s = exe.display().to_string();
+    Ok(if s.contains(' ') {
+        format!("\"{s}\"")
+    } else {
+        s
+    })
 }
 
 fn split_destination(dest: &str) -> anyhow::Result<(&str, &str)> {
@@ -244,7 +246,6 @@ pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
     let (login, node) = split_destination(&a.destination)?;
     let t = resolve(&store, &p, node).await?;
     let mut args = openssh_options(&store, &p, &t.node_id)?;
-    args.extend(["-p".to_string(), t.port.clone()]);
     for l in &a.local {
         args.extend(["-L".to_string(), l.clone()]);
     }
@@ -262,7 +263,7 @@ pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
             args.push(flag.to_string());
         }
     }
-    args.push(format!("{login}@{}", t.host));
+    args.push(format!("{login}@{}", t.node_id));
     if !a.command.is_empty() {
         args.push("--".to_string());
         args.extend(a.command);
@@ -289,14 +290,13 @@ pub async fn scp(a: ScpArgs) -> anyhow::Result<()> {
                 bail!("copy between two nodes is not supported; copy through this machine");
             }
         }
-        paths.push(format!("{login}@{}:{file}", t.host));
+        paths.push(format!("{login}@{}:{file}", t.node_id));
         target = Some(t);
     }
     let Some(t) = target else {
         bail!("no remote path: name one as LOGIN@NODE:PATH");
     };
     let mut args = openssh_options(&store, &p, &t.node_id)?;
-    args.extend(["-P".to_string(), t.port.clone()]);
     if a.recursive {
         args.push("-r".into());
     }
@@ -312,10 +312,127 @@ pub async fn sftp(a: SftpArgs) -> anyhow::Result<()> {
     let (login, node) = split_destination(&a.destination)?;
     let t = resolve(&store, &p, node).await?;
     let mut args = openssh_options(&store, &p, &t.node_id)?;
-    args.extend(["-P".to_string(), t.port.clone()]);
     if let Some(b) = a.batch {
         args.extend(["-b".to_string(), b]);
     }
-    args.push(format!("{login}@{}", t.host));
+    args.push(format!("{login}@{}", t.node_id));
     exec("sftp", args)
+}
+
+#[derive(Args)]
+pub struct ProxySshArgs {
+    /// Profile directory (default: $WARDEN_HOME, else ~/.warden).
+    #[arg(long, value_name = "DIR")]
+    home: Option<std::path::PathBuf>,
+    /// LOGIN@HOST:PORT, as OpenSSH's %r@%h:%p; HOST is a node name, id, or
+    /// NAME.CLUSTER.
+    target: String,
+}
+
+/// `warden proxy ssh`: a ProxyCommand. Connects stdin/stdout to a node
+/// through the proxy's SSH jump host (OpenSSH's own `-W`), with the user's
+/// certificate, trusting only the cluster's host CA.
+pub async fn proxy_ssh(a: ProxySshArgs) -> anyhow::Result<()> {
+    let (store, p) = match &a.home {
+        Some(home) => {
+            let store = ProfileStore::new(home.clone());
+            let Some(p) = store.current()? else {
+                bail!(
+                    "not logged in (profile {}); run 'warden login'",
+                    home.display()
+                );
+            };
+            (store, p)
+        }
+        None => profile()?,
+    };
+    let target = a
+        .target
+        .rsplit_once('@')
+        .map(|(_, t)| t)
+        .unwrap_or(&a.target);
+    let (host, port) = target
+        .rsplit_once(':')
+        .with_context(|| format!("{:?}: expected LOGIN@HOST:PORT (%r@%h:%p)", a.target))?;
+    let suffix = format!(".{}", p.cluster);
+    let host = host.strip_suffix(&suffix).unwrap_or(host);
+    let mut args = jump_options(&store, &p)?;
+    args.extend(["-W".to_string(), format!("{host}:{port}")]);
+    args.push(proxy_destination(&p));
+    exec("ssh", args)
+}
+
+/// OpenSSH options for the jump host itself.
+fn jump_options(store: &ProfileStore, p: &Profile) -> anyhow::Result<Vec<String>> {
+    let mut o = openssh_options(store, p, "proxy")?;
+    // Drop the node's HostKeyAlias and our own ProxyCommand.
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < o.len() {
+        if o[i] == "-o"
+            && (o[i + 1].starts_with("HostKeyAlias=") || o[i + 1].starts_with("ProxyCommand="))
+        {
+            i += 2;
+            continue;
+        }
+        out.push(std::mem::take(&mut o[i]));
+        i += 1;
+    }
+    let (_, port) = p
+        .proxy
+        .rsplit_once(':')
+        .with_context(|| format!("proxy address {:?} has no port", p.proxy))?;
+    out.extend([
+        "-p".to_string(),
+        port.to_string(),
+        "-l".to_string(),
+        p.user.clone(),
+    ]);
+    Ok(out)
+}
+
+fn proxy_destination(p: &Profile) -> String {
+    warden_client::http::host_of(&p.proxy).to_string()
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {}
+
+/// `warden config`: an OpenSSH config block so plain ssh, scp, sftp and
+/// rsync reach nodes as NAME.CLUSTER through the proxy.
+pub async fn config(_a: ConfigArgs) -> anyhow::Result<()> {
+    let (store, p) = profile()?;
+    let q = |path: std::path::PathBuf| format!("\"{}\"", path.display());
+    println!(
+        "# Warden cluster {} through proxy {} (user {})",
+        p.cluster, p.proxy, p.user
+    );
+    println!("# Generated by 'warden config'; re-run after 'warden login' to another proxy.");
+    println!("Host *.{}", p.cluster);
+    println!("    UserKnownHostsFile {}", q(store.known_hosts_path(&p)));
+    println!("    GlobalKnownHostsFile /dev/null");
+    println!("    StrictHostKeyChecking yes");
+    println!("    IdentityFile {}", q(store.private_key_path(&p)));
+    println!("    CertificateFile {}", q(store.ssh_cert_path(&p)));
+    println!("    IdentitiesOnly yes");
+    println!("    PasswordAuthentication no");
+    // Name the profile directory when it is not the default one, since
+    // ssh runs the ProxyCommand with its own environment.
+    let home = match std::env::var_os("WARDEN_HOME") {
+        Some(_) => format!(" --home {}", q(store.home().to_path_buf())),
+        None => String::new(),
+    };
+    println!("    ProxyCommand {} proxy ssh{home} %r@%h:%p", self_exe()?);
+    // The proxy itself, so `ssh -J USER@PROXY` verifies it and presents
+    // the certificate too.
+    let host = proxy_destination(&p);
+    println!();
+    println!("Host {host}");
+    println!("    UserKnownHostsFile {}", q(store.known_hosts_path(&p)));
+    println!("    GlobalKnownHostsFile /dev/null");
+    println!("    StrictHostKeyChecking yes");
+    println!("    IdentityFile {}", q(store.private_key_path(&p)));
+    println!("    CertificateFile {}", q(store.ssh_cert_path(&p)));
+    println!("    IdentitiesOnly yes");
+    Ok(())
 }

@@ -2,14 +2,11 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use time::Duration;
 use tokio::net::TcpListener;
 use warden_auth::AuthServer;
-use warden_ca::tls::pem_to_der;
 use warden_client::tls::ClientCert;
 use warden_types::IdentityKind;
 
@@ -22,9 +19,10 @@ pub struct StartArgs {
     /// root, else $XDG_DATA_HOME/warden].
     #[arg(long, env = "WARDEN_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The public port: the proxy's, or the node's SSH server when only the
-    /// node runs (port 0 picks a free one) [default: 0.0.0.0:3080, or
-    /// 0.0.0.0:3022 for a node].
+    /// The public port: the proxy's [default: 0.0.0.0:3080]; for a node
+    /// started alone, its SSH server's (without it, the node listens on no
+    /// port and is reached through its tunnel to the proxy). Port 0 picks a
+    /// free port.
     #[arg(long)]
     listen_addr: Option<SocketAddr>,
     /// The auth API (mTLS only); keep it private.
@@ -124,9 +122,8 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             ca_pin: a.ca_pin.clone(),
             name,
             labels,
-            listen_addr: a
-                .listen_addr
-                .unwrap_or_else(|| "0.0.0.0:3022".parse().expect("valid")),
+            // No --listen-addr: outbound only, reached through the tunnel.
+            listen_addr: a.listen_addr,
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
         };
@@ -211,7 +208,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             ca_pin: Some(pin.clone()),
             name,
             labels,
-            listen_addr: a.node_listen_addr,
+            listen_addr: Some(a.node_listen_addr),
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
         };
@@ -285,17 +282,14 @@ async fn build_proxy(
     dns.dedup();
     ips.sort();
     ips.dedup();
+    let mut principals: Vec<String> = dns.clone();
+    principals.extend(ips.iter().map(|ip| ip.to_string()));
     let id = auth
         .issue_service_identity(IdentityKind::Proxy, "proxy", dns, ips, Duration::days(365))
         .await?;
-    let mut chain = pem_to_der(&id.cert_pem)?;
-    chain.extend(pem_to_der(&id.ca_pems[0])?);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
-    let mut tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("proxy TLS config")?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let ssh_host_cert = auth
+        .proxy_host_cert(&id.key.ssh_public_key().to_openssh()?, principals)
+        .await?;
     let cert = ClientCert {
         cert_pem: id.cert_pem.clone(),
         key_pkcs8: id.key.pkcs8_der().to_vec(),
@@ -305,9 +299,11 @@ async fn build_proxy(
         id.ca_pems.clone(),
         &cert,
     )?;
-    Ok(warden_proxy::Proxy {
-        auth_addr: auth_addr.to_string(),
-        tls: Arc::new(tls),
-        auth: auth_client,
-    })
+    let identity = warden_proxy::ProxyIdentity {
+        key: id.key,
+        tls_cert_pem: id.cert_pem,
+        ca_pems: id.ca_pems,
+        ssh_host_cert,
+    };
+    warden_proxy::Proxy::new(auth_addr.to_string(), &identity, auth_client)
 }

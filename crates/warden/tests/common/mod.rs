@@ -70,16 +70,18 @@ impl Cluster {
 
     /// Starts with extra `warden start` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
+        let mut base = vec!["start"];
+        for (flag, default) in [
+            ("--listen-addr", "127.0.0.1:0"),
+            ("--auth-addr", "127.0.0.1:0"),
+            ("--node-listen-addr", "127.0.0.1:0"),
+        ] {
+            if !extra.contains(&flag) {
+                base.extend([flag, default]);
+            }
+        }
         let mut child = Command::new(WARDEN)
-            .args([
-                "start",
-                "--listen-addr",
-                "127.0.0.1:0",
-                "--auth-addr",
-                "127.0.0.1:0",
-                "--node-listen-addr",
-                "127.0.0.1:0",
-            ])
+            .args(&base)
             .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -359,5 +361,87 @@ pub fn run_program(program: &str, args: &[String], stdin: Option<&str>) -> Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A node started on its own with a join token: no listening port, reached
+/// through its reverse tunnel to the proxy.
+pub struct TunnelNode {
+    child: Child,
+    pub name: String,
+}
+
+impl TunnelNode {
+    pub fn start(c: &Cluster, name: &str, labels: &str) -> TunnelNode {
+        let out = c
+            .admin(&["tokens", "add", "--type", "node", "--format", "json"])
+            .expect_ok();
+        let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let data = c.dir.join(format!("node-{name}"));
+        let mut child = Command::new(WARDEN)
+            .args([
+                "start", "--roles", "node", "--proxy", &c.proxy, "--ca-pin", &c.pin,
+            ])
+            .args([
+                "--token",
+                tok["token"].as_str().unwrap(),
+                "--name",
+                name,
+                "--labels",
+                labels,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("no listening port"),
+            "node did not start: {line}"
+        );
+        TunnelNode {
+            child,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for TunnelNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    /// `warden config` for `home`, written to a file for `ssh -F`.
+    pub fn ssh_config(&self, home: &str) -> PathBuf {
+        let out = self.run_as(home, &["config"], None).expect_ok();
+        let path = self.dir.join(format!("{home}.ssh_config"));
+        std::fs::write(&path, out.stdout).unwrap();
+        path
+    }
+
+    /// Waits until the node named `name` is reachable for `home`'s user.
+    pub fn wait_reachable(&self, home: &str, login: &str, name: &str) {
+        for _ in 0..100 {
+            if self
+                .run_as(
+                    home,
+                    &["ssh", &format!("{login}@{name}"), "--", "true"],
+                    None,
+                )
+                .ok
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("node {name} never became reachable");
     }
 }

@@ -1,0 +1,123 @@
+//! The node's reverse tunnel: an outbound TLS connection to the proxy
+//! (ALPN `warden-tunnel`, the node's certificate), with SSH inside where
+//! the node is the client; each channel the proxy opens is a user's SSH
+//! connection, served by the node's SSH server. Reconnects with jittered
+//! backoff, so a node behind NAT needs no inbound port.
+
+use crate::identity::NodeIdentity;
+use russh::client::{self, Msg, Session};
+use russh::Channel;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use warden_client::tls::{ClientCert, ClusterVerifier, Trust};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+struct TunnelClient {
+    identity: Arc<NodeIdentity>,
+}
+
+impl client::Handler for TunnelClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // The proxy was verified in the TLS handshake underneath.
+        Ok(true)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let peer: SocketAddr = format!("{originator_address}:{originator_port}")
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let identity = self.identity.clone();
+        tokio::spawn(async move {
+            crate::sshd::serve_stream(identity, channel.into_stream(), peer).await;
+        });
+        Ok(())
+    }
+}
+
+/// Keeps a tunnel to `proxy` up for as long as the node runs.
+pub async fn keep_tunnel(identity: Arc<NodeIdentity>, proxy: String) {
+    let mut failures: u32 = 0;
+    loop {
+        let began = std::time::Instant::now();
+        match connect(&identity, &proxy).await {
+            Ok(handle) => {
+                tracing::info!(%proxy, "tunnel connected");
+                while !handle.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                tracing::warn!(%proxy, "tunnel lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(%proxy, error = %format!("{e:#}"), "tunnel failed"),
+        }
+        if began.elapsed() > Duration::from_secs(60) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let base =
+            Duration::from_millis(250 * 2u64.saturating_pow(failures.min(8))).min(MAX_BACKOFF);
+        // Jitter (50-150%) so a fleet does not reconnect in lockstep.
+        let jitter = 0.5 + (u16::from_le_bytes(warden_ca::random_bytes::<2>()) as f64 / 65535.0);
+        tokio::time::sleep(base.mul_f64(jitter)).await;
+    }
+}
+
+async fn connect(
+    identity: &Arc<NodeIdentity>,
+    proxy: &str,
+) -> anyhow::Result<client::Handle<TunnelClient>> {
+    let certs = identity.certs();
+    let cert = ClientCert {
+        cert_pem: certs.tls_cert_pem.clone(),
+        key_pkcs8: identity.tls_key_pkcs8(),
+    };
+    let config = warden_client::tls::client_config(
+        ClusterVerifier::new(Trust::Roots(certs.tls_ca_pems.clone())),
+        warden_types::ALPN_TUNNEL,
+        Some(&cert),
+    )?;
+    let host = warden_client::http::host_of(proxy).to_string();
+    let name = rustls::pki_types::ServerName::try_from(host)?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(proxy),
+    )
+    .await??;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let ssh_config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        ..Default::default()
+    });
+    let mut handle = client::connect_stream(
+        ssh_config,
+        tls,
+        TunnelClient {
+            identity: identity.clone(),
+        },
+    )
+    .await?;
+    let auth = handle.authenticate_none(identity.node_id()).await?;
+    anyhow::ensure!(auth.success(), "the proxy refused the tunnel");
+    Ok(handle)
+}

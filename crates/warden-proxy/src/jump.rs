@@ -1,0 +1,165 @@
+//! The SSH jump host: authenticates the user's certificate and forwards
+//! `direct-tcpip` to a node (by name, id, or a registered `host:port`),
+//! through its tunnel or by TCP. The user's SSH session to the node runs
+//! end to end inside that channel. Nothing else is allowed here.
+
+use crate::inventory::Inventory;
+use crate::tunnel::Tunnels;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::Fingerprint;
+use russh::keys::Certificate;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, MethodKind, MethodSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// What the jump host needs.
+#[derive(Clone)]
+pub struct Jump {
+    pub config: Arc<russh::server::Config>,
+    /// SHA-256 fingerprints of the trusted user CA keys.
+    pub user_cas: Arc<RwLock<Vec<Fingerprint>>>,
+    pub inventory: Inventory,
+    pub tunnels: Tunnels,
+}
+
+/// SSH settings of the jump host.
+pub fn jump_ssh_config(
+    key: russh::keys::PrivateKey,
+    cert: Certificate,
+) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-warden_proxy_{}", warden_types::VERSION).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        certificates: vec![cert],
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        ..Default::default()
+    })
+}
+
+struct JumpConn {
+    jump: Jump,
+    peer: SocketAddr,
+    user: Option<String>,
+}
+
+impl russh::server::Handler for JumpConn {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        _login: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let trusted = self
+            .jump
+            .user_cas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if cert.cert_type() != CertType::User || cert.validate(trusted.iter()).is_err() {
+            tracing::info!(peer = %self.peer, key_id = %cert.key_id(), "jump host refused a certificate");
+            return Ok(Auth::reject());
+        }
+        self.user = Some(cert.key_id().to_string());
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // No shell on the proxy: dropping the reply refuses the channel.
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            return Ok(());
+        };
+        let Some(node) = self.jump.inventory.resolve(host, port).await else {
+            tracing::info!(%user, %host, port, "no such node");
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        // The tunnel first (it is the only way to nodes behind NAT); else
+        // the node's advertised address.
+        let peer = self.peer;
+        let jump = self.jump.clone();
+        if let Some(upstream) = jump.tunnels.dial(&node.id, peer).await {
+            reply.accept().await;
+            tokio::spawn(async move {
+                let mut a = channel.into_stream();
+                let mut b = upstream.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            });
+            return Ok(());
+        }
+        for addr in &node.addrs {
+            if let Ok(Ok(tcp)) = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                let _ = tcp.set_nodelay(true);
+                reply.accept().await;
+                tokio::spawn(async move {
+                    let mut a = channel.into_stream();
+                    let mut b = tcp;
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                });
+                return Ok(());
+            }
+        }
+        tracing::info!(%user, node = %node.id, "node unreachable: no tunnel and no reachable address");
+        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+        Ok(())
+    }
+}
+
+/// Serves one SSH connection (bytes already read are replayed by `stream`).
+pub async fn serve_ssh<S>(jump: Jump, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = jump.config.clone();
+    let conn = JumpConn {
+        jump,
+        peer,
+        user: None,
+    };
+    match russh::server::run_stream(config, stream, conn).await {
+        Ok(running) => {
+            let _ = running.await;
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "jump host handshake failed"),
+    }
+}

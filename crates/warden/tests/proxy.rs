@@ -1,0 +1,183 @@
+//! End-to-end tests of the proxy: a node with no listening port reached
+//! through its reverse tunnel, with Debian's stock `ssh -J`, `ssh` via
+//! `warden config`, `scp`, `sftp` and `rsync`.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
+    let dir = temp_dir("proxy");
+    let c = Cluster::start(&dir);
+    let _node = TunnelNode::start(&c, "natnode", "env=nat");
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "natnode");
+
+    // The inventory has it, with no address: it listens nowhere.
+    let out = c
+        .run_as("alice", &["ls", "env=nat", "--format", "json"], None)
+        .expect_ok();
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["spec"]["addrs"], serde_json::json!([]));
+
+    // warden ssh, with exit codes.
+    let out = c.run_as(
+        "alice",
+        &["ssh", "root@natnode", "--", "echo", "tunnel;", "exit", "5"],
+        None,
+    );
+    assert_eq!(out.code, Some(5), "{}", out.all());
+    assert_eq!(out.stdout.trim(), "tunnel");
+
+    // Plain ssh with the block 'warden config' prints.
+    let cfg = c.ssh_config("alice");
+    let cfg_s = cfg.display().to_string();
+    let out = run_program(
+        "ssh",
+        &[
+            "-F".into(),
+            cfg_s.clone(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "root@natnode.warden".into(),
+            "echo config $(whoami)".into(),
+        ],
+        None,
+    )
+    .expect_ok();
+    assert_eq!(out.stdout.trim(), "config root");
+
+    // Stock ssh -J with the proxy as jump host.
+    let k = c.keys_dir("alice");
+    let out = run_program(
+        "ssh",
+        &[
+            "-F".into(),
+            cfg_s.clone(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!("CertificateFile={}", k.join("alice-cert.pub").display()),
+            "-i".into(),
+            k.join("alice").display().to_string(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", k.join("known_hosts").display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-J".into(),
+            format!("alice@{}", c.proxy),
+            "root@natnode".into(),
+            "echo jumped".into(),
+        ],
+        None,
+    )
+    .expect_ok();
+    assert_eq!(out.stdout.trim(), "jumped");
+
+    // scp both ways, sftp and rsync, all through the proxy.
+    let up = dir.join("up.bin");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&up, &data).unwrap();
+    let remote = dir.join("remote.bin");
+    let back = dir.join("back.bin");
+    let f = |s: &str| s.to_string();
+    run_program(
+        "scp",
+        &[
+            f("-F"),
+            cfg_s.clone(),
+            up.display().to_string(),
+            format!("root@natnode.warden:{}", remote.display()),
+        ],
+        None,
+    )
+    .expect_ok();
+    run_program(
+        "scp",
+        &[
+            f("-F"),
+            cfg_s.clone(),
+            format!("root@natnode.warden:{}", remote.display()),
+            back.display().to_string(),
+        ],
+        None,
+    )
+    .expect_ok();
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    let out = run_program(
+        "sftp",
+        &[
+            f("-F"),
+            cfg_s.clone(),
+            f("-b"),
+            f("-"),
+            f("root@natnode.warden"),
+        ],
+        Some(&format!("ls -l {}\n", remote.display())),
+    )
+    .expect_ok();
+    assert!(out.stdout.contains("1000000"), "{}", out.all());
+    let synced = dir.join("synced.bin");
+    run_program(
+        "rsync",
+        &[
+            f("-e"),
+            format!("ssh -F {cfg_s}"),
+            up.display().to_string(),
+            format!("root@natnode.warden:{}", synced.display()),
+        ],
+        None,
+    )
+    .expect_ok();
+    assert_eq!(std::fs::read(&synced).unwrap(), data);
+
+    // No shell on the proxy itself.
+    let out = run_program(
+        "ssh",
+        &[
+            f("-F"),
+            cfg_s,
+            f("-o"),
+            f("BatchMode=yes"),
+            f("-p"),
+            c.proxy.rsplit_once(':').unwrap().1.to_string(),
+            f("alice@127.0.0.1"),
+            f("true"),
+        ],
+        None,
+    );
+    assert!(!out.ok, "the proxy must not run commands: {}", out.all());
+}
+
+#[test]
+fn node_reconnects_after_losing_the_proxy() {
+    let dir = temp_dir("reconnect");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut c = Cluster::start_with(&dir, &["--listen-addr", &listen]);
+    let _node = TunnelNode::start(&c, "roamer", "env=nat");
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "roamer");
+
+    // The proxy (with auth) goes away: the tunnel drops.
+    c.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let c = Cluster::start_with(&dir, &["--listen-addr", &listen]);
+    // The node redials with backoff and is reachable again within seconds.
+    let t0 = std::time::Instant::now();
+    c.wait_reachable("alice", "root", "roamer");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "reconnect took {:?}",
+        t0.elapsed()
+    );
+}

@@ -181,3 +181,53 @@ fn node_reconnects_after_losing_the_proxy() {
         t0.elapsed()
     );
 }
+
+/// ARCHITECTURE.md §12: a 1 GiB upload into a session whose remote side
+/// does not read for 30 s must not grow the proxy's or the node's memory:
+/// every hop passes on backpressure instead of buffering.
+#[test]
+fn stalled_upload_keeps_memory_bounded() {
+    let dir = temp_dir("backpressure");
+    let c = Cluster::start(&dir);
+    let node = TunnelNode::start(&c, "slow", "env=nat");
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "slow");
+    let (proxy_before, node_before) = (rss_kib(c.pid()), rss_kib(node.pid()));
+    let mut upload = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 1073741824 /dev/zero | {WARDEN} ssh root@slow -- 'sleep 30; cat > /dev/null'"
+        ))
+        .env("WARDEN_HOME", c.dir.join("alice"))
+        .spawn()
+        .unwrap();
+    let (mut proxy_peak, mut node_peak) = (0, 0);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(28) {
+        proxy_peak = proxy_peak.max(rss_kib(c.pid()));
+        node_peak = node_peak.max(rss_kib(node.pid()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = upload.wait().unwrap();
+    assert!(
+        status.success(),
+        "the upload must complete once the reader starts"
+    );
+    let limit = 16 * 1024;
+    assert!(
+        proxy_peak.saturating_sub(proxy_before) < limit,
+        "proxy grew {} KiB while the reader stalled",
+        proxy_peak - proxy_before
+    );
+    assert!(
+        node_peak.saturating_sub(node_before) < limit,
+        "node grew {} KiB while the reader stalled",
+        node_peak - node_before
+    );
+    eprintln!(
+        "stalled 1 GiB upload: proxy +{} KiB, node +{} KiB",
+        proxy_peak.saturating_sub(proxy_before),
+        node_peak.saturating_sub(node_before)
+    );
+}

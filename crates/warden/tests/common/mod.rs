@@ -371,6 +371,18 @@ pub struct TunnelNode {
     pub name: String,
 }
 
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 impl TunnelNode {
     pub fn start(c: &Cluster, name: &str, labels: &str) -> TunnelNode {
         let out = c
@@ -411,6 +423,12 @@ impl TunnelNode {
     }
 }
 
+impl TunnelNode {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for TunnelNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -419,6 +437,10 @@ impl Drop for TunnelNode {
 }
 
 impl Cluster {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `warden config` for `home`, written to a file for `ssh -F`.
     pub fn ssh_config(&self, home: &str) -> PathBuf {
         let out = self.run_as(home, &["config"], None).expect_ok();

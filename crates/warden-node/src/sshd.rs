@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::metrics::METRICS;
 
 /// Sessions served at once (each costs a task and a little memory).
 const MAX_CONNECTIONS: usize = 10_000;
@@ -92,6 +93,7 @@ where
             return;
         }
     };
+    METRICS.node_connections.inc();
     let trusted = trusted_user_cas(&identity);
     let conn = Conn {
         identity,
@@ -304,6 +306,7 @@ impl Conn {
         };
         session.channel_success(id)?;
         if let Some(reason) = &user.denied {
+            METRICS.node_rejections.inc();
             let ev = self.event(codes::SESSION_REJECTED, reason.clone());
             self.emit(ev);
             self.refuse(channel, reason.clone());
@@ -431,7 +434,9 @@ impl Conn {
         };
         tokio::spawn(async move {
             let began = Instant::now();
+            METRICS.node_sessions.inc();
             let outcome = session::pump(running, channel, handle, sftp).await;
+            METRICS.node_sessions.dec();
             end.message = format!("{label} ended");
             let end = end
                 .with("duration_ms", began.elapsed().as_millis() as u64)

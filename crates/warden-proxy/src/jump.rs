@@ -13,6 +13,7 @@ use russh::{Channel, MethodKind, MethodSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use warden_types::metrics::METRICS;
 
 /// What the jump host needs.
 #[derive(Clone)]
@@ -116,9 +117,11 @@ impl russh::server::Handler for JumpConn {
         if let Some(upstream) = jump.tunnels.dial(&node.id, peer).await {
             reply.accept().await;
             tokio::spawn(async move {
+                METRICS.proxy_jump_sessions.inc();
                 let mut a = channel.into_stream();
                 let mut b = upstream.into_stream();
                 let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                METRICS.proxy_jump_sessions.dec();
             });
             return Ok(());
         }
@@ -132,13 +135,16 @@ impl russh::server::Handler for JumpConn {
                 let _ = tcp.set_nodelay(true);
                 reply.accept().await;
                 tokio::spawn(async move {
+                    METRICS.proxy_jump_sessions.inc();
                     let mut a = channel.into_stream();
                     let mut b = tcp;
                     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    METRICS.proxy_jump_sessions.dec();
                 });
                 return Ok(());
             }
         }
+        METRICS.proxy_errors_node_unreachable.inc();
         tracing::info!(%user, node = %node.id, "node unreachable: no tunnel and no reachable address");
         reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
         Ok(())

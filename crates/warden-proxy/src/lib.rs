@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use warden_client::ApiClient;
+use warden_types::metrics::METRICS;
 
 /// Time a client has to send its first bytes (SSH banner or ClientHello).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +87,32 @@ fn tls_config(
     };
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A server TLS handshake, timed and bounded.
+async fn handshake<S>(
+    acceptor: TlsAcceptor,
+    stream: S,
+) -> anyhow::Result<tokio_rustls::server::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let began = std::time::Instant::now();
+    let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+    match result {
+        Ok(Ok(tls)) => {
+            METRICS.proxy_handshake_seconds.observe(began.elapsed());
+            Ok(tls)
+        }
+        Ok(Err(e)) => {
+            METRICS.proxy_errors_handshake.inc();
+            Err(anyhow::Error::new(e).context("TLS handshake"))
+        }
+        Err(_) => {
+            METRICS.proxy_errors_handshake.inc();
+            anyhow::bail!("TLS handshake timed out")
+        }
+    }
 }
 
 /// Keeps the trusted user CA keys current (rotation adds keys).
@@ -163,6 +190,7 @@ impl Proxy {
                 _ = &mut shutdown => return Ok(()),
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                METRICS.proxy_errors_limit.inc();
                 tracing::warn!(%addr, "connection limit reached; closing");
                 continue;
             };
@@ -184,11 +212,20 @@ impl Proxy {
         app: axum::Router,
     ) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
-        let (protocol, head) = tokio::time::timeout(SNIFF_TIMEOUT, sniff(&mut tcp))
+        let sniffed = tokio::time::timeout(SNIFF_TIMEOUT, sniff(&mut tcp))
             .await
-            .context("client sent nothing")??;
+            .context("client sent nothing")
+            .and_then(|r| r);
+        let (protocol, head) = match sniffed {
+            Ok(x) => x,
+            Err(e) => {
+                METRICS.proxy_errors_sniff.inc();
+                return Err(e);
+            }
+        };
         match protocol {
             Protocol::AuthPassthrough => {
+                METRICS.proxy_connections_auth.inc();
                 let mut upstream = TcpStream::connect(&self.auth_addr)
                     .await
                     .with_context(|| format!("auth at {} unreachable", self.auth_addr))?;
@@ -199,13 +236,12 @@ impl Proxy {
                 Ok(())
             }
             Protocol::Web => {
-                let tls = tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    TlsAcceptor::from(self.tls.clone()).accept(Prefixed::new(head, tcp)),
+                METRICS.proxy_connections_tls.inc();
+                let tls = handshake(
+                    TlsAcceptor::from(self.tls.clone()),
+                    Prefixed::new(head, tcp),
                 )
-                .await
-                .context("TLS handshake timed out")?
-                .context("TLS handshake")?;
+                .await?;
                 let app = app.layer(axum::Extension(public::ClientAddr(addr)));
                 hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -218,17 +254,17 @@ impl Proxy {
                 Ok(())
             }
             Protocol::Ssh => {
+                METRICS.proxy_connections_ssh.inc();
                 jump::serve_ssh(self.jump.clone(), Prefixed::new(head, tcp), addr).await;
                 Ok(())
             }
             Protocol::Tunnel => {
-                let tls = tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    TlsAcceptor::from(self.tunnel_tls.clone()).accept(Prefixed::new(head, tcp)),
+                METRICS.proxy_connections_tunnel.inc();
+                let tls = handshake(
+                    TlsAcceptor::from(self.tunnel_tls.clone()),
+                    Prefixed::new(head, tcp),
                 )
-                .await
-                .context("tunnel TLS handshake timed out")?
-                .context("tunnel TLS handshake")?;
+                .await?;
                 let der = tls
                     .get_ref()
                     .1

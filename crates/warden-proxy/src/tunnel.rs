@@ -79,6 +79,7 @@ impl russh::server::Handler for TunnelServer {
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.gen = Some(self.tunnels.insert(&self.node, session.handle()));
+        warden_types::metrics::METRICS.proxy_tunnels.inc();
         tracing::info!(node = %self.node, "tunnel up");
         Ok(())
     }
@@ -96,6 +97,7 @@ impl russh::server::Handler for TunnelServer {
 impl Drop for TunnelServer {
     fn drop(&mut self) {
         if let Some(gen) = self.gen {
+            warden_types::metrics::METRICS.proxy_tunnels.dec();
             self.tunnels.remove(&self.node, gen);
             tracing::info!(node = %self.node, "tunnel down");
         }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod duration;
 pub mod identity;
+pub mod metrics;
 pub mod resource;
 pub mod secret;
 

@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use time::Duration;
 use tokio::net::TcpListener;
 use warden_auth::AuthServer;
@@ -56,6 +57,10 @@ pub struct StartArgs {
     /// Node: the address to advertise for its SSH server, HOST:PORT.
     #[arg(long)]
     advertise_addr: Option<String>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz here, e.g.
+    /// 127.0.0.1:3000 (keep it private).
+    #[arg(long)]
+    diag_addr: Option<SocketAddr>,
     /// Node: a label from a command run periodically (repeatable), e.g.
     /// --label-cmd arch='uname -m'@1m.
     #[arg(long = "label-cmd", value_name = "KEY=CMD@PERIOD")]
@@ -96,6 +101,11 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         }
     }
     let has = |r: &str| a.roles.iter().any(|x| x == r);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = a.diag_addr {
+        let listener = bind(addr, "diagnostics", "--diag-addr").await?;
+        tokio::spawn(serve_diag(listener, ready.clone()));
+    }
     let labels = parse_labels(&a.labels)?;
     let name = a
         .name
@@ -128,6 +138,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             label_commands: a.label_cmd.clone(),
         };
         let node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             r = node => return r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))?,
             _ = shutdown_signal() => {}
@@ -217,6 +228,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             wait(shutdown_rx.clone()),
         )));
     }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     println!();
     println!("Next: add a user (on this host, as the same OS user):");
     println!("  warden admin users add alice --roles access --logins alice,root");
@@ -241,6 +253,40 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The diagnostics endpoint: metrics and health for load balancers and
+/// Prometheus.
+async fn serve_diag(listener: TcpListener, ready: Arc<std::sync::atomic::AtomicBool>) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    warden_types::metrics::METRICS.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "diagnostics server failed");
+    }
 }
 
 async fn shutdown_signal() {

@@ -10,7 +10,13 @@ use std::time::Duration;
 #[test]
 fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
     let dir = temp_dir("proxy");
-    let c = Cluster::start(&dir);
+    let diag_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let diag = format!("127.0.0.1:{diag_port}");
+    let c = Cluster::start_with(&dir, &["--diag-addr", &diag]);
     let _node = TunnelNode::start(&c, "natnode", "env=nat");
     let secret = c.add_user("alice", "access", "root");
     c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
@@ -134,6 +140,36 @@ fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
     )
     .expect_ok();
     assert_eq!(std::fs::read(&synced).unwrap(), data);
+
+    // Metrics and health on the diagnostics address.
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&diag).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics");
+    // The all-in-one node and natnode.
+    assert!(metrics.contains("warden_proxy_tunnels 2"), "{metrics}");
+    assert!(
+        metrics.contains("warden_proxy_tls_handshake_seconds_count"),
+        "{metrics}"
+    );
+    let ssh_conns = metrics
+        .lines()
+        .find(|l| l.starts_with("warden_proxy_connections_total{protocol=\"ssh\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(ssh_conns >= 5, "{metrics}");
 
     // No shell on the proxy itself.
     let out = run_program(

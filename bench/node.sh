@@ -5,7 +5,7 @@
 # Needs: openssh-client, openssh-server (sshd), oathtool. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ulimit -n 65536 || true
+ulimit -n 65536 2>/dev/null || true
 cargo build --release -q -p warden -p warden-bench --bins
 W=$PWD/target/release/warden
 T=$(mktemp -d /tmp/warden-bench.XXXX)

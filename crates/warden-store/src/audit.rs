@@ -94,7 +94,11 @@ fn parse(body: String) -> rusqlite::Result<AuditEvent> {
 impl AuditLog for SqliteAuditLog {
     async fn append(&self, mut event: AuditEvent) -> Result<AuditEvent> {
         self.with(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            // IMMEDIATE: the chain head is read and extended under one
+            // write lock, even with several processes appending.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let last: Option<(i64, String)> = tx
                 .query_row(
                     "SELECT idx, hash FROM events ORDER BY idx DESC LIMIT 1",

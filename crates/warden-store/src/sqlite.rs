@@ -100,7 +100,12 @@ impl SqliteBackend {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction().map_err(db_err)?;
+            // IMMEDIATE takes the write lock up front, so a second process
+            // on the same file (e.g. during a restart) waits instead of
+            // failing its read-then-write with SQLITE_BUSY.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let out = f(&tx)?;
             tx.commit().map_err(db_err)?;
             let head = current_revision(&conn)?;

@@ -3,7 +3,7 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
-use crate::resources::{self, NODES, TOKENS};
+use crate::resources::{self, NODES, PROXIES, TOKENS};
 use crate::server::AuthServer;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -32,6 +32,8 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/nodes/heartbeat", put(heartbeat))
         .route("/v1/nodes/access", post(access))
         .route("/v1/events", post(node_event))
+        .route("/v1/proxies", get(list_proxies))
+        .route("/v1/proxies/heartbeat", put(proxy_heartbeat))
 }
 
 fn require_node(c: &Caller) -> Result<&str> {
@@ -152,9 +154,87 @@ impl AuthServer {
             .map_err(|e| AuthError::Internal(e.to_string()))
     }
 
-    /// Joins a node: consumes its token and certifies its keys.
+    /// Certificates for a joining proxy: its TLS identity (server and
+    /// client, for users, nodes and peers) and its jump host's SSH cert.
+    async fn proxy_certs(&self, id: &str, req: &JoinRequest) -> Result<NodeCerts> {
+        let mut dns = vec!["localhost".to_string()];
+        let mut ips: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+        for a in req.addrs.iter().take(16) {
+            let h = host_of(a);
+            match h.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.iter().any(|d| d == h) => dns.push(h.to_string()),
+                Err(_) => {}
+            }
+        }
+        let mut principals = dns.clone();
+        principals.extend(ips.iter().map(|i| i.to_string()));
+        let ssh_host_cert = self
+            .proxy_host_cert(&req.ssh_public_key, principals)
+            .await?;
+        let now = OffsetDateTime::now_utc();
+        let until = now + Duration::days(365);
+        let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
+        let tls_ca_pems = tls_authority.tls_cert_pems();
+        let identity = Identity {
+            kind: IdentityKind::Proxy,
+            username: id.to_string(),
+            cluster: self.cluster().to_string(),
+            roles: vec![],
+            logins: vec![],
+            traits: Default::default(),
+            requests: vec![],
+            expires: until.unix_timestamp(),
+        };
+        let tls_cert_pem = tls::issue_from_csr(
+            &*tls_ca,
+            &tls_ca_pems[0],
+            &req.tls_csr_pem,
+            &CertRequest {
+                common_name: id.to_string(),
+                dns_names: dns,
+                ips,
+                identity: Some(identity),
+                not_before: now - Duration::minutes(1),
+                not_after: until,
+                usage: Usage::ClientAndServer,
+            },
+        )
+        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        Ok(NodeCerts {
+            node_id: id.to_string(),
+            cluster: self.cluster().to_string(),
+            ssh_host_cert,
+            tls_cert_pem,
+            tls_ca_pems,
+            ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
+        })
+    }
+
+    /// Records a proxy's heartbeat (it disappears 90 s after the last).
+    pub async fn proxy_heartbeat(&self, hb: &ProxyHeartbeat) -> Result<()> {
+        let info = ProxyInfo {
+            id: hb.id.clone(),
+            addrs: hb.addrs.iter().take(16).cloned().collect(),
+            version: hb.version.clone(),
+            heartbeat: OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        let expires = std::time::SystemTime::now()
+            + std::time::Duration::from_secs(warden_types::resource::NODE_ONLINE_SECS as u64);
+        self.backend()
+            .put(
+                &format!("{PROXIES}{}", hb.id),
+                serde_json::to_vec(&info).map_err(|e| AuthError::Internal(e.to_string()))?,
+                Some(expires),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Joins a node (or proxy): consumes its token and certifies its keys.
     pub async fn join(&self, req: &JoinRequest, source: Option<String>) -> Result<NodeCerts> {
-        let token = match self.find_token(req.token.expose(), TokenKind::Node).await {
+        let token = match self.find_token(req.token.expose(), req.kind).await {
             Ok(t) => t,
             Err(e) => {
                 self.audit(
@@ -185,15 +265,18 @@ impl AuthServer {
             Err(e) => return Err(e.into()),
         }
         let node_id = uuid::Uuid::new_v4().to_string();
-        let certs = self
-            .node_certs(
+        let certs = if req.kind == TokenKind::Proxy {
+            self.proxy_certs(&node_id, req).await?
+        } else {
+            self.node_certs(
                 &node_id,
                 &req.name,
                 &req.ssh_public_key,
                 &req.tls_csr_pem,
                 &req.addrs,
             )
-            .await?;
+            .await?
+        };
         self.audit(
             AuditEvent::new(
                 codes::NODE_JOIN,
@@ -344,6 +427,36 @@ async fn node_event(
     // Acknowledged only once durable.
     s.inner.audit.append(ev).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+async fn proxy_heartbeat(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(mut hb): Json<ProxyHeartbeat>,
+) -> Result<Json<serde_json::Value>> {
+    if c.identity.kind != IdentityKind::Proxy {
+        return Err(AuthError::AccessDenied(
+            "only proxies may make this call".into(),
+        ));
+    }
+    // A proxy speaks for itself only.
+    hb.id = c.identity.username.clone();
+    s.proxy_heartbeat(&hb).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The proxies of the cluster (nodes keep a tunnel to each; proxies peer).
+async fn list_proxies(
+    State(s): State<AuthServer>,
+    Extension(_c): Extension<Caller>,
+) -> Result<Json<Vec<ProxyInfo>>> {
+    let mut out = Vec::new();
+    for item in s.backend().range(PROXIES).await? {
+        if let Ok(info) = serde_json::from_slice::<ProxyInfo>(&item.value) {
+            out.push(info);
+        }
+    }
+    Ok(Json(out))
 }
 
 /// Inventory: all nodes for those who may list nodes; for other users, the

@@ -72,6 +72,7 @@ impl NodeIdentity {
             ssh_public_key: key.ssh_public_key().to_openssh()?,
             tls_csr_pem: key.csr_pem(&config.name)?,
             addrs: addrs.to_vec(),
+            kind: warden_types::TokenKind::Node,
         };
         let certs: NodeCerts = public_client(&config.proxy, Trust::Pin(pin.clone()))?
             .post("/v1/join", &req)
@@ -168,6 +169,11 @@ impl NodeIdentity {
         *self.certs.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         tracing::info!("node certificates renewed");
         Ok(())
+    }
+
+    /// The cluster's proxies (to keep a tunnel to each).
+    pub async fn proxies(&self) -> anyhow::Result<Vec<warden_types::api::ProxyInfo>> {
+        Ok(self.api()?.get("/v1/proxies").await?)
     }
 
     /// Asks auth whether `user` may log in as `login` here, now.

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub advertise_addr: Option<String>,
     /// Labels whose values come from commands run periodically.
     pub label_commands: Vec<LabelCommand>,
+    /// Keep a tunnel to every proxy of the cluster, not only `proxy`.
+    pub proxy_discovery: bool,
 }
 
 /// `--label-cmd arch='uname -m'@1m`: a label refreshed from a command.
@@ -149,7 +151,11 @@ pub async fn run(
             config.proxy
         ),
     }
-    tokio::spawn(tunnel::keep_tunnel(identity.clone(), config.proxy.clone()));
+    tokio::spawn(tunnel::keep_tunnels(
+        identity.clone(),
+        config.proxy.clone(),
+        config.proxy_discovery,
+    ));
     let labels = Arc::new(std::sync::Mutex::new(config.labels.clone()));
     let changed = Arc::new(tokio::sync::Notify::new());
     for lc in config.label_commands.clone() {

@@ -51,6 +51,38 @@ impl client::Handler for TunnelClient {
     }
 }
 
+/// Keeps a tunnel to `proxy`, and with `discover` to every other proxy the
+/// cluster reports, for as long as the node runs.
+pub async fn keep_tunnels(identity: Arc<NodeIdentity>, proxy: String, discover: bool) {
+    let mut running = std::collections::HashSet::new();
+    running.insert(proxy.clone());
+    tokio::spawn(keep_tunnel(identity.clone(), proxy));
+    if !discover {
+        return;
+    }
+    let mut first = true;
+    loop {
+        tokio::time::sleep(if first {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        })
+        .await;
+        first = false;
+        match identity.proxies().await {
+            Ok(list) => {
+                for addr in list.into_iter().filter_map(|p| p.addrs.into_iter().next()) {
+                    if running.insert(addr.clone()) {
+                        tracing::info!(proxy = %addr, "discovered a proxy");
+                        tokio::spawn(keep_tunnel(identity.clone(), addr));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot list proxies"),
+        }
+    }
+}
+
 /// Keeps a tunnel to `proxy` up for as long as the node runs.
 pub async fn keep_tunnel(identity: Arc<NodeIdentity>, proxy: String) {
     let mut failures: u32 = 0;

@@ -23,6 +23,7 @@ pub struct Jump {
     pub user_cas: Arc<RwLock<Vec<Fingerprint>>>,
     pub inventory: Inventory,
     pub tunnels: Tunnels,
+    pub peers: crate::peer::Peers,
 }
 
 /// SSH settings of the jump host.
@@ -145,7 +146,19 @@ impl russh::server::Handler for JumpConn {
             }
         }
         METRICS.proxy_errors_node_unreachable.inc();
-        tracing::info!(%user, node = %node.id, "node unreachable: no tunnel and no reachable address");
+        // Last: a peer proxy that holds a tunnel to the node.
+        if let Some(upstream) = jump.peers.dial(&node.id).await {
+            reply.accept().await;
+            tokio::spawn(async move {
+                METRICS.proxy_jump_sessions.inc();
+                let mut a = channel.into_stream();
+                let mut b = upstream;
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                METRICS.proxy_jump_sessions.dec();
+            });
+            return Ok(());
+        }
+        tracing::info!(%user, node = %node.id, "node unreachable: no tunnel here or at a peer, no reachable address");
         reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
         Ok(())
     }

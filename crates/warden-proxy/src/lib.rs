@@ -7,13 +7,16 @@
 //! - SSH goes to the jump host, which forwards `direct-tcpip` to nodes;
 //! - TLS with ALPN `warden-tunnel` is a node's reverse tunnel (mTLS).
 
+mod identity;
 mod inventory;
 mod jump;
+mod peer;
 mod prefixed;
 mod public;
 mod sniff;
 mod tunnel;
 
+pub use identity::Join;
 pub use tunnel::Tunnels;
 
 pub use public::public_router;
@@ -38,6 +41,10 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// The proxy's keys and certificates, issued by auth.
 pub struct ProxyIdentity {
+    /// Stable id (the username in its certificate).
+    pub id: String,
+    /// Where users and peers reach it, `host:port`.
+    pub public_addrs: Vec<String>,
     /// One Ed25519 key for TLS and the SSH host key.
     pub key: warden_ca::ClientKey,
     pub tls_cert_pem: String,
@@ -54,6 +61,7 @@ pub struct Proxy {
     pub tls: Arc<rustls::ServerConfig>,
     /// TLS for reverse tunnels: node certificates required.
     tunnel_tls: Arc<rustls::ServerConfig>,
+    peer_tls: Arc<rustls::ServerConfig>,
     tunnel_ssh: Arc<russh::server::Config>,
     jump: jump::Jump,
     /// mTLS client of the auth API with the proxy's own identity.
@@ -87,6 +95,25 @@ fn tls_config(
     };
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Reports this proxy to the cluster, so nodes tunnel to it and peers can
+/// ask it for nodes.
+async fn heartbeat(auth: ApiClient, addrs: Vec<String>) {
+    loop {
+        let hb = warden_types::api::ProxyHeartbeat {
+            id: String::new(), // auth takes the id from our certificate
+            addrs: addrs.clone(),
+            version: warden_types::VERSION.to_string(),
+        };
+        if let Err(e) = auth
+            .put::<_, serde_json::Value>("/v1/proxies/heartbeat", &hb)
+            .await
+        {
+            tracing::warn!(error = %e, "proxy heartbeat failed");
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
 }
 
 /// A server TLS handshake, timed and bounded.
@@ -147,16 +174,29 @@ impl Proxy {
         let ssh_cert = russh::keys::Certificate::from_openssh(id.ssh_host_cert.trim())?;
         let user_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
         tokio::spawn(refresh_user_cas(auth.clone(), user_cas.clone()));
+        tokio::spawn(heartbeat(auth.clone(), id.public_addrs.clone()));
+        let peer_client = warden_client::tls::client_config(
+            warden_client::tls::ClusterVerifier::new(warden_client::tls::Trust::Roots(
+                id.ca_pems.clone(),
+            )),
+            warden_types::ALPN_PEER,
+            Some(&warden_client::tls::ClientCert {
+                cert_pem: id.tls_cert_pem.clone(),
+                key_pkcs8: id.key.pkcs8_der().to_vec(),
+            }),
+        )?;
         Ok(Proxy {
             auth_addr,
             tls: tls_config(id, false, b"http/1.1")?,
             tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
+            peer_tls: tls_config(id, true, warden_types::ALPN_PEER)?,
             tunnel_ssh: tunnel::tunnel_ssh_config(ssh_key.clone()),
             jump: jump::Jump {
                 config: jump::jump_ssh_config(ssh_key, ssh_cert),
                 user_cas,
                 inventory: inventory::Inventory::new(auth.clone()),
                 tunnels: Tunnels::default(),
+                peers: peer::Peers::new(id.id.clone(), auth.clone(), peer_client),
             },
             auth,
         })
@@ -257,6 +297,27 @@ impl Proxy {
                 METRICS.proxy_connections_ssh.inc();
                 jump::serve_ssh(self.jump.clone(), Prefixed::new(head, tcp), addr).await;
                 Ok(())
+            }
+            Protocol::Peer => {
+                let tls = handshake(
+                    TlsAcceptor::from(self.peer_tls.clone()),
+                    Prefixed::new(head, tcp),
+                )
+                .await?;
+                let der = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .context("no proxy certificate")?
+                    .clone();
+                let identity = warden_ca::tls::identity_from_der(&der)?
+                    .context("certificate has no Warden identity")?;
+                anyhow::ensure!(
+                    identity.kind == warden_types::IdentityKind::Proxy,
+                    "only proxies peer"
+                );
+                peer::serve_peer(tls, self.jump.tunnels.clone(), addr).await
             }
             Protocol::Tunnel => {
                 METRICS.proxy_connections_tunnel.inc();

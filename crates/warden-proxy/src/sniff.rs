@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use warden_types::{ALPN_AUTH, ALPN_TUNNEL};
+use warden_types::{ALPN_AUTH, ALPN_PEER, ALPN_TUNNEL};
 
 /// Largest ClientHello we buffer before deciding.
 const MAX_HELLO: usize = 16 * 1024;
@@ -12,6 +12,7 @@ pub enum Protocol {
     Ssh,
     AuthPassthrough,
     Tunnel,
+    Peer,
     Web,
 }
 
@@ -61,6 +62,8 @@ pub fn classify(head: &[u8]) -> anyhow::Result<Option<Protocol>> {
                 Protocol::AuthPassthrough
             } else if alpn.contains(&ALPN_TUNNEL) {
                 Protocol::Tunnel
+            } else if alpn.contains(&ALPN_PEER) {
+                Protocol::Peer
             } else {
                 Protocol::Web
             }))

@@ -213,9 +213,36 @@ pub struct JoinRequest {
     pub ssh_public_key: String,
     /// CSR for the node's X.509 certificate (same key).
     pub tls_csr_pem: String,
-    /// Addresses the node's SSH server is reachable at, `host:port`.
+    /// Addresses the node's SSH server is reachable at, `host:port`; for a
+    /// proxy, its public addresses.
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// What joins: `node` (default) or `proxy`; must match the token.
+    #[serde(default = "default_join_kind")]
+    pub kind: crate::TokenKind,
+}
+
+fn default_join_kind() -> crate::TokenKind {
+    crate::TokenKind::Node
+}
+
+/// A proxy's heartbeat: where users and peers reach it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProxyHeartbeat {
+    pub id: String,
+    /// Public `host:port` addresses.
+    pub addrs: Vec<String>,
+    pub version: String,
+}
+
+/// A proxy in the cluster, as listed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProxyInfo {
+    pub id: String,
+    pub addrs: Vec<String>,
+    pub version: String,
+    /// Unix seconds.
+    pub heartbeat: i64,
 }
 
 /// Certificates for a node, at join and at every renewal.

@@ -23,6 +23,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const ALPN_AUTH: &[u8] = b"warden-auth";
 /// TLS ALPN protocol of a node's reverse tunnel.
 pub const ALPN_TUNNEL: &[u8] = b"warden-tunnel";
+/// TLS ALPN protocol between peer proxies (mTLS, proxy identities).
+pub const ALPN_PEER: &[u8] = b"warden-peer";
 /// DNS name in the auth server's certificate; clients always verify this name.
 pub const AUTH_SERVER_NAME: &str = "warden-auth";
 /// OID of the X.509 extension that carries a Warden identity as JSON

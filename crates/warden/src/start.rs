@@ -36,7 +36,11 @@ pub struct StartArgs {
     /// Cluster name, fixed at first start.
     #[arg(long)]
     cluster_name: Option<String>,
-    /// Node: the cluster's proxy, HOST:PORT (not needed all-in-one).
+    /// Proxy on its own: the auth API to use, HOST:PORT.
+    #[arg(long)]
+    auth_server: Option<String>,
+    /// Node: the cluster's proxy, HOST:PORT (not needed all-in-one); a new
+    /// proxy joins through this one.
     #[arg(long, env = "WARDEN_PROXY")]
     proxy: Option<String>,
     /// Node: one-time join token ('warden admin tokens add --type node').
@@ -65,6 +69,10 @@ pub struct StartArgs {
     /// --label-cmd arch='uname -m'@1m.
     #[arg(long = "label-cmd", value_name = "KEY=CMD@PERIOD")]
     label_cmd: Vec<warden_node::LabelCommand>,
+    /// Node: keep a tunnel only to --proxy, not to every proxy of the
+    /// cluster (e.g. when the others are not reachable from this network).
+    #[arg(long)]
+    no_proxy_discovery: bool,
 }
 
 fn parse_labels(items: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -117,10 +125,55 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    if !has("auth") {
-        if has("proxy") {
-            bail!("a proxy without a local auth service (joining by token) is not supported yet; add auth to --roles");
+    if !has("auth") && has("proxy") {
+        if has("node") {
+            bail!("run a node next to a standalone proxy as its own process: --roles node");
         }
+        let Some(auth_server) = a.auth_server.clone() else {
+            bail!("a proxy on its own needs --auth-server HOST:PORT of the auth API");
+        };
+        let listen = a
+            .listen_addr
+            .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
+        let listener = bind(listen, "proxy", "--listen-addr").await?;
+        let bound = listener.local_addr()?;
+        let public_addrs = if a.public_addr.is_empty() {
+            vec![format!("127.0.0.1:{}", bound.port())]
+        } else {
+            a.public_addr.clone()
+        };
+        let join = match (&a.proxy, &a.token, &a.ca_pin) {
+            (Some(via), Some(token), Some(pin)) => Some(warden_proxy::Join {
+                via: via.clone(),
+                token: token.clone(),
+                ca_pin: pin.clone(),
+            }),
+            _ => None,
+        };
+        let identity =
+            warden_proxy::ProxyIdentity::load_or_join(&data_dir, join, public_addrs.clone())
+                .await?;
+        let cert = ClientCert {
+            cert_pem: identity.tls_cert_pem.clone(),
+            key_pkcs8: identity.key.pkcs8_der().to_vec(),
+        };
+        let auth_client = warden_client::login::direct_auth_client(
+            &auth_server,
+            identity.ca_pems.clone(),
+            &cert,
+        )?;
+        let proxy = warden_proxy::Proxy::new(auth_server, &identity, auth_client)?;
+        println!("Proxy {} serving on {}.", identity.id, public_addrs[0]);
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let task = tokio::spawn(proxy.serve(listener, wait(shutdown_rx.clone())));
+        shutdown_signal().await;
+        let _ = shutdown_tx.send(true);
+        let _ = task.await;
+        return Ok(());
+    }
+    if !has("auth") {
         // A node on its own: join the cluster through its proxy.
         let Some(proxy) = a.proxy.clone() else {
             bail!("a node needs --proxy HOST:PORT of the cluster (and --token, --ca-pin on first start)");
@@ -136,6 +189,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             listen_addr: a.listen_addr,
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
+            proxy_discovery: !a.no_proxy_discovery,
         };
         let node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -171,7 +225,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         } else {
             a.public_addr.clone()
         };
-        let proxy = build_proxy(&auth, auth_addr, bound, &public_addrs).await?;
+        let proxy = build_proxy(&auth, &data_dir, auth_addr, bound, &public_addrs).await?;
         public = Some(public_addrs[0].clone());
         proxy_task = Some(tokio::spawn(
             proxy.serve(listener, wait(shutdown_rx.clone())),
@@ -222,6 +276,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             listen_addr: Some(a.node_listen_addr),
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
+            proxy_discovery: !a.no_proxy_discovery,
         };
         node_task = Some(tokio::spawn(warden_node::run(
             config,
@@ -307,6 +362,7 @@ async fn shutdown_signal() {
 /// Issues the proxy's identity and builds its TLS configs.
 async fn build_proxy(
     auth: &AuthServer,
+    data_dir: &std::path::Path,
     auth_addr: SocketAddr,
     bound: SocketAddr,
     public_addrs: &[String],
@@ -330,8 +386,24 @@ async fn build_proxy(
     ips.dedup();
     let mut principals: Vec<String> = dns.clone();
     principals.extend(ips.iter().map(|ip| ip.to_string()));
+    // A stable id, so this proxy's heartbeats replace their predecessors.
+    let id_file = data_dir.join("proxy_id");
+    let proxy_id = match std::fs::read_to_string(&id_file) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&id_file, &id)?;
+            id
+        }
+    };
     let id = auth
-        .issue_service_identity(IdentityKind::Proxy, "proxy", dns, ips, Duration::days(365))
+        .issue_service_identity(
+            IdentityKind::Proxy,
+            &proxy_id,
+            dns,
+            ips,
+            Duration::days(365),
+        )
         .await?;
     let ssh_host_cert = auth
         .proxy_host_cert(&id.key.ssh_public_key().to_openssh()?, principals)
@@ -346,6 +418,8 @@ async fn build_proxy(
         &cert,
     )?;
     let identity = warden_proxy::ProxyIdentity {
+        id: proxy_id,
+        public_addrs: public_addrs.to_vec(),
         key: id.key,
         tls_cert_pem: id.cert_pem,
         ca_pems: id.ca_pems,

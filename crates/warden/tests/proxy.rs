@@ -267,3 +267,82 @@ fn stalled_upload_keeps_memory_bounded() {
         node_peak.saturating_sub(node_before)
     );
 }
+
+/// Two proxies; the node keeps a tunnel to the first only; a user of the
+/// second reaches it anyway, the second proxy asking its peer.
+#[test]
+fn second_proxy_reaches_a_node_through_its_peer() {
+    let dir = temp_dir("peering");
+    let c = Cluster::start(&dir);
+    let out = c
+        .admin(&["tokens", "add", "--type", "proxy", "--format", "json"])
+        .expect_ok();
+    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut proxy_b = std::process::Command::new(WARDEN)
+        .args([
+            "start",
+            "--roles",
+            "proxy",
+            "--auth-server",
+            &c.auth,
+            "--proxy",
+            &c.proxy,
+        ])
+        .args([
+            "--token",
+            tok["token"].as_str().unwrap(),
+            "--ca-pin",
+            &c.pin,
+        ])
+        .args(["--listen-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("proxy-b"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy_b.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let b = line
+        .split(" serving on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("proxy B did not start: {line}"))
+        .trim()
+        .trim_end_matches('.')
+        .to_string();
+    let _node = TunnelNode::start_with(&c, "edge", "env=edge", &["--no-proxy-discovery"]);
+    let secret = c.add_user("alice", "access", "root");
+    // Alice uses proxy B only.
+    c.run_as(
+        "alice",
+        &[
+            "login",
+            "--proxy",
+            &b,
+            "--user",
+            "alice",
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--otp",
+            &totp(&secret, 30),
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_ok();
+    c.wait_reachable("alice", "root", "edge");
+    let out = c
+        .run_as(
+            "alice",
+            &["ssh", "root@edge", "--", "echo", "via", "peer"],
+            None,
+        )
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "via peer");
+    // The node has no port and no tunnel to B: A's tunnel was the only way.
+    let _ = proxy_b.kill();
+    let _ = proxy_b.wait();
+}

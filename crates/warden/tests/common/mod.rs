@@ -59,6 +59,8 @@ pub struct Cluster {
     child: Child,
     pub proxy: String,
     pub pin: String,
+    /// The auth API address.
+    pub auth: String,
     /// The all-in-one node's SSH address.
     pub node: String,
 }
@@ -96,7 +98,7 @@ impl Cluster {
                 let _ = tx.send(line);
             }
         });
-        let (mut proxy, mut pin, mut node) = (None, None, None);
+        let (mut proxy, mut pin, mut node, mut auth) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
         while node.is_none() {
             let line = rx
@@ -104,6 +106,9 @@ impl Cluster {
                 .expect("warden start did not report its node within 60s");
             if let Some(v) = line.trim().strip_prefix("proxy:") {
                 proxy = Some(v.trim().to_string());
+            }
+            if let Some(v) = line.trim().strip_prefix("auth:") {
+                auth = v.split_whitespace().next().map(str::to_string);
             }
             if let Some(v) = line.trim().strip_prefix("CA pin:") {
                 pin = Some(v.trim().to_string());
@@ -117,6 +122,7 @@ impl Cluster {
             child,
             proxy: proxy.expect("proxy address"),
             pin: pin.expect("CA pin"),
+            auth: auth.expect("auth address"),
             node: node.unwrap(),
         }
     }
@@ -385,6 +391,10 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 impl TunnelNode {
     pub fn start(c: &Cluster, name: &str, labels: &str) -> TunnelNode {
+        Self::start_with(c, name, labels, &[])
+    }
+
+    pub fn start_with(c: &Cluster, name: &str, labels: &str, extra: &[&str]) -> TunnelNode {
         let out = c
             .admin(&["tokens", "add", "--type", "node", "--format", "json"])
             .expect_ok();
@@ -402,6 +412,7 @@ impl TunnelNode {
                 "--labels",
                 labels,
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::piped())

@@ -24,8 +24,11 @@ use tokio::net::TcpListener;
 use warden_types::api::Heartbeat;
 
 /// How to run a node.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct NodeConfig {
+    /// An already bound SSH listener (a graceful restart hands it over);
+    /// used instead of binding `listen_addr`.
+    pub listener: Option<std::net::TcpListener>,
     pub data_dir: PathBuf,
     /// The cluster's proxy, `host:port`.
     pub proxy: String,
@@ -113,14 +116,15 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the node until `shutdown` completes.
 pub async fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = match config.listen_addr {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+    let listener = match (config.listener.take(), config.listen_addr) {
+        (Some(l), _) => Some(TcpListener::from_std(l)?),
+        (None, Some(addr)) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for SSH; pass --listen-addr to pick another address")
         })?),
-        None => None,
+        (None, None) => None,
     };
     let advertise: Vec<String> = match (&listener, &config.advertise_addr) {
         (_, Some(a)) => vec![a.clone()],

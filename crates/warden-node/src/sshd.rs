@@ -94,6 +94,7 @@ where
         }
     };
     METRICS.node_connections.inc();
+    let _active = warden_types::metrics::ActiveGuard::new();
     let trusted = trusted_user_cas(&identity);
     let conn = Conn {
         identity,

@@ -263,6 +263,9 @@ impl Proxy {
                 return Err(e);
             }
         };
+        // Tunnels are infrastructure, not sessions: a draining proxy does
+        // not wait for them.
+        let _active = (protocol != Protocol::Tunnel).then(warden_types::metrics::ActiveGuard::new);
         match protocol {
             Protocol::AuthPassthrough => {
                 METRICS.proxy_connections_auth.inc();

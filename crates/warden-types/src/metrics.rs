@@ -106,6 +106,9 @@ impl Default for Histogram {
 
 /// Everything the process measures.
 pub struct Metrics {
+    /// User-facing connections being served (what a graceful restart
+    /// waits for).
+    pub active_connections: Gauge,
     pub proxy_connections_ssh: Counter,
     pub proxy_connections_tls: Counter,
     pub proxy_connections_tunnel: Counter,
@@ -124,6 +127,7 @@ pub struct Metrics {
 
 /// The process-wide metrics.
 pub static METRICS: Metrics = Metrics {
+    active_connections: Gauge::new(),
     proxy_connections_ssh: Counter::new(),
     proxy_connections_tls: Counter::new(),
     proxy_connections_tunnel: Counter::new(),
@@ -139,6 +143,28 @@ pub static METRICS: Metrics = Metrics {
     node_connections: Counter::new(),
     node_rejections: Counter::new(),
 };
+
+/// Counts a connection as active until dropped.
+pub struct ActiveGuard(());
+
+impl ActiveGuard {
+    pub fn new() -> Self {
+        METRICS.active_connections.inc();
+        ActiveGuard(())
+    }
+}
+
+impl Default for ActiveGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        METRICS.active_connections.dec();
+    }
+}
 
 impl Metrics {
     /// The Prometheus text exposition.
@@ -177,6 +203,12 @@ impl Metrics {
                     self.proxy_errors_limit.get(),
                 ),
             ],
+        );
+        family(
+            "warden_active_connections",
+            "gauge",
+            "User-facing connections being served.",
+            &[("", self.active_connections.get())],
         );
         family(
             "warden_proxy_tunnels",
@@ -224,6 +256,7 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics {
+            active_connections: Gauge::new(),
             proxy_connections_ssh: Counter::new(),
             proxy_connections_tls: Counter::new(),
             proxy_connections_tunnel: Counter::new(),

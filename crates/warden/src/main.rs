@@ -2,6 +2,7 @@
 //! administrators.
 
 mod admin;
+mod handover;
 mod nodes;
 mod output;
 mod prompt;

@@ -69,6 +69,10 @@ pub struct StartArgs {
     /// --label-cmd arch='uname -m'@1m.
     #[arg(long = "label-cmd", value_name = "KEY=CMD@PERIOD")]
     label_cmd: Vec<warden_node::LabelCommand>,
+    /// On SIGHUP a new process takes over the listening sockets; this one
+    /// serves its live sessions at most this long.
+    #[arg(long, default_value = "10m")]
+    drain_timeout: warden_types::duration::HumanDuration,
     /// Node: keep a tunnel only to --proxy, not to every proxy of the
     /// cluster (e.g. when the others are not reachable from this network).
     #[arg(long)]
@@ -95,10 +99,25 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} for the {what}; is another warden running? pass {flag} to pick another address")
-    })
+/// Listening sockets by name, for a graceful restart's handover.
+type Listeners = Vec<(String, std::os::fd::RawFd)>;
+
+/// Binds `addr`, or takes over the socket a predecessor handed over.
+async fn bind(
+    addr: SocketAddr,
+    name: &str,
+    what: &str,
+    flag: &str,
+    listeners: &mut Listeners,
+) -> anyhow::Result<TcpListener> {
+    let listener = match crate::handover::inherited(name) {
+        Some(l) => TcpListener::from_std(l)?,
+        None => TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for the {what}; is another warden running? pass {flag} to pick another address")
+        })?,
+    };
+    listeners.push((name.to_string(), crate::handover::fd_of(&listener)));
+    Ok(listener)
 }
 
 pub async fn run(a: StartArgs) -> anyhow::Result<()> {
@@ -110,8 +129,9 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     }
     let has = |r: &str| a.roles.iter().any(|x| x == r);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut listeners = Listeners::new();
     if let Some(addr) = a.diag_addr {
-        let listener = bind(addr, "diagnostics", "--diag-addr").await?;
+        let listener = bind(addr, "diag", "diagnostics", "--diag-addr", &mut listeners).await?;
         tokio::spawn(serve_diag(listener, ready.clone()));
     }
     let labels = parse_labels(&a.labels)?;
@@ -135,7 +155,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         let listen = a
             .listen_addr
             .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
-        let listener = bind(listen, "proxy", "--listen-addr").await?;
+        let listener = bind(listen, "proxy", "proxy", "--listen-addr", &mut listeners).await?;
         let bound = listener.local_addr()?;
         let public_addrs = if a.public_addr.is_empty() {
             vec![format!("127.0.0.1:{}", bound.port())]
@@ -187,6 +207,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             labels,
             // No --listen-addr: outbound only, reached through the tunnel.
             listen_addr: a.listen_addr,
+            listener: None,
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
@@ -204,7 +225,14 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref())
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
-    let auth_listener = bind(a.auth_addr, "auth API", "--auth-addr").await?;
+    let auth_listener = bind(
+        a.auth_addr,
+        "auth",
+        "auth API",
+        "--auth-addr",
+        &mut listeners,
+    )
+    .await?;
     let auth_addr = auth_listener.local_addr()?;
     let auth_task = tokio::spawn(warden_auth::serve_mtls(
         auth.clone(),
@@ -218,7 +246,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         let listen = a
             .listen_addr
             .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
-        let listener = bind(listen, "proxy", "--listen-addr").await?;
+        let listener = bind(listen, "proxy", "proxy", "--listen-addr", &mut listeners).await?;
         let bound = listener.local_addr()?;
         let public_addrs = if a.public_addr.is_empty() {
             vec![format!("127.0.0.1:{}", bound.port())]
@@ -274,6 +302,17 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
             name,
             labels,
             listen_addr: Some(a.node_listen_addr),
+            listener: Some(
+                bind(
+                    a.node_listen_addr,
+                    "node",
+                    "node's SSH server",
+                    "--node-listen-addr",
+                    &mut listeners,
+                )
+                .await?
+                .into_std()?,
+            ),
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
@@ -290,16 +329,48 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    if let Some(node) = node_task {
+    crate::handover::signal_ready();
+    let _ = std::fs::write(data_dir.join("warden.pid"), std::process::id().to_string());
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut handed_over = false;
+    let node_done = async {
+        match node_task {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(node_done);
+    loop {
         tokio::select! {
-            r = node => {
+            _ = hup.recv() => match crate::handover::start_successor(&listeners).await {
+                Ok(pid) => {
+                    println!("Handed over to process {pid}; draining live sessions.");
+                    tracing::info!(pid, "successor is serving; draining");
+                    handed_over = true;
+                    break;
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "restart failed"),
+            },
+            r = &mut node_done => {
                 let _ = shutdown_tx.send(true);
                 r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))??;
+                break;
             }
-            _ = shutdown_signal() => {}
+            _ = shutdown_signal() => break,
         }
-    } else {
-        shutdown_signal().await;
+    }
+    // Stop accepting; live sessions go on.
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    if handed_over {
+        let deadline = std::time::Instant::now() + a.drain_timeout.0;
+        while warden_types::metrics::METRICS.active_connections.get() > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        tracing::info!("drained; exiting");
+        return Ok(());
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);

@@ -346,3 +346,95 @@ fn second_proxy_reaches_a_node_through_its_peer() {
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
 }
+
+/// SIGHUP: a new process takes over the listening sockets while the old
+/// one keeps serving a live session (running `cat`) until it ends.
+#[test]
+fn graceful_restart_keeps_live_sessions() {
+    use std::io::{BufRead, Write};
+    let dir = temp_dir("restart");
+    let c = Cluster::start_with(&dir, &["--name", "box"]);
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "box");
+    let pid_file = dir.join("data/warden.pid");
+    let old: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(old, c.pid());
+
+    let mut cat = std::process::Command::new(WARDEN)
+        .args(["ssh", "root@box", "--", "cat"])
+        .env("WARDEN_HOME", c.dir.join("alice"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = cat.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(cat.stdout.take().unwrap());
+    let mut echo = |text: &str| {
+        writeln!(input, "{text}").unwrap();
+        input.flush().unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(echo("before"), "before");
+
+    // Restart: the successor writes its pid once it serves.
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &old.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut new = old;
+    for _ in 0..100 {
+        new = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap_or(old);
+        if new != old {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(new, old, "no successor took over");
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _successor = KillOnDrop(new);
+
+    // The live session keeps streaming through the old process...
+    for i in 0..20 {
+        assert_eq!(echo(&format!("after-{i}")), format!("after-{i}"));
+    }
+    // ...new sessions go to the new one...
+    c.wait_reachable("alice", "root", "box");
+    let alive = |pid: u32| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    };
+    assert!(alive(old), "the old process must wait for its live session");
+    // ...and the old process leaves once its session ends.
+    drop(input);
+    let _ = cat.wait();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !alive(old) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone, "the old process did not exit after draining");
+}

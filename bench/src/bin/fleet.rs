@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_ca::ClientKey;
 use warden_client::login::{direct_auth_client, public_client};
 use warden_client::tls::{ClientCert, ClusterVerifier, Trust};
-use warden_types::api::{AdminConfig, CreateTokenRequest, CreateTokenResponse, Heartbeat, JoinRequest, NodeCerts};
+use warden_types::api::{
+    AdminConfig, CreateTokenRequest, CreateTokenResponse, Heartbeat, JoinRequest, NodeCerts,
+};
 use warden_types::TokenKind;
 
 /// A simulated node answers each session with an SSH banner, then idles.
@@ -62,7 +64,11 @@ impl client::Handler for Trusting {
 fn rss_kib(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -73,7 +79,14 @@ async fn sim_node(
     ca_pems: Vec<String>,
 ) -> anyhow::Result<client::Handle<SimNode>> {
     let tok: CreateTokenResponse = admin
-        .post("/v1/tokens", &CreateTokenRequest { kind: TokenKind::Node, ttl_secs: 3600, user: None })
+        .post(
+            "/v1/tokens",
+            &CreateTokenRequest {
+                kind: TokenKind::Node,
+                ttl_secs: 3600,
+                user: None,
+            },
+        )
         .await?;
     let key = ClientKey::generate();
     let name = format!("sim-{i}");
@@ -90,12 +103,26 @@ async fn sim_node(
             },
         )
         .await?;
-    let cert = ClientCert { cert_pem: certs.tls_cert_pem.clone(), key_pkcs8: key.pkcs8_der().to_vec() };
+    let cert = ClientCert {
+        cert_pem: certs.tls_cert_pem.clone(),
+        key_pkcs8: key.pkcs8_der().to_vec(),
+    };
     let api = direct_auth_client(&proxy, ca_pems.clone(), &cert)?;
     let mut labels = std::collections::BTreeMap::new();
-    labels.insert("env".to_string(), if i % 2 == 0 { "prod" } else { "dev" }.to_string());
+    labels.insert(
+        "env".to_string(),
+        if i % 2 == 0 { "prod" } else { "dev" }.to_string(),
+    );
     let _: serde_json::Value = api
-        .put("/v1/nodes/heartbeat", &Heartbeat { name, labels, addrs: vec![], version: "sim".into() })
+        .put(
+            "/v1/nodes/heartbeat",
+            &Heartbeat {
+                name,
+                labels,
+                addrs: vec![],
+                version: "sim".into(),
+            },
+        )
         .await?;
     let tls_config = warden_client::tls::client_config(
         ClusterVerifier::new(Trust::Roots(ca_pems)),
@@ -107,16 +134,25 @@ async fn sim_node(
     let tls = tokio_rustls::TlsConnector::from(tls_config)
         .connect(rustls::pki_types::ServerName::try_from(host)?, tcp)
         .await?;
-    let config = Arc::new(client::Config { inactivity_timeout: None, ..Default::default() });
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        ..Default::default()
+    });
     let mut handle = client::connect_stream(config, tls, SimNode).await?;
-    anyhow::ensure!(handle.authenticate_none(certs.node_id).await?.success(), "tunnel refused");
+    anyhow::ensure!(
+        handle.authenticate_none(certs.node_id).await?.success(),
+        "tunnel refused"
+    );
     Ok(handle)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 7, "usage: fleet DATA_DIR PROXY PROXY_PID N USER_KEY USER_CERT");
+    anyhow::ensure!(
+        args.len() == 7,
+        "usage: fleet DATA_DIR PROXY PROXY_PID N USER_KEY USER_CERT"
+    );
     let data = std::path::PathBuf::from(&args[1]).join("admin");
     let (proxy, pid, n) = (args[2].clone(), args[3].clone(), args[4].parse::<usize>()?);
     let read = |f: &str| std::fs::read_to_string(data.join(f));
@@ -126,7 +162,10 @@ async fn main() -> anyhow::Result<()> {
     let admin = direct_auth_client(
         &config.auth_addr,
         vec![ca.clone()],
-        &ClientCert { cert_pem: read("identity.crt")?, key_pkcs8: admin_key.pkcs8_der().to_vec() },
+        &ClientCert {
+            cert_pem: read("identity.crt")?,
+            key_pkcs8: admin_key.pkcs8_der().to_vec(),
+        },
     )?;
     let before = rss_kib(&pid);
     let started = Instant::now();
@@ -135,7 +174,12 @@ async fn main() -> anyhow::Result<()> {
     let mut next = 0;
     while handles.len() < n {
         while pending.len() < 32 && next < n {
-            pending.spawn(sim_node(next, admin.clone(), proxy.clone(), vec![ca.clone()]));
+            pending.spawn(sim_node(
+                next,
+                admin.clone(),
+                proxy.clone(),
+                vec![ca.clone()],
+            ));
             next += 1;
         }
         match pending.join_next().await {
@@ -145,7 +189,10 @@ async fn main() -> anyhow::Result<()> {
             None => break,
         }
     }
-    println!("fleet.nodes {n} joined and tunnelled in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "fleet.nodes {n} joined and tunnelled in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(&pid);
     println!(
@@ -155,25 +202,47 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Time to reach a random node's banner through the jump host.
-    let key = Arc::new(PrivateKey::from_openssh(std::fs::read_to_string(&args[5])?)?);
+    let key = Arc::new(PrivateKey::from_openssh(std::fs::read_to_string(
+        &args[5],
+    )?)?);
     let cert = Certificate::from_openssh(std::fs::read_to_string(&args[6])?.trim())?;
     let mut times = Vec::new();
     for k in 0..20 {
         let target = format!("sim-{}", (k * 7919) % n);
         let t0 = Instant::now();
-        let mut session = client::connect(Arc::new(client::Config::default()), proxy.as_str(), Trusting).await?;
-        anyhow::ensure!(session.authenticate_openssh_cert("bench", key.clone(), cert.clone()).await?.success());
-        let channel = session.channel_open_direct_tcpip(target.clone(), 22, "127.0.0.1", 0).await?;
+        let mut session = client::connect(
+            Arc::new(client::Config::default()),
+            proxy.as_str(),
+            Trusting,
+        )
+        .await?;
+        anyhow::ensure!(session
+            .authenticate_openssh_cert("bench", key.clone(), cert.clone())
+            .await?
+            .success());
+        let channel = session
+            .channel_open_direct_tcpip(target.clone(), 22, "127.0.0.1", 0)
+            .await?;
         let mut stream = channel.into_stream();
         let mut buf = [0u8; 64];
         let got = stream.read(&mut buf).await?;
-        anyhow::ensure!(buf[..got].starts_with(b"SSH-2.0-warden_sim"), "no banner from {target}");
+        anyhow::ensure!(
+            buf[..got].starts_with(b"SSH-2.0-warden_sim"),
+            "no banner from {target}"
+        );
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    println!("fleet.connect_random_node_ms median {:.1} p90 {:.1}", times[times.len() / 2], times[times.len() * 9 / 10]);
+    println!(
+        "fleet.connect_random_node_ms median {:.1} p90 {:.1}",
+        times[times.len() / 2],
+        times[times.len() * 9 / 10]
+    );
     // Hold the fleet so `warden ls` can be timed against it.
-    let hold = std::env::var("FLEET_HOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
+    let hold = std::env::var("FLEET_HOLD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
     tokio::time::sleep(Duration::from_secs(hold)).await;
     drop(handles);
     Ok(())

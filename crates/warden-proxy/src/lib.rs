@@ -36,8 +36,9 @@ use warden_types::metrics::METRICS;
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; past this, new ones are closed at accept.
-pub const MAX_CONNECTIONS: usize = 10_000;
+/// Connections served at once (node tunnels included); past this, new ones
+/// are closed at accept. The process file-descriptor limit may bind first.
+pub const MAX_CONNECTIONS: usize = 30_000;
 
 /// The proxy's keys and certificates, issued by auth.
 pub struct ProxyIdentity {

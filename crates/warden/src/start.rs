@@ -99,6 +99,25 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Binds the proxy's public port; returns it with the addresses users
+/// reach it at (`--public-addr`, else 127.0.0.1 and the bound port).
+async fn bind_proxy(
+    a: &StartArgs,
+    listeners: &mut Listeners,
+) -> anyhow::Result<(TcpListener, SocketAddr, Vec<String>)> {
+    let listen = a
+        .listen_addr
+        .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
+    let listener = bind(listen, "proxy", "proxy", "--listen-addr", listeners).await?;
+    let bound = listener.local_addr()?;
+    let public_addrs = if a.public_addr.is_empty() {
+        vec![format!("127.0.0.1:{}", bound.port())]
+    } else {
+        a.public_addr.clone()
+    };
+    Ok((listener, bound, public_addrs))
+}
+
 /// Listening sockets by name, for a graceful restart's handover.
 type Listeners = Vec<(String, std::os::fd::RawFd)>;
 
@@ -152,16 +171,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         let Some(auth_server) = a.auth_server.clone() else {
             bail!("a proxy on its own needs --auth-server HOST:PORT of the auth API");
         };
-        let listen = a
-            .listen_addr
-            .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
-        let listener = bind(listen, "proxy", "proxy", "--listen-addr", &mut listeners).await?;
-        let bound = listener.local_addr()?;
-        let public_addrs = if a.public_addr.is_empty() {
-            vec![format!("127.0.0.1:{}", bound.port())]
-        } else {
-            a.public_addr.clone()
-        };
+        let (listener, _, public_addrs) = bind_proxy(&a, &mut listeners).await?;
         let join = match (&a.proxy, &a.token, &a.ca_pin) {
             (Some(via), Some(token), Some(pin)) => Some(warden_proxy::Join {
                 via: via.clone(),
@@ -243,16 +253,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     let mut public = None;
     let mut proxy_task = None;
     if has("proxy") {
-        let listen = a
-            .listen_addr
-            .unwrap_or_else(|| "0.0.0.0:3080".parse().expect("valid"));
-        let listener = bind(listen, "proxy", "proxy", "--listen-addr", &mut listeners).await?;
-        let bound = listener.local_addr()?;
-        let public_addrs = if a.public_addr.is_empty() {
-            vec![format!("127.0.0.1:{}", bound.port())]
-        } else {
-            a.public_addr.clone()
-        };
+        let (listener, bound, public_addrs) = bind_proxy(&a, &mut listeners).await?;
         let proxy = build_proxy(&auth, &data_dir, auth_addr, bound, &public_addrs).await?;
         public = Some(public_addrs[0].clone());
         proxy_task = Some(tokio::spawn(

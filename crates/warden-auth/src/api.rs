@@ -53,6 +53,7 @@ pub fn router(server: AuthServer) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route("/v1/audit/events", get(audit_events))
         .merge(crate::nodes::routes())
+        .merge(crate::locks::routes())
         .with_state(server)
 }
 
@@ -75,7 +76,7 @@ impl AuthServer {
         }
     }
 
-    async fn authorize(&self, c: &Caller, resource: &str, verb: &str) -> Result<()> {
+    pub(crate) async fn authorize(&self, c: &Caller, resource: &str, verb: &str) -> Result<()> {
         let roles = self.caller_roles(c)?;
         let decision = check_rule(&roles, resource, verb);
         if decision.allowed {

@@ -5,6 +5,7 @@ mod api;
 mod certs;
 mod error;
 mod init;
+mod locks;
 mod login;
 mod nodes;
 mod ratelimit;

@@ -333,7 +333,25 @@ impl AuthServer {
                 .compare_and_swap(&cred_key, rev, to_json(&creds)?, None)
                 .await
             {
-                Ok(_) if ok => return self.login_succeeded(&user, req, source).await,
+                Ok(_) if ok => {
+                    if let Some(lock) = self.lock_for(&req.user, &user.spec.roles, None, None) {
+                        self.audit(
+                            AuditEvent::new(
+                                codes::LOGIN_FAILURE,
+                                self.cluster(),
+                                &req.user,
+                                crate::locks::lock_message(&lock),
+                            )
+                            .source(source.clone()),
+                        )
+                        .await;
+                        return Err(AuthError::Locked(format!(
+                            "{}; ask an admin ('warden admin locks ls')",
+                            crate::locks::lock_message(&lock)
+                        )));
+                    }
+                    return self.login_succeeded(&user, req, source).await;
+                }
                 Ok(_) => {
                     if creds.locked_until > now() {
                         reason.push_str("; account locked");

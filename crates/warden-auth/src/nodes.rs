@@ -328,7 +328,30 @@ impl AuthServer {
         login: &str,
     ) -> Result<AccessCheckResponse> {
         let node = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{node_id}")).await?;
+        let node_name = node
+            .as_ref()
+            .map(|n| n.spec.hostname.clone())
+            .unwrap_or_default();
         let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
+        let user_roles = self
+            .inner
+            .users
+            .get(user)
+            .map(|u| u.spec.roles)
+            .unwrap_or_default();
+        if let Some(lock) =
+            self.lock_for(user, &user_roles, Some((node_id, &node_name)), Some(login))
+        {
+            return Ok(AccessCheckResponse {
+                allowed: false,
+                reason: crate::locks::lock_message(&lock),
+                explanation: vec![],
+                permit_port_forwarding: false,
+                permit_agent_forwarding: false,
+                permit_x11_forwarding: false,
+                roles: vec![],
+            });
+        }
         let Some(u) = self.inner.users.get(user) else {
             return Ok(AccessCheckResponse {
                 allowed: false,

@@ -11,6 +11,7 @@ pub const ROLES: &str = "/roles/";
 pub const TOKENS: &str = "/tokens/";
 pub const NODES: &str = "/nodes/";
 pub const PROXIES: &str = "/proxies/";
+pub const LOCKS: &str = "/locks/";
 pub const CREDENTIALS: &str = "/credentials/";
 pub const AUTHORITIES: &str = "/authorities/";
 pub const CLUSTER_CONFIG: &str = "/cluster_config";

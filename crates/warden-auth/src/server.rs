@@ -28,6 +28,7 @@ pub(crate) struct Inner {
     pub limiter: RateLimiter,
     pub roles: WatchCache<RoleSpec>,
     pub users: WatchCache<UserSpec>,
+    pub locks: WatchCache<warden_types::LockSpec>,
     /// Bounds concurrent password hashing.
     pub hashing: tokio::sync::Semaphore,
 }
@@ -79,6 +80,7 @@ impl AuthServer {
         }
         let roles = WatchCache::start(backend.clone(), ROLES).await?;
         let users = WatchCache::start(backend.clone(), USERS).await?;
+        let locks = WatchCache::start(backend.clone(), crate::resources::LOCKS).await?;
         Ok(AuthServer {
             inner: Arc::new(Inner {
                 cluster,
@@ -88,6 +90,7 @@ impl AuthServer {
                 limiter: RateLimiter::new(),
                 roles,
                 users,
+                locks,
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 ),

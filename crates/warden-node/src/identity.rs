@@ -34,6 +34,8 @@ pub struct NodeIdentity {
     key: ClientKey,
     state: State,
     certs: RwLock<NodeCerts>,
+    /// Live connections, for ending them on a lock.
+    pub registry: crate::locks::Registry,
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -54,6 +56,7 @@ impl NodeIdentity {
                 key,
                 state,
                 certs: RwLock::new(certs),
+                registry: Default::default(),
             };
             return Ok(id);
         }
@@ -92,6 +95,7 @@ impl NodeIdentity {
             key,
             state,
             certs: RwLock::new(certs.clone()),
+            registry: Default::default(),
         };
         id.save_certs(&certs)?;
         tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
@@ -169,6 +173,13 @@ impl NodeIdentity {
         *self.certs.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         tracing::info!("node certificates renewed");
         Ok(())
+    }
+
+    /// Locks in force.
+    pub async fn locks(
+        &self,
+    ) -> anyhow::Result<Vec<warden_types::Document<warden_types::LockSpec>>> {
+        Ok(self.api()?.get("/v1/locks").await?)
     }
 
     /// The cluster's proxies (to keep a tunnel to each).

@@ -5,6 +5,7 @@
 
 mod forward;
 mod identity;
+mod locks;
 mod pty;
 mod session;
 mod sftp_audit;
@@ -155,6 +156,7 @@ pub async fn run(
             config.proxy
         ),
     }
+    tokio::spawn(locks::enforce(identity.clone(), config.name.clone()));
     tokio::spawn(tunnel::keep_tunnels(
         identity.clone(),
         config.proxy.clone(),

@@ -106,6 +106,7 @@ where
         forwardings: Vec::new(),
         attempted: None,
         refusal_audited: false,
+        live: None,
     };
     match russh::server::run_stream(config, stream, conn).await {
         Ok(running) => {
@@ -164,6 +165,8 @@ struct Conn {
     forwardings: Vec<crate::forward::Forwarding>,
     /// The login a client tried, and whether its refusal is already audited.
     attempted: Option<String>,
+    /// This connection in the node's registry of live sessions.
+    live: Option<u64>,
     refusal_audited: bool,
 }
 
@@ -172,6 +175,9 @@ impl Drop for Conn {
     /// not-yet-valid and badly signed certificates (and plain keys) before
     /// our handler sees them, so the refusal is audited here.
     fn drop(&mut self) {
+        if let Some(id) = self.live {
+            self.identity.registry.remove(id);
+        }
         let (Some(login), None, false) = (&self.attempted, &self.user, self.refusal_audited) else {
             return;
         };
@@ -370,6 +376,16 @@ impl Conn {
         };
         state.master = running.master_fd();
         state.pid = Some(running.pid);
+        let live = *self.live.get_or_insert_with(|| {
+            self.identity.registry.register(crate::locks::Live {
+                username: user.username.clone(),
+                login: user.login.clone(),
+                roles: user.roles.clone(),
+                handle: session.handle(),
+                sessions: Vec::new(),
+            })
+        });
+        self.identity.registry.add_session(live, id, running.pid);
         let mut start = self
             .event(
                 codes::SESSION_START,

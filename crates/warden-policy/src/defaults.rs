@@ -27,7 +27,7 @@ pub fn roles() -> Vec<Document<RoleSpec>> {
 
     let mut editor = RoleSpec::default();
     editor.allow.rules = vec![rule(
-        &["user", "role", "token", "cluster_config", "node"],
+        &["user", "role", "token", "cluster_config", "node", "lock"],
         &["list", "read", "create", "update", "delete"],
     )];
     editor.allow.rules.push(rule(&["event"], &["list", "read"]));

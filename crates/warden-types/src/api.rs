@@ -106,6 +106,16 @@ pub struct UpdateUserRequest {
     pub logins: Option<Vec<String>>,
 }
 
+/// `warden admin lock`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateLockRequest {
+    pub target: crate::LockTarget,
+    pub reason: String,
+    /// None: until removed.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
 /// `warden admin tokens add`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateTokenRequest {

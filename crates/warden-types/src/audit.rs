@@ -67,6 +67,9 @@ pub mod codes {
     pub const PORT_FORWARD_DENIED: (&str, &str) = ("port_forward", "WA6005W");
     pub const X11_FORWARD: (&str, &str) = ("x11_forward", "WA6006I");
     pub const SFTP: (&str, &str) = ("sftp", "WA6007I");
+    pub const SESSION_TERMINATED: (&str, &str) = ("session.terminated", "WA6008W");
+    pub const LOCK_CREATE: (&str, &str) = ("lock.create", "WA7000I");
+    pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
     /// Event types a node may report.
     pub const NODE_EVENT_TYPES: &[&str] = &[
@@ -78,6 +81,7 @@ pub mod codes {
         "port_forward",
         "x11_forward",
         "sftp",
+        "session.terminated",
     ];
 }
 

@@ -11,8 +11,8 @@ pub mod secret;
 
 pub use identity::{Identity, IdentityKind};
 pub use resource::{
-    ClusterConfigSpec, Document, LabelValues, Metadata, NodeSpec, RoleConditions, RoleOptions,
-    RoleSpec, Rule, TokenKind, TokenSpec, UserSpec,
+    ClusterConfigSpec, Document, LabelValues, LockSpec, LockTarget, Metadata, NodeSpec,
+    RoleConditions, RoleOptions, RoleSpec, Rule, TokenKind, TokenSpec, UserSpec,
 };
 pub use secret::Secret;
 

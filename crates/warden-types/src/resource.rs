@@ -13,6 +13,7 @@ pub mod kind {
     pub const TOKEN: &str = "token";
     pub const CLUSTER_CONFIG: &str = "cluster_config";
     pub const NODE: &str = "node";
+    pub const LOCK: &str = "lock";
 }
 
 /// The only document version so far.
@@ -183,7 +184,17 @@ pub mod resources {
     pub const EVENT: &str = "event";
     pub const SESSION: &str = "session";
     pub const NODE: &str = "node";
-    pub const ALL: &[&str] = &[USER, ROLE, TOKEN, CLUSTER_CONFIG, EVENT, SESSION, NODE];
+    pub const LOCK: &str = "lock";
+    pub const ALL: &[&str] = &[
+        USER,
+        ROLE,
+        TOKEN,
+        CLUSTER_CONFIG,
+        EVENT,
+        SESSION,
+        NODE,
+        LOCK,
+    ];
 }
 
 /// Verbs usable in rules.
@@ -283,6 +294,77 @@ pub struct NodeSpec {
     pub heartbeat: i64,
 }
 
+/// What a lock blocks: every field set must match (a lock with `user` and
+/// `node` blocks that user on that node only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockTarget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Node id or name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+}
+
+impl LockTarget {
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none() && self.role.is_none() && self.node.is_none() && self.login.is_none()
+    }
+
+    /// Does this lock block `user` (with `roles`) as `login` on the node
+    /// (`node_id`, `node_name`)? `None` arguments match only unset fields.
+    pub fn matches(
+        &self,
+        user: &str,
+        roles: &[String],
+        node: Option<(&str, &str)>,
+        login: Option<&str>,
+    ) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let user_ok = self.user.as_deref().is_none_or(|u| u == user);
+        let role_ok = self
+            .role
+            .as_deref()
+            .is_none_or(|r| roles.iter().any(|x| x == r));
+        let node_ok = self
+            .node
+            .as_deref()
+            .is_none_or(|n| node.is_some_and(|(id, name)| n == id || n == name));
+        let login_ok = self.login.as_deref().is_none_or(|l| login == Some(l));
+        user_ok && role_ok && node_ok && login_ok
+    }
+
+    /// `user=bob node=db-1`.
+    pub fn describe(&self) -> String {
+        [
+            ("user", &self.user),
+            ("role", &self.role),
+            ("node", &self.node),
+            ("login", &self.login),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+}
+
+/// A lock: blocks new access at once and ends live sessions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockSpec {
+    pub target: LockTarget,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
 /// Cluster-wide settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -325,6 +407,49 @@ mod tests {
     fn unknown_fields_are_rejected() {
         let e = serde_json::from_str::<RoleConditions>(r#"{"login":["root"]}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `login`"), "{e}");
+    }
+
+    #[test]
+    fn lock_targets_match_on_every_field_set() {
+        let roles = vec!["dba".to_string()];
+        let user = LockTarget {
+            user: Some("bob".into()),
+            ..Default::default()
+        };
+        assert!(user.matches("bob", &[], None, None));
+        assert!(!user.matches("alice", &[], None, None));
+        let role = LockTarget {
+            role: Some("dba".into()),
+            ..Default::default()
+        };
+        assert!(role.matches("carol", &roles, Some(("id1", "db-1")), Some("root")));
+        assert!(!role.matches("carol", &[], None, None));
+        let on_node = LockTarget {
+            user: Some("bob".into()),
+            node: Some("db-1".into()),
+            ..Default::default()
+        };
+        assert!(on_node.matches("bob", &[], Some(("id1", "db-1")), Some("root")));
+        assert!(
+            on_node.matches("bob", &[], Some(("db-1", "x")), None),
+            "by id too"
+        );
+        assert!(
+            !on_node.matches("bob", &[], None, None),
+            "unknown node: not this lock"
+        );
+        assert!(!on_node.matches("bob", &[], Some(("id2", "web-1")), None));
+        let login = LockTarget {
+            login: Some("root".into()),
+            ..Default::default()
+        };
+        assert!(login.matches("anyone", &[], Some(("i", "n")), Some("root")));
+        assert!(!login.matches("anyone", &[], Some(("i", "n")), Some("ubuntu")));
+        assert!(
+            !LockTarget::default().matches("bob", &roles, None, None),
+            "an empty lock blocks nothing"
+        );
+        assert_eq!(on_node.describe(), "user=bob node=db-1");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct AdminArgs {
     data_dir: Option<PathBuf>,
     /// Act as your own login ('warden login'), even on the auth host.
     #[arg(long, global = true)]
-    login: bool,
+    as_me: bool,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -47,6 +47,39 @@ enum AdminCommand {
     /// The cluster's certificate authorities.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Lock a user, role, node or login: refuses new access at once and ends
+    /// live sessions within seconds.
+    Lock {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        /// Node name or id.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        login: Option<String>,
+        /// Shown to the people it blocks, and audited.
+        #[arg(long, required = true)]
+        reason: String,
+        /// Lift the lock after this long (default: until removed).
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+    },
+    /// Locks in force: ls, rm.
+    #[command(subcommand)]
+    Locks(LocksCommand),
+}
+
+#[derive(Subcommand)]
+enum LocksCommand {
+    /// List locks in force.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a lock by id.
+    Rm { id: String },
 }
 
 #[derive(Subcommand)]
@@ -247,12 +280,80 @@ fn connect_as_login() -> anyhow::Result<Admin> {
 }
 
 pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
-    let admin = connect(a.data_dir, a.login)?;
+    let admin = connect(a.data_dir, a.as_me)?;
     match a.command {
         AdminCommand::Users(c) => users(&admin, c).await,
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
+        AdminCommand::Lock {
+            user,
+            role,
+            node,
+            login,
+            reason,
+            ttl,
+        } => {
+            let target = warden_types::LockTarget {
+                user,
+                role,
+                node,
+                login,
+            };
+            let lock: Document<warden_types::LockSpec> = admin
+                .api
+                .post(
+                    "/v1/locks",
+                    &CreateLockRequest {
+                        target: target.clone(),
+                        reason,
+                        ttl_secs: ttl.map(|t| t.0.as_secs()),
+                    },
+                )
+                .await?;
+            let until = lock
+                .metadata
+                .expires
+                .map(|e| format!("until {}", output::time(e.unix_timestamp())))
+                .unwrap_or_else(|| "until removed".into());
+            println!(
+                "Locked {} ({until}); lock id {}.",
+                target.describe(),
+                lock.name()
+            );
+            Ok(())
+        }
+        AdminCommand::Locks(LocksCommand::Ls { format }) => {
+            let locks: Vec<Document<warden_types::LockSpec>> = admin.api.get("/v1/locks").await?;
+            match format {
+                Format::Json => println!("{}", output::json(&locks)?),
+                Format::Text => println!(
+                    "{}",
+                    output::table(
+                        &["id", "target", "reason", "until", "by"],
+                        locks
+                            .iter()
+                            .map(|l| vec![
+                                l.name().to_string(),
+                                l.spec.target.describe(),
+                                l.spec.reason.clone(),
+                                l.metadata
+                                    .expires
+                                    .map(|e| output::time(e.unix_timestamp()))
+                                    .unwrap_or_else(|| "removed".into()),
+                                l.spec.created_by.clone().unwrap_or_default(),
+                            ])
+                            .collect()
+                    )
+                ),
+            }
+            Ok(())
+        }
+        AdminCommand::Locks(LocksCommand::Rm { id }) => {
+            let _: ChangeResponse = admin.api.delete(&format!("/v1/locks/{id}")).await?;
+            println!("Lock {id} removed.");
+            Ok(())
+        }
         AdminCommand::Ca(CaCommand::Export { kind }) => {
             let ping: PingResponse = admin.api.get("/v1/ping").await?;
             match kind.as_str() {

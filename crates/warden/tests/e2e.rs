@@ -222,7 +222,7 @@ fn quickstart_login_and_certificate() {
 
     // alice is not an editor: admin calls as herself are denied, through
     // the proxy's passthrough to auth (mTLS end to end).
-    c.run(&["admin", "--login", "users", "ls"], None)
+    c.run(&["admin", "--as-me", "users", "ls"], None)
         .expect_err("alice may not list users");
     // Granting a role applies at once, without a new login.
     c.admin(&["users", "update", "alice", "--roles", "access,editor"])
@@ -230,7 +230,7 @@ fn quickstart_login_and_certificate() {
     let mut ok = false;
     for _ in 0..50 {
         let out = c.run(
-            &["admin", "--login", "users", "ls", "--format", "json"],
+            &["admin", "--as-me", "users", "ls", "--format", "json"],
             None,
         );
         if out.ok {

@@ -714,17 +714,90 @@ fn interactive_shell_resize_and_ctrl_c() {
     tmux(&["kill-server"]);
 }
 
-/// Locks arrive with the access-request issue (6); this states the
-/// contract so it fails until they exist: a locked user is refused at the
-/// node at once, with the lock's reason.
+/// A lock refuses new sessions at once and ends live ones within seconds,
+/// with the reason; removing it restores access.
 #[test]
-#[ignore = "locks arrive with issue 6 (access requests and locks)"]
-fn locked_user_is_refused() {
+fn locks_end_live_sessions_and_refuse_new_ones() {
+    use std::io::Read;
     let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
     c.ssh("alice", "alice", "root", &[], "true", None)
         .expect_ok();
-    c.admin(&["lock", "--user", "alice", "--reason", "INC-1"])
+    // A live session: a command that would run for a minute.
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        format!("root@{}", c.node_host()),
+        "echo started; sleep 60; echo finished".into(),
+    ]);
+    let mut live = std::process::Command::new("ssh")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = c
+        .admin(&[
+            "lock",
+            "--user",
+            "alice",
+            "--reason",
+            "INC-1 compromised laptop",
+        ])
         .expect_ok();
+    assert!(out.stdout.contains("Locked user=alice"), "{}", out.stdout);
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = live.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "live session not ended within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    live.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    live.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stdout.contains("started") && !stdout.contains("finished"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("INC-1"), "the user is told why: {stderr}");
+    // New sessions are refused with the reason.
     let out = c.ssh("alice", "alice", "root", &[], "true", None);
     assert!(!out.ok && out.stderr.contains("INC-1"), "{}", out.all());
+    // And new logins too.
+    let out = c.admin(&["locks", "ls", "--format", "json"]).expect_ok();
+    let locks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(locks.len(), 1);
+    let id = locks[0]["metadata"]["name"].as_str().unwrap().to_string();
+    // Removing the lock restores access.
+    c.admin(&["locks", "rm", &id]).expect_ok();
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.ssh("alice", "alice", "root", &[], "true", None).ok {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "access not restored after removing the lock");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = c.events();
+    assert!(has_event(&events, "session.terminated", "WA6008W", |e| e
+        ["user"]
+        == "alice"));
+    assert!(has_event(&events, "lock.create", "WA7000I", |_| true));
+    assert!(has_event(&events, "lock.delete", "WA7001I", |_| true));
 }

@@ -1,0 +1,128 @@
+//! Live sessions, and ending them when a lock comes to cover them (within
+//! seconds: the node re-reads locks every 2 s).
+
+use crate::identity::NodeIdentity;
+use russh::server::Handle;
+use russh::ChannelId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::{Document, LockSpec};
+
+/// How often the node re-reads locks; a lock ends sessions within this
+/// (plus one auth round trip).
+const POLL: Duration = Duration::from_secs(2);
+
+/// One authenticated connection with sessions.
+pub struct Live {
+    pub username: String,
+    pub login: String,
+    pub roles: Vec<String>,
+    pub handle: Handle,
+    pub sessions: Vec<(ChannelId, u32)>,
+}
+
+/// Live connections on this node.
+#[derive(Clone, Default)]
+pub struct Registry {
+    conns: Arc<Mutex<HashMap<u64, Live>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Registry {
+    pub fn register(&self, live: Live) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, live);
+        id
+    }
+
+    pub fn add_session(&self, id: u64, channel: ChannelId, pid: u32) {
+        if let Some(l) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            l.sessions.push((channel, pid));
+        }
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Takes out every connection a lock covers.
+    fn take_locked(&self, locks: &[Document<LockSpec>], node: (&str, &str)) -> Vec<(Live, String)> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let hit: Vec<(u64, String)> = conns
+            .iter()
+            .filter_map(|(id, l)| {
+                locks
+                    .iter()
+                    .find(|k| {
+                        k.spec
+                            .target
+                            .matches(&l.username, &l.roles, Some(node), Some(&l.login))
+                    })
+                    .map(|k| {
+                        (
+                            *id,
+                            format!("locked ({}): {}", k.spec.target.describe(), k.spec.reason),
+                        )
+                    })
+            })
+            .collect();
+        hit.into_iter()
+            .filter_map(|(id, why)| conns.remove(&id).map(|l| (l, why)))
+            .collect()
+    }
+}
+
+/// Ends covered sessions for as long as the node runs.
+pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
+    loop {
+        tokio::time::sleep(POLL).await;
+        let locks = match identity.locks().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot read locks");
+                continue;
+            }
+        };
+        if locks.is_empty() {
+            continue;
+        }
+        let node_id = identity.node_id().to_string();
+        for (live, why) in identity.registry.take_locked(&locks, (&node_id, &name)) {
+            let msg = format!("\r\nwarden: session terminated: {why}\r\n");
+            for (channel, pid) in &live.sessions {
+                let _ = live
+                    .handle
+                    .extended_data(*channel, 1, msg.clone().into_bytes())
+                    .await;
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(-(*pid as i32), libc::SIGKILL) };
+            }
+            let _ = live
+                .handle
+                .disconnect(russh::Disconnect::ByApplication, why.clone(), String::new())
+                .await;
+            let mut ev = AuditEvent::new(
+                codes::SESSION_TERMINATED,
+                identity.cluster(),
+                &live.username,
+                why,
+            );
+            ev.login = Some(live.login.clone());
+            identity.emit(ev).await;
+        }
+    }
+}

@@ -8,6 +8,7 @@
 pub mod authority;
 pub mod client_key;
 pub mod keystore;
+pub mod krl;
 pub mod otp;
 pub mod ssh;
 pub mod tls;

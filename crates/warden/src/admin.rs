@@ -69,6 +69,13 @@ enum AdminCommand {
     /// Locks in force: ls, rm.
     #[command(subcommand)]
     Locks(LocksCommand),
+    /// Write an OpenSSH KRL revoking the certificates of locked users (and
+    /// of the users of locked roles), for plain sshd's RevokedKeys.
+    Krl {
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -352,6 +359,79 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Locks(LocksCommand::Rm { id }) => {
             let _: ChangeResponse = admin.api.delete(&format!("/v1/locks/{id}")).await?;
             println!("Lock {id} removed.");
+            Ok(())
+        }
+        AdminCommand::Krl { output } => {
+            let ping: PingResponse = admin.api.get("/v1/ping").await?;
+            let cas = ping
+                .ssh_user_ca_keys
+                .iter()
+                .map(|k| ssh_key::PublicKey::from_openssh(k))
+                .collect::<Result<Vec<_>, _>>()
+                .context("the cluster sent an invalid user CA key")?;
+            let locks: Vec<Document<warden_types::LockSpec>> = admin.api.get("/v1/locks").await?;
+            let mut key_ids = Vec::new();
+            let mut skipped = Vec::new();
+            let mut users: Option<Vec<Document<UserSpec>>> = None;
+            for l in &locks {
+                let t = &l.spec.target;
+                // A KRL revokes certificates outright; it cannot say "only
+                // on node X" or "only as login Y".
+                if t.node.is_some() || t.login.is_some() {
+                    skipped.push(t.describe());
+                    continue;
+                }
+                if let Some(u) = &t.user {
+                    key_ids.push(u.clone());
+                } else if let Some(r) = &t.role {
+                    if users.is_none() {
+                        users = Some(admin.api.get("/v1/users").await?);
+                    }
+                    for u in users.iter().flatten() {
+                        if u.spec.roles.contains(r) {
+                            key_ids.push(u.name().to_string());
+                        }
+                    }
+                }
+            }
+            key_ids.sort();
+            key_ids.dedup();
+            let now = output::now() as u64;
+            let krl = warden_ca::krl::build(
+                &cas,
+                &warden_ca::krl::Revocations {
+                    key_ids: key_ids.clone(),
+                    serials: vec![],
+                },
+                now,
+                now,
+                &format!("warden cluster {}", ping.cluster),
+            )?;
+            match output {
+                Some(path) => std::fs::write(&path, &krl)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&krl)?;
+                }
+            }
+            eprintln!(
+                "KRL revokes the certificates of {} user(s){}{}",
+                key_ids.len(),
+                if key_ids.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", key_ids.join(", "))
+                },
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; locks a KRL cannot express were left out: {}",
+                        skipped.join("; ")
+                    )
+                }
+            );
             Ok(())
         }
         AdminCommand::Ca(CaCommand::Export { kind }) => {

@@ -801,3 +801,105 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     assert!(has_event(&events, "lock.create", "WA7000I", |_| true));
     assert!(has_event(&events, "lock.delete", "WA7001I", |_| true));
 }
+
+/// Plain OpenSSH servers trust the cluster's user CA and stop locked users
+/// through `warden admin krl` as their RevokedKeys.
+#[test]
+fn krl_makes_plain_sshd_refuse_locked_users() {
+    let (c, dir) = cluster_with(&[("alice", "access", "root")]);
+    let ca = dir.join("user_ca.pub");
+    let out = c.admin(&["ca", "export", "--type", "user"]).expect_ok();
+    std::fs::write(&ca, out.stdout).unwrap();
+    let krl = dir.join("revoked.krl");
+    c.admin(&["krl", "-o", krl.to_str().unwrap()]).expect_ok();
+    let host_key = dir.join("sshd_host");
+    assert!(std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key)
+        .status()
+        .unwrap()
+        .success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nTrustedUserCAKeys {}\nRevokedKeys {}\nAuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+            host_key.display(),
+            dir.join("sshd.pid").display(),
+            ca.display(),
+            krl.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let mut sshd = std::process::Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sshd (Debian package openssh-server) must be installed");
+    let k = c.keys_dir("alice");
+    let ssh = || {
+        run_program(
+            "ssh",
+            &[
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-o".into(),
+                format!("CertificateFile={}", k.join("alice-cert.pub").display()),
+                "-i".into(),
+                k.join("alice").display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+                "-o".into(),
+                "UserKnownHostsFile=/dev/null".into(),
+                "-o".into(),
+                "StrictHostKeyChecking=no".into(),
+                "-o".into(),
+                "LogLevel=ERROR".into(),
+                "-p".into(),
+                port.to_string(),
+                "root@127.0.0.1".into(),
+                "echo plain sshd".into(),
+            ],
+            None,
+        )
+    };
+    let mut first = ssh();
+    for _ in 0..50 {
+        if first.ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        first = ssh();
+    }
+    assert_eq!(first.stdout.trim(), "plain sshd", "{}", first.all());
+
+    c.admin(&["lock", "--user", "alice", "--reason", "INC-2"])
+        .expect_ok();
+    let out = c.admin(&["krl", "-o", krl.to_str().unwrap()]).expect_ok();
+    assert!(out.stderr.contains("alice"), "{}", out.stderr);
+    let check = std::process::Command::new("ssh-keygen")
+        .args(["-Q", "-f"])
+        .arg(&krl)
+        .arg(k.join("alice-cert.pub"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("REVOKED"),
+        "{check:?}"
+    );
+    let refused = ssh();
+    let _ = sshd.kill();
+    let _ = sshd.wait();
+    assert!(
+        !refused.ok && refused.stderr.contains("Permission denied"),
+        "{}",
+        refused.all()
+    );
+}

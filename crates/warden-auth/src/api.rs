@@ -54,6 +54,7 @@ pub fn router(server: AuthServer) -> Router {
         .route("/v1/audit/events", get(audit_events))
         .merge(crate::nodes::routes())
         .merge(crate::locks::routes())
+        .merge(crate::requests::routes())
         .with_state(server)
 }
 
@@ -69,7 +70,7 @@ impl AuthServer {
                         c.identity.username
                     ))
                 })?;
-                Ok(self.roles(&user.spec.roles))
+                Ok(self.roles(&self.effective_roles(&user).0))
             }
             IdentityKind::Admin => Ok(self.roles(&c.identity.roles)),
             IdentityKind::Proxy | IdentityKind::Node => Ok(Vec::new()),

@@ -65,7 +65,8 @@ impl AuthServer {
     ) -> Result<LoginResponse> {
         let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
             .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
-        let roles = self.roles(&user.spec.roles);
+        let (role_names, requests, access_until) = self.effective_roles(user);
+        let roles = self.roles(&role_names);
         let traits = user.spec.traits.clone();
         let logins = warden_policy::allowed_logins(&roles, &traits);
         let options = warden_policy::session_options(&roles);
@@ -76,10 +77,15 @@ impl AuthServer {
         } else {
             options.max_ttl
         };
-        let ttl = requested
+        let mut ttl = requested
             .min(max)
             .min(warden_policy::MAX_SESSION_TTL)
             .max(MIN_TTL);
+        // Never past the end of an access request it carries.
+        if let Some(until) = access_until {
+            let left = (until - OffsetDateTime::now_utc().unix_timestamp()).max(1) as u64;
+            ttl = ttl.min(StdDuration::from_secs(left));
+        }
         let now = OffsetDateTime::now_utc();
         let valid_before = now + Duration::seconds(ttl.as_secs() as i64);
         let role_names: Vec<String> = roles.iter().map(|r| r.name().to_string()).collect();
@@ -90,7 +96,7 @@ impl AuthServer {
             roles: role_names.clone(),
             logins: logins.clone(),
             traits: traits.clone(),
-            requests: Vec::new(),
+            requests: requests.clone(),
             expires: valid_before.unix_timestamp(),
         };
         let (user_ca, _) = self.signer(CaType::User).await?;
@@ -109,7 +115,7 @@ impl AuthServer {
                 permit_x11_forwarding: options.permit_x11_forwarding,
                 roles: role_names,
                 traits,
-                requests: Vec::new(),
+                requests,
                 cluster: self.cluster().to_string(),
             },
         )?;

@@ -9,6 +9,7 @@ mod locks;
 mod login;
 mod nodes;
 mod ratelimit;
+mod requests;
 mod resources;
 mod serve;
 mod server;

@@ -333,11 +333,12 @@ impl AuthServer {
             .map(|n| n.spec.hostname.clone())
             .unwrap_or_default();
         let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
+        // Roles from approved requests count for locks too.
         let user_roles = self
             .inner
             .users
             .get(user)
-            .map(|u| u.spec.roles)
+            .map(|u| self.effective_roles(&u).0)
             .unwrap_or_default();
         if let Some(lock) =
             self.lock_for(user, &user_roles, Some((node_id, &node_name)), Some(login))
@@ -363,7 +364,7 @@ impl AuthServer {
                 roles: vec![],
             });
         };
-        let roles = self.roles(&u.spec.roles);
+        let roles = self.roles(&self.effective_roles(&u).0);
         let decision = warden_policy::check_node_access(&roles, &u.spec.traits, login, &labels);
         let options = warden_policy::session_options(&roles);
         Ok(AccessCheckResponse {

@@ -12,6 +12,7 @@ pub const TOKENS: &str = "/tokens/";
 pub const NODES: &str = "/nodes/";
 pub const PROXIES: &str = "/proxies/";
 pub const LOCKS: &str = "/locks/";
+pub const REQUESTS: &str = "/requests/";
 pub const CREDENTIALS: &str = "/credentials/";
 pub const AUTHORITIES: &str = "/authorities/";
 pub const CLUSTER_CONFIG: &str = "/cluster_config";

@@ -29,6 +29,7 @@ pub(crate) struct Inner {
     pub roles: WatchCache<RoleSpec>,
     pub users: WatchCache<UserSpec>,
     pub locks: WatchCache<warden_types::LockSpec>,
+    pub requests: WatchCache<warden_types::AccessRequestSpec>,
     /// Bounds concurrent password hashing.
     pub hashing: tokio::sync::Semaphore,
 }
@@ -81,6 +82,7 @@ impl AuthServer {
         let roles = WatchCache::start(backend.clone(), ROLES).await?;
         let users = WatchCache::start(backend.clone(), USERS).await?;
         let locks = WatchCache::start(backend.clone(), crate::resources::LOCKS).await?;
+        let requests = WatchCache::start(backend.clone(), crate::resources::REQUESTS).await?;
         Ok(AuthServer {
             inner: Arc::new(Inner {
                 cluster,
@@ -91,6 +93,7 @@ impl AuthServer {
                 roles,
                 users,
                 locks,
+                requests,
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 ),

@@ -106,6 +106,30 @@ pub struct UpdateUserRequest {
     pub logins: Option<Vec<String>>,
 }
 
+/// `warden request create`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateRequestRequest {
+    pub roles: Vec<String>,
+    pub reason: String,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `warden request review`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewRequest {
+    pub approve: bool,
+    pub reason: String,
+}
+
+/// Fresh certificates for keys the caller holds (mTLS with its current
+/// certificate): picks up roles granted since login and approved requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub ssh_public_key: String,
+    pub tls_csr_pem: String,
+}
+
 /// `warden admin lock`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateLockRequest {

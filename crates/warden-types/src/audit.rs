@@ -69,6 +69,9 @@ pub mod codes {
     pub const SFTP: (&str, &str) = ("sftp", "WA6007I");
     pub const SESSION_TERMINATED: (&str, &str) = ("session.terminated", "WA6008W");
     pub const LOCK_CREATE: (&str, &str) = ("lock.create", "WA7000I");
+    pub const REQUEST_CREATE: (&str, &str) = ("access_request.create", "WA8000I");
+    pub const REQUEST_REVIEW: (&str, &str) = ("access_request.review", "WA8001I");
+    pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
     /// Event types a node may report.

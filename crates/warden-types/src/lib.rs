@@ -11,8 +11,9 @@ pub mod secret;
 
 pub use identity::{Identity, IdentityKind};
 pub use resource::{
-    ClusterConfigSpec, Document, LabelValues, LockSpec, LockTarget, Metadata, NodeSpec,
-    RoleConditions, RoleOptions, RoleSpec, Rule, TokenKind, TokenSpec, UserSpec,
+    AccessRequestSpec, ClusterConfigSpec, Document, LabelValues, LockSpec, LockTarget, Metadata,
+    NodeSpec, RequestState, Review, RoleConditions, RoleOptions, RoleSpec, Rule, TokenKind,
+    TokenSpec, UserSpec,
 };
 pub use secret::Secret;
 

@@ -14,6 +14,7 @@ pub mod kind {
     pub const CLUSTER_CONFIG: &str = "cluster_config";
     pub const NODE: &str = "node";
     pub const LOCK: &str = "lock";
+    pub const ACCESS_REQUEST: &str = "access_request";
 }
 
 /// The only document version so far.
@@ -148,6 +149,9 @@ pub struct RoleConditions {
     pub node_labels: BTreeMap<String, LabelValues>,
     #[serde(skip_serializing_if = "RequestConditions::is_empty")]
     pub request: RequestConditions,
+    /// Access requests this role may approve or deny.
+    #[serde(skip_serializing_if = "RequestConditions::is_empty")]
+    pub review_requests: RequestConditions,
     /// Permissions on cluster resources (users, roles, tokens, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
@@ -363,6 +367,61 @@ pub struct LockSpec {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+}
+
+/// Where an access request stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    #[default]
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl std::fmt::Display for RequestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+        })
+    }
+}
+
+/// One reviewer's decision.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Review {
+    pub reviewer: String,
+    pub approve: bool,
+    pub reason: String,
+    /// Unix seconds.
+    pub time: i64,
+}
+
+/// A just-in-time request for extra roles (`metadata.name` is its id).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessRequestSpec {
+    pub user: String,
+    pub roles: Vec<String>,
+    pub reason: String,
+    pub state: RequestState,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Review>,
+    /// How long the access lasts once approved (seconds).
+    pub duration_secs: u64,
+    /// Unix seconds; set on approval. Access ends then, whatever else.
+    pub access_until: i64,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+impl AccessRequestSpec {
+    /// Approved and not yet over.
+    pub fn active(&self, now: i64) -> bool {
+        self.state == RequestState::Approved && self.access_until > now
+    }
 }
 
 /// Cluster-wide settings.

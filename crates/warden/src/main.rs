@@ -6,6 +6,7 @@ mod handover;
 mod nodes;
 mod output;
 mod prompt;
+mod requests;
 mod start;
 mod user;
 
@@ -56,6 +57,11 @@ enum Command {
     Scp(nodes::ScpArgs),
     /// Open an SFTP session with a node (LOGIN@NODE).
     Sftp(nodes::SftpArgs),
+    /// Just-in-time access: request roles, review requests.
+    #[command(subcommand)]
+    Request(requests::RequestCommand),
+    /// Renew your certificate with the roles in force now (no password).
+    Renew(requests::RenewArgs),
     /// Print an OpenSSH config block: then `ssh LOGIN@NODE.CLUSTER` works.
     Config(nodes::ConfigArgs),
     /// Helpers for OpenSSH (ProxyCommand).
@@ -126,6 +132,16 @@ fn main() -> ExitCode {
             Command::Scp(a) => nodes::scp(a).await,
             Command::Sftp(a) => nodes::sftp(a).await,
             Command::Config(a) => nodes::config(a).await,
+            Command::Request(c) => requests::run(c).await,
+            Command::Renew(_) => {
+                let resp = requests::renew_certificates().await?;
+                println!(
+                    "Certificate renewed: roles {}; valid until {}.",
+                    resp.identity.roles.join(", "),
+                    output::time(resp.identity.expires)
+                );
+                Ok(())
+            }
             Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
             Command::Admin(a) => admin::run(a).await,
         }

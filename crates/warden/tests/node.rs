@@ -903,3 +903,169 @@ fn krl_makes_plain_sshd_refuse_locked_users() {
         refused.all()
     );
 }
+
+/// Just-in-time access: a request for a role, reviewed by someone else,
+/// grants it for the request's lifetime only; the certificate says so.
+#[test]
+fn access_requests_grant_roles_just_in_time() {
+    let dir = temp_dir("requests");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  options:\n    permit_pty: true\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [dba]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    for (user, role) in [("bob", "requester"), ("alice", "reviewer")] {
+        let secret = c.add_user(user, role, "");
+        c.login(user, user, &totp(&secret, 30)).expect_ok();
+    }
+    c.ssh("bob", "bob", "root", &[], "true", None)
+        .expect_err("not in your certificate");
+
+    // Only requestable roles; never one's own review.
+    c.run_as(
+        "bob",
+        &[
+            "request",
+            "create",
+            "--roles",
+            "editor",
+            "--reason",
+            "x",
+            "--no-wait",
+        ],
+        None,
+    )
+    .expect_err("do not let you request");
+    let out = c
+        .run_as(
+            "bob",
+            &[
+                "request",
+                "create",
+                "--roles",
+                "dba",
+                "--reason",
+                "INC-9 disk full",
+                "--no-wait",
+                "--ttl",
+                "30m",
+            ],
+            None,
+        )
+        .expect_ok();
+    let id = out.stdout.trim().to_string();
+    c.run_as(
+        "bob",
+        &["request", "review", &id, "--approve", "--reason", "me"],
+        None,
+    )
+    .expect_err("cannot review your own request");
+    let list = c
+        .run_as("alice", &["request", "ls", "--format", "json"], None)
+        .expect_ok();
+    assert!(
+        list.stdout.contains(&id),
+        "the reviewer sees it: {}",
+        list.stdout
+    );
+    c.run_as(
+        "alice",
+        &[
+            "request",
+            "review",
+            &id,
+            "--approve",
+            "--reason",
+            "go ahead",
+        ],
+        None,
+    )
+    .expect_ok();
+
+    // The approved role applies after a renewal, without a password.
+    let out = c.run_as("bob", &["renew"], None).expect_ok();
+    assert!(out.stdout.contains("dba"), "{}", out.stdout);
+    let status = c
+        .run_as("bob", &["status", "--format", "json"], None)
+        .expect_ok();
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert!(
+        s["roles"].as_array().unwrap().iter().any(|r| r == "dba"),
+        "{s}"
+    );
+    let left = s["valid_until"].as_i64().unwrap() - time_now();
+    assert!(
+        left <= 30 * 60 + 5,
+        "the certificate outlives the request: {left}s"
+    );
+    let cert = s["ssh_cert"].as_str().unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-L", "-f", cert])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests@warden"), "{text}");
+    let out = c
+        .ssh("bob", "bob", "root", &[], "echo elevated", None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "elevated");
+
+    // The waiting flavour: decided while the requester waits; a denial
+    // says so.
+    let waiting = std::process::Command::new(WARDEN)
+        .args(["request", "create", "--roles", "dba", "--reason", "INC-10"])
+        .env("WARDEN_HOME", c.dir.join("bob"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pending = None;
+    for _ in 0..50 {
+        let list = c
+            .run_as("alice", &["request", "ls", "--format", "json"], None)
+            .expect_ok();
+        let reqs: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+        pending = reqs
+            .iter()
+            .find(|r| r["spec"]["state"] == "pending")
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string());
+        if pending.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pending = pending.expect("the waiting request appears");
+    c.run_as(
+        "alice",
+        &[
+            "request", "review", &pending, "--deny", "--reason", "not now",
+        ],
+        None,
+    )
+    .expect_ok();
+    let out = waiting.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied"),
+        "{out:?}"
+    );
+    let events = c.events();
+    assert!(has_event(
+        &events,
+        "access_request.review",
+        "WA8001I",
+        |e| e["user"] == "alice"
+    ));
+    assert!(has_event(&events, "cert.renew", "WA8002I", |e| e["user"] == "bob"));
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

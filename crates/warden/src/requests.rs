@@ -1,0 +1,209 @@
+//! `warden request`: ask for extra roles just in time, review requests,
+//! and pick up approved access without logging in again.
+
+use crate::output::{self, Format};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use std::time::Duration;
+use warden_client::ProfileStore;
+use warden_types::api::{CreateRequestRequest, LoginResponse, RenewRequest, ReviewRequest};
+use warden_types::duration::{relative, HumanDuration};
+use warden_types::{AccessRequestSpec, Document, RequestState};
+
+#[derive(Subcommand)]
+pub enum RequestCommand {
+    /// Ask for roles; waits for a decision, then renews your certificate.
+    Create {
+        /// Roles to request, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Why (a ticket, an incident): reviewers see it; it is audited.
+        #[arg(long, required = true)]
+        reason: String,
+        /// How long the access should last once approved [default: 4h].
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+        /// Print the request id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Your requests, and those you may review.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// One request.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Approve or deny a request.
+    Review {
+        id: String,
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        approve: bool,
+        #[arg(long)]
+        deny: bool,
+        #[arg(long, required = true)]
+        reason: String,
+    },
+}
+
+#[derive(Args)]
+pub struct RenewArgs {}
+
+fn store() -> anyhow::Result<(ProfileStore, warden_client::Profile)> {
+    let store = ProfileStore::new(ProfileStore::default_home()?);
+    let Some(p) = store.current()? else {
+        bail!("not logged in; run 'warden login'");
+    };
+    Ok((store, p))
+}
+
+/// Fresh certificates for the profile's own key, with the roles in force.
+pub async fn renew_certificates() -> anyhow::Result<LoginResponse> {
+    let (store, p) = store()?;
+    let api = warden_client::login::auth_client(&store, &p)?;
+    let key = warden_ca::ClientKey::from_openssh(
+        &std::fs::read_to_string(store.private_key_path(&p)).context("cannot read your key")?,
+    )?;
+    let resp: LoginResponse = api
+        .post(
+            "/v1/certs/renew",
+            &RenewRequest {
+                ssh_public_key: key.ssh_public_key().to_openssh()?,
+                tls_csr_pem: key.csr_pem(&p.user)?,
+            },
+        )
+        .await?;
+    store.save_login(&p.proxy, &p.ca_pin, &key, &resp)?;
+    Ok(resp)
+}
+
+fn row(r: &Document<AccessRequestSpec>) -> Vec<String> {
+    let until = if r.spec.state == RequestState::Approved {
+        relative(r.spec.access_until - output::now())
+    } else {
+        String::new()
+    };
+    vec![
+        r.name().to_string(),
+        r.spec.user.clone(),
+        r.spec.roles.join(","),
+        r.spec.state.to_string(),
+        until,
+        r.spec.reason.clone(),
+    ]
+}
+
+pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
+    let (store, p) = store()?;
+    let api = warden_client::login::auth_client(&store, &p)?;
+    match c {
+        RequestCommand::Create {
+            roles,
+            reason,
+            ttl,
+            no_wait,
+        } => {
+            let r: Document<AccessRequestSpec> = api
+                .post(
+                    "/v1/requests",
+                    &CreateRequestRequest {
+                        roles,
+                        reason,
+                        ttl_secs: ttl.map(|t| t.0.as_secs()),
+                    },
+                )
+                .await?;
+            let id = r.name().to_string();
+            if no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            eprint!("Request {id} is waiting for a reviewer ");
+            let spinner = ['|', '/', '-', '\\'];
+            let mut i = 0;
+            let decided = loop {
+                let r: Document<AccessRequestSpec> = api.get(&format!("/v1/requests/{id}")).await?;
+                if r.spec.state != RequestState::Pending {
+                    break r;
+                }
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    eprint!("\u{8}{}", spinner[i % 4]);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            eprintln!();
+            let why = decided
+                .spec
+                .reviews
+                .last()
+                .map(|r| format!(" ({}: {})", r.reviewer, r.reason))
+                .unwrap_or_default();
+            if decided.spec.state == RequestState::Denied {
+                bail!("request {id} was denied{why}");
+            }
+            let resp = renew_certificates().await?;
+            println!(
+                "Request {id} approved{why}. Your certificate now carries roles {} until {}.",
+                resp.identity.roles.join(", "),
+                output::time(resp.identity.expires)
+            );
+        }
+        RequestCommand::Ls { format } => {
+            let list: Vec<Document<AccessRequestSpec>> = api.get("/v1/requests").await?;
+            match format {
+                Format::Json => println!("{}", output::json(&list)?),
+                Format::Text => println!(
+                    "{}",
+                    output::table(
+                        &["id", "user", "roles", "state", "access ends", "reason"],
+                        list.iter().map(row).collect()
+                    )
+                ),
+            }
+        }
+        RequestCommand::Show { id, format } => {
+            let r: Document<AccessRequestSpec> = api.get(&format!("/v1/requests/{id}")).await?;
+            match format {
+                Format::Json => println!("{}", output::json(&r)?),
+                Format::Text => {
+                    println!(
+                        "{}",
+                        output::table(
+                            &["id", "user", "roles", "state", "access ends", "reason"],
+                            vec![row(&r)]
+                        )
+                    );
+                    for rv in &r.spec.reviews {
+                        println!(
+                            "  {} by {} at {}: {}",
+                            if rv.approve { "approved" } else { "denied" },
+                            rv.reviewer,
+                            output::time(rv.time),
+                            rv.reason
+                        );
+                    }
+                }
+            }
+        }
+        RequestCommand::Review {
+            id,
+            approve,
+            deny: _,
+            reason,
+        } => {
+            let r: Document<AccessRequestSpec> = api
+                .post(
+                    &format!("/v1/requests/{id}/review"),
+                    &ReviewRequest { approve, reason },
+                )
+                .await?;
+            println!("Request {id} of {} is now {}.", r.spec.user, r.spec.state);
+        }
+    }
+    Ok(())
+}

@@ -62,7 +62,11 @@ impl AuthServer {
         let mut until: Option<i64> = None;
         let now = now();
         for r in self.inner.requests.list() {
-            if r.spec.user == user.name() && r.spec.active(now) {
+            let locked = self
+                .active_locks()
+                .iter()
+                .any(|l| l.spec.target.request.as_deref() == Some(r.name()));
+            if r.spec.user == user.name() && r.spec.active(now) && !locked {
                 ids.push(r.name().to_string());
                 until = Some(until.map_or(r.spec.access_until, |u| u.min(r.spec.access_until)));
                 for role in &r.spec.roles {

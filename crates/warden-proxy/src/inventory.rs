@@ -8,6 +8,50 @@ use warden_types::{Document, NodeSpec};
 /// How long a fetched inventory is reused.
 const FRESH_FOR: Duration = Duration::from_secs(2);
 
+/// The last locks fetched, and when.
+type CachedLocks = Option<(Instant, Vec<Document<warden_types::LockSpec>>)>;
+
+/// Locks in force, from auth, cached briefly.
+#[derive(Clone)]
+pub struct Locks {
+    auth: ApiClient,
+    cache: Arc<Mutex<CachedLocks>>,
+}
+
+impl Locks {
+    pub fn new(auth: ApiClient) -> Self {
+        Locks {
+            auth,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The reason of a lock on this user (or one of these roles), if any.
+    pub async fn find(&self, user: &str, roles: &[String]) -> Option<String> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FRESH_FOR)
+            .map(|(_, l)| l.clone());
+        let locks = match cached {
+            Some(l) => l,
+            None => {
+                let l: Vec<Document<warden_types::LockSpec>> =
+                    self.auth.get("/v1/locks").await.unwrap_or_default();
+                *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), l.clone()));
+                l
+            }
+        };
+        locks
+            .iter()
+            .find(|l| l.spec.target.matches(user, roles, None, None))
+            .map(|l| format!("{}: {}", l.spec.target.describe(), l.spec.reason))
+    }
+}
+
 /// A routable node.
 #[derive(Clone, Debug)]
 pub struct Route {

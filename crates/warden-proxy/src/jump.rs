@@ -24,6 +24,7 @@ pub struct Jump {
     pub inventory: Inventory,
     pub tunnels: Tunnels,
     pub peers: crate::peer::Peers,
+    pub locks: crate::inventory::Locks,
 }
 
 /// SSH settings of the jump host.
@@ -77,6 +78,17 @@ impl russh::server::Handler for JumpConn {
             .clone();
         if cert.cert_type() != CertType::User || cert.validate(trusted.iter()).is_err() {
             tracing::info!(peer = %self.peer, key_id = %cert.key_id(), "jump host refused a certificate");
+            return Ok(Auth::reject());
+        }
+        // Locks on the user (or a role the certificate carries) stop them
+        // here too, before any node is dialled.
+        let roles: Vec<String> = cert
+            .extensions()
+            .get("roles@warden")
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default();
+        if let Some(lock) = self.jump.locks.find(cert.key_id(), &roles).await {
+            tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %lock, "jump host refused a locked user");
             return Ok(Auth::reject());
         }
         self.user = Some(cert.key_id().to_string());

@@ -198,6 +198,7 @@ impl Proxy {
                 inventory: inventory::Inventory::new(auth.clone()),
                 tunnels: Tunnels::default(),
                 peers: peer::Peers::new(id.id.clone(), auth.clone(), peer_client),
+                locks: inventory::Locks::new(auth.clone()),
             },
             auth,
         })

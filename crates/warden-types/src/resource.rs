@@ -312,11 +312,18 @@ pub struct LockTarget {
     pub node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login: Option<String>,
+    /// An access request id: revokes what that request granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl LockTarget {
     pub fn is_empty(&self) -> bool {
-        self.user.is_none() && self.role.is_none() && self.node.is_none() && self.login.is_none()
+        self.user.is_none()
+            && self.role.is_none()
+            && self.node.is_none()
+            && self.login.is_none()
+            && self.request.is_none()
     }
 
     /// Does this lock block `user` (with `roles`) as `login` on the node
@@ -328,7 +335,8 @@ impl LockTarget {
         node: Option<(&str, &str)>,
         login: Option<&str>,
     ) -> bool {
-        if self.is_empty() {
+        // Request locks act on the request itself, not on sessions.
+        if self.is_empty() || self.request.is_some() {
             return false;
         }
         let user_ok = self.user.as_deref().is_none_or(|u| u == user);
@@ -351,6 +359,7 @@ impl LockTarget {
             ("role", &self.role),
             ("node", &self.node),
             ("login", &self.login),
+            ("request", &self.request),
         ]
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))

@@ -59,6 +59,9 @@ enum AdminCommand {
         node: Option<String>,
         #[arg(long)]
         login: Option<String>,
+        /// An access request id: ends what it granted.
+        #[arg(long)]
+        request: Option<String>,
         /// Shown to the people it blocks, and audited.
         #[arg(long, required = true)]
         reason: String,
@@ -298,6 +301,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             role,
             node,
             login,
+            request,
             reason,
             ttl,
         } => {
@@ -306,6 +310,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                 role,
                 node,
                 login,
+                request,
             };
             let lock: Document<warden_types::LockSpec> = admin
                 .api

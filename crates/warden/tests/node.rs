@@ -1013,6 +1013,18 @@ fn access_requests_grant_roles_just_in_time() {
         .ssh("bob", "bob", "root", &[], "echo elevated", None)
         .expect_ok();
     assert_eq!(out.stdout.trim(), "elevated");
+    // Revoking the request (a lock on it) ends what it granted, at once.
+    c.admin(&["lock", "--request", &id, "--reason", "INC-9 closed"])
+        .expect_ok();
+    let mut revoked = false;
+    for _ in 0..50 {
+        if !c.ssh("bob", "bob", "root", &[], "true", None).ok {
+            revoked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(revoked, "a locked request must stop granting access");
 
     // The waiting flavour: decided while the requester waits; a denial
     // says so.

@@ -135,6 +135,21 @@ async fn create(
         .unwrap_or(DEFAULT_TTL)
         .min(MAX_TTL);
     let duration = req.ttl_secs.unwrap_or(DEFAULT_TTL).clamp(60, cap);
+    // The strictest threshold among the roles that let the user ask.
+    let approvals_needed = current
+        .iter()
+        .filter(|r| {
+            r.spec
+                .allow
+                .request
+                .roles
+                .iter()
+                .any(|x| req.roles.contains(x) || x == "*")
+        })
+        .filter_map(|r| r.spec.allow.request.approvals)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let id = uuid::Uuid::new_v4().to_string();
     let mut doc = Document::new(
         kind::ACCESS_REQUEST,
@@ -146,6 +161,7 @@ async fn create(
             state: RequestState::Pending,
             reviews: vec![],
             duration_secs: duration,
+            approvals_needed,
             access_until: 0,
             created: now(),
         },
@@ -230,6 +246,15 @@ async fn review(
             r.spec.state
         )));
     }
+    if r.spec
+        .reviews
+        .iter()
+        .any(|v| v.reviewer == c.identity.username)
+    {
+        return Err(AuthError::Conflict(format!(
+            "you already reviewed request {id}; it needs other reviewers"
+        )));
+    }
     r.spec.reviews.push(Review {
         reviewer: c.identity.username.clone(),
         approve: body.approve,
@@ -237,7 +262,10 @@ async fn review(
         time: now(),
     });
     let mut gc = None;
-    if body.approve {
+    let approvals = r.spec.reviews.iter().filter(|v| v.approve).count() as u32;
+    if body.approve && approvals < r.spec.approvals_needed {
+        // Still pending: more reviewers must approve.
+    } else if body.approve {
         r.spec.state = RequestState::Approved;
         r.spec.access_until = now() + r.spec.duration_secs as i64;
         gc = Some(

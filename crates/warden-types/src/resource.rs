@@ -163,11 +163,15 @@ pub struct RoleConditions {
 pub struct RequestConditions {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Approvals from distinct reviewers a request needs (default 1); a
+    /// single denial ends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
 }
 
 impl RequestConditions {
     pub fn is_empty(&self) -> bool {
-        self.roles.is_empty()
+        self.roles.is_empty() && self.approvals.is_none()
     }
 }
 
@@ -420,6 +424,8 @@ pub struct AccessRequestSpec {
     pub reviews: Vec<Review>,
     /// How long the access lasts once approved (seconds).
     pub duration_secs: u64,
+    /// Approvals needed.
+    pub approvals_needed: u32,
     /// Unix seconds; set on approval. Access ends then, whatever else.
     pub access_until: i64,
     /// Unix seconds.

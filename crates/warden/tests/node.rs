@@ -913,12 +913,17 @@ fn access_requests_grant_roles_just_in_time() {
     let roles = dir.join("roles.yaml");
     std::fs::write(
         &roles,
-        "kind: role\nversion: v1\nmetadata:\n  name: requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  options:\n    permit_pty: true\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [dba]\n",
+        "kind: role\nversion: v1\nmetadata:\n  name: requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  options:\n    permit_pty: true\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: careful-requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n      approvals: 2\n",
     )
     .unwrap();
     c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
         .expect_ok();
-    for (user, role) in [("bob", "requester"), ("alice", "reviewer")] {
+    for (user, role) in [
+        ("bob", "requester"),
+        ("alice", "reviewer"),
+        ("carol", "careful-requester"),
+        ("dave", "reviewer"),
+    ] {
         let secret = c.add_user(user, role, "");
         c.login(user, user, &totp(&secret, 30)).expect_ok();
     }
@@ -1065,6 +1070,61 @@ fn access_requests_grant_roles_just_in_time() {
         String::from_utf8_lossy(&out.stderr).contains("denied"),
         "{out:?}"
     );
+    // Two approvals from distinct reviewers when the role says so.
+    let out = c
+        .run_as(
+            "carol",
+            &[
+                "request",
+                "create",
+                "--roles",
+                "dba",
+                "--reason",
+                "INC-11",
+                "--no-wait",
+            ],
+            None,
+        )
+        .expect_ok();
+    let cid = out.stdout.trim().to_string();
+    c.run_as(
+        "alice",
+        &["request", "review", &cid, "--approve", "--reason", "one"],
+        None,
+    )
+    .expect_ok();
+    c.run_as(
+        "alice",
+        &["request", "review", &cid, "--approve", "--reason", "again"],
+        None,
+    )
+    .expect_err("already reviewed");
+    let show = c
+        .run_as(
+            "carol",
+            &["request", "show", &cid, "--format", "json"],
+            None,
+        )
+        .expect_ok();
+    assert!(
+        show.stdout.contains("\"pending\""),
+        "one approval of two: {}",
+        show.stdout
+    );
+    c.run_as(
+        "dave",
+        &["request", "review", &cid, "--approve", "--reason", "two"],
+        None,
+    )
+    .expect_ok();
+    let show = c
+        .run_as(
+            "carol",
+            &["request", "show", &cid, "--format", "json"],
+            None,
+        )
+        .expect_ok();
+    assert!(show.stdout.contains("\"approved\""), "{}", show.stdout);
     let events = c.events();
     assert!(has_event(
         &events,

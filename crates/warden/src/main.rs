@@ -107,6 +107,21 @@ fn init_logging(debug: bool, default: &str) {
 }
 
 fn main() -> ExitCode {
+    // `warden ls | head` closes stdout early: leave quietly like other Unix
+    // tools, without turning SIGPIPE back on (sockets must still get EPIPE).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let is_start = matches!(cli.command, Command::Start(_));
     init_logging(cli.debug, if is_start { "info" } else { "warn" });

@@ -80,7 +80,31 @@ fn profile() -> anyhow::Result<(ProfileStore, Profile)> {
     Ok((store, p))
 }
 
+/// Seconds after issuance past which a command first refreshes the
+/// certificate, so roles granted since login apply without a new login.
+const REFRESH_AFTER: i64 = 30;
+
+/// Refreshes the certificate (same key, same end, current roles) when it
+/// is half a minute old. Best effort: a failure leaves it as it is.
+async fn refresh_roles(store: &ProfileStore, p: &Profile) {
+    let Ok(text) = std::fs::read_to_string(store.ssh_cert_path(p)) else {
+        return;
+    };
+    let Ok(cert) = ssh_key::Certificate::from_openssh(text.trim()) else {
+        return;
+    };
+    let now = output::now();
+    // valid_after is set a minute before issuance.
+    if now - cert.valid_after() as i64 - 60 < REFRESH_AFTER || cert.valid_before() as i64 <= now {
+        return;
+    }
+    if let Err(e) = crate::requests::renew_certificates().await {
+        tracing::debug!(error = %format!("{e:#}"), "certificate refresh failed");
+    }
+}
+
 async fn inventory(store: &ProfileStore, p: &Profile) -> anyhow::Result<Vec<Document<NodeSpec>>> {
+    refresh_roles(store, p).await;
     Ok(warden_client::login::auth_client(store, p)?
         .get("/v1/nodes")
         .await?)

@@ -628,3 +628,30 @@ fn certificates_from_another_cluster_are_refused() {
     )
     .expect_err("CA pin mismatch");
 }
+
+/// ARCHITECTURE.md §3: roles added after login apply without a new login;
+/// the client refreshes its certificate (same key, same end) on use.
+#[test]
+fn roles_added_after_login_apply_without_a_new_login() {
+    let dir = temp_dir("refresh");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("alice", "access", "alice");
+    c.login("home", "alice", &totp(&secret, 30)).expect_ok();
+    let roles = |c: &Cluster| {
+        let out = c.run(&["status", "--format", "json"], None).expect_ok();
+        let s: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        (s["roles"].clone(), s["valid_until"].as_i64().unwrap())
+    };
+    let (before, until) = roles(&c);
+    assert_eq!(before, serde_json::json!(["access"]));
+    c.admin(&["users", "update", "alice", "--roles", "access,auditor"])
+        .expect_ok();
+    std::thread::sleep(Duration::from_secs(31));
+    c.run(&["ls"], None).expect_ok();
+    let (after, until_after) = roles(&c);
+    assert_eq!(after, serde_json::json!(["access", "auditor"]));
+    assert!(
+        until_after <= until,
+        "a refresh never extends the certificate"
+    );
+}

@@ -52,6 +52,49 @@ fn host_of(addr: &str) -> &str {
 }
 
 impl AuthServer {
+    /// An X.509 certificate (server and client) for a service's key in
+    /// `csr_pem`, carrying its identity; with the tls CA certificates.
+    #[allow(clippy::too_many_arguments)]
+    async fn service_tls_cert(
+        &self,
+        kind: IdentityKind,
+        id: &str,
+        csr_pem: &str,
+        dns_names: Vec<String>,
+        ips: Vec<std::net::IpAddr>,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<(String, Vec<String>)> {
+        let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
+        let tls_ca_pems = tls_authority.tls_cert_pems();
+        let identity = Identity {
+            kind,
+            username: id.to_string(),
+            cluster: self.cluster().to_string(),
+            roles: vec![],
+            logins: vec![],
+            traits: Default::default(),
+            requests: vec![],
+            expires: until.unix_timestamp(),
+        };
+        let pem = tls::issue_from_csr(
+            &*tls_ca,
+            &tls_ca_pems[0],
+            csr_pem,
+            &CertRequest {
+                common_name: id.to_string(),
+                dns_names,
+                ips,
+                identity: Some(identity),
+                not_before: now - Duration::minutes(1),
+                not_after: until,
+                usage: Usage::ClientAndServer,
+            },
+        )
+        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        Ok((pem, tls_ca_pems))
+    }
+
     /// Host and X.509 certificates for a node's keys.
     async fn node_certs(
         &self,
@@ -90,33 +133,17 @@ impl AuthServer {
                 cluster: self.cluster().to_string(),
             },
         )?;
-        let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
-        let tls_ca_pems = tls_authority.tls_cert_pems();
-        let identity = Identity {
-            kind: IdentityKind::Node,
-            username: node_id.to_string(),
-            cluster: self.cluster().to_string(),
-            roles: vec![],
-            logins: vec![],
-            traits: Default::default(),
-            requests: vec![],
-            expires: until.unix_timestamp(),
-        };
-        let tls_cert_pem = tls::issue_from_csr(
-            &*tls_ca,
-            &tls_ca_pems[0],
-            tls_csr_pem,
-            &CertRequest {
-                common_name: node_id.to_string(),
-                dns_names: vec![node_id.to_string()],
-                ips: vec![],
-                identity: Some(identity),
-                not_before: now - Duration::minutes(1),
-                not_after: until,
-                usage: Usage::ClientAndServer,
-            },
-        )
-        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        let (tls_cert_pem, tls_ca_pems) = self
+            .service_tls_cert(
+                IdentityKind::Node,
+                node_id,
+                tls_csr_pem,
+                vec![node_id.to_string()],
+                vec![],
+                now,
+                until,
+            )
+            .await?;
         Ok(NodeCerts {
             node_id: node_id.to_string(),
             cluster: self.cluster().to_string(),
@@ -175,33 +202,17 @@ impl AuthServer {
             .await?;
         let now = OffsetDateTime::now_utc();
         let until = now + Duration::days(365);
-        let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
-        let tls_ca_pems = tls_authority.tls_cert_pems();
-        let identity = Identity {
-            kind: IdentityKind::Proxy,
-            username: id.to_string(),
-            cluster: self.cluster().to_string(),
-            roles: vec![],
-            logins: vec![],
-            traits: Default::default(),
-            requests: vec![],
-            expires: until.unix_timestamp(),
-        };
-        let tls_cert_pem = tls::issue_from_csr(
-            &*tls_ca,
-            &tls_ca_pems[0],
-            &req.tls_csr_pem,
-            &CertRequest {
-                common_name: id.to_string(),
-                dns_names: dns,
+        let (tls_cert_pem, tls_ca_pems) = self
+            .service_tls_cert(
+                IdentityKind::Proxy,
+                id,
+                &req.tls_csr_pem,
+                dns,
                 ips,
-                identity: Some(identity),
-                not_before: now - Duration::minutes(1),
-                not_after: until,
-                usage: Usage::ClientAndServer,
-            },
-        )
-        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+                now,
+                until,
+            )
+            .await?;
         Ok(NodeCerts {
             node_id: id.to_string(),
             cluster: self.cluster().to_string(),

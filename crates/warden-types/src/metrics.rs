@@ -126,23 +126,13 @@ pub struct Metrics {
 }
 
 /// The process-wide metrics.
-pub static METRICS: Metrics = Metrics {
-    active_connections: Gauge::new(),
-    proxy_connections_ssh: Counter::new(),
-    proxy_connections_tls: Counter::new(),
-    proxy_connections_tunnel: Counter::new(),
-    proxy_connections_auth: Counter::new(),
-    proxy_errors_sniff: Counter::new(),
-    proxy_errors_handshake: Counter::new(),
-    proxy_errors_node_unreachable: Counter::new(),
-    proxy_errors_limit: Counter::new(),
-    proxy_tunnels: Gauge::new(),
-    proxy_jump_sessions: Gauge::new(),
-    proxy_handshake_seconds: Histogram::new(),
-    node_sessions: Gauge::new(),
-    node_connections: Counter::new(),
-    node_rejections: Counter::new(),
-};
+pub static METRICS: Metrics = Metrics::new();
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Counts a connection as active until dropped.
 pub struct ActiveGuard(());
@@ -167,6 +157,27 @@ impl Drop for ActiveGuard {
 }
 
 impl Metrics {
+    /// All zero.
+    pub const fn new() -> Self {
+        Metrics {
+            active_connections: Gauge::new(),
+            proxy_connections_ssh: Counter::new(),
+            proxy_connections_tls: Counter::new(),
+            proxy_connections_tunnel: Counter::new(),
+            proxy_connections_auth: Counter::new(),
+            proxy_errors_sniff: Counter::new(),
+            proxy_errors_handshake: Counter::new(),
+            proxy_errors_node_unreachable: Counter::new(),
+            proxy_errors_limit: Counter::new(),
+            proxy_tunnels: Gauge::new(),
+            proxy_jump_sessions: Gauge::new(),
+            proxy_handshake_seconds: Histogram::new(),
+            node_sessions: Gauge::new(),
+            node_connections: Counter::new(),
+            node_rejections: Counter::new(),
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -255,23 +266,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics {
-            active_connections: Gauge::new(),
-            proxy_connections_ssh: Counter::new(),
-            proxy_connections_tls: Counter::new(),
-            proxy_connections_tunnel: Counter::new(),
-            proxy_connections_auth: Counter::new(),
-            proxy_errors_sniff: Counter::new(),
-            proxy_errors_handshake: Counter::new(),
-            proxy_errors_node_unreachable: Counter::new(),
-            proxy_errors_limit: Counter::new(),
-            proxy_tunnels: Gauge::new(),
-            proxy_jump_sessions: Gauge::new(),
-            proxy_handshake_seconds: Histogram::new(),
-            node_sessions: Gauge::new(),
-            node_connections: Counter::new(),
-            node_rejections: Counter::new(),
-        };
+        let m = Metrics::new();
         m.proxy_connections_ssh.inc();
         m.proxy_tunnels.set(3);
         m.node_sessions.inc();

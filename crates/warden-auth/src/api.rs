@@ -55,6 +55,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::nodes::routes())
         .merge(crate::locks::routes())
         .merge(crate::requests::routes())
+        .merge(crate::config::routes())
         .with_state(server)
 }
 
@@ -70,7 +71,7 @@ impl AuthServer {
                         c.identity.username
                     ))
                 })?;
-                Ok(self.roles(&self.effective_roles(&user).0))
+                Ok(self.roles(&self.effective(&user).roles))
             }
             IdentityKind::Admin => Ok(self.roles(&c.identity.roles)),
             IdentityKind::Proxy | IdentityKind::Node => Ok(Vec::new()),

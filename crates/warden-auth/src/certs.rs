@@ -65,10 +65,18 @@ impl AuthServer {
     ) -> Result<LoginResponse> {
         let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
             .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
-        let (role_names, requests, access_until) = self.effective_roles(user);
-        let roles = self.roles(&role_names);
+        let effective = self.effective(user);
+        let (requests, access_until) = (effective.requests, effective.until);
+        let roles = self.roles(&effective.roles);
         let traits = user.spec.traits.clone();
-        let logins = warden_policy::allowed_logins(&roles, &traits);
+        let mut logins = warden_policy::allowed_logins(&roles, &traits);
+        // Logins of resource requests: the node still decides per node.
+        for (node, _) in &effective.resources {
+            if !logins.contains(&node.login) {
+                logins.push(node.login.clone());
+            }
+        }
+        logins.sort();
         let options = warden_policy::session_options(&roles);
         let default_ttl = self.config().await?.default_session_ttl.0;
         let requested = ttl_secs.map(StdDuration::from_secs).unwrap_or(default_ttl);

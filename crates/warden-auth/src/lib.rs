@@ -3,6 +3,7 @@
 
 mod api;
 mod certs;
+mod config;
 mod error;
 mod init;
 mod locks;
@@ -13,6 +14,7 @@ mod requests;
 mod resources;
 mod serve;
 mod server;
+mod webhook;
 
 pub use error::AuthError;
 pub use init::{AdminConfig, ADMIN_DIR};

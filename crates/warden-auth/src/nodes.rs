@@ -349,7 +349,7 @@ impl AuthServer {
             .inner
             .users
             .get(user)
-            .map(|u| self.effective_roles(&u).0)
+            .map(|u| self.effective(&u).roles)
             .unwrap_or_default();
         if let Some(lock) =
             self.lock_for(user, &user_roles, Some((node_id, &node_name)), Some(login))
@@ -375,8 +375,27 @@ impl AuthServer {
                 roles: vec![],
             });
         };
-        let roles = self.roles(&self.effective_roles(&u).0);
-        let decision = warden_policy::check_node_access(&roles, &u.spec.traits, login, &labels);
+        let effective = self.effective(&u);
+        let mut roles = self.roles(&effective.roles);
+        let mut decision = warden_policy::check_node_access(&roles, &u.spec.traits, login, &labels);
+        if !decision.allowed {
+            // A resource request grants this node and login only, while a
+            // role it was asked through still allows it; the user's own
+            // deny rules still win.
+            for (node, search_as) in &effective.resources {
+                if node.node != node_id || node.login != login {
+                    continue;
+                }
+                let mut with = roles.clone();
+                with.extend(self.roles(search_as));
+                let d = warden_policy::check_node_access(&with, &u.spec.traits, login, &labels);
+                if d.allowed {
+                    decision = d;
+                    roles = with;
+                    break;
+                }
+            }
+        }
         let options = warden_policy::session_options(&roles);
         Ok(AccessCheckResponse {
             allowed: decision.allowed,
@@ -460,7 +479,7 @@ async fn node_event(
     ev.node = Some(id);
     ev.id = uuid::Uuid::new_v4().to_string();
     // Acknowledged only once durable.
-    s.inner.audit.append(ev).await?;
+    s.record(ev, None).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -509,23 +528,31 @@ async fn list_nodes(
     if warden_policy::check_rule(&roles, res::NODE, verbs::LIST).allowed {
         return Ok(Json(nodes));
     }
-    let traits = match c.identity.kind {
-        IdentityKind::User => s
-            .inner
-            .users
-            .get(&c.identity.username)
-            .map(|u: Document<UserSpec>| u.spec.traits)
-            .unwrap_or_default(),
-        _ => Default::default(),
+    let user = match c.identity.kind {
+        IdentityKind::User => s.inner.users.get(&c.identity.username),
+        _ => None,
     };
+    let traits = user
+        .as_ref()
+        .map(|u: &Document<UserSpec>| u.spec.traits.clone())
+        .unwrap_or_default();
+    // Nodes granted by resource requests are listed too.
+    let requested: Vec<String> = user
+        .map(|u| s.effective(&u).resources)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n.node)
+        .collect();
     let logins = warden_policy::allowed_logins(&roles, &traits);
     Ok(Json(
         nodes
             .into_iter()
             .filter(|n| {
-                logins.iter().any(|l| {
-                    warden_policy::check_node_access(&roles, &traits, l, &n.metadata.labels).allowed
-                })
+                requested.iter().any(|id| id == n.name())
+                    || logins.iter().any(|l| {
+                        warden_policy::check_node_access(&roles, &traits, l, &n.metadata.labels)
+                            .allowed
+                    })
             })
             .collect(),
     ))

@@ -10,12 +10,14 @@ use crate::server::AuthServer;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use warden_types::api::{CreateRequestRequest, LoginResponse, RenewRequest, ReviewRequest};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::kind;
 use warden_types::{
-    AccessRequestSpec, Document, IdentityKind, RequestState, Review, RoleSpec, UserSpec,
+    AccessRequestSpec, ApprovalRuleSpec, Document, IdentityKind, NodeSpec, RequestState,
+    RequestedNode, Review, RoleSpec, UserSpec,
 };
 
 /// Default and longest access a request grants.
@@ -49,39 +51,58 @@ fn grants(
     allowed && !denied
 }
 
+/// What a user holds right now, requests included.
+#[derive(Default)]
+pub(crate) struct Effective {
+    /// Their own roles plus those of approved, unexpired role requests.
+    pub roles: Vec<String>,
+    /// Ids of the requests in force.
+    pub requests: Vec<String>,
+    /// When the earliest of them ends.
+    pub until: Option<i64>,
+    /// Resource requests in force: a node and login each, with the roles
+    /// (`search_as_roles`) that must still allow it.
+    pub resources: Vec<(RequestedNode, Vec<String>)>,
+}
+
 impl AuthServer {
-    /// A user's roles in force now: their own plus those of approved,
-    /// unexpired requests; with those request ids and when the earliest
-    /// of them ends.
-    pub(crate) fn effective_roles(
-        &self,
-        user: &Document<UserSpec>,
-    ) -> (Vec<String>, Vec<String>, Option<i64>) {
-        let mut roles = user.spec.roles.clone();
-        let mut ids = Vec::new();
-        let mut until: Option<i64> = None;
+    /// A user's access in force now; see [`Effective`].
+    pub(crate) fn effective(&self, user: &Document<UserSpec>) -> Effective {
+        let mut e = Effective {
+            roles: user.spec.roles.clone(),
+            ..Effective::default()
+        };
         let now = now();
+        let locks = self.active_locks();
         for r in self.inner.requests.list() {
-            let locked = self
-                .active_locks()
+            let locked = locks
                 .iter()
                 .any(|l| l.spec.target.request.as_deref() == Some(r.name()));
-            if r.spec.user == user.name() && r.spec.active(now) && !locked {
-                ids.push(r.name().to_string());
-                until = Some(until.map_or(r.spec.access_until, |u| u.min(r.spec.access_until)));
-                for role in &r.spec.roles {
-                    if !roles.contains(role) {
-                        roles.push(role.clone());
-                    }
+            if r.spec.user != user.name() || !r.spec.active(now) || locked {
+                continue;
+            }
+            e.requests.push(r.name().to_string());
+            e.until = Some(
+                e.until
+                    .map_or(r.spec.access_until, |u| u.min(r.spec.access_until)),
+            );
+            for role in &r.spec.roles {
+                if !e.roles.contains(role) {
+                    e.roles.push(role.clone());
                 }
             }
+            for node in &r.spec.resources {
+                e.resources
+                    .push((node.clone(), r.spec.search_as_roles.clone()));
+            }
         }
-        (roles, ids, until)
+        e
     }
 
+    /// Every role a decision on `req` involves (asked for, or searched as).
     fn can_review(&self, c: &Caller, req: &AccessRequestSpec) -> Result<bool> {
         let roles = self.caller_roles(c)?;
-        Ok(req.roles.iter().all(|r| {
+        Ok(req.roles.iter().chain(&req.search_as_roles).all(|r| {
             grants(&roles, r, |s| {
                 (
                     &s.allow.review_requests.roles,
@@ -89,6 +110,53 @@ impl AuthServer {
                 )
             })
         }))
+    }
+
+    /// The first approval rule that approves this new request, with the
+    /// reasons the others did not.
+    async fn auto_approval(
+        &self,
+        user: &Document<UserSpec>,
+        req: &AccessRequestSpec,
+        node_labels: &[BTreeMap<String, String>],
+    ) -> Result<Option<String>> {
+        let rules: Vec<Document<ApprovalRuleSpec>> =
+            resources::list(self.backend(), resources::APPROVAL_RULES).await?;
+        let input = warden_policy::ApprovalInput {
+            requester_roles: &user.spec.roles,
+            traits: &user.spec.traits,
+            roles: &req.roles,
+            nodes: node_labels,
+            reason: &req.reason,
+            duration: std::time::Duration::from_secs(req.duration_secs),
+            now: OffsetDateTime::now_utc(),
+        };
+        for rule in rules {
+            match warden_policy::rule_approves(&rule.spec, &input) {
+                Ok(()) => return Ok(Some(rule.name().to_string())),
+                Err(why) => tracing::debug!(rule = rule.name(), %why, "rule does not approve"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolves a node named in a resource request (by id or name).
+    async fn resolve_node(&self, wanted: &str) -> Result<Document<NodeSpec>> {
+        let nodes: Vec<Document<NodeSpec>> =
+            resources::list(self.backend(), resources::NODES).await?;
+        if let Some(n) = nodes.iter().find(|n| n.name() == wanted) {
+            return Ok(n.clone());
+        }
+        let mut named = nodes.into_iter().filter(|n| n.spec.hostname == wanted);
+        match (named.next(), named.next()) {
+            (Some(n), None) => Ok(n),
+            (Some(_), Some(_)) => Err(AuthError::BadRequest(format!(
+                "several nodes are named {wanted:?}; ask for one by id (warden ls -v)"
+            ))),
+            (None, _) => Err(AuthError::NotFound(format!(
+                "no node {wanted:?}; 'warden ls' lists nodes"
+            ))),
+        }
     }
 }
 
@@ -100,9 +168,14 @@ async fn create(
     if c.identity.kind != IdentityKind::User {
         return Err(AuthError::AccessDenied("only users request access".into()));
     }
-    if req.roles.is_empty() || req.reason.trim().is_empty() {
+    if req.roles.is_empty() == req.resources.is_empty() || req.reason.trim().is_empty() {
         return Err(AuthError::BadRequest(
-            "name the roles you need (--roles) and why (--reason)".into(),
+            "ask for roles (--roles) or for nodes (--resource with --login), not both, and say why (--reason)".into(),
+        ));
+    }
+    if req.resources.len() > 16 {
+        return Err(AuthError::BadRequest(
+            "ask for at most 16 nodes in one request".into(),
         ));
     }
     let user = s
@@ -111,6 +184,68 @@ async fn create(
         .get(&c.identity.username)
         .ok_or_else(|| AuthError::Unauthenticated("your user no longer exists".into()))?;
     let current = s.roles(&user.spec.roles);
+    // Resource requests: each node and login must be allowed by a role the
+    // user may search as; the request then grants exactly that pair.
+    let searchable: Vec<String> = s
+        .inner
+        .roles
+        .list()
+        .into_iter()
+        .map(|r| r.name().to_string())
+        .filter(|r| {
+            grants(&current, r, |sp| {
+                (
+                    &sp.allow.request.search_as_roles,
+                    &sp.deny.request.search_as_roles,
+                )
+            })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    let mut node_labels = Vec::new();
+    let mut search_as: Vec<String> = Vec::new();
+    for want in &req.resources {
+        if searchable.is_empty() {
+            return Err(AuthError::AccessDenied(
+                "your roles do not let you request nodes (see allow.request.search_as_roles)"
+                    .into(),
+            ));
+        }
+        let node = s.resolve_node(&want.node).await?;
+        let by: Vec<String> = searchable
+            .iter()
+            .filter(|r| {
+                let roles = s.roles(std::slice::from_ref(*r));
+                warden_policy::check_node_access(
+                    &roles,
+                    &user.spec.traits,
+                    &want.login,
+                    &node.metadata.labels,
+                )
+                .allowed
+            })
+            .cloned()
+            .collect();
+        if by.is_empty() {
+            return Err(AuthError::AccessDenied(format!(
+                "none of the roles you may search as ({}) allows login {:?} on {}",
+                searchable.join(", "),
+                want.login,
+                node.spec.hostname
+            )));
+        }
+        for r in by {
+            if !search_as.contains(&r) {
+                search_as.push(r);
+            }
+        }
+        nodes.push(RequestedNode {
+            node: node.name().to_string(),
+            name: node.spec.hostname.clone(),
+            login: want.login.clone(),
+        });
+        node_labels.push(node.metadata.labels.clone());
+    }
     for role in &req.roles {
         if s.inner.roles.get(role).is_none() {
             return Err(AuthError::BadRequest(format!(
@@ -125,27 +260,43 @@ async fn create(
             )));
         }
     }
-    // Never longer than the shortest max_session_ttl of the roles asked for.
+    // The roles that let the user ask.
+    let asking_via: Vec<&Document<RoleSpec>> = current
+        .iter()
+        .filter(|r| {
+            let a = &r.spec.allow.request;
+            if req.roles.is_empty() {
+                a.search_as_roles
+                    .iter()
+                    .any(|x| search_as.contains(x) || x == "*")
+            } else {
+                a.roles.iter().any(|x| req.roles.contains(x) || x == "*")
+            }
+        })
+        .collect();
+    // Never longer than the shortest max_session_ttl of the roles involved,
+    // nor the max_duration of the roles that let the user ask.
     let cap = req
         .roles
         .iter()
+        .chain(&search_as)
         .filter_map(|r| s.inner.roles.get(r))
         .map(|r| r.spec.options.max_session_ttl.0.as_secs())
+        .chain(
+            asking_via
+                .iter()
+                .filter_map(|r| r.spec.allow.request.max_duration.map(|d| d.0.as_secs())),
+        )
         .min()
         .unwrap_or(DEFAULT_TTL)
         .min(MAX_TTL);
-    let duration = req.ttl_secs.unwrap_or(DEFAULT_TTL).clamp(60, cap);
+    let duration = req
+        .ttl_secs
+        .unwrap_or(DEFAULT_TTL.min(cap))
+        .clamp(60, cap.max(60));
     // The strictest threshold among the roles that let the user ask.
-    let approvals_needed = current
+    let approvals_needed = asking_via
         .iter()
-        .filter(|r| {
-            r.spec
-                .allow
-                .request
-                .roles
-                .iter()
-                .any(|x| req.roles.contains(x) || x == "*")
-        })
         .filter_map(|r| r.spec.allow.request.approvals)
         .max()
         .unwrap_or(1)
@@ -157,6 +308,8 @@ async fn create(
         AccessRequestSpec {
             user: c.identity.username.clone(),
             roles: req.roles.clone(),
+            resources: nodes,
+            search_as_roles: search_as,
             reason: req.reason.chars().take(1024).collect(),
             state: RequestState::Pending,
             reviews: vec![],
@@ -167,7 +320,19 @@ async fn create(
         },
     );
     // Unreviewed requests go away after a day; decided ones after their access.
-    let gc = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
+    let mut gc = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
+    let rule = s.auto_approval(&user, &doc.spec, &node_labels).await?;
+    if let Some(rule) = &rule {
+        doc.spec.state = RequestState::Approved;
+        doc.spec.access_until = now() + duration as i64;
+        doc.spec.reviews.push(Review {
+            reviewer: format!("approval_rule/{rule}"),
+            approve: true,
+            reason: "approved by rule".into(),
+            time: now(),
+        });
+        gc = std::time::SystemTime::now() + std::time::Duration::from_secs(duration + 3600);
+    }
     let rev = s
         .backend()
         .create(
@@ -177,17 +342,37 @@ async fn create(
         )
         .await?;
     doc.metadata.revision = Some(rev);
-    s.audit(
+    s.audit_with(
         AuditEvent::new(
             codes::REQUEST_CREATE,
             s.cluster(),
             &c.identity.username,
-            format!("requested {}: {}", req.roles.join(","), req.reason),
+            format!("requested {}: {}", doc.spec.describe(), req.reason),
         )
-        .with("request_id", id)
-        .with("roles", req.roles.clone()),
+        .with("request_id", id.clone())
+        .with("roles", req.roles.clone())
+        .with(
+            "resources",
+            serde_json::to_value(&doc.spec.resources).unwrap_or_default(),
+        ),
+        Some(&doc),
     )
     .await;
+    if let Some(rule) = rule {
+        s.audit_with(
+            AuditEvent::new(
+                codes::REQUEST_AUTO_APPROVE,
+                s.cluster(),
+                &c.identity.username,
+                format!("approved request {id} by approval rule {rule}"),
+            )
+            .with("request_id", id)
+            .with("rule", rule)
+            .with("approved", true),
+            Some(&doc),
+        )
+        .await;
+    }
     Ok(Json(doc))
 }
 
@@ -281,7 +466,7 @@ async fn review(
         .compare_and_swap(&key, rev, resources::encode(&r), gc)
         .await?;
     r.metadata.revision = Some(new_rev);
-    s.audit(
+    s.audit_with(
         AuditEvent::new(
             codes::REQUEST_REVIEW,
             s.cluster(),
@@ -294,6 +479,7 @@ async fn review(
         .with("request_id", id)
         .with("requester", r.spec.user.clone())
         .with("approved", body.approve),
+        Some(&r),
     )
     .await;
     Ok(Json(r))

@@ -30,6 +30,7 @@ pub(crate) struct Inner {
     pub users: WatchCache<UserSpec>,
     pub locks: WatchCache<warden_types::LockSpec>,
     pub requests: WatchCache<warden_types::AccessRequestSpec>,
+    pub webhooks: crate::webhook::Webhooks,
     /// Bounds concurrent password hashing.
     pub hashing: tokio::sync::Semaphore,
 }
@@ -83,6 +84,11 @@ impl AuthServer {
         let users = WatchCache::start(backend.clone(), USERS).await?;
         let locks = WatchCache::start(backend.clone(), crate::resources::LOCKS).await?;
         let requests = WatchCache::start(backend.clone(), crate::resources::REQUESTS).await?;
+        let webhooks = crate::webhook::Webhooks::start(
+            WatchCache::start(backend.clone(), crate::resources::WEBHOOKS).await?,
+            audit.clone(),
+            cluster.clone(),
+        );
         Ok(AuthServer {
             inner: Arc::new(Inner {
                 cluster,
@@ -94,6 +100,7 @@ impl AuthServer {
                 users,
                 locks,
                 requests,
+                webhooks,
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 ),
@@ -153,9 +160,33 @@ impl AuthServer {
 
     /// Appends an audit event; failures are logged, never swallowed silently.
     pub(crate) async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self.inner.audit.append(event).await {
+        self.audit_with::<()>(event, None).await
+    }
+
+    /// Audits `event` and passes it, with the document it is about, to
+    /// the webhooks that want it.
+    pub(crate) async fn audit_with<S: serde::Serialize>(
+        &self,
+        event: AuditEvent,
+        about: Option<&Document<S>>,
+    ) {
+        if let Err(e) = self
+            .record(event, about.and_then(|d| serde_json::to_value(d).ok()))
+            .await
+        {
             tracing::error!(error = %e, "cannot write audit event");
         }
+    }
+
+    /// Appends durably, then notifies webhooks; errors are the caller's.
+    pub(crate) async fn record(
+        &self,
+        event: AuditEvent,
+        about: Option<serde_json::Value>,
+    ) -> std::result::Result<AuditEvent, StoreError> {
+        let event = self.inner.audit.append(event).await?;
+        self.inner.webhooks.notify(&event, about);
+        Ok(event)
     }
 
     /// Issues a key and X.509 certificate for a service or the admin.

@@ -4,11 +4,13 @@
 //! [`Decision`] that says what was decided and which role decided it.
 //! Deny rules always beat allow rules; no role means no access.
 
+mod approval;
 pub mod defaults;
 mod eval;
 mod labels;
 mod template;
 
+pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
 pub use eval::{
     allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
     SessionOptions, MAX_SESSION_TTL,

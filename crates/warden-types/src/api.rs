@@ -109,10 +109,21 @@ pub struct UpdateUserRequest {
 /// `warden request create`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateRequestRequest {
+    #[serde(default)]
     pub roles: Vec<String>,
+    /// Resource request: nodes (name or id) with the login wanted on each.
+    #[serde(default)]
+    pub resources: Vec<ResourceRef>,
     pub reason: String,
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+}
+
+/// A node and login in a resource request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResourceRef {
+    pub node: String,
+    pub login: String,
 }
 
 /// `warden request review`.

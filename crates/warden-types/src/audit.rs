@@ -71,6 +71,10 @@ pub mod codes {
     pub const LOCK_CREATE: (&str, &str) = ("lock.create", "WA7000I");
     pub const REQUEST_CREATE: (&str, &str) = ("access_request.create", "WA8000I");
     pub const REQUEST_REVIEW: (&str, &str) = ("access_request.review", "WA8001I");
+    pub const REQUEST_AUTO_APPROVE: (&str, &str) = ("access_request.auto_approve", "WA8003I");
+    pub const CONFIG_UPDATE: (&str, &str) = ("config.update", "WA9000I");
+    pub const CONFIG_DELETE: (&str, &str) = ("config.delete", "WA9001I");
+    pub const WEBHOOK_FAILURE: (&str, &str) = ("webhook.failure", "WA9002W");
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");

@@ -11,9 +11,9 @@ pub mod secret;
 
 pub use identity::{Identity, IdentityKind};
 pub use resource::{
-    AccessRequestSpec, ClusterConfigSpec, Document, LabelValues, LockSpec, LockTarget, Metadata,
-    NodeSpec, RequestState, Review, RoleConditions, RoleOptions, RoleSpec, Rule, TokenKind,
-    TokenSpec, UserSpec,
+    AccessRequestSpec, ApprovalRuleSpec, ClusterConfigSpec, Document, LabelValues, LockSpec,
+    LockTarget, Metadata, NodeSpec, RequestState, RequestedNode, Requester, Review, RoleConditions,
+    RoleOptions, RoleSpec, Rule, Schedule, TokenKind, TokenSpec, UserSpec, WebhookSpec,
 };
 pub use secret::Secret;
 

@@ -15,6 +15,8 @@ pub mod kind {
     pub const NODE: &str = "node";
     pub const LOCK: &str = "lock";
     pub const ACCESS_REQUEST: &str = "access_request";
+    pub const APPROVAL_RULE: &str = "approval_rule";
+    pub const WEBHOOK: &str = "webhook";
 }
 
 /// The only document version so far.
@@ -163,15 +165,25 @@ pub struct RoleConditions {
 pub struct RequestConditions {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Resource requests: a user may ask for one node and login that
+    /// these roles would allow, without getting the whole role.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub search_as_roles: Vec<String>,
     /// Approvals from distinct reviewers a request needs (default 1); a
     /// single denial ends it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approvals: Option<u32>,
+    /// Longest access a request grants once approved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<HumanDuration>,
 }
 
 impl RequestConditions {
     pub fn is_empty(&self) -> bool {
-        self.roles.is_empty() && self.approvals.is_none()
+        self.roles.is_empty()
+            && self.search_as_roles.is_empty()
+            && self.approvals.is_none()
+            && self.max_duration.is_none()
     }
 }
 
@@ -412,12 +424,32 @@ pub struct Review {
     pub time: i64,
 }
 
-/// A just-in-time request for extra roles (`metadata.name` is its id).
+/// One node and login asked for in a resource request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedNode {
+    /// Node id (stable across renames).
+    pub node: String,
+    /// Its name when asked, for people.
+    pub name: String,
+    pub login: String,
+}
+
+/// A just-in-time request (`metadata.name` is its id): either for extra
+/// roles, or for logins on given nodes (a resource request), never both.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessRequestSpec {
     pub user: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Resource requests: the nodes and logins asked for ...
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<RequestedNode>,
+    /// ... and the roles (`allow.request.search_as_roles`) that allow them;
+    /// access is re-checked against these roles on every login.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub search_as_roles: Vec<String>,
     pub reason: String,
     pub state: RequestState,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -436,6 +468,98 @@ impl AccessRequestSpec {
     /// Approved and not yet over.
     pub fn active(&self, now: i64) -> bool {
         self.state == RequestState::Approved && self.access_until > now
+    }
+
+    /// What is asked for, for people: roles, or `login@node` pairs.
+    pub fn describe(&self) -> String {
+        if self.resources.is_empty() {
+            format!("roles {}", self.roles.join(","))
+        } else {
+            let nodes: Vec<String> = self
+                .resources
+                .iter()
+                .map(|r| format!("{}@{}", r.login, r.name))
+                .collect();
+            format!("access to {}", nodes.join(","))
+        }
+    }
+}
+
+/// Who an [`ApprovalRuleSpec`] approves for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Requester {
+    /// The requester holds at least one of these roles (empty: any user).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// For each key, the requester's trait has at least one of the values.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub traits: BTreeMap<String, Vec<String>>,
+}
+
+/// When an [`ApprovalRuleSpec`] applies, in UTC.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schedule {
+    /// Three-letter day names (`mon` .. `sun`); empty: every day.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// `HH:MM-HH:MM`, start inclusive, end exclusive; empty: all day.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hours: String,
+}
+
+/// A policy the auth service applies to new access requests: a request
+/// that meets every condition is approved at once, recorded with the rule's
+/// name. Requests no rule approves wait for human reviewers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalRuleSpec {
+    pub requester: Requester,
+    /// Role requests whose every role is listed here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Resource requests whose every node matches these labels (values may
+    /// use the requester's traits: `team: '{{internal.team}}'`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, LabelValues>,
+    /// Regex the reason must match, e.g. `^INC-[0-9]+`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Requests for longer than this are left to people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<HumanDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// An outgoing HTTP notification of audit events (e.g. access requests to a
+/// chat bot): JSON POSTs signed with HMAC-SHA256, retried with backoff.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSpec {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Event types to send; `access_request.*` style prefixes and `*` work.
+    pub events: Vec<String>,
+    /// HMAC key. Never returned by the API.
+    #[serde(skip_serializing_if = "secret_is_empty")]
+    pub secret: crate::Secret<String>,
+}
+
+fn secret_is_empty(s: &crate::Secret<String>) -> bool {
+    s.expose().is_empty()
+}
+
+impl WebhookSpec {
+    /// Does this webhook want events of `event_type`?
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.iter().any(|p| {
+            p == "*"
+                || p == event_type
+                || p.strip_suffix('*')
+                    .is_some_and(|prefix| event_type.starts_with(prefix))
+        })
     }
 }
 

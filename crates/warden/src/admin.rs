@@ -72,6 +72,23 @@ enum AdminCommand {
     /// Locks in force: ls, rm.
     #[command(subcommand)]
     Locks(LocksCommand),
+    /// Create or update documents from YAML (a file or a directory):
+    /// roles, approval rules (kind: approval_rule) and webhooks (kind:
+    /// webhook; `secret_file: PATH` keeps the HMAC key out of the file).
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Print approval rules or webhooks as YAML: `get approval_rule [NAME]`
+    /// (webhook secrets are never shown).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Delete an approval rule or webhook: `rm webhook NAME`.
+    Rm { kind: String, name: String },
     /// Write an OpenSSH KRL revoking the certificates of locked users (and
     /// of the users of locked roles), for plain sshd's RevokedKeys.
     Krl {
@@ -296,6 +313,11 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
+        AdminCommand::Apply { file } => crate::admin_config::apply(&admin.api, &file).await,
+        AdminCommand::Get { kind, name, format } => {
+            crate::admin_config::get(&admin.api, &kind, name.as_deref(), format).await
+        }
+        AdminCommand::Rm { kind, name } => crate::admin_config::rm(&admin.api, &kind, &name).await,
         AdminCommand::Lock {
             user,
             role,

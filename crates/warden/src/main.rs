@@ -2,6 +2,7 @@
 //! administrators.
 
 mod admin;
+mod admin_config;
 mod handover;
 mod nodes;
 mod output;

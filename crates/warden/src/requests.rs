@@ -6,17 +6,33 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use std::time::Duration;
 use warden_client::ProfileStore;
-use warden_types::api::{CreateRequestRequest, LoginResponse, RenewRequest, ReviewRequest};
+use warden_types::api::{
+    CreateRequestRequest, LoginResponse, RenewRequest, ResourceRef, ReviewRequest,
+};
 use warden_types::duration::{relative, HumanDuration};
 use warden_types::{AccessRequestSpec, Document, RequestState};
 
 #[derive(Subcommand)]
 pub enum RequestCommand {
-    /// Ask for roles; waits for a decision, then renews your certificate.
+    /// Ask for roles, or for a login on given nodes; waits for a decision,
+    /// then renews your certificate.
     Create {
         /// Roles to request, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "resource")]
         roles: Vec<String>,
+        /// Instead of roles: a node (name or id) to get access to; repeat
+        /// or comma-separate for several. Allowed by your roles'
+        /// `allow.request.search_as_roles`; grants these nodes only.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "roles",
+            requires = "login"
+        )]
+        resource: Vec<String>,
+        /// The login wanted on the --resource nodes.
+        #[arg(long, requires = "resource")]
+        login: Option<String>,
         /// Why (a ticket, an incident): reviewers see it; it is audited.
         #[arg(long, required = true)]
         reason: String,
@@ -90,7 +106,7 @@ fn row(r: &Document<AccessRequestSpec>) -> Vec<String> {
     vec![
         r.name().to_string(),
         r.spec.user.clone(),
-        r.spec.roles.join(","),
+        r.spec.describe(),
         r.spec.state.to_string(),
         until,
         r.spec.reason.clone(),
@@ -103,6 +119,8 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
     match c {
         RequestCommand::Create {
             roles,
+            resource,
+            login,
             reason,
             ttl,
             no_wait,
@@ -112,6 +130,13 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
                     "/v1/requests",
                     &CreateRequestRequest {
                         roles,
+                        resources: resource
+                            .into_iter()
+                            .map(|node| ResourceRef {
+                                node,
+                                login: login.clone().unwrap_or_default(),
+                            })
+                            .collect(),
                         reason,
                         ttl_secs: ttl.map(|t| t.0.as_secs()),
                     },
@@ -148,8 +173,12 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
             }
             let resp = renew_certificates().await?;
             println!(
-                "Request {id} approved{why}. Your certificate now carries roles {} until {}.",
-                resp.identity.roles.join(", "),
+                "Request {id} approved{why}. Your certificate now carries {} until {}.",
+                if decided.spec.resources.is_empty() {
+                    format!("roles {}", resp.identity.roles.join(", "))
+                } else {
+                    decided.spec.describe()
+                },
                 output::time(resp.identity.expires)
             );
         }
@@ -160,7 +189,7 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
                 Format::Text => println!(
                     "{}",
                     output::table(
-                        &["id", "user", "roles", "state", "access ends", "reason"],
+                        &["id", "user", "asks for", "state", "access ends", "reason"],
                         list.iter().map(row).collect()
                     )
                 ),
@@ -174,7 +203,7 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
                     println!(
                         "{}",
                         output::table(
-                            &["id", "user", "roles", "state", "access ends", "reason"],
+                            &["id", "user", "asks for", "state", "access ends", "reason"],
                             vec![row(&r)]
                         )
                     );

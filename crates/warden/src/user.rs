@@ -58,6 +58,10 @@ pub struct LoginArgs {
     /// Certificate lifetime to ask for (capped by your roles), e.g. 1h.
     #[arg(long)]
     ttl: Option<HumanDuration>,
+    /// Make sure the certificate carries this approved access request
+    /// (approved requests are always included; this fails if it is not).
+    #[arg(long)]
+    request: Option<String>,
 }
 
 #[derive(Args)]
@@ -193,6 +197,22 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     .await?;
     let profile = store.save_login(&a.proxy, &pin, &key, &resp)?;
     println!("Logged in to {} as {}.", profile.cluster, profile.user);
+    if let Some(id) = a.request {
+        if !resp.identity.requests.contains(&id) {
+            let api = warden_client::login::auth_client(&store, &profile)?;
+            let r: warden_types::Document<warden_types::AccessRequestSpec> =
+                api.get(&format!("/v1/requests/{id}")).await?;
+            bail!(
+                "request {id} is {}{}; the certificate does not carry it ('warden request show {id}')",
+                r.spec.state,
+                if r.spec.state == warden_types::RequestState::Approved {
+                    " but over"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     print_status(&store, Format::Text)
 }
 

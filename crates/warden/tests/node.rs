@@ -1141,3 +1141,230 @@ fn time_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// A webhook receiver: answers the first POST with 500 (so the sender must
+/// retry), then 200; checks each X-Warden-Signature with `secret` and
+/// appends `ok|bad <event type> <body>` lines to `log`.
+fn webhook_receiver(secret: &str, log: &std::path::Path) -> (std::process::Child, u16) {
+    let script = r#"
+import hashlib, hmac, http.server, sys
+secret, log = sys.argv[1].encode(), sys.argv[2]
+calls = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        calls[0] += 1
+        if calls[0] == 1:
+            self.send_response(500); self.end_headers(); return
+        parts = dict(p.split("=", 1) for p in self.headers["x-warden-signature"].split(","))
+        want = hmac.new(secret, parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        ok = "ok" if hmac.compare_digest(want, parts["v1"]) else "bad"
+        with open(log, "a") as f:
+            f.write(ok + " " + self.headers["x-warden-event"] + " " + body.decode() + "\n")
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, secret, log.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line.trim().parse().expect("receiver port"))
+}
+
+/// Resource requests grant one node and login only; an approval rule
+/// approves matching requests at once (audited with the rule); a webhook
+/// hears about requests, signed; access ends when the request does.
+#[test]
+fn resource_requests_approval_rules_and_webhooks() {
+    let dir = temp_dir("resreq");
+    let c = Cluster::start_with(&dir, &["--name", "db-1", "--labels", "team=dba"]);
+    let _web = TunnelNode::start(&c, "web-1", "team=web");
+    let secret = "0123456789abcdef-hook-secret";
+    let log = dir.join("hook.log");
+    let (mut receiver, port) = webhook_receiver(secret, &log);
+    std::fs::write(dir.join("hook.secret"), format!("{secret}\n")).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kind: role\nversion: v1\nmetadata:\n  name: searcher\nspec:\n  allow:\n    request:\n      search_as_roles: [ops-all]\n---\nkind: role\nversion: v1\nmetadata:\n  name: ops-all\nspec:\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: ops-reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [ops-all]\n---\nkind: approval_rule\nversion: v1\nmetadata:\n  name: dba-incidents\nspec:\n  requester:\n    roles: [searcher]\n  node_labels:\n    team: dba\n  reason: '^INC-[0-9]+'\n  max_duration: 10m\n---\nkind: webhook\nversion: v1\nmetadata:\n  name: chat\nspec:\n  url: http://127.0.0.1:{port}/hook\n  events: ['access_request.*']\n  secret_file: {}\n",
+            dir.join("hook.secret").display()
+        ),
+    )
+    .unwrap();
+    let out = c
+        .admin(&["apply", "-f", config.to_str().unwrap()])
+        .expect_ok();
+    assert!(
+        out.stdout.contains("approval_rule dba-incidents: Created"),
+        "{}",
+        out.stdout
+    );
+    let shown = c.admin(&["get", "webhook", "chat"]).expect_ok();
+    assert!(
+        !shown.stdout.contains(secret) && shown.stdout.contains("127.0.0.1"),
+        "webhook secrets never come back: {}",
+        shown.stdout
+    );
+    c.admin(&["get", "approval_rule", "nope"])
+        .expect_err("not found");
+    for (user, role, logins) in [
+        ("bob", "searcher", ""),
+        ("alice", "ops-reviewer", ""),
+        ("ops", "access", "root"),
+    ] {
+        let s = c.add_user(user, role, logins);
+        c.login(user, user, &totp(&s, 30)).expect_ok();
+    }
+    c.wait_reachable("ops", "root", "web-1");
+    c.run_as("bob", &["ssh", "root@db-1", "--", "true"], None)
+        .expect_err("");
+
+    // Matches the rule (node team=dba, reason INC-): approved at once,
+    // for db-1 and root only.
+    let out = c
+        .run_as(
+            "bob",
+            &[
+                "request",
+                "create",
+                "--resource",
+                "db-1",
+                "--login",
+                "root",
+                "--reason",
+                "INC-77 replica lag",
+                "--ttl",
+                "1m",
+            ],
+            None,
+        )
+        .expect_ok();
+    let approved_at = std::time::Instant::now();
+    assert!(
+        out.stdout.contains("approved (approval_rule/dba-incidents"),
+        "{}",
+        out.all()
+    );
+    let out = c
+        .run_as("bob", &["ssh", "root@db-1", "--", "echo granted"], None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "granted");
+    c.run_as("bob", &["ssh", "root@web-1", "--", "true"], None)
+        .expect_err("");
+    c.run_as("bob", &["ssh", "bob@db-1", "--", "true"], None)
+        .expect_err("");
+    let ls = c
+        .run_as("bob", &["ls", "--format", "json"], None)
+        .expect_ok();
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&ls.stdout).unwrap();
+    assert_eq!(
+        nodes.len(),
+        1,
+        "only the requested node is listed: {}",
+        ls.stdout
+    );
+
+    // Not matching the rule (team=web): waits for a person; the reviewer
+    // must be allowed to review the roles it searched as.
+    let out = c
+        .run_as(
+            "bob",
+            &[
+                "request",
+                "create",
+                "--resource",
+                "web-1",
+                "--login",
+                "root",
+                "--reason",
+                "INC-78",
+                "--no-wait",
+            ],
+            None,
+        )
+        .expect_ok();
+    let id = out.stdout.trim().to_string();
+    let show = c
+        .run_as("bob", &["request", "show", &id, "--format", "json"], None)
+        .expect_ok();
+    assert!(show.stdout.contains("\"pending\""), "{}", show.stdout);
+    c.run_as(
+        "alice",
+        &["request", "review", &id, "--approve", "--reason", "ok"],
+        None,
+    )
+    .expect_ok();
+    c.run_as("bob", &["renew"], None).expect_ok();
+    c.run_as("bob", &["ssh", "root@web-1", "--", "true"], None)
+        .expect_ok();
+    c.run_as(
+        "bob",
+        &[
+            "request",
+            "create",
+            "--resource",
+            "db-1",
+            "--login",
+            "bob",
+            "--reason",
+            "INC-79",
+            "--no-wait",
+        ],
+        None,
+    )
+    .expect_err("allows login \"bob\"");
+
+    // Audited with the rule; the webhook got every request event, signed,
+    // after a retry.
+    let events = c.events();
+    assert!(has_event(
+        &events,
+        "access_request.auto_approve",
+        "WA8003I",
+        |e| e["fields"]["rule"] == "dba-incidents" && e["user"] == "bob"
+    ));
+    let mut lines = String::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log).unwrap_or_default();
+        if lines.lines().count() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    receiver.kill().ok();
+    let got: Vec<&str> = lines.lines().collect();
+    assert!(
+        got.iter().all(|l| l.starts_with("ok ")),
+        "bad signatures: {lines}"
+    );
+    for ty in [
+        "access_request.create",
+        "access_request.auto_approve",
+        "access_request.review",
+    ] {
+        assert!(
+            got.iter().any(|l| l.contains(&format!(" {ty} "))),
+            "{ty}: {lines}"
+        );
+    }
+    assert!(
+        lines.contains("\"request\":{"),
+        "payload carries the request: {lines}"
+    );
+
+    // The first request's minute runs out: its access is gone.
+    std::thread::sleep(Duration::from_secs(62).saturating_sub(approved_at.elapsed()));
+    c.run_as("bob", &["ssh", "root@db-1", "--", "true"], None)
+        .expect_err("");
+}

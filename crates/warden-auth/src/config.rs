@@ -1,0 +1,199 @@
+//! Admin-set cluster configuration beyond roles: access-request approval
+//! rules and webhooks. Each is a resource document, applied as YAML.
+
+use crate::api::Caller;
+use crate::error::{AuthError, Result};
+use crate::resources::{self, APPROVAL_RULES, WEBHOOKS};
+use crate::server::AuthServer;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::Value;
+use warden_types::api::{Change, ChangeResponse};
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::resource::{kind, resources as res, validate_name, verbs, V1};
+use warden_types::{ApprovalRuleSpec, Document, WebhookSpec};
+
+pub fn routes() -> Router<AuthServer> {
+    Router::new().route("/v1/config/{kind}", get(list)).route(
+        "/v1/config/{kind}/{name}",
+        get(show).put(put).delete(delete),
+    )
+}
+
+/// The kinds this API manages, and where they live.
+fn prefix(k: &str) -> Result<&'static str> {
+    match k {
+        kind::APPROVAL_RULE => Ok(APPROVAL_RULES),
+        kind::WEBHOOK => Ok(WEBHOOKS),
+        other => Err(AuthError::NotFound(format!(
+            "no configuration kind {other:?}; use approval_rule or webhook (roles: 'warden admin roles')"
+        ))),
+    }
+}
+
+/// A stored document as returned by the API: webhook secrets never leave.
+fn redact(k: &str, mut doc: Document<Value>) -> Document<Value> {
+    if k == kind::WEBHOOK {
+        if let Some(spec) = doc.spec.as_object_mut() {
+            spec.remove("secret");
+        }
+    }
+    doc
+}
+
+/// Checks a document of kind `k`; returns it re-encoded in canonical form.
+fn validate(k: &str, doc: &Document<Value>) -> Result<Value> {
+    let bad = |e: String| AuthError::BadRequest(format!("{k} {} is invalid: {e}", doc.name()));
+    match k {
+        kind::APPROVAL_RULE => {
+            let spec: ApprovalRuleSpec =
+                serde_json::from_value(doc.spec.clone()).map_err(|e| bad(e.to_string()))?;
+            warden_policy::validate_approval_rule(&spec).map_err(|e| bad(e.join("; ")))?;
+            Ok(serde_json::to_value(spec).map_err(|e| bad(e.to_string()))?)
+        }
+        _ => {
+            let spec: WebhookSpec =
+                serde_json::from_value(doc.spec.clone()).map_err(|e| bad(e.to_string()))?;
+            crate::webhook::parse_url(&spec.url).map_err(bad)?;
+            if spec.events.is_empty() {
+                return Err(bad(
+                    "events: list the event types to send, e.g. access_request.*".into(),
+                ));
+            }
+            if spec.secret.expose().len() < 16 {
+                return Err(bad(
+                    "secret: give an HMAC key of at least 16 characters (receivers check X-Warden-Signature with it)"
+                        .into(),
+                ));
+            }
+            Ok(serde_json::to_value(spec).map_err(|e| bad(e.to_string()))?)
+        }
+    }
+}
+
+async fn list(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(k): Path<String>,
+) -> Result<Json<Vec<Document<Value>>>> {
+    let p = prefix(&k)?;
+    s.authorize(&c, res::CLUSTER_CONFIG, verbs::LIST).await?;
+    let docs: Vec<Document<Value>> = resources::list(s.backend(), p).await?;
+    Ok(Json(docs.into_iter().map(|d| redact(&k, d)).collect()))
+}
+
+async fn show(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path((k, name)): Path<(String, String)>,
+) -> Result<Json<Document<Value>>> {
+    let p = prefix(&k)?;
+    s.authorize(&c, res::CLUSTER_CONFIG, verbs::READ).await?;
+    let doc = resources::get::<Value>(s.backend(), &format!("{p}{name}"))
+        .await?
+        .ok_or_else(|| AuthError::NotFound(format!("{k} {name} not found")))?;
+    Ok(Json(redact(&k, doc)))
+}
+
+async fn put(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path((k, name)): Path<(String, String)>,
+    Json(mut doc): Json<Document<Value>>,
+) -> Result<Json<ChangeResponse>> {
+    let p = prefix(&k)?;
+    if doc.kind != k || doc.version != V1 {
+        return Err(AuthError::BadRequest(format!(
+            "expected kind: {k}, version: v1; got kind: {}, version: {}",
+            doc.kind, doc.version
+        )));
+    }
+    if doc.name() != name {
+        return Err(AuthError::BadRequest(format!(
+            "name {:?} does not match the URL ({name:?})",
+            doc.name()
+        )));
+    }
+    validate_name(&name).map_err(AuthError::BadRequest)?;
+    doc.spec = validate(&k, &doc)?;
+    doc.metadata.expires = None;
+    let key = format!("{p}{name}");
+    let existing = resources::get::<Value>(s.backend(), &key).await?;
+    let verb = if existing.is_some() {
+        verbs::UPDATE
+    } else {
+        verbs::CREATE
+    };
+    s.authorize(&c, res::CLUSTER_CONFIG, verb).await?;
+    let (change, revision) = match existing {
+        Some(old) if old.spec == doc.spec && old.metadata.labels == doc.metadata.labels => {
+            (Change::Unchanged, old.metadata.revision)
+        }
+        Some(old) => {
+            let rev = s
+                .backend()
+                .compare_and_swap(
+                    &key,
+                    old.metadata.revision.unwrap_or(0),
+                    resources::encode(&doc),
+                    None,
+                )
+                .await?;
+            (Change::Updated, Some(rev))
+        }
+        None => {
+            let rev = s
+                .backend()
+                .create(&key, resources::encode(&doc), None)
+                .await?;
+            (Change::Created, Some(rev))
+        }
+    };
+    if change != Change::Unchanged {
+        s.audit(
+            AuditEvent::new(
+                codes::CONFIG_UPDATE,
+                s.cluster(),
+                &c.identity.username,
+                format!("{change:?} {k} {name}").to_lowercase(),
+            )
+            .with("kind", k.clone())
+            .with("target", name.clone()),
+        )
+        .await;
+    }
+    Ok(Json(ChangeResponse {
+        name,
+        change,
+        revision,
+    }))
+}
+
+async fn delete(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path((k, name)): Path<(String, String)>,
+) -> Result<Json<ChangeResponse>> {
+    let p = prefix(&k)?;
+    s.authorize(&c, res::CLUSTER_CONFIG, verbs::DELETE).await?;
+    if !s.backend().delete(&format!("{p}{name}")).await? {
+        return Err(AuthError::NotFound(format!("{k} {name} not found")));
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::CONFIG_DELETE,
+            s.cluster(),
+            &c.identity.username,
+            format!("deleted {k} {name}"),
+        )
+        .with("kind", k.clone())
+        .with("target", name.clone()),
+    )
+    .await;
+    Ok(Json(ChangeResponse {
+        name,
+        change: Change::Deleted,
+        revision: None,
+    }))
+}

@@ -1,0 +1,154 @@
+//! `warden admin apply/get/rm`: configuration documents (roles, approval
+//! rules, webhooks) as YAML, one command for every kind.
+
+use crate::output::{self, Format};
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::Path;
+use warden_client::ApiClient;
+use warden_types::api::ChangeResponse;
+use warden_types::resource::kind;
+use warden_types::Document;
+
+/// Kinds `get`/`rm` manage here (roles: `warden admin roles`).
+const KINDS: &[&str] = &[kind::APPROVAL_RULE, kind::WEBHOOK];
+
+fn check_kind(k: &str) -> anyhow::Result<()> {
+    if KINDS.contains(&k) {
+        Ok(())
+    } else {
+        bail!("unknown kind {k:?}: use one of {KINDS:?} (roles: 'warden admin roles')")
+    }
+}
+
+/// Every YAML document in `path` (a file, or a directory of .yaml files).
+fn load(path: &Path) -> anyhow::Result<Vec<(String, Document<Value>)>> {
+    let files = if path.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read directory {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        for de in serde_norway::Deserializer::from_str(&text) {
+            let value =
+                Value::deserialize(de).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            let doc: Document<Value> = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            out.push((file.display().to_string(), doc));
+        }
+    }
+    if out.is_empty() {
+        bail!("{} contains no documents", path.display());
+    }
+    Ok(out)
+}
+
+/// A webhook may name its secret in a file (`secret_file`), kept out of git.
+fn resolve_secret_file(origin: &str, doc: &mut Document<Value>) -> anyhow::Result<()> {
+    let Some(spec) = doc.spec.as_object_mut() else {
+        return Ok(());
+    };
+    if let Some(path) = spec.remove("secret_file") {
+        let path = path
+            .as_str()
+            .with_context(|| format!("{origin}: secret_file must be a path"))?;
+        let secret = std::fs::read_to_string(path)
+            .with_context(|| format!("{origin}: cannot read secret_file {path}"))?;
+        spec.insert("secret".into(), Value::String(secret.trim().to_string()));
+    }
+    Ok(())
+}
+
+pub async fn apply(api: &ApiClient, path: &Path) -> anyhow::Result<()> {
+    let docs = load(path)?;
+    // Check everything first, so a bad document changes nothing.
+    for (origin, doc) in &docs {
+        if doc.kind == kind::ROLE {
+            let role: Document<warden_types::RoleSpec> =
+                serde_json::from_value(serde_json::to_value(doc)?)
+                    .map_err(|e| anyhow::anyhow!("{origin}: role {}: {e}", doc.name()))?;
+            if let Err(errs) = warden_policy::validate_role(&role) {
+                bail!(
+                    "{origin}: role {} is invalid:\n  {}",
+                    doc.name(),
+                    errs.join("\n  ")
+                );
+            }
+        } else {
+            check_kind(&doc.kind).with_context(|| origin.clone())?;
+        }
+        warden_types::resource::validate_name(doc.name())
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    }
+    let mut changes = 0;
+    for (origin, mut doc) in docs {
+        resolve_secret_file(&origin, &mut doc)?;
+        doc.metadata.revision = None;
+        let url = if doc.kind == kind::ROLE {
+            // Roles keep their revision-checked update path.
+            let existing: Option<Document<Value>> =
+                match api.get(&format!("/v1/roles/{}", doc.name())).await {
+                    Ok(d) => Some(d),
+                    Err(warden_client::ClientError::Api { status: 404, .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+            doc.metadata.revision = existing.and_then(|e| e.metadata.revision);
+            format!("/v1/roles/{}", doc.name())
+        } else {
+            format!("/v1/config/{}/{}", doc.kind, doc.name())
+        };
+        let r: ChangeResponse = api
+            .put(&url, &doc)
+            .await
+            .with_context(|| format!("{origin}: {} {}", doc.kind, doc.name()))?;
+        if !matches!(r.change, warden_types::api::Change::Unchanged) {
+            changes += 1;
+        }
+        println!("{} {}: {:?}", doc.kind, doc.name(), r.change);
+    }
+    println!("Applied: {changes} change(s).");
+    Ok(())
+}
+
+pub async fn get(
+    api: &ApiClient,
+    k: &str,
+    name: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    check_kind(k)?;
+    let docs: Vec<Document<Value>> = match name {
+        Some(n) => vec![api.get(&format!("/v1/config/{k}/{n}")).await?],
+        None => api.get(&format!("/v1/config/{k}")).await?,
+    };
+    match format {
+        Format::Json => println!("{}", output::json(&docs)?),
+        Format::Text => {
+            for mut d in docs {
+                d.metadata.revision = None;
+                print!("---\n{}", serde_norway::to_string(&d)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn rm(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<()> {
+    check_kind(k)?;
+    let _: ChangeResponse = api.delete(&format!("/v1/config/{k}/{name}")).await?;
+    println!("{k} {name} deleted.");
+    Ok(())
+}

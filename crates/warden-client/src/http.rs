@@ -140,20 +140,45 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.call_inner(method, path, body))
-            .await
-            .map_err(|_| ClientError::Unreachable {
-                addr: self.addr.clone(),
-                reason: "request timed out".into(),
-            })?
+        let body = match body {
+            Some(b) => Some((
+                serde_json::to_vec(b).map_err(|e| ClientError::Local(e.to_string()))?,
+                "application/json",
+            )),
+            None => None,
+        };
+        let bytes = self.call_raw(method, path, body, MAX_RESPONSE).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason: format!("invalid JSON: {e}"),
+        })
     }
 
-    async fn call_inner<B: Serialize + ?Sized, T: DeserializeOwned>(
+    async fn call_raw(
         &self,
         method: Method,
         path: &str,
-        body: Option<&B>,
-    ) -> Result<T> {
+        body: Option<(Vec<u8>, &str)>,
+        limit: usize,
+    ) -> Result<Bytes> {
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.call_inner(method, path, body, limit),
+        )
+        .await
+        .map_err(|_| ClientError::Unreachable {
+            addr: self.addr.clone(),
+            reason: "request timed out".into(),
+        })?
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+        limit: usize,
+    ) -> Result<Bytes> {
         let proto = |reason: String| ClientError::Protocol {
             addr: self.addr.clone(),
             reason,
@@ -165,18 +190,18 @@ impl ApiClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Local(e.to_string()))?,
-            None => Vec::new(),
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", host_of(&self.addr))
             .header("user-agent", format!("warden/{}", warden_types::VERSION));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
+        let bytes = match body {
+            Some((b, content_type)) => {
+                req = req.header("content-type", content_type);
+                b
+            }
+            None => Vec::new(),
+        };
         for (k, v) in &self.extra_headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -188,7 +213,7 @@ impl ApiClient {
             .await
             .map_err(|e| proto(e.to_string()))?;
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map_err(|e| proto(e.to_string()))?
@@ -210,7 +235,28 @@ impl ApiClient {
                 },
             });
         }
-        serde_json::from_slice(&body).map_err(|e| proto(format!("invalid JSON: {e}")))
+        Ok(body)
+    }
+
+    /// Sends raw bytes (e.g. a session recording) and parses a JSON answer.
+    pub async fn put_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T> {
+        let bytes = self
+            .call_raw(
+                Method::PUT,
+                path,
+                Some((body, "application/octet-stream")),
+                MAX_RESPONSE,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason: format!("invalid JSON: {e}"),
+        })
+    }
+
+    /// Fetches raw bytes of at most `limit` bytes.
+    pub async fn get_bytes(&self, path: &str, limit: usize) -> Result<Vec<u8>> {
+        Ok(self.call_raw(Method::GET, path, None, limit).await?.to_vec())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

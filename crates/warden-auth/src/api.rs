@@ -56,6 +56,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::locks::routes())
         .merge(crate::requests::routes())
         .merge(crate::config::routes())
+        .merge(crate::recordings::routes())
         .with_state(server)
 }
 

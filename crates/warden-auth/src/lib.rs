@@ -10,6 +10,7 @@ mod locks;
 mod login;
 mod nodes;
 mod ratelimit;
+mod recordings;
 mod requests;
 mod resources;
 mod serve;

@@ -36,7 +36,7 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/proxies/heartbeat", put(proxy_heartbeat))
 }
 
-fn require_node(c: &Caller) -> Result<&str> {
+pub(crate) fn require_node(c: &Caller) -> Result<&str> {
     if c.identity.kind == IdentityKind::Node {
         Ok(&c.identity.username)
     } else {
@@ -362,6 +362,7 @@ impl AuthServer {
                 permit_agent_forwarding: false,
                 permit_x11_forwarding: false,
                 roles: vec![],
+                record_session: Default::default(),
             });
         }
         let Some(u) = self.inner.users.get(user) else {
@@ -373,6 +374,7 @@ impl AuthServer {
                 permit_agent_forwarding: false,
                 permit_x11_forwarding: false,
                 roles: vec![],
+                record_session: Default::default(),
             });
         };
         let effective = self.effective(&u);
@@ -405,6 +407,7 @@ impl AuthServer {
             permit_agent_forwarding: options.permit_agent_forwarding,
             permit_x11_forwarding: options.permit_x11_forwarding,
             roles: roles.iter().map(|r| r.name().to_string()).collect(),
+            record_session: options.record_session,
         })
     }
 }

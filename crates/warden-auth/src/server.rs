@@ -9,7 +9,10 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use warden_ca::tls::{self, CertRequest, Usage};
 use warden_ca::{CaSigner, CaType, CertAuthority, ClientKey, KeyStore, SoftwareKeyStore};
-use warden_store::{AuditLog, Backend, SqliteAuditLog, SqliteBackend, StoreError, WatchCache};
+use warden_store::{
+    AuditLog, Backend, FileRecordingStore, RecordingStore, SqliteAuditLog, SqliteBackend,
+    StoreError, WatchCache,
+};
 use warden_types::audit::AuditEvent;
 use warden_types::resource::kind;
 use warden_types::{ClusterConfigSpec, Document, Identity, IdentityKind, RoleSpec, UserSpec};
@@ -24,6 +27,7 @@ pub(crate) struct Inner {
     pub cluster: String,
     pub backend: Arc<dyn Backend>,
     pub audit: Arc<dyn AuditLog>,
+    pub recordings: Arc<dyn RecordingStore>,
     pub keys: Arc<SoftwareKeyStore>,
     pub limiter: RateLimiter,
     pub roles: WatchCache<RoleSpec>,
@@ -57,7 +61,11 @@ impl AuthServer {
         let audit: Arc<dyn AuditLog> = Arc::new(
             SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
         );
-        Self::with_stores(backend, audit, keys, cluster_name).await
+        let recordings: Arc<dyn RecordingStore> = Arc::new(
+            FileRecordingStore::open(&data_dir.join("recordings"))
+                .context("cannot open the recordings directory")?,
+        );
+        Self::with_stores(backend, audit, recordings, keys, cluster_name).await
     }
 
     /// Builds the service over given stores (used by `open`, and by tests of
@@ -65,6 +73,7 @@ impl AuthServer {
     pub async fn with_stores(
         backend: Arc<dyn Backend>,
         audit: Arc<dyn AuditLog>,
+        recordings: Arc<dyn RecordingStore>,
         keys: Arc<SoftwareKeyStore>,
         cluster_name: Option<&str>,
     ) -> anyhow::Result<Self> {
@@ -94,6 +103,7 @@ impl AuthServer {
                 cluster,
                 backend,
                 audit,
+                recordings,
                 keys,
                 limiter: RateLimiter::new(),
                 roles,

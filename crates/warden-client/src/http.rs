@@ -161,15 +161,12 @@ impl ApiClient {
         body: Option<(Vec<u8>, &str)>,
         limit: usize,
     ) -> Result<Bytes> {
-        tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.call_inner(method, path, body, limit),
-        )
-        .await
-        .map_err(|_| ClientError::Unreachable {
-            addr: self.addr.clone(),
-            reason: "request timed out".into(),
-        })?
+        tokio::time::timeout(REQUEST_TIMEOUT, self.call_inner(method, path, body, limit))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "request timed out".into(),
+            })?
     }
 
     async fn call_inner(
@@ -256,7 +253,10 @@ impl ApiClient {
 
     /// Fetches raw bytes of at most `limit` bytes.
     pub async fn get_bytes(&self, path: &str, limit: usize) -> Result<Vec<u8>> {
-        Ok(self.call_raw(Method::GET, path, None, limit).await?.to_vec())
+        Ok(self
+            .call_raw(Method::GET, path, None, limit)
+            .await?
+            .to_vec())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

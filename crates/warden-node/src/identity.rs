@@ -36,6 +36,8 @@ pub struct NodeIdentity {
     certs: RwLock<NodeCerts>,
     /// Live connections, for ending them on a lock.
     pub registry: crate::locks::Registry,
+    /// Session recordings waiting for upload.
+    pub spool: crate::recording::Spool,
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -57,6 +59,9 @@ impl NodeIdentity {
                 state,
                 certs: RwLock::new(certs),
                 registry: Default::default(),
+                spool: crate::recording::Spool::new(
+                    &config.data_dir.join(NODE_DIR).join("recordings"),
+                ),
             };
             return Ok(id);
         }
@@ -96,6 +101,7 @@ impl NodeIdentity {
             state,
             certs: RwLock::new(certs.clone()),
             registry: Default::default(),
+            spool: crate::recording::Spool::new(&config.data_dir.join(NODE_DIR).join("recordings")),
         };
         id.save_certs(&certs)?;
         tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
@@ -112,6 +118,10 @@ impl NodeIdentity {
 
     pub fn node_id(&self) -> &str {
         &self.state.node_id
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.state.name
     }
 
     pub fn cluster(&self) -> &str {
@@ -133,7 +143,7 @@ impl NodeIdentity {
     }
 
     /// mTLS client of the auth API, through the proxy.
-    fn api(&self) -> anyhow::Result<ApiClient> {
+    pub(crate) fn api(&self) -> anyhow::Result<ApiClient> {
         let certs = self.certs();
         let cert = ClientCert {
             cert_pem: certs.tls_cert_pem.clone(),

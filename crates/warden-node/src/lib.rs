@@ -7,6 +7,7 @@ mod forward;
 mod identity;
 mod locks;
 mod pty;
+mod recording;
 mod session;
 mod sftp_audit;
 mod sshd;
@@ -157,6 +158,7 @@ pub async fn run(
         ),
     }
     tokio::spawn(locks::enforce(identity.clone(), config.name.clone()));
+    tokio::spawn(recording::upload_loop(identity.clone()));
     tokio::spawn(tunnel::keep_tunnels(
         identity.clone(),
         config.proxy.clone(),

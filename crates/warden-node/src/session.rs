@@ -3,6 +3,7 @@
 //! channel with backpressure both ways.
 
 use crate::pty;
+use crate::recording::Recorder;
 use crate::unix::Account;
 use russh::server::Msg;
 use russh::Channel;
@@ -224,13 +225,23 @@ pub async fn pump(
     channel: Channel<Msg>,
     handle: russh::server::Handle,
     sftp: Option<SftpTap>,
+    recorder: Option<Recorder>,
 ) -> Outcome {
     let id = channel.id();
     let (mut read_half, write_half) = channel.split();
     let mut outcome = Outcome::default();
     if let Some(master) = running.master.take() {
         let out = write_half.make_writer();
-        let to_user = copy_counted(master.clone(), out);
+        let rec = recorder.clone();
+        let tapped = Tap {
+            inner: master.clone(),
+            see: move |b: &[u8]| {
+                if let Some(r) = &rec {
+                    r.output(b);
+                }
+            },
+        };
+        let to_user = copy_counted(tapped, out);
         let mut m = master.clone();
         let from_user = async {
             let r = read_half.make_reader();
@@ -277,6 +288,9 @@ pub async fn pump(
                 0
             }
         };
+        // SFTP's binary protocol is recorded as file operations instead.
+        let rec = recorder.clone().filter(|_| sftp.is_none());
+        let rec_err = rec.clone();
         let drain_out = async {
             match stdout {
                 Some(s) => {
@@ -288,6 +302,9 @@ pub async fn pump(
                                     let _ = ops.send(op);
                                 }
                             }
+                            if let Some(r) = &rec {
+                                r.output(b);
+                            }
                         },
                     };
                     copy_counted(tapped, out).await
@@ -297,7 +314,17 @@ pub async fn pump(
         };
         let drain_err = async {
             match stderr {
-                Some(s) => copy_counted(s, err).await,
+                Some(s) => {
+                    let tapped = Tap {
+                        inner: s,
+                        see: move |b: &[u8]| {
+                            if let Some(r) = &rec_err {
+                                r.output(b);
+                            }
+                        },
+                    };
+                    copy_counted(tapped, err).await
+                }
                 None => 0,
             }
         };

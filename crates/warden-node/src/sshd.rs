@@ -140,6 +140,7 @@ struct Authed {
     permit_agent_forwarding: bool,
     permit_x11_forwarding: bool,
     roles: Vec<String>,
+    record: warden_types::RecordMode,
 }
 
 #[derive(Default)]
@@ -151,6 +152,7 @@ struct ChanState {
     pid: Option<u32>,
     /// (display, protocol, cookie) for `xauth` before the session starts.
     x11: Option<(u16, u32, String, String)>,
+    recorder: Option<crate::recording::Recorder>,
 }
 
 struct Conn {
@@ -232,6 +234,7 @@ impl Conn {
             permit_agent_forwarding: exts.contains_key("permit-agent-forwarding"),
             permit_x11_forwarding: exts.contains_key("permit-X11-forwarding"),
             roles: Vec::new(),
+            record: Default::default(),
         };
         if !cert.valid_principals().iter().any(|p| p == login) {
             let logins: Vec<&str> = cert
@@ -253,6 +256,7 @@ impl Conn {
                 authed.permit_agent_forwarding &= d.permit_agent_forwarding;
                 authed.permit_x11_forwarding &= d.permit_x11_forwarding;
                 authed.roles = d.roles;
+                authed.record = d.record_session;
             }
             Ok(d) => {
                 authed.denied = Some(format!(
@@ -299,6 +303,7 @@ impl Conn {
 
     /// Starts a shell, command or subsystem on `id`.
     fn start(&mut self, id: ChannelId, what: Start, session: &mut Session) -> anyhow::Result<()> {
+        let unrecorded = self.event(codes::RECORDING_FAILURE, String::new());
         let Some(state) = self.channels.get_mut(&id) else {
             session.channel_failure(id)?;
             return Ok(());
@@ -367,13 +372,50 @@ impl Conn {
             username: user.username.clone(),
             switch_user: unix::current_uid() == 0,
         };
+        let recorder = match user.record {
+            warden_types::RecordMode::Off => None,
+            mode => {
+                let header = recording_header(&self.identity, user, &session_id, &label, &spec);
+                match self.identity.spool.start(&header) {
+                    Ok(r) => Some(r),
+                    Err(e) if mode == warden_types::RecordMode::Strict => {
+                        let reason = format!(
+                            "session refused: your role requires recording (record_session: strict) and this node cannot record: {e}"
+                        );
+                        let mut ev = self.event(codes::RECORDING_FAILURE, reason.clone());
+                        ev.session_id = Some(session_id.clone());
+                        self.emit(ev);
+                        self.refuse(channel, reason);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let mut ev = unrecorded.clone();
+                        ev.message = format!("session not recorded: {e}");
+                        ev.session_id = Some(session_id.clone());
+                        let identity = self.identity.clone();
+                        tokio::spawn(async move { identity.emit(ev).await });
+                        None
+                    }
+                }
+            }
+        };
         let running = match session::spawn(&spec) {
             Ok(r) => r,
             Err(e) => {
                 self.refuse(channel, format!("cannot start {label}: {e}"));
+                if let Some(r) = recorder {
+                    tokio::spawn(r.finish());
+                }
                 return Ok(());
             }
         };
+        if let Some(r) = &recorder {
+            r.spawn_syncer();
+            if let Start::Exec(c) = &what {
+                r.marker(&format!("exec: {c}"));
+            }
+        }
+        state.recorder = recorder.clone();
         state.master = running.master_fd();
         state.pid = Some(running.pid);
         let live = *self.live.get_or_insert_with(|| {
@@ -423,8 +465,22 @@ impl Conn {
                 let template = self.event(codes::SFTP, String::new());
                 let sid = end.session_id.clone();
                 let identity = identity.clone();
+                let rec = recorder.clone();
                 tokio::spawn(async move {
                     while let Some(op) = rx.recv().await {
+                        if let Some(r) = &rec {
+                            r.marker(&format!(
+                                "sftp {} {}{} ({} bytes){}",
+                                op.action,
+                                op.path,
+                                op.target
+                                    .as_deref()
+                                    .map(|t| format!(" -> {t}"))
+                                    .unwrap_or_default(),
+                                op.bytes,
+                                if op.success { "" } else { " failed" }
+                            ));
+                        }
                         let mut ev = template.clone();
                         ev.id = uuid::Uuid::new_v4().to_string();
                         ev.time = time::OffsetDateTime::now_utc();
@@ -452,8 +508,11 @@ impl Conn {
         tokio::spawn(async move {
             let began = Instant::now();
             METRICS.node_sessions.inc();
-            let outcome = session::pump(running, channel, handle, sftp).await;
+            let outcome = session::pump(running, channel, handle, sftp, recorder.clone()).await;
             METRICS.node_sessions.dec();
+            if let Some(r) = recorder {
+                r.finish().await;
+            }
             end.message = format!("{label} ended");
             let end = end
                 .with("duration_ms", began.elapsed().as_millis() as u64)
@@ -464,6 +523,33 @@ impl Conn {
             identity.emit(end).await;
         });
         Ok(())
+    }
+}
+
+/// The first line of a session's recording.
+fn recording_header(
+    identity: &NodeIdentity,
+    user: &Authed,
+    session_id: &str,
+    label: &str,
+    spec: &Spec,
+) -> warden_recording::Header {
+    let (width, height) = spec.pty.as_ref().map_or((80, 24), |p| (p.cols, p.rows));
+    warden_recording::Header {
+        version: 2,
+        width,
+        height,
+        timestamp: time::OffsetDateTime::now_utc().unix_timestamp(),
+        title: Some(format!("{}@{}: {label}", user.login, identity.node_name())),
+        warden: warden_recording::SessionInfo {
+            session_id: session_id.to_string(),
+            user: user.username.clone(),
+            login: user.login.clone(),
+            node: identity.node_id().to_string(),
+            node_name: identity.node_name().to_string(),
+            command: label.to_string(),
+            pty: spec.pty.is_some(),
+        },
     }
 }
 
@@ -636,6 +722,9 @@ impl russh::server::Handler for Conn {
         match self.channels.get(&id).and_then(|s| s.master) {
             Some(fd) => {
                 crate::pty::resize(fd, cols, rows);
+                if let Some(r) = self.channels.get(&id).and_then(|s| s.recorder.as_ref()) {
+                    r.resize(cols, rows);
+                }
                 session.channel_success(id)?;
             }
             None => session.channel_failure(id)?,

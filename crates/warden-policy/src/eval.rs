@@ -6,7 +6,7 @@ use crate::Traits;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use warden_types::resource::{resources, verbs};
-use warden_types::{Document, RoleConditions, RoleSpec};
+use warden_types::{Document, RecordMode, RoleConditions, RoleSpec};
 
 /// An access decision and the reasons behind it, one line per role consulted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +150,7 @@ pub struct SessionOptions {
     pub permit_port_forwarding: bool,
     pub permit_agent_forwarding: bool,
     pub permit_x11_forwarding: bool,
+    pub record_session: RecordMode,
 }
 
 /// A permission holds only if some role grants it and no role forbids it.
@@ -177,6 +178,11 @@ pub fn session_options(roles: &[Document<RoleSpec>]) -> SessionOptions {
         permit_port_forwarding: combine(opts().map(|o| o.permit_port_forwarding)),
         permit_agent_forwarding: combine(opts().map(|o| o.permit_agent_forwarding)),
         permit_x11_forwarding: combine(opts().map(|o| o.permit_x11_forwarding)),
+        // Unset counts as `on`: recording is off only if every role says so.
+        record_session: opts()
+            .map(|o| o.record_session.unwrap_or_default())
+            .max()
+            .unwrap_or_default(),
     }
 }
 

@@ -53,7 +53,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let payload_len = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
         let raw_len = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
         if raw_len > MAX_RAW_CHUNK || payload_len > MAX_RAW_CHUNK + 1024 {
-            return Err(corrupt(offset, format!("chunk sizes {payload_len}/{raw_len} out of range")));
+            return Err(corrupt(
+                offset,
+                format!("chunk sizes {payload_len}/{raw_len} out of range"),
+            ));
         }
         if rest.len() < CHUNK_HEADER + payload_len {
             truncated = true;
@@ -63,7 +66,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let raw = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(payload, raw_len)
             .map_err(|e| corrupt(offset, format!("cannot decompress: {:?}", e.status)))?;
         if raw.len() != raw_len {
-            return Err(corrupt(offset, format!("{} bytes, header says {raw_len}", raw.len())));
+            return Err(corrupt(
+                offset,
+                format!("{} bytes, header says {raw_len}", raw.len()),
+            ));
         }
         let text = std::str::from_utf8(&raw).map_err(|e| corrupt(offset, e.to_string()))?;
         for line in text.split_terminator('\n') {
@@ -71,7 +77,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 let h: Header = serde_json::from_str(line)
                     .map_err(|e| corrupt(offset, format!("bad header: {e}")))?;
                 if h.version != 2 {
-                    return Err(corrupt(offset, format!("unsupported version {}", h.version)));
+                    return Err(corrupt(
+                        offset,
+                        format!("unsupported version {}", h.version),
+                    ));
                 }
                 header = Some(h);
                 continue;
@@ -113,7 +122,10 @@ mod tests {
         });
         let mut out = Vec::new();
         for i in 0..5000 {
-            e.output(i as f64 * 0.01, format!("line {i} \u{1b}[1mbold\u{1b}[0m\r\n").as_bytes());
+            e.output(
+                i as f64 * 0.01,
+                format!("line {i} \u{1b}[1mbold\u{1b}[0m\r\n").as_bytes(),
+            );
             if i % 1000 == 0 {
                 e.resize(i as f64 * 0.01, 100 + i / 1000, 30);
                 e.marker(i as f64 * 0.01, "exec: ls");
@@ -132,8 +144,20 @@ mod tests {
         let d = decode(&bytes).unwrap();
         assert!(!d.truncated);
         assert_eq!(d.header.warden.session_id, "s1");
-        assert_eq!(d.events.iter().filter(|e| e.kind == EventKind::Output).count(), 5000);
-        assert_eq!(d.events.iter().filter(|e| e.kind == EventKind::Resize).count(), 5);
+        assert_eq!(
+            d.events
+                .iter()
+                .filter(|e| e.kind == EventKind::Output)
+                .count(),
+            5000
+        );
+        assert_eq!(
+            d.events
+                .iter()
+                .filter(|e| e.kind == EventKind::Resize)
+                .count(),
+            5
+        );
         assert!(bytes.len() > CHUNK_HEADER * 2, "several chunks");
         assert!(d.duration() > 49.0);
         let _ = TARGET_CHUNK;

@@ -34,8 +34,8 @@ impl Encoder {
         if let Some(h) = self.header_pending.take() {
             self.raw.push_str(&h);
         }
-        let line = serde_json::to_string(&(round(time), kind.code(), data))
-            .expect("events serialize");
+        let line =
+            serde_json::to_string(&(round(time), kind.code(), data)).expect("events serialize");
         self.raw.push_str(&line);
         self.raw.push('\n');
     }
@@ -67,7 +67,9 @@ impl Encoder {
 
     /// A finished chunk, once enough events have collected.
     pub fn ready(&mut self) -> Option<Vec<u8>> {
-        (self.raw.len() >= TARGET_CHUNK).then(|| self.flush()).flatten()
+        (self.raw.len() >= TARGET_CHUNK)
+            .then(|| self.flush())
+            .flatten()
     }
 
     /// Whatever has collected as a chunk (none if nothing has).

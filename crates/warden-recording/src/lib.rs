@@ -19,7 +19,7 @@ mod decode;
 mod encode;
 mod export;
 
-pub use decode::{decode, Decoded, DecodeError};
+pub use decode::{decode, DecodeError, Decoded};
 pub use encode::Encoder;
 pub use export::{asciicast, plain_text};
 

@@ -10,11 +10,13 @@ mod audit;
 mod backend;
 mod cache;
 pub mod conformance;
+mod recordings;
 mod sqlite;
 
 pub use audit::{AuditLog, SqliteAuditLog, VerifyReport};
 pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use cache::WatchCache;
+pub use recordings::{FileRecordingStore, RecordingStore};
 pub use sqlite::SqliteBackend;
 
 /// Result type of the store.

@@ -220,6 +220,40 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// A stored session recording, as listed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordingInfo {
+    pub session_id: String,
+    pub user: String,
+    pub login: String,
+    /// Node id and name.
+    pub node: String,
+    pub node_name: String,
+    pub command: String,
+    /// Unix seconds.
+    pub start: i64,
+    pub duration_ms: u64,
+    /// Bytes stored.
+    pub size: u64,
+    pub events: u64,
+    /// Cut short (the node crashed mid-session); plays up to the cut.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Query of `GET /v1/recordings`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RecordingQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Node name or id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditEvents {
     pub events: Vec<AuditEvent>,
@@ -341,4 +375,6 @@ pub struct AccessCheckResponse {
     pub permit_agent_forwarding: bool,
     pub permit_x11_forwarding: bool,
     pub roles: Vec<String>,
+    #[serde(default)]
+    pub record_session: crate::RecordMode,
 }

@@ -68,6 +68,8 @@ pub mod codes {
     pub const X11_FORWARD: (&str, &str) = ("x11_forward", "WA6006I");
     pub const SFTP: (&str, &str) = ("sftp", "WA6007I");
     pub const SESSION_TERMINATED: (&str, &str) = ("session.terminated", "WA6008W");
+    pub const RECORDING_PLAY: (&str, &str) = ("recording.play", "WA6010I");
+    pub const RECORDING_FAILURE: (&str, &str) = ("recording.failure", "WA6011W");
     pub const LOCK_CREATE: (&str, &str) = ("lock.create", "WA7000I");
     pub const REQUEST_CREATE: (&str, &str) = ("access_request.create", "WA8000I");
     pub const REQUEST_REVIEW: (&str, &str) = ("access_request.review", "WA8001I");
@@ -89,6 +91,7 @@ pub mod codes {
         "x11_forward",
         "sftp",
         "session.terminated",
+        "recording.failure",
     ];
 }
 

@@ -12,8 +12,9 @@ pub mod secret;
 pub use identity::{Identity, IdentityKind};
 pub use resource::{
     AccessRequestSpec, ApprovalRuleSpec, ClusterConfigSpec, Document, LabelValues, LockSpec,
-    LockTarget, Metadata, NodeSpec, RequestState, RequestedNode, Requester, Review, RoleConditions,
-    RoleOptions, RoleSpec, Rule, Schedule, TokenKind, TokenSpec, UserSpec, WebhookSpec,
+    LockTarget, Metadata, NodeSpec, RecordMode, RequestState, RequestedNode, Requester, Review,
+    RoleConditions, RoleOptions, RoleSpec, Rule, Schedule, TokenKind, TokenSpec, UserSpec,
+    WebhookSpec,
 };
 pub use secret::Secret;
 

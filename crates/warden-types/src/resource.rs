@@ -125,6 +125,20 @@ pub struct RoleOptions {
     pub permit_agent_forwarding: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permit_x11_forwarding: Option<bool>,
+    /// Session recording: `on` unless every role says `off`; `strict`
+    /// (any role) refuses sessions whose recording cannot be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_session: Option<RecordMode>,
+}
+
+/// Whether and how sessions are recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordMode {
+    Off,
+    #[default]
+    On,
+    Strict,
 }
 
 impl Default for RoleOptions {
@@ -135,6 +149,7 @@ impl Default for RoleOptions {
             permit_port_forwarding: None,
             permit_agent_forwarding: None,
             permit_x11_forwarding: None,
+            record_session: None,
         }
     }
 }

@@ -904,7 +904,7 @@ async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -6,6 +6,7 @@ mod admin_config;
 mod handover;
 mod nodes;
 mod output;
+mod play;
 mod prompt;
 mod requests;
 mod start;
@@ -61,6 +62,12 @@ enum Command {
     /// Just-in-time access: request roles, review requests.
     #[command(subcommand)]
     Request(requests::RequestCommand),
+    /// Recorded sessions (auditors): ls.
+    #[command(subcommand)]
+    Recordings(play::RecordingsCommand),
+    /// Replay a recorded session: in the terminal (space pauses, arrows
+    /// seek, q quits), or as asciicast or plain text.
+    Play(play::PlayArgs),
     /// Renew your certificate with the roles in force now (no password).
     Renew(requests::RenewArgs),
     /// Print an OpenSSH config block: then `ssh LOGIN@NODE.CLUSTER` works.
@@ -149,6 +156,8 @@ fn main() -> ExitCode {
             Command::Sftp(a) => nodes::sftp(a).await,
             Command::Config(a) => nodes::config(a).await,
             Command::Request(c) => requests::run(c).await,
+            Command::Recordings(c) => play::recordings(c).await,
+            Command::Play(a) => play::play(a).await,
             Command::Renew(_) => {
                 let resp = requests::renew_certificates().await?;
                 println!(

@@ -1,0 +1,298 @@
+//! Recording sessions at the node: events are encoded into chunks and
+//! appended to a spool file as the session runs (synced every few seconds
+//! and at the end); finished or orphaned spools (after a crash) are
+//! uploaded to auth and deleted only once auth has stored them durably.
+
+use crate::identity::NodeIdentity;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use warden_recording::{Encoder, Header};
+use warden_types::api::RecordingInfo;
+
+/// Recording stops (with a marker) past this size; auth accepts 256 MiB.
+const MAX_SPOOL: u64 = 240 << 20;
+/// How often buffered events reach the spool file and the disk.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// How often the uploader looks for work when nothing wakes it.
+const SCAN_EVERY: Duration = Duration::from_secs(5);
+
+/// The spool directory and the sessions being recorded into it.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<SpoolInner>,
+}
+
+struct SpoolInner {
+    dir: PathBuf,
+    live: Mutex<HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Spool {
+    pub fn new(dir: &Path) -> Self {
+        Spool {
+            inner: Arc::new(SpoolInner {
+                dir: dir.to_path_buf(),
+                live: Mutex::new(HashSet::new()),
+                wake: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Starts recording a session: the header is written and synced
+    /// before this returns, so a failure here means nothing can be
+    /// recorded (a `strict` session is then refused).
+    pub fn start(&self, header: &Header) -> std::io::Result<Recorder> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let id = header.warden.session_id.clone();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(std::io::Error::other("invalid session id"));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.inner.dir)?;
+        let path = self.inner.dir.join(format!("{id}.wrec"));
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        let mut enc = Encoder::new(header);
+        let first = enc.flush().expect("a header makes a chunk");
+        file.write_all(&first)?;
+        file.sync_data()?;
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        Ok(Recorder {
+            inner: Arc::new(Mutex::new(State {
+                file,
+                enc,
+                began: Instant::now(),
+                size: first.len() as u64,
+                capped: false,
+                error: None,
+                unsynced: false,
+                done: false,
+            })),
+            id,
+            spool: self.clone(),
+        })
+    }
+
+    fn finished(&self, id: &str) {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.inner.wake.notify_one();
+    }
+
+    /// Spool files of sessions not live in this process.
+    fn pending(&self) -> Vec<(String, PathBuf)> {
+        let live = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Ok(dir) = std::fs::read_dir(&self.inner.dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let id = p.file_name()?.to_str()?.strip_suffix(".wrec")?.to_string();
+                (!live.contains(&id)).then_some((id, p))
+            })
+            .collect()
+    }
+}
+
+struct State {
+    file: std::fs::File,
+    enc: Encoder,
+    began: Instant,
+    size: u64,
+    capped: bool,
+    /// The first write error; the session goes on unrecorded from there.
+    error: Option<String>,
+    unsynced: bool,
+    done: bool,
+}
+
+impl State {
+    fn write(&mut self, chunk: Vec<u8>) {
+        if self.error.is_some() {
+            return;
+        }
+        match self.file.write_all(&chunk) {
+            Ok(()) => {
+                self.size += chunk.len() as u64;
+                self.unsynced = true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write session recording");
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn after_event(&mut self) {
+        if let Some(c) = self.enc.ready() {
+            self.write(c);
+        }
+        if self.size > MAX_SPOOL && !self.capped {
+            self.capped = true;
+            let t = self.began.elapsed().as_secs_f64();
+            self.enc.marker(
+                t,
+                "recording stopped: the session's recording reached its size limit",
+            );
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(c) = self.enc.flush() {
+            self.write(c);
+        }
+        if self.unsynced && self.error.is_none() {
+            if let Err(e) = self.file.sync_data() {
+                self.error = Some(e.to_string());
+            }
+            self.unsynced = false;
+        }
+    }
+}
+
+/// One session's recording. Cheap to clone; every method is a short,
+/// bounded piece of work on the session's own path, so a fast session is
+/// slowed by encoding and page-cache writes only.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Mutex<State>>,
+    id: String,
+    spool: Spool,
+}
+
+impl Recorder {
+    fn with(&self, f: impl FnOnce(&mut State, f64)) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if s.done || s.error.is_some() {
+            return;
+        }
+        let t = s.began.elapsed().as_secs_f64();
+        f(&mut s, t);
+    }
+
+    pub fn output(&self, bytes: &[u8]) {
+        self.with(|s, t| {
+            if !s.capped {
+                s.enc.output(t, bytes);
+                s.after_event();
+            }
+        });
+    }
+
+    pub fn resize(&self, cols: u32, rows: u32) {
+        self.with(|s, t| {
+            s.enc.resize(t, cols, rows);
+            s.after_event();
+        });
+    }
+
+    pub fn marker(&self, text: &str) {
+        self.with(|s, t| {
+            s.enc.marker(t, text);
+            s.after_event();
+        });
+    }
+
+    /// The first write error, if recording failed.
+    pub fn error(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .error
+            .clone()
+    }
+
+    /// Keeps the spool current until the session ends.
+    pub fn spawn_syncer(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SYNC_EVERY).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let done = tokio::task::spawn_blocking(move || {
+                    let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    if !s.done {
+                        s.sync();
+                    }
+                    s.done
+                })
+                .await
+                .unwrap_or(true);
+                if done {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Ends the recording: everything synced, then queued for upload.
+    pub async fn finish(self) {
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
+            s.sync();
+            s.done = true;
+        })
+        .await;
+        self.spool.finished(&self.id);
+    }
+}
+
+/// Uploads spooled recordings of sessions that are over (or were cut by a
+/// crash before this process started), forever; retries what fails.
+pub async fn upload_loop(identity: Arc<NodeIdentity>) {
+    let spool = identity.spool.clone();
+    loop {
+        for (id, path) in spool.pending() {
+            match upload(&identity, &id, &path).await {
+                Ok(info) => {
+                    tracing::info!(session = %id, bytes = info.size, truncated = info.truncated, "recording uploaded");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(error = %e, "cannot delete an uploaded spool file");
+                    }
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    tracing::warn!(session = %id, error = %text, "recording upload failed; will retry");
+                    // A recording auth cannot read will never upload: keep
+                    // it aside for a person instead of retrying forever.
+                    if text.contains("corrupt recording") || text.contains("not a Warden recording")
+                    {
+                        let _ = std::fs::rename(&path, path.with_extension("bad"));
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(SCAN_EVERY, spool.inner.wake.notified()).await;
+    }
+}
+
+async fn upload(identity: &NodeIdentity, id: &str, path: &Path) -> anyhow::Result<RecordingInfo> {
+    let data = tokio::fs::read(path).await?;
+    Ok(identity
+        .api()?
+        .put_bytes(&format!("/v1/recordings/{id}"), data)
+        .await?)
+}

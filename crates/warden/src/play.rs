@@ -1,0 +1,281 @@
+//! `warden recordings ls` and `warden play`: find and replay recorded
+//! sessions (auditors only; every fetch is audited).
+
+use crate::output::{self, Format};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use std::io::Write;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use warden_client::ProfileStore;
+use warden_recording::{decode, Decoded, EventKind};
+use warden_types::api::RecordingInfo;
+use warden_types::duration::HumanDuration;
+
+/// Largest recording fetched.
+const MAX_FETCH: usize = 256 << 20;
+/// How far the arrow keys seek.
+const SEEK: f64 = 5.0;
+
+#[derive(Subcommand)]
+pub enum RecordingsCommand {
+    /// Recorded sessions, newest first.
+    Ls {
+        #[arg(long)]
+        user: Option<String>,
+        /// Node name or id.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only sessions started within this long, e.g. 24h.
+        #[arg(long)]
+        since: Option<HumanDuration>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PlayFormat {
+    /// Replay in this terminal with the original timing.
+    #[default]
+    Terminal,
+    /// asciicast v2, for `asciinema play`.
+    Asciicast,
+    /// The output as plain text (escape sequences removed), for grep.
+    Text,
+}
+
+#[derive(Args)]
+pub struct PlayArgs {
+    /// Session id ('warden recordings ls').
+    session_id: String,
+    /// Playback speed factor.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Shorten pauses longer than a second to one second.
+    #[arg(long)]
+    skip_idle: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: PlayFormat,
+}
+
+fn api() -> anyhow::Result<warden_client::ApiClient> {
+    let store = ProfileStore::new(ProfileStore::default_home()?);
+    let Some(p) = store.current()? else {
+        bail!("not logged in; run 'warden login'");
+    };
+    Ok(warden_client::login::auth_client(&store, &p)?)
+}
+
+pub async fn recordings(c: RecordingsCommand) -> anyhow::Result<()> {
+    let RecordingsCommand::Ls {
+        user,
+        node,
+        since,
+        format,
+    } = c;
+    let mut q = Vec::new();
+    if let Some(u) = &user {
+        q.push(format!("user={}", crate::admin::urlencode(u)));
+    }
+    if let Some(n) = &node {
+        q.push(format!("node={}", crate::admin::urlencode(n)));
+    }
+    if let Some(s) = since {
+        q.push(format!("since={}", output::now() - s.0.as_secs() as i64));
+    }
+    let list: Vec<RecordingInfo> = api()?
+        .get(&format!("/v1/recordings?{}", q.join("&")))
+        .await?;
+    match format {
+        Format::Json => println!("{}", output::json(&list)?),
+        Format::Text => println!(
+            "{}",
+            output::table(
+                &["session", "user", "login", "node", "start", "duration", "size", "command"],
+                list.iter()
+                    .map(|r| vec![
+                        r.session_id.clone(),
+                        r.user.clone(),
+                        r.login.clone(),
+                        r.node_name.clone(),
+                        output::time(r.start),
+                        format!(
+                            "{:.1}s{}",
+                            r.duration_ms as f64 / 1000.0,
+                            if r.truncated { " (cut)" } else { "" }
+                        ),
+                        format!("{} KiB", r.size.div_ceil(1024)),
+                        r.command.clone(),
+                    ])
+                    .collect()
+            )
+        ),
+    }
+    Ok(())
+}
+
+pub async fn play(a: PlayArgs) -> anyhow::Result<()> {
+    if !(a.speed > 0.0 && a.speed <= 1000.0) {
+        bail!("--speed must be between 0 and 1000");
+    }
+    let bytes = api()?
+        .get_bytes(&format!("/v1/recordings/{}", a.session_id), MAX_FETCH)
+        .await?;
+    let rec = decode(&bytes).with_context(|| format!("recording {}", a.session_id))?;
+    let mut out = std::io::stdout().lock();
+    match a.format {
+        PlayFormat::Asciicast => out.write_all(warden_recording::asciicast(&rec).as_bytes())?,
+        PlayFormat::Text => out.write_all(warden_recording::plain_text(&rec).as_bytes())?,
+        PlayFormat::Terminal => {
+            drop(out);
+            replay(&rec, a.speed, a.skip_idle).await?;
+            if rec.truncated {
+                eprintln!(
+                    "\r\nwarden: the recording ends here: the session was cut short (node crash)."
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keys understood during playback.
+enum Key {
+    Pause,
+    Forward,
+    Back,
+    Quit,
+}
+
+/// The terminal in raw mode while alive (stdin only if it is a terminal).
+struct Raw(Option<libc::termios>);
+
+impl Raw {
+    fn enter() -> Raw {
+        // SAFETY: termios calls on fd 0 with a zeroed, then filled, struct.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return Raw(None);
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return Raw(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            t.c_oflag |= libc::OPOST; // keep \n -> \r\n for our own messages
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            Raw(Some(saved))
+        }
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the attributes read in `enter`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, t);
+            }
+        }
+    }
+}
+
+fn keys() -> mpsc::UnboundedReceiver<Key> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut esc = 0u8;
+        let mut b = [0u8; 1];
+        while stdin.read(&mut b).is_ok_and(|n| n == 1) {
+            let key = match (esc, b[0]) {
+                (2, b'C') => Some(Key::Forward),
+                (2, b'D') => Some(Key::Back),
+                (_, b' ') => Some(Key::Pause),
+                (_, b'q') | (_, 3) => Some(Key::Quit),
+                _ => None,
+            };
+            esc = match (esc, b[0]) {
+                (_, 0x1b) => 1,
+                (1, b'[') => 2,
+                _ => 0,
+            };
+            if let Some(k) = key {
+                if tx.send(k).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Plays output events with their timing: space pauses, right/left arrows
+/// seek 5 s, q quits.
+async fn replay(rec: &Decoded, speed: f64, skip_idle: bool) -> anyhow::Result<()> {
+    let interactive = Raw::enter();
+    let mut keys = if interactive.0.is_some() {
+        keys()
+    } else {
+        mpsc::unbounded_channel().1
+    };
+    let events: Vec<_> = rec
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Output)
+        .collect();
+    let mut out = std::io::stdout();
+    let (mut i, mut pos, mut paused) = (0usize, 0.0f64, false);
+    while i < events.len() {
+        let e = events[i];
+        let mut gap = (e.time - pos).max(0.0);
+        if skip_idle {
+            gap = gap.min(1.0);
+        }
+        let wait = Duration::from_secs_f64(gap / speed);
+        let key = if paused {
+            keys.recv().await
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    out.write_all(e.data.as_bytes())?;
+                    out.flush()?;
+                    pos = e.time;
+                    i += 1;
+                    continue;
+                }
+                k = keys.recv() => k,
+            }
+        };
+        match key {
+            Some(Key::Pause) => paused = !paused,
+            Some(Key::Forward) => {
+                let target = pos + SEEK;
+                while i < events.len() && events[i].time <= target {
+                    out.write_all(events[i].data.as_bytes())?;
+                    i += 1;
+                }
+                out.flush()?;
+                pos = target;
+            }
+            Some(Key::Back) => {
+                let target = (pos - SEEK).max(0.0);
+                // Redraw from the start up to the target at once.
+                out.write_all(b"\x1bc")?;
+                i = 0;
+                while i < events.len() && events[i].time <= target {
+                    out.write_all(events[i].data.as_bytes())?;
+                    i += 1;
+                }
+                out.flush()?;
+                pos = target;
+            }
+            Some(Key::Quit) => break,
+            None => paused = false,
+        }
+    }
+    drop(interactive);
+    Ok(())
+}

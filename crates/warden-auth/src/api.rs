@@ -57,6 +57,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::requests::routes())
         .merge(crate::config::routes())
         .merge(crate::recordings::routes())
+        .merge(crate::audit_chain::routes())
         .with_state(server)
 }
 

@@ -2,6 +2,7 @@
 //! the mTLS HTTP API that the proxy, nodes, clients and admins call.
 
 mod api;
+mod audit_chain;
 mod certs;
 mod config;
 mod error;

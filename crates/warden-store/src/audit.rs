@@ -27,6 +27,27 @@ pub trait AuditLog: Send + Sync + 'static {
     async fn search(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
     /// Recomputes the chain.
     async fn verify(&self) -> Result<VerifyReport>;
+    /// The event at `index`, if stored.
+    async fn at(&self, index: u64) -> Result<Option<AuditEvent>> {
+        let q = AuditQuery {
+            after: Some(index.saturating_sub(1)),
+            limit: Some(1),
+            ..Default::default()
+        };
+        Ok(self
+            .search(&q)
+            .await?
+            .into_iter()
+            .find(|e| e.index == index))
+    }
+    /// The newest event's index and hash.
+    async fn head(&self) -> Result<Option<(u64, String)>> {
+        let q = AuditQuery {
+            limit: Some(1),
+            ..Default::default()
+        };
+        Ok(self.search(&q).await?.pop().map(|e| (e.index, e.hash)))
+    }
 }
 
 /// SQLite [`AuditLog`] in its own file, so audit I/O never blocks the state
@@ -138,19 +159,31 @@ impl AuditLog for SqliteAuditLog {
     async fn search(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
         let q = q.clone();
         self.with(move |c| {
+            let order = if q.after.is_some() { "ASC" } else { "DESC" };
             let mut st = c
-                .prepare(
+                .prepare(&format!(
                     "SELECT body FROM events
                      WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR user = ?2)
-                       AND (?3 IS NULL OR time >= ?3)
-                     ORDER BY idx DESC LIMIT ?4",
-                )
+                       AND (?3 IS NULL OR time >= ?3) AND (?5 IS NULL OR node = ?5)
+                       AND (?6 IS NULL OR session_id = ?6) AND (?7 IS NULL OR idx > ?7)
+                     ORDER BY idx {order} LIMIT ?4"
+                ))
                 .map_err(db_err)?;
             let limit = q.limit.unwrap_or(1000).min(10_000);
+            let after = q.after.map(|a| a.min(i64::MAX as u64) as i64);
             let rows = st
-                .query_map(params![q.event_type, q.user, q.since, limit], |r| {
-                    parse(r.get(0)?)
-                })
+                .query_map(
+                    params![
+                        q.event_type,
+                        q.user,
+                        q.since,
+                        limit,
+                        q.node,
+                        q.session_id,
+                        after
+                    ],
+                    |r| parse(r.get(0)?),
+                )
                 .map_err(db_err)?
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(db_err)?;

@@ -218,6 +218,25 @@ pub struct AuditQuery {
     pub since: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Events after this index, oldest first (export); otherwise newest
+    /// first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+}
+
+/// `GET /v1/audit/verify`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    pub events: u64,
+    /// Index, id (when readable) and what is wrong with the first bad event.
+    pub first_broken: Option<(u64, String, String)>,
+    /// The newest chain head signed by the auth CA: (index, unix time).
+    pub signed_head: Option<(u64, i64)>,
 }
 
 /// A stored session recording, as listed.

@@ -228,11 +228,31 @@ enum AuditCommand {
         /// Only events newer than this, e.g. 24h or 7d.
         #[arg(long)]
         since: Option<HumanDuration>,
+        /// Node id.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Every event as JSON lines, oldest first, for a SIEM shipper; with
+    /// --follow, keeps streaming new events as they are written.
+    Export {
+        #[arg(long)]
+        follow: bool,
+        /// Start after this event index (resume where a shipper stopped).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Output format (JSON lines).
+        #[arg(long, value_enum, default_value_t)]
+        format: ExportFormat,
+    },
+    /// Check the hash chain and the signed chain head: prints OK, or names
+    /// the first altered, removed or reordered event (and exits 1).
+    Verify,
 }
 
 /// An API client and what to print in instructions for users.
@@ -856,14 +876,30 @@ async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    #[default]
+    Jsonl,
+}
+
 async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::Search {
-        event_type,
-        user,
-        since,
-        limit,
-        format,
-    } = c;
+    let (event_type, user, since, node, session, limit, format) = match c {
+        AuditCommand::Search {
+            event_type,
+            user,
+            since,
+            node,
+            session,
+            limit,
+            format,
+        } => (event_type, user, since, node, session, limit, format),
+        AuditCommand::Export {
+            follow,
+            after,
+            format: _,
+        } => return export(admin, follow, after).await,
+        AuditCommand::Verify => return verify(admin).await,
+    };
     let mut query = Vec::new();
     if let Some(t) = &event_type {
         query.push(format!("type={}", urlencode(t)));
@@ -873,6 +909,12 @@ async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
     }
     if let Some(s) = since {
         query.push(format!("since={}", output::now() - s.0.as_secs() as i64));
+    }
+    if let Some(n) = &node {
+        query.push(format!("node={}", urlencode(n)));
+    }
+    if let Some(s) = &session {
+        query.push(format!("session_id={}", urlencode(s)));
     }
     query.push(format!("limit={limit}"));
     let resp: AuditEvents = admin
@@ -902,6 +944,52 @@ async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+async fn export(admin: &Admin, follow: bool, mut after: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let resp: AuditEvents = admin
+            .api
+            .get(&format!("/v1/audit/events?after={after}&limit=1000"))
+            .await?;
+        for e in &resp.events {
+            serde_json::to_writer(&mut out, e)?;
+            out.write_all(b"\n")?;
+            after = after.max(e.index);
+        }
+        out.flush()?;
+        if resp.events.len() < 1000 {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn verify(admin: &Admin) -> anyhow::Result<()> {
+    let r: AuditVerifyResponse = admin.api.get("/v1/audit/verify").await?;
+    let head = r
+        .signed_head
+        .map(|(i, t)| format!("; chain head signed at event {i} ({})", output::time(t)))
+        .unwrap_or_default();
+    match r.first_broken {
+        None => {
+            println!("OK: {} events, hash chain intact{head}.", r.events);
+            Ok(())
+        }
+        Some((index, id, why)) => {
+            let id = if id.is_empty() {
+                String::new()
+            } else {
+                format!(" (id {id})")
+            };
+            eprintln!("error: audit log tampered: event {index}{id}: {why}{head}");
+            std::process::exit(1);
+        }
+    }
 }
 
 pub(crate) fn urlencode(s: &str) -> String {

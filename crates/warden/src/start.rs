@@ -235,6 +235,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref())
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
+    auth.spawn_audit_signer();
     let auth_listener = bind(
         a.auth_addr,
         "auth",

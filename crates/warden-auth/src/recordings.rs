@@ -38,14 +38,13 @@ async fn upload(
     if let Some(existing) = s.inner.recordings.info(&id).await? {
         return Ok(Json(existing));
     }
-    let data = body.to_vec();
-    let decoded = {
-        let data = data.clone();
-        tokio::task::spawn_blocking(move || warden_recording::decode(&data))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?
-            .map_err(|e| AuthError::BadRequest(format!("recording {id}: {e}")))?
-    };
+    let (decoded, data) = tokio::task::spawn_blocking(move || {
+        let data = body.to_vec();
+        (warden_recording::decode(&data), data)
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let decoded = decoded.map_err(|e| AuthError::BadRequest(format!("recording {id}: {e}")))?;
     let w = &decoded.header.warden;
     if w.session_id != id {
         return Err(AuthError::BadRequest(format!(

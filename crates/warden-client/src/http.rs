@@ -148,7 +148,11 @@ impl ApiClient {
             None => None,
         };
         let bytes = self.call_raw(method, path, body, MAX_RESPONSE).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+        self.parse(&bytes)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
             addr: self.addr.clone(),
             reason: format!("invalid JSON: {e}"),
         })
@@ -245,10 +249,7 @@ impl ApiClient {
                 MAX_RESPONSE,
             )
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
-            addr: self.addr.clone(),
-            reason: format!("invalid JSON: {e}"),
-        })
+        self.parse(&bytes)
     }
 
     /// Fetches raw bytes of at most `limit` bytes.

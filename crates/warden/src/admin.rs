@@ -635,22 +635,8 @@ fn print_signup(name: &str, command: &str, resp: &CreateUserResponse) {
 /// Role documents from a file or directory, with file/line context on
 /// errors.
 pub fn load_roles(path: &Path) -> anyhow::Result<Vec<Document<RoleSpec>>> {
-    let mut files = Vec::new();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path)
-            .with_context(|| format!("cannot read directory {}", path.display()))?
-        {
-            let p = entry?.path();
-            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-                files.push(p);
-            }
-        }
-        files.sort();
-    } else {
-        files.push(path.to_path_buf());
-    }
     let mut out = Vec::new();
-    for file in files {
+    for file in yaml_files(path)? {
         let text = read(&file)?;
         for (i, de) in serde_norway::Deserializer::from_str(&text).enumerate() {
             let value = serde_norway::Value::deserialize(de)
@@ -691,6 +677,24 @@ pub fn load_roles(path: &Path) -> anyhow::Result<Vec<Document<RoleSpec>>> {
         bail!("{} contains no role documents", path.display());
     }
     Ok(out)
+}
+
+/// `path` itself, or the .yaml/.yml files of a directory, sorted.
+pub(crate) fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)
+        .with_context(|| format!("cannot read directory {}", path.display()))?
+    {
+        let p = entry?.path();
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn yaml<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {

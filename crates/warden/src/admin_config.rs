@@ -24,17 +24,7 @@ fn check_kind(k: &str) -> anyhow::Result<()> {
 
 /// Every YAML document in `path` (a file, or a directory of .yaml files).
 fn load(path: &Path) -> anyhow::Result<Vec<(String, Document<Value>)>> {
-    let files = if path.is_dir() {
-        let mut v: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot read directory {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
-        v.sort();
-        v
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = crate::admin::yaml_files(path)?;
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)

@@ -58,6 +58,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::config::routes())
         .merge(crate::recordings::routes())
         .merge(crate::audit_chain::routes())
+        .merge(crate::oidc::routes())
         .with_state(server)
 }
 

@@ -3,7 +3,7 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
-use crate::resources::{self, APPROVAL_RULES, WEBHOOKS};
+use crate::resources::{self, APPROVAL_RULES, CONNECTORS, WEBHOOKS};
 use crate::server::AuthServer;
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use warden_types::api::{Change, ChangeResponse};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{kind, resources as res, validate_name, verbs, V1};
-use warden_types::{ApprovalRuleSpec, Document, WebhookSpec};
+use warden_types::{ApprovalRuleSpec, Document, OidcConnectorSpec, WebhookSpec};
 
 pub fn routes() -> Router<AuthServer> {
     Router::new().route("/v1/config/{kind}", get(list)).route(
@@ -26,18 +26,21 @@ fn prefix(k: &str) -> Result<&'static str> {
     match k {
         kind::APPROVAL_RULE => Ok(APPROVAL_RULES),
         kind::WEBHOOK => Ok(WEBHOOKS),
+        kind::OIDC => Ok(CONNECTORS),
         other => Err(AuthError::NotFound(format!(
-            "no configuration kind {other:?}; use approval_rule or webhook (roles: 'warden admin roles')"
+            "no configuration kind {other:?}; use approval_rule, webhook or oidc (roles: 'warden admin roles')"
         ))),
     }
 }
 
 /// A stored document as returned by the API: webhook secrets never leave.
 fn redact(k: &str, mut doc: Document<Value>) -> Document<Value> {
-    if k == kind::WEBHOOK {
-        if let Some(spec) = doc.spec.as_object_mut() {
-            spec.remove("secret");
-        }
+    if let Some(spec) = doc.spec.as_object_mut() {
+        match k {
+            kind::WEBHOOK => spec.remove("secret"),
+            kind::OIDC => spec.remove("client_secret"),
+            _ => None,
+        };
     }
     doc
 }
@@ -50,6 +53,12 @@ fn validate(k: &str, doc: &Document<Value>) -> Result<Value> {
             let spec: ApprovalRuleSpec =
                 serde_json::from_value(doc.spec.clone()).map_err(|e| bad(e.to_string()))?;
             warden_policy::validate_approval_rule(&spec).map_err(|e| bad(e.join("; ")))?;
+            Ok(serde_json::to_value(spec).map_err(|e| bad(e.to_string()))?)
+        }
+        kind::OIDC => {
+            let spec: OidcConnectorSpec =
+                serde_json::from_value(doc.spec.clone()).map_err(|e| bad(e.to_string()))?;
+            crate::oidc::validate(&spec).map_err(bad)?;
             Ok(serde_json::to_value(spec).map_err(|e| bad(e.to_string()))?)
         }
         _ => {

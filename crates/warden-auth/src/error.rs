@@ -25,6 +25,9 @@ pub enum AuthError {
     Locked(String),
     #[error("{0}")]
     Expired(String),
+    /// A service we depend on (the identity provider) failed.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ impl AuthError {
             AuthError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             AuthError::Locked(_) => (StatusCode::FORBIDDEN, "account_locked"),
             AuthError::Expired(_) => (StatusCode::GONE, "expired"),
+            AuthError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
             AuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

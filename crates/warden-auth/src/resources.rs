@@ -18,6 +18,7 @@ pub const AUTHORITIES: &str = "/authorities/";
 pub const CLUSTER_CONFIG: &str = "/cluster_config";
 pub const APPROVAL_RULES: &str = "/approval_rules/";
 pub const WEBHOOKS: &str = "/webhooks/";
+pub const CONNECTORS: &str = "/connectors/";
 pub const SSH_SERIAL: &str = "/counters/ssh_serial";
 
 pub async fn get<S: DeserializeOwned>(b: &dyn Backend, key: &str) -> Result<Option<Document<S>>> {

@@ -35,6 +35,7 @@ pub(crate) struct Inner {
     pub locks: WatchCache<warden_types::LockSpec>,
     pub requests: WatchCache<warden_types::AccessRequestSpec>,
     pub webhooks: crate::webhook::Webhooks,
+    pub sso: crate::oidc::Sso,
     /// Bounds concurrent password hashing.
     pub hashing: tokio::sync::Semaphore,
 }
@@ -111,6 +112,7 @@ impl AuthServer {
                 locks,
                 requests,
                 webhooks,
+                sso: crate::oidc::Sso::new(),
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 ),

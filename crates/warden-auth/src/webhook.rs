@@ -5,16 +5,9 @@
 //! Signature: `X-Warden-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //! "<t>.<body>" under the webhook's secret>` (see docs/webhooks.md).
 
-use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use warden_store::{AuditLog, WatchCache};
 use warden_types::audit::{codes, AuditEvent};
@@ -28,45 +21,7 @@ const CONCURRENCY: usize = 16;
 const BACKOFF: [u64; 6] = [1, 2, 4, 8, 16, 64];
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a webhook posts to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query, at least `/`.
-    pub path: String,
-}
-
-/// Parses an `http(s)://host[:port]/path` URL.
-pub fn parse_url(url: &str) -> Result<Target, String> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("url {url:?}: use http:// or https://")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("url {url:?} has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "/".into());
-    Ok(Target {
-        https,
-        host,
-        port,
-        path,
-    })
-}
+pub use crate::http_out::parse_url;
 
 /// The signature header value for `body` at unix time `t`.
 pub fn signature(secret: &[u8], t: i64, body: &[u8]) -> String {
@@ -103,7 +58,7 @@ impl Webhooks {
         cluster: String,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        let tls = Arc::new(tls_config());
+        let tls = crate::http_out::tls_config();
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(CONCURRENCY));
             while let Some(job) = rx.recv().await {
@@ -172,25 +127,10 @@ impl Webhooks {
     }
 }
 
-/// System trust roots (Debian's bundle) for https webhooks.
-fn tls_config() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Ok(certs) = CertificateDer::pem_file_iter("/etc/ssl/certs/ca-certificates.crt") {
-        for c in certs.flatten() {
-            let _ = roots.add(c);
-        }
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
 /// Posts until the receiver answers 2xx, a 4xx says retrying is useless,
 /// or the retries run out.
 async fn deliver(job: &Job, tls: &Arc<rustls::ClientConfig>) -> Result<(), String> {
-    let target = parse_url(&job.hook.spec.url)?;
+    parse_url(&job.hook.spec.url)?;
     let mut last = String::new();
     for attempt in 0..=BACKOFF.len() {
         if attempt > 0 {
@@ -198,7 +138,7 @@ async fn deliver(job: &Job, tls: &Arc<rustls::ClientConfig>) -> Result<(), Strin
         }
         let t = time::OffsetDateTime::now_utc().unix_timestamp();
         let sig = signature(job.hook.spec.secret.expose().as_bytes(), t, &job.body);
-        match tokio::time::timeout(TIMEOUT, post(&target, tls, job, &sig)).await {
+        match tokio::time::timeout(TIMEOUT, post(&job.hook.spec.url, tls, job, &sig)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
             Ok(Ok(status)) if (400..500).contains(&status) && status != 408 && status != 429 => {
                 return Err(format!("receiver refused it with HTTP {status}"));
@@ -216,71 +156,32 @@ async fn deliver(job: &Job, tls: &Arc<rustls::ClientConfig>) -> Result<(), Strin
 }
 
 async fn post(
-    t: &Target,
+    url: &str,
     tls: &Arc<rustls::ClientConfig>,
     job: &Job,
     sig: &str,
 ) -> Result<u16, String> {
-    let tcp = TcpStream::connect((t.host.as_str(), t.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", t.host, t.port))?;
-    let authority = if t.port == 80 || t.port == 443 {
-        t.host.clone()
-    } else {
-        format!("{}:{}", t.host, t.port)
-    };
-    let req = Request::post(t.path.as_str())
-        .header("host", authority)
-        .header("content-type", "application/json")
-        .header("user-agent", concat!("warden/", env!("CARGO_PKG_VERSION")))
-        .header("x-warden-event", job.event_type.as_str())
-        .header("x-warden-delivery", job.event_id.as_str())
-        .header("x-warden-signature", sig)
-        .body(Full::new(job.body.clone()))
-        .map_err(|e| e.to_string())?;
-    if t.https {
-        let name = ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", t.host))?;
-        send(stream, req).await
-    } else {
-        send(tcp, req).await
-    }
-}
-
-async fn send<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<u16, String>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(resp.status().as_u16())
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-warden-event", job.event_type.as_str()),
+        ("x-warden-delivery", job.event_id.as_str()),
+        ("x-warden-signature", sig),
+    ];
+    let resp = crate::http_out::send(
+        tls,
+        hyper::Method::POST,
+        url,
+        &headers,
+        job.body.clone(),
+        64 * 1024,
+    )
+    .await?;
+    Ok(resp.status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("https://chat.example.com/hooks/warden?x=1").unwrap(),
-            Target {
-                https: true,
-                host: "chat.example.com".into(),
-                port: 443,
-                path: "/hooks/warden?x=1".into()
-            }
-        );
-        assert_eq!(parse_url("http://127.0.0.1:8080").unwrap().path, "/");
-        assert!(parse_url("ftp://x/").is_err());
-        assert!(parse_url("not a url").is_err());
-    }
 
     #[test]
     fn signature_is_hmac_sha256_of_time_dot_body() {

@@ -7,6 +7,7 @@
 
 pub mod authority;
 pub mod client_key;
+pub mod jwt;
 pub mod keystore;
 pub mod krl;
 pub mod otp;

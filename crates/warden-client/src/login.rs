@@ -8,6 +8,7 @@ use crate::{ClientError, Result};
 use warden_ca::ClientKey;
 use warden_types::api::{
     LoginRequest, LoginResponse, PingResponse, SignupInfo, SignupRequest, SignupResponse,
+    SsoResult, SsoResultRequest, SsoStartRequest, SsoStartResponse,
 };
 use warden_types::{Secret, ALPN_AUTH, AUTH_SERVER_NAME};
 
@@ -82,6 +83,39 @@ pub async fn login(
     };
     let resp = public_client(proxy, trust)?.post("/v1/login", &req).await?;
     Ok((key, resp))
+}
+
+/// Starts a single sign-on login with a fresh key; the caller sends the
+/// user to the returned URL and polls [`sso_result`].
+pub async fn sso_start(
+    proxy: &str,
+    trust: Trust,
+    connector: &str,
+    ttl_secs: Option<u64>,
+    client_redirect: Option<String>,
+) -> Result<(ClientKey, SsoStartResponse)> {
+    let key = ClientKey::generate();
+    let req = SsoStartRequest {
+        connector: connector.to_string(),
+        ssh_public_key: key
+            .ssh_public_key()
+            .to_openssh()
+            .map_err(|e| ClientError::Local(e.to_string()))?,
+        tls_csr_pem: key.csr_pem("sso")?,
+        ttl_secs,
+        client_redirect,
+    };
+    let resp = public_client(proxy, trust)?
+        .post("/v1/sso/start", &req)
+        .await?;
+    Ok((key, resp))
+}
+
+/// The state of a started single sign-on login.
+pub async fn sso_result(proxy: &str, trust: Trust, req: &SsoResultRequest) -> Result<SsoResult> {
+    public_client(proxy, trust)?
+        .post("/v1/sso/result", req)
+        .await
 }
 
 /// A client of the auth API through the proxy (ALPN `warden-auth`), mTLS

@@ -5,12 +5,14 @@
 //! Deny rules always beat allow rules; no role means no access.
 
 mod approval;
+mod claims;
 pub mod defaults;
 mod eval;
 mod labels;
 mod template;
 
 pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
+pub use claims::{claims_to_traits, map_roles, validate_claim_mappings};
 pub use eval::{
     allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
     SessionOptions, MAX_SESSION_TTL,

@@ -67,6 +67,8 @@ pub struct Proxy {
     jump: jump::Jump,
     /// mTLS client of the auth API with the proxy's own identity.
     pub auth: ApiClient,
+    /// Where users reach this proxy (picks SSO redirect URLs).
+    pub public_addrs: Vec<String>,
 }
 
 fn tls_config(
@@ -187,6 +189,7 @@ impl Proxy {
             }),
         )?;
         Ok(Proxy {
+            public_addrs: id.public_addrs.clone(),
             auth_addr,
             tls: tls_config(id, false, b"http/1.1")?,
             tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
@@ -216,7 +219,10 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let this = Arc::new(self);
-        let app = public_router(this.auth.clone());
+        let app = public_router(this.auth.clone().with_header(
+            warden_types::api::PROXY_ADDRS_HEADER,
+            &this.public_addrs.join(","),
+        ));
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {

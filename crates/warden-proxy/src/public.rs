@@ -2,7 +2,7 @@
 //! to auth with the proxy's identity and the client's address.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_client::{ApiClient, ClientError};
-use warden_types::api::{ApiError, CLIENT_ADDR_HEADER};
+use warden_types::api::{
+    ApiError, SsoCallback, SsoCallbackResponse, SsoDeviceRequest, SsoDeviceResponse,
+    CLIENT_ADDR_HEADER,
+};
 
 /// The client's address as the proxy saw it.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +44,10 @@ pub fn public_router(auth: ApiClient) -> Router {
         .route("/v1/signup/info", post(forward_signup_info))
         .route("/v1/signup", post(forward_signup))
         .route("/v1/join", post(forward_join))
+        .route("/v1/sso/start", post(forward_sso_start))
+        .route("/v1/sso/result", post(forward_sso_result))
+        .route("/v1/oidc/callback", get(oidc_callback))
+        .route("/web/device", get(device_page).post(device_submit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -135,4 +142,135 @@ async fn forward_join(
     body: Bytes,
 ) -> Response {
     forward(p.auth, "/v1/join", addr, body).await
+}
+
+async fn forward_sso_start(
+    State(p): State<Public>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(p.auth, "/v1/sso/start", addr, body).await
+}
+
+async fn forward_sso_result(
+    State(p): State<Public>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(p.auth, "/v1/sso/result", addr, body).await
+}
+
+/// A small HTML page for the browser leg of single sign-on.
+fn page(status: StatusCode, title: &str, message: &str, form: bool) -> Response {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let form = if form {
+        r#"<form method="post" action="/web/device">
+<p><label>Code: <input name="user_code" autocomplete="off" autofocus></label>
+<button type="submit">Continue</button></p>
+<p>Only enter a code that your own terminal showed you just now: whoever started the login gets the access.</p>
+</form>"#
+    } else {
+        ""
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Warden: {t}</title></head>\
+         <body><h1>{t}</h1><p>{m}</p>{form}</body></html>",
+        t = esc(title),
+        m = esc(message),
+    );
+    (
+        status,
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-store"),
+            ("referrer-policy", "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn see_other(url: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [("location", url), ("cache-control", "no-store")],
+    )
+        .into_response()
+}
+
+/// An auth error as a page; unreachable auth says so.
+fn error_page(title: &str, e: ClientError) -> Response {
+    match e {
+        ClientError::Api {
+            status, message, ..
+        } => page(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            title,
+            &message,
+            false,
+        ),
+        other => {
+            tracing::warn!(error = %other, "auth unreachable from proxy");
+            page(
+                StatusCode::BAD_GATEWAY,
+                title,
+                "the proxy cannot reach the auth service; try again shortly",
+                false,
+            )
+        }
+    }
+}
+
+/// The identity provider sends the browser here with `code` and `state`.
+async fn oidc_callback(
+    State(p): State<Public>,
+    Extension(addr): Extension<ClientAddr>,
+    Query(cb): Query<SsoCallback>,
+) -> Response {
+    let auth = p
+        .auth
+        .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
+    match auth
+        .post::<_, SsoCallbackResponse>("/v1/sso/callback", &cb)
+        .await
+    {
+        Ok(SsoCallbackResponse {
+            redirect: Some(url),
+            ..
+        }) => see_other(&url),
+        Ok(r) => page(StatusCode::OK, "Login complete", &r.message, false),
+        Err(e) => error_page("Login failed", e),
+    }
+}
+
+/// Headless logins: the page where the code from the terminal is typed.
+async fn device_page() -> Response {
+    page(
+        StatusCode::OK,
+        "Log in to Warden",
+        "Enter the code that 'warden login --headless' printed.",
+        true,
+    )
+}
+
+async fn device_submit(
+    State(p): State<Public>,
+    Extension(addr): Extension<ClientAddr>,
+    Form(req): Form<SsoDeviceRequest>,
+) -> Response {
+    let auth = p
+        .auth
+        .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
+    match auth
+        .post::<_, SsoDeviceResponse>("/v1/sso/device", &req)
+        .await
+    {
+        Ok(r) => see_other(&r.auth_url),
+        Err(e) => error_page("Code not accepted", e),
+    }
 }

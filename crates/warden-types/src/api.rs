@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 /// Header through which a proxy tells auth the client's address (honoured
 /// only from proxy identities).
 pub const CLIENT_ADDR_HEADER: &str = "x-warden-client-addr";
+/// Header the proxy adds to SSO calls: its public addresses, comma-separated,
+/// so auth picks the connector's redirect URL for that proxy.
+pub const PROXY_ADDRS_HEADER: &str = "x-warden-proxy-addrs";
 
 /// Public facts about a cluster, served by the proxy without authentication.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -396,4 +399,90 @@ pub struct AccessCheckResponse {
     pub roles: Vec<String>,
     #[serde(default)]
     pub record_session: crate::RecordMode,
+}
+
+/// Starts a single sign-on login (`warden login --auth NAME`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoStartRequest {
+    pub connector: String,
+    pub ssh_public_key: String,
+    pub tls_csr_pem: String,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Browser mode: the client's loopback listener
+    /// (`http://127.0.0.1:PORT/callback`) the browser is sent back to, which
+    /// proves the browser and the waiting client are on one machine.
+    #[serde(default)]
+    pub client_redirect: Option<String>,
+}
+
+/// How the client continues a started login.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoStartResponse {
+    /// Handle for polling.
+    pub id: String,
+    /// Secret for polling; only this client has it.
+    pub poll_token: Secret<String>,
+    /// Browser mode: the identity provider's URL to open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
+    /// Headless mode: the page to open anywhere and the code to type there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_code: Option<String>,
+    /// Unix seconds after which the login must be started again.
+    pub expires: i64,
+}
+
+/// The identity provider's redirect back, as the proxy received it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SsoCallback {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub code: Option<Secret<String>>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_description: Option<String>,
+}
+
+/// What the proxy shows the browser after the callback.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoCallbackResponse {
+    /// Where to send the browser (the client's loopback listener), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<String>,
+    pub message: String,
+}
+
+/// Headless mode: the code typed on the device page.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoDeviceRequest {
+    pub user_code: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoDeviceResponse {
+    pub auth_url: String,
+}
+
+/// Polls a started login.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoResultRequest {
+    pub id: String,
+    pub poll_token: Secret<String>,
+    /// Browser mode: the value the loopback listener received.
+    #[serde(default)]
+    pub completion: Option<Secret<String>>,
+}
+
+/// A started login's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SsoResult {
+    Pending,
+    Done { login: Box<LoginResponse> },
+    Failed { error: String },
 }

@@ -11,10 +11,10 @@ pub mod secret;
 
 pub use identity::{Identity, IdentityKind};
 pub use resource::{
-    AccessRequestSpec, ApprovalRuleSpec, ClusterConfigSpec, Document, LabelValues, LockSpec,
-    LockTarget, Metadata, NodeSpec, RecordMode, RequestState, RequestedNode, Requester, Review,
-    RoleConditions, RoleOptions, RoleSpec, Rule, Schedule, TokenKind, TokenSpec, UserSpec,
-    WebhookSpec,
+    AccessRequestSpec, ApprovalRuleSpec, ClaimMapping, ClusterConfigSpec, Document, LabelValues,
+    LockSpec, LockTarget, Metadata, NodeSpec, OidcConnectorSpec, RecordMode, RequestState,
+    RequestedNode, Requester, Review, RoleConditions, RoleOptions, RoleSpec, Rule, Schedule,
+    TokenKind, TokenSpec, UserSpec, WebhookSpec,
 };
 pub use secret::Secret;
 

@@ -17,6 +17,7 @@ pub mod kind {
     pub const ACCESS_REQUEST: &str = "access_request";
     pub const APPROVAL_RULE: &str = "approval_rule";
     pub const WEBHOOK: &str = "webhook";
+    pub const OIDC: &str = "oidc";
 }
 
 /// The only document version so far.
@@ -576,6 +577,75 @@ impl WebhookSpec {
                     .is_some_and(|prefix| event_type.starts_with(prefix))
         })
     }
+}
+
+/// An OpenID Connect identity provider users log in through
+/// (`warden login --auth NAME`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConnectorSpec {
+    /// The provider's issuer; discovery reads
+    /// `<issuer_url>/.well-known/openid-configuration`.
+    pub issuer_url: String,
+    pub client_id: String,
+    /// Never returned by the API nor logged.
+    #[serde(skip_serializing_if = "secret_is_empty")]
+    pub client_secret: crate::Secret<String>,
+    /// Scopes asked for besides `openid` (e.g. `email`, `groups`).
+    pub scopes: Vec<String>,
+    /// IdP claims to Warden roles; a login that maps to no role is refused.
+    pub claims_to_roles: Vec<ClaimMapping>,
+    /// Callback URLs, one per proxy (`https://<proxy>/v1/oidc/callback`);
+    /// each proxy uses the one with its own public address.
+    #[serde(deserialize_with = "one_or_many")]
+    pub redirect_url: Vec<String>,
+    /// The claim that names the Warden user (an email address by default).
+    pub username_claim: String,
+    /// How long a started login may take before its link expires.
+    pub login_timeout: HumanDuration,
+    /// Shown to users instead of the connector name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+}
+
+impl Default for OidcConnectorSpec {
+    fn default() -> Self {
+        OidcConnectorSpec {
+            issuer_url: String::new(),
+            client_id: String::new(),
+            client_secret: crate::Secret::new(String::new()),
+            scopes: vec!["email".into(), "profile".into()],
+            claims_to_roles: vec![],
+            redirect_url: vec![],
+            username_claim: "email".into(),
+            login_timeout: HumanDuration::from_secs(600),
+            display: None,
+        }
+    }
+}
+
+/// One rule of `claims_to_roles`: when a value of `claim` matches the
+/// regular expression `value` (whole value), grant `roles`, in which
+/// `$1`, `${name}` expand to the match's groups.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMapping {
+    pub claim: String,
+    pub value: String,
+    pub roles: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// Cluster-wide settings.

@@ -79,6 +79,10 @@ enum AdminCommand {
         #[arg(short = 'f', long)]
         file: PathBuf,
     },
+    /// Identity provider connectors (kind: oidc) for single sign-on:
+    /// apply, ls, rm.
+    #[command(subcommand)]
+    Connectors(ConnectorsCommand),
     /// Print approval rules or webhooks as YAML: `get approval_rule [NAME]`
     /// (webhook secrets are never shown).
     Get {
@@ -333,7 +337,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
-        AdminCommand::Apply { file } => crate::admin_config::apply(&admin.api, &file).await,
+        AdminCommand::Apply { file } => crate::admin_config::apply(&admin.api, &file, None).await,
+        AdminCommand::Connectors(c) => connectors(&admin, c).await,
         AdminCommand::Get { kind, name, format } => {
             crate::admin_config::get(&admin.api, &kind, name.as_deref(), format).await
         }
@@ -1035,5 +1040,64 @@ mod tests {
         .unwrap();
         assert_eq!(load_roles(&f).unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ConnectorsCommand {
+    /// Create or update connectors from YAML: `kind: oidc`, spec
+    /// issuer_url, client_id, client_secret (or client_secret_file),
+    /// scopes, claims_to_roles, redirect_url (one per proxy).
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// List connectors (secrets are never shown).
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Delete a connector; its users keep access until their certificates
+    /// expire (lock them to end it sooner).
+    Rm { name: String },
+}
+
+async fn connectors(admin: &Admin, c: ConnectorsCommand) -> anyhow::Result<()> {
+    match c {
+        ConnectorsCommand::Apply { file } => {
+            crate::admin_config::apply(&admin.api, &file, Some(kind::OIDC)).await
+        }
+        ConnectorsCommand::Ls { format } => {
+            let docs: Vec<Document<warden_types::OidcConnectorSpec>> =
+                admin.api.get("/v1/config/oidc").await?;
+            match format {
+                Format::Json => println!("{}", output::json(&docs)?),
+                Format::Text => {
+                    let rows = docs
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.name().to_string(),
+                                d.spec.issuer_url.clone(),
+                                d.spec.client_id.clone(),
+                                d.spec.redirect_url.join("\n"),
+                                d.spec.claims_to_roles.len().to_string(),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        output::table(
+                            &["NAME", "ISSUER", "CLIENT ID", "REDIRECT URLS", "RULES"],
+                            rows
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+        ConnectorsCommand::Rm { name } => {
+            crate::admin_config::rm(&admin.api, kind::OIDC, &name).await
+        }
     }
 }

@@ -12,7 +12,7 @@ use warden_types::resource::kind;
 use warden_types::Document;
 
 /// Kinds `get`/`rm` manage here (roles: `warden admin roles`).
-const KINDS: &[&str] = &[kind::APPROVAL_RULE, kind::WEBHOOK];
+const KINDS: &[&str] = &[kind::APPROVAL_RULE, kind::WEBHOOK, kind::OIDC];
 
 fn check_kind(k: &str) -> anyhow::Result<()> {
     if KINDS.contains(&k) {
@@ -46,24 +46,38 @@ fn load(path: &Path) -> anyhow::Result<Vec<(String, Document<Value>)>> {
     Ok(out)
 }
 
-/// A webhook may name its secret in a file (`secret_file`), kept out of git.
+/// Webhooks and connectors may name their secret in a file (`secret_file`,
+/// `client_secret_file`), kept out of git.
 fn resolve_secret_file(origin: &str, doc: &mut Document<Value>) -> anyhow::Result<()> {
     let Some(spec) = doc.spec.as_object_mut() else {
         return Ok(());
     };
-    if let Some(path) = spec.remove("secret_file") {
-        let path = path
-            .as_str()
-            .with_context(|| format!("{origin}: secret_file must be a path"))?;
-        let secret = std::fs::read_to_string(path)
-            .with_context(|| format!("{origin}: cannot read secret_file {path}"))?;
-        spec.insert("secret".into(), Value::String(secret.trim().to_string()));
+    for field in ["secret", "client_secret"] {
+        let file_field = format!("{field}_file");
+        if let Some(path) = spec.remove(&file_field) {
+            let path = path
+                .as_str()
+                .with_context(|| format!("{origin}: {file_field} must be a path"))?;
+            let secret = std::fs::read_to_string(path)
+                .with_context(|| format!("{origin}: cannot read {file_field} {path}"))?;
+            spec.insert(field.into(), Value::String(secret.trim().to_string()));
+        }
     }
     Ok(())
 }
 
-pub async fn apply(api: &ApiClient, path: &Path) -> anyhow::Result<()> {
+/// Applies every document in `path`; with `only`, refuses other kinds.
+pub async fn apply(api: &ApiClient, path: &Path, only: Option<&str>) -> anyhow::Result<()> {
     let docs = load(path)?;
+    if let Some(k) = only {
+        if let Some((origin, d)) = docs.iter().find(|(_, d)| d.kind != k) {
+            bail!(
+                "{origin}: {} {} is not a {k} document ('warden admin apply -f' takes every kind)",
+                d.kind,
+                d.name()
+            );
+        }
+    }
     // Check everything first, so a bad document changes nothing.
     for (origin, doc) in &docs {
         if doc.kind == kind::ROLE {

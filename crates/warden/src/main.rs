@@ -9,6 +9,7 @@ mod output;
 mod play;
 mod prompt;
 mod requests;
+mod sso;
 mod start;
 mod user;
 

@@ -43,9 +43,18 @@ pub struct LoginArgs {
     /// The cluster's proxy, HOST:PORT.
     #[arg(long, env = "WARDEN_PROXY")]
     proxy: String,
-    /// Your user name.
-    #[arg(long, env = "WARDEN_USER")]
-    user: String,
+    /// Your user name (local users).
+    #[arg(long, env = "WARDEN_USER", required_unless_present = "auth")]
+    user: Option<String>,
+    /// Log in through this identity provider connector (single sign-on)
+    /// instead of a local password: opens a browser ($BROWSER, else
+    /// xdg-open) and always prints the URL.
+    #[arg(long, value_name = "CONNECTOR", conflicts_with_all = ["password_stdin", "otp"])]
+    auth: Option<String>,
+    /// With --auth: no local browser (a remote shell). Prints a URL and a
+    /// code to enter in a browser anywhere, then waits.
+    #[arg(long, requires = "auth")]
+    headless: bool,
     /// The cluster's CA pin (sha256:...), needed on first contact.
     #[arg(long)]
     ca_pin: Option<String>,
@@ -172,29 +181,19 @@ pub async fn signup(a: SignupArgs) -> anyhow::Result<()> {
 
 pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let store = store()?;
-    let (trust, pin) = resolve_trust(&store, &a.proxy, a.ca_pin).await?;
+    let (trust, pin) = resolve_trust(&store, &a.proxy, a.ca_pin.clone()).await?;
     // Fail fast (unreachable proxy, wrong pin) before asking for secrets.
     client::ping(&a.proxy, trust.clone()).await?;
-    let password = if a.password_stdin {
-        prompt::line_from_stdin("password")?
-    } else {
-        prompt::secret(&format!("Password for {}: ", a.user), "--password-stdin")?
+    let ttl_secs = a.ttl.map(|t| t.0.as_secs());
+    let (key, resp) = match (&a.auth, &a.user) {
+        (Some(connector), _) => {
+            crate::sso::login(&a.proxy, trust, connector, a.headless, ttl_secs).await?
+        }
+        (None, Some(user)) => local_login(&a, user, trust, ttl_secs).await?,
+        (None, None) => {
+            bail!("pass --user NAME (local users) or --auth CONNECTOR (single sign-on)")
+        }
     };
-    let otp = match a.otp {
-        Some(c) => Secret::new(c),
-        None => prompt::secret("One-time code: ", "--otp")?,
-    };
-    let (key, resp) = client::login(
-        &a.proxy,
-        trust,
-        LoginInput {
-            user: a.user,
-            password,
-            otp,
-            ttl_secs: a.ttl.map(|t| t.0.as_secs()),
-        },
-    )
-    .await?;
     let profile = store.save_login(&a.proxy, &pin, &key, &resp)?;
     println!("Logged in to {} as {}.", profile.cluster, profile.user);
     if let Some(id) = a.request {
@@ -216,6 +215,34 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     print_status(&store, Format::Text)
 }
 
+async fn local_login(
+    a: &LoginArgs,
+    user: &str,
+    trust: Trust,
+    ttl_secs: Option<u64>,
+) -> anyhow::Result<(warden_ca::ClientKey, warden_types::api::LoginResponse)> {
+    let password = if a.password_stdin {
+        prompt::line_from_stdin("password")?
+    } else {
+        prompt::secret(&format!("Password for {user}: "), "--password-stdin")?
+    };
+    let otp = match &a.otp {
+        Some(c) => Secret::new(c.clone()),
+        None => prompt::secret("One-time code: ", "--otp")?,
+    };
+    Ok(client::login(
+        &a.proxy,
+        trust,
+        LoginInput {
+            user: user.to_string(),
+            password,
+            otp,
+            ttl_secs,
+        },
+    )
+    .await?)
+}
+
 pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
     print_status(&store()?, a.format)
 }
@@ -228,6 +255,7 @@ struct Status {
     user: String,
     roles: Vec<String>,
     logins: Vec<String>,
+    traits: std::collections::BTreeMap<String, Vec<String>>,
     valid_until: i64,
     expired: bool,
     extensions: Vec<String>,
@@ -260,6 +288,11 @@ fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
         cluster: p.cluster.clone(),
         user: p.user.clone(),
         roles,
+        traits: cert
+            .extensions()
+            .get("traits@warden")
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default(),
         logins: cert
             .valid_principals()
             .iter()
@@ -292,6 +325,9 @@ fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
             println!("  User:         {}", s.user);
             println!("  Roles:        {}", none(&s.roles));
             println!("  Logins:       {}", none(&s.logins));
+            for (k, v) in &s.traits {
+                println!("  Trait {:<7} {}", format!("{k}:"), v.join(", "));
+            }
             println!(
                 "  Valid until:  {} ({})",
                 output::time(valid_until),

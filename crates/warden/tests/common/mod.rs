@@ -129,7 +129,19 @@ impl Cluster {
 
     /// Runs the CLI as a user whose profile lives in `home`.
     pub fn run_as(&self, home: &str, args: &[&str], stdin: Option<&str>) -> Out {
+        self.run_env(home, args, stdin, &[])
+    }
+
+    /// Like `run_as`, with extra environment variables.
+    pub fn run_env(
+        &self,
+        home: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Out {
         let mut cmd = Command::new(WARDEN);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .env("WARDEN_HOME", self.dir.join(home))
             .env_remove("WARDEN_DATA_DIR")

@@ -59,6 +59,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::recordings::routes())
         .merge(crate::audit_chain::routes())
         .merge(crate::oidc::routes())
+        .merge(crate::mfa::routes())
         .with_state(server)
 }
 

@@ -63,6 +63,20 @@ impl AuthServer {
         tls_csr_pem: &str,
         ttl_secs: Option<u64>,
     ) -> Result<LoginResponse> {
+        self.issue_certs(user, ssh_public_key, Some(tls_csr_pem), ttl_secs, None)
+            .await
+    }
+
+    /// Like `issue_user_certs`; `tls_csr_pem: None` issues SSH only, and
+    /// `mfa_node` marks a per-session MFA certificate for that node.
+    pub(crate) async fn issue_certs(
+        &self,
+        user: &Document<UserSpec>,
+        ssh_public_key: &str,
+        tls_csr_pem: Option<&str>,
+        ttl_secs: Option<u64>,
+        mfa_node: Option<&str>,
+    ) -> Result<LoginResponse> {
         let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
             .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
         let effective = self.effective(user);
@@ -125,6 +139,7 @@ impl AuthServer {
                 traits,
                 requests,
                 cluster: self.cluster().to_string(),
+                mfa_node: mfa_node.map(str::to_string),
             },
         )?;
         let ssh_cert = cert
@@ -132,6 +147,15 @@ impl AuthServer {
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let (tls_ca, tls_authority) = self.signer(CaType::Tls).await?;
         let tls_ca_pems = tls_authority.tls_cert_pems();
+        let Some(tls_csr_pem) = tls_csr_pem else {
+            return Ok(LoginResponse {
+                identity,
+                ssh_cert,
+                tls_cert_pem: String::new(),
+                tls_ca_pems,
+                ssh_host_ca_keys: vec![],
+            });
+        };
         let tls_cert_pem = tls::issue_from_csr(
             &*tls_ca,
             &tls_ca_pems[0],

@@ -10,6 +10,7 @@ mod http_out;
 mod init;
 mod locks;
 mod login;
+mod mfa;
 mod nodes;
 mod oidc;
 mod ratelimit;

@@ -15,7 +15,7 @@ use warden_types::duration::relative;
 use warden_types::{Document, TokenKind, TokenSpec, UserSpec};
 
 /// Context bound into sealed TOTP secrets.
-const TOTP_AAD: &[u8] = b"warden totp v1";
+pub(crate) const TOTP_AAD: &[u8] = b"warden totp v1";
 /// Shortest password accepted at signup.
 const MIN_PASSWORD: usize = 12;
 /// Longest password accepted (argon2 input is bounded).

@@ -337,6 +337,7 @@ impl AuthServer {
         node_id: &str,
         user: &str,
         login: &str,
+        mfa_node: Option<&str>,
     ) -> Result<AccessCheckResponse> {
         let node = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{node_id}")).await?;
         let node_name = node
@@ -399,9 +400,23 @@ impl AuthServer {
             }
         }
         let options = warden_policy::session_options(&roles);
+        let mut reason = decision.summary();
+        let mut allowed = decision.allowed;
+        if allowed && options.session_mfa && mfa_node != Some(node_id) {
+            allowed = false;
+            let asking: Vec<&str> = roles
+                .iter()
+                .filter(|r| r.spec.options.require_mfa == warden_types::RequireMfa::Session)
+                .map(|r| r.name())
+                .collect();
+            reason = format!(
+                "role {} requires a fresh MFA check for each session; connect with 'warden ssh' (it asks for a one-time code)",
+                asking.join(", ")
+            );
+        }
         Ok(AccessCheckResponse {
-            allowed: decision.allowed,
-            reason: decision.summary(),
+            allowed,
+            reason,
             explanation: decision.reasons.clone(),
             permit_port_forwarding: options.permit_port_forwarding,
             permit_agent_forwarding: options.permit_agent_forwarding,
@@ -462,7 +477,10 @@ async fn access(
     Json(req): Json<AccessCheckRequest>,
 ) -> Result<Json<AccessCheckResponse>> {
     let id = require_node(&c)?.to_string();
-    Ok(Json(s.check_access(&id, &req.user, &req.login).await?))
+    Ok(Json(
+        s.check_access(&id, &req.user, &req.login, req.mfa_node.as_deref())
+            .await?,
+    ))
 }
 
 async fn node_event(

@@ -33,6 +33,9 @@ pub fn public_key_line(ca: &dyn CaSigner, comment: &str) -> Result<String> {
     key.to_openssh().map_err(|e| CaError::Ssh(e.to_string()))
 }
 
+/// Extension naming the node a per-session MFA certificate is good for.
+pub const MFA_EXTENSION: &str = "mfa-session@warden";
+
 /// What goes into a user certificate (ARCHITECTURE.md §2).
 #[derive(Clone, Debug)]
 pub struct UserCert {
@@ -51,6 +54,8 @@ pub struct UserCert {
     pub traits: BTreeMap<String, Vec<String>>,
     pub requests: Vec<String>,
     pub cluster: String,
+    /// A per-session MFA certificate: the one node it is good for.
+    pub mfa_node: Option<String>,
 }
 
 fn ssh_err(e: ssh_key::Error) -> CaError {
@@ -96,6 +101,9 @@ pub fn sign_user_cert(ca: &dyn CaSigner, c: &UserCert) -> Result<Certificate> {
         .map_err(ssh_err)?;
     b.extension("cluster@warden", c.cluster.clone())
         .map_err(ssh_err)?;
+    if let Some(node) = &c.mfa_node {
+        b.extension(MFA_EXTENSION, node.clone()).map_err(ssh_err)?;
+    }
     b.comment(c.username.clone()).map_err(ssh_err)?;
     b.sign(&SshSigner(ca)).map_err(ssh_err)
 }
@@ -172,6 +180,7 @@ mod tests {
                 traits: [("logins".to_string(), vec!["alice".to_string()])].into(),
                 requests: vec![],
                 cluster: "c1".into(),
+                mfa_node: None,
             },
         )
         .unwrap();

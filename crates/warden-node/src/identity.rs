@@ -202,6 +202,7 @@ impl NodeIdentity {
         &self,
         user: &str,
         login: &str,
+        mfa_node: Option<&str>,
     ) -> anyhow::Result<AccessCheckResponse> {
         Ok(self
             .api()?
@@ -210,6 +211,7 @@ impl NodeIdentity {
                 &AccessCheckRequest {
                     user: user.to_string(),
                     login: login.to_string(),
+                    mfa_node: mfa_node.map(str::to_string),
                 },
             )
             .await?)

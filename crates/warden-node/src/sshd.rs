@@ -250,7 +250,8 @@ impl Conn {
             ));
             return authed;
         }
-        match self.identity.check_access(&username, login).await {
+        let mfa_node = exts.get(warden_ca::ssh::MFA_EXTENSION).map(String::as_str);
+        match self.identity.check_access(&username, login, mfa_node).await {
             Ok(d) if d.allowed => {
                 authed.permit_port_forwarding &= d.permit_port_forwarding;
                 authed.permit_agent_forwarding &= d.permit_agent_forwarding;

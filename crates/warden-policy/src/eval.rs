@@ -151,6 +151,8 @@ pub struct SessionOptions {
     pub permit_agent_forwarding: bool,
     pub permit_x11_forwarding: bool,
     pub record_session: RecordMode,
+    /// Some role requires an MFA check per session.
+    pub session_mfa: bool,
 }
 
 /// A permission holds only if some role grants it and no role forbids it.
@@ -183,6 +185,7 @@ pub fn session_options(roles: &[Document<RoleSpec>]) -> SessionOptions {
             .map(|o| o.record_session.unwrap_or_default())
             .max()
             .unwrap_or_default(),
+        session_mfa: opts().any(|o| o.require_mfa == warden_types::RequireMfa::Session),
     }
 }
 

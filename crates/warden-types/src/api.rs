@@ -384,6 +384,37 @@ pub struct Heartbeat {
 pub struct AccessCheckRequest {
     pub user: String,
     pub login: String,
+    /// The node id the certificate's `mfa-session@warden` extension names
+    /// (a per-session MFA certificate), as the node read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_node: Option<String>,
+}
+
+/// Does a session to `node` need a fresh MFA check first?
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaRequiredRequest {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaRequiredResponse {
+    pub required: bool,
+    /// Roles that ask for it.
+    pub roles: Vec<String>,
+}
+
+/// A one-time code for a one-minute certificate valid on one node only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaSessionRequest {
+    pub node: String,
+    pub ssh_public_key: String,
+    pub otp: Secret<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaSessionResponse {
+    pub ssh_cert: String,
+    pub expires: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

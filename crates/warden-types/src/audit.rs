@@ -50,6 +50,8 @@ pub mod codes {
     pub const USER_UPDATE: (&str, &str) = ("user.update", "WA1003I");
     pub const USER_DELETE: (&str, &str) = ("user.delete", "WA1004I");
     pub const USER_LOCKED_OUT: (&str, &str) = ("user.lockout", "WA1005W");
+    pub const MFA_SESSION: (&str, &str) = ("mfa.session", "WA1010I");
+    pub const MFA_SESSION_FAILURE: (&str, &str) = ("mfa.session", "WA1010W");
     pub const ROLE_CREATE: (&str, &str) = ("role.create", "WA2000I");
     pub const ROLE_UPDATE: (&str, &str) = ("role.update", "WA2001I");
     pub const ROLE_DELETE: (&str, &str) = ("role.delete", "WA2002I");

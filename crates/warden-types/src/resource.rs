@@ -130,6 +130,24 @@ pub struct RoleOptions {
     /// (any role) refuses sessions whose recording cannot be written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_session: Option<RecordMode>,
+    /// `session`: every SSH session needs a fresh MFA check (any role).
+    #[serde(skip_serializing_if = "is_default")]
+    pub require_mfa: RequireMfa,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// When a role asks for a second factor beyond login.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequireMfa {
+    #[default]
+    Off,
+    /// Before each SSH session: `warden ssh` asks for a one-time code and
+    /// gets a one-minute certificate for that node only.
+    Session,
 }
 
 /// Whether and how sessions are recorded.
@@ -151,6 +169,7 @@ impl Default for RoleOptions {
             permit_agent_forwarding: None,
             permit_x11_forwarding: None,
             record_session: None,
+            require_mfa: RequireMfa::Off,
         }
     }
 }

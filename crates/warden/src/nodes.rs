@@ -8,8 +8,12 @@ use clap::Args;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use warden_client::{Profile, ProfileStore};
+use warden_types::api::{
+    MfaRequiredRequest, MfaRequiredResponse, MfaSessionRequest, MfaSessionResponse,
+};
 use warden_types::duration::relative;
 use warden_types::resource::NODE_ONLINE_SECS;
+use warden_types::Secret;
 use warden_types::{Document, NodeSpec};
 
 #[derive(Args)]
@@ -43,6 +47,10 @@ pub struct SshArgs {
     /// Forward X11.
     #[arg(short = 'X')]
     x11: bool,
+    /// The current one-time code, when a role requires an MFA check per
+    /// session (asked on the terminal otherwise).
+    #[arg(long)]
+    otp: Option<String>,
     /// LOGIN@NODE (node name or id).
     destination: String,
     /// Command to run instead of a shell.
@@ -270,6 +278,13 @@ pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
     let (login, node) = split_destination(&a.destination)?;
     let t = resolve(&store, &p, node).await?;
     let mut args = openssh_options(&store, &p, &t.node_id)?;
+    if let Some(cert) = session_mfa_cert(&store, &p, &t.node_id, a.otp).await? {
+        let i = args
+            .iter()
+            .position(|o| o.starts_with("CertificateFile="))
+            .context("no CertificateFile option")?;
+        args[i] = format!("CertificateFile={}", cert.display());
+    }
     for l in &a.local {
         args.extend(["-L".to_string(), l.clone()]);
     }
@@ -293,6 +308,58 @@ pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
         args.extend(a.command);
     }
     exec("ssh", args)
+}
+
+/// When a role requires an MFA check per session: asks for a one-time code
+/// and gets a one-minute certificate good for `node_id` only; returns its
+/// path (the login certificate is used otherwise).
+async fn session_mfa_cert(
+    store: &ProfileStore,
+    p: &Profile,
+    node_id: &str,
+    otp: Option<String>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let api = warden_client::login::auth_client(store, p)?;
+    let need: MfaRequiredResponse = api
+        .post(
+            "/v1/mfa/required",
+            &MfaRequiredRequest {
+                node: node_id.to_string(),
+            },
+        )
+        .await?;
+    if !need.required {
+        return Ok(None);
+    }
+    let otp = match otp {
+        Some(c) => Secret::new(c),
+        None => {
+            eprintln!(
+                "Role {} requires an MFA check for this session.",
+                need.roles.join(", ")
+            );
+            crate::prompt::secret("One-time code: ", "--otp")?
+        }
+    };
+    let key = store.private_key_path(p);
+    let public = std::fs::read_to_string(format!("{}.pub", key.display()))
+        .context("cannot read your public key; run 'warden login'")?;
+    let resp: MfaSessionResponse = api
+        .post(
+            "/v1/mfa/session",
+            &MfaSessionRequest {
+                node: node_id.to_string(),
+                ssh_public_key: public.trim().to_string(),
+                otp,
+            },
+        )
+        .await?;
+    let path = store
+        .ssh_cert_path(p)
+        .with_file_name(format!("{}-mfa-cert.pub", p.user));
+    std::fs::write(&path, format!("{}\n", resp.ssh_cert.trim()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(path))
 }
 
 pub async fn scp(a: ScpArgs) -> anyhow::Result<()> {

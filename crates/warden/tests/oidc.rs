@@ -135,7 +135,14 @@ fn sso_login(c: &Cluster, home: &str, connector: &str, browser: &str) -> Out {
 fn headless(c: &Cluster, home: &str, connector: &str) -> (Child, String, String) {
     let mut child = Command::new(WARDEN)
         .args([
-            "login", "--proxy", &c.proxy, "--ca-pin", &c.pin, "--auth", connector, "--headless",
+            "login",
+            "--proxy",
+            &c.proxy,
+            "--ca-pin",
+            &c.pin,
+            "--auth",
+            connector,
+            "--headless",
         ])
         .env("WARDEN_HOME", c.dir.join(home))
         .stdin(Stdio::null())
@@ -197,9 +204,17 @@ fn oidc_single_sign_on() {
     c.admin(&["connectors", "apply", "-f", f.to_str().unwrap()])
         .expect_ok();
     let ls = c.admin(&["connectors", "ls"]).expect_ok();
-    assert!(ls.stdout.contains("okta") && ls.stdout.contains(&idp.issuer), "{}", ls.stdout);
+    assert!(
+        ls.stdout.contains("okta") && ls.stdout.contains(&idp.issuer),
+        "{}",
+        ls.stdout
+    );
     let shown = c.admin(&["get", "oidc", "okta"]).expect_ok();
-    assert!(!shown.stdout.contains(SECRET), "the client secret leaked: {}", shown.stdout);
+    assert!(
+        !shown.stdout.contains(SECRET),
+        "the client secret leaked: {}",
+        shown.stdout
+    );
     // Only oidc documents go through 'connectors apply'.
     c.admin(&["connectors", "apply", "-f", role.to_str().unwrap()])
         .expect_err("not a oidc document");
@@ -207,17 +222,37 @@ fn oidc_single_sign_on() {
     // 1. Browser login: groups map to roles, claims become traits.
     let out = sso_login(&c, "alice", "okta", &browser_cmd("alice", &cafile)).expect_ok();
     assert!(out.stdout.contains("Logged in"), "{}", out.all());
-    assert!(out.stderr.contains("http://"), "the URL is always printed: {}", out.stderr);
+    assert!(
+        out.stderr.contains("http://"),
+        "the URL is always printed: {}",
+        out.stderr
+    );
     let st = status(&c, "alice");
     assert_eq!(st["user"], "alice@example.com");
     assert_eq!(st["roles"], serde_json::json!(["access", "db-admins"]));
-    assert_eq!(st["traits"]["groups"], serde_json::json!(["db-admins", "dev"]));
-    assert_eq!(st["traits"]["email"], serde_json::json!(["alice@example.com"]));
+    assert_eq!(
+        st["traits"]["groups"],
+        serde_json::json!(["db-admins", "dev"])
+    );
+    assert_eq!(
+        st["traits"]["email"],
+        serde_json::json!(["alice@example.com"])
+    );
     let logins = st["logins"].as_array().unwrap();
-    assert!(logins.contains(&"root".into()) && logins.contains(&"alice".into()), "{st}");
+    assert!(
+        logins.contains(&"root".into()) && logins.contains(&"alice".into()),
+        "{st}"
+    );
     // The certificate works with stock ssh.
     let out = c
-        .ssh("alice", "alice@example.com", "root", &[], "echo sso-ok", None)
+        .ssh(
+            "alice",
+            "alice@example.com",
+            "root",
+            &[],
+            "echo sso-ok",
+            None,
+        )
         .expect_ok();
     assert!(out.stdout.contains("sso-ok"));
     let ev = c.events();
@@ -264,9 +299,17 @@ fn oidc_single_sign_on() {
         None,
     )
     .expect_ok();
-    assert!(b.stdout.contains("Logged in as alice@example.com"), "{}", b.all());
+    assert!(
+        b.stdout.contains("Logged in as alice@example.com"),
+        "{}",
+        b.all()
+    );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(status(&c, "alice2")["user"], "alice@example.com");
 
     // 4. The callback cannot be replayed, nor the code reused.
@@ -275,7 +318,9 @@ fn oidc_single_sign_on() {
         .lines()
         .chain(b.stdout.lines())
         .find_map(|l| {
-            l.find("https://").map(|i| &l[i..]).filter(|u| u.contains("/v1/oidc/callback?"))
+            l.find("https://")
+                .map(|i| &l[i..])
+                .filter(|u| u.contains("/v1/oidc/callback?"))
         })
         .map(|u| u.split_whitespace().next().unwrap().to_string())
         .unwrap_or_else(|| panic!("no callback URL in the browser's steps: {}", b.all()));
@@ -307,7 +352,11 @@ fn oidc_single_sign_on() {
         ],
         None,
     );
-    assert!(!again.ok && again.stdout.contains("unknown or expired code"), "{}", again.all());
+    assert!(
+        !again.ok && again.stdout.contains("unknown or expired code"),
+        "{}",
+        again.all()
+    );
 
     // 5. An expired login link is refused, and the waiting client says so.
     let f = connector(&dir, "short", &idp.issuer, &redirect, "3s");
@@ -335,7 +384,10 @@ fn oidc_single_sign_on() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(text.contains("exit=1") && text.contains("expired"), "{text}");
+    assert!(
+        text.contains("exit=1") && text.contains("expired"),
+        "{text}"
+    );
 
     // 6. Provider down: a clear error, at once.
     let f = connector(&dir, "down", "http://127.0.0.1:1", &redirect, "2m");

@@ -28,6 +28,7 @@ fn main() {
         traits: Default::default(),
         requests: vec![],
         cluster: "bench".into(),
+        mfa_node: None,
     };
     let warden = rate(Duration::from_secs(2), 100, || {
         sign_user_cert(&*ca, &params).expect("sign");

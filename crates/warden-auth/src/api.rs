@@ -25,6 +25,8 @@ use warden_types::{Document, IdentityKind, RoleSpec, TokenKind, TokenSpec, UserS
 pub struct Caller {
     pub identity: warden_types::Identity,
     pub addr: SocketAddr,
+    /// The raw public key of the client certificate.
+    pub public_key: Vec<u8>,
 }
 
 /// Longest lifetime of a token an admin may create.

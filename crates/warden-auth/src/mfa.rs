@@ -138,8 +138,22 @@ async fn session(
         .users
         .get(&user)
         .ok_or_else(|| AuthError::AccessDenied(format!("user {user} no longer exists")))?;
-    // The session certificate may carry only what the caller's own
-    // certificate carries: same key, never another one.
+    // The session certificate is for the caller's own key (one key signs
+    // TLS and SSH), and never outlives the caller's certificate.
+    let key = ssh_key::PublicKey::from_openssh(req.ssh_public_key.trim())
+        .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
+    let same_key = matches!(key.key_data(), ssh_key::public::KeyData::Ed25519(k) if k.0.as_slice() == c.public_key.as_slice());
+    if !same_key {
+        return Err(AuthError::AccessDenied(
+            "the SSH key is not the key of your certificate; run 'warden login'".into(),
+        ));
+    }
+    let left = (c.identity.expires - now()).max(0) as u64;
+    if left < 5 {
+        return Err(AuthError::Expired(
+            "your certificate is about to expire; run 'warden login'".into(),
+        ));
+    }
     let ev = |code, msg: String| {
         AuditEvent::new(code, s.cluster(), &user, msg)
             .with("node", node.name().to_string())
@@ -154,7 +168,7 @@ async fn session(
             &doc,
             &req.ssh_public_key,
             None,
-            Some(SESSION_CERT_TTL),
+            Some(SESSION_CERT_TTL.min(left)),
             Some(node.name()),
         )
         .await?;

@@ -105,6 +105,9 @@ struct Pending {
     callback_used: bool,
     /// SHA-256 of the value sent to the loopback listener (browser mode).
     completion_hash: Option<String>,
+    /// SHA-256 of the cookie the device page set (headless mode).
+    #[serde(default)]
+    binding_hash: Option<String>,
     outcome: Option<SsoResult>,
     expires: i64,
 }
@@ -161,12 +164,24 @@ fn choose_redirect(spec: &OidcConnectorSpec, proxy_addrs: &[String]) -> Result<S
 
 /// Is `url` a plain-http loopback URL (the CLI's listener)?
 fn is_loopback(url: &str) -> bool {
-    crate::http_out::parse_url(url).is_ok_and(|t| {
-        !t.https
-            && t.host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
+    crate::http_out::parse_url(url)
+        .is_ok_and(|t| !t.https && t.path == "/callback" && is_loopback_host(&t.host))
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Provider endpoints must be https, except on this machine (tests, a
+/// local IdP): an http key set would let the network forge ID tokens.
+fn check_endpoint(name: &str, what: &str, url: &str) -> Result<()> {
+    match crate::http_out::parse_url(url) {
+        Ok(t) if t.https || is_loopback_host(&t.host) => Ok(()),
+        _ => Err(AuthError::Unavailable(format!(
+            "identity provider {name}: its {what} {url:?} is not an https URL; refusing to use it"
+        ))),
+    }
 }
 
 /// Checks a connector before it is stored.
@@ -310,6 +325,19 @@ impl AuthServer {
                 discovery.issuer
             )));
         }
+        for (what, url) in [
+            (
+                "authorization endpoint",
+                Some(&discovery.authorization_endpoint),
+            ),
+            ("token endpoint", Some(&discovery.token_endpoint)),
+            ("key set", Some(&discovery.jwks_uri)),
+            ("userinfo endpoint", discovery.userinfo_endpoint.as_ref()),
+        ] {
+            if let Some(url) = url {
+                check_endpoint(name, what, url)?;
+            }
+        }
         let (_, keys): (u16, JwkSet) = self
             .fetch_json(
                 name,
@@ -403,6 +431,7 @@ impl AuthServer {
             source,
             callback_used: false,
             completion_hash: None,
+            binding_hash: None,
             outcome: None,
             expires,
         };
@@ -437,7 +466,7 @@ impl AuthServer {
 
     /// Headless mode: the code typed on the proxy's page leads to the
     /// provider. Each code works once.
-    pub async fn sso_device(&self, code: &str, source: Option<String>) -> Result<String> {
+    pub async fn sso_device(&self, code: &str, source: Option<String>) -> Result<(String, String)> {
         let src = source.unwrap_or_default();
         if !self.inner.limiter.allow(&format!("sso-code:{src}"), 10) {
             return Err(AuthError::RateLimited(
@@ -460,8 +489,11 @@ impl AuthServer {
             .await
             .map_err(|_| unknown())?;
         let id = String::from_utf8_lossy(&item.value).to_string();
-        let (p, _) = self.pending(&id).await?.ok_or_else(unknown)?;
-        Ok(p.auth_url)
+        let (mut p, rev) = self.pending(&id).await?.ok_or_else(unknown)?;
+        let binding = token();
+        p.binding_hash = Some(hash(&binding));
+        self.save_pending(&id, &p, rev, p.expires).await?;
+        Ok((p.auth_url, binding))
     }
 
     async fn pending(&self, id: &str) -> Result<Option<(Pending, i64)>> {
@@ -510,9 +542,23 @@ impl AuthServer {
                 "this login link was already used; run 'warden login' again".into(),
             ));
         }
-        // Claim the callback first: a replay loses this race.
+        if p.client_redirect.is_none() {
+            // Headless: only the browser that typed the code may finish.
+            let bound = match (&p.binding_hash, &cb.binding) {
+                (Some(want), Some(got)) => same(&hash(got.expose()), want),
+                _ => false,
+            };
+            if !bound {
+                return Err(AuthError::AccessDenied(
+                    "this login link was not opened from the code page in this browser; open the page 'warden login --headless' printed and enter the code there".into(),
+                ));
+            }
+        }
+        // Claim the callback first: a replay loses this race. The record
+        // outlives the provider calls even when the link was about to expire.
         p.callback_used = true;
-        self.save_pending(id, &p, rev, p.expires).await?;
+        let finish_by = p.expires.max(now() + 4 * TIMEOUT.as_secs() as i64);
+        self.save_pending(id, &p, rev, finish_by).await?;
         let (_, rev) = self.pending(id).await?.ok_or_else(expired)?;
         let result = self.finish(&p, cb).await;
         let collect_until = now() + COLLECT.as_secs() as i64;
@@ -810,7 +856,7 @@ impl AuthServer {
                 .await);
         }
         let user = match self
-            .upsert_sso_user(&p.connector, &username, roles, traits)
+            .upsert_sso_user(&p.connector, &subject, &username, roles, traits)
             .await
         {
             Ok(u) => u,
@@ -842,12 +888,15 @@ impl AuthServer {
     async fn upsert_sso_user(
         &self,
         connector: &str,
+        subject: &str,
         name: &str,
         roles: Vec<String>,
         traits: warden_policy::Traits,
     ) -> Result<Document<UserSpec>> {
         let key = format!("{USERS}{name}");
-        let origin = format!("oidc:{connector}");
+        // The provider's subject is part of the origin: another account
+        // whose claims produce the same name does not become this user.
+        let origin = format!("oidc:{connector}:{subject}");
         let existing = resources::get::<UserSpec>(self.backend(), &key).await?;
         let has_credentials = self
             .backend()
@@ -860,7 +909,7 @@ impl AuthServer {
                 .is_some_and(|u| u.spec.created_by.as_deref() != Some(origin.as_str()))
         {
             return Err(AuthError::Conflict(format!(
-                "a user named {name} already exists in Warden and was not created by connector {connector}; an admin must rename or remove it"
+                "a user named {name} already exists in Warden and was not created by connector {connector} for this identity-provider account; an admin must rename or remove it"
             )));
         }
         let max = warden_policy::session_options(&self.roles(&roles))
@@ -946,10 +995,13 @@ async fn device(
     Json(req): Json<SsoDeviceRequest>,
 ) -> Result<Json<SsoDeviceResponse>> {
     require_proxy(&c)?;
-    let auth_url = s
+    let (auth_url, binding) = s
         .sso_device(&req.user_code, client_addr(&c, &headers))
         .await?;
-    Ok(Json(SsoDeviceResponse { auth_url }))
+    Ok(Json(SsoDeviceResponse {
+        auth_url,
+        binding: Secret::new(binding),
+    }))
 }
 
 async fn result(
@@ -1004,6 +1056,8 @@ mod tests {
     #[test]
     fn loopback_only() {
         assert!(is_loopback("http://127.0.0.1:4242/callback"));
+        assert!(!is_loopback("http://127.0.0.1:4242/other"));
+        assert!(!is_loopback("http://127.0.0.1:4242/callback?x=1"));
         assert!(is_loopback("http://[::1]:4242/callback"));
         assert!(!is_loopback("https://127.0.0.1:4242/callback"));
         assert!(!is_loopback("http://evil.example.com/callback"));

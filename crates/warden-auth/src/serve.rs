@@ -105,7 +105,16 @@ async fn handle(
         "certificate is for cluster {}",
         identity.cluster
     );
-    let caller = Caller { identity, addr };
+    // The raw public key: a user's one key signs both TLS and SSH, so calls
+    // can be bound to it.
+    let public_key = x509_parser::parse_x509_certificate(&der)
+        .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
+        .unwrap_or_default();
+    let caller = Caller {
+        identity,
+        addr,
+        public_key,
+    };
     let svc = TowerToHyperService::new(app.layer(Extension(caller)));
     hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -227,16 +227,16 @@ pub fn check_id_token(claims: &Claims, want: &Expected) -> Result<(), JwtError> 
     let Some(exp) = int(claims, "exp")? else {
         return bad("no expiry (exp)".into());
     };
-    if want.now > exp + want.leeway {
-        return bad(format!("it expired {} s ago", want.now - exp));
+    if want.now > exp.saturating_add(want.leeway) {
+        return bad(format!("it expired {} s ago", want.now.saturating_sub(exp)));
     }
     if let Some(iat) = int(claims, "iat")? {
-        if iat > want.now + want.leeway {
+        if iat > want.now.saturating_add(want.leeway) {
             return bad("it was issued in the future; check the clocks".into());
         }
     }
     if let Some(nbf) = int(claims, "nbf")? {
-        if nbf > want.now + want.leeway {
+        if nbf > want.now.saturating_add(want.leeway) {
             return bad("it is not valid yet (nbf); check the clocks".into());
         }
     }

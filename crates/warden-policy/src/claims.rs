@@ -24,6 +24,10 @@ const PROTOCOL_CLAIMS: &[&str] = &[
     "amr",
 ];
 
+/// Traits Warden sets itself (`{{internal.logins}}` of the default
+/// `access` role): an identity provider must not choose Unix logins.
+const INTERNAL_TRAITS: &[&str] = &["logins"];
+
 /// Claims as traits: strings, numbers and booleans become one value; arrays
 /// of those become lists. Nested objects are skipped.
 pub fn claims_to_traits(claims: &Map<String, Value>) -> Traits {
@@ -35,7 +39,7 @@ pub fn claims_to_traits(claims: &Map<String, Value>) -> Traits {
     };
     let mut out = Traits::new();
     for (k, v) in claims {
-        if PROTOCOL_CLAIMS.contains(&k.as_str()) {
+        if PROTOCOL_CLAIMS.contains(&k.as_str()) || INTERNAL_TRAITS.contains(&k.as_str()) {
             continue;
         }
         let vals: Vec<String> = match v {
@@ -121,12 +125,16 @@ mod tests {
     #[test]
     fn traits_from_claims() {
         let c = json!({"sub": "u1", "email": "a@x", "groups": ["g1", "g2"], "email_verified": true,
-                       "aud": "warden", "exp": 1, "address": {"x": 1}});
+                       "aud": "warden", "exp": 1, "address": {"x": 1}, "logins": ["root"]});
         let t = claims_to_traits(c.as_object().unwrap());
         assert_eq!(t["groups"], vec!["g1", "g2"]);
         assert_eq!(t["email"], vec!["a@x"]);
         assert_eq!(t["email_verified"], vec!["true"]);
         assert!(!t.contains_key("aud") && !t.contains_key("exp") && !t.contains_key("address"));
+        assert!(
+            !t.contains_key("logins"),
+            "an IdP must not pick Unix logins"
+        );
     }
 
     #[test]

@@ -160,6 +160,9 @@ async fn forward_sso_result(
     forward(p.auth, "/v1/sso/result", addr, body).await
 }
 
+/// Cookie binding a headless login to the browser that typed its code.
+const BINDING_COOKIE: &str = "warden_sso";
+
 /// A small HTML page for the browser leg of single sign-on.
 fn page(status: StatusCode, title: &str, message: &str, form: bool) -> Response {
     let esc = |s: &str| {
@@ -230,8 +233,17 @@ fn error_page(title: &str, e: ClientError) -> Response {
 async fn oidc_callback(
     State(p): State<Public>,
     Extension(addr): Extension<ClientAddr>,
-    Query(cb): Query<SsoCallback>,
+    headers: axum::http::HeaderMap,
+    Query(mut cb): Query<SsoCallback>,
 ) -> Response {
+    cb.binding = headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == BINDING_COOKIE)
+        .map(|(_, v)| warden_types::Secret::new(v.to_string()));
     let auth = p
         .auth
         .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
@@ -270,7 +282,17 @@ async fn device_submit(
         .post::<_, SsoDeviceResponse>("/v1/sso/device", &req)
         .await
     {
-        Ok(r) => see_other(&r.auth_url),
+        Ok(r) => {
+            let mut resp = see_other(&r.auth_url);
+            let cookie = format!(
+                "{BINDING_COOKIE}={}; Path=/v1/oidc/callback; Max-Age=3600; HttpOnly; Secure; SameSite=Lax",
+                r.binding.expose()
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert("set-cookie", v);
+            }
+            resp
+        }
         Err(e) => error_page("Code not accepted", e),
     }
 }

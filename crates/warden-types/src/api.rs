@@ -477,6 +477,9 @@ pub struct SsoCallback {
     pub error: Option<String>,
     #[serde(default)]
     pub error_description: Option<String>,
+    /// Headless mode: the cookie the device page set in this browser.
+    #[serde(default)]
+    pub binding: Option<Secret<String>>,
 }
 
 /// What the proxy shows the browser after the callback.
@@ -497,6 +500,9 @@ pub struct SsoDeviceRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SsoDeviceResponse {
     pub auth_url: String,
+    /// Set as a cookie in the browser that typed the code; the callback
+    /// must come back with it, so a forwarded login link is useless.
+    pub binding: Secret<String>,
 }
 
 /// Polls a started login.

@@ -356,7 +356,7 @@ async fn session_mfa_cert(
         .await?;
     let path = store
         .ssh_cert_path(p)
-        .with_file_name(format!("{}-mfa-cert.pub", p.user));
+        .with_file_name(format!("{}-mfa-{node_id}-cert.pub", p.user));
     std::fs::write(&path, format!("{}\n", resp.ssh_cert.trim()))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Some(path))

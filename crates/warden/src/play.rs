@@ -221,6 +221,9 @@ async fn replay(rec: &Decoded, speed: f64, skip_idle: bool) -> anyhow::Result<()
     } else {
         mpsc::unbounded_channel().1
     };
+    // Once stdin is closed (or was never a terminal) there are no keys to
+    // wait for; polling the closed channel would spin instead of sleeping.
+    let mut keys_open = interactive.0.is_some();
     let events: Vec<_> = rec
         .events
         .iter()
@@ -235,8 +238,10 @@ async fn replay(rec: &Decoded, speed: f64, skip_idle: bool) -> anyhow::Result<()
             gap = gap.min(1.0);
         }
         let wait = Duration::from_secs_f64(gap / speed);
-        let key = if paused {
+        let key = if paused && keys_open {
             keys.recv().await
+        } else if paused {
+            None
         } else {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
@@ -246,7 +251,7 @@ async fn replay(rec: &Decoded, speed: f64, skip_idle: bool) -> anyhow::Result<()
                     i += 1;
                     continue;
                 }
-                k = keys.recv() => k,
+                k = keys.recv(), if keys_open => k,
             }
         };
         match key {
@@ -273,7 +278,10 @@ async fn replay(rec: &Decoded, speed: f64, skip_idle: bool) -> anyhow::Result<()
                 pos = target;
             }
             Some(Key::Quit) => break,
-            None => paused = false,
+            None => {
+                keys_open = false;
+                paused = false;
+            }
         }
     }
     drop(interactive);

@@ -47,14 +47,20 @@ pub async fn login(
             "To log in with {connector}, open this page in any browser:\n\n  {url}\n\nand enter the code:\n\n  {code}\n\nWaiting..."
         );
     }
-    let mut completion: Option<String> = None;
+    // Every value the loopback listener got: a stray local request must
+    // not displace the real one.
+    let mut completions_seen: Vec<String> = Vec::new();
+    let mut turn = 0usize;
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs((start.expires - crate::output::now()).max(1) as u64 + 5);
     loop {
+        let completion = (!completions_seen.is_empty())
+            .then(|| completions_seen[turn % completions_seen.len()].clone());
+        turn += 1;
         let req = SsoResultRequest {
             id: start.id.clone(),
             poll_token: start.poll_token.clone(),
-            completion: completion.clone().map(Secret::new),
+            completion: completion.map(Secret::new),
         };
         match client::sso_result(proxy, trust.clone(), &req).await? {
             SsoResult::Done { login } => return Ok((key, *login)),
@@ -67,7 +73,10 @@ pub async fn login(
             );
         }
         tokio::select! {
-            Some(c) = completions.recv() => completion = Some(c),
+            Some(c) = completions.recv() => {
+                completions_seen.push(c);
+                turn = completions_seen.len() - 1;
+            }
             _ = tokio::time::sleep(POLL) => {}
         }
     }

@@ -87,7 +87,17 @@ fn per_session_mfa() {
     .expect_err("already used");
     // The session certificate is good for its node only.
     let keys = c.keys_dir("dave");
-    let mfa_cert = keys.join("dave-mfa-cert.pub");
+    let id = c
+        .run_as("dave", &["ls", "--format", "json"], None)
+        .expect_ok()
+        .stdout;
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&id).unwrap();
+    let id = nodes
+        .iter()
+        .find(|n| n["metadata"]["labels"]["env"] == "mfa" && n["spec"]["hostname"] == "mfa-1")
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("mfa-1 not listed: {nodes:?}"));
+    let mfa_cert = keys.join(format!("dave-mfa-{id}-cert.pub"));
     assert!(mfa_cert.exists());
     let other = run_program(
         "ssh",

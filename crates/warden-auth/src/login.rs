@@ -1,12 +1,11 @@
 //! Local login (password + TOTP), signup, lockout and rate limits.
 
 use crate::error::{AuthError, Result};
-use crate::resources::{self, Credentials, CREDENTIALS, TOKENS, USERS};
+use crate::resources::{self, now, to_json, Credentials, CREDENTIALS, TOKENS, USERS};
 use crate::server::AuthServer;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 use warden_ca::otp;
 use warden_store::StoreError;
 use warden_types::api::{LoginRequest, LoginResponse, SignupInfo, SignupRequest};
@@ -38,10 +37,6 @@ fn source_key(addr: &str) -> String {
         }
         _ => addr.to_string(),
     }
-}
-
-fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -439,10 +434,6 @@ impl AuthServer {
             .await?;
         Ok(())
     }
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| AuthError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

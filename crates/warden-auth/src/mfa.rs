@@ -5,7 +5,7 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
-use crate::resources::{self, Credentials, CREDENTIALS, NODES};
+use crate::resources::{self, now, to_json, Credentials, CREDENTIALS, NODES};
 use crate::server::AuthServer;
 use axum::extract::State;
 use axum::routing::post;
@@ -25,10 +25,6 @@ pub fn routes() -> Router<AuthServer> {
     Router::new()
         .route("/v1/mfa/required", post(required))
         .route("/v1/mfa/session", post(session))
-}
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl AuthServer {
@@ -80,8 +76,7 @@ impl AuthServer {
                     }
                 }
             }
-            let value =
-                serde_json::to_vec(&creds).map_err(|e| AuthError::Internal(e.to_string()))?;
+            let value = to_json(&creds)?;
             match self
                 .backend()
                 .compare_and_swap(&key, rev, value, None)

@@ -14,7 +14,7 @@
 
 use crate::api::{client_addr, require_proxy, Caller};
 use crate::error::{AuthError, Result};
-use crate::resources::{self, CONNECTORS, CREDENTIALS, USERS};
+use crate::resources::{self, now, to_json, CONNECTORS, CREDENTIALS, USERS};
 use crate::server::AuthServer;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -110,10 +110,6 @@ struct Pending {
     binding_hash: Option<String>,
     outcome: Option<SsoResult>,
     expires: i64,
-}
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn token() -> String {
@@ -510,7 +506,8 @@ impl AuthServer {
         }
     }
 
-    async fn save_pending(&self, id: &str, p: &Pending, rev: i64, until: i64) -> Result<()> {
+    /// Writes `p` if it is still at `rev`; returns the new revision.
+    async fn save_pending(&self, id: &str, p: &Pending, rev: i64, until: i64) -> Result<i64> {
         let until = SystemTime::UNIX_EPOCH + Duration::from_secs(until.max(0) as u64);
         self.backend()
             .compare_and_swap(&format!("{PENDING}{id}"), rev, to_json(p)?, Some(until))
@@ -520,8 +517,7 @@ impl AuthServer {
                     "this login link was already used; run 'warden login' again".into(),
                 ),
                 other => other.into(),
-            })?;
-        Ok(())
+            })
     }
 
     /// The provider sent the browser back: finish the login.
@@ -558,8 +554,7 @@ impl AuthServer {
         // outlives the provider calls even when the link was about to expire.
         p.callback_used = true;
         let finish_by = p.expires.max(now() + 4 * TIMEOUT.as_secs() as i64);
-        self.save_pending(id, &p, rev, finish_by).await?;
-        let (_, rev) = self.pending(id).await?.ok_or_else(expired)?;
+        let rev = self.save_pending(id, &p, rev, finish_by).await?;
         let result = self.finish(&p, cb).await;
         let collect_until = now() + COLLECT.as_secs() as i64;
         let (outcome, response) = match result {
@@ -1018,10 +1013,6 @@ async fn result(
         )
         .await?,
     ))
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| AuthError::Internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
+use crate::resources::now;
 use crate::resources::{self, REQUESTS};
 use crate::server::AuthServer;
 use axum::extract::{Path, State};
@@ -30,10 +31,6 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/review", post(review))
         .route("/v1/certs/renew", post(renew))
-}
-
-fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Roles granted by an allow list and not denied by any role.

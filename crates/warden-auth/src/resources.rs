@@ -45,6 +45,16 @@ pub async fn list<S: DeserializeOwned>(b: &dyn Backend, prefix: &str) -> Result<
     Ok(out)
 }
 
+/// Unix seconds now.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// JSON for a stored value that is not a document.
+pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| AuthError::Internal(e.to_string()))
+}
+
 /// Serializes without the revision (the store owns it).
 pub fn encode<S: Serialize + Clone>(doc: &Document<S>) -> Vec<u8> {
     let mut doc = doc.clone();

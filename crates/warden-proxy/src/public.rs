@@ -52,8 +52,10 @@ pub fn public_router(auth: ApiClient) -> Router {
         .with_state(state)
 }
 
-fn error_response(e: ClientError) -> Response {
-    let (status, code, message) = match e {
+/// Status, code and message of a failed auth call: auth's own answer, or
+/// that auth is unreachable.
+fn auth_failure(e: ClientError) -> (StatusCode, String, String) {
+    match e {
         ClientError::Api {
             status,
             code,
@@ -72,8 +74,18 @@ fn error_response(e: ClientError) -> Response {
                     .to_string(),
             )
         }
-    };
+    }
+}
+
+fn error_response(e: ClientError) -> Response {
+    let (status, code, message) = auth_failure(e);
     (status, Json(ApiError { code, message })).into_response()
+}
+
+/// The auth client, telling auth the client's address.
+fn auth_for(auth: &ApiClient, addr: ClientAddr) -> ApiClient {
+    auth.clone()
+        .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string())
 }
 
 async fn ping(State(p): State<Public>) -> Response {
@@ -105,8 +117,10 @@ async fn forward(auth: ApiClient, path: &str, addr: ClientAddr, body: Bytes) -> 
                 .into_response()
         }
     };
-    let auth = auth.with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
-    match auth.post::<_, serde_json::Value>(path, &value).await {
+    match auth_for(&auth, addr)
+        .post::<_, serde_json::Value>(path, &value)
+        .await
+    {
         Ok(v) => Json(v).into_response(),
         Err(e) => error_response(e),
     }
@@ -206,27 +220,10 @@ fn see_other(url: &str) -> Response {
         .into_response()
 }
 
-/// An auth error as a page; unreachable auth says so.
+/// An auth error as a page.
 fn error_page(title: &str, e: ClientError) -> Response {
-    match e {
-        ClientError::Api {
-            status, message, ..
-        } => page(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            title,
-            &message,
-            false,
-        ),
-        other => {
-            tracing::warn!(error = %other, "auth unreachable from proxy");
-            page(
-                StatusCode::BAD_GATEWAY,
-                title,
-                "the proxy cannot reach the auth service; try again shortly",
-                false,
-            )
-        }
-    }
+    let (status, _, message) = auth_failure(e);
+    page(status, title, &message, false)
 }
 
 /// The identity provider sends the browser here with `code` and `state`.
@@ -244,10 +241,7 @@ async fn oidc_callback(
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == BINDING_COOKIE)
         .map(|(_, v)| warden_types::Secret::new(v.to_string()));
-    let auth = p
-        .auth
-        .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
-    match auth
+    match auth_for(&p.auth, addr)
         .post::<_, SsoCallbackResponse>("/v1/sso/callback", &cb)
         .await
     {
@@ -275,10 +269,7 @@ async fn device_submit(
     Extension(addr): Extension<ClientAddr>,
     Form(req): Form<SsoDeviceRequest>,
 ) -> Response {
-    let auth = p
-        .auth
-        .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string());
-    match auth
+    match auth_for(&p.auth, addr)
         .post::<_, SsoDeviceResponse>("/v1/sso/device", &req)
         .await
     {

@@ -37,6 +37,7 @@ pub fn router(server: AuthServer) -> Router {
         .route("/v1/ping", get(ping))
         .route("/v1/whoami", get(whoami))
         .route("/v1/login", post(login))
+        .route("/v1/login/challenge", post(login_challenge))
         .route("/v1/signup/info", post(signup_info))
         .route("/v1/signup", post(signup))
         .route("/v1/users", get(list_users).post(create_user))
@@ -260,6 +261,18 @@ async fn login(
 ) -> Result<Json<LoginResponse>> {
     require_proxy(&c)?;
     Ok(Json(s.login(&req, client_addr(&c, &headers)).await?))
+}
+
+async fn login_challenge(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<warden_types::api::LoginChallengeRequest>,
+) -> Result<Json<warden_types::api::MfaChallengeResponse>> {
+    require_proxy(&c)?;
+    Ok(Json(
+        s.login_challenge(&req, client_addr(&c, &headers)).await?,
+    ))
 }
 
 #[derive(Deserialize)]

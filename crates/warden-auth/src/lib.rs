@@ -19,6 +19,7 @@ mod requests;
 mod resources;
 mod serve;
 mod server;
+mod webauthn;
 mod webhook;
 
 pub use error::AuthError;

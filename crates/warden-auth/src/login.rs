@@ -8,7 +8,10 @@ use argon2::Argon2;
 use subtle::ConstantTimeEq;
 use warden_ca::otp;
 use warden_store::StoreError;
-use warden_types::api::{LoginRequest, LoginResponse, SignupInfo, SignupRequest};
+use warden_types::api::{
+    LoginChallengeRequest, LoginRequest, LoginResponse, MfaChallengeResponse, MfaPurpose,
+    SignupInfo, SignupRequest,
+};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::duration::relative;
 use warden_types::{Document, TokenKind, TokenSpec, UserSpec};
@@ -190,6 +193,8 @@ impl AuthServer {
             last_otp_step: step,
             failed_attempts: 0,
             locked_until: 0,
+            webauthn_user: None,
+            webauthn: vec![],
         };
         self.backend()
             .put(
@@ -240,33 +245,81 @@ impl AuthServer {
         AuthError::Unauthenticated(BAD_CREDENTIALS.into())
     }
 
-    /// Password + TOTP login; returns certificates for the client's keys.
-    pub async fn login(&self, req: &LoginRequest, source: Option<String>) -> Result<LoginResponse> {
+    /// The first step of a login with a security key: checks the password
+    /// (so nobody learns who has keys) and returns the second factors the
+    /// user can answer with, with a security-key challenge if they have keys.
+    pub async fn login_challenge(
+        &self,
+        req: &LoginChallengeRequest,
+        source: Option<String>,
+    ) -> Result<MfaChallengeResponse> {
+        self.login_rate_limit(&req.user, &source).await?;
+        let user =
+            resources::get::<UserSpec>(self.backend(), &format!("{USERS}{}", req.user)).await?;
+        let creds = resources::get_raw::<Credentials>(
+            self.backend(),
+            &format!("{CREDENTIALS}{}", req.user),
+        )
+        .await?;
+        let (Some(_), Some((creds, _))) = (user, creds) else {
+            let password = req.password.expose().clone();
+            self.hash_job(move || verify_password(&password, dummy_hash()))
+                .await?;
+            return Err(self
+                .login_failed(&req.user, "unknown user or signup not completed", &source)
+                .await);
+        };
+        if creds.locked_until > now() {
+            return Err(self
+                .login_failed(&req.user, "account locked", &source)
+                .await);
+        }
+        let password = req.password.expose().clone();
+        let phc = creds.password_hash.clone();
+        let password_ok = self
+            .hash_job(move || verify_password(&password, &phc))
+            .await?;
+        if !password_ok {
+            // Counts toward the lockout like any failed login.
+            self.apply_factor(&req.user, |_| Ok(false)).await?;
+            return Err(self
+                .login_failed(&req.user, "wrong password", &source)
+                .await);
+        }
+        Ok(MfaChallengeResponse {
+            totp: true,
+            webauthn: self
+                .webauthn_challenge(&req.user, MfaPurpose::Login)
+                .await?,
+        })
+    }
+
+    async fn login_rate_limit(&self, user: &str, source: &Option<String>) -> Result<()> {
         let config = self.config().await?;
         let src = source.clone().unwrap_or_else(|| "unknown".into());
         let limiter = &self.inner.limiter;
         if !limiter.allow(
             &format!("src:{}", source_key(&src)),
             config.login_rate_per_minute,
-        ) || !limiter.allow(
-            &format!("user:{}", req.user),
-            config.lockout_attempts.max(1) * 2,
-        ) {
+        ) || !limiter.allow(&format!("user:{user}"), config.lockout_attempts.max(1) * 2)
+        {
             self.audit(
-                AuditEvent::new(
-                    codes::LOGIN_FAILURE,
-                    self.cluster(),
-                    &req.user,
-                    "rate limited",
-                )
-                .source(source.clone()),
+                AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), user, "rate limited")
+                    .source(source.clone()),
             )
             .await;
             return Err(AuthError::RateLimited(format!(
-                "too many login attempts from {src} or for {}; wait a minute and try again",
-                req.user
+                "too many login attempts from {src} or for {user}; wait a minute and try again"
             )));
         }
+        Ok(())
+    }
+
+    /// Password + TOTP (or security key) login; returns certificates for
+    /// the client's keys.
+    pub async fn login(&self, req: &LoginRequest, source: Option<String>) -> Result<LoginResponse> {
+        let config = self.config().await?;
+        self.login_rate_limit(&req.user, &source).await?;
         let user_key = format!("{USERS}{}", req.user);
         let cred_key = format!("{CREDENTIALS}{}", req.user);
         let user = resources::get::<UserSpec>(self.backend(), &user_key).await?;
@@ -289,8 +342,27 @@ impl AuthServer {
         let password_ok = self
             .hash_job(move || verify_password(&password, &phc))
             .await?;
-        let secret = self.inner.keys.open(TOTP_AAD, &creds.totp_sealed)?;
-        let code_step = otp::verify(&secret, req.otp.expose(), now() as u64);
+        // The second factor: a security key's answer, else a TOTP code.
+        let (method, assertion, code_step) = match &req.webauthn {
+            Some(answer) => {
+                let outcome = match self
+                    .check_assertion(&req.user, MfaPurpose::Login, answer)
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.login_failed(&req.user, &e.to_string(), &source).await;
+                        return Err(e);
+                    }
+                };
+                ("password+webauthn", Some(outcome), None)
+            }
+            None => {
+                let secret = self.inner.keys.open(TOTP_AAD, &creds.totp_sealed)?;
+                let step = otp::verify(&secret, req.otp.expose(), now() as u64);
+                ("password+totp", None, step)
+            }
+        };
         // Apply the outcome with compare-and-swap, re-reading on conflict, so
         // concurrent guesses each count and a code is accepted only once.
         let (mut creds, mut rev) = (creds, rev);
@@ -305,14 +377,25 @@ impl AuthServer {
                     .await);
             }
             let fresh_code = code_step.filter(|s| *s > creds.last_otp_step);
-            let ok = password_ok && fresh_code.is_some();
+            let ok = password_ok
+                && match &assertion {
+                    Some(Ok(res)) => crate::webauthn::apply_assertion(&mut creds, res),
+                    Some(Err(_)) => false,
+                    None => fresh_code.is_some(),
+                };
             let mut reason = String::new();
             if ok {
                 creds.failed_attempts = 0;
-                creds.last_otp_step = fresh_code.unwrap_or_default();
+                if let Some(step) = fresh_code {
+                    creds.last_otp_step = step;
+                }
             } else {
                 reason = if !password_ok {
                     "wrong password".into()
+                } else if let Some(Err(why)) = &assertion {
+                    why.clone()
+                } else if assertion.is_some() {
+                    "security key not enrolled".into()
                 } else if code_step.is_some() {
                     "reused one-time code".into()
                 } else {
@@ -345,7 +428,7 @@ impl AuthServer {
                             crate::locks::lock_message(&lock)
                         )));
                     }
-                    return self.login_succeeded(&user, req, source).await;
+                    return self.login_succeeded(&user, req, method, source).await;
                 }
                 Ok(_) => {
                     if creds.locked_until > now() {
@@ -392,6 +475,7 @@ impl AuthServer {
         &self,
         user: &Document<UserSpec>,
         req: &LoginRequest,
+        method: &str,
         source: Option<String>,
     ) -> Result<LoginResponse> {
         let resp = self
@@ -408,7 +492,7 @@ impl AuthServer {
                     "local login",
                 )
                 .source(source)
-                .with("method", "password+totp")
+                .with("method", method.to_string())
                 .with("roles", resp.identity.roles.clone())
                 .with("logins", resp.identity.logins.clone())
                 .with("expires", resp.identity.expires),

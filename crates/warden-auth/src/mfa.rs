@@ -8,12 +8,14 @@ use crate::error::{AuthError, Result};
 use crate::resources::{self, now, to_json, Credentials, CREDENTIALS, NODES};
 use crate::server::AuthServer;
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use warden_ca::otp;
 use warden_store::StoreError;
 use warden_types::api::{
-    MfaRequiredRequest, MfaRequiredResponse, MfaSessionRequest, MfaSessionResponse,
+    MfaChallengeRequest, MfaChallengeResponse, MfaDevice, MfaProof, MfaPurpose, MfaRegisterFinish,
+    MfaRegisterRequest, MfaRemoveRequest, MfaRequiredRequest, MfaRequiredResponse,
+    MfaSessionRequest, MfaSessionResponse, WebauthnChallenge,
 };
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::{IdentityKind, NodeSpec, RequireMfa};
@@ -25,6 +27,11 @@ pub fn routes() -> Router<AuthServer> {
     Router::new()
         .route("/v1/mfa/required", post(required))
         .route("/v1/mfa/session", post(session))
+        .route("/v1/mfa/challenge", post(challenge))
+        .route("/v1/mfa/devices", get(devices))
+        .route("/v1/mfa/devices/register", post(register))
+        .route("/v1/mfa/devices/register/finish", post(register_finish))
+        .route("/v1/mfa/devices/remove", post(remove))
 }
 
 impl AuthServer {
@@ -40,9 +47,15 @@ impl AuthServer {
             .collect()
     }
 
-    /// Checks a TOTP code of a local user: each code once, failures count
-    /// toward the lockout like failed logins.
-    pub(crate) async fn verify_totp(&self, user: &str, code: &str) -> Result<()> {
+    /// Applies one second-factor attempt to `user`'s credentials under
+    /// compare-and-swap: `check` judges it (and records what a success
+    /// consumes: the TOTP step, a key's counter); failures count toward
+    /// the lockout like failed logins. Returns whether it passed.
+    pub(crate) async fn apply_factor(
+        &self,
+        user: &str,
+        mut check: impl FnMut(&mut Credentials) -> Result<bool>,
+    ) -> Result<bool> {
         let config = self.config().await?;
         let key = format!("{CREDENTIALS}{user}");
         for _ in 0..50 {
@@ -50,7 +63,7 @@ impl AuthServer {
                 resources::get_raw::<Credentials>(self.backend(), &key).await?
             else {
                 return Err(AuthError::AccessDenied(format!(
-                    "{user} has no one-time-code device (single sign-on users: ask an admin to drop require_mfa or enrol a local account)"
+                    "{user} has no MFA device (single sign-on users: ask an admin to drop require_mfa or enrol a local account)"
                 )));
             };
             if creds.locked_until > now() {
@@ -58,42 +71,77 @@ impl AuthServer {
                     "account locked after repeated failures; wait or ask an admin ('warden admin users unlock')".into(),
                 ));
             }
-            let secret = self
-                .inner
-                .keys
-                .open(crate::login::TOTP_AAD, &creds.totp_sealed)?;
-            let step =
-                otp::verify(&secret, code, now() as u64).filter(|s| *s > creds.last_otp_step);
-            match step {
-                Some(s) => {
-                    creds.last_otp_step = s;
-                    creds.failed_attempts = 0;
-                }
-                None => {
-                    creds.failed_attempts += 1;
-                    if creds.failed_attempts >= config.lockout_attempts {
-                        creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
-                    }
+            let ok = check(&mut creds)?;
+            if ok {
+                creds.failed_attempts = 0;
+            } else {
+                creds.failed_attempts += 1;
+                if creds.failed_attempts >= config.lockout_attempts {
+                    creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
                 }
             }
-            let value = to_json(&creds)?;
             match self
                 .backend()
-                .compare_and_swap(&key, rev, value, None)
+                .compare_and_swap(&key, rev, to_json(&creds)?, None)
                 .await
             {
-                Ok(_) if step.is_some() => return Ok(()),
-                Ok(_) => {
-                    return Err(AuthError::Unauthenticated(
-                        "wrong or already used one-time code; wait for the next one and try again"
-                            .into(),
-                    ))
-                }
+                Ok(_) => return Ok(ok),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(AuthError::Internal("credentials are too contended".into()))
+    }
+
+    /// Checks a fresh second factor of a local user for `purpose`: a TOTP
+    /// code (each once) or a security key's answer. Returns the method.
+    pub(crate) async fn verify_factor(
+        &self,
+        user: &str,
+        purpose: MfaPurpose,
+        proof: &MfaProof,
+    ) -> Result<&'static str> {
+        if let Some(answer) = &proof.webauthn {
+            let outcome = self.check_assertion(user, purpose, answer).await?;
+            let ok = self
+                .apply_factor(user, |c| {
+                    Ok(matches!(&outcome, Ok(res) if crate::webauthn::apply_assertion(c, res)))
+                })
+                .await?;
+            return match outcome {
+                Ok(_) if ok => Ok("webauthn"),
+                Ok(_) => Err(AuthError::Unauthenticated(
+                    "that security key is not enrolled ('warden mfa ls')".into(),
+                )),
+                Err(reason) => Err(AuthError::Unauthenticated(reason)),
+            };
+        }
+        let Some(code) = &proof.otp else {
+            return Err(AuthError::BadRequest(
+                "an MFA check needs a one-time code or a security key".into(),
+            ));
+        };
+        let ok = self
+            .apply_factor(user, |c| {
+                let secret = self
+                    .inner
+                    .keys
+                    .open(crate::login::TOTP_AAD, &c.totp_sealed)?;
+                let step = otp::verify(&secret, code.expose(), now() as u64)
+                    .filter(|s| *s > c.last_otp_step);
+                if let Some(s) = step {
+                    c.last_otp_step = s;
+                }
+                Ok(step.is_some())
+            })
+            .await?;
+        if ok {
+            Ok("totp")
+        } else {
+            Err(AuthError::Unauthenticated(
+                "wrong or already used one-time code; wait for the next one and try again".into(),
+            ))
+        }
     }
 }
 
@@ -149,15 +197,27 @@ async fn session(
             "your certificate is about to expire; run 'warden login'".into(),
         ));
     }
-    let ev = |code, msg: String| {
+    let ev = |code, msg: String, method: &str| {
         AuditEvent::new(code, s.cluster(), &user, msg)
             .with("node", node.name().to_string())
-            .with("method", "totp")
+            .with("method", method.to_string())
     };
-    if let Err(e) = s.verify_totp(&user, req.otp.expose()).await {
-        s.audit(ev(codes::MFA_SESSION_FAILURE, e.to_string())).await;
-        return Err(e);
-    }
+    let method = match s
+        .verify_factor(&user, MfaPurpose::Session, &req.proof)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            let tried = if req.proof.webauthn.is_some() {
+                "webauthn"
+            } else {
+                "totp"
+            };
+            s.audit(ev(codes::MFA_SESSION_FAILURE, e.to_string(), tried))
+                .await;
+            return Err(e);
+        }
+    };
     let resp = s
         .issue_certs(
             &doc,
@@ -172,10 +232,156 @@ async fn session(
         .append(ev(
             codes::MFA_SESSION,
             format!("MFA check for a session on {}", node.spec.hostname),
+            method,
         ))
         .await?;
     Ok(Json(MfaSessionResponse {
         ssh_cert: resp.ssh_cert,
         expires: resp.identity.expires,
     }))
+}
+
+/// The factors the caller can answer with, and a security-key challenge.
+async fn challenge(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<MfaChallengeRequest>,
+) -> Result<Json<MfaChallengeResponse>> {
+    let user = require_user(&c)?;
+    if req.purpose == MfaPurpose::Login {
+        return Err(AuthError::BadRequest(
+            "login challenges come from /v1/login/challenge".into(),
+        ));
+    }
+    let totp = resources::get_raw::<Credentials>(s.backend(), &format!("{CREDENTIALS}{user}"))
+        .await?
+        .is_some();
+    Ok(Json(MfaChallengeResponse {
+        totp,
+        webauthn: s.webauthn_challenge(user, req.purpose).await?,
+    }))
+}
+
+/// The caller's MFA devices.
+async fn devices(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<MfaDevice>>> {
+    let user = require_user(&c)?;
+    let Some((creds, _)) =
+        resources::get_raw::<Credentials>(s.backend(), &format!("{CREDENTIALS}{user}")).await?
+    else {
+        return Ok(Json(vec![]));
+    };
+    let mut out = vec![MfaDevice {
+        name: "totp".into(),
+        kind: "totp".into(),
+        added: 0,
+        last_used: 0,
+    }];
+    out.extend(creds.webauthn.iter().map(|d| MfaDevice {
+        name: d.name.clone(),
+        kind: "webauthn".into(),
+        added: d.added,
+        last_used: d.last_used,
+    }));
+    Ok(Json(out))
+}
+
+/// Adding and removing devices needs a fresh check with one the user has:
+/// a stolen certificate alone cannot enrol the thief's key.
+async fn manage_check(
+    s: &AuthServer,
+    user: &str,
+    proof: &MfaProof,
+    code: (&str, &str),
+    device: &str,
+) -> Result<()> {
+    if let Err(e) = s.verify_factor(user, MfaPurpose::Manage, proof).await {
+        s.audit(
+            AuditEvent::new(code, s.cluster(), user, e.to_string())
+                .with("device", device.to_string()),
+        )
+        .await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn register(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<MfaRegisterRequest>,
+) -> Result<Json<WebauthnChallenge>> {
+    let user = require_user(&c)?;
+    crate::webauthn::check_device_name(&req.name)?;
+    manage_check(&s, user, &req.proof, codes::MFA_ADD_FAILURE, &req.name).await?;
+    Ok(Json(s.begin_registration(user, &req.name).await?))
+}
+
+async fn register_finish(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<MfaRegisterFinish>,
+) -> Result<Json<MfaDevice>> {
+    let user = require_user(&c)?;
+    let name = match s.finish_registration(user, &req.answer).await {
+        Ok(n) => n,
+        Err(e) => {
+            s.audit(AuditEvent::new(
+                codes::MFA_ADD_FAILURE,
+                s.cluster(),
+                user,
+                e.to_string(),
+            ))
+            .await;
+            return Err(e);
+        }
+    };
+    s.inner
+        .audit
+        .append(
+            AuditEvent::new(
+                codes::MFA_ADD,
+                s.cluster(),
+                user,
+                format!("security key {name} enrolled"),
+            )
+            .with("device", name.clone())
+            .with("type", "webauthn"),
+        )
+        .await?;
+    Ok(Json(MfaDevice {
+        name,
+        kind: "webauthn".into(),
+        added: now(),
+        last_used: 0,
+    }))
+}
+
+async fn remove(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<MfaRemoveRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let user = require_user(&c)?;
+    if req.name == "totp" {
+        return Err(AuthError::BadRequest(
+            "the TOTP device cannot be removed (an admin can reset the account: 'warden admin users reset')".into(),
+        ));
+    }
+    manage_check(&s, user, &req.proof, codes::MFA_REMOVE_FAILURE, &req.name).await?;
+    s.remove_security_key(user, &req.name).await?;
+    s.audit(
+        AuditEvent::new(
+            codes::MFA_REMOVE,
+            s.cluster(),
+            user,
+            format!("security key {} removed", req.name),
+        )
+        .with("device", req.name.clone())
+        .with("type", "webauthn"),
+    )
+    .await;
+    Ok(Json(serde_json::json!({})))
 }

@@ -74,6 +74,12 @@ pub struct Credentials {
     pub failed_attempts: u32,
     /// Unix seconds; 0 when not locked.
     pub locked_until: i64,
+    /// The user handle security keys are registered under.
+    #[serde(default)]
+    pub webauthn_user: Option<uuid::Uuid>,
+    /// Enrolled security keys.
+    #[serde(default)]
+    pub webauthn: Vec<crate::webauthn::SecurityKeyDevice>,
 }
 
 /// Reads a JSON value (not a document) and its revision.

@@ -7,8 +7,9 @@ use crate::tls::{ClientCert, Trust};
 use crate::{ClientError, Result};
 use warden_ca::ClientKey;
 use warden_types::api::{
-    LoginRequest, LoginResponse, PingResponse, SignupInfo, SignupRequest, SignupResponse,
-    SsoResult, SsoResultRequest, SsoStartRequest, SsoStartResponse,
+    LoginChallengeRequest, LoginRequest, LoginResponse, MfaChallengeResponse, PingResponse,
+    SignupInfo, SignupRequest, SignupResponse, SsoResult, SsoResultRequest, SsoStartRequest,
+    SsoStartResponse, WebauthnAnswer,
 };
 use warden_types::{Secret, ALPN_AUTH, AUTH_SERVER_NAME};
 
@@ -60,7 +61,26 @@ pub struct LoginInput {
     pub user: String,
     pub password: Secret<String>,
     pub otp: Secret<String>,
+    /// A security key's answer, instead of `otp`.
+    pub webauthn: Option<WebauthnAnswer>,
     pub ttl_secs: Option<u64>,
+}
+
+/// Checks the password and returns the second factors the user can answer
+/// with (a security-key challenge when they have keys).
+pub async fn login_challenge(
+    proxy: &str,
+    trust: Trust,
+    user: &str,
+    password: &Secret<String>,
+) -> Result<MfaChallengeResponse> {
+    let req = LoginChallengeRequest {
+        user: user.to_string(),
+        password: password.clone(),
+    };
+    public_client(proxy, trust)?
+        .post("/v1/login/challenge", &req)
+        .await
 }
 
 /// Logs in with a fresh key; the private key never leaves this machine.
@@ -74,6 +94,7 @@ pub async fn login(
         user: input.user.clone(),
         password: input.password,
         otp: input.otp,
+        webauthn: input.webauthn,
         ssh_public_key: key
             .ssh_public_key()
             .to_openssh()

@@ -41,6 +41,7 @@ pub fn public_router(auth: ApiClient) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
         .route("/v1/login", post(forward_login))
+        .route("/v1/login/challenge", post(forward_login_challenge))
         .route("/v1/signup/info", post(forward_signup_info))
         .route("/v1/signup", post(forward_signup))
         .route("/v1/join", post(forward_join))
@@ -132,6 +133,14 @@ async fn forward_login(
     body: Bytes,
 ) -> Response {
     forward(p.auth, "/v1/login", addr, body).await
+}
+
+async fn forward_login_challenge(
+    State(p): State<Public>,
+    Extension(addr): Extension<ClientAddr>,
+    body: Bytes,
+) -> Response {
+    forward(p.auth, "/v1/login/challenge", addr, body).await
 }
 
 async fn forward_signup_info(

@@ -32,7 +32,12 @@ pub struct PingResponse {
 pub struct LoginRequest {
     pub user: String,
     pub password: Secret<String>,
+    /// TOTP code; empty when a security key answers instead.
+    #[serde(default)]
     pub otp: Secret<String>,
+    /// A security key's answer to the challenge from `/v1/login/challenge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<WebauthnAnswer>,
     /// OpenSSH public key line to certify.
     pub ssh_public_key: String,
     /// PEM certificate signing request for the X.509 client certificate.
@@ -403,12 +408,99 @@ pub struct MfaRequiredResponse {
     pub roles: Vec<String>,
 }
 
-/// A one-time code for a one-minute certificate valid on one node only.
+/// A fresh second factor for a one-minute certificate valid on one node only.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MfaSessionRequest {
     pub node: String,
     pub ssh_public_key: String,
-    pub otp: Secret<String>,
+    pub proof: MfaProof,
+}
+
+/// A WebAuthn challenge: `request` is the relying party's
+/// `PublicKeyCredentialRequestOptions` (or creation options) as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebauthnChallenge {
+    pub id: String,
+    pub request: serde_json::Value,
+}
+
+/// A security key's answer (a `PublicKeyCredential` as JSON) to a challenge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebauthnAnswer {
+    pub challenge_id: String,
+    pub credential: serde_json::Value,
+}
+
+/// A fresh second factor: a TOTP code or a security key's answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MfaProof {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<Secret<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<WebauthnAnswer>,
+}
+
+/// What a challenge is for: an answer only counts for that purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaPurpose {
+    Login,
+    /// Per-session MFA before an SSH session.
+    Session,
+    /// Adding or removing MFA devices.
+    Manage,
+}
+
+/// Password first, so that nobody learns which users have security keys.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginChallengeRequest {
+    pub user: String,
+    pub password: Secret<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaChallengeRequest {
+    pub purpose: MfaPurpose,
+}
+
+/// The second factors the user can answer with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaChallengeResponse {
+    pub totp: bool,
+    /// Present when the user has security keys.
+    #[serde(default)]
+    pub webauthn: Option<WebauthnChallenge>,
+}
+
+/// An MFA device of the caller.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaDevice {
+    pub name: String,
+    /// `totp` or `webauthn`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Unix seconds; 0 when unknown.
+    pub added: i64,
+    pub last_used: i64,
+}
+
+/// Starts enrolling a security key; an existing factor proves it is you.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaRegisterRequest {
+    pub name: String,
+    pub proof: MfaProof,
+}
+
+/// Completes enrolment with the new key's attestation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaRegisterFinish {
+    pub answer: WebauthnAnswer,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MfaRemoveRequest {
+    pub name: String,
+    pub proof: MfaProof,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

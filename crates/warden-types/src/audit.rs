@@ -52,6 +52,10 @@ pub mod codes {
     pub const USER_LOCKED_OUT: (&str, &str) = ("user.lockout", "WA1005W");
     pub const MFA_SESSION: (&str, &str) = ("mfa.session", "WA1010I");
     pub const MFA_SESSION_FAILURE: (&str, &str) = ("mfa.session", "WA1010W");
+    pub const MFA_ADD: (&str, &str) = ("mfa.add", "WA1011I");
+    pub const MFA_ADD_FAILURE: (&str, &str) = ("mfa.add", "WA1011W");
+    pub const MFA_REMOVE: (&str, &str) = ("mfa.remove", "WA1012I");
+    pub const MFA_REMOVE_FAILURE: (&str, &str) = ("mfa.remove", "WA1012W");
     pub const ROLE_CREATE: (&str, &str) = ("role.create", "WA2000I");
     pub const ROLE_UPDATE: (&str, &str) = ("role.update", "WA2001I");
     pub const ROLE_DELETE: (&str, &str) = ("role.delete", "WA2002I");

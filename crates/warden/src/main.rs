@@ -4,6 +4,7 @@
 mod admin;
 mod admin_config;
 mod handover;
+mod mfa;
 mod nodes;
 mod output;
 mod play;
@@ -76,6 +77,9 @@ enum Command {
     /// Helpers for OpenSSH (ProxyCommand).
     #[command(subcommand)]
     Proxy(ProxyCommand),
+    /// Your MFA devices: enrol a security key (add), list (ls), remove (rm).
+    #[command(subcommand)]
+    Mfa(mfa::MfaCommand),
     /// Manage users, roles, tokens and the audit log.
     Admin(admin::AdminArgs),
 }
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
+            Command::Mfa(c) => mfa::run(c).await,
             Command::Admin(a) => admin::run(a).await,
         }
     });

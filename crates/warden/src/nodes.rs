@@ -9,11 +9,11 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use warden_client::{Profile, ProfileStore};
 use warden_types::api::{
-    MfaRequiredRequest, MfaRequiredResponse, MfaSessionRequest, MfaSessionResponse,
+    MfaChallengeRequest, MfaChallengeResponse, MfaPurpose, MfaRequiredRequest, MfaRequiredResponse,
+    MfaSessionRequest, MfaSessionResponse,
 };
 use warden_types::duration::relative;
 use warden_types::resource::NODE_ONLINE_SECS;
-use warden_types::Secret;
 use warden_types::{Document, NodeSpec};
 
 #[derive(Args)]
@@ -80,7 +80,7 @@ pub struct SftpArgs {
     destination: String,
 }
 
-fn profile() -> anyhow::Result<(ProfileStore, Profile)> {
+pub(crate) fn profile() -> anyhow::Result<(ProfileStore, Profile)> {
     let store = ProfileStore::new(ProfileStore::default_home()?);
     let Some(p) = store.current()? else {
         bail!("not logged in; run 'warden login --proxy HOST:3080 --user NAME'");
@@ -331,16 +331,21 @@ async fn session_mfa_cert(
     if !need.required {
         return Ok(None);
     }
-    let otp = match otp {
-        Some(c) => Secret::new(c),
-        None => {
-            eprintln!(
-                "Role {} requires an MFA check for this session.",
-                need.roles.join(", ")
-            );
-            crate::prompt::secret("One-time code: ", "--otp")?
-        }
-    };
+    let challenge: MfaChallengeResponse = api
+        .post(
+            "/v1/mfa/challenge",
+            &MfaChallengeRequest {
+                purpose: MfaPurpose::Session,
+            },
+        )
+        .await?;
+    if otp.is_none() {
+        eprintln!(
+            "Role {} requires an MFA check for this session.",
+            need.roles.join(", ")
+        );
+    }
+    let proof = crate::mfa::prove(&challenge, &p.proxy, otp).await?;
     let key = store.private_key_path(p);
     let public = std::fs::read_to_string(format!("{}.pub", key.display()))
         .context("cannot read your public key; run 'warden login'")?;
@@ -350,7 +355,7 @@ async fn session_mfa_cert(
             &MfaSessionRequest {
                 node: node_id.to_string(),
                 ssh_public_key: public.trim().to_string(),
-                otp,
+                proof,
             },
         )
         .await?;

@@ -226,9 +226,18 @@ async fn local_login(
     } else {
         prompt::secret(&format!("Password for {user}: "), "--password-stdin")?
     };
-    let otp = match &a.otp {
-        Some(c) => Secret::new(c.clone()),
-        None => prompt::secret("One-time code: ", "--otp")?,
+    // With --otp, one call; else the password first, then the user's
+    // security key if they have one, else a one-time code.
+    let proof = match &a.otp {
+        Some(c) => warden_types::api::MfaProof {
+            otp: Some(Secret::new(c.clone())),
+            webauthn: None,
+        },
+        None => {
+            let challenge =
+                client::login_challenge(&a.proxy, trust.clone(), user, &password).await?;
+            crate::mfa::prove(&challenge, &a.proxy, None).await?
+        }
     };
     Ok(client::login(
         &a.proxy,
@@ -236,7 +245,8 @@ async fn local_login(
         LoginInput {
             user: user.to_string(),
             password,
-            otp,
+            otp: proof.otp.unwrap_or_default(),
+            webauthn: proof.webauthn,
             ttl_secs,
         },
     )

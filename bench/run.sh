@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p warden-bench --bins
-for b in ca_sign store_put; do
+for b in ca_sign store_put audit_log; do
   ./target/release/$b
 done

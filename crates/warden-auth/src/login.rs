@@ -24,8 +24,8 @@ const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 /// Message for every credential failure: it must not tell an attacker which
 /// part was wrong or whether the user exists.
-const BAD_CREDENTIALS: &str = "login failed: wrong user name, password or one-time code, \
-     or the account is locked after repeated failures (each code works once: \
+const BAD_CREDENTIALS: &str = "login failed: wrong user name, password, one-time code or \
+     security key, or the account is locked after repeated failures (each code works once: \
      if you just used it, wait for the next)";
 /// Longest wait for a password-hashing slot.
 const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -245,15 +245,22 @@ impl AuthServer {
         AuthError::Unauthenticated(BAD_CREDENTIALS.into())
     }
 
-    /// The first step of a login with a security key: checks the password
-    /// (so nobody learns who has keys) and returns the second factors the
-    /// user can answer with, with a security-key challenge if they have keys.
+    /// The first step of a login with a security key: returns the second
+    /// factors the user can answer with, with a security-key challenge when
+    /// the password is right and the user has keys. Everything else (unknown
+    /// user, wrong password, locked account) gets the same answer as a user
+    /// without keys, so this call tells nobody whether a user exists or a
+    /// password is right; failures are counted and audited as usual.
     pub async fn login_challenge(
         &self,
         req: &LoginChallengeRequest,
         source: Option<String>,
     ) -> Result<MfaChallengeResponse> {
         self.login_rate_limit(&req.user, &source).await?;
+        let decoy = MfaChallengeResponse {
+            totp: true,
+            webauthn: None,
+        };
         let user =
             resources::get::<UserSpec>(self.backend(), &format!("{USERS}{}", req.user)).await?;
         let creds = resources::get_raw::<Credentials>(
@@ -265,14 +272,14 @@ impl AuthServer {
             let password = req.password.expose().clone();
             self.hash_job(move || verify_password(&password, dummy_hash()))
                 .await?;
-            return Err(self
-                .login_failed(&req.user, "unknown user or signup not completed", &source)
-                .await);
+            self.login_failed(&req.user, "unknown user or signup not completed", &source)
+                .await;
+            return Ok(decoy);
         };
         if creds.locked_until > now() {
-            return Err(self
-                .login_failed(&req.user, "account locked", &source)
-                .await);
+            self.login_failed(&req.user, "account locked", &source)
+                .await;
+            return Ok(decoy);
         }
         let password = req.password.expose().clone();
         let phc = creds.password_hash.clone();
@@ -281,10 +288,10 @@ impl AuthServer {
             .await?;
         if !password_ok {
             // Counts toward the lockout like any failed login.
-            self.apply_factor(&req.user, |_| Ok(false)).await?;
-            return Err(self
-                .login_failed(&req.user, "wrong password", &source)
-                .await);
+            let _ = self.apply_factor(&req.user, |_| Ok(false)).await;
+            self.login_failed(&req.user, "wrong password", &source)
+                .await;
+            return Ok(decoy);
         }
         Ok(MfaChallengeResponse {
             totp: true,
@@ -345,15 +352,15 @@ impl AuthServer {
         // The second factor: a security key's answer, else a TOTP code.
         let (method, assertion, code_step) = match &req.webauthn {
             Some(answer) => {
+                // A challenge that is gone (or never was) is a failed
+                // attempt like any other, with the same answer to the client.
                 let outcome = match self
                     .check_assertion(&req.user, MfaPurpose::Login, answer)
                     .await
                 {
                     Ok(o) => o,
-                    Err(e) => {
-                        self.login_failed(&req.user, &e.to_string(), &source).await;
-                        return Err(e);
-                    }
+                    Err(AuthError::Unauthenticated(why)) => Err(why),
+                    Err(e) => return Err(e),
                 };
                 ("password+webauthn", Some(outcome), None)
             }

@@ -66,18 +66,25 @@ impl AuthServer {
                     "{user} has no MFA device (single sign-on users: ask an admin to drop require_mfa or enrol a local account)"
                 )));
             };
+            // A lock that has run out starts a fresh count.
+            if creds.locked_until != 0 && creds.locked_until <= now() {
+                creds.locked_until = 0;
+                creds.failed_attempts = 0;
+            }
             if creds.locked_until > now() {
                 return Err(AuthError::Locked(
                     "account locked after repeated failures; wait or ask an admin ('warden admin users unlock')".into(),
                 ));
             }
             let ok = check(&mut creds)?;
+            let mut locks_now = false;
             if ok {
                 creds.failed_attempts = 0;
             } else {
                 creds.failed_attempts += 1;
                 if creds.failed_attempts >= config.lockout_attempts {
                     creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
+                    locks_now = true;
                 }
             }
             match self
@@ -85,7 +92,21 @@ impl AuthServer {
                 .compare_and_swap(&key, rev, to_json(&creds)?, None)
                 .await
             {
-                Ok(_) => return Ok(ok),
+                Ok(_) => {
+                    if locks_now {
+                        self.audit(AuditEvent::new(
+                            codes::USER_LOCKED_OUT,
+                            self.cluster(),
+                            user,
+                            format!(
+                                "locked for {} after {} failed attempts",
+                                config.lockout_duration, creds.failed_attempts
+                            ),
+                        ))
+                        .await;
+                    }
+                    return Ok(ok);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -314,7 +335,7 @@ async fn register(
     Json(req): Json<MfaRegisterRequest>,
 ) -> Result<Json<WebauthnChallenge>> {
     let user = require_user(&c)?;
-    crate::webauthn::check_device_name(&req.name)?;
+    s.can_register(user, &req.name).await?;
     manage_check(&s, user, &req.proof, codes::MFA_ADD_FAILURE, &req.name).await?;
     Ok(Json(s.begin_registration(user, &req.name).await?))
 }
@@ -370,18 +391,29 @@ async fn remove(
             "the TOTP device cannot be removed (an admin can reset the account: 'warden admin users reset')".into(),
         ));
     }
+    let enrolled = resources::get_raw::<Credentials>(s.backend(), &format!("{CREDENTIALS}{user}"))
+        .await?
+        .is_some_and(|(c, _)| c.webauthn.iter().any(|d| d.name == req.name));
+    if !enrolled {
+        return Err(AuthError::NotFound(format!(
+            "no security key named {} ('warden mfa ls' lists them)",
+            req.name
+        )));
+    }
     manage_check(&s, user, &req.proof, codes::MFA_REMOVE_FAILURE, &req.name).await?;
     s.remove_security_key(user, &req.name).await?;
-    s.audit(
-        AuditEvent::new(
-            codes::MFA_REMOVE,
-            s.cluster(),
-            user,
-            format!("security key {} removed", req.name),
+    s.inner
+        .audit
+        .append(
+            AuditEvent::new(
+                codes::MFA_REMOVE,
+                s.cluster(),
+                user,
+                format!("security key {} removed", req.name),
+            )
+            .with("device", req.name.clone())
+            .with("type", "webauthn"),
         )
-        .with("device", req.name.clone())
-        .with("type", "webauthn"),
-    )
-    .await;
+        .await?;
     Ok(Json(serde_json::json!({})))
 }

@@ -32,6 +32,7 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/nodes/heartbeat", put(heartbeat))
         .route("/v1/nodes/access", post(access))
         .route("/v1/events", post(node_event))
+        .route("/v1/events/batch", post(node_events))
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/proxies/heartbeat", put(proxy_heartbeat))
 }
@@ -483,24 +484,55 @@ async fn access(
     ))
 }
 
+/// Most events in one delivery from a node's spool.
+const MAX_EVENT_BATCH: usize = 500;
+
 async fn node_event(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,
-    Json(mut ev): Json<AuditEvent>,
+    Json(ev): Json<AuditEvent>,
 ) -> Result<Json<serde_json::Value>> {
-    let id = require_node(&c)?.to_string();
-    if !codes::NODE_EVENT_TYPES.contains(&ev.event_type.as_str()) {
+    store_node_events(&s, &c, vec![ev]).await
+}
+
+/// Events a node delivers from its spool, oldest first, in one write.
+async fn node_events(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(events): Json<Vec<AuditEvent>>,
+) -> Result<Json<serde_json::Value>> {
+    if events.len() > MAX_EVENT_BATCH {
         return Err(AuthError::BadRequest(format!(
-            "nodes may not report events of type {:?}",
-            ev.event_type
+            "at most {MAX_EVENT_BATCH} events per batch"
         )));
     }
-    // The node speaks for itself only.
-    ev.cluster = s.cluster().to_string();
-    ev.node = Some(id);
-    ev.id = uuid::Uuid::new_v4().to_string();
+    store_node_events(&s, &c, events).await
+}
+
+async fn store_node_events(
+    s: &AuthServer,
+    c: &Caller,
+    mut events: Vec<AuditEvent>,
+) -> Result<Json<serde_json::Value>> {
+    let id = require_node(c)?.to_string();
+    for ev in &mut events {
+        if !codes::NODE_EVENT_TYPES.contains(&ev.event_type.as_str()) {
+            return Err(AuthError::BadRequest(format!(
+                "nodes may not report events of type {:?}",
+                ev.event_type
+            )));
+        }
+        // The node speaks for itself only.
+        ev.cluster = s.cluster().to_string();
+        ev.node = Some(id.clone());
+        // Nodes name their events (a UUID) so that a resend from their
+        // spool, after an acknowledgement was lost, is not stored twice.
+        if uuid::Uuid::parse_str(&ev.id).is_err() {
+            ev.id = uuid::Uuid::new_v4().to_string();
+        }
+    }
     // Acknowledged only once durable.
-    s.record(ev, None).await?;
+    s.record_batch(events).await?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -201,6 +201,18 @@ impl AuthServer {
         Ok(event)
     }
 
+    /// Stores events in one durable write (ids already stored are skipped)
+    /// and hands the stored ones to the export sinks.
+    pub(crate) async fn record_batch(
+        &self,
+        events: Vec<AuditEvent>,
+    ) -> std::result::Result<(), StoreError> {
+        for event in self.inner.audit.append_batch(events).await? {
+            self.inner.webhooks.notify(&event, None);
+        }
+        Ok(())
+    }
+
     /// Issues a key and X.509 certificate for a service or the admin.
     pub async fn issue_service_identity(
         &self,

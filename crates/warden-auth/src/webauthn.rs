@@ -76,12 +76,19 @@ pub(crate) fn relying_party(cluster: &str) -> Result<Webauthn> {
 }
 
 /// Records a verified assertion on the key that made it (signature
-/// counter, last use). False when no enrolled key made it.
+/// counter, last use). False when no enrolled key made it, or when its
+/// counter did not grow past the one stored *now*: webauthn-rs compares
+/// with the counter as of the challenge, so two answers racing (or a
+/// cloned key answering an older challenge) are caught here.
 pub(crate) fn apply_assertion(creds: &mut Credentials, res: &AuthenticationResult) -> bool {
     for d in &mut creds.webauthn {
-        if d.key.update_credential(res).is_some() {
-            d.last_used = now();
-            return true;
+        match d.key.update_credential(res) {
+            None => continue,
+            Some(false) if res.counter() > 0 => return false,
+            Some(_) => {
+                d.last_used = now();
+                return true;
+            }
         }
     }
     false
@@ -205,13 +212,11 @@ impl AuthServer {
             .map_err(|e| format!("security key check failed: {e:?}")))
     }
 
-    /// Starts enrolling a security key named `name` for `user`.
-    pub(crate) async fn begin_registration(
-        &self,
-        user: &str,
-        name: &str,
-    ) -> Result<WebauthnChallenge> {
+    /// Checks that `user` can enrol a key named `name`, before the
+    /// confirming MFA check spends a code.
+    pub(crate) async fn can_register(&self, user: &str, name: &str) -> Result<Credentials> {
         check_device_name(name)?;
+        relying_party(self.cluster())?;
         let key = format!("{CREDENTIALS}{user}");
         let (creds, _) = resources::get_raw::<Credentials>(self.backend(), &key)
             .await?
@@ -230,6 +235,16 @@ impl AuthServer {
                 "at most {MAX_KEYS} security keys per user; remove one first ('warden mfa rm')"
             )));
         }
+        Ok(creds)
+    }
+
+    /// Starts enrolling a security key named `name` for `user`.
+    pub(crate) async fn begin_registration(
+        &self,
+        user: &str,
+        name: &str,
+    ) -> Result<WebauthnChallenge> {
+        let creds = self.can_register(user, name).await?;
         let handle = creds.webauthn_user.unwrap_or_else(Uuid::new_v4);
         let exclude = creds
             .webauthn
@@ -289,6 +304,11 @@ impl AuthServer {
             if creds.webauthn.iter().any(|d| d.name == name) {
                 return Err(AuthError::Conflict(format!(
                     "you already have a device named {name}"
+                )));
+            }
+            if creds.webauthn.len() >= MAX_KEYS {
+                return Err(AuthError::BadRequest(format!(
+                    "at most {MAX_KEYS} security keys per user; remove one first ('warden mfa rm')"
                 )));
             }
             if creds

@@ -38,6 +38,14 @@ pub struct NodeIdentity {
     pub registry: crate::locks::Registry,
     /// Session recordings waiting for upload.
     pub spool: crate::recording::Spool,
+    /// Audit events waiting for auth.
+    pub events: crate::audit_spool::EventSpool,
+}
+
+fn open_events(data_dir: &Path) -> anyhow::Result<crate::audit_spool::EventSpool> {
+    let dir = data_dir.join(NODE_DIR).join("events");
+    crate::audit_spool::EventSpool::open(&dir)
+        .with_context(|| format!("cannot open the audit event spool {}", dir.display()))
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -62,6 +70,7 @@ impl NodeIdentity {
                 spool: crate::recording::Spool::new(
                     &config.data_dir.join(NODE_DIR).join("recordings"),
                 ),
+                events: open_events(&config.data_dir)?,
             };
             return Ok(id);
         }
@@ -102,6 +111,7 @@ impl NodeIdentity {
             certs: RwLock::new(certs.clone()),
             registry: Default::default(),
             spool: crate::recording::Spool::new(&config.data_dir.join(NODE_DIR).join("recordings")),
+            events: open_events(&config.data_dir)?,
         };
         id.save_certs(&certs)?;
         tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
@@ -217,15 +227,39 @@ impl NodeIdentity {
             .await?)
     }
 
-    /// Sends an audit event; logs if auth cannot take it (durable local
-    /// buffering arrives with the audit issue).
+    /// Records an audit event: spooled durably here, then delivered to auth
+    /// in order (later, if auth is unreachable now).
     pub async fn emit(&self, mut event: AuditEvent) {
         event.cluster = self.state.cluster.clone();
         event.node = Some(self.state.node_id.clone());
-        let result: anyhow::Result<serde_json::Value> =
-            async { Ok(self.api()?.post("/v1/events", &event).await?) }.await;
-        if let Err(e) = result {
-            tracing::error!(error = %format!("{e:#}"), event = %event.event_type, "audit event not delivered");
+        let spool = self.events.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let r = spool.push(&event);
+            (r, event)
+        })
+        .await;
+        match pushed {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), event)) => {
+                // The spool is unusable (disk full?): try auth directly.
+                tracing::error!(error = %e, "cannot spool an audit event; sending it directly");
+                if let Err(e) = self.send_event(&event).await {
+                    tracing::error!(error = %format!("{e:#}"), event = %event.event_type, "audit event lost");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "audit spool task failed"),
         }
+    }
+
+    /// Sends one event to auth; it is stored once even if sent again.
+    pub async fn send_event(&self, event: &AuditEvent) -> anyhow::Result<()> {
+        let _: serde_json::Value = self.api()?.post("/v1/events", event).await?;
+        Ok(())
+    }
+
+    /// Sends events (oldest first) in one request and one durable write.
+    pub async fn send_events(&self, events: &[AuditEvent]) -> anyhow::Result<()> {
+        let _: serde_json::Value = self.api()?.post("/v1/events/batch", &events).await?;
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! that trusts only the cluster's user CA and asks auth, with the user's
 //! live roles, before every login.
 
+mod audit_spool;
 mod forward;
 mod identity;
 mod locks;
@@ -159,6 +160,7 @@ pub async fn run(
     }
     tokio::spawn(locks::enforce(identity.clone(), config.name.clone()));
     tokio::spawn(recording::upload_loop(identity.clone()));
+    tokio::spawn(audit_spool::deliver_loop(identity.clone()));
     tokio::spawn(tunnel::keep_tunnels(
         identity.clone(),
         config.proxy.clone(),

@@ -22,7 +22,22 @@ pub struct VerifyReport {
 #[async_trait]
 pub trait AuditLog: Send + Sync + 'static {
     /// Chains and stores `event`; returns it with index and hashes set.
+    /// An event whose id is already stored is refused with
+    /// `AlreadyExists`, so a resend after a lost acknowledgement is harmless.
     async fn append(&self, event: AuditEvent) -> Result<AuditEvent>;
+    /// Appends several events in one durable write, in order; events whose
+    /// id is already stored are skipped. Returns the events stored.
+    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            match self.append(e).await {
+                Ok(e) => out.push(e),
+                Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
     /// Newest first.
     async fn search(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
     /// Recomputes the chain.
@@ -111,47 +126,78 @@ fn parse(body: String) -> rusqlite::Result<AuditEvent> {
     })
 }
 
+/// IMMEDIATE: the chain head is read and extended under one write lock,
+/// even with several processes appending.
+fn begin(c: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
+    c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)
+}
+
+/// Chains and inserts one event; `None` when its id is already stored.
+fn insert(tx: &rusqlite::Transaction<'_>, mut event: AuditEvent) -> Result<Option<AuditEvent>> {
+    let known: Option<i64> = tx
+        .query_row("SELECT idx FROM events WHERE id = ?1", [&event.id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db_err)?;
+    if known.is_some() {
+        return Ok(None);
+    }
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT idx, hash FROM events ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    let (idx, prev) = last.unwrap_or((0, String::new()));
+    event.index = idx as u64 + 1;
+    event.prev_hash = prev;
+    event.hash = event_hash(&event);
+    let body = serde_json::to_string(&event).map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO events (idx, id, time, type, user, node, session_id, body, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            event.index as i64,
+            event.id,
+            event.time.unix_timestamp(),
+            event.event_type,
+            event.user,
+            event.node,
+            event.session_id,
+            body,
+            event.hash
+        ],
+    )
+    .map_err(db_err)?;
+    Ok(Some(event))
+}
+
 #[async_trait]
 impl AuditLog for SqliteAuditLog {
-    async fn append(&self, mut event: AuditEvent) -> Result<AuditEvent> {
+    async fn append(&self, event: AuditEvent) -> Result<AuditEvent> {
         self.with(move |c| {
-            // IMMEDIATE: the chain head is read and extended under one
-            // write lock, even with several processes appending.
-            let tx = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let last: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT idx, hash FROM events ORDER BY idx DESC LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db_err)?;
-            let (idx, prev) = last.unwrap_or((0, String::new()));
-            event.index = idx as u64 + 1;
-            event.prev_hash = prev;
-            event.hash = event_hash(&event);
-            let body =
-                serde_json::to_string(&event).map_err(|e| StoreError::Backend(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO events (idx, id, time, type, user, node, session_id, body, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    event.index as i64,
-                    event.id,
-                    event.time.unix_timestamp(),
-                    event.event_type,
-                    event.user,
-                    event.node,
-                    event.session_id,
-                    body,
-                    event.hash
-                ],
-            )
-            .map_err(db_err)?;
+            let tx = begin(c)?;
+            let event = insert(&tx, event)?
+                .ok_or_else(|| StoreError::AlreadyExists("an event with this id".to_string()))?;
             tx.commit().map_err(db_err)?;
             Ok(event)
+        })
+        .await
+    }
+
+    async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>> {
+        self.with(move |c| {
+            let tx = begin(c)?;
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                out.extend(insert(&tx, e)?);
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(out)
         })
         .await
     }
@@ -237,6 +283,27 @@ impl AuditLog for SqliteAuditLog {
 mod tests {
     use super::*;
     use warden_types::audit::codes;
+
+    #[tokio::test]
+    async fn resent_events_are_stored_once_and_batches_keep_order() {
+        let dir = std::env::temp_dir().join(format!("warden-audit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = SqliteAuditLog::open(&dir.join("audit.db")).unwrap();
+        let first = AuditEvent::new(codes::LOGIN_SUCCESS, "c1", "a", "one");
+        log.append(first.clone()).await.unwrap();
+        assert!(matches!(
+            log.append(first.clone()).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let second = AuditEvent::new(codes::LOGIN_SUCCESS, "c1", "a", "two");
+        let third = AuditEvent::new(codes::LOGIN_SUCCESS, "c1", "a", "three");
+        let stored = log.append_batch(vec![first, second, third]).await.unwrap();
+        let messages: Vec<&str> = stored.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["two", "three"]);
+        assert_eq!(stored[0].index + 1, stored[1].index);
+        assert!(log.verify().await.unwrap().first_broken.is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[tokio::test]
     async fn chain_detects_tampering() {

@@ -189,6 +189,9 @@ pub async fn prove(
             webauthn: None,
         });
     }
+    if !challenge.totp && challenge.webauthn.is_none() {
+        bail!("you have no MFA devices: single sign-on users get MFA from their identity provider; ask an admin about require_mfa");
+    }
     if let Some(w) = &challenge.webauthn {
         return Ok(MfaProof {
             otp: None,
@@ -218,8 +221,10 @@ pub async fn answer_with_key(
 }
 
 /// The WebAuthn origin: the proxy's host when it lies under the relying
-/// party ID (so a look-alike proxy's answers are refused), else the RP ID
-/// itself (proxies addressed by IP).
+/// party ID, else the RP ID itself (proxies addressed by IP). The client
+/// picks its origin, so this does not stop a relaying look-alike proxy:
+/// the cluster CA pinned in the profile does (TLS to a proxy without a
+/// certificate of that CA fails before any challenge is asked for).
 fn origin(proxy: &str, rp_id: &str) -> anyhow::Result<Url> {
     let host = proxy_host(proxy).to_ascii_lowercase();
     let rp = rp_id.to_ascii_lowercase();

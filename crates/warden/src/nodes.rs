@@ -9,8 +9,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use warden_client::{Profile, ProfileStore};
 use warden_types::api::{
-    MfaChallengeRequest, MfaChallengeResponse, MfaPurpose, MfaRequiredRequest, MfaRequiredResponse,
-    MfaSessionRequest, MfaSessionResponse,
+    MfaChallengeRequest, MfaChallengeResponse, MfaProof, MfaPurpose, MfaRequiredRequest,
+    MfaRequiredResponse, MfaSessionRequest, MfaSessionResponse,
 };
 use warden_types::duration::relative;
 use warden_types::resource::NODE_ONLINE_SECS;
@@ -331,21 +331,27 @@ async fn session_mfa_cert(
     if !need.required {
         return Ok(None);
     }
-    let challenge: MfaChallengeResponse = api
-        .post(
-            "/v1/mfa/challenge",
-            &MfaChallengeRequest {
-                purpose: MfaPurpose::Session,
-            },
-        )
-        .await?;
-    if otp.is_none() {
-        eprintln!(
-            "Role {} requires an MFA check for this session.",
-            need.roles.join(", ")
-        );
-    }
-    let proof = crate::mfa::prove(&challenge, &p.proxy, otp).await?;
+    let proof = match otp {
+        Some(code) => MfaProof {
+            otp: Some(warden_types::Secret::new(code)),
+            webauthn: None,
+        },
+        None => {
+            eprintln!(
+                "Role {} requires an MFA check for this session.",
+                need.roles.join(", ")
+            );
+            let challenge: MfaChallengeResponse = api
+                .post(
+                    "/v1/mfa/challenge",
+                    &MfaChallengeRequest {
+                        purpose: MfaPurpose::Session,
+                    },
+                )
+                .await?;
+            crate::mfa::prove(&challenge, &p.proxy, None).await?
+        }
+    };
     let key = store.private_key_path(p);
     let public = std::fs::read_to_string(format!("{}.pub", key.display()))
         .context("cannot read your public key; run 'warden login'")?;

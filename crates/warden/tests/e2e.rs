@@ -82,9 +82,9 @@ fn quickstart_login_and_certificate() {
         ],
         Some("not the password\n"),
     )
-    .expect_err("wrong user name, password or one-time code");
+    .expect_err("wrong user name, password, one-time code or security key");
     c.login("home", "alice", &wrong_code(&right))
-        .expect_err("wrong user name, password or one-time code");
+        .expect_err("wrong user name, password, one-time code or security key");
     c.login("home", "nobody", &right).expect_err("login failed");
     let zero_pin = format!("sha256:{}", "0".repeat(64));
     c.run_as(

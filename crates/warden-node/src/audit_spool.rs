@@ -1,0 +1,232 @@
+//! Audit events wait in a local spool until auth acknowledges them, so an
+//! auth outage loses nothing: each event is a file, synced before
+//! [`EventSpool::push`] returns, named by a sequence number so events are
+//! delivered in the order they happened. Events carry their own id and auth
+//! ignores an id it already holds, so a resend after a lost acknowledgement
+//! (or a crash between acknowledgement and delete) is not stored twice.
+
+use crate::identity::NodeIdentity;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warden_types::audit::AuditEvent;
+
+/// Look for undelivered events at least this often.
+const SCAN_EVERY: Duration = Duration::from_secs(5);
+/// Wait after a failed delivery (auth down) before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Events per delivery (auth takes at most 500).
+const BATCH: usize = 200;
+/// Events kept while auth is unreachable; beyond, new events are refused
+/// locally (and logged) rather than filling the disk.
+const MAX_PENDING: usize = 100_000;
+
+/// The spool directory of undelivered events.
+#[derive(Clone)]
+pub struct EventSpool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// The next sequence number; held while writing so files are in order.
+    next: Mutex<u64>,
+    /// Events waiting (kept as a count: listing the directory per event
+    /// would cost O(backlog) during a long outage).
+    queued: std::sync::atomic::AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+fn seq_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".json")?.parse().ok()
+}
+
+impl EventSpool {
+    /// Opens (creating, 0700) the spool in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let spool = EventSpool {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                next: Mutex::new(0),
+                queued: Default::default(),
+                wake: tokio::sync::Notify::new(),
+            }),
+        };
+        // Half-written events of a crash were never acknowledged to anyone.
+        for e in std::fs::read_dir(dir)?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let pending = spool.pending();
+        spool.inner.queued.store(pending.len(), Ordering::SeqCst);
+        let last = pending.last().map(|(s, _)| *s).unwrap_or(0);
+        *spool.inner.next.lock().unwrap_or_else(|e| e.into_inner()) = last + 1;
+        Ok(spool)
+    }
+
+    /// Undelivered events, oldest first.
+    pub fn pending(&self) -> Vec<(u64, PathBuf)> {
+        let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.inner.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                seq_of(&p).map(|s| (s, p))
+            })
+            .collect();
+        out.sort_by_key(|(s, _)| *s);
+        out
+    }
+
+    /// Stores `event` durably; the delivery loop sends it.
+    pub fn push(&self, event: &AuditEvent) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let body = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        let mut next = self.inner.next.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = *next;
+        if self.inner.queued.load(Ordering::SeqCst) >= MAX_PENDING {
+            return Err(std::io::Error::other(format!(
+                "{MAX_PENDING} audit events are waiting for auth already"
+            )));
+        }
+        // Written aside and renamed: the loop never sees half an event.
+        let tmp = self.inner.dir.join(format!("{seq:020}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.inner.dir.join(format!("{seq:020}.json")))?;
+        std::fs::File::open(&self.inner.dir)?.sync_all()?;
+        *next = seq + 1;
+        self.inner.queued.fetch_add(1, Ordering::SeqCst);
+        drop(next);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Delivers spooled events to auth in order, forever; stops at the first
+/// failure and retries, so order is kept across outages.
+pub async fn deliver_loop(identity: Arc<NodeIdentity>) {
+    let spool = identity.events.clone();
+    let mut failing = false;
+    loop {
+        loop {
+            let batch: Vec<(PathBuf, AuditEvent)> = spool
+                .pending()
+                .into_iter()
+                .take(BATCH)
+                .filter_map(|(_, path)| match read_event(&path) {
+                    Ok(ev) => Some((path, ev)),
+                    Err(e) => {
+                        // Unreadable: keep it aside for a person, go on.
+                        tracing::error!(path = %path.display(), error = %e, "unreadable spooled audit event");
+                        let _ = std::fs::rename(&path, path.with_extension("bad"));
+                        spool.inner.queued.fetch_sub(1, Ordering::SeqCst);
+                        None
+                    }
+                })
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            let events: Vec<AuditEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+            match identity.send_events(&events).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("auth is reachable again; spooled audit events delivered");
+                        failing = false;
+                    }
+                    for (path, _) in &batch {
+                        if let Err(e) = std::fs::remove_file(path) {
+                            tracing::warn!(error = %e, "cannot delete a delivered audit event");
+                        }
+                    }
+                    let _ =
+                        spool
+                            .inner
+                            .queued
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                                Some(q.saturating_sub(batch.len()))
+                            });
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %format!("{e:#}"), pending = spool.inner.queued.load(Ordering::SeqCst),
+                            "audit events cannot reach auth; keeping them until it is back");
+                        failing = true;
+                    }
+                    break;
+                }
+            }
+        }
+        if failing {
+            tokio::time::sleep(RETRY_AFTER).await;
+        } else {
+            let _ = tokio::time::timeout(SCAN_EVERY, spool.inner.wake.notified()).await;
+        }
+    }
+}
+
+fn read_event(path: &Path) -> Result<AuditEvent, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> AuditEvent {
+        AuditEvent::new(
+            warden_types::audit::codes::SESSION_START,
+            "c",
+            "alice",
+            format!("event {n}"),
+        )
+    }
+
+    #[test]
+    fn events_keep_their_order_across_reopen() {
+        let dir = std::env::temp_dir().join(format!("warden-evspool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = EventSpool::open(&dir).unwrap();
+        for n in 0..3 {
+            spool.push(&event(n)).unwrap();
+        }
+        // Delivered: the first one.
+        std::fs::remove_file(&spool.pending()[0].1).unwrap();
+        let spool = EventSpool::open(&dir).unwrap();
+        spool.push(&event(3)).unwrap();
+        let messages: Vec<String> = spool
+            .pending()
+            .iter()
+            .map(|(_, p)| {
+                let e: AuditEvent = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                e.message
+            })
+            .collect();
+        assert_eq!(messages, ["event 1", "event 2", "event 3"]);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&spool.pending()[0].1)
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

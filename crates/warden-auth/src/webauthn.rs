@@ -111,6 +111,16 @@ pub(crate) fn check_device_name(name: &str) -> Result<()> {
     }
 }
 
+/// Refuses an enrolment past the per-user limit.
+fn check_room(creds: &Credentials) -> Result<()> {
+    if creds.webauthn.len() >= MAX_KEYS {
+        return Err(AuthError::BadRequest(format!(
+            "at most {MAX_KEYS} security keys per user; remove one first ('warden mfa rm')"
+        )));
+    }
+    Ok(())
+}
+
 fn internal(e: impl std::fmt::Display) -> AuthError {
     AuthError::Internal(e.to_string())
 }
@@ -230,11 +240,7 @@ impl AuthServer {
                 "you already have a device named {name}: pick another name, or remove it first ('warden mfa rm {name}')"
             )));
         }
-        if creds.webauthn.len() >= MAX_KEYS {
-            return Err(AuthError::BadRequest(format!(
-                "at most {MAX_KEYS} security keys per user; remove one first ('warden mfa rm')"
-            )));
-        }
+        check_room(&creds)?;
         Ok(creds)
     }
 
@@ -306,11 +312,7 @@ impl AuthServer {
                     "you already have a device named {name}"
                 )));
             }
-            if creds.webauthn.len() >= MAX_KEYS {
-                return Err(AuthError::BadRequest(format!(
-                    "at most {MAX_KEYS} security keys per user; remove one first ('warden mfa rm')"
-                )));
-            }
+            check_room(&creds)?;
             if creds
                 .webauthn
                 .iter()

@@ -126,6 +126,44 @@ fn parse(body: String) -> rusqlite::Result<AuditEvent> {
     })
 }
 
+/// The SQL of a search and its parameters. Only the filters given appear
+/// in the statement, so SQLite can use the index of each (a generic
+/// `?x IS NULL OR col = ?x` form makes it scan the table newest first).
+pub fn search_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut conds: Vec<&str> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    let mut add = |cond: &'static str, v: Option<Value>| {
+        if let Some(v) = v {
+            conds.push(cond);
+            values.push(v);
+        }
+    };
+    add("type = ?", q.event_type.clone().map(Value::Text));
+    add("user = ?", q.user.clone().map(Value::Text));
+    add("time >= ?", q.since.map(Value::Integer));
+    add("node = ?", q.node.clone().map(Value::Text));
+    add("session_id = ?", q.session_id.clone().map(Value::Text));
+    add(
+        "idx > ?",
+        q.after
+            .map(|a| Value::Integer(a.min(i64::MAX as u64) as i64)),
+    );
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    let order = if q.after.is_some() { "ASC" } else { "DESC" };
+    values.push(Value::Integer(i64::from(
+        q.limit.unwrap_or(1000).min(10_000),
+    )));
+    (
+        format!("SELECT body FROM events {filter} ORDER BY idx {order} LIMIT ?"),
+        values,
+    )
+}
+
 /// IMMEDIATE: the chain head is read and extended under one write lock,
 /// even with several processes appending.
 fn begin(c: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
@@ -203,33 +241,11 @@ impl AuditLog for SqliteAuditLog {
     }
 
     async fn search(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        let q = q.clone();
+        let (sql, values) = search_sql(q);
         self.with(move |c| {
-            let order = if q.after.is_some() { "ASC" } else { "DESC" };
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT body FROM events
-                     WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR user = ?2)
-                       AND (?3 IS NULL OR time >= ?3) AND (?5 IS NULL OR node = ?5)
-                       AND (?6 IS NULL OR session_id = ?6) AND (?7 IS NULL OR idx > ?7)
-                     ORDER BY idx {order} LIMIT ?4"
-                ))
-                .map_err(db_err)?;
-            let limit = q.limit.unwrap_or(1000).min(10_000);
-            let after = q.after.map(|a| a.min(i64::MAX as u64) as i64);
+            let mut st = c.prepare_cached(&sql).map_err(db_err)?;
             let rows = st
-                .query_map(
-                    params![
-                        q.event_type,
-                        q.user,
-                        q.since,
-                        limit,
-                        q.node,
-                        q.session_id,
-                        after
-                    ],
-                    |r| parse(r.get(0)?),
-                )
+                .query_map(rusqlite::params_from_iter(values), |r| parse(r.get(0)?))
                 .map_err(db_err)?
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(db_err)?;

@@ -13,7 +13,7 @@ pub mod conformance;
 mod recordings;
 mod sqlite;
 
-pub use audit::{AuditLog, SqliteAuditLog, VerifyReport};
+pub use audit::{search_sql, AuditLog, SqliteAuditLog, VerifyReport};
 pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use cache::WatchCache;
 pub use recordings::{FileRecordingStore, RecordingStore};

@@ -440,6 +440,16 @@ pub struct MfaProof {
     pub webauthn: Option<WebauthnAnswer>,
 }
 
+impl MfaProof {
+    /// A proof by one-time code.
+    pub fn otp(code: String) -> Self {
+        MfaProof {
+            otp: Some(Secret::new(code)),
+            webauthn: None,
+        }
+    }
+}
+
 /// What a challenge is for: an answer only counts for that purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -13,7 +13,6 @@ use warden_types::api::{
     MfaChallengeRequest, MfaChallengeResponse, MfaDevice, MfaProof, MfaPurpose, MfaRegisterFinish,
     MfaRegisterRequest, MfaRemoveRequest, WebauthnAnswer, WebauthnChallenge,
 };
-use warden_types::Secret;
 use webauthn_authenticator_rs::prelude::{
     CreationChallengeResponse, RequestChallengeResponse, Url, WebauthnAuthenticator,
 };
@@ -184,10 +183,7 @@ pub async fn prove(
     otp: Option<String>,
 ) -> anyhow::Result<MfaProof> {
     if let Some(code) = otp {
-        return Ok(MfaProof {
-            otp: Some(Secret::new(code)),
-            webauthn: None,
-        });
+        return Ok(MfaProof::otp(code));
     }
     if !challenge.totp && challenge.webauthn.is_none() {
         bail!("you have no MFA devices: single sign-on users get MFA from their identity provider; ask an admin about require_mfa");
@@ -198,10 +194,8 @@ pub async fn prove(
             webauthn: Some(answer_with_key(w, proxy).await?),
         });
     }
-    Ok(MfaProof {
-        otp: Some(crate::prompt::secret("One-time code: ", "--otp")?),
-        webauthn: None,
-    })
+    let code = crate::prompt::secret("One-time code: ", "--otp")?;
+    Ok(MfaProof::otp(code.expose().clone()))
 }
 
 /// Signs a security-key challenge.

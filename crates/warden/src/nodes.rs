@@ -332,10 +332,7 @@ async fn session_mfa_cert(
         return Ok(None);
     }
     let proof = match otp {
-        Some(code) => MfaProof {
-            otp: Some(warden_types::Secret::new(code)),
-            webauthn: None,
-        },
+        Some(code) => MfaProof::otp(code),
         None => {
             eprintln!(
                 "Role {} requires an MFA check for this session.",

@@ -229,10 +229,7 @@ async fn local_login(
     // With --otp, one call; else the password first, then the user's
     // security key if they have one, else a one-time code.
     let proof = match &a.otp {
-        Some(c) => warden_types::api::MfaProof {
-            otp: Some(Secret::new(c.clone())),
-            webauthn: None,
-        },
+        Some(c) => warden_types::api::MfaProof::otp(c.clone()),
         None => {
             let challenge =
                 client::login_challenge(&a.proxy, trust.clone(), user, &password).await?;

@@ -14,7 +14,7 @@ use warden_types::api::{
 };
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::duration::relative;
-use warden_types::{Document, TokenKind, TokenSpec, UserSpec};
+use warden_types::{Document, Secret, TokenKind, TokenSpec, UserSpec};
 
 /// Context bound into sealed TOTP secrets.
 pub(crate) const TOTP_AAD: &[u8] = b"warden totp v1";
@@ -27,6 +27,9 @@ const MAX_PASSWORD: usize = 1024;
 const BAD_CREDENTIALS: &str = "login failed: wrong user name, password, one-time code or \
      security key, or the account is locked after repeated failures (each code works once: \
      if you just used it, wait for the next)";
+/// A checked password: the user, their credentials, its revision, and
+/// whether the password matched.
+type PasswordChecked = (Document<UserSpec>, Credentials, i64, bool);
 /// Longest wait for a password-hashing slot.
 const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -261,31 +264,13 @@ impl AuthServer {
             totp: true,
             webauthn: None,
         };
-        let user =
-            resources::get::<UserSpec>(self.backend(), &format!("{USERS}{}", req.user)).await?;
-        let creds = resources::get_raw::<Credentials>(
-            self.backend(),
-            &format!("{CREDENTIALS}{}", req.user),
-        )
-        .await?;
-        let (Some(_), Some((creds, _))) = (user, creds) else {
-            let password = req.password.expose().clone();
-            self.hash_job(move || verify_password(&password, dummy_hash()))
-                .await?;
-            self.login_failed(&req.user, "unknown user or signup not completed", &source)
-                .await;
-            return Ok(decoy);
+        let password_ok = match self.check_password(&req.user, &req.password).await? {
+            Ok((_, _, _, ok)) => ok,
+            Err(reason) => {
+                self.login_failed(&req.user, reason, &source).await;
+                return Ok(decoy);
+            }
         };
-        if creds.locked_until > now() {
-            self.login_failed(&req.user, "account locked", &source)
-                .await;
-            return Ok(decoy);
-        }
-        let password = req.password.expose().clone();
-        let phc = creds.password_hash.clone();
-        let password_ok = self
-            .hash_job(move || verify_password(&password, &phc))
-            .await?;
         if !password_ok {
             // Counts toward the lockout like any failed login.
             let _ = self.apply_factor(&req.user, |_| Ok(false)).await;
@@ -299,6 +284,35 @@ impl AuthServer {
                 .webauthn_challenge(&req.user, MfaPurpose::Login)
                 .await?,
         })
+    }
+
+    /// The first factor of a local login: the user, their credentials (and
+    /// revision) and whether the password matches; or why it cannot be
+    /// checked. Unknown users are hashed against a dummy so that timing
+    /// does not tell which users exist.
+    async fn check_password(
+        &self,
+        user: &str,
+        password: &Secret<String>,
+    ) -> Result<std::result::Result<PasswordChecked, &'static str>> {
+        let doc = resources::get::<UserSpec>(self.backend(), &format!("{USERS}{user}")).await?;
+        let creds =
+            resources::get_raw::<Credentials>(self.backend(), &format!("{CREDENTIALS}{user}"))
+                .await?;
+        let password = password.expose().clone();
+        let (Some(doc), Some((creds, rev))) = (doc, creds) else {
+            self.hash_job(move || verify_password(&password, dummy_hash()))
+                .await?;
+            return Ok(Err("unknown user or signup not completed"));
+        };
+        if creds.locked_until > now() {
+            return Ok(Err("account locked"));
+        }
+        let phc = creds.password_hash.clone();
+        let ok = self
+            .hash_job(move || verify_password(&password, &phc))
+            .await?;
+        Ok(Ok((doc, creds, rev, ok)))
     }
 
     async fn login_rate_limit(&self, user: &str, source: &Option<String>) -> Result<()> {
@@ -327,28 +341,12 @@ impl AuthServer {
     pub async fn login(&self, req: &LoginRequest, source: Option<String>) -> Result<LoginResponse> {
         let config = self.config().await?;
         self.login_rate_limit(&req.user, &source).await?;
-        let user_key = format!("{USERS}{}", req.user);
         let cred_key = format!("{CREDENTIALS}{}", req.user);
-        let user = resources::get::<UserSpec>(self.backend(), &user_key).await?;
-        let creds = resources::get_raw::<Credentials>(self.backend(), &cred_key).await?;
-        let (Some(user), Some((creds, rev))) = (user, creds) else {
-            let password = req.password.expose().clone();
-            self.hash_job(move || verify_password(&password, dummy_hash()))
-                .await?;
-            return Err(self
-                .login_failed(&req.user, "unknown user or signup not completed", &source)
-                .await);
-        };
-        if creds.locked_until > now() {
-            return Err(self
-                .login_failed(&req.user, "account locked", &source)
-                .await);
-        }
-        let password = req.password.expose().clone();
-        let phc = creds.password_hash.clone();
-        let password_ok = self
-            .hash_job(move || verify_password(&password, &phc))
-            .await?;
+        let (user, creds, rev, password_ok) =
+            match self.check_password(&req.user, &req.password).await? {
+                Ok(checked) => checked,
+                Err(reason) => return Err(self.login_failed(&req.user, reason, &source).await),
+            };
         // The second factor: a security key's answer, else a TOTP code.
         let (method, assertion, code_step) = match &req.webauthn {
             Some(answer) => {

@@ -6,7 +6,6 @@
 //! (or a crash between acknowledgement and delete) is not stored twice.
 
 use crate::identity::NodeIdentity;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -90,7 +89,6 @@ impl EventSpool {
 
     /// Stores `event` durably; the delivery loop sends it.
     pub fn push(&self, event: &AuditEvent) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         let body = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         let mut next = self.inner.next.lock().unwrap_or_else(|e| e.into_inner());
         let seq = *next;
@@ -99,18 +97,12 @@ impl EventSpool {
                 "{MAX_PENDING} audit events are waiting for auth already"
             )));
         }
-        // Written aside and renamed: the loop never sees half an event.
-        let tmp = self.inner.dir.join(format!("{seq:020}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.inner.dir.join(format!("{seq:020}.json")))?;
-        std::fs::File::open(&self.inner.dir)?.sync_all()?;
+        // Written aside, synced and renamed: the loop never sees half an
+        // event, and an event is on disk before `emit` returns.
+        warden_ca::keystore::write_private_file(
+            &self.inner.dir.join(format!("{seq:020}.json")),
+            &body,
+        )?;
         *next = seq + 1;
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
         drop(next);

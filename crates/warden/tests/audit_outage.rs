@@ -26,6 +26,13 @@ fn auth_outage_during_a_session_loses_nothing() {
     c.login("alice", "alice", &totp(&s, 30)).expect_ok();
     c.wait_reachable("alice", "root", "out-1");
 
+    // wait_reachable ran sessions of its own: the one under test is the
+    // session that starts after them.
+    let earlier: Vec<String> = c
+        .events()
+        .iter()
+        .filter_map(|e| e["session_id"].as_str().map(str::to_string))
+        .collect();
     let mut session = std::process::Command::new(WARDEN)
         .args(["ssh", "root@out-1", "--", "echo before-the-outage; sleep 5"])
         .env("WARDEN_HOME", c.dir.join("alice"))
@@ -39,7 +46,8 @@ fn auth_outage_during_a_session_loses_nothing() {
         let ev = c.events();
         if let Some(e) = ev
             .iter()
-            .find(|e| e["type"] == "session.start" && e["user"] == "alice")
+            .filter(|e| e["type"] == "session.start" && e["user"] == "alice")
+            .find(|e| !earlier.iter().any(|id| e["session_id"] == id.as_str()))
         {
             break e["session_id"].as_str().unwrap().to_string();
         }

@@ -1,7 +1,10 @@
 //! Reading recordings, defensively: every length is checked before it is
 //! trusted, and memory stays bounded by [`crate::MAX_RAW_CHUNK`] per chunk.
 
-use crate::{Event, EventKind, Header, CHUNK_HEADER, MAGIC, MAX_RAW_CHUNK};
+use crate::encode::HEADER_KIND;
+use crate::{
+    Event, EventKind, Header, CHUNK_HEADER, CHUNK_HEADER_V1, MAGIC, MAGIC_V1, MAX_RAW_CHUNK,
+};
 
 /// Why a recording cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,74 +36,223 @@ impl Decoded {
 
 /// Decodes a whole recording.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let mut header = None;
-    let mut events = Vec::new();
+    let mut d = Decoder::default();
     let mut offset = 0;
     let mut truncated = false;
-    let corrupt = |offset: usize, reason: String| DecodeError::Corrupt { offset, reason };
     while offset < bytes.len() {
         let rest = &bytes[offset..];
-        if rest.len() < CHUNK_HEADER {
-            if !MAGIC.starts_with(&rest[..rest.len().min(4)]) {
+        let v1 = rest.starts_with(MAGIC_V1);
+        let head = if v1 { CHUNK_HEADER_V1 } else { CHUNK_HEADER };
+        if rest.len() < head {
+            if !MAGIC.starts_with(&rest[..rest.len().min(4)])
+                && !MAGIC_V1.starts_with(&rest[..rest.len().min(4)])
+            {
                 return Err(DecodeError::BadMagic(offset));
             }
             truncated = true;
             break;
         }
-        if &rest[..4] != MAGIC {
+        if !v1 && &rest[..4] != MAGIC {
             return Err(DecodeError::BadMagic(offset));
         }
-        let payload_len = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
-        let raw_len = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
+        let word = |at: usize| u32::from_be_bytes(rest[at..at + 4].try_into().expect("4 bytes"));
+        let (payload_len, raw_len) = (word(4) as usize, word(8) as usize);
         if raw_len > MAX_RAW_CHUNK || payload_len > MAX_RAW_CHUNK + 1024 {
             return Err(corrupt(
                 offset,
                 format!("chunk sizes {payload_len}/{raw_len} out of range"),
             ));
         }
-        if rest.len() < CHUNK_HEADER + payload_len {
+        if rest.len() < head + payload_len {
             truncated = true;
             break;
         }
-        let payload = &rest[CHUNK_HEADER..CHUNK_HEADER + payload_len];
-        let raw = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(payload, raw_len)
-            .map_err(|e| corrupt(offset, format!("cannot decompress: {:?}", e.status)))?;
-        if raw.len() != raw_len {
-            return Err(corrupt(
-                offset,
-                format!("{} bytes, header says {raw_len}", raw.len()),
-            ));
-        }
-        let text = std::str::from_utf8(&raw).map_err(|e| corrupt(offset, e.to_string()))?;
-        for line in text.split_terminator('\n') {
-            if header.is_none() {
-                let h: Header = serde_json::from_str(line)
-                    .map_err(|e| corrupt(offset, format!("bad header: {e}")))?;
-                if h.version != 2 {
-                    return Err(corrupt(
-                        offset,
-                        format!("unsupported version {}", h.version),
-                    ));
-                }
-                header = Some(h);
-                continue;
-            }
-            let (time, code, data): (f64, String, String) = serde_json::from_str(line)
-                .map_err(|e| corrupt(offset, format!("bad event: {e}")))?;
-            let kind = EventKind::from_code(&code)
-                .ok_or_else(|| corrupt(offset, format!("unknown event type {code:?}")))?;
-            if !time.is_finite() || time < 0.0 {
-                return Err(corrupt(offset, format!("bad event time {time}")));
-            }
-            events.push(Event { time, kind, data });
-        }
-        offset += CHUNK_HEADER + payload_len;
+        let payload = &rest[head..head + payload_len];
+        let result = if v1 {
+            d.chunk_v1(payload, raw_len)
+        } else {
+            d.chunk_v2(payload, raw_len, word(12))
+        };
+        result.map_err(|reason| corrupt(offset, reason))?;
+        offset += head + payload_len;
     }
     Ok(Decoded {
-        header: header.ok_or(DecodeError::Empty)?,
-        events,
+        header: d.header.ok_or(DecodeError::Empty)?,
+        events: d.events,
         truncated,
     })
+}
+
+fn corrupt(offset: usize, reason: String) -> DecodeError {
+    DecodeError::Corrupt { offset, reason }
+}
+
+/// Decoding state carried across chunks.
+#[derive(Default)]
+struct Decoder {
+    header: Option<Header>,
+    events: Vec<Event>,
+    /// An incomplete UTF-8 sequence at the end of the last output record.
+    carry: Vec<u8>,
+}
+
+impl Decoder {
+    fn set_header(&mut self, json: &[u8]) -> Result<(), String> {
+        let h: Header = serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
+        if h.version != 2 {
+            return Err(format!("unsupported version {}", h.version));
+        }
+        self.header = Some(h);
+        Ok(())
+    }
+
+    fn chunk_v2(&mut self, payload: &[u8], raw_len: usize, sum: u32) -> Result<(), String> {
+        if adler2::adler32_slice(payload) != sum {
+            return Err("checksum mismatch".into());
+        }
+        let unpacked;
+        let raw = if payload.len() == raw_len {
+            payload
+        } else {
+            let mut out = vec![0; raw_len];
+            let n = lz4_flex::block::decompress_into(payload, &mut out)
+                .map_err(|e| format!("cannot decompress: {e}"))?;
+            if n != raw_len {
+                return Err(format!("{n} bytes, header says {raw_len}"));
+            }
+            unpacked = out;
+            &unpacked[..]
+        };
+        let mut r = Reader { buf: raw, at: 0 };
+        while !r.done() {
+            let kind = r.byte()?;
+            let micros = r.varint()?;
+            let len = r.varint()?;
+            let data = r.take(len)?;
+            if self.header.is_none() {
+                if kind != HEADER_KIND {
+                    return Err("the first record is not the header".into());
+                }
+                self.set_header(data)?;
+                continue;
+            }
+            let kind = EventKind::from_code(&char::from(kind).to_string())
+                .ok_or_else(|| format!("unknown record kind {kind:#04x}"))?;
+            let data = match kind {
+                EventKind::Output => self.text(data),
+                _ => std::str::from_utf8(data)
+                    .map_err(|e| format!("bad text: {e}"))?
+                    .to_string(),
+            };
+            self.push(micros as f64 / 1e6, kind, data)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_v1(&mut self, payload: &[u8], raw_len: usize) -> Result<(), String> {
+        let raw = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(payload, raw_len)
+            .map_err(|e| format!("cannot decompress: {:?}", e.status))?;
+        if raw.len() != raw_len {
+            return Err(format!("{} bytes, header says {raw_len}", raw.len()));
+        }
+        let text = std::str::from_utf8(&raw).map_err(|e| e.to_string())?;
+        for line in text.split_terminator('\n') {
+            if self.header.is_none() {
+                self.set_header(line.as_bytes())?;
+                continue;
+            }
+            let (time, code, data): (f64, String, String) =
+                serde_json::from_str(line).map_err(|e| format!("bad event: {e}"))?;
+            let kind = EventKind::from_code(&code)
+                .ok_or_else(|| format!("unknown event type {code:?}"))?;
+            self.push(time, kind, data)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, time: f64, kind: EventKind, data: String) -> Result<(), String> {
+        if !time.is_finite() || time < 0.0 {
+            return Err(format!("bad event time {time}"));
+        }
+        if kind != EventKind::Output || !data.is_empty() {
+            self.events.push(Event { time, kind, data });
+        }
+        Ok(())
+    }
+
+    /// Output bytes as text: invalid sequences replaced, a sequence split
+    /// across writes joined.
+    fn text(&mut self, bytes: &[u8]) -> String {
+        let mut joined;
+        let bytes = if self.carry.is_empty() {
+            bytes
+        } else {
+            joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(bytes);
+            &joined[..]
+        };
+        let end = bytes.len() - incomplete_tail(bytes);
+        self.carry = bytes[end..].to_vec();
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+}
+
+/// Length of an unfinished UTF-8 sequence at the end of `bytes` (0–3).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=3.min(bytes.len()) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // continuation byte
+        }
+        let need = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+/// A cursor over a chunk's records; every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn done(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let b = *self.buf.get(self.at).ok_or("record cut short")?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], String> {
+        let left = (self.buf.len() - self.at) as u64;
+        if len > left {
+            return Err(format!("record of {len} bytes, {left} left in the chunk"));
+        }
+        let s = &self.buf[self.at..self.at + len as usize];
+        self.at += len as usize;
+        Ok(s)
+    }
 }
 
 #[cfg(test)]
@@ -144,13 +296,14 @@ mod tests {
         let d = decode(&bytes).unwrap();
         assert!(!d.truncated);
         assert_eq!(d.header.warden.session_id, "s1");
-        assert_eq!(
-            d.events
-                .iter()
-                .filter(|e| e.kind == EventKind::Output)
-                .count(),
-            5000
-        );
+        let outputs: Vec<&Event> = d
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::Output)
+            .collect();
+        assert_eq!(outputs.len(), 5000);
+        assert_eq!(outputs[7].data, "line 7 \u{1b}[1mbold\u{1b}[0m\r\n");
+        assert_eq!(outputs[7].time, 0.07);
         assert_eq!(
             d.events
                 .iter()
@@ -158,9 +311,8 @@ mod tests {
                 .count(),
             5
         );
-        assert!(bytes.len() > CHUNK_HEADER * 2, "several chunks");
+        assert!(bytes.len() > TARGET_CHUNK / 8, "several chunks");
         assert!(d.duration() > 49.0);
-        let _ = TARGET_CHUNK;
     }
 
     #[test]
@@ -175,7 +327,7 @@ mod tests {
             saw_partial |= !d.events.is_empty();
         }
         assert!(saw_partial);
-        for cut in [13, 5, 3] {
+        for cut in [17, 5, 3] {
             assert_eq!(decode(&bytes[..cut]), Err(DecodeError::Empty));
         }
     }
@@ -189,10 +341,37 @@ mod tests {
             Err(DecodeError::Corrupt { .. }) | Err(DecodeError::BadMagic(_)) => {}
             other => panic!("flipped byte accepted: {:?}", other.map(|d| d.events.len())),
         }
-        assert_eq!(decode(b"GIF89a........"), Err(DecodeError::BadMagic(0)));
-        let mut huge = MAGIC.to_vec();
-        huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(decode(&huge), Err(DecodeError::Corrupt { .. })));
+        assert_eq!(decode(b"GIF89a..........."), Err(DecodeError::BadMagic(0)));
+        for magic in [MAGIC, MAGIC_V1] {
+            let mut huge = magic.to_vec();
+            huge.extend_from_slice(&[0xff; 12]);
+            assert!(matches!(decode(&huge), Err(DecodeError::Corrupt { .. })));
+        }
+    }
+
+    /// A first-version file (zlib, asciicast JSON lines) as earlier nodes
+    /// wrote it.
+    #[test]
+    fn first_version_files_still_play() {
+        let raw = concat!(
+            r#"{"version":2,"width":80,"height":24,"timestamp":1,"warden":{"session_id":"old","user":"a","login":"root","node":"n"}}"#,
+            "\n",
+            r#"[0.25,"o","hello \u001b[1mthere\u001b[0m\r\n"]"#,
+            "\n",
+            r#"[0.5,"m","exec: ls"]"#,
+            "\n"
+        );
+        let payload = miniz_oxide::deflate::compress_to_vec_zlib(raw.as_bytes(), 1);
+        let mut file = MAGIC_V1.to_vec();
+        file.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        file.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        file.extend_from_slice(&payload);
+        let d = decode(&file).unwrap();
+        assert_eq!(d.header.warden.session_id, "old");
+        assert_eq!(d.events.len(), 2);
+        assert_eq!(d.events[0].data, "hello \u{1b}[1mthere\u{1b}[0m\r\n");
+        assert_eq!(d.events[1].kind, EventKind::Marker);
+        assert!(!d.truncated);
+        assert_eq!(decode(&file[..file.len() - 1]), Err(DecodeError::Empty));
     }
 }

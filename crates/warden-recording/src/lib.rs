@@ -1,19 +1,24 @@
 //! Session recordings: a versioned file of independently decodable,
-//! compressed chunks of timed events whose bodies are asciicast v2 lines.
-//! Pure: encoding, decoding and exports; the node and auth do the I/O.
+//! compressed chunks of timed events. Pure: encoding, decoding and
+//! exports; the node and auth do the I/O.
 //!
 //! ```text
-//! file   = chunk*
-//! chunk  = "WRC1" | u32be payload_len | u32be raw_len | payload
-//! payload = zlib(raw)            (zlib's Adler-32 catches corruption)
-//! raw     = line*                 (UTF-8, '\n'-terminated JSON)
+//! file    = chunk*
+//! chunk   = "WRC2" | u32be payload_len | u32be raw_len | u32be adler32(payload) | payload
+//! payload = lz4_block(raw), or raw itself when payload_len == raw_len
+//! raw     = record*
+//! record  = kind:u8 | varint micros since start | varint len | data[len]
+//! kind    = 'h' header (asciicast v2 header JSON, first record of the file)
+//!         | 'o' output (the bytes as sent, any encoding)
+//!         | 'r' resize ("COLSxROWS") | 'm' marker (UTF-8: a command, a file operation)
 //! ```
-//! The first line of the first chunk is the header (asciicast v2's, plus a
-//! `warden` object describing the session); every other line is an event
-//! `[seconds, type, data]` with type `o` (output), `r` (resize, `COLSxROWS`)
-//! or `m` (marker: a command, a file operation). A file cut short by a crash
-//! decodes up to its last whole chunk; a damaged chunk is an error naming
-//! its offset.
+//! Output is kept as bytes, not text: the session's path only copies and
+//! compresses (LZ4, which passes incompressible data through quickly);
+//! turning bytes into asciicast's UTF-8 text happens on playback. A file
+//! cut short by a crash decodes up to its last whole chunk; a damaged
+//! chunk is an error naming its offset. Files of the first version
+//! (`WRC1`: zlib-compressed asciicast v2 JSON lines, 12-byte chunk headers
+//! without a checksum field) still decode.
 
 mod decode;
 mod encode;
@@ -25,14 +30,20 @@ pub use export::{asciicast, plain_text};
 
 use serde::{Deserialize, Serialize};
 
-/// Chunk magic and format version.
-pub const MAGIC: &[u8; 4] = b"WRC1";
+/// Chunk magic and format version written today.
+pub const MAGIC: &[u8; 4] = b"WRC2";
+/// The first version's magic (read, never written).
+pub const MAGIC_V1: &[u8; 4] = b"WRC1";
 /// Bytes before a chunk's payload.
-pub const CHUNK_HEADER: usize = 12;
+pub const CHUNK_HEADER: usize = 16;
+/// Bytes before a first-version chunk's payload.
+pub const CHUNK_HEADER_V1: usize = 12;
 /// Largest uncompressed chunk a decoder accepts (bounds its memory).
 pub const MAX_RAW_CHUNK: usize = 4 << 20;
 /// Raw bytes an encoder collects before it closes a chunk.
 pub const TARGET_CHUNK: usize = 64 << 10;
+/// Longest marker kept (longer ones are cut, marked with an ellipsis).
+pub const MAX_MARKER: usize = 16 << 10;
 
 /// What a recording is about; the first line of the file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,7 +86,7 @@ pub struct Event {
     pub data: String,
 }
 
-/// Event types (asciicast v2 letters).
+/// Event types (asciicast v2 letters; also the record kinds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Output,
@@ -90,6 +101,10 @@ impl EventKind {
             EventKind::Resize => "r",
             EventKind::Marker => "m",
         }
+    }
+
+    fn byte(self) -> u8 {
+        self.code().as_bytes()[0]
     }
 
     fn from_code(c: &str) -> Option<Self> {

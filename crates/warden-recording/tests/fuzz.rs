@@ -1,8 +1,13 @@
 //! Mutation fuzzing of the decoder: random recordings, then random byte
 //! flips, cuts, splices and length rewrites. It must never panic, and what
-//! it accepts must re-export. Deterministic; WARDEN_FUZZ_CASES for more.
+//! it accepts must re-export. Half the cases then repair the chunks'
+//! checksums, so that damaged payloads reach the LZ4 and record decoders
+//! instead of stopping at the checksum. Deterministic; WARDEN_FUZZ_CASES
+//! for more.
 
-use warden_recording::{asciicast, decode, plain_text, Encoder, Header, MAGIC};
+use warden_recording::{
+    asciicast, decode, plain_text, Encoder, Header, CHUNK_HEADER, MAGIC, MAX_RAW_CHUNK,
+};
 
 struct Rng(u64);
 
@@ -83,6 +88,9 @@ fn decoder_never_panics_on_mutated_input() {
                 }
             }
         }
+        if rng.below(2) == 0 {
+            repair_checksums(&mut bytes);
+        }
         match decode(&bytes) {
             Ok(d) => {
                 accepted += 1;
@@ -99,4 +107,19 @@ fn decoder_never_panics_on_mutated_input() {
         accepted > 0 && refused > 0,
         "{accepted} accepted, {refused} refused"
     );
+}
+
+/// Rewrites each chunk's checksum to match its (possibly damaged) payload.
+fn repair_checksums(bytes: &mut [u8]) {
+    let mut at = 0;
+    while at + CHUNK_HEADER <= bytes.len() && &bytes[at..at + 4] == MAGIC {
+        let len = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let end = at + CHUNK_HEADER + len;
+        if len > MAX_RAW_CHUNK || end > bytes.len() {
+            return;
+        }
+        let sum = adler2::adler32_slice(&bytes[at + CHUNK_HEADER..end]);
+        bytes[at + 12..at + 16].copy_from_slice(&sum.to_be_bytes());
+        at = end;
+    }
 }

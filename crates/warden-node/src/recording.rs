@@ -63,8 +63,11 @@ impl Spool {
             .open(&path)?;
         let mut enc = Encoder::new(header);
         let first = enc.flush().expect("a header makes a chunk");
-        file.write_all(&first)?;
-        file.sync_data()?;
+        if let Err(e) = file.write_all(&first).and_then(|()| file.sync_data()) {
+            // Nothing to upload: a headless file would only fail forever.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.inner
             .live
             .lock()
@@ -80,6 +83,7 @@ impl Spool {
                 error: None,
                 unsynced: false,
                 done: false,
+                status: tokio::sync::watch::Sender::new(Status::Recording),
             })),
             id,
             spool: self.clone(),
@@ -125,6 +129,17 @@ struct State {
     error: Option<String>,
     unsynced: bool,
     done: bool,
+    status: tokio::sync::watch::Sender<Status>,
+}
+
+/// Where a recording stands, for whoever must act when it fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Recording,
+    /// Writing failed (disk full, I/O error); nothing after it is recorded.
+    Failed(String),
+    /// Ended and synced.
+    Done,
 }
 
 impl State {
@@ -137,11 +152,15 @@ impl State {
                 self.size += chunk.len() as u64;
                 self.unsynced = true;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write session recording");
-                self.error = Some(e.to_string());
-            }
+            Err(e) => self.fail(e),
         }
+    }
+
+    fn fail(&mut self, e: std::io::Error) {
+        tracing::error!(error = %e, "cannot write session recording");
+        let text = e.to_string();
+        self.error = Some(text.clone());
+        self.status.send_replace(Status::Failed(text));
     }
 
     fn after_event(&mut self) {
@@ -164,7 +183,7 @@ impl State {
         }
         if self.unsynced && self.error.is_none() {
             if let Err(e) = self.file.sync_data() {
-                self.error = Some(e.to_string());
+                self.fail(e);
             }
             self.unsynced = false;
         }
@@ -214,13 +233,21 @@ impl Recorder {
         });
     }
 
-    /// The first write error, if recording failed.
-    pub fn error(&self) -> Option<String> {
-        self.inner
+    /// Resolves once the recording fails (with the error) or ends (None).
+    pub fn failure(&self) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let mut rx = self
+            .inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .error
-            .clone()
+            .status
+            .subscribe();
+        async move {
+            let s = rx.wait_for(|s| *s != Status::Recording).await.ok()?;
+            match &*s {
+                Status::Failed(e) => Some(e.clone()),
+                _ => None,
+            }
+        }
     }
 
     /// Keeps the spool current until the session ends.
@@ -253,6 +280,9 @@ impl Recorder {
             let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
             s.sync();
             s.done = true;
+            if s.error.is_none() {
+                s.status.send_replace(Status::Done);
+            }
         })
         .await;
         self.spool.finished(&self.id);

@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Environment variables a client may set (OpenSSH's usual AcceptEnv).
@@ -185,11 +186,12 @@ impl<R: AsyncRead + Unpin, F: FnMut(&[u8]) + Unpin> AsyncRead for Tap<R, F> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(())) = &r {
-            let chunk = buf.filled()[before..].to_vec();
+            let chunk = &buf.filled()[before..];
             if !chunk.is_empty() {
-                (self.see)(&chunk);
+                (this.see)(chunk);
             }
         }
         r
@@ -218,9 +220,45 @@ where
     n
 }
 
+/// How long a session's processes have to end after a hangup.
+const HANGUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a session until its process ends (see [`pump_io`]), or until
+/// `hangup` fires (the channel or the whole connection is gone): then, as
+/// a terminal does, the session's process group gets SIGHUP. If it has
+/// not ended after a grace period (it ignores SIGHUP, like `nohup`), the
+/// session ends without it, as under OpenSSH: the process runs on
+/// detached, its output going nowhere.
+pub async fn pump(
+    running: Running,
+    channel: Channel<Msg>,
+    handle: russh::server::Handle,
+    sftp: Option<SftpTap>,
+    recorder: Option<Recorder>,
+    hangup: tokio::sync::oneshot::Receiver<()>,
+) -> Outcome {
+    let pid = running.pid as i32;
+    let work = pump_io(running, channel, handle, sftp, recorder);
+    tokio::pin!(work);
+    tokio::select! {
+        outcome = &mut work => return outcome,
+        _ = hangup => {}
+    }
+    // The child is not reaped until `work` is polled again, so its pid
+    // (and process group) cannot have been reused.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(-pid, libc::SIGHUP) };
+    tokio::time::timeout(HANGUP_GRACE, &mut work)
+        .await
+        .unwrap_or_else(|_| {
+            tracing::info!(pid, "session process ignored SIGHUP; left running detached");
+            Outcome::default()
+        })
+}
+
 /// Moves bytes between the process and the channel until the process ends
 /// and its output is drained; then reports exit status or signal and closes.
-pub async fn pump(
+async fn pump_io(
     mut running: Running,
     channel: Channel<Msg>,
     handle: russh::server::Handle,

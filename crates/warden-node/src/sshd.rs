@@ -153,6 +153,9 @@ struct ChanState {
     /// (display, protocol, cookie) for `xauth` before the session starts.
     x11: Option<(u16, u32, String, String)>,
     recorder: Option<crate::recording::Recorder>,
+    /// Dropped when the channel closes or the connection ends: the
+    /// session's processes are then hung up.
+    hangup: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct Conn {
@@ -290,6 +293,14 @@ impl Conn {
         authed
     }
 
+    /// Notes a connection-wide event (a port forward) in the recordings of
+    /// the connection's sessions, where an auditor replaying them sees it.
+    fn mark_sessions(&self, text: &str) {
+        for r in self.channels.values().filter_map(|s| s.recorder.as_ref()) {
+            r.marker(text);
+        }
+    }
+
     /// Tells the client why it is refused, on stderr, and ends the channel.
     fn refuse(&self, channel: Channel<Msg>, reason: String) {
         tokio::spawn(async move {
@@ -373,6 +384,7 @@ impl Conn {
             username: user.username.clone(),
             switch_user: unix::current_uid() == 0,
         };
+        let strict = user.record == warden_types::RecordMode::Strict;
         let recorder = match user.record {
             warden_types::RecordMode::Off => None,
             mode => {
@@ -417,6 +429,8 @@ impl Conn {
             }
         }
         state.recorder = recorder.clone();
+        let (hangup_tx, hangup) = tokio::sync::oneshot::channel();
+        state.hangup = Some(hangup_tx);
         state.master = running.master_fd();
         state.pid = Some(running.pid);
         let live = *self.live.get_or_insert_with(|| {
@@ -506,10 +520,21 @@ impl Conn {
             }
             _ => None,
         };
+        if let Some(r) = &recorder {
+            let mut ev = unrecorded;
+            ev.session_id = end.session_id.clone();
+            tokio::spawn(watch_recording(
+                r.failure(),
+                ev,
+                strict.then(|| (handle.clone(), id, running.pid)),
+                identity.clone(),
+            ));
+        }
         tokio::spawn(async move {
             let began = Instant::now();
             METRICS.node_sessions.inc();
-            let outcome = session::pump(running, channel, handle, sftp, recorder.clone()).await;
+            let outcome =
+                session::pump(running, channel, handle, sftp, recorder.clone(), hangup).await;
             METRICS.node_sessions.dec();
             if let Some(r) = recorder {
                 r.finish().await;
@@ -525,6 +550,37 @@ impl Conn {
         });
         Ok(())
     }
+}
+
+/// Acts on a recording that fails mid-session: audits it and, under
+/// `record_session: strict` (`kill` set), tells the user why and ends the
+/// session's processes, so nothing unrecorded goes on.
+async fn watch_recording(
+    failure: impl std::future::Future<Output = Option<String>>,
+    mut ev: AuditEvent,
+    kill: Option<(russh::server::Handle, ChannelId, u32)>,
+    identity: Arc<NodeIdentity>,
+) {
+    let Some(error) = failure.await else { return };
+    ev.message = match &kill {
+        Some(_) => format!(
+            "recording failed mid-session ({error}); session ended (record_session: strict)"
+        ),
+        None => format!(
+            "recording failed mid-session ({error}); the rest of the session is not recorded"
+        ),
+    };
+    ev.success = false;
+    if let Some((handle, id, pid)) = kill {
+        let text = format!(
+            "\r\nwarden: session ended: your role requires recording (record_session: strict) and this node can no longer record: {error}\r\n"
+        );
+        let _ = handle.extended_data(id, 1, text.into_bytes()).await;
+        // SAFETY: kill has no memory-safety preconditions; the session
+        // leader's process group is the shell and its jobs.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+    identity.emit(ev).await;
 }
 
 /// The first line of a session's recording.
@@ -780,6 +836,7 @@ impl russh::server::Handler for Conn {
             )
             .with("target", target.clone())
             .with("originator", originator.to_string());
+        self.mark_sessions(&ev.message);
         self.emit(ev);
         if !allowed {
             return Ok(()); // refused: administratively prohibited
@@ -827,6 +884,7 @@ impl russh::server::Handler for Conn {
             )
             .with("listen", target)
             .with("direction", "remote");
+        self.mark_sessions(&ev.message);
         self.emit(ev);
         if !allowed || self.remote_forwards.len() >= 64 {
             return Ok(false);

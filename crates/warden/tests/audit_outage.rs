@@ -34,7 +34,12 @@ fn auth_outage_during_a_session_loses_nothing() {
         .filter_map(|e| e["session_id"].as_str().map(str::to_string))
         .collect();
     let mut session = std::process::Command::new(WARDEN)
-        .args(["ssh", "root@out-1", "--", "echo before-the-outage; sleep 5"])
+        .args([
+            "ssh",
+            "root@out-1",
+            "--",
+            "echo before-the-outage; sleep 600",
+        ])
         .env("WARDEN_HOME", c.dir.join("alice"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -54,9 +59,10 @@ fn auth_outage_during_a_session_loses_nothing() {
         assert!(t0.elapsed() < Duration::from_secs(30), "no session.start");
         std::thread::sleep(Duration::from_millis(200));
     };
-    // Auth (and the proxy with it) goes away while the command runs; the
-    // session ends at the node during the outage, and its end event and
-    // recording stay on the node.
+    // Auth (and the proxy with it) goes away while the command runs: the
+    // node sees its user's connection go, hangs the session up (the
+    // command would run for ten minutes), and keeps the end event and the
+    // recording until auth is back.
     let proxy = c.proxy.clone();
     c.kill();
     let _ = session.kill();

@@ -41,7 +41,7 @@ fn has_event(
 
 #[test]
 fn stock_openssh_exec_shell_copy_and_forward() {
-    let (c, dir) = cluster_with(&[("alice", "access", "root")]);
+    let (c, dir) = cluster_with(&[("alice", "access,auditor", "root")]);
 
     // exec: output and exit codes travel back.
     let out = c.ssh(
@@ -137,7 +137,8 @@ fn stock_openssh_exec_shell_copy_and_forward() {
     );
     assert_eq!(std::fs::read(&sftp_down).unwrap(), data, "sftp round trip");
 
-    // -L carries real bytes to a TCP service next to the node.
+    // -L carries real bytes to a TCP service next to the node, and the
+    // forward is noted in the recording of the connection's session.
     let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let echo_port = echo.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -158,17 +159,25 @@ fn stock_openssh_exec_shell_copy_and_forward() {
         .port();
     let mut fwd_args = c.openssh("alice", "alice");
     fwd_args.extend([
-        "-N".to_string(),
-        "-o".into(),
+        "-o".to_string(),
         "ExitOnForwardFailure=yes".into(),
         "-L".into(),
         format!("{local_port}:127.0.0.1:{echo_port}"),
         format!("root@{host}"),
+        "echo forwarding-session; sleep 30".into(),
     ]);
     let mut fwd = std::process::Command::new("ssh")
         .args(&fwd_args)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fwd.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "forwarding-session");
     let mut echoed = Vec::new();
     for _ in 0..100 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", local_port)) {
@@ -186,6 +195,28 @@ fn stock_openssh_exec_shell_copy_and_forward() {
     let _ = fwd.wait();
     assert_eq!(echoed, b"through the tunnel");
     let _ = port;
+    let forward = format!("# port forward to 127.0.0.1:{echo_port}");
+    let mut played = String::new();
+    for _ in 0..100 {
+        let out = c
+            .run_as("alice", &["recordings", "ls", "--format", "json"], None)
+            .expect_ok();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        if let Some(r) = list.iter().find(|r| {
+            r["command"]
+                .as_str()
+                .is_some_and(|c| c.contains("forwarding-session"))
+        }) {
+            let id = r["session_id"].as_str().unwrap();
+            played = c
+                .run_as("alice", &["play", id, "--format", "text"], None)
+                .expect_ok()
+                .stdout;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(played.contains(&forward), "{played}");
 
     // The warden client finds the node by name and runs stock ssh.
     let out = c

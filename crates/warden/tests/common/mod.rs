@@ -428,7 +428,12 @@ impl TunnelNode {
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Kept next to the data for a failing test's post-mortem.
+            .stderr(
+                std::fs::File::create(c.dir.join(format!("node-{name}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .unwrap();
         let mut line = String::new();

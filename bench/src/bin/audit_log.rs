@@ -39,7 +39,9 @@ impl Lcg {
     }
 }
 
-fn event(r: &mut Lcg, now: i64) -> AuditEvent {
+/// An event at `time` (a live log receives events in time order) of
+/// session `s<session>`; ids are Warden's own (time-ordered UUIDs).
+fn event(r: &mut Lcg, time: i64, session: u64) -> AuditEvent {
     let user = format!("user{}", r.next() % USERS);
     let mut e = AuditEvent::new(
         CODES[(r.next() % CODES.len() as u64) as usize],
@@ -48,11 +50,16 @@ fn event(r: &mut Lcg, now: i64) -> AuditEvent {
         "a benchmark event with a message of typical length",
     );
     e.node = Some(format!("node-{}", r.next() % NODES));
-    e.session_id = Some(format!("s{}", r.next() % (TOTAL as u64 / 10)));
+    e.session_id = Some(format!("s{session}"));
     e.login = Some("root".into());
-    let age = (r.next() % (DAYS * 86_400)) as i64;
-    e.time = OffsetDateTime::from_unix_timestamp(now - age).unwrap_or(e.time);
+    e.time = OffsetDateTime::from_unix_timestamp(time).unwrap_or(e.time);
     e
+}
+
+/// An event happening now, in one of 1,000 sessions.
+fn live(r: &mut Lcg, now: i64) -> AuditEvent {
+    let session = r.next() % 1000;
+    event(r, now, session)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -70,11 +77,11 @@ fn main() {
     let log: Arc<dyn AuditLog> =
         Arc::new(SqliteAuditLog::open(&dir.join("ingest.db")).expect("open"));
     let single = rate(Duration::from_secs(3), 200, || {
-        rt.block_on(log.append(event(&mut r, now))).expect("append");
+        rt.block_on(log.append(live(&mut r, now))).expect("append");
     });
     let batched = 100.0
         * rate(Duration::from_secs(3), 20, || {
-            let batch = (0..100).map(|_| event(&mut r, now)).collect();
+            let batch = (0..100).map(|_| live(&mut r, now)).collect();
             rt.block_on(log.append_batch(batch)).expect("append_batch");
         });
     let conn = rusqlite::Connection::open(dir.join("raw.db")).expect("open raw");
@@ -84,7 +91,7 @@ fn main() {
     )
     .expect("schema");
     let raw_single = rate(Duration::from_secs(3), 200, || {
-        let body = serde_json::to_string(&event(&mut r, now)).expect("json");
+        let body = serde_json::to_string(&live(&mut r, now)).expect("json");
         conn.execute("INSERT INTO events (body) VALUES (?1)", [body])
             .expect("insert");
     });
@@ -93,7 +100,7 @@ fn main() {
         * rate(Duration::from_secs(3), 20, || {
             let tx = conn.transaction().expect("tx");
             for _ in 0..100 {
-                let body = serde_json::to_string(&event(&mut r, now)).expect("json");
+                let body = serde_json::to_string(&live(&mut r, now)).expect("json");
                 tx.execute("INSERT INTO events (body) VALUES (?1)", [body])
                     .expect("insert");
             }
@@ -110,12 +117,21 @@ fn main() {
     let path = dir.join("search.db");
     let log: Arc<dyn AuditLog> = Arc::new(SqliteAuditLog::open(&path).expect("open"));
     let fill = Instant::now();
-    for _ in 0..TOTAL / 1000 {
-        let batch = (0..1000).map(|_| event(&mut r, now)).collect();
+    let span = (DAYS * 86_400) as usize;
+    for b in 0..TOTAL / 1000 {
+        // 30 days of events in order; about 10 per session, sessions
+        // interleaved.
+        let batch = (b * 1000..(b + 1) * 1000)
+            .map(|i| {
+                let time = now - (span - i * span / TOTAL) as i64;
+                let session = (i + (r.next() % 50) as usize) / 10;
+                event(&mut r, time, session as u64)
+            })
+            .collect();
         rt.block_on(log.append_batch(batch)).expect("fill");
     }
     println!(
-        "audit_search.fill {:.0} events/s (1000 per write)",
+        "audit_search.fill {:.0} events/s (1000 per write, in time order)",
         TOTAL as f64 / fill.elapsed().as_secs_f64()
     );
     let raw = rusqlite::Connection::open(&path).expect("open");

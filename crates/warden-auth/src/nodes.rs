@@ -528,7 +528,7 @@ async fn store_node_events(
         // Nodes name their events (a UUID) so that a resend from their
         // spool, after an acknowledgement was lost, is not stored twice.
         if uuid::Uuid::parse_str(&ev.id).is_err() {
-            ev.id = uuid::Uuid::new_v4().to_string();
+            ev.id = uuid::Uuid::now_v7().to_string();
         }
     }
     // Acknowledged only once durable.

@@ -354,7 +354,7 @@ impl Conn {
                 (None, Some(path), format!("subsystem {name}"))
             }
         };
-        let session_id = uuid::Uuid::new_v4().to_string();
+        let session_id = uuid::Uuid::now_v7().to_string();
         if let Some((display, screen, proto, cookie)) = &state.x11 {
             let xauth = Spec {
                 account: account.clone(),
@@ -497,7 +497,7 @@ impl Conn {
                             ));
                         }
                         let mut ev = template.clone();
-                        ev.id = uuid::Uuid::new_v4().to_string();
+                        ev.id = uuid::Uuid::now_v7().to_string();
                         ev.time = time::OffsetDateTime::now_utc();
                         ev.session_id = sid.clone();
                         ev.success = op.success;

@@ -98,7 +98,8 @@ impl SqliteAuditLog {
              CREATE INDEX IF NOT EXISTS events_type ON events(type, time);
              CREATE INDEX IF NOT EXISTS events_user ON events(user, time);
              CREATE INDEX IF NOT EXISTS events_node ON events(node, time);
-             CREATE INDEX IF NOT EXISTS events_session ON events(session_id);",
+             DROP INDEX IF EXISTS events_session;
+             CREATE INDEX IF NOT EXISTS events_session_time ON events(session_id, time);",
         )
         .map_err(db_err)?;
         Ok(SqliteAuditLog {
@@ -154,12 +155,20 @@ pub fn search_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     } else {
         format!("WHERE {}", conds.join(" AND "))
     };
-    let order = if q.after.is_some() { "ASC" } else { "DESC" };
+    // Newest first by time: each filter's (column, time) index, which
+    // SQLite extends with idx, yields rows already in this order, so the
+    // scan stops at the limit instead of sorting every match. A stream
+    // (`after`) follows the chain instead.
+    let order = if q.after.is_some() {
+        "idx ASC"
+    } else {
+        "time DESC, idx DESC"
+    };
     values.push(Value::Integer(i64::from(
         q.limit.unwrap_or(1000).min(10_000),
     )));
     (
-        format!("SELECT body FROM events {filter} ORDER BY idx {order} LIMIT ?"),
+        format!("SELECT body FROM events {filter} ORDER BY {order} LIMIT ?"),
         values,
     )
 }
@@ -171,34 +180,37 @@ fn begin(c: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
         .map_err(db_err)
 }
 
-/// Chains and inserts one event; `None` when its id is already stored.
-fn insert(tx: &rusqlite::Transaction<'_>, mut event: AuditEvent) -> Result<Option<AuditEvent>> {
-    let known: Option<i64> = tx
-        .query_row("SELECT idx FROM events WHERE id = ?1", [&event.id], |r| {
-            r.get(0)
-        })
+/// The last event's index and hash (0 and "" for an empty log).
+fn chain_head(tx: &rusqlite::Transaction<'_>) -> Result<(i64, String)> {
+    Ok(tx
+        .prepare_cached("SELECT idx, hash FROM events ORDER BY idx DESC LIMIT 1")
+        .map_err(db_err)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
-        .map_err(db_err)?;
-    if known.is_some() {
-        return Ok(None);
-    }
-    let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT idx, hash FROM events ORDER BY idx DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(db_err)?;
-    let (idx, prev) = last.unwrap_or((0, String::new()));
-    event.index = idx as u64 + 1;
-    event.prev_hash = prev;
+        .map_err(db_err)?
+        .unwrap_or((0, String::new())))
+}
+
+/// Chains one event onto `head` and inserts it; `None` (and `head` as it
+/// was) when its id is already stored. The head is read once per
+/// transaction, which holds the write lock, and carried from event to
+/// event.
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    head: &mut (i64, String),
+    mut event: AuditEvent,
+) -> Result<Option<AuditEvent>> {
+    event.index = head.0 as u64 + 1;
+    event.prev_hash = head.1.clone();
     event.hash = event_hash(&event);
     let body = serde_json::to_string(&event).map_err(|e| StoreError::Backend(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO events (idx, id, time, type, user, node, session_id, body, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+    let added = tx
+        .prepare_cached(
+            "INSERT INTO events (idx, id, time, type, user, node, session_id, body, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) DO NOTHING",
+        )
+        .map_err(db_err)?
+        .execute(params![
             event.index as i64,
             event.id,
             event.time.unix_timestamp(),
@@ -208,9 +220,12 @@ fn insert(tx: &rusqlite::Transaction<'_>, mut event: AuditEvent) -> Result<Optio
             event.session_id,
             body,
             event.hash
-        ],
-    )
-    .map_err(db_err)?;
+        ])
+        .map_err(db_err)?;
+    if added == 0 {
+        return Ok(None);
+    }
+    *head = (event.index as i64, event.hash.clone());
     Ok(Some(event))
 }
 
@@ -219,7 +234,8 @@ impl AuditLog for SqliteAuditLog {
     async fn append(&self, event: AuditEvent) -> Result<AuditEvent> {
         self.with(move |c| {
             let tx = begin(c)?;
-            let event = insert(&tx, event)?
+            let mut head = chain_head(&tx)?;
+            let event = insert(&tx, &mut head, event)?
                 .ok_or_else(|| StoreError::AlreadyExists("an event with this id".to_string()))?;
             tx.commit().map_err(db_err)?;
             Ok(event)
@@ -230,9 +246,10 @@ impl AuditLog for SqliteAuditLog {
     async fn append_batch(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>> {
         self.with(move |c| {
             let tx = begin(c)?;
+            let mut head = chain_head(&tx)?;
             let mut out = Vec::with_capacity(events.len());
             for e in events {
-                out.extend(insert(&tx, e)?);
+                out.extend(insert(&tx, &mut head, e)?);
             }
             tx.commit().map_err(db_err)?;
             Ok(out)

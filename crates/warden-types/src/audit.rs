@@ -105,7 +105,7 @@ impl AuditEvent {
     /// A new event of `(type, code)`; the log sets index and hashes.
     pub fn new(kind: (&str, &str), cluster: &str, user: &str, message: impl Into<String>) -> Self {
         AuditEvent {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
             index: 0,
             time: OffsetDateTime::now_utc(),
             event_type: kind.0.to_string(),

@@ -530,6 +530,13 @@ async fn store_node_events(
         if uuid::Uuid::parse_str(&ev.id).is_err() {
             ev.id = uuid::Uuid::now_v7().to_string();
         }
+        // Spooled events may be old, but none comes from the future: a
+        // node's clock (or a lying node) must not pin events to the top of
+        // every newest-first search.
+        let now = time::OffsetDateTime::now_utc();
+        if ev.time > now + time::Duration::minutes(5) {
+            ev.time = now;
+        }
     }
     // Acknowledged only once durable.
     s.record_batch(events).await?;

@@ -56,23 +56,33 @@ impl Spool {
             .mode(0o700)
             .create(&self.inner.dir)?;
         let path = self.inner.dir.join(format!("{id}.wrec"));
-        let mut file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)?;
-        let mut enc = Encoder::new(header);
-        let first = enc.flush().expect("a header makes a chunk");
-        if let Err(e) = file.write_all(&first).and_then(|()| file.sync_data()) {
-            // Nothing to upload: a headless file would only fail forever.
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
+        // Live before the file exists, so the uploader never takes it.
         self.inner
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone());
+        let mut enc = Encoder::new(header);
+        let first = enc.flush().expect("a header makes a chunk");
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(&first)?;
+                file.sync_data()?;
+                Ok(file)
+            });
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing to upload: a headless file would only fail forever.
+                let _ = std::fs::remove_file(&path);
+                self.finished(&id);
+                return Err(e);
+            }
+        };
         Ok(Recorder {
             inner: Arc::new(Mutex::new(State {
                 file,
@@ -168,25 +178,46 @@ impl State {
             self.write(c);
         }
         if self.size > MAX_SPOOL && !self.capped {
+            // Everything after this is unrecorded: a failure like a full
+            // disk (a strict session ends), with a marker saying so.
             self.capped = true;
             let t = self.began.elapsed().as_secs_f64();
             self.enc.marker(
                 t,
                 "recording stopped: the session's recording reached its size limit",
             );
+            self.status.send_replace(Status::Failed(
+                "the session's recording reached its size limit".into(),
+            ));
         }
     }
 
-    fn sync(&mut self) {
+    /// Writes what the encoder holds; returns a handle to fsync (outside
+    /// the lock: the session's output path takes it too) if anything is
+    /// unsynced.
+    fn flush(&mut self) -> Option<std::fs::File> {
         if let Some(c) = self.enc.flush() {
             self.write(c);
         }
-        if self.unsynced && self.error.is_none() {
-            if let Err(e) = self.file.sync_data() {
-                self.fail(e);
-            }
-            self.unsynced = false;
+        if !self.unsynced || self.error.is_some() {
+            return None;
         }
+        self.unsynced = false;
+        match self.file.try_clone() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+}
+
+/// Flushes and syncs a recording's spool file, the lock held only to write.
+fn sync(inner: &Mutex<State>) {
+    let file = inner.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    if let Some(Err(e)) = file.map(|f| f.sync_data()) {
+        inner.lock().unwrap_or_else(|p| p.into_inner()).fail(e);
     }
 }
 
@@ -203,7 +234,7 @@ pub struct Recorder {
 impl Recorder {
     fn with(&self, f: impl FnOnce(&mut State, f64)) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if s.done || s.error.is_some() {
+        if s.done || s.error.is_some() || s.capped {
             return;
         }
         let t = s.began.elapsed().as_secs_f64();
@@ -212,10 +243,8 @@ impl Recorder {
 
     pub fn output(&self, bytes: &[u8]) {
         self.with(|s, t| {
-            if !s.capped {
-                s.enc.output(t, bytes);
-                s.after_event();
-            }
+            s.enc.output(t, bytes);
+            s.after_event();
         });
     }
 
@@ -231,6 +260,20 @@ impl Recorder {
             s.enc.marker(t, text);
             s.after_event();
         });
+    }
+
+    /// Why the recording failed (write error or size limit), if it did.
+    pub fn failed(&self) -> Option<String> {
+        match &*self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .status
+            .borrow()
+        {
+            Status::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// Resolves once the recording fails (with the error) or ends (None).
@@ -258,11 +301,11 @@ impl Recorder {
                 tokio::time::sleep(SYNC_EVERY).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let done = tokio::task::spawn_blocking(move || {
-                    let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
-                    if !s.done {
-                        s.sync();
+                    if inner.lock().unwrap_or_else(|p| p.into_inner()).done {
+                        return true;
                     }
-                    s.done
+                    sync(&inner);
+                    false
                 })
                 .await
                 .unwrap_or(true);
@@ -277,10 +320,10 @@ impl Recorder {
     pub async fn finish(self) {
         let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            sync(&inner);
             let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
-            s.sync();
             s.done = true;
-            if s.error.is_none() {
+            if s.error.is_none() && !s.capped {
                 s.status.send_replace(Status::Done);
             }
         })
@@ -307,11 +350,15 @@ pub async fn upload_loop(identity: Arc<NodeIdentity>) {
                     tracing::warn!(session = %id, error = %text, "recording upload failed; will retry");
                     // A recording auth cannot read will never upload: keep
                     // it aside for a person instead of retrying forever.
-                    if text.contains("corrupt recording") || text.contains("not a Warden recording")
-                    {
+                    // ("not a Warden recording" is retried: an auth older
+                    // than this node's format, during an upgrade.)
+                    if text.contains("corrupt recording") || text.contains("empty recording") {
                         let _ = std::fs::rename(&path, path.with_extension("bad"));
                     }
-                    break;
+                    // Auth is unreachable: the rest would fail alike.
+                    if !text.contains("corrupt") && !text.contains("recording") {
+                        break;
+                    }
                 }
             }
         }

@@ -203,6 +203,8 @@ impl<R: AsyncRead + Unpin, F: FnMut(&[u8]) + Unpin> AsyncRead for Tap<R, F> {
 pub struct Outcome {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// Why the node ended the session (a strict recording failed).
+    pub stopped: Option<String>,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -223,12 +225,15 @@ where
 /// How long a session's processes have to end after a hangup.
 const HANGUP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs a session until its process ends (see [`pump_io`]), or until
-/// `hangup` fires (the channel or the whole connection is gone): then, as
-/// a terminal does, the session's process group gets SIGHUP. If it has
-/// not ended after a grace period (it ignores SIGHUP, like `nohup`), the
-/// session ends without it, as under OpenSSH: the process runs on
-/// detached, its output going nowhere.
+/// Runs a session until its process ends (see [`pump_io`]), or until:
+/// - `hangup` fires (the channel or the whole connection is gone): as a
+///   terminal does, the session's processes get SIGHUP; if they have not
+///   ended after a grace period (they ignore it, like `nohup`), the
+///   session ends without them, as under OpenSSH: they run on detached,
+///   their output going nowhere;
+/// - `strict` is set and the recording fails (disk full, size limit): the
+///   session's processes are killed and its output stops at once, so
+///   nothing runs unrecorded; the user is told why.
 pub async fn pump(
     running: Running,
     channel: Channel<Msg>,
@@ -236,24 +241,105 @@ pub async fn pump(
     sftp: Option<SftpTap>,
     recorder: Option<Recorder>,
     hangup: tokio::sync::oneshot::Receiver<()>,
+    strict: bool,
 ) -> Outcome {
-    let pid = running.pid as i32;
-    let work = pump_io(running, channel, handle, sftp, recorder);
-    tokio::pin!(work);
+    let pid = running.pid;
+    let id = channel.id();
+    let reaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = {
+        let watch = recorder.as_ref().filter(|_| strict).map(|r| r.failure());
+        async move {
+            match watch {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    // Boxed so that a strict stop can drop it (and the output with it).
+    let mut work = Box::pin(pump_io(
+        running,
+        channel,
+        handle.clone(),
+        sftp,
+        recorder,
+        reaped.clone(),
+    ));
+    // `work` reaps the child, and only while it is polled: between polls
+    // the flag tells whether the pid (and its session) is still ours.
+    let signal = |sig| {
+        if !reaped.load(std::sync::atomic::Ordering::SeqCst) {
+            signal_session(pid, sig);
+        }
+    };
     tokio::select! {
-        outcome = &mut work => return outcome,
-        _ = hangup => {}
+        outcome = &mut work => outcome,
+        _ = hangup => {
+            signal(libc::SIGHUP);
+            tokio::time::timeout(HANGUP_GRACE, &mut work)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::info!(pid, "session process ignored SIGHUP; left running detached");
+                    Outcome::default()
+                })
+        }
+        Some(error) = failed => {
+            signal(libc::SIGKILL);
+            drop(work); // no more output leaves unrecorded
+            let text = format!(
+                "\r\nwarden: session ended: your role requires recording (record_session: strict) and this node can no longer record: {error}\r\n"
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = handle.extended_data(id, 1, text.into_bytes()).await;
+                let _ = handle.exit_status_request(id, 255).await;
+                let _ = handle.eof(id).await;
+                let _ = handle.close(id).await;
+            })
+            .await;
+            Outcome {
+                signal: Some(libc::SIGKILL),
+                stopped: Some(error),
+                ..Default::default()
+            }
+        }
     }
-    // The child is not reaped until `work` is polled again, so its pid
-    // (and process group) cannot have been reused.
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(-pid, libc::SIGHUP) };
-    tokio::time::timeout(HANGUP_GRACE, &mut work)
-        .await
-        .unwrap_or_else(|_| {
-            tracing::info!(pid, "session process ignored SIGHUP; left running detached");
-            Outcome::default()
-        })
+}
+
+/// Sends `sig` to every process of the session led by `leader`: its
+/// process group and the groups job control made inside it (found by
+/// session id in /proc). Only for a leader not yet reaped, whose ids
+/// cannot have been reused.
+fn signal_session(leader: u32, sig: i32) {
+    let Ok(leader) = i32::try_from(leader) else {
+        return;
+    };
+    if leader <= 1 {
+        return;
+    }
+    let mut groups = vec![leader];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp session ...; comm may hold spaces.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(Ok(pgrp)), Some(Ok(sid))) = (
+                f.get(2).map(|v| v.parse::<i32>()),
+                f.get(3).map(|v| v.parse::<i32>()),
+            ) {
+                if sid == leader && pgrp > 1 && !groups.contains(&pgrp) {
+                    groups.push(pgrp);
+                }
+            }
+        }
+    }
+    for g in groups {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(-g, sig) };
+    }
 }
 
 /// Moves bytes between the process and the channel until the process ends
@@ -264,7 +350,9 @@ async fn pump_io(
     handle: russh::server::Handle,
     sftp: Option<SftpTap>,
     recorder: Option<Recorder>,
+    reaped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Outcome {
+    let reaped = move || reaped.store(true, std::sync::atomic::Ordering::SeqCst);
     let id = channel.id();
     let (mut read_half, write_half) = channel.split();
     let mut outcome = Outcome::default();
@@ -288,10 +376,12 @@ async fn pump_io(
         };
         // The shell's exit closes the slave; reading the master then ends.
         let (out_n, status) = tokio::join!(to_user, async {
-            tokio::select! {
+            let s = tokio::select! {
                 s = running.child.wait() => s,
                 _ = from_user => running.child.wait().await,
-            }
+            };
+            reaped();
+            s
         });
         outcome.bytes_out = out_n;
         record_status(&mut outcome, status);
@@ -378,6 +468,7 @@ async fn pump_io(
         outcome.bytes_in = i;
         outcome.bytes_out = o + e;
         let status = running.child.wait().await;
+        reaped();
         record_status(&mut outcome, status);
     }
     if let Some(t) = &sftp {

@@ -520,24 +520,36 @@ impl Conn {
             }
             _ => None,
         };
-        if let Some(r) = &recorder {
-            let mut ev = unrecorded;
-            ev.session_id = end.session_id.clone();
-            tokio::spawn(watch_recording(
-                r.failure(),
-                ev,
-                strict.then(|| (handle.clone(), id, running.pid)),
-                identity.clone(),
-            ));
-        }
+        let mut unrecorded = unrecorded;
+        unrecorded.session_id = end.session_id.clone();
         tokio::spawn(async move {
             let began = Instant::now();
             METRICS.node_sessions.inc();
-            let outcome =
-                session::pump(running, channel, handle, sftp, recorder.clone(), hangup).await;
+            let outcome = session::pump(
+                running,
+                channel,
+                handle,
+                sftp,
+                recorder.clone(),
+                hangup,
+                strict,
+            )
+            .await;
             METRICS.node_sessions.dec();
             if let Some(r) = recorder {
-                r.finish().await;
+                r.clone().finish().await;
+                if let Some(error) = r.failed() {
+                    let mut ev = unrecorded;
+                    ev.id = uuid::Uuid::now_v7().to_string();
+                    ev.time = time::OffsetDateTime::now_utc();
+                    ev.success = false;
+                    ev.message = if outcome.stopped.is_some() {
+                        format!("recording failed mid-session ({error}); session ended (record_session: strict)")
+                    } else {
+                        format!("recording failed ({error}); the session's end is not recorded")
+                    };
+                    identity.emit(ev).await;
+                }
             }
             end.message = format!("{label} ended");
             let end = end
@@ -550,37 +562,6 @@ impl Conn {
         });
         Ok(())
     }
-}
-
-/// Acts on a recording that fails mid-session: audits it and, under
-/// `record_session: strict` (`kill` set), tells the user why and ends the
-/// session's processes, so nothing unrecorded goes on.
-async fn watch_recording(
-    failure: impl std::future::Future<Output = Option<String>>,
-    mut ev: AuditEvent,
-    kill: Option<(russh::server::Handle, ChannelId, u32)>,
-    identity: Arc<NodeIdentity>,
-) {
-    let Some(error) = failure.await else { return };
-    ev.message = match &kill {
-        Some(_) => format!(
-            "recording failed mid-session ({error}); session ended (record_session: strict)"
-        ),
-        None => format!(
-            "recording failed mid-session ({error}); the rest of the session is not recorded"
-        ),
-    };
-    ev.success = false;
-    if let Some((handle, id, pid)) = kill {
-        let text = format!(
-            "\r\nwarden: session ended: your role requires recording (record_session: strict) and this node can no longer record: {error}\r\n"
-        );
-        let _ = handle.extended_data(id, 1, text.into_bytes()).await;
-        // SAFETY: kill has no memory-safety preconditions; the session
-        // leader's process group is the shell and its jobs.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
-    identity.emit(ev).await;
 }
 
 /// The first line of a session's recording.

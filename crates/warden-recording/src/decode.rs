@@ -76,6 +76,15 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         result.map_err(|reason| corrupt(offset, reason))?;
         offset += head + payload_len;
     }
+    if !d.carry.is_empty() {
+        // Output ended inside a UTF-8 sequence.
+        let time = d.events.last().map_or(0.0, |e| e.time);
+        d.events.push(Event {
+            time,
+            kind: EventKind::Output,
+            data: char::REPLACEMENT_CHARACTER.to_string(),
+        });
+    }
     Ok(Decoded {
         header: d.header.ok_or(DecodeError::Empty)?,
         events: d.events,
@@ -136,7 +145,7 @@ impl Decoder {
                 self.set_header(data)?;
                 continue;
             }
-            let kind = EventKind::from_code(&char::from(kind).to_string())
+            let kind = EventKind::from_byte(kind)
                 .ok_or_else(|| format!("unknown record kind {kind:#04x}"))?;
             let data = match kind {
                 EventKind::Output => self.text(data),

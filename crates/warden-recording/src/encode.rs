@@ -57,16 +57,29 @@ impl Encoder {
         );
     }
 
+    /// A marker line. Control characters are shown escaped (`\u{1b}`): a
+    /// marker often carries what a user typed (a command, a forward's
+    /// host), which must not fake other lines or drive the auditor's
+    /// terminal on playback.
     pub fn marker(&mut self, time: f64, text: &str) {
-        let text = if text.len() > MAX_MARKER {
-            let mut end = MAX_MARKER;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}…", &text[..end])
-        } else {
-            text.to_string()
-        };
+        let mut end = text.len().min(MAX_MARKER);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = end < text.len();
+        let mut text: String = text[..end]
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        if cut {
+            text.push('…');
+        }
         self.record(EventKind::Marker.byte(), time, text.as_bytes());
     }
 
@@ -169,8 +182,10 @@ mod tests {
     fn long_markers_are_cut_on_a_char_boundary() {
         let mut e = Encoder::new(&Header::default());
         e.marker(0.0, &"é".repeat(MAX_MARKER));
+        e.marker(1.0, "exec: ls\n# exec: fake\u{1b}[2J");
         let d = crate::decode(&e.flush().unwrap()).unwrap();
         assert!(d.events[0].data.ends_with('…'));
         assert!(d.events[0].data.len() <= MAX_MARKER + 3);
+        assert_eq!(d.events[1].data, "exec: ls\\u{a}# exec: fake\\u{1b}[2J");
     }
 }

@@ -107,6 +107,15 @@ impl EventKind {
         self.code().as_bytes()[0]
     }
 
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            b'o' => EventKind::Output,
+            b'r' => EventKind::Resize,
+            b'm' => EventKind::Marker,
+            _ => return None,
+        })
+    }
+
     fn from_code(c: &str) -> Option<Self> {
         Some(match c {
             "o" => EventKind::Output,

@@ -38,7 +38,7 @@ pub trait AuditLog: Send + Sync + 'static {
         }
         Ok(out)
     }
-    /// Newest first.
+    /// Newest first by event time (or, with `after`, oldest first by index).
     async fn search(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
     /// Recomputes the chain.
     async fn verify(&self) -> Result<VerifyReport>;
@@ -55,14 +55,9 @@ pub trait AuditLog: Send + Sync + 'static {
             .into_iter()
             .find(|e| e.index == index))
     }
-    /// The newest event's index and hash.
-    async fn head(&self) -> Result<Option<(u64, String)>> {
-        let q = AuditQuery {
-            limit: Some(1),
-            ..Default::default()
-        };
-        Ok(self.search(&q).await?.pop().map(|e| (e.index, e.hash)))
-    }
+    /// The last event's index and hash (the end of the chain, whatever
+    /// the events' times).
+    async fn head(&self) -> Result<Option<(u64, String)>>;
 }
 
 /// SQLite [`AuditLog`] in its own file, so audit I/O never blocks the state
@@ -253,6 +248,15 @@ impl AuditLog for SqliteAuditLog {
             }
             tx.commit().map_err(db_err)?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<Option<(u64, String)>> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let head = chain_head(&tx)?;
+            Ok((head.0 > 0).then_some((head.0 as u64, head.1)))
         })
         .await
     }

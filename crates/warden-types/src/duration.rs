@@ -12,6 +12,12 @@ impl HumanDuration {
     pub fn from_secs(secs: u64) -> Self {
         HumanDuration(Duration::from_secs(secs))
     }
+
+    /// Unix seconds this long before `now` (`--since 7d`); a duration
+    /// beyond the representable range means "since the beginning".
+    pub fn before(self, now: i64) -> i64 {
+        now.saturating_sub(i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX))
+    }
 }
 
 impl std::str::FromStr for HumanDuration {

@@ -222,7 +222,8 @@ enum TokensCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Search events, newest first.
+    /// Search events, newest first (by event time; events a node delivered
+    /// late sit at the time they happened).
     Search {
         /// Event type, e.g. user.login.
         #[arg(long = "type")]
@@ -917,7 +918,7 @@ async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
         query.push(format!("user={}", urlencode(u)));
     }
     if let Some(s) = since {
-        query.push(format!("since={}", output::now() - s.0.as_secs() as i64));
+        query.push(format!("since={}", s.before(output::now())));
     }
     if let Some(n) = &node {
         query.push(format!("node={}", urlencode(n)));

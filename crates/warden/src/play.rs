@@ -82,7 +82,7 @@ pub async fn recordings(c: RecordingsCommand) -> anyhow::Result<()> {
         q.push(format!("node={}", crate::admin::urlencode(n)));
     }
     if let Some(s) = since {
-        q.push(format!("since={}", output::now() - s.0.as_secs() as i64));
+        q.push(format!("since={}", s.before(output::now())));
     }
     let list: Vec<RecordingInfo> = api()?
         .get(&format!("/v1/recordings?{}", q.join("&")))

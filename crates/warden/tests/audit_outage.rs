@@ -26,13 +26,6 @@ fn auth_outage_during_a_session_loses_nothing() {
     c.login("alice", "alice", &totp(&s, 30)).expect_ok();
     c.wait_reachable("alice", "root", "out-1");
 
-    // wait_reachable ran sessions of its own: the one under test is the
-    // session that starts after them.
-    let earlier: Vec<String> = c
-        .events()
-        .iter()
-        .filter_map(|e| e["session_id"].as_str().map(str::to_string))
-        .collect();
     let mut session = std::process::Command::new(WARDEN)
         .args([
             "ssh",
@@ -49,11 +42,14 @@ fn auth_outage_during_a_session_loses_nothing() {
     let t0 = Instant::now();
     let session_id = loop {
         let ev = c.events();
-        if let Some(e) = ev
-            .iter()
-            .filter(|e| e["type"] == "session.start" && e["user"] == "alice")
-            .find(|e| !earlier.iter().any(|id| e["session_id"] == id.as_str()))
-        {
+        // wait_reachable ran sessions of its own: follow the one whose
+        // command is ours.
+        if let Some(e) = ev.iter().find(|e| {
+            e["type"] == "exec"
+                && e["fields"]["command"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("before-the-outage"))
+        }) {
             break e["session_id"].as_str().unwrap().to_string();
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "no session.start");

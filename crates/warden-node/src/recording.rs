@@ -152,6 +152,15 @@ pub enum Status {
     Done,
 }
 
+impl Status {
+    fn failure(&self) -> Option<String> {
+        match self {
+            Status::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl State {
     fn write(&mut self, chunk: Vec<u8>) {
         if self.error.is_some() {
@@ -264,16 +273,12 @@ impl Recorder {
 
     /// Why the recording failed (write error or size limit), if it did.
     pub fn failed(&self) -> Option<String> {
-        match &*self
-            .inner
+        self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .status
             .borrow()
-        {
-            Status::Failed(e) => Some(e.clone()),
-            _ => None,
-        }
+            .failure()
     }
 
     /// Resolves once the recording fails (with the error) or ends (None).
@@ -285,11 +290,10 @@ impl Recorder {
             .status
             .subscribe();
         async move {
-            let s = rx.wait_for(|s| *s != Status::Recording).await.ok()?;
-            match &*s {
-                Status::Failed(e) => Some(e.clone()),
-                _ => None,
-            }
+            rx.wait_for(|s| *s != Status::Recording)
+                .await
+                .ok()?
+                .failure()
         }
     }
 
@@ -323,7 +327,7 @@ impl Recorder {
             sync(&inner);
             let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
             s.done = true;
-            if s.error.is_none() && !s.capped {
+            if s.status.borrow().failure().is_none() {
                 s.status.send_replace(Status::Done);
             }
         })
@@ -356,7 +360,7 @@ pub async fn upload_loop(identity: Arc<NodeIdentity>) {
                         let _ = std::fs::rename(&path, path.with_extension("bad"));
                     }
                     // Auth is unreachable: the rest would fail alike.
-                    if !text.contains("corrupt") && !text.contains("recording") {
+                    if !text.contains("recording") {
                         break;
                     }
                 }

@@ -408,7 +408,7 @@ impl AuthServer {
                 };
                 creds.failed_attempts += 1;
                 if creds.failed_attempts >= config.lockout_attempts {
-                    creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
+                    creds.locked_until = config.lockout_duration.after(now());
                 }
             }
             match self

@@ -23,6 +23,9 @@ use warden_types::{IdentityKind, NodeSpec, RequireMfa};
 /// Lifetime of a per-session certificate: long enough to connect.
 const SESSION_CERT_TTL: u64 = 60;
 
+/// MFA challenges one user may ask for per minute.
+const CHALLENGES_PER_MINUTE: u32 = 30;
+
 pub fn routes() -> Router<AuthServer> {
     Router::new()
         .route("/v1/mfa/required", post(required))
@@ -83,7 +86,7 @@ impl AuthServer {
             } else {
                 creds.failed_attempts += 1;
                 if creds.failed_attempts >= config.lockout_attempts {
-                    creds.locked_until = now() + config.lockout_duration.0.as_secs() as i64;
+                    creds.locked_until = config.lockout_duration.after(now());
                     locks_now = true;
                 }
             }
@@ -272,6 +275,17 @@ async fn challenge(
     if req.purpose == MfaPurpose::Login {
         return Err(AuthError::BadRequest(
             "login challenges come from /v1/login/challenge".into(),
+        ));
+    }
+    // Each challenge is a stored ceremony: bound how fast one user makes
+    // them (a person touches a key far less often than this).
+    if !s
+        .inner
+        .limiter
+        .allow(&format!("mfa-challenge:{user}"), CHALLENGES_PER_MINUTE)
+    {
+        return Err(AuthError::RateLimited(
+            "too many MFA challenges for your account; wait a minute".into(),
         ));
     }
     let totp = resources::get_raw::<Credentials>(s.backend(), &format!("{CREDENTIALS}{user}"))

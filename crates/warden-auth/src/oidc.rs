@@ -411,7 +411,7 @@ impl AuthServer {
         let sep = if endpoint.contains('?') { '&' } else { '?' };
         let auth_url = format!("{endpoint}{sep}{query}");
         let poll_token = token();
-        let expires = now() + spec.login_timeout.0.as_secs() as i64;
+        let expires = spec.login_timeout.after(now());
         let pending = Pending {
             connector: req.connector.clone(),
             redirect_url: redirect_url.clone(),

@@ -2,6 +2,7 @@
 //! seconds: the node re-reads locks every 2 s).
 
 use crate::identity::NodeIdentity;
+use crate::session::Leader;
 use russh::server::Handle;
 use russh::ChannelId;
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ pub struct Live {
     pub login: String,
     pub roles: Vec<String>,
     pub handle: Handle,
-    pub sessions: Vec<(ChannelId, u32)>,
+    pub sessions: Vec<(ChannelId, Leader)>,
 }
 
 /// Live connections on this node.
@@ -41,14 +42,14 @@ impl Registry {
         id
     }
 
-    pub fn add_session(&self, id: u64, channel: ChannelId, pid: u32) {
+    pub fn add_session(&self, id: u64, channel: ChannelId, leader: Leader) {
         if let Some(l) = self
             .conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(&id)
         {
-            l.sessions.push((channel, pid));
+            l.sessions.push((channel, leader));
         }
     }
 
@@ -103,13 +104,12 @@ pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
         let node_id = identity.node_id().to_string();
         for (live, why) in identity.registry.take_locked(&locks, (&node_id, &name)) {
             let msg = format!("\r\nwarden: session terminated: {why}\r\n");
-            for (channel, pid) in &live.sessions {
+            for (channel, leader) in &live.sessions {
                 let _ = live
                     .handle
                     .extended_data(*channel, 1, msg.clone().into_bytes())
                     .await;
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(-(*pid as i32), libc::SIGKILL) };
+                leader.signal(libc::SIGKILL);
             }
             let _ = live
                 .handle

@@ -234,8 +234,10 @@ const HANGUP_GRACE: Duration = Duration::from_secs(5);
 /// - `strict` is set and the recording fails (disk full, size limit): the
 ///   session's processes are killed and its output stops at once, so
 ///   nothing runs unrecorded; the user is told why.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump(
     running: Running,
+    leader: Leader,
     channel: Channel<Msg>,
     handle: russh::server::Handle,
     sftp: Option<SftpTap>,
@@ -243,9 +245,8 @@ pub async fn pump(
     hangup: tokio::sync::oneshot::Receiver<()>,
     strict: bool,
 ) -> Outcome {
-    let pid = running.pid;
+    let pid = leader.pid;
     let id = channel.id();
-    let reaped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failed = {
         let watch = recorder.as_ref().filter(|_| strict).map(|r| r.failure());
         async move {
@@ -262,15 +263,9 @@ pub async fn pump(
         handle.clone(),
         sftp,
         recorder,
-        reaped.clone(),
+        leader.clone(),
     ));
-    // `work` reaps the child, and only while it is polled: between polls
-    // the flag tells whether the pid (and its session) is still ours.
-    let signal = |sig| {
-        if !reaped.load(std::sync::atomic::Ordering::SeqCst) {
-            signal_session(pid, sig);
-        }
-    };
+    let signal = |sig| leader.signal(sig);
     tokio::select! {
         outcome = &mut work => outcome,
         _ = hangup => {
@@ -304,10 +299,40 @@ pub async fn pump(
     }
 }
 
+/// The first process of a session, for signalling the whole session.
+/// Knows when the process has been reaped: from then on its pid may
+/// belong to someone else, and signals are no longer sent.
+#[derive(Clone, Debug)]
+pub struct Leader {
+    pid: u32,
+    reaped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Leader {
+    pub fn new(pid: u32) -> Self {
+        Leader {
+            pid,
+            reaped: Default::default(),
+        }
+    }
+
+    /// Called right after `wait` returned for the leader.
+    fn mark_reaped(&self) {
+        self.reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sends `sig` to the session's processes unless it has ended.
+    pub fn signal(&self, sig: i32) {
+        if !self.reaped.load(std::sync::atomic::Ordering::SeqCst) {
+            signal_session(self.pid, sig);
+        }
+    }
+}
+
 /// Sends `sig` to every process of the session led by `leader`: its
 /// process group and the groups job control made inside it (found by
 /// session id in /proc). Only for a leader not yet reaped, whose ids
-/// cannot have been reused.
+/// cannot have been reused (see [`Leader`]).
 fn signal_session(leader: u32, sig: i32) {
     let Ok(leader) = i32::try_from(leader) else {
         return;
@@ -350,9 +375,9 @@ async fn pump_io(
     handle: russh::server::Handle,
     sftp: Option<SftpTap>,
     recorder: Option<Recorder>,
-    reaped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    leader: Leader,
 ) -> Outcome {
-    let reaped = move || reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reaped = move || leader.mark_reaped();
     let id = channel.id();
     let (mut read_half, write_half) = channel.split();
     let mut outcome = Outcome::default();

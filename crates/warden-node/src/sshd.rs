@@ -149,7 +149,7 @@ struct ChanState {
     pty: Option<PtyRequest>,
     env: Vec<(String, String)>,
     master: Option<RawFd>,
-    pid: Option<u32>,
+    leader: Option<session::Leader>,
     /// (display, protocol, cookie) for `xauth` before the session starts.
     x11: Option<(u16, u32, String, String)>,
     recorder: Option<crate::recording::Recorder>,
@@ -432,7 +432,8 @@ impl Conn {
         let (hangup_tx, hangup) = tokio::sync::oneshot::channel();
         state.hangup = Some(hangup_tx);
         state.master = running.master_fd();
-        state.pid = Some(running.pid);
+        let leader = session::Leader::new(running.pid);
+        state.leader = Some(leader.clone());
         let live = *self.live.get_or_insert_with(|| {
             self.identity.registry.register(crate::locks::Live {
                 username: user.username.clone(),
@@ -442,7 +443,7 @@ impl Conn {
                 sessions: Vec::new(),
             })
         });
-        self.identity.registry.add_session(live, id, running.pid);
+        self.identity.registry.add_session(live, id, leader.clone());
         let mut start = self
             .event(
                 codes::SESSION_START,
@@ -527,6 +528,7 @@ impl Conn {
             METRICS.node_sessions.inc();
             let outcome = session::pump(
                 running,
+                leader,
                 channel,
                 handle,
                 sftp,
@@ -776,13 +778,12 @@ impl russh::server::Handler for Conn {
         signal: russh::Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let (Some(pid), Some(sig)) = (
-            self.channels.get(&id).and_then(|s| s.pid),
+        if let (Some(leader), Some(sig)) = (
+            self.channels.get(&id).and_then(|s| s.leader.as_ref()),
             session::signal_number(&signal),
         ) {
-            // The session leader's process group: the shell and its jobs.
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(-(pid as i32), sig) };
+            // The whole session: the shell and its jobs.
+            leader.signal(sig);
         }
         Ok(())
     }

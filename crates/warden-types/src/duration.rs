@@ -18,6 +18,12 @@ impl HumanDuration {
     pub fn before(self, now: i64) -> i64 {
         now.saturating_sub(i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX))
     }
+
+    /// Unix seconds this long after `now` (a lockout's or login's end); a
+    /// configured duration beyond the representable range means "never".
+    pub fn after(self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX))
+    }
 }
 
 impl std::str::FromStr for HumanDuration {
@@ -71,5 +77,15 @@ mod tests {
         assert!("forever".parse::<HumanDuration>().is_err());
         assert_eq!(relative(-7200), "2h ago");
         assert_eq!(relative(90), "in 1m 30s");
+    }
+
+    #[test]
+    fn huge_durations_saturate() {
+        let d: HumanDuration = "500000000000years".parse().unwrap();
+        assert_eq!(d.after(1_000), i64::MAX);
+        assert_eq!(d.before(1_000), 1_000 - i64::MAX);
+        assert_eq!(d.before(-1_000), i64::MIN);
+        assert_eq!(HumanDuration::from_secs(60).after(1_000), 1_060);
+        assert_eq!(HumanDuration::from_secs(60).before(1_000), 940);
     }
 }

@@ -128,4 +128,18 @@ fn per_session_mfa() {
     assert!(ev
         .iter()
         .any(|e| e["code"] == "WA1010W" && e["user"] == "dave"));
+
+    // Challenges are stored ceremonies: one user cannot ask for them
+    // without bound (each `warden ssh` without --otp asks for one).
+    let mut limited = None;
+    for i in 0..40 {
+        let out = c.run_as("dave", &["ssh", "root@mfa-1", "--", "true"], None);
+        assert!(!out.ok, "{}", out.all());
+        if out.stderr.contains("too many MFA challenges") {
+            limited = Some(i);
+            break;
+        }
+        assert!(out.stderr.contains("--otp"), "{}", out.all());
+    }
+    assert!(limited.is_some_and(|i| i >= 20), "{limited:?}");
 }

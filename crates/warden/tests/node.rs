@@ -28,15 +28,23 @@ fn cluster_with(users: &[(&str, &str, &str)]) -> (Cluster, std::path::PathBuf) {
     (c, dir)
 }
 
-fn has_event(
-    events: &[serde_json::Value],
-    ty: &str,
-    code: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> bool {
-    events
-        .iter()
-        .any(|e| e["type"] == ty && e["code"] == code && pred(e))
+/// Whether the audit log has (or gets within 20 s) an event of type `ty`
+/// with `code` for which `pred` holds. Nodes send their events as they
+/// come, so one may still be on its way when the test looks.
+fn has_event(c: &Cluster, ty: &str, code: &str, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    loop {
+        if c.events()
+            .iter()
+            .any(|e| e["type"] == ty && e["code"] == code && pred(e))
+        {
+            return true;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -262,18 +270,17 @@ fn stock_openssh_exec_shell_copy_and_forward() {
     assert!(!out.stdout.contains("db-1"), "{}", out.stdout);
 
     // Every session is audited.
-    let events = c.events();
-    assert!(has_event(&events, "exec", "WA6003I", |e| e["user"]
-        == "alice"
+    assert!(has_event(&c, "exec", "WA6003I", |e| e["user"] == "alice"
         && e["login"] == "root"));
-    assert!(has_event(&events, "session.end", "WA6001I", |e| e
-        ["fields"]["exit_code"]
+    assert!(has_event(&c, "session.end", "WA6001I", |e| e["fields"]
+        ["exit_code"]
         == 7));
-    assert!(has_event(&events, "subsystem", "WA6004I", |e| e["fields"]
+    assert!(has_event(&c, "subsystem", "WA6004I", |e| e["fields"]
         ["subsystem"]
         == "sftp"));
-    assert!(has_event(&events, "port_forward", "WA6005I", |_| true));
-    assert!(events
+    assert!(has_event(&c, "port_forward", "WA6005I", |_| true));
+    assert!(c
+        .events()
         .iter()
         .all(|e| e["type"] != "session.start" || e["node"].is_string()));
 }
@@ -388,17 +395,15 @@ fn node_refuses_clearly_and_audits() {
     );
 
     // Each refusal is in the audit log with its reason.
-    std::thread::sleep(Duration::from_millis(500));
-    let events = c.events();
     let rejected = |needle: &str| {
-        has_event(&events, "session.rejected", "WA6002W", |e| {
+        has_event(&c, "session.rejected", "WA6002W", |e| {
             e["message"].as_str().unwrap_or("").contains(needle)
         })
     };
     assert!(rejected("not in your certificate"));
     assert!(rejected("denied by role no-nodes"));
     assert!(rejected("not signed by this cluster's user CA"));
-    assert!(has_event(&events, "port_forward", "WA6005W", |e| e["user"] == "dave"));
+    assert!(has_event(&c, "port_forward", "WA6005W", |e| e["user"] == "dave"));
 }
 
 #[test]
@@ -582,9 +587,7 @@ fn expired_certificate_is_refused() {
         .expect_err("certificate expired");
     c.run_as("alice", &["ssh", "root@x", "--", "true"], None)
         .expect_err("run 'warden login'");
-    std::thread::sleep(Duration::from_millis(500));
-    let events = c.events();
-    assert!(has_event(&events, "session.rejected", "WA6002W", |e| e
+    assert!(has_event(&c, "session.rejected", "WA6002W", |e| e
         ["message"]
         .as_str()
         .unwrap_or("")
@@ -824,13 +827,11 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ok, "access not restored after removing the lock");
-    std::thread::sleep(Duration::from_millis(500));
-    let events = c.events();
-    assert!(has_event(&events, "session.terminated", "WA6008W", |e| e
+    assert!(has_event(&c, "session.terminated", "WA6008W", |e| e
         ["user"]
         == "alice"));
-    assert!(has_event(&events, "lock.create", "WA7000I", |_| true));
-    assert!(has_event(&events, "lock.delete", "WA7001I", |_| true));
+    assert!(has_event(&c, "lock.create", "WA7000I", |_| true));
+    assert!(has_event(&c, "lock.delete", "WA7001I", |_| true));
 }
 
 /// Plain OpenSSH servers trust the cluster's user CA and stop locked users
@@ -1156,14 +1157,10 @@ fn access_requests_grant_roles_just_in_time() {
         )
         .expect_ok();
     assert!(show.stdout.contains("\"approved\""), "{}", show.stdout);
-    let events = c.events();
-    assert!(has_event(
-        &events,
-        "access_request.review",
-        "WA8001I",
-        |e| e["user"] == "alice"
-    ));
-    assert!(has_event(&events, "cert.renew", "WA8002I", |e| e["user"] == "bob"));
+    assert!(has_event(&c, "access_request.review", "WA8001I", |e| e
+        ["user"]
+        == "alice"));
+    assert!(has_event(&c, "cert.renew", "WA8002I", |e| e["user"] == "bob"));
 }
 
 fn time_now() -> i64 {
@@ -1358,9 +1355,8 @@ fn resource_requests_approval_rules_and_webhooks() {
 
     // Audited with the rule; the webhook got every request event, signed,
     // after a retry.
-    let events = c.events();
     assert!(has_event(
-        &events,
+        &c,
         "access_request.auto_approve",
         "WA8003I",
         |e| e["fields"]["rule"] == "dba-incidents" && e["user"] == "bob"

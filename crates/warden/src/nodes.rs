@@ -66,6 +66,10 @@ pub struct ScpArgs {
     /// Keep times and modes.
     #[arg(short = 'p')]
     preserve: bool,
+    /// The current one-time code, when a role requires an MFA check per
+    /// session (asked on the terminal otherwise).
+    #[arg(long)]
+    otp: Option<String>,
     /// Sources and destination; remote ones as LOGIN@NODE:PATH.
     #[arg(required = true, num_args = 2..)]
     paths: Vec<String>,
@@ -76,6 +80,10 @@ pub struct SftpArgs {
     /// Batch file of sftp commands ('-' for stdin).
     #[arg(short = 'b')]
     batch: Option<String>,
+    /// The current one-time code, when a role requires an MFA check per
+    /// session (asked on the terminal otherwise).
+    #[arg(long)]
+    otp: Option<String>,
     /// LOGIN@NODE.
     destination: String,
 }
@@ -273,18 +281,30 @@ fn exec(program: &str, args: Vec<String>) -> anyhow::Result<()> {
     Err(err).with_context(|| format!("cannot run {program}"))
 }
 
-pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
-    let (store, p) = profile()?;
-    let (login, node) = split_destination(&a.destination)?;
-    let t = resolve(&store, &p, node).await?;
-    let mut args = openssh_options(&store, &p, &t.node_id)?;
-    if let Some(cert) = session_mfa_cert(&store, &p, &t.node_id, a.otp).await? {
+/// [`openssh_options`] for a session on `node_id`, with a per-session MFA
+/// certificate in place of the login one when a role asks for it.
+async fn session_options(
+    store: &ProfileStore,
+    p: &Profile,
+    node_id: &str,
+    otp: Option<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut args = openssh_options(store, p, node_id)?;
+    if let Some(cert) = session_mfa_cert(store, p, node_id, otp).await? {
         let i = args
             .iter()
             .position(|o| o.starts_with("CertificateFile="))
             .context("no CertificateFile option")?;
         args[i] = format!("CertificateFile={}", cert.display());
     }
+    Ok(args)
+}
+
+pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
+    let (store, p) = profile()?;
+    let (login, node) = split_destination(&a.destination)?;
+    let t = resolve(&store, &p, node).await?;
+    let mut args = session_options(&store, &p, &t.node_id, a.otp).await?;
     for l in &a.local {
         args.extend(["-L".to_string(), l.clone()]);
     }
@@ -395,7 +415,7 @@ pub async fn scp(a: ScpArgs) -> anyhow::Result<()> {
     let Some(t) = target else {
         bail!("no remote path: name one as LOGIN@NODE:PATH");
     };
-    let mut args = openssh_options(&store, &p, &t.node_id)?;
+    let mut args = session_options(&store, &p, &t.node_id, a.otp).await?;
     if a.recursive {
         args.push("-r".into());
     }
@@ -410,7 +430,7 @@ pub async fn sftp(a: SftpArgs) -> anyhow::Result<()> {
     let (store, p) = profile()?;
     let (login, node) = split_destination(&a.destination)?;
     let t = resolve(&store, &p, node).await?;
-    let mut args = openssh_options(&store, &p, &t.node_id)?;
+    let mut args = session_options(&store, &p, &t.node_id, a.otp).await?;
     if let Some(b) = a.batch {
         args.extend(["-b".to_string(), b]);
     }

@@ -163,6 +163,34 @@ fn security_keys() {
         )
         .expect_ok();
     assert!(out.stdout.contains("key-session-ok"), "{}", out.all());
+    // scp and sftp make the same check (the login certificate alone does
+    // not open a session on this node).
+    let local = dir.join("to-copy.txt");
+    std::fs::write(&local, "copied-with-a-key\n").unwrap();
+    let remote = dir.join("copied.txt");
+    let dest = format!("root@wa-1:{}", remote.display());
+    c.run_env(
+        "kim",
+        &["scp", local.to_str().unwrap(), &dest],
+        None,
+        &key_env,
+    )
+    .expect_ok();
+    assert_eq!(
+        std::fs::read_to_string(&remote).unwrap(),
+        "copied-with-a-key\n"
+    );
+    let batch = dir.join("sftp.batch");
+    std::fs::write(&batch, format!("ls {}\n", dir.display())).unwrap();
+    let out = c
+        .run_env(
+            "kim",
+            &["sftp", "-b", batch.to_str().unwrap(), "root@wa-1"],
+            None,
+            &key_env,
+        )
+        .expect_ok();
+    assert!(out.stdout.contains("copied.txt"), "{}", out.all());
 
     // Removal (proven with the key); afterwards login asks for a code again.
     let out = c

@@ -349,20 +349,22 @@ pub async fn upload_loop(identity: Arc<NodeIdentity>) {
                         tracing::warn!(error = %e, "cannot delete an uploaded spool file");
                     }
                 }
-                Err(e) => {
-                    let text = format!("{e:#}");
-                    tracing::warn!(session = %id, error = %text, "recording upload failed; will retry");
-                    // A recording auth cannot read will never upload: keep
-                    // it aside for a person instead of retrying forever.
-                    // ("not a Warden recording" is retried: an auth older
-                    // than this node's format, during an upgrade.)
-                    if text.contains("corrupt recording") || text.contains("empty recording") {
-                        let _ = std::fs::rename(&path, path.with_extension("bad"));
-                    }
-                    // Auth is unreachable: the rest would fail alike.
-                    if !text.contains("recording") {
-                        break;
-                    }
+                // It will never upload: keep it aside for a person
+                // instead of retrying forever.
+                Err(UploadError::Unreadable(why)) => {
+                    let bad = path.with_extension("bad");
+                    tracing::error!(session = %id, error = %why, file = %bad.display(), "recording cannot be read; set aside");
+                    let _ = std::fs::rename(&path, &bad);
+                }
+                // Auth refused this one (an auth older than this node
+                // during an upgrade, say): retried later, others go on.
+                Err(UploadError::Refused(why)) => {
+                    tracing::warn!(session = %id, error = %why, "auth refused the recording; will retry");
+                }
+                // The rest would fail alike.
+                Err(UploadError::Unavailable(why)) => {
+                    tracing::warn!(session = %id, error = %why, "recording upload failed; will retry");
+                    break;
                 }
             }
         }
@@ -370,10 +372,43 @@ pub async fn upload_loop(identity: Arc<NodeIdentity>) {
     }
 }
 
-async fn upload(identity: &NodeIdentity, id: &str, path: &Path) -> anyhow::Result<RecordingInfo> {
-    let data = tokio::fs::read(path).await?;
-    Ok(identity
-        .api()?
-        .put_bytes(&format!("/v1/recordings/{id}"), data)
-        .await?)
+/// Why a spooled recording did not upload; each calls for its own next step.
+#[derive(Debug)]
+enum UploadError {
+    /// This node cannot read the file it wrote (cut before its header,
+    /// damaged on disk).
+    Unreadable(String),
+    /// Auth answered and refused this recording.
+    Refused(String),
+    /// Auth did not answer, or failed itself.
+    Unavailable(String),
+}
+
+async fn upload(
+    identity: &NodeIdentity,
+    id: &str,
+    path: &Path,
+) -> Result<RecordingInfo, UploadError> {
+    let data = tokio::fs::read(path)
+        .await
+        .map_err(|e| UploadError::Refused(format!("cannot read {}: {e}", path.display())))?;
+    // Checked here first: what this node cannot read, auth cannot either.
+    let data = tokio::task::spawn_blocking(move || warden_recording::scan(&data).map(|_| data))
+        .await
+        .map_err(|e| UploadError::Unavailable(e.to_string()))?
+        .map_err(|e| UploadError::Unreadable(e.to_string()))?;
+    let api = identity
+        .api()
+        .map_err(|e| UploadError::Unavailable(format!("{e:#}")))?;
+    api.put_bytes(&format!("/v1/recordings/{id}"), data)
+        .await
+        .map_err(|e| match e {
+            // Busy (429) and timed out (408) say nothing of the file.
+            warden_client::ClientError::Api { status, .. }
+                if (400..500).contains(&status) && status != 408 && status != 429 =>
+            {
+                UploadError::Refused(e.to_string())
+            }
+            e => UploadError::Unavailable(e.to_string()),
+        })
 }

@@ -1,5 +1,9 @@
 //! Reading recordings, defensively: every length is checked before it is
-//! trusted, and memory stays bounded by [`crate::MAX_RAW_CHUNK`] per chunk.
+//! trusted, and a chunk never takes more than [`crate::MAX_RAW_CHUNK`].
+//! [`decode`] keeps every event (a player needs them: memory grows with
+//! the session's output, which LZ4 may have shrunk up to 255-fold);
+//! [`scan`] checks the same and keeps only a summary, so a service that
+//! takes recordings from nodes holds one chunk at a time.
 
 use crate::encode::HEADER_KIND;
 use crate::{
@@ -34,9 +38,47 @@ impl Decoded {
     }
 }
 
+/// What [`scan`] learns of a recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub header: Header,
+    /// Events [`decode`] would return.
+    pub events: u64,
+    /// Seconds from start to the last event.
+    pub duration: f64,
+    /// As [`Decoded::truncated`].
+    pub truncated: bool,
+}
+
 /// Decodes a whole recording.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let mut d = Decoder::default();
+    let (d, truncated) = walk(bytes, true)?;
+    Ok(Decoded {
+        header: d.header.ok_or(DecodeError::Empty)?,
+        events: d.events,
+        truncated,
+    })
+}
+
+/// Checks a whole recording as [`decode`] does (accepting and refusing
+/// the same files) without keeping its events.
+pub fn scan(bytes: &[u8]) -> Result<Summary, DecodeError> {
+    let (d, truncated) = walk(bytes, false)?;
+    Ok(Summary {
+        header: d.header.ok_or(DecodeError::Empty)?,
+        events: d.count,
+        duration: d.last_time,
+        truncated,
+    })
+}
+
+/// Reads every chunk; events are kept only when `keep`. Returns whether
+/// the file ended inside a chunk.
+fn walk(bytes: &[u8], keep: bool) -> Result<(Decoder, bool), DecodeError> {
+    let mut d = Decoder {
+        keep,
+        ..Default::default()
+    };
     let mut offset = 0;
     let mut truncated = false;
     while offset < bytes.len() {
@@ -78,18 +120,15 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     }
     if !d.carry.is_empty() {
         // Output ended inside a UTF-8 sequence.
-        let time = d.events.last().map_or(0.0, |e| e.time);
-        d.events.push(Event {
+        let time = d.last_time;
+        d.push(
             time,
-            kind: EventKind::Output,
-            data: char::REPLACEMENT_CHARACTER.to_string(),
-        });
+            EventKind::Output,
+            char::REPLACEMENT_CHARACTER.to_string(),
+        )
+        .map_err(|reason| corrupt(offset, reason))?;
     }
-    Ok(Decoded {
-        header: d.header.ok_or(DecodeError::Empty)?,
-        events: d.events,
-        truncated,
-    })
+    Ok((d, truncated))
 }
 
 fn corrupt(offset: usize, reason: String) -> DecodeError {
@@ -100,7 +139,12 @@ fn corrupt(offset: usize, reason: String) -> DecodeError {
 #[derive(Default)]
 struct Decoder {
     header: Option<Header>,
+    /// Whether `events` are kept, or only counted.
+    keep: bool,
     events: Vec<Event>,
+    count: u64,
+    /// Time of the last event.
+    last_time: f64,
     /// An incomplete UTF-8 sequence at the end of the last output record.
     carry: Vec<u8>,
 }
@@ -184,7 +228,11 @@ impl Decoder {
             return Err(format!("bad event time {time}"));
         }
         if kind != EventKind::Output || !data.is_empty() {
-            self.events.push(Event { time, kind, data });
+            self.count += 1;
+            self.last_time = time;
+            if self.keep {
+                self.events.push(Event { time, kind, data });
+            }
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ mod decode;
 mod encode;
 mod export;
 
-pub use decode::{decode, DecodeError, Decoded};
+pub use decode::{decode, scan, DecodeError, Decoded, Summary};
 pub use encode::Encoder;
 pub use export::{asciicast, plain_text};
 

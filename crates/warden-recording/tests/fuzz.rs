@@ -6,7 +6,7 @@
 //! for more.
 
 use warden_recording::{
-    asciicast, decode, plain_text, Encoder, Header, CHUNK_HEADER, MAGIC, MAX_RAW_CHUNK,
+    asciicast, decode, plain_text, scan, Encoder, Header, CHUNK_HEADER, MAGIC, MAX_RAW_CHUNK,
 };
 
 struct Rng(u64);
@@ -91,16 +91,23 @@ fn decoder_never_panics_on_mutated_input() {
         if rng.below(2) == 0 {
             repair_checksums(&mut bytes);
         }
-        match decode(&bytes) {
-            Ok(d) => {
+        // What auth accepts (scan) is exactly what players can decode.
+        match (decode(&bytes), scan(&bytes)) {
+            (Ok(d), Ok(s)) => {
                 accepted += 1;
+                assert_eq!(s.header, d.header);
+                assert_eq!(s.events, d.events.len() as u64);
+                assert_eq!(s.duration, d.duration());
+                assert_eq!(s.truncated, d.truncated);
                 let _ = asciicast(&d);
                 let _ = plain_text(&d);
             }
-            Err(e) => {
+            (Err(e), Err(f)) => {
                 refused += 1;
+                assert_eq!(e, f);
                 assert!(!e.to_string().is_empty());
             }
+            (d, s) => panic!("decode {:?} but scan {:?}", d.map(|_| ()), s.map(|_| ())),
         }
     }
     assert!(

@@ -129,6 +129,16 @@ fn sessions_are_recorded_listed_and_played() {
     drop(node); // SIGKILL
     let _ = session.kill();
     let _ = session.wait();
+    // A spool file damaged on disk is set aside, and does not hold up
+    // the others.
+    let spool = c.dir.join("node-rec-1/node/recordings");
+    let damaged = spool.join("00000000-0000-7000-8000-000000000001.wrec");
+    let mut junk = b"WRC2".to_vec();
+    for word in [4u32, 4, 0xdead_beef] {
+        junk.extend(word.to_be_bytes());
+    }
+    junk.extend(b"junk");
+    std::fs::write(&damaged, junk).unwrap();
     let _node = TunnelNode::start(&c, "rec-1", "env=rec");
     let rec = wait_for_recording(&c, "alice", |r| {
         r["command"]
@@ -141,6 +151,12 @@ fn sessions_are_recorded_listed_and_played() {
         .run_as("alice", &["play", id, "--format", "text"], None)
         .expect_ok();
     assert!(text.stdout.contains("before-the-crash"), "{}", text.stdout);
+    let t0 = std::time::Instant::now();
+    while !damaged.with_extension("bad").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "not set aside");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!damaged.exists());
 }
 
 fn sql(db: &std::path::Path, script: &str) {

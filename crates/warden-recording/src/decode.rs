@@ -1,9 +1,9 @@
 //! Reading recordings, defensively: every length is checked before it is
 //! trusted, and a chunk never takes more than [`crate::MAX_RAW_CHUNK`].
-//! [`decode`] keeps every event (a player needs them: memory grows with
-//! the session's output, which LZ4 may have shrunk up to 255-fold);
-//! [`scan`] checks the same and keeps only a summary, so a service that
-//! takes recordings from nodes holds one chunk at a time.
+//! [`read`] hands out events as it goes and so holds one chunk at a time
+//! (exports stream; auth checks uploads with [`scan`]); [`decode`] keeps
+//! every event, for a player that seeks: its memory grows with the
+//! session's output, which LZ4 may have shrunk up to 255-fold.
 
 use crate::encode::HEADER_KIND;
 use crate::{
@@ -50,34 +50,45 @@ pub struct Summary {
     pub truncated: bool,
 }
 
-/// Decodes a whole recording.
+/// What [`read`] hands out, in file order: the header, then events.
+#[derive(Debug)]
+pub enum Item<'a> {
+    Header(&'a Header),
+    Event(Event),
+}
+
+/// Decodes a whole recording, keeping every event.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let (d, truncated) = walk(bytes, true)?;
+    let mut events = Vec::new();
+    let s = read(bytes, |item| {
+        if let Item::Event(e) = item {
+            events.push(e);
+        }
+    })?;
     Ok(Decoded {
-        header: d.header.ok_or(DecodeError::Empty)?,
-        events: d.events,
-        truncated,
+        header: s.header,
+        events,
+        truncated: s.truncated,
     })
 }
 
 /// Checks a whole recording as [`decode`] does (accepting and refusing
 /// the same files) without keeping its events.
 pub fn scan(bytes: &[u8]) -> Result<Summary, DecodeError> {
-    let (d, truncated) = walk(bytes, false)?;
-    Ok(Summary {
-        header: d.header.ok_or(DecodeError::Empty)?,
-        events: d.count,
-        duration: d.last_time,
-        truncated,
-    })
+    read(bytes, |_| {})
 }
 
-/// Reads every chunk; events are kept only when `keep`. Returns whether
-/// the file ended inside a chunk.
-fn walk(bytes: &[u8], keep: bool) -> Result<(Decoder, bool), DecodeError> {
+/// Reads a recording chunk by chunk, handing `sink` the header and each
+/// event as it is read. A damaged chunk ends the walk with an error after
+/// the events before it were handed out; what [`decode`] refuses, this
+/// refuses too.
+pub fn read(bytes: &[u8], mut sink: impl FnMut(Item<'_>)) -> Result<Summary, DecodeError> {
     let mut d = Decoder {
-        keep,
-        ..Default::default()
+        header: None,
+        sink: &mut sink,
+        count: 0,
+        last_time: 0.0,
+        carry: Vec::new(),
     };
     let mut offset = 0;
     let mut truncated = false;
@@ -128,7 +139,12 @@ fn walk(bytes: &[u8], keep: bool) -> Result<(Decoder, bool), DecodeError> {
         )
         .map_err(|reason| corrupt(offset, reason))?;
     }
-    Ok((d, truncated))
+    Ok(Summary {
+        header: d.header.ok_or(DecodeError::Empty)?,
+        events: d.count,
+        duration: d.last_time,
+        truncated,
+    })
 }
 
 fn corrupt(offset: usize, reason: String) -> DecodeError {
@@ -136,12 +152,9 @@ fn corrupt(offset: usize, reason: String) -> DecodeError {
 }
 
 /// Decoding state carried across chunks.
-#[derive(Default)]
-struct Decoder {
+struct Decoder<'s> {
     header: Option<Header>,
-    /// Whether `events` are kept, or only counted.
-    keep: bool,
-    events: Vec<Event>,
+    sink: &'s mut dyn FnMut(Item<'_>),
     count: u64,
     /// Time of the last event.
     last_time: f64,
@@ -149,12 +162,13 @@ struct Decoder {
     carry: Vec<u8>,
 }
 
-impl Decoder {
+impl Decoder<'_> {
     fn set_header(&mut self, json: &[u8]) -> Result<(), String> {
         let h: Header = serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
         if h.version != 2 {
             return Err(format!("unsupported version {}", h.version));
         }
+        (self.sink)(Item::Header(&h));
         self.header = Some(h);
         Ok(())
     }
@@ -230,9 +244,7 @@ impl Decoder {
         if kind != EventKind::Output || !data.is_empty() {
             self.count += 1;
             self.last_time = time;
-            if self.keep {
-                self.events.push(Event { time, kind, data });
-            }
+            (self.sink)(Item::Event(Event { time, kind, data }));
         }
         Ok(())
     }

@@ -24,9 +24,9 @@ mod decode;
 mod encode;
 mod export;
 
-pub use decode::{decode, scan, DecodeError, Decoded, Summary};
+pub use decode::{decode, read, scan, DecodeError, Decoded, Item, Summary};
 pub use encode::Encoder;
-pub use export::{asciicast, plain_text};
+pub use export::{asciicast, plain_text, AsciicastWriter, TextWriter};
 
 use serde::{Deserialize, Serialize};
 

@@ -2,11 +2,11 @@
 //! The auth service checks every upload with `scan`: a recording of output
 //! that compressed well (`yes`, a file of zeros) must not take its
 //! uncompressed size in memory there. One test only in this binary, so
-//! that nothing else allocates while it measures.
+//! that nothing else allocates while it measures. Exports stream alike.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use warden_recording::{decode, scan, Encoder, Header};
+use warden_recording::{decode, read, scan, AsciicastWriter, Encoder, Header};
 
 struct Counting;
 
@@ -79,16 +79,26 @@ fn scan_holds_one_chunk_not_the_whole_output() {
     let (summary, scan_peak) = peak_of(|| scan(&file).unwrap());
     assert_eq!(summary.events, 1024);
     assert!(!summary.truncated);
+    // An export streams (what `warden play --format asciicast` does).
+    let ((), export_peak) = peak_of(|| {
+        let mut w = AsciicastWriter::new(std::io::sink());
+        read(&file, |i| w.item(&i)).unwrap();
+        w.finish().unwrap();
+    });
     let (decoded, decode_peak) = peak_of(|| decode(&file).unwrap());
     assert_eq!(decoded.events.len(), 1024);
     eprintln!(
-        "{} byte file: scan peaked at {scan_peak} bytes, decode at {decode_peak}",
+        "{} byte file: scan peaked at {scan_peak} bytes, export at {export_peak}, decode at {decode_peak}",
         file.len()
     );
     // The meter works: decoding keeps the 64 MiB of output.
     assert!(
         decode_peak >= 64 * MIB,
         "decode peaked at {decode_peak} bytes"
+    );
+    assert!(
+        export_peak < 2 * MIB,
+        "export peaked at {export_peak} bytes"
     );
     assert!(
         scan_peak < 2 * MIB,

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use warden_client::ProfileStore;
-use warden_recording::{decode, Decoded, EventKind};
+use warden_recording::{decode, AsciicastWriter, Decoded, EventKind, TextWriter};
 use warden_types::api::RecordingInfo;
 use warden_types::duration::HumanDuration;
 
@@ -115,6 +115,16 @@ pub async fn recordings(c: RecordingsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A reader that stopped reading (`| head`) is not an error.
+fn written<W>(r: std::io::Result<W>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write the recording out")
+        }
+        _ => Ok(()),
+    }
+}
+
 pub async fn play(a: PlayArgs) -> anyhow::Result<()> {
     if !(a.speed > 0.0 && a.speed <= 1000.0) {
         bail!("--speed must be between 0 and 1000");
@@ -122,13 +132,25 @@ pub async fn play(a: PlayArgs) -> anyhow::Result<()> {
     let bytes = api()?
         .get_bytes(&format!("/v1/recordings/{}", a.session_id), MAX_FETCH)
         .await?;
-    let rec = decode(&bytes).with_context(|| format!("recording {}", a.session_id))?;
-    let mut out = std::io::stdout().lock();
+    let what = || format!("recording {}", a.session_id);
+    // Exports stream (memory: one chunk, however long the session); what
+    // came before a damaged chunk is written, then the error.
+    let out = || std::io::BufWriter::new(std::io::stdout().lock());
     match a.format {
-        PlayFormat::Asciicast => out.write_all(warden_recording::asciicast(&rec).as_bytes())?,
-        PlayFormat::Text => out.write_all(warden_recording::plain_text(&rec).as_bytes())?,
+        PlayFormat::Asciicast => {
+            let mut w = AsciicastWriter::new(out());
+            let read = warden_recording::read(&bytes, |i| w.item(&i));
+            written(w.finish())?;
+            read.with_context(what)?;
+        }
+        PlayFormat::Text => {
+            let mut w = TextWriter::new(out());
+            let read = warden_recording::read(&bytes, |i| w.item(&i));
+            written(w.finish())?;
+            read.with_context(what)?;
+        }
         PlayFormat::Terminal => {
-            drop(out);
+            let rec = decode(&bytes).with_context(what)?;
             replay(&rec, a.speed, a.skip_idle).await?;
             if rec.truncated {
                 eprintln!(

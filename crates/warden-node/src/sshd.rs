@@ -523,6 +523,23 @@ impl Conn {
         };
         let mut unrecorded = unrecorded;
         unrecorded.session_id = end.session_id.clone();
+        // Under `on` the session goes on unrecorded: say so when it
+        // happens, not when the session ends hours later. (Under `strict`
+        // the session ends at once and its end reports the failure.)
+        if let Some(failure) = recorder.as_ref().filter(|_| !strict).map(|r| r.failure()) {
+            let (identity, mut ev) = (identity.clone(), unrecorded.clone());
+            tokio::spawn(async move {
+                if let Some(error) = failure.await {
+                    ev.id = uuid::Uuid::now_v7().to_string();
+                    ev.time = time::OffsetDateTime::now_utc();
+                    ev.success = false;
+                    ev.message = format!(
+                        "recording failed ({error}); the session goes on unrecorded (record_session: on)"
+                    );
+                    identity.emit(ev).await;
+                }
+            });
+        }
         tokio::spawn(async move {
             let began = Instant::now();
             METRICS.node_sessions.inc();
@@ -540,7 +557,7 @@ impl Conn {
             METRICS.node_sessions.dec();
             if let Some(r) = recorder {
                 r.clone().finish().await;
-                if let Some(error) = r.failed() {
+                if let Some(error) = r.failed().filter(|_| strict) {
                     let mut ev = unrecorded;
                     ev.id = uuid::Uuid::now_v7().to_string();
                     ev.time = time::OffsetDateTime::now_utc();

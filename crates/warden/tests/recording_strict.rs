@@ -1,8 +1,9 @@
 //! `record_session: strict` when the node cannot write recordings: a
 //! session is refused if its recording cannot start, and ended if its
 //! recording fails mid-way; both are audited, and what was recorded before
-//! the failure is still uploaded. The node's spool sits on a 1 MiB tmpfs,
-//! so "disk full" is real.
+//! the failure is still uploaded. Under `on` the session goes on
+//! unrecorded and the failure is audited as it happens. The node's spool
+//! sits on a 1 MiB tmpfs, so "disk full" is real.
 
 mod common;
 
@@ -52,7 +53,7 @@ fn strict_sessions_end_when_recording_cannot_go_on() {
     let role = dir.join("recorded.yaml");
     std::fs::write(
         &role,
-        "kind: role\nversion: v1\nmetadata:\n  name: recorded\nspec:\n  options:\n    record_session: strict\n  allow:\n    logins: [root]\n    node_labels:\n      env: strict\n",
+        "kind: role\nversion: v1\nmetadata:\n  name: recorded\nspec:\n  options:\n    record_session: strict\n  allow:\n    logins: [root]\n    node_labels:\n      env: strict\n---\nkind: role\nversion: v1\nmetadata:\n  name: best-effort\nspec:\n  options:\n    record_session: 'on'\n  allow:\n    logins: [root]\n    node_labels:\n      env: strict\n",
     )
     .unwrap();
     c.admin(&["roles", "apply", "-f", role.to_str().unwrap()])
@@ -167,4 +168,43 @@ fn strict_sessions_end_when_recording_cannot_go_on() {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", out.all());
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Under `on` the session goes on unrecorded, and the failure is in the
+    // audit log while it still runs.
+    let s = c.add_user("dan", "best-effort,auditor", "root");
+    c.login("dan", "dan", &totp(&s, 30)).expect_ok();
+    c.wait_reachable("dan", "root", "strict-1");
+    let mut session = std::process::Command::new(WARDEN)
+        .args([
+            "ssh",
+            "root@strict-1",
+            "--",
+            "head -c 8000000 /dev/urandom; sleep 60",
+        ])
+        .env("WARDEN_HOME", c.dir.join("dan"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let event = loop {
+        let f = failures(&c);
+        if let Some(e) = f.iter().find(|e| e["user"] == "dan") {
+            break e.clone();
+        }
+        assert!(session.try_wait().unwrap().is_none(), "session ended");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{f:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let running = session.try_wait().unwrap().is_none();
+    let _ = session.kill();
+    let _ = session.wait();
+    assert!(running, "the session did not go on");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("goes on unrecorded"),
+        "{event:?}"
+    );
 }

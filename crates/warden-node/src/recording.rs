@@ -356,10 +356,11 @@ pub async fn upload_loop(identity: Arc<NodeIdentity>) {
                     tracing::error!(session = %id, error = %why, file = %bad.display(), "recording cannot be read; set aside");
                     let _ = std::fs::rename(&path, &bad);
                 }
-                // Auth refused this one (an auth older than this node
-                // during an upgrade, say): retried later, others go on.
+                // Not this one now (auth refused it: an auth older than
+                // this node during an upgrade, say): retried later, others
+                // go on.
                 Err(UploadError::Refused(why)) => {
-                    tracing::warn!(session = %id, error = %why, "auth refused the recording; will retry");
+                    tracing::warn!(session = %id, error = %why, "recording not uploaded; will retry");
                 }
                 // The rest would fail alike.
                 Err(UploadError::Unavailable(why)) => {
@@ -376,11 +377,13 @@ pub async fn upload_loop(identity: Arc<NodeIdentity>) {
 #[derive(Debug)]
 enum UploadError {
     /// This node cannot read the file it wrote (cut before its header,
-    /// damaged on disk).
+    /// damaged on disk, another session's).
     Unreadable(String),
-    /// Auth answered and refused this recording.
+    /// This file cannot go now: auth refused it, or it could not be read
+    /// from disk.
     Refused(String),
-    /// Auth did not answer, or failed itself.
+    /// Auth did not answer, failed itself, or refused this node (a 401 or
+    /// 403 is about the caller: every other file would fare alike).
     Unavailable(String),
 }
 
@@ -393,22 +396,29 @@ async fn upload(
         .await
         .map_err(|e| UploadError::Refused(format!("cannot read {}: {e}", path.display())))?;
     // Checked here first: what this node cannot read, auth cannot either.
-    let data = tokio::task::spawn_blocking(move || warden_recording::scan(&data).map(|_| data))
-        .await
-        .map_err(|e| UploadError::Unavailable(e.to_string()))?
-        .map_err(|e| UploadError::Unreadable(e.to_string()))?;
+    let (summary, data) =
+        tokio::task::spawn_blocking(move || (warden_recording::scan(&data), data))
+            .await
+            .map_err(|e| UploadError::Unavailable(e.to_string()))?;
+    let summary = summary.map_err(|e| UploadError::Unreadable(e.to_string()))?;
+    if summary.header.warden.session_id != id {
+        return Err(UploadError::Unreadable(format!(
+            "the file holds session {:?}",
+            summary.header.warden.session_id
+        )));
+    }
     let api = identity
         .api()
         .map_err(|e| UploadError::Unavailable(format!("{e:#}")))?;
     api.put_bytes(&format!("/v1/recordings/{id}"), data)
         .await
         .map_err(|e| match e {
-            // Busy (429) and timed out (408) say nothing of the file.
-            warden_client::ClientError::Api { status, .. }
-                if (400..500).contains(&status) && status != 408 && status != 429 =>
-            {
-                UploadError::Refused(e.to_string())
-            }
+            // Statuses about the file itself; the rest (401/403 about
+            // this node, 408/429 about load, 5xx) hold for every file.
+            warden_client::ClientError::Api {
+                status: 400 | 409 | 413 | 422,
+                ..
+            } => UploadError::Refused(e.to_string()),
             e => UploadError::Unavailable(e.to_string()),
         })
 }

@@ -301,7 +301,9 @@ pub async fn pump(
 
 /// The first process of a session, for signalling the whole session.
 /// Knows when the process has been reaped: from then on its pid may
-/// belong to someone else, and signals are no longer sent.
+/// belong to someone else, and signals are no longer sent. (A signal
+/// sent from another task in the instant between the reap and the mark
+/// would need the pid reused within it: a full wrap of the pid space.)
 #[derive(Clone, Debug)]
 pub struct Leader {
     pid: u32,
@@ -321,10 +323,68 @@ impl Leader {
         self.reaped.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Sends `sig` to the session's processes unless it has ended.
+    /// Sends `sig` to all the session's processes (its job-control
+    /// groups too) unless the leader has been reaped: for ending it.
     pub fn signal(&self, sig: i32) {
-        if !self.reaped.load(std::sync::atomic::Ordering::SeqCst) {
+        if !self.reaped() {
             signal_session(self.pid, sig);
+        }
+    }
+
+    /// Sends `sig` to the leader's process group only (the shell and
+    /// what it runs in the foreground), as OpenSSH does for a client's
+    /// `signal` request; not once the leader has been reaped.
+    pub fn signal_group(&self, sig: i32) {
+        if !self.reaped() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                if pid > 1 {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(-pid, sig) };
+                }
+            }
+        }
+    }
+
+    fn reaped(&self) -> bool {
+        self.reaped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The session leader's process, owned: whoever waits for it marks the
+/// [`Leader`] reaped, also when the session stops waiting first (a strict
+/// stop, a hangup the process ignored): it is then reaped in the
+/// background, and from that moment no longer signalled.
+struct Waiter {
+    child: Option<tokio::process::Child>,
+    leader: Leader,
+}
+
+impl Waiter {
+    /// Cancel-safe: the child stays here until `wait` completes.
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(std::io::Error::other(
+                "the session's process was already reaped",
+            ));
+        };
+        let status = child.wait().await;
+        self.leader.mark_reaped();
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let leader = self.leader.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = child.wait().await;
+                leader.mark_reaped();
+            });
         }
     }
 }
@@ -370,18 +430,25 @@ fn signal_session(leader: u32, sig: i32) {
 /// Moves bytes between the process and the channel until the process ends
 /// and its output is drained; then reports exit status or signal and closes.
 async fn pump_io(
-    mut running: Running,
+    running: Running,
     channel: Channel<Msg>,
     handle: russh::server::Handle,
     sftp: Option<SftpTap>,
     recorder: Option<Recorder>,
     leader: Leader,
 ) -> Outcome {
-    let reaped = move || leader.mark_reaped();
     let id = channel.id();
     let (mut read_half, write_half) = channel.split();
     let mut outcome = Outcome::default();
-    if let Some(master) = running.master.take() {
+    let Running {
+        mut child, master, ..
+    } = running;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let mut waiter = Waiter {
+        child: Some(child),
+        leader,
+    };
+    if let Some(master) = master {
         let out = write_half.make_writer();
         let rec = recorder.clone();
         let tapped = Tap {
@@ -401,19 +468,14 @@ async fn pump_io(
         };
         // The shell's exit closes the slave; reading the master then ends.
         let (out_n, status) = tokio::join!(to_user, async {
-            let s = tokio::select! {
-                s = running.child.wait() => s,
-                _ = from_user => running.child.wait().await,
-            };
-            reaped();
-            s
+            tokio::select! {
+                s = waiter.wait() => s,
+                _ = from_user => waiter.wait().await,
+            }
         });
         outcome.bytes_out = out_n;
         record_status(&mut outcome, status);
     } else {
-        let stdin = running.child.stdin.take();
-        let stdout = running.child.stdout.take();
-        let stderr = running.child.stderr.take();
         let out = write_half.make_writer();
         let err = write_half.make_writer_ext(Some(1));
         let (client_tap, server_tap) = match &sftp {
@@ -492,8 +554,7 @@ async fn pump_io(
         };
         outcome.bytes_in = i;
         outcome.bytes_out = o + e;
-        let status = running.child.wait().await;
-        reaped();
+        let status = waiter.wait().await;
         record_status(&mut outcome, status);
     }
     if let Some(t) = &sftp {

@@ -526,16 +526,19 @@ impl Conn {
         // Under `on` the session goes on unrecorded: say so when it
         // happens, not when the session ends hours later. (Under `strict`
         // the session ends at once and its end reports the failure.)
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(failure) = recorder.as_ref().filter(|_| !strict).map(|r| r.failure()) {
-            let (identity, mut ev) = (identity.clone(), unrecorded.clone());
+            let (identity, mut ev, ended) = (identity.clone(), unrecorded.clone(), ended.clone());
             tokio::spawn(async move {
                 if let Some(error) = failure.await {
                     ev.id = uuid::Uuid::now_v7().to_string();
                     ev.time = time::OffsetDateTime::now_utc();
                     ev.success = false;
-                    ev.message = format!(
-                        "recording failed ({error}); the session goes on unrecorded (record_session: on)"
-                    );
+                    ev.message = if ended.load(std::sync::atomic::Ordering::SeqCst) {
+                        format!("recording failed ({error}); the session's end is not recorded")
+                    } else {
+                        format!("recording failed ({error}); the session goes on unrecorded (record_session: on)")
+                    };
                     identity.emit(ev).await;
                 }
             });
@@ -556,6 +559,7 @@ impl Conn {
             .await;
             METRICS.node_sessions.dec();
             if let Some(r) = recorder {
+                ended.store(true, std::sync::atomic::Ordering::SeqCst);
                 r.clone().finish().await;
                 if let Some(error) = r.failed().filter(|_| strict) {
                     let mut ev = unrecorded;
@@ -799,8 +803,7 @@ impl russh::server::Handler for Conn {
             self.channels.get(&id).and_then(|s| s.leader.as_ref()),
             session::signal_number(&signal),
         ) {
-            // The whole session: the shell and its jobs.
-            leader.signal(sig);
+            leader.signal_group(sig);
         }
         Ok(())
     }

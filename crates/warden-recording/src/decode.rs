@@ -79,9 +79,9 @@ pub fn scan(bytes: &[u8]) -> Result<Summary, DecodeError> {
 }
 
 /// Reads a recording chunk by chunk, handing `sink` the header and each
-/// event as it is read. A damaged chunk ends the walk with an error after
-/// the events before it were handed out; what [`decode`] refuses, this
-/// refuses too.
+/// event as it is read. A damaged chunk or record ends the walk with an
+/// error; what was read before it (possibly the first records of that
+/// chunk) has been handed out. What [`decode`] refuses, this refuses too.
 pub fn read(bytes: &[u8], mut sink: impl FnMut(Item<'_>)) -> Result<Summary, DecodeError> {
     let mut d = Decoder {
         header: None,

@@ -26,18 +26,7 @@ fn auth_outage_during_a_session_loses_nothing() {
     c.login("alice", "alice", &totp(&s, 30)).expect_ok();
     c.wait_reachable("alice", "root", "out-1");
 
-    let mut session = std::process::Command::new(WARDEN)
-        .args([
-            "ssh",
-            "root@out-1",
-            "--",
-            "echo before-the-outage; sleep 600",
-        ])
-        .env("WARDEN_HOME", c.dir.join("alice"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = c.spawn_ssh("alice", "root@out-1", "echo before-the-outage; sleep 600");
     // Let the session start (and its start event reach auth).
     let t0 = Instant::now();
     let session_id = loop {

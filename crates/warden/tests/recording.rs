@@ -112,18 +112,7 @@ fn sessions_are_recorded_listed_and_played() {
 
     // SIGKILL the node mid-session: after its restart the partial recording
     // is uploaded and plays up to the cut.
-    let mut session = std::process::Command::new(WARDEN)
-        .args([
-            "ssh",
-            "root@rec-1",
-            "--",
-            "echo before-the-crash; sleep 600",
-        ])
-        .env("WARDEN_HOME", c.dir.join("alice"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = c.spawn_ssh("alice", "root@rec-1", "echo before-the-crash; sleep 600");
     // The spool is synced every 2 s.
     std::thread::sleep(Duration::from_secs(4));
     drop(node); // SIGKILL

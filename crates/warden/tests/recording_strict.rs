@@ -174,18 +174,11 @@ fn strict_sessions_end_when_recording_cannot_go_on() {
     let s = c.add_user("dan", "best-effort,auditor", "root");
     c.login("dan", "dan", &totp(&s, 30)).expect_ok();
     c.wait_reachable("dan", "root", "strict-1");
-    let mut session = std::process::Command::new(WARDEN)
-        .args([
-            "ssh",
-            "root@strict-1",
-            "--",
-            "head -c 8000000 /dev/urandom; sleep 60",
-        ])
-        .env("WARDEN_HOME", c.dir.join("dan"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = c.spawn_ssh(
+        "dan",
+        "root@strict-1",
+        "head -c 8000000 /dev/urandom; sleep 60",
+    );
     let t0 = Instant::now();
     let event = loop {
         let f = failures(&c);

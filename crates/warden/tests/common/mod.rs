@@ -350,6 +350,19 @@ impl Cluster {
         run_program("ssh", &args, stdin)
     }
 
+    /// Starts `warden ssh DEST -- COMMAND` as `user` in the background,
+    /// its output discarded; kill it to end the session from the client.
+    pub fn spawn_ssh(&self, user: &str, dest: &str, command: &str) -> std::process::Child {
+        Command::new(WARDEN)
+            .args(["ssh", dest, "--", command])
+            .env("WARDEN_HOME", self.dir.join(user))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Audit events of the cluster, newest first.
     pub fn events(&self) -> Vec<serde_json::Value> {
         let out = self

@@ -63,6 +63,10 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::audit_chain::routes())
         .merge(crate::oidc::routes())
         .merge(crate::mfa::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            crate::locks::enforce,
+        ))
         .with_state(server)
 }
 
@@ -103,6 +107,48 @@ impl AuthServer {
         .await;
         Err(AuthError::AccessDenied(format!(
             "{} may not {verb} {resource}s: {}",
+            c.identity.username,
+            decision.summary()
+        )))
+    }
+
+    /// Refuses unless the caller may grant every role in `target` (see
+    /// [`warden_policy::check_grant`]): user and role management never hands
+    /// out more than the caller's granting rights.
+    pub(crate) async fn authorize_grant<'a>(
+        &self,
+        c: &Caller,
+        action: &str,
+        target: impl IntoIterator<Item = &'a String>,
+    ) -> Result<()> {
+        let roles = self.caller_roles(c)?;
+        let traits = match c.identity.kind {
+            IdentityKind::User => self
+                .inner
+                .users
+                .get(&c.identity.username)
+                .map(|u| u.spec.traits.clone())
+                .unwrap_or_default(),
+            _ => c.identity.traits.clone(),
+        };
+        let Err((role, decision)) = warden_policy::check_grant_all(&roles, &traits, target) else {
+            return Ok(());
+        };
+        self.audit(
+            AuditEvent::new(
+                codes::ACCESS_DENIED,
+                self.cluster(),
+                &c.identity.username,
+                format!(
+                    "{action}: may not grant role {role}: {}",
+                    decision.summary()
+                ),
+            )
+            .source(Some(c.addr.to_string())),
+        )
+        .await;
+        Err(AuthError::AccessDenied(format!(
+            "{} may not {action}: it involves role {role}, which you may not grant ({}); ask an admin whose roles list it in allow.grant_roles",
             c.identity.username,
             decision.summary()
         )))
@@ -328,6 +374,8 @@ async fn create_user(
     s.authorize(&c, res::USER, verbs::CREATE).await?;
     validate_name(&req.name).map_err(AuthError::BadRequest)?;
     s.check_roles_exist(&req.roles).await?;
+    s.authorize_grant(&c, &format!("create user {}", req.name), &req.roles)
+        .await?;
     let mut traits = req.traits.clone();
     if !req.logins.is_empty() {
         traits.insert("logins".into(), req.logins.clone());
@@ -404,6 +452,17 @@ async fn update_user(
     let mut doc: Document<UserSpec> = resources::get(s.backend(), &key)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("user {name} not found")))?;
+    // Changing anything of a user (logins feed role templates) takes the
+    // right to grant every role they hold now and will hold after.
+    let involved: Vec<String> = doc
+        .spec
+        .roles
+        .iter()
+        .chain(req.roles.iter().flatten())
+        .cloned()
+        .collect();
+    s.authorize_grant(&c, &format!("update user {name}"), &involved)
+        .await?;
     if let Some(roles) = &req.roles {
         s.check_roles_exist(roles).await?;
         doc.spec.roles = roles.clone();
@@ -437,6 +496,10 @@ async fn delete_user(
     Path(name): Path<String>,
 ) -> Result<Json<ChangeResponse>> {
     s.authorize(&c, res::USER, verbs::DELETE).await?;
+    if let Some(user) = resources::get::<UserSpec>(s.backend(), &format!("{USERS}{name}")).await? {
+        s.authorize_grant(&c, &format!("delete user {name}"), &user.spec.roles)
+            .await?;
+    }
     if !s.backend().delete(&format!("{USERS}{name}")).await? {
         return Err(AuthError::NotFound(format!("user {name} not found")));
     }
@@ -499,6 +562,10 @@ async fn reset_user(
     let user: Document<UserSpec> = resources::get(s.backend(), &format!("{USERS}{name}"))
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("user {name} not found")))?;
+    // A reset hands the caller a way into the account: only for accounts
+    // whose every role the caller may grant.
+    s.authorize_grant(&c, &format!("reset user {name}"), &user.spec.roles)
+        .await?;
     s.backend().delete(&format!("{CREDENTIALS}{name}")).await?;
     s.delete_signup_tokens(&name).await?;
     s.audit(
@@ -579,6 +646,9 @@ async fn put_role(
         verbs::CREATE
     };
     s.authorize(&c, res::ROLE, verb).await?;
+    // Editing a role changes what its holders get: only for grantable roles.
+    s.authorize_grant(&c, &format!("{verb} role {name}"), [&name])
+        .await?;
     doc.metadata.expires = None;
     let (change, revision) = match &existing {
         Some(old) if same_role(old, &doc) => (Change::Unchanged, old.metadata.revision),
@@ -628,6 +698,8 @@ async fn delete_role(
     Path(name): Path<String>,
 ) -> Result<Json<ChangeResponse>> {
     s.authorize(&c, res::ROLE, verbs::DELETE).await?;
+    s.authorize_grant(&c, &format!("delete role {name}"), [&name])
+        .await?;
     let users: Vec<String> = resources::list::<UserSpec>(s.backend(), USERS)
         .await?
         .into_iter()

@@ -62,13 +62,23 @@ impl AuthServer {
         ssh_public_key: &str,
         tls_csr_pem: &str,
         ttl_secs: Option<u64>,
+        login_deadline: Option<i64>,
     ) -> Result<LoginResponse> {
-        self.issue_certs(user, ssh_public_key, Some(tls_csr_pem), ttl_secs, None)
-            .await
+        self.issue_certs(
+            user,
+            ssh_public_key,
+            Some(tls_csr_pem),
+            ttl_secs,
+            None,
+            login_deadline,
+        )
+        .await
     }
 
     /// Like `issue_user_certs`; `tls_csr_pem: None` issues SSH only, and
     /// `mfa_node` marks a per-session MFA certificate for that node.
+    /// `login_deadline` (Unix seconds) is the end of the login a renewal
+    /// continues: the certificates never outlive it. `None` starts a login.
     pub(crate) async fn issue_certs(
         &self,
         user: &Document<UserSpec>,
@@ -76,6 +86,7 @@ impl AuthServer {
         tls_csr_pem: Option<&str>,
         ttl_secs: Option<u64>,
         mfa_node: Option<&str>,
+        login_deadline: Option<i64>,
     ) -> Result<LoginResponse> {
         let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
             .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
@@ -109,6 +120,16 @@ impl AuthServer {
             ttl = ttl.min(StdDuration::from_secs(left));
         }
         let now = OffsetDateTime::now_utc();
+        if let Some(deadline) = login_deadline {
+            let left = deadline - now.unix_timestamp();
+            if left < MIN_TTL.as_secs() as i64 {
+                return Err(AuthError::Unauthenticated(format!(
+                    "your login ends in {}s, too soon to renew; run 'warden login'",
+                    left.max(0)
+                )));
+            }
+            ttl = ttl.min(StdDuration::from_secs(left as u64));
+        }
         let valid_before = now + Duration::seconds(ttl.as_secs() as i64);
         let role_names: Vec<String> = roles.iter().map(|r| r.name().to_string()).collect();
         let identity = Identity {
@@ -120,6 +141,7 @@ impl AuthServer {
             traits: traits.clone(),
             requests: requests.clone(),
             expires: valid_before.unix_timestamp(),
+            login_expires: login_deadline.unwrap_or(valid_before.unix_timestamp()),
         };
         let (user_ca, _) = self.signer(CaType::User).await?;
         let cert = sign_user_cert(

@@ -5,14 +5,17 @@ use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::{self, LOCKS};
 use crate::server::AuthServer;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use time::{Duration, OffsetDateTime};
+use warden_policy::LockSubject;
 use warden_types::api::{Change, ChangeResponse, CreateLockRequest};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{kind, resources as res, verbs};
-use warden_types::{Document, IdentityKind, LockSpec};
+use warden_types::{Document, IdentityKind, LockSpec, NodeSpec, UserSpec};
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
@@ -40,9 +43,118 @@ impl AuthServer {
         node: Option<(&str, &str)>,
         login: Option<&str>,
     ) -> Option<Document<LockSpec>> {
-        self.active_locks()
-            .into_iter()
-            .find(|l| l.spec.target.matches(user, roles, node, login))
+        let requests = self
+            .inner
+            .users
+            .get(user)
+            .map(|u| self.effective(&u).requests)
+            .unwrap_or_default();
+        let subject = LockSubject {
+            user,
+            roles,
+            requests: &requests,
+            node,
+            login,
+        };
+        warden_policy::lock_for(&self.active_locks(), &subject).cloned()
+    }
+
+    /// The lock that binds `user` everywhere (logins, renewals, API calls):
+    /// on the user, a role in force (requests included), or one of the
+    /// access requests in force or named in `cert_requests`.
+    pub(crate) fn user_lock(
+        &self,
+        user: &Document<UserSpec>,
+        cert_requests: &[String],
+    ) -> Option<Document<LockSpec>> {
+        let locks = self.active_locks();
+        if locks.is_empty() {
+            return None;
+        }
+        let mut e = self.effective(user);
+        e.requests.extend(cert_requests.iter().cloned());
+        // A request lock also drops the request from `effective`, so its
+        // roles no longer count; a certificate naming it is still refused.
+        let subject = LockSubject {
+            user: user.name(),
+            roles: &e.roles,
+            requests: &e.requests,
+            ..Default::default()
+        };
+        warden_policy::lock_for(&locks, &subject).cloned()
+    }
+
+    /// The lock that binds an authenticated API caller, if any.
+    async fn caller_lock(&self, c: &Caller, path: &str) -> Result<Option<Document<LockSpec>>> {
+        let locks = self.active_locks();
+        if locks.is_empty() {
+            return Ok(None);
+        }
+        let id = &c.identity;
+        Ok(match id.kind {
+            IdentityKind::User => match self.inner.users.get(&id.username) {
+                Some(user) => self.user_lock(&user, &id.requests),
+                // The handler answers for users that no longer exist.
+                None => None,
+            },
+            IdentityKind::Admin => {
+                let subject = LockSubject {
+                    user: &id.username,
+                    roles: &id.roles,
+                    requests: &id.requests,
+                    ..Default::default()
+                };
+                warden_policy::lock_for(&locks, &subject).cloned()
+            }
+            IdentityKind::Node => {
+                // What a locked node already holds is still taken, so
+                // nothing it recorded or audited is lost.
+                if is_upload(path) {
+                    return Ok(None);
+                }
+                let name = resources::get::<NodeSpec>(
+                    self.backend(),
+                    &format!("{}{}", resources::NODES, id.username),
+                )
+                .await?
+                .map(|n| n.spec.hostname)
+                .unwrap_or_default();
+                warden_policy::node_lock(&locks, &id.username, &name).cloned()
+            }
+            // Proxies act for others, whose locks are checked per call.
+            IdentityKind::Proxy => None,
+        })
+    }
+}
+
+/// Calls by which a node hands over recordings and audit events.
+fn is_upload(path: &str) -> bool {
+    path == "/v1/events" || path == "/v1/events/batch" || path.starts_with("/v1/recordings/")
+}
+
+/// Refuses every call of a locked caller with 403 and the lock's reason.
+pub(crate) async fn enforce(State(s): State<AuthServer>, req: Request, next: Next) -> Response {
+    let Some(c) = req.extensions().get::<Caller>().cloned() else {
+        return next.run(req).await;
+    };
+    match s.caller_lock(&c, req.uri().path()).await {
+        Ok(None) => next.run(req).await,
+        Ok(Some(lock)) => {
+            let msg = lock_message(&lock);
+            s.audit(
+                AuditEvent::new(
+                    codes::ACCESS_DENIED,
+                    s.cluster(),
+                    &c.identity.username,
+                    format!("{} {}: {msg}", req.method(), req.uri().path()),
+                )
+                .source(Some(c.addr.to_string()))
+                .with("lock_id", lock.name().to_string()),
+            )
+            .await;
+            AuthError::Locked(msg).into_response()
+        }
+        Err(e) => e.into_response(),
     }
 }
 

@@ -417,7 +417,7 @@ impl AuthServer {
                 .await
             {
                 Ok(_) if ok => {
-                    if let Some(lock) = self.lock_for(&req.user, &user.spec.roles, None, None) {
+                    if let Some(lock) = self.user_lock(&user, &[]) {
                         self.audit(
                             AuditEvent::new(
                                 codes::LOGIN_FAILURE,
@@ -484,7 +484,13 @@ impl AuthServer {
         source: Option<String>,
     ) -> Result<LoginResponse> {
         let resp = self
-            .issue_user_certs(user, &req.ssh_public_key, &req.tls_csr_pem, req.ttl_secs)
+            .issue_user_certs(
+                user,
+                &req.ssh_public_key,
+                &req.tls_csr_pem,
+                req.ttl_secs,
+                None,
+            )
             .await?;
         // No certificates leave without their audit event.
         self.inner

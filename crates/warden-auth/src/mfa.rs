@@ -249,6 +249,7 @@ async fn session(
             None,
             Some(SESSION_CERT_TTL.min(left)),
             Some(node.name()),
+            None,
         )
         .await?;
     s.inner

@@ -77,6 +77,7 @@ impl AuthServer {
             traits: Default::default(),
             requests: vec![],
             expires: until.unix_timestamp(),
+            login_expires: 0,
         };
         let pem = tls::issue_from_csr(
             &*tls_ca,
@@ -262,6 +263,20 @@ impl AuthServer {
                 return Err(e);
             }
         };
+        if let Some(lock) = warden_policy::node_lock(&self.active_locks(), "", &req.name) {
+            let msg = crate::locks::lock_message(&lock);
+            self.audit(
+                AuditEvent::new(
+                    codes::NODE_JOIN_FAILURE,
+                    self.cluster(),
+                    &req.name,
+                    msg.clone(),
+                )
+                .source(source),
+            )
+            .await;
+            return Err(AuthError::Locked(msg));
+        }
         let rev = token.metadata.revision.unwrap_or_default();
         match self
             .backend()

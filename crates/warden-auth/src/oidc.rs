@@ -857,8 +857,14 @@ impl AuthServer {
             Ok(u) => u,
             Err(e) => return Err(self.refuse(p, &username, e.to_string()).await),
         };
+        // Roles and requests gained through access requests count too.
+        if let Some(lock) = self.user_lock(&user, &[]) {
+            return Err(self
+                .refuse(p, &username, crate::locks::lock_message(&lock))
+                .await);
+        }
         let resp = self
-            .issue_user_certs(&user, &p.ssh_public_key, &p.tls_csr_pem, p.ttl_secs)
+            .issue_user_certs(&user, &p.ssh_public_key, &p.tls_csr_pem, p.ttl_secs, None)
             .await?;
         self.inner
             .audit

@@ -498,13 +498,21 @@ async fn renew(
     )
     .await?
     .ok_or_else(|| AuthError::Unauthenticated("your user no longer exists".into()))?;
-    if let Some(lock) = s.lock_for(&c.identity.username, &user.spec.roles, None, None) {
+    if let Some(lock) = s.user_lock(&user, &c.identity.requests) {
         return Err(AuthError::Locked(crate::locks::lock_message(&lock)));
     }
-    // A renewal never extends past the certificate it is made with.
-    let left = (c.identity.expires - now()).max(60) as u64;
+    // A renewal continues the login that started the chain and never
+    // outlives it, however often it is made.
+    let deadline = c.identity.login_deadline();
+    let left = (deadline - now()).max(0) as u64;
     let resp = s
-        .issue_user_certs(&user, &req.ssh_public_key, &req.tls_csr_pem, Some(left))
+        .issue_user_certs(
+            &user,
+            &req.ssh_public_key,
+            &req.tls_csr_pem,
+            Some(left),
+            Some(deadline),
+        )
         .await?;
     s.audit(
         AuditEvent::new(

@@ -86,7 +86,8 @@ impl AuthServer {
         for role in warden_policy::defaults::roles() {
             let key = format!("{ROLES}{}", role.name());
             match backend.create(&key, resources::encode(&role), None).await {
-                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Ok(_) => {}
+                Err(StoreError::AlreadyExists(_)) => upgrade_default_role(&*backend, &role).await?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -239,6 +240,7 @@ impl AuthServer {
             traits: Default::default(),
             requests: Vec::new(),
             expires: (now + ttl).unix_timestamp(),
+            login_expires: 0,
         };
         let usage = match kind {
             IdentityKind::Admin | IdentityKind::User => Usage::Client,
@@ -303,6 +305,35 @@ impl AuthServer {
 }
 
 /// Creates a directory readable only by its owner.
+/// Brings a built-in role left unchanged since an older release up to
+/// today's default (the `editor` of clusters made before `grant_roles`
+/// existed could otherwise grant nothing). Roles an admin edited stay as
+/// they are.
+async fn upgrade_default_role(
+    backend: &dyn Backend,
+    role: &Document<RoleSpec>,
+) -> anyhow::Result<()> {
+    let key = format!("{ROLES}{}", role.name());
+    let Some(stored) = resources::get::<RoleSpec>(backend, &key).await? else {
+        return Ok(());
+    };
+    let mut before = role.spec.clone();
+    before.allow.grant_roles.clear();
+    if stored.spec == before && stored.spec != role.spec {
+        let rev = stored.metadata.revision.unwrap_or_default();
+        let mut doc = stored.clone();
+        doc.spec = role.spec.clone();
+        match backend
+            .compare_and_swap(&key, rev, resources::encode(&doc), None)
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

@@ -290,6 +290,7 @@ mod tests {
             traits: Default::default(),
             requests: vec![],
             expires: 123,
+            login_expires: 0,
         };
         let now = OffsetDateTime::now_utc();
         let pem = issue_from_csr(

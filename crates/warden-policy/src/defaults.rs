@@ -31,6 +31,7 @@ pub fn roles() -> Vec<Document<RoleSpec>> {
         &["list", "read", "create", "update", "delete"],
     )];
     editor.allow.rules.push(rule(&["event"], &["list", "read"]));
+    editor.allow.grant_roles = vec!["*".into()];
 
     let mut auditor = RoleSpec::default();
     auditor.allow.rules = vec![rule(&["event", "session"], &["list", "read"])];

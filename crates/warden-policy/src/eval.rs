@@ -264,6 +264,13 @@ pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
                 ));
             }
         }
+        for g in &cond.grant_roles {
+            if let Err(e) = expand(g, &Traits::new()) {
+                errors.push(format!("{side}.grant_roles: {e}"));
+            } else if let Some(Err(e)) = compile(g) {
+                errors.push(format!("{side}.grant_roles: invalid regex {g:?}: {e}"));
+            }
+        }
         for rule in &cond.rules {
             for r in &rule.resources {
                 if r != "*" && !resources::ALL.contains(&r.as_str()) {

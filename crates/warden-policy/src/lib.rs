@@ -8,7 +8,9 @@ mod approval;
 mod claims;
 pub mod defaults;
 mod eval;
+mod grant;
 mod labels;
+mod locks;
 mod template;
 
 pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
@@ -17,7 +19,9 @@ pub use eval::{
     allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
     SessionOptions, MAX_SESSION_TTL,
 };
+pub use grant::{check_grant, check_grant_all};
 pub use labels::{label_matches, value_matches};
+pub use locks::{lock_for, node_lock, LockSubject};
 pub use template::{expand, TemplateError};
 
 use std::collections::BTreeMap;

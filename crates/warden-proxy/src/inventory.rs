@@ -8,6 +8,9 @@ use warden_types::{Document, NodeSpec};
 /// How long a fetched inventory is reused.
 const FRESH_FOR: Duration = Duration::from_secs(2);
 
+/// How long the last lock list stands in when auth cannot be reached.
+const STALE_FOR: Duration = Duration::from_secs(30);
+
 /// The last locks fetched, and when.
 type CachedLocks = Option<(Instant, Vec<Document<warden_types::LockSpec>>)>;
 
@@ -26,29 +29,48 @@ impl Locks {
         }
     }
 
-    /// The reason of a lock on this user (or one of these roles), if any.
-    pub async fn find(&self, user: &str, roles: &[String]) -> Option<String> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < FRESH_FOR)
-            .map(|(_, l)| l.clone());
-        let locks = match cached {
-            Some(l) => l,
-            None => {
-                let l: Vec<Document<warden_types::LockSpec>> =
-                    self.auth.get("/v1/locks").await.unwrap_or_default();
-                *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), l.clone()));
-                l
-            }
+    /// The reason of a lock on this user, one of these roles or requests,
+    /// if any. Fails closed: when auth cannot be asked and the last answer
+    /// is older than [`STALE_FOR`], the caller is refused.
+    pub async fn find(
+        &self,
+        user: &str,
+        roles: &[String],
+        requests: &[String],
+    ) -> Result<Option<String>, String> {
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let locks = match &cached {
+            Some((at, l)) if at.elapsed() < FRESH_FOR => l.clone(),
+            _ => match self
+                .auth
+                .get::<Vec<Document<warden_types::LockSpec>>>("/v1/locks")
+                .await
+            {
+                Ok(l) => {
+                    *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((Instant::now(), l.clone()));
+                    l
+                }
+                Err(e) => match cached {
+                    Some((at, l)) if at.elapsed() < STALE_FOR => {
+                        tracing::warn!(error = %e, "cannot refresh locks; using the last list");
+                        l
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "cannot read locks; refusing");
+                        return Err(format!("lock state unavailable: {e}"));
+                    }
+                },
+            },
         };
-        locks
-            .iter()
-            .find(|l| l.spec.target.matches(user, roles, None, None))
-            .map(|l| format!("{}: {}", l.spec.target.describe(), l.spec.reason))
+        let subject = warden_policy::LockSubject {
+            user,
+            roles,
+            requests,
+            ..Default::default()
+        };
+        Ok(warden_policy::lock_for(&locks, &subject)
+            .map(|l| format!("{}: {}", l.spec.target.describe(), l.spec.reason)))
     }
 }
 

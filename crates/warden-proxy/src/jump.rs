@@ -87,9 +87,21 @@ impl russh::server::Handler for JumpConn {
             .get("roles@warden")
             .and_then(|r| serde_json::from_str(r).ok())
             .unwrap_or_default();
-        if let Some(lock) = self.jump.locks.find(cert.key_id(), &roles).await {
-            tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %lock, "jump host refused a locked user");
-            return Ok(Auth::reject());
+        let requests: Vec<String> = cert
+            .extensions()
+            .get("requests@warden")
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default();
+        match self.jump.locks.find(cert.key_id(), &roles, &requests).await {
+            Ok(None) => {}
+            Ok(Some(lock)) => {
+                tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %lock, "jump host refused a locked user");
+                return Ok(Auth::reject());
+            }
+            Err(why) => {
+                tracing::warn!(peer = %self.peer, key_id = %cert.key_id(), %why, "jump host refused a user: locks unknown");
+                return Ok(Auth::reject());
+            }
         }
         self.user = Some(cert.key_id().to_string());
         Ok(Auth::Accept)

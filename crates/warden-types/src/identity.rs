@@ -34,4 +34,24 @@ pub struct Identity {
     pub requests: Vec<String>,
     /// Unix seconds.
     pub expires: i64,
+    /// Unix seconds: the end of the login that started this certificate's
+    /// chain. Renewals never pass it; 0 in identities issued before it
+    /// existed (their own expiry is then the bound) and for services.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub login_expires: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+impl Identity {
+    /// When the login behind this certificate ends: no renewal goes past it.
+    pub fn login_deadline(&self) -> i64 {
+        if self.login_expires > 0 {
+            self.login_expires
+        } else {
+            self.expires
+        }
+    }
 }

@@ -192,6 +192,11 @@ pub struct RoleConditions {
     /// Permissions on cluster resources (users, roles, tokens, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// Roles a holder may give to users (create, update), take away, and
+    /// whose holders' accounts it may reset or delete: names, `*`, or trait
+    /// templates (`{{internal.grantable}}`). Deny wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grant_roles: Vec<String>,
 }
 
 /// Roles a user may request just in time.

@@ -1,0 +1,208 @@
+//! Regression tests of the security assessment: each attack, replayed
+//! against a real cluster through the CLI, must now fail.
+
+mod common;
+
+use common::*;
+
+/// `warden admin --as-me ARGS` as the user logged in under `home`.
+fn as_me(c: &Cluster, home: &str, args: &[&str]) -> Out {
+    let mut full = vec!["admin", "--as-me"];
+    full.extend_from_slice(args);
+    c.run_as(home, &full, None)
+}
+
+fn lock_ids(c: &Cluster) -> Vec<String> {
+    let out = c.admin(&["locks", "ls", "--format", "json"]).expect_ok();
+    let locks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    locks
+        .iter()
+        .map(|l| l["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A locked user whose certificates are still valid can no longer call the
+/// API: not remove their own lock, not create users, not read anything.
+#[test]
+fn locks_bind_every_api_call() {
+    let dir = temp_dir("sec-locks");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("mallory", "editor", "mallory");
+    c.login("mallory", "mallory", &totp(&secret, 30))
+        .expect_ok();
+    as_me(&c, "mallory", &["users", "ls"]).expect_ok();
+
+    c.admin(&[
+        "lock",
+        "--user",
+        "mallory",
+        "--reason",
+        "INC-7 stolen laptop",
+    ])
+    .expect_ok();
+    let ids = lock_ids(&c);
+    assert_eq!(ids.len(), 1);
+
+    as_me(&c, "mallory", &["locks", "rm", &ids[0]]).expect_err("INC-7 stolen laptop");
+    as_me(&c, "mallory", &["users", "add", "eve", "--roles", "editor"]).expect_err("INC-7");
+    as_me(&c, "mallory", &["users", "ls"]).expect_err("INC-7");
+    c.run_as("mallory", &["renew"], None).expect_err("INC-7");
+    assert_eq!(lock_ids(&c), ids, "the lock is still in force");
+    let users = c.admin(&["users", "ls", "--format", "json"]).expect_ok();
+    assert!(!users.stdout.contains("\"eve\""), "{}", users.stdout);
+    // The refusals are audited with the lock.
+    assert!(c.events().iter().any(|e| e["type"] == "api.denied"
+        && e["user"] == "mallory"
+        && e["message"].as_str().unwrap_or("").contains("INC-7")));
+
+    // A lock on a role binds its holders' API calls too, and lifting it
+    // restores them.
+    c.admin(&["locks", "rm", &ids[0]]).expect_ok();
+    as_me(&c, "mallory", &["users", "ls"]).expect_ok();
+    c.admin(&["lock", "--role", "editor", "--reason", "INC-8 freeze"])
+        .expect_ok();
+    as_me(&c, "mallory", &["users", "ls"]).expect_err("INC-8 freeze");
+}
+
+const USER_ADMIN: &str = "\
+kind: role
+version: v1
+metadata:
+  name: user-admin
+spec:
+  allow:
+    rules:
+      - resources: [user]
+        verbs: ['*']
+      - resources: [role]
+        verbs: [list, read, create, update]
+    grant_roles: [access, user-admin-helper]
+---
+kind: role
+version: v1
+metadata:
+  name: user-admin-helper
+spec: {}
+";
+
+/// A user administrator can hand out only the roles its own roles let it
+/// grant: not `editor`, not to itself, not by resetting an editor.
+#[test]
+fn user_management_never_escalates() {
+    let dir = temp_dir("sec-grant");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("user-admin.yaml");
+    std::fs::write(&roles, USER_ADMIN).unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let secret = c.add_user("ua", "user-admin", "ua");
+    c.login("ua", "ua", &totp(&secret, 30)).expect_ok();
+    c.admin(&["users", "add", "boss", "--roles", "editor"])
+        .expect_ok();
+
+    // What it may grant works.
+    as_me(&c, "ua", &["users", "add", "dev", "--roles", "access"]).expect_ok();
+    as_me(&c, "ua", &["users", "update", "dev", "--logins", "dev"]).expect_ok();
+    // Everything beyond is refused, saying why.
+    as_me(&c, "ua", &["users", "add", "eve", "--roles", "editor"]).expect_err("may not grant");
+    as_me(
+        &c,
+        "ua",
+        &["users", "update", "ua", "--roles", "user-admin,editor"],
+    )
+    .expect_err("may not grant");
+    as_me(
+        &c,
+        "ua",
+        &["users", "update", "dev", "--roles", "access,editor"],
+    )
+    .expect_err("editor");
+    as_me(&c, "ua", &["users", "reset", "boss"]).expect_err("may not grant");
+    as_me(&c, "ua", &["users", "update", "boss", "--logins", "root"]).expect_err("may not grant");
+    as_me(&c, "ua", &["users", "rm", "boss"]).expect_err("may not grant");
+    // Nor can it rewrite a role it may not grant (its own, here) into more.
+    let own = dir.join("own.yaml");
+    std::fs::write(
+        &own,
+        USER_ADMIN.replace(
+            "grant_roles: [access, user-admin-helper]",
+            "grant_roles: ['*']",
+        ),
+    )
+    .unwrap();
+    as_me(&c, "ua", &["roles", "apply", "-f", own.to_str().unwrap()]).expect_err("may not grant");
+
+    let out = c.admin(&["users", "ls", "--format", "json"]).expect_ok();
+    let users: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let roles_of = |name: &str| {
+        users
+            .iter()
+            .find(|u| u["metadata"]["name"] == name)
+            .map(|u| u["spec"]["roles"].clone())
+    };
+    assert_eq!(roles_of("ua"), Some(serde_json::json!(["user-admin"])));
+    assert_eq!(roles_of("dev"), Some(serde_json::json!(["access"])));
+    assert_eq!(roles_of("eve"), None);
+    assert_eq!(roles_of("boss"), Some(serde_json::json!(["editor"])));
+    // The built-in editor may still grant everything.
+    c.admin(&["users", "update", "dev", "--roles", "access,editor"])
+        .expect_ok();
+}
+
+/// Renewing never extends a login: a certificate chain ends with the login
+/// that started it, and too little time left cannot be renewed at all.
+#[test]
+fn renewal_never_outlives_the_login() {
+    let dir = temp_dir("sec-renew");
+    let c = Cluster::start(&dir);
+    let login = |user: &str, ttl: &str| {
+        let secret = c.add_user(user, "access", user);
+        c.run_as(
+            user,
+            &[
+                "login",
+                "--proxy",
+                &c.proxy,
+                "--user",
+                user,
+                "--ca-pin",
+                &c.pin,
+                "--password-stdin",
+                "--otp",
+                &totp(&secret, 30),
+                "--ttl",
+                ttl,
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .expect_ok()
+    };
+    let expiry = |user: &str| -> i64 {
+        let out = c
+            .run_as(user, &["status", "--format", "json"], None)
+            .expect_ok();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["valid_until"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no expiry in {v}"))
+    };
+
+    // A one-minute login has less than a renewal's floor left: refused.
+    login("alice", "1m");
+    let before = expiry("alice");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    c.run_as("alice", &["renew"], None)
+        .expect_err("warden login");
+    assert_eq!(expiry("alice"), before);
+
+    // A longer login renews, but never past its own end.
+    login("bob", "5m");
+    let deadline = expiry("bob");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    c.run_as("bob", &["renew"], None).expect_ok();
+    let renewed = expiry("bob");
+    assert!(
+        renewed <= deadline,
+        "renewed to {renewed}, login ends {deadline}"
+    );
+}

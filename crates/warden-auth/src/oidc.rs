@@ -28,10 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use subtle::ConstantTimeEq;
 use warden_ca::jwt::{self, JwkSet, JwtError};
-use warden_store::StoreError;
+use warden_store::{Item, StoreError};
 use warden_types::api::{
-    LoginResponse, SsoCallback, SsoCallbackResponse, SsoDeviceRequest, SsoDeviceResponse,
-    SsoResult, SsoResultRequest, SsoStartRequest, SsoStartResponse, PROXY_ADDRS_HEADER,
+    LoginResponse, SsoCallback, SsoCallbackResponse, SsoDeviceInfo, SsoDeviceRequest,
+    SsoDeviceResponse, SsoResult, SsoResultRequest, SsoStartRequest, SsoStartResponse,
+    PROXY_ADDRS_HEADER,
 };
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::{Document, OidcConnectorSpec, Secret, UserSpec};
@@ -108,8 +109,28 @@ struct Pending {
     /// SHA-256 of the cookie the device page set (headless mode).
     #[serde(default)]
     binding_hash: Option<String>,
+    /// The host name the client gave, for the confirmation page.
+    #[serde(default)]
+    client_host: Option<String>,
+    /// Unix seconds the login was started.
+    #[serde(default)]
+    started: i64,
     outcome: Option<SsoResult>,
     expires: i64,
+}
+
+fn unknown_code() -> AuthError {
+    AuthError::NotFound(
+        "unknown or expired code: check it against your terminal, or run 'warden login --headless' again".into(),
+    )
+}
+
+/// A client-supplied host name as it may be shown: short, printable.
+fn clean_host(h: &str) -> String {
+    h.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(64)
+        .collect()
 }
 
 fn token() -> String {
@@ -428,6 +449,8 @@ impl AuthServer {
             callback_used: false,
             completion_hash: None,
             binding_hash: None,
+            client_host: req.client_host.as_deref().map(clean_host),
+            started: now(),
             outcome: None,
             expires,
         };
@@ -460,9 +483,27 @@ impl AuthServer {
         Ok(resp)
     }
 
-    /// Headless mode: the code typed on the proxy's page leads to the
-    /// provider. Each code works once.
-    pub async fn sso_device(&self, code: &str, source: Option<String>) -> Result<(String, String)> {
+    /// Headless mode: the pending login behind a typed code, for the page
+    /// to show before the user confirms it. Consumes nothing.
+    pub async fn sso_device_info(
+        &self,
+        code: &str,
+        source: Option<String>,
+    ) -> Result<SsoDeviceInfo> {
+        let (code, item) = self.user_code(code, source).await?;
+        let id = String::from_utf8_lossy(&item.value).to_string();
+        let (p, _) = self.pending(&id).await?.ok_or_else(unknown_code)?;
+        Ok(SsoDeviceInfo {
+            user_code: code,
+            connector: p.connector,
+            source: p.source,
+            client_host: p.client_host,
+            started: p.started,
+        })
+    }
+
+    /// A typed code and its stored entry; rate-limited per source.
+    async fn user_code(&self, code: &str, source: Option<String>) -> Result<(String, Item)> {
         let src = source.unwrap_or_default();
         if !self.inner.limiter.allow(&format!("sso-code:{src}"), 10) {
             return Err(AuthError::RateLimited(
@@ -470,16 +511,20 @@ impl AuthServer {
             ));
         }
         let code = code.trim().to_ascii_uppercase();
-        let unknown = || {
-            AuthError::NotFound(
-                "unknown or expired code: check it against your terminal, or run 'warden login --headless' again".into(),
-            )
-        };
         if code.len() > 16 {
-            return Err(unknown());
+            return Err(unknown_code());
         }
         let key = format!("{USER_CODES}{code}");
-        let item = self.backend().get(&key).await?.ok_or_else(unknown)?;
+        let item = self.backend().get(&key).await?.ok_or_else(unknown_code)?;
+        Ok((code, item))
+    }
+
+    /// Headless mode: the code typed (and confirmed) on the proxy's page
+    /// leads to the provider. Each code works once.
+    pub async fn sso_device(&self, code: &str, source: Option<String>) -> Result<(String, String)> {
+        let unknown = unknown_code;
+        let (code, item) = self.user_code(code, source).await?;
+        let key = format!("{USER_CODES}{code}");
         self.backend()
             .compare_and_delete(&key, item.revision)
             .await
@@ -957,6 +1002,7 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/sso/start", post(start))
         .route("/v1/sso/callback", post(callback))
         .route("/v1/sso/device", post(device))
+        .route("/v1/sso/device/info", post(device_info))
         .route("/v1/sso/result", post(result))
 }
 
@@ -1003,6 +1049,19 @@ async fn device(
         auth_url,
         binding: Secret::new(binding),
     }))
+}
+
+async fn device_info(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Json(req): Json<SsoDeviceRequest>,
+) -> Result<Json<SsoDeviceInfo>> {
+    require_proxy(&c)?;
+    Ok(Json(
+        s.sso_device_info(&req.user_code, client_addr(&c, &headers))
+            .await?,
+    ))
 }
 
 async fn result(

@@ -125,6 +125,10 @@ pub async fn sso_start(
         tls_csr_pem: key.csr_pem("sso")?,
         ttl_secs,
         client_redirect,
+        client_host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty()),
     };
     let resp = public_client(proxy, trust)?
         .post("/v1/sso/start", &req)

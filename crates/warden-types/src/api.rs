@@ -547,6 +547,11 @@ pub struct SsoStartRequest {
     /// proves the browser and the waiting client are on one machine.
     #[serde(default)]
     pub client_redirect: Option<String>,
+    /// The client machine's host name, shown on the headless login's
+    /// confirmation page so the person at the browser can tell whose
+    /// login they are about to complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_host: Option<String>,
 }
 
 /// How the client continues a started login.
@@ -597,6 +602,22 @@ pub struct SsoCallbackResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SsoDeviceRequest {
     pub user_code: String,
+}
+
+/// Headless mode: what the device page shows before the user confirms
+/// (RFC 8628 §5.4: the person must see which client asked).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoDeviceInfo {
+    pub user_code: String,
+    pub connector: String,
+    /// The client's address as the proxy saw it.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The host name the client gave (unverified).
+    #[serde(default)]
+    pub client_host: Option<String>,
+    /// Unix seconds the login was started.
+    pub started: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -77,6 +77,25 @@ impl Drop for Provider {
 
 const SECRET: &str = "warden-test-secret-0123456789";
 
+/// Posts the device form as another site would: argv URL, code, CA file.
+const FORGE: &str = r#"
+import ssl, sys, urllib.error, urllib.parse, urllib.request
+url, code, ca = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+cases = [
+    ({"Origin": "https://evil.example"}, {"user_code": code}),
+    ({"Origin": "https://evil.example"}, {"user_code": code, "confirm": "yes"}),
+    ({}, {"user_code": code, "confirm": "yes", "csrf": "made-up"}),
+]
+for headers, form in cases:
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), headers=headers)
+    try:
+        print("STATUS", urllib.request.urlopen(req, context=ctx, timeout=15).status)
+    except urllib.error.HTTPError as e:
+        print("STATUS", e.code)
+"#;
+
 fn connector(dir: &Path, name: &str, issuer: &str, redirect: &str, timeout: &str) -> PathBuf {
     let secret_file = dir.join("client-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
@@ -284,6 +303,28 @@ fn oidc_single_sign_on() {
 
     // 3. Headless: a URL and a code; the browser can be anywhere.
     let (child, url, code) = headless(&c, "alice2", "okta");
+    // A forged post of the code from another site (login CSRF: the
+    // victim's browser would complete the attacker's login) is refused,
+    // with or without a confirmation or a made-up token, and the login
+    // stays pending for the browser that really opened the page.
+    let forged = run_program(
+        "python3",
+        &[
+            "-c".into(),
+            FORGE.into(),
+            url.clone(),
+            code.clone(),
+            cafile.display().to_string(),
+        ],
+        None,
+    )
+    .expect_ok();
+    assert_eq!(
+        forged.stdout.matches("STATUS 403").count(),
+        3,
+        "{}",
+        forged.all()
+    );
     let b = run_program(
         "python3",
         &[

@@ -259,30 +259,14 @@ impl AuthServer {
         req: &LoginChallengeRequest,
         source: Option<String>,
     ) -> Result<MfaChallengeResponse> {
+        // The answer never depends on the password (it is judged only
+        // together with the second factor, in `login`), nor on whether the
+        // user exists or has keys: everyone gets a security-key challenge,
+        // real or a decoy that is stable per user name.
         self.login_rate_limit(&req.user, &source).await?;
-        let decoy = MfaChallengeResponse {
-            totp: true,
-            webauthn: None,
-        };
-        let password_ok = match self.check_password(&req.user, &req.password).await? {
-            Ok((_, _, _, ok)) => ok,
-            Err(reason) => {
-                self.login_failed(&req.user, reason, &source).await;
-                return Ok(decoy);
-            }
-        };
-        if !password_ok {
-            // Counts toward the lockout like any failed login.
-            let _ = self.apply_factor(&req.user, |_| Ok(false)).await;
-            self.login_failed(&req.user, "wrong password", &source)
-                .await;
-            return Ok(decoy);
-        }
         Ok(MfaChallengeResponse {
             totp: true,
-            webauthn: self
-                .webauthn_challenge(&req.user, MfaPurpose::Login)
-                .await?,
+            webauthn: Some(self.login_webauthn_challenge(&req.user).await?),
         })
     }
 

@@ -56,6 +56,44 @@ struct Pending {
     ceremony: Ceremony,
 }
 
+/// Where the decoy-credential secret lives.
+const DECOY_SECRET: &str = "/secrets/webauthn_decoy";
+
+/// A security-key request shaped as webauthn-rs makes them for real keys
+/// (same options, one credential), naming a credential id that is an HMAC
+/// of the user name: stable per user, unguessable, owned by nobody.
+fn decoy_request(cluster: &str, secret: &[u8], user: &str) -> Result<serde_json::Value> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    // 64 bytes, the length of a YubiKey 5's ECDSA credential ids.
+    let mut id = Vec::with_capacity(64);
+    for part in [b"webauthn-decoy-1".as_slice(), b"webauthn-decoy-2"] {
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(part);
+        ctx.update(cluster.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(user.as_bytes());
+        id.extend_from_slice(ctx.sign().as_ref());
+    }
+    let b64 = |b: &[u8]| data_encoding::BASE64URL_NOPAD.encode(b);
+    let request = serde_json::json!({
+        "publicKey": {
+            "challenge": b64(&warden_ca::random_bytes::<32>()),
+            "timeout": DECOY_TIMEOUT_MS,
+            "rpId": cluster,
+            "allowCredentials": [{"type": "public-key", "id": b64(&id), "transports": ["usb"]}],
+            "userVerification": "preferred",
+            "hints": ["security-key"],
+        }
+    });
+    // Must read as a real request does.
+    serde_json::from_value::<webauthn_rs::prelude::RequestChallengeResponse>(request.clone())
+        .map_err(internal)?;
+    Ok(request)
+}
+
+/// webauthn-rs's default authenticator timeout, which real requests carry.
+const DECOY_TIMEOUT_MS: u32 = 300_000;
+
 /// The relying party of `cluster`.
 pub(crate) fn relying_party(cluster: &str) -> Result<Webauthn> {
     let unusable = || {
@@ -168,6 +206,40 @@ impl AuthServer {
             return Err(gone());
         }
         Ok(p.ceremony)
+    }
+
+    /// The login step's security-key challenge: `user`'s real one, or for
+    /// a user without keys (or without an account) a decoy naming
+    /// credentials derived from the name, so answers reveal nothing.
+    pub(crate) async fn login_webauthn_challenge(&self, user: &str) -> Result<WebauthnChallenge> {
+        if let Some(real) = self.webauthn_challenge(user, MfaPurpose::Login).await? {
+            return Ok(real);
+        }
+        let secret = self.decoy_secret().await?;
+        Ok(WebauthnChallenge {
+            id: data_encoding::HEXLOWER.encode(&warden_ca::random_bytes::<16>()),
+            request: decoy_request(self.cluster(), &secret, user)?,
+        })
+    }
+
+    /// The cluster's secret for decoy credentials, made on first use and
+    /// shared by every auth server through the backend.
+    async fn decoy_secret(&self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(item) = self.backend().get(DECOY_SECRET).await? {
+                return Ok(item.value);
+            }
+            let fresh = warden_ca::random_bytes::<32>().to_vec();
+            match self
+                .backend()
+                .create(DECOY_SECRET, fresh.clone(), None)
+                .await
+            {
+                Ok(_) => return Ok(fresh),
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A challenge for `user`'s security keys, or `None` without keys.
@@ -379,6 +451,28 @@ impl AuthServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoys_are_stable_per_user_and_read_as_real_requests() {
+        let ids = |user: &str| {
+            let v = decoy_request("warden.example.com", b"secret", user).unwrap();
+            assert_eq!(v["publicKey"]["rpId"], "warden.example.com");
+            v["publicKey"]["allowCredentials"].clone()
+        };
+        assert_eq!(ids("alice"), ids("alice"));
+        assert_ne!(ids("alice"), ids("bob"));
+        let a = decoy_request("c", b"secret", "alice").unwrap();
+        let b = decoy_request("c", b"other secret", "alice").unwrap();
+        assert_ne!(
+            a["publicKey"]["allowCredentials"],
+            b["publicKey"]["allowCredentials"]
+        );
+        // A fresh challenge each time, as for real keys.
+        assert_ne!(
+            a["publicKey"]["challenge"],
+            decoy_request("c", b"secret", "alice").unwrap()["publicKey"]["challenge"]
+        );
+    }
 
     #[test]
     fn relying_party_needs_a_dns_name() {

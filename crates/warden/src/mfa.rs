@@ -188,14 +188,30 @@ pub async fn prove(
     if !challenge.totp && challenge.webauthn.is_none() {
         bail!("you have no MFA devices: single sign-on users get MFA from their identity provider; ask an admin about require_mfa");
     }
-    if let Some(w) = &challenge.webauthn {
-        return Ok(MfaProof {
-            otp: None,
-            webauthn: Some(answer_with_key(w, proxy).await?),
-        });
+    let Some(w) = &challenge.webauthn else {
+        let code = crate::prompt::secret("One-time code: ", "--otp")?;
+        return Ok(MfaProof::otp(code.expose().clone()));
+    };
+    // The login step offers every user a security-key challenge (a decoy
+    // for users without keys, so it reveals nothing): the user picks.
+    let code = if std::env::var_os(SOFT_TOKEN_ENV).is_some() {
+        String::new()
+    } else {
+        crate::prompt::secret(
+            "One-time code (or press Enter to use your security key): ",
+            "--otp",
+        )?
+        .expose()
+        .trim()
+        .to_string()
+    };
+    if !code.is_empty() {
+        return Ok(MfaProof::otp(code));
     }
-    let code = crate::prompt::secret("One-time code: ", "--otp")?;
-    Ok(MfaProof::otp(code.expose().clone()))
+    Ok(MfaProof {
+        otp: None,
+        webauthn: Some(answer_with_key(w, proxy).await?),
+    })
 }
 
 /// Signs a security-key challenge.

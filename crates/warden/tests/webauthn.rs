@@ -18,6 +18,33 @@ fn wait_for_next_step() {
     std::thread::sleep(Duration::from_secs(30 - now % 30 + 1));
 }
 
+/// Asks the login challenge for users with and without keys and prints,
+/// as JSON, the credential ids named and each request's shape (its keys).
+const CHALLENGES: &str = r#"
+import json, ssl, sys, urllib.request
+url, ca = sys.argv[1:3]
+ctx = ssl.create_default_context(cafile=ca)
+def ask(user, password):
+    body = json.dumps({"user": user, "password": password}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, context=ctx, timeout=15))
+def ids(r):
+    return sorted(c["id"] for c in r["webauthn"]["request"]["publicKey"]["allowCredentials"])
+def shape(r):
+    pk = r["webauthn"]["request"]["publicKey"]
+    return [sorted(r.keys()), sorted(r["webauthn"]["request"].keys()), sorted(pk.keys()),
+            [sorted(c.keys()) for c in pk["allowCredentials"]], r["totp"]]
+pw = "correct horse battery staple"
+kim, kim2 = ask("kim", pw), ask("kim", "wrong password")
+lee, nobody = ask("lee", pw), ask("nobody-here", pw)
+print(json.dumps({
+    "kim_right": ids(kim), "kim_wrong": ids(kim2),
+    "lee_1": ids(lee), "lee_2": ids(ask("lee", "x")),
+    "nobody_1": ids(nobody), "nobody_2": ids(ask("nobody-here", "y")),
+    "shape_kim": shape(kim), "shape_lee": shape(lee), "shape_nobody": shape(nobody),
+}))
+"#;
+
 #[test]
 fn security_keys() {
     let dir = temp_dir("webauthn");
@@ -134,11 +161,11 @@ fn security_keys() {
         &[("WARDEN_SOFT_TOKEN", stranger.to_str().unwrap())],
     )
     .expect_err("security key");
-    // The wrong password never reaches the key: the first step answers
-    // as for a user without keys (it must not confirm the password), so
-    // the CLI asks for a code, and the failure is audited.
+    // The first step never judges the password: with a wrong one the key
+    // answers, and the login fails as a whole (password and key are
+    // judged together, and the failure counts).
     c.run_env("kim", &login_args, Some("not the password\n"), &key_env)
-        .expect_err("--otp");
+        .expect_err("login failed");
     // A copy of the key taken before the last use answers with an old
     // signature counter: refused as a possibly cloned key (the user sees
     // the usual login failure; the audit event says why).
@@ -192,13 +219,14 @@ fn security_keys() {
         .expect_ok();
     assert!(out.stdout.contains("copied.txt"), "{}", out.all());
 
-    // Removal (proven with the key); afterwards login asks for a code again.
+    // Removal (proven with the key); afterwards the key no longer answers
+    // (the login step offers a decoy credential it does not hold).
     let out = c
         .run_env("kim", &["mfa", "rm", "yubikey"], None, &key_env)
         .expect_ok();
     assert!(out.stdout.contains("removed"), "{}", out.all());
     c.run_env("kim", &login_args, Some(&pw), &key_env)
-        .expect_err("--otp");
+        .expect_err("security key");
     c.run_as("kim", &["mfa", "rm", "totp", "--otp", "000000"], None)
         .expect_err("cannot be removed");
 
@@ -231,4 +259,59 @@ fn security_keys() {
         has("WA1010I", &|e| e["fields"]["method"] == "webauthn"),
         "mfa.session"
     );
+}
+
+/// The login challenge is no password oracle: its answer is the same
+/// whatever the password, and users without keys (or without an account)
+/// get stable decoys shaped like real requests.
+#[test]
+fn login_challenge_reveals_nothing() {
+    let dir = temp_dir("webauthn-oracle");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("kim", "access", "root");
+    c.add_user("lee", "access", "root");
+    c.login("kim", "kim", &totp(&secret, 30)).expect_ok();
+    let key = dir.join("kim.token");
+    wait_for_next_step();
+    c.run_env(
+        "kim",
+        &[
+            "mfa",
+            "add",
+            "--type",
+            "webauthn",
+            "--name",
+            "k1",
+            "--otp",
+            &totp(&secret, 30),
+        ],
+        None,
+        &[("WARDEN_SOFT_TOKEN", key.to_str().unwrap())],
+    )
+    .expect_ok();
+    // The challenge step is no password oracle: the same credentials
+    // whatever the password, and users without keys (or without an
+    // account) get stable decoys of the same shape.
+    let cafile = c.keys_dir("kim").join("cas.pem");
+    let shapes = run_program(
+        "python3",
+        &[
+            "-c".into(),
+            CHALLENGES.into(),
+            format!("https://{}/v1/login/challenge", c.proxy),
+            cafile.display().to_string(),
+        ],
+        None,
+    )
+    .expect_ok();
+    let v: serde_json::Value = serde_json::from_str(shapes.stdout.trim()).unwrap();
+    assert_eq!(v["kim_right"], v["kim_wrong"], "{v}");
+    assert_eq!(v["lee_1"], v["lee_2"], "decoys are stable: {v}");
+    assert_eq!(v["nobody_1"], v["nobody_2"], "decoys are stable: {v}");
+    assert_ne!(v["lee_1"], v["nobody_1"], "{v}");
+    assert_eq!(
+        v["shape_kim"], v["shape_lee"],
+        "decoys look like real requests: {v}"
+    );
+    assert_eq!(v["shape_kim"], v["shape_nobody"], "{v}");
 }

@@ -41,15 +41,45 @@ pub fn routes() -> Router<AuthServer> {
 }
 
 impl AuthServer {
-    /// Signs the current chain head if it moved since the last signature.
+    /// Signs the current chain head if it moved forward since the last
+    /// signature. The signed head never moves back: after events are cut
+    /// off the end, the old signature stays, and verify reports the cut.
     pub async fn sign_audit_head(&self) -> Result<()> {
         let Some((index, hash)) = self.inner.audit.head().await? else {
             return Ok(());
         };
         let last = self.backend().get(HEAD_KEY).await?;
         if let Some(item) = &last {
-            if serde_json::from_slice::<SignedHead>(&item.value).is_ok_and(|h| h.index == index) {
-                return Ok(());
+            match serde_json::from_slice::<SignedHead>(&item.value) {
+                Ok(h) if h.index >= index => {
+                    if h.index > index {
+                        tracing::warn!(
+                            signed = h.index,
+                            head = index,
+                            "audit log is shorter than its signed head; not signing (run 'warden admin audit verify')"
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(h) => {
+                    // Only a chain that still holds the signed event is
+                    // extended: after a cut, new events must not paper
+                    // over it with a fresh signature.
+                    let kept = self.inner.audit.at(h.index).await?;
+                    if kept.is_none_or(|e| e.hash != h.hash) {
+                        tracing::warn!(
+                            signed = h.index,
+                            "audit log no longer holds its signed head; not signing (run 'warden admin audit verify')"
+                        );
+                        return Ok(());
+                    }
+                }
+                // A head that does not parse is never replaced silently.
+                Err(e) => {
+                    return Err(AuthError::Internal(format!(
+                        "corrupt signed audit head: {e}"
+                    )))
+                }
             }
         }
         let (signer, _) = self.signer(CaType::Tls).await?;

@@ -278,7 +278,10 @@ impl AuditLog for SqliteAuditLog {
     async fn verify(&self) -> Result<VerifyReport> {
         self.with(|c| {
             let mut st = c
-                .prepare("SELECT idx, body, hash FROM events ORDER BY idx")
+                .prepare(
+                    "SELECT idx, body, hash, id, time, type, user, node, session_id
+                     FROM events ORDER BY idx",
+                )
                 .map_err(db_err)?;
             let mut rows = st.query([]).map_err(db_err)?;
             let mut prev = String::new();
@@ -288,6 +291,24 @@ impl AuditLog for SqliteAuditLog {
                 let idx: i64 = row.get(0).map_err(db_err)?;
                 let stored_hash: String = row.get(2).map_err(db_err)?;
                 let event = parse(row.get(1).map_err(db_err)?).map_err(db_err)?;
+                // The columns searches use must say what the hashed body
+                // says, or an edited column could hide an event.
+                let columns: (String, i64, String, String, Option<String>, Option<String>) = (
+                    row.get(3).map_err(db_err)?,
+                    row.get(4).map_err(db_err)?,
+                    row.get(5).map_err(db_err)?,
+                    row.get(6).map_err(db_err)?,
+                    row.get(7).map_err(db_err)?,
+                    row.get(8).map_err(db_err)?,
+                );
+                let body_says = (
+                    event.id.clone(),
+                    event.time.unix_timestamp(),
+                    event.event_type.clone(),
+                    event.user.clone(),
+                    event.node.clone(),
+                    event.session_id.clone(),
+                );
                 count += 1;
                 let broken = if idx as u64 != expected_idx || event.index != idx as u64 {
                     Some(format!("event {expected_idx} is missing or out of order"))
@@ -295,6 +316,11 @@ impl AuditLog for SqliteAuditLog {
                     Some("link to the previous event does not match".to_string())
                 } else if event_hash(&event) != event.hash || event.hash != stored_hash {
                     Some("content does not match its hash".to_string())
+                } else if columns != body_says {
+                    Some(
+                        "search columns (id, time, type, user, node, session) differ from the hashed event"
+                            .to_string(),
+                    )
                 } else {
                     None
                 };

@@ -187,6 +187,16 @@ fn audit_verify_detects_tampering() {
     sql(&db, swap);
     c.admin(&["audit", "verify"]).expect_ok();
 
+    // A search column edited to hide an event from searches (the body,
+    // which the hash covers, still names the real user).
+    sql(&db, "UPDATE events SET user = 'nobody' WHERE idx = 3");
+    c.admin(&["audit", "verify"]).expect_err("search columns");
+    sql(
+        &db,
+        "UPDATE events SET user = json_extract(body, '$.user') WHERE idx = 3",
+    );
+    c.admin(&["audit", "verify"]).expect_ok();
+
     sql(&db, "CREATE TABLE saved AS SELECT * FROM events WHERE idx = 2; DELETE FROM events WHERE idx = 2");
     c.admin(&["audit", "verify"]).expect_err("event 2");
     sql(
@@ -215,6 +225,16 @@ fn audit_verify_detects_tampering() {
     assert!(signed, "the chain head is signed within seconds");
     c.admin(&["audit", "verify"])
         .expect_err("removed from the end");
+    // The signer never signs the shorter chain, nor a new one grown over
+    // the cut: after new events and more than a signing round, verify
+    // still reports it.
+    c.admin(&["users", "add", "u5", "--roles", "access"])
+        .expect_ok();
+    c.admin(&["users", "add", "u6", "--roles", "access"])
+        .expect_ok();
+    std::thread::sleep(Duration::from_secs(12));
+    c.admin(&["audit", "verify"])
+        .expect_err("signed chain head");
 
     // Export: JSON lines, oldest first.
     let out = c

@@ -248,12 +248,10 @@ impl AuthServer {
         AuthError::Unauthenticated(BAD_CREDENTIALS.into())
     }
 
-    /// The first step of a login with a security key: returns the second
-    /// factors the user can answer with, with a security-key challenge when
-    /// the password is right and the user has keys. Everything else (unknown
-    /// user, wrong password, locked account) gets the same answer as a user
-    /// without keys, so this call tells nobody whether a user exists or a
-    /// password is right; failures are counted and audited as usual.
+    /// The first step of a login with a security key: the second factors
+    /// the user can answer with, and a security-key challenge. Its answer
+    /// tells nobody whether a user exists, has keys, or typed the right
+    /// password (see below).
     pub async fn login_challenge(
         &self,
         req: &LoginChallengeRequest,
@@ -299,19 +297,28 @@ impl AuthServer {
         Ok(Ok((doc, creds, rev, ok)))
     }
 
+    /// Checks the user name's form, then the per-source and per-user rate
+    /// limits, before any work is done or anything is written; refusals
+    /// are summarised per source, not written one by one.
     async fn login_rate_limit(&self, user: &str, source: &Option<String>) -> Result<()> {
+        // The name is not echoed back: it may be anything, of any size.
+        warden_types::resource::validate_name(user).map_err(|_| {
+            AuthError::BadRequest(
+                "invalid user name: use 1-128 characters of a-z, A-Z, 0-9, '-', '_', '.', '@'"
+                    .into(),
+            )
+        })?;
         let config = self.config().await?;
         let src = source.clone().unwrap_or_else(|| "unknown".into());
         let limiter = &self.inner.limiter;
-        if !limiter.allow(
-            &format!("src:{}", source_key(&src)),
-            config.login_rate_per_minute,
-        ) || !limiter.allow(&format!("user:{user}"), config.lockout_attempts.max(1) * 2)
+        let src_key = source_key(&src);
+        if !limiter.allow(&format!("src:{src_key}"), config.login_rate_per_minute)
+            || !limiter.allow(&format!("user:{user}"), config.lockout_attempts.max(1) * 2)
         {
-            self.audit(
+            self.audit_refusal(&format!("login from {src_key}"), || {
                 AuditEvent::new(codes::LOGIN_FAILURE, self.cluster(), user, "rate limited")
-                    .source(source.clone()),
-            )
+                    .source(source.clone())
+            })
             .await;
             return Err(AuthError::RateLimited(format!(
                 "too many login attempts from {src} or for {user}; wait a minute and try again"

@@ -37,6 +37,11 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/proxies/heartbeat", put(proxy_heartbeat))
 }
 
+/// Join attempts a source may make per minute (a fleet behind one NAT
+/// joins in bursts; tokens are single use and 256-bit, so this only bounds
+/// the cost of bogus attempts).
+const JOIN_RATE_PER_MINUTE: u32 = 60;
+
 pub(crate) fn require_node(c: &Caller) -> Result<&str> {
     if c.identity.kind == IdentityKind::Node {
         Ok(&c.identity.username)
@@ -247,6 +252,34 @@ impl AuthServer {
 
     /// Joins a node (or proxy): consumes its token and certifies its keys.
     pub async fn join(&self, req: &JoinRequest, source: Option<String>) -> Result<NodeCerts> {
+        // Form and rate first: nothing is looked up or written for a
+        // malformed or flooding request (refusals are summarised).
+        warden_types::resource::validate_name(&req.name).map_err(|_| {
+            AuthError::BadRequest(
+                "invalid node name: use 1-128 characters of a-z, A-Z, 0-9, '-', '_', '.', '@' (--name)"
+                    .into(),
+            )
+        })?;
+        let src = source.clone().unwrap_or_else(|| "unknown".into());
+        if !self
+            .inner
+            .limiter
+            .allow(&format!("join:{src}"), JOIN_RATE_PER_MINUTE)
+        {
+            self.audit_refusal(&format!("join from {src}"), || {
+                AuditEvent::new(
+                    codes::NODE_JOIN_FAILURE,
+                    self.cluster(),
+                    &req.name,
+                    "rate limited",
+                )
+                .source(source.clone())
+            })
+            .await;
+            return Err(AuthError::RateLimited(format!(
+                "too many join attempts from {src}; wait a minute and try again"
+            )));
+        }
         let token = match self.find_token(req.token.expose(), req.kind).await {
             Ok(t) => t,
             Err(e) => {

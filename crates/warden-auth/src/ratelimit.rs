@@ -43,8 +43,77 @@ impl RateLimiter {
     }
 }
 
+/// How long one summary covers.
+pub const SUMMARY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Refused attempts, summarised: the first refusal of a source in a window
+/// is written as an event, the rest only counted, so a flood costs the
+/// audit log one event per source and window, not one per attempt.
+pub struct Refusals {
+    /// Key -> (window start, refusals counted after the first).
+    map: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Refusals {
+    pub fn new() -> Self {
+        Refusals {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes one refusal; true when it opens a window (write it as an event).
+    pub fn note(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((start, count)) = map.get_mut(key) {
+            if now.duration_since(*start) < SUMMARY_WINDOW {
+                *count = count.saturating_add(1);
+                return false;
+            }
+            if *count > 0 {
+                // Its summary is still due: the next drain writes it.
+                return false;
+            }
+        }
+        if map.len() >= MAX_SOURCES && !map.contains_key(key) {
+            // Under a flood from this many sources, count, do not write.
+            return false;
+        }
+        map.insert(key.to_string(), (now, 0));
+        true
+    }
+
+    /// Windows that ended with refusals counted: (key, count), removed.
+    pub fn drain(&self) -> Vec<(String, u64)> {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        map.retain(|k, (start, count)| {
+            if now.duration_since(*start) < SUMMARY_WINDOW {
+                return true;
+            }
+            if *count > 0 {
+                out.push((k.clone(), *count));
+            }
+            false
+        });
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_are_written_once_per_window_then_counted() {
+        let r = super::Refusals::new();
+        assert!(r.note("login:10.0.0.1"));
+        for _ in 0..999 {
+            assert!(!r.note("login:10.0.0.1"));
+        }
+        assert!(r.note("login:10.0.0.2"), "each source has its own window");
+        assert!(r.drain().is_empty(), "windows still open");
+    }
+
     #[test]
     fn bucket_empties_per_source() {
         let l = super::RateLimiter::new();

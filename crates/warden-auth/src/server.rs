@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub recordings: Arc<dyn RecordingStore>,
     pub keys: Arc<SoftwareKeyStore>,
     pub limiter: RateLimiter,
+    /// Rate-limited attempts, summarised per source and window.
+    pub refusals: crate::ratelimit::Refusals,
     pub roles: WatchCache<RoleSpec>,
     pub users: WatchCache<UserSpec>,
     pub locks: WatchCache<warden_types::LockSpec>,
@@ -108,6 +110,7 @@ impl AuthServer {
                 recordings,
                 keys,
                 limiter: RateLimiter::new(),
+                refusals: crate::ratelimit::Refusals::new(),
                 roles,
                 users,
                 locks,
@@ -191,13 +194,53 @@ impl AuthServer {
         }
     }
 
+    /// A refused (rate-limited) attempt: the first from `key` in a window
+    /// is audited, the rest are counted and summarised when it ends.
+    pub(crate) async fn audit_refusal(&self, key: &str, event: impl FnOnce() -> AuditEvent) {
+        if self.inner.refusals.note(key) {
+            let e = event();
+            let message = format!(
+                "{}; further refusals for {key} in the next {}s are counted in one event",
+                e.message,
+                crate::ratelimit::SUMMARY_WINDOW.as_secs()
+            );
+            self.audit(AuditEvent { message, ..e }.with("refusal_key", key.to_string()))
+                .await;
+        }
+    }
+
+    /// Writes the summaries of refusal windows that ended, every few
+    /// seconds while the service runs.
+    pub fn spawn_refusal_summaries(&self) {
+        let s = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                for (key, count) in s.inner.refusals.drain() {
+                    s.audit(
+                        AuditEvent::new(
+                            warden_types::audit::codes::RATE_LIMITED,
+                            s.cluster(),
+                            "",
+                            format!("{count} more attempts refused for {key} (rate limit)"),
+                        )
+                        .with("refusal_key", key)
+                        .with("count", count),
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+
     /// Appends durably, then notifies webhooks; errors are the caller's.
+    /// Every event is bounded in size first, whoever supplied its strings.
     pub(crate) async fn record(
         &self,
         event: AuditEvent,
         about: Option<serde_json::Value>,
     ) -> std::result::Result<AuditEvent, StoreError> {
-        let event = self.inner.audit.append(event).await?;
+        let event = self.inner.audit.append(event.bounded()).await?;
         self.inner.webhooks.notify(&event, about);
         Ok(event)
     }
@@ -208,6 +251,7 @@ impl AuthServer {
         &self,
         events: Vec<AuditEvent>,
     ) -> std::result::Result<(), StoreError> {
+        let events = events.into_iter().map(AuditEvent::bounded).collect();
         for event in self.inner.audit.append_batch(events).await? {
             self.inner.webhooks.notify(&event, None);
         }

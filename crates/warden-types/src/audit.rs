@@ -62,6 +62,8 @@ pub mod codes {
     pub const TOKEN_CREATE: (&str, &str) = ("token.create", "WA3000I");
     pub const TOKEN_DELETE: (&str, &str) = ("token.delete", "WA3001I");
     pub const ACCESS_DENIED: (&str, &str) = ("api.denied", "WA4000W");
+    /// Attempts refused by a rate limit, counted over a window.
+    pub const RATE_LIMITED: (&str, &str) = ("rate_limited", "WA4001W");
     pub const NODE_JOIN: (&str, &str) = ("node.join", "WA5000I");
     pub const NODE_JOIN_FAILURE: (&str, &str) = ("node.join", "WA5000W");
     pub const SESSION_START: (&str, &str) = ("session.start", "WA6000I");
@@ -101,6 +103,13 @@ pub mod codes {
     ];
 }
 
+/// Longest user, node, login, session id or source in a stored event.
+pub const MAX_SHORT: usize = 256;
+/// Longest message in a stored event.
+pub const MAX_MESSAGE: usize = 4096;
+/// Largest JSON of an event's extra fields.
+pub const MAX_FIELDS: usize = 16 * 1024;
+
 impl AuditEvent {
     /// A new event of `(type, code)`; the log sets index and hashes.
     pub fn new(kind: (&str, &str), cluster: &str, user: &str, message: impl Into<String>) -> Self {
@@ -124,6 +133,51 @@ impl AuditEvent {
         }
     }
 
+    /// The event cut to bounded size, whoever supplied its strings: short
+    /// fields (user, node, ...) to [`MAX_SHORT`] characters, the message
+    /// to [`MAX_MESSAGE`], and the extra fields, if their JSON is larger
+    /// than [`MAX_FIELDS`], replaced by a note saying so.
+    pub fn bounded(mut self) -> Self {
+        fn cut(s: &mut String, max: usize) {
+            if s.len() > max {
+                let mut end = max;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+                s.push_str("...[truncated]");
+            }
+        }
+        for s in [
+            &mut self.id,
+            &mut self.event_type,
+            &mut self.code,
+            &mut self.cluster,
+            &mut self.user,
+        ] {
+            cut(s, MAX_SHORT);
+        }
+        for s in [
+            &mut self.login,
+            &mut self.node,
+            &mut self.session_id,
+            &mut self.source_addr,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut(s, MAX_SHORT);
+        }
+        cut(&mut self.message, MAX_MESSAGE);
+        let size = serde_json::to_vec(&self.fields).map_or(usize::MAX, |v| v.len());
+        if size > MAX_FIELDS {
+            self.fields = serde_json::Map::new();
+            self.fields
+                .insert("truncated_fields_bytes".into(), size.into());
+        }
+        self
+    }
+
     /// Adds an event-specific field.
     pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
         self.fields.insert(key.to_string(), value.into());
@@ -141,5 +195,26 @@ impl AuditEvent {
         let mut copy = self.clone();
         copy.hash = String::new();
         serde_json::to_vec(&copy).expect("audit events always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_bounded_whatever_their_input() {
+        let big = "é".repeat(40_000);
+        let e = AuditEvent::new(codes::LOGIN_FAILURE, "c", &big, big.clone())
+            .with("blob", big.clone())
+            .source(Some(big.clone()))
+            .bounded();
+        assert!(e.user.len() <= MAX_SHORT + 20 && e.user.ends_with("[truncated]"));
+        assert!(e.message.len() <= MAX_MESSAGE + 20);
+        assert!(e.source_addr.unwrap().len() <= MAX_SHORT + 20);
+        assert!(e.fields.contains_key("truncated_fields_bytes"));
+        assert!(serde_json::to_vec(&e.fields).unwrap().len() < 100);
+        let small = AuditEvent::new(codes::LOGIN_FAILURE, "c", "bob", "m").with("k", "v");
+        assert_eq!(small.clone().bounded(), small);
     }
 }

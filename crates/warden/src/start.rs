@@ -236,6 +236,7 @@ pub async fn run(a: StartArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
     auth.spawn_audit_signer();
+    auth.spawn_refusal_summaries();
     let auth_listener = bind(
         a.auth_addr,
         "auth",

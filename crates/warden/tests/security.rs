@@ -206,3 +206,119 @@ fn renewal_never_outlives_the_login() {
         "renewed to {renewed}, login ends {deadline}"
     );
 }
+
+/// Floods the proxy's public API from 127.0.0.2 over a few keep-alive
+/// connections: argv host, port, attempts per kind. Bogus logins and joins,
+/// some with 60 KB names. Prints the status counts as JSON.
+const FLOOD: &str = r#"
+import http.client, json, ssl, sys, threading
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+counts, lock = {}, threading.Lock()
+def worker(kind, count):
+    conn = None
+    for i in range(count):
+        name = ("x" * 60000) if i % 10 == 0 else f"bogus-{kind}-{i}"
+        if kind == "login":
+            path, body = "/v1/login", {"user": name, "password": "guess", "otp": "000000",
+                                       "ssh_public_key": "ssh-ed25519 AAAA", "tls_csr_pem": "x"}
+        else:
+            path, body = "/v1/join", {"token": "0" * 64, "name": name,
+                                      "ssh_public_key": "ssh-ed25519 AAAA", "tls_csr_pem": "x"}
+        for _ in range(2):
+            try:
+                if conn is None:
+                    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=30,
+                                                       source_address=("127.0.0.2", 0))
+                conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                status = r.status
+                break
+            except (OSError, http.client.HTTPException):
+                conn = None
+                status = "error"
+        with lock:
+            counts[status] = counts.get(status, 0) + 1
+threads = [threading.Thread(target=worker, args=(k, n // 4)) for k in ("login", "join") for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({str(k): v for k, v in counts.items()}))
+"#;
+
+/// Size of the audit store once its write-ahead log is folded in.
+fn audit_bytes(c: &Cluster) -> u64 {
+    let db = c.dir.join("data").join("audit.db");
+    run_program(
+        "python3",
+        &[
+            "-c".into(),
+            "import sqlite3,sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)')".into(),
+            db.display().to_string(),
+        ],
+        None,
+    )
+    .expect_ok();
+    ["audit.db", "audit.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(c.dir.join("data").join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// 10,000 bogus logins and joins from one source cost the audit log
+/// under 1 MB (names are checked first, refusals summarised, events
+/// bounded), and the cluster keeps serving everyone else.
+#[test]
+fn unauthenticated_floods_cannot_fill_the_audit_log() {
+    let dir = temp_dir("sec-flood");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("alice", "access", "alice");
+    let before = audit_bytes(&c);
+    let (host, port) = c.proxy.rsplit_once(':').unwrap();
+    let out = run_program(
+        "python3",
+        &[
+            "-c".into(),
+            FLOOD.into(),
+            host.into(),
+            port.into(),
+            "10000".into(),
+        ],
+        None,
+    )
+    .expect_ok();
+    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let total: u64 = counts
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 10_000, "{counts}");
+    assert!(
+        counts["429"].as_u64().unwrap_or(0) > 8_000,
+        "rate limited: {counts}"
+    );
+    c.admin(&["audit", "verify"]).expect_ok();
+    let grown = audit_bytes(&c).saturating_sub(before);
+    eprintln!("audit store grew {grown} bytes for {counts}");
+    assert!(
+        grown < 1_000_000,
+        "audit store grew {grown} bytes: {counts}"
+    );
+    // Everyone else is served as usual.
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.run_as("alice", &["ls"], None).expect_ok();
+    let limited = c
+        .events()
+        .into_iter()
+        .filter(|e| e["message"].as_str().unwrap_or("").contains("rate limited"))
+        .count();
+    assert!(
+        limited <= 4,
+        "refusals are summarised, found {limited} events"
+    );
+}

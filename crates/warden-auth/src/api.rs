@@ -376,6 +376,16 @@ async fn create_user(
     s.check_roles_exist(&req.roles).await?;
     s.authorize_grant(&c, &format!("create user {}", req.name), &req.roles)
         .await?;
+    if let Some(bad) = req
+        .traits
+        .keys()
+        .find(|k| !warden_policy::is_internal_trait(k))
+    {
+        return Err(AuthError::BadRequest(format!(
+            "trait {bad:?} cannot be set in Warden: names starting with {:?} hold identity-provider claims",
+            warden_policy::EXTERNAL_PREFIX
+        )));
+    }
     let mut traits = req.traits.clone();
     if !req.logins.is_empty() {
         traits.insert("logins".into(), req.logins.clone());

@@ -896,7 +896,13 @@ impl AuthServer {
                 .await);
         }
         let user = match self
-            .upsert_sso_user(&p.connector, &subject, &username, roles, traits)
+            .upsert_sso_user(
+                &p.connector,
+                &subject,
+                &username,
+                roles,
+                warden_policy::external_traits(traits),
+            )
             .await
         {
             Ok(u) => u,

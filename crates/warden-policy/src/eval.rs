@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn hostile_trait_values_are_not_principals() {
         let r = role("access", |s| {
-            s.allow.logins = vec!["{{external.logins}}".into()]
+            s.allow.logins = vec!["{{internal.logins}}".into()]
         });
         let t = traits(&["ok", "root,admin", "*", "a b", "-oProxyCommand"]);
         assert_eq!(allowed_logins(&[r], &t), vec!["ok"]);

@@ -192,11 +192,11 @@ mod tests {
         let l = labels(&[("team", "db")]);
         assert!(!label_matches(&s, &l, &Traits::new()).0);
         let mut t = Traits::new();
-        t.insert("team".into(), vec!["db".into()]);
+        t.insert("external.team".into(), vec!["db".into()]);
         assert!(label_matches(&s, &l, &t).0);
         // Trait values are literal: they cannot smuggle in wildcards.
         for hostile in ["*", "^.*$"] {
-            t.insert("team".into(), vec![hostile.into()]);
+            t.insert("external.team".into(), vec![hostile.into()]);
             assert!(!label_matches(&s, &l, &t).0, "{hostile}");
             let any = sel(&[("*", &["{{external.team}}"])]);
             assert!(!label_matches(&any, &l, &t).0, "{hostile}");

@@ -22,7 +22,7 @@ pub use eval::{
 pub use grant::{check_grant, check_grant_all};
 pub use labels::{label_matches, value_matches};
 pub use locks::{lock_for, node_lock, LockSubject};
-pub use template::{expand, TemplateError};
+pub use template::{expand, external_traits, is_internal_trait, TemplateError, EXTERNAL_PREFIX};
 
 use std::collections::BTreeMap;
 

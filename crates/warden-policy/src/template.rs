@@ -14,9 +14,31 @@ pub enum TemplateError {
     Multiple(String),
 }
 
+/// Where identity-provider claims live in a user's traits: `external.<claim>`.
+/// Traits set in Warden never carry this prefix (see [`is_internal_trait`]),
+/// so `{{internal.X}}` reads only what Warden set and `{{external.X}}` only
+/// what the identity provider said.
+pub const EXTERNAL_PREFIX: &str = "external.";
+
+/// May an admin set a trait of this name in Warden? Not one that would
+/// pass for an identity-provider claim.
+pub fn is_internal_trait(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with(EXTERNAL_PREFIX)
+}
+
+/// Claims as traits stored on a user: each under [`EXTERNAL_PREFIX`].
+pub fn external_traits(claims: Traits) -> Traits {
+    claims
+        .into_iter()
+        .map(|(k, v)| (format!("{EXTERNAL_PREFIX}{k}"), v))
+        .collect()
+}
+
 /// Expands `value` against `traits`. A value without a template expands to
 /// itself; a template whose trait is missing expands to nothing, so a role
-/// never grants something because a trait was absent.
+/// never grants something because a trait was absent. `internal.X` reads
+/// the trait `X` set in Warden, `external.X` the claim `X` (stored as
+/// `external.X`); neither reads the other.
 pub fn expand(value: &str, traits: &Traits) -> Result<Vec<String>, TemplateError> {
     let Some(start) = value.find("{{") else {
         if value.contains("}}") {
@@ -43,8 +65,13 @@ pub fn expand(value: &str, traits: &Traits) -> Result<Vec<String>, TemplateError
     {
         return Err(TemplateError::Invalid(value.to_string()));
     }
+    let stored = match ns {
+        "internal" if is_internal_trait(name) => name.to_string(),
+        "internal" => return Ok(Vec::new()),
+        _ => format!("{EXTERNAL_PREFIX}{name}"),
+    };
     Ok(traits
-        .get(name)
+        .get(&stored)
         .map(|vals| {
             vals.iter()
                 .filter(|v| !v.is_empty())
@@ -61,8 +88,32 @@ mod tests {
     fn traits() -> Traits {
         let mut t = Traits::new();
         t.insert("logins".into(), vec!["alice".into(), "root".into()]);
-        t.insert("team".into(), vec!["db".into()]);
+        t.insert("external.team".into(), vec!["db".into()]);
         t
+    }
+
+    #[test]
+    fn namespaces_do_not_read_each_other() {
+        let mut t = Traits::new();
+        t.insert("logins".into(), vec!["set-in-warden".into()]);
+        t.insert("external.logins".into(), vec!["from-idp".into()]);
+        assert_eq!(
+            expand("{{internal.logins}}", &t).unwrap(),
+            vec!["set-in-warden"]
+        );
+        assert_eq!(expand("{{external.logins}}", &t).unwrap(), vec!["from-idp"]);
+        // A claim never passes for a Warden trait, nor the other way round.
+        let idp_only = external_traits([("team".to_string(), vec!["db".to_string()])].into());
+        assert!(expand("{{internal.team}}", &idp_only).unwrap().is_empty());
+        assert_eq!(expand("{{external.team}}", &idp_only).unwrap(), vec!["db"]);
+        let warden_only: Traits = [("team".to_string(), vec!["db".to_string()])].into();
+        assert!(expand("{{external.team}}", &warden_only)
+            .unwrap()
+            .is_empty());
+        assert!(expand("{{internal.external.team}}", &idp_only)
+            .unwrap()
+            .is_empty());
+        assert!(!is_internal_trait("external.groups") && is_internal_trait("logins"));
     }
 
     #[test]

@@ -250,11 +250,11 @@ fn oidc_single_sign_on() {
     assert_eq!(st["user"], "alice@example.com");
     assert_eq!(st["roles"], serde_json::json!(["access", "db-admins"]));
     assert_eq!(
-        st["traits"]["groups"],
+        st["traits"]["external.groups"],
         serde_json::json!(["db-admins", "dev"])
     );
     assert_eq!(
-        st["traits"]["email"],
+        st["traits"]["external.email"],
         serde_json::json!(["alice@example.com"])
     );
     let logins = st["logins"].as_array().unwrap();

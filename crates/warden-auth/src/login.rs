@@ -45,6 +45,32 @@ fn source_key(addr: &str) -> String {
     }
 }
 
+/// Lowest zxcvbn score (0-4) a new password must reach: 3 is "safely
+/// unguessable" (about 10^10 guesses), which common passwords, keyboard
+/// walks and dictionary words with digits never reach.
+const MIN_STRENGTH: zxcvbn::Score = zxcvbn::Score::Three;
+
+/// Whether a new password may be used: long enough, not absurdly long,
+/// and not guessable (common passwords, words, the user's own name).
+fn password_strength(password: &str, user: &str) -> std::result::Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
+        return Err(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"
+        ));
+    }
+    let estimate = zxcvbn::zxcvbn(password, &[user, "warden"]);
+    if estimate.score() < MIN_STRENGTH {
+        let hint = estimate
+            .feedback()
+            .and_then(|f| f.warning().map(|w| w.to_string()))
+            .unwrap_or_else(|| "it is too easy to guess".into());
+        return Err(format!(
+            "password is too easy to guess ({hint}); use a longer passphrase of unrelated words"
+        ));
+    }
+    Ok(())
+}
+
 fn hash_password(password: &str) -> Result<String> {
     let salt = SaltString::encode_b64(&warden_ca::random_bytes::<16>())
         .map_err(|e| AuthError::Internal(e.to_string()))?;
@@ -143,10 +169,8 @@ impl AuthServer {
             (ev, AuthError::BadRequest(msg))
         };
         let password = req.password.expose();
-        if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
-            let (ev, err) = fail(format!(
-                "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"
-            ));
+        if let Err(why) = password_strength(password, &user) {
+            let (ev, err) = fail(why);
             self.audit(ev).await;
             return Err(err);
         }
@@ -525,6 +549,26 @@ impl AuthServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_and_guessable_passwords_are_refused() {
+        for weak in [
+            "password1234",
+            "123456789012",
+            "qwertyuiopas",
+            "alice-alice-alice",
+            "Password123!",
+            "iloveyou2024",
+        ] {
+            assert!(password_strength(weak, "alice").is_err(), "{weak}");
+        }
+        assert!(password_strength("short", "alice")
+            .unwrap_err()
+            .contains("12"));
+        for strong in ["correct horse battery staple", "vK9#mQ2!pL7@xR4s"] {
+            assert!(password_strength(strong, "alice").is_ok(), "{strong}");
+        }
+    }
 
     #[test]
     fn password_hash_round_trip() {

@@ -18,6 +18,36 @@ pub fn line_from_stdin(what: &str) -> anyhow::Result<Secret<String>> {
     Ok(Secret::new(line))
 }
 
+/// A secret token from `--token-file FILE` (`-`: the first line of
+/// stdin), else the one given on the command line (which other users of
+/// the machine can see in `ps`: the file form is preferred).
+pub fn token_from(
+    arg: Option<String>,
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(file) = file else {
+        return Ok(arg);
+    };
+    if arg.is_some() {
+        bail!("give the {what} either on the command line or with --token-file, not both");
+    }
+    let text = if file == std::path::Path::new("-") {
+        line_from_stdin(what)?.expose().clone()
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the {what} from {}", file.display()))?
+    };
+    let token = text.trim().to_string();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!(
+            "{} does not hold a {what} (one line, no spaces)",
+            file.display()
+        );
+    }
+    Ok(Some(token))
+}
+
 fn require_tty(flag: &str) -> anyhow::Result<()> {
     if std::io::stdin().is_terminal() || std::path::Path::new("/dev/tty").exists() {
         Ok(())

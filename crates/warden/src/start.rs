@@ -46,6 +46,10 @@ pub struct StartArgs {
     /// Node: one-time join token ('warden admin tokens add --type node').
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Node: read the join token from FILE (`-`: the first line of stdin)
+    /// instead of --token, which other users can see in `ps`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Node: the cluster's CA pin, verified on first contact.
     #[arg(long)]
     ca_pin: Option<String>,
@@ -139,7 +143,8 @@ async fn bind(
     Ok(listener)
 }
 
-pub async fn run(a: StartArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
+    a.token = crate::prompt::token_from(a.token.take(), a.token_file.as_deref(), "join token")?;
     let data_dir = a.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     for r in &a.roles {
         if !matches!(r.as_str(), "auth" | "proxy" | "node") {

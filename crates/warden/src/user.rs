@@ -14,8 +14,13 @@ use warden_types::Secret;
 
 #[derive(Args)]
 pub struct SignupArgs {
-    /// The one-time signup token from your admin.
-    token: String,
+    /// The one-time signup token from your admin. Prefer --token-file (or
+    /// typing it when asked): a token on the command line shows in `ps`.
+    token: Option<String>,
+    /// Read the signup token from FILE (`-`: the first line of stdin,
+    /// before the password when --password-stdin is given too).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// The cluster's proxy, HOST:PORT.
     #[arg(long, env = "WARDEN_PROXY")]
     proxy: String,
@@ -115,11 +120,18 @@ async fn resolve_trust(
     }
 }
 
-pub async fn signup(a: SignupArgs) -> anyhow::Result<()> {
+pub async fn signup(mut a: SignupArgs) -> anyhow::Result<()> {
+    let token = match prompt::token_from(a.token.take(), a.token_file.as_deref(), "signup token")? {
+        Some(t) => t,
+        None => prompt::secret("Signup token: ", "--token-file FILE (or - for stdin)")?
+            .expose()
+            .trim()
+            .to_string(),
+    };
     let store = store()?;
     let (trust, pin) = resolve_trust(&store, &a.proxy, a.ca_pin).await?;
     let ping = client::ping(&a.proxy, trust.clone()).await?;
-    let info = client::signup_info(&a.proxy, trust.clone(), &a.token).await?;
+    let info = client::signup_info(&a.proxy, trust.clone(), &token).await?;
     eprintln!(
         "Signing up {} on cluster {} (token expires {}).",
         info.user,
@@ -164,7 +176,7 @@ pub async fn signup(a: SignupArgs) -> anyhow::Result<()> {
         &a.proxy,
         trust,
         &SignupRequest {
-            token: Secret::new(a.token),
+            token: Secret::new(token),
             password,
             totp_secret: Secret::new(secret),
             otp: code,

@@ -322,3 +322,77 @@ fn unauthenticated_floods_cannot_fill_the_audit_log() {
         "refusals are summarised, found {limited} events"
     );
 }
+
+/// Tokens need not be on the command line (where `ps` shows them), and a
+/// common password is refused however long it is.
+#[test]
+fn secrets_stay_off_the_command_line() {
+    let dir = temp_dir("sec-secrets");
+    let c = Cluster::start(&dir);
+    let out = c
+        .admin(&[
+            "users", "add", "bob", "--roles", "access", "--logins", "bob",
+        ])
+        .expect_ok();
+    let token = signup_token(&out.stdout);
+    let file = dir.join("bob.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let secret = totp_secret("bob");
+    let signup = |args: &[&str], stdin: &str| {
+        let mut full = vec![
+            "signup",
+            "--proxy",
+            &c.proxy,
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--totp-secret",
+            &secret,
+        ];
+        full.extend_from_slice(args);
+        c.run_as("bob", &full, Some(stdin))
+    };
+    let code = totp(&secret, 0);
+    signup(
+        &["--token-file", file.to_str().unwrap(), "--otp", &code],
+        "password1234\n",
+    )
+    .expect_err("too easy to guess");
+    // Token and password both on stdin, token first.
+    signup(
+        &["--token-file", "-", "--otp", &code],
+        &format!("{token}\n{PASSWORD}\n"),
+    )
+    .expect_ok();
+
+    // A node joins with its token in a file.
+    let out = c
+        .admin(&["tokens", "add", "--type", "node", "--format", "json"])
+        .expect_ok();
+    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let tfile = dir.join("node.token");
+    std::fs::write(&tfile, tok["token"].as_str().unwrap()).unwrap();
+    let mut node = std::process::Command::new(WARDEN)
+        .args([
+            "start", "--roles", "node", "--proxy", &c.proxy, "--ca-pin", &c.pin,
+        ])
+        .args(["--token-file", tfile.to_str().unwrap(), "--name", "filed"])
+        .arg("--data-dir")
+        .arg(dir.join("node-filed"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(node.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(
+        line.contains("no listening port"),
+        "node did not join: {line}"
+    );
+}

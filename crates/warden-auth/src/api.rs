@@ -408,6 +408,7 @@ async fn create_user(
             roles: req.roles.clone(),
             traits,
             created_by: Some(c.identity.username.clone()),
+            uid: uuid::Uuid::new_v4().to_string(),
         },
     );
     match s
@@ -515,6 +516,10 @@ async fn delete_user(
     }
     s.backend().delete(&format!("{CREDENTIALS}{name}")).await?;
     s.delete_signup_tokens(&name).await?;
+    // Nothing tied to the name outlives the user: their access requests
+    // go (pending or approved), and certificates carry the uid, which a
+    // new user of this name will not have.
+    let cancelled = s.delete_requests_of(&name).await?;
     s.audit(
         AuditEvent::new(
             codes::USER_DELETE,
@@ -522,7 +527,8 @@ async fn delete_user(
             &c.identity.username,
             format!("deleted user {name}"),
         )
-        .with("target", name.clone()),
+        .with("target", name.clone())
+        .with("requests_cancelled", cancelled),
     )
     .await;
     Ok(Json(ChangeResponse {

@@ -142,6 +142,7 @@ impl AuthServer {
             requests: requests.clone(),
             expires: valid_before.unix_timestamp(),
             login_expires: login_deadline.unwrap_or(valid_before.unix_timestamp()),
+            user_id: user.spec.uid.clone(),
         };
         let (user_ca, _) = self.signer(CaType::User).await?;
         let cert = sign_user_cert(
@@ -162,6 +163,7 @@ impl AuthServer {
                 requests,
                 cluster: self.cluster().to_string(),
                 mfa_node: mfa_node.map(str::to_string),
+                user_id: user.spec.uid.clone(),
             },
         )?;
         let ssh_cert = cert

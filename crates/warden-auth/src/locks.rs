@@ -85,12 +85,24 @@ impl AuthServer {
     }
 
     /// The lock that binds an authenticated API caller, if any.
+    /// Also refuses a user certificate issued to an earlier user of the
+    /// same name.
     async fn caller_lock(&self, c: &Caller, path: &str) -> Result<Option<Document<LockSpec>>> {
+        let id = &c.identity;
+        if id.kind == IdentityKind::User {
+            if let Some(user) = self.inner.users.get(&id.username) {
+                if !crate::nodes::same_user(&user, Some(&id.user_id)) {
+                    return Err(AuthError::Unauthenticated(format!(
+                        "this certificate was issued to an earlier user named {}, since deleted; run 'warden login'",
+                        id.username
+                    )));
+                }
+            }
+        }
         let locks = self.active_locks();
         if locks.is_empty() {
             return Ok(None);
         }
-        let id = &c.identity;
         Ok(match id.kind {
             IdentityKind::User => match self.inner.users.get(&id.username) {
                 Some(user) => self.user_lock(&user, &id.requests),

@@ -42,6 +42,12 @@ pub fn routes() -> Router<AuthServer> {
 /// the cost of bogus attempts).
 const JOIN_RATE_PER_MINUTE: u32 = 60;
 
+/// Is a certificate carrying `user_id` one of `user`'s (not of an earlier
+/// user of the same name)? Users made before uids existed have none.
+pub(crate) fn same_user(user: &Document<UserSpec>, user_id: Option<&str>) -> bool {
+    user.spec.uid.is_empty() || user_id == Some(user.spec.uid.as_str())
+}
+
 pub(crate) fn require_node(c: &Caller) -> Result<&str> {
     if c.identity.kind == IdentityKind::Node {
         Ok(&c.identity.username)
@@ -83,6 +89,7 @@ impl AuthServer {
             requests: vec![],
             expires: until.unix_timestamp(),
             login_expires: 0,
+            user_id: String::new(),
         };
         let pem = tls::issue_from_csr(
             &*tls_ca,
@@ -387,7 +394,24 @@ impl AuthServer {
         user: &str,
         login: &str,
         mfa_node: Option<&str>,
+        user_id: Option<&str>,
     ) -> Result<AccessCheckResponse> {
+        if let Some(u) = self.inner.users.get(user) {
+            if !same_user(&u, user_id) {
+                return Ok(AccessCheckResponse {
+                    allowed: false,
+                    reason: format!(
+                        "this certificate was issued to an earlier user named {user}, since deleted; run 'warden login'"
+                    ),
+                    explanation: vec![],
+                    permit_port_forwarding: false,
+                    permit_agent_forwarding: false,
+                    permit_x11_forwarding: false,
+                    roles: vec![],
+                    record_session: Default::default(),
+                });
+            }
+        }
         let node = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{node_id}")).await?;
         let node_name = node
             .as_ref()
@@ -527,8 +551,14 @@ async fn access(
 ) -> Result<Json<AccessCheckResponse>> {
     let id = require_node(&c)?.to_string();
     Ok(Json(
-        s.check_access(&id, &req.user, &req.login, req.mfa_node.as_deref())
-            .await?,
+        s.check_access(
+            &id,
+            &req.user,
+            &req.login,
+            req.mfa_node.as_deref(),
+            req.user_id.as_deref(),
+        )
+        .await?,
     ))
 }
 

@@ -976,6 +976,12 @@ impl AuthServer {
                 roles,
                 traits,
                 created_by: Some(origin),
+                // The same account keeps its uid from login to login.
+                uid: existing
+                    .as_ref()
+                    .map(|u| u.spec.uid.clone())
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             },
         );
         doc.metadata.expires = Some(until);

@@ -96,6 +96,22 @@ impl AuthServer {
         e
     }
 
+    /// Deletes every access request of `user`; returns how many.
+    pub(crate) async fn delete_requests_of(&self, user: &str) -> Result<usize> {
+        let mut n = 0;
+        for r in self.inner.requests.list() {
+            if r.spec.user == user
+                && self
+                    .backend()
+                    .delete(&format!("{REQUESTS}{}", r.name()))
+                    .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Every role a decision on `req` involves (asked for, or searched as).
     fn can_review(&self, c: &Caller, req: &AccessRequestSpec) -> Result<bool> {
         let roles = self.caller_roles(c)?;

@@ -285,6 +285,7 @@ impl AuthServer {
             requests: Vec::new(),
             expires: (now + ttl).unix_timestamp(),
             login_expires: 0,
+            user_id: String::new(),
         };
         let usage = match kind {
             IdentityKind::Admin | IdentityKind::User => Usage::Client,

@@ -35,6 +35,9 @@ pub fn public_key_line(ca: &dyn CaSigner, comment: &str) -> Result<String> {
 
 /// Extension naming the node a per-session MFA certificate is good for.
 pub const MFA_EXTENSION: &str = "mfa-session@warden";
+/// The user's uid: certificates of a deleted user stay refused when a
+/// new user of the same name is created.
+pub const UID_EXTENSION: &str = "uid@warden";
 
 /// What goes into a user certificate (ARCHITECTURE.md §2).
 #[derive(Clone, Debug)]
@@ -56,6 +59,8 @@ pub struct UserCert {
     pub cluster: String,
     /// A per-session MFA certificate: the one node it is good for.
     pub mfa_node: Option<String>,
+    /// The user's uid (`uid@warden`; omitted when empty).
+    pub user_id: String,
 }
 
 fn ssh_err(e: ssh_key::Error) -> CaError {
@@ -103,6 +108,10 @@ pub fn sign_user_cert(ca: &dyn CaSigner, c: &UserCert) -> Result<Certificate> {
         .map_err(ssh_err)?;
     if let Some(node) = &c.mfa_node {
         b.extension(MFA_EXTENSION, node.clone()).map_err(ssh_err)?;
+    }
+    if !c.user_id.is_empty() {
+        b.extension(UID_EXTENSION, c.user_id.clone())
+            .map_err(ssh_err)?;
     }
     b.comment(c.username.clone()).map_err(ssh_err)?;
     b.sign(&SshSigner(ca)).map_err(ssh_err)
@@ -181,6 +190,7 @@ mod tests {
                 requests: vec![],
                 cluster: "c1".into(),
                 mfa_node: None,
+                user_id: "u-1".into(),
             },
         )
         .unwrap();

@@ -291,6 +291,7 @@ mod tests {
             requests: vec![],
             expires: 123,
             login_expires: 0,
+            user_id: String::new(),
         };
         let now = OffsetDateTime::now_utc();
         let pem = issue_from_csr(

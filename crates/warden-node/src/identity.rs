@@ -213,6 +213,7 @@ impl NodeIdentity {
         user: &str,
         login: &str,
         mfa_node: Option<&str>,
+        user_id: Option<&str>,
     ) -> anyhow::Result<AccessCheckResponse> {
         Ok(self
             .api()?
@@ -222,6 +223,7 @@ impl NodeIdentity {
                     user: user.to_string(),
                     login: login.to_string(),
                     mfa_node: mfa_node.map(str::to_string),
+                    user_id: user_id.map(str::to_string),
                 },
             )
             .await?)

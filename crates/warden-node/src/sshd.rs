@@ -254,7 +254,12 @@ impl Conn {
             return authed;
         }
         let mfa_node = exts.get(warden_ca::ssh::MFA_EXTENSION).map(String::as_str);
-        match self.identity.check_access(&username, login, mfa_node).await {
+        let user_id = exts.get(warden_ca::ssh::UID_EXTENSION).map(String::as_str);
+        match self
+            .identity
+            .check_access(&username, login, mfa_node, user_id)
+            .await
+        {
             Ok(d) if d.allowed => {
                 authed.permit_port_forwarding &= d.permit_port_forwarding;
                 authed.permit_agent_forwarding &= d.permit_agent_forwarding;

@@ -393,6 +393,9 @@ pub struct AccessCheckRequest {
     /// (a per-session MFA certificate), as the node read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfa_node: Option<String>,
+    /// The certificate's `uid@warden`, as the node read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// Does a session to `node` need a fresh MFA check first?

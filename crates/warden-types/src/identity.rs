@@ -39,6 +39,10 @@ pub struct Identity {
     /// existed (their own expiry is then the bound) and for services.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub login_expires: i64,
+    /// The user's `uid` when the certificate was issued (empty for
+    /// services and for users made before uids existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_id: String,
 }
 
 fn is_zero(v: &i64) -> bool {

@@ -99,6 +99,11 @@ pub struct UserSpec {
     pub traits: BTreeMap<String, Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// Set by auth when the user is created, new for every user of the
+    /// name: certificates carry it, so a certificate of a deleted user is
+    /// refused even after a new user of the same name is created.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 /// A role: what it allows, what it denies, and session options.

@@ -396,3 +396,80 @@ fn secrets_stay_off_the_command_line() {
         "node did not join: {line}"
     );
 }
+
+const ASKER: &str = "\
+kind: role
+version: v1
+metadata:
+  name: asker
+spec:
+  allow:
+    request:
+      roles: [auditor]
+";
+
+/// Deleting a user ends everything tied to the name: their access requests
+/// go, and their certificates stay refused even after a new user of the
+/// same name is created.
+#[test]
+fn deleted_users_leave_nothing_behind() {
+    let dir = temp_dir("sec-delete");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("asker.yaml");
+    std::fs::write(&roles, ASKER).unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let secret = c.add_user("bob", "access,asker", "root");
+    c.login("bob", "bob", &totp(&secret, 30)).expect_ok();
+    let out = c
+        .run_as(
+            "bob",
+            &[
+                "request",
+                "create",
+                "--roles",
+                "auditor",
+                "--reason",
+                "INC-3",
+                "--no-wait",
+            ],
+            None,
+        )
+        .expect_ok();
+    let id = out.stdout.trim().to_string();
+    // The old bob's profile, certificates included.
+    let copy = run_program(
+        "cp",
+        &[
+            "-a".into(),
+            c.dir.join("bob").display().to_string(),
+            c.dir.join("old-bob").display().to_string(),
+        ],
+        None,
+    );
+    assert!(copy.ok, "{}", copy.all());
+    c.run_as("old-bob", &["ls"], None).expect_ok();
+
+    c.admin(&["users", "rm", "bob"]).expect_ok();
+    let secret = c.add_user("bob", "access,asker", "root");
+    c.login("bob", "bob", &totp(&secret, 30)).expect_ok();
+    let list = c
+        .run_as("bob", &["request", "ls", "--format", "json"], None)
+        .expect_ok();
+    assert!(
+        !list.stdout.contains(&id),
+        "request survived: {}",
+        list.stdout
+    );
+    // The earlier bob's certificates: refused by the API and by the node.
+    c.run_as("old-bob", &["ls"], None)
+        .expect_err("earlier user named bob");
+    let old = c.ssh("old-bob", "bob", "root", &[], "true", None);
+    assert!(
+        !old.ok && old.stderr.contains("earlier user"),
+        "{}",
+        old.all()
+    );
+    let new = c.ssh("bob", "bob", "root", &[], "true", None);
+    assert!(new.ok, "{}", new.all());
+}

@@ -29,6 +29,13 @@ pub struct Caller {
     pub public_key: Vec<u8>,
 }
 
+/// What a node token admits beyond joining.
+#[derive(Default)]
+pub(crate) struct NodeTokenOptions {
+    pub addrs: Vec<String>,
+    pub replace: bool,
+}
+
 /// Longest lifetime of a token an admin may create.
 const MAX_TOKEN_TTL: u64 = 7 * 24 * 3600;
 
@@ -161,6 +168,7 @@ impl AuthServer {
         user: Option<String>,
         ttl_secs: u64,
         created_by: &str,
+        node: NodeTokenOptions,
     ) -> Result<(String, Document<TokenSpec>)> {
         if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL {
             return Err(AuthError::BadRequest(format!(
@@ -179,6 +187,8 @@ impl AuthServer {
                 user,
                 secret_sha256: hash,
                 created_by: Some(created_by.to_string()),
+                addrs: node.addrs,
+                replace: node.replace,
             },
         );
         doc.metadata.expires = Some(expires);
@@ -204,10 +214,24 @@ impl AuthServer {
         Ok((secret, doc))
     }
 
-    /// A node join token, for the local node of an all-in-one cluster.
-    pub async fn create_node_token(&self, ttl: std::time::Duration) -> Result<String> {
+    /// A node join token, for the local node of an all-in-one cluster,
+    /// allowing `addrs` (host names or IPs) in its host certificate.
+    pub async fn create_node_token(
+        &self,
+        ttl: std::time::Duration,
+        addrs: Vec<String>,
+    ) -> Result<String> {
         let (secret, _) = self
-            .new_token(TokenKind::Node, None, ttl.as_secs(), "warden-start")
+            .new_token(
+                TokenKind::Node,
+                None,
+                ttl.as_secs(),
+                "warden-start",
+                NodeTokenOptions {
+                    addrs,
+                    replace: false,
+                },
+            )
             .await?;
         Ok(secret)
     }
@@ -250,6 +274,16 @@ fn signup_response(
             .map(|e| e.unix_timestamp())
             .unwrap_or(0),
     }
+}
+
+/// A host name or IP address as a certificate principal.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && (h.parse::<std::net::IpAddr>().is_ok()
+            || h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+        && !h.starts_with('-')
 }
 
 pub(crate) fn client_addr(c: &Caller, headers: &HeaderMap) -> Option<String> {
@@ -447,6 +481,7 @@ async fn create_user(
             Some(req.name.clone()),
             req.token_ttl_secs,
             &c.identity.username,
+            NodeTokenOptions::default(),
         )
         .await?;
     Ok(Json(signup_response(doc, token, &token_doc)))
@@ -600,6 +635,7 @@ async fn reset_user(
             Some(name),
             body.token_ttl_secs,
             &c.identity.username,
+            NodeTokenOptions::default(),
         )
         .await?;
     Ok(Json(signup_response(user, token, &token_doc)))
@@ -774,13 +810,27 @@ async fn create_token(
     Json(req): Json<CreateTokenRequest>,
 ) -> Result<Json<CreateTokenResponse>> {
     s.authorize(&c, res::TOKEN, verbs::CREATE).await?;
+    if req.addrs.len() > 16 || req.addrs.iter().any(|a| !valid_host(a.trim())) {
+        return Err(AuthError::BadRequest(
+            "--addr takes up to 16 host names or IP addresses (no ports)".into(),
+        ));
+    }
     if req.kind == TokenKind::Signup {
         return Err(AuthError::BadRequest(
             "signup tokens come with 'warden admin users add'".into(),
         ));
     }
     let (token, doc) = s
-        .new_token(req.kind, None, req.ttl_secs, &c.identity.username)
+        .new_token(
+            req.kind,
+            None,
+            req.ttl_secs,
+            &c.identity.username,
+            NodeTokenOptions {
+                addrs: req.addrs.iter().map(|a| a.trim().to_string()).collect(),
+                replace: req.replace,
+            },
+        )
         .await?;
     Ok(Json(CreateTokenResponse {
         id: doc.name().to_string(),

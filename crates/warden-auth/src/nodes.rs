@@ -16,6 +16,7 @@ use warden_ca::CaType;
 use warden_store::StoreError;
 use warden_types::api::*;
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::resource::NodeGrant;
 use warden_types::resource::{kind, resources as res, verbs};
 use warden_types::{Document, Identity, IdentityKind, NodeSpec, TokenKind, UserSpec};
 
@@ -36,6 +37,9 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/proxies/heartbeat", put(proxy_heartbeat))
 }
+
+/// What each node was admitted as (`NodeGrant`), by node id.
+const GRANTS: &str = "/node_grants/";
 
 /// Join attempts a source may make per minute (a fleet behind one NAT
 /// joins in bursts; tokens are single use and 256-bit, so this only bounds
@@ -127,10 +131,10 @@ impl AuthServer {
             name.to_string(),
             format!("{name}.{}", self.cluster()),
         ];
-        for a in addrs.iter().take(16) {
-            let h = host_of(a).to_string();
-            if !h.is_empty() && !principals.contains(&h) {
-                principals.push(h);
+        // `addrs` are hosts already checked against the node's grant.
+        for h in addrs.iter().take(16) {
+            if !h.is_empty() && !principals.contains(h) {
+                principals.push(h.clone());
             }
         }
         let now = OffsetDateTime::now_utc();
@@ -317,6 +321,25 @@ impl AuthServer {
             .await;
             return Err(AuthError::Locked(msg));
         }
+        if req.kind != TokenKind::Proxy && !token.spec.replace {
+            if let Some(holder) = self.live_node_named(&req.name).await? {
+                let msg = format!(
+                    "a live node ({holder}) already has the name {}; pick another --name, or ask an admin for a token made with --replace",
+                    req.name
+                );
+                self.audit(
+                    AuditEvent::new(
+                        codes::NODE_JOIN_FAILURE,
+                        self.cluster(),
+                        &req.name,
+                        msg.clone(),
+                    )
+                    .source(source),
+                )
+                .await;
+                return Err(AuthError::Conflict(msg));
+            }
+        }
         let rev = token.metadata.revision.unwrap_or_default();
         match self
             .backend()
@@ -332,15 +355,30 @@ impl AuthServer {
             Err(e) => return Err(e.into()),
         }
         let node_id = uuid::Uuid::new_v4().to_string();
+        let mut refused_addrs = Vec::new();
         let certs = if req.kind == TokenKind::Proxy {
             self.proxy_certs(&node_id, req).await?
         } else {
+            // Only addresses the admin allowed on the token are principals.
+            let (allowed, refused): (Vec<String>, Vec<String>) = req
+                .addrs
+                .iter()
+                .take(16)
+                .map(|a| host_of(a).to_string())
+                .filter(|h| !h.is_empty())
+                .partition(|h| token.spec.addrs.iter().any(|t| t.eq_ignore_ascii_case(h)));
+            refused_addrs = refused;
+            let grant = NodeGrant {
+                name: req.name.clone(),
+                addrs: allowed,
+            };
+            self.save_grant(&node_id, &grant).await?;
             self.node_certs(
                 &node_id,
-                &req.name,
+                &grant.name,
                 &req.ssh_public_key,
                 &req.tls_csr_pem,
-                &req.addrs,
+                &grant.addrs,
             )
             .await?
         };
@@ -353,15 +391,74 @@ impl AuthServer {
             )
             .source(source)
             .with("node_id", node_id.clone())
-            .with("token_id", token.name().to_string()),
+            .with("token_id", token.name().to_string())
+            .with("addresses_not_allowed", refused_addrs),
         )
         .await;
         Ok(certs)
     }
 
+    /// The id of an online node called `name`, if any.
+    async fn live_node_named(&self, name: &str) -> Result<Option<String>> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        Ok(resources::list::<NodeSpec>(self.backend(), NODES)
+            .await?
+            .into_iter()
+            .find(|n| {
+                n.spec.hostname == name
+                    && now - n.spec.heartbeat < warden_types::resource::NODE_ONLINE_SECS
+            })
+            .map(|n| n.name().to_string()))
+    }
+
+    async fn save_grant(&self, node_id: &str, grant: &NodeGrant) -> Result<()> {
+        self.backend()
+            .put(
+                &format!("{GRANTS}{node_id}"),
+                resources::to_json(grant)?,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// What node `id` was admitted as. A node joined before grants existed
+    /// gets one now from what it holds (its inventory name and the
+    /// addresses it claims), once.
+    async fn grant(&self, id: &str, claimed: &[String]) -> Result<NodeGrant> {
+        if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
+            return serde_json::from_slice(&item.value)
+                .map_err(|e| AuthError::Internal(format!("corrupt node grant: {e}")));
+        }
+        let name = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{id}"))
+            .await?
+            .map(|n| n.spec.hostname)
+            .unwrap_or_else(|| id.to_string());
+        let grant = NodeGrant {
+            name,
+            addrs: claimed
+                .iter()
+                .take(16)
+                .map(|a| host_of(a).to_string())
+                .collect(),
+        };
+        self.save_grant(id, &grant).await?;
+        Ok(grant)
+    }
+
     /// Records a heartbeat of node `id`.
     pub async fn heartbeat(&self, id: &str, hb: &Heartbeat) -> Result<()> {
         warden_types::resource::validate_name(&hb.name).map_err(AuthError::BadRequest)?;
+        if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
+            let grant: NodeGrant = serde_json::from_slice(&item.value)
+                .map_err(|e| AuthError::Internal(format!("corrupt node grant: {e}")))?;
+            if grant.name != hb.name {
+                return Err(AuthError::BadRequest(format!(
+                    "this node joined as {}; a node's name is fixed at join (join again with a new token to rename it)",
+                    grant.name
+                )));
+            }
+        }
         let now = OffsetDateTime::now_utc();
         let mut doc = Document::new(
             kind::NODE,
@@ -518,17 +615,23 @@ async fn renew(
     Json(req): Json<RenewNodeRequest>,
 ) -> Result<Json<NodeCerts>> {
     let id = require_node(&c)?.to_string();
-    let name = resources::get::<NodeSpec>(s.backend(), &format!("{NODES}{id}"))
-        .await?
-        .map(|n| n.spec.hostname)
-        .unwrap_or_else(|| id.clone());
+    // The name and addresses admitted at join, never what the node claims
+    // now; addresses it no longer claims are left out.
+    let grant = s.grant(&id, &req.addrs).await?;
+    let claimed: Vec<&str> = req.addrs.iter().map(|a| host_of(a)).collect();
+    let addrs: Vec<String> = grant
+        .addrs
+        .iter()
+        .filter(|a| claimed.iter().any(|c| c.eq_ignore_ascii_case(a)))
+        .cloned()
+        .collect();
     Ok(Json(
         s.node_certs(
             &id,
-            &name,
+            &grant.name,
             &req.ssh_public_key,
             &req.tls_csr_pem,
-            &req.addrs,
+            &addrs,
         )
         .await?,
     ))

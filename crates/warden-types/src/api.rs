@@ -166,6 +166,12 @@ pub struct CreateTokenRequest {
     pub ttl_secs: u64,
     #[serde(default)]
     pub user: Option<String>,
+    /// Node tokens: host names and IPs allowed in the host certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<String>,
+    /// Node tokens: may take the name of a live node.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

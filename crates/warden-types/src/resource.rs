@@ -340,6 +340,22 @@ pub struct TokenSpec {
     pub secret_sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// Node tokens: the host names and IPs the node may have in its host
+    /// certificate (besides its id and name). Others it claims are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<String>,
+    /// Node tokens: the node may take a name that a live node holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
+}
+
+/// What a node was admitted as at join: its name and the addresses its
+/// host certificate may name. Renewals and heartbeats cannot change them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeGrant {
+    pub name: String,
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 /// A node is online if it sent a heartbeat this recently (seconds).

@@ -208,6 +208,14 @@ enum TokensCommand {
         kind: String,
         #[arg(long, default_value = "1h")]
         ttl: HumanDuration,
+        /// Node: a host name or IP the node may have in its host
+        /// certificate (repeat or comma-separate). Without it, the
+        /// certificate names only the node's id and name.
+        #[arg(long = "addr", value_delimiter = ',')]
+        addrs: Vec<String>,
+        /// Node: it may take the name of a node that is online now.
+        #[arg(long)]
+        replace: bool,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -819,7 +827,13 @@ async fn roles(admin: &Admin, c: RolesCommand) -> anyhow::Result<()> {
 async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
     let api = &admin.api;
     match c {
-        TokensCommand::Add { kind, ttl, format } => {
+        TokensCommand::Add {
+            kind,
+            ttl,
+            addrs,
+            replace,
+            format,
+        } => {
             let kind: TokenKind = kind.parse().map_err(anyhow::Error::msg)?;
             let resp: CreateTokenResponse = api
                 .post(
@@ -828,6 +842,8 @@ async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
                         kind,
                         ttl_secs: ttl.0.as_secs(),
                         user: None,
+                        addrs,
+                        replace,
                     },
                 )
                 .await?;

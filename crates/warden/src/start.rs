@@ -297,8 +297,25 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         let token = if joined {
             None
         } else {
+            // The host the node will advertise may be in its certificate.
+            let advertised = a
+                .advertise_addr
+                .clone()
+                .unwrap_or_else(|| a.node_listen_addr.to_string());
+            let host = match advertised.rsplit_once(':') {
+                Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                None => advertised,
+            };
+            let host = if host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+            {
+                "127.0.0.1".to_string()
+            } else {
+                host
+            };
             Some(
-                auth.create_node_token(std::time::Duration::from_secs(300))
+                auth.create_node_token(std::time::Duration::from_secs(300), vec![host])
                     .await?,
             )
         };

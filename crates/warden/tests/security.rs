@@ -473,3 +473,127 @@ fn deleted_users_leave_nothing_behind() {
     let new = c.ssh("bob", "bob", "root", &[], "true", None);
     assert!(new.ok, "{}", new.all());
 }
+
+/// Starts a node with its own SSH port; returns it once it served, or its
+/// error output if it exited.
+fn start_node(c: &Cluster, name: &str, token_args: &[&str]) -> Result<std::process::Child, String> {
+    let out = c
+        .admin(
+            &[
+                &["tokens", "add", "--type", "node", "--format", "json"],
+                token_args,
+            ]
+            .concat(),
+        )
+        .expect_ok();
+    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut child = std::process::Command::new(WARDEN)
+        .args([
+            "start", "--roles", "node", "--proxy", &c.proxy, "--ca-pin", &c.pin,
+        ])
+        .args(["--token", tok["token"].as_str().unwrap(), "--name", name])
+        .args(["--listen-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(
+            c.dir
+                .join(format!("node-{name}-{}", tok["id"].as_str().unwrap())),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    if line.starts_with("Node ") {
+        return Ok(child);
+    }
+    let out = child.wait_with_output().unwrap();
+    Err(format!("{line}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The principals of the host certificate of the node whose data dir
+/// starts with `node-NAME-`.
+fn host_principals(c: &Cluster, name: &str) -> Vec<String> {
+    let dir = std::fs::read_dir(&c.dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("node-{name}-"))
+        })
+        .unwrap();
+    let certs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("node").join("certs.json")).unwrap(),
+    )
+    .unwrap();
+    let file = c.dir.join(format!("{name}-host-cert.pub"));
+    std::fs::write(&file, certs["ssh_host_cert"].as_str().unwrap()).unwrap();
+    let out = run_program(
+        "ssh-keygen",
+        &["-L".into(), "-f".into(), file.display().to_string()],
+        None,
+    )
+    .expect_ok();
+    out.stdout
+        .split("Principals:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("                "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// A node token holder gets a host certificate for its own name only, and
+/// for addresses only if the admin allowed them on the token.
+#[test]
+fn host_certificates_name_only_what_the_admin_allowed() {
+    let dir = temp_dir("sec-hostcert");
+    let c = Cluster::start(&dir);
+    let mut plain = start_node(&c, "edge-1", &[]).unwrap();
+    let p = host_principals(&c, "edge-1");
+    assert!(p.contains(&"edge-1".to_string()), "{p:?}");
+    assert!(
+        !p.contains(&"127.0.0.1".to_string()),
+        "address not allowed: {p:?}"
+    );
+    let mut allowed = start_node(&c, "edge-2", &["--addr", "127.0.0.1"]).unwrap();
+    let p = host_principals(&c, "edge-2");
+    assert!(p.contains(&"127.0.0.1".to_string()), "{p:?}");
+    // Another node cannot take a live node's name ...
+    for _ in 0..50 {
+        if c.run_as(
+            "home",
+            &[
+                "admin",
+                "--data-dir",
+                c.dir.join("data").to_str().unwrap(),
+                "nodes",
+                "ls",
+            ],
+            None,
+        )
+        .stdout
+        .contains("edge-1")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let err = start_node(&c, "edge-1", &[]).unwrap_err();
+    assert!(err.contains("already has the name edge-1"), "{err}");
+    // ... unless the admin says so.
+    let mut replacement = start_node(&c, "edge-1", &["--replace"]).unwrap();
+    for child in [&mut plain, &mut allowed, &mut replacement] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

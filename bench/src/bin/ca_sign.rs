@@ -29,6 +29,7 @@ fn main() {
         requests: vec![],
         cluster: "bench".into(),
         mfa_node: None,
+        user_id: String::new(),
     };
     let warden = rate(Duration::from_secs(2), 100, || {
         sign_user_cert(&*ca, &params).expect("sign");

@@ -85,6 +85,8 @@ async fn sim_node(
                 kind: TokenKind::Node,
                 ttl_secs: 3600,
                 user: None,
+                addrs: vec![],
+                replace: false,
             },
         )
         .await?;

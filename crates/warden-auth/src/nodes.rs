@@ -449,6 +449,17 @@ impl AuthServer {
     /// Records a heartbeat of node `id`.
     pub async fn heartbeat(&self, id: &str, hb: &Heartbeat) -> Result<()> {
         warden_types::resource::validate_name(&hb.name).map_err(AuthError::BadRequest)?;
+        warden_types::resource::validate_labels(&hb.labels).map_err(AuthError::BadRequest)?;
+        if hb.version.len() > 64 || hb.version.chars().any(|c| c.is_control()) {
+            return Err(AuthError::BadRequest("invalid version string".into()));
+        }
+        if hb
+            .addrs
+            .iter()
+            .any(|a| a.len() > 262 || a.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(AuthError::BadRequest("invalid node address".into()));
+        }
         if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
             let grant: NodeGrant = serde_json::from_slice(&item.value)
                 .map_err(|e| AuthError::Internal(format!("corrupt node grant: {e}")))?;

@@ -88,6 +88,41 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Most labels a node may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// Checks node labels as a node reports them: keys of 1-63 characters of
+/// a-z, A-Z, 0-9, '-', '_', '.', '/'; values of at most 255 printable
+/// characters (no control characters or bidirectional overrides), so
+/// nothing a node says can rewrite a terminal that lists it.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels per node"));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !key_ok {
+            return Err(format!(
+                "invalid label key {:?}: use 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', '/'",
+                k.escape_default().to_string()
+            ));
+        }
+        let value_ok = v.chars().count() <= 255
+            && !v.chars().any(|c| {
+                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            });
+        if !value_ok {
+            return Err(format!(
+                "invalid value of label {k}: at most 255 characters, no control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A user: roles and traits. Credentials live apart, never in this document.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -722,6 +757,31 @@ impl Default for ClusterConfigSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_labels_are_checked() {
+        let ok: BTreeMap<String, String> = [
+            ("env".to_string(), "prod".to_string()),
+            ("k8s.io/zone".to_string(), "eu west 1".to_string()),
+        ]
+        .into();
+        assert!(validate_labels(&ok).is_ok());
+        for (k, v) in [
+            ("env", "\x1b]0;owned\x07"),
+            ("env", "a\u{202e}b"),
+            ("bad key", "x"),
+            ("", "x"),
+        ] {
+            let l: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into();
+            assert!(validate_labels(&l).is_err(), "{k:?}={v:?}");
+        }
+        let long: BTreeMap<String, String> = [("k".to_string(), "x".repeat(256))].into();
+        assert!(validate_labels(&long).is_err());
+        let many: BTreeMap<String, String> = (0..65)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(validate_labels(&many).is_err());
+    }
 
     #[test]
     fn label_values_accept_string_or_list() {

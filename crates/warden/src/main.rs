@@ -180,7 +180,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Server and peer messages are untrusted text.
+            eprintln!("error: {}", output::safe_lines(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

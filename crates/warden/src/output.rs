@@ -11,13 +11,44 @@ pub enum Format {
     Json,
 }
 
-/// A borderless table, kubectl style.
+/// Text from others (node labels, user names, commands, reasons, server
+/// messages) made safe for a terminal: control characters (escape
+/// sequences, carriage returns, newlines) and bidirectional overrides are
+/// shown escaped, never interpreted.
+pub fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if bad(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Like [`safe`], keeping line breaks: for multi-line messages.
+pub fn safe_lines(s: &str) -> String {
+    s.split('\n')
+        .map(|l| safe(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A borderless table, kubectl style; every cell goes through [`safe`].
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
     t.set_header(headers.iter().map(|h| h.to_uppercase()));
     for r in rows {
-        t.add_row(r);
+        t.add_row(r.iter().map(|c| safe(c).into_owned()));
     }
     // comfy-table pads the first column with a space; trim each line.
     t.to_string()
@@ -42,4 +73,23 @@ pub fn time(unix: i64) -> String {
 
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_shown_not_run() {
+        assert_eq!(safe("db-1"), "db-1");
+        let hostile = "evil\x1b]0;pwned\x07\r\nroot\u{202e}txt";
+        let shown = safe(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert!(
+            shown.contains("\\u{1b}") && shown.contains("\\u{202e}"),
+            "{shown}"
+        );
+        let t = table(&["name"], vec![vec![hostile.into()]]);
+        assert!(!t.contains('\x1b') && !t.contains('\r'), "{t:?}");
+    }
 }

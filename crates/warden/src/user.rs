@@ -332,20 +332,25 @@ fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", output::json(&s)?),
         Format::Text => {
+            // Traits come from identity providers: shown, never interpreted.
             let none = |v: &[String]| {
                 if v.is_empty() {
                     "(none)".to_string()
                 } else {
-                    v.join(", ")
+                    output::safe(&v.join(", ")).into_owned()
                 }
             };
             println!("  Proxy:        {}", s.proxy);
             println!("  Cluster:      {}", s.cluster);
-            println!("  User:         {}", s.user);
+            println!("  User:         {}", output::safe(&s.user));
             println!("  Roles:        {}", none(&s.roles));
             println!("  Logins:       {}", none(&s.logins));
             for (k, v) in &s.traits {
-                println!("  Trait {:<7} {}", format!("{k}:"), v.join(", "));
+                println!(
+                    "  Trait {:<7} {}",
+                    output::safe(&format!("{k}:")),
+                    output::safe(&v.join(", "))
+                );
             }
             println!(
                 "  Valid until:  {} ({})",

@@ -103,7 +103,8 @@ where
         user: None,
         channels: HashMap::new(),
         remote_forwards: HashMap::new(),
-        forwardings: Vec::new(),
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_CONN)),
+        closed: Default::default(),
         attempted: None,
         refusal_audited: false,
         live: None,
@@ -156,7 +157,19 @@ struct ChanState {
     /// Dropped when the channel closes or the connection ends: the
     /// session's processes are then hung up.
     hangup: Option<tokio::sync::oneshot::Sender<()>>,
+    /// This channel's X11 display and agent socket: freed (listener
+    /// stopped, files removed) when the channel closes.
+    x11_forward: Option<crate::forward::Forwarding>,
+    agent_forward: Option<crate::forward::Forwarding>,
 }
+
+/// Per-connection caps, as OpenSSH's MaxSessions: session channels,
+/// direct-tcpip streams, remote forwards, X11 displays and agent sockets.
+const MAX_SESSIONS_PER_CONN: usize = 64;
+const MAX_STREAMS_PER_CONN: usize = 64;
+const MAX_REMOTE_FORWARDS_PER_CONN: usize = 64;
+const MAX_X11_PER_CONN: usize = 8;
+const MAX_AGENTS_PER_CONN: usize = 8;
 
 struct Conn {
     identity: Arc<NodeIdentity>,
@@ -167,7 +180,11 @@ struct Conn {
     /// Remote forwards by (address, port), agent sockets, X11 displays;
     /// dropped (and cleaned up) with the connection.
     remote_forwards: HashMap<(String, u32), crate::forward::Forwarding>,
-    forwardings: Vec<crate::forward::Forwarding>,
+    /// direct-tcpip streams open now: each stream's task holds a permit.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Channels whose sessions ended (the node closed them): their state
+    /// is dropped at the next request, so caps count live channels only.
+    closed: Arc<std::sync::Mutex<Vec<ChannelId>>>,
     /// The login a client tried, and whether its refusal is already audited.
     attempted: Option<String>,
     /// This connection in the node's registry of live sessions.
@@ -318,6 +335,14 @@ impl Conn {
         });
     }
 
+    /// Drops the state of channels whose sessions ended.
+    fn prune_closed(&mut self) {
+        let closed = std::mem::take(&mut *self.closed.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in closed {
+            self.channels.remove(&id);
+        }
+    }
+
     /// Starts a shell, command or subsystem on `id`.
     fn start(&mut self, id: ChannelId, what: Start, session: &mut Session) -> anyhow::Result<()> {
         let unrecorded = self.event(codes::RECORDING_FAILURE, String::new());
@@ -329,6 +354,11 @@ impl Conn {
             session.channel_failure(id)?;
             return Ok(());
         };
+        // The session owns its X11 display and agent socket from here:
+        // they go when it ends (the channel's close then never reaches
+        // `channel_close`, as the node closed it first).
+        let forwards = (state.x11_forward.take(), state.agent_forward.take());
+        let closed = self.closed.clone();
         let Some(user) = &self.user else {
             session.channel_failure(id)?;
             return Ok(());
@@ -563,6 +593,8 @@ impl Conn {
             )
             .await;
             METRICS.node_sessions.dec();
+            drop(forwards);
+            closed.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             if let Some(r) = recorder {
                 ended.store(true, std::sync::atomic::Ordering::SeqCst);
                 r.clone().finish().await;
@@ -691,7 +723,8 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.user.is_none() || self.channels.len() >= 64 {
+        self.prune_closed();
+        if self.user.is_none() || self.channels.len() >= MAX_SESSIONS_PER_CONN {
             return Ok(()); // dropping the reply refuses the channel
         }
         self.channels.insert(
@@ -848,6 +881,13 @@ impl russh::server::Handler for Conn {
         if !allowed {
             return Ok(()); // refused: administratively prohibited
         }
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            tracing::info!(peer = %self.peer, "too many forwarded streams on one connection");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
         let stream = match tokio::time::timeout(
             Duration::from_secs(10),
             tokio::net::TcpStream::connect(target.as_str()),
@@ -862,6 +902,7 @@ impl russh::server::Handler for Conn {
         };
         reply.accept().await;
         tokio::spawn(async move {
+            let _permit = permit;
             let mut chan = channel.into_stream();
             let mut tcp = stream;
             let _ = tokio::io::copy_bidirectional(&mut chan, &mut tcp).await;
@@ -875,25 +916,38 @@ impl russh::server::Handler for Conn {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let allowed = self
+        let permitted = self
             .user
             .as_ref()
             .is_some_and(|u| u.denied.is_none() && u.permit_port_forwarding);
+        // OpenSSH's rule: ports below 1024 only for a login of uid 0.
+        let root = self
+            .user
+            .as_ref()
+            .and_then(|u| u.account.as_ref())
+            .is_some_and(|a| a.uid == 0);
+        let privileged = *port != 0 && *port < 1024 && !root;
+        let full = self.remote_forwards.len() >= MAX_REMOTE_FORWARDS_PER_CONN;
+        let allowed = permitted && !privileged && !full;
         let target = format!("{address}:{port}");
         let ev = self
             .event(
                 if allowed { codes::PORT_FORWARD } else { codes::PORT_FORWARD_DENIED },
                 if allowed {
                     format!("remote port forward from {target}")
-                } else {
+                } else if !permitted {
                     format!("remote port forward from {target} denied: not permitted by role or certificate")
+                } else if privileged {
+                    format!("remote port forward from {target} denied: ports below 1024 are for the root login only")
+                } else {
+                    format!("remote port forward from {target} denied: at most {MAX_REMOTE_FORWARDS_PER_CONN} per connection")
                 },
             )
             .with("listen", target)
             .with("direction", "remote");
         self.mark_sessions(&ev.message);
         self.emit(ev);
-        if !allowed || self.remote_forwards.len() >= 64 {
+        if !allowed {
             return Ok(false);
         }
         match crate::forward::remote_listener(session.handle(), address, *port).await {
@@ -932,6 +986,7 @@ impl russh::server::Handler for Conn {
         id: ChannelId,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        self.prune_closed();
         let Some(user) = &self.user else {
             return Ok(false);
         };
@@ -941,13 +996,23 @@ impl russh::server::Handler for Conn {
         ) else {
             return Ok(false);
         };
+        let agents = self
+            .channels
+            .values()
+            .filter(|c| c.agent_forward.is_some())
+            .count();
         let Some(state) = self.channels.get_mut(&id) else {
             return Ok(false);
         };
+        if state.agent_forward.is_some() || state.channel.is_none() || agents >= MAX_AGENTS_PER_CONN
+        {
+            tracing::info!(peer = %self.peer, "agent forwarding refused: one per channel, {MAX_AGENTS_PER_CONN} per connection");
+            return Ok(false);
+        }
         match crate::forward::agent_listener(session.handle(), account, unix::current_uid() == 0) {
             Ok((sock, fwd)) => {
                 state.env.push(("SSH_AUTH_SOCK".into(), sock));
-                self.forwardings.push(fwd);
+                state.agent_forward = Some(fwd);
                 Ok(true)
             }
             Err(e) => {
@@ -970,10 +1035,23 @@ impl russh::server::Handler for Conn {
             .user
             .as_ref()
             .is_some_and(|u| u.denied.is_none() && u.permit_x11_forwarding && u.account.is_some());
+        self.prune_closed();
+        let displays = self
+            .channels
+            .values()
+            .filter(|c| c.x11_forward.is_some())
+            .count();
         if !allowed
             || !crate::forward::x11_auth_ok(proto, cookie)
-            || !self.channels.contains_key(&id)
+            || self
+                .channels
+                .get(&id)
+                .is_none_or(|c| c.x11_forward.is_some() || c.channel.is_none())
+            || displays >= MAX_X11_PER_CONN
         {
+            if displays >= MAX_X11_PER_CONN {
+                tracing::info!(peer = %self.peer, "X11 forwarding refused: {MAX_X11_PER_CONN} displays per connection");
+            }
             session.channel_failure(id)?;
             return Ok(());
         }
@@ -984,7 +1062,7 @@ impl russh::server::Handler for Conn {
                     .env
                     .push(("DISPLAY".into(), format!("localhost:{display}.{screen}")));
                 state.x11 = Some((display, screen, proto.to_string(), cookie.to_string()));
-                self.forwardings.push(fwd);
+                state.x11_forward = Some(fwd);
                 let ev = self
                     .event(
                         codes::X11_FORWARD,

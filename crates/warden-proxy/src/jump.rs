@@ -52,7 +52,13 @@ struct JumpConn {
     jump: Jump,
     peer: SocketAddr,
     user: Option<String>,
+    /// Streams this connection may have open at once; a permit is held
+    /// by each stream's task and freed when it ends.
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Streams (direct-tcpip channels) one client connection may hold at once.
+pub const MAX_STREAMS_PER_CONN: usize = 64;
 
 impl russh::server::Handler for JumpConn {
     type Error = anyhow::Error;
@@ -130,6 +136,13 @@ impl russh::server::Handler for JumpConn {
         let Some(user) = self.user.clone() else {
             return Ok(());
         };
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            tracing::info!(%user, peer = %self.peer, "too many streams on one connection");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
         let Some(node) = self.jump.inventory.resolve(host, port).await else {
             tracing::info!(%user, %host, port, "no such node");
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
@@ -142,6 +155,7 @@ impl russh::server::Handler for JumpConn {
         if let Some(upstream) = jump.tunnels.dial(&node.id, peer).await {
             reply.accept().await;
             tokio::spawn(async move {
+                let _permit = permit;
                 METRICS.proxy_jump_sessions.inc();
                 let mut a = channel.into_stream();
                 let mut b = upstream.into_stream();
@@ -174,6 +188,7 @@ impl russh::server::Handler for JumpConn {
         if let Some(upstream) = jump.peers.dial(&node.id).await {
             reply.accept().await;
             tokio::spawn(async move {
+                let _permit = permit;
                 METRICS.proxy_jump_sessions.inc();
                 let mut a = channel.into_stream();
                 let mut b = upstream;
@@ -198,6 +213,7 @@ where
         jump,
         peer,
         user: None,
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_CONN)),
     };
     match russh::server::run_stream(config, stream, conn).await {
         Ok(running) => {

@@ -618,8 +618,18 @@ fn unprivileged_node_serves_only_its_own_login() {
     }
     let dir = temp_dir("solo");
     let c = Cluster::start(&dir);
+    // The node is reached at 127.0.0.1: its token allows that address.
     let out = c
-        .admin(&["tokens", "add", "--type", "node", "--format", "json"])
+        .admin(&[
+            "tokens",
+            "add",
+            "--type",
+            "node",
+            "--addr",
+            "127.0.0.1",
+            "--format",
+            "json",
+        ])
         .expect_ok();
     let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let node_dir = dir.join("solo-node");
@@ -1062,6 +1072,17 @@ fn access_requests_grant_roles_just_in_time() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(revoked, "a locked request must stop granting access");
+    // A certificate carrying the locked request is refused by the API too
+    // (renewal included), until the lock goes or the user logs in again.
+    c.run_as("bob", &["request", "ls"], None)
+        .expect_err("INC-9 closed");
+    c.run_as("bob", &["renew"], None).expect_err("INC-9 closed");
+    let out = c.admin(&["locks", "ls", "--format", "json"]).expect_ok();
+    let locks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    for l in &locks {
+        c.admin(&["locks", "rm", l["metadata"]["name"].as_str().unwrap()])
+            .expect_ok();
+    }
 
     // The waiting flavour: decided while the requester waits; a denial
     // says so.

@@ -597,3 +597,138 @@ fn host_certificates_name_only_what_the_admin_allowed() {
         let _ = child.wait();
     }
 }
+
+const X11_ROLE: &str = "\
+kind: role
+version: v1
+metadata:
+  name: x11
+spec:
+  options:
+    permit_x11_forwarding: true
+";
+
+/// TCP listeners on X11 display ports (6010 and up) now.
+fn x11_listeners() -> usize {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                .unwrap_or(0);
+            f.get(3) == Some(&"0A") && (6010..7000).contains(&port)
+        })
+        .count()
+}
+
+/// A client that opens and closes channels on one connection cannot pile
+/// up X11 displays (each channel's display is freed when it closes), and
+/// remote forwards of ports below 1024 are for the root login only.
+#[test]
+fn per_connection_caps_on_nodes() {
+    let dir = temp_dir("sec-caps");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("x11.yaml");
+    std::fs::write(&roles, X11_ROLE).unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let secret = c.add_user("alice", "access,x11", "root,nobody");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+
+    // One connection (a ControlMaster), many short sessions with -X (the
+    // master forwards X11 for its clients, so it has -X and a DISPLAY).
+    let ctl = dir.join("ctl");
+    let mut master_args = c.openssh("alice", "alice");
+    master_args.extend([
+        "-X".into(),
+        "-o".into(),
+        "ControlMaster=yes".into(),
+        "-o".into(),
+        format!("ControlPath={}", ctl.display()),
+        "-N".into(),
+        format!("root@{}", c.node_host()),
+    ]);
+    let mut master = std::process::Command::new("ssh")
+        .args(&master_args)
+        .env("DISPLAY", ":99")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if ctl.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ctl.exists(), "control master did not start");
+    let before = x11_listeners();
+    let mut displays = 0;
+    for _ in 0..12 {
+        let out = std::process::Command::new("ssh")
+            .args(["-S", ctl.to_str().unwrap(), "-X", "-o", "BatchMode=yes"])
+            .arg(format!("root@{}", c.node_host()))
+            .arg("echo DISPLAY=[$DISPLAY]")
+            .env("DISPLAY", ":99")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("DISPLAY=[localhost:") {
+            displays += 1;
+        } else {
+            eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let left = x11_listeners().saturating_sub(before);
+    let _ = master.kill();
+    let _ = master.wait();
+    assert_eq!(displays, 12, "each session got a display in turn");
+    assert_eq!(left, 0, "displays of closed channels are freed");
+
+    // -R below 1024: refused for a login other than root.
+    let low = 700 + (std::process::id() % 200) as u16;
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        "-o".into(),
+        "ExitOnForwardFailure=yes".into(),
+        "-N".into(),
+        "-R".into(),
+        format!("{low}:127.0.0.1:9"),
+        format!("nobody@{}", c.node_host()),
+    ]);
+    let mut child = std::process::Command::new("ssh")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..50 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let status = exited.unwrap_or_else(|| panic!("a privileged -R as nobody was accepted"));
+    assert!(!status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forwarding failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(c.events().iter().any(|e| e["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("ports below 1024 are for the root login only")));
+}

@@ -22,6 +22,14 @@ use warden_types::metrics::METRICS;
 /// Sessions served at once (each costs a task and a little memory).
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// Connections served at once, direct or through a reverse tunnel.
+static CONNECTION_SLOTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)));
+
+/// Time a client has to authenticate after connecting (the handshake
+/// included), as OpenSSH's LoginGraceTime.
+const LOGIN_GRACE: Duration = Duration::from_secs(20);
+
 fn server_config(identity: &NodeIdentity) -> anyhow::Result<Arc<russh::server::Config>> {
     let certs = identity.certs();
     let key = PrivateKey::from_openssh(identity.host_key_openssh()?)?;
@@ -53,7 +61,6 @@ pub async fn serve(
             "not running as root: single-user mode, only this process's own login is served"
         );
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -67,15 +74,9 @@ pub async fn serve(
             },
             _ = &mut shutdown => return Ok(()),
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
         let identity = identity.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            serve_stream(identity, tcp, peer).await;
-        });
+        tokio::spawn(serve_stream(identity, tcp, peer));
     }
 }
 
@@ -85,6 +86,11 @@ pub async fn serve_stream<S>(identity: Arc<NodeIdentity>, stream: S, peer: Socke
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // One cap for direct and tunnelled connections alike.
+    let Ok(_slot) = CONNECTION_SLOTS.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection limit reached; closing");
+        return;
+    };
     // Built per connection so renewed certificates apply at once.
     let config = match server_config(&identity) {
         Ok(c) => c,
@@ -96,6 +102,7 @@ where
     METRICS.node_connections.inc();
     let _active = warden_types::metrics::ActiveGuard::new();
     let trusted = trusted_user_cas(&identity);
+    let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let conn = Conn {
         identity,
         peer,
@@ -108,14 +115,40 @@ where
         attempted: None,
         refusal_audited: false,
         live: None,
+        authenticated: authenticated.clone(),
     };
-    match russh::server::run_stream(config, stream, conn).await {
-        Ok(running) => {
-            if let Err(e) = running.await {
-                tracing::debug!(%peer, error = %e, "ssh connection ended");
-            }
+    let deadline = tokio::time::Instant::now() + LOGIN_GRACE;
+    let running =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, conn))
+            .await
+        {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "ssh handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "no SSH handshake within the login grace time"),
+        };
+    let handle = running.handle();
+    tokio::pin!(running);
+    let done = tokio::select! {
+        r = &mut running => Some(r),
+        _ = tokio::time::sleep_until(deadline) => None,
+    };
+    let result = match done {
+        Some(r) => r,
+        None if authenticated.load(std::sync::atomic::Ordering::SeqCst) => running.await,
+        None => {
+            tracing::debug!(%peer, "not authenticated within the login grace time");
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    format!("not authenticated within {}s", LOGIN_GRACE.as_secs()),
+                    String::new(),
+                )
+                .await;
+            return;
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "ssh connection ended");
     }
 }
 
@@ -185,6 +218,8 @@ struct Conn {
     /// Channels whose sessions ended (the node closed them): their state
     /// is dropped at the next request, so caps count live channels only.
     closed: Arc<std::sync::Mutex<Vec<ChannelId>>>,
+    /// Set once the client authenticated (ends the login grace timer).
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
     /// The login a client tried, and whether its refusal is already audited.
     attempted: Option<String>,
     /// This connection in the node's registry of live sessions.
@@ -714,6 +749,8 @@ impl russh::server::Handler for Conn {
             tracing::info!(user = %authed.username, %login, %reason, "session will be refused");
         }
         self.user = Some(authed);
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(Auth::Accept)
     }
 

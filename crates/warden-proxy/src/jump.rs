@@ -55,6 +55,10 @@ struct JumpConn {
     /// Streams this connection may have open at once; a permit is held
     /// by each stream's task and freed when it ends.
     streams: Arc<tokio::sync::Semaphore>,
+    /// This connection's place among its source's unauthenticated ones,
+    /// given up once the user authenticates.
+    pending: Option<crate::limits::SourceGuard>,
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Streams (direct-tcpip channels) one client connection may hold at once.
@@ -110,6 +114,9 @@ impl russh::server::Handler for JumpConn {
             }
         }
         self.user = Some(cert.key_id().to_string());
+        self.pending = None;
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(Auth::Accept)
     }
 
@@ -204,21 +211,25 @@ impl russh::server::Handler for JumpConn {
 }
 
 /// Serves one SSH connection (bytes already read are replayed by `stream`).
-pub async fn serve_ssh<S>(jump: Jump, stream: S, peer: SocketAddr)
-where
+pub async fn serve_ssh<S>(
+    jump: Jump,
+    stream: S,
+    peer: SocketAddr,
+    pending: crate::limits::SourceGuard,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let config = jump.config.clone();
+    let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let conn = JumpConn {
         jump,
         peer,
         user: None,
         streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_CONN)),
+        pending: Some(pending),
+        authenticated: authenticated.clone(),
     };
-    match russh::server::run_stream(config, stream, conn).await {
-        Ok(running) => {
-            let _ = running.await;
-        }
-        Err(e) => tracing::debug!(%peer, error = %e, "jump host handshake failed"),
+    if let Err(e) = crate::limits::run_ssh(config, stream, conn, authenticated).await {
+        tracing::debug!(%peer, error = %e, "jump host connection ended");
     }
 }

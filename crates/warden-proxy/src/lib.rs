@@ -10,6 +10,7 @@
 mod identity;
 mod inventory;
 mod jump;
+pub mod limits;
 mod peer;
 mod prefixed;
 mod public;
@@ -34,6 +35,9 @@ use warden_types::metrics::METRICS;
 
 /// Time a client has to send its first bytes (SSH banner or ClientHello).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers (also the longest idle
+/// wait for the next request on a kept-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once (node tunnels included); past this, new ones
@@ -223,7 +227,10 @@ impl Proxy {
             warden_types::api::PROXY_ADDRS_HEADER,
             &this.public_addrs.join(","),
         ));
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits::connection_cap(
+            MAX_CONNECTIONS,
+        )));
+        let per_source = limits::PerSource::default();
         tokio::pin!(shutdown);
         loop {
             let (tcp, addr) = tokio::select! {
@@ -242,11 +249,18 @@ impl Proxy {
                 tracing::warn!(%addr, "connection limit reached; closing");
                 continue;
             };
+            let Some(pending) =
+                per_source.try_acquire(addr.ip(), limits::MAX_UNAUTHENTICATED_PER_SOURCE)
+            else {
+                METRICS.proxy_errors_limit.inc();
+                tracing::debug!(%addr, "too many unauthenticated connections from this source; closing");
+                continue;
+            };
             let this = this.clone();
             let app = app.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                if let Err(e) = this.handle(tcp, addr, app).await {
+                if let Err(e) = this.handle(tcp, addr, app, pending).await {
                     tracing::debug!(%addr, error = %e, "proxy connection ended");
                 }
             });
@@ -258,6 +272,7 @@ impl Proxy {
         mut tcp: TcpStream,
         addr: std::net::SocketAddr,
         app: axum::Router,
+        pending: limits::SourceGuard,
     ) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
         let sniffed = tokio::time::timeout(SNIFF_TIMEOUT, sniff(&mut tcp))
@@ -293,10 +308,12 @@ impl Proxy {
                     Prefixed::new(head, tcp),
                 )
                 .await?;
-                let app = app.layer(axum::Extension(public::ClientAddr(addr)));
+                let app = app
+                    .layer(axum::middleware::from_fn(public::deadline))
+                    .layer(axum::Extension(public::ClientAddr(addr)));
                 hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(tls),
                         hyper_util::service::TowerToHyperService::new(app),
@@ -306,7 +323,7 @@ impl Proxy {
             }
             Protocol::Ssh => {
                 METRICS.proxy_connections_ssh.inc();
-                jump::serve_ssh(self.jump.clone(), Prefixed::new(head, tcp), addr).await;
+                jump::serve_ssh(self.jump.clone(), Prefixed::new(head, tcp), addr, pending).await;
                 Ok(())
             }
             Protocol::Peer => {
@@ -328,6 +345,7 @@ impl Proxy {
                     identity.kind == warden_types::IdentityKind::Proxy,
                     "only proxies peer"
                 );
+                drop(pending);
                 peer::serve_peer(tls, self.jump.tunnels.clone(), addr).await
             }
             Protocol::Tunnel => {
@@ -350,6 +368,7 @@ impl Proxy {
                     identity.kind == warden_types::IdentityKind::Node,
                     "only nodes open tunnels"
                 );
+                drop(pending);
                 tunnel::serve_tunnel(
                     self.tunnel_ssh.clone(),
                     tls,

@@ -184,6 +184,28 @@ async fn forward_sso_result(
     forward(p.auth, "/v1/sso/result", addr, body).await
 }
 
+/// Longest a request may take, body included: a client that declares a
+/// body and sends it slowly (or never) is cut off.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Ends a request that has not been answered within [`REQUEST_TIMEOUT`].
+pub async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(ApiError {
+                code: "request_timeout".into(),
+                message: format!(
+                    "the request was not completed within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            }),
+        )
+            .into_response(),
+    }
+}
+
 /// Cookie binding a headless login to the browser that typed its code.
 const BINDING_COOKIE: &str = "warden_sso";
 

@@ -732,3 +732,62 @@ fn per_connection_caps_on_nodes() {
         .unwrap_or("")
         .contains("ports below 1024 are for the root login only")));
 }
+
+/// Holds many idle connections to the proxy from 127.0.0.2: argv host,
+/// port, count. Half send an SSH banner and nothing more, half nothing.
+/// Prints "READY <opened>" and sleeps until killed.
+const IDLE: &str = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = []
+for i in range(n):
+    try:
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(2)
+        s.connect((host, port))
+        if i % 2 == 0:
+            s.sendall(b"SSH-2.0-idle\r\n")
+        held.append(s)
+    except OSError:
+        pass
+print("READY", len(held), flush=True)
+time.sleep(600)
+"#;
+
+/// While one source holds thousands of idle and banner-only connections,
+/// everyone else logs in and reaches nodes as usual.
+#[test]
+fn idle_connections_cannot_starve_the_proxy() {
+    let dir = temp_dir("sec-idle");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("alice", "access", "root");
+    let _node = TunnelNode::start(&c, "idle-1", "env=t");
+    // Another user sees the node up (its tunnel connected) first.
+    let bob = c.add_user("bob", "access", "root");
+    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
+    c.wait_reachable("bob", "root", "idle-1");
+    let (host, port) = c.proxy.rsplit_once(':').unwrap();
+    let mut idle = std::process::Command::new("python3")
+        .args(["-c", IDLE, host, port, "3000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(idle.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("READY"), "{line}");
+    let login = c.login("alice", "alice", &totp(&secret, 30));
+    let ssh = c.run_as("alice", &["ssh", "root@idle-1", "--", "echo reached"], None);
+    let _ = idle.kill();
+    let _ = idle.wait();
+    login.expect_ok();
+    let out = ssh.expect_ok();
+    assert!(out.stdout.contains("reached"), "{}", out.all());
+}

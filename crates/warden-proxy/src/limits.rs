@@ -1,0 +1,151 @@
+//! Bounds on what unauthenticated traffic may hold: connections per
+//! source until they authenticate, and a process-wide cap kept below the
+//! descriptor limit (OpenSSH's `MaxStartups` and `LoginGraceTime` are the
+//! model).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Connections one source address may hold before they authenticate.
+pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
+
+/// Time an SSH client has to authenticate after connecting.
+pub const LOGIN_GRACE: Duration = Duration::from_secs(20);
+
+/// Descriptors kept free for files, the store and auth connections.
+const FD_RESERVE: u64 = 512;
+
+/// The process's soft limit on open files.
+pub fn fd_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Connections to serve at once: at most `wanted`, and few enough that each
+/// (with the one upstream connection it may open) fits in the descriptor
+/// limit, so a flood is refused at accept instead of failing everything.
+pub fn connection_cap(wanted: usize) -> usize {
+    let budget = fd_limit().saturating_sub(FD_RESERVE) / 2;
+    wanted.min(budget.max(16) as usize)
+}
+
+/// Serves one SSH connection, ending it when the client has not
+/// authenticated (`authenticated` set by the handler) within
+/// [`LOGIN_GRACE`] of connecting, the handshake included.
+pub async fn run_ssh<H, S>(
+    config: Arc<russh::server::Config>,
+    stream: S,
+    handler: H,
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), String>
+where
+    H: russh::server::Handler + Send + 'static,
+    H::Error: std::fmt::Display,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + LOGIN_GRACE;
+    let running =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler))
+            .await
+        {
+            Err(_) => return Err("no SSH handshake within the login grace time".into()),
+            Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
+            Ok(Ok(r)) => r,
+        };
+    let handle = running.handle();
+    tokio::pin!(running);
+    tokio::select! {
+        r = &mut running => return r.map_err(|e| e.to_string()),
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    if authenticated.load(std::sync::atomic::Ordering::SeqCst) {
+        return running.await.map_err(|e| e.to_string());
+    }
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            format!("not authenticated within {}s", LOGIN_GRACE.as_secs()),
+            String::new(),
+        )
+        .await;
+    Err("not authenticated within the login grace time".into())
+}
+
+/// Counts connections per source that have not authenticated yet.
+#[derive(Clone, Default)]
+pub struct PerSource {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One unauthenticated connection of a source; dropping it (the connection
+/// ended or authenticated) frees its place.
+pub struct SourceGuard {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerSource {
+    /// A place for one more connection from `ip`, if it has fewer than
+    /// `max` unauthenticated connections now.
+    pub fn try_acquire(&self, ip: IpAddr, max: usize) -> Option<SourceGuard> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard {
+            ip,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_has_its_own_bounded_count() {
+        let p = PerSource::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| p.try_acquire(a, 3).unwrap()).collect();
+        assert!(p.try_acquire(a, 3).is_none());
+        assert!(
+            p.try_acquire(b, 3).is_some(),
+            "another source is not affected"
+        );
+        drop(held);
+        assert!(p.try_acquire(a, 3).is_some(), "places come back");
+        assert!(p.counts.lock().unwrap().len() <= 1);
+    }
+
+    #[test]
+    fn caps_fit_the_descriptor_limit() {
+        assert!(connection_cap(usize::MAX) as u64 <= fd_limit());
+        assert_eq!(connection_cap(10), 10.min(connection_cap(usize::MAX)));
+    }
+}

@@ -143,3 +143,32 @@ impl Inventory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With auth unreachable and no recent answer, nobody passes.
+    #[tokio::test]
+    async fn lock_lookup_fails_closed() {
+        // A port nothing listens on: bind, note it, close it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let auth = ApiClient::new(
+            &addr.to_string(),
+            None,
+            warden_client::tls::Trust::Discover,
+            b"warden-auth",
+            None,
+        )
+        .unwrap();
+        let locks = Locks::new(auth);
+        let r = locks.find("alice", &["access".into()], &[]).await;
+        assert!(r.is_err(), "{r:?}");
+        // A recent list stands in while auth is briefly away.
+        *locks.cache.lock().unwrap() = Some((Instant::now() - FRESH_FOR, Vec::new()));
+        assert_eq!(locks.find("alice", &[], &[]).await, Ok(None));
+    }
+}

@@ -128,6 +128,11 @@ impl AuthServer {
         action: &str,
         target: impl IntoIterator<Item = &'a String>,
     ) -> Result<()> {
+        // The local admin identity (data dir on the auth host) is the
+        // break-glass owner of the cluster: it can always repair roles.
+        if c.identity.kind == IdentityKind::Admin {
+            return Ok(());
+        }
         let roles = self.caller_roles(c)?;
         let traits = match c.identity.kind {
             IdentityKind::User => self
@@ -154,8 +159,13 @@ impl AuthServer {
             .source(Some(c.addr.to_string())),
         )
         .await;
+        let what = if role == warden_policy::ANY_ROLE {
+            "writing roles takes the right to grant every role (grant_roles: ['*'])".to_string()
+        } else {
+            format!("it involves role {role}, which you may not grant")
+        };
         Err(AuthError::AccessDenied(format!(
-            "{} may not {action}: it involves role {role}, which you may not grant ({}); ask an admin whose roles list it in allow.grant_roles",
+            "{} may not {action}: {what} ({}); ask an admin whose roles list it in allow.grant_roles",
             c.identity.username,
             decision.summary()
         )))
@@ -579,6 +589,12 @@ async fn unlock_user(
     Path(name): Path<String>,
 ) -> Result<Json<ChangeResponse>> {
     s.authorize(&c, res::USER, verbs::UPDATE).await?;
+    // Clearing an account's lockout helps whoever is guessing at it: only
+    // for accounts whose roles the caller may grant.
+    if let Some(user) = resources::get::<UserSpec>(s.backend(), &format!("{USERS}{name}")).await? {
+        s.authorize_grant(&c, &format!("unlock user {name}"), &user.spec.roles)
+            .await?;
+    }
     s.unlock_user(&name).await?;
     s.audit(
         AuditEvent::new(
@@ -698,8 +714,10 @@ async fn put_role(
         verbs::CREATE
     };
     s.authorize(&c, res::ROLE, verb).await?;
-    // Editing a role changes what its holders get: only for grantable roles.
-    s.authorize_grant(&c, &format!("{verb} role {name}"), [&name])
+    // A role's contents decide what every holder may do and grant: writing
+    // roles takes the right to grant every role.
+    let any = warden_policy::ANY_ROLE.to_string();
+    s.authorize_grant(&c, &format!("{verb} role {name}"), [&name, &any])
         .await?;
     doc.metadata.expires = None;
     let (change, revision) = match &existing {
@@ -750,7 +768,8 @@ async fn delete_role(
     Path(name): Path<String>,
 ) -> Result<Json<ChangeResponse>> {
     s.authorize(&c, res::ROLE, verbs::DELETE).await?;
-    s.authorize_grant(&c, &format!("delete role {name}"), [&name])
+    let any = warden_policy::ANY_ROLE.to_string();
+    s.authorize_grant(&c, &format!("delete role {name}"), [&name, &any])
         .await?;
     let users: Vec<String> = resources::list::<UserSpec>(s.backend(), USERS)
         .await?

@@ -81,6 +81,25 @@ fn validate(k: &str, doc: &Document<Value>) -> Result<Value> {
     }
 }
 
+/// The roles a document hands out: those a connector maps claims to, or
+/// those an approval rule approves. Writing it takes the right to grant them.
+fn granted_roles(k: &str, spec: &Value) -> Vec<String> {
+    match k {
+        kind::OIDC => serde_json::from_value::<OidcConnectorSpec>(spec.clone())
+            .map(|s| {
+                s.claims_to_roles
+                    .into_iter()
+                    .flat_map(|m| m.roles)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        kind::APPROVAL_RULE => serde_json::from_value::<ApprovalRuleSpec>(spec.clone())
+            .map(|s| s.roles)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 async fn list(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,
@@ -135,6 +154,15 @@ async fn put(
         verbs::CREATE
     };
     s.authorize(&c, res::CLUSTER_CONFIG, verb).await?;
+    // A connector mapping claims to a role, or a rule approving it, grants
+    // that role: only for roles the caller may grant (a mapping with `$1`
+    // needs a pattern that covers it, such as `*`).
+    let mut involved = granted_roles(&k, &doc.spec);
+    if let Some(old) = &existing {
+        involved.extend(granted_roles(&k, &old.spec));
+    }
+    s.authorize_grant(&c, &format!("{verb} {k} {name}"), &involved)
+        .await?;
     let (change, revision) = match existing {
         Some(old) if old.spec == doc.spec && old.metadata.labels == doc.metadata.labels => {
             (Change::Unchanged, old.metadata.revision)
@@ -186,6 +214,14 @@ async fn delete(
 ) -> Result<Json<ChangeResponse>> {
     let p = prefix(&k)?;
     s.authorize(&c, res::CLUSTER_CONFIG, verbs::DELETE).await?;
+    if let Some(old) = resources::get::<Value>(s.backend(), &format!("{p}{name}")).await? {
+        s.authorize_grant(
+            &c,
+            &format!("delete {k} {name}"),
+            &granted_roles(&k, &old.spec),
+        )
+        .await?;
+    }
     if !s.backend().delete(&format!("{p}{name}")).await? {
         return Err(AuthError::NotFound(format!("{k} {name} not found")));
     }

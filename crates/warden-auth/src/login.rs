@@ -35,7 +35,7 @@ const HASH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The rate-limit key of a client address: IPv6 clients are grouped by /64,
 /// since one host usually holds a whole /64.
-fn source_key(addr: &str) -> String {
+pub(crate) fn source_key(addr: &str) -> String {
     match addr.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();

@@ -271,7 +271,7 @@ impl AuthServer {
                     .into(),
             )
         })?;
-        let src = source.clone().unwrap_or_else(|| "unknown".into());
+        let src = crate::login::source_key(&source.clone().unwrap_or_else(|| "unknown".into()));
         if !self
             .inner
             .limiter
@@ -320,6 +320,33 @@ impl AuthServer {
             )
             .await;
             return Err(AuthError::Locked(msg));
+        }
+        // The name is a host-certificate principal: one that reads as a host
+        // name or address must be allowed on the token like an address.
+        let dotted = req.name.contains('.') || req.name.parse::<std::net::IpAddr>().is_ok();
+        if req.kind != TokenKind::Proxy
+            && dotted
+            && !token
+                .spec
+                .addrs
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&req.name))
+        {
+            let msg = format!(
+                "node name {} reads as a host name or address, which its host certificate would vouch for; pick a name without dots (--name), or ask an admin for a token with --addr {}",
+                req.name, req.name
+            );
+            self.audit(
+                AuditEvent::new(
+                    codes::NODE_JOIN_FAILURE,
+                    self.cluster(),
+                    &req.name,
+                    msg.clone(),
+                )
+                .source(source),
+            )
+            .await;
+            return Err(AuthError::BadRequest(msg));
         }
         if req.kind != TokenKind::Proxy && !token.spec.replace {
             if let Some(holder) = self.live_node_named(&req.name).await? {
@@ -396,6 +423,22 @@ impl AuthServer {
         )
         .await;
         Ok(certs)
+    }
+
+    /// The name node `id` was admitted with (its grant), else its inventory
+    /// name; empty when neither is known.
+    pub(crate) async fn node_name(&self, id: &str) -> Result<String> {
+        if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
+            if let Ok(g) = serde_json::from_slice::<NodeGrant>(&item.value) {
+                return Ok(g.name);
+            }
+        }
+        Ok(
+            resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{id}"))
+                .await?
+                .map(|n| n.spec.hostname)
+                .unwrap_or_default(),
+        )
     }
 
     /// The id of an online node called `name`, if any.

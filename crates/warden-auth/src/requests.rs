@@ -75,7 +75,8 @@ impl AuthServer {
             let locked = locks
                 .iter()
                 .any(|l| l.spec.target.request.as_deref() == Some(r.name()));
-            if r.spec.user != user.name() || !r.spec.active(now) || locked {
+            let someone_else = !r.spec.user_uid.is_empty() && r.spec.user_uid != user.spec.uid;
+            if r.spec.user != user.name() || someone_else || !r.spec.active(now) || locked {
                 continue;
             }
             e.requests.push(r.name().to_string());
@@ -330,6 +331,7 @@ async fn create(
             approvals_needed,
             access_until: 0,
             created: now(),
+            user_uid: user.spec.uid.clone(),
         },
     );
     // Unreviewed requests go away after a day; decided ones after their access.

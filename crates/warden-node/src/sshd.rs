@@ -116,6 +116,8 @@ where
         refusal_audited: false,
         live: None,
         authenticated: authenticated.clone(),
+        x11_slots: Arc::new(tokio::sync::Semaphore::new(MAX_X11_PER_CONN)),
+        agent_slots: Arc::new(tokio::sync::Semaphore::new(MAX_AGENTS_PER_CONN)),
     };
     let deadline = tokio::time::Instant::now() + LOGIN_GRACE;
     let running =
@@ -192,9 +194,15 @@ struct ChanState {
     hangup: Option<tokio::sync::oneshot::Sender<()>>,
     /// This channel's X11 display and agent socket: freed (listener
     /// stopped, files removed) when the channel closes.
-    x11_forward: Option<crate::forward::Forwarding>,
-    agent_forward: Option<crate::forward::Forwarding>,
+    x11_forward: Option<Held>,
+    agent_forward: Option<Held>,
 }
+
+/// A forwarding and its place under the connection's cap, freed together.
+type Held = (
+    crate::forward::Forwarding,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// Per-connection caps, as OpenSSH's MaxSessions: session channels,
 /// direct-tcpip streams, remote forwards, X11 displays and agent sockets.
@@ -220,6 +228,10 @@ struct Conn {
     closed: Arc<std::sync::Mutex<Vec<ChannelId>>>,
     /// Set once the client authenticated (ends the login grace timer).
     authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// Places for X11 displays and agent sockets on this connection; held
+    /// by each until its channel or session ends.
+    x11_slots: Arc<tokio::sync::Semaphore>,
+    agent_slots: Arc<tokio::sync::Semaphore>,
     /// The login a client tried, and whether its refusal is already audited.
     attempted: Option<String>,
     /// This connection in the node's registry of live sessions.
@@ -1033,23 +1045,20 @@ impl russh::server::Handler for Conn {
         ) else {
             return Ok(false);
         };
-        let agents = self
-            .channels
-            .values()
-            .filter(|c| c.agent_forward.is_some())
-            .count();
         let Some(state) = self.channels.get_mut(&id) else {
             return Ok(false);
         };
-        if state.agent_forward.is_some() || state.channel.is_none() || agents >= MAX_AGENTS_PER_CONN
-        {
-            tracing::info!(peer = %self.peer, "agent forwarding refused: one per channel, {MAX_AGENTS_PER_CONN} per connection");
+        if state.agent_forward.is_some() || state.channel.is_none() {
             return Ok(false);
         }
+        let Ok(slot) = self.agent_slots.clone().try_acquire_owned() else {
+            tracing::info!(peer = %self.peer, "agent forwarding refused: {MAX_AGENTS_PER_CONN} per connection");
+            return Ok(false);
+        };
         match crate::forward::agent_listener(session.handle(), account, unix::current_uid() == 0) {
             Ok((sock, fwd)) => {
                 state.env.push(("SSH_AUTH_SOCK".into(), sock));
-                state.agent_forward = Some(fwd);
+                state.agent_forward = Some((fwd, slot));
                 Ok(true)
             }
             Err(e) => {
@@ -1073,25 +1082,21 @@ impl russh::server::Handler for Conn {
             .as_ref()
             .is_some_and(|u| u.denied.is_none() && u.permit_x11_forwarding && u.account.is_some());
         self.prune_closed();
-        let displays = self
-            .channels
-            .values()
-            .filter(|c| c.x11_forward.is_some())
-            .count();
         if !allowed
             || !crate::forward::x11_auth_ok(proto, cookie)
             || self
                 .channels
                 .get(&id)
                 .is_none_or(|c| c.x11_forward.is_some() || c.channel.is_none())
-            || displays >= MAX_X11_PER_CONN
         {
-            if displays >= MAX_X11_PER_CONN {
-                tracing::info!(peer = %self.peer, "X11 forwarding refused: {MAX_X11_PER_CONN} displays per connection");
-            }
             session.channel_failure(id)?;
             return Ok(());
         }
+        let Ok(slot) = self.x11_slots.clone().try_acquire_owned() else {
+            tracing::info!(peer = %self.peer, "X11 forwarding refused: {MAX_X11_PER_CONN} displays per connection");
+            session.channel_failure(id)?;
+            return Ok(());
+        };
         match crate::forward::x11_listener(session.handle()).await {
             Ok((display, fwd)) => {
                 let state = self.channels.get_mut(&id).expect("checked above");
@@ -1099,7 +1104,7 @@ impl russh::server::Handler for Conn {
                     .env
                     .push(("DISPLAY".into(), format!("localhost:{display}.{screen}")));
                 state.x11 = Some((display, screen, proto.to_string(), cookie.to_string()));
-                state.x11_forward = Some(fwd);
+                state.x11_forward = Some((fwd, slot));
                 let ev = self
                     .event(
                         codes::X11_FORWARD,

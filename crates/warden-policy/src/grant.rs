@@ -11,12 +11,28 @@ use crate::template::expand;
 use crate::Traits;
 use warden_types::{Document, RoleSpec};
 
+/// Does some pattern name `role`? Written patterns may be `*` or regexes;
+/// values a template brings in from traits are literal names, so a trait
+/// value of `*` or `^.*$` grants nothing more than a role of that name.
 fn listed(patterns: &[String], traits: &Traits, role: &str) -> bool {
-    patterns
-        .iter()
-        .flat_map(|p| expand(p, traits).unwrap_or_default())
-        .any(|p| value_matches(&p, role))
+    patterns.iter().any(|p| {
+        if p.contains("{{") {
+            // Never "every role" through a trait.
+            role != ANY_ROLE
+                && expand(p, traits)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|v| v == role)
+        } else {
+            value_matches(p, role)
+        }
+    })
 }
+
+/// What a role editor must be able to grant: a role's contents decide
+/// what every holder may do (and grant), so writing roles is for callers
+/// who may grant every role.
+pub const ANY_ROLE: &str = "*";
 
 /// May a caller with `roles` and `traits` grant `role`?
 pub fn check_grant(roles: &[Document<RoleSpec>], traits: &Traits, role: &str) -> Decision {
@@ -95,6 +111,19 @@ mod tests {
         assert!(!d.allowed);
         assert_eq!(d.role.as_deref(), Some("no-editor"));
         assert!(!check_grant(&[], &t, "access").allowed, "no role, no grant");
+    }
+
+    #[test]
+    fn trait_values_are_literal_names() {
+        let r = [role("lead", &["{{internal.grantable}}"], &[])];
+        for hostile in ["*", "^.*$", "^edit.*$"] {
+            let t: Traits = [("grantable".to_string(), vec![hostile.to_string()])].into();
+            assert!(!check_grant(&r, &t, "editor").allowed, "{hostile}");
+            assert!(!check_grant(&r, &t, ANY_ROLE).allowed, "{hostile}");
+        }
+        // Only a written '*' (or a regex matching it) grants any role.
+        assert!(check_grant(&[role("admin", &["*"], &[])], &Traits::new(), ANY_ROLE).allowed);
+        assert!(!check_grant(&[role("ua", &["^team-.*$"], &[])], &Traits::new(), ANY_ROLE).allowed);
     }
 
     #[test]

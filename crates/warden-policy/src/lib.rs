@@ -19,7 +19,7 @@ pub use eval::{
     allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
     SessionOptions, MAX_SESSION_TTL,
 };
-pub use grant::{check_grant, check_grant_all};
+pub use grant::{check_grant, check_grant_all, ANY_ROLE};
 pub use labels::{label_matches, value_matches};
 pub use locks::{lock_for, node_lock, LockSubject};
 pub use template::{expand, external_traits, is_internal_trait, TemplateError, EXTERNAL_PREFIX};

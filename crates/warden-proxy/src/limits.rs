@@ -81,6 +81,19 @@ where
     Err("not authenticated within the login grace time".into())
 }
 
+/// The source an address counts for: an IPv4 address, or the /64 an IPv6
+/// address belongs to (one host can use a whole /64).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
+}
+
 /// Counts connections per source that have not authenticated yet.
 #[derive(Clone, Default)]
 pub struct PerSource {
@@ -98,6 +111,7 @@ impl PerSource {
     /// A place for one more connection from `ip`, if it has fewer than
     /// `max` unauthenticated connections now.
     pub fn try_acquire(&self, ip: IpAddr, max: usize) -> Option<SourceGuard> {
+        let ip = source_of(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(ip).or_insert(0);
         if *n >= max {
@@ -138,6 +152,10 @@ mod tests {
             p.try_acquire(b, 3).is_some(),
             "another source is not affected"
         );
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let _one = p.try_acquire(v6a, 1).unwrap();
+        assert!(p.try_acquire(v6b, 1).is_none(), "one /64 is one source");
         drop(held);
         assert!(p.try_acquire(a, 3).is_some(), "places come back");
         assert!(p.counts.lock().unwrap().len() <= 1);

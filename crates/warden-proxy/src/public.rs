@@ -231,7 +231,10 @@ fn page(status: StatusCode, title: &str, message: &str, form: &str) -> Response 
         [
             ("content-type", "text/html; charset=utf-8"),
             ("cache-control", "no-store"),
-            ("referrer-policy", "no-referrer"),
+            // Browsers send `Origin: null` on a form post from a page with
+            // `no-referrer`; `same-origin` keeps the Origin check meaningful
+            // and still sends nothing to other sites.
+            ("referrer-policy", "same-origin"),
             // Never framed (clickjacking of the confirmation), no script.
             ("x-frame-options", "DENY"),
             (
@@ -341,7 +344,9 @@ fn forged(headers: &HeaderMap, uri: &axum::http::Uri, form: &DeviceForm) -> Opti
         .get("host")
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
-    if let Some(origin) = headers.get("origin") {
+    // `Origin: null` (privacy settings, some redirects) says nothing; the
+    // token and Sec-Fetch-Site still decide.
+    if let Some(origin) = headers.get("origin").filter(|o| o.as_bytes() != b"null") {
         let same = match (origin.to_str().ok(), host) {
             (Some(o), Some(h)) => o.eq_ignore_ascii_case(&format!("https://{h}")),
             _ => false,
@@ -486,6 +491,13 @@ mod tests {
             ("cookie", "a=b; warden_csrf=tok123"),
         ]);
         assert_eq!(forged(&ok, &uri, &form("tok123")), None);
+        let null_origin = headers(&[
+            ("host", "p:1"),
+            ("origin", "null"),
+            ("cookie", "warden_csrf=tok123"),
+        ]);
+        assert_eq!(forged(&null_origin, &uri, &form("tok123")), None);
+        assert!(forged(&null_origin, &uri, &form("x")).is_some());
         // Without Origin (older clients) the token alone decides.
         let no_origin = headers(&[("host", "p:1"), ("cookie", "warden_csrf=tok123")]);
         assert_eq!(forged(&no_origin, &uri, &form("tok123")), None);

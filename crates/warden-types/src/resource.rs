@@ -558,6 +558,10 @@ pub struct AccessRequestSpec {
     pub access_until: i64,
     /// Unix seconds.
     pub created: i64,
+    /// The requester's uid: a later user of the same name gets nothing
+    /// from it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user_uid: String,
 }
 
 impl AccessRequestSpec {

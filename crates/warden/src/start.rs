@@ -337,9 +337,13 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             } else {
                 host
             };
+            // This machine's own name may be a dotted host name.
             Some(
-                auth.create_node_token(std::time::Duration::from_secs(300), vec![host])
-                    .await?,
+                auth.create_node_token(
+                    std::time::Duration::from_secs(300),
+                    vec![host, name.clone()],
+                )
+                .await?,
             )
         };
         let config = warden_node::NodeConfig {

@@ -76,6 +76,8 @@ spec:
         verbs: ['*']
       - resources: [role]
         verbs: [list, read, create, update]
+      - resources: [cluster_config]
+        verbs: [list, read, create, update]
     grant_roles: [access, user-admin-helper]
 ---
 kind: role
@@ -131,6 +133,15 @@ fn user_management_never_escalates() {
     )
     .unwrap();
     as_me(&c, "ua", &["roles", "apply", "-f", own.to_str().unwrap()]).expect_err("may not grant");
+    // Nor through configuration that hands out roles: an approval rule
+    // auto-approving requests for editor.
+    let rule = dir.join("rule.yaml");
+    std::fs::write(
+        &rule,
+        "kind: approval_rule\nversion: v1\nmetadata:\n  name: sneaky\nspec:\n  requester:\n    roles: [user-admin]\n  roles: [editor]\n",
+    )
+    .unwrap();
+    as_me(&c, "ua", &["apply", "-f", rule.to_str().unwrap()]).expect_err("may not grant");
 
     let out = c.admin(&["users", "ls", "--format", "json"]).expect_ok();
     let users: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
@@ -687,10 +698,30 @@ fn per_connection_caps_on_nodes() {
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let left = x11_listeners().saturating_sub(before);
+    // At once, a connection gets at most 8 displays.
+    let live: Vec<_> = (0..10)
+        .map(|_| {
+            std::process::Command::new("ssh")
+                .args(["-S", ctl.to_str().unwrap(), "-X", "-o", "BatchMode=yes"])
+                .arg(format!("root@{}", c.node_host()))
+                .arg("echo DISPLAY=[$DISPLAY]; sleep 4")
+                .env("DISPLAY", ":99")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let at_once = live
+        .into_iter()
+        .map(|ch| ch.wait_with_output().unwrap())
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("DISPLAY=[localhost:"))
+        .count();
     let _ = master.kill();
     let _ = master.wait();
     assert_eq!(displays, 12, "each session got a display in turn");
     assert_eq!(left, 0, "displays of closed channels are freed");
+    assert_eq!(at_once, 8, "8 displays per connection at once");
 
     // -R below 1024: refused for a login other than root.
     let low = 700 + (std::process::id() % 200) as u16;
@@ -734,8 +765,9 @@ fn per_connection_caps_on_nodes() {
 }
 
 /// Holds many idle connections to the proxy from 127.0.0.2: argv host,
-/// port, count. Half send an SSH banner and nothing more, half nothing.
-/// Prints "READY <opened>" and sleeps until killed.
+/// port, count. Each sends an SSH banner and nothing more (the proxy then
+/// waits for the SSH handshake). Prints "READY <opened>" and sleeps until
+/// killed.
 const IDLE: &str = r#"
 import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -748,8 +780,7 @@ for i in range(n):
         s.bind(("127.0.0.2", 0))
         s.settimeout(2)
         s.connect((host, port))
-        if i % 2 == 0:
-            s.sendall(b"SSH-2.0-idle\r\n")
+        s.sendall(b"SSH-2.0-idle\r\n")
         held.append(s)
     except OSError:
         pass

@@ -96,22 +96,28 @@ impl AuthServer {
         }
     }
 
+    /// Audits a refused API call of `c`.
+    pub(crate) async fn audit_denied(&self, c: &Caller, message: String) {
+        self.audit(
+            AuditEvent::new(
+                codes::ACCESS_DENIED,
+                self.cluster(),
+                &c.identity.username,
+                message,
+            )
+            .source(Some(c.addr.to_string())),
+        )
+        .await;
+    }
+
     pub(crate) async fn authorize(&self, c: &Caller, resource: &str, verb: &str) -> Result<()> {
         let roles = self.caller_roles(c)?;
         let decision = check_rule(&roles, resource, verb);
         if decision.allowed {
             return Ok(());
         }
-        self.audit(
-            AuditEvent::new(
-                codes::ACCESS_DENIED,
-                self.cluster(),
-                &c.identity.username,
-                format!("{verb} {resource}: {}", decision.summary()),
-            )
-            .source(Some(c.addr.to_string())),
-        )
-        .await;
+        self.audit_denied(c, format!("{verb} {resource}: {}", decision.summary()))
+            .await;
         Err(AuthError::AccessDenied(format!(
             "{} may not {verb} {resource}s: {}",
             c.identity.username,
@@ -146,17 +152,12 @@ impl AuthServer {
         let Err((role, decision)) = warden_policy::check_grant_all(&roles, &traits, target) else {
             return Ok(());
         };
-        self.audit(
-            AuditEvent::new(
-                codes::ACCESS_DENIED,
-                self.cluster(),
-                &c.identity.username,
-                format!(
-                    "{action}: may not grant role {role}: {}",
-                    decision.summary()
-                ),
-            )
-            .source(Some(c.addr.to_string())),
+        self.audit_denied(
+            c,
+            format!(
+                "{action}: may not grant role {role}: {}",
+                decision.summary()
+            ),
         )
         .await;
         let what = if role == warden_policy::ANY_ROLE {

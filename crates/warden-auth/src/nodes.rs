@@ -18,7 +18,7 @@ use warden_types::api::*;
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::NodeGrant;
 use warden_types::resource::{kind, resources as res, verbs};
-use warden_types::{Document, Identity, IdentityKind, NodeSpec, TokenKind, UserSpec};
+use warden_types::{Document, Identity, IdentityKind, NodeSpec, TokenKind, TokenSpec, UserSpec};
 
 /// Lifetime of node certificates; nodes renew at half-life.
 pub const NODE_CERT_TTL: Duration = Duration::hours(24);
@@ -307,65 +307,18 @@ impl AuthServer {
                 return Err(e);
             }
         };
-        if let Some(lock) = warden_policy::node_lock(&self.active_locks(), "", &req.name) {
-            let msg = crate::locks::lock_message(&lock);
+        if let Err(e) = self.admit_name(req, &token).await {
             self.audit(
                 AuditEvent::new(
                     codes::NODE_JOIN_FAILURE,
                     self.cluster(),
                     &req.name,
-                    msg.clone(),
+                    e.to_string(),
                 )
                 .source(source),
             )
             .await;
-            return Err(AuthError::Locked(msg));
-        }
-        // The name is a host-certificate principal: one that reads as a host
-        // name or address must be allowed on the token like an address.
-        let dotted = req.name.contains('.') || req.name.parse::<std::net::IpAddr>().is_ok();
-        if req.kind != TokenKind::Proxy
-            && dotted
-            && !token
-                .spec
-                .addrs
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(&req.name))
-        {
-            let msg = format!(
-                "node name {} reads as a host name or address, which its host certificate would vouch for; pick a name without dots (--name), or ask an admin for a token with --addr {}",
-                req.name, req.name
-            );
-            self.audit(
-                AuditEvent::new(
-                    codes::NODE_JOIN_FAILURE,
-                    self.cluster(),
-                    &req.name,
-                    msg.clone(),
-                )
-                .source(source),
-            )
-            .await;
-            return Err(AuthError::BadRequest(msg));
-        }
-        if req.kind != TokenKind::Proxy && !token.spec.replace {
-            if let Some(holder) = self.live_node_named(&req.name).await? {
-                let msg = format!(
-                    "a live node ({holder}) already has the name {}; pick another --name, or ask an admin for a token made with --replace",
-                    req.name
-                );
-                self.audit(
-                    AuditEvent::new(
-                        codes::NODE_JOIN_FAILURE,
-                        self.cluster(),
-                        &req.name,
-                        msg.clone(),
-                    )
-                    .source(source),
-                )
-                .await;
-                return Err(AuthError::Conflict(msg));
-            }
+            return Err(e);
         }
         let rev = token.metadata.revision.unwrap_or_default();
         match self
@@ -423,6 +376,41 @@ impl AuthServer {
         )
         .await;
         Ok(certs)
+    }
+
+    /// Whether a node may join under the name it asks for: not a locked
+    /// node's, not one that reads as a host name or address unless the
+    /// token allows it (the name is a host-certificate principal), and not
+    /// a live node's unless the token says `replace`.
+    async fn admit_name(&self, req: &JoinRequest, token: &Document<TokenSpec>) -> Result<()> {
+        if let Some(lock) = warden_policy::node_lock(&self.active_locks(), "", &req.name) {
+            return Err(AuthError::Locked(crate::locks::lock_message(&lock)));
+        }
+        if req.kind == TokenKind::Proxy {
+            return Ok(());
+        }
+        let dotted = req.name.contains('.') || req.name.parse::<std::net::IpAddr>().is_ok();
+        if dotted
+            && !token
+                .spec
+                .addrs
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&req.name))
+        {
+            return Err(AuthError::BadRequest(format!(
+                "node name {} reads as a host name or address, which its host certificate would vouch for; pick a name without dots (--name), or ask an admin for a token with --addr {}",
+                req.name, req.name
+            )));
+        }
+        if !token.spec.replace {
+            if let Some(holder) = self.live_node_named(&req.name).await? {
+                return Err(AuthError::Conflict(format!(
+                    "a live node ({holder}) already has the name {}; pick another --name, or ask an admin for a token made with --replace",
+                    req.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The name node `id` was admitted with (its grant), else its inventory

@@ -384,7 +384,7 @@ impl AuthServer {
     /// a live node's unless the token says `replace`.
     async fn admit_name(&self, req: &JoinRequest, token: &Document<TokenSpec>) -> Result<()> {
         if let Some(lock) = warden_policy::node_lock(&self.active_locks(), "", &req.name) {
-            return Err(AuthError::Locked(crate::locks::lock_message(&lock)));
+            return Err(AuthError::Locked(crate::locks::lock_message(lock)));
         }
         if req.kind == TokenKind::Proxy {
             return Ok(());

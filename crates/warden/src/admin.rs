@@ -408,7 +408,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                                 l.metadata
                                     .expires
                                     .map(|e| output::time(e.unix_timestamp()))
-                                    .unwrap_or_else(|| "removed".into()),
+                                    .unwrap_or_else(|| "until removed".into()),
                                 l.spec.created_by.clone().unwrap_or_default(),
                             ])
                             .collect()

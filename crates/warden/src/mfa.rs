@@ -351,7 +351,7 @@ async fn usb(origin: Url, c: Ceremony) -> anyhow::Result<serde_json::Value> {
 
 #[cfg(not(feature = "usb"))]
 async fn usb(_origin: Url, _c: Ceremony) -> anyhow::Result<serde_json::Value> {
-    bail!("this warden was built without USB security-key support (cargo feature `usb`); pass --otp CODE")
+    bail!("this warden was built without USB security-key support; rebuild with `cargo build --release --features usb` (needs libudev-dev, libclang-dev), or pass --otp CODE")
 }
 
 #[cfg(test)]

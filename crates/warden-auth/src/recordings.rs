@@ -98,6 +98,13 @@ async fn fetch(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     s.authorize(&c, res::SESSION, verbs::READ).await?;
+    // Not an id at all: say so plainly, not as a storage error.
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(AuthError::NotFound(format!(
+            "no recording with id {:?}; 'warden recordings ls' lists them",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
     let data = s
         .inner
         .recordings

@@ -60,6 +60,30 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         .join("\n")
 }
 
+/// The proxy's port when `--proxy` names only a host.
+pub const DEFAULT_PROXY_PORT: u16 = 3080;
+
+/// `--proxy HOST[:PORT]`: the port defaults to 3080 (IPv6 as `[::1]` or bare).
+pub fn proxy_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("give the proxy as HOST or HOST:PORT".into());
+    }
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    if let Ok(ip) = s.parse::<std::net::Ipv6Addr>() {
+        return Ok(format!("[{ip}]:{DEFAULT_PROXY_PORT}"));
+    }
+    if s.ends_with(']') || !s.contains(':') {
+        return Ok(format!("{s}:{DEFAULT_PROXY_PORT}"));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not HOST or HOST:PORT")),
+    }
+}
+
 pub fn json<T: Serialize>(v: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(v)?)
 }
@@ -80,6 +104,24 @@ pub fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_port_defaults_to_3080() {
+        assert_eq!(
+            proxy_addr("proxy.example.com").unwrap(),
+            "proxy.example.com:3080"
+        );
+        assert_eq!(
+            proxy_addr("proxy.example.com:443").unwrap(),
+            "proxy.example.com:443"
+        );
+        assert_eq!(proxy_addr("127.0.0.1").unwrap(), "127.0.0.1:3080");
+        assert_eq!(proxy_addr("[::1]").unwrap(), "[::1]:3080");
+        assert_eq!(proxy_addr("::1").unwrap(), "[::1]:3080");
+        assert_eq!(proxy_addr("[::1]:3081").unwrap(), "[::1]:3081");
+        assert!(proxy_addr("host:notaport").is_err());
+        assert!(proxy_addr("").is_err());
+    }
 
     #[test]
     fn terminal_controls_are_shown_not_run() {

@@ -41,7 +41,7 @@ pub struct StartArgs {
     auth_server: Option<String>,
     /// Node: the cluster's proxy, HOST:PORT (not needed all-in-one); a new
     /// proxy joins through this one.
-    #[arg(long, env = "WARDEN_PROXY")]
+    #[arg(long, env = "WARDEN_PROXY", value_parser = crate::output::proxy_addr)]
     proxy: Option<String>,
     /// Node: one-time join token ('warden admin tokens add --type node').
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]

@@ -22,7 +22,7 @@ pub struct SignupArgs {
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
     /// The cluster's proxy, HOST:PORT.
-    #[arg(long, env = "WARDEN_PROXY")]
+    #[arg(long, env = "WARDEN_PROXY", value_parser = crate::output::proxy_addr)]
     proxy: String,
     /// The cluster's CA pin (sha256:...), from your admin.
     #[arg(long)]
@@ -46,7 +46,7 @@ pub struct SignupArgs {
 #[derive(Args)]
 pub struct LoginArgs {
     /// The cluster's proxy, HOST:PORT.
-    #[arg(long, env = "WARDEN_PROXY")]
+    #[arg(long, env = "WARDEN_PROXY", value_parser = crate::output::proxy_addr)]
     proxy: String,
     /// Your user name (local users).
     #[arg(long, env = "WARDEN_USER", required_unless_present = "auth")]

@@ -100,6 +100,9 @@ fn sessions_are_recorded_listed_and_played() {
         .run_as("alice", &["play", &id, "--speed", "4"], None)
         .expect_ok();
     assert!(term.stdout.contains("recorded-42"));
+    // Something that is not a session id gets a plain answer.
+    c.run_as("alice", &["play", "nonsense"], None)
+        .expect_err("no recording with id \"nonsense\"");
 
     // Only auditors; and playing is audited.
     c.run_as("bob", &["recordings", "ls"], None).expect_err("");

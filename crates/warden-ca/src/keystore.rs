@@ -161,20 +161,38 @@ impl KeyStore for SoftwareKeyStore {
 
 /// Writes a new file readable only by its owner (0600), durably.
 pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_file_atomic(path, data, 0o600)
+}
+
+/// Writes `data` to `path` with `mode`, atomically (a temp file of its own,
+/// then a rename) and durably: readers see the old or the new content,
+/// never a mix, however many processes write at once.
+pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     // The rename itself must survive a power loss (the KEK above all).
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;

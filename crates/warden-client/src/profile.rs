@@ -16,7 +16,7 @@ use crate::tls::{ClientCert, Trust};
 use crate::{ClientError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use warden_ca::keystore::write_private_file;
+use warden_ca::keystore::{write_file_atomic, write_private_file};
 use warden_ca::ClientKey;
 use warden_types::api::LoginResponse;
 
@@ -121,28 +121,37 @@ impl ProfileStore {
         create_private_dir(&self.home.join("profiles"))?;
         write_private_file(&self.private_key_path(&p), key.to_openssh()?.as_bytes())?;
         let public = key.ssh_public_key().to_openssh().map_err(local)?;
-        std::fs::write(
-            self.key_dir(&p).join(format!("{}.pub", p.user)),
-            format!("{public}\n"),
+        // Every file is replaced atomically: a concurrent reader (another
+        // `warden` renewing at the same time) never sees half a file.
+        write_file_atomic(
+            &self.key_dir(&p).join(format!("{}.pub", p.user)),
+            format!("{public}\n").as_bytes(),
+            0o644,
         )?;
-        std::fs::write(
-            self.ssh_cert_path(&p),
-            format!("{}\n", resp.ssh_cert.trim()),
+        write_file_atomic(
+            &self.ssh_cert_path(&p),
+            format!("{}\n", resp.ssh_cert.trim()).as_bytes(),
+            0o644,
         )?;
         write_private_file(&self.tls_cert_path(&p), resp.tls_cert_pem.as_bytes())?;
-        std::fs::write(self.ca_path(&p), resp.tls_ca_pems.join(""))?;
+        write_file_atomic(
+            &self.ca_path(&p),
+            resp.tls_ca_pems.join("").as_bytes(),
+            0o644,
+        )?;
         self.remember_cluster(proxy, ca_pin, &resp.tls_ca_pems)?;
         let known_hosts: String = resp
             .ssh_host_ca_keys
             .iter()
             .map(|k| format!("@cert-authority * {k}\n"))
             .collect();
-        std::fs::write(self.known_hosts_path(&p), known_hosts)?;
-        std::fs::write(
-            self.profile_path(&p.name),
-            serde_json::to_vec_pretty(&p).map_err(local)?,
+        write_file_atomic(&self.known_hosts_path(&p), known_hosts.as_bytes(), 0o644)?;
+        write_file_atomic(
+            &self.profile_path(&p.name),
+            &serde_json::to_vec_pretty(&p).map_err(local)?,
+            0o644,
         )?;
-        std::fs::write(self.home.join("current"), &p.name)?;
+        write_file_atomic(&self.home.join("current"), p.name.as_bytes(), 0o644)?;
         Ok(p)
     }
 
@@ -182,9 +191,10 @@ impl ProfileStore {
             pin: pin.to_string(),
             ca_pems: ca_pems.to_vec(),
         };
-        std::fs::write(
-            self.known_path(proxy),
-            serde_json::to_vec_pretty(&known).map_err(local)?,
+        write_file_atomic(
+            &self.known_path(proxy),
+            &serde_json::to_vec_pretty(&known).map_err(local)?,
+            0o644,
         )?;
         Ok(())
     }

@@ -103,18 +103,29 @@ const REFRESH_AFTER: i64 = 30;
 /// Refreshes the certificate (same key, same end, current roles) when it
 /// is half a minute old. Best effort: a failure leaves it as it is.
 async fn refresh_roles(store: &ProfileStore, p: &Profile) {
-    let Ok(text) = std::fs::read_to_string(store.ssh_cert_path(p)) else {
-        return;
+    let due = || {
+        let Ok(text) = std::fs::read_to_string(store.ssh_cert_path(p)) else {
+            return false;
+        };
+        let Ok(cert) = ssh_key::Certificate::from_openssh(text.trim()) else {
+            return false;
+        };
+        let now = output::now();
+        // valid_after is set a minute before issuance.
+        now - cert.valid_after() as i64 - 60 >= REFRESH_AFTER && (cert.valid_before() as i64) > now
     };
-    let Ok(cert) = ssh_key::Certificate::from_openssh(text.trim()) else {
-        return;
-    };
-    let now = output::now();
-    // valid_after is set a minute before issuance.
-    if now - cert.valid_after() as i64 - 60 < REFRESH_AFTER || cert.valid_before() as i64 <= now {
+    if !due() {
         return;
     }
-    if let Err(e) = crate::requests::renew_certificates().await {
+    // Parallel commands renew one at a time; the later ones find the
+    // certificate fresh and leave it.
+    let Ok(_lock) = crate::requests::RenewLock::take(store, p) else {
+        return;
+    };
+    if !due() {
+        return;
+    }
+    if let Err(e) = crate::requests::renew_locked(store, p).await {
         tracing::debug!(error = %format!("{e:#}"), "certificate refresh failed");
     }
 }

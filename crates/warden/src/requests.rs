@@ -77,12 +77,48 @@ fn store() -> anyhow::Result<(ProfileStore, warden_client::Profile)> {
     Ok((store, p))
 }
 
+/// An exclusive lock on the profile's key directory, held while a
+/// renewal reads and rewrites its files, so parallel `warden` commands
+/// renew one at a time. Released when dropped (the file closes).
+pub struct RenewLock(#[allow(dead_code)] std::fs::File);
+
+impl RenewLock {
+    pub fn take(store: &ProfileStore, p: &warden_client::Profile) -> anyhow::Result<RenewLock> {
+        use std::os::unix::io::AsRawFd;
+        let path = store.key_dir(p).join(".renew.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            anyhow::bail!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(RenewLock(file))
+    }
+}
+
 /// Fresh certificates for the profile's own key, with the roles in force.
 pub async fn renew_certificates() -> anyhow::Result<LoginResponse> {
     let (store, p) = store()?;
-    let api = warden_client::login::auth_client(&store, &p)?;
+    let _lock = RenewLock::take(&store, &p)?;
+    renew_locked(&store, &p).await
+}
+
+/// Renews while the caller holds the profile's [`RenewLock`].
+pub async fn renew_locked(
+    store: &ProfileStore,
+    p: &warden_client::Profile,
+) -> anyhow::Result<LoginResponse> {
+    let api = warden_client::login::auth_client(store, p)?;
     let key = warden_ca::ClientKey::from_openssh(
-        &std::fs::read_to_string(store.private_key_path(&p)).context("cannot read your key")?,
+        &std::fs::read_to_string(store.private_key_path(p)).context("cannot read your key")?,
     )?;
     let resp: LoginResponse = api
         .post(

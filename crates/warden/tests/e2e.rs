@@ -657,3 +657,43 @@ fn roles_added_after_login_apply_without_a_new_login() {
         "a refresh never extends the certificate"
     );
 }
+
+/// Fifty `warden ls` at once, each finding the certificate due for its
+/// background refresh: renewals take turns (a lock in the profile) and
+/// every file is replaced atomically, so none fails and the profile stays
+/// whole.
+#[test]
+fn parallel_commands_renew_without_corrupting_the_profile() {
+    let dir = temp_dir("parallel");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("alice", "access", "root");
+    c.login("home", "alice", &totp(&secret, 30)).expect_ok();
+    // Older than the 30 s after which commands refresh roles.
+    std::thread::sleep(std::time::Duration::from_secs(32));
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            std::process::Command::new(WARDEN)
+                .args(["ls", "--format", "json"])
+                .env("WARDEN_HOME", c.dir.join("home"))
+                .env_remove("WARDEN_PROXY")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let failed: Vec<String> = children
+        .into_iter()
+        .map(|ch| ch.wait_with_output().unwrap())
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 50 failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    c.run_as("home", &["status"], None).expect_ok();
+    c.run_as("home", &["ls"], None).expect_ok();
+}

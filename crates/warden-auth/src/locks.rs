@@ -35,28 +35,9 @@ impl AuthServer {
             .collect()
     }
 
-    /// The first lock that blocks this access, if any.
-    pub(crate) fn lock_for(
-        &self,
-        user: &str,
-        roles: &[String],
-        node: Option<(&str, &str)>,
-        login: Option<&str>,
-    ) -> Option<Document<LockSpec>> {
-        let requests = self
-            .inner
-            .users
-            .get(user)
-            .map(|u| self.effective(&u).requests)
-            .unwrap_or_default();
-        let subject = LockSubject {
-            user,
-            roles,
-            requests: &requests,
-            node,
-            login,
-        };
-        warden_policy::lock_for(&self.active_locks(), &subject).cloned()
+    /// The first lock in force that binds `subject`, if any.
+    pub(crate) fn lock_for(&self, subject: &LockSubject) -> Option<Document<LockSpec>> {
+        warden_policy::lock_for(&self.active_locks(), subject).cloned()
     }
 
     /// The lock that binds `user` everywhere (logins, renewals, API calls):
@@ -115,7 +96,7 @@ impl AuthServer {
             IdentityKind::Node => {
                 // What a locked node already holds is still taken, so
                 // nothing it recorded or audited is lost.
-                if is_upload(path) {
+                if allowed_while_locked(path) {
                     return Ok(None);
                 }
                 let name = self.node_name(&id.username).await?;
@@ -130,7 +111,7 @@ impl AuthServer {
 /// Calls a locked node may still make: handing over the recordings and
 /// audit events it holds, and reading the locks (so it ends its own live
 /// sessions).
-fn is_upload(path: &str) -> bool {
+fn allowed_while_locked(path: &str) -> bool {
     path == "/v1/events"
         || path == "/v1/events/batch"
         || path.starts_with("/v1/recordings/")

@@ -291,7 +291,11 @@ impl AuthServer {
                 "too many join attempts from {src}; wait a minute and try again"
             )));
         }
-        let token = match self.find_token(req.token.expose(), req.kind).await {
+        let admitted = match self.find_token(req.token.expose(), req.kind).await {
+            Ok(token) => self.admit_name(req, &token).await.map(|()| token),
+            Err(e) => Err(e),
+        };
+        let token = match admitted {
             Ok(t) => t,
             Err(e) => {
                 self.audit(
@@ -307,19 +311,6 @@ impl AuthServer {
                 return Err(e);
             }
         };
-        if let Err(e) = self.admit_name(req, &token).await {
-            self.audit(
-                AuditEvent::new(
-                    codes::NODE_JOIN_FAILURE,
-                    self.cluster(),
-                    &req.name,
-                    e.to_string(),
-                )
-                .source(source),
-            )
-            .await;
-            return Err(e);
-        }
         let rev = token.metadata.revision.unwrap_or_default();
         match self
             .backend()
@@ -346,7 +337,7 @@ impl AuthServer {
                 .take(16)
                 .map(|a| host_of(a).to_string())
                 .filter(|h| !h.is_empty())
-                .partition(|h| token.spec.addrs.iter().any(|t| t.eq_ignore_ascii_case(h)));
+                .partition(|h| token.spec.allows_addr(h));
             refused_addrs = refused;
             let grant = NodeGrant {
                 name: req.name.clone(),
@@ -390,13 +381,7 @@ impl AuthServer {
             return Ok(());
         }
         let dotted = req.name.contains('.') || req.name.parse::<std::net::IpAddr>().is_ok();
-        if dotted
-            && !token
-                .spec
-                .addrs
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(&req.name))
-        {
+        if dotted && !token.spec.allows_addr(&req.name) {
             return Err(AuthError::BadRequest(format!(
                 "node name {} reads as a host name or address, which its host certificate would vouch for; pick a name without dots (--name), or ask an admin for a token with --addr {}",
                 req.name, req.name
@@ -413,13 +398,21 @@ impl AuthServer {
         Ok(())
     }
 
+    /// What node `id` was admitted as, if it joined since grants exist.
+    async fn stored_grant(&self, id: &str) -> Result<Option<NodeGrant>> {
+        match self.backend().get(&format!("{GRANTS}{id}")).await? {
+            Some(item) => serde_json::from_slice(&item.value)
+                .map(Some)
+                .map_err(|e| AuthError::Internal(format!("corrupt node grant: {e}"))),
+            None => Ok(None),
+        }
+    }
+
     /// The name node `id` was admitted with (its grant), else its inventory
     /// name; empty when neither is known.
     pub(crate) async fn node_name(&self, id: &str) -> Result<String> {
-        if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
-            if let Ok(g) = serde_json::from_slice::<NodeGrant>(&item.value) {
-                return Ok(g.name);
-            }
+        if let Some(g) = self.stored_grant(id).await? {
+            return Ok(g.name);
         }
         Ok(
             resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{id}"))
@@ -457,9 +450,8 @@ impl AuthServer {
     /// gets one now from what it holds (its inventory name and the
     /// addresses it claims), once.
     async fn grant(&self, id: &str, claimed: &[String]) -> Result<NodeGrant> {
-        if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
-            return serde_json::from_slice(&item.value)
-                .map_err(|e| AuthError::Internal(format!("corrupt node grant: {e}")));
+        if let Some(g) = self.stored_grant(id).await? {
+            return Ok(g);
         }
         let name = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{id}"))
             .await?
@@ -491,9 +483,7 @@ impl AuthServer {
         {
             return Err(AuthError::BadRequest("invalid node address".into()));
         }
-        if let Some(item) = self.backend().get(&format!("{GRANTS}{id}")).await? {
-            let grant: NodeGrant = serde_json::from_slice(&item.value)
-                .map_err(|e| AuthError::Internal(format!("corrupt node grant: {e}")))?;
+        if let Some(grant) = self.stored_grant(id).await? {
             if grant.name != hb.name {
                 return Err(AuthError::BadRequest(format!(
                     "this node joined as {}; a node's name is fixed at join (join again with a new token to rename it)",
@@ -535,21 +525,11 @@ impl AuthServer {
         mfa_node: Option<&str>,
         user_id: Option<&str>,
     ) -> Result<AccessCheckResponse> {
-        if let Some(u) = self.inner.users.get(user) {
-            if !same_user(&u, user_id) {
-                return Ok(AccessCheckResponse {
-                    allowed: false,
-                    reason: format!(
-                        "this certificate was issued to an earlier user named {user}, since deleted; run 'warden login'"
-                    ),
-                    explanation: vec![],
-                    permit_port_forwarding: false,
-                    permit_agent_forwarding: false,
-                    permit_x11_forwarding: false,
-                    roles: vec![],
-                    record_session: Default::default(),
-                });
-            }
+        let user_doc = self.inner.users.get(user);
+        if user_doc.as_ref().is_some_and(|u| !same_user(u, user_id)) {
+            return Ok(AccessCheckResponse::denied(format!(
+                "this certificate was issued to an earlier user named {user}, since deleted; run 'warden login'"
+            )));
         }
         let node = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{node_id}")).await?;
         let node_name = node
@@ -557,40 +537,28 @@ impl AuthServer {
             .map(|n| n.spec.hostname.clone())
             .unwrap_or_default();
         let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
-        // Roles from approved requests count for locks too.
-        let user_roles = self
-            .inner
-            .users
-            .get(user)
-            .map(|u| self.effective(&u).roles)
+        // Roles and requests from approved requests count for locks too.
+        let effective = user_doc
+            .as_ref()
+            .map(|u| self.effective(u))
             .unwrap_or_default();
-        if let Some(lock) =
-            self.lock_for(user, &user_roles, Some((node_id, &node_name)), Some(login))
-        {
-            return Ok(AccessCheckResponse {
-                allowed: false,
-                reason: crate::locks::lock_message(&lock),
-                explanation: vec![],
-                permit_port_forwarding: false,
-                permit_agent_forwarding: false,
-                permit_x11_forwarding: false,
-                roles: vec![],
-                record_session: Default::default(),
-            });
-        }
-        let Some(u) = self.inner.users.get(user) else {
-            return Ok(AccessCheckResponse {
-                allowed: false,
-                reason: format!("user {user} does not exist (deleted?)"),
-                explanation: vec![],
-                permit_port_forwarding: false,
-                permit_agent_forwarding: false,
-                permit_x11_forwarding: false,
-                roles: vec![],
-                record_session: Default::default(),
-            });
+        let subject = warden_policy::LockSubject {
+            user,
+            roles: &effective.roles,
+            requests: &effective.requests,
+            node: Some((node_id, &node_name)),
+            login: Some(login),
         };
-        let effective = self.effective(&u);
+        if let Some(lock) = self.lock_for(&subject) {
+            return Ok(AccessCheckResponse::denied(crate::locks::lock_message(
+                &lock,
+            )));
+        }
+        let Some(u) = user_doc else {
+            return Ok(AccessCheckResponse::denied(format!(
+                "user {user} does not exist (deleted?)"
+            )));
+        };
         let mut roles = self.roles(&effective.roles);
         let mut decision = warden_policy::check_node_access(&roles, &u.spec.traits, login, &labels);
         if !decision.allowed {

@@ -890,7 +890,21 @@ impl AuthServer {
             )
             .await);
         }
-        if let Some(lock) = self.lock_for(&username, &roles, None, None) {
+        // Before the user document is written: the roles the provider maps
+        // to, and the requests an existing user of this name holds.
+        let requests = self
+            .inner
+            .users
+            .get(&username)
+            .map(|u| self.effective(&u).requests)
+            .unwrap_or_default();
+        let locked = self.lock_for(&warden_policy::LockSubject {
+            user: &username,
+            roles: &roles,
+            requests: &requests,
+            ..Default::default()
+        });
+        if let Some(lock) = locked {
             return Err(self
                 .refuse(p, &username, crate::locks::lock_message(&lock))
                 .await);

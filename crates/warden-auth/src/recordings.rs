@@ -99,7 +99,7 @@ async fn fetch(
 ) -> Result<impl IntoResponse> {
     s.authorize(&c, res::SESSION, verbs::READ).await?;
     // Not an id at all: say so plainly, not as a storage error.
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+    if !warden_store::is_session_id(&id) {
         return Err(AuthError::NotFound(format!(
             "no recording with id {:?}; 'warden recordings ls' lists them",
             id.chars().take(64).collect::<String>()

@@ -31,6 +31,25 @@ pub fn fd_limit() -> u64 {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (`warden start`
+/// does this first): every connection holds a descriptor, and the caps
+/// here are set below the limit.
+pub fn raise_fd_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit through a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// Connections to serve at once: at most `wanted`, and few enough that each
 /// (with the one upstream connection it may open) fits in the descriptor
 /// limit, so a flood is refused at accept instead of failing everything.

@@ -16,7 +16,7 @@ mod sqlite;
 pub use audit::{search_sql, AuditLog, SqliteAuditLog, VerifyReport};
 pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use cache::WatchCache;
-pub use recordings::{FileRecordingStore, RecordingStore};
+pub use recordings::{is_session_id, FileRecordingStore, RecordingStore};
 pub use sqlite::SqliteBackend;
 
 /// Result type of the store.

@@ -29,8 +29,13 @@ fn io(e: std::io::Error) -> StoreError {
 }
 
 /// Session ids become file names: only UUID-like ids are accepted.
+/// Could `id` name a recording (a session id)? Anything else names none.
+pub fn is_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
 fn valid_id(id: &str) -> Result<()> {
-    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+    if is_session_id(id) {
         Ok(())
     } else {
         Err(StoreError::Backend(format!("invalid session id {id:?}")))

@@ -543,6 +543,22 @@ pub struct AccessCheckResponse {
     pub record_session: crate::RecordMode,
 }
 
+impl AccessCheckResponse {
+    /// A refusal with the reason the user is shown.
+    pub fn denied(reason: String) -> Self {
+        AccessCheckResponse {
+            allowed: false,
+            reason,
+            explanation: vec![],
+            permit_port_forwarding: false,
+            permit_agent_forwarding: false,
+            permit_x11_forwarding: false,
+            roles: vec![],
+            record_session: Default::default(),
+        }
+    }
+}
+
 /// Starts a single sign-on login (`warden login --auth NAME`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SsoStartRequest {

@@ -384,6 +384,14 @@ pub struct TokenSpec {
     pub replace: bool,
 }
 
+impl TokenSpec {
+    /// May a node joining with this token name `host` in its host
+    /// certificate?
+    pub fn allows_addr(&self, host: &str) -> bool {
+        self.addrs.iter().any(|a| a.eq_ignore_ascii_case(host))
+    }
+}
+
 /// What a node was admitted as at join: its name and the addresses its
 /// host certificate may name. Renewals and heartbeats cannot change them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

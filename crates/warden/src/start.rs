@@ -143,30 +143,8 @@ async fn bind(
     Ok(listener)
 }
 
-/// Raises the soft limit on open files to the hard limit: a proxy, auth or
-/// node holds a descriptor per connection, and its connection caps are set
-/// below this limit (see `warden_proxy::limits`).
-fn raise_fd_limit() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit through a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                tracing::warn!(soft = rl.rlim_cur, "cannot raise the open-file limit");
-            }
-        }
-    }
-}
-
 pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
-    raise_fd_limit();
+    warden_proxy::limits::raise_fd_limit();
     a.token = crate::prompt::token_from(a.token.take(), a.token_file.as_deref(), "join token")?;
     let data_dir = a.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     for r in &a.roles {

@@ -272,11 +272,10 @@ async fn ceremony(origin: Url, c: Ceremony) -> anyhow::Result<serde_json::Value>
 }
 
 fn perform<T: AuthenticatorBackend>(
-    backend: T,
+    mut a: T,
     origin: Url,
     c: Ceremony,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut a = WebauthnAuthenticator::new(backend);
     let v = match c {
         Ceremony::Register(r) => serde_json::to_value(
             a.do_registration(origin, r)

@@ -41,7 +41,9 @@ impl ClientKey {
         }
     }
 
-    fn ssh_private(&self) -> PrivateKey {
+    /// The key as an ssh-key value: the same ssh-key version russh
+    /// re-exports, so SSH servers take it as it is.
+    pub fn ssh_private(&self) -> PrivateKey {
         PrivateKey::from(Ed25519Keypair::from_seed(&self.seed))
     }
 

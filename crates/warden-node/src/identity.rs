@@ -142,9 +142,9 @@ impl NodeIdentity {
         self.certs.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The host private key, OpenSSH format.
-    pub fn host_key_openssh(&self) -> anyhow::Result<String> {
-        Ok(self.key.to_openssh()?.to_string())
+    /// The host private key.
+    pub fn host_key(&self) -> russh::keys::PrivateKey {
+        self.key.ssh_private()
     }
 
     /// The node's key as PKCS#8, for TLS.

@@ -35,6 +35,13 @@ pub fn open(cols: u32, rows: u32) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((m, s))
 }
 
+/// The terminal's path (`/dev/pts/N`), for `SSH_TTY`.
+pub fn tty_path(fd: &OwnedFd) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
 fn winsize(cols: u32, rows: u32) -> libc::winsize {
     libc::winsize {
         ws_row: rows.min(u16::MAX as u32) as u16,

@@ -40,6 +40,10 @@ pub struct Spec {
     pub username: String,
     /// Switch to the account (root only); else run as ourselves.
     pub switch_user: bool,
+    /// The client's and the node's ends of the connection, for
+    /// `SSH_CLIENT` and `SSH_CONNECTION` as sshd sets them (bash reads
+    /// `~/.bashrc` for remote commands only when it sees them).
+    pub addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// A started process.
@@ -108,6 +112,7 @@ fn build(spec: &Spec) -> std::io::Result<(std::process::Command, Option<std::os:
         .env("USER", &a.name)
         .env("LOGNAME", &a.name)
         .env("SHELL", &shell)
+        .env("MAIL", format!("/var/mail/{}", a.name))
         .env(
             "PATH",
             if a.uid == 0 {
@@ -122,11 +127,22 @@ fn build(spec: &Spec) -> std::io::Result<(std::process::Command, Option<std::os:
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
+    if let Some((peer, local)) = spec.addrs {
+        let (ip, port) = (peer.ip().to_canonical(), peer.port());
+        cmd.env("SSH_CLIENT", format!("{ip} {port} {}", local.port()))
+            .env(
+                "SSH_CONNECTION",
+                format!("{ip} {port} {} {}", local.ip().to_canonical(), local.port()),
+            );
+    }
     let mut master = None;
     let with_pty = spec.pty.is_some();
     if let Some(p) = &spec.pty {
         let (m, s) = pty::open(p.cols, p.rows)?;
         cmd.env("TERM", &p.term);
+        if let Some(tty) = pty::tty_path(&s) {
+            cmd.env("SSH_TTY", tty);
+        }
         cmd.stdin(Stdio::from(s.try_clone()?))
             .stdout(Stdio::from(s.try_clone()?))
             .stderr(Stdio::from(s));

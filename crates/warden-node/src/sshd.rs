@@ -6,7 +6,7 @@ use crate::identity::NodeIdentity;
 use crate::session::{self, PtyRequest, Spec};
 use crate::unix::{self, Account};
 use russh::keys::ssh_key::certificate::CertType;
-use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
+use russh::keys::{Certificate, HashAlg, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use std::collections::HashMap;
@@ -32,7 +32,7 @@ const LOGIN_GRACE: Duration = Duration::from_secs(20);
 
 fn server_config(identity: &NodeIdentity) -> anyhow::Result<Arc<russh::server::Config>> {
     let certs = identity.certs();
-    let key = PrivateKey::from_openssh(identity.host_key_openssh()?)?;
+    let key = identity.host_key();
     let cert = Certificate::from_openssh(certs.ssh_host_cert.trim())?;
     Ok(Arc::new(russh::server::Config {
         server_id: russh::SshId::Standard(
@@ -76,14 +76,25 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let identity = identity.clone();
-        tokio::spawn(serve_stream(identity, tcp, peer));
+        let local = tcp.local_addr().unwrap_or_else(|_| unspecified());
+        tokio::spawn(serve_stream(identity, tcp, peer, local));
     }
 }
 
+/// `0.0.0.0:0`, for an end of a connection that is not known.
+pub fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
 /// Serves one SSH connection on any byte stream: a TCP connection, or a
-/// channel of a reverse tunnel through the proxy.
-pub async fn serve_stream<S>(identity: Arc<NodeIdentity>, stream: S, peer: SocketAddr)
-where
+/// channel of a reverse tunnel through the proxy. `peer` is the client and
+/// `local` the address it connected to.
+pub async fn serve_stream<S>(
+    identity: Arc<NodeIdentity>,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // One cap for direct and tunnelled connections alike.
@@ -106,6 +117,7 @@ where
     let conn = Conn {
         identity,
         peer,
+        local,
         trusted,
         user: None,
         channels: HashMap::new(),
@@ -215,6 +227,7 @@ const MAX_AGENTS_PER_CONN: usize = 8;
 struct Conn {
     identity: Arc<NodeIdentity>,
     peer: SocketAddr,
+    local: SocketAddr,
     trusted: Vec<russh::keys::ssh_key::Fingerprint>,
     user: Option<Authed>,
     channels: HashMap<ChannelId, ChanState>,
@@ -449,6 +462,7 @@ impl Conn {
                 session_id: session_id.clone(),
                 username: user.username.clone(),
                 switch_user: unix::current_uid() == 0,
+                addrs: None,
             };
             // Best effort, as in OpenSSH: without it X clients fail with
             // their own clear message. It must finish before the session.
@@ -465,6 +479,7 @@ impl Conn {
             session_id: session_id.clone(),
             username: user.username.clone(),
             switch_user: unix::current_uid() == 0,
+            addrs: Some((self.peer, self.local)),
         };
         let strict = user.record == warden_types::RecordMode::Strict;
         let recorder = match user.record {

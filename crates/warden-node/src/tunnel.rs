@@ -32,20 +32,24 @@ impl client::Handler for TunnelClient {
     async fn server_channel_open_forwarded_tcpip(
         &mut self,
         channel: Channel<Msg>,
-        _connected_address: &str,
-        _connected_port: u32,
+        connected_address: &str,
+        connected_port: u32,
         originator_address: &str,
         originator_port: u32,
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
-        let peer: SocketAddr = format!("{originator_address}:{originator_port}")
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = |host: &str, port: u32| {
+            format!("{host}:{port}")
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|_| crate::sshd::unspecified())
+        };
+        let peer = addr(originator_address, originator_port);
+        let local = addr(connected_address, connected_port);
         let identity = self.identity.clone();
         tokio::spawn(async move {
-            crate::sshd::serve_stream(identity, channel.into_stream(), peer).await;
+            crate::sshd::serve_stream(identity, channel.into_stream(), peer, local).await;
         });
         Ok(())
     }

@@ -88,6 +88,8 @@ type Cached = Option<(Instant, Vec<Document<NodeSpec>>)>;
 pub struct Inventory {
     auth: ApiClient,
     cache: Arc<Mutex<Cached>>,
+    /// The cluster's name, for `NAME.CLUSTER` targets (asked once).
+    cluster: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Inventory {
@@ -95,7 +97,22 @@ impl Inventory {
         Inventory {
             auth,
             cache: Arc::new(Mutex::new(None)),
+            cluster: Arc::default(),
         }
+    }
+
+    async fn cluster(&self) -> Option<&str> {
+        self.cluster
+            .get_or_try_init(|| async {
+                self.auth
+                    .get::<warden_types::api::PingResponse>("/v1/ping")
+                    .await
+                    .map(|p| p.cluster)
+            })
+            .await
+            .map(String::as_str)
+            .map_err(|e| tracing::warn!(error = %e, "cannot learn the cluster name"))
+            .ok()
     }
 
     async fn nodes(&self) -> Vec<Document<NodeSpec>> {
@@ -122,15 +139,26 @@ impl Inventory {
         }
     }
 
-    /// The node named `host` (name, id, or one of its `host:port`
-    /// addresses); only registered nodes are reachable.
+    /// The node named `host` (name, id, `NAME.CLUSTER` as in the host
+    /// certificate, or one of its `host:port` addresses); only registered
+    /// nodes are reachable.
     pub async fn resolve(&self, host: &str, port: u32) -> Option<Route> {
+        let short = match self.cluster().await {
+            Some(cluster) => host
+                .strip_suffix(cluster)
+                .and_then(|h| h.strip_suffix('.'))
+                .unwrap_or(host),
+            None => host,
+        };
         let nodes = self.nodes().await;
         let by_addr = format!("{host}:{port}");
         let matches: Vec<&Document<NodeSpec>> = nodes
             .iter()
             .filter(|n| {
-                n.name() == host || n.spec.hostname == host || n.spec.addrs.contains(&by_addr)
+                [host, short]
+                    .iter()
+                    .any(|h| n.name() == *h || n.spec.hostname == *h)
+                    || n.spec.addrs.contains(&by_addr)
             })
             .collect();
         // A name shared by several nodes is ambiguous: refuse.

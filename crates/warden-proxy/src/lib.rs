@@ -177,7 +177,7 @@ async fn refresh_user_cas(
 impl Proxy {
     /// Builds the proxy from its identity and its client of auth.
     pub fn new(auth_addr: String, id: &ProxyIdentity, auth: ApiClient) -> anyhow::Result<Self> {
-        let ssh_key = russh::keys::PrivateKey::from_openssh(id.key.to_openssh()?.as_bytes())?;
+        let ssh_key = id.key.ssh_private();
         let ssh_cert = russh::keys::Certificate::from_openssh(id.ssh_host_cert.trim())?;
         let user_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
         tokio::spawn(refresh_user_cas(auth.clone(), user_cas.clone()));

@@ -17,7 +17,9 @@ use warden_types::{Document, RoleSpec, TokenKind, UserSpec};
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// Data dir of the auth service whose admin identity to use.
+    /// Data dir of the auth service whose admin identity to use (default:
+    /// the one the last 'warden start' of this OS user recorded in
+    /// ~/.local/state/warden/data-dir, else the default data dir).
     #[arg(long, env = "WARDEN_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Act as your own login ('warden login'), even on the auth host.
@@ -285,7 +287,13 @@ fn connect(data_dir: Option<PathBuf>, use_login: bool) -> anyhow::Result<Admin> 
         return connect_as_login();
     }
     let explicit = data_dir.is_some();
+    // The flag, else the data dir the running cluster recorded, else the
+    // default one.
     let dir = data_dir
+        .or_else(|| {
+            crate::datadir::recorded()
+                .filter(|d| d.join(warden_auth::ADMIN_DIR).join("config.json").exists())
+        })
         .unwrap_or_else(crate::default_data_dir)
         .join(warden_auth::ADMIN_DIR);
     let config_path = dir.join("config.json");

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::time::Duration;
 
-/// Listening sockets handed over, as `name=fd,...`.
+/// Listening sockets (and the data dir's lock) handed over, as `name=fd,...`.
 const ENV_FDS: &str = "WARDEN_INHERIT_FDS";
 /// A pipe the successor writes to once it serves.
 const ENV_READY: &str = "WARDEN_READY_FD";
@@ -34,6 +34,17 @@ pub fn inherited(name: &str) -> Option<std::net::TcpListener> {
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     listener.set_nonblocking(true).ok()?;
     Some(listener)
+}
+
+/// A descriptor other than a listener (the data dir's lock) that a
+/// predecessor handed over, if any.
+pub fn inherited_file(name: &str) -> Option<std::fs::File> {
+    let fd = *inherited_fds().get(name)?;
+    // SAFETY: as in `inherited`.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: fd is valid.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(file)
 }
 
 /// Tells the predecessor that this process now serves.

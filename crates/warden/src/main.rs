@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_config;
+mod datadir;
 mod handover;
 mod mfa;
 mod nodes;

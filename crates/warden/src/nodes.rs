@@ -554,10 +554,12 @@ pub async fn config(_a: ConfigArgs) -> anyhow::Result<()> {
     };
     println!("    ProxyCommand {} proxy ssh{home} %r@%h:%p", self_exe()?);
     // The proxy itself, so `ssh -J USER@PROXY` verifies it and presents
-    // the certificate too.
+    // the certificate too. Host patterns cannot name a port, and a bare
+    // `Host 127.0.0.1` would take over every other ssh to that address.
     let host = proxy_destination(&p);
+    let port = p.proxy.rsplit_once(':').map_or("3080", |(_, port)| port);
     println!();
-    println!("Host {host}");
+    println!("Match host {host} exec \"test %p = {port}\"");
     println!("    UserKnownHostsFile {}", q(store.known_hosts_path(&p)));
     println!("    GlobalKnownHostsFile /dev/null");
     println!("    StrictHostKeyChecking yes");

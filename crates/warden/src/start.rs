@@ -153,6 +153,19 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         }
     }
     let has = |r: &str| a.roles.iter().any(|x| x == r);
+    // One process per data dir, refused before anything is bound or
+    // written. A data dir without a lock file is locked once the ports
+    // are bound, so a start whose ports are taken creates nothing.
+    let early_lock = crate::datadir::DataDirLock::take(&data_dir, false)?;
+    let lock_data_dir = |listeners: &mut Listeners| -> anyhow::Result<crate::datadir::DataDirLock> {
+        let lock = match early_lock {
+            Some(l) => l,
+            None => crate::datadir::DataDirLock::take(&data_dir, true)?
+                .context("the data dir lock was not created")?,
+        };
+        listeners.push((crate::datadir::HANDOVER_NAME.to_string(), lock.fd()));
+        Ok(lock)
+    };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut listeners = Listeners::new();
     if let Some(addr) = a.diag_addr {
@@ -178,6 +191,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             bail!("a proxy on its own needs --auth-server HOST:PORT of the auth API");
         };
         let (listener, _, public_addrs) = bind_proxy(&a, &mut listeners).await?;
+        let _lock = lock_data_dir(&mut listeners)?;
         let join = match (&a.proxy, &a.token, &a.ca_pin) {
             (Some(via), Some(token), Some(pin)) => Some(warden_proxy::Join {
                 via: via.clone(),
@@ -214,6 +228,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         let Some(proxy) = a.proxy.clone() else {
             bail!("a node needs --proxy HOST:PORT of the cluster (and --token, --ca-pin on first start)");
         };
+        let _lock = lock_data_dir(&mut listeners)?;
         let config = warden_node::NodeConfig {
             data_dir,
             proxy,
@@ -238,11 +253,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref())
-        .await
-        .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
-    auth.spawn_audit_signer();
-    auth.spawn_refusal_summaries();
+    // Every port first: a start that cannot listen creates no state.
     let auth_listener = bind(
         a.auth_addr,
         "auth",
@@ -251,6 +262,30 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         &mut listeners,
     )
     .await?;
+    let proxy_listener = match has("proxy") {
+        true => Some(bind_proxy(&a, &mut listeners).await?),
+        false => None,
+    };
+    let node_listener = match has("node") {
+        true => Some(
+            bind(
+                a.node_listen_addr,
+                "node",
+                "node's SSH server",
+                "--node-listen-addr",
+                &mut listeners,
+            )
+            .await?
+            .into_std()?,
+        ),
+        false => None,
+    };
+    let _lock = lock_data_dir(&mut listeners)?;
+    let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref())
+        .await
+        .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
+    auth.spawn_audit_signer();
+    auth.spawn_refusal_summaries();
     let auth_addr = auth_listener.local_addr()?;
     let auth_task = tokio::spawn(warden_auth::serve_mtls(
         auth.clone(),
@@ -260,8 +295,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
 
     let mut public = None;
     let mut proxy_task = None;
-    if has("proxy") {
-        let (listener, bound, public_addrs) = bind_proxy(&a, &mut listeners).await?;
+    if let Some((listener, bound, public_addrs)) = proxy_listener {
         let proxy = build_proxy(&auth, &data_dir, auth_addr, bound, &public_addrs).await?;
         public = Some(public_addrs[0].clone());
         proxy_task = Some(tokio::spawn(
@@ -285,7 +319,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     println!("  CA pin:     {pin}");
 
     let mut node_task = None;
-    if has("node") {
+    if node_listener.is_some() {
         let Some(proxy) = public.clone() else {
             bail!("an all-in-one node needs the proxy too: --roles auth,proxy,node");
         };
@@ -332,17 +366,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             name,
             labels,
             listen_addr: Some(a.node_listen_addr),
-            listener: Some(
-                bind(
-                    a.node_listen_addr,
-                    "node",
-                    "node's SSH server",
-                    "--node-listen-addr",
-                    &mut listeners,
-                )
-                .await?
-                .into_std()?,
-            ),
+            listener: node_listener,
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
@@ -354,13 +378,17 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     println!();
+    crate::datadir::record(&data_dir);
     println!("Next: add a user (on this host, as the same OS user):");
-    println!("  warden admin users add alice --roles access --logins alice,root");
+    println!(
+        "  warden admin{} users add alice --roles access --logins alice,root",
+        crate::datadir::flag_for(&data_dir)
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
     crate::handover::signal_ready();
-    let _ = std::fs::write(data_dir.join("warden.pid"), std::process::id().to_string());
+    crate::datadir::write_pid(&data_dir);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut handed_over = false;
     let node_done = async {

@@ -697,3 +697,110 @@ fn parallel_commands_renew_without_corrupting_the_profile() {
     c.run_as("home", &["status"], None).expect_ok();
     c.run_as("home", &["ls"], None).expect_ok();
 }
+
+/// One `warden start` per data dir, refused before it touches anything; a
+/// start whose ports are taken creates no state; `warden admin` finds the
+/// running cluster's data dir without flags, and the printed hint names
+/// the flag where one is needed.
+#[test]
+fn one_warden_per_data_dir_and_admin_finds_it() {
+    let dir = temp_dir("datadir");
+    let c = Cluster::start(&dir);
+    let data = dir.join("data");
+    let pid = std::fs::read_to_string(data.join("warden.pid")).unwrap();
+    assert_eq!(pid.trim(), c.pid().to_string());
+
+    // `warden admin` with no --data-dir and no WARDEN_DATA_DIR.
+    c.run(&["admin", "users", "ls"], None).expect_ok();
+    c.run(&["admin", "users", "add", "bob", "--roles", "access"], None)
+        .expect_ok();
+    let out = c.admin(&["users", "ls"]).expect_ok();
+    assert!(out.stdout.contains("bob"), "{}", out.all());
+
+    // A second start on the same data dir, on free ports: refused.
+    let free = [
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--auth-addr",
+        "127.0.0.1:0",
+        "--node-listen-addr",
+        "127.0.0.1:0",
+    ];
+    let mut args = vec![
+        "start".to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    args.extend(free.iter().map(|s| s.to_string()));
+    let second = run_program(WARDEN, &args, None);
+    assert!(!second.ok, "{}", second.all());
+    assert!(
+        second.stderr.contains(&format!(
+            "another warden (pid {}) is already running on the data dir",
+            c.pid()
+        )),
+        "{}",
+        second.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("warden.pid"))
+            .unwrap()
+            .trim(),
+        c.pid().to_string()
+    );
+    c.admin(&["users", "ls"]).expect_ok();
+
+    // A new data dir whose proxy port is taken: nothing is created.
+    let fresh = dir.join("fresh");
+    let taken = c.proxy.clone();
+    let out = run_program(
+        WARDEN,
+        &[
+            "start",
+            "--data-dir",
+            fresh.to_str().unwrap(),
+            "--listen-addr",
+            &taken,
+            "--auth-addr",
+            "127.0.0.1:0",
+            "--node-listen-addr",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+        None,
+    );
+    assert!(
+        !out.ok && out.stderr.contains("cannot listen on"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !fresh.exists(),
+        "a failed start created {}",
+        fresh.display()
+    );
+
+    // The printed next step names the data dir when it is not the default.
+    let mut child = std::process::Command::new(WARDEN)
+        .args(["start", "--data-dir", fresh.to_str().unwrap()])
+        .args(free)
+        .env("XDG_STATE_HOME", dir.join("state2"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let hint = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find(|l| l.contains("warden admin"))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        hint.contains(&format!(
+            "warden admin --data-dir {} users add",
+            fresh.display()
+        )),
+        "{hint}"
+    );
+}

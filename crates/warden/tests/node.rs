@@ -886,7 +886,7 @@ fn krl_makes_plain_sshd_refuse_locked_users() {
         .spawn()
         .expect("sshd (Debian package openssh-server) must be installed");
     let k = c.keys_dir("alice");
-    let ssh = || {
+    let ssh_cmd = |command: &str| {
         run_program(
             "ssh",
             &[
@@ -907,11 +907,12 @@ fn krl_makes_plain_sshd_refuse_locked_users() {
                 "-p".into(),
                 port.to_string(),
                 "root@127.0.0.1".into(),
-                "echo plain sshd".into(),
+                command.into(),
             ],
             None,
         )
     };
+    let ssh = || ssh_cmd("echo plain sshd");
     let mut first = ssh();
     for _ in 0..50 {
         if first.ok {
@@ -921,6 +922,44 @@ fn krl_makes_plain_sshd_refuse_locked_users() {
         first = ssh();
     }
     assert_eq!(first.stdout.trim(), "plain sshd", "{}", first.all());
+
+    // A command's environment matches sshd's for the same login: the
+    // variables sshd sets (SSH_CONNECTION and SSH_CLIENT make bash read
+    // ~/.bashrc for remote commands), with the same values where they do
+    // not depend on the connection.
+    let parse = |out: &str| -> std::collections::BTreeMap<String, String> {
+        out.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let under_sshd = parse(&ssh_cmd("env").expect_ok().stdout);
+    let under_warden = parse(
+        &c.ssh("alice", "alice", "root", &[], "env", None)
+            .expect_ok()
+            .stdout,
+    );
+    for (k, v) in &under_sshd {
+        let ours = under_warden.get(k);
+        assert!(ours.is_some(), "{k} missing under warden: {under_warden:?}");
+        if ["USER", "LOGNAME", "HOME", "SHELL", "PATH", "MAIL"].contains(&k.as_str()) {
+            assert_eq!(ours, Some(v), "{k}");
+        }
+    }
+    let conn: Vec<&str> = under_warden["SSH_CONNECTION"].split(' ').collect();
+    assert_eq!(conn.len(), 4, "{conn:?}");
+    assert_eq!(conn[0], "127.0.0.1");
+    let client: Vec<&str> = under_warden["SSH_CLIENT"].split(' ').collect();
+    assert_eq!(client, [conn[0], conn[1], conn[3]]);
+    assert!(!under_warden.contains_key("SSH_TTY"));
+    let with_tty = c
+        .ssh("alice", "alice", "root", &["-tt"], "echo $SSH_TTY", None)
+        .expect_ok();
+    assert!(
+        with_tty.stdout.trim().starts_with("/dev/pts/"),
+        "{}",
+        with_tty.all()
+    );
 
     c.admin(&["lock", "--user", "alice", "--reason", "INC-2"])
         .expect_ok();

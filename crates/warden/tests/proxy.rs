@@ -57,8 +57,8 @@ fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
     .expect_ok();
     assert_eq!(out.stdout.trim(), "config root");
 
-    // Stock ssh -J with the proxy as jump host.
-    let k = c.keys_dir("alice");
+    // Stock ssh -J with the proxy as jump host, as the README shows it:
+    // nothing but the config block 'warden config' printed.
     let out = run_program(
         "ssh",
         &[
@@ -66,23 +66,37 @@ fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
             cfg_s.clone(),
             "-o".into(),
             "BatchMode=yes".into(),
-            "-o".into(),
-            format!("CertificateFile={}", k.join("alice-cert.pub").display()),
-            "-i".into(),
-            k.join("alice").display().to_string(),
-            "-o".into(),
-            format!("UserKnownHostsFile={}", k.join("known_hosts").display()),
-            "-o".into(),
-            "StrictHostKeyChecking=yes".into(),
             "-J".into(),
             format!("alice@{}", c.proxy),
-            "root@natnode".into(),
+            "root@natnode.warden".into(),
             "echo jumped".into(),
         ],
         None,
     )
     .expect_ok();
     assert_eq!(out.stdout.trim(), "jumped");
+    // The proxy's block applies to the proxy's port only, not to every
+    // other ssh to the same address.
+    let (proxy_host, proxy_port) = c.proxy.rsplit_once(':').unwrap();
+    let effective = |port: &str| {
+        run_program(
+            "ssh",
+            &[
+                "-G".into(),
+                "-F".into(),
+                cfg_s.clone(),
+                "-p".into(),
+                port.into(),
+                format!("alice@{proxy_host}"),
+            ],
+            None,
+        )
+        .expect_ok()
+        .stdout
+    };
+    let keys = c.keys_dir("alice").display().to_string();
+    assert!(effective(proxy_port).contains(&keys));
+    assert!(!effective("2222").contains(&keys), "{}", effective("2222"));
 
     // scp both ways, sftp and rsync, all through the proxy.
     let up = dir.join("up.bin");
@@ -437,4 +451,32 @@ fn graceful_restart_keeps_live_sessions() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(gone, "the old process did not exit after draining");
+
+    // The data dir's lock went to the successor with the sockets: another
+    // start on it is still refused, naming the process that serves it.
+    let data = dir.join("data").display().to_string();
+    let second = run_program(
+        WARDEN,
+        &[
+            "start",
+            "--data-dir",
+            &data,
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--auth-addr",
+            "127.0.0.1:0",
+            "--node-listen-addr",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+        None,
+    );
+    assert!(
+        !second.ok
+            && second
+                .stderr
+                .contains(&format!("another warden (pid {new}) is already running")),
+        "{}",
+        second.all()
+    );
 }

@@ -87,6 +87,7 @@ impl Cluster {
             .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .env("XDG_STATE_HOME", dir.join("state"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -144,6 +145,7 @@ impl Cluster {
         cmd.envs(env.iter().copied());
         cmd.args(args)
             .env("WARDEN_HOME", self.dir.join(home))
+            .env("XDG_STATE_HOME", self.dir.join("state"))
             .env_remove("WARDEN_DATA_DIR")
             .env_remove("WARDEN_PROXY")
             .stdin(Stdio::piped())

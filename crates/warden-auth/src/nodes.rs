@@ -705,17 +705,27 @@ async fn store_node_events(
     c: &Caller,
     mut events: Vec<AuditEvent>,
 ) -> Result<Json<serde_json::Value>> {
-    let id = require_node(c)?.to_string();
+    // Nodes report their sessions; proxies only the sign-ins their jump
+    // host refused. Each speaks for itself only.
+    let (id, allowed, proxy) = match c.identity.kind {
+        IdentityKind::Proxy => (c.identity.username.clone(), codes::PROXY_EVENT_TYPES, true),
+        _ => (require_node(c)?.to_string(), codes::NODE_EVENT_TYPES, false),
+    };
     for ev in &mut events {
-        if !codes::NODE_EVENT_TYPES.contains(&ev.event_type.as_str()) {
+        if !allowed.contains(&ev.event_type.as_str()) {
             return Err(AuthError::BadRequest(format!(
-                "nodes may not report events of type {:?}",
+                "{} may not report events of type {:?}",
+                if proxy { "proxies" } else { "nodes" },
                 ev.event_type
             )));
         }
-        // The node speaks for itself only.
         ev.cluster = s.cluster().to_string();
-        ev.node = Some(id.clone());
+        if proxy {
+            ev.node = None;
+            ev.fields.insert("proxy".into(), id.clone().into());
+        } else {
+            ev.node = Some(id.clone());
+        }
         // Nodes name their events (a UUID) so that a resend from their
         // spool, after an acknowledgement was lost, is not stored twice.
         if uuid::Uuid::parse_str(&ev.id).is_err() {

@@ -70,7 +70,7 @@ impl Locks {
             ..Default::default()
         };
         Ok(warden_policy::lock_for(&locks, &subject)
-            .map(|l| format!("{}: {}", l.spec.target.describe(), l.spec.reason)))
+            .map(|l| format!("locked ({}): {}", l.spec.target.describe(), l.spec.reason)))
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Jump {
     pub tunnels: Tunnels,
     pub peers: crate::peer::Peers,
     pub locks: crate::inventory::Locks,
+    /// Auth, where refused attempts are audited.
+    pub auth: warden_client::ApiClient,
 }
 
 /// SSH settings of the jump host.
@@ -59,6 +61,32 @@ struct JumpConn {
     /// given up once the user authenticates.
     pending: Option<crate::limits::SourceGuard>,
     authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// A signed-in user this proxy refuses (a lock): told why and
+    /// disconnected as soon as authentication completes, since a
+    /// rejected key gives the client nothing but "Permission denied".
+    refused: Option<String>,
+}
+
+impl JumpConn {
+    /// Records a refused sign-in in the audit log (best effort: the
+    /// proxy keeps no spool; the refusal stands either way).
+    fn audit_refusal(&self, user: &str, login: &str, message: &str) {
+        let mut ev = warden_types::audit::AuditEvent::new(
+            warden_types::audit::codes::SESSION_REJECTED,
+            "",
+            user,
+            message.to_string(),
+        )
+        .source(Some(self.peer.ip().to_string()));
+        ev.login = Some(login.chars().take(64).collect());
+        ev.fields.insert("at".into(), "jump host".into());
+        let auth = self.jump.auth.clone();
+        tokio::spawn(async move {
+            if let Err(e) = auth.post::<_, serde_json::Value>("/v1/events", &ev).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot audit a refused sign-in");
+            }
+        });
+    }
 }
 
 /// Streams (direct-tcpip channels) one client connection may hold at once.
@@ -77,7 +105,7 @@ impl russh::server::Handler for JumpConn {
 
     async fn auth_openssh_certificate(
         &mut self,
-        _login: &str,
+        login: &str,
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
         let trusted = self
@@ -86,8 +114,16 @@ impl russh::server::Handler for JumpConn {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if cert.cert_type() != CertType::User || cert.validate(trusted.iter()).is_err() {
-            tracing::info!(peer = %self.peer, key_id = %cert.key_id(), "jump host refused a certificate");
+        let invalid = if cert.cert_type() != CertType::User {
+            Some("not a user certificate".to_string())
+        } else {
+            cert.validate(trusted.iter()).err().map(|e| {
+                format!("not signed by this cluster's user CA, expired or not yet valid ({e})")
+            })
+        };
+        if let Some(why) = invalid {
+            tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %why, "jump host refused a certificate");
+            self.audit_refusal(cert.key_id(), login, &format!("certificate refused: {why}"));
             return Ok(Auth::reject());
         }
         // Locks on the user (or a role the certificate carries) stop them
@@ -102,22 +138,41 @@ impl russh::server::Handler for JumpConn {
             .get("requests@warden")
             .and_then(|r| serde_json::from_str(r).ok())
             .unwrap_or_default();
-        match self.jump.locks.find(cert.key_id(), &roles, &requests).await {
-            Ok(None) => {}
-            Ok(Some(lock)) => {
-                tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %lock, "jump host refused a locked user");
-                return Ok(Auth::reject());
-            }
+        let refusal = match self.jump.locks.find(cert.key_id(), &roles, &requests).await {
+            Ok(None) => None,
+            Ok(Some(lock)) => Some(format!("access denied: {lock}")),
             Err(why) => {
-                tracing::warn!(peer = %self.peer, key_id = %cert.key_id(), %why, "jump host refused a user: locks unknown");
-                return Ok(Auth::reject());
+                tracing::warn!(peer = %self.peer, key_id = %cert.key_id(), %why, "locks unknown");
+                Some(
+                    "access denied: the proxy cannot check locks right now; try again shortly"
+                        .into(),
+                )
             }
+        };
+        if let Some(reason) = refusal {
+            tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %reason, "jump host refused a user");
+            self.audit_refusal(cert.key_id(), login, &reason);
+            // Accepted only to say why: `auth_succeeded` disconnects at
+            // once, and with no user set every request is refused.
+            self.refused = Some(reason);
+            return Ok(Auth::Accept);
         }
         self.user = Some(cert.key_id().to_string());
         self.pending = None;
         self.authenticated
             .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(reason) = self.refused.take() {
+            session.disconnect(
+                russh::Disconnect::ByApplication,
+                &format!("warden: {reason}"),
+                "",
+            )?;
+        }
+        Ok(())
     }
 
     async fn channel_open_session(
@@ -227,6 +282,7 @@ pub async fn serve_ssh<S>(
         user: None,
         streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_CONN)),
         pending: Some(pending),
+        refused: None,
         authenticated: authenticated.clone(),
     };
     if let Err(e) = crate::limits::run_ssh(config, stream, conn, authenticated).await {

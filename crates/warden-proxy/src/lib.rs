@@ -206,6 +206,7 @@ impl Proxy {
                 tunnels: Tunnels::default(),
                 peers: peer::Peers::new(id.id.clone(), auth.clone(), peer_client),
                 locks: inventory::Locks::new(auth.clone()),
+                auth: auth.clone(),
             },
             auth,
         })

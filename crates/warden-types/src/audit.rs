@@ -88,6 +88,8 @@ pub mod codes {
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
+    /// What a proxy may report: sign-ins its jump host refused.
+    pub const PROXY_EVENT_TYPES: &[&str] = &["session.rejected"];
     /// Event types a node may report.
     pub const NODE_EVENT_TYPES: &[&str] = &[
         "session.start",

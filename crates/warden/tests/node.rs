@@ -766,6 +766,7 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
     c.ssh("alice", "alice", "root", &[], "true", None)
         .expect_ok();
+    let cfg = c.ssh_config("alice");
     // A live session: a command that would run for a minute.
     let mut args = c.openssh("alice", "alice");
     args.extend([
@@ -821,6 +822,36 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     // New sessions are refused with the reason.
     let out = c.ssh("alice", "alice", "root", &[], "true", None);
     assert!(!out.ok && out.stderr.contains("INC-1"), "{}", out.all());
+    // Through the proxy's jump host too (stock ssh -J, as after 'warden
+    // config'): it tells the user why instead of OpenSSH's bare
+    // "Permission denied", and audits the attempt.
+    let out = run_program(
+        "ssh",
+        &[
+            "-F".into(),
+            cfg.display().to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-J".into(),
+            format!("alice@{}", c.proxy),
+            "root@db-1.warden".into(),
+            "true".into(),
+        ],
+        None,
+    );
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("warden: access denied: locked (user=alice): INC-1 compromised laptop"),
+        "{}",
+        out.all()
+    );
+    assert!(!out.stderr.contains("Permission denied"), "{}", out.all());
+    assert!(has_event(&c, "session.rejected", "WA6002W", |e| e["user"]
+        == "alice"
+        && e["fields"]["at"] == "jump host"
+        && e["message"].as_str().unwrap_or("").contains("INC-1")));
     // And new logins too.
     let out = c.admin(&["locks", "ls", "--format", "json"]).expect_ok();
     let locks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();

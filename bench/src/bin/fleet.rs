@@ -123,6 +123,7 @@ async fn sim_node(
                 labels,
                 addrs: vec![],
                 version: "sim".into(),
+                every_secs: None,
             },
         )
         .await?;

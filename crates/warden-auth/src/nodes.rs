@@ -30,7 +30,7 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/join", post(join))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/certs", post(renew))
-        .route("/v1/nodes/heartbeat", put(heartbeat))
+        .route("/v1/nodes/heartbeat", put(heartbeat).delete(leave))
         .route("/v1/nodes/access", post(access))
         .route("/v1/events", post(node_event))
         .route("/v1/events/batch", post(node_events))
@@ -428,10 +428,7 @@ impl AuthServer {
         Ok(resources::list::<NodeSpec>(self.backend(), NODES)
             .await?
             .into_iter()
-            .find(|n| {
-                n.spec.hostname == name
-                    && now - n.spec.heartbeat < warden_types::resource::NODE_ONLINE_SECS
-            })
+            .find(|n| n.spec.hostname == name && n.spec.online(now))
             .map(|n| n.name().to_string()))
     }
 
@@ -483,6 +480,12 @@ impl AuthServer {
         {
             return Err(AuthError::BadRequest("invalid node address".into()));
         }
+        let every = hb.every_secs.unwrap_or(0);
+        if every > 300 {
+            return Err(AuthError::BadRequest(
+                "heartbeats must come at least every 300 s".into(),
+            ));
+        }
         if let Some(grant) = self.stored_grant(id).await? {
             if grant.name != hb.name {
                 return Err(AuthError::BadRequest(format!(
@@ -500,6 +503,7 @@ impl AuthServer {
                 addrs: hb.addrs.iter().take(16).cloned().collect(),
                 version: hb.version.clone(),
                 heartbeat: now.unix_timestamp(),
+                heartbeat_every: every,
             },
         );
         doc.metadata.labels = hb.labels.clone();
@@ -512,6 +516,14 @@ impl AuthServer {
                 Some(expires),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Takes node `id` out of the inventory: it is shutting down. Its
+    /// identity stays valid; its next heartbeat brings it back.
+    pub async fn leave(&self, id: &str) -> Result<()> {
+        self.backend().delete(&format!("{NODES}{id}")).await?;
+        tracing::info!(node = %id, "node left the inventory");
         Ok(())
     }
 
@@ -654,6 +666,15 @@ async fn heartbeat(
 ) -> Result<Json<serde_json::Value>> {
     let id = require_node(&c)?.to_string();
     s.heartbeat(&id, &hb).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn leave(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<serde_json::Value>> {
+    let id = require_node(&c)?.to_string();
+    s.leave(&id).await?;
     Ok(Json(serde_json::json!({})))
 }
 

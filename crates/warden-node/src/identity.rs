@@ -171,6 +171,12 @@ impl NodeIdentity {
         Ok(())
     }
 
+    /// Takes this node out of the inventory (it is stopping).
+    pub async fn leave(&self) -> anyhow::Result<()> {
+        let _: serde_json::Value = self.api()?.delete("/v1/nodes/heartbeat").await?;
+        Ok(())
+    }
+
     /// Renews the certificates once half their lifetime has passed.
     pub async fn renew_if_due(&self, addrs: &[String]) -> anyhow::Result<()> {
         let certs = self.certs();

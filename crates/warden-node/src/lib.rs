@@ -50,6 +50,11 @@ pub struct NodeConfig {
     pub label_commands: Vec<LabelCommand>,
     /// Keep a tunnel to every proxy of the cluster, not only `proxy`.
     pub proxy_discovery: bool,
+    /// Time between heartbeats; three missed ones show the node offline.
+    pub heartbeat_every: Duration,
+    /// Set before shutdown when the node should leave the inventory (a
+    /// stop); left unset when a successor process takes over.
+    pub leave_on_shutdown: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `--label-cmd arch='uname -m'@1m`: a label refreshed from a command.
@@ -114,8 +119,8 @@ async fn run_label_command(cmd: &str) -> Result<String, String> {
         .collect())
 }
 
-/// How often a node reports in.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// The default time between heartbeats.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the node until `shutdown` completes.
 pub async fn run(
@@ -194,13 +199,15 @@ pub async fn run(
     let agent = identity.clone();
     let name = config.name.clone();
     let advertise_for_renew = advertise.clone();
-    tokio::spawn(async move {
+    let every = config.heartbeat_every;
+    let heartbeats = tokio::spawn(async move {
         loop {
             let hb = Heartbeat {
                 name: name.clone(),
                 labels: labels.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 addrs: advertise.clone(),
                 version: warden_types::VERSION.to_string(),
+                every_secs: Some(every.as_secs().max(1)),
             };
             if let Err(e) = agent.heartbeat(&hb).await {
                 tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
@@ -210,18 +217,31 @@ pub async fn run(
             }
             // A changed dynamic label is reported at once.
             tokio::select! {
-                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = changed.notified() => {}
             }
         }
     });
-    match listener {
-        Some(l) => sshd::serve(identity, l, shutdown).await,
+    let served = match listener {
+        Some(l) => sshd::serve(identity.clone(), l, shutdown).await,
         None => {
             shutdown.await;
             Ok(())
         }
+    };
+    heartbeats.abort();
+    if config
+        .leave_on_shutdown
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        // Shown gone at once rather than after three missed heartbeats.
+        match tokio::time::timeout(Duration::from_secs(3), identity.leave()).await {
+            Ok(Ok(())) => tracing::info!("left the inventory"),
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "cannot leave the inventory"),
+            Err(_) => tracing::warn!("cannot leave the inventory: auth did not answer"),
+        }
     }
+    served
 }
 
 #[cfg(test)]

@@ -388,6 +388,9 @@ pub struct Heartbeat {
     #[serde(default)]
     pub addrs: Vec<String>,
     pub version: String,
+    /// Seconds until the next heartbeat (omitted: 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
 }
 
 /// A node asks auth whether a user may log in (decided with live roles).

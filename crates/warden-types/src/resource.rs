@@ -401,8 +401,11 @@ pub struct NodeGrant {
     pub addrs: Vec<String>,
 }
 
-/// A node is online if it sent a heartbeat this recently (seconds).
+/// A node is online if it sent a heartbeat this recently (seconds): three
+/// of the default 30-second heartbeats.
 pub const NODE_ONLINE_SECS: i64 = 90;
+/// How many heartbeats a node may miss before it is shown offline.
+pub const MISSED_HEARTBEATS: i64 = 3;
 
 /// A node in the inventory; `metadata.name` is its id, `metadata.labels`
 /// its labels, `metadata.expires` when it is dropped without heartbeats.
@@ -416,6 +419,20 @@ pub struct NodeSpec {
     pub version: String,
     /// Unix seconds of the last heartbeat.
     pub heartbeat: i64,
+    /// Seconds between the node's heartbeats (0: the default, 30).
+    pub heartbeat_every: u64,
+}
+
+impl NodeSpec {
+    /// Whether the node is online at `now` (Unix seconds): it has missed
+    /// fewer than [`MISSED_HEARTBEATS`] heartbeats.
+    pub fn online(&self, now: i64) -> bool {
+        let every = match self.heartbeat_every {
+            0 => NODE_ONLINE_SECS / MISSED_HEARTBEATS,
+            n => n.min(3600) as i64,
+        };
+        now - self.heartbeat <= every * MISSED_HEARTBEATS
+    }
 }
 
 /// What a lock blocks: every field set must match (a lock with `user` and

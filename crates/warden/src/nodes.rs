@@ -13,7 +13,6 @@ use warden_types::api::{
     MfaRequiredResponse, MfaSessionRequest, MfaSessionResponse,
 };
 use warden_types::duration::relative;
-use warden_types::resource::NODE_ONLINE_SECS;
 use warden_types::{Document, NodeSpec};
 
 #[derive(Args)]
@@ -138,7 +137,7 @@ async fn inventory(store: &ProfileStore, p: &Profile) -> anyhow::Result<Vec<Docu
 }
 
 fn online(n: &Document<NodeSpec>) -> bool {
-    output::now() - n.spec.heartbeat <= NODE_ONLINE_SECS
+    n.spec.online(output::now())
 }
 
 pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
@@ -172,7 +171,13 @@ pub fn print_nodes(mut nodes: Vec<Document<NodeSpec>>, format: Format) -> anyhow
                     .map(|n| vec![
                         n.spec.hostname.clone(),
                         n.name().to_string(),
-                        n.spec.addrs.first().cloned().unwrap_or_default(),
+                        // A node with no address listens nowhere: it is
+                        // reached through its reverse tunnel.
+                        n.spec
+                            .addrs
+                            .first()
+                            .cloned()
+                            .unwrap_or_else(|| "(tunnel)".into()),
                         n.metadata
                             .labels
                             .iter()
@@ -206,6 +211,9 @@ async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Resul
         .iter()
         .filter(|n| n.name() == node || n.spec.hostname == node)
         .collect();
+    // A name left behind by a node that was replaced: the live one wins.
+    let live: Vec<&Document<NodeSpec>> = matches.iter().copied().filter(|n| online(n)).collect();
+    let matches = if live.len() == 1 { live } else { matches };
     let n = match matches.as_slice() {
         [] => {
             bail!("no node {node:?} that you may access; 'warden ls' lists the ones you can reach")
@@ -217,6 +225,14 @@ async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Resul
             many.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
         ),
     };
+    if !online(n) {
+        bail!(
+            "node {} is offline since {} (last heartbeat {}); 'warden ls' shows which nodes are online",
+            output::safe(&n.spec.hostname),
+            output::time(n.spec.heartbeat),
+            relative(n.spec.heartbeat - output::now())
+        );
+    }
     Ok(Target {
         node_id: n.name().to_string(),
     })

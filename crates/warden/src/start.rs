@@ -81,6 +81,11 @@ pub struct StartArgs {
     /// cluster (e.g. when the others are not reachable from this network).
     #[arg(long)]
     no_proxy_discovery: bool,
+    /// Node: time between heartbeats; a node that misses three is shown
+    /// offline. A node that is stopped (SIGTERM, Ctrl-C) leaves the
+    /// inventory at once.
+    #[arg(long, default_value = "30s")]
+    heartbeat_interval: warden_types::duration::HumanDuration,
 }
 
 fn parse_labels(items: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -167,6 +172,9 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         Ok(lock)
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Whether the node leaves the inventory on shutdown: yes when stopped,
+    // no when a successor process takes over.
+    let leave = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut listeners = Listeners::new();
     if let Some(addr) = a.diag_addr {
         let listener = bind(addr, "diag", "diagnostics", "--diag-addr", &mut listeners).await?;
@@ -242,14 +250,19 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
+            heartbeat_every: a.heartbeat_interval.0,
+            leave_on_shutdown: leave.clone(),
         };
-        let node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
+        let mut node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
-            r = node => return r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))?,
+            r = &mut node => return r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))?,
             _ = shutdown_signal() => {}
         }
+        // Stopped: leave the inventory before exiting.
+        leave.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = shutdown_tx.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node).await;
         return Ok(());
     }
 
@@ -370,6 +383,8 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
+            heartbeat_every: a.heartbeat_interval.0,
+            leave_on_shutdown: leave.clone(),
         };
         node_task = Some(tokio::spawn(warden_node::run(
             config,

@@ -480,3 +480,63 @@ fn graceful_restart_keeps_live_sessions() {
         second.all()
     );
 }
+
+/// A node stopped with SIGTERM leaves the inventory at once; one that
+/// vanishes is shown offline after three missed heartbeats, and `warden
+/// ssh` to it says so. Tunnel nodes show as such in `warden ls`.
+#[test]
+fn stopped_nodes_leave_and_vanished_ones_go_offline() {
+    let dir = temp_dir("offline");
+    let c = Cluster::start(&dir);
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    let fast = ["--heartbeat-interval", "1s"];
+    let stopped = TunnelNode::start_with(&c, "stopped", "env=a", &fast);
+    let vanished = TunnelNode::start_with(&c, "vanished", "env=b", &fast);
+    c.wait_reachable("alice", "root", "stopped");
+    c.wait_reachable("alice", "root", "vanished");
+    let ls = || c.run_as("alice", &["ls"], None).expect_ok().stdout;
+    let row = |name: &str| {
+        ls().lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(str::to_string)
+    };
+    assert!(row("stopped").unwrap().contains("(tunnel)"), "{}", ls());
+
+    // SIGTERM: gone from the inventory by the time the process has exited.
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &stopped.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{}", stopped.pid())).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", stopped.pid()))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "node did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(row("stopped"), None, "{}", ls());
+
+    // SIGKILL: offline within three missed heartbeats (3 s here).
+    let killed_at = std::time::Instant::now();
+    drop(vanished);
+    let mut offline_after = None;
+    while killed_at.elapsed() < Duration::from_secs(10) {
+        if row("vanished").is_some_and(|r| r.contains("offline")) {
+            offline_after = Some(killed_at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let offline_after = offline_after.unwrap_or_else(|| panic!("still online: {}", ls()));
+    assert!(offline_after <= Duration::from_secs(5), "{offline_after:?}");
+    let out = c.run_as("alice", &["ssh", "root@vanished", "--", "true"], None);
+    assert!(
+        !out.ok && out.stderr.contains("node vanished is offline since"),
+        "{}",
+        out.all()
+    );
+}

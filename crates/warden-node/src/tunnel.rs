@@ -16,6 +16,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 struct TunnelClient {
     identity: Arc<NodeIdentity>,
+    /// Woken when the proxy asks this node to move its tunnel.
+    moved: Arc<tokio::sync::Notify>,
 }
 
 impl client::Handler for TunnelClient {
@@ -39,6 +41,14 @@ impl client::Handler for TunnelClient {
         reply: client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if connected_address == warden_types::TUNNEL_MOVE_ADDRESS {
+            tracing::info!("the proxy is draining: moving the tunnel");
+            self.moved.notify_one();
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         reply.accept().await;
         let addr = |host: &str, port: u32| {
             format!("{host}:{port}")
@@ -93,12 +103,28 @@ pub async fn keep_tunnel(identity: Arc<NodeIdentity>, proxy: String) {
     loop {
         let began = std::time::Instant::now();
         match connect(&identity, &proxy).await {
-            Ok(handle) => {
+            Ok((handle, moved)) => {
                 tracing::info!(%proxy, "tunnel connected");
-                while !handle.is_closed() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                let closed = async {
+                    while !handle.is_closed() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = closed => tracing::warn!(%proxy, "tunnel lost; reconnecting"),
+                    _ = moved.notified() => {
+                        // A restarting proxy: a new tunnel (to the process
+                        // that now accepts) at once, while sessions on the
+                        // old one go on until the old process closes it.
+                        tokio::spawn(async move {
+                            while !handle.is_closed() {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        });
+                        failures = 0;
+                        continue;
+                    }
                 }
-                tracing::warn!(%proxy, "tunnel lost; reconnecting");
             }
             Err(e) => tracing::warn!(%proxy, error = %format!("{e:#}"), "tunnel failed"),
         }
@@ -117,7 +143,7 @@ pub async fn keep_tunnel(identity: Arc<NodeIdentity>, proxy: String) {
 async fn connect(
     identity: &Arc<NodeIdentity>,
     proxy: &str,
-) -> anyhow::Result<client::Handle<TunnelClient>> {
+) -> anyhow::Result<(client::Handle<TunnelClient>, Arc<tokio::sync::Notify>)> {
     let certs = identity.certs();
     let cert = ClientCert {
         cert_pem: certs.tls_cert_pem.clone(),
@@ -145,15 +171,17 @@ async fn connect(
         keepalive_max: 3,
         ..Default::default()
     });
+    let moved = Arc::new(tokio::sync::Notify::new());
     let mut handle = client::connect_stream(
         ssh_config,
         tls,
         TunnelClient {
             identity: identity.clone(),
+            moved: moved.clone(),
         },
     )
     .await?;
     let auth = handle.authenticate_none(identity.node_id()).await?;
     anyhow::ensure!(auth.success(), "the proxy refused the tunnel");
-    Ok(handle)
+    Ok((handle, moved))
 }

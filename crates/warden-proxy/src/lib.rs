@@ -243,7 +243,12 @@ impl Proxy {
                         continue;
                     }
                 },
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    // Whoever accepts on this port from now on (a
+                    // successor, after a graceful restart) gets the tunnels.
+                    this.jump.tunnels.move_all();
+                    return Ok(());
+                }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 METRICS.proxy_errors_limit.inc();

@@ -42,6 +42,35 @@ impl Tunnels {
         self.len() == 0
     }
 
+    /// Asks every node to open a new tunnel (this process is draining after
+    /// handing its port to a successor); their current tunnels, and the
+    /// sessions in them, stay until this process exits.
+    pub fn move_all(&self) {
+        let handles: Vec<Handle> = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, h)| h.clone())
+            .collect();
+        tracing::info!(
+            tunnels = handles.len(),
+            "asking nodes to move their tunnels"
+        );
+        for h in handles {
+            tokio::spawn(async move {
+                let _ = h
+                    .channel_open_forwarded_tcpip(
+                        warden_types::TUNNEL_MOVE_ADDRESS,
+                        0,
+                        "0.0.0.0".to_string(),
+                        0,
+                    )
+                    .await;
+            });
+        }
+    }
+
     /// Opens a stream to the node's SSH server through its tunnel.
     pub async fn dial(&self, node: &str, originator: std::net::SocketAddr) -> Option<Channel<Msg>> {
         let handle = self

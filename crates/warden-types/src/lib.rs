@@ -25,6 +25,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const ALPN_AUTH: &[u8] = b"warden-auth";
 /// TLS ALPN protocol of a node's reverse tunnel.
 pub const ALPN_TUNNEL: &[u8] = b"warden-tunnel";
+/// The `forwarded-tcpip` address a draining proxy opens in a tunnel to ask
+/// the node to open a new tunnel (to the process now accepting).
+pub const TUNNEL_MOVE_ADDRESS: &str = "move@warden";
 /// TLS ALPN protocol between peer proxies (mTLS, proxy identities).
 pub const ALPN_PEER: &[u8] = b"warden-peer";
 /// DNS name in the auth server's certificate; clients always verify this name.

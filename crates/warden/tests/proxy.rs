@@ -371,6 +371,8 @@ fn graceful_restart_keeps_live_sessions() {
     let secret = c.add_user("alice", "access", "root");
     c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
     c.wait_reachable("alice", "root", "box");
+    let _nat = TunnelNode::start(&c, "natbox", "env=nat");
+    c.wait_reachable("alice", "root", "natbox");
     let pid_file = dir.join("data/warden.pid");
     let old: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
@@ -416,6 +418,26 @@ fn graceful_restart_keeps_live_sessions() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_ne!(new, old, "no successor took over");
+    let ready_at = std::time::Instant::now();
+    // A node behind NAT moves its tunnel to the successor at once: new
+    // sessions reach it while the old process drains.
+    let reached = loop {
+        let out = c.run_as("alice", &["ssh", "root@natbox", "--", "echo moved"], None);
+        if out.ok && out.stdout.trim() == "moved" {
+            break ready_at.elapsed();
+        }
+        assert!(
+            ready_at.elapsed() < Duration::from_secs(10),
+            "tunnel node unreachable during the drain: {}",
+            out.all()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("tunnel node reached {reached:?} after the handover");
+    assert!(
+        reached <= Duration::from_secs(2),
+        "reached after {reached:?}"
+    );
     struct KillOnDrop(u32);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {

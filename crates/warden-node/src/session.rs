@@ -285,7 +285,7 @@ pub async fn pump(
     tokio::select! {
         outcome = &mut work => outcome,
         _ = hangup => {
-            signal(libc::SIGHUP);
+            leader.hang_up();
             tokio::time::timeout(HANGUP_GRACE, &mut work)
                 .await
                 .unwrap_or_else(|_| {
@@ -345,6 +345,17 @@ impl Leader {
         if !self.reaped() {
             signal_session(self.pid, sig);
         }
+    }
+
+    /// A hangup, as a terminal gives its session when it goes away: SIGHUP
+    /// (and SIGCONT, so that stopped processes see it) to the leader's
+    /// process group. An interactive shell passes it on to its jobs, as
+    /// under sshd. A few system calls however many processes the machine
+    /// runs, so tearing down many sessions at once stays cheap; ending a
+    /// session by force (locks, strict recording) uses [`Leader::signal`].
+    pub fn hang_up(&self) {
+        self.signal_group(libc::SIGHUP);
+        self.signal_group(libc::SIGCONT);
     }
 
     /// Sends `sig` to the leader's process group only (the shell and

@@ -1486,3 +1486,81 @@ fn resource_requests_approval_rules_and_webhooks() {
     c.run_as("bob", &["ssh", "root@db-1", "--", "true"], None)
         .expect_err("");
 }
+
+/// Pids of processes whose command line is exactly `sleep SECONDS`.
+fn sleeping(seconds: &str) -> Vec<i32> {
+    let want = format!("sleep\0{seconds}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+        })
+        .collect()
+}
+
+/// A client that goes away leaves nothing of its session running, in a
+/// terminal session (background and foreground jobs) and in a command,
+/// except what was detached on purpose (nohup, setsid).
+#[test]
+fn disconnect_leaves_no_process_behind() {
+    use std::io::Write;
+    let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
+    let wait_until = |what: &str, cond: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < Duration::from_secs(15), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let detach =
+        "nohup sleep {n}2 >/dev/null 2>&1 & setsid sleep {n}3 </dev/null >/dev/null 2>&1 &";
+    for (n, pty) in [("610", true), ("620", false)] {
+        let detached = detach.replace("{n}", n);
+        let mut args = c.openssh("alice", "alice");
+        let mut client = if pty {
+            args.extend(["-tt".into(), format!("root@{}", c.node_host())]);
+            let mut child = std::process::Command::new("ssh")
+                .args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.as_mut().unwrap();
+            write!(stdin, "sleep {n}1 &\n{detached}\nsleep {n}4\n").unwrap();
+            stdin.flush().unwrap();
+            child
+        } else {
+            args.extend([
+                format!("root@{}", c.node_host()),
+                format!("sleep {n}1 & {detached} sleep {n}4"),
+            ]);
+            std::process::Command::new("ssh")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let all = [1, 2, 3, 4].map(|i| format!("{n}{i}"));
+        wait_until(&format!("session {n} did not start its jobs"), &|| {
+            all.iter().all(|s| !sleeping(s).is_empty())
+        });
+        // The client vanishes (no clean close): the node hangs up.
+        client.kill().unwrap();
+        let _ = client.wait();
+        wait_until(&format!("session {n} left processes behind"), &|| {
+            sleeping(&all[0]).is_empty() && sleeping(&all[3]).is_empty()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        for kept in [&all[1], &all[2]] {
+            let pids = sleeping(kept);
+            assert_eq!(pids.len(), 1, "detached 'sleep {kept}' must survive");
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pids[0], libc::SIGKILL) };
+        }
+    }
+}

@@ -15,6 +15,8 @@ pub enum ClientError {
     },
     #[error("{addr} is not yet trusted: its CA is {presented}. Pass --ca-pin {presented} if that is what your admin gave you")]
     UntrustedCluster { addr: String, presented: String },
+    #[error("{addr} is {what}, not a Warden proxy; pass the proxy's address (port 3080 unless 'warden start' was given --listen-addr)")]
+    WrongPort { addr: String, what: &'static str },
     #[error("TLS with {addr} failed: {reason}")]
     Tls { addr: String, reason: String },
     /// The server answered with an error.

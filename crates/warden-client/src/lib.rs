@@ -4,6 +4,7 @@
 mod error;
 pub mod http;
 pub mod login;
+pub mod probe;
 pub mod profile;
 pub mod tls;
 

@@ -25,7 +25,23 @@ pub async fn ping(proxy: &str, trust: Trust) -> Result<PingResponse> {
         Trust::Pin(p) => Some(p.clone()),
         _ => None,
     };
-    let resp: PingResponse = public_client(proxy, trust)?.get("/v1/ping").await?;
+    let resp: PingResponse = match public_client(proxy, trust)?.get("/v1/ping").await {
+        Ok(r) => r,
+        Err(
+            e @ (ClientError::Tls { .. }
+            | ClientError::Protocol { .. }
+            | ClientError::UntrustedCluster { .. }),
+        ) => {
+            return Err(match crate::probe::not_a_proxy(proxy).await {
+                Some(what) => ClientError::WrongPort {
+                    addr: proxy.to_string(),
+                    what,
+                },
+                None => e,
+            })
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(pin) = pin {
         let ok = resp
             .tls_ca_pems

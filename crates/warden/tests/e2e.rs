@@ -804,3 +804,34 @@ fn one_warden_per_data_dir_and_admin_finds_it() {
         "{hint}"
     );
 }
+
+/// `--proxy` given the auth, node or diagnostics port says which port it
+/// is and which to use.
+#[test]
+fn proxy_flag_on_the_wrong_port_says_which_it_is() {
+    let dir = temp_dir("wrongport");
+    let diag = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let c = Cluster::start_with(&dir, &["--diag-addr", &diag]);
+    for (addr, what) in [
+        (c.auth.clone(), "auth API"),
+        (c.node.clone(), "node's SSH port"),
+        (diag.clone(), "diagnostics port"),
+    ] {
+        let out = c.run(
+            &[
+                "login", "--proxy", &addr, "--user", "alice", "--ca-pin", &c.pin,
+            ],
+            None,
+        );
+        assert!(!out.ok, "{}", out.all());
+        assert!(
+            out.stderr.contains(what) && out.stderr.contains("not a Warden proxy"),
+            "{addr}: {}",
+            out.all()
+        );
+    }
+}

@@ -899,6 +899,54 @@ async fn audit_events(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditEvents>> {
     s.authorize(&c, res::EVENT, verbs::LIST).await?;
-    let events = s.inner.audit.search(&q).await?;
-    Ok(Json(AuditEvents { events }))
+    if let Some(t) = &q.event_type {
+        if !codes::EVENT_TYPES.contains(&t.as_str()) {
+            return Err(AuthError::BadRequest(format!(
+                "unknown event type {t:?}; the types are: {}",
+                codes::EVENT_TYPES.join(", ")
+            )));
+        }
+    }
+    // A node by name: every node admitted under that name (a replaced
+    // node's history included).
+    let ids = match &q.node {
+        Some(n) if !s.node_known(n).await? => {
+            let ids = s.node_ids_named(n).await?;
+            if ids.is_empty() {
+                return Err(AuthError::NotFound(format!(
+                    "no node named or with id {n:?}; 'warden admin nodes ls' lists them"
+                )));
+            }
+            ids
+        }
+        Some(n) => vec![n.clone()],
+        None => vec![],
+    };
+    let limit = q.limit.unwrap_or(1000).min(10_000) as usize;
+    let (mut events, mut total) = (Vec::new(), 0u64);
+    let queries: Vec<AuditQuery> = if ids.is_empty() {
+        vec![q.clone()]
+    } else {
+        ids.into_iter()
+            .map(|id| AuditQuery {
+                node: Some(id),
+                ..q.clone()
+            })
+            .collect()
+    };
+    for query in &queries {
+        let found = s.inner.audit.search(query).await?;
+        total += if found.len() >= limit {
+            s.inner.audit.count(query).await?
+        } else {
+            found.len() as u64
+        };
+        events.extend(found);
+    }
+    if queries.len() > 1 {
+        events.sort_by_key(|e| std::cmp::Reverse((e.time, e.index)));
+    }
+    events.truncate(limit);
+    let total = (total > events.len() as u64).then_some(total);
+    Ok(Json(AuditEvents { events, total }))
 }

@@ -408,6 +408,28 @@ impl AuthServer {
         }
     }
 
+    /// The ids of the nodes admitted as `name`, oldest grants first
+    /// (replaced nodes keep their grant, so their history stays findable).
+    pub(crate) async fn node_ids_named(&self, name: &str) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for item in self.backend().range(GRANTS).await? {
+            let Ok(grant) = serde_json::from_slice::<NodeGrant>(&item.value) else {
+                continue;
+            };
+            if grant.name == name {
+                if let Some(id) = item.key.strip_prefix(GRANTS) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether a node with id `id` was ever admitted.
+    pub(crate) async fn node_known(&self, id: &str) -> Result<bool> {
+        Ok(self.stored_grant(id).await?.is_some())
+    }
+
     /// The name node `id` was admitted with (its grant), else its inventory
     /// name; empty when neither is known.
     pub(crate) async fn node_name(&self, id: &str) -> Result<String> {

@@ -40,6 +40,8 @@ pub trait AuditLog: Send + Sync + 'static {
     }
     /// Newest first by event time (or, with `after`, oldest first by index).
     async fn search(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    /// How many events match `query`'s filters (its limit aside).
+    async fn count(&self, query: &AuditQuery) -> Result<u64>;
     /// Recomputes the chain.
     async fn verify(&self) -> Result<VerifyReport>;
     /// The event at `index`, if stored.
@@ -127,6 +129,29 @@ fn parse(body: String) -> rusqlite::Result<AuditEvent> {
 /// `?x IS NULL OR col = ?x` form makes it scan the table newest first).
 pub fn search_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
+    let (filter, mut values) = filter_sql(q);
+    // Newest first by time: each filter's (column, time) index, which
+    // SQLite extends with idx, yields rows already in this order, so the
+    // scan stops at the limit instead of sorting every match. A stream
+    // (`after`) follows the chain instead.
+    let order = if q.after.is_some() {
+        "idx ASC"
+    } else {
+        "time DESC, idx DESC"
+    };
+    values.push(Value::Integer(i64::from(
+        q.limit.unwrap_or(1000).min(10_000),
+    )));
+    (
+        format!("SELECT body FROM events {filter} ORDER BY {order} LIMIT ?"),
+        values,
+    )
+}
+
+/// The `WHERE` clause of a query's filters (empty without any), with its
+/// values.
+fn filter_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
     let mut conds: Vec<&str> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     let mut add = |cond: &'static str, v: Option<Value>| {
@@ -150,22 +175,7 @@ pub fn search_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     } else {
         format!("WHERE {}", conds.join(" AND "))
     };
-    // Newest first by time: each filter's (column, time) index, which
-    // SQLite extends with idx, yields rows already in this order, so the
-    // scan stops at the limit instead of sorting every match. A stream
-    // (`after`) follows the chain instead.
-    let order = if q.after.is_some() {
-        "idx ASC"
-    } else {
-        "time DESC, idx DESC"
-    };
-    values.push(Value::Integer(i64::from(
-        q.limit.unwrap_or(1000).min(10_000),
-    )));
-    (
-        format!("SELECT body FROM events {filter} ORDER BY {order} LIMIT ?"),
-        values,
-    )
+    (filter, values)
 }
 
 /// IMMEDIATE: the chain head is read and extended under one write lock,
@@ -271,6 +281,19 @@ impl AuditLog for SqliteAuditLog {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(db_err)?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn count(&self, q: &AuditQuery) -> Result<u64> {
+        let (filter, values) = filter_sql(q);
+        self.with(move |c| {
+            let n: i64 = c
+                .prepare_cached(&format!("SELECT COUNT(*) FROM events {filter}"))
+                .map_err(db_err)?
+                .query_row(rusqlite::params_from_iter(values), |r| r.get(0))
+                .map_err(db_err)?;
+            Ok(n.max(0) as u64)
         })
         .await
     }

@@ -232,7 +232,7 @@ pub struct AuditQuery {
     pub since: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    /// Node id.
+    /// Node id (or name: auth resolves it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +290,9 @@ pub struct RecordingQuery {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditEvents {
     pub events: Vec<AuditEvent>,
+    /// When the limit cut the result: how many events match in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// Every error body of the API.

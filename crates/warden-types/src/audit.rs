@@ -88,6 +88,46 @@ pub mod codes {
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
+    /// Every event type, for checking a search's `--type`.
+    pub const EVENT_TYPES: &[&str] = &[
+        "access_request.auto_approve",
+        "access_request.create",
+        "access_request.review",
+        "api.denied",
+        "cert.renew",
+        "config.delete",
+        "config.update",
+        "exec",
+        "lock.create",
+        "lock.delete",
+        "mfa.add",
+        "mfa.remove",
+        "mfa.session",
+        "node.join",
+        "port_forward",
+        "rate_limited",
+        "recording.failure",
+        "recording.play",
+        "role.create",
+        "role.delete",
+        "role.update",
+        "session.end",
+        "session.rejected",
+        "session.start",
+        "session.terminated",
+        "sftp",
+        "subsystem",
+        "token.create",
+        "token.delete",
+        "user.create",
+        "user.delete",
+        "user.lockout",
+        "user.login",
+        "user.signup",
+        "user.update",
+        "webhook.failure",
+        "x11_forward",
+    ];
     /// What a proxy may report: sign-ins its jump host refused.
     pub const PROXY_EVENT_TYPES: &[&str] = &["session.rejected"];
     /// Event types a node may report.
@@ -202,6 +242,24 @@ impl AuditEvent {
 
 #[cfg(test)]
 mod tests {
+    /// Every (type, code) constant's type is in `EVENT_TYPES`.
+    #[test]
+    fn event_types_lists_every_type() {
+        let source = include_str!("audit.rs");
+        let mut rest = source;
+        let mut found = 0;
+        while let Some(at) = rest.find("(&str, &str) = (\"") {
+            rest = &rest[at + 17..];
+            let name = &rest[..rest.find('"').unwrap()];
+            assert!(
+                codes::EVENT_TYPES.contains(&name),
+                "{name} missing from EVENT_TYPES"
+            );
+            found += 1;
+        }
+        assert!(found > 40, "{found}");
+    }
+
     use super::*;
 
     #[test]

@@ -243,11 +243,12 @@ enum AuditCommand {
         /// Only events newer than this, e.g. 24h or 7d.
         #[arg(long)]
         since: Option<HumanDuration>,
-        /// Node id.
+        /// Node name or id (a name covers every node admitted under it).
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
         session: Option<String>,
+        /// At most this many events (up to 10000); the newest are shown.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[arg(long, value_enum, default_value_t)]
@@ -976,6 +977,13 @@ async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
                     .collect()
             )
         ),
+    }
+    if let Some(total) = resp.total {
+        eprintln!(
+            "Showing the newest {} of {total} matching events ({} more): narrow with --since, --type, --user, --node or --session, raise --limit (up to 10000), or stream them all with 'warden admin audit export'.",
+            resp.events.len(),
+            total.saturating_sub(resp.events.len() as u64)
+        );
     }
     Ok(())
 }

@@ -835,3 +835,57 @@ fn proxy_flag_on_the_wrong_port_says_which_it_is() {
         );
     }
 }
+
+/// `audit search`: `--node` takes a name, an unknown `--type` lists the
+/// valid ones, and a result cut by `--limit` says how many more match.
+#[test]
+fn audit_search_by_node_name_types_and_paging() {
+    let dir = temp_dir("auditsearch");
+    let c = Cluster::start_with(&dir, &["--name", "box"]);
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.ssh("alice", "alice", "root", &[], "true", None)
+        .expect_ok();
+    let search = |args: &[&str]| {
+        let mut full = vec!["audit", "search"];
+        full.extend_from_slice(args);
+        c.admin(&full)
+    };
+    let mut by_name = Vec::new();
+    for _ in 0..100 {
+        let out =
+            search(&["--node", "box", "--type", "session.end", "--format", "json"]).expect_ok();
+        by_name = serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).unwrap();
+        if !by_name.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!by_name.is_empty(), "no session.end event for node box");
+    let id = by_name[0]["node"].as_str().unwrap().to_string();
+    let out = search(&["--node", &id, "--type", "session.end", "--format", "json"]).expect_ok();
+    let by_id: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(by_id.len(), by_name.len());
+    let out = search(&["--node", "nonesuch"]).expect_err("no node named");
+    assert!(
+        out.stderr.contains("no node named or with id"),
+        "{}",
+        out.all()
+    );
+
+    let out = search(&["--type", "login"]).expect_err("unknown event type");
+    assert!(
+        out.stderr.contains("user.login") && out.stderr.contains("session.start"),
+        "{}",
+        out.all()
+    );
+
+    let out = search(&["--limit", "2"]).expect_ok();
+    assert!(
+        out.stderr.contains("Showing the newest 2 of "),
+        "{}",
+        out.all()
+    );
+    let out = search(&["--limit", "10000"]).expect_ok();
+    assert!(!out.stderr.contains("Showing the newest"), "{}", out.all());
+}

@@ -18,10 +18,6 @@ use warden_types::{Document, Secret, TokenKind, TokenSpec, UserSpec};
 
 /// Context bound into sealed TOTP secrets.
 pub(crate) const TOTP_AAD: &[u8] = b"warden totp v1";
-/// Shortest password accepted at signup.
-const MIN_PASSWORD: usize = 12;
-/// Longest password accepted (argon2 input is bounded).
-const MAX_PASSWORD: usize = 1024;
 /// Message for every credential failure: it must not tell an attacker which
 /// part was wrong or whether the user exists.
 const BAD_CREDENTIALS: &str = "login failed: wrong user name, password, one-time code or \
@@ -43,32 +39,6 @@ pub(crate) fn source_key(addr: &str) -> String {
         }
         _ => addr.to_string(),
     }
-}
-
-/// Lowest zxcvbn score (0-4) a new password must reach: 3 is "safely
-/// unguessable" (about 10^10 guesses), which common passwords, keyboard
-/// walks and dictionary words with digits never reach.
-const MIN_STRENGTH: zxcvbn::Score = zxcvbn::Score::Three;
-
-/// Whether a new password may be used: long enough, not absurdly long,
-/// and not guessable (common passwords, words, the user's own name).
-fn password_strength(password: &str, user: &str) -> std::result::Result<(), String> {
-    if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
-        return Err(format!(
-            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"
-        ));
-    }
-    let estimate = zxcvbn::zxcvbn(password, &[user, "warden"]);
-    if estimate.score() < MIN_STRENGTH {
-        let hint = estimate
-            .feedback()
-            .and_then(|f| f.warning().map(|w| w.to_string()))
-            .unwrap_or_else(|| "it is too easy to guess".into());
-        return Err(format!(
-            "password is too easy to guess ({hint}); use a longer passphrase of unrelated words"
-        ));
-    }
-    Ok(())
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -169,7 +139,7 @@ impl AuthServer {
             (ev, AuthError::BadRequest(msg))
         };
         let password = req.password.expose();
-        if let Err(why) = password_strength(password, &user) {
+        if let Err(why) = warden_policy::password_strength(password, &user) {
             let (ev, err) = fail(why);
             self.audit(ev).await;
             return Err(err);
@@ -549,26 +519,6 @@ impl AuthServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn common_and_guessable_passwords_are_refused() {
-        for weak in [
-            "password1234",
-            "123456789012",
-            "qwertyuiopas",
-            "alice-alice-alice",
-            "Password123!",
-            "iloveyou2024",
-        ] {
-            assert!(password_strength(weak, "alice").is_err(), "{weak}");
-        }
-        assert!(password_strength("short", "alice")
-            .unwrap_err()
-            .contains("12"));
-        for strong in ["correct horse battery staple", "vK9#mQ2!pL7@xR4s"] {
-            assert!(password_strength(strong, "alice").is_ok(), "{strong}");
-        }
-    }
 
     #[test]
     fn password_hash_round_trip() {

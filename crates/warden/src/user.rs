@@ -138,36 +138,62 @@ pub async fn signup(mut a: SignupArgs) -> anyhow::Result<()> {
         info.cluster,
         relative(info.expires - output::now())
     );
+    // The policy is checked before the password is typed again (auth
+    // checks it once more).
     let password = if a.password_stdin {
-        prompt::line_from_stdin("password")?
+        let p = prompt::line_from_stdin("password")?;
+        if let Err(why) = warden_policy::password_strength(p.expose(), &info.user) {
+            bail!("{why}");
+        }
+        p
     } else {
-        let p1 = prompt::secret("Choose a password (12+ characters): ", "--password-stdin")?;
+        let mut tries = 0;
+        let p1 = loop {
+            let p = prompt::secret(
+                &format!(
+                    "Choose a password ({}+ characters, not easy to guess): ",
+                    warden_policy::MIN_PASSWORD
+                ),
+                "--password-stdin",
+            )?;
+            match warden_policy::password_strength(p.expose(), &info.user) {
+                Ok(()) => break p,
+                Err(why) if tries < 2 => {
+                    tries += 1;
+                    eprintln!("{why}.");
+                }
+                Err(why) => bail!("{why}"),
+            }
+        };
         let p2 = prompt::secret("Repeat it: ", "--password-stdin")?;
         if p1 != p2 {
             bail!("the passwords do not match; run the command again");
         }
         p1
     };
-    if password.expose().chars().count() < 12 {
-        bail!("the password is too short: use at least 12 characters");
-    }
-    let secret = match a.totp_secret {
+    let (secret, chosen) = match a.totp_secret {
         Some(s) => {
             if otp::decode_secret(&s).map(|b| b.len()).unwrap_or(0) < otp::MIN_SECRET {
                 bail!("--totp-secret must be base32 of at least 20 bytes (32 characters)");
             }
-            s
+            (s, true)
         }
-        None => otp::generate_secret(),
+        None => (otp::generate_secret(), false),
     };
     let uri = otp::uri(&secret, &info.user, &info.cluster);
-    eprintln!(
-        "\nAdd this account to your authenticator app (scan the code or enter the secret):\n"
-    );
-    if let Some(qr) = prompt::qr(&uri) {
-        eprintln!("{qr}");
+    if chosen {
+        // The secret came with the command: the authenticator has it
+        // already, so no code to scan.
+        eprintln!("\nUsing the TOTP secret from --totp-secret:\n  {uri}\n");
+    } else {
+        eprintln!(
+            "\nAdd this account to your authenticator app (scan the code or enter the secret):\n"
+        );
+        if let Some(qr) = prompt::qr(&uri) {
+            eprintln!("{qr}");
+        }
+        eprintln!("  {uri}\n  secret: {secret}\n");
     }
-    eprintln!("  {uri}\n  secret: {secret}\n");
     let code = match a.otp {
         Some(c) => Secret::new(c),
         None => prompt::secret("Enter the 6-digit code it shows: ", "--otp")?,

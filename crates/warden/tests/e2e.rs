@@ -60,9 +60,16 @@ fn quickstart_login_and_certificate() {
         )
     };
     signup(PASSWORD, &wrong_code(&totp(&secret, 0))).expect_err("one-time code does not match");
-    signup("short", &totp(&secret, 0)).expect_err("too short");
+    signup("short", &totp(&secret, 0)).expect_err("password must be 12 to 1024 characters");
+    signup("password1234", &totp(&secret, 0)).expect_err("password is too easy to guess");
     let out = signup(PASSWORD, &totp(&secret, 0)).expect_ok();
     assert!(out.stderr.contains("otpauth://totp/"), "shows the URI");
+    // The secret came with the command: no QR code to scan.
+    assert!(
+        !out.stderr.contains(['\u{2580}', '\u{2584}', '\u{2588}']),
+        "{}",
+        out.stderr
+    );
     signup(PASSWORD, &totp(&secret, 0)).expect_err("invalid signup token");
 
     // Bad logins: clear errors, non-zero exits.

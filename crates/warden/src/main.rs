@@ -36,6 +36,10 @@ struct Cli {
     /// Log verbosely to stderr (or set RUST_LOG).
     #[arg(long, global = true)]
     debug: bool,
+    /// Log format: text for people, json (one object per line) for log
+    /// shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WARDEN_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,19 +111,29 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from(home).join(".local/share/warden")
 }
 
-fn init_logging(debug: bool, default: &str) {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(debug: bool, format: LogFormat, default: &str) {
     let filter = if debug {
         tracing_subscriber::EnvFilter::new("debug")
     } else {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
     };
-    // No colour codes in files and pipes (journald, log shippers).
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // No colour codes in files and pipes (journald, log shippers).
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -140,7 +154,11 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let is_start = matches!(cli.command, Command::Start(_));
-    init_logging(cli.debug, if is_start { "info" } else { "warn" });
+    init_logging(
+        cli.debug,
+        cli.log_format,
+        if is_start { "info" } else { "warn" },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

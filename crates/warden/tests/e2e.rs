@@ -896,3 +896,49 @@ fn audit_search_by_node_name_types_and_paging() {
     let out = search(&["--limit", "10000"]).expect_ok();
     assert!(!out.stderr.contains("Showing the newest"), "{}", out.all());
 }
+
+/// `--log-format json`: one JSON object per log line, for log shippers.
+#[test]
+fn json_logs_for_log_shippers() {
+    use std::io::BufRead;
+    let dir = temp_dir("jsonlogs");
+    let mut child = std::process::Command::new(WARDEN)
+        .args([
+            "--log-format",
+            "json",
+            "start",
+            "--listen-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--auth-addr",
+            "127.0.0.1:0",
+            "--node-listen-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .take(3)
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(!line.contains('\u{1b}'), "{line}");
+    }
+}

@@ -87,6 +87,15 @@ enum Command {
     Mfa(mfa::MfaCommand),
     /// Manage users, roles, tokens and the audit log.
     Admin(admin::AdminArgs),
+    /// Print a shell completion script:
+    /// `warden completion bash > /etc/bash_completion.d/warden`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages (warden.1 and one per subcommand) into a directory.
+    Man {
+        /// Where to write them, e.g. /usr/share/man/man1.
+        #[arg(long, default_value = ".")]
+        out_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +118,33 @@ pub fn default_data_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
     PathBuf::from(home).join(".local/share/warden")
+}
+
+/// Man pages generated from the same definitions as `--help`: `warden.1`
+/// and `warden-SUBCOMMAND[-SUB].1` for every subcommand.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut written = 0;
+    let mut stack = vec![(String::from("warden"), cmd)];
+    while let Some((name, cmd)) = stack.pop() {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            stack.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+        }
+        let page = cmd
+            .clone()
+            .name(name.clone())
+            .display_name(name.replace('-', " "));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        written += 1;
+    }
+    eprintln!("Wrote {written} man pages to {}.", dir.display());
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -196,6 +232,16 @@ fn main() -> ExitCode {
             Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
             Command::Mfa(c) => mfa::run(c).await,
             Command::Admin(a) => admin::run(a).await,
+            Command::Completion { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cmd, "warden", &mut script);
+                match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                    _ => Ok(()),
+                }
+            }
+            Command::Man { out_dir } => write_man_pages(&out_dir),
         }
     });
     match result {

@@ -942,3 +942,52 @@ fn json_logs_for_log_shippers() {
         assert!(!line.contains('\u{1b}'), "{line}");
     }
 }
+
+/// Shell completions and man pages come from the same definitions as
+/// `--help`.
+#[test]
+fn completions_and_man_pages() {
+    let dir = temp_dir("man");
+    let run = |args: &[&str]| {
+        run_program(
+            WARDEN,
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            None,
+        )
+        .expect_ok()
+    };
+    let bash = run(&["completion", "bash"]).stdout;
+    let script = dir.join("warden.bash");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&script, &bash).unwrap();
+    let out = run_program(
+        "bash",
+        &[
+            "-c".into(),
+            format!("source {} && complete -p warden", script.display()),
+        ],
+        None,
+    )
+    .expect_ok();
+    assert!(out.stdout.contains("_warden"), "{}", out.all());
+    assert!(bash.contains("signup") && bash.contains("--ca-pin"));
+    assert!(run(&["completion", "zsh"])
+        .stdout
+        .starts_with("#compdef warden"));
+    assert!(run(&["completion", "fish"])
+        .stdout
+        .contains("complete -c warden"));
+
+    let pages = dir.join("man1");
+    run(&["man", "--out-dir", pages.to_str().unwrap()]);
+    for (page, text) in [
+        ("warden.1", "identity\\-aware proxy"),
+        ("warden-ssh.1", "LOGIN@NODE"),
+        ("warden-admin-users-add.1", "users add"),
+    ] {
+        let body =
+            std::fs::read_to_string(pages.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(body.starts_with(".ie") || body.contains(".TH"), "{page}");
+        assert!(body.contains(text), "{page} lacks {text:?}");
+    }
+}

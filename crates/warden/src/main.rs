@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_config;
+mod config_file;
 mod datadir;
 mod handover;
 mod mfa;
@@ -188,7 +189,43 @@ fn main() -> ExitCode {
         }
         default_hook(info);
     }));
-    let cli = Cli::parse();
+    let args = match config_file::merge(
+        <Cli as clap::CommandFactory>::command(),
+        std::env::args_os().collect(),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let from_file = args.len() > std::env::args_os().count();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            if from_file && e.use_stderr() {
+                eprintln!(
+                    "note: the settings of --config are given to 'warden start' as these flags"
+                );
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    if let Command::Start(a) = &cli.command {
+        if a.print_config {
+            return match config_file::effective(<Cli as clap::CommandFactory>::command(), &args) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let is_start = matches!(cli.command, Command::Start(_));
     init_logging(
         cli.debug,

@@ -13,6 +13,15 @@ use warden_types::IdentityKind;
 
 #[derive(Args)]
 pub struct StartArgs {
+    /// Read settings from this YAML file: its keys are these flags
+    /// (`listen-addr: 0.0.0.0:3080`, `labels: [env=prod]`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "WARDEN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings this start would run with (defaults, file,
+    /// environment and flags combined) as a config file, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Services to run, comma-separated: auth, proxy, node.
     #[arg(long, value_delimiter = ',', default_value = "auth,proxy,node")]
     roles: Vec<String>,

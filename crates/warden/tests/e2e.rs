@@ -991,3 +991,52 @@ fn completions_and_man_pages() {
         assert!(body.contains(text), "{page} lacks {text:?}");
     }
 }
+
+/// `warden start --config FILE`: every flag is a key, flags override the
+/// file, `--print-config` shows what a start would run with.
+#[test]
+fn start_from_a_config_file() {
+    let dir = temp_dir("configfile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("warden.yaml");
+    std::fs::write(
+        &config,
+        "# a node's settings\nname: from-file\nlabels: [env=file, team=db]\nheartbeat_interval: 5s\nno-proxy-discovery: true\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let c = Cluster::start_with(&dir, &["--config", cfg, "--name", "from-flag"]);
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    let out = c
+        .run_as("alice", &["ls", "--format", "json"], None)
+        .expect_ok();
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(nodes.len(), 1, "{}", out.stdout);
+    assert_eq!(nodes[0]["spec"]["hostname"], "from-flag");
+    assert_eq!(nodes[0]["metadata"]["labels"]["env"], "file");
+    assert_eq!(nodes[0]["spec"]["heartbeat_every"], 5);
+
+    let print = |args: &[&str]| {
+        let mut full = vec!["start".to_string(), "--config".into(), cfg.into()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        run_program(WARDEN, &full, None)
+    };
+    let out = print(&["--print-config", "--labels", "env=flag"]).expect_ok();
+    let effective: serde_json::Value = serde_norway::from_str(&out.stdout).unwrap();
+    assert_eq!(effective["name"], "from-file");
+    assert_eq!(effective["labels"], serde_json::json!(["env=flag"]));
+    assert_eq!(effective["heartbeat-interval"], "5s");
+    assert_eq!(effective["listen-addr"], serde_json::Value::Null);
+    assert_eq!(effective["auth-addr"], "127.0.0.1:3025");
+    assert_eq!(effective["no-proxy-discovery"], true);
+
+    std::fs::write(&config, "listen_adr: 1.2.3.4:5\n").unwrap();
+    let out = print(&["--print-config"]);
+    assert!(
+        !out.ok && out.stderr.contains("unknown key \"listen-adr\""),
+        "{}",
+        out.all()
+    );
+    assert!(out.stderr.contains("listen-addr"), "{}", out.all());
+}

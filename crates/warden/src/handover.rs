@@ -47,6 +47,30 @@ pub fn inherited_file(name: &str) -> Option<std::fs::File> {
     Some(file)
 }
 
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process
+/// serves and is the service's main process, which after a graceful
+/// restart moves to the successor. Nothing without `$NOTIFY_SOCKET`.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let addr = match path.as_encoded_bytes().strip_prefix(b"@") {
+        // An abstract socket (Linux).
+        Some(name) => {
+            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name)
+        }
+        None => std::os::unix::net::SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+        socket.send_to_addr(message.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 /// Tells the predecessor that this process now serves.
 pub fn signal_ready() {
     let Some(fd) = std::env::var(ENV_READY)

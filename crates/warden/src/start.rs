@@ -232,6 +232,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         let proxy = warden_proxy::Proxy::new(auth_server, &identity, auth_client)?;
         println!("Proxy {} serving on {}.", identity.id, public_addrs[0]);
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::handover::notify_systemd_ready();
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let task = tokio::spawn(proxy.serve(listener, wait(shutdown_rx.clone())));
@@ -264,6 +265,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         };
         let mut node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::handover::notify_systemd_ready();
         tokio::select! {
             r = &mut node => return r.map_err(|e| anyhow::anyhow!("node task failed: {e}"))?,
             _ = shutdown_signal() => {}
@@ -413,6 +415,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
 
     crate::handover::signal_ready();
     crate::datadir::write_pid(&data_dir);
+    crate::handover::notify_systemd_ready();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut handed_over = false;
     let node_done = async {

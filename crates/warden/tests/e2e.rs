@@ -1040,3 +1040,54 @@ fn start_from_a_config_file() {
     );
     assert!(out.stderr.contains("listen-addr"), "{}", out.all());
 }
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`): READY with the main
+/// pid once serving, and after a graceful restart the successor names
+/// itself the main process.
+#[test]
+fn systemd_readiness_and_main_pid_after_restart() {
+    let dir = temp_dir("sdnotify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = std::process::Command::new(WARDEN)
+        .args([
+            "start",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--auth-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--node-listen-addr", "127.0.0.1:0", "--drain-timeout", "1s"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("no READY from warden start");
+    let first = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert_eq!(first, format!("READY=1\nMAINPID={}\n", child.id()));
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let n = socket.recv(&mut buf).expect("no READY from the successor");
+    let second = String::from_utf8_lossy(&buf[..n]).to_string();
+    let successor: u32 = second
+        .strip_prefix("READY=1\nMAINPID=")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{second:?}"));
+    assert_ne!(successor, child.id());
+    let _ = child.wait();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &successor.to_string()])
+        .status();
+}

@@ -29,6 +29,7 @@ pub fn routes() -> Router<AuthServer> {
     Router::new()
         .route("/v1/join", post(join))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/nodes/certs", post(renew))
         .route("/v1/nodes/heartbeat", put(heartbeat).delete(leave))
         .route("/v1/nodes/access", post(access))
@@ -819,6 +820,36 @@ async fn list_proxies(
 
 /// Inventory: all nodes for those who may list nodes; for other users, the
 /// nodes they may log in to.
+/// An admin takes a node out of the inventory (a running node comes back
+/// with its next heartbeat; a lock keeps it out).
+async fn remove_node(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<warden_types::api::ChangeResponse>> {
+    s.authorize(&c, res::NODE, verbs::DELETE).await?;
+    if !s.backend().delete(&format!("{NODES}{id}")).await? {
+        return Err(AuthError::NotFound(format!(
+            "node {id} is not in the inventory; see 'warden admin nodes ls'"
+        )));
+    }
+    s.audit(
+        AuditEvent::new(
+            codes::NODE_DELETE,
+            s.cluster(),
+            &c.identity.username,
+            format!("removed node {id} from the inventory"),
+        )
+        .with("node_id", id.clone()),
+    )
+    .await;
+    Ok(Json(warden_types::api::ChangeResponse {
+        name: id,
+        change: warden_types::api::Change::Deleted,
+        revision: None,
+    }))
+}
+
 async fn list_nodes(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,

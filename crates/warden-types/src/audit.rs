@@ -66,6 +66,7 @@ pub mod codes {
     pub const RATE_LIMITED: (&str, &str) = ("rate_limited", "WA4001W");
     pub const NODE_JOIN: (&str, &str) = ("node.join", "WA5000I");
     pub const NODE_JOIN_FAILURE: (&str, &str) = ("node.join", "WA5000W");
+    pub const NODE_DELETE: (&str, &str) = ("node.delete", "WA5001I");
     pub const SESSION_START: (&str, &str) = ("session.start", "WA6000I");
     pub const SESSION_END: (&str, &str) = ("session.end", "WA6001I");
     pub const SESSION_REJECTED: (&str, &str) = ("session.rejected", "WA6002W");
@@ -103,6 +104,7 @@ pub mod codes {
         "mfa.add",
         "mfa.remove",
         "mfa.session",
+        "node.delete",
         "node.join",
         "port_forward",
         "rate_limited",

@@ -74,26 +74,34 @@ enum AdminCommand {
     /// Locks in force: ls, rm.
     #[command(subcommand)]
     Locks(LocksCommand),
-    /// Create or update documents from YAML (a file or a directory):
-    /// roles, approval rules (kind: approval_rule) and webhooks (kind:
-    /// webhook; `secret_file: PATH` keeps the HMAC key out of the file).
+    /// Create or update documents from YAML (a file or a directory) of
+    /// any kind: role, user, lock, oidc, approval_rule, webhook
+    /// (`secret_file: PATH` keeps a secret out of the file). Prints the
+    /// plan first: + create, ~ update (with the changed lines), = unchanged.
+    #[command(visible_alias = "create")]
     Apply {
         #[arg(short = 'f', long)]
         file: PathBuf,
+        /// Show the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Identity provider connectors (kind: oidc) for single sign-on:
     /// apply, ls, rm.
     #[command(subcommand)]
     Connectors(ConnectorsCommand),
-    /// Print approval rules or webhooks as YAML: `get approval_rule [NAME]`
-    /// (webhook secrets are never shown).
+    /// Print documents as YAML that `create -f` takes back: `get KIND
+    /// [NAME]`, KIND one of user, role, token, lock, node, oidc,
+    /// approval_rule, webhook (ids may be shortened; secrets are never
+    /// shown).
     Get {
         kind: String,
         name: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Delete an approval rule or webhook: `rm webhook NAME`.
+    /// Delete a document: `rm KIND NAME` (any kind of `get`; a node is
+    /// taken out of the inventory).
     Rm { kind: String, name: String },
     /// Write an OpenSSH KRL revoking the certificates of locked users (and
     /// of the users of locked roles), for plain sshd's RevokedKeys.
@@ -272,8 +280,8 @@ enum AuditCommand {
 }
 
 /// An API client and what to print in instructions for users.
-struct Admin {
-    api: ApiClient,
+pub(crate) struct Admin {
+    pub(crate) api: ApiClient,
     proxy: Option<String>,
     ca_pin: String,
 }
@@ -355,7 +363,9 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
-        AdminCommand::Apply { file } => crate::admin_config::apply(&admin.api, &file, None).await,
+        AdminCommand::Apply { file, dry_run } => {
+            crate::admin_config::apply(&admin, &file, None, dry_run).await
+        }
         AdminCommand::Connectors(c) => connectors(&admin, c).await,
         AdminCommand::Get { kind, name, format } => {
             crate::admin_config::get(&admin.api, &kind, name.as_deref(), format).await
@@ -639,7 +649,7 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn signup_command(admin: &Admin, resp: &CreateUserResponse) -> String {
+pub(crate) fn signup_command(admin: &Admin, resp: &CreateUserResponse) -> String {
     let proxy = admin.proxy.clone().unwrap_or_else(|| "PROXY:3080".into());
     format!(
         "warden signup {} --proxy {proxy} --ca-pin {}",
@@ -648,7 +658,7 @@ fn signup_command(admin: &Admin, resp: &CreateUserResponse) -> String {
     )
 }
 
-fn print_signup(name: &str, command: &str, resp: &CreateUserResponse) {
+pub(crate) fn print_signup(name: &str, command: &str, resp: &CreateUserResponse) {
     println!(
         "Give {name} this one-time command; it expires {}:\n\n  {command}\n",
         relative(resp.token_expires - output::now())
@@ -725,7 +735,7 @@ fn yaml<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
 }
 
 /// A plain line diff of two YAML renderings (enough for role-sized texts).
-fn diff(old: &str, new: &str) -> Vec<String> {
+pub(crate) fn diff(old: &str, new: &str) -> Vec<String> {
     let old_lines: Vec<&str> = old.lines().collect();
     let new_lines: Vec<&str> = new.lines().collect();
     let mut out = Vec::new();
@@ -753,43 +763,9 @@ async fn roles(admin: &Admin, c: RolesCommand) -> anyhow::Result<()> {
     let api = &admin.api;
     match c {
         RolesCommand::Apply { file, dry_run } => {
-            let docs = load_roles(&file)?;
-            let existing: Vec<Document<RoleSpec>> = api.get("/v1/roles").await?;
-            let by_name: BTreeMap<&str, &Document<RoleSpec>> =
-                existing.iter().map(|r| (r.name(), r)).collect();
-            let mut changes = 0;
-            for doc in &docs {
-                let new = comparable(doc);
-                match by_name.get(doc.name()) {
-                    None => {
-                        changes += 1;
-                        println!("+ create role {}", doc.name());
-                    }
-                    Some(old) if comparable(old) == new => {
-                        println!("= role {} unchanged", doc.name())
-                    }
-                    Some(old) => {
-                        changes += 1;
-                        println!("~ update role {}", doc.name());
-                        for line in diff(&yaml(&comparable(old))?, &yaml(&new)?) {
-                            println!("{line}");
-                        }
-                    }
-                }
-            }
-            if dry_run {
-                println!("Dry run: {changes} change(s) planned, none made.");
-                return Ok(());
-            }
-            for doc in &docs {
-                let mut doc = comparable(doc);
-                doc.metadata.revision = by_name.get(doc.name()).and_then(|o| o.metadata.revision);
-                let _: ChangeResponse = api
-                    .put(&format!("/v1/roles/{}", doc.name()), &doc)
-                    .await
-                    .with_context(|| format!("role {}", doc.name()))?;
-            }
-            println!("Applied: {changes} change(s).");
+            // Read as roles first: errors then carry file, line and column.
+            load_roles(&file)?;
+            crate::admin_config::apply(admin, &file, Some(kind::ROLE), dry_run).await?;
         }
         RolesCommand::Ls { format } => {
             let roles: Vec<Document<RoleSpec>> = api.get("/v1/roles").await?;
@@ -1098,7 +1074,7 @@ pub enum ConnectorsCommand {
 async fn connectors(admin: &Admin, c: ConnectorsCommand) -> anyhow::Result<()> {
     match c {
         ConnectorsCommand::Apply { file } => {
-            crate::admin_config::apply(&admin.api, &file, Some(kind::OIDC)).await
+            crate::admin_config::apply(admin, &file, Some(kind::OIDC), false).await
         }
         ConnectorsCommand::Ls { format } => {
             let docs: Vec<Document<warden_types::OidcConnectorSpec>> =

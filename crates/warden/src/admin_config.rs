@@ -11,14 +11,100 @@ use warden_types::api::ChangeResponse;
 use warden_types::resource::kind;
 use warden_types::Document;
 
-/// Kinds `get`/`rm` manage here (roles: `warden admin roles`).
-const KINDS: &[&str] = &[kind::APPROVAL_RULE, kind::WEBHOOK, kind::OIDC];
+/// Every kind `get`, `create -f`/`apply -f` and `rm` know, as in tctl.
+pub const KINDS: &[&str] = &[
+    kind::USER,
+    kind::ROLE,
+    kind::TOKEN,
+    kind::LOCK,
+    kind::NODE,
+    kind::OIDC,
+    kind::APPROVAL_RULE,
+    kind::WEBHOOK,
+];
+
+/// Kinds kept as cluster configuration documents (`/v1/config/KIND`).
+const CONFIG_KINDS: &[&str] = &[kind::OIDC, kind::APPROVAL_RULE, kind::WEBHOOK];
 
 fn check_kind(k: &str) -> anyhow::Result<()> {
     if KINDS.contains(&k) {
         Ok(())
     } else {
-        bail!("unknown kind {k:?}: use one of {KINDS:?} (roles: 'warden admin roles')")
+        bail!("unknown kind {k:?}: use one of {}", KINDS.join(", "))
+    }
+}
+
+fn list_url(k: &str) -> String {
+    match k {
+        kind::USER => "/v1/users".into(),
+        kind::ROLE => "/v1/roles".into(),
+        kind::TOKEN => "/v1/tokens".into(),
+        kind::LOCK => "/v1/locks".into(),
+        kind::NODE => "/v1/nodes".into(),
+        _ => format!("/v1/config/{k}"),
+    }
+}
+
+/// The document's own URL, for kinds that have one.
+fn item_url(k: &str, name: &str) -> Option<String> {
+    match k {
+        kind::USER => Some(format!("/v1/users/{name}")),
+        kind::ROLE => Some(format!("/v1/roles/{name}")),
+        k if CONFIG_KINDS.contains(&k) => Some(format!("/v1/config/{k}/{name}")),
+        _ => None,
+    }
+}
+
+/// The documents of kind `k` (tokens as documents too: id, kind, user,
+/// expiry; never the secret).
+async fn list(api: &ApiClient, k: &str) -> anyhow::Result<Vec<Document<Value>>> {
+    if k == kind::TOKEN {
+        let tokens: Vec<warden_types::api::TokenSummary> = api.get(&list_url(k)).await?;
+        return tokens
+            .into_iter()
+            .map(|t| {
+                let mut doc = Document::new(
+                    kind::TOKEN,
+                    &t.id,
+                    serde_json::json!({"kind": t.kind, "user": t.user, "created_by": t.created_by}),
+                );
+                doc.metadata.expires = time::OffsetDateTime::from_unix_timestamp(t.expires).ok();
+                Ok(doc)
+            })
+            .collect();
+    }
+    Ok(api.get(&list_url(k)).await?)
+}
+
+/// One document by name, or by a unique prefix of its name (ids).
+async fn find(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Option<Document<Value>>> {
+    if let Some(url) = item_url(k, name) {
+        return match api.get(&url).await {
+            Ok(d) => Ok(Some(d)),
+            Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let docs = list(api, k).await?;
+    if let Some(d) = docs.iter().find(|d| d.name() == name) {
+        return Ok(Some(d.clone()));
+    }
+    // Nodes also by their inventory name.
+    let matches: Vec<&Document<Value>> = docs
+        .iter()
+        .filter(|d| {
+            d.name().starts_with(name)
+                || (k == kind::NODE && d.spec.get("hostname").and_then(Value::as_str) == Some(name))
+        })
+        .collect();
+    match matches.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((*one).clone())),
+        many => bail!(
+            "{name:?} matches {} {k}s: {}; give more of the id",
+            many.len(),
+            many.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -66,8 +152,58 @@ fn resolve_secret_file(origin: &str, doc: &mut Document<Value>) -> anyhow::Resul
     Ok(())
 }
 
-/// Applies every document in `path`; with `only`, refuses other kinds.
-pub async fn apply(api: &ApiClient, path: &Path, only: Option<&str>) -> anyhow::Result<()> {
+/// Secret fields the API never shows: left out of comparisons.
+const SECRET_FIELDS: &[&str] = &[
+    "secret",
+    "client_secret",
+    "secret_file",
+    "client_secret_file",
+];
+
+/// `spec` read as `S` and written back: defaults filled in, as auth
+/// stores it.
+fn normalized<S: serde::de::DeserializeOwned + serde::Serialize>(spec: &Value) -> Value {
+    serde_json::from_value::<S>(spec.clone())
+        .ok()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_else(|| spec.clone())
+}
+
+/// A document as compared for a plan: no revision or expiry, no secrets,
+/// typed kinds with their defaults.
+fn comparable(doc: &Document<Value>) -> Document<Value> {
+    let mut d = doc.clone();
+    d.metadata.revision = None;
+    d.metadata.expires = None;
+    d.spec = match d.kind.as_str() {
+        kind::ROLE => normalized::<warden_types::RoleSpec>(&d.spec),
+        kind::USER => normalized::<warden_types::UserSpec>(&d.spec),
+        kind::LOCK => normalized::<warden_types::LockSpec>(&d.spec),
+        _ => d.spec,
+    };
+    if let Some(spec) = d.spec.as_object_mut() {
+        for f in SECRET_FIELDS {
+            spec.remove(*f);
+        }
+        // Set by auth, not by the document.
+        for f in ["created_by", "uid"] {
+            spec.remove(f);
+        }
+    }
+    d
+}
+
+/// Creates or updates every document in `path` (`apply -f`, `create -f`,
+/// `roles apply -f`, `connectors apply -f`). First the plan, one line per
+/// document (`+` create, `~` update with the changed lines, `=` unchanged);
+/// with `dry_run` nothing more. With `only`, other kinds are refused.
+pub async fn apply(
+    admin: &crate::admin::Admin,
+    path: &Path,
+    only: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let api = &admin.api;
     let docs = load(path)?;
     if let Some(k) = only {
         if let Some((origin, d)) = docs.iter().find(|(_, d)| d.kind != k) {
@@ -80,53 +216,159 @@ pub async fn apply(api: &ApiClient, path: &Path, only: Option<&str>) -> anyhow::
     }
     // Check everything first, so a bad document changes nothing.
     for (origin, doc) in &docs {
-        if doc.kind == kind::ROLE {
-            let role: Document<warden_types::RoleSpec> =
-                serde_json::from_value(serde_json::to_value(doc)?)
-                    .map_err(|e| anyhow::anyhow!("{origin}: role {}: {e}", doc.name()))?;
-            if let Err(errs) = warden_policy::validate_role(&role) {
-                bail!(
-                    "{origin}: role {} is invalid:\n  {}",
-                    doc.name(),
-                    errs.join("\n  ")
-                );
+        check_kind(&doc.kind).with_context(|| origin.clone())?;
+        match doc.kind.as_str() {
+            kind::ROLE => {
+                let role: Document<warden_types::RoleSpec> =
+                    serde_json::from_value(serde_json::to_value(doc)?)
+                        .map_err(|e| anyhow::anyhow!("{origin}: role {}: {e}", doc.name()))?;
+                if let Err(errs) = warden_policy::validate_role(&role) {
+                    bail!(
+                        "{origin}: role {} is invalid:\n  {}",
+                        doc.name(),
+                        errs.join("\n  ")
+                    );
+                }
             }
-        } else {
-            check_kind(&doc.kind).with_context(|| origin.clone())?;
+            kind::USER => {
+                serde_json::from_value::<warden_types::UserSpec>(doc.spec.clone())
+                    .map_err(|e| anyhow::anyhow!("{origin}: user {}: {e}", doc.name()))?;
+            }
+            kind::LOCK => {
+                serde_json::from_value::<warden_types::LockSpec>(doc.spec.clone())
+                    .map_err(|e| anyhow::anyhow!("{origin}: lock {}: {e}", doc.name()))?;
+            }
+            kind::TOKEN => bail!(
+                "{origin}: tokens are not written as documents: 'warden admin tokens add' makes one (its secret is shown once)"
+            ),
+            kind::NODE => bail!(
+                "{origin}: nodes are not written as documents: a node joins with a token and reports itself"
+            ),
+            _ => {}
         }
         warden_types::resource::validate_name(doc.name())
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     }
-    let mut changes = 0;
-    for (origin, mut doc) in docs {
-        resolve_secret_file(&origin, &mut doc)?;
-        doc.metadata.revision = None;
-        let url = if doc.kind == kind::ROLE {
-            // Roles keep their revision-checked update path.
-            let existing: Option<Document<Value>> =
-                match api.get(&format!("/v1/roles/{}", doc.name())).await {
-                    Ok(d) => Some(d),
-                    Err(warden_client::ClientError::Api { status: 404, .. }) => None,
-                    Err(e) => return Err(e.into()),
-                };
-            doc.metadata.revision = existing.and_then(|e| e.metadata.revision);
-            format!("/v1/roles/{}", doc.name())
-        } else {
-            format!("/v1/config/{}/{}", doc.kind, doc.name())
-        };
-        let r: ChangeResponse = api
-            .put(&url, &doc)
+    // The plan.
+    let mut planned = Vec::new();
+    for (origin, doc) in docs {
+        let existing = find(api, &doc.kind, doc.name())
             .await
             .with_context(|| format!("{origin}: {} {}", doc.kind, doc.name()))?;
-        if !matches!(r.change, warden_types::api::Change::Unchanged) {
-            changes += 1;
+        let (old, new) = (existing.as_ref().map(comparable), comparable(&doc));
+        match &old {
+            None => println!("+ create {} {}", doc.kind, doc.name()),
+            Some(old) if *old == new => println!("= {} {} unchanged", doc.kind, doc.name()),
+            Some(old) => {
+                println!("~ update {} {}", doc.kind, doc.name());
+                for line in crate::admin::diff(&yaml(old)?, &yaml(&new)?) {
+                    println!("{line}");
+                }
+            }
         }
-        println!("{} {}: {:?}", doc.kind, doc.name(), r.change);
+        let change = old.as_ref() != Some(&new);
+        planned.push((origin, doc, existing, change));
+    }
+    let changes = planned.iter().filter(|p| p.3).count();
+    if dry_run {
+        println!("Dry run: {changes} change(s) planned, none made.");
+        return Ok(());
+    }
+    for (origin, mut doc, existing, change) in planned {
+        let what = format!("{origin}: {} {}", doc.kind, doc.name());
+        resolve_secret_file(&origin, &mut doc)?;
+        let has_secret = doc
+            .spec
+            .as_object()
+            .is_some_and(|s| SECRET_FIELDS.iter().any(|f| s.contains_key(*f)));
+        // Unchanged documents are left alone, unless they carry a secret
+        // (which no read shows, so it may differ).
+        if !change && !has_secret {
+            continue;
+        }
+        match doc.kind.as_str() {
+            kind::USER => write_user(admin, &doc, existing.is_some()).await,
+            kind::LOCK => {
+                let spec: warden_types::LockSpec = serde_json::from_value(doc.spec.clone())?;
+                if existing.is_some() {
+                    bail!("{what}: a lock cannot be changed; remove it ('warden admin rm lock ID') and create a new one");
+                }
+                let lock: Document<warden_types::LockSpec> = api
+                    .post(
+                        "/v1/locks",
+                        &warden_types::api::CreateLockRequest {
+                            target: spec.target,
+                            reason: spec.reason,
+                            ttl_secs: doc.metadata.expires.map(|e| {
+                                (e.unix_timestamp() - output::now()).max(1) as u64
+                            }),
+                        },
+                    )
+                    .await?;
+                println!("lock {} created (as {}).", doc.name(), lock.name());
+                Ok(())
+            }
+            k => {
+                doc.metadata.revision = existing.and_then(|e| e.metadata.revision);
+                let url = item_url(k, doc.name()).expect("writable kinds have a URL");
+                let _: ChangeResponse = api.put(&url, &doc).await?;
+                Ok(())
+            }
+        }
+        .with_context(|| what.clone())?;
     }
     println!("Applied: {changes} change(s).");
     Ok(())
 }
 
+fn yaml(doc: &Document<Value>) -> anyhow::Result<String> {
+    Ok(serde_norway::to_string(doc)?)
+}
+
+/// A user document: an existing user gets its roles and logins; a new one
+/// is created with a signup token, printed as for `users add`.
+async fn write_user(
+    admin: &crate::admin::Admin,
+    doc: &Document<Value>,
+    exists: bool,
+) -> anyhow::Result<()> {
+    let spec: warden_types::UserSpec = serde_json::from_value(doc.spec.clone())?;
+    let logins = spec.traits.get("logins").cloned().unwrap_or_default();
+    if exists {
+        let _: Document<warden_types::UserSpec> = admin
+            .api
+            .patch(
+                &format!("/v1/users/{}", doc.name()),
+                &warden_types::api::UpdateUserRequest {
+                    roles: Some(spec.roles),
+                    logins: Some(logins),
+                },
+            )
+            .await?;
+        return Ok(());
+    }
+    let mut traits = spec.traits.clone();
+    traits.remove("logins");
+    let resp: warden_types::api::CreateUserResponse = admin
+        .api
+        .post(
+            "/v1/users",
+            &warden_types::api::CreateUserRequest {
+                name: doc.name().to_string(),
+                roles: spec.roles,
+                logins,
+                traits,
+                token_ttl_secs: 3600,
+            },
+        )
+        .await?;
+    let command = crate::admin::signup_command(admin, &resp);
+    println!("user {} created.", doc.name());
+    crate::admin::print_signup(doc.name(), &command, &resp);
+    Ok(())
+}
+
+/// `get KIND [NAME]`: documents as YAML that `create -f` takes back.
 pub async fn get(
     api: &ApiClient,
     k: &str,
@@ -134,9 +376,12 @@ pub async fn get(
     format: Format,
 ) -> anyhow::Result<()> {
     check_kind(k)?;
-    let docs: Vec<Document<Value>> = match name {
-        Some(n) => vec![api.get(&format!("/v1/config/{k}/{n}")).await?],
-        None => api.get(&format!("/v1/config/{k}")).await?,
+    let docs = match name {
+        Some(n) => match find(api, k, n).await? {
+            Some(d) => vec![d],
+            None => bail!("no {k} {n:?}; 'warden admin get {k}' lists them"),
+        },
+        None => list(api, k).await?,
     };
     match format {
         Format::Json => println!("{}", output::json(&docs)?),
@@ -150,9 +395,23 @@ pub async fn get(
     Ok(())
 }
 
+/// `rm KIND NAME`.
 pub async fn rm(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<()> {
     check_kind(k)?;
-    let _: ChangeResponse = api.delete(&format!("/v1/config/{k}/{name}")).await?;
-    println!("{k} {name} deleted.");
+    let Some(doc) = find(api, k, name).await? else {
+        bail!("no {k} {name:?}; 'warden admin get {k}' lists them");
+    };
+    let url = match k {
+        kind::TOKEN | kind::LOCK | kind::NODE => format!("{}/{}", list_url(k), doc.name()),
+        _ => item_url(k, doc.name()).expect("kinds with a URL"),
+    };
+    let _: Value = api.delete(&url).await?;
+    match k {
+        kind::NODE => println!(
+            "node {} removed from the inventory (a running node comes back with its next heartbeat; lock it to keep it out).",
+            doc.name()
+        ),
+        _ => println!("{k} {} deleted.", doc.name()),
+    }
     Ok(())
 }

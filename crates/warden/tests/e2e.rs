@@ -1091,3 +1091,143 @@ fn systemd_readiness_and_main_pid_after_restart() {
         .args(["-9", &successor.to_string()])
         .status();
 }
+
+/// tctl habits: `admin get KIND [NAME]` for every kind, YAML that
+/// `create -f` takes back (get | edit | create -f), one plan format with
+/// --dry-run, and `rm KIND NAME` (ids may be shortened).
+#[test]
+fn admin_get_edit_create_and_rm_for_every_kind() {
+    let dir = temp_dir("tctl");
+    let c = Cluster::start_with(&dir, &["--name", "box"]);
+    c.add_user("alice", "access", "alice,root");
+    let file = dir.join("doc.yaml");
+    let f = file.to_str().unwrap();
+
+    // A user: get, edit, dry run, apply, apply again.
+    let yaml = c.admin(&["get", "user", "alice"]).expect_ok().stdout;
+    assert!(
+        yaml.contains("kind: user") && yaml.contains("- access"),
+        "{yaml}"
+    );
+    let edited: Vec<String> = yaml
+        .lines()
+        .flat_map(|l| match l.trim() == "- access" {
+            true => vec![l.to_string(), l.replace("access", "auditor")],
+            false => vec![l.to_string()],
+        })
+        .collect();
+    std::fs::write(&file, edited.join("\n")).unwrap();
+    let out = c.admin(&["create", "-f", f, "--dry-run"]).expect_ok();
+    assert!(out.stdout.contains("~ update user alice"), "{}", out.stdout);
+    assert!(out.stdout.contains("- auditor"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Dry run: 1 change(s) planned"),
+        "{}",
+        out.stdout
+    );
+    assert!(!c
+        .admin(&["get", "user", "alice"])
+        .expect_ok()
+        .stdout
+        .contains("auditor"));
+    let out = c.admin(&["create", "-f", f]).expect_ok();
+    assert!(
+        out.stdout.contains("Applied: 1 change(s)"),
+        "{}",
+        out.stdout
+    );
+    assert!(c
+        .admin(&["get", "user", "alice"])
+        .expect_ok()
+        .stdout
+        .contains("auditor"));
+    let out = c.admin(&["apply", "-f", f]).expect_ok();
+    assert!(
+        out.stdout.contains("= user alice unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("Applied: 0 change(s)"),
+        "{}",
+        out.stdout
+    );
+
+    // A role round-trips unchanged; roles apply prints the same plan.
+    let role = c.admin(&["get", "role", "access"]).expect_ok().stdout;
+    std::fs::write(&file, &role).unwrap();
+    let out = c
+        .admin(&["roles", "apply", "-f", f, "--dry-run"])
+        .expect_ok();
+    assert!(
+        out.stdout.contains("= role access unchanged"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("Dry run: 0 change(s)"),
+        "{}",
+        out.stdout
+    );
+
+    // A new user from YAML gets a signup command.
+    std::fs::write(
+        &file,
+        "kind: user\nversion: v1\nmetadata: {name: bob}\nspec:\n  roles: [access]\n  traits: {logins: [bob]}\n",
+    )
+    .unwrap();
+    let out = c.admin(&["create", "-f", f]).expect_ok();
+    assert!(
+        out.stdout.contains("+ create user bob") && out.stdout.contains("warden signup "),
+        "{}",
+        out.stdout
+    );
+
+    // A lock from YAML; get it, remove it by a prefix of its id.
+    std::fs::write(
+        &file,
+        "kind: lock\nversion: v1\nmetadata: {name: bob-lock}\nspec:\n  target: {user: bob}\n  reason: INC-7\n",
+    )
+    .unwrap();
+    c.admin(&["create", "-f", f]).expect_ok();
+    let locks: Vec<serde_json::Value> = serde_json::from_str(
+        &c.admin(&["get", "lock", "--format", "json"])
+            .expect_ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0]["spec"]["reason"], "INC-7");
+    let id = locks[0]["metadata"]["name"].as_str().unwrap();
+    c.admin(&["rm", "lock", &id[..8]]).expect_ok();
+    assert!(c
+        .admin(&["get", "lock"])
+        .expect_ok()
+        .stdout
+        .trim()
+        .is_empty());
+
+    // Tokens and nodes: get and rm (never created from YAML).
+    c.admin(&["tokens", "add", "--type", "node"]).expect_ok();
+    let tokens = c.admin(&["get", "token"]).expect_ok().stdout;
+    assert!(
+        tokens.contains("kind: token") && tokens.contains("kind: node"),
+        "{tokens}"
+    );
+    std::fs::write(&file, &tokens).unwrap();
+    c.admin(&["create", "-f", f])
+        .expect_err("tokens are not written as documents");
+    let node = c.admin(&["get", "node", "box"]).expect_ok().stdout;
+    assert!(node.contains("hostname: box"), "{node}");
+    let out = c.admin(&["rm", "node", "box"]).expect_ok();
+    assert!(
+        out.stdout.contains("removed from the inventory"),
+        "{}",
+        out.stdout
+    );
+
+    c.admin(&["get", "gadget"])
+        .expect_err("use one of user, role, token, lock, node");
+    c.admin(&["rm", "user", "nobody"])
+        .expect_err("no user \"nobody\"");
+}

@@ -1325,7 +1325,7 @@ fn resource_requests_approval_rules_and_webhooks() {
         .admin(&["apply", "-f", config.to_str().unwrap()])
         .expect_ok();
     assert!(
-        out.stdout.contains("approval_rule dba-incidents: Created"),
+        out.stdout.contains("+ create approval_rule dba-incidents"),
         "{}",
         out.stdout
     );
@@ -1336,7 +1336,7 @@ fn resource_requests_approval_rules_and_webhooks() {
         shown.stdout
     );
     c.admin(&["get", "approval_rule", "nope"])
-        .expect_err("not found");
+        .expect_err("no approval_rule \"nope\"");
     for (user, role, logins) in [
         ("bob", "searcher", ""),
         ("alice", "ops-reviewer", ""),

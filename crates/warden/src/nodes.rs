@@ -25,12 +25,24 @@ pub struct LsArgs {
 
 #[derive(Args)]
 pub struct SshArgs {
+    /// The login, when DESTINATION has none (as ssh -l).
+    #[arg(short = 'l', value_name = "LOGIN")]
+    login: Option<String>,
+    /// The node's SSH port, as ssh -p (nodes reached by name need none).
+    #[arg(short = 'p', value_name = "PORT")]
+    port: Option<u16>,
+    /// An OpenSSH option, as ssh -o (repeatable), e.g. -o ServerAliveInterval=30.
+    #[arg(short = 'o', value_name = "OPTION")]
+    options: Vec<String>,
     /// Local port forward, [bind:]port:host:hostport (repeatable).
     #[arg(short = 'L')]
     local: Vec<String>,
     /// Remote port forward (repeatable).
     #[arg(short = 'R')]
     remote: Vec<String>,
+    /// Dynamic (SOCKS) port forward, [bind:]port (repeatable).
+    #[arg(short = 'D')]
+    dynamic: Vec<String>,
     /// Force a terminal.
     #[arg(short = 't')]
     tty: bool,
@@ -50,7 +62,11 @@ pub struct SshArgs {
     /// session (asked on the terminal otherwise).
     #[arg(long)]
     otp: Option<String>,
-    /// LOGIN@NODE (node name or id).
+    /// [LOGIN@]NODE: a node name or id, or labels (env=prod,team=db) to run
+    /// COMMAND on every matching node, each line of output prefixed with
+    /// the node's name; the exit code is the worst. Without a login: -l,
+    /// else your own user name if it is one of your logins, else your only
+    /// login.
     destination: String,
     /// Command to run instead of a shell.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -329,14 +345,25 @@ async fn session_options(
 
 pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
     let (store, p) = profile()?;
-    let (login, node) = split_destination(&a.destination)?;
-    let t = resolve(&store, &p, node).await?;
-    let mut args = session_options(&store, &p, &t.node_id, a.otp).await?;
-    for l in &a.local {
-        args.extend(["-L".to_string(), l.clone()]);
+    let (login, node) = match a.destination.split_once('@') {
+        Some((l, n)) if !l.is_empty() && !n.is_empty() => (l.to_string(), n.to_string()),
+        Some(_) => bail!("{:?}: use [LOGIN@]NODE, e.g. root@db-1", a.destination),
+        None => (
+            default_login(&store, &p, a.login.as_deref())?,
+            a.destination.clone(),
+        ),
+    };
+    let mut opts = Vec::new();
+    for o in &a.options {
+        opts.extend(["-o".to_string(), o.clone()]);
     }
-    for r in &a.remote {
-        args.extend(["-R".to_string(), r.clone()]);
+    if let Some(port) = a.port {
+        opts.extend(["-p".to_string(), port.to_string()]);
+    }
+    for (flag, values) in [("-L", &a.local), ("-R", &a.remote), ("-D", &a.dynamic)] {
+        for v in values {
+            opts.extend([flag.to_string(), v.clone()]);
+        }
     }
     for (on, flag) in [
         (a.tty, "-t"),
@@ -346,15 +373,167 @@ pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
         (a.x11, "-X"),
     ] {
         if on {
-            args.push(flag.to_string());
+            opts.push(flag.to_string());
         }
     }
+    if node.contains('=') {
+        return ssh_many(&store, &p, &login, &node, opts, a.command, a.otp).await;
+    }
+    let t = resolve(&store, &p, &node).await?;
+    let mut args = session_options(&store, &p, &t.node_id, a.otp).await?;
+    args.extend(opts);
     args.push(format!("{login}@{}", t.node_id));
     if !a.command.is_empty() {
         args.push("--".to_string());
         args.extend(a.command);
     }
     exec("ssh", args)
+}
+
+/// The login for a destination without one: `-l`, else the local user name
+/// if the certificate allows it (as ssh does), else the only login.
+fn default_login(store: &ProfileStore, p: &Profile, flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(l) = flag {
+        return Ok(l.to_string());
+    }
+    let text = std::fs::read_to_string(store.ssh_cert_path(p))
+        .context("cannot read your certificate; run 'warden login'")?;
+    let cert = ssh_key::Certificate::from_openssh(text.trim())
+        .context("your certificate is unreadable; run 'warden login'")?;
+    let logins: Vec<&String> = cert
+        .valid_principals()
+        .iter()
+        .filter(|l| l.as_str() != warden_ca::ssh::NO_LOGIN_PRINCIPAL)
+        .collect();
+    let me = std::env::var("USER").unwrap_or_default();
+    if let Some(l) = logins.iter().find(|l| ***l == me) {
+        return Ok((*l).clone());
+    }
+    match logins.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("your certificate allows no login; ask an admin for one"),
+        many => bail!(
+            "which login? pass LOGIN@NODE or -l LOGIN (yours: {})",
+            many.iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// At most this many nodes run a command at once.
+const PARALLEL_NODES: usize = 16;
+
+/// `warden ssh root@env=prod -- uptime`: the command on every online node
+/// you may access whose labels match, output prefixed with the node's name;
+/// the exit code is the worst (255 when ssh itself failed).
+async fn ssh_many(
+    store: &ProfileStore,
+    p: &Profile,
+    login: &str,
+    selectors: &str,
+    opts: Vec<String>,
+    command: Vec<String>,
+    otp: Option<String>,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    if command.is_empty() {
+        bail!("a label target runs a command on every matching node: warden ssh {login}@{selectors} -- COMMAND");
+    }
+    let mut want = Vec::new();
+    for s in selectors.split(',') {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("invalid selector {s:?}: use key=value, e.g. env=prod");
+        };
+        want.push((k.to_string(), v.to_string()));
+    }
+    let mut nodes: Vec<Document<NodeSpec>> = inventory(store, p)
+        .await?
+        .into_iter()
+        .filter(|n| {
+            online(n)
+                && want
+                    .iter()
+                    .all(|(k, v)| n.metadata.labels.get(k) == Some(v))
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.spec.hostname.cmp(&b.spec.hostname));
+    if nodes.is_empty() {
+        bail!(
+            "no online node you may access has the labels {selectors}; 'warden ls {}' lists them",
+            selectors.replace(',', " ")
+        );
+    }
+    let width = nodes
+        .iter()
+        .map(|n| n.spec.hostname.len())
+        .max()
+        .unwrap_or(0);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_NODES));
+    let mut tasks = Vec::new();
+    for n in &nodes {
+        let mut args = session_options(store, p, n.name(), otp.clone()).await?;
+        args.extend(opts.iter().cloned());
+        args.extend(["-o".into(), "BatchMode=yes".into(), "-T".into()]);
+        args.push(format!("{login}@{}", n.name()));
+        args.push("--".into());
+        args.extend(command.iter().cloned());
+        let name = format!("{:width$}", output::safe(&n.spec.hostname));
+        let slots = slots.clone();
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let child = tokio::process::Command::new("ssh")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("[{name}] cannot run ssh: {e}");
+                    return 255;
+                }
+            };
+            let prefix = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+                          err: bool| {
+                let name = name.clone();
+                async move {
+                    let Some(stream) = stream else { return };
+                    let mut lines = tokio::io::BufReader::new(stream).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if err {
+                            eprintln!("[{name}] {line}");
+                        } else {
+                            println!("[{name}] {line}");
+                        }
+                    }
+                }
+            };
+            let out = child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+            let err = child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+            tokio::join!(prefix(out, false), prefix(err, true));
+            match child.wait().await {
+                Ok(s) => s.code().unwrap_or(255),
+                Err(_) => 255,
+            }
+        }));
+    }
+    let mut worst = 0;
+    for t in tasks {
+        worst = worst.max(t.await.unwrap_or(255));
+    }
+    if worst != 0 {
+        std::process::exit(worst);
+    }
+    Ok(())
 }
 
 /// When a role requires an MFA check per session: asks for a one-time code

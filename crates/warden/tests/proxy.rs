@@ -562,3 +562,67 @@ fn stopped_nodes_leave_and_vanished_ones_go_offline() {
         out.all()
     );
 }
+
+/// tsh habits: `-l`, a default login, `-o`, and label targets that run a
+/// command on every matching node with prefixed output and the worst exit
+/// code.
+#[test]
+fn ssh_to_labels_and_default_logins() {
+    let dir = temp_dir("labels");
+    let c = Cluster::start(&dir);
+    let _a = TunnelNode::start(&c, "many-a", "fleet=yes");
+    let _b = TunnelNode::start(&c, "many-b", "fleet=yes");
+    let _other = TunnelNode::start(&c, "other", "fleet=no");
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    for n in ["many-a", "many-b", "other"] {
+        c.wait_reachable("alice", "root", n);
+    }
+    // The only login is the default; -l and -o as with ssh.
+    let out = c
+        .run_as("alice", &["ssh", "many-a", "--", "whoami"], None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "root");
+    let out = c
+        .run_as(
+            "alice",
+            &[
+                "ssh",
+                "-l",
+                "root",
+                "-o",
+                "ServerAliveInterval=5",
+                "many-a",
+                "--",
+                "echo",
+                "l-flag",
+            ],
+            None,
+        )
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "l-flag");
+
+    let out = c
+        .run_as(
+            "alice",
+            &["ssh", "root@fleet=yes", "--", "echo", "hello"],
+            None,
+        )
+        .expect_ok();
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["[many-a] hello", "[many-b] hello"], "{}", out.all());
+    let out = c.run_as(
+        "alice",
+        &["ssh", "root@fleet=yes", "--", "echo oops >&2; exit 4"],
+        None,
+    );
+    assert_eq!(out.code, Some(4), "{}", out.all());
+    assert!(
+        out.stderr.contains("[many-a] oops") && out.stderr.contains("[many-b] oops"),
+        "{}",
+        out.all()
+    );
+    c.run_as("alice", &["ssh", "root@fleet=maybe", "--", "true"], None)
+        .expect_err("no online node you may access has the labels fleet=maybe");
+}

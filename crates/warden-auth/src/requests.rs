@@ -30,6 +30,7 @@ pub fn routes() -> Router<AuthServer> {
         .route("/v1/requests", get(list).post(create))
         .route("/v1/requests/{id}", get(show))
         .route("/v1/requests/{id}/review", post(review))
+        .route("/v1/requests/{id}/drop", post(drop_request))
         .route("/v1/certs/renew", post(renew))
 }
 
@@ -495,6 +496,54 @@ async fn review(
         .with("requester", r.spec.user.clone())
         .with("approved", body.approve),
         Some(&r),
+    )
+    .await;
+    Ok(Json(r))
+}
+
+/// The requester stops using an approved request: its access ends now,
+/// everywhere at once (nodes and the API read requests live), and later
+/// certificates leave it out. Its record stays, with when it was dropped.
+async fn drop_request(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Document<AccessRequestSpec>>> {
+    let key = format!("{REQUESTS}{id}");
+    let mut r = resources::get::<AccessRequestSpec>(s.backend(), &key)
+        .await?
+        .filter(|r| r.spec.user == c.identity.username)
+        .ok_or_else(|| AuthError::NotFound(format!("you have no request {id}")))?;
+    if !r.spec.active(now()) {
+        return Err(AuthError::Conflict(format!(
+            "request {id} is {} and grants nothing now; nothing to drop",
+            if r.spec.state == RequestState::Approved {
+                "over".to_string()
+            } else {
+                r.spec.state.to_string()
+            }
+        )));
+    }
+    r.spec.access_until = now();
+    let rev = r.metadata.revision.unwrap_or_default();
+    let new_rev = s
+        .backend()
+        .compare_and_swap(
+            &key,
+            rev,
+            resources::encode(&r),
+            Some(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)),
+        )
+        .await?;
+    r.metadata.revision = Some(new_rev);
+    s.audit(
+        AuditEvent::new(
+            codes::REQUEST_DROP,
+            s.cluster(),
+            &c.identity.username,
+            format!("dropped request {id} ({})", r.spec.describe()),
+        )
+        .with("request_id", id),
     )
     .await;
     Ok(Json(r))

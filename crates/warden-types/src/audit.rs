@@ -83,6 +83,7 @@ pub mod codes {
     pub const REQUEST_CREATE: (&str, &str) = ("access_request.create", "WA8000I");
     pub const REQUEST_REVIEW: (&str, &str) = ("access_request.review", "WA8001I");
     pub const REQUEST_AUTO_APPROVE: (&str, &str) = ("access_request.auto_approve", "WA8003I");
+    pub const REQUEST_DROP: (&str, &str) = ("access_request.drop", "WA8004I");
     pub const CONFIG_UPDATE: (&str, &str) = ("config.update", "WA9000I");
     pub const CONFIG_DELETE: (&str, &str) = ("config.delete", "WA9001I");
     pub const WEBHOOK_FAILURE: (&str, &str) = ("webhook.failure", "WA9002W");
@@ -93,6 +94,7 @@ pub mod codes {
     pub const EVENT_TYPES: &[&str] = &[
         "access_request.auto_approve",
         "access_request.create",
+        "access_request.drop",
         "access_request.review",
         "api.denied",
         "cert.renew",

@@ -437,6 +437,13 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Locks(LocksCommand::Rm { id }) => {
+            let locks: Vec<Document<warden_types::LockSpec>> = admin.api.get("/v1/locks").await?;
+            let id = output::unique_prefix(
+                &id,
+                locks.iter().map(|l| l.name()),
+                "lock",
+                "warden admin locks ls",
+            )?;
             let _: ChangeResponse = admin.api.delete(&format!("/v1/locks/{id}")).await?;
             println!("Lock {id} removed.");
             Ok(())
@@ -880,6 +887,13 @@ async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
             }
         }
         TokensCommand::Rm { id } => {
+            let tokens: Vec<TokenSummary> = api.get("/v1/tokens").await?;
+            let id = output::unique_prefix(
+                &id,
+                tokens.iter().map(|t| t.id.as_str()),
+                "token",
+                "warden admin tokens ls",
+            )?;
             let _: ChangeResponse = api.delete(&format!("/v1/tokens/{id}")).await?;
             println!("Token {id} deleted.");
         }

@@ -101,6 +101,31 @@ pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The one id among `ids` that `given` names, in full or by a prefix, as
+/// git takes short hashes; errors say what to do (`what`: "request", and
+/// `listing`: the command that lists them).
+pub fn unique_prefix<'a>(
+    given: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+    what: &str,
+    listing: &str,
+) -> anyhow::Result<String> {
+    let ids: Vec<&str> = ids.into_iter().collect();
+    if ids.contains(&given) {
+        return Ok(given.to_string());
+    }
+    let matches: Vec<&str> = ids.into_iter().filter(|id| id.starts_with(given)).collect();
+    match matches.as_slice() {
+        [one] if !given.is_empty() => Ok(one.to_string()),
+        [] | [_] => anyhow::bail!("no {what} {given:?}; '{listing}' lists them"),
+        many => anyhow::bail!(
+            "{given:?} is the start of {} {what} ids ({}); give more of it",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

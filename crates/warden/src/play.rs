@@ -125,9 +125,24 @@ fn written<W>(r: std::io::Result<W>) -> anyhow::Result<()> {
     }
 }
 
-pub async fn play(a: PlayArgs) -> anyhow::Result<()> {
+pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
     if !(a.speed > 0.0 && a.speed <= 1000.0) {
         bail!("--speed must be between 0 and 1000");
+    }
+    // A session id may be shortened, as in 'recordings ls' output.
+    if uuid::Uuid::parse_str(&a.session_id).is_err()
+        && a.session_id.len() >= 4
+        && a.session_id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        let list: Vec<RecordingInfo> = api()?.get("/v1/recordings").await?;
+        a.session_id = output::unique_prefix(
+            &a.session_id,
+            list.iter().map(|r| r.session_id.as_str()),
+            "recording",
+            "warden recordings ls",
+        )?;
     }
     let bytes = api()?
         .get_bytes(&format!("/v1/recordings/{}", a.session_id), MAX_FETCH)

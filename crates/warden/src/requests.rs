@@ -54,6 +54,9 @@ pub enum RequestCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Stop using an approved request of yours: its access ends now, and
+    /// your certificate is renewed without it.
+    Drop { id: String },
     /// Approve or deny a request.
     Review {
         id: String,
@@ -102,6 +105,20 @@ impl RenewLock {
         }
         Ok(RenewLock(file))
     }
+}
+
+/// A request id given in full or by a unique prefix.
+async fn request_id(api: &warden_client::ApiClient, given: &str) -> anyhow::Result<String> {
+    if uuid::Uuid::parse_str(given).is_ok() {
+        return Ok(given.to_string());
+    }
+    let list: Vec<Document<AccessRequestSpec>> = api.get("/v1/requests").await?;
+    output::unique_prefix(
+        given,
+        list.iter().map(|r| r.name()),
+        "request",
+        "warden request ls",
+    )
 }
 
 /// Fresh certificates for the profile's own key, with the roles in force.
@@ -232,6 +249,7 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
             }
         }
         RequestCommand::Show { id, format } => {
+            let id = request_id(&api, &id).await?;
             let r: Document<AccessRequestSpec> = api.get(&format!("/v1/requests/{id}")).await?;
             match format {
                 Format::Json => println!("{}", output::json(&r)?),
@@ -255,12 +273,24 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        RequestCommand::Drop { id } => {
+            let id = request_id(&api, &id).await?;
+            let r: Document<AccessRequestSpec> =
+                api.post(&format!("/v1/requests/{id}/drop"), &()).await?;
+            let resp = renew_certificates().await?;
+            println!(
+                "Request {id} dropped ({}). Your certificate now carries roles {}.",
+                r.spec.describe(),
+                resp.identity.roles.join(", ")
+            );
+        }
         RequestCommand::Review {
             id,
             approve,
             deny: _,
             reason,
         } => {
+            let id = request_id(&api, &id).await?;
             let r: Document<AccessRequestSpec> = api
                 .post(
                     &format!("/v1/requests/{id}/review"),

@@ -1564,3 +1564,98 @@ fn disconnect_leaves_no_process_behind() {
         }
     }
 }
+
+/// `warden request drop`: the requester stops using an approved request;
+/// its access ends at once and the certificate is renewed without it.
+/// Request ids may be shortened, as in `request ls`.
+#[test]
+fn dropping_an_approved_request_ends_its_access() {
+    let dir = temp_dir("dropreq");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata: {name: requester}\nspec:\n  allow:\n    request: {roles: [dba]}\n---\nkind: role\nversion: v1\nmetadata: {name: dba}\nspec:\n  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n---\nkind: role\nversion: v1\nmetadata: {name: reviewer}\nspec:\n  allow:\n    review_requests: {roles: [dba]}\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    for (user, role) in [("bob", "requester"), ("alice", "reviewer")] {
+        let secret = c.add_user(user, role, "");
+        c.login(user, user, &totp(&secret, 30)).expect_ok();
+    }
+    let id = c
+        .run_as(
+            "bob",
+            &[
+                "request",
+                "create",
+                "--roles",
+                "dba",
+                "--reason",
+                "INC-3",
+                "--no-wait",
+            ],
+            None,
+        )
+        .expect_ok()
+        .stdout
+        .trim()
+        .to_string();
+    let short = &id[..8];
+    c.run_as(
+        "alice",
+        &["request", "review", short, "--approve", "--reason", "ok"],
+        None,
+    )
+    .expect_ok();
+    let shown = c
+        .run_as("bob", &["request", "show", short], None)
+        .expect_ok();
+    assert!(
+        shown.stdout.contains("approved by alice"),
+        "{}",
+        shown.stdout
+    );
+    c.run_as("bob", &["renew"], None).expect_ok();
+    c.ssh("bob", "bob", "root", &[], "true", None).expect_ok();
+
+    let cert = c.keys_dir("bob").join("bob-cert.pub");
+    let elevated = std::fs::read(&cert).unwrap();
+    let out = c
+        .run_as("bob", &["request", "drop", short], None)
+        .expect_ok();
+    assert!(
+        out.stdout.contains(&format!("Request {id} dropped")),
+        "{}",
+        out.stdout
+    );
+    let status: serde_json::Value = serde_json::from_str(
+        &c.run_as("bob", &["status", "--format", "json"], None)
+            .expect_ok()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !status["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "dba"),
+        "{status}"
+    );
+    c.ssh("bob", "bob", "root", &[], "true", None)
+        .expect_err("not in your certificate");
+    // Nodes decide with the live request: even the certificate from before
+    // the drop no longer gets in.
+    std::fs::write(&cert, elevated).unwrap();
+    c.ssh("bob", "bob", "root", &[], "true", None)
+        .expect_err("access to this node as root denied");
+    c.run_as("bob", &["request", "drop", short], None)
+        .expect_err("grants nothing now");
+    c.run_as("bob", &["request", "show", "ffff"], None)
+        .expect_err("no request \"ffff\"");
+    assert!(has_event(&c, "access_request.drop", "WA8004I", |e| e
+        ["user"]
+        == "bob"));
+}

@@ -219,6 +219,16 @@ pub fn print_nodes(mut nodes: Vec<Document<NodeSpec>>, format: Format) -> anyhow
 /// A node to connect to (through the proxy, by id).
 struct Target {
     node_id: String,
+    /// The node's name, for what OpenSSH prints ("Connection to db-1
+    /// closed."); the ProxyCommand and the host key check use the id.
+    name: String,
+}
+
+impl Target {
+    /// `LOGIN@NAME`: OpenSSH names the node as the user did.
+    fn destination(&self, login: &str) -> [String; 1] {
+        [format!("{login}@{}", self.name)]
+    }
 }
 
 async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Result<Target> {
@@ -249,8 +259,22 @@ async fn resolve(store: &ProfileStore, p: &Profile, node: &str) -> anyhow::Resul
             relative(n.spec.heartbeat - output::now())
         );
     }
+    // A name OpenSSH could read as something else (or that has a block
+    // of its own in ~/.ssh/config, fine either way) stays the id.
+    let name = if n
+        .spec
+        .hostname
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !n.spec.hostname.is_empty()
+    {
+        n.spec.hostname.clone()
+    } else {
+        n.name().to_string()
+    };
     Ok(Target {
         node_id: n.name().to_string(),
+        name,
     })
 }
 
@@ -292,9 +316,10 @@ fn openssh_options(
     o.extend(opt("HostKeyAlias", node_id.to_string()));
     o.extend(opt("PasswordAuthentication", "no".into()));
     o.extend(opt("KbdInteractiveAuthentication", "no".into()));
+    // The node by id, whatever name OpenSSH shows (ids are UUIDs).
     o.extend(opt(
         "ProxyCommand",
-        format!("{} proxy ssh %r@%h:%p", self_exe()?),
+        format!("{} proxy ssh --node-id {node_id} %r@%h:%p", self_exe()?),
     ));
     Ok(o)
 }
@@ -382,7 +407,7 @@ pub async fn ssh(a: SshArgs) -> anyhow::Result<()> {
     let t = resolve(&store, &p, &node).await?;
     let mut args = session_options(&store, &p, &t.node_id, a.otp).await?;
     args.extend(opts);
-    args.push(format!("{login}@{}", t.node_id));
+    args.extend(t.destination(&login));
     if !a.command.is_empty() {
         args.push("--".to_string());
         args.extend(a.command);
@@ -640,7 +665,7 @@ pub async fn sftp(a: SftpArgs) -> anyhow::Result<()> {
     if let Some(b) = a.batch {
         args.extend(["-b".to_string(), b]);
     }
-    args.push(format!("{login}@{}", t.node_id));
+    args.extend(t.destination(login));
     exec("sftp", args)
 }
 
@@ -649,6 +674,10 @@ pub struct ProxySshArgs {
     /// Profile directory (default: $WARDEN_HOME, else ~/.warden).
     #[arg(long, value_name = "DIR")]
     home: Option<std::path::PathBuf>,
+    /// The node's id, overriding HOST (warden ssh passes it, so that
+    /// OpenSSH can show the node's name).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
     /// LOGIN@HOST:PORT, as OpenSSH's %r@%h:%p; HOST is a node name, id, or
     /// NAME.CLUSTER.
     target: String,
@@ -680,7 +709,10 @@ pub async fn proxy_ssh(a: ProxySshArgs) -> anyhow::Result<()> {
         .rsplit_once(':')
         .with_context(|| format!("{:?}: expected LOGIN@HOST:PORT (%r@%h:%p)", a.target))?;
     let suffix = format!(".{}", p.cluster);
-    let host = host.strip_suffix(&suffix).unwrap_or(host);
+    let host = match &a.node_id {
+        Some(id) => id.as_str(),
+        None => host.strip_suffix(&suffix).unwrap_or(host),
+    };
     let mut args = jump_options(&store, &p)?;
     args.extend(["-W".to_string(), format!("{host}:{port}")]);
     args.push(proxy_destination(&p));

@@ -38,6 +38,28 @@ fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
     );
     assert_eq!(out.code, Some(5), "{}", out.all());
     assert_eq!(out.stdout.trim(), "tunnel");
+    // OpenSSH's own messages name the node as the user did, not its id.
+    let out = c
+        .run_as(
+            "alice",
+            &[
+                "ssh",
+                "-o",
+                "LogLevel=verbose",
+                "root@natnode",
+                "--",
+                "true",
+            ],
+            None,
+        )
+        .expect_ok();
+    let id = nodes[0]["metadata"]["name"].as_str().unwrap();
+    assert!(
+        out.stderr.contains("Authenticated to natnode"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(id), "{}", out.stderr);
 
     // Plain ssh with the block 'warden config' prints.
     let cfg = c.ssh_config("alice");

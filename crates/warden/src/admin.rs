@@ -31,7 +31,7 @@ pub struct AdminArgs {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Users: add (with a signup token), ls, update, rm, unlock.
+    /// Users: add (with a signup token), ls, update, rm, unlock, reset.
     #[command(subcommand)]
     Users(UsersCommand),
     /// Roles as YAML documents: apply, ls, get, rm.

@@ -51,6 +51,29 @@ fn has_event(c: &Cluster, ty: &str, code: &str, pred: impl Fn(&serde_json::Value
 fn stock_openssh_exec_shell_copy_and_forward() {
     let (c, dir) = cluster_with(&[("alice", "access,auditor", "root")]);
 
+    // Key exchange: the post-quantum hybrid when the stock client offers
+    // one the node has (ML-KEM, OpenSSH 9.9+), else curve25519 (OpenSSH
+    // 9.2-9.8 offer sntrup761 only, which russh lacks).
+    let client_kex = run_program("ssh", &["-Q".into(), "kex".into()], None)
+        .expect_ok()
+        .stdout;
+    let out = c
+        .ssh("alice", "alice", "root", &["-v"], "true", None)
+        .expect_ok();
+    let negotiated = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("debug1: kex: algorithm: "))
+        .unwrap_or_default()
+        .to_string();
+    let want = if client_kex.lines().any(|k| k == "mlkem768x25519-sha256") {
+        "mlkem768x25519-sha256"
+    } else {
+        "curve25519-sha256"
+    };
+    eprintln!("stock ssh negotiated {negotiated} with the node");
+    assert_eq!(negotiated, want, "{}", out.stderr);
+
     // exec: output and exit codes travel back.
     let out = c.ssh(
         "alice",

@@ -708,7 +708,10 @@ fn unprivileged_node_serves_only_its_own_login() {
     let out = run(user);
     let _ = &out;
     let refused = run("root");
-    let _ = node.kill();
+    // SIGTERM, which runuser passes on to the node (a SIGKILL would end
+    // runuser alone and leave the node running).
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
     let _ = node.wait();
     assert_eq!(out.stdout.trim(), user, "{}", out.all());
     assert!(

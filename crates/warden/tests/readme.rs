@@ -37,7 +37,7 @@ impl Shell {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut child = Command::new("bash")
+        let child = Command::new("bash")
             .args(["-c", script])
             .current_dir(&self.cwd)
             .env_clear()
@@ -50,18 +50,7 @@ impl Shell {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            std::io::Write::write_all(&mut input, s.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        Out {
-            ok: out.status.success(),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finish(child, stdin)
     }
 
     /// Runs a README line as written.

@@ -151,19 +151,7 @@ impl Cluster {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn warden");
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        Out {
-            ok: out.status.success(),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finish(cmd.spawn().expect("spawn warden"), stdin)
     }
 
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
@@ -376,13 +364,18 @@ impl Cluster {
 
 /// Runs any program with a timeout-free stdin.
 pub fn run_program(program: &str, args: &[String], stdin: Option<&str>) -> Out {
-    let mut child = Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    finish(child, stdin)
+}
+
+/// Feeds `stdin` to a child spawned with piped stdio, and collects it.
+pub fn finish(mut child: Child, stdin: Option<&str>) -> Out {
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
         input.write_all(s.as_bytes()).unwrap();

@@ -419,8 +419,15 @@ pub struct NodeSpec {
     pub version: String,
     /// Unix seconds of the last heartbeat.
     pub heartbeat: i64,
-    /// Seconds between the node's heartbeats (0: the default, 30).
+    /// Seconds between the node's heartbeats (0: the default, 30). Left
+    /// out when 0, so that older readers (strict about fields) still parse
+    /// nodes that do not report it.
+    #[serde(skip_serializing_if = "is_zero")]
     pub heartbeat_every: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl NodeSpec {

@@ -78,6 +78,9 @@ async fn list(api: &ApiClient, k: &str) -> anyhow::Result<Vec<Document<Value>>> 
 
 /// One document by name, or by a unique prefix of its name (ids).
 async fn find(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Option<Document<Value>>> {
+    if name.is_empty() {
+        bail!("a {k} name or id cannot be empty");
+    }
     if let Some(url) = item_url(k, name) {
         return match api.get(&url).await {
             Ok(d) => Ok(Some(d)),
@@ -252,10 +255,40 @@ pub async fn apply(
     // The plan.
     let mut planned = Vec::new();
     for (origin, doc) in docs {
-        let existing = find(api, &doc.kind, doc.name())
-            .await
-            .with_context(|| format!("{origin}: {} {}", doc.kind, doc.name()))?;
-        let (old, new) = (existing.as_ref().map(comparable), comparable(&doc));
+        let existing = if doc.kind == kind::LOCK {
+            // Auth names locks itself: the same lock is the same target
+            // and reason, whatever the file calls it.
+            let new = comparable(&doc).spec;
+            list(api, kind::LOCK)
+                .await?
+                .into_iter()
+                .find(|l| comparable(l).spec == new)
+        } else {
+            find(api, &doc.kind, doc.name())
+                .await
+                .with_context(|| format!("{origin}: {} {}", doc.kind, doc.name()))?
+        };
+        let (old, new) = match (doc.kind.as_str(), &existing) {
+            // Found by content: the same lock under auth's name for it.
+            (kind::LOCK, Some(_)) => (Some(comparable(&doc)), comparable(&doc)),
+            _ => (existing.as_ref().map(comparable), comparable(&doc)),
+        };
+        if let (kind::USER, Some(old)) = (doc.kind.as_str(), &old) {
+            // Only roles and logins of an existing user are written here.
+            let others = |d: &Document<Value>| {
+                let mut t = d.spec.get("traits").cloned().unwrap_or_default();
+                if let Some(t) = t.as_object_mut() {
+                    t.remove("logins");
+                }
+                t
+            };
+            if others(old) != others(&new) {
+                bail!(
+                    "{origin}: user {}: only roles and the logins trait of an existing user can be changed (other traits come from its identity provider or its creation)",
+                    doc.name()
+                );
+            }
+        }
         match &old {
             None => println!("+ create {} {}", doc.kind, doc.name()),
             Some(old) if *old == new => println!("= {} {} unchanged", doc.kind, doc.name()),
@@ -290,18 +323,16 @@ pub async fn apply(
             kind::USER => write_user(admin, &doc, existing.is_some()).await,
             kind::LOCK => {
                 let spec: warden_types::LockSpec = serde_json::from_value(doc.spec.clone())?;
-                if existing.is_some() {
-                    bail!("{what}: a lock cannot be changed; remove it ('warden admin rm lock ID') and create a new one");
-                }
                 let lock: Document<warden_types::LockSpec> = api
                     .post(
                         "/v1/locks",
                         &warden_types::api::CreateLockRequest {
                             target: spec.target,
                             reason: spec.reason,
-                            ttl_secs: doc.metadata.expires.map(|e| {
-                                (e.unix_timestamp() - output::now()).max(1) as u64
-                            }),
+                            ttl_secs: doc
+                                .metadata
+                                .expires
+                                .map(|e| (e.unix_timestamp() - output::now()).max(1) as u64),
                         },
                     )
                     .await?;

@@ -99,7 +99,9 @@ pub fn record(data_dir: &Path) {
     let written =
         warden_ca::keystore::write_file_atomic(&path, dir.as_os_str().as_encoded_bytes(), 0o600);
     if let Err(e) = written {
-        tracing::warn!(error = %e, path = %path.display(), "cannot record the data dir for 'warden admin'");
+        // A service user without a writable home (systemd's DynamicUser):
+        // admins there use the default data dir or --data-dir.
+        tracing::debug!(error = %e, path = %path.display(), "cannot record the data dir for 'warden admin'");
     }
 }
 

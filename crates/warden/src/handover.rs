@@ -111,7 +111,13 @@ pub async fn start_successor(listeners: &[(String, RawFd)]) -> anyhow::Result<u3
     // The child inherits the write end only.
     // SAFETY: valid descriptor.
     unsafe { libc::fcntl(write_end, libc::F_SETFD, 0) };
+    // After a package upgrade the running binary is gone: Linux names it
+    // "PATH (deleted)", and the new one sits at PATH.
     let exe = std::env::current_exe().context("cannot find the warden binary")?;
+    let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    };
     let child = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(ENV_FDS, env.join(","))

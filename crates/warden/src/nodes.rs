@@ -316,7 +316,15 @@ fn openssh_options(
     o.extend(opt("HostKeyAlias", node_id.to_string()));
     o.extend(opt("PasswordAuthentication", "no".into()));
     o.extend(opt("KbdInteractiveAuthentication", "no".into()));
-    // The node by id, whatever name OpenSSH shows (ids are UUIDs).
+    // The node by id, whatever name OpenSSH shows. OpenSSH runs the
+    // ProxyCommand through a shell: only plain ids go into it.
+    if node_id.is_empty()
+        || !node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        bail!("the cluster named a node {node_id:?}, which is not a valid node id");
+    }
     o.extend(opt(
         "ProxyCommand",
         format!("{} proxy ssh --node-id {node_id} %r@%h:%p", self_exe()?),
@@ -526,13 +534,18 @@ async fn ssh_many(
                 let name = name.clone();
                 async move {
                     let Some(stream) = stream else { return };
-                    let mut lines = tokio::io::BufReader::new(stream).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
+                    // Bytes, not UTF-8 lines: any output goes through.
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    let mut line = Vec::new();
+                    while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+                        let text = String::from_utf8_lossy(&line);
+                        let text = text.trim_end_matches(['\n', '\r']);
                         if err {
-                            eprintln!("[{name}] {line}");
+                            eprintln!("[{name}] {text}");
                         } else {
-                            println!("[{name}] {line}");
+                            println!("[{name}] {text}");
                         }
+                        line.clear();
                     }
                 }
             };

@@ -167,6 +167,10 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         }
     }
     let has = |r: &str| a.roles.iter().any(|x| x == r);
+    let beat = a.heartbeat_interval.0;
+    if beat < std::time::Duration::from_secs(1) || beat > std::time::Duration::from_secs(300) {
+        bail!("--heartbeat-interval must be between 1s and 300s");
+    }
     // One process per data dir, refused before anything is bound or
     // written. A data dir without a lock file is locked once the ports
     // are bound, so a start whose ports are taken creates nothing.
@@ -413,9 +417,10 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    crate::handover::signal_ready();
-    crate::datadir::write_pid(&data_dir);
+    // systemd learns the new main process before the old one may exit.
     crate::handover::notify_systemd_ready();
+    crate::datadir::write_pid(&data_dir);
+    crate::handover::signal_ready();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut handed_over = false;
     let node_done = async {
@@ -500,6 +505,9 @@ async fn serve_diag(listener: TcpListener, ready: Arc<std::sync::atomic::AtomicB
     }
 }
 
+/// SIGTERM or Ctrl-C. A SIGHUP here (a node or proxy on its own, which
+/// hands nothing over) is logged and ignored rather than ending the
+/// process: graceful restarts belong to processes that run auth.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -509,9 +517,15 @@ async fn shutdown_signal() {
             return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::warn!("SIGHUP ignored: a node or proxy on its own restarts with 'systemctl restart' (its sessions end; nodes' users reconnect)");
+            }
+        }
     }
 }
 

@@ -1190,6 +1190,13 @@ fn admin_get_edit_create_and_rm_for_every_kind() {
     )
     .unwrap();
     c.admin(&["create", "-f", f]).expect_ok();
+    // The same lock again is no new lock (auth names locks itself).
+    let out = c.admin(&["create", "-f", f]).expect_ok();
+    assert!(
+        out.stdout.contains("= lock bob-lock unchanged"),
+        "{}",
+        out.stdout
+    );
     let locks: Vec<serde_json::Value> = serde_json::from_str(
         &c.admin(&["get", "lock", "--format", "json"])
             .expect_ok()

@@ -789,7 +789,7 @@ fn interactive_shell_resize_and_ctrl_c() {
 #[test]
 fn locks_end_live_sessions_and_refuse_new_ones() {
     use std::io::Read;
-    let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
+    let (c, dir) = cluster_with(&[("alice", "access", "root")]);
     c.ssh("alice", "alice", "root", &[], "true", None)
         .expect_ok();
     let cfg = c.ssh_config("alice");
@@ -878,6 +878,82 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
         == "alice"
         && e["fields"]["at"] == "jump host"
         && e["message"].as_str().unwrap_or("").contains("INC-1")));
+    // A certificate of some other CA naming alice is refused there too,
+    // but not audited: anyone could make one, for any name.
+    let fake_ca = dir.join("fake_ca");
+    let key = c.keys_dir("alice").join("alice");
+    let fake_pub = dir.join("alice_fake.pub");
+    std::fs::copy(format!("{}.pub", key.display()), &fake_pub).unwrap();
+    for args in [
+        vec![
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            fake_ca.to_str().unwrap(),
+        ],
+        vec![
+            "-q",
+            "-s",
+            fake_ca.to_str().unwrap(),
+            "-I",
+            "alice",
+            "-n",
+            "root",
+            "-V",
+            "+1h",
+            fake_pub.to_str().unwrap(),
+        ],
+    ] {
+        assert!(std::process::Command::new("ssh-keygen")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let jump_events = || {
+        c.events()
+            .iter()
+            .filter(|e| e["fields"]["at"] == "jump host")
+            .count()
+    };
+    let before = jump_events();
+    let out = run_program(
+        "ssh",
+        &[
+            "-F".into(),
+            "/dev/null".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "-i".into(),
+            key.display().to_string(),
+            "-o".into(),
+            format!(
+                "CertificateFile={}",
+                dir.join("alice_fake-cert.pub").display()
+            ),
+            "-p".into(),
+            c.proxy.rsplit_once(':').unwrap().1.to_string(),
+            "alice@127.0.0.1".into(),
+            "true".into(),
+        ],
+        None,
+    );
+    assert!(
+        !out.ok && out.stderr.contains("Permission denied"),
+        "{}",
+        out.all()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(jump_events(), before, "a foreign certificate was audited");
     // And new logins too.
     let out = c.admin(&["locks", "ls", "--format", "json"]).expect_ok();
     let locks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();

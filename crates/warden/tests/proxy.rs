@@ -535,6 +535,25 @@ fn stopped_nodes_leave_and_vanished_ones_go_offline() {
     let secret = c.add_user("alice", "access", "root");
     c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
     let fast = ["--heartbeat-interval", "1s"];
+    let out = run_program(
+        WARDEN,
+        &[
+            "start",
+            "--roles",
+            "node",
+            "--proxy",
+            &c.proxy,
+            "--heartbeat-interval",
+            "0s",
+        ]
+        .map(String::from),
+        None,
+    );
+    assert!(
+        !out.ok && out.stderr.contains("between 1s and 300s"),
+        "{}",
+        out.all()
+    );
     let stopped = TunnelNode::start_with(&c, "stopped", "env=a", &fast);
     let vanished = TunnelNode::start_with(&c, "vanished", "env=b", &fast);
     c.wait_reachable("alice", "root", "stopped");

@@ -725,14 +725,7 @@ fn one_warden_per_data_dir_and_admin_finds_it() {
     assert!(out.stdout.contains("bob"), "{}", out.all());
 
     // A second start on the same data dir, on free ports: refused.
-    let free = [
-        "--listen-addr",
-        "127.0.0.1:0",
-        "--auth-addr",
-        "127.0.0.1:0",
-        "--node-listen-addr",
-        "127.0.0.1:0",
-    ];
+    let free = FREE_PORTS;
     let mut args = vec![
         "start".to_string(),
         "--data-dir".into(),
@@ -903,19 +896,8 @@ fn json_logs_for_log_shippers() {
     use std::io::BufRead;
     let dir = temp_dir("jsonlogs");
     let mut child = std::process::Command::new(WARDEN)
-        .args([
-            "--log-format",
-            "json",
-            "start",
-            "--listen-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--auth-addr",
-            "127.0.0.1:0",
-            "--node-listen-addr",
-            "127.0.0.1:0",
-        ])
+        .args(["--log-format", "json", "start"])
+        .args(FREE_PORTS)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("XDG_STATE_HOME", dir.join("state"))
@@ -1054,14 +1036,9 @@ fn systemd_readiness_and_main_pid_after_restart() {
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut child = std::process::Command::new(WARDEN)
-        .args([
-            "start",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--auth-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--node-listen-addr", "127.0.0.1:0", "--drain-timeout", "1s"])
+        .arg("start")
+        .args(FREE_PORTS)
+        .args(["--drain-timeout", "1s"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("XDG_STATE_HOME", dir.join("state"))

@@ -501,18 +501,11 @@ fn graceful_restart_keeps_live_sessions() {
     let data = dir.join("data").display().to_string();
     let second = run_program(
         WARDEN,
-        &[
-            "start",
-            "--data-dir",
-            &data,
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--auth-addr",
-            "127.0.0.1:0",
-            "--node-listen-addr",
-            "127.0.0.1:0",
-        ]
-        .map(String::from),
+        &["start", "--data-dir", &data]
+            .into_iter()
+            .chain(FREE_PORTS)
+            .map(String::from)
+            .collect::<Vec<_>>(),
         None,
     );
     assert!(

@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 pub const PASSWORD: &str = "correct horse battery staple";
+/// `warden start` flags that put every listener on a free port.
+pub const FREE_PORTS: [&str; 6] = [
+    "--listen-addr",
+    "127.0.0.1:0",
+    "--auth-addr",
+    "127.0.0.1:0",
+    "--node-listen-addr",
+    "127.0.0.1:0",
+];
 
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -73,13 +82,9 @@ impl Cluster {
     /// Starts with extra `warden start` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
         let mut base = vec!["start"];
-        for (flag, default) in [
-            ("--listen-addr", "127.0.0.1:0"),
-            ("--auth-addr", "127.0.0.1:0"),
-            ("--node-listen-addr", "127.0.0.1:0"),
-        ] {
-            if !extra.contains(&flag) {
-                base.extend([flag, default]);
+        for pair in FREE_PORTS.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                base.extend(pair);
             }
         }
         let mut child = Command::new(WARDEN)

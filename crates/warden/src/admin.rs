@@ -737,7 +737,7 @@ pub(crate) fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn yaml<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
+pub(crate) fn yaml<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
     Ok(serde_norway::to_string(v)?)
 }
 

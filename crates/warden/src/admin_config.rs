@@ -76,39 +76,43 @@ async fn list(api: &ApiClient, k: &str) -> anyhow::Result<Vec<Document<Value>>> 
     Ok(api.get(&list_url(k)).await?)
 }
 
-/// One document by name, or by a unique prefix of its name (ids).
-async fn find(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Option<Document<Value>>> {
+/// The document of a kind with its own URL (user, role, configuration),
+/// if it exists.
+async fn fetch(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Option<Document<Value>>> {
+    let Some(url) = item_url(k, name) else {
+        return Ok(None);
+    };
+    match api.get(&url).await {
+        Ok(d) => Ok(Some(d)),
+        Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One document for `get`/`rm`: by name, a node also by its inventory
+/// name, and ids by a unique prefix.
+async fn pick(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Document<Value>> {
     if name.is_empty() {
         bail!("a {k} name or id cannot be empty");
     }
-    if let Some(url) = item_url(k, name) {
-        return match api.get(&url).await {
-            Ok(d) => Ok(Some(d)),
-            Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        };
+    let listing = format!("warden admin get {k}");
+    if item_url(k, name).is_some() {
+        return fetch(api, k, name)
+            .await?
+            .with_context(|| format!("no {k} {name:?}; '{listing}' lists them"));
     }
     let docs = list(api, k).await?;
-    if let Some(d) = docs.iter().find(|d| d.name() == name) {
-        return Ok(Some(d.clone()));
-    }
-    // Nodes also by their inventory name.
-    let matches: Vec<&Document<Value>> = docs
+    let by_hostname: Vec<&Document<Value>> = docs
         .iter()
-        .filter(|d| {
-            d.name().starts_with(name)
-                || (k == kind::NODE && d.spec.get("hostname").and_then(Value::as_str) == Some(name))
-        })
+        .filter(|d| k == kind::NODE && d.spec.get("hostname").and_then(Value::as_str) == Some(name))
         .collect();
-    match matches.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some((*one).clone())),
-        many => bail!(
-            "{name:?} matches {} {k}s: {}; give more of the id",
-            many.len(),
-            many.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
-        ),
-    }
+    let id = match by_hostname.as_slice() {
+        [one] => one.name().to_string(),
+        _ => output::unique_prefix(name, docs.iter().map(|d| d.name()), k, &listing)?,
+    };
+    docs.into_iter()
+        .find(|d| d.name() == id)
+        .with_context(|| format!("no {k} {name:?}; '{listing}' lists them"))
 }
 
 /// Every YAML document in `path` (a file, or a directory of .yaml files).
@@ -264,7 +268,7 @@ pub async fn apply(
                 .into_iter()
                 .find(|l| comparable(l).spec == new)
         } else {
-            find(api, &doc.kind, doc.name())
+            fetch(api, &doc.kind, doc.name())
                 .await
                 .with_context(|| format!("{origin}: {} {}", doc.kind, doc.name()))?
         };
@@ -294,7 +298,9 @@ pub async fn apply(
             Some(old) if *old == new => println!("= {} {} unchanged", doc.kind, doc.name()),
             Some(old) => {
                 println!("~ update {} {}", doc.kind, doc.name());
-                for line in crate::admin::diff(&yaml(old)?, &yaml(&new)?) {
+                for line in
+                    crate::admin::diff(&crate::admin::yaml(old)?, &crate::admin::yaml(&new)?)
+                {
                     println!("{line}");
                 }
             }
@@ -352,10 +358,6 @@ pub async fn apply(
     Ok(())
 }
 
-fn yaml(doc: &Document<Value>) -> anyhow::Result<String> {
-    Ok(serde_norway::to_string(doc)?)
-}
-
 /// A user document: an existing user gets its roles and logins; a new one
 /// is created with a signup token, printed as for `users add`.
 async fn write_user(
@@ -408,10 +410,7 @@ pub async fn get(
 ) -> anyhow::Result<()> {
     check_kind(k)?;
     let docs = match name {
-        Some(n) => match find(api, k, n).await? {
-            Some(d) => vec![d],
-            None => bail!("no {k} {n:?}; 'warden admin get {k}' lists them"),
-        },
+        Some(n) => vec![pick(api, k, n).await?],
         None => list(api, k).await?,
     };
     match format {
@@ -429,9 +428,7 @@ pub async fn get(
 /// `rm KIND NAME`.
 pub async fn rm(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<()> {
     check_kind(k)?;
-    let Some(doc) = find(api, k, name).await? else {
-        bail!("no {k} {name:?}; 'warden admin get {k}' lists them");
-    };
+    let doc = pick(api, k, name).await?;
     let url = match k {
         kind::TOKEN | kind::LOCK | kind::NODE => format!("{}/{}", list_url(k), doc.name()),
         _ => item_url(k, doc.name()).expect("kinds with a URL"),

@@ -156,20 +156,33 @@ fn online(n: &Document<NodeSpec>) -> bool {
     n.spec.online(output::now())
 }
 
+/// Label selectors (`env=prod`), for `ls` and label targets.
+struct Selectors(Vec<(String, String)>);
+
+impl Selectors {
+    fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
+        let mut want = Vec::new();
+        for s in items {
+            let Some((k, v)) = s.split_once('=') else {
+                bail!("invalid selector {s:?}: use key=value, e.g. env=prod");
+            };
+            want.push((k.to_string(), v.to_string()));
+        }
+        Ok(Selectors(want))
+    }
+
+    fn matches(&self, n: &Document<NodeSpec>) -> bool {
+        self.0
+            .iter()
+            .all(|(k, v)| n.metadata.labels.get(k) == Some(v))
+    }
+}
+
 pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
     let (store, p) = profile()?;
-    let mut want = Vec::new();
-    for s in &a.selectors {
-        let Some((k, v)) = s.split_once('=') else {
-            bail!("invalid selector {s:?}: use key=value, e.g. env=prod");
-        };
-        want.push((k.to_string(), v.to_string()));
-    }
+    let want = Selectors::parse(a.selectors.iter().map(String::as_str))?;
     let mut nodes = inventory(&store, &p).await?;
-    nodes.retain(|n| {
-        want.iter()
-            .all(|(k, v)| n.metadata.labels.get(k) == Some(v))
-    });
+    nodes.retain(|n| want.matches(n));
     print_nodes(nodes, a.format)
 }
 
@@ -433,24 +446,17 @@ fn default_login(store: &ProfileStore, p: &Profile, flag: Option<&str>) -> anyho
         .context("cannot read your certificate; run 'warden login'")?;
     let cert = ssh_key::Certificate::from_openssh(text.trim())
         .context("your certificate is unreadable; run 'warden login'")?;
-    let logins: Vec<&String> = cert
-        .valid_principals()
-        .iter()
-        .filter(|l| l.as_str() != warden_ca::ssh::NO_LOGIN_PRINCIPAL)
-        .collect();
+    let logins = crate::user::cert_logins(&cert);
     let me = std::env::var("USER").unwrap_or_default();
-    if let Some(l) = logins.iter().find(|l| ***l == me) {
-        return Ok((*l).clone());
+    if logins.contains(&me) {
+        return Ok(me);
     }
     match logins.as_slice() {
-        [one] => Ok((*one).clone()),
+        [one] => Ok(one.clone()),
         [] => bail!("your certificate allows no login; ask an admin for one"),
         many => bail!(
             "which login? pass LOGIN@NODE or -l LOGIN (yours: {})",
-            many.iter()
-                .map(|l| l.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.join(", ")
         ),
     }
 }
@@ -474,22 +480,11 @@ async fn ssh_many(
     if command.is_empty() {
         bail!("a label target runs a command on every matching node: warden ssh {login}@{selectors} -- COMMAND");
     }
-    let mut want = Vec::new();
-    for s in selectors.split(',') {
-        let Some((k, v)) = s.split_once('=') else {
-            bail!("invalid selector {s:?}: use key=value, e.g. env=prod");
-        };
-        want.push((k.to_string(), v.to_string()));
-    }
+    let want = Selectors::parse(selectors.split(','))?;
     let mut nodes: Vec<Document<NodeSpec>> = inventory(store, p)
         .await?
         .into_iter()
-        .filter(|n| {
-            online(n)
-                && want
-                    .iter()
-                    .all(|(k, v)| n.metadata.labels.get(k) == Some(v))
-        })
+        .filter(|n| online(n) && want.matches(n))
         .collect();
     nodes.sort_by(|a, b| a.spec.hostname.cmp(&b.spec.hostname));
     if nodes.is_empty() {

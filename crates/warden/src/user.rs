@@ -338,12 +338,7 @@ fn print_status(store: &ProfileStore, format: Format) -> anyhow::Result<()> {
             .get("traits@warden")
             .and_then(|r| serde_json::from_str(r).ok())
             .unwrap_or_default(),
-        logins: cert
-            .valid_principals()
-            .iter()
-            .filter(|l| l.as_str() != warden_ca::ssh::NO_LOGIN_PRINCIPAL)
-            .cloned()
-            .collect(),
+        logins: cert_logins(&cert),
         valid_until,
         expired: valid_until <= output::now(),
         extensions: cert
@@ -406,4 +401,13 @@ pub async fn logout() -> anyhow::Result<()> {
         None => println!("Not logged in."),
     }
     Ok(())
+}
+
+/// The logins a certificate allows (not the no-login placeholder).
+pub(crate) fn cert_logins(cert: &ssh_key::Certificate) -> Vec<String> {
+    cert.valid_principals()
+        .iter()
+        .filter(|l| l.as_str() != warden_ca::ssh::NO_LOGIN_PRINCIPAL)
+        .cloned()
+        .collect()
 }

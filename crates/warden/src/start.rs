@@ -158,6 +158,9 @@ async fn bind(
 }
 
 pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
+    // Caught from the first moment: a SIGHUP that arrives while starting
+    // (or just after READY) must restart, never kill with the default action.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     warden_proxy::limits::raise_fd_limit();
     a.token = crate::prompt::token_from(a.token.take(), a.token_file.as_deref(), "join token")?;
     let data_dir = a.data_dir.clone().unwrap_or_else(crate::default_data_dir);
@@ -421,7 +424,6 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     crate::handover::notify_systemd_ready();
     crate::datadir::write_pid(&data_dir);
     crate::handover::signal_ready();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut handed_over = false;
     let node_done = async {
         match node_task {

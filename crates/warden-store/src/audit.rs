@@ -134,42 +134,69 @@ pub fn search_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     // SQLite extends with idx, yields rows already in this order, so the
     // scan stops at the limit instead of sorting every match. A stream
     // (`after`) follows the chain instead.
-    let order = if q.after.is_some() {
+    values.push(Value::Integer(search_limit(q)));
+    (
+        format!(
+            "SELECT body FROM events {filter} ORDER BY {} LIMIT ?",
+            search_order(q)
+        ),
+        values,
+    )
+}
+
+/// Newest first by time, or along the chain for a stream (`after`).
+pub(crate) fn search_order(q: &AuditQuery) -> &'static str {
+    if q.after.is_some() {
         "idx ASC"
     } else {
         "time DESC, idx DESC"
+    }
+}
+
+/// A value a search filter compares with.
+#[derive(Clone, Debug)]
+pub(crate) enum FilterValue {
+    Text(String),
+    Int(i64),
+}
+
+/// A query's filters as `column op` and value, in one order for every SQL
+/// dialect. `"user"` is quoted: PostgreSQL reserves the word.
+pub(crate) fn filters(q: &AuditQuery) -> Vec<(&'static str, FilterValue)> {
+    use FilterValue::{Int, Text};
+    let mut out = Vec::new();
+    let mut add = |cond: &'static str, v: Option<FilterValue>| {
+        if let Some(v) = v {
+            out.push((cond, v));
+        }
     };
-    values.push(Value::Integer(i64::from(
-        q.limit.unwrap_or(1000).min(10_000),
-    )));
-    (
-        format!("SELECT body FROM events {filter} ORDER BY {order} LIMIT ?"),
-        values,
-    )
+    add("type =", q.event_type.clone().map(Text));
+    add("\"user\" =", q.user.clone().map(Text));
+    add("time >=", q.since.map(Int));
+    add("node =", q.node.clone().map(Text));
+    add("session_id =", q.session_id.clone().map(Text));
+    add("idx >", q.after.map(|a| Int(a.min(i64::MAX as u64) as i64)));
+    out
+}
+
+/// The most events one search returns.
+pub(crate) fn search_limit(q: &AuditQuery) -> i64 {
+    i64::from(q.limit.unwrap_or(1000).min(10_000))
 }
 
 /// The `WHERE` clause of a query's filters (empty without any), with its
 /// values.
 fn filter_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
-    let mut conds: Vec<&str> = Vec::new();
-    let mut values: Vec<Value> = Vec::new();
-    let mut add = |cond: &'static str, v: Option<Value>| {
-        if let Some(v) = v {
-            conds.push(cond);
-            values.push(v);
-        }
-    };
-    add("type = ?", q.event_type.clone().map(Value::Text));
-    add("user = ?", q.user.clone().map(Value::Text));
-    add("time >= ?", q.since.map(Value::Integer));
-    add("node = ?", q.node.clone().map(Value::Text));
-    add("session_id = ?", q.session_id.clone().map(Value::Text));
-    add(
-        "idx > ?",
-        q.after
-            .map(|a| Value::Integer(a.min(i64::MAX as u64) as i64)),
-    );
+    let mut conds = Vec::new();
+    let mut values = Vec::new();
+    for (cond, v) in filters(q) {
+        conds.push(format!("{cond} ?"));
+        values.push(match v {
+            FilterValue::Text(t) => Value::Text(t),
+            FilterValue::Int(i) => Value::Integer(i),
+        });
+    }
     let filter = if conds.is_empty() {
         String::new()
     } else {
@@ -177,6 +204,45 @@ fn filter_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     };
     (filter, values)
 }
+
+/// What is wrong with the stored event at `idx`, if anything: its place in
+/// the chain, its link, its hash, and that the columns searches use say
+/// what the hashed body says (or an edited column could hide an event).
+pub(crate) fn check_stored(
+    expected_idx: u64,
+    prev_hash: &str,
+    idx: i64,
+    stored_hash: &str,
+    columns: &StoredColumns,
+    event: &AuditEvent,
+) -> Option<String> {
+    let body_says = (
+        event.id.clone(),
+        event.time.unix_timestamp(),
+        event.event_type.clone(),
+        event.user.clone(),
+        event.node.clone(),
+        event.session_id.clone(),
+    );
+    if idx as u64 != expected_idx || event.index != idx as u64 {
+        Some(format!("event {expected_idx} is missing or out of order"))
+    } else if event.prev_hash != prev_hash {
+        Some("link to the previous event does not match".to_string())
+    } else if event_hash(event) != event.hash || event.hash != stored_hash {
+        Some("content does not match its hash".to_string())
+    } else if *columns != body_says {
+        Some(
+            "search columns (id, time, type, user, node, session) differ from the hashed event"
+                .to_string(),
+        )
+    } else {
+        None
+    }
+}
+
+/// The searchable columns of a stored event: id, time, type, user, node,
+/// session id.
+pub(crate) type StoredColumns = (String, i64, String, String, Option<String>, Option<String>);
 
 /// IMMEDIATE: the chain head is read and extended under one write lock,
 /// even with several processes appending.
@@ -302,7 +368,7 @@ impl AuditLog for SqliteAuditLog {
         self.with(|c| {
             let mut st = c
                 .prepare(
-                    "SELECT idx, body, hash, id, time, type, user, node, session_id
+                    "SELECT idx, body, hash, id, time, type, \"user\", node, session_id
                      FROM events ORDER BY idx",
                 )
                 .map_err(db_err)?;
@@ -314,9 +380,7 @@ impl AuditLog for SqliteAuditLog {
                 let idx: i64 = row.get(0).map_err(db_err)?;
                 let stored_hash: String = row.get(2).map_err(db_err)?;
                 let event = parse(row.get(1).map_err(db_err)?).map_err(db_err)?;
-                // The columns searches use must say what the hashed body
-                // says, or an edited column could hide an event.
-                let columns: (String, i64, String, String, Option<String>, Option<String>) = (
+                let columns: StoredColumns = (
                     row.get(3).map_err(db_err)?,
                     row.get(4).map_err(db_err)?,
                     row.get(5).map_err(db_err)?,
@@ -324,29 +388,8 @@ impl AuditLog for SqliteAuditLog {
                     row.get(7).map_err(db_err)?,
                     row.get(8).map_err(db_err)?,
                 );
-                let body_says = (
-                    event.id.clone(),
-                    event.time.unix_timestamp(),
-                    event.event_type.clone(),
-                    event.user.clone(),
-                    event.node.clone(),
-                    event.session_id.clone(),
-                );
                 count += 1;
-                let broken = if idx as u64 != expected_idx || event.index != idx as u64 {
-                    Some(format!("event {expected_idx} is missing or out of order"))
-                } else if event.prev_hash != prev {
-                    Some("link to the previous event does not match".to_string())
-                } else if event_hash(&event) != event.hash || event.hash != stored_hash {
-                    Some("content does not match its hash".to_string())
-                } else if columns != body_says {
-                    Some(
-                        "search columns (id, time, type, user, node, session) differ from the hashed event"
-                            .to_string(),
-                    )
-                } else {
-                    None
-                };
+                let broken = check_stored(expected_idx, &prev, idx, &stored_hash, &columns, &event);
                 if let Some(why) = broken {
                     return Ok(VerifyReport {
                         events: count,
@@ -389,6 +432,19 @@ mod tests {
         assert_eq!(stored[0].index + 1, stored[1].index);
         assert!(log.verify().await.unwrap().first_broken.is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = std::env::temp_dir().join(format!("warden-audit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.db");
+        crate::conformance::audit(move || {
+            let path = path.clone();
+            async move { Arc::new(SqliteAuditLog::open(&path).unwrap()) as Arc<dyn AuditLog> }
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

@@ -1,9 +1,13 @@
-//! The conformance suite every [`Backend`] implementation must pass.
+//! The conformance suites every [`Backend`] and [`AuditLog`] implementation
+//! must pass.
 //!
-//! Call [`run`] from the implementation's tests with a function that opens a
-//! *new connection to the same store* each time it is called; the suite uses
-//! that to test that a watcher resumes after a reconnect.
+//! Call [`run`] (or [`audit`]) from the implementation's tests with a
+//! function that opens a *new connection to the same store* each time it
+//! is called; the suite uses that to test that a watcher resumes after a
+//! reconnect, and that several writers share one order. [`increment`] is
+//! the work of one writer in a contention test across processes.
 
+use crate::audit::AuditLog;
 use crate::backend::{Backend, EventKind, StoreError};
 use std::future::Future;
 use std::sync::Arc;
@@ -206,6 +210,29 @@ async fn ttl(b: &dyn Backend) {
     b.create(&k, b"again".to_vec(), None).await.unwrap();
 }
 
+/// Adds 1 to the decimal counter at `key` `times` times by
+/// read-then-compare-and-swap, retrying conflicts; returns how many
+/// conflicts it met. Several of these at once, in tasks or processes,
+/// must lose no increment.
+pub async fn increment(b: &dyn Backend, key: &str, times: usize) -> usize {
+    let mut conflicts = 0;
+    for _ in 0..times {
+        loop {
+            let cur = b.get(key).await.unwrap().expect("the counter exists");
+            let n: u64 = String::from_utf8(cur.value).unwrap().parse().unwrap();
+            match b
+                .compare_and_swap(key, cur.revision, (n + 1).to_string().into_bytes(), None)
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => conflicts += 1,
+                Err(e) => panic!("unexpected CAS error: {e}"),
+            }
+        }
+    }
+    conflicts
+}
+
 async fn concurrent_cas(b: Arc<dyn Backend>) {
     const TASKS: usize = 8;
     const EACH: usize = 20;
@@ -215,24 +242,7 @@ async fn concurrent_cas(b: Arc<dyn Backend>) {
     for _ in 0..TASKS {
         let b = b.clone();
         let k = k.clone();
-        handles.push(tokio::spawn(async move {
-            let mut conflicts = 0;
-            for _ in 0..EACH {
-                loop {
-                    let cur = b.get(&k).await.unwrap().unwrap();
-                    let n: u64 = String::from_utf8(cur.value).unwrap().parse().unwrap();
-                    match b
-                        .compare_and_swap(&k, cur.revision, (n + 1).to_string().into_bytes(), None)
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(StoreError::Conflict { .. }) => conflicts += 1,
-                        Err(e) => panic!("unexpected CAS error: {e}"),
-                    }
-                }
-            }
-            conflicts
-        }));
+        handles.push(tokio::spawn(async move { increment(&*b, &k, EACH).await }));
     }
     for h in handles {
         h.await.unwrap();
@@ -326,4 +336,84 @@ where
         .unwrap()
         .unwrap();
     assert_eq!(ev.item.value, b"4");
+}
+
+/// Runs the audit log checks: resends stored once, batches in order,
+/// filters, counts, and one verifiable chain when two connections append
+/// at once. `open` must give a new connection to the same, empty log.
+pub async fn audit<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn AuditLog>>,
+{
+    use warden_types::api::AuditQuery;
+    use warden_types::audit::{codes, AuditEvent};
+    let log = open().await;
+    assert_eq!(log.head().await.unwrap(), None, "a new log is empty");
+    let first = AuditEvent::new(codes::LOGIN_SUCCESS, "c1", "alice", "one");
+    let stored = log.append(first.clone()).await.unwrap();
+    assert_eq!((stored.index, stored.prev_hash.as_str()), (1, ""));
+    assert!(
+        matches!(
+            log.append(first.clone()).await,
+            Err(StoreError::AlreadyExists(_))
+        ),
+        "a resent event is refused"
+    );
+    let second = AuditEvent::new(codes::USER_CREATE, "c1", "bob", "two");
+    let third = AuditEvent::new(codes::LOGIN_SUCCESS, "c1", "bob", "three");
+    let batch = log.append_batch(vec![first, second, third]).await.unwrap();
+    let messages: Vec<&str> = batch.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["two", "three"], "known ids skipped, order kept");
+    assert_eq!((batch[0].index, batch[1].index), (2, 3));
+    assert_eq!(batch[1].prev_hash, batch[0].hash);
+    assert_eq!(log.head().await.unwrap(), Some((3, batch[1].hash.clone())));
+
+    let by_user = AuditQuery {
+        user: Some("bob".into()),
+        ..Default::default()
+    };
+    let found = log.search(&by_user).await.unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0].index, 3, "newest first");
+    assert_eq!(log.count(&by_user).await.unwrap(), 2);
+    let by_type = AuditQuery {
+        event_type: Some(codes::USER_CREATE.0.into()),
+        ..Default::default()
+    };
+    assert_eq!(log.search(&by_type).await.unwrap()[0].message, "two");
+    let stream = AuditQuery {
+        after: Some(1),
+        limit: Some(1),
+        ..Default::default()
+    };
+    let next = log.search(&stream).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].index, 2, "a stream goes along the chain");
+    assert_eq!(log.at(3).await.unwrap().unwrap().message, "three");
+
+    // Two writers at once (two connections, as two auth servers): one chain.
+    const EACH: usize = 40;
+    let other = open().await;
+    let mut handles = Vec::new();
+    for (w, l) in [log.clone(), other].into_iter().enumerate() {
+        handles.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let e =
+                    AuditEvent::new(codes::LOGIN_SUCCESS, "c1", &format!("w{w}"), format!("{i}"));
+                if i % 4 == 0 {
+                    let e2 = AuditEvent::new(codes::LOGIN_SUCCESS, "c1", &format!("w{w}"), "pair");
+                    assert_eq!(l.append_batch(vec![e, e2]).await.unwrap().len(), 2);
+                } else {
+                    l.append(e).await.unwrap();
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let report = log.verify().await.unwrap();
+    assert_eq!(report.first_broken, None, "one chain whoever appends");
+    assert_eq!(report.events, 3 + 2 * (EACH + EACH / 4) as u64);
 }

@@ -2,20 +2,22 @@
 //! CA keys...) and the [`AuditLog`], with embedded SQLite implementations.
 //!
 //! The traits are shaped after etcd (revisions, prefix watches that resume
-//! from a revision) so PostgreSQL and etcd implementations fit without
-//! touching callers. [`conformance`] is the test suite every implementation
+//! from a revision); [`postgres`] holds the stores several auth servers
+//! share. [`conformance`] is the test suite every implementation
 //! must pass.
 
 mod audit;
 mod backend;
 mod cache;
 pub mod conformance;
+pub mod postgres;
 mod recordings;
 mod sqlite;
 
 pub use audit::{search_sql, AuditLog, SqliteAuditLog, VerifyReport};
 pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use cache::WatchCache;
+pub use postgres::{PostgresAuditLog, PostgresBackend};
 pub use recordings::{is_session_id, FileRecordingStore, RecordingStore};
 pub use sqlite::SqliteBackend;
 

@@ -1,0 +1,156 @@
+//! The PostgreSQL stores against a real PostgreSQL server: the same
+//! conformance suites as SQLite, compare-and-swap under contention from
+//! several processes, watches that resume after the server restarts, and
+//! tampering found by `verify`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+use support::pg::PgServer;
+use warden_store::{conformance, AuditLog, Backend, PostgresAuditLog, PostgresBackend};
+
+const URL_ENV: &str = "WARDEN_TEST_PG_URL";
+const KEY_ENV: &str = "WARDEN_TEST_KEY";
+const EACH: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_conformance() {
+    let pg = PgServer::start();
+    let url = pg.database("kv");
+    conformance::run(move || {
+        let url = url.clone();
+        async move { Arc::new(PostgresBackend::connect(&url).await.unwrap()) as Arc<dyn Backend> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_conformance_and_tampering() {
+    let pg = PgServer::start();
+    let url = pg.database("audit");
+    let u = url.clone();
+    conformance::audit(move || {
+        let url = u.clone();
+        async move { Arc::new(PostgresAuditLog::connect(&url).await.unwrap()) as Arc<dyn AuditLog> }
+    })
+    .await;
+    let log = PostgresAuditLog::connect(&url).await.unwrap();
+    assert_eq!(log.verify().await.unwrap().first_broken, None);
+    // An edited message is found, at its index.
+    pg.sql(
+        "audit",
+        "UPDATE warden_audit SET body = replace(body, '\"three\"', '\"forged\"') WHERE idx = 3",
+    );
+    assert_eq!(log.verify().await.unwrap().first_broken.unwrap().0, 3);
+    // So is a deleted one.
+    pg.sql("audit", "DELETE FROM warden_audit WHERE idx <= 3");
+    assert_eq!(log.verify().await.unwrap().first_broken.unwrap().0, 4);
+}
+
+/// One writer of [`cas_across_processes`]; runs only when started by it.
+#[tokio::test]
+#[ignore = "started by cas_across_processes"]
+async fn cas_child() {
+    let url = std::env::var(URL_ENV).expect("started by cas_across_processes");
+    let key = std::env::var(KEY_ENV).unwrap();
+    let b = PostgresBackend::connect(&url).await.unwrap();
+    let conflicts = conformance::increment(&b, &key, EACH).await;
+    println!("conflicts={conflicts}");
+}
+
+/// Two processes and this one increment one counter by compare-and-swap:
+/// no increment is lost, and they did contend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_across_processes() {
+    let pg = PgServer::start();
+    let url = pg.database("cas");
+    let b = PostgresBackend::connect(&url).await.unwrap();
+    let key = "/contention/counter";
+    b.put(key, b"0".to_vec(), None).await.unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "cas_child", "--ignored", "--nocapture"])
+                .env(URL_ENV, &url)
+                .env(KEY_ENV, key)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mine = conformance::increment(&b, key, EACH).await;
+    let mut conflicts = mine;
+    for child in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed: {text}");
+        conflicts += text
+            .lines()
+            .find_map(|l| l.strip_prefix("conflicts="))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("child said {text}"));
+    }
+    let value = b.get(key).await.unwrap().unwrap().value;
+    assert_eq!(String::from_utf8(value).unwrap(), (3 * EACH).to_string());
+    println!("{conflicts} conflicts retried");
+}
+
+/// The server restarts under a live watcher: the watcher ends, the same
+/// store reconnects, and watching again from the last revision seen
+/// delivers what was written while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_the_server_restarts() {
+    let mut pg = PgServer::start();
+    let url = pg.database("resume");
+    let b = PostgresBackend::connect(&url).await.unwrap();
+    let start = b.revision().await.unwrap();
+    let mut w = b.watch("/r/", start).await.unwrap();
+    b.put("/r/1", b"1".to_vec(), None).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let last = first.item.revision;
+    pg.stop();
+    // The watcher notices within its poll interval and ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        if let Some(Ok(ev)) = w.next().await {
+            panic!("unexpected event {ev:?}");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a watcher must end when its server goes");
+    pg.resume();
+    let other = PostgresBackend::connect(&url).await.unwrap();
+    other.put("/r/2", b"2".to_vec(), None).await.unwrap();
+    // The first store recovers without being rebuilt.
+    let mut w = loop {
+        match b.watch("/r/", last).await {
+            Ok(w) => break w,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("missed write delivered after the restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.item.value, b"2");
+    // Live writes from another process arrive by NOTIFY, well before the
+    // 1 s poll would find them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    other.put("/r/3", b"3".to_vec(), None).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.item.value, b"3");
+    println!("cross-process watch latency: {:?}", t.elapsed());
+}

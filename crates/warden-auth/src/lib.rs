@@ -25,4 +25,4 @@ mod webhook;
 pub use error::AuthError;
 pub use init::{AdminConfig, ADMIN_DIR};
 pub use serve::serve_mtls;
-pub use server::{AuthServer, ServiceIdentity};
+pub use server::{AuthServer, ServiceIdentity, StoreConfig};

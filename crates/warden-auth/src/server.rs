@@ -50,25 +50,123 @@ pub struct ServiceIdentity {
     pub ca_pems: Vec<String>,
 }
 
+/// Where an auth server keeps the cluster's state. Every auth server of a
+/// cluster must name the same stores and hold the same key-encryption key.
+#[derive(Clone, Debug, Default)]
+pub struct StoreConfig {
+    /// `postgres://...`; `None` (or `sqlite`): `state.db` in the data dir.
+    pub backend: Option<String>,
+    /// `postgres://...`; `None`: the backend's database when it is
+    /// PostgreSQL, else `audit.db` in the data dir.
+    pub audit_log: Option<String>,
+    /// The key-encryption key sealing the CA keys; `None`: `DATA_DIR/kek`,
+    /// created on first start.
+    pub kek_file: Option<std::path::PathBuf>,
+}
+
+/// A store named on the command line.
+enum StoreUrl {
+    Sqlite,
+    Postgres(String),
+}
+
+fn store_url(flag: &str, url: Option<&str>) -> anyhow::Result<StoreUrl> {
+    let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(StoreUrl::Sqlite);
+    };
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        _ if url == "sqlite" => Ok(StoreUrl::Sqlite),
+        Some("postgres" | "postgresql") => Ok(StoreUrl::Postgres(url.to_string())),
+        Some("etcd") => anyhow::bail!(
+            "{flag}: etcd is not supported yet; use postgres://USER@HOST/DATABASE (README: 'Run it highly available')"
+        ),
+        _ => anyhow::bail!(
+            "{flag}: unknown store {}; expected sqlite or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+            warden_store::postgres::redact_url(url)
+        ),
+    }
+}
+
 impl AuthServer {
-    /// Opens the cluster state in `data_dir`, creating the CAs, the cluster
-    /// config and the default roles on first start.
-    pub async fn open(data_dir: &Path, cluster_name: Option<&str>) -> anyhow::Result<Self> {
+    /// Opens the cluster state (in `data_dir`, or in the shared stores of
+    /// `stores`), creating the CAs, the cluster config and the default
+    /// roles on first start.
+    pub async fn open(
+        data_dir: &Path,
+        cluster_name: Option<&str>,
+        stores: &StoreConfig,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         create_private_dir(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-        let keys = Arc::new(SoftwareKeyStore::open_or_create(&data_dir.join("kek"))?);
-        let backend: Arc<dyn Backend> = Arc::new(
-            SqliteBackend::open(&data_dir.join("state.db")).context("cannot open state.db")?,
-        );
-        let audit: Arc<dyn AuditLog> = Arc::new(
-            SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
-        );
+        let kek_path = stores
+            .kek_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("kek"));
+        let keys = Arc::new(match stores.kek_file {
+            // An operator-provided key is never made up here: a typo'd path
+            // would otherwise start a second, unrelated CA key.
+            Some(_) => SoftwareKeyStore::open_existing(&kek_path)?,
+            None => SoftwareKeyStore::open_or_create(&kek_path)?,
+        });
+        let backend_url = store_url("--backend", stores.backend.as_deref())?;
+        let audit_url = match (stores.audit_log.as_deref(), &backend_url) {
+            (None, StoreUrl::Postgres(url)) => StoreUrl::Postgres(url.clone()),
+            (given, _) => store_url("--audit-log", given)?,
+        };
+        let backend: Arc<dyn Backend> = match &backend_url {
+            StoreUrl::Sqlite => Arc::new(
+                SqliteBackend::open(&data_dir.join("state.db")).context("cannot open state.db")?,
+            ),
+            StoreUrl::Postgres(url) => Arc::new(
+                warden_store::PostgresBackend::connect(url)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open the backend at {}",
+                            warden_store::postgres::redact_url(url)
+                        )
+                    })?,
+            ),
+        };
+        let audit: Arc<dyn AuditLog> = match &audit_url {
+            StoreUrl::Sqlite => Arc::new(
+                SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
+            ),
+            StoreUrl::Postgres(url) => Arc::new(
+                warden_store::PostgresAuditLog::connect(url)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open the audit log at {}",
+                            warden_store::postgres::redact_url(url)
+                        )
+                    })?,
+            ),
+        };
         let recordings: Arc<dyn RecordingStore> = Arc::new(
             FileRecordingStore::open(&data_dir.join("recordings"))
                 .context("cannot open the recordings directory")?,
         );
-        Self::with_stores(backend, audit, recordings, keys, cluster_name).await
+        let server = Self::with_stores(backend, audit, recordings, keys, cluster_name).await?;
+        server.check_kek(&kek_path).await?;
+        Ok(server)
+    }
+
+    /// Fails start-up when the CA keys in the backend were sealed under
+    /// another key-encryption key (a second auth server without the first
+    /// one's KEK), instead of failing every login later.
+    async fn check_kek(&self, kek_path: &Path) -> anyhow::Result<()> {
+        for ca in CaType::ALL {
+            if let Err(e) = self.signer(ca).await {
+                anyhow::bail!(
+                    "cannot unseal the cluster's {} CA key with the key-encryption key {} ({e}): every auth server sharing a backend needs the same KEK; copy it from the first auth server's data dir (kek) and start with --kek-file",
+                    ca.as_str(),
+                    kek_path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Builds the service over given stores (used by `open`, and by tests of

@@ -59,13 +59,22 @@ const CA_KEY_AAD: &[u8] = b"warden ca key v1";
 impl SoftwareKeyStore {
     /// Opens the KEK at `path`, creating it (0600) if absent.
     pub fn open_or_create(path: &Path) -> Result<Self> {
+        Self::read(path, true)
+    }
+
+    /// Opens the KEK at `path`, which must exist (one the operator gave).
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        Self::read(path, false)
+    }
+
+    fn read(path: &Path, create: bool) -> Result<Self> {
         let kek_err = |reason: String| CaError::Kek {
             path: path.display().to_string(),
             reason,
         };
         let bytes = match std::fs::read(path) {
             Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let key = Zeroizing::new(random_bytes::<32>().to_vec());
                 write_private_file(path, &key).map_err(|e| kek_err(e.to_string()))?;
                 key

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -19,12 +20,84 @@ use warden_types::api::ApiError;
 /// Largest response body accepted.
 const MAX_RESPONSE: usize = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per address, when there are others to try.
+const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A client of one Warden API endpoint.
+/// One service at one or more addresses (`host:port[,host:port...]`):
+/// connections go to the address that answered last, else to the others
+/// in order, so a dead auth server costs one refused connect, not an
+/// outage.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    addrs: Arc<Vec<String>>,
+    preferred: Arc<AtomicUsize>,
+}
+
+impl Endpoints {
+    pub fn parse(list: &str) -> Self {
+        let mut addrs: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        if addrs.is_empty() {
+            addrs.push(list.to_string());
+        }
+        Endpoints {
+            addrs: Arc::new(addrs),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The address in use (the last that answered).
+    pub fn current(&self) -> &str {
+        &self.addrs[self.preferred.load(Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// Connects to the current address, failing over to the others.
+    pub async fn connect(&self) -> Result<TcpStream> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        // One address: the patient timeout; several: move on sooner.
+        let timeout = match self.addrs.len() {
+            1 => CONNECT_TIMEOUT,
+            _ => FAILOVER_CONNECT_TIMEOUT,
+        };
+        let mut failures = Vec::new();
+        for i in 0..self.addrs.len() {
+            let n = (start + i) % self.addrs.len();
+            let addr = &self.addrs[n];
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    if n != start {
+                        tracing::info!(to = %addr, "failed over");
+                        self.preferred.store(n, Ordering::Relaxed);
+                    }
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
+                Err(_) => failures.push(format!("{addr}: connection timed out")),
+            }
+        }
+        Err(ClientError::Unreachable {
+            addr: self.addrs.join(","),
+            reason: match failures.len() {
+                1 => failures
+                    .remove(0)
+                    .split_once(": ")
+                    .map_or(String::new(), |(_, r)| r.to_string()),
+                _ => failures.join("; "),
+            },
+        })
+    }
+}
+
+/// A client of one Warden API endpoint (at one or more addresses).
 #[derive(Clone)]
 pub struct ApiClient {
     addr: String,
+    endpoints: Endpoints,
     server_name: ServerName<'static>,
     verifier: Arc<ClusterVerifier>,
     config: Arc<rustls::ClientConfig>,
@@ -47,7 +120,10 @@ impl ApiClient {
         alpn: &[u8],
         client_cert: Option<&ClientCert>,
     ) -> Result<Self> {
-        let name = server_name.unwrap_or_else(|| host_of(addr)).to_string();
+        let endpoints = Endpoints::parse(addr);
+        let name = server_name
+            .unwrap_or_else(|| host_of(endpoints.current()))
+            .to_string();
         let server_name = ServerName::try_from(name.clone()).map_err(|_| {
             ClientError::Local(format!("{name:?} is not a valid host name or IP address"))
         })?;
@@ -55,6 +131,7 @@ impl ApiClient {
         let config = client_config(verifier.clone(), alpn, client_cert)?;
         Ok(ApiClient {
             addr: addr.to_string(),
+            endpoints,
             server_name,
             verifier,
             config,
@@ -117,16 +194,7 @@ impl ApiClient {
 
     /// Opens a TLS connection (also used for raw streams later).
     pub async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| ClientError::Unreachable {
-                addr: self.addr.clone(),
-                reason: "connection timed out".into(),
-            })?
-            .map_err(|e| ClientError::Unreachable {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?;
+        let tcp = self.endpoints.connect().await?;
         let _ = tcp.set_nodelay(true);
         TlsConnector::from(self.config.clone())
             .connect(self.server_name.clone(), tcp)
@@ -194,7 +262,7 @@ impl ApiClient {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", host_of(&self.addr))
+            .header("host", host_of(self.endpoints.current()))
             .header("user-agent", format!("warden/{}", warden_types::VERSION));
         let bytes = match body {
             Some((b, content_type)) => {

@@ -62,6 +62,8 @@ pub struct ProxyIdentity {
 pub struct Proxy {
     /// Address of the auth API, for passthrough.
     pub auth_addr: String,
+    /// The auth servers, failed over on connect.
+    auth_endpoints: warden_client::http::Endpoints,
     /// The proxy's public TLS config (cert issued by the cluster's tls CA).
     pub tls: Arc<rustls::ServerConfig>,
     /// TLS for reverse tunnels: node certificates required.
@@ -194,6 +196,7 @@ impl Proxy {
         )?;
         Ok(Proxy {
             public_addrs: id.public_addrs.clone(),
+            auth_endpoints: warden_client::http::Endpoints::parse(&auth_addr),
             auth_addr,
             tls: tls_config(id, false, b"http/1.1")?,
             tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
@@ -298,9 +301,7 @@ impl Proxy {
         match protocol {
             Protocol::AuthPassthrough => {
                 METRICS.proxy_connections_auth.inc();
-                let mut upstream = TcpStream::connect(&self.auth_addr)
-                    .await
-                    .with_context(|| format!("auth at {} unreachable", self.auth_addr))?;
+                let mut upstream = self.auth_endpoints.connect().await?;
                 let _ = upstream.set_nodelay(true);
                 use tokio::io::AsyncWriteExt;
                 upstream.write_all(&head).await?;

@@ -133,6 +133,8 @@ pub fn effective(cli: Command, args: &[OsString]) -> anyhow::Result<String> {
                 .unwrap_or_default();
             if long == "token" && !values.is_empty() {
                 serde_norway::Value::String("<redacted>".into())
+            } else if matches!(long, "backend" | "audit-log") && values.len() == 1 {
+                serde_norway::Value::String(warden_store::postgres::redact_url(&values[0]))
             } else {
                 match values.len() {
                     0 => serde_norway::Value::Null,

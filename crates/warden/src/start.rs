@@ -45,7 +45,34 @@ pub struct StartArgs {
     /// Cluster name, fixed at first start.
     #[arg(long)]
     cluster_name: Option<String>,
-    /// Proxy on its own: the auth API to use, HOST:PORT.
+    /// Auth: the cluster state store. `sqlite` (state.db in the data dir)
+    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+    /// auth server of the cluster [default: sqlite].
+    #[arg(
+        long,
+        env = "WARDEN_BACKEND",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    backend: Option<String>,
+    /// Auth: the audit log. `sqlite` (audit.db in the data dir) or
+    /// postgres://... [default: the --backend database when it is
+    /// PostgreSQL, else sqlite].
+    #[arg(
+        long,
+        env = "WARDEN_AUDIT_LOG",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    audit_log: Option<String>,
+    /// Auth: the key-encryption key that seals the CA keys in the backend.
+    /// Every auth server sharing a backend needs the same one: copy the
+    /// first auth server's DATA_DIR/kek [default: DATA_DIR/kek, created on
+    /// first start].
+    #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
+    kek_file: Option<std::path::PathBuf>,
+    /// Proxy on its own: the auth API to use, HOST:PORT; several
+    /// (comma-separated) for failover: the first that answers serves.
     #[arg(long)]
     auth_server: Option<String>,
     /// Node: the cluster's proxy, HOST:PORT (not needed all-in-one); a new
@@ -312,7 +339,12 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         false => None,
     };
     let _lock = lock_data_dir(&mut listeners)?;
-    let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref())
+    let stores = warden_auth::StoreConfig {
+        backend: a.backend.clone(),
+        audit_log: a.audit_log.clone(),
+        kek_file: a.kek_file.clone(),
+    };
+    let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref(), &stores)
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
     auth.spawn_audit_signer();

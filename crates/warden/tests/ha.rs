@@ -1,0 +1,155 @@
+//! Several auth servers on one PostgreSQL: shared state, one audit chain,
+//! certificates from either accepted everywhere, and a proxy that fails
+//! over when its auth server dies.
+
+mod common;
+#[path = "../../warden-store/tests/support/pg.rs"]
+mod pg;
+
+use common::*;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `warden start --roles auth` and returns it with its auth address.
+fn start_auth(
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> (Child, Result<String, String>) {
+    let mut child = Command::new(WARDEN)
+        .args(["start", "--roles", "auth", "--auth-addr", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .env("XDG_STATE_HOME", dir.join(format!("state-{name}")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines().map_while(Result::ok) {
+        if let Some(v) = line.trim().strip_prefix("auth:") {
+            let addr = v.split_whitespace().next().unwrap().to_string();
+            return (child, Ok(addr));
+        }
+    }
+    let _ = child.wait();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+    (child, Err(err))
+}
+
+#[test]
+fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
+    let pg = pg::PgServer::start();
+    let url = pg.database("cluster");
+    let dir = temp_dir("ha");
+    // Auth 1, with a proxy and a node, on PostgreSQL.
+    let c = Cluster::start_with(&dir, &["--name", "box", "--backend", &url]);
+    let kek = dir.join("data/kek");
+    let kek = kek.to_str().unwrap();
+
+    // Auth 2 without the first one's key-encryption key is refused at start.
+    let (mut wrong, started) = start_auth(&dir, "auth-wrong", &["--backend", &url]);
+    let err = started.expect_err("an auth server with another KEK must not start");
+    assert!(
+        err.contains("cannot unseal") && err.contains("--kek-file"),
+        "{err}"
+    );
+    let _ = wrong.wait();
+
+    // Auth 2 with it serves the same cluster.
+    let (mut auth2, started) = start_auth(&dir, "auth2", &["--backend", &url, "--kek-file", kek]);
+    let auth2_addr = started.unwrap_or_else(|e| panic!("auth 2 did not start: {e}"));
+
+    // Proxy B prefers auth 2 and falls back to auth 1.
+    let out = c
+        .admin(&["tokens", "add", "--type", "proxy", "--format", "json"])
+        .expect_ok();
+    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let auth_list = format!("{auth2_addr},{}", c.auth);
+    let mut proxy_b = Command::new(WARDEN)
+        .args(["start", "--roles", "proxy", "--auth-server", &auth_list])
+        .args(["--proxy", &c.proxy, "--ca-pin", &c.pin])
+        .args(["--token", tok["token"].as_str().unwrap()])
+        .args(["--listen-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("proxy-b"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(proxy_b.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let b = line
+        .split(" serving on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("proxy B did not start: {line}"))
+        .trim()
+        .trim_end_matches('.')
+        .to_string();
+
+    // A user created through auth 1 logs in through auth 2 (via proxy B),
+    // and auth 1's node accepts the certificate auth 2 issued.
+    let secret = c.add_user("alice", "access", "root");
+    let login = |user: &str, otp: &str| {
+        c.run_as(
+            user,
+            &[
+                "login",
+                "--proxy",
+                &b,
+                "--user",
+                user,
+                "--ca-pin",
+                &c.pin,
+                "--password-stdin",
+                "--otp",
+                otp,
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+    };
+    login("alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "box");
+    let out = c
+        .run_as("alice", &["ssh", "root@box", "--", "echo", "one"], None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "one");
+
+    // Auth 2 dies mid-flight: proxy B moves to auth 1, and nothing the
+    // user does through it fails.
+    let _ = auth2.kill();
+    let _ = auth2.wait();
+    let out = c.run_as("alice", &["ls"], None).expect_ok();
+    assert!(out.stdout.contains("box"), "{}", out.stdout);
+    let out = c
+        .run_as("alice", &["ssh", "root@box", "--", "echo", "two"], None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "two");
+    // A new user logs in through the same proxy, now served by auth 1.
+    let bob = c.add_user("bob", "access", "root");
+    login("bob", &totp(&bob, 30)).expect_ok();
+    let out = c
+        .run_as("bob", &["ssh", "root@box", "--", "echo", "three"], None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "three");
+
+    // One audit chain, written by both auth servers, verifies.
+    let out = c.admin(&["audit", "verify"]).expect_ok();
+    assert!(out.stdout.contains("hash chain intact"), "{}", out.stdout);
+    let logins: u64 = pg
+        .sql(
+            "cluster",
+            "SELECT count(*) FROM warden_audit WHERE type = 'user.login' AND \"user\" IN ('alice', 'bob')",
+        )
+        .parse()
+        .unwrap();
+    assert!(
+        logins >= 2,
+        "logins through both auth servers audited in PostgreSQL: {logins}"
+    );
+    let _ = proxy_b.kill();
+    let _ = proxy_b.wait();
+}

@@ -6,7 +6,8 @@ mod audit_chain;
 mod certs;
 mod config;
 mod error;
-mod http_out;
+/// Outgoing HTTP(S): webhooks and OpenID Connect.
+use warden_http as http_out;
 mod init;
 mod locks;
 mod login;

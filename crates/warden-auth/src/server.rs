@@ -62,6 +62,9 @@ pub struct StoreConfig {
     /// The key-encryption key sealing the CA keys; `None`: `DATA_DIR/kek`,
     /// created on first start.
     pub kek_file: Option<std::path::PathBuf>,
+    /// `s3://BUCKET/PREFIX?endpoint=...`; `None`: `recordings/` in the
+    /// data dir.
+    pub recordings: Option<String>,
 }
 
 /// A store named on the command line.
@@ -144,10 +147,21 @@ impl AuthServer {
                     })?,
             ),
         };
-        let recordings: Arc<dyn RecordingStore> = Arc::new(
-            FileRecordingStore::open(&data_dir.join("recordings"))
-                .context("cannot open the recordings directory")?,
-        );
+        let recordings: Arc<dyn RecordingStore> = match stores.recordings.as_deref() {
+            None => Arc::new(
+                FileRecordingStore::open(&data_dir.join("recordings"))
+                    .context("cannot open the recordings directory")?,
+            ),
+            Some(url) if url.starts_with("s3://") => {
+                let s3 = warden_store::S3RecordingStore::from_url(url)
+                    .context("--recordings")?;
+                s3.probe().await.context("--recordings")?;
+                Arc::new(s3)
+            }
+            Some(url) => anyhow::bail!(
+                "--recordings: {url:?} is not a recording store; expected s3://BUCKET/PREFIX[?endpoint=http(s)://HOST:PORT&region=REGION], or leave it out for the data dir"
+            ),
+        };
         let server = Self::with_stores(backend, audit, recordings, keys, cluster_name).await?;
         server.check_kek(&kek_path).await?;
         Ok(server)

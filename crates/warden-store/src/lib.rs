@@ -12,6 +12,7 @@ mod cache;
 pub mod conformance;
 pub mod postgres;
 mod recordings;
+pub mod s3;
 mod sqlite;
 
 pub use audit::{search_sql, AuditLog, SqliteAuditLog, VerifyReport};
@@ -19,6 +20,7 @@ pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use cache::WatchCache;
 pub use postgres::{PostgresAuditLog, PostgresBackend};
 pub use recordings::{is_session_id, FileRecordingStore, RecordingStore};
+pub use s3::S3RecordingStore;
 pub use sqlite::SqliteBackend;
 
 /// Result type of the store.

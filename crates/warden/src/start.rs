@@ -71,6 +71,12 @@ pub struct StartArgs {
     /// first start].
     #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
     kek_file: Option<std::path::PathBuf>,
+    /// Auth: where session recordings go: the data dir, or
+    /// s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=REGION
+    /// (S3-compatible object storage, shared by every auth server; keys
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "WARDEN_RECORDINGS", value_name = "URL")]
+    recordings: Option<String>,
     /// Proxy on its own: the auth API to use, HOST:PORT; several
     /// (comma-separated) for failover: the first that answers serves.
     #[arg(long)]
@@ -343,6 +349,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         backend: a.backend.clone(),
         audit_log: a.audit_log.clone(),
         kek_file: a.kek_file.clone(),
+        recordings: a.recordings.clone(),
     };
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref(), &stores)
         .await

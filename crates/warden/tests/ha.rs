@@ -5,6 +5,8 @@
 mod common;
 #[path = "../../warden-store/tests/support/pg.rs"]
 mod pg;
+#[path = "../../warden-store/tests/support/s3.rs"]
+mod s3;
 
 use common::*;
 use std::io::BufRead;
@@ -39,13 +41,53 @@ fn start_auth(
     (child, Err(err))
 }
 
+/// The id of the recording of `command`, once listed.
+fn wait_for_recording(c: &Cluster, home: &str, command: &str) -> String {
+    for _ in 0..150 {
+        let out = c
+            .run_as(home, &["recordings", "ls", "--format", "json"], None)
+            .expect_ok();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        if let Some(r) = list.iter().find(|r| r["command"].as_str() == Some(command)) {
+            return r["session_id"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the recording never arrived");
+}
+
 #[test]
 fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     let pg = pg::PgServer::start();
     let url = pg.database("cluster");
+    // Recordings on S3, shared: the keys reach warden through its
+    // environment, inherited from this test's.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let s3 = s3::S3Server::start();
+    let recordings = s3.url("recordings", "ha");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            warden_store::S3RecordingStore::from_url(&recordings)
+                .unwrap()
+                .create_bucket()
+                .await
+        })
+        .unwrap();
     let dir = temp_dir("ha");
     // Auth 1, with a proxy and a node, on PostgreSQL.
-    let c = Cluster::start_with(&dir, &["--name", "box", "--backend", &url]);
+    let c = Cluster::start_with(
+        &dir,
+        &[
+            "--name",
+            "box",
+            "--backend",
+            &url,
+            "--recordings",
+            &recordings,
+        ],
+    );
     let kek = dir.join("data/kek");
     let kek = kek.to_str().unwrap();
 
@@ -59,7 +101,18 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     let _ = wrong.wait();
 
     // Auth 2 with it serves the same cluster.
-    let (mut auth2, started) = start_auth(&dir, "auth2", &["--backend", &url, "--kek-file", kek]);
+    let (mut auth2, started) = start_auth(
+        &dir,
+        "auth2",
+        &[
+            "--backend",
+            &url,
+            "--kek-file",
+            kek,
+            "--recordings",
+            &recordings,
+        ],
+    );
     let auth2_addr = started.unwrap_or_else(|e| panic!("auth 2 did not start: {e}"));
 
     // Proxy B prefers auth 2 and falls back to auth 1.
@@ -92,7 +145,7 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
 
     // A user created through auth 1 logs in through auth 2 (via proxy B),
     // and auth 1's node accepts the certificate auth 2 issued.
-    let secret = c.add_user("alice", "access", "root");
+    let secret = c.add_user("alice", "access,auditor", "root");
     let login = |user: &str, otp: &str| {
         c.run_as(
             user,
@@ -117,6 +170,12 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
         .run_as("alice", &["ssh", "root@box", "--", "echo", "one"], None)
         .expect_ok();
     assert_eq!(out.stdout.trim(), "one");
+    // Its recording, uploaded by the node, plays through auth 2 from S3.
+    let id = wait_for_recording(&c, "alice", "echo one");
+    let out = c
+        .run_as("alice", &["play", &id, "--format", "text"], None)
+        .expect_ok();
+    assert!(out.stdout.contains("one"), "{}", out.stdout);
 
     // Auth 2 dies mid-flight: proxy B moves to auth 1, and nothing the
     // user does through it fails.
@@ -135,6 +194,11 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
         .run_as("bob", &["ssh", "root@box", "--", "echo", "three"], None)
         .expect_ok();
     assert_eq!(out.stdout.trim(), "three");
+    // Recordings made before and after the failover are all there.
+    let out = c
+        .run_as("alice", &["play", &id, "--format", "text"], None)
+        .expect_ok();
+    assert!(out.stdout.contains("one"), "{}", out.stdout);
 
     // One audit chain, written by both auth servers, verifies.
     let out = c.admin(&["audit", "verify"]).expect_ok();

@@ -1,6 +1,6 @@
-//! Outgoing HTTP(S) requests from the auth service: webhook deliveries and
-//! OpenID Connect calls (discovery, keys, token exchange, userinfo). One
-//! request per connection; https is verified against the system roots.
+//! Outgoing HTTP(S) requests: the auth service's webhook deliveries and
+//! OpenID Connect calls, and the S3 recording store's requests. One request
+//! per connection; https is verified against the system roots.
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -71,9 +71,10 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
     )
 }
 
-/// A response: status and body (bounded).
+/// A response: status, headers and body (bounded).
 pub struct Response {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -131,12 +132,17 @@ where
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = Limited::new(resp.into_body(), max_body)
         .collect()
         .await
         .map_err(|e| format!("reading the answer: {e}"))?
         .to_bytes();
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,503 @@
+//! Recordings in S3-compatible object storage (AWS S3, MinIO, Ceph...),
+//! shared by every auth server: one object for a recording (uploaded in
+//! parts when large) and one for its metadata, written after the data so a
+//! metadata object always means a complete recording.
+//!
+//! `s3://BUCKET/PREFIX?endpoint=http://HOST:PORT&region=REGION`; the keys
+//! come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and
+//! `AWS_SESSION_TOKEN`). Without `endpoint`, AWS S3 in `region`.
+
+pub mod sigv4;
+
+use crate::backend::StoreError;
+use crate::recordings::{is_session_id, RecordingStore};
+use crate::Result;
+use async_trait::async_trait;
+use hyper::body::Bytes;
+use hyper::Method;
+use sigv4::{sha256_hex, uri_encode, Credentials};
+use std::sync::Arc;
+use warden_types::api::RecordingInfo;
+
+/// Recordings larger than this go up in parts of this size (S3's minimum
+/// part is 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+/// The largest recording read back.
+const MAX_GET: usize = 4 << 30;
+/// The largest answer to anything else (listings, errors).
+const MAX_SMALL: usize = 16 << 20;
+
+/// S3 [`RecordingStore`].
+pub struct S3RecordingStore {
+    tls: Arc<rustls::ClientConfig>,
+    https: bool,
+    host: String,
+    port: u16,
+    /// Bucket in the host name (AWS) or in the path (endpoints).
+    virtual_host: bool,
+    bucket: String,
+    prefix: String,
+    region: String,
+    creds: Credentials,
+}
+
+fn err(text: impl Into<String>) -> StoreError {
+    StoreError::Backend(text.into())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The text of the first `<tag>` in `xml`, unescaped.
+fn xml_tag(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml_unescape(&xml[start..end]))
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn valid_id(id: &str) -> Result<()> {
+    if is_session_id(id) {
+        Ok(())
+    } else {
+        Err(err(format!("invalid session id {id:?}")))
+    }
+}
+
+impl S3RecordingStore {
+    /// Parses `s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION]` and
+    /// reads the keys from the environment.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let usage = "expected s3://BUCKET[/PREFIX][?endpoint=http(s)://HOST:PORT&region=REGION]";
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| err(format!("{url:?}: {usage}")))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(err(format!(
+                "{url:?}: bucket names are lower-case letters, digits, '-' and '.'; {usage}"
+            )));
+        }
+        let mut prefix = prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        let (mut endpoint, mut region) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "endpoint" => endpoint = Some(percent_decode(v)),
+                "region" => region = Some(percent_decode(v)),
+                _ => return Err(err(format!("{url:?}: unknown parameter {k:?}; {usage}"))),
+            }
+        }
+        let region = region
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        let (https, host, port, virtual_host) = match &endpoint {
+            Some(e) => {
+                let t = warden_http::parse_url(e).map_err(|e| err(format!("endpoint: {e}")))?;
+                (t.https, t.host, t.port, false)
+            }
+            None => (true, format!("s3.{region}.amazonaws.com"), 443, true),
+        };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (Some(access_key), Some(secret_key)) =
+            (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+        else {
+            return Err(err(
+                "recordings on S3 need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment",
+            ));
+        };
+        Ok(S3RecordingStore {
+            tls: warden_http::tls_config(),
+            https,
+            host,
+            port,
+            virtual_host,
+            bucket: bucket.to_string(),
+            prefix,
+            region,
+            creds: Credentials {
+                access_key,
+                secret_key,
+                session_token: var("AWS_SESSION_TOKEN"),
+            },
+        })
+    }
+
+    /// Where the store points, for messages (no secrets).
+    pub fn describe(&self) -> String {
+        format!(
+            "s3://{}/{} at {}://{}:{}",
+            self.bucket,
+            self.prefix,
+            if self.https { "https" } else { "http" },
+            self.host,
+            self.port
+        )
+    }
+
+    /// One signed request for `key` (`None`: the bucket itself).
+    async fn request(
+        &self,
+        method: Method,
+        key: Option<&str>,
+        query: &[(String, String)],
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<warden_http::Response> {
+        let mut path = String::new();
+        if !self.virtual_host {
+            path.push('/');
+            path.push_str(&self.bucket);
+        }
+        match key {
+            Some(k) => {
+                path.push('/');
+                path.push_str(&uri_encode(&format!("{}{k}", self.prefix), true));
+            }
+            None if self.virtual_host => path.push('/'),
+            None => {}
+        }
+        let host = match self.virtual_host {
+            true => format!("{}.{}", self.bucket, self.host),
+            false => self.host.clone(),
+        };
+        let authority = match (self.https, self.port) {
+            (true, 443) | (false, 80) => host.clone(),
+            _ => format!("{host}:{}", self.port),
+        };
+        let amz_date = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .map_err(|e| err(e.to_string()))?;
+        let payload_hash = sha256_hex(&body);
+        let mut headers = vec![
+            ("host".to_string(), authority),
+            ("x-amz-content-sha256".to_string(), payload_hash.clone()),
+            ("x-amz-date".to_string(), amz_date.clone()),
+        ];
+        if let Some(token) = &self.creds.session_token {
+            headers.push(("x-amz-security-token".to_string(), token.clone()));
+        }
+        let auth = sigv4::authorization(
+            &self.creds,
+            &sigv4::Request {
+                method: method.as_str(),
+                path: &path,
+                query,
+                headers: &headers,
+                payload_hash: &payload_hash,
+                region: &self.region,
+                amz_date: &amz_date,
+            },
+        );
+        let query_string = sigv4::canonical_query(query);
+        let url = format!(
+            "{}://{host}:{}{path}{}{query_string}",
+            if self.https { "https" } else { "http" },
+            self.port,
+            if query.is_empty() { "" } else { "?" },
+        );
+        let length = body.len().to_string();
+        let mut send_headers: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(k, _)| k != "host")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        send_headers.push(("authorization", &auth));
+        send_headers.push(("content-length", &length));
+        warden_http::send(&self.tls, method, &url, &send_headers, body, max_body)
+            .await
+            .map_err(|e| err(format!("S3 at {}: {e}", self.describe())))
+    }
+
+    /// Fails unless `resp` is a success, naming S3's error code.
+    fn check(&self, what: &str, resp: warden_http::Response) -> Result<warden_http::Response> {
+        if (200..300).contains(&resp.status) {
+            return Ok(resp);
+        }
+        let text = String::from_utf8_lossy(&resp.body);
+        let code = xml_tag(&text, "Code").unwrap_or_default();
+        let hint = match code.as_str() {
+            "NoSuchBucket" => "; create the bucket first",
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" => {
+                "; check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy"
+            }
+            _ => "",
+        };
+        Err(err(format!(
+            "S3 {what} in {}: HTTP {} {code}{hint}",
+            self.describe(),
+            resp.status
+        )))
+    }
+
+    /// Checks that the bucket exists and the keys work; at start, so a
+    /// wrong URL or key is found before the first recording.
+    pub async fn probe(&self) -> Result<()> {
+        let q = [
+            ("list-type".to_string(), "2".to_string()),
+            ("max-keys".to_string(), "1".to_string()),
+            ("prefix".to_string(), self.prefix.clone()),
+        ];
+        let resp = self
+            .request(Method::GET, None, &q, Bytes::new(), MAX_SMALL)
+            .await?;
+        self.check("listing", resp).map(|_| ())
+    }
+
+    /// Creates the bucket (for first setups and tests).
+    pub async fn create_bucket(&self) -> Result<()> {
+        let resp = self
+            .request(Method::PUT, None, &[], Bytes::new(), MAX_SMALL)
+            .await?;
+        self.check("bucket creation", resp).map(|_| ())
+    }
+
+    async fn put_object(&self, key: &str, data: Bytes) -> Result<()> {
+        if data.len() <= PART_SIZE {
+            let resp = self
+                .request(Method::PUT, Some(key), &[], data, MAX_SMALL)
+                .await?;
+            return self.check(&format!("upload of {key}"), resp).map(|_| ());
+        }
+        let resp = self
+            .request(
+                Method::POST,
+                Some(key),
+                &[("uploads".to_string(), String::new())],
+                Bytes::new(),
+                MAX_SMALL,
+            )
+            .await?;
+        let resp = self.check(&format!("upload of {key}"), resp)?;
+        let upload_id = xml_tag(&String::from_utf8_lossy(&resp.body), "UploadId")
+            .ok_or_else(|| err("S3 started a multipart upload without an UploadId"))?;
+        match self.upload_parts(key, &upload_id, data).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Parts of an abandoned upload cost storage until aborted.
+                let q = [("uploadId".to_string(), upload_id)];
+                let _ = self
+                    .request(Method::DELETE, Some(key), &q, Bytes::new(), MAX_SMALL)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_parts(&self, key: &str, upload_id: &str, data: Bytes) -> Result<()> {
+        let mut parts = String::from("<CompleteMultipartUpload>");
+        for (i, start) in (0..data.len()).step_by(PART_SIZE).enumerate() {
+            let number = i + 1;
+            let part = data.slice(start..(start + PART_SIZE).min(data.len()));
+            let q = [
+                ("partNumber".to_string(), number.to_string()),
+                ("uploadId".to_string(), upload_id.to_string()),
+            ];
+            let resp = self
+                .request(Method::PUT, Some(key), &q, part, MAX_SMALL)
+                .await?;
+            let resp = self.check(&format!("part {number} of {key}"), resp)?;
+            let etag = resp
+                .headers
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| err(format!("S3 returned no ETag for part {number} of {key}")))?;
+            parts.push_str(&format!(
+                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+                xml_escape(etag)
+            ));
+        }
+        parts.push_str("</CompleteMultipartUpload>");
+        let q = [("uploadId".to_string(), upload_id.to_string())];
+        let resp = self
+            .request(Method::POST, Some(key), &q, Bytes::from(parts), MAX_SMALL)
+            .await?;
+        let resp = self.check(&format!("completion of {key}"), resp)?;
+        // S3 may answer 200 with an error document for a failed completion.
+        let text = String::from_utf8_lossy(&resp.body);
+        if text.contains("<Error>") {
+            return Err(err(format!(
+                "S3 completion of {key}: {}",
+                xml_tag(&text, "Code").unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn get_object(&self, key: &str, max: usize) -> Result<Option<Bytes>> {
+        let resp = self
+            .request(Method::GET, Some(key), &[], Bytes::new(), max)
+            .await?;
+        if resp.status == 404 {
+            return Ok(None);
+        }
+        Ok(Some(self.check(&format!("download of {key}"), resp)?.body))
+    }
+
+    /// Keys under the prefix ending in `suffix`, without the prefix.
+    async fn keys(&self, suffix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![
+                ("list-type".to_string(), "2".to_string()),
+                ("prefix".to_string(), self.prefix.clone()),
+            ];
+            if let Some(t) = &token {
+                q.push(("continuation-token".to_string(), t.clone()));
+            }
+            let resp = self
+                .request(Method::GET, None, &q, Bytes::new(), MAX_SMALL)
+                .await?;
+            let resp = self.check("listing", resp)?;
+            let text = String::from_utf8_lossy(&resp.body).into_owned();
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find("<Key>") {
+                let after = &rest[i..];
+                if let Some(k) = xml_tag(after, "Key") {
+                    if let Some(name) = k.strip_prefix(&self.prefix) {
+                        if name.ends_with(suffix) && !name.contains('/') {
+                            out.push(name.to_string());
+                        }
+                    }
+                }
+                rest = &after[5..];
+            }
+            token = match xml_tag(&text, "IsTruncated").as_deref() {
+                Some("true") => xml_tag(&text, "NextContinuationToken"),
+                _ => None,
+            };
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RecordingStore for S3RecordingStore {
+    async fn put(&self, info: &RecordingInfo, data: Vec<u8>) -> Result<()> {
+        valid_id(&info.session_id)?;
+        let json = serde_json::to_vec(info).map_err(|e| err(e.to_string()))?;
+        // The recording first: metadata present means the data is too.
+        self.put_object(&format!("{}.wrec", info.session_id), Bytes::from(data))
+            .await?;
+        self.put_object(&format!("{}.json", info.session_id), Bytes::from(json))
+            .await
+    }
+
+    async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>> {
+        valid_id(session_id)?;
+        if self.info(session_id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .get_object(&format!("{session_id}.wrec"), MAX_GET)
+            .await?
+            .map(|b| b.to_vec()))
+    }
+
+    async fn info(&self, session_id: &str) -> Result<Option<RecordingInfo>> {
+        valid_id(session_id)?;
+        Ok(self
+            .get_object(&format!("{session_id}.json"), MAX_SMALL)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    async fn list(&self) -> Result<Vec<RecordingInfo>> {
+        let mut out = Vec::new();
+        for key in self.keys(".json").await? {
+            if let Some(b) = self.get_object(&key, MAX_SMALL).await? {
+                if let Ok(info) = serde_json::from_slice::<RecordingInfo>(&b) {
+                    out.push(info);
+                }
+            }
+        }
+        out.sort_by_key(|i: &RecordingInfo| std::cmp::Reverse(i.start));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "k");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "s");
+        let s = S3RecordingStore::from_url(
+            "s3://recs/cluster-a/?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.https, s.virtual_host),
+            ("127.0.0.1", 9000, false, false)
+        );
+        assert_eq!(
+            (s.prefix.as_str(), s.region.as_str()),
+            ("cluster-a/", "eu-west-1")
+        );
+        let s = S3RecordingStore::from_url("s3://recs?region=eu-west-1").unwrap();
+        assert_eq!(s.host, "s3.eu-west-1.amazonaws.com");
+        assert!(s.virtual_host && s.https && s.prefix.is_empty());
+        for bad in ["s3://", "s3://Bad_Bucket/x", "http://x", "s3://b?bogus=1"] {
+            assert!(S3RecordingStore::from_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn xml() {
+        let x = "<R><Key>a&amp;b</Key><ETag>&quot;e&quot;</ETag></R>";
+        assert_eq!(xml_tag(x, "Key").as_deref(), Some("a&b"));
+        assert_eq!(xml_tag(x, "ETag").as_deref(), Some("\"e\""));
+        assert_eq!(xml_tag(x, "None"), None);
+        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
+    }
+}

@@ -478,22 +478,20 @@ impl AuthServer {
             )
             .await?;
         // No certificates leave without their audit event.
-        self.inner
-            .audit
-            .append(
-                AuditEvent::new(
-                    codes::LOGIN_SUCCESS,
-                    self.cluster(),
-                    &req.user,
-                    "local login",
-                )
-                .source(source)
-                .with("method", method.to_string())
-                .with("roles", resp.identity.roles.clone())
-                .with("logins", resp.identity.logins.clone())
-                .with("expires", resp.identity.expires),
+        self.append_durably(
+            AuditEvent::new(
+                codes::LOGIN_SUCCESS,
+                self.cluster(),
+                &req.user,
+                "local login",
             )
-            .await?;
+            .source(source)
+            .with("method", method.to_string())
+            .with("roles", resp.identity.roles.clone())
+            .with("logins", resp.identity.logins.clone())
+            .with("expires", resp.identity.expires),
+        )
+        .await?;
         Ok(resp)
     }
 

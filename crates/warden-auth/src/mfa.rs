@@ -252,14 +252,12 @@ async fn session(
             None,
         )
         .await?;
-    s.inner
-        .audit
-        .append(ev(
-            codes::MFA_SESSION,
-            format!("MFA check for a session on {}", node.spec.hostname),
-            method,
-        ))
-        .await?;
+    s.append_durably(ev(
+        codes::MFA_SESSION,
+        format!("MFA check for a session on {}", node.spec.hostname),
+        method,
+    ))
+    .await?;
     Ok(Json(MfaSessionResponse {
         ssh_cert: resp.ssh_cert,
         expires: resp.identity.expires,
@@ -374,19 +372,17 @@ async fn register_finish(
             return Err(e);
         }
     };
-    s.inner
-        .audit
-        .append(
-            AuditEvent::new(
-                codes::MFA_ADD,
-                s.cluster(),
-                user,
-                format!("security key {name} enrolled"),
-            )
-            .with("device", name.clone())
-            .with("type", "webauthn"),
+    s.append_durably(
+        AuditEvent::new(
+            codes::MFA_ADD,
+            s.cluster(),
+            user,
+            format!("security key {name} enrolled"),
         )
-        .await?;
+        .with("device", name.clone())
+        .with("type", "webauthn"),
+    )
+    .await?;
     Ok(Json(MfaDevice {
         name,
         kind: "webauthn".into(),
@@ -417,18 +413,16 @@ async fn remove(
     }
     manage_check(&s, user, &req.proof, codes::MFA_REMOVE_FAILURE, &req.name).await?;
     s.remove_security_key(user, &req.name).await?;
-    s.inner
-        .audit
-        .append(
-            AuditEvent::new(
-                codes::MFA_REMOVE,
-                s.cluster(),
-                user,
-                format!("security key {} removed", req.name),
-            )
-            .with("device", req.name.clone())
-            .with("type", "webauthn"),
+    s.append_durably(
+        AuditEvent::new(
+            codes::MFA_REMOVE,
+            s.cluster(),
+            user,
+            format!("security key {} removed", req.name),
         )
-        .await?;
+        .with("device", req.name.clone())
+        .with("type", "webauthn"),
+    )
+    .await?;
     Ok(Json(serde_json::json!({})))
 }

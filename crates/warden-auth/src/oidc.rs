@@ -931,19 +931,17 @@ impl AuthServer {
         let resp = self
             .issue_user_certs(&user, &p.ssh_public_key, &p.tls_csr_pem, p.ttl_secs, None)
             .await?;
-        self.inner
-            .audit
-            .append(
-                AuditEvent::new(codes::LOGIN_SUCCESS, self.cluster(), &username, "SSO login")
-                    .source(p.source.clone())
-                    .with("method", "oidc")
-                    .with("connector", p.connector.clone())
-                    .with("subject", subject)
-                    .with("roles", resp.identity.roles.clone())
-                    .with("logins", resp.identity.logins.clone())
-                    .with("expires", resp.identity.expires),
-            )
-            .await?;
+        self.append_durably(
+            AuditEvent::new(codes::LOGIN_SUCCESS, self.cluster(), &username, "SSO login")
+                .source(p.source.clone())
+                .with("method", "oidc")
+                .with("connector", p.connector.clone())
+                .with("subject", subject)
+                .with("roles", resp.identity.roles.clone())
+                .with("logins", resp.identity.logins.clone())
+                .with("expires", resp.identity.expires),
+        )
+        .await?;
         Ok(resp)
     }
 

@@ -14,6 +14,7 @@ use warden_store::{
     StoreError, WatchCache,
 };
 use warden_types::audit::AuditEvent;
+use warden_types::metrics::METRICS;
 use warden_types::resource::kind;
 use warden_types::{ClusterConfigSpec, Document, Identity, IdentityKind, RoleSpec, UserSpec};
 
@@ -40,6 +41,8 @@ pub(crate) struct Inner {
     pub sso: crate::oidc::Sso,
     /// Bounds concurrent password hashing.
     pub hashing: tokio::sync::Semaphore,
+    /// This server's own events while the audit log is unreachable.
+    pub spool: warden_store::EventSpool,
 }
 
 /// Key and certificate of a service (proxy, auth itself) or of the local
@@ -162,7 +165,10 @@ impl AuthServer {
                 "--recordings: {url:?} is not a recording store; expected s3://BUCKET/PREFIX[?endpoint=http(s)://HOST:PORT&region=REGION], or leave it out for the data dir"
             ),
         };
-        let server = Self::with_stores(backend, audit, recordings, keys, cluster_name).await?;
+        let spool = warden_store::EventSpool::open(&data_dir.join("audit-spool"))
+            .context("cannot open the audit spool")?;
+        let server =
+            Self::with_stores(backend, audit, recordings, keys, spool, cluster_name).await?;
         server.check_kek(&kek_path).await?;
         Ok(server)
     }
@@ -190,6 +196,7 @@ impl AuthServer {
         audit: Arc<dyn AuditLog>,
         recordings: Arc<dyn RecordingStore>,
         keys: Arc<SoftwareKeyStore>,
+        spool: warden_store::EventSpool,
         cluster_name: Option<&str>,
     ) -> anyhow::Result<Self> {
         let config = ensure_cluster_config(&*backend, cluster_name).await?;
@@ -232,6 +239,7 @@ impl AuthServer {
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 ),
+                spool,
             }),
         })
     }
@@ -351,10 +359,110 @@ impl AuthServer {
         &self,
         event: AuditEvent,
         about: Option<serde_json::Value>,
-    ) -> std::result::Result<AuditEvent, StoreError> {
-        let event = self.inner.audit.append(event.bounded()).await?;
-        self.inner.webhooks.notify(&event, about);
-        Ok(event)
+    ) -> std::result::Result<(), StoreError> {
+        if let Some(stored) = self.store_or_spool(event).await? {
+            self.inner.webhooks.notify(&stored, about);
+        }
+        Ok(())
+    }
+
+    /// Makes `event` durable before the caller goes on (certificates never
+    /// leave without their audit event): in the audit log, or, while it is
+    /// unreachable, in the local spool.
+    pub(crate) async fn append_durably(
+        &self,
+        event: AuditEvent,
+    ) -> std::result::Result<(), StoreError> {
+        self.store_or_spool(event).await.map(|_| ())
+    }
+
+    /// Appends `event` (returned as stored), or spools it (`None`).
+    async fn store_or_spool(
+        &self,
+        event: AuditEvent,
+    ) -> std::result::Result<Option<AuditEvent>, StoreError> {
+        let event = event.bounded();
+        // While events wait in the spool, new ones queue behind them, so
+        // the chain keeps the order they happened in.
+        if self.inner.spool.queued() == 0 {
+            match self.inner.audit.append(event.clone()).await {
+                Ok(stored) => return Ok(Some(stored)),
+                Err(e @ StoreError::AlreadyExists(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit log unreachable; keeping events in the local spool until it is back");
+                }
+            }
+        }
+        self.inner.spool.push(&event).map_err(|e| {
+            StoreError::Backend(format!(
+                "audit log unreachable and the local spool refused the event: {e}"
+            ))
+        })?;
+        METRICS.audit_spooled.set(self.inner.spool.queued() as u64);
+        Ok(None)
+    }
+
+    /// Delivers spooled events to the audit log, in order, forever; after
+    /// an outage, records how long it lasted and how many events waited.
+    pub fn spawn_spool_delivery(&self) {
+        let s = self.clone();
+        tokio::spawn(async move {
+            use warden_store::spool::{deliver, Delivery};
+            let send = |events: Vec<AuditEvent>| {
+                let s = s.clone();
+                async move {
+                    let stored = s
+                        .inner
+                        .audit
+                        .append_batch(events)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for e in &stored {
+                        s.inner.webhooks.notify(e, None);
+                    }
+                    Ok(())
+                }
+            };
+            // Since when events have been waiting, and how many.
+            let mut outage: Option<(std::time::Instant, usize)> = None;
+            loop {
+                let queued = s.inner.spool.queued();
+                if queued > 0 {
+                    let started = outage.get_or_insert((std::time::Instant::now(), 0));
+                    started.1 = started.1.max(queued);
+                }
+                let result = deliver(&s.inner.spool, &send).await;
+                METRICS.audit_spooled.set(s.inner.spool.queued() as u64);
+                match (result, outage) {
+                    (Delivery::Done, Some((since, events))) => {
+                        outage = None;
+                        let seconds = since.elapsed().as_secs();
+                        tracing::info!(
+                            seconds,
+                            events,
+                            "audit log reachable again; spooled events delivered"
+                        );
+                        s.audit(
+                            AuditEvent::new(
+                                warden_types::audit::codes::AUDIT_OUTAGE,
+                                &s.inner.cluster,
+                                "warden",
+                                format!("the audit log was unreachable for about {seconds}s; {events} event(s) waited in the local spool and were delivered"),
+                            )
+                            .with("seconds", seconds)
+                            .with("events", events as u64),
+                        )
+                        .await;
+                    }
+                    (Delivery::Done, None) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await
+                    }
+                    (Delivery::Failed, _) => {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await
+                    }
+                }
+            }
+        });
     }
 
     /// Stores events in one durable write (ids already stored are skipped)

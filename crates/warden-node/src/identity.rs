@@ -39,12 +39,12 @@ pub struct NodeIdentity {
     /// Session recordings waiting for upload.
     pub spool: crate::recording::Spool,
     /// Audit events waiting for auth.
-    pub events: crate::audit_spool::EventSpool,
+    pub events: warden_store::EventSpool,
 }
 
-fn open_events(data_dir: &Path) -> anyhow::Result<crate::audit_spool::EventSpool> {
+fn open_events(data_dir: &Path) -> anyhow::Result<warden_store::EventSpool> {
     let dir = data_dir.join(NODE_DIR).join("events");
-    crate::audit_spool::EventSpool::open(&dir)
+    warden_store::EventSpool::open(&dir)
         .with_context(|| format!("cannot open the audit event spool {}", dir.display()))
 }
 

@@ -3,7 +3,6 @@
 //! that trusts only the cluster's user CA and asks auth, with the user's
 //! live roles, before every login.
 
-mod audit_spool;
 mod forward;
 mod identity;
 mod locks;
@@ -165,7 +164,22 @@ pub async fn run(
     }
     tokio::spawn(locks::enforce(identity.clone(), config.name.clone()));
     tokio::spawn(recording::upload_loop(identity.clone()));
-    tokio::spawn(audit_spool::deliver_loop(identity.clone()));
+    {
+        let identity = identity.clone();
+        tokio::spawn(warden_store::spool::deliver_loop(
+            identity.events.clone(),
+            "auth",
+            move |events| {
+                let identity = identity.clone();
+                async move {
+                    identity
+                        .send_events(&events)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
+            },
+        ));
+    }
     tokio::spawn(tunnel::keep_tunnels(
         identity.clone(),
         config.proxy.clone(),

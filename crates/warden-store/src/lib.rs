@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod postgres;
 mod recordings;
 pub mod s3;
+pub mod spool;
 mod sqlite;
 
 pub use audit::{search_sql, AuditLog, SqliteAuditLog, VerifyReport};
@@ -21,6 +22,7 @@ pub use cache::WatchCache;
 pub use postgres::{PostgresAuditLog, PostgresBackend};
 pub use recordings::{is_session_id, FileRecordingStore, RecordingStore};
 pub use s3::S3RecordingStore;
+pub use spool::EventSpool;
 pub use sqlite::SqliteBackend;
 
 /// Result type of the store.

@@ -43,7 +43,7 @@ fn valid_id(id: &str) -> Result<()> {
 }
 
 /// Writes `data` to `path` atomically and durably.
-fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()

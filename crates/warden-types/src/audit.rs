@@ -87,6 +87,8 @@ pub mod codes {
     pub const CONFIG_UPDATE: (&str, &str) = ("config.update", "WA9000I");
     pub const CONFIG_DELETE: (&str, &str) = ("config.delete", "WA9001I");
     pub const WEBHOOK_FAILURE: (&str, &str) = ("webhook.failure", "WA9002W");
+    /// The audit log was unreachable; auth's events waited on its disk.
+    pub const AUDIT_OUTAGE: (&str, &str) = ("audit.outage", "WA9003W");
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
@@ -97,6 +99,7 @@ pub mod codes {
         "access_request.drop",
         "access_request.review",
         "api.denied",
+        "audit.outage",
         "cert.renew",
         "config.delete",
         "config.update",

@@ -123,6 +123,8 @@ pub struct Metrics {
     pub node_sessions: Gauge,
     pub node_connections: Counter,
     pub node_rejections: Counter,
+    /// Auth's own audit events waiting for the audit log.
+    pub audit_spooled: Gauge,
 }
 
 /// The process-wide metrics.
@@ -175,6 +177,7 @@ impl Metrics {
             node_sessions: Gauge::new(),
             node_connections: Counter::new(),
             node_rejections: Counter::new(),
+            audit_spooled: Gauge::new(),
         }
     }
 
@@ -214,6 +217,12 @@ impl Metrics {
                     self.proxy_errors_limit.get(),
                 ),
             ],
+        );
+        family(
+            "warden_audit_spooled_events",
+            "gauge",
+            "Audit events auth keeps on local disk because the audit log is unreachable (0 when healthy).",
+            &[("", self.audit_spooled.get())],
         );
         family(
             "warden_active_connections",

@@ -355,6 +355,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
     auth.spawn_audit_signer();
+    auth.spawn_spool_delivery();
     auth.spawn_refusal_summaries();
     let auth_addr = auth_listener.local_addr()?;
     let auth_task = tokio::spawn(warden_auth::serve_mtls(
@@ -532,11 +533,17 @@ async fn serve_diag(listener: TcpListener, ready: Arc<std::sync::atomic::AtomicB
             "/readyz",
             get(move || {
                 let ready = ready.load(std::sync::atomic::Ordering::Relaxed);
+                // Spooling auth events still serves: it stays in rotation,
+                // and says why its metric is not 0.
+                let spooled = warden_types::metrics::METRICS.audit_spooled.get();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    match (ready, spooled) {
+                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
+                        (true, 0) => (StatusCode::OK, "ready\n".to_string()),
+                        (true, n) => (
+                            StatusCode::OK,
+                            format!("ready; audit log unreachable: {n} event(s) kept in the local spool\n"),
+                        ),
                     }
                 }
             }),

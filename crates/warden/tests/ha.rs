@@ -217,3 +217,122 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
 }
+
+/// A plain HTTP GET on the diagnostics port.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The audit log's PostgreSQL goes down while events are written: auth
+/// keeps serving, keeps its events on disk (metric and /readyz say so),
+/// and delivers them in order once it is back, followed by an
+/// `audit.outage` event; the chain verifies.
+#[test]
+fn audit_log_outage_on_postgres_loses_nothing() {
+    let state_pg = pg::PgServer::start();
+    let state = state_pg.database("state");
+    let mut audit_pg = pg::PgServer::start();
+    let audit = audit_pg.database("audit");
+    let diag = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let diag_addr = format!("127.0.0.1:{diag}");
+    let dir = temp_dir("audit-pg-outage");
+    let c = Cluster::start_with(
+        &dir,
+        &[
+            "--name",
+            "box",
+            "--backend",
+            &state,
+            "--audit-log",
+            &audit,
+            "--diag-addr",
+            &diag_addr,
+        ],
+    );
+    let alice = c.add_user("alice", "access", "root");
+    assert!(http_get(diag, "/metrics").contains("warden_audit_spooled_events 0"));
+
+    audit_pg.stop();
+    // Auth goes on: a user is created and signs up, alice logs in and
+    // runs a command; their events wait on auth's disk.
+    let _bob = c.add_user("bob", "access", "root");
+    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "box");
+    let metrics = http_get(diag, "/metrics");
+    let spooled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_audit_spooled_events "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        spooled >= 3,
+        "user.create, user.signup, user.login spooled: {spooled}"
+    );
+    let ready = http_get(diag, "/readyz");
+    assert!(ready.contains("audit log unreachable"), "{ready}");
+    let pending = std::fs::read_dir(dir.join("data/audit-spool"))
+        .unwrap()
+        .count();
+    assert!(pending >= 3, "events on disk: {pending}");
+
+    audit_pg.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let events = loop {
+        let out = c.admin(&["audit", "search", "--format", "json", "--limit", "10000"]);
+        if out.ok {
+            let ev: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+            if ev.iter().any(|e| e["type"] == "audit.outage") {
+                break ev;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit.outage event within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    // user.create names its actor as the user and bob as the target.
+    let about =
+        |e: &serde_json::Value, user: &str| e["user"] == user || e["fields"]["target"] == user;
+    let has = |t: &str, user: &str| events.iter().any(|e| e["type"] == t && about(e, user));
+    assert!(has("user.create", "bob"), "bob's creation delivered");
+    assert!(has("user.signup", "bob"), "bob's signup delivered");
+    assert!(has("user.login", "alice"), "alice's login delivered");
+    let outage = events.iter().find(|e| e["type"] == "audit.outage").unwrap();
+    assert!(
+        outage["fields"]["events"].as_u64().unwrap() >= 3,
+        "{outage}"
+    );
+    // In order: bob's creation before his signup, the outage note after both.
+    let index = |t: &str, user: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == t && about(e, user))
+            .and_then(|e| e["index"].as_u64())
+            .unwrap()
+    };
+    assert!(index("user.create", "bob") < index("user.signup", "bob"));
+    assert!(index("user.signup", "bob") < outage["index"].as_u64().unwrap());
+    let out = c.admin(&["audit", "verify"]).expect_ok();
+    assert!(out.stdout.contains("hash chain intact"), "{}", out.stdout);
+    assert!(http_get(diag, "/metrics").contains("warden_audit_spooled_events 0"));
+    assert_eq!(
+        std::fs::read_dir(dir.join("data/audit-spool"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

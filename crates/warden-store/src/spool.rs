@@ -1,11 +1,13 @@
-//! Audit events wait in a local spool until auth acknowledges them, so an
-//! auth outage loses nothing: each event is a file, synced before
+//! Audit events wait in a local spool until the audit log acknowledges
+//! them, so an outage loses nothing: each event is a file, synced before
 //! [`EventSpool::push`] returns, named by a sequence number so events are
-//! delivered in the order they happened. Events carry their own id and auth
-//! ignores an id it already holds, so a resend after a lost acknowledgement
-//! (or a crash between acknowledgement and delete) is not stored twice.
+//! delivered in the order they happened. Events carry their own id and the
+//! log ignores an id it already holds, so a resend after a lost
+//! acknowledgement (or a crash between acknowledgement and delete) is not
+//! stored twice. Nodes spool what they send to auth; auth spools its own
+//! events while its audit log (e.g. PostgreSQL) is unreachable.
 
-use crate::identity::NodeIdentity;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,8 @@ const SCAN_EVERY: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Events per delivery (auth takes at most 500).
 const BATCH: usize = 200;
-/// Events kept while auth is unreachable; beyond, new events are refused
-/// locally (and logged) rather than filling the disk.
+/// Events kept while the log is unreachable; beyond, new events are
+/// refused locally (and logged) rather than filling the disk.
 const MAX_PENDING: usize = 100_000;
 
 /// The spool directory of undelivered events.
@@ -94,15 +96,12 @@ impl EventSpool {
         let seq = *next;
         if self.inner.queued.load(Ordering::SeqCst) >= MAX_PENDING {
             return Err(std::io::Error::other(format!(
-                "{MAX_PENDING} audit events are waiting for auth already"
+                "{MAX_PENDING} audit events are waiting for the audit log already"
             )));
         }
         // Written aside, synced and renamed: the loop never sees half an
-        // event, and an event is on disk before `emit` returns.
-        warden_ca::keystore::write_private_file(
-            &self.inner.dir.join(format!("{seq:020}.json")),
-            &body,
-        )?;
+        // event, and an event is on disk before `push` returns.
+        crate::recordings::write_durable(&self.inner.dir.join(format!("{seq:020}.json")), &body)?;
         *next = seq + 1;
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
         drop(next);
@@ -111,65 +110,96 @@ impl EventSpool {
     }
 }
 
-/// Delivers spooled events to auth in order, forever; stops at the first
-/// failure and retries, so order is kept across outages.
-pub async fn deliver_loop(identity: Arc<NodeIdentity>) {
-    let spool = identity.events.clone();
-    let mut failing = false;
+impl EventSpool {
+    /// Events waiting to be delivered.
+    pub fn queued(&self) -> usize {
+        self.inner.queued.load(Ordering::SeqCst)
+    }
+}
+
+/// How a delivery went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The spool is empty.
+    Done,
+    /// `send` failed; events stay, in order, for the next attempt.
+    Failed,
+}
+
+/// Sends spooled events with `send`, oldest first in batches, deleting
+/// each batch once `send` acknowledges it; stops at the first failure so
+/// order is kept across outages.
+pub async fn deliver<F, Fut>(spool: &EventSpool, send: &F) -> Delivery
+where
+    F: Fn(Vec<AuditEvent>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     loop {
-        loop {
-            let batch: Vec<(PathBuf, AuditEvent)> = spool
-                .pending()
-                .into_iter()
-                .take(BATCH)
-                .filter_map(|(_, path)| match read_event(&path) {
-                    Ok(ev) => Some((path, ev)),
-                    Err(e) => {
-                        // Unreadable: keep it aside for a person, go on.
-                        tracing::error!(path = %path.display(), error = %e, "unreadable spooled audit event");
-                        let _ = std::fs::rename(&path, path.with_extension("bad"));
-                        spool.inner.queued.fetch_sub(1, Ordering::SeqCst);
-                        None
-                    }
-                })
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            let events: Vec<AuditEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
-            match identity.send_events(&events).await {
-                Ok(()) => {
-                    if failing {
-                        tracing::info!("auth is reachable again; spooled audit events delivered");
-                        failing = false;
-                    }
-                    for (path, _) in &batch {
-                        if let Err(e) = std::fs::remove_file(path) {
-                            tracing::warn!(error = %e, "cannot delete a delivered audit event");
-                        }
-                    }
-                    let _ =
-                        spool
-                            .inner
-                            .queued
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
-                                Some(q.saturating_sub(batch.len()))
-                            });
-                }
+        let batch: Vec<(PathBuf, AuditEvent)> = spool
+            .pending()
+            .into_iter()
+            .take(BATCH)
+            .filter_map(|(_, path)| match read_event(&path) {
+                Ok(ev) => Some((path, ev)),
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %format!("{e:#}"), pending = spool.inner.queued.load(Ordering::SeqCst),
-                            "audit events cannot reach auth; keeping them until it is back");
-                        failing = true;
-                    }
-                    break;
+                    // Unreadable: keep it aside for a person, go on.
+                    tracing::error!(path = %path.display(), error = %e, "unreadable spooled audit event");
+                    let _ = std::fs::rename(&path, path.with_extension("bad"));
+                    spool.inner.queued.fetch_sub(1, Ordering::SeqCst);
+                    None
                 }
+            })
+            .collect();
+        if batch.is_empty() {
+            return Delivery::Done;
+        }
+        let events: Vec<AuditEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+        if let Err(e) = send(events).await {
+            tracing::debug!(error = %e, "audit event delivery failed");
+            return Delivery::Failed;
+        }
+        for (path, _) in &batch {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(error = %e, "cannot delete a delivered audit event");
             }
         }
-        if failing {
-            tokio::time::sleep(RETRY_AFTER).await;
-        } else {
-            let _ = tokio::time::timeout(SCAN_EVERY, spool.inner.wake.notified()).await;
+        let _ = spool
+            .inner
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(batch.len()))
+            });
+    }
+}
+
+/// Delivers spooled events with `send` forever: woken by each push, and
+/// retrying every 2 s while `send` fails. `what` names the destination in
+/// the log lines an outage writes.
+pub async fn deliver_loop<F, Fut>(spool: EventSpool, what: &'static str, send: F)
+where
+    F: Fn(Vec<AuditEvent>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut failing = false;
+    loop {
+        match deliver(&spool, &send).await {
+            Delivery::Done => {
+                if failing {
+                    tracing::info!("{what} is reachable again; spooled audit events delivered");
+                    failing = false;
+                }
+                let _ = tokio::time::timeout(SCAN_EVERY, spool.inner.wake.notified()).await;
+            }
+            Delivery::Failed => {
+                if !failing {
+                    tracing::warn!(
+                        pending = spool.queued(),
+                        "audit events cannot reach {what}; keeping them until it is back"
+                    );
+                    failing = true;
+                }
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
         }
     }
 }

@@ -189,8 +189,7 @@ impl AuthServer {
         Ok(())
     }
 
-    /// Builds the service over given stores (used by `open`, and by tests of
-    /// other backends).
+    /// Builds the service over given stores.
     pub async fn with_stores(
         backend: Arc<dyn Backend>,
         audit: Arc<dyn AuditLog>,

@@ -5,14 +5,14 @@ use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::{self, LOCKS};
 use crate::server::AuthServer;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use time::{Duration, OffsetDateTime};
 use warden_policy::LockSubject;
-use warden_types::api::{Change, ChangeResponse, CreateLockRequest};
+use warden_types::api::{Change, ChangeResponse, CreateLockRequest, LockWatch};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{kind, resources as res, verbs};
 use warden_types::{Document, IdentityKind, LockSpec, UserSpec};
@@ -20,6 +20,7 @@ use warden_types::{Document, IdentityKind, LockSpec, UserSpec};
 pub fn routes() -> Router<AuthServer> {
     Router::new()
         .route("/v1/locks", get(list_locks).post(create_lock))
+        .route("/v1/locks/watch", get(watch_locks))
         .route("/v1/locks/{id}", delete(delete_lock))
 }
 
@@ -116,6 +117,7 @@ fn allowed_while_locked(path: &str) -> bool {
         || path == "/v1/events/batch"
         || path.starts_with("/v1/recordings/")
         || path == "/v1/locks"
+        || path == "/v1/locks/watch"
 }
 
 /// Refuses every call of a locked caller with 403 and the lock's reason.
@@ -158,6 +160,37 @@ async fn list_locks(
         s.authorize(&c, res::LOCK, verbs::LIST).await?;
     }
     Ok(Json(s.active_locks()))
+}
+
+/// Query of `GET /v1/locks/watch`.
+#[derive(serde::Deserialize)]
+struct WatchQuery {
+    /// The revision the caller has; without it, answer at once.
+    after: Option<i64>,
+    /// Seconds to wait for a change (at most 55; default 25).
+    wait: Option<u64>,
+}
+
+/// Locks pushed to nodes and proxies: a long poll that answers as soon as
+/// the locks change after the caller's revision (fed by the backend's watch
+/// stream), so a lock reaches live sessions in the store's propagation time
+/// rather than a polling interval.
+async fn watch_locks(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<WatchQuery>,
+) -> Result<Json<LockWatch>> {
+    if !matches!(c.identity.kind, IdentityKind::Node | IdentityKind::Proxy) {
+        s.authorize(&c, res::LOCK, verbs::LIST).await?;
+    }
+    if let Some(after) = q.after {
+        let wait = std::time::Duration::from_secs(q.wait.unwrap_or(25).min(55));
+        s.inner.locks.wait_past(after, wait).await;
+    }
+    Ok(Json(LockWatch {
+        revision: s.inner.locks.revision(),
+        locks: s.active_locks(),
+    }))
 }
 
 async fn create_lock(

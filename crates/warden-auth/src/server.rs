@@ -74,6 +74,7 @@ pub struct StoreConfig {
 enum StoreUrl {
     Sqlite,
     Postgres(String),
+    Etcd(String),
 }
 
 fn store_url(flag: &str, url: Option<&str>) -> anyhow::Result<StoreUrl> {
@@ -83,11 +84,9 @@ fn store_url(flag: &str, url: Option<&str>) -> anyhow::Result<StoreUrl> {
     match url.split_once("://").map(|(scheme, _)| scheme) {
         _ if url == "sqlite" => Ok(StoreUrl::Sqlite),
         Some("postgres" | "postgresql") => Ok(StoreUrl::Postgres(url.to_string())),
-        Some("etcd") => anyhow::bail!(
-            "{flag}: etcd is not supported yet; use postgres://USER@HOST/DATABASE (README: 'Run it highly available')"
-        ),
+        Some("etcd") => Ok(StoreUrl::Etcd(url.to_string())),
         _ => anyhow::bail!(
-            "{flag}: unknown store {}; expected sqlite or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+            "{flag}: unknown store {}; expected sqlite, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or etcd://HOST:PORT[,HOST:PORT...]",
             warden_store::postgres::redact_url(url)
         ),
     }
@@ -120,6 +119,7 @@ impl AuthServer {
             (None, StoreUrl::Postgres(url)) => StoreUrl::Postgres(url.clone()),
             (given, _) => store_url("--audit-log", given)?,
         };
+
         let backend: Arc<dyn Backend> = match &backend_url {
             StoreUrl::Sqlite => Arc::new(
                 SqliteBackend::open(&data_dir.join("state.db")).context("cannot open state.db")?,
@@ -134,10 +134,21 @@ impl AuthServer {
                         )
                     })?,
             ),
+            StoreUrl::Etcd(url) => Arc::new(
+                warden_store::EtcdBackend::connect(url)
+                    .await
+                    .with_context(|| format!("cannot open the backend at {url}"))?,
+            ),
         };
+        if matches!(backend_url, StoreUrl::Etcd(_)) && matches!(audit_url, StoreUrl::Sqlite) {
+            tracing::warn!("the backend is etcd but the audit log is this server's audit.db: several auth servers need --audit-log postgres://... to share one chain");
+        }
         let audit: Arc<dyn AuditLog> = match &audit_url {
             StoreUrl::Sqlite => Arc::new(
                 SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
+            ),
+            StoreUrl::Etcd(_) => anyhow::bail!(
+                "--audit-log: the audit log lives in PostgreSQL (postgres://...) or this server's audit.db (sqlite), not in etcd"
             ),
             StoreUrl::Postgres(url) => Arc::new(
                 warden_store::PostgresAuditLog::connect(url)

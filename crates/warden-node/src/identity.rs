@@ -208,6 +208,25 @@ impl NodeIdentity {
         Ok(self.api()?.get("/v1/locks").await?)
     }
 
+    /// Locks in force once they change after `after` (a long poll of at
+    /// most `wait`); `None` when auth predates the push (404), and the
+    /// caller polls [`NodeIdentity::locks`] instead.
+    pub async fn watch_locks(
+        &self,
+        after: Option<i64>,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<Option<warden_types::api::LockWatch>> {
+        let path = match after {
+            Some(r) => format!("/v1/locks/watch?after={r}&wait={}", wait.as_secs()),
+            None => "/v1/locks/watch".to_string(),
+        };
+        match self.api()?.get(&path).await {
+            Ok(w) => Ok(Some(w)),
+            Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The cluster's proxies (to keep a tunnel to each).
     pub async fn proxies(&self) -> anyhow::Result<Vec<warden_types::api::ProxyInfo>> {
         Ok(self.api()?.get("/v1/proxies").await?)

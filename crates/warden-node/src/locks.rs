@@ -1,5 +1,8 @@
-//! Live sessions, and ending them when a lock comes to cover them (within
-//! seconds: the node re-reads locks every 2 s).
+//! Live sessions, and ending them when a lock comes to cover them: auth
+//! pushes lock changes (a long poll answered as soon as its watch stream
+//! sees one), so a lock ends sessions within the store's propagation time
+//! plus one round trip. Against an auth server without the push, the node
+//! re-reads locks every 2 s.
 
 use crate::identity::NodeIdentity;
 use crate::session::Leader;
@@ -12,9 +15,10 @@ use std::time::Duration;
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::{Document, LockSpec};
 
-/// How often the node re-reads locks; a lock ends sessions within this
-/// (plus one auth round trip).
+/// How often the node re-reads locks from an auth server without the push.
 const POLL: Duration = Duration::from_secs(2);
+/// How long one long poll waits for a change before asking again.
+const PUSH_WAIT: Duration = Duration::from_secs(25);
 
 /// One authenticated connection with sessions.
 pub struct Live {
@@ -89,13 +93,34 @@ impl Registry {
 
 /// Ends covered sessions for as long as the node runs.
 pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
+    let mut revision: Option<i64> = None;
+    let mut push = true;
     loop {
-        tokio::time::sleep(POLL).await;
-        let locks = match identity.locks().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "cannot read locks");
-                continue;
+        let locks = if push {
+            match identity.watch_locks(revision, PUSH_WAIT).await {
+                Ok(Some(w)) => {
+                    revision = Some(w.revision);
+                    w.locks
+                }
+                Ok(None) => {
+                    tracing::info!("auth does not push locks; reading them every 2 s");
+                    push = false;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot watch locks");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        } else {
+            tokio::time::sleep(POLL).await;
+            match identity.locks().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot read locks");
+                    continue;
+                }
             }
         };
         if locks.is_empty() {

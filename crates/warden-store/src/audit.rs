@@ -184,25 +184,36 @@ pub(crate) fn search_limit(q: &AuditQuery) -> i64 {
     i64::from(q.limit.unwrap_or(1000).min(10_000))
 }
 
-/// The `WHERE` clause of a query's filters (empty without any), with its
-/// values.
+/// The `WHERE` clause of a query's filters (empty without any), with
+/// `placeholder(n)` (from 1) for each value, and the values in order.
+pub(crate) fn filter_clause(
+    q: &AuditQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<FilterValue>) {
+    let (conds, values): (Vec<String>, Vec<FilterValue>) = filters(q)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (cond, v))| (format!("{cond} {}", placeholder(i + 1)), v))
+        .unzip();
+    let clause = match conds.is_empty() {
+        true => String::new(),
+        false => format!("WHERE {}", conds.join(" AND ")),
+    };
+    (clause, values)
+}
+
+/// SQLite's form of [`filter_clause`].
 fn filter_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
-    let mut conds = Vec::new();
-    let mut values = Vec::new();
-    for (cond, v) in filters(q) {
-        conds.push(format!("{cond} ?"));
-        values.push(match v {
+    let (clause, values) = filter_clause(q, |_| "?".to_string());
+    let values = values
+        .into_iter()
+        .map(|v| match v {
             FilterValue::Text(t) => Value::Text(t),
             FilterValue::Int(i) => Value::Integer(i),
-        });
-    }
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conds.join(" AND "))
-    };
-    (filter, values)
+        })
+        .collect();
+    (clause, values)
 }
 
 /// What is wrong with the stored event at `idx`, if anything: its place in

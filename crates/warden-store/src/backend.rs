@@ -1,8 +1,9 @@
 use crate::Result;
 use async_trait::async_trait;
-use std::time::SystemTime;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// A stored value with its revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,4 +91,111 @@ pub trait Backend: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after: i64) -> Result<Watcher>;
     /// The revision of the latest write.
     async fn revision(&self) -> Result<i64>;
+}
+
+/// One read of a watcher's change log.
+pub(crate) struct Batch {
+    /// Changes under the watched prefix, in revision order.
+    pub events: Vec<Event>,
+    /// The last revision the read looked at, delivered or filtered out.
+    pub scanned: i64,
+    /// The read hit its row limit: read again at once.
+    pub full: bool,
+}
+
+/// Runs a watcher: `read(after)` gives the changes after a revision (`None`
+/// once the store is gone); reads again when `head` moves (a write through
+/// this instance, or a notification of another's) and at least every
+/// second, for writers the store cannot tell about.
+pub(crate) fn spawn_watch<R, Fut>(after: i64, mut head: watch::Receiver<i64>, read: R) -> Watcher
+where
+    R: Fn(i64) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<Result<Batch>>> + Send,
+{
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut last = after;
+        loop {
+            let Some(batch) = read(last).await else {
+                return;
+            };
+            match batch {
+                Ok(b) => {
+                    for ev in b.events {
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    last = last.max(b.scanned);
+                    if b.full {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    // The watcher ends; its owner resumes from its last event.
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                r = head.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Watcher { rx }
+}
+
+/// The check of compare-and-swap and compare-and-delete: the live item
+/// at `key` must exist and be at `expected`.
+pub(crate) fn expect_revision(key: &str, current: Option<Item>, expected: i64) -> Result<Item> {
+    let current = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+    if current.revision != expected {
+        return Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            actual: current.revision,
+        });
+    }
+    Ok(current)
+}
+
+pub(crate) fn to_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+pub(crate) fn now_millis() -> i64 {
+    to_millis(SystemTime::now())
+}
+
+/// The smallest string greater than every string starting with `prefix`,
+/// for an index range scan (bytewise order; LIKE would treat `%` and `_`
+/// in keys as wildcards). `None`: no bound.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_string() {
+        assert_eq!(prefix_end("a/").as_deref(), Some("a0"));
+        assert_eq!(prefix_end("").as_deref(), None);
+    }
 }

@@ -11,12 +11,16 @@ use warden_types::Document;
 /// Resources under one prefix, by name.
 pub struct WatchCache<S> {
     items: Arc<RwLock<BTreeMap<String, Document<S>>>>,
+    /// The store revision the cache reflects: of its last change, or of
+    /// its last full load.
+    revision: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl<S> Clone for WatchCache<S> {
     fn clone(&self) -> Self {
         WatchCache {
             items: self.items.clone(),
+            revision: self.revision.clone(),
         }
     }
 }
@@ -33,6 +37,7 @@ impl<S: DeserializeOwned + Clone + Send + Sync + 'static> WatchCache<S> {
     pub async fn start(backend: Arc<dyn Backend>, prefix: &str) -> crate::Result<Self> {
         let cache = WatchCache {
             items: Arc::new(RwLock::new(BTreeMap::new())),
+            revision: Arc::new(tokio::sync::watch::channel(0).0),
         };
         let rev = cache.reload(&*backend, prefix).await?;
         let this = cache.clone();
@@ -55,6 +60,7 @@ impl<S: DeserializeOwned + Clone + Send + Sync + 'static> WatchCache<S> {
             }
         }
         *self.items.write().unwrap_or_else(|p| p.into_inner()) = map;
+        self.revision.send_replace(rev);
         Ok(rev)
     }
 
@@ -98,6 +104,8 @@ impl<S: DeserializeOwned + Clone + Send + Sync + 'static> WatchCache<S> {
                         items.remove(&name);
                     }
                 }
+                drop(items);
+                self.revision.send_replace(rev);
             }
             if Arc::strong_count(&self.items) == 1 {
                 return; // every reader is gone
@@ -112,6 +120,19 @@ impl<S: DeserializeOwned + Clone + Send + Sync + 'static> WatchCache<S> {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The store revision the cache reflects.
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// Waits until the cache reflects a revision after `after`, or `max`
+    /// has passed: a long poll for changes, whichever auth server (of one
+    /// store) the revision came from.
+    pub async fn wait_past(&self, after: i64, max: Duration) {
+        let mut rx = self.revision.subscribe();
+        let _ = tokio::time::timeout(max, rx.wait_for(|r| *r > after)).await;
     }
 
     pub fn list(&self) -> Vec<Document<S>> {
@@ -152,6 +173,21 @@ mod tests {
         }
         assert!(cache.get("a").is_none());
         assert_eq!(cache.get("b").unwrap().spec, 2);
+        // A long poll returns at the next change, not at its timeout.
+        let at = cache.revision();
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                cache.wait_past(at, Duration::from_secs(30)).await;
+                t.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.put("/r/c", put("c", 3), None).await.unwrap();
+        let waited = waiter.await.unwrap();
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert!(cache.revision() > at);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

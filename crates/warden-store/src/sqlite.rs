@@ -1,14 +1,17 @@
 //! The embedded default backend: one SQLite file in WAL mode with
 //! `synchronous=FULL`, so a write is durable once acknowledged.
 
-use crate::backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
+use crate::backend::{
+    expect_revision, from_millis, now_millis, prefix_end, spawn_watch, to_millis, Backend, Batch,
+    Event, EventKind, Item, StoreError, Watcher,
+};
 use crate::Result;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 
 /// How many revisions of history watchers can resume from.
 const KEEP_EVENTS: i64 = 100_000;
@@ -29,33 +32,6 @@ pub struct SqliteBackend {
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn to_millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-fn now_millis() -> i64 {
-    to_millis(SystemTime::now())
-}
-
-/// The smallest string greater than every string starting with `prefix`, for
-/// an index range scan (LIKE would treat `%` and `_` in keys as wildcards).
-fn prefix_end(prefix: &str) -> Option<String> {
-    let mut bytes = prefix.as_bytes().to_vec();
-    while let Some(last) = bytes.pop() {
-        if last < 0x7f {
-            bytes.push(last + 1);
-            return String::from_utf8(bytes).ok();
-        }
-    }
-    None
 }
 
 impl SqliteBackend {
@@ -276,14 +252,7 @@ impl Backend for SqliteBackend {
     ) -> Result<i64> {
         let key = key.to_string();
         self.tx(move |tx| {
-            let current = live(tx, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            if current.revision != expected {
-                return Err(StoreError::Conflict {
-                    key,
-                    expected,
-                    actual: current.revision,
-                });
-            }
+            expect_revision(&key, live(tx, &key)?, expected)?;
             write(tx, &key, &value, expires)
         })
         .await
@@ -304,14 +273,7 @@ impl Backend for SqliteBackend {
     async fn compare_and_delete(&self, key: &str, expected: i64) -> Result<()> {
         let key = key.to_string();
         self.tx(move |tx| {
-            let current = live(tx, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            if current.revision != expected {
-                return Err(StoreError::Conflict {
-                    key,
-                    expected,
-                    actual: current.revision,
-                });
-            }
+            expect_revision(&key, live(tx, &key)?, expected)?;
             remove(tx, &key).map(|_| ())
         })
         .await
@@ -356,45 +318,17 @@ impl Backend for SqliteBackend {
                 oldest,
             });
         }
-        let (tx, rx) = mpsc::channel(256);
         let weak = Arc::downgrade(&self.inner);
-        let mut head = self.inner.head.subscribe();
         let prefix = prefix.to_string();
-        tokio::spawn(async move {
-            let mut last = after;
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let backend = SqliteBackend { inner };
+        Ok(spawn_watch(
+            after,
+            self.inner.head.subscribe(),
+            move |last| {
+                let backend = weak.upgrade().map(|inner| SqliteBackend { inner });
                 let p = prefix.clone();
-                let batch = backend.tx(move |tx| read_events(tx, &p, last)).await;
-                drop(backend);
-                match batch {
-                    Ok(events) => {
-                        let full = events.len() as i64 == WATCH_BATCH;
-                        for ev in events {
-                            last = ev.item.revision;
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
-                            }
-                        }
-                        if full {
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-                // Wake on a local write, or poll for writers elsewhere.
-                tokio::select! {
-                    r = head.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Watcher { rx })
+                async move { Some(backend?.tx(move |tx| read_events(tx, &p, last)).await) }
+            },
+        ))
     }
 
     async fn revision(&self) -> Result<i64> {
@@ -411,7 +345,7 @@ fn compacted(tx: &Transaction<'_>) -> Result<i64> {
 
 /// Events after `after`; a watcher that fell behind compaction gets
 /// [`StoreError::Compacted`] instead of a silent gap.
-fn read_events(tx: &Transaction<'_>, prefix: &str, after: i64) -> Result<Vec<Event>> {
+fn read_events(tx: &Transaction<'_>, prefix: &str, after: i64) -> Result<Batch> {
     let oldest = compacted(tx)?;
     if after < oldest {
         return Err(StoreError::Compacted {
@@ -446,22 +380,20 @@ fn read_events(tx: &Transaction<'_>, prefix: &str, after: i64) -> Result<Vec<Eve
         .map_err(db_err)?
         .collect::<std::result::Result<Vec<Event>, _>>()
         .map_err(db_err)?;
-    // The range scan is by string order; keep exact prefix matches only.
-    Ok(rows
-        .into_iter()
-        .filter(|e| e.item.key.starts_with(prefix))
-        .collect())
+    Ok(Batch {
+        full: rows.len() as i64 == WATCH_BATCH,
+        scanned: rows.last().map_or(after, |e| e.item.revision),
+        // The range scan is by string order; keep exact prefix matches only.
+        events: rows
+            .into_iter()
+            .filter(|e| e.item.key.starts_with(prefix))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_is_the_next_string() {
-        assert_eq!(prefix_end("a/").as_deref(), Some("a0"));
-        assert_eq!(prefix_end("").as_deref(), None);
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance() {

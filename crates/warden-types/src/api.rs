@@ -149,6 +149,15 @@ pub struct RenewRequest {
     pub tls_csr_pem: String,
 }
 
+/// Answer of `GET /v1/locks/watch?after=REVISION`: the locks in force once
+/// they changed after `after` (or the long poll's time ran out), and the
+/// store revision they reflect, for the next call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockWatch {
+    pub revision: i64,
+    pub locks: Vec<crate::Document<crate::LockSpec>>,
+}
+
 /// `warden admin lock`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateLockRequest {

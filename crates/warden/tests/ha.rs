@@ -3,6 +3,8 @@
 //! over when its auth server dies.
 
 mod common;
+#[path = "../../warden-store/tests/support/etcd.rs"]
+mod etcd;
 #[path = "../../warden-store/tests/support/pg.rs"]
 mod pg;
 #[path = "../../warden-store/tests/support/s3.rs"]
@@ -60,6 +62,51 @@ fn wait_for_recording(c: &Cluster, home: &str, command: &str) -> String {
 fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     let pg = pg::PgServer::start();
     let url = pg.database("cluster");
+    two_auth_servers_and_a_proxy(&["--backend", &url], &pg, "cluster", &mut || {});
+}
+
+/// The same on a 3-member etcd (the audit log on PostgreSQL), losing a
+/// follower and then the leader along the way.
+#[test]
+fn two_auth_servers_on_etcd_survive_losing_members() {
+    let pg = pg::PgServer::start();
+    let audit = pg.database("audit");
+    let mut etcd = etcd::EtcdCluster::start(3);
+    let url = etcd.url();
+    let mut step = 0;
+    let mut chaos = || {
+        step += 1;
+        let leader = etcd.leader().expect("etcd has a leader");
+        match step {
+            // First a follower goes away,
+            1 => etcd.stop((leader + 1) % 3),
+            // then it comes back and the leader goes.
+            2 => {
+                etcd.resume((leader + 1) % 3);
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                let leader = etcd.leader().expect("etcd has a leader");
+                etcd.stop(leader);
+            }
+            _ => {}
+        }
+    };
+    two_auth_servers_and_a_proxy(
+        &["--backend", &url, "--audit-log", &audit],
+        &pg,
+        "audit",
+        &mut chaos,
+    );
+}
+
+/// Auth 1 (with a proxy and a node) and auth 2 on `stores`, a proxy that
+/// prefers auth 2; auth 2 dies; `chaos` runs after the failover and again
+/// before the last checks. `audit_db` is the database of the audit log.
+fn two_auth_servers_and_a_proxy(
+    stores: &[&str],
+    pg: &pg::PgServer,
+    audit_db: &str,
+    chaos: &mut dyn FnMut(),
+) {
     // Recordings on S3, shared: the keys reach warden through its
     // environment, inherited from this test's.
     std::env::set_var("AWS_ACCESS_KEY_ID", "test");
@@ -77,22 +124,14 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
         .unwrap();
     let dir = temp_dir("ha");
     // Auth 1, with a proxy and a node, on PostgreSQL.
-    let c = Cluster::start_with(
-        &dir,
-        &[
-            "--name",
-            "box",
-            "--backend",
-            &url,
-            "--recordings",
-            &recordings,
-        ],
-    );
+    let mut args = vec!["--name", "box", "--recordings", &recordings];
+    args.extend(stores);
+    let c = Cluster::start_with(&dir, &args);
     let kek = dir.join("data/kek");
     let kek = kek.to_str().unwrap();
 
     // Auth 2 without the first one's key-encryption key is refused at start.
-    let (mut wrong, started) = start_auth(&dir, "auth-wrong", &["--backend", &url]);
+    let (mut wrong, started) = start_auth(&dir, "auth-wrong", stores);
     let err = started.expect_err("an auth server with another KEK must not start");
     assert!(
         err.contains("cannot unseal") && err.contains("--kek-file"),
@@ -101,47 +140,13 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     let _ = wrong.wait();
 
     // Auth 2 with it serves the same cluster.
-    let (mut auth2, started) = start_auth(
-        &dir,
-        "auth2",
-        &[
-            "--backend",
-            &url,
-            "--kek-file",
-            kek,
-            "--recordings",
-            &recordings,
-        ],
-    );
+    let mut args = vec!["--kek-file", kek, "--recordings", &recordings];
+    args.extend(stores);
+    let (mut auth2, started) = start_auth(&dir, "auth2", &args);
     let auth2_addr = started.unwrap_or_else(|e| panic!("auth 2 did not start: {e}"));
 
     // Proxy B prefers auth 2 and falls back to auth 1.
-    let out = c
-        .admin(&["tokens", "add", "--type", "proxy", "--format", "json"])
-        .expect_ok();
-    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let auth_list = format!("{auth2_addr},{}", c.auth);
-    let mut proxy_b = Command::new(WARDEN)
-        .args(["start", "--roles", "proxy", "--auth-server", &auth_list])
-        .args(["--proxy", &c.proxy, "--ca-pin", &c.pin])
-        .args(["--token", tok["token"].as_str().unwrap()])
-        .args(["--listen-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("proxy-b"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(proxy_b.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let b = line
-        .split(" serving on ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("proxy B did not start: {line}"))
-        .trim()
-        .trim_end_matches('.')
-        .to_string();
+    let (mut proxy_b, b) = c.start_proxy("proxy-b", &format!("{auth2_addr},{}", c.auth));
 
     // A user created through auth 1 logs in through auth 2 (via proxy B),
     // and auth 1's node accepts the certificate auth 2 issued.
@@ -181,6 +186,7 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     // user does through it fails.
     let _ = auth2.kill();
     let _ = auth2.wait();
+    chaos();
     let out = c.run_as("alice", &["ls"], None).expect_ok();
     assert!(out.stdout.contains("box"), "{}", out.stdout);
     let out = c
@@ -188,6 +194,7 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
         .expect_ok();
     assert_eq!(out.stdout.trim(), "two");
     // A new user logs in through the same proxy, now served by auth 1.
+    chaos();
     let bob = c.add_user("bob", "access", "root");
     login("bob", &totp(&bob, 30)).expect_ok();
     let out = c
@@ -205,7 +212,7 @@ fn two_auth_servers_share_postgres_and_a_proxy_fails_over() {
     assert!(out.stdout.contains("hash chain intact"), "{}", out.stdout);
     let logins: u64 = pg
         .sql(
-            "cluster",
+            audit_db,
             "SELECT count(*) FROM warden_audit WHERE type = 'user.login' AND \"user\" IN ('alice', 'bob')",
         )
         .parse()

@@ -828,6 +828,7 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success());
+    eprintln!("lock to session end: {:?}", t0.elapsed());
     let mut stdout = String::new();
     let mut stderr = String::new();
     live.stdout

@@ -310,45 +310,7 @@ fn stalled_upload_keeps_memory_bounded() {
 fn second_proxy_reaches_a_node_through_its_peer() {
     let dir = temp_dir("peering");
     let c = Cluster::start(&dir);
-    let out = c
-        .admin(&["tokens", "add", "--type", "proxy", "--format", "json"])
-        .expect_ok();
-    let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let mut proxy_b = std::process::Command::new(WARDEN)
-        .args([
-            "start",
-            "--roles",
-            "proxy",
-            "--auth-server",
-            &c.auth,
-            "--proxy",
-            &c.proxy,
-        ])
-        .args([
-            "--token",
-            tok["token"].as_str().unwrap(),
-            "--ca-pin",
-            &c.pin,
-        ])
-        .args(["--listen-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("proxy-b"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(proxy_b.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let b = line
-        .split(" serving on ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("proxy B did not start: {line}"))
-        .trim()
-        .trim_end_matches('.')
-        .to_string();
+    let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
     let _node = TunnelNode::start_with(&c, "edge", "env=edge", &["--no-proxy-discovery"]);
     let secret = c.add_user("alice", "access", "root");
     // Alice uses proxy B only.

@@ -6,7 +6,7 @@
 
 use super::{db_err, migrate, parse_config, Pool};
 use crate::audit::{
-    check_stored, event_hash, filters, search_limit, search_order, AuditLog, FilterValue,
+    check_stored, event_hash, filter_clause, search_limit, search_order, AuditLog, FilterValue,
     StoredColumns, VerifyReport,
 };
 use crate::backend::StoreError;
@@ -52,20 +52,16 @@ fn parse(body: &str) -> Result<AuditEvent> {
 
 /// The `WHERE` clause of `q`'s filters with `$n` placeholders.
 fn where_clause(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-    let mut conds = Vec::new();
-    let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    for (i, (cond, v)) in filters(q).into_iter().enumerate() {
-        conds.push(format!("{cond} ${}", i + 1));
-        values.push(match v {
-            FilterValue::Text(t) => Box::new(t),
-            FilterValue::Int(n) => Box::new(n),
-        });
-    }
-    let clause = if conds.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conds.join(" AND "))
-    };
+    let (clause, values) = filter_clause(q, |n| format!("${n}"));
+    let values = values
+        .into_iter()
+        .map(|v| -> Box<dyn ToSql + Sync + Send> {
+            match v {
+                FilterValue::Text(t) => Box::new(t),
+                FilterValue::Int(n) => Box::new(n),
+            }
+        })
+        .collect();
     (clause, values)
 }
 

@@ -7,11 +7,14 @@
 //! Writers are woken by `NOTIFY` and poll as a fallback.
 
 use super::{db_err, migrate, parse_config, Pool};
-use crate::backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
+use crate::backend::{
+    expect_revision, from_millis, now_millis, prefix_end, spawn_watch, to_millis, Backend, Batch,
+    Event, EventKind, Item, StoreError, Watcher,
+};
 use crate::Result;
 use async_trait::async_trait;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{GenericClient, Row};
 
@@ -50,33 +53,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct PostgresBackend {
     inner: Arc<Inner>,
-}
-
-fn to_millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-fn now_millis() -> i64 {
-    to_millis(SystemTime::now())
-}
-
-/// The smallest string greater than every string starting with `prefix`
-/// (keys compare bytewise: COLLATE "C").
-fn prefix_end(prefix: &str) -> Option<String> {
-    let mut bytes = prefix.as_bytes().to_vec();
-    while let Some(last) = bytes.pop() {
-        if last < 0x7f {
-            bytes.push(last + 1);
-            return String::from_utf8(bytes).ok();
-        }
-    }
-    None
 }
 
 fn item(key: String, r: &Row) -> Item {
@@ -280,7 +256,7 @@ impl PostgresBackend {
 
     /// Events after `after` under `prefix`; a watcher that fell behind
     /// compaction gets [`StoreError::Compacted`] instead of a silent gap.
-    async fn read_events(&self, prefix: &str, after: i64) -> Result<Vec<Event>> {
+    async fn read_events(&self, prefix: &str, after: i64) -> Result<Batch> {
         let conn = self.inner.pool.get().await?;
         let oldest: i64 = conn
             .query_one(
@@ -306,21 +282,25 @@ impl PostgresBackend {
             )
             .await
             .map_err(db_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let kind: i16 = r.get("kind");
-                Event {
-                    kind: if kind == 0 {
-                        EventKind::Put
-                    } else {
-                        EventKind::Delete
-                    },
-                    item: item(r.get("key"), r),
-                }
-            })
-            .filter(|e| e.item.key.starts_with(prefix))
-            .collect())
+        Ok(Batch {
+            full: rows.len() as i64 == WATCH_BATCH,
+            scanned: rows.last().map_or(after, |r| r.get("revision")),
+            events: rows
+                .iter()
+                .map(|r| {
+                    let kind: i16 = r.get("kind");
+                    Event {
+                        kind: if kind == 0 {
+                            EventKind::Put
+                        } else {
+                            EventKind::Delete
+                        },
+                        item: item(r.get("key"), r),
+                    }
+                })
+                .filter(|e| e.item.key.starts_with(prefix))
+                .collect(),
+        })
     }
 }
 
@@ -429,16 +409,7 @@ impl Backend for PostgresBackend {
         in_tx!(self, |tx| {
             async {
                 lock_writes(&tx).await?;
-                let current = live(&tx, key)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-                if current.revision != expected {
-                    return Err(StoreError::Conflict {
-                        key: key.to_string(),
-                        expected,
-                        actual: current.revision,
-                    });
-                }
+                expect_revision(key, live(&tx, key).await?, expected)?;
                 write(&tx, key, &value, expires).await
             }
             .await
@@ -463,16 +434,7 @@ impl Backend for PostgresBackend {
         in_tx!(self, |tx| {
             async {
                 lock_writes(&tx).await?;
-                let current = live(&tx, key)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-                if current.revision != expected {
-                    return Err(StoreError::Conflict {
-                        key: key.to_string(),
-                        expected,
-                        actual: current.revision,
-                    });
-                }
+                expect_revision(key, live(&tx, key).await?, expected)?;
                 remove(&tx, key).await.map(|_| ())
             }
             .await
@@ -507,46 +469,17 @@ impl Backend for PostgresBackend {
                 oldest,
             });
         }
-        let (tx, rx) = mpsc::channel(256);
         let weak = Arc::downgrade(&self.inner);
-        let mut head = self.inner.head.subscribe();
         let prefix = prefix.to_string();
-        tokio::spawn(async move {
-            let mut last = after;
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let backend = PostgresBackend { inner };
-                let batch = backend.read_events(&prefix, last).await;
-                drop(backend);
-                match batch {
-                    Ok(events) => {
-                        let full = events.len() as i64 == WATCH_BATCH;
-                        for ev in events {
-                            last = ev.item.revision;
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
-                            }
-                        }
-                        if full {
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        // The watcher ends; its owner resumes from `last`.
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-                // Woken by a NOTIFY (this or another auth server's write),
-                // or poll in case the listener is reconnecting.
-                tokio::select! {
-                    r = head.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Watcher { rx })
+        Ok(spawn_watch(
+            after,
+            self.inner.head.subscribe(),
+            move |last| {
+                let backend = weak.upgrade().map(|inner| PostgresBackend { inner });
+                let p = prefix.clone();
+                async move { Some(backend?.read_events(&p, last).await) }
+            },
+        ))
     }
 
     async fn revision(&self) -> Result<i64> {

@@ -1,2 +1,3 @@
+pub mod etcd;
 pub mod pg;
 pub mod s3;

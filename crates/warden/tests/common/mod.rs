@@ -358,6 +358,38 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Starts another proxy (`--roles proxy`) that joins through this
+    /// cluster's and uses `auth_server` (one address or a list); returns
+    /// it with the address it serves on.
+    pub fn start_proxy(&self, name: &str, auth_server: &str) -> (Child, String) {
+        let out = self
+            .admin(&["tokens", "add", "--type", "proxy", "--format", "json"])
+            .expect_ok();
+        let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let mut child = Command::new(WARDEN)
+            .args(["start", "--roles", "proxy", "--auth-server", auth_server])
+            .args(["--proxy", &self.proxy, "--ca-pin", &self.pin])
+            .args(["--token", tok["token"].as_str().unwrap()])
+            .args(["--listen-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.join(name))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split(" serving on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("proxy {name} did not start: {line}"))
+            .trim()
+            .trim_end_matches('.')
+            .to_string();
+        (child, addr)
+    }
+
     /// Audit events of the cluster, newest first.
     pub fn events(&self) -> Vec<serde_json::Value> {
         let out = self

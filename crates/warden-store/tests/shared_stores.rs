@@ -1,26 +1,48 @@
-//! The PostgreSQL stores against a real PostgreSQL server: the same
-//! conformance suites as SQLite, compare-and-swap under contention from
-//! several processes, watches that resume after the server restarts, and
-//! tampering found by `verify`.
+//! The stores several auth servers share, against real servers
+//! (PostgreSQL, etcd): the same conformance suites as SQLite,
+//! compare-and-swap under contention from several processes, watches that
+//! resume after the server restarts, and tampering found by `verify`.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
+use support::etcd::EtcdCluster;
 use support::pg::PgServer;
-use warden_store::{conformance, AuditLog, Backend, PostgresAuditLog, PostgresBackend};
+use warden_store::{
+    conformance, AuditLog, Backend, EtcdBackend, PostgresAuditLog, PostgresBackend,
+};
+
+/// The backend at `url` (postgres:// or etcd://).
+async fn open(url: &str) -> Arc<dyn Backend> {
+    match url.starts_with("etcd://") {
+        true => Arc::new(EtcdBackend::connect(url).await.unwrap()),
+        false => Arc::new(PostgresBackend::connect(url).await.unwrap()),
+    }
+}
 
 const URL_ENV: &str = "WARDEN_TEST_PG_URL";
 const KEY_ENV: &str = "WARDEN_TEST_KEY";
 const EACH: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_conformance() {
+async fn postgres_backend_conformance() {
     let pg = PgServer::start();
     let url = pg.database("kv");
     conformance::run(move || {
         let url = url.clone();
-        async move { Arc::new(PostgresBackend::connect(&url).await.unwrap()) as Arc<dyn Backend> }
+        async move { open(&url).await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_backend_conformance() {
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url();
+    conformance::run(move || {
+        let url = url.clone();
+        async move { open(&url).await }
     })
     .await;
 }
@@ -54,18 +76,24 @@ async fn audit_conformance_and_tampering() {
 async fn cas_child() {
     let url = std::env::var(URL_ENV).expect("started by cas_across_processes");
     let key = std::env::var(KEY_ENV).unwrap();
-    let b = PostgresBackend::connect(&url).await.unwrap();
-    let conflicts = conformance::increment(&b, &key, EACH).await;
+    let b = open(&url).await;
+    let conflicts = conformance::increment(&*b, &key, EACH).await;
     println!("conflicts={conflicts}");
 }
 
-/// Two processes and this one increment one counter by compare-and-swap:
-/// no increment is lost, and they did contend.
+/// Two processes and this one increment one counter by compare-and-swap,
+/// on PostgreSQL and on etcd: no increment is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_across_processes() {
     let pg = PgServer::start();
-    let url = pg.database("cas");
-    let b = PostgresBackend::connect(&url).await.unwrap();
+    cas_contention(&pg.database("cas")).await;
+    let etcd = EtcdCluster::start(1);
+    cas_contention(&etcd.url()).await;
+}
+
+async fn cas_contention(url: &str) {
+    let url = url.to_string();
+    let b = open(&url).await;
     let key = "/contention/counter";
     b.put(key, b"0".to_vec(), None).await.unwrap();
     let children: Vec<_> = (0..2)
@@ -79,7 +107,7 @@ async fn cas_across_processes() {
                 .unwrap()
         })
         .collect();
-    let mine = conformance::increment(&b, key, EACH).await;
+    let mine = conformance::increment(&*b, key, EACH).await;
     let mut conflicts = mine;
     for child in children {
         let out = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -96,7 +124,7 @@ async fn cas_across_processes() {
     }
     let value = b.get(key).await.unwrap().unwrap().value;
     assert_eq!(String::from_utf8(value).unwrap(), (3 * EACH).to_string());
-    println!("{conflicts} conflicts retried");
+    println!("{url}: {conflicts} conflicts retried");
 }
 
 /// The server restarts under a live watcher: the watcher ends, the same
@@ -153,4 +181,48 @@ async fn watch_resumes_after_the_server_restarts() {
         .unwrap();
     assert_eq!(ev.item.value, b"3");
     println!("cross-process watch latency: {:?}", t.elapsed());
+}
+
+/// The same on etcd: its only member restarts under a live watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_resumes_after_the_server_restarts() {
+    let mut etcd = EtcdCluster::start(1);
+    let b = open(&etcd.url()).await;
+    let start = b.revision().await.unwrap();
+    let mut w = b.watch("/r/", start).await.unwrap();
+    b.put("/r/1", b"1".to_vec(), None).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let last = first.item.revision;
+    etcd.stop(0);
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        if let Some(Ok(ev)) = w.next().await {
+            panic!("unexpected event {ev:?}");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a watcher must end when its server goes");
+    etcd.resume(0);
+    let other = loop {
+        match EtcdBackend::connect(&etcd.url()).await {
+            Ok(b) => break b,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    other.put("/r/2", b"2".to_vec(), None).await.unwrap();
+    let mut w = loop {
+        match b.watch("/r/", last).await {
+            Ok(w) => break w,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("missed write delivered after the restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.item.value, b"2");
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Lock push: how long from `warden admin lock` to the end of a live session
+# it covers (p50, p99 over RUNS), against the time to open a session (`ssh
+# true`) measured in the same run. The node is told of locks by a long poll
+# answered from auth's watch stream, not by polling.
+# Needs: openssh-client, openssh-server (sshd), oathtool. Run as root.
+source "$(dirname "$0")/common.sh"
+NODE=$(sed -nE 's/.* serving SSH on ([0-9.:]+)\.$/\1/p' "$T/start.log")
+NODE_PORT=${NODE##*:}
+NODE_SSH=(ssh "${COMMON[@]}" -o UserKnownHostsFile="$K/known_hosts" -o StrictHostKeyChecking=yes -p "$NODE_PORT" root@127.0.0.1)
+"${NODE_SSH[@]}" true
+A=(admin --data-dir "$T/data")
+
+: >"$T/lock_ms"
+for _ in $(seq "$RUNS"); do
+  out=$T/live.out
+  : >"$out"
+  "${NODE_SSH[@]}" 'echo started; sleep 60' >"$out" 2>/dev/null &
+  live=$!
+  for _ in $(seq 200); do grep -q started "$out" && break; sleep 0.01; done
+  s=$(date +%s%N)
+  id=$($W "${A[@]}" lock --user bench --reason bench | sed -nE 's/.*lock id ([^ .]+)\..*/\1/p')
+  wait $live || true
+  e=$(date +%s%N)
+  echo $(( (e - s) / 1000000 )) >>"$T/lock_ms"
+  $W "${A[@]}" locks rm "$id" >/dev/null
+done
+pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; print a[i]}'; }
+p50=$(pct 50 <"$T/lock_ms")
+p99=$(pct 99 <"$T/lock_ms")
+open=$(for _ in $(seq "$RUNS"); do ms "${NODE_SSH[@]}" true; done | median)
+echo "lock_to_session_end.p50_ms $p50"
+echo "lock_to_session_end.p99_ms $p99"
+echo "ssh_true.node_ms $open"
+awk -v a="$p99" -v b="$open" 'BEGIN {printf "lock_to_session_end.ratio %.2f x (p99 lock-to-end / ssh true)\n", a/b}'

@@ -296,8 +296,11 @@ impl Proxy {
             }
         };
         // Tunnels are infrastructure, not sessions: a draining proxy does
-        // not wait for them.
-        let _active = (protocol != Protocol::Tunnel).then(warden_types::metrics::ActiveGuard::new);
+        // not wait for them. Nor for API calls passed through to auth: they
+        // are short or are long polls (nodes waiting for lock changes),
+        // and their clients retry.
+        let waited_for = !matches!(protocol, Protocol::Tunnel | Protocol::AuthPassthrough);
+        let _active = waited_for.then(warden_types::metrics::ActiveGuard::new);
         match protocol {
             Protocol::AuthPassthrough => {
                 METRICS.proxy_connections_auth.inc();

@@ -52,14 +52,20 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// System trust roots (Debian's bundle).
-pub fn tls_config() -> Arc<rustls::ClientConfig> {
+/// The system's trust roots (Debian's bundle).
+pub fn root_store() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     if let Ok(certs) = CertificateDer::pem_file_iter("/etc/ssl/certs/ca-certificates.crt") {
         for c in certs.flatten() {
             let _ = roots.add(c);
         }
     }
+    roots
+}
+
+/// A client config trusting the system roots.
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = root_store();
     Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),

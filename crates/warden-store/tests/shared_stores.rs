@@ -226,3 +226,78 @@ async fn etcd_watch_resumes_after_the_server_restarts() {
         .unwrap();
     assert_eq!(ev.item.value, b"2");
 }
+
+/// TLS to PostgreSQL: with `sslmode=require` and the server's CA the
+/// connection is encrypted (the server says so); without the CA it is
+/// refused, never downgraded; a server without TLS is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_verified_tls() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let pg = PgServer::start_with(
+        &[
+            ("server.crt", cert.pem().as_bytes()),
+            ("server.key", key.serialize_pem().as_bytes()),
+        ],
+        &[
+            "ssl=on",
+            "ssl_cert_file={dir}/server.crt",
+            "ssl_key_file={dir}/server.key",
+        ],
+    );
+    pg.database("tls");
+    let dir = std::env::temp_dir().join(format!("warden-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url("tls"),
+        ca_file.display()
+    );
+    let b = PostgresBackend::connect(&url).await.unwrap();
+    b.put("/tls/a", b"1".to_vec(), None).await.unwrap();
+    let log = PostgresAuditLog::connect(&url).await.unwrap();
+    assert_eq!(log.head().await.unwrap(), None);
+    // The server sees our sessions as TLS ones.
+    let encrypted = pg.sql(
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'warden' AND s.ssl",
+    );
+    assert_ne!(encrypted, "0", "warden's connections use TLS");
+    let plain = pg.sql(
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'warden' AND NOT s.ssl",
+    );
+    assert_eq!(plain, "0", "no plain connection");
+
+    // Without the CA (system roots only): refused, not downgraded.
+    let untrusted = format!("{}?sslmode=require", pg.url("tls"));
+    let e = PostgresBackend::connect(&untrusted)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A server without TLS is refused when TLS is required.
+    let plain_pg = PgServer::start();
+    plain_pg.database("x");
+    let e = PostgresBackend::connect(&format!("{}?sslmode=require", plain_pg.url("x")))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("PostgreSQL"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

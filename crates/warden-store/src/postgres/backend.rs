@@ -312,9 +312,12 @@ async fn listen(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let config = strong.pool.config().clone();
+        let (config, tls) = (
+            strong.pool.target().config.clone(),
+            strong.pool.target().tls.clone(),
+        );
         drop(strong);
-        let connected = config.connect(tokio_postgres::NoTls).await;
+        let connected = config.connect(tls).await;
         let (client, mut connection) = match connected {
             Ok(c) => c,
             Err(e) => {

@@ -18,7 +18,8 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Connections a store instance keeps open at most.
 const POOL_SIZE: usize = 8;
@@ -43,28 +44,75 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Parses a `postgres://` (or `postgresql://`) URL, or a libpq key=value
-/// string.
-pub(crate) fn parse_config(url: &str) -> Result<Config> {
-    let mut config = Config::from_str(url).map_err(|e| {
+/// A PostgreSQL server to connect to, and how to trust it.
+pub(crate) struct Target {
+    pub config: Config,
+    pub tls: MakeRustlsConnect,
+}
+
+/// Parses a `postgres://` (or `postgresql://`) URL. TLS follows `sslmode`:
+/// `disable`; `prefer` (the default: TLS when the server offers it);
+/// `require`, `verify-ca` or `verify-full` (TLS or nothing). Whenever TLS is
+/// used the server's certificate is verified, against `sslrootcert=FILE`
+/// (PEM) if given, else the system's roots: libpq's `require` without
+/// verification would let anyone on the path read the cluster's state.
+pub(crate) fn parse_config(url: &str) -> Result<Target> {
+    let bad = |why: String| {
         StoreError::Backend(format!(
-            "invalid PostgreSQL URL {}: {e}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+            "invalid PostgreSQL URL {}: {why}; expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require&sslrootcert=CA.pem]",
             redact_url(url)
         ))
-    })?;
+    };
+    // Parameters tokio-postgres does not know are taken out first.
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut root_file = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslrootcert", v)) => root_file = Some(v.to_string()),
+            Some(("sslmode", "verify-ca" | "verify-full")) => {
+                kept.push("sslmode=require".to_string())
+            }
+            _ => kept.push(pair.to_string()),
+        }
+    }
+    let url_for_driver = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    let mut config = Config::from_str(&url_for_driver).map_err(|e| bad(e.to_string()))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.application_name("warden");
-    if matches!(
-        config.get_ssl_mode(),
-        tokio_postgres::config::SslMode::Require
-    ) {
-        return Err(StoreError::Backend(
-            "sslmode=require is not supported yet: reach PostgreSQL over loopback, a unix socket or a private network, and say sslmode=disable".into(),
-        ));
+    let mut roots = rustls::RootCertStore::empty();
+    match &root_file {
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(format!("sslrootcert {path}: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| bad(format!("sslrootcert {path}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(format!("sslrootcert {path}: {e}")))?;
+            }
+        }
+        None => {
+            roots = warden_http::root_store();
+        }
     }
-    Ok(config)
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Target {
+        config,
+        tls: MakeRustlsConnect::new(tls),
+    })
 }
 
 pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
@@ -87,7 +135,7 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
 /// A small pool of connections: idle clients are reused, broken ones
 /// dropped, and at most [`POOL_SIZE`] are in use at once.
 pub(crate) struct Pool {
-    config: Config,
+    target: Target,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
 }
@@ -127,9 +175,9 @@ impl Drop for Conn<'_> {
 }
 
 impl Pool {
-    pub(crate) fn new(config: Config) -> Self {
+    pub(crate) fn new(target: Target) -> Self {
         Pool {
-            config,
+            target,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(POOL_SIZE),
         }
@@ -137,7 +185,12 @@ impl Pool {
 
     /// Opens a connection outside the pool, driving it on a task.
     pub(crate) async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(db_err)?;
+        let (client, connection) = self
+            .target
+            .config
+            .connect(self.target.tls.clone())
+            .await
+            .map_err(db_err)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -146,8 +199,8 @@ impl Pool {
         Ok(client)
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
     }
 
     pub(crate) async fn get(&self) -> Result<Conn<'_>> {
@@ -252,6 +305,20 @@ mod tests {
             redact_url("postgres://a:p@ss@db/x"),
             "postgres://a:***@db/x"
         );
+    }
+
+    #[test]
+    fn tls_parameters() {
+        let t = parse_config("postgres://w@db/x?sslmode=verify-full&application_name=a").unwrap();
+        assert!(matches!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        ));
+        let e = parse_config("postgres://w@db/x?sslmode=require&sslrootcert=/nonexistent.pem")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sslrootcert /nonexistent.pem"), "{e}");
     }
 
     #[test]

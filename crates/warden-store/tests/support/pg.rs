@@ -13,6 +13,8 @@ pub struct PgServer {
     dir: PathBuf,
     bin: PathBuf,
     child: Option<Child>,
+    /// Extra `-c name=value` settings (`{dir}` is the server's directory).
+    settings: Vec<String>,
     pub port: u16,
 }
 
@@ -64,9 +66,22 @@ impl PgServer {
     /// Creates a cluster (user `warden`, trust auth on loopback only) and
     /// starts it.
     pub fn start() -> PgServer {
+        Self::start_with(&[], &[])
+    }
+
+    /// Like [`PgServer::start`], with `files` (name, contents; mode 0600,
+    /// owned by the server) placed in its directory first and extra
+    /// settings, e.g. `ssl_cert_file={dir}/server.crt`.
+    pub fn start_with(files: &[(&str, &[u8])], settings: &[&str]) -> PgServer {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!("warden-pg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("sock")).unwrap();
+        for (name, contents) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -86,10 +101,15 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let settings = settings
+            .iter()
+            .map(|s| s.replace("{dir}", &dir.display().to_string()))
+            .collect();
         let mut pg = PgServer {
             dir,
             bin,
             child: None,
+            settings,
             port: free_port(),
         };
         pg.resume();
@@ -115,6 +135,7 @@ impl PgServer {
                 "-c",
                 "max_connections=200",
             ])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

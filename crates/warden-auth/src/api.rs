@@ -27,6 +27,30 @@ pub struct Caller {
     pub addr: SocketAddr,
     /// The raw public key of the client certificate.
     pub public_key: Vec<u8>,
+    /// The client certificate's notAfter (unix seconds). TLS checks it at
+    /// the handshake only; a kept-alive connection outlives it.
+    pub not_after: i64,
+}
+
+/// Refuses every call made after the caller's certificate expired: a
+/// connection kept alive past the certificate's end must not keep its
+/// rights.
+async fn unexpired(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(c) = req.extensions().get::<Caller>() {
+        let left = c.not_after - OffsetDateTime::now_utc().unix_timestamp();
+        if left <= 0 {
+            return AuthError::Unauthenticated(format!(
+                "certificate expired {}; run 'warden login'",
+                warden_types::duration::relative(left)
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// What a node token admits beyond joining.
@@ -74,6 +98,8 @@ pub fn router(server: AuthServer) -> Router {
             server.clone(),
             crate::locks::enforce,
         ))
+        // Outermost: an expired certificate is refused before anything.
+        .route_layer(axum::middleware::from_fn(unexpired))
         .with_state(server)
 }
 

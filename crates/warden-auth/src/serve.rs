@@ -113,10 +113,12 @@ async fn handle(
     let public_key = x509_parser::parse_x509_certificate(&der)
         .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
         .unwrap_or_default();
+    let not_after = warden_ca::tls::not_after(&der)?;
     let caller = Caller {
         identity,
         addr,
         public_key,
+        not_after,
     };
     let svc = TowerToHyperService::new(app.layer(Extension(caller)));
     hyper::server::conn::http1::Builder::new()

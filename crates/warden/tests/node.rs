@@ -598,8 +598,54 @@ fn expired_certificate_is_refused() {
     .expect_ok();
     c.ssh("alice", "alice", "root", &[], "true", None)
         .expect_ok();
-    // The shortest certificate lives a minute; wait it out.
-    std::thread::sleep(Duration::from_secs(62));
+    // An API connection kept alive across the expiry (TLS checks the
+    // certificate at the handshake only).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = warden_client::profile::ProfileStore::new(dir.join("alice"));
+    let profile = store.current().unwrap().expect("alice's profile");
+    let api = warden_client::login::auth_client(&store, &profile).unwrap();
+    let mut conn = rt.block_on(async {
+        let tls = api.connect().await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    });
+    let whoami = |conn: &mut hyper::client::conn::http1::SendRequest<
+        http_body_util::Empty<hyper::body::Bytes>,
+    >| {
+        rt.block_on(async {
+            use http_body_util::BodyExt;
+            conn.ready().await.expect("the connection is still open");
+            let req = hyper::Request::get("/v1/whoami")
+                .header("host", "auth")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let resp = conn.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).to_string())
+        })
+    };
+    assert_eq!(whoami(&mut conn).0, 200);
+    // The shortest certificate lives a minute; wait it out, using the
+    // connection often enough that auth keeps it open (30 s idle limit).
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(20));
+        assert_eq!(whoami(&mut conn).0, 200);
+    }
+    std::thread::sleep(Duration::from_secs(22));
+    let (status, body) = whoami(&mut conn);
+    assert_eq!(
+        status, 401,
+        "an expired certificate keeps no rights: {body}"
+    );
+    assert!(
+        body.contains("certificate expired") && body.contains("warden login"),
+        "{body}"
+    );
     let out = c.ssh("alice", "alice", "root", &[], "true", None);
     assert!(
         !out.ok && out.stderr.contains("Permission denied"),

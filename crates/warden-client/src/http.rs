@@ -5,6 +5,7 @@ use crate::tls::{client_config, ClientCert, ClusterVerifier, Trust};
 use crate::{ClientError, Result};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -93,11 +94,23 @@ impl Endpoints {
     }
 }
 
-/// A client of one Warden API endpoint (at one or more addresses).
+/// Connections kept open for the next call.
+type Idle = Arc<std::sync::Mutex<Vec<(std::time::Instant, SendRequest<Full<Bytes>>)>>>;
+
+/// Idle connections kept per client.
+const MAX_IDLE: usize = 4;
+/// An idle connection is reused only this long: servers close idle ones
+/// (auth after 30 s), and a request must not race that close.
+const IDLE_FOR: Duration = Duration::from_secs(15);
+
+/// A client of one Warden API endpoint (at one or more addresses). Clones
+/// share their kept-alive connections: build one per identity and reuse
+/// it, and calls skip the TLS handshake.
 #[derive(Clone)]
 pub struct ApiClient {
     addr: String,
     endpoints: Endpoints,
+    idle: Idle,
     server_name: ServerName<'static>,
     verifier: Arc<ClusterVerifier>,
     config: Arc<rustls::ClientConfig>,
@@ -132,6 +145,7 @@ impl ApiClient {
         Ok(ApiClient {
             addr: addr.to_string(),
             endpoints,
+            idle: Default::default(),
             server_name,
             verifier,
             config,
@@ -241,6 +255,27 @@ impl ApiClient {
             })?
     }
 
+    /// An idle connection that is still open and recent enough.
+    async fn reusable(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let (since, mut sender) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() < IDLE_FOR && !sender.is_closed() && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Keeps `sender` for the next call, if it can take one.
+    fn keep(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((std::time::Instant::now(), sender));
+        }
+    }
+
     async fn call_inner(
         &self,
         method: Method,
@@ -252,13 +287,19 @@ impl ApiClient {
             addr: self.addr.clone(),
             reason,
         };
-        let tls = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| proto(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match self.reusable().await {
+            Some(s) => s,
+            None => {
+                let tls = self.connect().await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| proto(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -287,6 +328,7 @@ impl ApiClient {
             .await
             .map_err(|e| proto(e.to_string()))?
             .to_bytes();
+        self.keep(sender);
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => ClientError::Api {

@@ -40,6 +40,9 @@ pub struct NodeIdentity {
     pub spool: crate::recording::Spool,
     /// Audit events waiting for auth.
     pub events: warden_store::EventSpool,
+    /// The auth client of the current certificate, with its kept-alive
+    /// connections; rebuilt when the certificate rotates.
+    api: std::sync::Mutex<Option<(String, ApiClient)>>,
 }
 
 fn open_events(data_dir: &Path) -> anyhow::Result<warden_store::EventSpool> {
@@ -71,6 +74,7 @@ impl NodeIdentity {
                     &config.data_dir.join(NODE_DIR).join("recordings"),
                 ),
                 events: open_events(&config.data_dir)?,
+                api: Default::default(),
             };
             return Ok(id);
         }
@@ -112,6 +116,7 @@ impl NodeIdentity {
             registry: Default::default(),
             spool: crate::recording::Spool::new(&config.data_dir.join(NODE_DIR).join("recordings")),
             events: open_events(&config.data_dir)?,
+            api: Default::default(),
         };
         id.save_certs(&certs)?;
         tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
@@ -155,15 +160,19 @@ impl NodeIdentity {
     /// mTLS client of the auth API, through the proxy.
     pub(crate) fn api(&self) -> anyhow::Result<ApiClient> {
         let certs = self.certs();
+        let mut cached = self.api.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pem, client)) = cached.as_ref() {
+            if *pem == certs.tls_cert_pem {
+                return Ok(client.clone());
+            }
+        }
         let cert = ClientCert {
             cert_pem: certs.tls_cert_pem.clone(),
             key_pkcs8: self.key.pkcs8_der().to_vec(),
         };
-        Ok(direct_auth_client(
-            &self.proxy,
-            certs.tls_ca_pems.clone(),
-            &cert,
-        )?)
+        let client = direct_auth_client(&self.proxy, certs.tls_ca_pems.clone(), &cert)?;
+        *cached = Some((certs.tls_cert_pem.clone(), client.clone()));
+        Ok(client)
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> anyhow::Result<()> {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Lock push: how long from `warden admin lock` to the end of a live session
-# it covers (p50, p99 over RUNS), against the time to open a session (`ssh
-# true`) measured in the same run. The node is told of locks by a long poll
-# answered from auth's watch stream, not by polling.
+# The control plane, each against a baseline in the same run:
+# - lock push: from `warden admin lock` to the end of a live session it
+#   covers (p50, p99 over RUNS), against opening a session (`ssh true`);
+#   nodes hear of locks by a long poll answered from auth's watch stream;
+# - pooled API connections: calls on a kept-alive connection against a new
+#   connection (and TLS handshake) per call.
 # Needs: openssh-client, openssh-server (sshd), oathtool. Run as root.
 source "$(dirname "$0")/common.sh"
 NODE=$(sed -nE 's/.* serving SSH on ([0-9.:]+)\.$/\1/p' "$T/start.log")
@@ -33,3 +35,7 @@ echo "lock_to_session_end.p50_ms $p50"
 echo "lock_to_session_end.p99_ms $p99"
 echo "ssh_true.node_ms $open"
 awk -v a="$p99" -v b="$open" 'BEGIN {printf "lock_to_session_end.ratio %.2f x (p99 lock-to-end / ssh true)\n", a/b}'
+
+# Pooled API connections: whoami through the proxy, reused client vs a new
+# one (and a TLS handshake) per call.
+./target/release/api_calls "$WARDEN_HOME" "${API_CALLS:-500}"

@@ -19,8 +19,9 @@ use warden_ca::tls::{identity_from_der, pem_to_der};
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Connections served at once: each node holds one for its lock long poll
+/// and, briefly, a kept-alive one for its other calls.
+const MAX_CONNECTIONS: usize = 50_000;
 
 /// Builds the TLS config of the auth API: server cert `warden-auth`,
 /// client certs required and verified against the tls CA.

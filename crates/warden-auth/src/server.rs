@@ -53,6 +53,9 @@ pub struct ServiceIdentity {
     pub ca_pems: Vec<String>,
 }
 
+/// How long an audit append may take before the event goes to the spool.
+const APPEND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where an auth server keeps the cluster's state. Every auth server of a
 /// cluster must name the same stores and hold the same key-encryption key.
 #[derive(Clone, Debug, Default)]
@@ -395,11 +398,16 @@ impl AuthServer {
         // While events wait in the spool, new ones queue behind them, so
         // the chain keeps the order they happened in.
         if self.inner.spool.queued() == 0 {
-            match self.inner.audit.append(event.clone()).await {
-                Ok(stored) => return Ok(Some(stored)),
-                Err(e @ StoreError::AlreadyExists(_)) => return Err(e),
-                Err(e) => {
+            // A log that does not answer is as good as down: a request
+            // must not hang on it (ids make a late duplicate harmless).
+            match tokio::time::timeout(APPEND_WAIT, self.inner.audit.append(event.clone())).await {
+                Ok(Ok(stored)) => return Ok(Some(stored)),
+                Ok(Err(e @ StoreError::AlreadyExists(_))) => return Err(e),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "audit log unreachable; keeping events in the local spool until it is back");
+                }
+                Err(_) => {
+                    tracing::warn!("audit log not answering; keeping events in the local spool until it is back");
                 }
             }
         }
@@ -421,12 +429,13 @@ impl AuthServer {
             let send = |events: Vec<AuditEvent>| {
                 let s = s.clone();
                 async move {
-                    let stored = s
-                        .inner
-                        .audit
-                        .append_batch(events)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let stored = tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        s.inner.audit.append_batch(events),
+                    )
+                    .await
+                    .map_err(|_| "the audit log did not answer".to_string())?
+                    .map_err(|e| e.to_string())?;
                     for e in &stored {
                         s.inner.webhooks.notify(e, None);
                     }
@@ -452,17 +461,21 @@ impl AuthServer {
                             events,
                             "audit log reachable again; spooled events delivered"
                         );
-                        s.audit(
-                            AuditEvent::new(
-                                warden_types::audit::codes::AUDIT_OUTAGE,
-                                &s.inner.cluster,
-                                "warden",
-                                format!("the audit log was unreachable for about {seconds}s; {events} event(s) waited in the local spool and were delivered"),
-                            )
-                            .with("seconds", seconds)
-                            .with("events", events as u64),
+                        // Straight to the log, not through the spool: a note
+                        // about an outage must not start another one.
+                        let note = AuditEvent::new(
+                            warden_types::audit::codes::AUDIT_OUTAGE,
+                            &s.inner.cluster,
+                            "warden",
+                            format!("the audit log was unreachable for about {seconds}s; {events} event(s) waited in the local spool and were delivered"),
                         )
-                        .await;
+                        .with("seconds", seconds)
+                        .with("events", events as u64);
+                        match s.inner.audit.append(note.bounded()).await {
+                            Ok(stored) => s.inner.webhooks.notify(&stored, None),
+                            Err(e) => tracing::warn!(error = %e, "cannot record the audit outage"),
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
                     (Delivery::Done, None) => {
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await

@@ -98,7 +98,7 @@ impl Endpoints {
 type Idle = Arc<std::sync::Mutex<Vec<(std::time::Instant, SendRequest<Full<Bytes>>)>>>;
 
 /// Idle connections kept per client.
-const MAX_IDLE: usize = 4;
+const MAX_IDLE: usize = 2;
 /// An idle connection is reused only this long: servers close idle ones
 /// (auth after 30 s), and a request must not race that close.
 const IDLE_FOR: Duration = Duration::from_secs(15);
@@ -287,48 +287,67 @@ impl ApiClient {
             addr: self.addr.clone(),
             reason,
         };
-        let mut sender = match self.reusable().await {
-            Some(s) => s,
-            None => {
-                let tls = self.connect().await?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| proto(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
-            }
-        };
         let mut req = Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(path)
             .header("host", host_of(self.endpoints.current()))
             .header("user-agent", format!("warden/{}", warden_types::VERSION));
         let bytes = match body {
             Some((b, content_type)) => {
                 req = req.header("content-type", content_type);
-                b
+                Bytes::from(b)
             }
-            None => Vec::new(),
+            None => Bytes::new(),
         };
         for (k, v) in &self.extra_headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let req = req
-            .body(Full::new(Bytes::from(bytes)))
+        let template = req
+            .body(Full::new(bytes.clone()))
             .map_err(|e| ClientError::Local(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| proto(e.to_string()))?;
+        let (parts, _) = template.into_parts();
+        // A kept-alive connection may have been closed by the server just
+        // now: a request it never took (or, for a GET, any failure on it)
+        // is sent again once on a new connection.
+        let mut reused = self.reusable().await;
+        let (resp, sender) = loop {
+            let was_reused = reused.is_some();
+            let mut sender = match reused.take() {
+                Some(s) => s,
+                None => {
+                    let tls = self.connect().await?;
+                    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(|e| proto(e.to_string()))?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    sender
+                }
+            };
+            let req = Request::from_parts(parts.clone(), Full::new(bytes.clone()));
+            match sender.send_request(req).await {
+                Ok(resp) => break (resp, sender),
+                Err(e)
+                    if was_reused
+                        && (e.is_canceled()
+                            || (method == Method::GET && e.is_incomplete_message())) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(proto(e.to_string())),
+            }
+        };
+        let mut sender = sender;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map_err(|e| proto(e.to_string()))?
             .to_bytes();
-        self.keep(sender);
+        if sender.ready().await.is_ok() {
+            self.keep(sender);
+        }
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => ClientError::Api {

@@ -95,6 +95,7 @@ impl Registry {
 pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
     let mut revision: Option<i64> = None;
     let mut push = true;
+    let mut polls: u64 = 0;
     loop {
         let locks = if push {
             match identity.watch_locks(revision, PUSH_WAIT).await {
@@ -115,6 +116,12 @@ pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
             }
         } else {
             tokio::time::sleep(POLL).await;
+            // After a rolling upgrade the auth servers push: ask again now
+            // and then.
+            polls += 1;
+            if polls % 150 == 0 {
+                push = true;
+            }
             match identity.locks().await {
                 Ok(l) => l,
                 Err(e) => {

@@ -136,7 +136,10 @@ impl EtcdBackend {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the majority refuses, rather than
+            // serving stale reads and a silent watch.
+            .with_require_leader(true);
         let c = Client::connect([self.inner.endpoints[i].as_str()], Some(options)).await?;
         self.inner.clients.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(c.clone());
         Ok(c)
@@ -145,6 +148,16 @@ impl EtcdBackend {
     /// Runs `op` on the member that answered last, moving on to the others
     /// while they are unreachable or electing a leader.
     async fn call<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        Ok(self.call_retried(op).await?.0)
+    }
+
+    /// [`EtcdBackend::call`], also saying whether it had to retry: a retried
+    /// write may have been applied by an attempt whose answer was lost.
+    async fn call_retried<T, F, Fut>(&self, op: F) -> Result<(T, bool)>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -159,7 +172,7 @@ impl EtcdBackend {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(v) => return Ok(v),
+                Ok(v) => return Ok((v, attempt > 0)),
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
                     tracing::debug!(member = %self.inner.endpoints[i], error = %e, "etcd call failed; trying another member");
                     if matches!(e, etcd_client::Error::TransportError(_)) {
@@ -192,8 +205,14 @@ impl EtcdBackend {
         Ok(resp.kvs().first().cloned())
     }
 
-    /// The put of `value`, with a lease for its expiry.
-    async fn put_op(&self, key: &str, value: &[u8], expires: Option<SystemTime>) -> Result<TxnOp> {
+    /// The put of `value`, with a lease for its expiry, and the bytes it
+    /// stores.
+    async fn put_op(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires: Option<SystemTime>,
+    ) -> Result<(TxnOp, Vec<u8>)> {
         let mut options = None;
         if let Some(at) = expires {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
@@ -205,13 +224,15 @@ impl EtcdBackend {
                 .await?;
             options = Some(PutOptions::new().with_lease(lease.id()));
         }
-        Ok(TxnOp::put(key, encode(value, expires), options))
+        let bytes = encode(value, expires);
+        Ok((TxnOp::put(key, bytes.clone(), options), bytes))
     }
 
-    /// Runs `txn`; returns whether it succeeded and the revision after it.
-    async fn txn(&self, txn: Txn) -> Result<(bool, i64)> {
-        let resp = self
-            .call(|mut c| {
+    /// Runs `txn`; returns whether it succeeded, the revision after it, and
+    /// whether it was retried.
+    async fn txn(&self, txn: Txn) -> Result<(bool, i64, bool)> {
+        let (resp, retried) = self
+            .call_retried(|mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -220,19 +241,37 @@ impl EtcdBackend {
             .header()
             .map(|h| h.revision())
             .ok_or_else(|| StoreError::Backend("etcd: a transaction without a header".into()))?;
-        Ok((resp.succeeded(), revision))
+        Ok((resp.succeeded(), revision, retried))
     }
 
     /// Commits `op` if `key` is still as read (`observed`: its
     /// mod_revision, 0 when missing); returns the new revision, or `None`
-    /// when something changed in between.
-    async fn commit_if(&self, key: &str, observed: i64, op: TxnOp) -> Result<Option<i64>> {
+    /// when something changed in between. `written`: the bytes `op` puts
+    /// (`None` for a delete), to recognise our own write when a retried
+    /// attempt's first try was applied and its answer lost.
+    async fn commit_if(
+        &self,
+        key: &str,
+        observed: i64,
+        op: TxnOp,
+        written: Option<&[u8]>,
+    ) -> Result<Option<i64>> {
         let compare = match observed {
             0 => Compare::create_revision(key, CompareOp::Equal, 0),
             r => Compare::mod_revision(key, CompareOp::Equal, r),
         };
-        let (ok, revision) = self.txn(Txn::new().when([compare]).and_then([op])).await?;
-        Ok(ok.then_some(revision))
+        let (ok, revision, retried) = self.txn(Txn::new().when([compare]).and_then([op])).await?;
+        if ok || !retried {
+            return Ok(ok.then_some(revision));
+        }
+        let now = self.read(key).await?;
+        Ok(match (written, now) {
+            (Some(bytes), Some(kv)) if kv.value() == bytes && kv.mod_revision() > observed => {
+                Some(kv.mod_revision())
+            }
+            (None, None) => Some(revision),
+            _ => None,
+        })
     }
 }
 
@@ -243,7 +282,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expires: Option<SystemTime>) -> Result<i64> {
-        let op = self.put_op(key, &value, expires).await?;
+        let (op, _) = self.put_op(key, &value, expires).await?;
         Ok(self.txn(Txn::new().and_then([op])).await?.1)
     }
 
@@ -254,8 +293,8 @@ impl Backend for EtcdBackend {
                 return Err(StoreError::AlreadyExists(key.to_string()));
             }
             let observed = current.map_or(0, |kv| kv.mod_revision());
-            let op = self.put_op(key, &value, expires).await?;
-            if let Some(rev) = self.commit_if(key, observed, op).await? {
+            let (op, bytes) = self.put_op(key, &value, expires).await?;
+            if let Some(rev) = self.commit_if(key, observed, op, Some(&bytes)).await? {
                 return Ok(rev);
             }
         }
@@ -271,8 +310,8 @@ impl Backend for EtcdBackend {
         loop {
             let current = self.read(key).await?;
             expect_revision(key, current.as_ref().and_then(live), expected)?;
-            let op = self.put_op(key, &value, expires).await?;
-            if let Some(rev) = self.commit_if(key, expected, op).await? {
+            let (op, bytes) = self.put_op(key, &value, expires).await?;
+            if let Some(rev) = self.commit_if(key, expected, op, Some(&bytes)).await? {
                 return Ok(rev);
             }
         }
@@ -286,7 +325,7 @@ impl Backend for EtcdBackend {
             let was_live = live(&current).is_some();
             let op = TxnOp::delete(key, None);
             if self
-                .commit_if(key, current.mod_revision(), op)
+                .commit_if(key, current.mod_revision(), op, None)
                 .await?
                 .is_some()
             {
@@ -300,7 +339,7 @@ impl Backend for EtcdBackend {
             let current = self.read(key).await?;
             expect_revision(key, current.as_ref().and_then(live), expected)?;
             let op = TxnOp::delete(key, None);
-            if self.commit_if(key, expected, op).await?.is_some() {
+            if self.commit_if(key, expected, op, None).await?.is_some() {
                 return Ok(());
             }
         }

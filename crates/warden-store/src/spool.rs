@@ -99,11 +99,17 @@ impl EventSpool {
                 "{MAX_PENDING} audit events are waiting for the audit log already"
             )));
         }
+        // Counted before the file appears: a delivery that finds and
+        // deletes it at once must not drive the count below the files.
+        self.inner.queued.fetch_add(1, Ordering::SeqCst);
         // Written aside, synced and renamed: the loop never sees half an
         // event, and an event is on disk before `push` returns.
-        crate::recordings::write_durable(&self.inner.dir.join(format!("{seq:020}.json")), &body)?;
+        let path = self.inner.dir.join(format!("{seq:020}.json"));
+        if let Err(e) = crate::recordings::write_durable(&path, &body) {
+            self.uncount(1);
+            return Err(e);
+        }
         *next = seq + 1;
-        self.inner.queued.fetch_add(1, Ordering::SeqCst);
         drop(next);
         self.inner.wake.notify_one();
         Ok(())
@@ -114,6 +120,20 @@ impl EventSpool {
     /// Events waiting to be delivered.
     pub fn queued(&self) -> usize {
         self.inner.queued.load(Ordering::SeqCst)
+    }
+
+    /// Whether no event file waits (the count aside).
+    pub fn is_empty(&self) -> bool {
+        self.pending().is_empty()
+    }
+
+    fn uncount(&self, n: usize) {
+        let _ = self
+            .inner
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(n))
+            });
     }
 }
 
@@ -145,7 +165,7 @@ where
                     // Unreadable: keep it aside for a person, go on.
                     tracing::error!(path = %path.display(), error = %e, "unreadable spooled audit event");
                     let _ = std::fs::rename(&path, path.with_extension("bad"));
-                    spool.inner.queued.fetch_sub(1, Ordering::SeqCst);
+                    spool.uncount(1);
                     None
                 }
             })
@@ -163,12 +183,7 @@ where
                 tracing::warn!(error = %e, "cannot delete a delivered audit event");
             }
         }
-        let _ = spool
-            .inner
-            .queued
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
-                Some(q.saturating_sub(batch.len()))
-            });
+        spool.uncount(batch.len());
     }
 }
 

@@ -4,7 +4,7 @@
 //! it until commit, so revisions are handed out and committed in one order:
 //! once revision N is visible, every revision before it is too, and a
 //! watcher reading "after N" can never skip a write that commits late.
-//! Writers are woken by `NOTIFY` and poll as a fallback.
+//! Watchers are woken by writers' `NOTIFY` and poll as a fallback.
 
 use super::{db_err, migrate, parse_config, Pool};
 use crate::backend::{
@@ -282,6 +282,21 @@ impl PostgresBackend {
             )
             .await
             .map_err(db_err)?;
+        // Compaction between the two reads would leave a silent gap.
+        let oldest_after: i64 = conn
+            .query_one(
+                "SELECT value FROM warden_kv_meta WHERE name = 'compacted'",
+                &[],
+            )
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if after < oldest_after {
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: oldest_after,
+            });
+        }
         Ok(Batch {
             full: rows.len() as i64 == WATCH_BATCH,
             scanned: rows.last().map_or(after, |r| r.get("revision")),

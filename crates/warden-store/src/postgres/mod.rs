@@ -31,17 +31,30 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
+    // The password may hold '/', '?' or '@': the user part ends at the
+    // last '@'.
+    let rest = match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
         },
-        None => url.to_string(),
-    }
+        None => rest.to_string(),
+    };
+    // A password given as a parameter.
+    let rest = match rest.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("password", _)) => "password=***".to_string(),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 /// A PostgreSQL server to connect to, and how to trust it.
@@ -51,8 +64,9 @@ pub(crate) struct Target {
 }
 
 /// Parses a `postgres://` (or `postgresql://`) URL. TLS follows `sslmode`:
-/// `disable`; `prefer` (the default: TLS when the server offers it);
-/// `require`, `verify-ca` or `verify-full` (TLS or nothing). Whenever TLS is
+/// `disable`; `prefer` (TLS when the server offers it; the default for
+/// loopback and unix sockets); `require`, `verify-ca` or `verify-full` (TLS
+/// or nothing; the default for any other host). Whenever TLS is
 /// used the server's certificate is verified, against `sslrootcert=FILE`
 /// (PEM) if given, else the system's roots: libpq's `require` without
 /// verification would let anyone on the path read the cluster's state.
@@ -85,6 +99,23 @@ pub(crate) fn parse_config(url: &str) -> Result<Target> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.application_name("warden");
+    // Without a word from the operator, only loopback and unix sockets may
+    // go without TLS: `prefer` lets anyone on the path answer "no TLS" and
+    // then ask for the password in clear.
+    let explicit = query.split('&').any(|kv| kv.starts_with("sslmode="));
+    let remote = config.get_hosts().iter().any(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name != "localhost"
+                && !name
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    });
+    if !explicit && remote {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     let mut roots = rustls::RootCertStore::empty();
     match &root_file {
         Some(path) => {
@@ -305,6 +336,30 @@ mod tests {
             redact_url("postgres://a:p@ss@db/x"),
             "postgres://a:***@db/x"
         );
+        assert_eq!(
+            redact_url("postgres://a:pa/s?s@db/x"),
+            "postgres://a:***@db/x"
+        );
+        assert_eq!(
+            redact_url("postgres://a@db/x?sslmode=require&password=hunter2"),
+            "postgres://a@db/x?sslmode=require&password=***"
+        );
+    }
+
+    #[test]
+    fn tls_by_default_beyond_loopback() {
+        use tokio_postgres::config::SslMode;
+        let mode = |url: &str| parse_config(url).unwrap().config.get_ssl_mode();
+        assert!(matches!(
+            mode("postgres://w@db.internal/x"),
+            SslMode::Require
+        ));
+        assert!(matches!(mode("postgres://w@127.0.0.1/x"), SslMode::Prefer));
+        assert!(matches!(mode("postgres://w@localhost/x"), SslMode::Prefer));
+        assert!(matches!(
+            mode("postgres://w@db.internal/x?sslmode=disable"),
+            SslMode::Disable
+        ));
     }
 
     #[test]

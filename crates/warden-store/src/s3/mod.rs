@@ -249,9 +249,21 @@ impl S3RecordingStore {
             .collect();
         send_headers.push(("authorization", &auth));
         send_headers.push(("content-length", &length));
-        warden_http::send(&self.tls, method, &url, &send_headers, body, max_body)
-            .await
-            .map_err(|e| err(format!("S3 at {}: {e}", self.describe())))
+        // An S3 that does not answer must not hold an upload (or start-up)
+        // forever: 30 s, plus a second per MiB sent.
+        let wait = std::time::Duration::from_secs(30 + (body.len() >> 20) as u64);
+        tokio::time::timeout(
+            wait,
+            warden_http::send(&self.tls, method, &url, &send_headers, body, max_body),
+        )
+        .await
+        .map_err(|_| {
+            err(format!(
+                "S3 at {} did not answer within {wait:?}",
+                self.describe()
+            ))
+        })?
+        .map_err(|e| err(format!("S3 at {}: {e}", self.describe())))
     }
 
     /// Fails unless `resp` is a success, naming S3's error code.

@@ -168,17 +168,21 @@ step "stop etcd leader m$L"; kill -9 "${EPID[$L]}"
 sleep $((DURATION / 8))
 step "etcd m$L back"; etcd_start "$L"
 sleep $((DURATION / 12))
-step "kill -9 proxy B (its users' next sessions fail until they log in through proxy A)"; kill -9 $PBPID
+step "kill -9 proxy B (its users' next sessions fail until they log in through proxy A)"
+B_DEATH=$(date +%s)
+kill -9 $PBPID
 for p in "${CPIDS[@]}"; do wait "$p" || true; done
 step "clients done"
 
 # What survived.
 ok=$(cat "$T"/c*.out | grep -c '^ok' || true)
-fail=$(cat "$T"/c*.out | grep -c '^fail' || true)
-# Users of proxy B after it died are expected to fail: count their
-# failures apart.
+fails() { for u in $(seq "$CLIENTS"); do [ $((u % 2)) -eq "$1" ] && grep -c '^fail' "$T/c$u.out" || true; done | awk '{s+=$1} END {print s+0}'; }
 echo "sessions.ok $ok"
-echo "sessions.failed_attempts $fail"
+echo "proxy_a_clients.failed_attempts $(fails 1)"
+# Users of proxy B fail once it is gone (their profile names it): only the
+# attempts before its death count against the cluster.
+B_DEATH_MS=$(( B_DEATH * 1000 ))
+echo "proxy_b_clients.failed_attempts_before_it_died $(cat $(for u in $(seq "$CLIENTS"); do [ $((u % 2)) -eq 0 ] && echo "$T/c$u.out"; done) | awk -v d="$B_DEATH_MS" '$1 == "fail" && $2 < d' | wc -l)"
 for u in $(seq "$CLIENTS"); do
   [ $((u % 2)) -eq 0 ] && continue
   awk '$1 == "ok" {print $4}' "$T/c$u.out"

@@ -88,6 +88,7 @@ pub fn router(server: AuthServer) -> Router {
         .route("/v1/audit/events", get(audit_events))
         .merge(crate::nodes::routes())
         .merge(crate::locks::routes())
+        .merge(crate::push::routes())
         .merge(crate::requests::routes())
         .merge(crate::config::routes())
         .merge(crate::recordings::routes())

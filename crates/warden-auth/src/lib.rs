@@ -14,6 +14,7 @@ mod login;
 mod mfa;
 mod nodes;
 mod oidc;
+mod push;
 mod ratelimit;
 mod recordings;
 mod requests;

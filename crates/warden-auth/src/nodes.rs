@@ -18,7 +18,10 @@ use warden_types::api::*;
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::NodeGrant;
 use warden_types::resource::{kind, resources as res, verbs};
-use warden_types::{Document, Identity, IdentityKind, NodeSpec, TokenKind, TokenSpec, UserSpec};
+use warden_types::{
+    AccessRequestSpec, Document, Identity, IdentityKind, LockSpec, NodeSpec, RoleSpec, TokenKind,
+    TokenSpec, UserSpec,
+};
 
 /// Lifetime of node certificates; nodes renew at half-life.
 pub const NODE_CERT_TTL: Duration = Duration::hours(24);
@@ -49,9 +52,7 @@ const JOIN_RATE_PER_MINUTE: u32 = 60;
 
 /// Is a certificate carrying `user_id` one of `user`'s (not of an earlier
 /// user of the same name)? Users made before uids existed have none.
-pub(crate) fn same_user(user: &Document<UserSpec>, user_id: Option<&str>) -> bool {
-    user.spec.uid.is_empty() || user_id == Some(user.spec.uid.as_str())
-}
+pub(crate) use warden_policy::same_user;
 
 pub(crate) fn require_node(c: &Caller) -> Result<&str> {
     if c.identity.kind == IdentityKind::Node {
@@ -551,7 +552,8 @@ impl AuthServer {
     }
 
     /// Decides, with the user's current roles, whether `user` may log in as
-    /// `login` on node `node_id`.
+    /// `login` on node `node_id` (the evaluator nodes run on their pushed
+    /// copy of the same state).
     pub async fn check_access(
         &self,
         node_id: &str,
@@ -560,85 +562,44 @@ impl AuthServer {
         mfa_node: Option<&str>,
         user_id: Option<&str>,
     ) -> Result<AccessCheckResponse> {
-        let user_doc = self.inner.users.get(user);
-        if user_doc.as_ref().is_some_and(|u| !same_user(u, user_id)) {
-            return Ok(AccessCheckResponse::denied(format!(
-                "this certificate was issued to an earlier user named {user}, since deleted; run 'warden login'"
-            )));
-        }
         let node = resources::get::<NodeSpec>(self.backend(), &format!("{NODES}{node_id}")).await?;
         let node_name = node
             .as_ref()
             .map(|n| n.spec.hostname.clone())
             .unwrap_or_default();
         let labels = node.map(|n| n.metadata.labels).unwrap_or_default();
-        // Roles and requests from approved requests count for locks too.
-        let effective = user_doc
-            .as_ref()
-            .map(|u| self.effective(u))
-            .unwrap_or_default();
-        let subject = warden_policy::LockSubject {
+        let q = warden_policy::NodeLogin {
+            node_id,
+            node_name: &node_name,
+            labels: &labels,
             user,
-            roles: &effective.roles,
-            requests: &effective.requests,
-            node: Some((node_id, &node_name)),
-            login: Some(login),
+            user_id,
+            login,
+            mfa_node,
         };
-        if let Some(lock) = self.lock_for(&subject) {
-            return Ok(AccessCheckResponse::denied(crate::locks::lock_message(
-                &lock,
-            )));
-        }
-        let Some(u) = user_doc else {
-            return Ok(AccessCheckResponse::denied(format!(
-                "user {user} does not exist (deleted?)"
-            )));
-        };
-        let mut roles = self.roles(&effective.roles);
-        let mut decision = warden_policy::check_node_access(&roles, &u.spec.traits, login, &labels);
-        if !decision.allowed {
-            // A resource request grants this node and login only, while a
-            // role it was asked through still allows it; the user's own
-            // deny rules still win.
-            for (node, search_as) in &effective.resources {
-                if node.node != node_id || node.login != login {
-                    continue;
-                }
-                let mut with = roles.clone();
-                with.extend(self.roles(search_as));
-                let d = warden_policy::check_node_access(&with, &u.spec.traits, login, &labels);
-                if d.allowed {
-                    decision = d;
-                    roles = with;
-                    break;
-                }
-            }
-        }
-        let options = warden_policy::session_options(&roles);
-        let mut reason = decision.summary();
-        let mut allowed = decision.allowed;
-        if allowed && options.session_mfa && mfa_node != Some(node_id) {
-            allowed = false;
-            let asking: Vec<&str> = roles
-                .iter()
-                .filter(|r| r.spec.options.require_mfa == warden_types::RequireMfa::Session)
-                .map(|r| r.name())
-                .collect();
-            reason = format!(
-                "role {} requires a fresh MFA check for each session; connect with 'warden ssh' (it asks for a one-time code)",
-                asking.join(", ")
-            );
-        }
-        Ok(AccessCheckResponse {
-            allowed,
-            reason,
-            explanation: decision.reasons.clone(),
-            permit_port_forwarding: options.permit_port_forwarding,
-            permit_agent_forwarding: options.permit_agent_forwarding,
-            permit_x11_forwarding: options.permit_x11_forwarding,
-            roles: roles.iter().map(|r| r.name().to_string()).collect(),
-            record_session: options.record_session,
-        })
+        Ok(warden_policy::decide_node_login(
+            &LiveState(self),
+            &q,
+            crate::resources::now(),
+        ))
+    }
+}
+
+/// The auth server's watch-fed caches, as the policy evaluator reads them.
+struct LiveState<'a>(&'a AuthServer);
+
+impl warden_policy::AccessState for LiveState<'_> {
+    fn user(&self, name: &str) -> Option<Document<UserSpec>> {
+        self.0.inner.users.get(name)
+    }
+    fn role(&self, name: &str) -> Option<Document<RoleSpec>> {
+        self.0.inner.roles.get(name)
+    }
+    fn requests(&self) -> Vec<Document<AccessRequestSpec>> {
+        self.0.inner.requests.list()
+    }
+    fn locks(&self) -> Vec<Document<LockSpec>> {
+        self.0.inner.locks.list()
     }
 }
 

@@ -49,53 +49,17 @@ fn grants(
     allowed && !denied
 }
 
-/// What a user holds right now, requests included.
-#[derive(Default)]
-pub(crate) struct Effective {
-    /// Their own roles plus those of approved, unexpired role requests.
-    pub roles: Vec<String>,
-    /// Ids of the requests in force.
-    pub requests: Vec<String>,
-    /// When the earliest of them ends.
-    pub until: Option<i64>,
-    /// Resource requests in force: a node and login each, with the roles
-    /// (`search_as_roles`) that must still allow it.
-    pub resources: Vec<(RequestedNode, Vec<String>)>,
-}
+pub(crate) use warden_policy::Effective;
 
 impl AuthServer {
     /// A user's access in force now; see [`Effective`].
     pub(crate) fn effective(&self, user: &Document<UserSpec>) -> Effective {
-        let mut e = Effective {
-            roles: user.spec.roles.clone(),
-            ..Effective::default()
-        };
-        let now = now();
-        let locks = self.active_locks();
-        for r in self.inner.requests.list() {
-            let locked = locks
-                .iter()
-                .any(|l| l.spec.target.request.as_deref() == Some(r.name()));
-            let someone_else = !r.spec.user_uid.is_empty() && r.spec.user_uid != user.spec.uid;
-            if r.spec.user != user.name() || someone_else || !r.spec.active(now) || locked {
-                continue;
-            }
-            e.requests.push(r.name().to_string());
-            e.until = Some(
-                e.until
-                    .map_or(r.spec.access_until, |u| u.min(r.spec.access_until)),
-            );
-            for role in &r.spec.roles {
-                if !e.roles.contains(role) {
-                    e.roles.push(role.clone());
-                }
-            }
-            for node in &r.spec.resources {
-                e.resources
-                    .push((node.clone(), r.spec.search_as_roles.clone()));
-            }
-        }
-        e
+        warden_policy::effective(
+            user,
+            &self.inner.requests.list(),
+            &self.active_locks(),
+            now(),
+        )
     }
 
     /// Deletes every access request of `user`; returns how many.

@@ -43,6 +43,9 @@ pub(crate) struct Inner {
     pub hashing: tokio::sync::Semaphore,
     /// This server's own events while the audit log is unreachable.
     pub spool: warden_store::EventSpool,
+    /// The node policy last encoded, and its revision: every node's long
+    /// poll shares one encoding per change.
+    pub node_policy: std::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
 }
 
 /// Key and certificate of a service (proxy, auth itself) or of the local
@@ -253,6 +256,7 @@ impl AuthServer {
                     std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
                 ),
                 spool,
+                node_policy: Default::default(),
             }),
         })
     }

@@ -43,6 +43,8 @@ pub struct NodeIdentity {
     /// The auth client of the current certificate, with its kept-alive
     /// connections; rebuilt when the certificate rotates.
     api: std::sync::Mutex<Option<(String, ApiClient)>>,
+    /// The users, roles, requests and locks logins are decided from.
+    pub policy: crate::policy::PolicyCache,
 }
 
 fn open_events(data_dir: &Path) -> anyhow::Result<warden_store::EventSpool> {
@@ -75,6 +77,10 @@ impl NodeIdentity {
                 ),
                 events: open_events(&config.data_dir)?,
                 api: Default::default(),
+                policy: crate::policy::PolicyCache::new(
+                    config.policy_max_stale,
+                    config.labels.clone(),
+                ),
             };
             return Ok(id);
         }
@@ -117,6 +123,7 @@ impl NodeIdentity {
             spool: crate::recording::Spool::new(&config.data_dir.join(NODE_DIR).join("recordings")),
             events: open_events(&config.data_dir)?,
             api: Default::default(),
+            policy: crate::policy::PolicyCache::new(config.policy_max_stale, config.labels.clone()),
         };
         id.save_certs(&certs)?;
         tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
@@ -239,6 +246,55 @@ impl NodeIdentity {
     /// The cluster's proxies (to keep a tunnel to each).
     pub async fn proxies(&self) -> anyhow::Result<Vec<warden_types::api::ProxyInfo>> {
         Ok(self.api()?.get("/v1/proxies").await?)
+    }
+
+    /// The node policy after `after` (a long poll of at most `wait`);
+    /// `None` from an auth server that does not push it.
+    pub async fn watch_policy(
+        &self,
+        after: Option<i64>,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<Option<warden_types::api::NodePolicy>> {
+        let path = match after {
+            Some(r) => format!("/v1/nodes/policy?after={r}&wait={}", wait.as_secs()),
+            None => "/v1/nodes/policy".to_string(),
+        };
+        match self.api()?.get(&path).await {
+            Ok(p) => Ok(Some(p)),
+            Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decides whether `user` may log in as `login` here, now: from the
+    /// pushed policy while it is current, else by asking auth. Without
+    /// either, the answer is an error (the caller refuses the login).
+    pub async fn decide_login(
+        &self,
+        user: &str,
+        login: &str,
+        mfa_node: Option<&str>,
+        user_id: Option<&str>,
+    ) -> anyhow::Result<AccessCheckResponse> {
+        let node = (self.node_id(), self.state.name.as_str());
+        let stale = match self.policy.decide(node, user, user_id, login, mfa_node) {
+            crate::policy::Cached::Decided(d) => return Ok(d),
+            crate::policy::Cached::Stale(age) => age,
+        };
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.check_access(user, login, mfa_node, user_id),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("auth did not answer within 10 s")));
+        match (asked, stale) {
+            (Ok(d), _) => Ok(d),
+            (Err(e), Some(age)) => {
+                tracing::warn!(error = %format!("{e:#}"), stale_secs = age.as_secs(), "login refused: the node policy is stale and auth cannot be reached");
+                Err(crate::policy::Stale(age).into())
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// Asks auth whether `user` may log in as `login` here, now.

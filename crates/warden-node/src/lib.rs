@@ -6,6 +6,7 @@
 mod forward;
 mod identity;
 mod locks;
+mod policy;
 mod pty;
 mod recording;
 mod session;
@@ -51,6 +52,9 @@ pub struct NodeConfig {
     pub proxy_discovery: bool,
     /// Time between heartbeats; three missed ones show the node offline.
     pub heartbeat_every: Duration,
+    /// How long logins may be decided from the policy auth last pushed;
+    /// past it, the node asks auth per login and fails closed without it.
+    pub policy_max_stale: Duration,
     /// Set before shutdown when the node should leave the inventory (a
     /// stop); left unset when a successor process takes over.
     pub leave_on_shutdown: Arc<std::sync::atomic::AtomicBool>,
@@ -163,6 +167,7 @@ pub async fn run(
         ),
     }
     tokio::spawn(locks::enforce(identity.clone(), config.name.clone()));
+    tokio::spawn(policy::follow(identity.clone(), config.name.clone()));
     tokio::spawn(recording::upload_loop(identity.clone()));
     {
         let identity = identity.clone();
@@ -185,7 +190,8 @@ pub async fn run(
         config.proxy.clone(),
         config.proxy_discovery,
     ));
-    let labels = Arc::new(std::sync::Mutex::new(config.labels.clone()));
+    // Heartbeats report these labels; logins are decided against them.
+    let labels = identity.policy.labels.clone();
     let changed = Arc::new(tokio::sync::Notify::new());
     for lc in config.label_commands.clone() {
         let labels = labels.clone();

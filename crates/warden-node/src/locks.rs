@@ -23,6 +23,8 @@ const PUSH_WAIT: Duration = Duration::from_secs(25);
 /// One authenticated connection with sessions.
 pub struct Live {
     pub username: String,
+    /// The user id the certificate carries.
+    pub user_id: Option<String>,
     pub login: String,
     pub roles: Vec<String>,
     pub handle: Handle,
@@ -64,31 +66,56 @@ impl Registry {
             .remove(&id);
     }
 
-    /// Takes out every connection a lock covers.
-    fn take_locked(&self, locks: &[Document<LockSpec>], node: (&str, &str)) -> Vec<(Live, String)> {
+    /// Takes out every connection `why` gives a reason to end.
+    pub fn take_where(&self, why: impl Fn(&Live) -> Option<String>) -> Vec<(Live, String)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let hit: Vec<(u64, String)> = conns
             .iter()
-            .filter_map(|(id, l)| {
-                locks
-                    .iter()
-                    .find(|k| {
-                        k.spec
-                            .target
-                            .matches(&l.username, &l.roles, Some(node), Some(&l.login))
-                    })
-                    .map(|k| {
-                        (
-                            *id,
-                            format!("locked ({}): {}", k.spec.target.describe(), k.spec.reason),
-                        )
-                    })
-            })
+            .filter_map(|(id, l)| why(l).map(|w| (*id, w)))
             .collect();
         hit.into_iter()
             .filter_map(|(id, why)| conns.remove(&id).map(|l| (l, why)))
             .collect()
     }
+
+    /// Takes out every connection a lock covers.
+    fn take_locked(&self, locks: &[Document<LockSpec>], node: (&str, &str)) -> Vec<(Live, String)> {
+        self.take_where(|l| {
+            locks
+                .iter()
+                .find(|k| {
+                    k.spec
+                        .target
+                        .matches(&l.username, &l.roles, Some(node), Some(&l.login))
+                })
+                .map(|k| format!("locked ({}): {}", k.spec.target.describe(), k.spec.reason))
+        })
+    }
+}
+
+/// Ends a connection's sessions and the connection, telling the user why,
+/// and audits it.
+pub async fn terminate(identity: &NodeIdentity, live: Live, why: String) {
+    let msg = format!("\r\nwarden: session terminated: {why}\r\n");
+    for (channel, leader) in &live.sessions {
+        let _ = live
+            .handle
+            .extended_data(*channel, 1, msg.clone().into_bytes())
+            .await;
+        leader.signal(libc::SIGKILL);
+    }
+    let _ = live
+        .handle
+        .disconnect(russh::Disconnect::ByApplication, why.clone(), String::new())
+        .await;
+    let mut ev = AuditEvent::new(
+        codes::SESSION_TERMINATED,
+        identity.cluster(),
+        &live.username,
+        why,
+    );
+    ev.login = Some(live.login.clone());
+    identity.emit(ev).await;
 }
 
 /// Ends covered sessions for as long as the node runs.
@@ -135,26 +162,7 @@ pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
         }
         let node_id = identity.node_id().to_string();
         for (live, why) in identity.registry.take_locked(&locks, (&node_id, &name)) {
-            let msg = format!("\r\nwarden: session terminated: {why}\r\n");
-            for (channel, leader) in &live.sessions {
-                let _ = live
-                    .handle
-                    .extended_data(*channel, 1, msg.clone().into_bytes())
-                    .await;
-                leader.signal(libc::SIGKILL);
-            }
-            let _ = live
-                .handle
-                .disconnect(russh::Disconnect::ByApplication, why.clone(), String::new())
-                .await;
-            let mut ev = AuditEvent::new(
-                codes::SESSION_TERMINATED,
-                identity.cluster(),
-                &live.username,
-                why,
-            );
-            ev.login = Some(live.login.clone());
-            identity.emit(ev).await;
+            terminate(&identity, live, why).await;
         }
     }
 }

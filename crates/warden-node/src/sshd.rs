@@ -179,6 +179,8 @@ fn trusted_user_cas(identity: &NodeIdentity) -> Vec<russh::keys::ssh_key::Finger
 /// An authenticated user on this connection.
 struct Authed {
     username: String,
+    /// The user id the certificate carries.
+    user_id: Option<String>,
     login: String,
     account: Option<Account>,
     /// Why this user may do nothing here (shown to them on every request).
@@ -306,6 +308,7 @@ impl Conn {
         let exts = cert.extensions();
         let mut authed = Authed {
             username: username.clone(),
+            user_id: exts.get(warden_ca::ssh::UID_EXTENSION).cloned(),
             login: login.to_string(),
             account: None,
             denied: None,
@@ -334,7 +337,7 @@ impl Conn {
         let user_id = exts.get(warden_ca::ssh::UID_EXTENSION).map(String::as_str);
         match self
             .identity
-            .check_access(&username, login, mfa_node, user_id)
+            .decide_login(&username, login, mfa_node, user_id)
             .await
         {
             Ok(d) if d.allowed => {
@@ -353,9 +356,11 @@ impl Conn {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "access check failed");
-                authed.denied = Some(
-                    "cannot reach the auth service to check your access; try again shortly".into(),
-                );
+                authed.denied = Some(match e.downcast_ref::<crate::policy::Stale>() {
+                    Some(stale) => stale.to_string(),
+                    None => "cannot reach the auth service to check your access; try again shortly"
+                        .into(),
+                });
                 return authed;
             }
         }
@@ -534,6 +539,7 @@ impl Conn {
         let live = *self.live.get_or_insert_with(|| {
             self.identity.registry.register(crate::locks::Live {
                 username: user.username.clone(),
+                user_id: user.user_id.clone(),
                 login: user.login.clone(),
                 roles: user.roles.clone(),
                 handle: session.handle(),

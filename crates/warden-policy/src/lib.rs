@@ -4,6 +4,7 @@
 //! [`Decision`] that says what was decided and which role decided it.
 //! Deny rules always beat allow rules; no role means no access.
 
+mod access;
 mod approval;
 mod claims;
 pub mod defaults;
@@ -14,6 +15,10 @@ mod locks;
 mod password;
 mod template;
 
+pub use access::{
+    decide_node_login, effective, locks_in_force, same_user, AccessSnapshot, AccessState,
+    Effective, NodeLogin,
+};
 pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
 pub use claims::{claims_to_traits, map_roles, validate_claim_mappings};
 pub use eval::{

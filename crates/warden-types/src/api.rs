@@ -158,6 +158,23 @@ pub struct LockWatch {
     pub locks: Vec<crate::Document<crate::LockSpec>>,
 }
 
+/// `GET /v1/nodes/policy`: the state a node decides logins from, pushed
+/// as a long poll (answered when it changes after the node's revision).
+/// Users carry no credentials; requests are the approved, unexpired ones,
+/// without their reasons and reviews.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodePolicy {
+    pub revision: i64,
+    /// Nothing changed after the node's revision while auth waited: the
+    /// lists are left out and the node's copy is current.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    pub users: Vec<crate::Document<crate::UserSpec>>,
+    pub roles: Vec<crate::Document<crate::RoleSpec>>,
+    pub requests: Vec<crate::Document<crate::AccessRequestSpec>>,
+    pub locks: Vec<crate::Document<crate::LockSpec>>,
+}
+
 /// `warden admin lock`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateLockRequest {

@@ -128,6 +128,12 @@ pub struct StartArgs {
     /// inventory at once.
     #[arg(long, default_value = "30s")]
     heartbeat_interval: warden_types::duration::HumanDuration,
+    /// Node: logins are decided from the users, roles, requests and locks
+    /// auth pushes to the node; when the node has not heard from auth for
+    /// longer than this, it asks auth for each login instead and refuses
+    /// logins while auth cannot be reached (fails closed).
+    #[arg(long, default_value = "2m")]
+    policy_max_stale: warden_types::duration::HumanDuration,
 }
 
 fn parse_labels(items: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -206,6 +212,10 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     let beat = a.heartbeat_interval.0;
     if beat < std::time::Duration::from_secs(1) || beat > std::time::Duration::from_secs(300) {
         bail!("--heartbeat-interval must be between 1s and 300s");
+    }
+    let stale = a.policy_max_stale.0;
+    if stale < std::time::Duration::from_secs(30) || stale > std::time::Duration::from_secs(3600) {
+        bail!("--policy-max-stale must be between 30s (auth answers the node's watch at least every 25 s) and 1h");
     }
     // One process per data dir, refused before anything is bound or
     // written. A data dir without a lock file is locked once the ports
@@ -301,6 +311,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
             heartbeat_every: a.heartbeat_interval.0,
+            policy_max_stale: a.policy_max_stale.0,
             leave_on_shutdown: leave.clone(),
         };
         let mut node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
@@ -442,6 +453,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             label_commands: a.label_cmd.clone(),
             proxy_discovery: !a.no_proxy_discovery,
             heartbeat_every: a.heartbeat_interval.0,
+            policy_max_stale: a.policy_max_stale.0,
             leave_on_shutdown: leave.clone(),
         };
         node_task = Some(tokio::spawn(warden_node::run(

@@ -40,10 +40,13 @@ fn start_auth(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    for line in stdout.lines().map_while(Result::ok) {
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
         if let Some(v) = line.trim().strip_prefix("auth:") {
             let addr = v.split_whitespace().next().unwrap().to_string();
+            // Keep reading: a closed pipe would end the server at its next
+            // line of output.
+            std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
             return (child, Ok(addr));
         }
     }
@@ -358,4 +361,64 @@ fn audit_log_outage_on_postgres_loses_nothing() {
             .count(),
         0
     );
+}
+
+/// A node decides logins from the users, roles and locks auth pushes to
+/// it: with the only auth server it reaches dead, logins through another
+/// proxy keep working from its copy; once the copy is older than
+/// `--policy-max-stale`, it refuses logins (fails closed) and says why.
+#[test]
+fn a_node_decides_logins_from_its_pushed_policy_and_fails_closed() {
+    let pg = pg::PgServer::start();
+    let url = pg.database("cluster");
+    let dir = temp_dir("push");
+    let c = Cluster::start_with(&dir, &["--name", "box", "--backend", &url]);
+    let kek = dir.join("data/kek");
+    let (auth2, started) = start_auth(
+        &dir,
+        "auth2",
+        &["--kek-file", kek.to_str().unwrap(), "--backend", &url],
+    );
+    let auth2 = Killed(auth2);
+    let auth2_addr = started.unwrap_or_else(|e| panic!("auth 2 did not start: {e}"));
+    // Proxy B knows only auth 2; the node reaches auth through proxy B
+    // and keeps tunnels to both proxies.
+    let (proxy_b, b) = c.start_proxy("proxy-b", &auth2_addr);
+    let _proxy_b = Killed(proxy_b);
+    let _edge = TunnelNode::start_via(&c, &b, "edge", "env=edge", &["--policy-max-stale", "30s"]);
+    let secret = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "edge");
+
+    // Auth 2 dies: the node can no longer ask auth anything, yet a login
+    // through proxy A (served by auth 1) is decided from its copy.
+    drop(auth2);
+    let cut = std::time::Instant::now();
+    let out = c
+        .run_as(
+            "alice",
+            &["ssh", "root@edge", "--", "echo", "decided"],
+            None,
+        )
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "decided");
+
+    // Past the bound, logins are refused with the reason.
+    std::thread::sleep(std::time::Duration::from_secs(31).saturating_sub(cut.elapsed()));
+    let mut refused = None;
+    while cut.elapsed() < std::time::Duration::from_secs(70) {
+        let out = c.run_as("alice", &["ssh", "root@edge", "--", "true"], None);
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let out = refused.expect("logins still allowed long after the bound");
+    assert!(
+        out.stderr.contains("has not heard from the auth service"),
+        "{}",
+        out.all()
+    );
+    eprintln!("logins refused {:?} after auth went away", cut.elapsed());
 }

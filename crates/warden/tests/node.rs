@@ -1024,6 +1024,71 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     assert!(has_event(&c, "lock.delete", "WA7001I", |_| true));
 }
 
+/// Taking away the role that allowed a login ends the live session within
+/// seconds, as a lock does: the node follows the roles and users auth
+/// pushes and re-decides its live connections on every change.
+#[test]
+fn a_removed_role_ends_live_sessions() {
+    use std::io::Read;
+    let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
+    c.ssh("alice", "alice", "root", &[], "true", None)
+        .expect_ok();
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        format!("root@{}", c.node_host()),
+        "echo started; sleep 60; echo finished".into(),
+    ]);
+    let mut live = std::process::Command::new("ssh")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    c.admin(&["users", "update", "alice", "--roles", "auditor"])
+        .expect_ok();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = live.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "live session not ended within 5 s of the role removal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("role removal to session end: {:?}", t0.elapsed());
+    assert!(!status.success());
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    live.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    live.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stdout.contains("started") && !stdout.contains("finished"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("access revoked"),
+        "the user is told why: {stderr}"
+    );
+    assert!(has_event(&c, "session.terminated", "WA6008W", |e| e
+        ["user"]
+        == "alice"
+        && e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("access revoked")));
+}
+
 /// Plain OpenSSH servers trust the cluster's user CA and stop locked users
 /// through `warden admin krl` as their RevokedKeys.
 #[test]

@@ -373,7 +373,12 @@ impl Cluster {
             .args(["--listen-addr", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.join(name))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Kept for a failing test's post-mortem.
+            .stderr(
+                std::fs::File::create(self.dir.join(format!("{name}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -452,6 +457,17 @@ impl TunnelNode {
     }
 
     pub fn start_with(c: &Cluster, name: &str, labels: &str, extra: &[&str]) -> TunnelNode {
+        Self::start_via(c, &c.proxy, name, labels, extra)
+    }
+
+    /// A tunnel node that joins, and reaches auth, through `proxy`.
+    pub fn start_via(
+        c: &Cluster,
+        proxy: &str,
+        name: &str,
+        labels: &str,
+        extra: &[&str],
+    ) -> TunnelNode {
         let out = c
             .admin(&["tokens", "add", "--type", "node", "--format", "json"])
             .expect_ok();
@@ -459,7 +475,7 @@ impl TunnelNode {
         let data = c.dir.join(format!("node-{name}"));
         let mut child = Command::new(WARDEN)
             .args([
-                "start", "--roles", "node", "--proxy", &c.proxy, "--ca-pin", &c.pin,
+                "start", "--roles", "node", "--proxy", proxy, "--ca-pin", &c.pin,
             ])
             .args([
                 "--token",

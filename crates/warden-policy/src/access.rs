@@ -1,0 +1,396 @@
+//! The node-login decision, in one place for every caller: auth answers
+//! `POST /v1/nodes/access` with it, and a node decides a login from its
+//! pushed copy of the same state without a round trip. Both read the state
+//! through [`AccessState`], so the two answers cannot drift apart.
+
+use crate::locks::{lock_for, LockSubject};
+use std::collections::BTreeMap;
+use warden_types::api::AccessCheckResponse;
+use warden_types::{
+    AccessRequestSpec, Document, LockSpec, RequestedNode, RequireMfa, RoleSpec, UserSpec,
+};
+
+/// The resources a login decision reads.
+pub trait AccessState {
+    /// The user of that name, if one exists.
+    fn user(&self, name: &str) -> Option<Document<UserSpec>>;
+    /// The role of that name, if one exists.
+    fn role(&self, name: &str) -> Option<Document<RoleSpec>>;
+    /// Access requests (any state; only approved, unexpired ones count).
+    fn requests(&self) -> Vec<Document<AccessRequestSpec>>;
+    /// Locks (expired ones are skipped here).
+    fn locks(&self) -> Vec<Document<LockSpec>>;
+}
+
+/// What a user holds right now, requests included.
+#[derive(Clone, Debug, Default)]
+pub struct Effective {
+    /// Their own roles plus those of approved, unexpired role requests.
+    pub roles: Vec<String>,
+    /// Ids of the requests in force.
+    pub requests: Vec<String>,
+    /// When the earliest of them ends (Unix seconds).
+    pub until: Option<i64>,
+    /// Resource requests in force: a node and login each, with the roles
+    /// (`search_as_roles`) that must still allow it.
+    pub resources: Vec<(RequestedNode, Vec<String>)>,
+}
+
+/// Locks not yet expired at `now` (Unix seconds).
+pub fn locks_in_force(locks: Vec<Document<LockSpec>>, now: i64) -> Vec<Document<LockSpec>> {
+    locks
+        .into_iter()
+        .filter(|l| l.metadata.expires.is_none_or(|e| e.unix_timestamp() > now))
+        .collect()
+}
+
+/// Whether a certificate carrying `user_id` belongs to `user` (and not to
+/// an earlier, deleted user of the same name).
+pub fn same_user(user: &Document<UserSpec>, user_id: Option<&str>) -> bool {
+    user.spec.uid.is_empty() || user_id == Some(user.spec.uid.as_str())
+}
+
+/// A user's access in force at `now`: their roles plus what approved,
+/// unexpired and unlocked requests add.
+pub fn effective(
+    user: &Document<UserSpec>,
+    requests: &[Document<AccessRequestSpec>],
+    locks: &[Document<LockSpec>],
+    now: i64,
+) -> Effective {
+    let mut e = Effective {
+        roles: user.spec.roles.clone(),
+        ..Effective::default()
+    };
+    for r in requests {
+        let locked = locks
+            .iter()
+            .any(|l| l.spec.target.request.as_deref() == Some(r.name()));
+        let someone_else = !r.spec.user_uid.is_empty() && r.spec.user_uid != user.spec.uid;
+        if r.spec.user != user.name() || someone_else || !r.spec.active(now) || locked {
+            continue;
+        }
+        e.requests.push(r.name().to_string());
+        e.until = Some(
+            e.until
+                .map_or(r.spec.access_until, |u| u.min(r.spec.access_until)),
+        );
+        for role in &r.spec.roles {
+            if !e.roles.contains(role) {
+                e.roles.push(role.clone());
+            }
+        }
+        for node in &r.spec.resources {
+            e.resources
+                .push((node.clone(), r.spec.search_as_roles.clone()));
+        }
+    }
+    e
+}
+
+/// One login asked of a node.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeLogin<'a> {
+    pub node_id: &'a str,
+    /// The node's name (locks may name it); empty if unknown.
+    pub node_name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub user: &'a str,
+    /// The user id the certificate carries.
+    pub user_id: Option<&'a str>,
+    pub login: &'a str,
+    /// The node a per-session MFA certificate names, if any.
+    pub mfa_node: Option<&'a str>,
+}
+
+fn roles_named(state: &impl AccessState, names: &[String]) -> Vec<Document<RoleSpec>> {
+    names.iter().filter_map(|n| state.role(n)).collect()
+}
+
+/// Decides whether `q.user` may log in as `q.login` on the node, with the
+/// user's current roles, requests and the locks in force at `now`.
+pub fn decide_node_login(state: &impl AccessState, q: &NodeLogin, now: i64) -> AccessCheckResponse {
+    let user_doc = state.user(q.user);
+    if user_doc.as_ref().is_some_and(|u| !same_user(u, q.user_id)) {
+        return AccessCheckResponse::denied(format!(
+            "this certificate was issued to an earlier user named {}, since deleted; run 'warden login'",
+            q.user
+        ));
+    }
+    let locks = locks_in_force(state.locks(), now);
+    // Roles and requests from approved requests count for locks too.
+    let effective = user_doc
+        .as_ref()
+        .map(|u| effective(u, &state.requests(), &locks, now))
+        .unwrap_or_default();
+    let subject = LockSubject {
+        user: q.user,
+        roles: &effective.roles,
+        requests: &effective.requests,
+        node: Some((q.node_id, q.node_name)),
+        login: Some(q.login),
+    };
+    if let Some(lock) = lock_for(&locks, &subject) {
+        return AccessCheckResponse::denied(format!(
+            "locked ({}): {}",
+            lock.spec.target.describe(),
+            lock.spec.reason
+        ));
+    }
+    let Some(u) = user_doc else {
+        return AccessCheckResponse::denied(format!("user {} does not exist (deleted?)", q.user));
+    };
+    let mut roles = roles_named(state, &effective.roles);
+    let mut decision = crate::check_node_access(&roles, &u.spec.traits, q.login, q.labels);
+    if !decision.allowed {
+        // A resource request grants this node and login only, while a role
+        // it was asked through still allows it; the user's own deny rules
+        // still win.
+        for (node, search_as) in &effective.resources {
+            if node.node != q.node_id || node.login != q.login {
+                continue;
+            }
+            let mut with = roles.clone();
+            with.extend(roles_named(state, search_as));
+            let d = crate::check_node_access(&with, &u.spec.traits, q.login, q.labels);
+            if d.allowed {
+                decision = d;
+                roles = with;
+                break;
+            }
+        }
+    }
+    let options = crate::session_options(&roles);
+    let mut reason = decision.summary();
+    let mut allowed = decision.allowed;
+    if allowed && options.session_mfa && q.mfa_node != Some(q.node_id) {
+        allowed = false;
+        let asking: Vec<&str> = roles
+            .iter()
+            .filter(|r| r.spec.options.require_mfa == RequireMfa::Session)
+            .map(|r| r.name())
+            .collect();
+        reason = format!(
+            "role {} requires a fresh MFA check for each session; connect with 'warden ssh' (it asks for a one-time code)",
+            asking.join(", ")
+        );
+    }
+    AccessCheckResponse {
+        allowed,
+        reason,
+        explanation: decision.reasons.clone(),
+        permit_port_forwarding: options.permit_port_forwarding,
+        permit_agent_forwarding: options.permit_agent_forwarding,
+        permit_x11_forwarding: options.permit_x11_forwarding,
+        roles: roles.iter().map(|r| r.name().to_string()).collect(),
+        record_session: options.record_session,
+    }
+}
+
+/// The state a node holds, as auth pushes it: a [`AccessState`] over
+/// plain maps.
+#[derive(Clone, Debug, Default)]
+pub struct AccessSnapshot {
+    pub users: BTreeMap<String, Document<UserSpec>>,
+    pub roles: BTreeMap<String, Document<RoleSpec>>,
+    pub requests: Vec<Document<AccessRequestSpec>>,
+    pub locks: Vec<Document<LockSpec>>,
+}
+
+impl AccessState for AccessSnapshot {
+    fn user(&self, name: &str) -> Option<Document<UserSpec>> {
+        self.users.get(name).cloned()
+    }
+    fn role(&self, name: &str) -> Option<Document<RoleSpec>> {
+        self.roles.get(name).cloned()
+    }
+    fn requests(&self) -> Vec<Document<AccessRequestSpec>> {
+        self.requests.clone()
+    }
+    fn locks(&self) -> Vec<Document<LockSpec>> {
+        self.locks.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+    use warden_types::resource::kind;
+    use warden_types::{LockTarget, RequestState};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn role(name: &str, json: &str) -> Document<RoleSpec> {
+        Document::new(
+            kind::ROLE,
+            name,
+            serde_json::from_str(json).expect("role JSON"),
+        )
+    }
+
+    fn user(name: &str, roles: &[&str]) -> Document<UserSpec> {
+        Document::new(
+            kind::USER,
+            name,
+            UserSpec {
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                uid: format!("uid-{name}"),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn state() -> AccessSnapshot {
+        let mut s = AccessSnapshot::default();
+        for r in [
+            role(
+                "dev",
+                r#"{"allow":{"logins":["app"],"node_labels":{"env":["dev"]}}}"#,
+            ),
+            role(
+                "prod",
+                r#"{"allow":{"logins":["app"],"node_labels":{"env":["prod"]}}}"#,
+            ),
+            role(
+                "mfa",
+                r#"{"options":{"require_mfa":"session"},"allow":{"logins":["root"],"node_labels":{"*":["*"]}}}"#,
+            ),
+        ] {
+            s.roles.insert(r.name().to_string(), r);
+        }
+        for u in [user("alice", &["dev"]), user("bob", &["mfa"])] {
+            s.users.insert(u.name().to_string(), u);
+        }
+        s
+    }
+
+    fn login<'a>(
+        labels: &'a BTreeMap<String, String>,
+        user: &'a str,
+        uid: &'a str,
+        login: &'a str,
+    ) -> NodeLogin<'a> {
+        NodeLogin {
+            node_id: "n1",
+            node_name: "db-1",
+            labels,
+            user,
+            user_id: Some(uid),
+            login,
+            mfa_node: None,
+        }
+    }
+
+    fn labels(env: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("env".to_string(), env.to_string())])
+    }
+
+    fn request(user: &str, roles: &[&str], until: i64) -> Document<AccessRequestSpec> {
+        Document::new(
+            kind::ACCESS_REQUEST,
+            format!("req-{user}"),
+            AccessRequestSpec {
+                user: user.into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                state: RequestState::Approved,
+                access_until: until,
+                user_uid: format!("uid-{user}"),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn lock(f: impl FnOnce(&mut LockTarget), expires: Option<i64>) -> Document<LockSpec> {
+        let mut target = LockTarget::default();
+        f(&mut target);
+        let mut d = Document::new(
+            kind::LOCK,
+            "l1",
+            LockSpec {
+                target,
+                reason: "incident 7".into(),
+                created_by: None,
+            },
+        );
+        d.metadata.expires = expires.map(|e| OffsetDateTime::from_unix_timestamp(e).unwrap());
+        d
+    }
+
+    #[test]
+    fn roles_decide_by_labels() {
+        let s = state();
+        let dev = labels("dev");
+        let prod = labels("prod");
+        let d = decide_node_login(&s, &login(&dev, "alice", "uid-alice", "app"), NOW);
+        assert!(d.allowed, "{}", d.reason);
+        assert_eq!(d.roles, vec!["dev"]);
+        let d = decide_node_login(&s, &login(&prod, "alice", "uid-alice", "app"), NOW);
+        assert!(!d.allowed);
+        let d = decide_node_login(&s, &login(&dev, "alice", "uid-alice", "root"), NOW);
+        assert!(!d.allowed);
+    }
+
+    #[test]
+    fn unknown_and_recreated_users_are_refused() {
+        let s = state();
+        let dev = labels("dev");
+        let d = decide_node_login(&s, &login(&dev, "carol", "uid-carol", "app"), NOW);
+        assert!(
+            !d.allowed && d.reason.contains("does not exist"),
+            "{}",
+            d.reason
+        );
+        let d = decide_node_login(&s, &login(&dev, "alice", "uid-old", "app"), NOW);
+        assert!(
+            !d.allowed && d.reason.contains("earlier user"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn requests_count_while_active() {
+        let mut s = state();
+        let prod = labels("prod");
+        s.requests.push(request("alice", &["prod"], NOW + 60));
+        let q = login(&prod, "alice", "uid-alice", "app");
+        assert!(decide_node_login(&s, &q, NOW).allowed);
+        assert!(!decide_node_login(&s, &q, NOW + 61).allowed);
+        // A request lock takes the request's roles away.
+        s.locks
+            .push(lock(|t| t.request = Some("req-alice".into()), None));
+        assert!(!decide_node_login(&s, &q, NOW).allowed);
+    }
+
+    #[test]
+    fn locks_bind_until_they_expire() {
+        let mut s = state();
+        let dev = labels("dev");
+        let q = login(&dev, "alice", "uid-alice", "app");
+        s.locks
+            .push(lock(|t| t.node = Some("db-1".into()), Some(NOW + 10)));
+        let d = decide_node_login(&s, &q, NOW);
+        assert!(
+            !d.allowed && d.reason.contains("incident 7"),
+            "{}",
+            d.reason
+        );
+        assert!(decide_node_login(&s, &q, NOW + 11).allowed);
+        s.locks = vec![lock(|t| t.role = Some("dev".into()), None)];
+        assert!(!decide_node_login(&s, &q, NOW).allowed);
+    }
+
+    #[test]
+    fn session_mfa_needs_a_certificate_for_this_node() {
+        let s = state();
+        let dev = labels("dev");
+        let mut q = login(&dev, "bob", "uid-bob", "root");
+        let d = decide_node_login(&s, &q, NOW);
+        assert!(!d.allowed && d.reason.contains("fresh MFA"), "{}", d.reason);
+        q.mfa_node = Some("n2");
+        assert!(!decide_node_login(&s, &q, NOW).allowed);
+        q.mfa_node = Some("n1");
+        assert!(decide_node_login(&s, &q, NOW).allowed);
+    }
+}

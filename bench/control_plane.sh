@@ -3,6 +3,9 @@
 # - lock push: from `warden admin lock` to the end of a live session it
 #   covers (p50, p99 over RUNS), against opening a session (`ssh true`);
 #   nodes hear of locks by a long poll answered from auth's watch stream;
+# - role push: from taking away the role that allowed a live session to
+#   its end (p50, p99), against the same baseline; nodes follow users and
+#   roles the same way and re-decide live sessions on every change;
 # - pooled API connections: calls on a kept-alive connection against a new
 #   connection (and TLS handshake) per call.
 # Needs: openssh-client, openssh-server (sshd), oathtool. Run as root.
@@ -27,6 +30,22 @@ for _ in $(seq "$RUNS"); do
   echo $(( (e - s) / 1000000 )) >>"$T/lock_ms"
   $W "${A[@]}" locks rm "$id" >/dev/null
 done
+
+: >"$T/role_ms"
+for _ in $(seq "$RUNS"); do
+  out=$T/live.out
+  : >"$out"
+  "${NODE_SSH[@]}" 'echo started; sleep 60' >"$out" 2>/dev/null &
+  live=$!
+  for _ in $(seq 200); do grep -q started "$out" && break; sleep 0.01; done
+  s=$(date +%s%N)
+  $W "${A[@]}" users update bench --roles auditor >/dev/null
+  wait $live || true
+  e=$(date +%s%N)
+  echo $(( (e - s) / 1000000 )) >>"$T/role_ms"
+  $W "${A[@]}" users update bench --roles access >/dev/null
+  for _ in $(seq 100); do "${NODE_SSH[@]}" true 2>/dev/null && break; sleep 0.05; done
+done
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; print a[i]}'; }
 p50=$(pct 50 <"$T/lock_ms")
 p99=$(pct 99 <"$T/lock_ms")
@@ -35,6 +54,11 @@ echo "lock_to_session_end.p50_ms $p50"
 echo "lock_to_session_end.p99_ms $p99"
 echo "ssh_true.node_ms $open"
 awk -v a="$p99" -v b="$open" 'BEGIN {printf "lock_to_session_end.ratio %.2f x (p99 lock-to-end / ssh true)\n", a/b}'
+rp50=$(pct 50 <"$T/role_ms")
+rp99=$(pct 99 <"$T/role_ms")
+echo "role_removal_to_session_end.p50_ms $rp50"
+echo "role_removal_to_session_end.p99_ms $rp99"
+awk -v a="$rp99" -v b="$open" 'BEGIN {printf "role_removal_to_session_end.ratio %.2f x (p99 removal-to-end / ssh true)\n", a/b}'
 
 # Pooled API connections: whoami through the proxy, reused client vs a new
 # one (and a TLS handshake) per call.

@@ -35,7 +35,15 @@ async fn upload(
     body: Bytes,
 ) -> Result<Json<RecordingInfo>> {
     let node = crate::nodes::require_node(&c)?.to_string();
-    if let Some(existing) = s.inner.recordings.info(&id).await? {
+    // Checked before the store sees it: a bad id is not a store outage.
+    if !warden_store::is_session_id(&id) {
+        return Err(AuthError::BadRequest(format!(
+            "{:?} is not a session id",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    let stored = s.inner.recordings.info(&id).await;
+    if let Some(existing) = s.recording_store(stored)? {
         return Ok(Json(existing));
     }
     // Checked, not decoded: output that compressed well would take many
@@ -68,8 +76,126 @@ async fn upload(
         events: scanned.events,
         truncated: scanned.truncated,
     };
-    s.inner.recordings.put(&info, data).await?;
+    let put = s.inner.recordings.put(&info, data).await;
+    s.recording_store(put)?;
     Ok(Json(info))
+}
+
+/// An outage of the recording store, as uploads see it.
+struct Outage {
+    since: std::time::Instant,
+    /// Store calls that failed during it.
+    failures: u64,
+}
+
+/// The recording store's health: an outage starts at the first failed
+/// upload, is probed every 10 s, and ends with a `recordings.outage` audit
+/// event at the first store call that works again. Meanwhile the nodes keep
+/// the recordings (nothing is acknowledged before it is durable) and send
+/// them again.
+#[derive(Default)]
+pub(crate) struct StoreHealth(std::sync::Mutex<Option<Outage>>);
+
+/// Any session id: a probe reads it and finds nothing.
+const PROBE_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+impl AuthServer {
+    /// Passes a store result through, noting outages and their end.
+    fn recording_store<T>(&self, r: warden_store::Result<T>) -> Result<T> {
+        match r {
+            Ok(v) => {
+                self.recording_store_works();
+                Ok(v)
+            }
+            Err(warden_store::StoreError::Backend(e)) => {
+                self.recording_store_failed(&e);
+                Err(AuthError::Unavailable(format!(
+                    "the recording store is unavailable ({e}); the node keeps the recording and sends it again"
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn recording_store_failed(&self, error: &str) {
+        let mut health = self
+            .inner
+            .recording_health
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match health.as_mut() {
+            Some(o) => o.failures += 1,
+            None => {
+                tracing::warn!(%error, "the recording store is unavailable; recordings wait on the nodes");
+                *health = Some(Outage {
+                    since: std::time::Instant::now(),
+                    failures: 1,
+                });
+                warden_types::metrics::METRICS
+                    .recording_store_failing
+                    .set(1);
+                let s = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                        if s.inner
+                            .recording_health
+                            .0
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_none()
+                        {
+                            return;
+                        }
+                        let probe = s.inner.recordings.info(PROBE_ID).await;
+                        if s.recording_store(probe).is_ok() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn recording_store_works(&self) {
+        let Some(o) = self
+            .inner
+            .recording_health
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        warden_types::metrics::METRICS
+            .recording_store_failing
+            .set(0);
+        let seconds = o.since.elapsed().as_secs();
+        tracing::info!(
+            seconds,
+            failures = o.failures,
+            "the recording store is back"
+        );
+        let s = self.clone();
+        tokio::spawn(async move {
+            s.audit(
+                AuditEvent::new(
+                    codes::RECORDINGS_OUTAGE,
+                    s.cluster(),
+                    "warden",
+                    format!(
+                        "the recording store was unavailable for about {seconds}s; {} store call(s) failed, and the nodes kept their recordings and sent them again",
+                        o.failures
+                    ),
+                )
+                .with("seconds", seconds)
+                .with("failures", o.failures),
+            )
+            .await;
+        });
+    }
 }
 
 async fn list(

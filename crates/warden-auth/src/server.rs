@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     /// The node policy last encoded, and its revision: every node's long
     /// poll shares one encoding per change.
     pub node_policy: std::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
+    /// Outages of the recording store.
+    pub recording_health: crate::recordings::StoreHealth,
 }
 
 /// Key and certificate of a service (proxy, auth itself) or of the local
@@ -257,6 +259,7 @@ impl AuthServer {
                 ),
                 spool,
                 node_policy: Default::default(),
+                recording_health: Default::default(),
             }),
         })
     }

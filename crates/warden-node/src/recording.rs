@@ -341,7 +341,11 @@ impl Recorder {
 pub async fn upload_loop(identity: Arc<NodeIdentity>) {
     let spool = identity.spool.clone();
     loop {
-        for (id, path) in spool.pending() {
+        let pending = spool.pending();
+        warden_types::metrics::METRICS
+            .node_spooled_recordings
+            .set(pending.len() as u64);
+        for (id, path) in pending {
             match upload(&identity, &id, &path).await {
                 Ok(info) => {
                     tracing::info!(session = %id, bytes = info.size, truncated = info.truncated, "recording uploaded");

@@ -89,6 +89,8 @@ pub mod codes {
     pub const WEBHOOK_FAILURE: (&str, &str) = ("webhook.failure", "WA9002W");
     /// The audit log was unreachable; auth's events waited on its disk.
     pub const AUDIT_OUTAGE: (&str, &str) = ("audit.outage", "WA9003W");
+    /// The recording store was unreachable; recordings waited on the nodes.
+    pub const RECORDINGS_OUTAGE: (&str, &str) = ("recordings.outage", "WA9004W");
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");

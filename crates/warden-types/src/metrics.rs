@@ -125,6 +125,10 @@ pub struct Metrics {
     pub node_rejections: Counter,
     /// Auth's own audit events waiting for the audit log.
     pub audit_spooled: Gauge,
+    /// 1 while auth's recording store fails (uploads wait on the nodes).
+    pub recording_store_failing: Gauge,
+    /// Recordings on this node's disk waiting for upload.
+    pub node_spooled_recordings: Gauge,
 }
 
 /// The process-wide metrics.
@@ -178,6 +182,8 @@ impl Metrics {
             node_connections: Counter::new(),
             node_rejections: Counter::new(),
             audit_spooled: Gauge::new(),
+            recording_store_failing: Gauge::new(),
+            node_spooled_recordings: Gauge::new(),
         }
     }
 
@@ -223,6 +229,18 @@ impl Metrics {
             "gauge",
             "Audit events auth keeps on local disk because the audit log is unreachable (0 when healthy).",
             &[("", self.audit_spooled.get())],
+        );
+        family(
+            "warden_recording_store_failing",
+            "gauge",
+            "1 while the recording store (S3 or disk) fails on auth; recordings then wait in the nodes' spools.",
+            &[("", self.recording_store_failing.get())],
+        );
+        family(
+            "warden_node_spooled_recordings",
+            "gauge",
+            "Session recordings on this node's disk waiting for upload.",
+            &[("", self.node_spooled_recordings.get())],
         );
         family(
             "warden_active_connections",

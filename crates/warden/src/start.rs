@@ -547,15 +547,29 @@ async fn serve_diag(listener: TcpListener, ready: Arc<std::sync::atomic::AtomicB
                 let ready = ready.load(std::sync::atomic::Ordering::Relaxed);
                 // Spooling auth events still serves: it stays in rotation,
                 // and says why its metric is not 0.
-                let spooled = warden_types::metrics::METRICS.audit_spooled.get();
+                let m = &warden_types::metrics::METRICS;
+                let spooled = m.audit_spooled.get();
+                let recordings = m.recording_store_failing.get() > 0;
                 async move {
-                    match (ready, spooled) {
-                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
-                        (true, 0) => (StatusCode::OK, "ready\n".to_string()),
-                        (true, n) => (
-                            StatusCode::OK,
-                            format!("ready; audit log unreachable: {n} event(s) kept in the local spool\n"),
-                        ),
+                    if !ready {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
+                    }
+                    let mut notes = Vec::new();
+                    if spooled > 0 {
+                        notes.push(format!(
+                            "audit log unreachable: {spooled} event(s) kept in the local spool"
+                        ));
+                    }
+                    if recordings {
+                        notes.push(
+                            "recording store unavailable: recordings wait in the nodes' spools"
+                                .to_string(),
+                        );
+                    }
+                    if notes.is_empty() {
+                        (StatusCode::OK, "ready\n".to_string())
+                    } else {
+                        (StatusCode::OK, format!("ready; {}\n", notes.join("; ")))
                     }
                 }
             }),

@@ -422,3 +422,131 @@ fn a_node_decides_logins_from_its_pushed_policy_and_fails_closed() {
     );
     eprintln!("logins refused {:?} after auth went away", cut.elapsed());
 }
+
+/// The value of the metric `name` on the diagnostics port.
+fn metric(diag: u16, name: &str) -> u64 {
+    let metrics = http_get(diag, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// The recording store (S3) hangs while sessions end: their recordings
+/// wait on the node (a metric counts them), auth's metric and /readyz say
+/// the store is failing, and once S3 answers again every recording
+/// arrives, followed by a `recordings.outage` audit event.
+#[test]
+fn recording_store_outage_on_s3_loses_nothing() {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let s3 = s3::S3Server::start();
+    let recordings = s3.url("recordings", "outage");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            warden_store::S3RecordingStore::from_url(&recordings)
+                .unwrap()
+                .create_bucket()
+                .await
+        })
+        .unwrap();
+    let diag = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let diag_addr = format!("127.0.0.1:{diag}");
+    let dir = temp_dir("s3-outage");
+    let c = Cluster::start_with(
+        &dir,
+        &[
+            "--name",
+            "box",
+            "--recordings",
+            &recordings,
+            "--diag-addr",
+            &diag_addr,
+        ],
+    );
+    let alice = c.add_user("alice", "access,auditor", "root");
+    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "box");
+    c.run_as("alice", &["ssh", "root@box", "--", "echo", "before"], None)
+        .expect_ok();
+    wait_for_recording(&c, "alice", "echo before");
+    assert_eq!(metric(diag, "warden_recording_store_failing"), 0);
+
+    s3.freeze();
+    let frozen = std::time::Instant::now();
+    for i in 0..3 {
+        let out = c
+            .run_as(
+                "alice",
+                &["ssh", "root@box", "--", "echo", &format!("during-{i}")],
+                None,
+            )
+            .expect_ok();
+        assert_eq!(out.stdout.trim(), format!("during-{i}"));
+    }
+    // Auth notices when its S3 calls time out (30 s).
+    while metric(diag, "warden_recording_store_failing") == 0 {
+        assert!(
+            frozen.elapsed() < std::time::Duration::from_secs(90),
+            "auth never noticed the store was failing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let waiting = metric(diag, "warden_node_spooled_recordings");
+    assert!(waiting >= 3, "recordings waiting on the node: {waiting}");
+    let ready = http_get(diag, "/readyz");
+    assert!(ready.contains("recording store unavailable"), "{ready}");
+
+    s3.thaw();
+    let thawed = std::time::Instant::now();
+    for i in 0..3 {
+        wait_for_recording(&c, "alice", &format!("echo during-{i}"));
+    }
+    let outage = loop {
+        let events = c.events();
+        if let Some(e) = events.iter().find(|e| e["type"] == "recordings.outage") {
+            break e.clone();
+        }
+        assert!(
+            thawed.elapsed() < std::time::Duration::from_secs(60),
+            "no recordings.outage event within 60 s of the store coming back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(outage["code"], "WA9004W", "{outage}");
+    assert!(
+        outage["fields"]["failures"].as_u64().unwrap() >= 1,
+        "{outage}"
+    );
+    eprintln!(
+        "store back to every recording listed and the outage audited: {:?}",
+        thawed.elapsed()
+    );
+    assert_eq!(metric(diag, "warden_recording_store_failing"), 0);
+    let out = c
+        .run_as(
+            "alice",
+            &[
+                "play",
+                &wait_for_recording(&c, "alice", "echo during-2"),
+                "--format",
+                "text",
+            ],
+            None,
+        )
+        .expect_ok();
+    assert!(out.stdout.contains("during-2"), "{}", out.stdout);
+    for _ in 0..100 {
+        if metric(diag, "warden_node_spooled_recordings") == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("recordings still waiting on the node after the outage");
+}

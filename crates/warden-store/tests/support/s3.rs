@@ -57,6 +57,27 @@ impl S3Server {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections are accepted by the
+    /// kernel and never answered, the hardest outage for a client.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`S3Server::freeze`]; the requests it held are answered.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("moto runs").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -176,8 +176,9 @@ pub fn auth_client(store: &ProfileStore, profile: &Profile) -> Result<ApiClient>
             )));
         }
     }
+    // The other proxies too: a dead proxy costs a refused connect.
     ApiClient::new(
-        &profile.proxy,
+        &profile.proxies(),
         Some(AUTH_SERVER_NAME),
         store.trust(profile)?,
         ALPN_AUTH,

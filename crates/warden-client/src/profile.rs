@@ -28,6 +28,20 @@ pub struct Profile {
     pub user: String,
     pub cluster: String,
     pub ca_pin: String,
+    /// The cluster's other proxies, learned at login: where the client
+    /// goes when `proxy` does not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+}
+
+impl Profile {
+    /// `proxy`, then the fallbacks, as one address list (`a,b,c`).
+    pub fn proxies(&self) -> String {
+        std::iter::once(self.proxy.as_str())
+            .chain(self.fallbacks.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// A cluster whose CA was verified by pin.
@@ -110,12 +124,19 @@ impl ProfileStore {
         key: &ClientKey,
         resp: &LoginResponse,
     ) -> Result<Profile> {
+        let name = profile_name(proxy);
+        // A renewal keeps the proxies learned at login.
+        let fallbacks = match self.load(&name) {
+            Ok(Some(old)) if old.cluster == resp.identity.cluster => old.fallbacks,
+            _ => Vec::new(),
+        };
         let p = Profile {
-            name: profile_name(proxy),
+            name,
             proxy: proxy.to_string(),
             user: resp.identity.username.clone(),
             cluster: resp.identity.cluster.clone(),
             ca_pin: ca_pin.to_string(),
+            fallbacks,
         };
         create_private_dir(&self.key_dir(&p))?;
         create_private_dir(&self.home.join("profiles"))?;
@@ -152,6 +173,18 @@ impl ProfileStore {
             0o644,
         )?;
         write_file_atomic(&self.home.join("current"), p.name.as_bytes(), 0o644)?;
+        Ok(p)
+    }
+
+    /// Replaces the profile's fallback proxies.
+    pub fn set_fallbacks(&self, p: &Profile, fallbacks: Vec<String>) -> Result<Profile> {
+        let mut p = p.clone();
+        p.fallbacks = fallbacks;
+        write_file_atomic(
+            &self.profile_path(&p.name),
+            &serde_json::to_vec_pretty(&p).map_err(local)?,
+            0o644,
+        )?;
         Ok(p)
     }
 

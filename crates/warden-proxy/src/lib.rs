@@ -290,6 +290,7 @@ impl Proxy {
             .and_then(|r| r);
         let (protocol, head) = match sniffed {
             Ok(x) => x,
+            Err(e) if e.is::<sniff::Empty>() => return Ok(()),
             Err(e) => {
                 METRICS.proxy_errors_sniff.inc();
                 return Err(e);

@@ -18,11 +18,27 @@ pub enum Protocol {
 
 /// Reads just enough to classify the connection; returns the bytes read,
 /// which the chosen handler must replay.
+/// A connection closed before its first byte: a TCP health check, or a
+/// client probing which proxy answers. Not an error worth counting.
+#[derive(Debug)]
+pub struct Empty;
+
+impl std::fmt::Display for Empty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed before its first byte")
+    }
+}
+
+impl std::error::Error for Empty {}
+
 pub async fn sniff<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<(Protocol, Vec<u8>)> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
         let n = r.read(&mut chunk).await.context("read")?;
+        if n == 0 && head.is_empty() {
+            return Err(Empty.into());
+        }
         if n == 0 {
             bail!("connection closed before the protocol was known");
         }
@@ -76,6 +92,15 @@ pub fn classify(head: &[u8]) -> anyhow::Result<Option<Protocol>> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_connection_closed_before_its_first_byte_is_not_an_error() {
+        let e = sniff(&mut &b""[..]).await.unwrap_err();
+        assert!(e.is::<Empty>(), "{e}");
+        // Closed midway is an error.
+        let e = sniff(&mut &b"SS"[..]).await.unwrap_err();
+        assert!(!e.is::<Empty>(), "{e}");
+    }
 
     fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
         let mut config = rustls::ClientConfig::builder()

@@ -721,10 +721,30 @@ pub async fn proxy_ssh(a: ProxySshArgs) -> anyhow::Result<()> {
         Some(id) => id.as_str(),
         None => host.strip_suffix(&suffix).unwrap_or(host),
     };
+    // The profile's proxy, or the first other proxy of the cluster that
+    // answers when it does not.
+    let mut p = p;
+    p.proxy = reachable_proxy(&p).await;
     let mut args = jump_options(&store, &p)?;
     args.extend(["-W".to_string(), format!("{host}:{port}")]);
     args.push(proxy_destination(&p));
     exec("ssh", args)
+}
+
+/// The first of the profile's proxies that accepts a connection, the
+/// profile's own first: a dead proxy costs one refused connect.
+async fn reachable_proxy(p: &Profile) -> String {
+    if p.fallbacks.is_empty() {
+        return p.proxy.clone();
+    }
+    for addr in std::iter::once(&p.proxy).chain(&p.fallbacks) {
+        let connect = tokio::net::TcpStream::connect(addr.as_str());
+        if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await {
+            return addr.clone();
+        }
+        tracing::debug!(proxy = %addr, "proxy does not answer; trying the next");
+    }
+    p.proxy.clone()
 }
 
 /// OpenSSH options for the jump host itself.

@@ -233,6 +233,7 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
         }
     };
     let profile = store.save_login(&a.proxy, &pin, &key, &resp)?;
+    let profile = learn_proxies(&store, profile).await;
     println!("Logged in to {} as {}.", profile.cluster, profile.user);
     if let Some(id) = a.request {
         if !resp.identity.requests.contains(&id) {
@@ -251,6 +252,37 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
         }
     }
     print_status(&store, Format::Text)
+}
+
+/// Notes the cluster's other proxies in the profile, so that commands go
+/// to one of them when this one does not answer. Best effort: a login
+/// stands without them.
+async fn learn_proxies(
+    store: &ProfileStore,
+    profile: warden_client::Profile,
+) -> warden_client::Profile {
+    let Ok(api) = client::auth_client(store, &profile) else {
+        return profile;
+    };
+    let list: Vec<warden_types::api::ProxyInfo> = match api.get("/v1/proxies").await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the cluster's proxies");
+            return profile;
+        }
+    };
+    let fallbacks: Vec<String> = list
+        .into_iter()
+        .filter(|p| !p.addrs.iter().any(|a| a == &profile.proxy))
+        .filter_map(|p| p.addrs.into_iter().next())
+        .take(8)
+        .collect();
+    store
+        .set_fallbacks(&profile, fallbacks)
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot note the cluster's proxies");
+            profile
+        })
 }
 
 async fn local_login(

@@ -228,6 +228,16 @@ fn two_auth_servers_and_a_proxy(
         .expect_ok();
     assert!(out.stdout.contains("one"), "{}", out.stdout);
 
+    // Proxy B dies: alice logged in through it, and her commands move to
+    // the cluster's other proxy, which her profile learned at login.
+    drop(_proxy_b);
+    let out = c
+        .run_as("alice", &["ssh", "root@box", "--", "echo", "four"], None)
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "four");
+    let out = c.run_as("alice", &["ls"], None).expect_ok();
+    assert!(out.stdout.contains("box"), "{}", out.stdout);
+
     // One audit chain, written by both auth servers, verifies.
     let out = c.admin(&["audit", "verify"]).expect_ok();
     assert!(out.stdout.contains("hash chain intact"), "{}", out.stdout);

@@ -1,9 +1,11 @@
 //! Admin-set cluster configuration beyond roles: access-request approval
-//! rules and webhooks. Each is a resource document, applied as YAML.
+//! rules, webhooks, connectors and the cluster's settings (login rate,
+//! lockouts, default certificate lifetime). Each is a resource document,
+//! applied as YAML.
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
-use crate::resources::{self, APPROVAL_RULES, CONNECTORS, WEBHOOKS};
+use crate::resources::{self, APPROVAL_RULES, CLUSTER_CONFIG, CONNECTORS, WEBHOOKS};
 use crate::server::AuthServer;
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -12,7 +14,7 @@ use serde_json::Value;
 use warden_types::api::{Change, ChangeResponse};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{kind, resources as res, validate_name, verbs, V1};
-use warden_types::{ApprovalRuleSpec, Document, OidcConnectorSpec, WebhookSpec};
+use warden_types::{ApprovalRuleSpec, ClusterConfigSpec, Document, OidcConnectorSpec, WebhookSpec};
 
 pub fn routes() -> Router<AuthServer> {
     Router::new().route("/v1/config/{kind}", get(list)).route(
@@ -27,9 +29,55 @@ fn prefix(k: &str) -> Result<&'static str> {
         kind::APPROVAL_RULE => Ok(APPROVAL_RULES),
         kind::WEBHOOK => Ok(WEBHOOKS),
         kind::OIDC => Ok(CONNECTORS),
+        kind::CLUSTER_CONFIG => Ok(CLUSTER_CONFIG),
         other => Err(AuthError::NotFound(format!(
-            "no configuration kind {other:?}; use approval_rule, webhook or oidc (roles: 'warden admin roles')"
+            "no configuration kind {other:?}; use approval_rule, webhook, oidc or cluster_config (roles: 'warden admin roles')"
         ))),
+    }
+}
+
+/// The one cluster configuration document's name.
+const CLUSTER_CONFIG_NAME: &str = "cluster-config";
+
+/// Where document `name` of kind `k` lives.
+fn key(k: &str, name: &str) -> Result<String> {
+    let p = prefix(k)?;
+    if k != kind::CLUSTER_CONFIG {
+        return Ok(format!("{p}{name}"));
+    }
+    if name != CLUSTER_CONFIG_NAME {
+        return Err(AuthError::NotFound(format!(
+            "the cluster configuration is one document, named {CLUSTER_CONFIG_NAME}"
+        )));
+    }
+    Ok(p.to_string())
+}
+
+/// Checks the cluster's settings: bounds that keep the cluster usable and
+/// its defences on.
+fn check_cluster_config(spec: &ClusterConfigSpec) -> std::result::Result<(), String> {
+    let mut bad = Vec::new();
+    if !(1..=100).contains(&spec.lockout_attempts) {
+        bad.push("lockout_attempts: between 1 and 100".to_string());
+    }
+    let lockout = spec.lockout_duration.0.as_secs();
+    if !(60..=24 * 3600).contains(&lockout) {
+        bad.push("lockout_duration: between 1m and 24h".to_string());
+    }
+    if !(1..=100_000).contains(&spec.login_rate_per_minute) {
+        bad.push("login_rate_per_minute: between 1 and 100000".to_string());
+    }
+    let ttl = spec.default_session_ttl.0;
+    if ttl < std::time::Duration::from_secs(60) || ttl > warden_policy::MAX_SESSION_TTL {
+        bad.push(format!(
+            "default_session_ttl: between 1m and {}",
+            humantime::format_duration(warden_policy::MAX_SESSION_TTL)
+        ));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
     }
 }
 
@@ -53,6 +101,12 @@ fn validate(k: &str, doc: &Document<Value>) -> Result<Value> {
             let spec: ApprovalRuleSpec =
                 serde_json::from_value(doc.spec.clone()).map_err(|e| bad(e.to_string()))?;
             warden_policy::validate_approval_rule(&spec).map_err(|e| bad(e.join("; ")))?;
+            Ok(serde_json::to_value(spec).map_err(|e| bad(e.to_string()))?)
+        }
+        kind::CLUSTER_CONFIG => {
+            let spec: ClusterConfigSpec =
+                serde_json::from_value(doc.spec.clone()).map_err(|e| bad(e.to_string()))?;
+            check_cluster_config(&spec).map_err(bad)?;
             Ok(serde_json::to_value(spec).map_err(|e| bad(e.to_string()))?)
         }
         kind::OIDC => {
@@ -116,9 +170,9 @@ async fn show(
     Extension(c): Extension<Caller>,
     Path((k, name)): Path<(String, String)>,
 ) -> Result<Json<Document<Value>>> {
-    let p = prefix(&k)?;
+    let key = key(&k, &name)?;
     s.authorize(&c, res::CLUSTER_CONFIG, verbs::READ).await?;
-    let doc = resources::get::<Value>(s.backend(), &format!("{p}{name}"))
+    let doc = resources::get::<Value>(s.backend(), &key)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("{k} {name} not found")))?;
     Ok(Json(redact(&k, doc)))
@@ -130,7 +184,7 @@ async fn put(
     Path((k, name)): Path<(String, String)>,
     Json(mut doc): Json<Document<Value>>,
 ) -> Result<Json<ChangeResponse>> {
-    let p = prefix(&k)?;
+    let key = key(&k, &name)?;
     if doc.kind != k || doc.version != V1 {
         return Err(AuthError::BadRequest(format!(
             "expected kind: {k}, version: v1; got kind: {}, version: {}",
@@ -146,8 +200,15 @@ async fn put(
     validate_name(&name).map_err(AuthError::BadRequest)?;
     doc.spec = validate(&k, &doc)?;
     doc.metadata.expires = None;
-    let key = format!("{p}{name}");
     let existing = resources::get::<Value>(s.backend(), &key).await?;
+    if k == kind::CLUSTER_CONFIG {
+        let name_of = |spec: &Value| spec.get("cluster_name").cloned();
+        if existing.as_ref().map(|e| name_of(&e.spec)) != Some(name_of(&doc.spec)) {
+            return Err(AuthError::BadRequest(
+                "cluster_name cannot change: certificates and nodes carry it (start a new cluster to rename)".into(),
+            ));
+        }
+    }
     let verb = if existing.is_some() {
         verbs::UPDATE
     } else {
@@ -212,9 +273,14 @@ async fn delete(
     Extension(c): Extension<Caller>,
     Path((k, name)): Path<(String, String)>,
 ) -> Result<Json<ChangeResponse>> {
-    let p = prefix(&k)?;
+    let key = key(&k, &name)?;
     s.authorize(&c, res::CLUSTER_CONFIG, verbs::DELETE).await?;
-    if let Some(old) = resources::get::<Value>(s.backend(), &format!("{p}{name}")).await? {
+    if k == kind::CLUSTER_CONFIG {
+        return Err(AuthError::BadRequest(
+            "the cluster configuration cannot be deleted; edit it: 'warden admin get cluster_config > c.yaml', then 'warden admin create -f c.yaml'".into(),
+        ));
+    }
+    if let Some(old) = resources::get::<Value>(s.backend(), &key).await? {
         s.authorize_grant(
             &c,
             &format!("delete {k} {name}"),
@@ -222,7 +288,7 @@ async fn delete(
         )
         .await?;
     }
-    if !s.backend().delete(&format!("{p}{name}")).await? {
+    if !s.backend().delete(&key).await? {
         return Err(AuthError::NotFound(format!("{k} {name} not found")));
     }
     s.audit(

@@ -92,8 +92,8 @@ enum AdminCommand {
     Connectors(ConnectorsCommand),
     /// Print documents as YAML that `create -f` takes back: `get KIND
     /// [NAME]`, KIND one of user, role, token, lock, node, oidc,
-    /// approval_rule, webhook (ids may be shortened; secrets are never
-    /// shown).
+    /// approval_rule, webhook, cluster_config (ids may be shortened;
+    /// secrets are never shown).
     Get {
         kind: String,
         name: Option<String>,

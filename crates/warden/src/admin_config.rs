@@ -21,10 +21,16 @@ pub const KINDS: &[&str] = &[
     kind::OIDC,
     kind::APPROVAL_RULE,
     kind::WEBHOOK,
+    kind::CLUSTER_CONFIG,
 ];
 
 /// Kinds kept as cluster configuration documents (`/v1/config/KIND`).
-const CONFIG_KINDS: &[&str] = &[kind::OIDC, kind::APPROVAL_RULE, kind::WEBHOOK];
+const CONFIG_KINDS: &[&str] = &[
+    kind::OIDC,
+    kind::APPROVAL_RULE,
+    kind::WEBHOOK,
+    kind::CLUSTER_CONFIG,
+];
 
 fn check_kind(k: &str) -> anyhow::Result<()> {
     if KINDS.contains(&k) {

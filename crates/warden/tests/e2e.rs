@@ -1214,4 +1214,57 @@ fn admin_get_edit_create_and_rm_for_every_kind() {
         .expect_err("use one of user, role, token, lock, node");
     c.admin(&["rm", "user", "nobody"])
         .expect_err("no user \"nobody\"");
+
+    // The cluster's settings: get, edit, create -f; they hold at once.
+    let yaml = c.admin(&["get", "cluster_config"]).expect_ok().stdout;
+    assert!(yaml.contains("login_rate_per_minute: 30"), "{yaml}");
+    let with = |from: &str, to: &str| {
+        std::fs::write(&file, yaml.replace(from, to)).unwrap();
+    };
+    with("login_rate_per_minute: 30", "login_rate_per_minute: 2");
+    let out = c.admin(&["create", "-f", f]).expect_ok();
+    assert!(
+        out.stdout
+            .contains("~ update cluster_config cluster-config"),
+        "{}",
+        out.stdout
+    );
+    let attempt = || {
+        c.run_as(
+            "mallory",
+            &[
+                "login",
+                "--proxy",
+                &c.proxy,
+                "--ca-pin",
+                &c.pin,
+                "--user",
+                "nobody",
+                "--password-stdin",
+                "--otp",
+                "000000",
+            ],
+            Some("not the password\n"),
+        )
+    };
+    let _ = attempt();
+    let _ = attempt();
+    attempt().expect_err("too many login attempts");
+    // Out of bounds, a rename or a deletion: refused, saying why.
+    with("login_rate_per_minute: 30", "login_rate_per_minute: 0");
+    c.admin(&["create", "-f", f])
+        .expect_err("login_rate_per_minute: between 1 and 100000");
+    let name = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cluster_name: "))
+        .unwrap()
+        .to_string();
+    with(
+        &format!("cluster_name: {name}"),
+        "cluster_name: another-name",
+    );
+    c.admin(&["create", "-f", f])
+        .expect_err("cluster_name cannot change");
+    c.admin(&["rm", "cluster_config", "cluster-config"])
+        .expect_err("cannot be deleted");
 }

@@ -175,6 +175,29 @@ pub struct NodePolicy {
     pub locks: Vec<crate::Document<crate::LockSpec>>,
 }
 
+/// Query of the long polls (`GET /v1/locks/watch`, `/v1/nodes/policy`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WatchQuery {
+    /// The revision the caller has; without it, answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// Seconds to wait for a change (at most 55; default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+/// `POST /v1/signup/info`: what a signup token is for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignupInfoRequest {
+    pub token: crate::Secret<String>,
+}
+
+/// `POST /v1/users/{name}/reset`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResetUserRequest {
+    pub token_ttl_secs: u64,
+}
+
 /// `warden admin lock`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateLockRequest {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod duration;
+pub mod endpoints;
 pub mod identity;
 pub mod metrics;
 pub mod resource;

@@ -8,6 +8,7 @@
 use std::time::Instant;
 use warden_client::login::auth_client;
 use warden_client::profile::ProfileStore;
+use warden_types::endpoints;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let store = ProfileStore::new(home.into());
     let profile = store.current()?.expect("a logged-in profile");
     let call = |c: warden_client::http::ApiClient| async move {
-        let _: serde_json::Value = c.get("/v1/whoami").await.expect("whoami");
+        c.call(&endpoints::WHOAMI, &()).await.expect("whoami");
     };
     let shared = auth_client(&store, &profile)?;
     call(shared.clone()).await;

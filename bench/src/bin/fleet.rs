@@ -17,6 +17,7 @@ use warden_client::tls::{ClientCert, ClusterVerifier, Trust};
 use warden_types::api::{
     AdminConfig, CreateTokenRequest, CreateTokenResponse, Heartbeat, JoinRequest, NodeCerts,
 };
+use warden_types::endpoints;
 use warden_types::TokenKind;
 
 /// A simulated node answers each session with an SSH banner, then idles.
@@ -79,8 +80,8 @@ async fn sim_node(
     ca_pems: Vec<String>,
 ) -> anyhow::Result<client::Handle<SimNode>> {
     let tok: CreateTokenResponse = admin
-        .post(
-            "/v1/tokens",
+        .call(
+            &endpoints::CREATE_TOKEN,
             &CreateTokenRequest {
                 kind: TokenKind::Node,
                 ttl_secs: 3600,
@@ -93,8 +94,8 @@ async fn sim_node(
     let key = ClientKey::generate();
     let name = format!("sim-{i}");
     let certs: NodeCerts = public_client(&proxy, Trust::Roots(ca_pems.clone()))?
-        .post(
-            "/v1/join",
+        .call(
+            &endpoints::JOIN,
             &JoinRequest {
                 token: tok.token,
                 name: name.clone(),
@@ -116,8 +117,8 @@ async fn sim_node(
         if i % 2 == 0 { "prod" } else { "dev" }.to_string(),
     );
     let _: serde_json::Value = api
-        .put(
-            "/v1/nodes/heartbeat",
+        .call(
+            &endpoints::NODE_HEARTBEAT,
             &Heartbeat {
                 name,
                 labels,

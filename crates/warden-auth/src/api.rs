@@ -4,10 +4,10 @@
 use crate::error::{AuthError, Result};
 use crate::login::token_id;
 use crate::resources::{self, CREDENTIALS, ROLES, TOKENS, USERS};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use warden_policy::check_rule;
 use warden_store::StoreError;
 use warden_types::api::*;
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::resource::{kind, resources as res, validate_name, verbs, V1};
 use warden_types::{Document, IdentityKind, RoleSpec, TokenKind, TokenSpec, UserSpec};
 
@@ -65,27 +66,27 @@ const MAX_TOKEN_TTL: u64 = 7 * 24 * 3600;
 
 pub fn router(server: AuthServer) -> Router {
     Router::new()
-        .route("/v1/ping", get(ping))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/login", post(login))
-        .route("/v1/login/challenge", post(login_challenge))
-        .route("/v1/signup/info", post(signup_info))
-        .route("/v1/signup", post(signup))
-        .route("/v1/users", get(list_users).post(create_user))
-        .route(
-            "/v1/users/{name}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/v1/users/{name}/unlock", post(unlock_user))
-        .route("/v1/users/{name}/reset", post(reset_user))
-        .route("/v1/roles", get(list_roles))
-        .route(
-            "/v1/roles/{name}",
-            get(get_role).put(put_role).delete(delete_role),
-        )
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
-        .route("/v1/audit/events", get(audit_events))
+        .serve(&endpoints::PING, ping)
+        .serve(&endpoints::WHOAMI, whoami)
+        .serve(&endpoints::LOGIN, login)
+        .serve(&endpoints::LOGIN_CHALLENGE, login_challenge)
+        .serve(&endpoints::SIGNUP_INFO, signup_info)
+        .serve(&endpoints::SIGNUP, signup)
+        .serve(&endpoints::USERS, list_users)
+        .serve(&endpoints::CREATE_USER, create_user)
+        .serve(&endpoints::USER, get_user)
+        .serve(&endpoints::UPDATE_USER, update_user)
+        .serve(&endpoints::DELETE_USER, delete_user)
+        .serve(&endpoints::UNLOCK_USER, unlock_user)
+        .serve(&endpoints::RESET_USER, reset_user)
+        .serve(&endpoints::ROLES, list_roles)
+        .serve(&endpoints::ROLE, get_role)
+        .serve(&endpoints::PUT_ROLE, put_role)
+        .serve(&endpoints::DELETE_ROLE, delete_role)
+        .serve(&endpoints::TOKENS, list_tokens)
+        .serve(&endpoints::CREATE_TOKEN, create_token)
+        .serve(&endpoints::DELETE_TOKEN, delete_token)
+        .serve(&endpoints::AUDIT_EVENTS, audit_events)
         .merge(crate::nodes::routes())
         .merge(crate::locks::routes())
         .merge(crate::push::routes())

@@ -4,14 +4,15 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use warden_ca::CaType;
 use warden_types::api::AuditVerifyResponse;
+use warden_types::endpoints;
 use warden_types::resource::{resources as res, verbs};
 
 const HEAD_KEY: &str = "/audit/head";
@@ -37,7 +38,7 @@ fn message(index: u64, hash: &str, time: i64) -> Vec<u8> {
 }
 
 pub fn routes() -> Router<AuthServer> {
-    Router::new().route("/v1/audit/verify", get(verify))
+    Router::new().serve(&endpoints::AUDIT_VERIFY, verify)
 }
 
 impl AuthServer {

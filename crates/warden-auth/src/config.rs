@@ -6,21 +6,23 @@
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::{self, APPROVAL_RULES, CLUSTER_CONFIG, CONNECTORS, WEBHOOKS};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::{Path, State};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::Value;
 use warden_types::api::{Change, ChangeResponse};
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::resource::{kind, resources as res, validate_name, verbs, V1};
 use warden_types::{ApprovalRuleSpec, ClusterConfigSpec, Document, OidcConnectorSpec, WebhookSpec};
 
 pub fn routes() -> Router<AuthServer> {
-    Router::new().route("/v1/config/{kind}", get(list)).route(
-        "/v1/config/{kind}/{name}",
-        get(show).put(put).delete(delete),
-    )
+    Router::new()
+        .serve(&endpoints::CONFIGS, list)
+        .serve(&endpoints::CONFIG, show)
+        .serve(&endpoints::PUT_CONFIG, put)
+        .serve(&endpoints::DELETE_CONFIG, delete)
 }
 
 /// The kinds this API manages, and where they live.

@@ -19,6 +19,7 @@ mod ratelimit;
 mod recordings;
 mod requests;
 mod resources;
+mod routes;
 mod serve;
 mod server;
 mod webauthn;

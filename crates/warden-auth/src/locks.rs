@@ -4,24 +4,26 @@
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::{self, LOCKS};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use time::{Duration, OffsetDateTime};
 use warden_policy::LockSubject;
 use warden_types::api::{Change, ChangeResponse, CreateLockRequest, LockWatch};
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::resource::{kind, resources as res, verbs};
 use warden_types::{Document, IdentityKind, LockSpec, UserSpec};
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
-        .route("/v1/locks", get(list_locks).post(create_lock))
-        .route("/v1/locks/watch", get(watch_locks))
-        .route("/v1/locks/{id}", delete(delete_lock))
+        .serve(&endpoints::LOCKS, list_locks)
+        .serve(&endpoints::CREATE_LOCK, create_lock)
+        .serve(&endpoints::LOCKS_WATCH, watch_locks)
+        .serve(&endpoints::DELETE_LOCK, delete_lock)
 }
 
 impl AuthServer {
@@ -113,11 +115,11 @@ impl AuthServer {
 /// audit events it holds, and reading the locks (so it ends its own live
 /// sessions).
 fn allowed_while_locked(path: &str) -> bool {
-    path == "/v1/events"
-        || path == "/v1/events/batch"
-        || path.starts_with("/v1/recordings/")
-        || path == "/v1/locks"
-        || path == "/v1/locks/watch"
+    use endpoints::{EVENT, EVENTS, LOCKS, LOCKS_WATCH, RECORDINGS};
+    [EVENT.path, EVENTS.path, LOCKS.path, LOCKS_WATCH.path].contains(&path)
+        || path
+            .strip_prefix(RECORDINGS.path)
+            .is_some_and(|id| id.starts_with('/'))
 }
 
 /// Refuses every call of a locked caller with 403 and the lock's reason.

@@ -6,9 +6,9 @@
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::{self, now, to_json, Credentials, CREDENTIALS, NODES};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::State;
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use warden_ca::otp;
 use warden_store::StoreError;
@@ -18,6 +18,7 @@ use warden_types::api::{
     MfaSessionRequest, MfaSessionResponse, WebauthnChallenge,
 };
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::{IdentityKind, NodeSpec, RequireMfa};
 
 /// Lifetime of a per-session certificate: long enough to connect.
@@ -28,13 +29,13 @@ const CHALLENGES_PER_MINUTE: u32 = 30;
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
-        .route("/v1/mfa/required", post(required))
-        .route("/v1/mfa/session", post(session))
-        .route("/v1/mfa/challenge", post(challenge))
-        .route("/v1/mfa/devices", get(devices))
-        .route("/v1/mfa/devices/register", post(register))
-        .route("/v1/mfa/devices/register/finish", post(register_finish))
-        .route("/v1/mfa/devices/remove", post(remove))
+        .serve(&endpoints::MFA_REQUIRED, required)
+        .serve(&endpoints::MFA_SESSION, session)
+        .serve(&endpoints::MFA_CHALLENGE, challenge)
+        .serve(&endpoints::MFA_DEVICES, devices)
+        .serve(&endpoints::MFA_REGISTER, register)
+        .serve(&endpoints::MFA_REGISTER_FINISH, register_finish)
+        .serve(&endpoints::MFA_REMOVE, remove)
 }
 
 impl AuthServer {

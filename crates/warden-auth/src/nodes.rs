@@ -4,10 +4,10 @@
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::{self, NODES, PROXIES, TOKENS};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use time::{Duration, OffsetDateTime};
 use warden_ca::ssh::{sign_host_cert, HostCert};
@@ -16,6 +16,7 @@ use warden_ca::CaType;
 use warden_store::StoreError;
 use warden_types::api::*;
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::resource::NodeGrant;
 use warden_types::resource::{kind, resources as res, verbs};
 use warden_types::{
@@ -30,16 +31,17 @@ const INVENTORY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
-        .route("/v1/join", post(join))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
-        .route("/v1/nodes/certs", post(renew))
-        .route("/v1/nodes/heartbeat", put(heartbeat).delete(leave))
-        .route("/v1/nodes/access", post(access))
-        .route("/v1/events", post(node_event))
-        .route("/v1/events/batch", post(node_events))
-        .route("/v1/proxies", get(list_proxies))
-        .route("/v1/proxies/heartbeat", put(proxy_heartbeat))
+        .serve(&endpoints::JOIN, join)
+        .serve(&endpoints::NODES, list_nodes)
+        .serve(&endpoints::REMOVE_NODE, remove_node)
+        .serve(&endpoints::NODE_CERTS, renew)
+        .serve(&endpoints::NODE_HEARTBEAT, heartbeat)
+        .serve(&endpoints::NODE_LEAVE, leave)
+        .serve(&endpoints::NODE_ACCESS, access)
+        .serve(&endpoints::EVENT, node_event)
+        .serve(&endpoints::EVENTS, node_events)
+        .serve(&endpoints::PROXIES, list_proxies)
+        .serve(&endpoints::PROXY_HEARTBEAT, proxy_heartbeat)
 }
 
 /// What each node was admitted as (`NodeGrant`), by node id.

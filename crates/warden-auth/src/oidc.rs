@@ -15,10 +15,10 @@
 use crate::api::{client_addr, require_proxy, Caller};
 use crate::error::{AuthError, Result};
 use crate::resources::{self, now, to_json, CONNECTORS, CREDENTIALS, USERS};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
 use axum::{Extension, Json, Router};
 use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,7 @@ use warden_types::api::{
     PROXY_ADDRS_HEADER,
 };
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::{Document, OidcConnectorSpec, Secret, UserSpec};
 
 const PENDING: &str = "/sso_pending/";
@@ -228,9 +229,15 @@ pub(crate) fn validate(spec: &OidcConnectorSpec) -> std::result::Result<(), Stri
     }
     for u in &spec.redirect_url {
         match crate::http_out::parse_url(u) {
-            Ok(t) if !t.path.starts_with("/v1/oidc/callback") => errs.push(format!(
-                "redirect_url {u:?} must end in /v1/oidc/callback (the proxy's callback)"
-            )),
+            Ok(t)
+                if !t
+                    .path
+                    .starts_with(warden_types::endpoints::OIDC_CALLBACK_PATH) =>
+            {
+                errs.push(format!(
+                    "redirect_url {u:?} must end in /v1/oidc/callback (the proxy's callback)"
+                ))
+            }
             Ok(_) => {}
             Err(e) => errs.push(format!("redirect_url: {e}")),
         }
@@ -474,7 +481,7 @@ impl AuthServer {
                 .create(&format!("{USER_CODES}{code}"), id.into_bytes(), Some(until))
                 .await?;
             let origin = redirect_url
-                .find("/v1/oidc/callback")
+                .find(warden_types::endpoints::OIDC_CALLBACK_PATH)
                 .map(|i| &redirect_url[..i])
                 .unwrap_or(&redirect_url);
             resp.device_url = Some(format!("{origin}/web/device"));
@@ -1023,11 +1030,11 @@ impl AuthServer {
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
-        .route("/v1/sso/start", post(start))
-        .route("/v1/sso/callback", post(callback))
-        .route("/v1/sso/device", post(device))
-        .route("/v1/sso/device/info", post(device_info))
-        .route("/v1/sso/result", post(result))
+        .serve(&endpoints::SSO_START, start)
+        .serve(&endpoints::SSO_CALLBACK, callback)
+        .serve(&endpoints::SSO_DEVICE, device)
+        .serve(&endpoints::SSO_DEVICE_INFO, device_info)
+        .serve(&endpoints::SSO_RESULT, result)
 }
 
 async fn start(

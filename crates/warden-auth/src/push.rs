@@ -7,18 +7,19 @@
 use crate::api::Caller;
 use crate::error::Result;
 use crate::nodes::require_node;
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use std::time::Duration;
 use warden_types::api::NodePolicy;
+use warden_types::endpoints;
 
 pub fn routes() -> Router<AuthServer> {
-    Router::new().route("/v1/nodes/policy", get(node_policy))
+    Router::new().serve(&endpoints::NODE_POLICY, node_policy)
 }
 
 /// Query of `GET /v1/nodes/policy`.

@@ -3,27 +3,30 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
+use crate::routes::{serving, Serve};
 use crate::server::AuthServer;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 use warden_types::api::{RecordingInfo, RecordingQuery};
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::resource::{resources as res, verbs};
 
 /// Largest recording a node may upload (the node caps what it records).
 pub const MAX_RECORDING: usize = 256 << 20;
 
 pub fn routes() -> Router<AuthServer> {
-    Router::new().route("/v1/recordings", get(list)).route(
-        "/v1/recordings/{id}",
-        get(fetch)
-            .put(upload)
-            .layer(DefaultBodyLimit::max(MAX_RECORDING)),
-    )
+    Router::new()
+        .serve(&endpoints::RECORDINGS, list)
+        .serve(&endpoints::RECORDING, fetch)
+        .route(
+            endpoints::UPLOAD_RECORDING.path,
+            serving(&endpoints::UPLOAD_RECORDING, upload)
+                .layer(DefaultBodyLimit::max(MAX_RECORDING)),
+        )
 }
 
 /// Stores a node's recording once it decodes; acknowledged only when

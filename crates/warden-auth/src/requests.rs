@@ -7,14 +7,15 @@ use crate::api::Caller;
 use crate::error::{AuthError, Result};
 use crate::resources::now;
 use crate::resources::{self, REQUESTS};
+use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use warden_types::api::{CreateRequestRequest, LoginResponse, RenewRequest, ReviewRequest};
 use warden_types::audit::{codes, AuditEvent};
+use warden_types::endpoints;
 use warden_types::resource::kind;
 use warden_types::{
     AccessRequestSpec, ApprovalRuleSpec, Document, IdentityKind, NodeSpec, RequestState,
@@ -27,11 +28,12 @@ const MAX_TTL: u64 = 24 * 3600;
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
-        .route("/v1/requests", get(list).post(create))
-        .route("/v1/requests/{id}", get(show))
-        .route("/v1/requests/{id}/review", post(review))
-        .route("/v1/requests/{id}/drop", post(drop_request))
-        .route("/v1/certs/renew", post(renew))
+        .serve(&endpoints::REQUESTS, list)
+        .serve(&endpoints::CREATE_REQUEST, create)
+        .serve(&endpoints::REQUEST, show)
+        .serve(&endpoints::REVIEW_REQUEST, review)
+        .serve(&endpoints::DROP_REQUEST, drop_request)
+        .serve(&endpoints::RENEW, renew)
 }
 
 /// Roles granted by an allow list and not denied by any role.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use warden_types::api::ApiError;
+use warden_types::endpoints::{Endpoint, Method as EndpointMethod, Raw};
 
 /// Largest response body accepted.
 const MAX_RESPONSE: usize = 16 << 20;
@@ -216,7 +217,7 @@ impl ApiClient {
             .map_err(|e| self.tls_error(e))
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+    async fn call_json<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -368,11 +369,76 @@ impl ApiClient {
         Ok(body)
     }
 
-    /// Sends raw bytes (e.g. a session recording) and parses a JSON answer.
-    pub async fn put_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T> {
+    /// Calls endpoint `e` (declared in `warden_types::endpoints`) with
+    /// `req`: its JSON body, or for `GET` and `DELETE` its query string.
+    pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        e: &Endpoint<Req, Resp>,
+        req: &Req,
+    ) -> Result<Resp> {
+        self.call_at(e, &e.at(&[]), req).await
+    }
+
+    /// Calls endpoint `e` at `path`: its path with the parameters filled
+    /// in (`e.at(&[..])`).
+    pub async fn call_at<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        e: &Endpoint<Req, Resp>,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp> {
+        self.call_as(e, path, req).await
+    }
+
+    /// Calls endpoint `e` at `path` and reads its answer as `T`, the same
+    /// JSON read another way: for tools that handle documents of every
+    /// kind generically (`warden admin get`).
+    pub async fn call_as<T: DeserializeOwned, Req: Serialize + ?Sized, Resp>(
+        &self,
+        e: &Endpoint<Req, Resp>,
+        path: &str,
+        req: &Req,
+    ) -> Result<T> {
+        match e.method {
+            EndpointMethod::Get | EndpointMethod::Delete => {
+                // `()` has no query; structs become `a=1&b=2`.
+                let query = if std::mem::size_of_val(req) == 0 {
+                    String::new()
+                } else {
+                    serde_urlencoded::to_string(req)
+                        .map_err(|e| ClientError::Local(e.to_string()))?
+                };
+                let path = match query.is_empty() {
+                    true => path.to_string(),
+                    false => format!("{path}?{query}"),
+                };
+                self.call_json::<(), T>(method(e.method), &path, None).await
+            }
+            m => self.call_json(method(m), path, Some(req)).await,
+        }
+    }
+
+    /// Passes a JSON body to endpoint `e` untouched and returns the answer
+    /// as it came (a proxy forwarding a public call it need not read).
+    pub async fn forward_json<Req: ?Sized, Resp>(
+        &self,
+        e: &Endpoint<Req, Resp>,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        self.call_json(method(e.method), e.path, Some(body)).await
+    }
+
+    /// Sends raw bytes (a session recording) to `path` of `e`, and parses
+    /// its JSON answer.
+    pub async fn put_bytes<Resp: DeserializeOwned>(
+        &self,
+        e: &Endpoint<Raw, Resp>,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Resp> {
         let bytes = self
             .call_raw(
-                Method::PUT,
+                method(e.method),
                 path,
                 Some((body, "application/octet-stream")),
                 MAX_RESPONSE,
@@ -381,43 +447,26 @@ impl ApiClient {
         self.parse(&bytes)
     }
 
-    /// Fetches raw bytes of at most `limit` bytes.
-    pub async fn get_bytes(&self, path: &str, limit: usize) -> Result<Vec<u8>> {
+    /// Fetches the raw bytes at `path` of `e`, at most `limit` of them.
+    pub async fn get_bytes(
+        &self,
+        e: &Endpoint<(), Raw>,
+        path: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>> {
         Ok(self
-            .call_raw(Method::GET, path, None, limit)
+            .call_raw(method(e.method), path, None, limit)
             .await?
             .to_vec())
     }
+}
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call::<(), T>(Method::GET, path, None).await
-    }
-
-    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T> {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T> {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-
-    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T> {
-        self.call(Method::PATCH, path, Some(body)).await
-    }
-
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call::<(), T>(Method::DELETE, path, None).await
+fn method(m: EndpointMethod) -> Method {
+    match m {
+        EndpointMethod::Get => Method::GET,
+        EndpointMethod::Post => Method::POST,
+        EndpointMethod::Put => Method::PUT,
+        EndpointMethod::Patch => Method::PATCH,
+        EndpointMethod::Delete => Method::DELETE,
     }
 }

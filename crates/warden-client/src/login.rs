@@ -11,6 +11,7 @@ use warden_types::api::{
     SignupInfo, SignupRequest, SignupResponse, SsoResult, SsoResultRequest, SsoStartRequest,
     SsoStartResponse, WebauthnAnswer,
 };
+use warden_types::endpoints;
 use warden_types::{Secret, ALPN_AUTH, AUTH_SERVER_NAME};
 
 /// A client for the proxy's public (login) API.
@@ -25,7 +26,10 @@ pub async fn ping(proxy: &str, trust: Trust) -> Result<PingResponse> {
         Trust::Pin(p) => Some(p.clone()),
         _ => None,
     };
-    let resp: PingResponse = match public_client(proxy, trust)?.get("/v1/ping").await {
+    let resp: PingResponse = match public_client(proxy, trust)?
+        .call(&endpoints::PING, &())
+        .await
+    {
         Ok(r) => r,
         Err(
             e @ (ClientError::Tls { .. }
@@ -59,17 +63,18 @@ pub async fn ping(proxy: &str, trust: Trust) -> Result<PingResponse> {
 }
 
 pub async fn signup_info(proxy: &str, trust: Trust, token: &str) -> Result<SignupInfo> {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        token: &'a str,
-    }
+    let req = warden_types::api::SignupInfoRequest {
+        token: warden_types::Secret::new(token.to_string()),
+    };
     public_client(proxy, trust)?
-        .post("/v1/signup/info", &Body { token })
+        .call(&endpoints::SIGNUP_INFO, &req)
         .await
 }
 
 pub async fn signup(proxy: &str, trust: Trust, req: &SignupRequest) -> Result<SignupResponse> {
-    public_client(proxy, trust)?.post("/v1/signup", req).await
+    public_client(proxy, trust)?
+        .call(&endpoints::SIGNUP, req)
+        .await
 }
 
 /// Inputs of a password login.
@@ -95,7 +100,7 @@ pub async fn login_challenge(
         password: password.clone(),
     };
     public_client(proxy, trust)?
-        .post("/v1/login/challenge", &req)
+        .call(&endpoints::LOGIN_CHALLENGE, &req)
         .await
 }
 
@@ -118,7 +123,9 @@ pub async fn login(
         tls_csr_pem: key.csr_pem(&input.user)?,
         ttl_secs: input.ttl_secs,
     };
-    let resp = public_client(proxy, trust)?.post("/v1/login", &req).await?;
+    let resp = public_client(proxy, trust)?
+        .call(&endpoints::LOGIN, &req)
+        .await?;
     Ok((key, resp))
 }
 
@@ -147,7 +154,7 @@ pub async fn sso_start(
             .filter(|h| !h.is_empty()),
     };
     let resp = public_client(proxy, trust)?
-        .post("/v1/sso/start", &req)
+        .call(&endpoints::SSO_START, &req)
         .await?;
     Ok((key, resp))
 }
@@ -155,7 +162,7 @@ pub async fn sso_start(
 /// The state of a started single sign-on login.
 pub async fn sso_result(proxy: &str, trust: Trust, req: &SsoResultRequest) -> Result<SsoResult> {
     public_client(proxy, trust)?
-        .post("/v1/sso/result", req)
+        .call(&endpoints::SSO_RESULT, req)
         .await
 }
 

@@ -15,6 +15,7 @@ use warden_types::api::{
     AccessCheckRequest, AccessCheckResponse, Heartbeat, JoinRequest, NodeCerts, RenewNodeRequest,
 };
 use warden_types::audit::AuditEvent;
+use warden_types::endpoints;
 use warden_types::Secret;
 
 /// Sub-directory of the data dir with the node's identity.
@@ -102,7 +103,7 @@ impl NodeIdentity {
             kind: warden_types::TokenKind::Node,
         };
         let certs: NodeCerts = public_client(&config.proxy, Trust::Pin(pin.clone()))?
-            .post("/v1/join", &req)
+            .call(&endpoints::JOIN, &req)
             .await
             .context("cannot join the cluster")?;
         let state = State {
@@ -183,13 +184,13 @@ impl NodeIdentity {
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.api()?.put("/v1/nodes/heartbeat", hb).await?;
+        let _: serde_json::Value = self.api()?.call(&endpoints::NODE_HEARTBEAT, hb).await?;
         Ok(())
     }
 
     /// Takes this node out of the inventory (it is stopping).
     pub async fn leave(&self) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.api()?.delete("/v1/nodes/heartbeat").await?;
+        let _: serde_json::Value = self.api()?.call(&endpoints::NODE_LEAVE, &()).await?;
         Ok(())
     }
 
@@ -210,7 +211,7 @@ impl NodeIdentity {
             tls_csr_pem: self.key.csr_pem(&self.state.name)?,
             addrs: addrs.to_vec(),
         };
-        let fresh: NodeCerts = self.api()?.post("/v1/nodes/certs", &req).await?;
+        let fresh: NodeCerts = self.api()?.call(&endpoints::NODE_CERTS, &req).await?;
         self.save_certs(&fresh)?;
         *self.certs.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         tracing::info!("node certificates renewed");
@@ -221,7 +222,7 @@ impl NodeIdentity {
     pub async fn locks(
         &self,
     ) -> anyhow::Result<Vec<warden_types::Document<warden_types::LockSpec>>> {
-        Ok(self.api()?.get("/v1/locks").await?)
+        Ok(self.api()?.call(&endpoints::LOCKS, &()).await?)
     }
 
     /// Locks in force once they change after `after` (a long poll of at
@@ -232,11 +233,11 @@ impl NodeIdentity {
         after: Option<i64>,
         wait: std::time::Duration,
     ) -> anyhow::Result<Option<warden_types::api::LockWatch>> {
-        let path = match after {
-            Some(r) => format!("/v1/locks/watch?after={r}&wait={}", wait.as_secs()),
-            None => "/v1/locks/watch".to_string(),
+        let query = warden_types::api::WatchQuery {
+            after,
+            wait: after.map(|_| wait.as_secs()),
         };
-        match self.api()?.get(&path).await {
+        match self.api()?.call(&endpoints::LOCKS_WATCH, &query).await {
             Ok(w) => Ok(Some(w)),
             Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -245,7 +246,7 @@ impl NodeIdentity {
 
     /// The cluster's proxies (to keep a tunnel to each).
     pub async fn proxies(&self) -> anyhow::Result<Vec<warden_types::api::ProxyInfo>> {
-        Ok(self.api()?.get("/v1/proxies").await?)
+        Ok(self.api()?.call(&endpoints::PROXIES, &()).await?)
     }
 
     /// The node policy after `after` (a long poll of at most `wait`);
@@ -255,11 +256,11 @@ impl NodeIdentity {
         after: Option<i64>,
         wait: std::time::Duration,
     ) -> anyhow::Result<Option<warden_types::api::NodePolicy>> {
-        let path = match after {
-            Some(r) => format!("/v1/nodes/policy?after={r}&wait={}", wait.as_secs()),
-            None => "/v1/nodes/policy".to_string(),
+        let query = warden_types::api::WatchQuery {
+            after,
+            wait: after.map(|_| wait.as_secs()),
         };
-        match self.api()?.get(&path).await {
+        match self.api()?.call(&endpoints::NODE_POLICY, &query).await {
             Ok(p) => Ok(Some(p)),
             Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -307,8 +308,8 @@ impl NodeIdentity {
     ) -> anyhow::Result<AccessCheckResponse> {
         Ok(self
             .api()?
-            .post(
-                "/v1/nodes/access",
+            .call(
+                &endpoints::NODE_ACCESS,
                 &AccessCheckRequest {
                     user: user.to_string(),
                     login: login.to_string(),
@@ -345,13 +346,13 @@ impl NodeIdentity {
 
     /// Sends one event to auth; it is stored once even if sent again.
     pub async fn send_event(&self, event: &AuditEvent) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.api()?.post("/v1/events", event).await?;
+        let _: serde_json::Value = self.api()?.call(&endpoints::EVENT, event).await?;
         Ok(())
     }
 
     /// Sends events (oldest first) in one request and one durable write.
     pub async fn send_events(&self, events: &[AuditEvent]) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.api()?.post("/v1/events/batch", &events).await?;
+        let _: serde_json::Value = self.api()?.call(&endpoints::EVENTS, events).await?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_recording::{Encoder, Header};
 use warden_types::api::RecordingInfo;
+use warden_types::endpoints;
 
 /// Recording stops (with a marker) past this size; auth accepts 256 MiB.
 const MAX_SPOOL: u64 = 240 << 20;
@@ -414,15 +415,19 @@ async fn upload(
     let api = identity
         .api()
         .map_err(|e| UploadError::Unavailable(format!("{e:#}")))?;
-    api.put_bytes(&format!("/v1/recordings/{id}"), data)
-        .await
-        .map_err(|e| match e {
-            // Statuses about the file itself; the rest (401/403 about
-            // this node, 408/429 about load, 5xx) hold for every file.
-            warden_client::ClientError::Api {
-                status: 400 | 409 | 413 | 422,
-                ..
-            } => UploadError::Refused(e.to_string()),
-            e => UploadError::Unavailable(e.to_string()),
-        })
+    api.put_bytes(
+        &endpoints::UPLOAD_RECORDING,
+        &endpoints::UPLOAD_RECORDING.at(&[&id]),
+        data,
+    )
+    .await
+    .map_err(|e| match e {
+        // Statuses about the file itself; the rest (401/403 about
+        // this node, 408/429 about load, 5xx) hold for every file.
+        warden_client::ClientError::Api {
+            status: 400 | 409 | 413 | 422,
+            ..
+        } => UploadError::Refused(e.to_string()),
+        e => UploadError::Unavailable(e.to_string()),
+    })
 }

@@ -9,6 +9,7 @@ use warden_ca::ClientKey;
 use warden_client::login::public_client;
 use warden_client::tls::Trust;
 use warden_types::api::{JoinRequest, NodeCerts};
+use warden_types::endpoints;
 use warden_types::{Secret, TokenKind};
 
 /// How a new proxy joins: through `via` (an existing proxy), with a token,
@@ -49,7 +50,7 @@ impl ProxyIdentity {
                 kind: TokenKind::Proxy,
             };
             let certs: NodeCerts = public_client(&join.via, Trust::Pin(join.ca_pin))?
-                .post("/v1/join", &req)
+                .call(&endpoints::JOIN, &req)
                 .await
                 .context("cannot join the cluster")?;
             std::fs::create_dir_all(&dir)?;

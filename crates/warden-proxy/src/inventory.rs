@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_client::ApiClient;
+use warden_types::endpoints;
 use warden_types::{Document, NodeSpec};
 
 /// How long a fetched inventory is reused.
@@ -41,11 +42,7 @@ impl Locks {
         let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let locks = match &cached {
             Some((at, l)) if at.elapsed() < FRESH_FOR => l.clone(),
-            _ => match self
-                .auth
-                .get::<Vec<Document<warden_types::LockSpec>>>("/v1/locks")
-                .await
-            {
+            _ => match self.auth.call(&endpoints::LOCKS, &()).await {
                 Ok(l) => {
                     *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((Instant::now(), l.clone()));
@@ -105,7 +102,7 @@ impl Inventory {
         self.cluster
             .get_or_try_init(|| async {
                 self.auth
-                    .get::<warden_types::api::PingResponse>("/v1/ping")
+                    .call(&endpoints::PING, &())
                     .await
                     .map(|p| p.cluster)
             })
@@ -126,7 +123,7 @@ impl Inventory {
                 return nodes.clone();
             }
         }
-        match self.auth.get::<Vec<Document<NodeSpec>>>("/v1/nodes").await {
+        match self.auth.call(&endpoints::NODES, &()).await {
             Ok(nodes) => {
                 *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now(), nodes.clone()));

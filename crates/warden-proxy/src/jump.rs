@@ -13,6 +13,7 @@ use russh::{Channel, MethodKind, MethodSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use warden_types::endpoints;
 use warden_types::metrics::METRICS;
 
 /// What the jump host needs.
@@ -89,7 +90,7 @@ impl JumpConn {
         let auth = self.jump.auth.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = auth.post::<_, serde_json::Value>("/v1/events", &ev).await {
+            if let Err(e) = auth.call(&endpoints::EVENT, &ev).await {
                 tracing::warn!(error = %format!("{e:#}"), "cannot audit a refused sign-in");
             }
         });

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use warden_client::ApiClient;
+use warden_types::endpoints;
 use warden_types::metrics::METRICS;
 
 /// Time a client has to send its first bytes (SSH banner or ClientHello).
@@ -115,10 +116,7 @@ async fn heartbeat(auth: ApiClient, addrs: Vec<String>) {
             addrs: addrs.clone(),
             version: warden_types::VERSION.to_string(),
         };
-        if let Err(e) = auth
-            .put::<_, serde_json::Value>("/v1/proxies/heartbeat", &hb)
-            .await
-        {
+        if let Err(e) = auth.call(&endpoints::PROXY_HEARTBEAT, &hb).await {
             tracing::warn!(error = %e, "proxy heartbeat failed");
         }
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -157,10 +155,7 @@ async fn refresh_user_cas(
     cas: Arc<std::sync::RwLock<Vec<russh::keys::ssh_key::Fingerprint>>>,
 ) {
     loop {
-        match auth
-            .get::<warden_types::api::PingResponse>("/v1/ping")
-            .await
-        {
+        match auth.call(&endpoints::PING, &()).await {
             Ok(ping) => {
                 let fps = ping
                     .ssh_user_ca_keys

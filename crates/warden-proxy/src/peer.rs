@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use warden_client::ApiClient;
 use warden_types::api::ProxyInfo;
+use warden_types::endpoints;
 
 /// Longest request line accepted from a peer.
 const MAX_LINE: usize = 256;
@@ -83,7 +84,7 @@ impl Peers {
                 return list.clone();
             }
         }
-        let list: Vec<ProxyInfo> = match self.auth.get("/v1/proxies").await {
+        let list: Vec<ProxyInfo> = match self.auth.call(&endpoints::PROXIES, &()).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list peer proxies");

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_client::{ApiClient, ClientError};
 use warden_types::api::{
-    ApiError, SsoCallback, SsoCallbackResponse, SsoDeviceInfo, SsoDeviceRequest, SsoDeviceResponse,
-    CLIENT_ADDR_HEADER,
+    ApiError, SsoCallback, SsoCallbackResponse, SsoDeviceInfo, SsoDeviceRequest, CLIENT_ADDR_HEADER,
 };
+use warden_types::endpoints;
 
 /// The client's address as the proxy saw it.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +31,7 @@ const PING_CACHE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct Public {
     auth: ApiClient,
-    ping: Arc<Mutex<Option<(Instant, serde_json::Value)>>>,
+    ping: Arc<Mutex<Option<(Instant, warden_types::api::PingResponse)>>>,
 }
 
 pub fn public_router(auth: ApiClient) -> Router {
@@ -40,15 +40,21 @@ pub fn public_router(auth: ApiClient) -> Router {
         ping: Arc::new(Mutex::new(None)),
     };
     Router::new()
-        .route("/v1/ping", get(ping))
-        .route("/v1/login", post(forward_login))
-        .route("/v1/login/challenge", post(forward_login_challenge))
-        .route("/v1/signup/info", post(forward_signup_info))
-        .route("/v1/signup", post(forward_signup))
-        .route("/v1/join", post(forward_join))
-        .route("/v1/sso/start", post(forward_sso_start))
-        .route("/v1/sso/result", post(forward_sso_result))
-        .route("/v1/oidc/callback", get(oidc_callback))
+        .route(endpoints::PING.path, get(ping))
+        .route(endpoints::LOGIN.path, post(forward_login))
+        .route(
+            endpoints::LOGIN_CHALLENGE.path,
+            post(forward_login_challenge),
+        )
+        .route(endpoints::SIGNUP_INFO.path, post(forward_signup_info))
+        .route(endpoints::SIGNUP.path, post(forward_signup))
+        .route(endpoints::JOIN.path, post(forward_join))
+        .route(endpoints::SSO_START.path, post(forward_sso_start))
+        .route(endpoints::SSO_RESULT.path, post(forward_sso_result))
+        .route(
+            warden_types::endpoints::OIDC_CALLBACK_PATH,
+            get(oidc_callback),
+        )
         .route("/web/device", get(device_page).post(device_submit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -96,7 +102,7 @@ async fn ping(State(p): State<Public>) -> Response {
             return Json(v.clone()).into_response();
         }
     }
-    match p.auth.get::<serde_json::Value>("/v1/ping").await {
+    match p.auth.call(&endpoints::PING, &()).await {
         Ok(v) => {
             *p.ping.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v.clone()));
             Json(v).into_response()
@@ -105,7 +111,12 @@ async fn ping(State(p): State<Public>) -> Response {
     }
 }
 
-async fn forward(auth: ApiClient, path: &str, addr: ClientAddr, body: Bytes) -> Response {
+async fn forward<Req, Resp>(
+    auth: ApiClient,
+    e: &endpoints::Endpoint<Req, Resp>,
+    addr: ClientAddr,
+    body: Bytes,
+) -> Response {
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -119,10 +130,7 @@ async fn forward(auth: ApiClient, path: &str, addr: ClientAddr, body: Bytes) -> 
                 .into_response()
         }
     };
-    match auth_for(&auth, addr)
-        .post::<_, serde_json::Value>(path, &value)
-        .await
-    {
+    match auth_for(&auth, addr).forward_json(e, &value).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error_response(e),
     }
@@ -133,7 +141,7 @@ async fn forward_login(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/login", addr, body).await
+    forward(p.auth, &endpoints::LOGIN, addr, body).await
 }
 
 async fn forward_login_challenge(
@@ -141,7 +149,7 @@ async fn forward_login_challenge(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/login/challenge", addr, body).await
+    forward(p.auth, &endpoints::LOGIN_CHALLENGE, addr, body).await
 }
 
 async fn forward_signup_info(
@@ -149,7 +157,7 @@ async fn forward_signup_info(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/signup/info", addr, body).await
+    forward(p.auth, &endpoints::SIGNUP_INFO, addr, body).await
 }
 
 async fn forward_signup(
@@ -157,7 +165,7 @@ async fn forward_signup(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/signup", addr, body).await
+    forward(p.auth, &endpoints::SIGNUP, addr, body).await
 }
 
 async fn forward_join(
@@ -165,7 +173,7 @@ async fn forward_join(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/join", addr, body).await
+    forward(p.auth, &endpoints::JOIN, addr, body).await
 }
 
 async fn forward_sso_start(
@@ -173,7 +181,7 @@ async fn forward_sso_start(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/sso/start", addr, body).await
+    forward(p.auth, &endpoints::SSO_START, addr, body).await
 }
 
 async fn forward_sso_result(
@@ -181,7 +189,7 @@ async fn forward_sso_result(
     Extension(addr): Extension<ClientAddr>,
     body: Bytes,
 ) -> Response {
-    forward(p.auth, "/v1/sso/result", addr, body).await
+    forward(p.auth, &endpoints::SSO_RESULT, addr, body).await
 }
 
 /// Longest a request may take, body included: a client that declares a
@@ -270,7 +278,7 @@ async fn oidc_callback(
 ) -> Response {
     cb.binding = cookie(&headers, BINDING_COOKIE).map(warden_types::Secret::new);
     match auth_for(&p.auth, addr)
-        .post::<_, SsoCallbackResponse>("/v1/sso/callback", &cb)
+        .call(&endpoints::SSO_CALLBACK, &cb)
         .await
     {
         Ok(SsoCallbackResponse {
@@ -396,18 +404,12 @@ async fn device_submit(
         user_code: req.user_code.clone(),
     };
     if req.confirm.as_deref() != Some("yes") {
-        return match auth
-            .post::<_, SsoDeviceInfo>("/v1/sso/device/info", &code)
-            .await
-        {
+        return match auth.call(&endpoints::SSO_DEVICE_INFO, &code).await {
             Ok(info) => confirm_page(&info, &req.csrf),
             Err(e) => error_page("Code not accepted", e),
         };
     }
-    match auth
-        .post::<_, SsoDeviceResponse>("/v1/sso/device", &code)
-        .await
-    {
+    match auth.call(&endpoints::SSO_DEVICE, &code).await {
         Ok(r) => {
             let mut resp = see_other(&r.auth_url);
             let cookie = format!(

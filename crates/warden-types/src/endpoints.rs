@@ -43,27 +43,27 @@ pub type Ack = serde_json::Value;
 
 /// One endpoint: `Req` is sent (JSON body, or query string for `GET`),
 /// `Resp` comes back.
-pub struct Endpoint<Req, Resp> {
+pub struct Endpoint<Req: ?Sized, Resp> {
     pub method: Method,
     pub path: &'static str,
-    types: PhantomData<fn(Req) -> Resp>,
+    types: PhantomData<fn(&Req) -> Resp>,
 }
 
-impl<Req, Resp> Clone for Endpoint<Req, Resp> {
+impl<Req: ?Sized, Resp> Clone for Endpoint<Req, Resp> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<Req, Resp> Copy for Endpoint<Req, Resp> {}
+impl<Req: ?Sized, Resp> Copy for Endpoint<Req, Resp> {}
 
-impl<Req, Resp> std::fmt::Debug for Endpoint<Req, Resp> {
+impl<Req: ?Sized, Resp> std::fmt::Debug for Endpoint<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.method.as_str(), self.path)
     }
 }
 
-impl<Req, Resp> Endpoint<Req, Resp> {
+impl<Req: ?Sized, Resp> Endpoint<Req, Resp> {
     const fn new(method: Method, path: &'static str) -> Self {
         Endpoint {
             method,
@@ -74,19 +74,23 @@ impl<Req, Resp> Endpoint<Req, Resp> {
 
     /// The path with its `{parameters}` replaced, in order, by `params`
     /// (percent-encoded, so a value never adds a path segment).
-    pub fn at(&self, params: &[&str]) -> String {
+    pub fn at(&self, params: &[&(dyn std::fmt::Display + Sync)]) -> String {
         let mut out = String::with_capacity(self.path.len() + 32);
         let mut rest = self.path;
         let mut params = params.iter();
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
             let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
-            let value = params.next().copied().unwrap_or_default();
-            out.push_str(&encode(value));
+            let value = params.next().map(|v| v.to_string()).unwrap_or_default();
+            out.push_str(&encode(&value));
             rest = &rest[close..];
         }
         out.push_str(rest);
-        debug_assert!(params.next().is_none(), "too many parameters for {}", self.path);
+        debug_assert!(
+            params.next().is_none(),
+            "too many parameters for {}",
+            self.path
+        );
         out
     }
 }
@@ -184,7 +188,7 @@ endpoints! {
     /// after `after`.
     NODE_POLICY: Get "/v1/nodes/policy", WatchQuery => NodePolicy;
     EVENT: Post "/v1/events", AuditEvent => Ack;
-    EVENTS: Post "/v1/events/batch", Vec<AuditEvent> => Ack;
+    EVENTS: Post "/v1/events/batch", [AuditEvent] => Ack;
     PROXIES: Get "/v1/proxies", () => Vec<ProxyInfo>;
     PROXY_HEARTBEAT: Put "/v1/proxies/heartbeat", ProxyHeartbeat => Ack;
     // Single sign-on, called by the proxy for the browser.
@@ -192,6 +196,10 @@ endpoints! {
     SSO_DEVICE: Post "/v1/sso/device", SsoDeviceRequest => SsoDeviceResponse;
     SSO_DEVICE_INFO: Post "/v1/sso/device/info", SsoDeviceRequest => SsoDeviceInfo;
 }
+
+/// The page an identity provider sends the browser back to: served by the
+/// proxy to browsers, not part of the auth API.
+pub const OIDC_CALLBACK_PATH: &str = "/v1/oidc/callback";
 
 #[cfg(test)]
 mod tests {
@@ -208,9 +216,10 @@ mod tests {
 
     #[test]
     fn parameters_are_filled_and_encoded() {
-        assert_eq!(USER.at(&["alice"]), "/v1/users/alice");
-        assert_eq!(CONFIG.at(&["oidc", "okta"]), "/v1/config/oidc/okta");
-        assert_eq!(USER.at(&["a/b?c"]), "/v1/users/a%2Fb%3Fc");
+        assert_eq!(USER.at(&[&"alice"]), "/v1/users/alice");
+        let kind = String::from("oidc");
+        assert_eq!(CONFIG.at(&[&kind, &"okta"]), "/v1/config/oidc/okta");
+        assert_eq!(USER.at(&[&"a/b?c"]), "/v1/users/a%2Fb%3Fc");
         assert_eq!(USERS.at(&[]), "/v1/users");
     }
 }

@@ -12,6 +12,7 @@ use warden_client::tls::ClientCert;
 use warden_client::{ApiClient, ProfileStore};
 use warden_types::api::*;
 use warden_types::duration::{relative, HumanDuration};
+use warden_types::endpoints;
 use warden_types::resource::kind;
 use warden_types::{Document, RoleSpec, TokenKind, UserSpec};
 
@@ -389,8 +390,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             };
             let lock: Document<warden_types::LockSpec> = admin
                 .api
-                .post(
-                    "/v1/locks",
+                .call(
+                    &endpoints::CREATE_LOCK,
                     &CreateLockRequest {
                         target: target.clone(),
                         reason,
@@ -411,7 +412,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Locks(LocksCommand::Ls { format }) => {
-            let locks: Vec<Document<warden_types::LockSpec>> = admin.api.get("/v1/locks").await?;
+            let locks: Vec<Document<warden_types::LockSpec>> =
+                admin.api.call(&endpoints::LOCKS, &()).await?;
             match format {
                 Format::Json => println!("{}", output::json(&locks)?),
                 Format::Text => println!(
@@ -437,26 +439,35 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Locks(LocksCommand::Rm { id }) => {
-            let locks: Vec<Document<warden_types::LockSpec>> = admin.api.get("/v1/locks").await?;
+            let locks: Vec<Document<warden_types::LockSpec>> =
+                admin.api.call(&endpoints::LOCKS, &()).await?;
             let id = output::unique_prefix(
                 &id,
                 locks.iter().map(|l| l.name()),
                 "lock",
                 "warden admin locks ls",
             )?;
-            let _: ChangeResponse = admin.api.delete(&format!("/v1/locks/{id}")).await?;
+            let _: ChangeResponse = admin
+                .api
+                .call_at(
+                    &endpoints::DELETE_LOCK,
+                    &endpoints::DELETE_LOCK.at(&[&id]),
+                    &(),
+                )
+                .await?;
             println!("Lock {id} removed.");
             Ok(())
         }
         AdminCommand::Krl { output } => {
-            let ping: PingResponse = admin.api.get("/v1/ping").await?;
+            let ping: PingResponse = admin.api.call(&endpoints::PING, &()).await?;
             let cas = ping
                 .ssh_user_ca_keys
                 .iter()
                 .map(|k| ssh_key::PublicKey::from_openssh(k))
                 .collect::<Result<Vec<_>, _>>()
                 .context("the cluster sent an invalid user CA key")?;
-            let locks: Vec<Document<warden_types::LockSpec>> = admin.api.get("/v1/locks").await?;
+            let locks: Vec<Document<warden_types::LockSpec>> =
+                admin.api.call(&endpoints::LOCKS, &()).await?;
             let mut key_ids = Vec::new();
             let mut skipped = Vec::new();
             let mut users: Option<Vec<Document<UserSpec>>> = None;
@@ -472,7 +483,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                     key_ids.push(u.clone());
                 } else if let Some(r) = &t.role {
                     if users.is_none() {
-                        users = Some(admin.api.get("/v1/users").await?);
+                        users = Some(admin.api.call(&endpoints::USERS, &()).await?);
                     }
                     for u in users.iter().flatten() {
                         if u.spec.roles.contains(r) {
@@ -522,7 +533,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Ca(CaCommand::Export { kind }) => {
-            let ping: PingResponse = admin.api.get("/v1/ping").await?;
+            let ping: PingResponse = admin.api.call(&endpoints::PING, &()).await?;
             match kind.as_str() {
                 "user" => ping.ssh_user_ca_keys.iter().for_each(|k| println!("{k}")),
                 "host" => ping
@@ -534,7 +545,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Nodes(NodesCommand::Ls { format }) => {
-            let nodes: Vec<Document<warden_types::NodeSpec>> = admin.api.get("/v1/nodes").await?;
+            let nodes: Vec<Document<warden_types::NodeSpec>> =
+                admin.api.call(&endpoints::NODES, &()).await?;
             crate::nodes::print_nodes(nodes, format)
         }
     }
@@ -559,8 +571,8 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
             format,
         } => {
             let resp: CreateUserResponse = api
-                .post(
-                    "/v1/users",
+                .call(
+                    &endpoints::CREATE_USER,
                     &CreateUserRequest {
                         name: name.clone(),
                         roles,
@@ -592,7 +604,7 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
             }
         }
         UsersCommand::Ls { format } => {
-            let users: Vec<Document<UserSpec>> = api.get("/v1/users").await?;
+            let users: Vec<Document<UserSpec>> = api.call(&endpoints::USERS, &()).await?;
             match format {
                 Format::Json => println!("{}", output::json(&users)?),
                 Format::Text => println!(
@@ -621,8 +633,9 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
                 bail!("nothing to change: pass --roles and/or --logins");
             }
             let u: Document<UserSpec> = api
-                .patch(
-                    &format!("/v1/users/{name}"),
+                .call_at(
+                    &endpoints::UPDATE_USER,
+                    &endpoints::UPDATE_USER.at(&[&name]),
                     &UpdateUserRequest { roles, logins },
                 )
                 .await?;
@@ -633,14 +646,23 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
             );
         }
         UsersCommand::Rm { name } => {
-            let _: ChangeResponse = api.delete(&format!("/v1/users/{name}")).await?;
+            let _: ChangeResponse = api
+                .call_at(
+                    &endpoints::DELETE_USER,
+                    &endpoints::DELETE_USER.at(&[&name]),
+                    &(),
+                )
+                .await?;
             println!("User {name} deleted.");
         }
         UsersCommand::Reset { name, token_ttl } => {
             let resp: CreateUserResponse = api
-                .post(
-                    &format!("/v1/users/{name}/reset"),
-                    &serde_json::json!({ "token_ttl_secs": token_ttl.0.as_secs() }),
+                .call_at(
+                    &endpoints::RESET_USER,
+                    &endpoints::RESET_USER.at(&[&name]),
+                    &warden_types::api::ResetUserRequest {
+                        token_ttl_secs: token_ttl.0.as_secs(),
+                    },
                 )
                 .await?;
             println!("Password and second factor of {name} cleared.");
@@ -648,7 +670,11 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Unlock { name } => {
             let _: ChangeResponse = api
-                .post(&format!("/v1/users/{name}/unlock"), &serde_json::json!({}))
+                .call_at(
+                    &endpoints::UNLOCK_USER,
+                    &endpoints::UNLOCK_USER.at(&[&name]),
+                    &(),
+                )
                 .await?;
             println!("User {name} unlocked.");
         }
@@ -775,7 +801,7 @@ async fn roles(admin: &Admin, c: RolesCommand) -> anyhow::Result<()> {
             crate::admin_config::apply(admin, &file, Some(kind::ROLE), dry_run).await?;
         }
         RolesCommand::Ls { format } => {
-            let roles: Vec<Document<RoleSpec>> = api.get("/v1/roles").await?;
+            let roles: Vec<Document<RoleSpec>> = api.call(&endpoints::ROLES, &()).await?;
             match format {
                 Format::Json => println!("{}", output::json(&roles)?),
                 Format::Text => println!(
@@ -802,14 +828,22 @@ async fn roles(admin: &Admin, c: RolesCommand) -> anyhow::Result<()> {
             }
         }
         RolesCommand::Get { name, format } => {
-            let role: Document<RoleSpec> = api.get(&format!("/v1/roles/{name}")).await?;
+            let role: Document<RoleSpec> = api
+                .call_at(&endpoints::ROLE, &endpoints::ROLE.at(&[&name]), &())
+                .await?;
             match format {
                 Format::Json => println!("{}", output::json(&role)?),
                 Format::Text => print!("{}", yaml(&comparable(&role))?),
             }
         }
         RolesCommand::Rm { name } => {
-            let _: ChangeResponse = api.delete(&format!("/v1/roles/{name}")).await?;
+            let _: ChangeResponse = api
+                .call_at(
+                    &endpoints::DELETE_ROLE,
+                    &endpoints::DELETE_ROLE.at(&[&name]),
+                    &(),
+                )
+                .await?;
             println!("Role {name} deleted.");
         }
     }
@@ -828,8 +862,8 @@ async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
         } => {
             let kind: TokenKind = kind.parse().map_err(anyhow::Error::msg)?;
             let resp: CreateTokenResponse = api
-                .post(
-                    "/v1/tokens",
+                .call(
+                    &endpoints::CREATE_TOKEN,
                     &CreateTokenRequest {
                         kind,
                         ttl_secs: ttl.0.as_secs(),
@@ -862,7 +896,7 @@ async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
             }
         }
         TokensCommand::Ls { format } => {
-            let tokens: Vec<TokenSummary> = api.get("/v1/tokens").await?;
+            let tokens: Vec<TokenSummary> = api.call(&endpoints::TOKENS, &()).await?;
             match format {
                 Format::Json => println!("{}", output::json(&tokens)?),
                 Format::Text => println!(
@@ -887,14 +921,20 @@ async fn tokens(admin: &Admin, c: TokensCommand) -> anyhow::Result<()> {
             }
         }
         TokensCommand::Rm { id } => {
-            let tokens: Vec<TokenSummary> = api.get("/v1/tokens").await?;
+            let tokens: Vec<TokenSummary> = api.call(&endpoints::TOKENS, &()).await?;
             let id = output::unique_prefix(
                 &id,
                 tokens.iter().map(|t| t.id.as_str()),
                 "token",
                 "warden admin tokens ls",
             )?;
-            let _: ChangeResponse = api.delete(&format!("/v1/tokens/{id}")).await?;
+            let _: ChangeResponse = api
+                .call_at(
+                    &endpoints::DELETE_TOKEN,
+                    &endpoints::DELETE_TOKEN.at(&[&id]),
+                    &(),
+                )
+                .await?;
             println!("Token {id} deleted.");
         }
     }
@@ -925,27 +965,16 @@ async fn audit(admin: &Admin, c: AuditCommand) -> anyhow::Result<()> {
         } => return export(admin, follow, after).await,
         AuditCommand::Verify => return verify(admin).await,
     };
-    let mut query = Vec::new();
-    if let Some(t) = &event_type {
-        query.push(format!("type={}", urlencode(t)));
-    }
-    if let Some(u) = &user {
-        query.push(format!("user={}", urlencode(u)));
-    }
-    if let Some(s) = since {
-        query.push(format!("since={}", s.before(output::now())));
-    }
-    if let Some(n) = &node {
-        query.push(format!("node={}", urlencode(n)));
-    }
-    if let Some(s) = &session {
-        query.push(format!("session_id={}", urlencode(s)));
-    }
-    query.push(format!("limit={limit}"));
-    let resp: AuditEvents = admin
-        .api
-        .get(&format!("/v1/audit/events?{}", query.join("&")))
-        .await?;
+    let query = AuditQuery {
+        event_type,
+        user,
+        since: since.map(|s| s.before(output::now())),
+        limit: Some(limit),
+        node,
+        session_id: session,
+        after: None,
+    };
+    let resp: AuditEvents = admin.api.call(&endpoints::AUDIT_EVENTS, &query).await?;
     match format {
         Format::Json => println!("{}", output::json(&resp.events)?),
         Format::Text => println!(
@@ -984,7 +1013,14 @@ async fn export(admin: &Admin, follow: bool, mut after: u64) -> anyhow::Result<(
     loop {
         let resp: AuditEvents = admin
             .api
-            .get(&format!("/v1/audit/events?after={after}&limit=1000"))
+            .call(
+                &endpoints::AUDIT_EVENTS,
+                &AuditQuery {
+                    after: Some(after),
+                    limit: Some(1000),
+                    ..Default::default()
+                },
+            )
             .await?;
         for e in &resp.events {
             serde_json::to_writer(&mut out, e)?;
@@ -1002,7 +1038,7 @@ async fn export(admin: &Admin, follow: bool, mut after: u64) -> anyhow::Result<(
 }
 
 async fn verify(admin: &Admin) -> anyhow::Result<()> {
-    let r: AuditVerifyResponse = admin.api.get("/v1/audit/verify").await?;
+    let r: AuditVerifyResponse = admin.api.call(&endpoints::AUDIT_VERIFY, &()).await?;
     let head = r
         .signed_head
         .map(|(i, t)| format!("; chain head signed at event {i} ({})", output::time(t)))
@@ -1022,18 +1058,6 @@ async fn verify(admin: &Admin) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     }
-}
-
-pub(crate) fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1091,8 +1115,10 @@ async fn connectors(admin: &Admin, c: ConnectorsCommand) -> anyhow::Result<()> {
             crate::admin_config::apply(admin, &file, Some(kind::OIDC), false).await
         }
         ConnectorsCommand::Ls { format } => {
-            let docs: Vec<Document<warden_types::OidcConnectorSpec>> =
-                admin.api.get("/v1/config/oidc").await?;
+            let docs: Vec<Document<warden_types::OidcConnectorSpec>> = admin
+                .api
+                .call_as(&endpoints::CONFIGS, &endpoints::CONFIGS.at(&[&"oidc"]), &())
+                .await?;
             match format {
                 Format::Json => println!("{}", output::json(&docs)?),
                 Format::Text => {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
 use warden_client::ApiClient;
-use warden_types::api::ChangeResponse;
+use warden_types::endpoints;
 use warden_types::resource::kind;
 use warden_types::Document;
 
@@ -40,32 +40,17 @@ fn check_kind(k: &str) -> anyhow::Result<()> {
     }
 }
 
-fn list_url(k: &str) -> String {
-    match k {
-        kind::USER => "/v1/users".into(),
-        kind::ROLE => "/v1/roles".into(),
-        kind::TOKEN => "/v1/tokens".into(),
-        kind::LOCK => "/v1/locks".into(),
-        kind::NODE => "/v1/nodes".into(),
-        _ => format!("/v1/config/{k}"),
-    }
-}
-
-/// The document's own URL, for kinds that have one.
-fn item_url(k: &str, name: &str) -> Option<String> {
-    match k {
-        kind::USER => Some(format!("/v1/users/{name}")),
-        kind::ROLE => Some(format!("/v1/roles/{name}")),
-        k if CONFIG_KINDS.contains(&k) => Some(format!("/v1/config/{k}/{name}")),
-        _ => None,
-    }
+/// Whether documents of kind `k` have their own URL (and are fetched
+/// by name rather than picked from a listing).
+fn has_own_url(k: &str) -> bool {
+    matches!(k, kind::USER | kind::ROLE) || CONFIG_KINDS.contains(&k)
 }
 
 /// The documents of kind `k` (tokens as documents too: id, kind, user,
 /// expiry; never the secret).
 async fn list(api: &ApiClient, k: &str) -> anyhow::Result<Vec<Document<Value>>> {
     if k == kind::TOKEN {
-        let tokens: Vec<warden_types::api::TokenSummary> = api.get(&list_url(k)).await?;
+        let tokens = api.call(&endpoints::TOKENS, &()).await?;
         return tokens
             .into_iter()
             .map(|t| {
@@ -79,16 +64,49 @@ async fn list(api: &ApiClient, k: &str) -> anyhow::Result<Vec<Document<Value>>> 
             })
             .collect();
     }
-    Ok(api.get(&list_url(k)).await?)
+    Ok(match k {
+        kind::USER => {
+            api.call_as(&endpoints::USERS, endpoints::USERS.path, &())
+                .await?
+        }
+        kind::ROLE => {
+            api.call_as(&endpoints::ROLES, endpoints::ROLES.path, &())
+                .await?
+        }
+        kind::LOCK => {
+            api.call_as(&endpoints::LOCKS, endpoints::LOCKS.path, &())
+                .await?
+        }
+        kind::NODE => {
+            api.call_as(&endpoints::NODES, endpoints::NODES.path, &())
+                .await?
+        }
+        _ => {
+            let path = endpoints::CONFIGS.at(&[&k]);
+            api.call_as(&endpoints::CONFIGS, &path, &()).await?
+        }
+    })
 }
 
 /// The document of a kind with its own URL (user, role, configuration),
 /// if it exists.
 async fn fetch(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Option<Document<Value>>> {
-    let Some(url) = item_url(k, name) else {
-        return Ok(None);
+    let fetched = match k {
+        kind::USER => {
+            api.call_as(&endpoints::USER, &endpoints::USER.at(&[&name]), &())
+                .await
+        }
+        kind::ROLE => {
+            api.call_as(&endpoints::ROLE, &endpoints::ROLE.at(&[&name]), &())
+                .await
+        }
+        k if CONFIG_KINDS.contains(&k) => {
+            let path = endpoints::CONFIG.at(&[&k, &name]);
+            api.call_as(&endpoints::CONFIG, &path, &()).await
+        }
+        _ => return Ok(None),
     };
-    match api.get(&url).await {
+    match fetched {
         Ok(d) => Ok(Some(d)),
         Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -102,7 +120,7 @@ async fn pick(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<Document<V
         bail!("a {k} name or id cannot be empty");
     }
     let listing = format!("warden admin get {k}");
-    if item_url(k, name).is_some() {
+    if has_own_url(k) {
         return fetch(api, k, name)
             .await?
             .with_context(|| format!("no {k} {name:?}; '{listing}' lists them"));
@@ -336,8 +354,8 @@ pub async fn apply(
             kind::LOCK => {
                 let spec: warden_types::LockSpec = serde_json::from_value(doc.spec.clone())?;
                 let lock: Document<warden_types::LockSpec> = api
-                    .post(
-                        "/v1/locks",
+                    .call(
+                        &endpoints::CREATE_LOCK,
                         &warden_types::api::CreateLockRequest {
                             target: spec.target,
                             reason: spec.reason,
@@ -353,8 +371,15 @@ pub async fn apply(
             }
             k => {
                 doc.metadata.revision = existing.and_then(|e| e.metadata.revision);
-                let url = item_url(k, doc.name()).expect("writable kinds have a URL");
-                let _: ChangeResponse = api.put(&url, &doc).await?;
+                if k == kind::ROLE {
+                    let role: Document<warden_types::RoleSpec> =
+                        serde_json::from_value(serde_json::to_value(&doc)?)?;
+                    let path = endpoints::PUT_ROLE.at(&[&doc.name()]);
+                    api.call_at(&endpoints::PUT_ROLE, &path, &role).await?;
+                } else {
+                    let path = endpoints::PUT_CONFIG.at(&[&k, &doc.name()]);
+                    api.call_at(&endpoints::PUT_CONFIG, &path, &doc).await?;
+                }
                 Ok(())
             }
         }
@@ -376,8 +401,9 @@ async fn write_user(
     if exists {
         let _: Document<warden_types::UserSpec> = admin
             .api
-            .patch(
-                &format!("/v1/users/{}", doc.name()),
+            .call_at(
+                &endpoints::UPDATE_USER,
+                &endpoints::UPDATE_USER.at(&[&doc.name()]),
                 &warden_types::api::UpdateUserRequest {
                     roles: Some(spec.roles),
                     logins: Some(logins),
@@ -390,8 +416,8 @@ async fn write_user(
     traits.remove("logins");
     let resp: warden_types::api::CreateUserResponse = admin
         .api
-        .post(
-            "/v1/users",
+        .call(
+            &endpoints::CREATE_USER,
             &warden_types::api::CreateUserRequest {
                 name: doc.name().to_string(),
                 roles: spec.roles,
@@ -435,11 +461,20 @@ pub async fn get(
 pub async fn rm(api: &ApiClient, k: &str, name: &str) -> anyhow::Result<()> {
     check_kind(k)?;
     let doc = pick(api, k, name).await?;
-    let url = match k {
-        kind::TOKEN | kind::LOCK | kind::NODE => format!("{}/{}", list_url(k), doc.name()),
-        _ => item_url(k, doc.name()).expect("kinds with a URL"),
+    let name = doc.name();
+    let e = match k {
+        kind::TOKEN => endpoints::DELETE_TOKEN,
+        kind::LOCK => endpoints::DELETE_LOCK,
+        kind::NODE => endpoints::REMOVE_NODE,
+        kind::USER => endpoints::DELETE_USER,
+        kind::ROLE => endpoints::DELETE_ROLE,
+        _ => endpoints::DELETE_CONFIG,
     };
-    let _: Value = api.delete(&url).await?;
+    let path = match k {
+        k if CONFIG_KINDS.contains(&k) => e.at(&[&k, &name]),
+        _ => e.at(&[&name]),
+    };
+    api.call_at(&e, &path, &()).await?;
     match k {
         kind::NODE => println!(
             "node {} removed from the inventory (a running node comes back with its next heartbeat; lock it to keep it out).",

@@ -13,6 +13,7 @@ use warden_types::api::{
     MfaChallengeRequest, MfaChallengeResponse, MfaDevice, MfaProof, MfaPurpose, MfaRegisterFinish,
     MfaRegisterRequest, MfaRemoveRequest, WebauthnAnswer, WebauthnChallenge,
 };
+use warden_types::endpoints;
 use webauthn_authenticator_rs::prelude::{
     CreationChallengeResponse, RequestChallengeResponse, Url, WebauthnAuthenticator,
 };
@@ -73,8 +74,8 @@ pub async fn run(cmd: MfaCommand) -> anyhow::Result<()> {
             let DeviceType::Webauthn = a.kind;
             let proof = manage_proof(&api, &p.proxy, a.otp).await?;
             let challenge: WebauthnChallenge = api
-                .post(
-                    "/v1/mfa/devices/register",
+                .call(
+                    &endpoints::MFA_REGISTER,
                     &MfaRegisterRequest {
                         name: a.name.clone(),
                         proof,
@@ -87,8 +88,8 @@ pub async fn run(cmd: MfaCommand) -> anyhow::Result<()> {
             eprintln!("Touch the security key to enrol it as {}.", a.name);
             let credential = ceremony(origin, Ceremony::Register(request)).await?;
             let device: MfaDevice = api
-                .post(
-                    "/v1/mfa/devices/register/finish",
+                .call(
+                    &endpoints::MFA_REGISTER_FINISH,
                     &MfaRegisterFinish {
                         answer: WebauthnAnswer {
                             challenge_id: challenge.id,
@@ -103,7 +104,7 @@ pub async fn run(cmd: MfaCommand) -> anyhow::Result<()> {
             );
         }
         MfaCommand::Ls(a) => {
-            let devices: Vec<MfaDevice> = api.get("/v1/mfa/devices").await?;
+            let devices: Vec<MfaDevice> = api.call(&endpoints::MFA_DEVICES, &()).await?;
             if a.format == Format::Json {
                 println!("{}", output::json(&devices)?);
                 return Ok(());
@@ -140,8 +141,8 @@ pub async fn run(cmd: MfaCommand) -> anyhow::Result<()> {
         MfaCommand::Rm(a) => {
             let proof = manage_proof(&api, &p.proxy, a.otp).await?;
             let _: serde_json::Value = api
-                .post(
-                    "/v1/mfa/devices/remove",
+                .call(
+                    &endpoints::MFA_REMOVE,
                     &MfaRemoveRequest {
                         name: a.name.clone(),
                         proof,
@@ -161,8 +162,8 @@ async fn manage_proof(
     otp: Option<String>,
 ) -> anyhow::Result<MfaProof> {
     let challenge: MfaChallengeResponse = api
-        .post(
-            "/v1/mfa/challenge",
+        .call(
+            &endpoints::MFA_CHALLENGE,
             &MfaChallengeRequest {
                 purpose: MfaPurpose::Manage,
             },

@@ -13,6 +13,7 @@ use warden_types::api::{
     MfaRequiredResponse, MfaSessionRequest, MfaSessionResponse,
 };
 use warden_types::duration::relative;
+use warden_types::endpoints;
 use warden_types::{Document, NodeSpec};
 
 #[derive(Args)]
@@ -148,7 +149,7 @@ async fn refresh_roles(store: &ProfileStore, p: &Profile) {
 async fn inventory(store: &ProfileStore, p: &Profile) -> anyhow::Result<Vec<Document<NodeSpec>>> {
     refresh_roles(store, p).await;
     Ok(warden_client::login::auth_client(store, p)?
-        .get("/v1/nodes")
+        .call(&endpoints::NODES, &())
         .await?)
 }
 
@@ -580,8 +581,8 @@ async fn session_mfa_cert(
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
     let api = warden_client::login::auth_client(store, p)?;
     let need: MfaRequiredResponse = api
-        .post(
-            "/v1/mfa/required",
+        .call(
+            &endpoints::MFA_REQUIRED,
             &MfaRequiredRequest {
                 node: node_id.to_string(),
             },
@@ -598,8 +599,8 @@ async fn session_mfa_cert(
                 need.roles.join(", ")
             );
             let challenge: MfaChallengeResponse = api
-                .post(
-                    "/v1/mfa/challenge",
+                .call(
+                    &endpoints::MFA_CHALLENGE,
                     &MfaChallengeRequest {
                         purpose: MfaPurpose::Session,
                     },
@@ -612,8 +613,8 @@ async fn session_mfa_cert(
     let public = std::fs::read_to_string(format!("{}.pub", key.display()))
         .context("cannot read your public key; run 'warden login'")?;
     let resp: MfaSessionResponse = api
-        .post(
-            "/v1/mfa/session",
+        .call(
+            &endpoints::MFA_SESSION,
             &MfaSessionRequest {
                 node: node_id.to_string(),
                 ssh_public_key: public.trim().to_string(),

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use warden_client::ProfileStore;
 use warden_recording::{decode, AsciicastWriter, Decoded, EventKind, TextWriter};
 use warden_types::api::RecordingInfo;
+use warden_types::api::RecordingQuery;
 use warden_types::duration::HumanDuration;
+use warden_types::endpoints;
 
 /// Largest recording fetched.
 const MAX_FETCH: usize = 256 << 20;
@@ -74,19 +76,12 @@ pub async fn recordings(c: RecordingsCommand) -> anyhow::Result<()> {
         since,
         format,
     } = c;
-    let mut q = Vec::new();
-    if let Some(u) = &user {
-        q.push(format!("user={}", crate::admin::urlencode(u)));
-    }
-    if let Some(n) = &node {
-        q.push(format!("node={}", crate::admin::urlencode(n)));
-    }
-    if let Some(s) = since {
-        q.push(format!("since={}", s.before(output::now())));
-    }
-    let list: Vec<RecordingInfo> = api()?
-        .get(&format!("/v1/recordings?{}", q.join("&")))
-        .await?;
+    let query = RecordingQuery {
+        user,
+        node,
+        since: since.map(|s| s.before(output::now())),
+    };
+    let list: Vec<RecordingInfo> = api()?.call(&endpoints::RECORDINGS, &query).await?;
     match format {
         Format::Json => println!("{}", output::json(&list)?),
         Format::Text => println!(
@@ -136,7 +131,9 @@ pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
             .bytes()
             .all(|b| b.is_ascii_hexdigit() || b == b'-')
     {
-        let list: Vec<RecordingInfo> = api()?.get("/v1/recordings").await?;
+        let list: Vec<RecordingInfo> = api()?
+            .call(&endpoints::RECORDINGS, &RecordingQuery::default())
+            .await?;
         a.session_id = output::unique_prefix(
             &a.session_id,
             list.iter().map(|r| r.session_id.as_str()),
@@ -145,7 +142,11 @@ pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
         )?;
     }
     let bytes = api()?
-        .get_bytes(&format!("/v1/recordings/{}", a.session_id), MAX_FETCH)
+        .get_bytes(
+            &endpoints::RECORDING,
+            &endpoints::RECORDING.at(&[&a.session_id]),
+            MAX_FETCH,
+        )
         .await?;
     let what = || format!("recording {}", a.session_id);
     // Exports stream (memory: one chunk, however long the session); what

@@ -10,6 +10,7 @@ use warden_types::api::{
     CreateRequestRequest, LoginResponse, RenewRequest, ResourceRef, ReviewRequest,
 };
 use warden_types::duration::{relative, HumanDuration};
+use warden_types::endpoints;
 use warden_types::{AccessRequestSpec, Document, RequestState};
 
 #[derive(Subcommand)]
@@ -112,7 +113,7 @@ async fn request_id(api: &warden_client::ApiClient, given: &str) -> anyhow::Resu
     if uuid::Uuid::parse_str(given).is_ok() {
         return Ok(given.to_string());
     }
-    let list: Vec<Document<AccessRequestSpec>> = api.get("/v1/requests").await?;
+    let list: Vec<Document<AccessRequestSpec>> = api.call(&endpoints::REQUESTS, &()).await?;
     output::unique_prefix(
         given,
         list.iter().map(|r| r.name()),
@@ -138,8 +139,8 @@ pub async fn renew_locked(
         &std::fs::read_to_string(store.private_key_path(p)).context("cannot read your key")?,
     )?;
     let resp: LoginResponse = api
-        .post(
-            "/v1/certs/renew",
+        .call(
+            &endpoints::RENEW,
             &RenewRequest {
                 ssh_public_key: key.ssh_public_key().to_openssh()?,
                 tls_csr_pem: key.csr_pem(&p.user)?,
@@ -179,8 +180,8 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
             no_wait,
         } => {
             let r: Document<AccessRequestSpec> = api
-                .post(
-                    "/v1/requests",
+                .call(
+                    &endpoints::CREATE_REQUEST,
                     &CreateRequestRequest {
                         roles,
                         resources: resource
@@ -204,7 +205,9 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
             let spinner = ['|', '/', '-', '\\'];
             let mut i = 0;
             let decided = loop {
-                let r: Document<AccessRequestSpec> = api.get(&format!("/v1/requests/{id}")).await?;
+                let r: Document<AccessRequestSpec> = api
+                    .call_at(&endpoints::REQUEST, &endpoints::REQUEST.at(&[&id]), &())
+                    .await?;
                 if r.spec.state != RequestState::Pending {
                     break r;
                 }
@@ -236,7 +239,8 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
             );
         }
         RequestCommand::Ls { format } => {
-            let list: Vec<Document<AccessRequestSpec>> = api.get("/v1/requests").await?;
+            let list: Vec<Document<AccessRequestSpec>> =
+                api.call(&endpoints::REQUESTS, &()).await?;
             match format {
                 Format::Json => println!("{}", output::json(&list)?),
                 Format::Text => println!(
@@ -250,7 +254,9 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
         }
         RequestCommand::Show { id, format } => {
             let id = request_id(&api, &id).await?;
-            let r: Document<AccessRequestSpec> = api.get(&format!("/v1/requests/{id}")).await?;
+            let r: Document<AccessRequestSpec> = api
+                .call_at(&endpoints::REQUEST, &endpoints::REQUEST.at(&[&id]), &())
+                .await?;
             match format {
                 Format::Json => println!("{}", output::json(&r)?),
                 Format::Text => {
@@ -275,8 +281,13 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
         }
         RequestCommand::Drop { id } => {
             let id = request_id(&api, &id).await?;
-            let r: Document<AccessRequestSpec> =
-                api.post(&format!("/v1/requests/{id}/drop"), &()).await?;
+            let r: Document<AccessRequestSpec> = api
+                .call_at(
+                    &endpoints::DROP_REQUEST,
+                    &endpoints::DROP_REQUEST.at(&[&id]),
+                    &(),
+                )
+                .await?;
             let resp = renew_certificates().await?;
             println!(
                 "Request {id} dropped ({}). Your certificate now carries roles {}.",
@@ -292,8 +303,9 @@ pub async fn run(c: RequestCommand) -> anyhow::Result<()> {
         } => {
             let id = request_id(&api, &id).await?;
             let r: Document<AccessRequestSpec> = api
-                .post(
-                    &format!("/v1/requests/{id}/review"),
+                .call_at(
+                    &endpoints::REVIEW_REQUEST,
+                    &endpoints::REVIEW_REQUEST.at(&[&id]),
                     &ReviewRequest { approve, reason },
                 )
                 .await?;

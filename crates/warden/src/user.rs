@@ -10,6 +10,7 @@ use warden_client::tls::Trust;
 use warden_client::{ClientError, ProfileStore};
 use warden_types::api::SignupRequest;
 use warden_types::duration::{relative, HumanDuration};
+use warden_types::endpoints;
 use warden_types::Secret;
 
 #[derive(Args)]
@@ -238,8 +239,9 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     if let Some(id) = a.request {
         if !resp.identity.requests.contains(&id) {
             let api = warden_client::login::auth_client(&store, &profile)?;
-            let r: warden_types::Document<warden_types::AccessRequestSpec> =
-                api.get(&format!("/v1/requests/{id}")).await?;
+            let r: warden_types::Document<warden_types::AccessRequestSpec> = api
+                .call_at(&endpoints::REQUEST, &endpoints::REQUEST.at(&[&id]), &())
+                .await?;
             bail!(
                 "request {id} is {}{}; the certificate does not carry it ('warden request show {id}')",
                 r.spec.state,
@@ -264,7 +266,7 @@ async fn learn_proxies(
     let Ok(api) = client::auth_client(store, &profile) else {
         return profile;
     };
-    let list: Vec<warden_types::api::ProxyInfo> = match api.get("/v1/proxies").await {
+    let list: Vec<warden_types::api::ProxyInfo> = match api.call(&endpoints::PROXIES, &()).await {
         Ok(l) => l,
         Err(e) => {
             tracing::debug!(error = %e, "cannot list the cluster's proxies");

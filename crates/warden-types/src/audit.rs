@@ -117,6 +117,7 @@ pub mod codes {
         "rate_limited",
         "recording.failure",
         "recording.play",
+        "recordings.outage",
         "role.create",
         "role.delete",
         "role.update",

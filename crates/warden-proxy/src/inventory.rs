@@ -1,4 +1,5 @@
-//! The nodes the proxy can route to, from auth, cached briefly.
+//! The nodes the proxy can route to, from auth, cached briefly; and the
+//! locks in force, pushed by auth.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,11 +16,19 @@ const STALE_FOR: Duration = Duration::from_secs(30);
 /// The last locks fetched, and when.
 type CachedLocks = Option<(Instant, Vec<Document<warden_types::LockSpec>>)>;
 
-/// Locks in force, from auth, cached briefly.
+/// How long a pushed lock list stands without a new answer: the push
+/// answers at least every 25 s while auth is there.
+const PUSHED_FRESH_FOR: Duration = Duration::from_secs(30);
+
+/// Locks in force, pushed by auth (a long poll answered from its watch of
+/// the store), else fetched and cached briefly.
 #[derive(Clone)]
 pub struct Locks {
     auth: ApiClient,
     cache: Arc<Mutex<CachedLocks>>,
+    /// The push started, and is answering.
+    watching: Arc<std::sync::Once>,
+    pushed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Locks {
@@ -27,6 +36,37 @@ impl Locks {
         Locks {
             auth,
             cache: Arc::new(Mutex::new(None)),
+            watching: Arc::new(std::sync::Once::new()),
+            pushed: Default::default(),
+        }
+    }
+
+    /// Follows the lock push for as long as the proxy runs; falls back to
+    /// fetching (with [`FRESH_FOR`]) while the push does not answer.
+    async fn follow(self) {
+        use std::sync::atomic::Ordering;
+        let mut after = None;
+        loop {
+            let query = warden_types::api::WatchQuery {
+                after,
+                wait: after.map(|_| 25),
+            };
+            match self.auth.call(&endpoints::LOCKS_WATCH, &query).await {
+                Ok(w) => {
+                    after = Some(w.revision);
+                    *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((Instant::now(), w.locks));
+                    self.pushed.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.pushed.store(false, Ordering::Relaxed);
+                    // An auth server from before the push: ask again now
+                    // and then (a rolling upgrade).
+                    let old = matches!(e, warden_client::ClientError::Api { status: 404, .. });
+                    tracing::debug!(error = %e, "lock push unavailable; fetching locks instead");
+                    tokio::time::sleep(Duration::from_secs(if old { 300 } else { 1 })).await;
+                }
+            }
         }
     }
 
@@ -39,9 +79,16 @@ impl Locks {
         roles: &[String],
         requests: &[String],
     ) -> Result<Option<String>, String> {
+        self.watching.call_once(|| {
+            tokio::spawn(self.clone().follow());
+        });
+        let fresh_for = match self.pushed.load(std::sync::atomic::Ordering::Relaxed) {
+            true => PUSHED_FRESH_FOR,
+            false => FRESH_FOR,
+        };
         let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let locks = match &cached {
-            Some((at, l)) if at.elapsed() < FRESH_FOR => l.clone(),
+            Some((at, l)) if at.elapsed() < fresh_for => l.clone(),
             _ => match self.auth.call(&endpoints::LOCKS, &()).await {
                 Ok(l) => {
                     *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -1024,6 +1024,46 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     assert!(has_event(&c, "lock.delete", "WA7001I", |_| true));
 }
 
+/// The jump host hears of a lock by push: a connection right after the
+/// lock is refused there, with the reason, rather than let through to the
+/// node on a lock list fetched before it.
+#[test]
+fn the_jump_host_refuses_a_new_lock_at_once() {
+    let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
+    let cfg = c.ssh_config("alice");
+    let jump = || {
+        run_program(
+            "ssh",
+            &[
+                "-F".into(),
+                cfg.display().to_string(),
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-J".into(),
+                format!("alice@{}", c.proxy),
+                "root@db-1.warden".into(),
+                "true".into(),
+            ],
+            None,
+        )
+    };
+    // The jump host has just read the locks.
+    jump().expect_ok();
+    let t0 = std::time::Instant::now();
+    c.admin(&["lock", "--user", "alice", "--reason", "INC-9"])
+        .expect_ok();
+    let out = jump();
+    eprintln!("lock to a refused jump: {:?}", t0.elapsed());
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("warden: access denied: locked (user=alice): INC-9"),
+        "{}",
+        out.all()
+    );
+}
+
 /// Taking away the role that allowed a login ends the live session within
 /// seconds, as a lock does: the node follows the roles and users auth
 /// pushes and re-decides its live connections on every change.

@@ -92,9 +92,9 @@ fn store_url(flag: &str, url: Option<&str>) -> anyhow::Result<StoreUrl> {
     match url.split_once("://").map(|(scheme, _)| scheme) {
         _ if url == "sqlite" => Ok(StoreUrl::Sqlite),
         Some("postgres" | "postgresql") => Ok(StoreUrl::Postgres(url.to_string())),
-        Some("etcd") => Ok(StoreUrl::Etcd(url.to_string())),
+        Some("etcd" | "etcds") => Ok(StoreUrl::Etcd(url.to_string())),
         _ => anyhow::bail!(
-            "{flag}: unknown store {}; expected sqlite, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or etcd://HOST:PORT[,HOST:PORT...]",
+            "{flag}: unknown store {}; expected sqlite, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or etcd[s]://HOST:PORT[,HOST:PORT...]",
             warden_store::postgres::redact_url(url)
         ),
     }

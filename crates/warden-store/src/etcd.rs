@@ -15,6 +15,10 @@
 //! Each member has its own connection; a call that cannot reach one (or
 //! meets an election) moves on to the next, for up to 15 s, so losing a
 //! member or the leader costs a retry, not an error.
+//!
+//! `etcds://` speaks TLS, verifying the members against the CA named by
+//! `ca=`, and presents a client certificate (`cert=`, `key=`) to members
+//! that ask for one (`--client-cert-auth`).
 
 use crate::backend::{
     expect_revision, from_millis, now_millis, to_millis, Backend, Event, EventKind, Item,
@@ -45,6 +49,8 @@ pub struct EtcdBackend {
 
 struct Inner {
     endpoints: Vec<String>,
+    /// TLS to the members (`etcds://`).
+    tls: Option<etcd_client::TlsOptions>,
     /// One client per member, connected on first use.
     clients: Mutex<Vec<Option<Client>>>,
     /// The member that answered last.
@@ -98,27 +104,103 @@ fn live(kv: &KeyValue) -> Option<Item> {
     })
 }
 
-impl EtcdBackend {
-    /// Connects to `etcd://HOST:PORT[,HOST:PORT...]`.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let hosts = url.strip_prefix("etcd://").ok_or_else(|| {
-            StoreError::Backend(format!("{url:?}: expected etcd://HOST:PORT[,HOST:PORT...]"))
-        })?;
-        let endpoints: Vec<String> = hosts
+/// An `etcd://` or `etcds://` URL, read.
+struct EtcdUrl {
+    hosts: Vec<String>,
+    tls: Option<etcd_client::TlsOptions>,
+}
+
+impl EtcdUrl {
+    fn parse(url: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            StoreError::Backend(format!(
+                "{}: {why}; expected etcd://HOST:PORT[,HOST:PORT...] or etcds://HOST:PORT[,...]?ca=CA.pem[&cert=CLIENT.pem&key=CLIENT.key]",
+                crate::postgres::redact_url(url)
+            ))
+        };
+        let (tls, rest) = match (url.strip_prefix("etcds://"), url.strip_prefix("etcd://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            _ => return Err(bad("not an etcd URL")),
+        };
+        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let hosts: Vec<String> = hosts
             .trim_end_matches('/')
             .split(',')
             .filter(|h| !h.is_empty())
-            .map(|h| format!("http://{h}"))
+            .map(str::to_string)
             .collect();
-        if endpoints.is_empty() {
-            return Err(StoreError::Backend(format!(
-                "{url:?}: name at least one etcd member, etcd://HOST:PORT"
-            )));
+        if hosts.is_empty() {
+            return Err(bad("name at least one etcd member"));
         }
+        let mut files = std::collections::BTreeMap::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !matches!(k, "ca" | "cert" | "key") {
+                return Err(bad(&format!("unknown parameter {k:?}")));
+            }
+            let pem = std::fs::read_to_string(v)
+                .map_err(|e| bad(&format!("cannot read {k}={v} ({e})")))?;
+            files.insert(k, pem);
+        }
+        if !tls {
+            if !files.is_empty() {
+                return Err(bad("ca, cert and key need TLS: write etcds://"));
+            }
+            return Ok(EtcdUrl { hosts, tls: None });
+        }
+        let Some(ca) = files.get("ca") else {
+            return Err(bad("etcds:// needs ca=FILE, the CA that signed the members' certificates"));
+        };
+        let mut options =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        match (files.get("cert"), files.get("key")) {
+            (Some(cert), Some(key)) => {
+                options = options.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            (None, None) => {}
+            _ => return Err(bad("give both cert= and key= (the client certificate and its key)")),
+        }
+        Ok(EtcdUrl {
+            hosts,
+            tls: Some(options),
+        })
+    }
+}
+
+/// Whether `host:port` names this machine.
+fn is_loopback(host_port: &str) -> bool {
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl EtcdBackend {
+    /// Connects to `etcd://HOST:PORT[,HOST:PORT...]`, or with TLS to
+    /// `etcds://HOST:PORT[,...]?ca=CA.pem[&cert=CLIENT.pem&key=CLIENT.key]`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let target = EtcdUrl::parse(url)?;
+        if target.tls.is_none() {
+            if let Some(h) = target.hosts.iter().find(|h| !is_loopback(h)) {
+                tracing::warn!(member = %h, "etcd is reached without TLS: its traffic (users, roles, tokens' hashes, sealed CA keys) crosses the network in clear; use etcds://...?ca=CA.pem");
+            }
+        }
+        let scheme = if target.tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = target
+            .hosts
+            .iter()
+            .map(|h| format!("{scheme}://{h}"))
+            .collect();
         let backend = EtcdBackend {
             inner: Arc::new(Inner {
                 clients: Mutex::new(vec![None; endpoints.len()]),
                 endpoints,
+                tls: target.tls,
                 preferred: AtomicUsize::new(0),
             }),
         };
@@ -140,6 +222,10 @@ impl EtcdBackend {
             // A member cut off from the majority refuses, rather than
             // serving stale reads and a silent watch.
             .with_require_leader(true);
+        let options = match &self.inner.tls {
+            Some(tls) => options.with_tls(tls.clone()),
+            None => options,
+        };
         let c = Client::connect([self.inner.endpoints[i].as_str()], Some(options)).await?;
         self.inner.clients.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(c.clone());
         Ok(c)

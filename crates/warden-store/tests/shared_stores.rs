@@ -227,6 +227,78 @@ async fn etcd_watch_resumes_after_the_server_restarts() {
     assert_eq!(ev.item.value, b"2");
 }
 
+/// TLS to etcd: members that require client certificates serve warden
+/// over `etcds://` with the cluster CA and warden's client certificate;
+/// without the client certificate, or trusting another CA, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_verified_tls_with_client_certificates() {
+    let dir = std::env::temp_dir().join(format!("warden-etcd-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(name), cert.pem()).unwrap();
+        rcgen::Issuer::new(params, key)
+    };
+    let issuer = ca("ca.pem");
+    let _other = ca("other-ca.pem");
+    let leaf = |name: &str, sans: Vec<String>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf("server", vec!["127.0.0.1".to_string()]);
+    leaf("client", vec!["warden".to_string()]);
+    let files = support::etcd::TlsFiles {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    };
+    let etcd = EtcdCluster::start_tls(1, files);
+    let url = etcd.url();
+    assert!(url.starts_with("etcds://"), "{url}");
+    let b = EtcdBackend::connect(&url).await.unwrap();
+    let rev = b.put("/tls/a", b"1".to_vec(), None).await.unwrap();
+    assert_eq!(b.get("/tls/a").await.unwrap().unwrap().value, b"1");
+    let mut w = b.watch("/tls/", rev).await.unwrap();
+    b.put("/tls/b", b"2".to_vec(), None).await.unwrap();
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.item.key, "/tls/b");
+
+    // Without a client certificate: the members refuse.
+    let no_cert = url.split("&cert=").next().unwrap().to_string();
+    assert!(EtcdBackend::connect(&no_cert).await.is_err());
+    // Trusting another CA: warden refuses the members.
+    let other = url.replace("ca.pem", "other-ca.pem");
+    assert!(EtcdBackend::connect(&other).await.is_err());
+    // TLS parameters without TLS, or TLS without a CA: a clear refusal.
+    let e = EtcdBackend::connect(&url.replacen("etcds://", "etcd://", 1))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("write etcds://"), "{e}");
+    let e = EtcdBackend::connect(url.split('?').next().unwrap())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs ca=FILE"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// TLS to PostgreSQL: with `sslmode=require` and the server's CA the
 /// connection is encrypted (the server says so); without the CA it is
 /// refused, never downgraded; a server without TLS is refused too.

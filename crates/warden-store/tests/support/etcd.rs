@@ -18,6 +18,17 @@ struct Member {
 pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files for members that speak TLS and ask clients for certificates.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -31,6 +42,16 @@ fn free_port() -> u16 {
 impl EtcdCluster {
     /// Starts `n` members and waits until every one answers.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, None)
+    }
+
+    /// Starts `n` members serving clients over TLS only, with client
+    /// certificates required (`--client-cert-auth`).
+    pub fn start_tls(n: usize, files: TlsFiles) -> EtcdCluster {
+        Self::start_with(n, Some(files))
+    }
+
+    fn start_with(n: usize, tls: Option<TlsFiles>) -> EtcdCluster {
         let dir = std::env::temp_dir().join(format!("warden-etcd-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let members = (0..n)
@@ -41,7 +62,7 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut c = EtcdCluster { dir, members };
+        let mut c = EtcdCluster { dir, members, tls };
         for i in 0..n {
             c.resume(i);
         }
@@ -72,15 +93,29 @@ impl EtcdCluster {
             .collect();
         let m = &self.members[i];
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).unwrap();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(t) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &t.server_cert),
+                ("--key-file", &t.server_key),
+                ("--trusted-ca-file", &t.ca),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.into());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let child = Command::new("etcd")
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(self.dir.join(&m.name))
             .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg(format!("{scheme}://127.0.0.1:{}", m.client_port))
             .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client_port))
+            .arg(format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .args(&tls_args)
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", m.peer_port))
             .arg("--initial-advertise-peer-urls")
@@ -111,7 +146,16 @@ impl EtcdCluster {
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
             .collect();
-        format!("etcd://{}", hosts.join(","))
+        match &self.tls {
+            None => format!("etcd://{}", hosts.join(",")),
+            Some(t) => format!(
+                "etcds://{}?ca={}&cert={}&key={}",
+                hosts.join(","),
+                t.ca.display(),
+                t.client_cert.display(),
+                t.client_key.display()
+            ),
+        }
     }
 }
 

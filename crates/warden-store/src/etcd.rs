@@ -150,7 +150,9 @@ impl EtcdUrl {
             return Ok(EtcdUrl { hosts, tls: None });
         }
         let Some(ca) = files.get("ca") else {
-            return Err(bad("etcds:// needs ca=FILE, the CA that signed the members' certificates"));
+            return Err(bad(
+                "etcds:// needs ca=FILE, the CA that signed the members' certificates",
+            ));
         };
         let mut options =
             etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
@@ -159,7 +161,11 @@ impl EtcdUrl {
                 options = options.identity(etcd_client::Identity::from_pem(cert, key));
             }
             (None, None) => {}
-            _ => return Err(bad("give both cert= and key= (the client certificate and its key)")),
+            _ => {
+                return Err(bad(
+                    "give both cert= and key= (the client certificate and its key)",
+                ))
+            }
         }
         Ok(EtcdUrl {
             hosts,
@@ -190,7 +196,11 @@ impl EtcdBackend {
                 tracing::warn!(member = %h, "etcd is reached without TLS: its traffic (users, roles, tokens' hashes, sealed CA keys) crosses the network in clear; use etcds://...?ca=CA.pem");
             }
         }
-        let scheme = if target.tls.is_some() { "https" } else { "http" };
+        let scheme = if target.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let endpoints: Vec<String> = target
             .hosts
             .iter()

@@ -200,17 +200,32 @@ async fn put(
         )));
     }
     validate_name(&name).map_err(AuthError::BadRequest)?;
-    doc.spec = validate(&k, &doc)?;
     doc.metadata.expires = None;
     let existing = resources::get::<Value>(s.backend(), &key).await?;
     if k == kind::CLUSTER_CONFIG {
-        let name_of = |spec: &Value| spec.get("cluster_name").cloned();
-        if existing.as_ref().map(|e| name_of(&e.spec)) != Some(name_of(&doc.spec)) {
-            return Err(AuthError::BadRequest(
-                "cluster_name cannot change: certificates and nodes carry it (start a new cluster to rename)".into(),
-            ));
+        // Settings left out keep their value (not the default), and the
+        // name may be left out but not changed.
+        let stored = existing
+            .as_ref()
+            .map(|e| e.spec.clone())
+            .unwrap_or_default();
+        let stored_name = stored.get("cluster_name").cloned().unwrap_or_default();
+        if let Some(given) = doc.spec.get("cluster_name") {
+            if *given != stored_name {
+                return Err(AuthError::BadRequest(format!(
+                    "cluster_name cannot change (it is {stored_name}): certificates and nodes carry it; start a new cluster to rename"
+                )));
+            }
         }
+        let mut merged = stored;
+        if let (Some(m), Some(given)) = (merged.as_object_mut(), doc.spec.as_object()) {
+            for (field, value) in given {
+                m.insert(field.clone(), value.clone());
+            }
+        }
+        doc.spec = merged;
     }
+    doc.spec = validate(&k, &doc)?;
     let verb = if existing.is_some() {
         verbs::UPDATE
     } else {

@@ -1,11 +1,16 @@
 //! The state nodes decide logins from, pushed: `GET /v1/nodes/policy` is a
 //! long poll answered as soon as users, roles, requests or locks change
-//! after the node's revision (fed by the backend's watch streams), so a
+//! after the node's version (fed by the backend's watch streams), so a
 //! node decides a login without a round trip and learns a role removal in
 //! the store's propagation time.
+//!
+//! A version is the store revision of each of the four caches, not their
+//! maximum: each cache follows its own watch, so one may lag another, and
+//! a maximum would let a late change hide behind an earlier-applied later
+//! one for good.
 
 use crate::api::Caller;
-use crate::error::Result;
+use crate::error::{AuthError, Result};
 use crate::nodes::require_node;
 use crate::routes::Serve;
 use crate::server::AuthServer;
@@ -14,66 +19,88 @@ use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
-use std::time::Duration;
-use warden_types::api::NodePolicy;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warden_types::api::{parse_policy_version, NodePolicy, PolicyQuery};
 use warden_types::endpoints;
+use warden_types::{AccessRequestSpec, Document};
 
 pub fn routes() -> Router<AuthServer> {
     Router::new().serve(&endpoints::NODE_POLICY, node_policy)
 }
 
-/// Query of `GET /v1/nodes/policy`.
-#[derive(serde::Deserialize)]
-struct WatchQuery {
-    /// The revision the node has; without it, answer at once.
-    after: Option<i64>,
-    /// Seconds to wait for a change (at most 55; default 25).
-    wait: Option<u64>,
+/// The policy of one version, built once for every node.
+pub(crate) struct Built {
+    version: [i64; 4],
+    /// Everything but resource requests, which go only to their node.
+    shared: NodePolicy,
+    /// `shared` encoded: the answer to every node without a resource
+    /// request of its own.
+    shared_json: Bytes,
+    /// Approved resource requests, for the nodes they name.
+    resource_requests: Vec<Document<AccessRequestSpec>>,
+}
+
+/// The last policy built; one builder at a time, however many nodes wake.
+#[derive(Default)]
+pub(crate) struct PolicyCache(tokio::sync::Mutex<Option<Arc<Built>>>);
+
+/// Whether `a` is at or past `b` in every kind.
+fn at_least(a: &[i64; 4], b: &[i64; 4]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x >= y)
 }
 
 impl AuthServer {
-    /// The revision of the node policy: the latest of its four caches (one
-    /// store, one revision counter).
-    fn policy_revision(&self) -> i64 {
+    /// The store revision each of the policy's caches reflects.
+    fn policy_version(&self) -> [i64; 4] {
         let i = &self.inner;
-        i.users
-            .revision()
-            .max(i.roles.revision())
-            .max(i.requests.revision())
-            .max(i.locks.revision())
+        [
+            i.users.revision(),
+            i.roles.revision(),
+            i.requests.revision(),
+            i.locks.revision(),
+        ]
     }
 
-    /// Waits until any of the node policy's caches moves past `after`.
-    async fn wait_policy_past(&self, after: i64, wait: Duration) {
+    /// Waits until any of the policy's caches moves past `from`, or `wait`.
+    async fn wait_policy_change(&self, from: [i64; 4], wait: Duration) {
         let i = &self.inner;
         tokio::select! {
-            _ = i.users.wait_past(after, wait) => {}
-            _ = i.roles.wait_past(after, wait) => {}
-            _ = i.requests.wait_past(after, wait) => {}
-            _ = i.locks.wait_past(after, wait) => {}
+            _ = i.users.wait_past(from[0], wait) => {}
+            _ = i.roles.wait_past(from[1], wait) => {}
+            _ = i.requests.wait_past(from[2], wait) => {}
+            _ = i.locks.wait_past(from[3], wait) => {}
         }
     }
 
-    /// The node policy as JSON, encoded once per revision.
-    fn node_policy_json(&self) -> Result<Bytes> {
-        // Read the revision first: the lists read after it are at least as
-        // new, and a later change raises it past what the node holds.
-        let revision = self.policy_revision();
-        {
-            let cached = self
-                .inner
-                .node_policy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some((r, body)) = cached.as_ref() {
-                if *r == revision {
-                    return Ok(body.clone());
-                }
-            }
+    /// The policy as it stands, built once per version.
+    async fn built_policy(&self) -> Result<Arc<Built>> {
+        let mut cache = self.inner.node_policy.0.lock().await;
+        // Read the version first: the lists read after it are at least as
+        // new, and a later change moves it past what the node holds.
+        let version = self.policy_version();
+        if let Some(b) = cache.as_ref().filter(|b| b.version == version) {
+            return Ok(b.clone());
         }
         let now = crate::resources::now();
-        let policy = NodePolicy {
-            revision,
+        let (resource_requests, role_requests): (Vec<_>, Vec<_>) = self
+            .inner
+            .requests
+            .list()
+            .into_iter()
+            .filter(|r| r.spec.active(now))
+            .map(|mut r| {
+                r.spec.reason.clear();
+                r.spec.reviews.clear();
+                r.metadata.description = None;
+                r.metadata.labels.clear();
+                r
+            })
+            .partition(|r| !r.spec.resources.is_empty());
+        let shared = NodePolicy {
+            epoch: self.inner.epoch.clone(),
+            version,
+            now,
             unchanged: false,
             users: self
                 .inner
@@ -82,58 +109,119 @@ impl AuthServer {
                 .into_iter()
                 .map(|mut u| {
                     u.spec.created_by = None;
+                    u.metadata.description = None;
+                    u.metadata.labels.clear();
                     u
                 })
                 .collect(),
             roles: self.inner.roles.list(),
-            requests: self
-                .inner
-                .requests
-                .list()
+            requests: role_requests,
+            locks: self
+                .active_locks()
                 .into_iter()
-                .filter(|r| r.spec.active(now))
-                .map(|mut r| {
-                    r.spec.reason.clear();
-                    r.spec.reviews.clear();
-                    r
+                .map(|mut l| {
+                    l.spec.created_by = None;
+                    l
                 })
                 .collect(),
-            locks: self.active_locks(),
         };
-        let body = Bytes::from(
-            serde_json::to_vec(&policy)
-                .map_err(|e| crate::error::AuthError::Internal(e.to_string()))?,
+        let shared_json = Bytes::from(
+            serde_json::to_vec(&shared).map_err(|e| AuthError::Internal(e.to_string()))?,
         );
-        *self
-            .inner
-            .node_policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((revision, body.clone()));
-        Ok(body)
+        let built = Arc::new(Built {
+            version,
+            shared,
+            shared_json,
+            resource_requests,
+        });
+        *cache = Some(built.clone());
+        Ok(built)
+    }
+
+    /// The policy for node `node`: the shared one, plus the resource
+    /// requests naming this node (and only their entries for it).
+    async fn node_policy_json(&self, node: &str) -> Result<Bytes> {
+        let built = self.built_policy().await?;
+        let mine: Vec<Document<AccessRequestSpec>> = built
+            .resource_requests
+            .iter()
+            .filter(|r| r.spec.resources.iter().any(|n| n.node == node))
+            .cloned()
+            .map(|mut r| {
+                r.spec.resources.retain(|n| n.node == node);
+                r
+            })
+            .collect();
+        // Auth's clock of now, not of the build.
+        let now = crate::resources::now();
+        if mine.is_empty() && now == built.shared.now {
+            return Ok(built.shared_json.clone());
+        }
+        let mut policy = built.shared.clone();
+        policy.now = now;
+        policy.requests.extend(mine);
+        Ok(Bytes::from(
+            serde_json::to_vec(&policy).map_err(|e| AuthError::Internal(e.to_string()))?,
+        ))
     }
 }
 
 async fn node_policy(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,
-    Query(q): Query<WatchQuery>,
+    Query(q): Query<PolicyQuery>,
 ) -> Result<Response> {
-    require_node(&c)?;
-    if let Some(after) = q.after {
+    let node = require_node(&c)?.to_string();
+    let ours = q.epoch.as_deref() == Some(s.inner.epoch.as_str());
+    if let Some(held) = q.version.as_deref().filter(|_| ours) {
+        let held = parse_policy_version(held)
+            .ok_or_else(|| AuthError::BadRequest(format!("version {held:?}: expected U.R.Q.L")))?;
         let wait = Duration::from_secs(q.wait.unwrap_or(25).min(55));
-        if s.policy_revision() <= after {
-            s.wait_policy_past(after, wait).await;
+        let deadline = Instant::now() + wait;
+        // Wait while nothing changed (or, should the node hold revisions
+        // this process has not reached, until it does).
+        loop {
+            let current = s.policy_version();
+            let newer = current != held && at_least(&current, &held);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if newer || left.is_zero() {
+                break;
+            }
+            s.wait_policy_change(current, left).await;
         }
-        let revision = s.policy_revision();
-        if revision == after {
+        let current = s.policy_version();
+        if current == held {
             let unchanged = NodePolicy {
-                revision,
+                epoch: s.inner.epoch.clone(),
+                version: current,
+                now: crate::resources::now(),
                 unchanged: true,
                 ..Default::default()
             };
             return Ok(Json(unchanged).into_response());
         }
+        if !at_least(&current, &held) {
+            // Never an older copy (this process's caches only move on, so
+            // this is a node that heard of revisions we have not): the node
+            // keeps what it has, and its staleness bound applies.
+            return Err(AuthError::Unavailable(
+                "this auth server is behind the policy the node holds; ask again".into(),
+            ));
+        }
     }
-    let body = s.node_policy_json()?;
+    let body = s.node_policy_json(&node).await?;
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_least;
+
+    #[test]
+    fn newer_means_no_kind_went_back() {
+        assert!(at_least(&[2, 2, 2, 2], &[1, 2, 2, 2]));
+        assert!(at_least(&[1, 2, 3, 4], &[1, 2, 3, 4]));
+        // Users moved on but roles went back (a lagging watch): not newer.
+        assert!(!at_least(&[5, 1, 2, 2], &[4, 2, 2, 2]));
+    }
 }

@@ -46,7 +46,7 @@ async fn upload(
         )));
     }
     let stored = s.inner.recordings.info(&id).await;
-    if let Some(existing) = s.recording_store(stored)? {
+    if let Some(existing) = s.recording_store(stored, false)? {
         return Ok(Json(existing));
     }
     // Checked, not decoded: output that compressed well would take many
@@ -80,7 +80,7 @@ async fn upload(
         truncated: scanned.truncated,
     };
     let put = s.inner.recordings.put(&info, data).await;
-    s.recording_store(put)?;
+    s.recording_store(put, true)?;
     Ok(Json(info))
 }
 
@@ -92,22 +92,25 @@ struct Outage {
 }
 
 /// The recording store's health: an outage starts at the first failed
-/// upload, is probed every 10 s, and ends with a `recordings.outage` audit
-/// event at the first store call that works again. Meanwhile the nodes keep
-/// the recordings (nothing is acknowledged before it is durable) and send
-/// them again.
+/// store call of an upload and ends, with a `recordings.outage` audit
+/// event, at the first upload stored again. Meanwhile the nodes keep their
+/// recordings (nothing is acknowledged before it is durable) and send them
+/// again every few seconds, so the end is seen within seconds of the store
+/// taking writes again; a store that answers reads but refuses writes is
+/// still out.
 #[derive(Default)]
 pub(crate) struct StoreHealth(std::sync::Mutex<Option<Outage>>);
 
-/// Any session id: a probe reads it and finds nothing.
-const PROBE_ID: &str = "00000000-0000-0000-0000-000000000000";
-
 impl AuthServer {
-    /// Passes a store result through, noting outages and their end.
-    fn recording_store<T>(&self, r: warden_store::Result<T>) -> Result<T> {
+    /// Passes a store result through, noting failures; `stored`: this was
+    /// the write that makes an upload durable, so its success ends an
+    /// outage.
+    fn recording_store<T>(&self, r: warden_store::Result<T>, stored: bool) -> Result<T> {
         match r {
             Ok(v) => {
-                self.recording_store_works();
+                if stored {
+                    self.recording_store_works();
+                }
                 Ok(v)
             }
             Err(warden_store::StoreError::Backend(e)) => {
@@ -135,46 +138,33 @@ impl AuthServer {
                     since: std::time::Instant::now(),
                     failures: 1,
                 });
+                // Under the lock, so a concurrent end cannot overwrite it.
                 warden_types::metrics::METRICS
                     .recording_store_failing
                     .set(1);
-                let s = self.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                        if s.inner
-                            .recording_health
-                            .0
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .is_none()
-                        {
-                            return;
-                        }
-                        let probe = s.inner.recordings.info(PROBE_ID).await;
-                        if s.recording_store(probe).is_ok() {
-                            return;
-                        }
-                    }
-                });
             }
         }
     }
 
     fn recording_store_works(&self) {
-        let Some(o) = self
-            .inner
-            .recording_health
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let outage = {
+            let mut health = self
+                .inner
+                .recording_health
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let outage = health.take();
+            if outage.is_some() {
+                warden_types::metrics::METRICS
+                    .recording_store_failing
+                    .set(0);
+            }
+            outage
+        };
+        let Some(o) = outage else {
             return;
         };
-        warden_types::metrics::METRICS
-            .recording_store_failing
-            .set(0);
         let seconds = o.since.elapsed().as_secs();
         tracing::info!(
             seconds,

@@ -45,7 +45,9 @@ pub(crate) struct Inner {
     pub spool: warden_store::EventSpool,
     /// The node policy last encoded, and its revision: every node's long
     /// poll shares one encoding per change.
-    pub node_policy: std::sync::Mutex<Option<(i64, axum::body::Bytes)>>,
+    pub node_policy: crate::push::PolicyCache,
+    /// This process, for the node policy's versions.
+    pub epoch: String,
     /// Outages of the recording store.
     pub recording_health: crate::recordings::StoreHealth,
 }
@@ -259,6 +261,7 @@ impl AuthServer {
                 ),
                 spool,
                 node_policy: Default::default(),
+                epoch: uuid::Uuid::new_v4().to_string(),
                 recording_health: Default::default(),
             }),
         })

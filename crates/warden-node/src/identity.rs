@@ -249,22 +249,30 @@ impl NodeIdentity {
         Ok(self.api()?.call(&endpoints::PROXIES, &()).await?)
     }
 
-    /// The node policy after `after` (a long poll of at most `wait`);
-    /// `None` from an auth server that does not push it.
+    /// The node policy once it differs from `version` as held from the
+    /// auth server of `epoch` (a long poll of at most `wait`); `None` from
+    /// an auth server that does not push it.
     pub async fn watch_policy(
         &self,
-        after: Option<i64>,
+        epoch: Option<String>,
+        version: Option<String>,
         wait: std::time::Duration,
     ) -> anyhow::Result<Option<warden_types::api::NodePolicy>> {
-        let query = warden_types::api::WatchQuery {
-            after,
-            wait: after.map(|_| wait.as_secs()),
+        let query = warden_types::api::PolicyQuery {
+            wait: version.as_ref().map(|_| wait.as_secs()),
+            epoch,
+            version,
         };
         match self.api()?.call(&endpoints::NODE_POLICY, &query).await {
             Ok(p) => Ok(Some(p)),
             Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The node's name, fixed at join.
+    pub fn name(&self) -> &str {
+        &self.state.name
     }
 
     /// Decides whether `user` may log in as `login` here, now: from the
@@ -277,7 +285,7 @@ impl NodeIdentity {
         mfa_node: Option<&str>,
         user_id: Option<&str>,
     ) -> anyhow::Result<AccessCheckResponse> {
-        let node = (self.node_id(), self.state.name.as_str());
+        let node = (self.node_id(), self.name());
         let stale = match self.policy.decide(node, user, user_id, login, mfa_node) {
             crate::policy::Cached::Decided(d) => return Ok(d),
             crate::policy::Cached::Stale(age) => age,

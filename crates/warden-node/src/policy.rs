@@ -21,8 +21,12 @@ const PUSH_WAIT: Duration = Duration::from_secs(25);
 /// A copy of the policy, and when it was last known current.
 struct Held {
     snapshot: Arc<AccessSnapshot>,
-    revision: i64,
+    epoch: String,
+    version: [i64; 4],
     fresh_at: Instant,
+    /// Auth's clock minus ours (seconds) at the last answer: expiry is
+    /// judged by auth's clock.
+    clock_offset: i64,
 }
 
 /// What the cache can say about a login.
@@ -44,7 +48,7 @@ impl std::fmt::Display for Stale {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "this node has not heard from the auth service for {} and cannot reach it now, so it refuses logins until it does; try again shortly or use another node",
+            "this node's copy of the access policy is {} old and the auth service could not decide this login either, so it refuses logins until auth answers; try again shortly or use another node",
             humantime::format_duration(Duration::from_secs(self.0.as_secs()))
         )
     }
@@ -69,23 +73,41 @@ impl PolicyCache {
         }
     }
 
-    fn revision(&self) -> Option<i64> {
-        self.read().as_ref().map(|h| h.revision)
+    /// What the node holds, as the long poll's query.
+    fn held(&self) -> (Option<String>, Option<String>) {
+        match self.read().as_ref() {
+            Some(h) => (
+                Some(h.epoch.clone()),
+                Some(warden_types::api::format_policy_version(&h.version)),
+            ),
+            None => (None, None),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Held>> {
         self.held.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a pushed policy; `None` when it is the revision already held
-    /// (the copy is current, nothing changed).
+    /// Takes a pushed policy and returns the copy now held, or `None` when
+    /// the answer was not taken: an older copy from the same auth server
+    /// (never installed over a newer one), or an `unchanged` that does not
+    /// match what is held.
     fn store(&self, p: NodePolicy) -> Option<Arc<AccessSnapshot>> {
+        let offset = p.now - now();
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = held.as_mut() {
-            if p.unchanged && h.revision == p.revision {
+        if let Some(h) = held.as_mut().filter(|h| h.epoch == p.epoch) {
+            let newer = h.version.iter().zip(&p.version).all(|(a, b)| b >= a);
+            if p.unchanged && h.version == p.version {
                 h.fresh_at = Instant::now();
+                h.clock_offset = offset;
+                return Some(h.snapshot.clone());
+            }
+            if p.unchanged || !newer {
+                tracing::debug!(held = ?h.version, got = ?p.version, "ignoring a policy that is not newer");
                 return None;
             }
+        } else if p.unchanged {
+            return None;
         }
         let snapshot = Arc::new(AccessSnapshot {
             users: p
@@ -103,10 +125,17 @@ impl PolicyCache {
         });
         *held = Some(Held {
             snapshot: snapshot.clone(),
-            revision: p.revision,
+            epoch: p.epoch,
+            version: p.version,
             fresh_at: Instant::now(),
+            clock_offset: offset,
         });
         Some(snapshot)
+    }
+
+    /// Auth's clock now, as last measured (our own before any answer).
+    fn auth_now(&self) -> i64 {
+        now() + self.read().as_ref().map_or(0, |h| h.clock_offset)
     }
 
     /// Decides a login from the copy if it is within the bound.
@@ -140,7 +169,11 @@ impl PolicyCache {
             login,
             mfa_node,
         };
-        Cached::Decided(warden_policy::decide_node_login(&*h.snapshot, &q, now()))
+        Cached::Decided(warden_policy::decide_node_login(
+            &*h.snapshot,
+            &q,
+            now() + h.clock_offset,
+        ))
     }
 }
 
@@ -149,12 +182,17 @@ fn now() -> i64 {
 }
 
 /// Follows the pushed policy for as long as the node runs, and ends live
-/// connections it no longer allows.
+/// connections it no longer allows, on every answer (also `unchanged`
+/// ones, at least every 25 s: a request or lock may have run out).
 pub async fn follow(identity: Arc<NodeIdentity>, name: String) {
+    let mut failures: u32 = 0;
     loop {
-        let after = identity.policy.revision();
-        let pushed = match identity.watch_policy(after, PUSH_WAIT).await {
-            Ok(Some(p)) => p,
+        let (epoch, version) = identity.policy.held();
+        let pushed = match identity.watch_policy(epoch, version, PUSH_WAIT).await {
+            Ok(Some(p)) => {
+                failures = 0;
+                p
+            }
             Ok(None) => {
                 // An auth server from before the push: every login asks
                 // auth, as it always did. Ask again after an upgrade.
@@ -163,7 +201,14 @@ pub async fn follow(identity: Arc<NodeIdentity>, name: String) {
                 continue;
             }
             Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "cannot watch the node policy");
+                failures += 1;
+                // A few misses are a failover; more, and logins will soon
+                // go to auth one by one, or be refused.
+                if failures == 5 || failures % 60 == 0 {
+                    tracing::warn!(error = %format!("{e:#}"), failures, "cannot follow the node policy");
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot follow the node policy");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -186,7 +231,7 @@ async fn revoke(identity: &NodeIdentity, name: &str, snapshot: &AccessSnapshot) 
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let now = now();
+    let now = identity.policy.auth_now();
     let gone = identity.registry.take_where(|l| {
         let q = NodeLogin {
             node_id: &node_id,

@@ -254,6 +254,51 @@ struct Conn {
     refusal_audited: bool,
 }
 
+/// Puts the connection in the node's registry of live connections (once),
+/// so locks and revocations can end it.
+fn register(
+    identity: &NodeIdentity,
+    live: &mut Option<u64>,
+    user: &Authed,
+    handle: russh::server::Handle,
+) -> u64 {
+    *live.get_or_insert_with(|| {
+        identity.registry.register(crate::locks::Live {
+            username: user.username.clone(),
+            user_id: user.user_id.clone(),
+            login: user.login.clone(),
+            roles: user.roles.clone(),
+            handle,
+            sessions: Vec::new(),
+        })
+    })
+}
+
+impl Conn {
+    /// Re-decides the connection from the pushed policy before a new
+    /// session or forward: a role taken away, a deleted user or a lock since
+    /// it authenticated refuses it (live ones are ended by the policy
+    /// follower). A stale copy changes nothing here: the login was decided.
+    fn recheck(&mut self) {
+        let node_id = self.identity.node_id().to_string();
+        let Some(user) = self.user.as_mut().filter(|u| u.denied.is_none()) else {
+            return;
+        };
+        let decided = self.identity.policy.decide(
+            (&node_id, self.identity.name()),
+            &user.username,
+            user.user_id.as_deref(),
+            &user.login,
+            Some(&node_id),
+        );
+        if let crate::policy::Cached::Decided(d) = decided {
+            if !d.allowed {
+                user.denied = Some(format!("access revoked: {}", d.reason));
+            }
+        }
+    }
+}
+
 impl Drop for Conn {
     /// A client that never authenticated: the SSH library refuses expired,
     /// not-yet-valid and badly signed certificates (and plain keys) before
@@ -410,6 +455,7 @@ impl Conn {
 
     /// Starts a shell, command or subsystem on `id`.
     fn start(&mut self, id: ChannelId, what: Start, session: &mut Session) -> anyhow::Result<()> {
+        self.recheck();
         let unrecorded = self.event(codes::RECORDING_FAILURE, String::new());
         let Some(state) = self.channels.get_mut(&id) else {
             session.channel_failure(id)?;
@@ -536,16 +582,7 @@ impl Conn {
         state.master = running.master_fd();
         let leader = session::Leader::new(running.pid);
         state.leader = Some(leader.clone());
-        let live = *self.live.get_or_insert_with(|| {
-            self.identity.registry.register(crate::locks::Live {
-                username: user.username.clone(),
-                user_id: user.user_id.clone(),
-                login: user.login.clone(),
-                roles: user.roles.clone(),
-                handle: session.handle(),
-                sessions: Vec::new(),
-            })
-        });
+        let live = register(&self.identity, &mut self.live, user, session.handle());
         self.identity.registry.add_session(live, id, leader.clone());
         let mut start = self
             .event(
@@ -924,8 +961,9 @@ impl russh::server::Handler for Conn {
         originator: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.recheck();
         let Some(user) = &self.user else {
             return Ok(());
         };
@@ -950,6 +988,11 @@ impl russh::server::Handler for Conn {
         self.emit(ev);
         if !allowed {
             return Ok(()); // refused: administratively prohibited
+        }
+        // Forwarding alone is a live connection a lock or a role removal
+        // ends, as a session is.
+        if let Some(user) = &self.user {
+            register(&self.identity, &mut self.live, user, session.handle());
         }
         let Ok(permit) = self.streams.clone().try_acquire_owned() else {
             tracing::info!(peer = %self.peer, "too many forwarded streams on one connection");
@@ -986,10 +1029,16 @@ impl russh::server::Handler for Conn {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        self.recheck();
         let permitted = self
             .user
             .as_ref()
             .is_some_and(|u| u.denied.is_none() && u.permit_port_forwarding);
+        if permitted {
+            if let Some(user) = &self.user {
+                register(&self.identity, &mut self.live, user, session.handle());
+            }
+        }
         // OpenSSH's rule: ports below 1024 only for a login of uid 0.
         let root = self
             .user

@@ -31,7 +31,7 @@ const PING_CACHE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct Public {
     auth: ApiClient,
-    ping: Arc<Mutex<Option<(Instant, warden_types::api::PingResponse)>>>,
+    ping: Arc<Mutex<Option<(Instant, serde_json::Value)>>>,
 }
 
 pub fn public_router(auth: ApiClient) -> Router {
@@ -102,7 +102,11 @@ async fn ping(State(p): State<Public>) -> Response {
             return Json(v.clone()).into_response();
         }
     }
-    match p.auth.call(&endpoints::PING, &()).await {
+    // Passed through as auth wrote it: fields a newer auth adds survive.
+    let ping =
+        p.auth
+            .call_as::<serde_json::Value, _, _>(&endpoints::PING, endpoints::PING.path, &());
+    match ping.await {
         Ok(v) => {
             *p.ping.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v.clone()));
             Json(v).into_response()

@@ -159,13 +159,24 @@ pub struct LockWatch {
 }
 
 /// `GET /v1/nodes/policy`: the state a node decides logins from, pushed
-/// as a long poll (answered when it changes after the node's revision).
-/// Users carry no credentials; requests are the approved, unexpired ones,
-/// without their reasons and reviews.
+/// as a long poll (answered when it changes after the node's version).
+/// Users carry no credentials, labels or descriptions; requests are the
+/// approved, unexpired ones (resource requests only for the asking node),
+/// without their reasons and reviews; locks without their authors.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodePolicy {
-    pub revision: i64,
-    /// Nothing changed after the node's revision while auth waited: the
+    /// The auth server process that answered: versions compare only
+    /// between answers of one process (another auth server's caches reach
+    /// the same state at revisions of their own).
+    pub epoch: String,
+    /// The store revision of each kind held, in the order users, roles,
+    /// requests, locks: each is fed by its own watch, so a copy is current
+    /// only when all four are, and newer only when none went back.
+    pub version: [i64; 4],
+    /// Auth's clock when it answered (Unix seconds): the node judges the
+    /// expiry of locks and requests by auth's clock, not its own.
+    pub now: i64,
+    /// Nothing changed after the node's version while auth waited: the
     /// lists are left out and the node's copy is current.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unchanged: bool,
@@ -173,6 +184,37 @@ pub struct NodePolicy {
     pub roles: Vec<crate::Document<crate::RoleSpec>>,
     pub requests: Vec<crate::Document<crate::AccessRequestSpec>>,
     pub locks: Vec<crate::Document<crate::LockSpec>>,
+}
+
+/// Query of `GET /v1/nodes/policy`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicyQuery {
+    /// The epoch of the auth server that answered the node last; from
+    /// another one, the version is not compared and the answer comes at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The version the node holds, `U.R.Q.L`; without it, answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Seconds to wait for a change (at most 55; default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+/// A policy version as a query value, `U.R.Q.L`.
+pub fn format_policy_version(v: &[i64; 4]) -> String {
+    format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3])
+}
+
+/// Reads `U.R.Q.L` back.
+pub fn parse_policy_version(s: &str) -> Option<[i64; 4]> {
+    let mut out = [0i64; 4];
+    let mut parts = s.split('.');
+    for slot in &mut out {
+        *slot = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// Query of the long polls (`GET /v1/locks/watch`, `/v1/nodes/policy`).

@@ -185,8 +185,8 @@ endpoints! {
     NODE_LEAVE: Delete "/v1/nodes/heartbeat", () => Ack;
     NODE_ACCESS: Post "/v1/nodes/access", AccessCheckRequest => AccessCheckResponse;
     /// A long poll: answered when users, roles, requests or locks change
-    /// after `after`.
-    NODE_POLICY: Get "/v1/nodes/policy", WatchQuery => NodePolicy;
+    /// after `version`.
+    NODE_POLICY: Get "/v1/nodes/policy", PolicyQuery => NodePolicy;
     EVENT: Post "/v1/events", AuditEvent => Ack;
     EVENTS: Post "/v1/events/batch", [AuditEvent] => Ack;
     PROXIES: Get "/v1/proxies", () => Vec<ProxyInfo>;

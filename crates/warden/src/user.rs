@@ -273,10 +273,20 @@ async fn learn_proxies(
             return profile;
         }
     };
+    // A proxy without a public address advertises its listening one
+    // (loopback, 0.0.0.0): useless, even harmful, from another machine.
+    let local = |addr: &str| {
+        let host = warden_client::http::host_of(addr).trim_matches(|c| c == '[' || c == ']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+    };
+    let same_machine = local(&profile.proxy);
     let fallbacks: Vec<String> = list
         .into_iter()
         .filter(|p| !p.addrs.iter().any(|a| a == &profile.proxy))
-        .filter_map(|p| p.addrs.into_iter().next())
+        .filter_map(|p| p.addrs.into_iter().find(|a| same_machine || !local(a)))
         .take(8)
         .collect();
     store

@@ -1024,6 +1024,58 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     assert!(has_event(&c, "lock.delete", "WA7001I", |_| true));
 }
 
+/// A connection that only forwards ports (`ssh -N -L`) is live too: a
+/// lock ends it like a session.
+#[test]
+fn a_lock_ends_a_forward_only_connection() {
+    let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        "-N".to_string(),
+        "-o".to_string(),
+        "ExitOnForwardFailure=yes".to_string(),
+        "-L".to_string(),
+        format!("127.0.0.1:{port}:127.0.0.1:9"),
+        format!("root@{}", c.node_host()),
+    ]);
+    let mut fwd = std::process::Command::new("ssh")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The forward is up once its local port takes a connection, which
+    // opens a forwarding channel on the node.
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "forward never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(fwd.try_wait().unwrap().is_none(), "ssh -N ended early");
+    c.admin(&["lock", "--user", "alice", "--reason", "INC-11"])
+        .expect_ok();
+    let t0 = std::time::Instant::now();
+    loop {
+        if fwd.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = fwd.kill();
+            panic!("a forward-only connection outlived its user's lock by 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The jump host hears of a lock by push: a connection right after the
 /// lock is refused there, with the reason, rather than let through to the
 /// node on a lock list fetched before it.

@@ -54,6 +54,16 @@ fn open_events(data_dir: &Path) -> anyhow::Result<warden_store::EventSpool> {
         .with_context(|| format!("cannot open the audit event spool {}", dir.display()))
 }
 
+/// An answer, or `None` from an auth server without the endpoint (older
+/// than this node, during a rolling upgrade).
+fn absent_on_404<T>(r: Result<T, warden_client::ClientError>) -> anyhow::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -237,11 +247,7 @@ impl NodeIdentity {
             after,
             wait: after.map(|_| wait.as_secs()),
         };
-        match self.api()?.call(&endpoints::LOCKS_WATCH, &query).await {
-            Ok(w) => Ok(Some(w)),
-            Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        absent_on_404(self.api()?.call(&endpoints::LOCKS_WATCH, &query).await)
     }
 
     /// The cluster's proxies (to keep a tunnel to each).
@@ -263,11 +269,7 @@ impl NodeIdentity {
             epoch,
             version,
         };
-        match self.api()?.call(&endpoints::NODE_POLICY, &query).await {
-            Ok(p) => Ok(Some(p)),
-            Err(warden_client::ClientError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        absent_on_404(self.api()?.call(&endpoints::NODE_POLICY, &query).await)
     }
 
     /// The node's name, fixed at join.

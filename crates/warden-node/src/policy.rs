@@ -216,6 +216,9 @@ pub async fn follow(identity: Arc<NodeIdentity>, name: String) {
         let Some(snapshot) = identity.policy.store(pushed) else {
             continue;
         };
+        warden_types::metrics::METRICS
+            .node_policy_current_at
+            .set(now().max(0) as u64);
         revoke(&identity, &name, &snapshot).await;
     }
 }

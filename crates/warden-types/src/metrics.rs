@@ -129,6 +129,9 @@ pub struct Metrics {
     pub recording_store_failing: Gauge,
     /// Recordings on this node's disk waiting for upload.
     pub node_spooled_recordings: Gauge,
+    /// When the node last had its policy confirmed current by auth (Unix
+    /// seconds; 0 before the first answer).
+    pub node_policy_current_at: Gauge,
 }
 
 /// The process-wide metrics.
@@ -184,6 +187,7 @@ impl Metrics {
             audit_spooled: Gauge::new(),
             recording_store_failing: Gauge::new(),
             node_spooled_recordings: Gauge::new(),
+            node_policy_current_at: Gauge::new(),
         }
     }
 
@@ -241,6 +245,12 @@ impl Metrics {
             "gauge",
             "Session recordings on this node's disk waiting for upload.",
             &[("", self.node_spooled_recordings.get())],
+        );
+        family(
+            "warden_node_policy_current_timestamp_seconds",
+            "gauge",
+            "When auth last confirmed this node's copy of the access policy current (Unix seconds): alert when it falls behind --policy-max-stale.",
+            &[("", self.node_policy_current_at.get())],
         );
         family(
             "warden_active_connections",

@@ -56,6 +56,24 @@ fn start_auth(
     (child, Err(err))
 }
 
+/// The `--recordings` URL of a new bucket on `s3`, under `prefix`. The
+/// keys reach warden through its environment, inherited from this test's.
+fn bucket(s3: &s3::S3Server, prefix: &str) -> String {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let url = s3.url("recordings", prefix);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            warden_store::S3RecordingStore::from_url(&url)
+                .unwrap()
+                .create_bucket()
+                .await
+        })
+        .unwrap();
+    url
+}
+
 /// The id of the recording of `command`, once listed.
 fn wait_for_recording(c: &Cluster, home: &str, command: &str) -> String {
     for _ in 0..150 {
@@ -120,21 +138,9 @@ fn two_auth_servers_and_a_proxy(
     audit_db: &str,
     chaos: &mut dyn FnMut(),
 ) {
-    // Recordings on S3, shared: the keys reach warden through its
-    // environment, inherited from this test's.
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    // Recordings on S3, shared.
     let s3 = s3::S3Server::start();
-    let recordings = s3.url("recordings", "ha");
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async {
-            warden_store::S3RecordingStore::from_url(&recordings)
-                .unwrap()
-                .create_bucket()
-                .await
-        })
-        .unwrap();
+    let recordings = bucket(&s3, "ha");
     let dir = temp_dir("ha");
     // Auth 1, with a proxy and a node, on PostgreSQL.
     let mut args = vec!["--name", "box", "--recordings", &recordings];
@@ -449,19 +455,8 @@ fn metric(diag: u16, name: &str) -> u64 {
 /// arrives, followed by a `recordings.outage` audit event.
 #[test]
 fn recording_store_outage_on_s3_loses_nothing() {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let s3 = s3::S3Server::start();
-    let recordings = s3.url("recordings", "outage");
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async {
-            warden_store::S3RecordingStore::from_url(&recordings)
-                .unwrap()
-                .create_bucket()
-                .await
-        })
-        .unwrap();
+    let recordings = bucket(&s3, "outage");
     let diag = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -487,6 +482,10 @@ fn recording_store_outage_on_s3_loses_nothing() {
         .expect_ok();
     wait_for_recording(&c, "alice", "echo before");
     assert_eq!(metric(diag, "warden_recording_store_failing"), 0);
+    // The node's copy of the policy is current, and says since when.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    let current = metric(diag, "warden_node_policy_current_timestamp_seconds");
+    assert!(now.abs_diff(current) < 60, "{current} vs {now}");
 
     s3.freeze();
     let frozen = std::time::Instant::now();

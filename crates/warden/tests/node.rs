@@ -47,6 +47,60 @@ fn has_event(c: &Cluster, ty: &str, code: &str, pred: impl Fn(&serde_json::Value
     }
 }
 
+/// A live session of alice's on the node: a command that would run for a
+/// minute, started (its first line printed) before this returns.
+fn live_session(c: &Cluster) -> std::process::Child {
+    let mut args = c.openssh("alice", "alice");
+    args.extend([
+        format!("root@{}", c.node_host()),
+        "echo started; sleep 60; echo finished".into(),
+    ]);
+    let live = std::process::Command::new("ssh")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    live
+}
+
+/// Waits (at most 5 s) for a live session to be ended by `what`, and
+/// checks it was cut short; returns what the user saw on stderr.
+fn ended_by(mut live: std::process::Child, what: &str) -> String {
+    use std::io::Read;
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = live.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "live session not ended within 5 s of the {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("{what} to session end: {:?}", t0.elapsed());
+    assert!(!status.success());
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    live.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    live.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stdout.contains("started") && !stdout.contains("finished"),
+        "{stdout}"
+    );
+    stderr
+}
+
 #[test]
 fn stock_openssh_exec_shell_copy_and_forward() {
     let (c, dir) = cluster_with(&[("alice", "access,auditor", "root")]);
@@ -834,24 +888,11 @@ fn interactive_shell_resize_and_ctrl_c() {
 /// with the reason; removing it restores access.
 #[test]
 fn locks_end_live_sessions_and_refuse_new_ones() {
-    use std::io::Read;
     let (c, dir) = cluster_with(&[("alice", "access", "root")]);
     c.ssh("alice", "alice", "root", &[], "true", None)
         .expect_ok();
     let cfg = c.ssh_config("alice");
-    // A live session: a command that would run for a minute.
-    let mut args = c.openssh("alice", "alice");
-    args.extend([
-        format!("root@{}", c.node_host()),
-        "echo started; sleep 60; echo finished".into(),
-    ]);
-    let mut live = std::process::Command::new("ssh")
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let live = live_session(&c);
     let out = c
         .admin(&[
             "lock",
@@ -862,35 +903,7 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
         ])
         .expect_ok();
     assert!(out.stdout.contains("Locked user=alice"), "{}", out.stdout);
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = live.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "live session not ended within 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(!status.success());
-    eprintln!("lock to session end: {:?}", t0.elapsed());
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    live.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    live.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        stdout.contains("started") && !stdout.contains("finished"),
-        "{stdout}"
-    );
+    let stderr = ended_by(live, "lock");
     assert!(stderr.contains("INC-1"), "the user is told why: {stderr}");
     // New sessions are refused with the reason.
     let out = c.ssh("alice", "alice", "root", &[], "true", None);
@@ -1121,53 +1134,13 @@ fn the_jump_host_refuses_a_new_lock_at_once() {
 /// pushes and re-decides its live connections on every change.
 #[test]
 fn a_removed_role_ends_live_sessions() {
-    use std::io::Read;
     let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
     c.ssh("alice", "alice", "root", &[], "true", None)
         .expect_ok();
-    let mut args = c.openssh("alice", "alice");
-    args.extend([
-        format!("root@{}", c.node_host()),
-        "echo started; sleep 60; echo finished".into(),
-    ]);
-    let mut live = std::process::Command::new("ssh")
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let live = live_session(&c);
     c.admin(&["users", "update", "alice", "--roles", "auditor"])
         .expect_ok();
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = live.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "live session not ended within 5 s of the role removal"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    eprintln!("role removal to session end: {:?}", t0.elapsed());
-    assert!(!status.success());
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    live.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    live.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        stdout.contains("started") && !stdout.contains("finished"),
-        "{stdout}"
-    );
+    let stderr = ended_by(live, "role removal");
     assert!(
         stderr.contains("access revoked"),
         "the user is told why: {stderr}"

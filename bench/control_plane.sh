@@ -16,36 +16,34 @@ NODE_SSH=(ssh "${COMMON[@]}" -o UserKnownHostsFile="$K/known_hosts" -o StrictHos
 "${NODE_SSH[@]}" true
 A=(admin --data-dir "$T/data")
 
-: >"$T/lock_ms"
-for _ in $(seq "$RUNS"); do
-  out=$T/live.out
-  : >"$out"
-  "${NODE_SSH[@]}" 'echo started; sleep 60' >"$out" 2>/dev/null &
-  live=$!
-  for _ in $(seq 200); do grep -q started "$out" && break; sleep 0.01; done
-  s=$(date +%s%N)
-  id=$($W "${A[@]}" lock --user bench --reason bench | sed -nE 's/.*lock id ([^ .]+)\..*/\1/p')
-  wait $live || true
-  e=$(date +%s%N)
-  echo $(( (e - s) / 1000000 )) >>"$T/lock_ms"
-  $W "${A[@]}" locks rm "$id" >/dev/null
-done
-
-: >"$T/role_ms"
-for _ in $(seq "$RUNS"); do
-  out=$T/live.out
-  : >"$out"
-  "${NODE_SSH[@]}" 'echo started; sleep 60' >"$out" 2>/dev/null &
-  live=$!
-  for _ in $(seq 200); do grep -q started "$out" && break; sleep 0.01; done
-  s=$(date +%s%N)
-  $W "${A[@]}" users update bench --roles auditor >/dev/null
-  wait $live || true
-  e=$(date +%s%N)
-  echo $(( (e - s) / 1000000 )) >>"$T/role_ms"
-  $W "${A[@]}" users update bench --roles access >/dev/null
-  for _ in $(seq 100); do "${NODE_SSH[@]}" true 2>/dev/null && break; sleep 0.05; done
-done
+# Times, RUNS times, from running CUT to the end of a live session it
+# should end; UNDO (given the output of CUT) restores access afterwards.
+# Milliseconds, one per line, in $T/$1.
+time_to_end() {
+  local file=$T/$1 cut=$2 undo=$3
+  : >"$file"
+  for _ in $(seq "$RUNS"); do
+    local out=$T/live.out
+    : >"$out"
+    "${NODE_SSH[@]}" 'echo started; sleep 60' >"$out" 2>/dev/null &
+    local live=$!
+    for _ in $(seq 200); do grep -q started "$out" && break; sleep 0.01; done
+    local s e said
+    s=$(date +%s%N)
+    said=$($cut)
+    wait $live || true
+    e=$(date +%s%N)
+    echo $(( (e - s) / 1000000 )) >>"$file"
+    $undo "$said"
+    for _ in $(seq 100); do "${NODE_SSH[@]}" true 2>/dev/null && break; sleep 0.05; done
+  done
+}
+lock() { $W "${A[@]}" lock --user bench --reason bench; }
+unlock() { $W "${A[@]}" locks rm "$(sed -nE 's/.*lock id ([^ .]+)\..*/\1/p' <<<"$1")" >/dev/null; }
+drop_role() { $W "${A[@]}" users update bench --roles auditor; }
+give_role() { $W "${A[@]}" users update bench --roles access >/dev/null; }
+time_to_end lock_ms lock unlock
+time_to_end role_ms drop_role give_role
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; print a[i]}'; }
 p50=$(pct 50 <"$T/lock_ms")
 p99=$(pct 99 <"$T/lock_ms")

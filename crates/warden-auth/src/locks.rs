@@ -148,10 +148,7 @@ pub(crate) async fn enforce(State(s): State<AuthServer>, req: Request, next: Nex
     }
 }
 
-/// How a lock reads in refusals.
-pub fn lock_message(l: &Document<LockSpec>) -> String {
-    format!("locked ({}): {}", l.spec.target.describe(), l.spec.reason)
-}
+pub use warden_policy::lock_message;
 
 async fn list_locks(
     State(s): State<AuthServer>,

@@ -88,7 +88,7 @@ impl Registry {
                         .target
                         .matches(&l.username, &l.roles, Some(node), Some(&l.login))
                 })
-                .map(|k| format!("locked ({}): {}", k.spec.target.describe(), k.spec.reason))
+                .map(warden_policy::lock_message)
         })
     }
 }

@@ -131,11 +131,7 @@ pub fn decide_node_login(state: &impl AccessState, q: &NodeLogin, now: i64) -> A
         login: Some(q.login),
     };
     if let Some(lock) = lock_for(&locks, &subject) {
-        return AccessCheckResponse::denied(format!(
-            "locked ({}): {}",
-            lock.spec.target.describe(),
-            lock.spec.reason
-        ));
+        return AccessCheckResponse::denied(crate::lock_message(lock));
     }
     let Some(u) = user_doc else {
         return AccessCheckResponse::denied(format!("user {} does not exist (deleted?)", q.user));

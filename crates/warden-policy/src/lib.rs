@@ -27,7 +27,7 @@ pub use eval::{
 };
 pub use grant::{check_grant, check_grant_all, ANY_ROLE};
 pub use labels::{label_matches, value_matches};
-pub use locks::{lock_for, node_lock, LockSubject};
+pub use locks::{lock_for, lock_message, node_lock, LockSubject};
 pub use password::{password_strength, MAX_PASSWORD, MIN_PASSWORD};
 pub use template::{expand, external_traits, is_internal_trait, TemplateError, EXTERNAL_PREFIX};
 

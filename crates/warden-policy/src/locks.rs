@@ -33,6 +33,11 @@ pub fn lock_for<'l>(
     })
 }
 
+/// How a lock reads in refusals and in a terminated session's notice.
+pub fn lock_message(l: &Document<LockSpec>) -> String {
+    format!("locked ({}): {}", l.spec.target.describe(), l.spec.reason)
+}
+
 /// The first lock on the node itself (a lock naming only `node`, by id or
 /// name): such a node may no longer join, heartbeat or open sessions.
 pub fn node_lock<'l>(

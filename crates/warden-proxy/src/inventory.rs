@@ -116,8 +116,7 @@ impl Locks {
         // A pushed list may be older than a lock's expiry.
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let locks = warden_policy::locks_in_force(locks, now);
-        Ok(warden_policy::lock_for(&locks, &subject)
-            .map(|l| format!("locked ({}): {}", l.spec.target.describe(), l.spec.reason)))
+        Ok(warden_policy::lock_for(&locks, &subject).map(warden_policy::lock_message))
     }
 }
 

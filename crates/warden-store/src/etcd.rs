@@ -176,14 +176,7 @@ impl EtcdUrl {
 
 /// Whether `host:port` names this machine.
 fn is_loopback(host_port: &str) -> bool {
-    let host = host_port
-        .rsplit_once(':')
-        .map_or(host_port, |(h, _)| h)
-        .trim_matches(|c| c == '[' || c == ']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    crate::is_loopback_host(host_port.rsplit_once(':').map_or(host_port, |(h, _)| h))
 }
 
 impl EtcdBackend {

@@ -29,3 +29,13 @@ pub use sqlite::SqliteBackend;
 
 /// Result type of the store.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Whether a host name (no port; brackets allowed) names this machine:
+/// the one place a store may be reached without TLS unless told so.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -260,6 +260,16 @@ fn two_auth_servers_and_a_proxy(
     );
 }
 
+/// A free port for `--diag-addr`, and the address to pass.
+fn diag_port() -> (u16, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (port, format!("127.0.0.1:{port}"))
+}
+
 /// A plain HTTP GET on the diagnostics port.
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
@@ -284,12 +294,7 @@ fn audit_log_outage_on_postgres_loses_nothing() {
     let state = state_pg.database("state");
     let mut audit_pg = pg::PgServer::start();
     let audit = audit_pg.database("audit");
-    let diag = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let diag_addr = format!("127.0.0.1:{diag}");
+    let (diag, diag_addr) = diag_port();
     let dir = temp_dir("audit-pg-outage");
     let c = Cluster::start_with(
         &dir,
@@ -313,12 +318,7 @@ fn audit_log_outage_on_postgres_loses_nothing() {
     let _bob = c.add_user("bob", "access", "root");
     c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
     c.wait_reachable("alice", "root", "box");
-    let metrics = http_get(diag, "/metrics");
-    let spooled: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("warden_audit_spooled_events "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
+    let spooled = metric(diag, "warden_audit_spooled_events");
     assert!(
         spooled >= 3,
         "user.create, user.signup, user.login spooled: {spooled}"
@@ -457,12 +457,7 @@ fn metric(diag: u16, name: &str) -> u64 {
 fn recording_store_outage_on_s3_loses_nothing() {
     let s3 = s3::S3Server::start();
     let recordings = bucket(&s3, "outage");
-    let diag = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let diag_addr = format!("127.0.0.1:{diag}");
+    let (diag, diag_addr) = diag_port();
     let dir = temp_dir("s3-outage");
     let c = Cluster::start_with(
         &dir,

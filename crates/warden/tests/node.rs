@@ -47,6 +47,25 @@ fn has_event(c: &Cluster, ty: &str, code: &str, pred: impl Fn(&serde_json::Value
     }
 }
 
+/// `true` on db-1 as alice with stock `ssh -J` through the proxy's jump
+/// host, configured by `warden config` (`cfg`).
+fn jump(c: &Cluster, cfg: &std::path::Path) -> Out {
+    run_program(
+        "ssh",
+        &[
+            "-F".into(),
+            cfg.display().to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-J".into(),
+            format!("alice@{}", c.proxy),
+            "root@db-1.warden".into(),
+            "true".into(),
+        ],
+        None,
+    )
+}
+
 /// A live session of alice's on the node: a command that would run for a
 /// minute, started (its first line printed) before this returns.
 fn live_session(c: &Cluster) -> std::process::Child {
@@ -911,20 +930,7 @@ fn locks_end_live_sessions_and_refuse_new_ones() {
     // Through the proxy's jump host too (stock ssh -J, as after 'warden
     // config'): it tells the user why instead of OpenSSH's bare
     // "Permission denied", and audits the attempt.
-    let out = run_program(
-        "ssh",
-        &[
-            "-F".into(),
-            cfg.display().to_string(),
-            "-o".into(),
-            "BatchMode=yes".into(),
-            "-J".into(),
-            format!("alice@{}", c.proxy),
-            "root@db-1.warden".into(),
-            "true".into(),
-        ],
-        None,
-    );
+    let out = jump(&c, &cfg);
     assert!(
         !out.ok
             && out
@@ -1096,28 +1102,12 @@ fn a_lock_ends_a_forward_only_connection() {
 fn the_jump_host_refuses_a_new_lock_at_once() {
     let (c, _dir) = cluster_with(&[("alice", "access", "root")]);
     let cfg = c.ssh_config("alice");
-    let jump = || {
-        run_program(
-            "ssh",
-            &[
-                "-F".into(),
-                cfg.display().to_string(),
-                "-o".into(),
-                "BatchMode=yes".into(),
-                "-J".into(),
-                format!("alice@{}", c.proxy),
-                "root@db-1.warden".into(),
-                "true".into(),
-            ],
-            None,
-        )
-    };
     // The jump host has just read the locks.
-    jump().expect_ok();
+    jump(&c, &cfg).expect_ok();
     let t0 = std::time::Instant::now();
     c.admin(&["lock", "--user", "alice", "--reason", "INC-9"])
         .expect_ok();
-    let out = jump();
+    let out = jump(&c, &cfg);
     eprintln!("lock to a refused jump: {:?}", t0.elapsed());
     assert!(
         !out.ok

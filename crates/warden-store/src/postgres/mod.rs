@@ -104,13 +104,7 @@ pub(crate) fn parse_config(url: &str) -> Result<Target> {
     // then ask for the password in clear.
     let explicit = query.split('&').any(|kv| kv.starts_with("sslmode="));
     let remote = config.get_hosts().iter().any(|h| match h {
-        tokio_postgres::config::Host::Tcp(name) => {
-            name != "localhost"
-                && !name
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
+        tokio_postgres::config::Host::Tcp(name) => !crate::is_loopback_host(name),
         _ => false,
     });
     if !explicit && remote {

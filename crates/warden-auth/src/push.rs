@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warden_types::api::{parse_policy_version, NodePolicy, PolicyQuery};
+use warden_types::api::{
+    parse_policy_version, policy_version_at_least as at_least, NodePolicy, PolicyQuery,
+};
 use warden_types::endpoints;
 use warden_types::{AccessRequestSpec, Document};
 
@@ -44,11 +46,6 @@ pub(crate) struct Built {
 /// The last policy built; one builder at a time, however many nodes wake.
 #[derive(Default)]
 pub(crate) struct PolicyCache(tokio::sync::Mutex<Option<Arc<Built>>>);
-
-/// Whether `a` is at or past `b` in every kind.
-fn at_least(a: &[i64; 4], b: &[i64; 4]) -> bool {
-    a.iter().zip(b).all(|(x, y)| x >= y)
-}
 
 impl AuthServer {
     /// The store revision each of the policy's caches reflects.

@@ -96,7 +96,7 @@ impl PolicyCache {
         let offset = p.now - now();
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = held.as_mut().filter(|h| h.epoch == p.epoch) {
-            let newer = h.version.iter().zip(&p.version).all(|(a, b)| b >= a);
+            let newer = warden_types::api::policy_version_at_least(&p.version, &h.version);
             if p.unchanged && h.version == p.version {
                 h.fresh_at = Instant::now();
                 h.clock_offset = offset;

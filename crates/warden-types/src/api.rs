@@ -207,6 +207,12 @@ pub fn format_policy_version(v: &[i64; 4]) -> String {
     format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3])
 }
 
+/// Whether policy version `a` is at or past `b` in every kind: newer (or
+/// the same) only when no kind went back.
+pub fn policy_version_at_least(a: &[i64; 4], b: &[i64; 4]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x >= y)
+}
+
 /// Reads `U.R.Q.L` back.
 pub fn parse_policy_version(s: &str) -> Option<[i64; 4]> {
     let mut out = [0i64; 4];

@@ -698,13 +698,16 @@ fn per_connection_caps_on_nodes() {
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let left = x11_listeners().saturating_sub(before);
-    // At once, a connection gets at most 8 displays.
+    // At once, a connection gets at most 8 displays. The sessions hold
+    // theirs long enough that all 10 overlap even when the clients start
+    // slowly on a loaded machine (with 4 s, one once started after the
+    // first had ended and got a freed display).
     let live: Vec<_> = (0..10)
         .map(|_| {
             std::process::Command::new("ssh")
                 .args(["-S", ctl.to_str().unwrap(), "-X", "-o", "BatchMode=yes"])
                 .arg(format!("root@{}", c.node_host()))
-                .arg("echo DISPLAY=[$DISPLAY]; sleep 4")
+                .arg("echo DISPLAY=[$DISPLAY]; sleep 10")
                 .env("DISPLAY", ":99")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())

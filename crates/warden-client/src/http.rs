@@ -3,6 +3,7 @@
 
 use crate::tls::{client_config, ClientCert, ClusterVerifier, Trust};
 use crate::{ClientError, Result};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -95,8 +96,84 @@ impl Endpoints {
     }
 }
 
+/// A request body: bytes in memory, or a file streamed from disk.
+type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
 /// Connections kept open for the next call.
-type Idle = Arc<std::sync::Mutex<Vec<(std::time::Instant, SendRequest<Full<Bytes>>)>>>;
+type Idle = Arc<std::sync::Mutex<Vec<(std::time::Instant, SendRequest<ReqBody>)>>>;
+
+/// What a call sends.
+enum Payload<'a> {
+    Empty,
+    Bytes(Bytes, &'static str),
+    /// A file, read as it is sent (a recording may be hundreds of MiB).
+    File(&'a std::path::Path),
+}
+
+impl Payload<'_> {
+    /// A fresh body, for each attempt.
+    fn body(&self) -> std::io::Result<ReqBody> {
+        Ok(match self {
+            Payload::Empty => Full::new(Bytes::new())
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+            Payload::Bytes(b, _) => Full::new(b.clone()).map_err(|n| match n {}).boxed_unsync(),
+            Payload::File(path) => FileBody {
+                file: tokio::fs::File::from_std(std::fs::File::open(path)?),
+                buf: vec![0; 64 << 10].into_boxed_slice(),
+            }
+            .boxed_unsync(),
+        })
+    }
+
+    fn content_type(&self) -> Option<&'static str> {
+        match self {
+            Payload::Empty => None,
+            Payload::Bytes(_, t) => Some(t),
+            Payload::File(_) => Some("application/octet-stream"),
+        }
+    }
+
+    /// How long the whole call may take: a file gets a second per MiB
+    /// on top.
+    fn timeout(&self) -> Duration {
+        match self {
+            Payload::File(p) => {
+                let len = std::fs::metadata(p).map_or(0, |m| m.len());
+                REQUEST_TIMEOUT + Duration::from_secs(len >> 20)
+            }
+            _ => REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// A file as a request body, in pieces as hyper asks for them.
+struct FileBody {
+    file: tokio::fs::File,
+    buf: Box<[u8]>,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::io::Result<hyper::body::Frame<Bytes>>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let mut read = tokio::io::ReadBuf::new(&mut this.buf);
+        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut this.file), cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(hyper::body::Frame::data(
+                Bytes::copy_from_slice(read.filled()),
+            )))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// Idle connections kept per client.
 const MAX_IDLE: usize = 2;
@@ -224,11 +301,13 @@ impl ApiClient {
         body: Option<&B>,
     ) -> Result<T> {
         let body = match body {
-            Some(b) => Some((
-                serde_json::to_vec(b).map_err(|e| ClientError::Local(e.to_string()))?,
+            Some(b) => Payload::Bytes(
+                serde_json::to_vec(b)
+                    .map_err(|e| ClientError::Local(e.to_string()))?
+                    .into(),
                 "application/json",
-            )),
-            None => None,
+            ),
+            None => Payload::Empty,
         };
         let bytes = self.call_raw(method, path, body, MAX_RESPONSE).await?;
         self.parse(&bytes)
@@ -245,10 +324,10 @@ impl ApiClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<(Vec<u8>, &str)>,
+        body: Payload<'_>,
         limit: usize,
     ) -> Result<Bytes> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.call_inner(method, path, body, limit))
+        tokio::time::timeout(body.timeout(), self.call_inner(method, path, body, limit))
             .await
             .map_err(|_| ClientError::Unreachable {
                 addr: self.addr.clone(),
@@ -257,7 +336,7 @@ impl ApiClient {
     }
 
     /// An idle connection that is still open and recent enough.
-    async fn reusable(&self) -> Option<SendRequest<Full<Bytes>>> {
+    async fn reusable(&self) -> Option<SendRequest<ReqBody>> {
         loop {
             let (since, mut sender) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             if since.elapsed() < IDLE_FOR && !sender.is_closed() && sender.ready().await.is_ok() {
@@ -267,7 +346,7 @@ impl ApiClient {
     }
 
     /// Keeps `sender` for the next call, if it can take one.
-    fn keep(&self, sender: SendRequest<Full<Bytes>>) {
+    fn keep(&self, sender: SendRequest<ReqBody>) {
         if sender.is_closed() {
             return;
         }
@@ -281,7 +360,7 @@ impl ApiClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<(Vec<u8>, &str)>,
+        body: Payload<'_>,
         limit: usize,
     ) -> Result<Bytes> {
         let proto = |reason: String| ClientError::Protocol {
@@ -293,18 +372,14 @@ impl ApiClient {
             .uri(path)
             .header("host", host_of(self.endpoints.current()))
             .header("user-agent", format!("warden/{}", warden_types::VERSION));
-        let bytes = match body {
-            Some((b, content_type)) => {
-                req = req.header("content-type", content_type);
-                Bytes::from(b)
-            }
-            None => Bytes::new(),
-        };
+        if let Some(t) = body.content_type() {
+            req = req.header("content-type", t);
+        }
         for (k, v) in &self.extra_headers {
             req = req.header(k.as_str(), v.as_str());
         }
         let template = req
-            .body(Full::new(bytes.clone()))
+            .body(())
             .map_err(|e| ClientError::Local(e.to_string()))?;
         let (parts, _) = template.into_parts();
         // A kept-alive connection may have been closed by the server just
@@ -326,7 +401,10 @@ impl ApiClient {
                     sender
                 }
             };
-            let req = Request::from_parts(parts.clone(), Full::new(bytes.clone()));
+            let req = Request::from_parts(
+                parts.clone(),
+                body.body().map_err(|e| ClientError::Local(e.to_string()))?,
+            );
             match sender.send_request(req).await {
                 Ok(resp) => break (resp, sender),
                 Err(e)
@@ -428,21 +506,16 @@ impl ApiClient {
         self.call_json(method(e.method), e.path, Some(body)).await
     }
 
-    /// Sends raw bytes (a session recording) to `path` of `e`, and parses
-    /// its JSON answer.
-    pub async fn put_bytes<Resp: DeserializeOwned>(
+    /// Sends a file (a session recording) to `path` of `e`, streaming it
+    /// from disk, and parses its JSON answer.
+    pub async fn put_file<Resp: DeserializeOwned>(
         &self,
         e: &Endpoint<Raw, Resp>,
         path: &str,
-        body: Vec<u8>,
+        file: &std::path::Path,
     ) -> Result<Resp> {
         let bytes = self
-            .call_raw(
-                method(e.method),
-                path,
-                Some((body, "application/octet-stream")),
-                MAX_RESPONSE,
-            )
+            .call_raw(method(e.method), path, Payload::File(file), MAX_RESPONSE)
             .await?;
         self.parse(&bytes)
     }
@@ -455,7 +528,7 @@ impl ApiClient {
         limit: usize,
     ) -> Result<Vec<u8>> {
         Ok(self
-            .call_raw(method(e.method), path, None, limit)
+            .call_raw(method(e.method), path, Payload::Empty, limit)
             .await?
             .to_vec())
     }

@@ -392,20 +392,39 @@ enum UploadError {
     Unavailable(String),
 }
 
+/// Scans a spooled recording without holding it whole.
+fn scan_file(path: &Path) -> Result<warden_recording::Summary, UploadError> {
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| UploadError::Refused(format!("cannot read {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mut reader = warden_recording::scanner();
+    let mut buf = vec![0; 256 << 10];
+    loop {
+        let n = file.read(&mut buf).map_err(cannot)?;
+        if n == 0 {
+            break;
+        }
+        reader
+            .push(&buf[..n])
+            .map_err(|e| UploadError::Unreadable(e.to_string()))?;
+    }
+    reader
+        .finish()
+        .map_err(|e| UploadError::Unreadable(e.to_string()))
+}
+
 async fn upload(
     identity: &NodeIdentity,
     id: &str,
     path: &Path,
 ) -> Result<RecordingInfo, UploadError> {
-    let data = tokio::fs::read(path)
+    // Checked here first, read in pieces as auth will: what this node
+    // cannot read, auth cannot either.
+    let file = path.to_path_buf();
+    let summary = tokio::task::spawn_blocking(move || scan_file(&file))
         .await
-        .map_err(|e| UploadError::Refused(format!("cannot read {}: {e}", path.display())))?;
-    // Checked here first: what this node cannot read, auth cannot either.
-    let (summary, data) =
-        tokio::task::spawn_blocking(move || (warden_recording::scan(&data), data))
-            .await
-            .map_err(|e| UploadError::Unavailable(e.to_string()))?;
-    let summary = summary.map_err(|e| UploadError::Unreadable(e.to_string()))?;
+        .map_err(|e| UploadError::Unavailable(e.to_string()))??;
     if summary.header.warden.session_id != id {
         return Err(UploadError::Unreadable(format!(
             "the file holds session {:?}",
@@ -415,10 +434,10 @@ async fn upload(
     let api = identity
         .api()
         .map_err(|e| UploadError::Unavailable(format!("{e:#}")))?;
-    api.put_bytes(
+    api.put_file(
         &endpoints::UPLOAD_RECORDING,
         &endpoints::UPLOAD_RECORDING.at(&[&id]),
-        data,
+        path,
     )
     .await
     .map_err(|e| match e {

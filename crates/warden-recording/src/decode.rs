@@ -82,69 +82,175 @@ pub fn scan(bytes: &[u8]) -> Result<Summary, DecodeError> {
 /// event as it is read. A damaged chunk or record ends the walk with an
 /// error; what was read before it (possibly the first records of that
 /// chunk) has been handed out. What [`decode`] refuses, this refuses too.
-pub fn read(bytes: &[u8], mut sink: impl FnMut(Item<'_>)) -> Result<Summary, DecodeError> {
-    let mut d = Decoder {
-        header: None,
-        sink: &mut sink,
-        count: 0,
-        last_time: 0.0,
-        carry: Vec::new(),
+pub fn read(bytes: &[u8], sink: impl FnMut(Item<'_>)) -> Result<Summary, DecodeError> {
+    let mut r = Reader::new(sink);
+    r.push(bytes)?;
+    r.finish()
+}
+
+/// A [`Reader`] that only checks (as [`scan`]): for bytes that arrive in
+/// pieces, such as an upload.
+pub fn scanner() -> Reader<impl FnMut(Item<'_>)> {
+    Reader::new(|_: Item<'_>| {})
+}
+
+/// Reads a recording as its bytes arrive, in pieces of any size: the same
+/// checks and events as [`read`] over the whole file, holding at most one
+/// chunk (bounded by [`crate::MAX_RAW_CHUNK`]) however large the file.
+pub struct Reader<S: FnMut(Item<'_>)> {
+    d: Decoder<S>,
+    /// The start of a chunk whose end has not arrived yet.
+    partial: Vec<u8>,
+    /// Where `partial` starts in the file.
+    offset: usize,
+}
+
+/// A chunk's header, read.
+#[derive(Clone, Copy)]
+struct Frame {
+    v1: bool,
+    head: usize,
+    payload_len: usize,
+    raw_len: usize,
+    sum: u32,
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        self.head + self.payload_len
+    }
+}
+
+/// What the bytes at the start of a chunk say: the whole chunk is there,
+/// or this many bytes are needed to know more.
+enum Next {
+    Whole(Frame),
+    Need(usize),
+}
+
+fn next(rest: &[u8], offset: usize) -> Result<Next, DecodeError> {
+    let start = &rest[..rest.len().min(4)];
+    if !MAGIC.starts_with(start) && !MAGIC_V1.starts_with(start) {
+        return Err(DecodeError::BadMagic(offset));
+    }
+    if rest.len() < 4 {
+        return Ok(Next::Need(4));
+    }
+    let v1 = start == MAGIC_V1;
+    let head = if v1 { CHUNK_HEADER_V1 } else { CHUNK_HEADER };
+    if rest.len() < head {
+        return Ok(Next::Need(head));
+    }
+    let word = |at: usize| u32::from_be_bytes(rest[at..at + 4].try_into().expect("4 bytes"));
+    let (payload_len, raw_len) = (word(4) as usize, word(8) as usize);
+    if raw_len > MAX_RAW_CHUNK || payload_len > MAX_RAW_CHUNK + 1024 {
+        return Err(corrupt(
+            offset,
+            format!("chunk sizes {payload_len}/{raw_len} out of range"),
+        ));
+    }
+    let frame = Frame {
+        v1,
+        head,
+        payload_len,
+        raw_len,
+        sum: if v1 { 0 } else { word(12) },
     };
-    let mut offset = 0;
-    let mut truncated = false;
-    while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        let v1 = rest.starts_with(MAGIC_V1);
-        let head = if v1 { CHUNK_HEADER_V1 } else { CHUNK_HEADER };
-        if rest.len() < head {
-            if !MAGIC.starts_with(&rest[..rest.len().min(4)])
-                && !MAGIC_V1.starts_with(&rest[..rest.len().min(4)])
-            {
-                return Err(DecodeError::BadMagic(offset));
-            }
-            truncated = true;
-            break;
-        }
-        if !v1 && &rest[..4] != MAGIC {
-            return Err(DecodeError::BadMagic(offset));
-        }
-        let word = |at: usize| u32::from_be_bytes(rest[at..at + 4].try_into().expect("4 bytes"));
-        let (payload_len, raw_len) = (word(4) as usize, word(8) as usize);
-        if raw_len > MAX_RAW_CHUNK || payload_len > MAX_RAW_CHUNK + 1024 {
-            return Err(corrupt(
-                offset,
-                format!("chunk sizes {payload_len}/{raw_len} out of range"),
-            ));
-        }
-        if rest.len() < head + payload_len {
-            truncated = true;
-            break;
-        }
-        let payload = &rest[head..head + payload_len];
-        let result = if v1 {
-            d.chunk_v1(payload, raw_len)
-        } else {
-            d.chunk_v2(payload, raw_len, word(12))
-        };
-        result.map_err(|reason| corrupt(offset, reason))?;
-        offset += head + payload_len;
-    }
-    if !d.carry.is_empty() {
-        // Output ended inside a UTF-8 sequence.
-        let time = d.last_time;
-        d.push(
-            time,
-            EventKind::Output,
-            char::REPLACEMENT_CHARACTER.to_string(),
-        )
-        .map_err(|reason| corrupt(offset, reason))?;
-    }
-    Ok(Summary {
-        header: d.header.ok_or(DecodeError::Empty)?,
-        events: d.count,
-        duration: d.last_time,
-        truncated,
+    Ok(match rest.len() < frame.len() {
+        true => Next::Need(frame.len()),
+        false => Next::Whole(frame),
     })
+}
+
+impl<S: FnMut(Item<'_>)> Reader<S> {
+    pub fn new(sink: S) -> Self {
+        Reader {
+            d: Decoder {
+                header: None,
+                sink,
+                count: 0,
+                last_time: 0.0,
+                carry: Vec::new(),
+            },
+            partial: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// The recording's header, once its first chunk has been read.
+    pub fn header(&self) -> Option<&Header> {
+        self.d.header.as_ref()
+    }
+
+    /// Reads the next `input` bytes of the file. After an error the
+    /// recording is refused: push nothing more.
+    pub fn push(&mut self, mut input: &[u8]) -> Result<(), DecodeError> {
+        while !input.is_empty() {
+            if self.partial.is_empty() {
+                // Whole chunks straight from the input, without a copy.
+                match next(input, self.offset)? {
+                    Next::Whole(f) => {
+                        self.chunk(&input[..f.len()], f)?;
+                        input = &input[f.len()..];
+                    }
+                    Next::Need(_) => {
+                        self.partial.extend_from_slice(input);
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            let Next::Need(need) = next(&self.partial, self.offset)? else {
+                unreachable!("a whole chunk is never left partial");
+            };
+            let take = (need - self.partial.len()).min(input.len());
+            self.partial.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if let Next::Whole(f) = next(&self.partial, self.offset)? {
+                let partial = std::mem::take(&mut self.partial);
+                self.chunk(&partial, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, bytes: &[u8], f: Frame) -> Result<(), DecodeError> {
+        let payload = &bytes[f.head..f.len()];
+        let result = match f.v1 {
+            true => self.d.chunk_v1(payload, f.raw_len),
+            false => self.d.chunk_v2(payload, f.raw_len, f.sum),
+        };
+        result.map_err(|reason| corrupt(self.offset, reason))?;
+        self.offset += f.len();
+        Ok(())
+    }
+
+    /// The end of the file: what was read, or why it is refused. A file
+    /// that ends inside a chunk is `truncated`, not refused.
+    pub fn finish(mut self) -> Result<Summary, DecodeError> {
+        let truncated = !self.partial.is_empty();
+        if truncated {
+            // Bad magic or sizes in the cut chunk still refuse the file.
+            next(&self.partial, self.offset)?;
+        }
+        let d = &mut self.d;
+        if !d.carry.is_empty() {
+            // Output ended inside a UTF-8 sequence.
+            let time = d.last_time;
+            d.push(
+                time,
+                EventKind::Output,
+                char::REPLACEMENT_CHARACTER.to_string(),
+            )
+            .map_err(|reason| corrupt(self.offset, reason))?;
+        }
+        Ok(Summary {
+            header: self.d.header.take().ok_or(DecodeError::Empty)?,
+            events: self.d.count,
+            duration: self.d.last_time,
+            truncated,
+        })
+    }
 }
 
 fn corrupt(offset: usize, reason: String) -> DecodeError {
@@ -152,9 +258,9 @@ fn corrupt(offset: usize, reason: String) -> DecodeError {
 }
 
 /// Decoding state carried across chunks.
-struct Decoder<'s> {
+struct Decoder<S> {
     header: Option<Header>,
-    sink: &'s mut dyn FnMut(Item<'_>),
+    sink: S,
     count: u64,
     /// Time of the last event.
     last_time: f64,
@@ -162,7 +268,7 @@ struct Decoder<'s> {
     carry: Vec<u8>,
 }
 
-impl Decoder<'_> {
+impl<S: FnMut(Item<'_>)> Decoder<S> {
     fn set_header(&mut self, json: &[u8]) -> Result<(), String> {
         let h: Header = serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
         if h.version != 2 {
@@ -190,7 +296,7 @@ impl Decoder<'_> {
             unpacked = out;
             &unpacked[..]
         };
-        let mut r = Reader { buf: raw, at: 0 };
+        let mut r = Cursor { buf: raw, at: 0 };
         while !r.done() {
             let kind = r.byte()?;
             let micros = r.varint()?;
@@ -285,12 +391,12 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 }
 
 /// A cursor over a chunk's records; every read is bounds-checked.
-struct Reader<'a> {
+struct Cursor<'a> {
     buf: &'a [u8],
     at: usize,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Cursor<'a> {
     fn done(&self) -> bool {
         self.at >= self.buf.len()
     }
@@ -416,6 +522,56 @@ mod tests {
             huge.extend_from_slice(&[0xff; 12]);
             assert!(matches!(decode(&huge), Err(DecodeError::Corrupt { .. })));
         }
+    }
+
+    /// Fed in pieces of any size, a [`Reader`] hands out what [`read`]
+    /// does over the whole file, and refuses and truncates alike.
+    #[test]
+    fn pieces_read_as_the_whole() {
+        let whole = sample();
+        let events = |bytes: &[u8], piece: usize| {
+            let mut got = Vec::new();
+            let mut r = Reader::new(|i: Item<'_>| {
+                if let Item::Event(e) = i {
+                    got.push(e)
+                }
+            });
+            let mut pushed = Ok(());
+            for p in bytes.chunks(piece) {
+                pushed = r.push(p);
+                if pushed.is_err() {
+                    break;
+                }
+            }
+            let summary = pushed.and_then(|()| r.finish());
+            (summary, got)
+        };
+        let expected = decode(&whole).unwrap();
+        for piece in [1, 3, 15, 16, 17, 1000, 65_536, whole.len()] {
+            let (summary, got) = events(&whole, piece);
+            let summary = summary.unwrap();
+            assert_eq!(got, expected.events, "pieces of {piece}");
+            assert_eq!(summary.events, got.len() as u64);
+            assert!(!summary.truncated);
+        }
+        let cut = &whole[..whole.len() / 2];
+        let (summary, got) = events(cut, 777);
+        assert!(summary.unwrap().truncated);
+        assert_eq!(got, decode(cut).unwrap().events);
+        let mut bad = whole.clone();
+        let n = bad.len();
+        bad[n / 2] ^= 0x55;
+        assert_eq!(events(&bad, 4096).0.err(), decode(&bad).err());
+        assert_eq!(events(b"GIF89a", 2).0.err(), Some(DecodeError::BadMagic(0)));
+        // The header is known once the first chunk is in.
+        let mut r = scanner();
+        let mut pushed = 0;
+        while r.header().is_none() {
+            r.push(&whole[pushed..pushed + 1000]).unwrap();
+            pushed += 1000;
+        }
+        assert_eq!(r.header().unwrap().warden.session_id, "s1");
+        assert!(pushed <= TARGET_CHUNK + 1000, "{pushed}");
     }
 
     /// A first-version file (zlib, asciicast JSON lines) as earlier nodes

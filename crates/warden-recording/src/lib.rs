@@ -24,7 +24,7 @@ mod decode;
 mod encode;
 mod export;
 
-pub use decode::{decode, read, scan, DecodeError, Decoded, Item, Summary};
+pub use decode::{decode, read, scan, scanner, DecodeError, Decoded, Item, Reader, Summary};
 pub use encode::Encoder;
 pub use export::{asciicast, plain_text, AsciicastWriter, TextWriter};
 

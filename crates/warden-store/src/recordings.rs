@@ -4,18 +4,44 @@
 use crate::backend::StoreError;
 use crate::Result;
 use async_trait::async_trait;
+use hyper::body::Bytes;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use warden_types::api::RecordingInfo;
 
-/// Where recordings live. `put` returns once the recording is durable, so
-/// the uploader may delete its spool.
+/// Where recordings live. A recording goes in as it arrives, through an
+/// [`Upload`]: it is listed, and readable, only once committed, and
+/// commit returns once it is durable, so the uploader may delete its
+/// spool.
 #[async_trait]
 pub trait RecordingStore: Send + Sync + 'static {
-    async fn put(&self, info: &RecordingInfo, data: Vec<u8>) -> Result<()>;
+    /// Starts storing the recording of `session_id`.
+    async fn begin(&self, session_id: &str) -> Result<Box<dyn Upload>>;
+    /// Stores a whole recording at once.
+    async fn put(&self, info: &RecordingInfo, data: Vec<u8>) -> Result<()> {
+        let mut upload = self.begin(&info.session_id).await?;
+        if let Err(e) = upload.write(data.into()).await {
+            upload.abort().await;
+            return Err(e);
+        }
+        upload.commit(info).await
+    }
     async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>>;
     async fn info(&self, session_id: &str) -> Result<Option<RecordingInfo>>;
     async fn list(&self) -> Result<Vec<RecordingInfo>>;
+}
+
+/// One recording on its way into a store. Dropped without a commit, it
+/// leaves nothing behind (an abort, in the background where it needs I/O).
+#[async_trait]
+pub trait Upload: Send {
+    /// The next bytes of the recording.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Makes the recording, described by `info`, durable and visible. On
+    /// an error nothing is visible.
+    async fn commit(self: Box<Self>, info: &RecordingInfo) -> Result<()>;
+    /// Drops what was written.
+    async fn abort(self: Box<Self>);
 }
 
 /// Recordings as files in a directory (0700, files 0600).
@@ -69,6 +95,12 @@ impl FileRecordingStore {
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
+        // Uploads cut short by a crash: their nodes still hold them.
+        for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
+            if entry.file_name().to_string_lossy().contains(".wrec.part-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(FileRecordingStore {
             dir: dir.to_path_buf(),
         })
@@ -81,21 +113,29 @@ impl FileRecordingStore {
 
 #[async_trait]
 impl RecordingStore for FileRecordingStore {
-    async fn put(&self, info: &RecordingInfo, data: Vec<u8>) -> Result<()> {
-        valid_id(&info.session_id)?;
-        let (rec, meta) = (
-            self.path(&info.session_id, "wrec"),
-            self.path(&info.session_id, "json"),
+    async fn begin(&self, session_id: &str) -> Result<Box<dyn Upload>> {
+        valid_id(session_id)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A name of its own: a retried upload may overlap the first.
+        let part = self.path(
+            session_id,
+            &format!("wrec.part-{}", uuid::Uuid::new_v4().simple()),
         );
-        let json = serde_json::to_vec(info).map_err(|e| StoreError::Backend(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            // The recording first: metadata present means the data is too.
-            write_durable(&rec, &data)?;
-            write_durable(&meta, &json)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
-        .map_err(io)
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part)
+            .map_err(io)?;
+        Ok(Box::new(FileUpload {
+            file: Some(tokio::io::BufWriter::with_capacity(
+                256 << 10,
+                tokio::fs::File::from_std(file),
+            )),
+            part,
+            rec: self.path(session_id, "wrec"),
+            meta: self.path(session_id, "json"),
+        }))
     }
 
     async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>> {
@@ -140,6 +180,56 @@ impl RecordingStore for FileRecordingStore {
     }
 }
 
+/// A recording written to a file of its own, renamed into place on commit.
+struct FileUpload {
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    part: PathBuf,
+    rec: PathBuf,
+    meta: PathBuf,
+}
+
+#[async_trait]
+impl Upload for FileUpload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io(std::io::ErrorKind::BrokenPipe.into()))?;
+        file.write_all(&data).await.map_err(io)
+    }
+
+    async fn commit(mut self: Box<Self>, info: &RecordingInfo) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let json = serde_json::to_vec(info).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io(std::io::ErrorKind::BrokenPipe.into()))?;
+        file.flush().await.map_err(io)?;
+        let file = file.into_inner().into_std().await;
+        let (part, rec, meta) = (self.part.clone(), self.rec.clone(), self.meta.clone());
+        tokio::task::spawn_blocking(move || {
+            file.sync_all()?;
+            std::fs::rename(&part, &rec)?;
+            // The recording first: metadata present means the data is too.
+            write_durable(&meta, &json)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .map_err(io)
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+impl Drop for FileUpload {
+    fn drop(&mut self) {
+        // Committed: renamed away, so this finds nothing.
+        let _ = std::fs::remove_file(&self.part);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,8 +245,28 @@ mod tests {
             ..Default::default()
         };
         s.put(&info, b"WRC1data".to_vec()).await.unwrap();
+        // In pieces; nothing is visible, or left, before the commit.
+        let other = RecordingInfo {
+            session_id: "0b8f1f5e-0000-4000-8000-000000000003".into(),
+            start: 5,
+            ..info.clone()
+        };
+        let mut up = s.begin(&other.session_id).await.unwrap();
+        up.write(Bytes::from_static(b"WRC2")).await.unwrap();
+        up.write(Bytes::from_static(b"more")).await.unwrap();
+        assert!(s.get(&other.session_id).await.unwrap().is_none());
+        up.commit(&other).await.unwrap();
+        assert_eq!(
+            s.get(&other.session_id).await.unwrap().unwrap(),
+            b"WRC2more"
+        );
+        let mut up = s.begin(&other.session_id).await.unwrap();
+        up.write(Bytes::from_static(b"lost")).await.unwrap();
+        drop(up);
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(files, 4, "two recordings and their metadata, no parts");
         assert_eq!(s.get(&info.session_id).await.unwrap().unwrap(), b"WRC1data");
-        assert_eq!(s.list().await.unwrap(), vec![info.clone()]);
+        assert_eq!(s.list().await.unwrap(), vec![info.clone(), other]);
         assert!(s.get("../../etc/passwd").await.is_err());
         assert!(s
             .get("0b8f1f5e-0000-4000-8000-000000000002")

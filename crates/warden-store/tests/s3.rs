@@ -4,9 +4,29 @@
 
 mod support;
 
+use hyper::body::Bytes;
 use support::s3::S3Server;
 use warden_store::{RecordingStore, S3RecordingStore};
 use warden_types::api::RecordingInfo;
+
+/// Multipart uploads begun and neither completed nor aborted (moto does
+/// not check signatures, so a plain request lists them).
+async fn pending_uploads(s3: &S3Server) -> usize {
+    let resp = warden_http::send(
+        &warden_http::tls_config(),
+        hyper::Method::GET,
+        &format!("http://127.0.0.1:{}/recordings?uploads", s3.port),
+        &[],
+        Bytes::new(),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    String::from_utf8_lossy(&resp.body)
+        .matches("<Upload>")
+        .count()
+}
 
 fn info(id: &str, start: i64) -> RecordingInfo {
     RecordingInfo {
@@ -59,6 +79,37 @@ async fn recordings_on_s3() {
         "multipart read back"
     );
     assert_eq!(store.info(large_id).await.unwrap().unwrap().user, "alice");
+
+    // Streamed in pieces that straddle parts: invisible until committed.
+    let streamed_id = "0193a5e0-0000-7000-8000-000000000003";
+    let mut up = store.begin(streamed_id).await.unwrap();
+    for piece in large.chunks(3 << 20) {
+        up.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    assert!(store.get(streamed_id).await.unwrap().is_none());
+    assert_eq!(pending_uploads(&s3).await, 1, "parts went up as they came");
+    up.commit(&info(streamed_id, 50)).await.unwrap();
+    assert!(store.get(streamed_id).await.unwrap().unwrap() == large);
+    assert_eq!(pending_uploads(&s3).await, 0);
+    // Abandoned after a part: the parts are aborted, nothing is listed.
+    let abandoned = "0193a5e0-0000-7000-8000-000000000004";
+    let mut up = store.begin(abandoned).await.unwrap();
+    up.write(Bytes::copy_from_slice(
+        &large[..warden_store::s3::PART_SIZE + 1],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(pending_uploads(&s3).await, 1);
+    drop(up);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pending_uploads(&s3).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "abandoned upload not aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(store.info(abandoned).await.unwrap().is_none());
     let listed: Vec<String> = store
         .list()
         .await
@@ -66,7 +117,7 @@ async fn recordings_on_s3() {
         .into_iter()
         .map(|i| i.session_id)
         .collect();
-    assert_eq!(listed, [large_id, small_id], "newest first");
+    assert_eq!(listed, [large_id, small_id, streamed_id], "newest first");
     let unknown = "0193a5e0-0000-7000-8000-0000000000ff";
     assert!(store.get(unknown).await.unwrap().is_none());
     assert!(store.info(unknown).await.unwrap().is_none());

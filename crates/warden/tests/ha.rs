@@ -453,6 +453,29 @@ fn metric(diag: u16, name: &str) -> u64 {
 /// wait on the node (a metric counts them), auth's metric and /readyz say
 /// the store is failing, and once S3 answers again every recording
 /// arrives, followed by a `recordings.outage` audit event.
+/// A large recording streams node to auth to S3 in parts: no process on
+/// the way holds it whole, and S3 has it byte for byte.
+#[test]
+fn a_large_recording_streams_into_s3() {
+    let s3 = s3::S3Server::start();
+    let url = bucket(&s3, "large");
+    let dir = temp_dir("s3-large");
+    let c = Cluster::start_with(&dir, &["--recordings", &url]);
+    use warden_store::RecordingStore;
+    let store = warden_store::S3RecordingStore::from_url(&url).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = "0193a5e0-0000-7000-8000-0000000002cd";
+    // Twelve parts.
+    let data = c.stream_large_recording(id, 96, || rt.block_on(store.info(id)).unwrap().is_some());
+    let copy = rt.block_on(store.get(id)).unwrap().unwrap();
+    assert!(
+        copy == data,
+        "S3 holds {} bytes, spooled {}",
+        copy.len(),
+        data.len()
+    );
+}
+
 #[test]
 fn recording_store_outage_on_s3_loses_nothing() {
     let s3 = s3::S3Server::start();

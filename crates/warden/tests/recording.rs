@@ -151,6 +151,30 @@ fn sessions_are_recorded_listed_and_played() {
     assert!(!damaged.exists());
 }
 
+/// A large recording goes from the node's spool through auth into the
+/// store as it streams: auth's memory does not grow by the recording's
+/// size (it used to hold every upload whole), nor does the node's, and the
+/// stored file is the spooled one byte for byte.
+#[test]
+fn a_large_recording_streams_through_auth() {
+    const MIB: usize = 160;
+    let dir = temp_dir("rec-large");
+    let c = Cluster::start(&dir);
+    let id = "0193a5e0-0000-7000-8000-0000000001ab";
+    let stored = dir.join("data/recordings").join(format!("{id}.json"));
+    let data = c.stream_large_recording(id, MIB, || stored.exists());
+    let copy = std::fs::read(dir.join("data/recordings").join(format!("{id}.wrec"))).unwrap();
+    assert!(
+        copy == data,
+        "stored {} bytes, spooled {}",
+        copy.len(),
+        data.len()
+    );
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&stored).unwrap()).unwrap();
+    assert_eq!(info["size"], data.len() as u64);
+    assert_eq!(info["truncated"], false);
+}
+
 fn sql(db: &std::path::Path, script: &str) {
     let out = run_program(
         "python3",

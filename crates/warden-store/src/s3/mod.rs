@@ -10,7 +10,7 @@
 pub mod sigv4;
 
 use crate::backend::StoreError;
-use crate::recordings::{is_session_id, RecordingStore};
+use crate::recordings::{is_session_id, RecordingStore, Upload};
 use crate::Result;
 use async_trait::async_trait;
 use hyper::body::Bytes;
@@ -28,6 +28,7 @@ const MAX_GET: usize = 4 << 30;
 const MAX_SMALL: usize = 16 << 20;
 
 /// S3 [`RecordingStore`].
+#[derive(Clone)]
 pub struct S3RecordingStore {
     tls: Arc<rustls::ClientConfig>,
     https: bool,
@@ -309,13 +310,16 @@ impl S3RecordingStore {
         self.check("bucket creation", resp).map(|_| ())
     }
 
+    /// One object in one request (metadata, a short recording).
     async fn put_object(&self, key: &str, data: Bytes) -> Result<()> {
-        if data.len() <= PART_SIZE {
-            let resp = self
-                .request(Method::PUT, Some(key), &[], data, MAX_SMALL)
-                .await?;
-            return self.check(&format!("upload of {key}"), resp).map(|_| ());
-        }
+        let resp = self
+            .request(Method::PUT, Some(key), &[], data, MAX_SMALL)
+            .await?;
+        self.check(&format!("upload of {key}"), resp).map(|_| ())
+    }
+
+    /// Starts a multipart upload of `key`: its upload id.
+    async fn start_multipart(&self, key: &str) -> Result<String> {
         let resp = self
             .request(
                 Method::POST,
@@ -326,41 +330,39 @@ impl S3RecordingStore {
             )
             .await?;
         let resp = self.check(&format!("upload of {key}"), resp)?;
-        let upload_id = xml_tag(&String::from_utf8_lossy(&resp.body), "UploadId")
-            .ok_or_else(|| err("S3 started a multipart upload without an UploadId"))?;
-        match self.upload_parts(key, &upload_id, data).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Parts of an abandoned upload cost storage until aborted.
-                let q = [("uploadId".to_string(), upload_id)];
-                let _ = self
-                    .request(Method::DELETE, Some(key), &q, Bytes::new(), MAX_SMALL)
-                    .await;
-                Err(e)
-            }
-        }
+        xml_tag(&String::from_utf8_lossy(&resp.body), "UploadId")
+            .ok_or_else(|| err("S3 started a multipart upload without an UploadId"))
     }
 
-    async fn upload_parts(&self, key: &str, upload_id: &str, data: Bytes) -> Result<()> {
+    /// Sends part `number` of an upload: its ETag.
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: usize,
+        part: Bytes,
+    ) -> Result<String> {
+        let q = [
+            ("partNumber".to_string(), number.to_string()),
+            ("uploadId".to_string(), upload_id.to_string()),
+        ];
+        let resp = self
+            .request(Method::PUT, Some(key), &q, part, MAX_SMALL)
+            .await?;
+        let resp = self.check(&format!("part {number} of {key}"), resp)?;
+        resp.headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| err(format!("S3 returned no ETag for part {number} of {key}")))
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, etags: &[String]) -> Result<()> {
         let mut parts = String::from("<CompleteMultipartUpload>");
-        for (i, start) in (0..data.len()).step_by(PART_SIZE).enumerate() {
-            let number = i + 1;
-            let part = data.slice(start..(start + PART_SIZE).min(data.len()));
-            let q = [
-                ("partNumber".to_string(), number.to_string()),
-                ("uploadId".to_string(), upload_id.to_string()),
-            ];
-            let resp = self
-                .request(Method::PUT, Some(key), &q, part, MAX_SMALL)
-                .await?;
-            let resp = self.check(&format!("part {number} of {key}"), resp)?;
-            let etag = resp
-                .headers
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| err(format!("S3 returned no ETag for part {number} of {key}")))?;
+        for (i, etag) in etags.iter().enumerate() {
             parts.push_str(&format!(
-                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                i + 1,
                 xml_escape(etag)
             ));
         }
@@ -379,6 +381,17 @@ impl S3RecordingStore {
             )));
         }
         Ok(())
+    }
+
+    /// Parts of an abandoned upload cost storage until aborted.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let q = [("uploadId".to_string(), upload_id.to_string())];
+        if let Err(e) = self
+            .request(Method::DELETE, Some(key), &q, Bytes::new(), MAX_SMALL)
+            .await
+        {
+            tracing::warn!(%key, error = %e, "cannot abort an S3 multipart upload; a bucket lifecycle rule for incomplete uploads removes its parts");
+        }
     }
 
     async fn get_object(&self, key: &str, max: usize) -> Result<Option<Bytes>> {
@@ -433,14 +446,16 @@ impl S3RecordingStore {
 
 #[async_trait]
 impl RecordingStore for S3RecordingStore {
-    async fn put(&self, info: &RecordingInfo, data: Vec<u8>) -> Result<()> {
-        valid_id(&info.session_id)?;
-        let json = serde_json::to_vec(info).map_err(|e| err(e.to_string()))?;
-        // The recording first: metadata present means the data is too.
-        self.put_object(&format!("{}.wrec", info.session_id), Bytes::from(data))
-            .await?;
-        self.put_object(&format!("{}.json", info.session_id), Bytes::from(json))
-            .await
+    async fn begin(&self, session_id: &str) -> Result<Box<dyn Upload>> {
+        valid_id(session_id)?;
+        Ok(Box::new(S3Upload {
+            store: self.clone(),
+            key: format!("{session_id}.wrec"),
+            meta: format!("{session_id}.json"),
+            buffer: Vec::new(),
+            multipart: None,
+            etags: Vec::new(),
+        }))
     }
 
     async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>> {
@@ -473,6 +488,100 @@ impl RecordingStore for S3RecordingStore {
         }
         out.sort_by_key(|i: &RecordingInfo| std::cmp::Reverse(i.start));
         Ok(out)
+    }
+}
+
+/// A recording going up as it arrives: in parts of [`PART_SIZE`] once it
+/// outgrows one, so at most a part is held; a short one in one request.
+/// The metadata object goes last, so it always means a whole recording.
+struct S3Upload {
+    store: S3RecordingStore,
+    key: String,
+    meta: String,
+    buffer: Vec<u8>,
+    /// The multipart upload's id, once one is needed.
+    multipart: Option<String>,
+    /// ETags of the parts sent.
+    etags: Vec<String>,
+}
+
+impl S3Upload {
+    async fn send_part(&mut self, part: Vec<u8>) -> Result<()> {
+        let id = match &self.multipart {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.store.start_multipart(&self.key).await?;
+                self.multipart = Some(id.clone());
+                id
+            }
+        };
+        let number = self.etags.len() + 1;
+        let etag = self
+            .store
+            .put_part(&self.key, &id, number, Bytes::from(part))
+            .await?;
+        self.etags.push(etag);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let mut data = &data[..];
+        while !data.is_empty() {
+            if self.buffer.capacity() == 0 {
+                // Exactly a part: one allocation, never doubled.
+                self.buffer.reserve_exact(PART_SIZE);
+            }
+            let take = (PART_SIZE - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() == PART_SIZE {
+                let part = std::mem::take(&mut self.buffer);
+                self.send_part(part).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, info: &RecordingInfo) -> Result<()> {
+        let json = serde_json::to_vec(info).map_err(|e| err(e.to_string()))?;
+        let buffer = std::mem::take(&mut self.buffer);
+        match self.multipart.clone() {
+            None => {
+                self.store
+                    .put_object(&self.key, Bytes::from(buffer))
+                    .await?
+            }
+            Some(id) => {
+                if !buffer.is_empty() {
+                    self.send_part(buffer).await?;
+                }
+                self.store
+                    .complete_multipart(&self.key, &id, &self.etags)
+                    .await?;
+                self.multipart = None;
+            }
+        }
+        self.store.put_object(&self.meta, Bytes::from(json)).await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(id) = self.multipart.take() {
+            self.store.abort_multipart(&self.key, &id).await;
+        }
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        // Neither committed nor aborted (the caller went away): abort in
+        // the background.
+        if let (Some(id), Ok(rt)) = (self.multipart.take(), tokio::runtime::Handle::try_current()) {
+            let (store, key) = (self.store.clone(), self.key.clone());
+            rt.spawn(async move { store.abort_multipart(&key, &id).await });
+        }
     }
 }
 

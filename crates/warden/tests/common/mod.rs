@@ -556,3 +556,105 @@ impl Cluster {
         panic!("node {name} never became reachable");
     }
 }
+
+/// Peak resident memory of a process so far, KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A recording of `mib` MiB of incompressible output (so as many bytes
+/// on disk) for session `id`.
+pub fn large_recording(id: &str, mib: usize) -> Vec<u8> {
+    let mut e = warden_recording::Encoder::new(&warden_recording::Header {
+        version: 2,
+        width: 80,
+        height: 24,
+        timestamp: 1_700_000_000,
+        title: None,
+        warden: warden_recording::SessionInfo {
+            session_id: id.into(),
+            user: "alice".into(),
+            login: "root".into(),
+            node_name: "big".into(),
+            command: "cat /dev/urandom".into(),
+            ..Default::default()
+        },
+    });
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut out = Vec::with_capacity(mib << 20);
+    let mut piece = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        for b in piece.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        e.output(i as f64 / 10.0, &piece);
+        out.extend(e.ready().unwrap_or_default());
+    }
+    out.extend(e.flush().unwrap_or_default());
+    out
+}
+
+impl Cluster {
+    /// Spools a recording of `mib` MiB for session `id` at a new tunnel
+    /// node (as a crash leaves one: sent when the node starts), waits for
+    /// `stored()`, and checks that neither auth's nor the node's memory
+    /// grew by the recording's size (streamed, they hold a part of it at
+    /// most, whatever its size; whole, they held at least all of it).
+    /// Returns the recording.
+    pub fn stream_large_recording(
+        &self,
+        id: &str,
+        mib: usize,
+        stored: impl Fn() -> bool,
+    ) -> Vec<u8> {
+        let data = large_recording(id, mib);
+        assert!(data.len() > mib << 20);
+        let spool = self.dir.join("node-big/node/recordings");
+        std::fs::create_dir_all(&spool).unwrap();
+        let spooled = spool.join(format!("{id}.wrec"));
+        std::fs::write(&spooled, &data).unwrap();
+        let before = peak_rss_kib(self.pid());
+        let node = TunnelNode::start(self, "big", "env=big");
+        let t0 = Instant::now();
+        while !stored() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(180),
+                "the recording was not stored"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let after = peak_rss_kib(self.pid());
+        let node_peak = peak_rss_kib(node.pid()) >> 10;
+        eprintln!(
+            "auth peak RSS {} MiB before, {} MiB after a {mib} MiB upload; node peak {node_peak} MiB",
+            before >> 10,
+            after >> 10,
+        );
+        let grew = after.saturating_sub(before) >> 10;
+        assert!(
+            grew < (mib / 2) as u64,
+            "auth's peak memory grew by {grew} MiB for a {mib} MiB recording"
+        );
+        // The node sends it from disk, not from memory.
+        assert!(
+            node_peak < (mib / 2) as u64,
+            "the node's peak memory was {node_peak} MiB while sending a {mib} MiB recording"
+        );
+        while spooled.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(200),
+                "the node kept its spool"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        data
+    }
+}

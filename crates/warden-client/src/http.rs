@@ -356,6 +356,13 @@ impl ApiClient {
         }
     }
 
+    fn proto(&self, reason: String) -> ClientError {
+        ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
     async fn call_inner(
         &self,
         method: Method,
@@ -363,10 +370,31 @@ impl ApiClient {
         body: Payload<'_>,
         limit: usize,
     ) -> Result<Bytes> {
-        let proto = |reason: String| ClientError::Protocol {
-            addr: self.addr.clone(),
-            reason,
-        };
+        let (resp, mut sender) = self.exchange(method, path, body).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| self.proto(e.to_string()))?
+            .to_bytes();
+        if sender.ready().await.is_ok() {
+            self.keep(sender);
+        }
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(body)
+    }
+
+    /// Sends a request, on a kept-alive connection if there is one: the
+    /// answer, its body unread, and the connection.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Payload<'_>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, SendRequest<ReqBody>)> {
+        let proto = |reason: String| self.proto(reason);
         let mut req = Request::builder()
             .method(method.clone())
             .uri(path)
@@ -417,34 +445,34 @@ impl ApiClient {
                 Err(e) => return Err(proto(e.to_string())),
             }
         };
-        let mut sender = sender;
+        Ok((resp, sender))
+    }
+
+    /// Fetches the raw bytes at `path` of `e` as they arrive (a recording
+    /// may be hundreds of MiB): read them with [`Download::next`].
+    pub async fn download(&self, e: &Endpoint<(), Raw>, path: &str) -> Result<Download> {
+        let (resp, _) = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.exchange(method(e.method), path, Payload::Empty),
+        )
+        .await
+        .map_err(|_| ClientError::Unreachable {
+            addr: self.addr.clone(),
+            reason: "request timed out".into(),
+        })??;
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| proto(e.to_string()))?
-            .to_bytes();
-        if sender.ready().await.is_ok() {
-            self.keep(sender);
-        }
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ApiError>(&body) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(200)])
-                    ),
-                },
-            });
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| self.proto(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &body));
         }
-        Ok(body)
+        Ok(Download {
+            body: resp.into_body(),
+            addr: self.addr.clone(),
+        })
     }
 
     /// Calls endpoint `e` (declared in `warden_types::endpoints`) with
@@ -519,18 +547,59 @@ impl ApiClient {
             .await?;
         self.parse(&bytes)
     }
+}
 
-    /// Fetches the raw bytes at `path` of `e`, at most `limit` of them.
-    pub async fn get_bytes(
-        &self,
-        e: &Endpoint<(), Raw>,
-        path: &str,
-        limit: usize,
-    ) -> Result<Vec<u8>> {
-        Ok(self
-            .call_raw(method(e.method), path, Payload::Empty, limit)
-            .await?
-            .to_vec())
+/// An answer's body, read as it arrives.
+pub struct Download {
+    body: hyper::body::Incoming,
+    addr: String,
+}
+
+impl Download {
+    /// The next bytes; `None` at the end. A server silent for a minute
+    /// is an error.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let frame = tokio::time::timeout(REQUEST_TIMEOUT, self.body.frame())
+                .await
+                .map_err(|_| ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: "the download stalled".into(),
+                })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::Protocol {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An error answer as the caller's error: the API's own, or the status.
+fn api_error(status: hyper::StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+        },
     }
 }
 

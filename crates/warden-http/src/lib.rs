@@ -94,6 +94,30 @@ pub async fn send(
     body: Bytes,
     max_body: usize,
 ) -> Result<Response, String> {
+    let resp = send_streaming(tls, method, url, headers, body).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// As [`send`], but the answer's body is left to read as it arrives (a
+/// download too large to hold).
+pub async fn send_streaming(
+    tls: &Arc<rustls::ClientConfig>,
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let t = parse_url(url)?;
     let tcp = TcpStream::connect((t.host.as_str(), t.port))
         .await
@@ -118,17 +142,16 @@ pub async fn send(
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS with {}: {e}", t.host))?;
-        exchange(stream, req, max_body).await
+        exchange(stream, req).await
     } else {
-        exchange(tcp, req, max_body).await
+        exchange(tcp, req).await
     }
 }
 
 async fn exchange<IO>(
     io: IO,
     req: Request<Full<Bytes>>,
-    max_body: usize,
-) -> Result<Response, String>
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -136,19 +159,7 @@ where
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = Limited::new(resp.into_body(), max_body)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ pub use backend::{Backend, Event, EventKind, Item, StoreError, Watcher};
 pub use cache::WatchCache;
 pub use etcd::EtcdBackend;
 pub use postgres::{PostgresAuditLog, PostgresBackend};
-pub use recordings::{is_session_id, FileRecordingStore, RecordingStore, Upload};
+pub use recordings::{
+    is_session_id, read_all, FileRecordingStore, RecordingStore, RecordingStream, Upload,
+};
 pub use s3::S3RecordingStore;
 pub use spool::EventSpool;
 pub use sqlite::SqliteBackend;

@@ -26,9 +26,43 @@ pub trait RecordingStore: Send + Sync + 'static {
         }
         upload.commit(info).await
     }
-    async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>>;
+    /// The recording of `session_id`, read as it arrives: a reader holds
+    /// a piece at a time, however large the recording.
+    async fn get(&self, session_id: &str) -> Result<Option<RecordingStream>>;
     async fn info(&self, session_id: &str) -> Result<Option<RecordingInfo>>;
     async fn list(&self) -> Result<Vec<RecordingInfo>>;
+}
+
+/// A recording read back from a store, piece by piece.
+pub type RecordingStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Reads a whole [`RecordingStream`] into memory (small recordings, tests).
+pub async fn read_all(mut stream: RecordingStream) -> Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(piece) = stream.next().await {
+        out.extend_from_slice(&piece.map_err(io)?);
+    }
+    Ok(out)
+}
+
+/// A file read piece by piece; the stream ends after an error.
+fn file_stream(file: tokio::fs::File) -> RecordingStream {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = vec![0; 256 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed()
 }
 
 /// One recording on its way into a store. Dropped without a commit, it
@@ -138,13 +172,13 @@ impl RecordingStore for FileRecordingStore {
         }))
     }
 
-    async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>> {
+    async fn get(&self, session_id: &str) -> Result<Option<RecordingStream>> {
         valid_id(session_id)?;
         if !self.path(session_id, "json").exists() {
             return Ok(None);
         }
-        match tokio::fs::read(self.path(session_id, "wrec")).await {
-            Ok(b) => Ok(Some(b)),
+        match tokio::fs::File::open(self.path(session_id, "wrec")).await {
+            Ok(f) => Ok(Some(file_stream(f))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(e)),
         }
@@ -234,6 +268,10 @@ impl Drop for FileUpload {
 mod tests {
     use super::*;
 
+    async fn got(s: &FileRecordingStore, id: &str) -> Option<Vec<u8>> {
+        Some(read_all(s.get(id).await.unwrap()?).await.unwrap())
+    }
+
     #[tokio::test]
     async fn put_get_list() {
         let dir = std::env::temp_dir().join(format!("warden-rec-{}", std::process::id()));
@@ -256,16 +294,13 @@ mod tests {
         up.write(Bytes::from_static(b"more")).await.unwrap();
         assert!(s.get(&other.session_id).await.unwrap().is_none());
         up.commit(&other).await.unwrap();
-        assert_eq!(
-            s.get(&other.session_id).await.unwrap().unwrap(),
-            b"WRC2more"
-        );
+        assert_eq!(got(&s, &other.session_id).await.unwrap(), b"WRC2more");
         let mut up = s.begin(&other.session_id).await.unwrap();
         up.write(Bytes::from_static(b"lost")).await.unwrap();
         drop(up);
         let files = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(files, 4, "two recordings and their metadata, no parts");
-        assert_eq!(s.get(&info.session_id).await.unwrap().unwrap(), b"WRC1data");
+        assert_eq!(got(&s, &info.session_id).await.unwrap(), b"WRC1data");
         assert_eq!(s.list().await.unwrap(), vec![info.clone(), other]);
         assert!(s.get("../../etc/passwd").await.is_err());
         assert!(s

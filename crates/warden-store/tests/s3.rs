@@ -6,7 +6,12 @@ mod support;
 
 use hyper::body::Bytes;
 use support::s3::S3Server;
-use warden_store::{RecordingStore, S3RecordingStore};
+use warden_store::{read_all, RecordingStore, S3RecordingStore};
+
+/// A stored recording, read whole.
+async fn got(store: &S3RecordingStore, id: &str) -> Option<Vec<u8>> {
+    Some(read_all(store.get(id).await.unwrap()?).await.unwrap())
+}
 use warden_types::api::RecordingInfo;
 
 /// Multipart uploads begun and neither completed nor aborted (moto does
@@ -73,9 +78,9 @@ async fn recordings_on_s3() {
         .await
         .unwrap();
 
-    assert_eq!(store.get(small_id).await.unwrap().unwrap(), b"tiny");
+    assert_eq!(got(&store, small_id).await.unwrap(), b"tiny");
     assert!(
-        store.get(large_id).await.unwrap().unwrap() == large,
+        got(&store, large_id).await.unwrap() == large,
         "multipart read back"
     );
     assert_eq!(store.info(large_id).await.unwrap().unwrap().user, "alice");
@@ -89,7 +94,7 @@ async fn recordings_on_s3() {
     assert!(store.get(streamed_id).await.unwrap().is_none());
     assert_eq!(pending_uploads(&s3).await, 1, "parts went up as they came");
     up.commit(&info(streamed_id, 50)).await.unwrap();
-    assert!(store.get(streamed_id).await.unwrap().unwrap() == large);
+    assert!(got(&store, streamed_id).await.unwrap() == large);
     assert_eq!(pending_uploads(&s3).await, 0);
     // Abandoned after a part: the parts are aborted, nothing is listed.
     let abandoned = "0193a5e0-0000-7000-8000-000000000004";

@@ -141,11 +141,10 @@ pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
             "warden recordings ls",
         )?;
     }
-    let bytes = api()?
-        .get_bytes(
+    let mut download = api()?
+        .download(
             &endpoints::RECORDING,
             &endpoints::RECORDING.at(&[&a.session_id]),
-            MAX_FETCH,
         )
         .await?;
     let what = || format!("recording {}", a.session_id);
@@ -155,17 +154,29 @@ pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
     match a.format {
         PlayFormat::Asciicast => {
             let mut w = AsciicastWriter::new(out());
-            let read = warden_recording::read(&bytes, |i| w.item(&i));
+            let read = read_download(&mut download, |i| w.item(&i)).await;
             written(w.finish())?;
             read.with_context(what)?;
         }
         PlayFormat::Text => {
             let mut w = TextWriter::new(out());
-            let read = warden_recording::read(&bytes, |i| w.item(&i));
+            let read = read_download(&mut download, |i| w.item(&i)).await;
             written(w.finish())?;
             read.with_context(what)?;
         }
         PlayFormat::Terminal => {
+            // Kept whole: playback seeks back and forth.
+            let mut bytes = Vec::new();
+            while let Some(piece) = download.next().await? {
+                if bytes.len() + piece.len() > MAX_FETCH {
+                    bail!(
+                        "{} is larger than {} MiB; export it with --format text or asciicast instead",
+                        what(),
+                        MAX_FETCH >> 20
+                    );
+                }
+                bytes.extend_from_slice(&piece);
+            }
             let rec = decode(&bytes).with_context(what)?;
             replay(&rec, a.speed, a.skip_idle).await?;
             if rec.truncated {
@@ -176,6 +187,18 @@ pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a recording as it downloads, handing `sink` its header and events.
+async fn read_download(
+    download: &mut warden_client::http::Download,
+    sink: impl FnMut(warden_recording::Item<'_>),
+) -> anyhow::Result<warden_recording::Summary> {
+    let mut reader = warden_recording::Reader::new(sink);
+    while let Some(piece) = download.next().await? {
+        reader.push(&piece)?;
+    }
+    Ok(reader.finish()?)
 }
 
 /// Keys understood during playback.

@@ -467,7 +467,9 @@ fn a_large_recording_streams_into_s3() {
     let id = "0193a5e0-0000-7000-8000-0000000002cd";
     // Twelve parts.
     let data = c.stream_large_recording(id, 96, || rt.block_on(store.info(id)).unwrap().is_some());
-    let copy = rt.block_on(store.get(id)).unwrap().unwrap();
+    let copy = rt
+        .block_on(async { warden_store::read_all(store.get(id).await?.unwrap()).await })
+        .unwrap();
     assert!(
         copy == data,
         "S3 holds {} bytes, spooled {}",

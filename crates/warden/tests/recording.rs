@@ -173,6 +173,32 @@ fn a_large_recording_streams_through_auth() {
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&stored).unwrap()).unwrap();
     assert_eq!(info["size"], data.len() as u64);
     assert_eq!(info["truncated"], false);
+
+    // Played back, it streams out of auth too.
+    let s = c.add_user("alice", "auditor", "root");
+    c.login("alice", "alice", &totp(&s, 30)).expect_ok();
+    let before = peak_rss_kib(c.pid());
+    let t0 = std::time::Instant::now();
+    let out = c
+        .run_as("alice", &["play", id, "--format", "asciicast"], None)
+        .expect_ok();
+    eprintln!(
+        "played {} MiB as asciicast in {:?}; auth peak RSS {} MiB before, {} MiB after",
+        out.stdout.len() >> 20,
+        t0.elapsed(),
+        before >> 10,
+        peak_rss_kib(c.pid()) >> 10
+    );
+    assert!(
+        out.stdout.starts_with("{\"version\":2"),
+        "{}",
+        &out.stdout[..200]
+    );
+    let grew = peak_rss_kib(c.pid()).saturating_sub(before) >> 10;
+    assert!(
+        grew < (MIB / 2) as u64,
+        "auth's peak memory grew by {grew} MiB playing {MIB} MiB"
+    );
 }
 
 fn sql(db: &std::path::Path, script: &str) {

@@ -10,7 +10,7 @@
 pub mod sigv4;
 
 use crate::backend::StoreError;
-use crate::recordings::{is_session_id, RecordingStore, Upload};
+use crate::recordings::{is_session_id, RecordingStore, RecordingStream, Upload};
 use crate::Result;
 use async_trait::async_trait;
 use hyper::body::Bytes;
@@ -22,8 +22,8 @@ use warden_types::api::RecordingInfo;
 /// Recordings larger than this go up in parts of this size (S3's minimum
 /// part is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
-/// The largest recording read back.
-const MAX_GET: usize = 4 << 30;
+/// How long a download may wait for S3's next bytes.
+const READ_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The largest answer to anything else (listings, errors).
 const MAX_SMALL: usize = 16 << 20;
 
@@ -188,6 +188,38 @@ impl S3RecordingStore {
         body: Bytes,
         max_body: usize,
     ) -> Result<warden_http::Response> {
+        let (url, headers) = self.sign(&method, key, query, &body)?;
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        // An S3 that does not answer must not hold an upload (or start-up)
+        // forever: 30 s, plus a second per MiB sent.
+        let wait = std::time::Duration::from_secs(30 + (body.len() >> 20) as u64);
+        tokio::time::timeout(
+            wait,
+            warden_http::send(&self.tls, method, &url, &headers, body, max_body),
+        )
+        .await
+        .map_err(|_| self.silent(wait))?
+        .map_err(|e| err(format!("S3 at {}: {e}", self.describe())))
+    }
+
+    fn silent(&self, wait: std::time::Duration) -> StoreError {
+        err(format!(
+            "S3 at {} did not answer within {wait:?}",
+            self.describe()
+        ))
+    }
+
+    /// The URL and headers (signature included) of a request.
+    fn sign(
+        &self,
+        method: &Method,
+        key: Option<&str>,
+        query: &[(String, String)],
+        body: &[u8],
+    ) -> Result<(String, Vec<(String, String)>)> {
         let mut path = String::new();
         if !self.virtual_host {
             path.push('/');
@@ -214,7 +246,7 @@ impl S3RecordingStore {
                 "[year][month][day]T[hour][minute][second]Z"
             ))
             .map_err(|e| err(e.to_string()))?;
-        let payload_hash = sha256_hex(&body);
+        let payload_hash = sha256_hex(body);
         let mut headers = vec![
             ("host".to_string(), authority),
             ("x-amz-content-sha256".to_string(), payload_hash.clone()),
@@ -242,29 +274,10 @@ impl S3RecordingStore {
             self.port,
             if query.is_empty() { "" } else { "?" },
         );
-        let length = body.len().to_string();
-        let mut send_headers: Vec<(&str, &str)> = headers
-            .iter()
-            .filter(|(k, _)| k != "host")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        send_headers.push(("authorization", &auth));
-        send_headers.push(("content-length", &length));
-        // An S3 that does not answer must not hold an upload (or start-up)
-        // forever: 30 s, plus a second per MiB sent.
-        let wait = std::time::Duration::from_secs(30 + (body.len() >> 20) as u64);
-        tokio::time::timeout(
-            wait,
-            warden_http::send(&self.tls, method, &url, &send_headers, body, max_body),
-        )
-        .await
-        .map_err(|_| {
-            err(format!(
-                "S3 at {} did not answer within {wait:?}",
-                self.describe()
-            ))
-        })?
-        .map_err(|e| err(format!("S3 at {}: {e}", self.describe())))
+        headers.retain(|(k, _)| k != "host");
+        headers.push(("authorization".to_string(), auth));
+        headers.push(("content-length".to_string(), body.len().to_string()));
+        Ok((url, headers))
     }
 
     /// Fails unless `resp` is a success, naming S3's error code.
@@ -394,6 +407,67 @@ impl S3RecordingStore {
         }
     }
 
+    /// An object read as it arrives (a recording: too large to hold).
+    async fn download(&self, key: &str) -> Result<Option<RecordingStream>> {
+        use futures_util::StreamExt;
+        use http_body_util::BodyExt;
+        let (url, headers) = self.sign(&Method::GET, Some(key), &[], &[])?;
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let resp = tokio::time::timeout(
+            READ_IDLE,
+            warden_http::send_streaming(&self.tls, Method::GET, &url, &headers, Bytes::new()),
+        )
+        .await
+        .map_err(|_| self.silent(READ_IDLE))?
+        .map_err(|e| err(format!("S3 at {}: {e}", self.describe())))?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            let headers = resp.headers().clone();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_SMALL)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let resp = warden_http::Response {
+                status,
+                headers,
+                body,
+            };
+            return self
+                .check(&format!("download of {key}"), resp)
+                .map(|_| None);
+        }
+        let what = format!("S3 download of {key} from {}", self.describe());
+        let stream = futures_util::stream::unfold(Some(resp.into_body()), move |body| {
+            let what = what.clone();
+            async move {
+                let mut body = body?;
+                loop {
+                    let failed = |e: String| {
+                        Some((Err(std::io::Error::other(format!("{what}: {e}"))), None))
+                    };
+                    match tokio::time::timeout(READ_IDLE, body.frame()).await {
+                        Err(_) => return failed(format!("no data for {READ_IDLE:?}")),
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => return failed(e.to_string()),
+                        Ok(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data() {
+                                return Some((Ok(data), Some(body)));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Some(stream.boxed()))
+    }
+
     async fn get_object(&self, key: &str, max: usize) -> Result<Option<Bytes>> {
         let resp = self
             .request(Method::GET, Some(key), &[], Bytes::new(), max)
@@ -458,15 +532,12 @@ impl RecordingStore for S3RecordingStore {
         }))
     }
 
-    async fn get(&self, session_id: &str) -> Result<Option<Vec<u8>>> {
+    async fn get(&self, session_id: &str) -> Result<Option<RecordingStream>> {
         valid_id(session_id)?;
         if self.info(session_id).await?.is_none() {
             return Ok(None);
         }
-        Ok(self
-            .get_object(&format!("{session_id}.wrec"), MAX_GET)
-            .await?
-            .map(|b| b.to_vec()))
+        self.download(&format!("{session_id}.wrec")).await
     }
 
     async fn info(&self, session_id: &str) -> Result<Option<RecordingInfo>> {

@@ -15,7 +15,7 @@ use warden_types::api::AuditVerifyResponse;
 use warden_types::endpoints;
 use warden_types::resource::{resources as res, verbs};
 
-const HEAD_KEY: &str = "/audit/head";
+pub(crate) const HEAD_KEY: &str = "/audit/head";
 /// How often a new chain head is signed.
 pub const SIGN_EVERY: Duration = Duration::from_secs(10);
 

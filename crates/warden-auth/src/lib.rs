@@ -3,6 +3,7 @@
 
 mod api;
 mod audit_chain;
+pub mod backup;
 mod certs;
 mod config;
 mod error;

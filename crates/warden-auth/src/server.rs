@@ -102,6 +102,71 @@ fn store_url(flag: &str, url: Option<&str>) -> anyhow::Result<StoreUrl> {
     }
 }
 
+/// Opens the backend and the audit log `stores` name (in `data_dir` by
+/// default), creating nothing in them.
+pub(crate) async fn open_state(
+    data_dir: &Path,
+    stores: &StoreConfig,
+) -> anyhow::Result<(Arc<dyn Backend>, Arc<dyn AuditLog>)> {
+    use anyhow::Context;
+    let backend_url = store_url("--backend", stores.backend.as_deref())?;
+    let audit_url = match (stores.audit_log.as_deref(), &backend_url) {
+        (None, StoreUrl::Postgres(url)) => StoreUrl::Postgres(url.clone()),
+        (given, _) => store_url("--audit-log", given)?,
+    };
+
+    let backend: Arc<dyn Backend> = match &backend_url {
+        StoreUrl::Sqlite => Arc::new(
+            SqliteBackend::open(&data_dir.join("state.db")).context("cannot open state.db")?,
+        ),
+        StoreUrl::Postgres(url) => Arc::new(
+            warden_store::PostgresBackend::connect(url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the backend at {}",
+                        warden_store::postgres::redact_url(url)
+                    )
+                })?,
+        ),
+        StoreUrl::Etcd(url) => Arc::new(
+            warden_store::EtcdBackend::connect(url)
+                .await
+                .with_context(|| format!("cannot open the backend at {url}"))?,
+        ),
+    };
+    if matches!(backend_url, StoreUrl::Etcd(_)) && matches!(audit_url, StoreUrl::Sqlite) {
+        tracing::warn!("the backend is etcd but the audit log is this server's audit.db: several auth servers need --audit-log postgres://... to share one chain");
+    }
+    let audit: Arc<dyn AuditLog> = match &audit_url {
+        StoreUrl::Sqlite => Arc::new(
+            SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
+        ),
+        StoreUrl::Etcd(_) => anyhow::bail!(
+            "--audit-log: the audit log lives in PostgreSQL (postgres://...) or this server's audit.db (sqlite), not in etcd"
+        ),
+        StoreUrl::Postgres(url) => Arc::new(
+            warden_store::PostgresAuditLog::connect(url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the audit log at {}",
+                        warden_store::postgres::redact_url(url)
+                    )
+                })?,
+        ),
+    };
+    Ok((backend, audit))
+}
+
+/// Where the key-encryption key is: `--kek-file`, else the data dir's.
+pub(crate) fn kek_path(data_dir: &Path, stores: &StoreConfig) -> std::path::PathBuf {
+    stores
+        .kek_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("kek"))
+}
+
 impl AuthServer {
     /// Opens the cluster state (in `data_dir`, or in the shared stores of
     /// `stores`), creating the CAs, the cluster config and the default
@@ -114,63 +179,14 @@ impl AuthServer {
         use anyhow::Context;
         create_private_dir(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-        let kek_path = stores
-            .kek_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("kek"));
+        let kek_path = kek_path(data_dir, stores);
         let keys = Arc::new(match stores.kek_file {
             // An operator-provided key is never made up here: a typo'd path
             // would otherwise start a second, unrelated CA key.
             Some(_) => SoftwareKeyStore::open_existing(&kek_path)?,
             None => SoftwareKeyStore::open_or_create(&kek_path)?,
         });
-        let backend_url = store_url("--backend", stores.backend.as_deref())?;
-        let audit_url = match (stores.audit_log.as_deref(), &backend_url) {
-            (None, StoreUrl::Postgres(url)) => StoreUrl::Postgres(url.clone()),
-            (given, _) => store_url("--audit-log", given)?,
-        };
-
-        let backend: Arc<dyn Backend> = match &backend_url {
-            StoreUrl::Sqlite => Arc::new(
-                SqliteBackend::open(&data_dir.join("state.db")).context("cannot open state.db")?,
-            ),
-            StoreUrl::Postgres(url) => Arc::new(
-                warden_store::PostgresBackend::connect(url)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot open the backend at {}",
-                            warden_store::postgres::redact_url(url)
-                        )
-                    })?,
-            ),
-            StoreUrl::Etcd(url) => Arc::new(
-                warden_store::EtcdBackend::connect(url)
-                    .await
-                    .with_context(|| format!("cannot open the backend at {url}"))?,
-            ),
-        };
-        if matches!(backend_url, StoreUrl::Etcd(_)) && matches!(audit_url, StoreUrl::Sqlite) {
-            tracing::warn!("the backend is etcd but the audit log is this server's audit.db: several auth servers need --audit-log postgres://... to share one chain");
-        }
-        let audit: Arc<dyn AuditLog> = match &audit_url {
-            StoreUrl::Sqlite => Arc::new(
-                SqliteAuditLog::open(&data_dir.join("audit.db")).context("cannot open audit.db")?,
-            ),
-            StoreUrl::Etcd(_) => anyhow::bail!(
-                "--audit-log: the audit log lives in PostgreSQL (postgres://...) or this server's audit.db (sqlite), not in etcd"
-            ),
-            StoreUrl::Postgres(url) => Arc::new(
-                warden_store::PostgresAuditLog::connect(url)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot open the audit log at {}",
-                            warden_store::postgres::redact_url(url)
-                        )
-                    })?,
-            ),
-        };
+        let (backend, audit) = open_state(data_dir, stores).await?;
         let recordings: Arc<dyn RecordingStore> = match stores.recordings.as_deref() {
             None => Arc::new(
                 FileRecordingStore::open(&data_dir.join("recordings"))

@@ -52,6 +52,8 @@ impl CaSigner for SoftwareSigner {
 /// kept in a 0600 file in the data directory.
 pub struct SoftwareKeyStore {
     kek: LessSafeKey,
+    /// The key itself, for an encrypted backup.
+    raw: Zeroizing<Vec<u8>>,
 }
 
 const CA_KEY_AAD: &[u8] = b"warden ca key v1";
@@ -94,7 +96,14 @@ impl SoftwareKeyStore {
     fn from_key(key: &[u8]) -> Self {
         SoftwareKeyStore {
             kek: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key")),
+            raw: Zeroizing::new(key.to_vec()),
         }
+    }
+
+    /// The key-encryption key's 32 bytes: only for a backup that
+    /// encrypts them again.
+    pub fn export_kek(&self) -> Zeroizing<Vec<u8>> {
+        self.raw.clone()
     }
 
     /// Encrypts `plaintext`, bound to `context` (so a ciphertext made for

@@ -350,6 +350,57 @@ pub struct AuditVerifyResponse {
     pub signed_head: Option<(u64, i64)>,
 }
 
+/// `POST /v1/admin/backup`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BackupRequest {
+    /// Encrypts the backup's secrets (at least 12 characters).
+    pub passphrase: String,
+}
+
+/// A backup of the cluster state (`warden admin backup`): documents
+/// without secrets in the clear, for review and diffs; everything secret
+/// (the key-encryption key that seals the CA keys and TOTP secrets,
+/// password hashes, connector and webhook secrets, join tokens)
+/// encrypted to a passphrase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Format version: 1.
+    pub warden_backup: u32,
+    pub cluster: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The Warden version that wrote it.
+    pub warden_version: String,
+    /// Backend key → JSON document, for every document without secrets.
+    pub documents: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Backend key → base64, for values that are not JSON.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub raw: std::collections::BTreeMap<String, String>,
+    /// The audit chain head last signed before the backup (JSON), so a
+    /// restore can say where the chain it continues from stood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<serde_json::Value>,
+    pub secrets: SealedSecrets,
+}
+
+/// The encrypted part of a [`Backup`]: argon2id turns the passphrase
+/// into an AES-256-GCM key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SealedSecrets {
+    /// `argon2id`.
+    pub kdf: String,
+    /// Memory (KiB), passes and lanes of the KDF.
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+    /// Base64.
+    pub salt: String,
+    /// `aes-256-gcm`.
+    pub cipher: String,
+    /// Base64: nonce, then ciphertext and tag.
+    pub data: String,
+}
+
 /// A stored session recording, as listed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordingInfo {

@@ -91,6 +91,12 @@ pub mod codes {
     pub const AUDIT_OUTAGE: (&str, &str) = ("audit.outage", "WA9003W");
     /// The recording store was unreachable; recordings waited on the nodes.
     pub const RECORDINGS_OUTAGE: (&str, &str) = ("recordings.outage", "WA9004W");
+    /// A backup of the cluster state was taken.
+    pub const CLUSTER_BACKUP: (&str, &str) = ("cluster.backup", "WA9005I");
+    /// The cluster state was restored from a backup: the first event of a
+    /// new log, or a mark in a surviving one, naming the chain head the
+    /// backup saw.
+    pub const CLUSTER_RESTORE: (&str, &str) = ("cluster.restore", "WA9006W");
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
@@ -103,6 +109,8 @@ pub mod codes {
         "api.denied",
         "audit.outage",
         "cert.renew",
+        "cluster.backup",
+        "cluster.restore",
         "config.delete",
         "config.update",
         "exec",

@@ -148,6 +148,7 @@ endpoints! {
     // Audit and recordings.
     AUDIT_EVENTS: Get "/v1/audit/events", AuditQuery => AuditEvents;
     AUDIT_VERIFY: Get "/v1/audit/verify", () => AuditVerifyResponse;
+    BACKUP: Post "/v1/admin/backup", BackupRequest => Backup;
     RECORDINGS: Get "/v1/recordings", RecordingQuery => Vec<RecordingInfo>;
     RECORDING: Get "/v1/recordings/{id}", () => Raw;
     UPLOAD_RECORDING: Put "/v1/recordings/{id}", Raw => RecordingInfo;

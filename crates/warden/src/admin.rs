@@ -104,6 +104,20 @@ enum AdminCommand {
     /// Delete a document: `rm KIND NAME` (any kind of `get`; a node is
     /// taken out of the inventory).
     Rm { kind: String, name: String },
+    /// Back up the cluster state to one YAML file: CA keys (through the
+    /// key-encryption key), configuration, connectors and every document,
+    /// the secrets encrypted to a passphrase. Recordings and the audit log
+    /// live in their own stores; back those up there.
+    Backup {
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        #[command(flatten)]
+        passphrase: crate::backup::Passphrase,
+    },
+    /// Restore a backup into an empty backend, before any auth server
+    /// starts on it (runs without one). Writes the key-encryption key,
+    /// every document, and an audit event marking the restore.
+    Restore(crate::backup::RestoreArgs),
     /// Write an OpenSSH KRL revoking the certificates of locked users (and
     /// of the users of locked roles), for plain sshd's RevokedKeys.
     Krl {
@@ -358,9 +372,17 @@ fn connect_as_login() -> anyhow::Result<Admin> {
 }
 
 pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Restore(r) = &a.command {
+        let dir = a.data_dir.clone().unwrap_or_else(crate::default_data_dir);
+        return crate::backup::restore(&dir, r).await;
+    }
     let admin = connect(a.data_dir, a.as_me)?;
     match a.command {
         AdminCommand::Users(c) => users(&admin, c).await,
+        AdminCommand::Backup { output, passphrase } => {
+            crate::backup::backup(&admin, &output, &passphrase).await
+        }
+        AdminCommand::Restore(_) => unreachable!("handled before connecting"),
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,

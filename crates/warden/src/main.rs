@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_config;
+mod backup;
 mod config_file;
 mod datadir;
 mod handover;

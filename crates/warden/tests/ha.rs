@@ -453,6 +453,163 @@ fn metric(diag: u16, name: &str) -> u64 {
 /// wait on the node (a metric counts them), auth's metric and /readyz say
 /// the store is failing, and once S3 answers again every recording
 /// arrives, followed by a `recordings.outage` audit event.
+/// The disaster-recovery drill: a cluster on etcd, with a node and
+/// recordings on S3, loses etcd and its auth host entirely. A new, empty
+/// etcd, `warden admin restore` of the backup and `roles apply` of the
+/// roles kept in git bring it back: the node reconnects without joining
+/// again, users log in again, the old recording plays, and the audit log
+/// says where it was restored.
+#[test]
+fn disaster_recovery_from_a_backup_and_git() {
+    let s3 = s3::S3Server::start();
+    let recordings = bucket(&s3, "dr");
+    let dir = temp_dir("dr");
+    // The proxy comes back where the node left it.
+    let listen = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let etcd = etcd::EtcdCluster::start(1);
+    let backend = etcd.url();
+    let args = |backend: &str| {
+        vec![
+            "--backend".to_string(),
+            backend.to_string(),
+            "--recordings".to_string(),
+            recordings.clone(),
+            "--listen-addr".to_string(),
+            listen.clone(),
+        ]
+    };
+    let start = |backend: &str| {
+        let a = args(backend);
+        Cluster::start_with(&dir, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let c = start(&backend);
+    let git = dir.join("git-roles");
+    std::fs::create_dir_all(&git).unwrap();
+    std::fs::write(
+        git.join("dba.yaml"),
+        "kind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  allow:\n    logins: [postgres]\n    node_labels:\n      env: [dr]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", git.to_str().unwrap()])
+        .expect_ok();
+    let node = TunnelNode::start(&c, "dr-1", "env=dr");
+    let node_pid = node.pid();
+    let secret = c.add_user("alice", "access,auditor", "root");
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    let logged_in = std::time::Instant::now();
+    c.wait_reachable("alice", "root", "dr-1");
+    c.run_as(
+        "alice",
+        &["ssh", "root@dr-1", "--", "echo", "before-the-disaster"],
+        None,
+    )
+    .expect_ok();
+    let old = wait_for_recording(&c, "alice", "echo before-the-disaster");
+
+    let pass = dir.join("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let file = dir.join("backup.yaml");
+    c.admin(&[
+        "backup",
+        "-o",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+    .expect_ok();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("/roles/dba") && text.contains("/users/alice"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("$argon2id$"),
+        "a password hash in the clear:\n{text}"
+    );
+    let pin = c.pin.clone();
+
+    // The disaster: etcd and the auth host are gone; the node lives on.
+    drop(c);
+    drop(etcd);
+    std::fs::remove_dir_all(dir.join("data")).unwrap();
+    let etcd = etcd::EtcdCluster::start(1);
+    let data = dir.join("data");
+    let restore = |passphrase: &std::path::Path| {
+        run_program(
+            WARDEN,
+            &[
+                "admin".into(),
+                "--data-dir".into(),
+                data.to_str().unwrap().into(),
+                "restore".into(),
+                file.to_str().unwrap().into(),
+                "--backend".into(),
+                etcd.url(),
+                "--passphrase-file".into(),
+                passphrase.to_str().unwrap().into(),
+            ],
+            None,
+        )
+    };
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    restore(&wrong).expect_err("wrong passphrase");
+    let out = restore(&pass).expect_ok();
+    assert!(out.stdout.contains("starts a new chain"), "{}", out.all());
+    restore(&pass).expect_err("already holds a cluster");
+
+    let c = start(&etcd.url());
+    assert_eq!(c.pin, pin, "the same CA");
+    c.admin(&["roles", "apply", "-f", git.to_str().unwrap()])
+        .expect_ok();
+    // The node reconnects by itself, with its old identity.
+    assert!(rss_kib(node_pid) > 0, "the node process lives on");
+    // A TOTP code is good once: wait for a fresh one.
+    std::thread::sleep(std::time::Duration::from_secs(31).saturating_sub(logged_in.elapsed()));
+    c.login("alice", "alice", &totp(&secret, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "dr-1");
+    let out = c
+        .run_as(
+            "alice",
+            &["ssh", "root@dr-1", "--", "echo", "after-the-restore"],
+            None,
+        )
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "after-the-restore");
+    let played = c
+        .run_as("alice", &["play", &old, "--format", "text"], None)
+        .expect_ok();
+    assert!(
+        played.stdout.contains("before-the-disaster"),
+        "{}",
+        played.all()
+    );
+    let roles = c.admin(&["roles", "ls"]).expect_ok();
+    assert!(roles.stdout.contains("dba"), "{}", roles.stdout);
+    // The audit log starts at the restore, and says from what.
+    let events = c.events();
+    let first = &events
+        .iter()
+        .find(|e| e["type"] == "cluster.restore")
+        .expect("a cluster.restore event");
+    assert_eq!(first["index"], 1, "{first}");
+    assert_eq!(first["fields"]["new_chain"], true, "{first}");
+    // The old chain's head was signed before the backup (every 10 s).
+    assert!(
+        first["fields"]["previous_head_index"].as_u64().is_some(),
+        "{first}"
+    );
+    c.admin(&["audit", "verify"]).expect_ok();
+    drop(node);
+}
+
 /// A large recording streams node to auth to S3 in parts: no process on
 /// the way holds it whole, and S3 has it byte for byte.
 #[test]

@@ -1,0 +1,424 @@
+//! Backing up and restoring the cluster state: every lasting document of
+//! the backend, its secrets encrypted to a passphrase, and the audit chain
+//! head the backup saw. Restore fills an empty backend (before any auth
+//! server starts on it) and marks the audit log, so a restored cluster
+//! never hides the gap between the backup and the disaster.
+
+use crate::api::Caller;
+use crate::error::{AuthError, Result};
+use crate::routes::Serve;
+use crate::server::{AuthServer, StoreConfig};
+use axum::extract::State;
+use axum::{Extension, Json, Router};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use warden_store::Item;
+use warden_types::api::{Backup, BackupRequest, SealedSecrets};
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::{endpoints, IdentityKind};
+use zeroize::Zeroizing;
+
+/// The format written today.
+pub const VERSION: u32 = 1;
+/// Shortest passphrase accepted.
+pub const MIN_PASSPHRASE: usize = 12;
+
+/// Short-lived state, never backed up: challenges, pending logins, node
+/// grants, and the signed audit head (a restore records it instead).
+const EPHEMERAL: &[&str] = &[
+    crate::webauthn::CHALLENGES,
+    "/sso_pending/",
+    "/sso_codes/",
+    "/node_grants/",
+    "/audit/head",
+];
+
+/// Documents that carry secrets: only in the encrypted part.
+const SECRET: &[&str] = &[
+    crate::resources::CREDENTIALS,
+    crate::resources::CONNECTORS,
+    crate::resources::WEBHOOKS,
+    crate::resources::TOKENS,
+    "/secrets/",
+];
+
+/// What the passphrase protects.
+#[derive(Default, Serialize, Deserialize)]
+struct Secrets {
+    /// The key-encryption key (base64): it seals the CA keys and the TOTP
+    /// secrets in the documents, so they restore as they are.
+    kek: String,
+    documents: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    raw: BTreeMap<String, String>,
+}
+
+pub fn routes() -> axum::Router<AuthServer> {
+    Router::new().serve(&endpoints::BACKUP, backup)
+}
+
+fn is_under(key: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| key.starts_with(p))
+}
+
+/// Puts `item` in `documents` (JSON) or `raw` (anything else).
+fn keep(
+    item: Item,
+    documents: &mut BTreeMap<String, serde_json::Value>,
+    raw: &mut BTreeMap<String, String>,
+) {
+    match serde_json::from_slice(&item.value) {
+        Ok(v) => {
+            documents.insert(item.key, v);
+        }
+        Err(_) => {
+            raw.insert(item.key, data_encoding::BASE64.encode(&item.value));
+        }
+    }
+}
+
+/// The local admin identity only: a backup holds every secret of the
+/// cluster.
+async fn backup(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<BackupRequest>,
+) -> Result<Json<Backup>> {
+    if c.identity.kind != IdentityKind::Admin {
+        return Err(AuthError::AccessDenied(
+            "backups hold every secret of the cluster: take them with the auth host's admin identity ('warden admin backup' on the auth host)".into(),
+        ));
+    }
+    if req.passphrase.chars().count() < MIN_PASSPHRASE {
+        return Err(AuthError::BadRequest(format!(
+            "the passphrase must be at least {MIN_PASSPHRASE} characters"
+        )));
+    }
+    let mut out = Backup {
+        warden_backup: VERSION,
+        cluster: s.cluster().to_string(),
+        created: time::OffsetDateTime::now_utc().unix_timestamp(),
+        warden_version: warden_types::VERSION.to_string(),
+        ..Default::default()
+    };
+    let mut secrets = Secrets {
+        kek: data_encoding::BASE64.encode(&s.inner.keys.export_kek()),
+        ..Default::default()
+    };
+    for item in s.backend().range("/").await? {
+        // Items that expire (heartbeats, join tokens) would be stale.
+        if item.expires.is_some() || is_under(&item.key, EPHEMERAL) {
+            continue;
+        }
+        if is_under(&item.key, SECRET) {
+            keep(item, &mut secrets.documents, &mut secrets.raw);
+        } else {
+            keep(item, &mut out.documents, &mut out.raw);
+        }
+    }
+    // Signed now, so the backup names the chain as it stands.
+    if let Err(e) = s.sign_audit_head().await {
+        tracing::warn!(error = %e, "the audit head was not signed for the backup; it names the last one signed");
+    }
+    if let Some(head) = s.backend().get(crate::audit_chain::HEAD_KEY).await? {
+        out.audit_head = serde_json::from_slice(&head.value).ok();
+    }
+    let plain = Zeroizing::new(
+        serde_json::to_vec(&secrets).map_err(|e| AuthError::Internal(e.to_string()))?,
+    );
+    let passphrase = Zeroizing::new(req.passphrase);
+    let aad = aad(&out);
+    out.secrets = tokio::task::spawn_blocking(move || seal(&passphrase, &aad, &plain))
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))??;
+    s.audit(
+        AuditEvent::new(
+            codes::CLUSTER_BACKUP,
+            s.cluster(),
+            &c.identity.username,
+            format!(
+                "backed up {} documents and {} secret ones",
+                out.documents.len() + out.raw.len(),
+                secrets.documents.len() + secrets.raw.len()
+            ),
+        )
+        .with("documents", out.documents.len() + out.raw.len())
+        .with(
+            "secret_documents",
+            secrets.documents.len() + secrets.raw.len(),
+        ),
+    )
+    .await;
+    Ok(Json(out))
+}
+
+/// Binds the ciphertext to the backup it belongs to, cleartext documents
+/// included: an edited document fails the restore like a wrong
+/// passphrase would, so a backup cannot be doctored to grant access.
+fn aad(b: &Backup) -> Vec<u8> {
+    let clear =
+        serde_json::to_vec(&(&b.documents, &b.raw, &b.audit_head)).expect("JSON values serialize");
+    let digest = ring::digest::digest(&ring::digest::SHA256, &clear);
+    let mut out = format!(
+        "warden backup v{}\0{}\0{}\0",
+        b.warden_backup, b.cluster, b.created
+    )
+    .into_bytes();
+    out.extend_from_slice(digest.as_ref());
+    out
+}
+
+const M_KIB: u32 = 64 * 1024;
+const T: u32 = 3;
+const P: u32 = 1;
+
+fn derive(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>> {
+    let params = argon2::Params::new(m, t, p, Some(32))
+        .map_err(|e| AuthError::BadRequest(format!("backup KDF parameters: {e}")))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), salt, &mut *key)
+        .map_err(|e| AuthError::Internal(format!("backup KDF: {e}")))?;
+    Ok(key)
+}
+
+fn cipher(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key"))
+}
+
+fn seal(passphrase: &str, aad: &[u8], plain: &[u8]) -> Result<SealedSecrets> {
+    let salt = warden_ca::random_bytes::<16>();
+    let key = derive(passphrase, &salt, M_KIB, T, P)?;
+    let nonce = warden_ca::random_bytes::<NONCE_LEN>();
+    let mut buf = plain.to_vec();
+    cipher(&key)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .map_err(|_| AuthError::Internal("cannot encrypt the backup".into()))?;
+    let mut data = nonce.to_vec();
+    data.extend_from_slice(&buf);
+    Ok(SealedSecrets {
+        kdf: "argon2id".into(),
+        m_kib: M_KIB,
+        t: T,
+        p: P,
+        salt: data_encoding::BASE64.encode(&salt),
+        cipher: "aes-256-gcm".into(),
+        data: data_encoding::BASE64.encode(&data),
+    })
+}
+
+fn open(backup: &Backup, passphrase: &str) -> anyhow::Result<Secrets> {
+    let s = &backup.secrets;
+    anyhow::ensure!(
+        s.kdf == "argon2id" && s.cipher == "aes-256-gcm",
+        "the backup's secrets use {} and {}, which this version cannot read",
+        s.kdf,
+        s.cipher
+    );
+    // Bounds, so a doctored file cannot ask for terabytes.
+    anyhow::ensure!(
+        s.m_kib <= 4 << 20 && s.t <= 64 && s.p <= 16,
+        "the backup's KDF parameters are out of range"
+    );
+    let damaged = || anyhow::anyhow!("the backup's secrets are damaged (bad base64)");
+    let salt = data_encoding::BASE64
+        .decode(s.salt.as_bytes())
+        .map_err(|_| damaged())?;
+    let data = data_encoding::BASE64
+        .decode(s.data.as_bytes())
+        .map_err(|_| damaged())?;
+    anyhow::ensure!(data.len() > NONCE_LEN, "the backup's secrets are cut short");
+    let key = derive(passphrase, &salt, s.m_kib, s.t, s.p).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (nonce, ct) = data.split_at(NONCE_LEN);
+    let mut buf = Zeroizing::new(ct.to_vec());
+    let plain = cipher(&key)
+        .open_in_place(
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| damaged())?,
+            Aad::from(aad(backup)),
+            &mut buf,
+        )
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot decrypt the backup's secrets: wrong passphrase, or the file was changed since it was written"
+            )
+        })?;
+    Ok(serde_json::from_slice(plain)?)
+}
+
+/// What [`restore`] did.
+#[derive(Debug)]
+pub struct Restored {
+    pub documents: usize,
+    /// The audit event that marks the restore: its index in the log.
+    pub audit_index: u64,
+    /// The log was empty: the restore starts a new chain.
+    pub new_chain: bool,
+}
+
+/// Restores `backup` into the stores `stores` name, which must hold no
+/// cluster yet: the key-encryption key (written to the KEK path, or
+/// checked against the one there), every document, and an audit event
+/// that names the chain head the backup saw.
+pub async fn restore(
+    backup: &Backup,
+    passphrase: &str,
+    data_dir: &Path,
+    stores: &StoreConfig,
+) -> anyhow::Result<Restored> {
+    use anyhow::Context;
+    anyhow::ensure!(
+        backup.warden_backup == VERSION,
+        "this is a version {} backup; this Warden ({}) reads version {VERSION}",
+        backup.warden_backup,
+        warden_types::VERSION
+    );
+    let secrets = {
+        let (b, p) = (backup.clone(), Zeroizing::new(passphrase.to_string()));
+        tokio::task::spawn_blocking(move || open(&b, &p)).await??
+    };
+    crate::server::create_private_dir(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let (backend, audit) = crate::server::open_state(data_dir, stores).await?;
+    let present = backend.range("/").await?;
+    if let Some(first) = present.iter().find(|i| i.expires.is_none()) {
+        anyhow::bail!(
+            "the backend already holds a cluster ({} documents, e.g. {}); restore goes into an empty backend: point --backend at a new one (and start no auth server on it before the restore)",
+            present.len(),
+            first.key
+        );
+    }
+    let kek = Zeroizing::new(
+        data_encoding::BASE64
+            .decode(secrets.kek.as_bytes())
+            .context("the backup's key-encryption key is damaged")?,
+    );
+    let kek_path = crate::server::kek_path(data_dir, stores);
+    match std::fs::read(&kek_path) {
+        Ok(existing) if existing[..] == kek[..] => {}
+        Ok(_) => anyhow::bail!(
+            "{} holds another key-encryption key than the backup's; move it away (the backup's is written in its place), or give --kek-file for a new path",
+            kek_path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warden_ca::keystore::write_private_file(&kek_path, &kek)
+                .with_context(|| format!("cannot write {}", kek_path.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", kek_path.display())),
+    }
+    let mut written = 0;
+    let json = backup.documents.iter().chain(secrets.documents.iter());
+    for (key, value) in json {
+        backend
+            .create(key, serde_json::to_vec(value)?, None)
+            .await?;
+        written += 1;
+    }
+    for (key, b64) in backup.raw.iter().chain(secrets.raw.iter()) {
+        let value = data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .with_context(|| format!("{key}: bad base64"))?;
+        backend.create(key, value, None).await?;
+        written += 1;
+    }
+    let new_chain = audit.head().await?.is_none();
+    let head = backup.audit_head.as_ref();
+    let field = |name: &str| head.and_then(|h| h.get(name)).cloned();
+    let created = time::OffsetDateTime::from_unix_timestamp(backup.created)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let message = match (new_chain, field("index")) {
+        (true, Some(i)) => format!(
+            "restored from the backup of {created}; this log starts here: the previous log's chain stood at event {i} when the backup was taken, and events after that are not in this log"
+        ),
+        (true, None) => format!("restored from the backup of {created}; this log starts here"),
+        (false, _) => format!(
+            "restored from the backup of {created} into a new backend; this log continues: cluster state written after the backup was lost"
+        ),
+    };
+    let mut event = AuditEvent::new(codes::CLUSTER_RESTORE, &backup.cluster, "admin", message)
+        .with("backup_created", backup.created)
+        .with("documents", written)
+        .with("new_chain", new_chain);
+    for name in ["index", "hash", "time", "signature"] {
+        if let Some(v) = field(name) {
+            event = event.with(&format!("previous_head_{name}"), v);
+        }
+    }
+    let stored = audit.append(event).await?;
+    Ok(Restored {
+        documents: written,
+        audit_index: stored.index,
+        new_chain,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Backup {
+        let mut b = Backup {
+            warden_backup: VERSION,
+            cluster: "c1".into(),
+            created: 1_800_000_000,
+            ..Default::default()
+        };
+        b.documents.insert(
+            "/roles/dba".into(),
+            serde_json::json!({"kind": "role", "n": 1}),
+        );
+        let secrets = Secrets {
+            kek: data_encoding::BASE64.encode(&[7; 32]),
+            ..Default::default()
+        };
+        b.secrets = seal(
+            "a long passphrase",
+            &aad(&b),
+            &serde_json::to_vec(&secrets).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+
+    /// Secrets open with the passphrase only, and only while the cleartext
+    /// documents are as written; the file survives a YAML round trip.
+    #[test]
+    fn secrets_open_only_with_the_passphrase_and_untouched_documents() {
+        let b = sample();
+        let yaml = serde_norway::to_string(&b).unwrap();
+        let back: Backup = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(
+            open(&back, "a long passphrase").unwrap().kek,
+            data_encoding::BASE64.encode(&[7; 32])
+        );
+        let wrong = open(&b, "another passphrase").err().unwrap().to_string();
+        assert!(wrong.contains("wrong passphrase"), "{wrong}");
+        let mut doctored = b.clone();
+        doctored.documents.insert(
+            "/roles/dba".into(),
+            serde_json::json!({"kind": "role", "n": 2}),
+        );
+        assert!(open(&doctored, "a long passphrase").is_err());
+        let mut later = b.clone();
+        later.created += 1;
+        assert!(open(&later, "a long passphrase").is_err());
+        let mut greedy = b;
+        greedy.secrets.m_kib = u32::MAX;
+        let e = open(&greedy, "a long passphrase")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("out of range"), "{e}");
+    }
+}

@@ -1,0 +1,130 @@
+//! `warden admin backup` and `warden admin restore`: the cluster state as
+//! one YAML file whose secrets are encrypted to a passphrase, and back.
+
+use crate::admin::Admin;
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use warden_types::api::{Backup, BackupRequest};
+use warden_types::endpoints;
+use zeroize::Zeroizing;
+
+/// Where the passphrase comes from.
+#[derive(clap::Args)]
+pub struct Passphrase {
+    /// A file holding the passphrase (its first line) [default: the
+    /// WARDEN_BACKUP_PASSPHRASE environment variable].
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl Passphrase {
+    fn read(&self) -> anyhow::Result<Zeroizing<String>> {
+        let text = match &self.passphrase_file {
+            Some(path) => Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => match std::env::var("WARDEN_BACKUP_PASSPHRASE") {
+                Ok(p) => Zeroizing::new(p),
+                Err(_) => bail!(
+                    "a backup's secrets are encrypted to a passphrase: give --passphrase-file FILE or set WARDEN_BACKUP_PASSPHRASE"
+                ),
+            },
+        };
+        let line = text.lines().next().unwrap_or_default();
+        Ok(Zeroizing::new(line.to_string()))
+    }
+}
+
+/// `warden admin restore` options: the stores to fill, as `warden start`
+/// names them.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    file: PathBuf,
+    /// The (empty) cluster state store, as for 'warden start'.
+    #[arg(
+        long,
+        env = "WARDEN_BACKEND",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    backend: Option<String>,
+    /// The audit log, as for 'warden start'.
+    #[arg(
+        long,
+        env = "WARDEN_AUDIT_LOG",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    audit_log: Option<String>,
+    /// Where to write the key-encryption key [default: DATA_DIR/kek].
+    #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
+    kek_file: Option<PathBuf>,
+    #[command(flatten)]
+    passphrase: Passphrase,
+}
+
+pub async fn backup(admin: &Admin, output: &Path, passphrase: &Passphrase) -> anyhow::Result<()> {
+    let passphrase = passphrase.read()?;
+    let backup: Backup = admin
+        .api
+        .call(
+            &endpoints::BACKUP,
+            &BackupRequest {
+                passphrase: passphrase.to_string(),
+            },
+        )
+        .await?;
+    let created = time::OffsetDateTime::from_unix_timestamp(backup.created)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "# Warden backup of cluster {:?}, {created}. Documents are in the clear;\n# the secrets (CA key encryption key, credentials, connector and webhook\n# secrets, tokens) are encrypted to the passphrase. Restore into an empty\n# backend with: warden admin restore FILE\n{}",
+        backup.cluster,
+        serde_norway::to_string(&backup)?
+    );
+    warden_ca::keystore::write_private_file(output, text.as_bytes())
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "wrote {} ({} documents, secrets encrypted); keep it, and the passphrase, apart",
+        output.display(),
+        backup.documents.len() + backup.raw.len()
+    );
+    Ok(())
+}
+
+pub async fn restore(data_dir: &Path, a: &RestoreArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let backup: Backup = serde_norway::from_str(&text)
+        .with_context(|| format!("{} is not a Warden backup", a.file.display()))?;
+    let passphrase = a.passphrase.read()?;
+    let stores = warden_auth::StoreConfig {
+        backend: a.backend.clone(),
+        audit_log: a.audit_log.clone(),
+        kek_file: a.kek_file.clone(),
+        recordings: None,
+    };
+    let r = warden_auth::backup::restore(&backup, &passphrase, data_dir, &stores).await?;
+    println!(
+        "restored cluster {:?}: {} documents; audit event {} marks the restore{}",
+        backup.cluster,
+        r.documents,
+        r.audit_index,
+        if r.new_chain {
+            " and starts a new chain"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "next: start the auth server(s) on it ('warden start --data-dir {} ...'); nodes reconnect on their own, users log in again",
+        data_dir.display()
+    );
+    Ok(())
+}

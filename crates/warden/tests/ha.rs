@@ -513,6 +513,15 @@ fn disaster_recovery_from_a_backup_and_git() {
     .expect_ok();
     let old = wait_for_recording(&c, "alice", "echo before-the-disaster");
 
+    // As the README shows it.
+    let readme = include_str!("../../../README.md");
+    for shown in [
+        "warden admin backup -o backup.yaml --passphrase-file",
+        "warden admin --data-dir /var/lib/warden restore backup.yaml",
+        "--backend etcd://etcd1:2379 --passphrase-file",
+    ] {
+        assert!(readme.contains(shown), "README.md no longer shows {shown:?}");
+    }
     let pass = dir.join("passphrase");
     std::fs::write(&pass, "correct horse battery staple\n").unwrap();
     let file = dir.join("backup.yaml");

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 /// private part is either encrypted (software) or a label in an HSM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyHandle {
-    /// Which key store holds the key: `software` or, later, `pkcs11`.
+    /// Which key store holds the key: `software` or `pkcs11` (an HSM).
     pub store: String,
     /// Raw Ed25519 public key, hex.
     pub public_key: String,
@@ -24,8 +24,8 @@ pub struct KeyHandle {
 /// Something that signs with a CA key.
 pub trait CaSigner: Send + Sync {
     fn public_key(&self) -> [u8; 32];
-    /// An Ed25519 signature over `msg`.
-    fn sign(&self, msg: &[u8]) -> Vec<u8>;
+    /// An Ed25519 signature over `msg` (an HSM may fail to give one).
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>>;
 }
 
 /// Creates and loads CA keys.
@@ -43,8 +43,8 @@ impl CaSigner for SoftwareSigner {
     fn public_key(&self) -> [u8; 32] {
         self.public
     }
-    fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.pair.sign(msg).as_ref().to_vec()
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.pair.sign(msg).as_ref().to_vec())
     }
 }
 
@@ -255,7 +255,7 @@ mod tests {
         let h = ks.generate().unwrap();
         assert!(!h.data.contains(&h.public_key));
         let signer = ks.load(&h).unwrap();
-        let sig = signer.sign(b"msg");
+        let sig = signer.sign(b"msg").unwrap();
         let pk =
             ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, signer.public_key());
         pk.verify(b"msg", &sig).unwrap();

@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod keystore;
 pub mod krl;
 pub mod otp;
+pub mod pkcs11;
 pub mod ssh;
 pub mod tls;
 
@@ -34,6 +35,8 @@ pub enum CaError {
     Ssh(String),
     #[error("x509: {0}")]
     X509(String),
+    #[error("HSM: {0}")]
+    Hsm(String),
 }
 
 pub type Result<T> = std::result::Result<T, CaError>;

@@ -17,7 +17,8 @@ struct SshSigner<'a>(&'a dyn CaSigner);
 
 impl signature::Signer<Signature> for SshSigner<'_> {
     fn try_sign(&self, msg: &[u8]) -> std::result::Result<Signature, signature::Error> {
-        Signature::new(Algorithm::Ed25519, self.0.sign(msg)).map_err(|_| signature::Error::new())
+        let sig = self.0.sign(msg).map_err(signature::Error::from_source)?;
+        Signature::new(Algorithm::Ed25519, sig).map_err(|_| signature::Error::new())
     }
 }
 

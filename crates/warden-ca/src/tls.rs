@@ -26,6 +26,16 @@ struct RcgenSigner<'a> {
     public: [u8; 32],
 }
 
+/// rcgen's errors, where the CA key's own failure has no text of its own.
+fn rcgen_err(e: rcgen::Error) -> CaError {
+    match e {
+        rcgen::Error::RemoteKeyError => {
+            CaError::Hsm("the CA key did not sign (the auth server's log says why)".into())
+        }
+        e => CaError::X509(e.to_string()),
+    }
+}
+
 impl<'a> RcgenSigner<'a> {
     fn new(signer: &'a dyn CaSigner) -> Self {
         RcgenSigner {
@@ -46,7 +56,10 @@ impl PublicKeyData for RcgenSigner<'_> {
 
 impl rcgen::SigningKey for RcgenSigner<'_> {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        Ok(self.signer.sign(msg))
+        // The signer logs its own failure (rcgen's error carries no text).
+        self.signer
+            .sign(msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 
@@ -75,7 +88,7 @@ pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
     params.serial_number = Some(random_serial());
     let cert = params
         .self_signed(&RcgenSigner::new(ca))
-        .map_err(x509_err)?;
+        .map_err(rcgen_err)?;
     Ok(cert.pem())
 }
 
@@ -190,7 +203,7 @@ pub fn issue_from_csr(
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, signer).map_err(x509_err)?;
     let cert = params_for(req)?
         .signed_by(&csr.public_key, &issuer)
-        .map_err(x509_err)?;
+        .map_err(rcgen_err)?;
     Ok(cert.pem())
 }
 
@@ -214,7 +227,7 @@ pub fn issue_for_ed25519(
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, RcgenSigner::new(ca)).map_err(x509_err)?;
     let cert = params_for(req)?
         .signed_by(&Raw(public_key), &issuer)
-        .map_err(x509_err)?;
+        .map_err(rcgen_err)?;
     Ok(cert.pem())
 }
 

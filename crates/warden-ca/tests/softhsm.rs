@@ -1,0 +1,83 @@
+//! The PKCS#11 key store against a real token: Debian's SoftHSM2, created
+//! fresh here. Keys are generated inside the token and never leave it;
+//! what they sign verifies with the public key the handle records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use warden_ca::pkcs11::{HsmConfig, Pkcs11KeyStore};
+use warden_ca::KeyStore;
+use zeroize::Zeroizing;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A fresh SoftHSM2 token directory with one token, `label`.
+pub fn softhsm_token(dir: &Path, label: &str, pin: &str) -> PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "000000"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (Debian package softhsm2) must be installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    conf
+}
+
+#[test]
+fn ca_keys_live_and_sign_in_the_token() {
+    let dir = std::env::temp_dir().join(format!("warden-softhsm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let conf = softhsm_token(&dir, "warden-test", "4321");
+    // The module reads this when it loads (once per process).
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let config = |token: &str, pin: &str| HsmConfig {
+        module: MODULE.into(),
+        token: token.into(),
+        pin: Zeroizing::new(pin.into()),
+    };
+    let e = Pkcs11KeyStore::open(&config("no-such-token", "4321")).err().unwrap().to_string();
+    assert!(e.contains("no token labelled") && e.contains("warden-test"), "{e}");
+    let e = Pkcs11KeyStore::open(&config("warden-test", "9999")).err().unwrap().to_string();
+    assert!(e.contains("check the PIN"), "{e}");
+
+    let store = Pkcs11KeyStore::open(&config("warden-test", "4321")).unwrap();
+    let handle = store.generate().unwrap();
+    assert_eq!(handle.store, "pkcs11");
+    assert!(handle.data.starts_with("token=warden-test;id="), "{}", handle.data);
+    let signer = store.load(&handle).unwrap();
+    let public = signer.public_key();
+    assert_eq!(data_encoding::HEXLOWER.encode(&public), handle.public_key);
+    let sig = signer.sign(b"hello").unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(b"hello", &sig)
+        .expect("the token's signature verifies");
+
+    // A CA certificate and an OpenSSH public key line built on it.
+    let pem = warden_ca::tls::create_ca_cert(&*signer, "hsm-cluster").unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+    let line = warden_ca::ssh::public_key_line(&*signer, "hsm user CA").unwrap();
+    assert!(line.starts_with("ssh-ed25519 "), "{line}");
+
+    // A handle whose key is not in the token, or not this key, is refused.
+    let other = warden_ca::KeyHandle {
+        data: format!("token=warden-test;id={}", "ab".repeat(16)),
+        ..handle.clone()
+    };
+    let e = store.load(&other).err().unwrap().to_string();
+    assert!(e.contains("holds no key"), "{e}");
+    let wrong_public = warden_ca::KeyHandle {
+        public_key: "00".repeat(32),
+        ..handle.clone()
+    };
+    assert!(store.load(&wrong_public).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

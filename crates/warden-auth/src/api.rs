@@ -95,6 +95,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::recordings::routes())
         .merge(crate::audit_chain::routes())
         .merge(crate::backup::routes())
+        .merge(crate::cas::routes())
         .merge(crate::oidc::routes())
         .merge(crate::mfa::routes())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -86,7 +86,7 @@ impl AuthServer {
         let (signer, _) = self.signer(CaType::Tls).await?;
         let time = time::OffsetDateTime::now_utc().unix_timestamp();
         let head = SignedHead {
-            signature: data_encoding::HEXLOWER.encode(&signer.sign(&message(index, &hash, time))),
+            signature: data_encoding::HEXLOWER.encode(&signer.sign(&message(index, &hash, time))?),
             index,
             hash,
             time,

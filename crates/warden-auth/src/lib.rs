@@ -4,6 +4,7 @@
 mod api;
 mod audit_chain;
 pub mod backup;
+mod cas;
 mod certs;
 mod config;
 mod error;
@@ -29,4 +30,4 @@ mod webhook;
 pub use error::AuthError;
 pub use init::{AdminConfig, ADMIN_DIR};
 pub use serve::serve_mtls;
-pub use server::{AuthServer, ServiceIdentity, StoreConfig};
+pub use server::{AuthServer, Keys, ServiceIdentity, StoreConfig};

@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub audit: Arc<dyn AuditLog>,
     pub recordings: Arc<dyn RecordingStore>,
     pub keys: Arc<SoftwareKeyStore>,
+    /// This server's HSM, when its CA keys live in one.
+    pub hsm: Option<Arc<warden_ca::pkcs11::Pkcs11KeyStore>>,
     pub limiter: RateLimiter,
     /// Rate-limited attempts, summarised per source and window.
     pub refusals: crate::ratelimit::Refusals,
@@ -50,6 +52,13 @@ pub(crate) struct Inner {
     pub epoch: String,
     /// Outages of the recording store.
     pub recording_health: crate::recordings::StoreHealth,
+}
+
+/// Where CA keys live: the software store (its key-encryption key also
+/// seals TOTP secrets), and optionally an HSM.
+pub struct Keys {
+    pub software: Arc<SoftwareKeyStore>,
+    pub hsm: Option<Arc<warden_ca::pkcs11::Pkcs11KeyStore>>,
 }
 
 /// Key and certificate of a service (proxy, auth itself) or of the local
@@ -78,6 +87,9 @@ pub struct StoreConfig {
     /// `s3://BUCKET/PREFIX?endpoint=...`; `None`: `recordings/` in the
     /// data dir.
     pub recordings: Option<String>,
+    /// An HSM for the CA keys: new CAs are generated in it, and keys held
+    /// in it sign through it.
+    pub hsm: Option<warden_ca::pkcs11::HsmConfig>,
 }
 
 /// A store named on the command line.
@@ -204,8 +216,24 @@ impl AuthServer {
         };
         let spool = warden_store::EventSpool::open(&data_dir.join("audit-spool"))
             .context("cannot open the audit spool")?;
-        let server =
-            Self::with_stores(backend, audit, recordings, keys, spool, cluster_name).await?;
+        let hsm = match &stores.hsm {
+            Some(config) => Some(Arc::new(
+                warden_ca::pkcs11::Pkcs11KeyStore::open(config).context("--hsm-module")?,
+            )),
+            None => None,
+        };
+        let server = Self::with_stores(
+            backend,
+            audit,
+            recordings,
+            Keys {
+                software: keys,
+                hsm,
+            },
+            spool,
+            cluster_name,
+        )
+        .await?;
         server.check_kek(&kek_path).await?;
         Ok(server)
     }
@@ -216,6 +244,14 @@ impl AuthServer {
     async fn check_kek(&self, kek_path: &Path) -> anyhow::Result<()> {
         for ca in CaType::ALL {
             if let Err(e) = self.signer(ca).await {
+                let in_hsm = self
+                    .authority(ca)
+                    .await?
+                    .signing_key()
+                    .is_some_and(|k| k.handle.store == warden_ca::pkcs11::STORE);
+                if in_hsm {
+                    anyhow::bail!("cannot use the cluster's CA keys: {e}");
+                }
                 anyhow::bail!(
                     "cannot unseal the cluster's {} CA key with the key-encryption key {} ({e}): every auth server sharing a backend needs the same KEK; copy it from the first auth server's data dir (kek) and start with --kek-file",
                     ca.as_str(),
@@ -231,15 +267,24 @@ impl AuthServer {
         backend: Arc<dyn Backend>,
         audit: Arc<dyn AuditLog>,
         recordings: Arc<dyn RecordingStore>,
-        keys: Arc<SoftwareKeyStore>,
+        keys: Keys,
         spool: warden_store::EventSpool,
         cluster_name: Option<&str>,
     ) -> anyhow::Result<Self> {
         let config = ensure_cluster_config(&*backend, cluster_name).await?;
         let cluster = config.spec.cluster_name.clone();
+        // New CAs go where the operator said: the HSM if there is one.
+        let generator: &dyn KeyStore = match &keys.hsm {
+            Some(hsm) => &**hsm,
+            None => &*keys.software,
+        };
         for ca in CaType::ALL {
-            ensure_authority(&*backend, &*keys, ca, &cluster).await?;
+            ensure_authority(&*backend, generator, ca, &cluster).await?;
         }
+        let Keys {
+            software: keys,
+            hsm,
+        } = keys;
         for role in warden_policy::defaults::roles() {
             let key = format!("{ROLES}{}", role.name());
             match backend.create(&key, resources::encode(&role), None).await {
@@ -264,6 +309,7 @@ impl AuthServer {
                 audit,
                 recordings,
                 keys,
+                hsm,
                 limiter: RateLimiter::new(),
                 refusals: crate::ratelimit::Refusals::new(),
                 roles,
@@ -316,7 +362,22 @@ impl AuthServer {
         let key = authority
             .signing_key()
             .ok_or_else(|| AuthError::Internal(format!("{} CA has no active key", ca.as_str())))?;
-        Ok((self.inner.keys.load(&key.handle)?, authority))
+        let signer = self
+            .load_key(&key.handle)
+            .map_err(|e| AuthError::Internal(format!("the {} CA's key: {e}", ca.as_str())))?;
+        Ok((signer, authority))
+    }
+
+    /// A CA key from the store that holds it.
+    fn load_key(&self, handle: &warden_ca::KeyHandle) -> warden_ca::Result<Arc<dyn CaSigner>> {
+        match (handle.store.as_str(), &self.inner.hsm) {
+            (warden_ca::pkcs11::STORE, Some(hsm)) => hsm.load(handle),
+            (warden_ca::pkcs11::STORE, None) => Err(warden_ca::CaError::Hsm(format!(
+                "it is held in an HSM ({}); start this auth server with --hsm-module, --hsm-token and --hsm-pin-file",
+                handle.data
+            ))),
+            _ => self.inner.keys.load(handle),
+        }
     }
 
     /// PEM certificates of the tls CA.

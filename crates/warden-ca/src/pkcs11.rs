@@ -91,7 +91,10 @@ impl Pkcs11KeyStore {
             .get_mechanism_list(slot)
             .map_err(|e| hsm_err("cannot list the token's mechanisms", e))?;
         let missing: Vec<&str> = [
-            (MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, "CKM_EC_EDWARDS_KEY_PAIR_GEN"),
+            (
+                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+                "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+            ),
             (MechanismType::EDDSA, "CKM_EDDSA"),
         ]
         .into_iter()
@@ -109,9 +112,12 @@ impl Pkcs11KeyStore {
             .open_rw_session(slot)
             .map_err(|e| hsm_err("cannot open a session", e))?;
         let pin = AuthPin::from(config.pin.as_str());
-        session
-            .login(UserType::User, Some(&pin))
-            .map_err(|e| hsm_err(&format!("cannot log in to token {:?} (check the PIN)", config.token), e))?;
+        session.login(UserType::User, Some(&pin)).map_err(|e| {
+            hsm_err(
+                &format!("cannot log in to token {:?} (check the PIN)", config.token),
+                e,
+            )
+        })?;
         Ok(Pkcs11KeyStore {
             token: config.token.clone(),
             session: Arc::new(Mutex::new(session)),
@@ -193,14 +199,23 @@ impl KeyStore for Pkcs11KeyStore {
                 &public_template,
                 &private_template,
             )
-            .map_err(|e| hsm_err(&format!("cannot generate a key in token {:?}", self.token), e))?;
+            .map_err(|e| {
+                hsm_err(
+                    &format!("cannot generate a key in token {:?}", self.token),
+                    e,
+                )
+            })?;
         let point = match session
             .get_attributes(public, &[AttributeType::EcPoint])
             .map_err(|e| hsm_err("cannot read the new public key", e))?
             .as_slice()
         {
             [Attribute::EcPoint(p)] => ed25519_point(p)?,
-            _ => return Err(CaError::Hsm("the token did not give the new public key".into())),
+            _ => {
+                return Err(CaError::Hsm(
+                    "the token did not give the new public key".into(),
+                ))
+            }
         };
         Ok(KeyHandle {
             store: STORE.into(),

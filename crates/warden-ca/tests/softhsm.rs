@@ -2,35 +2,12 @@
 //! fresh here. Keys are generated inside the token and never leave it;
 //! what they sign verifies with the public key the handle records.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+
+use support::softhsm::{softhsm_token, MODULE};
 use warden_ca::pkcs11::{HsmConfig, Pkcs11KeyStore};
 use warden_ca::KeyStore;
 use zeroize::Zeroizing;
-
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-/// A fresh SoftHSM2 token directory with one token, `label`.
-pub fn softhsm_token(dir: &Path, label: &str, pin: &str) -> PathBuf {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "000000"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util (Debian package softhsm2) must be installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    conf
-}
 
 #[test]
 fn ca_keys_live_and_sign_in_the_token() {
@@ -44,15 +21,28 @@ fn ca_keys_live_and_sign_in_the_token() {
         token: token.into(),
         pin: Zeroizing::new(pin.into()),
     };
-    let e = Pkcs11KeyStore::open(&config("no-such-token", "4321")).err().unwrap().to_string();
-    assert!(e.contains("no token labelled") && e.contains("warden-test"), "{e}");
-    let e = Pkcs11KeyStore::open(&config("warden-test", "9999")).err().unwrap().to_string();
+    let e = Pkcs11KeyStore::open(&config("no-such-token", "4321"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("no token labelled") && e.contains("warden-test"),
+        "{e}"
+    );
+    let e = Pkcs11KeyStore::open(&config("warden-test", "9999"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("check the PIN"), "{e}");
 
     let store = Pkcs11KeyStore::open(&config("warden-test", "4321")).unwrap();
     let handle = store.generate().unwrap();
     assert_eq!(handle.store, "pkcs11");
-    assert!(handle.data.starts_with("token=warden-test;id="), "{}", handle.data);
+    assert!(
+        handle.data.starts_with("token=warden-test;id="),
+        "{}",
+        handle.data
+    );
     let signer = store.load(&handle).unwrap();
     let public = signer.public_key();
     assert_eq!(data_encoding::HEXLOWER.encode(&public), handle.public_key);

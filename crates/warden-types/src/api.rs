@@ -350,6 +350,25 @@ pub struct AuditVerifyResponse {
     pub signed_head: Option<(u64, i64)>,
 }
 
+/// One key of a certificate authority (`warden admin ca ls`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaKeyInfo {
+    /// `user`, `host` or `tls`.
+    pub ca: String,
+    /// `software` (sealed by the key-encryption key, in the backend) or
+    /// `pkcs11` (in an HSM).
+    pub store: String,
+    /// For an HSM key, its token and object id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
+    /// SHA256 fingerprint of the public key, as OpenSSH shows it.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// `signing` (signs new certificates) or `trusted` (only trusted).
+    pub state: String,
+}
+
 /// `POST /v1/admin/backup`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BackupRequest {

@@ -149,6 +149,7 @@ endpoints! {
     AUDIT_EVENTS: Get "/v1/audit/events", AuditQuery => AuditEvents;
     AUDIT_VERIFY: Get "/v1/audit/verify", () => AuditVerifyResponse;
     BACKUP: Post "/v1/admin/backup", BackupRequest => Backup;
+    CAS: Get "/v1/cas", () => Vec<CaKeyInfo>;
     RECORDINGS: Get "/v1/recordings", RecordingQuery => Vec<RecordingInfo>;
     RECORDING: Get "/v1/recordings/{id}", () => Raw;
     UPLOAD_RECORDING: Put "/v1/recordings/{id}", Raw => RecordingInfo;

@@ -140,6 +140,13 @@ enum LocksCommand {
 
 #[derive(Subcommand)]
 enum CaCommand {
+    /// Every CA key: which CA, where it is held (software, sealed by the
+    /// key-encryption key; or pkcs11, in an HSM), its fingerprint, and
+    /// whether it signs or is only trusted.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Print a CA's public keys: `user` for sshd's TrustedUserCAKeys,
     /// `host` for a known_hosts @cert-authority line, `tls` as PEM.
     Export {
@@ -552,6 +559,29 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                     )
                 }
             );
+            Ok(())
+        }
+        AdminCommand::Ca(CaCommand::Ls { format }) => {
+            let keys: Vec<CaKeyInfo> = admin.api.call(&endpoints::CAS, &()).await?;
+            match format {
+                Format::Json => println!("{}", output::json(&keys)?),
+                Format::Text => println!(
+                    "{}",
+                    output::table(
+                        &["ca", "store", "state", "fingerprint", "created", "location"],
+                        keys.iter()
+                            .map(|k| vec![
+                                k.ca.clone(),
+                                k.store.clone(),
+                                k.state.clone(),
+                                k.fingerprint.clone(),
+                                output::time(k.created),
+                                k.location.clone(),
+                            ])
+                            .collect()
+                    )
+                ),
+            }
             Ok(())
         }
         AdminCommand::Ca(CaCommand::Export { kind }) => {

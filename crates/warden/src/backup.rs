@@ -109,6 +109,7 @@ pub async fn restore(data_dir: &Path, a: &RestoreArgs) -> anyhow::Result<()> {
         audit_log: a.audit_log.clone(),
         kek_file: a.kek_file.clone(),
         recordings: None,
+        hsm: None,
     };
     let r = warden_auth::backup::restore(&backup, &passphrase, data_dir, &stores).await?;
     println!(

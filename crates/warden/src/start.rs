@@ -71,6 +71,29 @@ pub struct StartArgs {
     /// first start].
     #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
     kek_file: Option<std::path::PathBuf>,
+    /// Auth: keep the CA keys in an HSM, through its PKCS#11 module (e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so). A new cluster's CA keys are
+    /// generated inside the token (Ed25519, never extractable) and every
+    /// signature is made there; the backend keeps only a reference.
+    #[arg(
+        long,
+        env = "WARDEN_HSM_MODULE",
+        value_name = "FILE",
+        requires = "hsm_token"
+    )]
+    hsm_module: Option<std::path::PathBuf>,
+    /// Auth: the label of the HSM token holding the CA keys.
+    #[arg(
+        long,
+        env = "WARDEN_HSM_TOKEN",
+        value_name = "LABEL",
+        requires = "hsm_module"
+    )]
+    hsm_token: Option<String>,
+    /// Auth: a file holding the token's user PIN (its first line)
+    /// [default: the WARDEN_HSM_PIN environment variable].
+    #[arg(long, value_name = "FILE", requires = "hsm_module")]
+    hsm_pin_file: Option<std::path::PathBuf>,
     /// Auth: where session recordings go: the data dir, or
     /// s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=REGION
     /// (S3-compatible object storage, shared by every auth server; keys
@@ -361,6 +384,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         audit_log: a.audit_log.clone(),
         kek_file: a.kek_file.clone(),
         recordings: a.recordings.clone(),
+        hsm: hsm_config(&a)?,
     };
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref(), &stores)
         .await
@@ -670,4 +694,30 @@ async fn build_proxy(
         ssh_host_cert,
     };
     warden_proxy::Proxy::new(auth_addr.to_string(), &identity, auth_client)
+}
+
+/// The HSM named by `--hsm-*`, with its PIN read.
+fn hsm_config(a: &StartArgs) -> anyhow::Result<Option<warden_ca::pkcs11::HsmConfig>> {
+    let (Some(module), Some(token)) = (&a.hsm_module, &a.hsm_token) else {
+        return Ok(None);
+    };
+    let pin = match &a.hsm_pin_file {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--hsm-pin-file: cannot read {}", path.display()))?,
+            );
+            text.lines().next().unwrap_or_default().to_string()
+        }
+        None => std::env::var("WARDEN_HSM_PIN").map_err(|_| {
+            anyhow::anyhow!(
+                "--hsm-module needs the token's PIN: --hsm-pin-file FILE or WARDEN_HSM_PIN"
+            )
+        })?,
+    };
+    Ok(Some(warden_ca::pkcs11::HsmConfig {
+        module: module.clone(),
+        token: token.clone(),
+        pin: zeroize::Zeroizing::new(pin),
+    }))
 }

@@ -520,7 +520,10 @@ fn disaster_recovery_from_a_backup_and_git() {
         "warden admin --data-dir /var/lib/warden restore backup.yaml",
         "--backend etcd://etcd1:2379 --passphrase-file",
     ] {
-        assert!(readme.contains(shown), "README.md no longer shows {shown:?}");
+        assert!(
+            readme.contains(shown),
+            "README.md no longer shows {shown:?}"
+        );
     }
     let pass = dir.join("passphrase");
     std::fs::write(&pass, "correct horse battery staple\n").unwrap();

@@ -1,0 +1,59 @@
+//! The cluster's certificate authorities as operators see them: every
+//! key, the store that holds it (software or an HSM) and its state.
+
+use crate::api::Caller;
+use crate::error::Result;
+use crate::routes::Serve;
+use crate::server::AuthServer;
+use axum::extract::State;
+use axum::{Extension, Json, Router};
+use warden_types::api::CaKeyInfo;
+use warden_types::endpoints;
+use warden_types::resource::{resources as res, verbs};
+
+pub fn routes() -> Router<AuthServer> {
+    Router::new().serve(&endpoints::CAS, cas)
+}
+
+/// Every CA key, where it lives, and whether it signs: what an operator
+/// checks before a backup (HSM keys are referenced in it, not copied).
+async fn cas(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<CaKeyInfo>>> {
+    s.authorize(&c, res::CLUSTER_CONFIG, verbs::READ).await?;
+    let mut out = Vec::new();
+    for ca in warden_ca::CaType::ALL {
+        let authority = s.authority(ca).await?;
+        let keys = authority
+            .active
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, if i == 0 { "signing" } else { "trusted" }))
+            .chain(authority.trusted.iter().map(|k| (k, "trusted")));
+        for (key, state) in keys {
+            let public = data_encoding::HEXLOWER
+                .decode(key.handle.public_key.as_bytes())
+                .unwrap_or_default();
+            let fingerprint = ssh_key::public::Ed25519PublicKey::try_from(&public[..])
+                .map(|k| {
+                    ssh_key::PublicKey::from(k)
+                        .fingerprint(ssh_key::HashAlg::Sha256)
+                        .to_string()
+                })
+                .unwrap_or_else(|_| key.handle.public_key.clone());
+            out.push(CaKeyInfo {
+                ca: ca.as_str().to_string(),
+                store: key.handle.store.clone(),
+                location: match key.handle.store.as_str() {
+                    warden_ca::pkcs11::STORE => key.handle.data.clone(),
+                    _ => String::new(),
+                },
+                fingerprint,
+                created: key.created,
+                state: state.to_string(),
+            });
+        }
+    }
+    Ok(Json(out))
+}

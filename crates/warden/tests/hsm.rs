@@ -47,9 +47,15 @@ fn ca_keys_in_an_hsm() {
         "--hsm-pin-file",
         pin.to_str().unwrap(),
     ];
+    let readme = include_str!("../../../README.md");
+    assert!(
+        readme.contains(
+            "warden start --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token warden"
+        ) && readme.contains("--hsm-pin-file /etc/warden/hsm.pin"),
+        "README.md no longer shows the HSM example"
+    );
     let mut c = Cluster::start_with(&dir, &hsm);
     assert!(token_objects(&dir) >= 6, "three key pairs in the token");
-    eprintln!("token objects: {}", token_objects(&dir));
 
     let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
     let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();

@@ -29,7 +29,7 @@ struct SignedHead {
     signature: String,
 }
 
-fn message(index: u64, hash: &str, time: i64) -> Vec<u8> {
+pub(crate) fn message(index: u64, hash: &str, time: i64) -> Vec<u8> {
     let mut m = b"warden-audit-head\0".to_vec();
     m.extend_from_slice(&index.to_be_bytes());
     m.extend_from_slice(&time.to_be_bytes());

@@ -251,6 +251,45 @@ fn open(backup: &Backup, passphrase: &str) -> anyhow::Result<Secrets> {
     Ok(serde_json::from_slice(plain)?)
 }
 
+/// Does the backup's audit head carry a valid signature of the cluster's
+/// tls CA (as restored)? A head doctored in the backup file would already
+/// fail decryption; this says the head is the one the cluster signed.
+fn head_signed(backup: &Backup, head: &serde_json::Value) -> bool {
+    let (Some(index), Some(hash), Some(time), Some(sig)) = (
+        head.get("index").and_then(|v| v.as_u64()),
+        head.get("hash").and_then(|v| v.as_str()),
+        head.get("time").and_then(|v| v.as_i64()),
+        head.get("signature").and_then(|v| v.as_str()),
+    ) else {
+        return false;
+    };
+    let Ok(sig) = data_encoding::HEXLOWER.decode(sig.as_bytes()) else {
+        return false;
+    };
+    let key = format!(
+        "{}{}",
+        crate::resources::AUTHORITIES,
+        warden_ca::CaType::Tls.as_str()
+    );
+    let Some(Ok(tls)) = backup
+        .documents
+        .get(&key)
+        .map(|v| serde_json::from_value::<warden_ca::CertAuthority>(v.clone()))
+    else {
+        return false;
+    };
+    let message = crate::audit_chain::message(index, hash, time);
+    tls.active.iter().chain(tls.trusted.iter()).any(|k| {
+        data_encoding::HEXLOWER
+            .decode(k.handle.public_key.as_bytes())
+            .is_ok_and(|public| {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+                    .verify(&message, &sig)
+                    .is_ok()
+            })
+    })
+}
+
 /// What [`restore`] did.
 #[derive(Debug)]
 pub struct Restored {
@@ -353,6 +392,9 @@ pub async fn restore(
         if let Some(v) = field(name) {
             event = event.with(&format!("previous_head_{name}"), v);
         }
+    }
+    if let Some(head) = head {
+        event = event.with("previous_head_signed", head_signed(backup, head));
     }
     let stored = audit.append(event).await?;
     Ok(Restored {

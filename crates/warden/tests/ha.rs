@@ -618,6 +618,7 @@ fn disaster_recovery_from_a_backup_and_git() {
         first["fields"]["previous_head_index"].as_u64().is_some(),
         "{first}"
     );
+    assert_eq!(first["fields"]["previous_head_signed"], true, "{first}");
     c.admin(&["audit", "verify"]).expect_ok();
     drop(node);
 }

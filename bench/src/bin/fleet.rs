@@ -116,7 +116,7 @@ async fn sim_node(
         "env".to_string(),
         if i % 2 == 0 { "prod" } else { "dev" }.to_string(),
     );
-    let _: serde_json::Value = api
+    let _: warden_types::api::HeartbeatAck = api
         .call(
             &endpoints::NODE_HEARTBEAT,
             &Heartbeat {
@@ -125,6 +125,7 @@ async fn sim_node(
                 addrs: vec![],
                 version: "sim".into(),
                 every_secs: None,
+                ca_generation: String::new(),
             },
         )
         .await?;

@@ -96,6 +96,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::audit_chain::routes())
         .merge(crate::backup::routes())
         .merge(crate::cas::routes())
+        .merge(crate::rotation::routes())
         .merge(crate::oidc::routes())
         .merge(crate::mfa::routes())
         .route_layer(axum::middleware::from_fn_with_state(

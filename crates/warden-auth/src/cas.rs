@@ -22,38 +22,53 @@ async fn cas(
     Extension(c): Extension<Caller>,
 ) -> Result<Json<Vec<CaKeyInfo>>> {
     s.authorize(&c, res::CLUSTER_CONFIG, verbs::READ).await?;
-    let mut out = Vec::new();
-    for ca in warden_ca::CaType::ALL {
-        let authority = s.authority(ca).await?;
-        let keys = authority
-            .active
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k, if i == 0 { "signing" } else { "trusted" }))
-            .chain(authority.trusted.iter().map(|k| (k, "trusted")));
-        for (key, state) in keys {
-            let public = data_encoding::HEXLOWER
-                .decode(key.handle.public_key.as_bytes())
-                .unwrap_or_default();
-            let fingerprint = ssh_key::public::Ed25519PublicKey::try_from(&public[..])
-                .map(|k| {
-                    ssh_key::PublicKey::from(k)
-                        .fingerprint(ssh_key::HashAlg::Sha256)
-                        .to_string()
-                })
-                .unwrap_or_else(|_| key.handle.public_key.clone());
-            out.push(CaKeyInfo {
-                ca: ca.as_str().to_string(),
-                store: key.handle.store.clone(),
-                location: match key.handle.store.as_str() {
-                    warden_ca::pkcs11::STORE => key.handle.data.clone(),
-                    _ => String::new(),
-                },
-                fingerprint,
-                created: key.created,
-                state: state.to_string(),
+    Ok(Json(s.ca_keys().await?))
+}
+
+impl AuthServer {
+    /// Every CA key, as `ca ls` shows it.
+    pub(crate) async fn ca_keys(&self) -> Result<Vec<CaKeyInfo>> {
+        let mut out = Vec::new();
+        for ca in warden_ca::CaType::ALL {
+            let authority = self.authority(ca).await?;
+            let rotation = authority.rotation.as_ref().map_or(String::new(), |r| {
+                format!(
+                    "{}{}",
+                    r.phase.as_str(),
+                    if r.grace.is_some() { " (auto)" } else { "" }
+                )
             });
+            let keys = authority
+                .active
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k, if i == 0 { "signing" } else { "trusted" }))
+                .chain(authority.trusted.iter().map(|k| (k, "trusted")));
+            for (key, state) in keys {
+                let public = data_encoding::HEXLOWER
+                    .decode(key.handle.public_key.as_bytes())
+                    .unwrap_or_default();
+                let fingerprint = ssh_key::public::Ed25519PublicKey::try_from(&public[..])
+                    .map(|k| {
+                        ssh_key::PublicKey::from(k)
+                            .fingerprint(ssh_key::HashAlg::Sha256)
+                            .to_string()
+                    })
+                    .unwrap_or_else(|_| key.handle.public_key.clone());
+                out.push(CaKeyInfo {
+                    ca: ca.as_str().to_string(),
+                    store: key.handle.store.clone(),
+                    location: match key.handle.store.as_str() {
+                        warden_ca::pkcs11::STORE => key.handle.data.clone(),
+                        _ => String::new(),
+                    },
+                    fingerprint,
+                    created: key.created,
+                    state: state.to_string(),
+                    rotation: rotation.clone(),
+                });
+            }
         }
+        Ok(out)
     }
-    Ok(Json(out))
 }

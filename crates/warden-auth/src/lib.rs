@@ -21,6 +21,7 @@ mod ratelimit;
 mod recordings;
 mod requests;
 mod resources;
+mod rotation;
 mod routes;
 mod serve;
 mod server;

@@ -175,6 +175,7 @@ impl AuthServer {
             tls_cert_pem,
             tls_ca_pems,
             ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
+            ca_generation: self.ca_generation().await?,
         })
     }
 
@@ -242,6 +243,7 @@ impl AuthServer {
             tls_cert_pem,
             tls_ca_pems,
             ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
+            ca_generation: self.ca_generation().await?,
         })
     }
 
@@ -649,10 +651,13 @@ async fn heartbeat(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,
     Json(hb): Json<Heartbeat>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<HeartbeatAck>> {
     let id = require_node(&c)?.to_string();
     s.heartbeat(&id, &hb).await?;
-    Ok(Json(serde_json::json!({})))
+    s.note_node_trust(&id, &hb.ca_generation).await?;
+    Ok(Json(HeartbeatAck {
+        ca_generation: s.ca_generation().await?,
+    }))
 }
 
 async fn leave(

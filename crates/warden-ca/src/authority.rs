@@ -52,6 +52,59 @@ pub struct CertAuthority {
     /// Keys still trusted but no longer signing (public parts only).
     #[serde(default)]
     pub trusted: Vec<CaKey>,
+    /// A rotation under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+}
+
+/// Where a rotation stands. It goes `init` (a new key is trusted
+/// everywhere; the old one still signs), then `switched` (the new key
+/// signs; the old one is still trusted, so certificates it signed keep
+/// working), then the old key is dropped and the rotation ends. Until the
+/// drop it can be rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Init,
+    Switched,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Init => "init",
+            Phase::Switched => "switched",
+        }
+    }
+}
+
+/// A rotation under way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub phase: Phase,
+    /// Unix seconds of the last phase change.
+    pub since: i64,
+    /// Automatic rotations: how long the old key stays trusted after the
+    /// switch (seconds). `None`: an operator moves every phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<i64>,
+}
+
+/// Why a rotation step cannot be taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RotationError {
+    #[error(
+        "a rotation is already under way (phase {0}); move it on with --phase, or roll it back"
+    )]
+    UnderWay(&'static str),
+    #[error("no rotation is under way; start one with 'warden admin ca rotate'")]
+    NotUnderWay,
+    #[error("the rotation is in phase {have}; {step} needs phase {need}")]
+    WrongPhase {
+        step: &'static str,
+        have: &'static str,
+        need: &'static str,
+    },
 }
 
 impl CertAuthority {
@@ -79,7 +132,86 @@ impl CertAuthority {
             cluster: cluster.to_string(),
             active: vec![key],
             trusted: Vec::new(),
+            rotation: None,
         })
+    }
+
+    /// A fresh key with this CA's public forms.
+    pub fn new_key(&self, store: &dyn KeyStore) -> Result<CaKey> {
+        Ok(Self::generate(self.kind, &self.cluster, store)?
+            .active
+            .remove(0))
+    }
+
+    fn phase(&self, step: &'static str, need: Phase) -> std::result::Result<(), RotationError> {
+        match &self.rotation {
+            None => Err(RotationError::NotUnderWay),
+            Some(r) if r.phase != need => Err(RotationError::WrongPhase {
+                step,
+                have: r.phase.as_str(),
+                need: need.as_str(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Starts a rotation: `key` is trusted from now on; the signing key
+    /// does not change yet.
+    pub fn rotate_init(
+        &mut self,
+        key: CaKey,
+        now: i64,
+        grace: Option<i64>,
+    ) -> std::result::Result<(), RotationError> {
+        if let Some(r) = &self.rotation {
+            return Err(RotationError::UnderWay(r.phase.as_str()));
+        }
+        self.active.push(key);
+        self.rotation = Some(Rotation {
+            phase: Phase::Init,
+            since: now,
+            grace,
+        });
+        Ok(())
+    }
+
+    /// The new key signs; the old one stays trusted.
+    pub fn rotate_switch(&mut self, now: i64) -> std::result::Result<(), RotationError> {
+        self.phase("switch", Phase::Init)?;
+        let new = self.active.pop().expect("init added a key");
+        self.active.insert(0, new);
+        let r = self.rotation.as_mut().expect("checked");
+        r.phase = Phase::Switched;
+        r.since = now;
+        Ok(())
+    }
+
+    /// Ends the rotation: keys that no longer sign are no longer trusted,
+    /// so what they signed is refused.
+    pub fn rotate_drop(&mut self) -> std::result::Result<(), RotationError> {
+        self.phase("drop", Phase::Switched)?;
+        self.active.truncate(1);
+        self.trusted.clear();
+        self.rotation = None;
+        Ok(())
+    }
+
+    /// Undoes a rotation before its drop: the old key signs again and the
+    /// new one is forgotten.
+    pub fn rotate_rollback(&mut self) -> std::result::Result<(), RotationError> {
+        let Some(r) = &self.rotation else {
+            return Err(RotationError::NotUnderWay);
+        };
+        match r.phase {
+            Phase::Init => {
+                self.active.pop();
+            }
+            Phase::Switched => {
+                self.active.remove(0);
+            }
+        }
+        self.rotation = None;
+        Ok(())
     }
 
     /// The key that signs new certificates.
@@ -101,5 +233,62 @@ impl CertAuthority {
     /// Every trusted CA certificate (PEM).
     pub fn tls_cert_pems(&self) -> Vec<String> {
         self.all().filter_map(|k| k.tls_cert_pem.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SoftwareKeyStore;
+
+    fn publics(a: &CertAuthority) -> Vec<String> {
+        a.ssh_public_keys()
+    }
+
+    #[test]
+    fn a_rotation_goes_init_switch_drop_and_rolls_back_before_the_drop() {
+        let kek = std::env::temp_dir().join(format!("warden-rot-kek-{}", std::process::id()));
+        let store = SoftwareKeyStore::open_or_create(&kek).unwrap();
+        let mut a = CertAuthority::generate(CaType::User, "c1", &store).unwrap();
+        let old = a.signing_key().unwrap().clone();
+        assert_eq!(a.rotate_switch(1), Err(RotationError::NotUnderWay));
+
+        let new = a.new_key(&store).unwrap();
+        a.rotate_init(new.clone(), 10, Some(3600)).unwrap();
+        assert_eq!(a.signing_key(), Some(&old), "init does not switch");
+        assert_eq!(publics(&a).len(), 2, "both trusted");
+        assert!(matches!(
+            a.rotate_init(new.clone(), 11, None),
+            Err(RotationError::UnderWay("init"))
+        ));
+        assert!(matches!(
+            a.rotate_drop(),
+            Err(RotationError::WrongPhase { .. })
+        ));
+
+        a.rotate_switch(20).unwrap();
+        assert_eq!(a.signing_key(), Some(&new));
+        assert_eq!(publics(&a).len(), 2, "the old key is still trusted");
+        assert_eq!(a.rotation.as_ref().unwrap().since, 20);
+
+        let mut rolled = a.clone();
+        rolled.rotate_rollback().unwrap();
+        assert_eq!(rolled.signing_key(), Some(&old));
+        assert_eq!(publics(&rolled).len(), 1);
+        assert!(rolled.rotation.is_none());
+
+        a.rotate_drop().unwrap();
+        assert_eq!(a.signing_key(), Some(&new));
+        assert_eq!(publics(&a), vec![new.ssh_public_key.clone().unwrap()]);
+        assert!(a.rotation.is_none());
+        assert_eq!(a.rotate_rollback(), Err(RotationError::NotUnderWay));
+
+        // Rolled back from init: the new key is simply forgotten.
+        let mut b = CertAuthority::generate(CaType::Host, "c1", &store).unwrap();
+        let before = b.clone();
+        b.rotate_init(b.new_key(&store).unwrap(), 1, None).unwrap();
+        b.rotate_rollback().unwrap();
+        assert_eq!(b, before);
+        let _ = std::fs::remove_file(kek);
     }
 }

@@ -12,7 +12,8 @@ use warden_client::login::{direct_auth_client, public_client};
 use warden_client::tls::{ClientCert, Trust};
 use warden_client::ApiClient;
 use warden_types::api::{
-    AccessCheckRequest, AccessCheckResponse, Heartbeat, JoinRequest, NodeCerts, RenewNodeRequest,
+    AccessCheckRequest, AccessCheckResponse, Heartbeat, HeartbeatAck, JoinRequest, NodeCerts,
+    RenewNodeRequest,
 };
 use warden_types::audit::AuditEvent;
 use warden_types::endpoints;
@@ -193,9 +194,13 @@ impl NodeIdentity {
         Ok(client)
     }
 
-    pub async fn heartbeat(&self, hb: &Heartbeat) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.api()?.call(&endpoints::NODE_HEARTBEAT, hb).await?;
-        Ok(())
+    /// Reports this node; `true` when auth's CA keys moved on (a rotation)
+    /// since these certificates were issued: renew now.
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> anyhow::Result<bool> {
+        let mut hb = hb.clone();
+        hb.ca_generation = self.certs().ca_generation.clone();
+        let ack: HeartbeatAck = self.api()?.call(&endpoints::NODE_HEARTBEAT, &hb).await?;
+        Ok(!ack.ca_generation.is_empty() && ack.ca_generation != hb.ca_generation)
     }
 
     /// Takes this node out of the inventory (it is stopping).
@@ -204,8 +209,9 @@ impl NodeIdentity {
         Ok(())
     }
 
-    /// Renews the certificates once half their lifetime has passed.
-    pub async fn renew_if_due(&self, addrs: &[String]) -> anyhow::Result<()> {
+    /// Renews the certificates once half their lifetime has passed, or
+    /// at once when `now`.
+    pub async fn renew_if_due(&self, addrs: &[String], now_: bool) -> anyhow::Result<()> {
         let certs = self.certs();
         let der = warden_ca::tls::pem_to_der(&certs.tls_cert_pem)?;
         let not_after = warden_ca::tls::not_after(der.first().context("no node certificate")?)?;
@@ -213,7 +219,7 @@ impl NodeIdentity {
         let lifetime = warden_types::duration::HumanDuration::from_secs(24 * 3600)
             .0
             .as_secs() as i64;
-        if not_after - now > lifetime / 2 {
+        if !now_ && not_after - now > lifetime / 2 {
             return Ok(());
         }
         let req = RenewNodeRequest {

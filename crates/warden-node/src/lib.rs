@@ -228,11 +228,21 @@ pub async fn run(
                 addrs: advertise.clone(),
                 version: warden_types::VERSION.to_string(),
                 every_secs: Some(every.as_secs().max(1)),
+                ca_generation: String::new(),
             };
-            if let Err(e) = agent.heartbeat(&hb).await {
-                tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
+            let rotated = match agent.heartbeat(&hb).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
+                    false
+                }
+            };
+            if rotated {
+                tracing::info!(
+                    "the cluster's CA keys changed: renewing the certificates and trust"
+                );
             }
-            if let Err(e) = agent.renew_if_due(&advertise_for_renew).await {
+            if let Err(e) = agent.renew_if_due(&advertise_for_renew, rotated).await {
                 tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed");
             }
             // A changed dynamic label is reported at once.

@@ -167,7 +167,9 @@ async fn refresh_user_cas(
             }
             Err(e) => tracing::warn!(error = %e, "cannot refresh the user CA"),
         }
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // A rotation's new key is trusted here within seconds (auth waits
+        // for the nodes, which take longer, before it signs with it).
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

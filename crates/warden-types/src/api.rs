@@ -367,6 +367,10 @@ pub struct CaKeyInfo {
     pub created: i64,
     /// `signing` (signs new certificates) or `trusted` (only trusted).
     pub state: String,
+    /// The phase of the CA's rotation under way (`init`, `switched`),
+    /// with `(auto)` for an automatic one; empty without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rotation: String,
 }
 
 /// `POST /v1/admin/backup`.
@@ -538,6 +542,38 @@ pub struct NodeCerts {
     pub tls_ca_pems: Vec<String>,
     /// OpenSSH public keys of the user CA: the only keys the node trusts.
     pub ssh_user_ca_keys: Vec<String>,
+    /// The cluster's CA keys these certificates and trust lists were issued
+    /// under; when a heartbeat's answer names another, the node renews at
+    /// once (a CA rotation moved on).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_generation: String,
+}
+
+/// Auth's answer to a node's heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The cluster's current CA keys (see [`NodeCerts::ca_generation`]);
+    /// empty from auth servers that predate rotation.
+    #[serde(default)]
+    pub ca_generation: String,
+}
+
+/// `POST /v1/cas/rotate`: starts a rotation (`phase` left out: automatic)
+/// or moves it by hand.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RotateRequest {
+    /// `user` (`host` and `tls` are refused for now).
+    pub ca: String,
+    /// `init`, `switch`, `drop` or `rollback`; left out, the rotation runs
+    /// by itself: init, the switch once every online node trusts the new
+    /// key, the drop after `grace_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// How long the old key stays trusted after the switch (automatic
+    /// rotations; default: the cluster's default session TTL, so that
+    /// certificates signed before the switch run out first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u64>,
 }
 
 /// A node's certificate renewal (mTLS with its current certificate).
@@ -561,6 +597,9 @@ pub struct Heartbeat {
     /// Seconds until the next heartbeat (omitted: 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every_secs: Option<u64>,
+    /// The CA generation of the node's certificates and trust.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_generation: String,
 }
 
 /// A node asks auth whether a user may log in (decided with live roles).

@@ -97,6 +97,8 @@ pub mod codes {
     /// new log, or a mark in a surviving one, naming the chain head the
     /// backup saw.
     pub const CLUSTER_RESTORE: (&str, &str) = ("cluster.restore", "WA9006W");
+    /// A CA rotation moved to another phase (or was rolled back).
+    pub const CA_ROTATE: (&str, &str) = ("ca.rotate", "WA9007I");
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
@@ -108,6 +110,7 @@ pub mod codes {
         "access_request.review",
         "api.denied",
         "audit.outage",
+        "ca.rotate",
         "cert.renew",
         "cluster.backup",
         "cluster.restore",

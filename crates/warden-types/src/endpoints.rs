@@ -150,6 +150,7 @@ endpoints! {
     AUDIT_VERIFY: Get "/v1/audit/verify", () => AuditVerifyResponse;
     BACKUP: Post "/v1/admin/backup", BackupRequest => Backup;
     CAS: Get "/v1/cas", () => Vec<CaKeyInfo>;
+    CA_ROTATE: Post "/v1/cas/rotate", RotateRequest => Vec<CaKeyInfo>;
     RECORDINGS: Get "/v1/recordings", RecordingQuery => Vec<RecordingInfo>;
     RECORDING: Get "/v1/recordings/{id}", () => Raw;
     UPLOAD_RECORDING: Put "/v1/recordings/{id}", Raw => RecordingInfo;
@@ -183,7 +184,7 @@ endpoints! {
     NODES: Get "/v1/nodes", () => Vec<Document<NodeSpec>>;
     REMOVE_NODE: Delete "/v1/nodes/{id}", () => ChangeResponse;
     NODE_CERTS: Post "/v1/nodes/certs", RenewNodeRequest => NodeCerts;
-    NODE_HEARTBEAT: Put "/v1/nodes/heartbeat", Heartbeat => Ack;
+    NODE_HEARTBEAT: Put "/v1/nodes/heartbeat", Heartbeat => HeartbeatAck;
     NODE_LEAVE: Delete "/v1/nodes/heartbeat", () => Ack;
     NODE_ACCESS: Post "/v1/nodes/access", AccessCheckRequest => AccessCheckResponse;
     /// A long poll: answered when users, roles, requests or locks change

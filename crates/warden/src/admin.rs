@@ -147,6 +147,22 @@ enum CaCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Rotate a CA without dropping anyone: a new key is trusted
+    /// everywhere, then signs once every online node trusts it, and the old
+    /// key is dropped after the grace period (certificates it signed are
+    /// refused from then on). With --phase, move it by hand: init, switch,
+    /// drop, or rollback (before the drop). The user CA rotates; host and
+    /// tls are not supported yet.
+    Rotate {
+        #[arg(long = "type", value_parser = ["user", "host", "tls"])]
+        kind: String,
+        /// How long the old key stays trusted after the switch [default:
+        /// the cluster's default session TTL].
+        #[arg(long, conflicts_with = "phase")]
+        grace: Option<HumanDuration>,
+        #[arg(long, value_parser = ["init", "switch", "drop", "rollback"])]
+        phase: Option<String>,
+    },
     /// Print a CA's public keys: `user` for sshd's TrustedUserCAKeys,
     /// `host` for a known_hosts @cert-authority line, `tls` as PEM.
     Export {
@@ -310,6 +326,39 @@ pub(crate) struct Admin {
 
 fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// CA keys as a table (or JSON).
+fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", output::json(&keys)?),
+        Format::Text => println!(
+            "{}",
+            output::table(
+                &[
+                    "ca",
+                    "store",
+                    "state",
+                    "rotation",
+                    "fingerprint",
+                    "created",
+                    "location"
+                ],
+                keys.iter()
+                    .map(|k| vec![
+                        k.ca.clone(),
+                        k.store.clone(),
+                        k.state.clone(),
+                        k.rotation.clone(),
+                        k.fingerprint.clone(),
+                        output::time(k.created),
+                        k.location.clone(),
+                    ])
+                    .collect()
+            )
+        ),
+    }
+    Ok(())
 }
 
 /// The local admin identity if this is the auth host, else the login.
@@ -561,28 +610,34 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        AdminCommand::Ca(CaCommand::Rotate { kind, grace, phase }) => {
+            let keys: Vec<CaKeyInfo> = admin
+                .api
+                .call(
+                    &endpoints::CA_ROTATE,
+                    &RotateRequest {
+                        ca: kind.clone(),
+                        phase: phase.clone(),
+                        grace_secs: grace.map(|g| g.0.as_secs()),
+                    },
+                )
+                .await?;
+            let rotation = keys
+                .iter()
+                .find(|k| k.ca == kind)
+                .map_or("", |k| k.rotation.as_str());
+            match (phase.as_deref(), rotation) {
+                (_, "") => println!("the {kind} CA's rotation ended; one key signs and is trusted"),
+                (None, _) => println!(
+                    "rotating the {kind} CA: its new key is trusted now, signs once every online node trusts it, and the old key is dropped after the grace period; 'warden admin ca ls' shows the phase"
+                ),
+                (Some(_), r) => println!("the {kind} CA's rotation is in phase {r}"),
+            }
+            print_ca_keys(&keys, Format::Text)
+        }
         AdminCommand::Ca(CaCommand::Ls { format }) => {
             let keys: Vec<CaKeyInfo> = admin.api.call(&endpoints::CAS, &()).await?;
-            match format {
-                Format::Json => println!("{}", output::json(&keys)?),
-                Format::Text => println!(
-                    "{}",
-                    output::table(
-                        &["ca", "store", "state", "fingerprint", "created", "location"],
-                        keys.iter()
-                            .map(|k| vec![
-                                k.ca.clone(),
-                                k.store.clone(),
-                                k.state.clone(),
-                                k.fingerprint.clone(),
-                                output::time(k.created),
-                                k.location.clone(),
-                            ])
-                            .collect()
-                    )
-                ),
-            }
-            Ok(())
+            print_ca_keys(&keys, format)
         }
         AdminCommand::Ca(CaCommand::Export { kind }) => {
             let ping: PingResponse = admin.api.call(&endpoints::PING, &()).await?;

@@ -392,6 +392,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     auth.spawn_audit_signer();
     auth.spawn_spool_delivery();
     auth.spawn_refusal_summaries();
+    auth.spawn_rotation_driver();
     let auth_addr = auth_listener.local_addr()?;
     let auth_task = tokio::spawn(warden_auth::serve_mtls(
         auth.clone(),

@@ -1,0 +1,313 @@
+//! CA rotation without an outage (user CA): a new key is trusted
+//! everywhere first, then signs, and the old one is dropped after a grace
+//! period; live sessions never notice. Nodes learn each step from their
+//! heartbeat's answer (the CA generation moved: they renew at once and so
+//! fetch the new trust); proxies re-read the user CA every few seconds.
+//!
+//! The phases themselves are pure (`warden_ca::CertAuthority::rotate_*`);
+//! this module stores them with compare-and-swap (several auth servers may
+//! drive the same rotation), audits each, and runs automatic rotations.
+
+use crate::api::Caller;
+use crate::error::{AuthError, Result};
+use crate::resources::{AUTHORITIES, NODES};
+use crate::routes::Serve;
+use crate::server::AuthServer;
+use axum::extract::State;
+use axum::{Extension, Json, Router};
+use std::time::Duration;
+use warden_ca::{CaType, CertAuthority, Phase};
+use warden_store::StoreError;
+use warden_types::api::{CaKeyInfo, RotateRequest};
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::resource::{resources as res, verbs};
+use warden_types::{endpoints, Document, NodeSpec};
+
+/// Where nodes' reports of the CA generation they trust are kept while a
+/// rotation is under way.
+const TRUST: &str = "/ca_trust/";
+/// An automatic rotation switches once every online node trusts the new
+/// key, and after this long whether or not they all do (naming the late).
+const SWITCH_AT_MOST: i64 = 300;
+/// An automatic rotation switches no sooner than this after its init:
+/// proxies re-read the user CA every 5 s.
+const SWITCH_AT_LEAST: i64 = 10;
+/// How often automatic rotations are looked at.
+const DRIVE_EVERY: Duration = Duration::from_secs(2);
+
+pub fn routes() -> Router<AuthServer> {
+    Router::new().serve(&endpoints::CA_ROTATE, rotate)
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// One step of a rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Init,
+    Switch,
+    Drop,
+    Rollback,
+}
+
+impl Step {
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "init" => Step::Init,
+            "switch" => Step::Switch,
+            "drop" => Step::Drop,
+            "rollback" => Step::Rollback,
+            other => {
+                return Err(AuthError::BadRequest(format!(
+                    "unknown phase {other:?}: init, switch, drop or rollback"
+                )))
+            }
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Step::Init => "init",
+            Step::Switch => "switch",
+            Step::Drop => "drop",
+            Step::Rollback => "rollback",
+        }
+    }
+}
+
+async fn rotate(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<RotateRequest>,
+) -> Result<Json<Vec<CaKeyInfo>>> {
+    s.authorize(&c, res::CLUSTER_CONFIG, verbs::UPDATE).await?;
+    let ca = match req.ca.as_str() {
+        "user" => CaType::User,
+        "host" | "tls" => {
+            return Err(AuthError::BadRequest(format!(
+                "rotating the {} CA is not supported yet (it re-issues node and proxy certificates and, for tls, clients' CA pins); the user CA rotates",
+                req.ca
+            )))
+        }
+        other => {
+            return Err(AuthError::BadRequest(format!(
+                "unknown CA {other:?}: user, host or tls"
+            )))
+        }
+    };
+    let (step, grace) = match req.phase.as_deref() {
+        Some(p) => (Step::parse(p)?, None),
+        None => {
+            let grace = match req.grace_secs {
+                Some(g) => g,
+                None => s.config().await?.default_session_ttl.0.as_secs(),
+            };
+            if grace > 30 * 24 * 3600 {
+                return Err(AuthError::BadRequest("--grace is at most 30 days".into()));
+            }
+            (Step::Init, Some(grace as i64))
+        }
+    };
+    s.rotation_step(ca, step, grace, &c.identity.username)
+        .await?;
+    Ok(Json(s.ca_keys().await?))
+}
+
+impl AuthServer {
+    /// Takes one rotation step on `ca`, stored with compare-and-swap and
+    /// audited. `grace`: an automatic rotation (init only).
+    async fn rotation_step(
+        &self,
+        ca: CaType,
+        step: Step,
+        grace: Option<i64>,
+        by: &str,
+    ) -> Result<()> {
+        let key = format!("{AUTHORITIES}{}", ca.as_str());
+        let (mut authority, revision) =
+            crate::resources::get_raw::<CertAuthority>(self.backend(), &key)
+                .await?
+                .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))?;
+        let at = now();
+        let result = match step {
+            Step::Init => {
+                let fresh = authority.new_key(self.key_generator())?;
+                authority.rotate_init(fresh, at, grace)
+            }
+            Step::Switch => authority.rotate_switch(at),
+            Step::Drop => authority.rotate_drop(),
+            Step::Rollback => authority.rotate_rollback(),
+        };
+        result.map_err(|e| AuthError::Conflict(e.to_string()))?;
+        let value =
+            serde_json::to_vec(&authority).map_err(|e| AuthError::Internal(e.to_string()))?;
+        match self
+            .backend()
+            .compare_and_swap(&key, revision, value, None)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(AuthError::Conflict(format!(
+                    "the {} CA changed meanwhile (another auth server moved the rotation); look with 'warden admin ca ls'",
+                    ca.as_str()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if step == Step::Drop || step == Step::Rollback {
+            // The reports were for this rotation only.
+            for item in self.backend().range(TRUST).await? {
+                let _ = self.backend().delete(&item.key).await;
+            }
+        }
+        let signing = authority
+            .signing_key()
+            .map(|k| k.handle.public_key.clone())
+            .unwrap_or_default();
+        let what = match step {
+            Step::Init if grace.is_some() => format!(
+                "started an automatic rotation of the {} CA: a new key is trusted; it signs once every online node trusts it, and the old key is dropped {}s after that",
+                ca.as_str(),
+                grace.unwrap_or(0)
+            ),
+            Step::Init => format!("started a rotation of the {} CA: a new key is trusted, the old one still signs", ca.as_str()),
+            Step::Switch => format!("the {} CA's new key signs; the old one is still trusted", ca.as_str()),
+            Step::Drop => format!("the {} CA's old key was dropped: what it signed is refused", ca.as_str()),
+            Step::Rollback => format!("the {} CA's rotation was rolled back: the old key signs, the new one is forgotten", ca.as_str()),
+        };
+        tracing::info!(ca = ca.as_str(), phase = step.as_str(), "{what}");
+        self.audit(
+            AuditEvent::new(codes::CA_ROTATE, self.cluster(), by, what)
+                .with("ca", ca.as_str())
+                .with("phase", step.as_str())
+                .with("signing_key", signing)
+                .with(
+                    "trusted_keys",
+                    authority.active.len() + authority.trusted.len(),
+                ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Where new CA keys are made: this server's HSM if it has one.
+    pub(crate) fn key_generator(&self) -> &dyn warden_ca::KeyStore {
+        match &self.inner.hsm {
+            Some(hsm) => &**hsm,
+            None => &*self.inner.keys,
+        }
+    }
+
+    /// A short digest of every CA's keys and which one signs: a node whose
+    /// certificates were issued under another renews.
+    pub(crate) async fn ca_generation(&self) -> Result<String> {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for ca in CaType::ALL {
+            let a = self.authority(ca).await?;
+            digest.update(ca.as_str().as_bytes());
+            for key in a.active.iter().chain(a.trusted.iter()) {
+                digest.update(b"\0");
+                digest.update(key.handle.public_key.as_bytes());
+            }
+            digest.update(b"\n");
+        }
+        Ok(data_encoding::HEXLOWER.encode(&digest.finish().as_ref()[..8]))
+    }
+
+    /// Notes the generation node `id` reported, while a rotation needs it.
+    pub(crate) async fn note_node_trust(&self, id: &str, reported: &str) -> Result<()> {
+        if reported.is_empty() || self.authority(CaType::User).await?.rotation.is_none() {
+            return Ok(());
+        }
+        let key = format!("{TRUST}{id}");
+        let same = self
+            .backend()
+            .get(&key)
+            .await?
+            .is_some_and(|i| i.value == reported.as_bytes());
+        if !same {
+            self.backend()
+                .put(&key, reported.as_bytes().to_vec(), None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Online nodes that do not yet report `generation`, by name.
+    async fn nodes_behind(&self, generation: &str) -> Result<Vec<String>> {
+        let at = now();
+        let reports: std::collections::HashMap<String, Vec<u8>> = self
+            .backend()
+            .range(TRUST)
+            .await?
+            .into_iter()
+            .map(|i| (i.key[TRUST.len()..].to_string(), i.value))
+            .collect();
+        let mut behind = Vec::new();
+        for item in self.backend().range(NODES).await? {
+            let Ok(doc) = serde_json::from_slice::<Document<NodeSpec>>(&item.value) else {
+                continue;
+            };
+            if !doc.spec.online(at) {
+                continue;
+            }
+            if reports.get(doc.name()).map(Vec::as_slice) != Some(generation.as_bytes()) {
+                behind.push(doc.spec.hostname.clone());
+            }
+        }
+        Ok(behind)
+    }
+
+    /// Moves automatic rotations on: the switch once every online node
+    /// trusts the new key (or after [`SWITCH_AT_MOST`]), the drop once the
+    /// grace period after the switch has passed.
+    async fn drive_rotations(&self) -> Result<()> {
+        let ca = CaType::User;
+        let authority = self.authority(ca).await?;
+        let Some(r) = authority.rotation.clone() else {
+            return Ok(());
+        };
+        let Some(grace) = r.grace else {
+            return Ok(()); // an operator moves it
+        };
+        let at = now();
+        match r.phase {
+            Phase::Init => {
+                let waited = at - r.since;
+                if waited < SWITCH_AT_LEAST {
+                    return Ok(());
+                }
+                let behind = self.nodes_behind(&self.ca_generation().await?).await?;
+                if !behind.is_empty() && waited < SWITCH_AT_MOST {
+                    return Ok(());
+                }
+                if !behind.is_empty() {
+                    tracing::warn!(nodes = %behind.join(", "), "switching the user CA although these nodes have not confirmed its new key for {waited}s");
+                }
+                self.rotation_step(ca, Step::Switch, None, "warden").await
+            }
+            Phase::Switched if at >= r.since + grace => {
+                self.rotation_step(ca, Step::Drop, None, "warden").await
+            }
+            Phase::Switched => Ok(()),
+        }
+    }
+
+    /// Keeps automatic rotations moving while the service runs.
+    pub fn spawn_rotation_driver(&self) {
+        let s = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match s.drive_rotations().await {
+                    // Another auth server took the step first.
+                    Ok(()) | Err(AuthError::Conflict(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot move the CA rotation on"),
+                }
+                tokio::time::sleep(DRIVE_EVERY).await;
+            }
+        });
+    }
+}

@@ -22,6 +22,7 @@ printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR
 export SOFTHSM2_CONF=$T/softhsm2.conf
 softhsm2-util --init-token --free --label warden --pin 2468 --so-pin 000000 >/dev/null
 echo 2468 >"$T/pin"
+chmod 600 "$T/pin"
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 
 echo "== certificates signed per second (one thread)"

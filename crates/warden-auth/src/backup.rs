@@ -25,15 +25,23 @@ pub const VERSION: u32 = 1;
 /// Shortest passphrase accepted.
 pub const MIN_PASSPHRASE: usize = 12;
 
-/// Short-lived state, never backed up: challenges, pending logins, node
-/// grants, and the signed audit head (a restore records it instead).
+/// Never backed up: short-lived state (challenges, logins in progress),
+/// the inventory (nodes and proxies heartbeat back into it), rotation
+/// bookkeeping, and the signed audit head (a restore records it instead).
 const EPHEMERAL: &[&str] = &[
     crate::webauthn::CHALLENGES,
     "/sso_pending/",
     "/sso_codes/",
-    "/node_grants/",
+    crate::resources::NODES,
+    crate::resources::PROXIES,
+    "/ca_trust/",
     "/audit/head",
+    RESTORING,
 ];
+
+/// Present while a restore fills the backend: auth servers refuse to
+/// start on it, and the same restore may run again to finish.
+pub(crate) const RESTORING: &str = "/restore/in_progress";
 
 /// Documents that carry secrets: only in the encrypted part.
 const SECRET: &[&str] = &[
@@ -53,6 +61,9 @@ struct Secrets {
     documents: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     raw: BTreeMap<String, String>,
+    /// Unix seconds at which items of this part expire (join tokens).
+    #[serde(default)]
+    expires: BTreeMap<String, i64>,
 }
 
 pub fn routes() -> axum::Router<AuthServer> {
@@ -63,12 +74,20 @@ fn is_under(key: &str, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|p| key.starts_with(p))
 }
 
-/// Puts `item` in `documents` (JSON) or `raw` (anything else).
+/// Puts `item` in `documents` (JSON) or `raw` (anything else), and its
+/// expiry in `expires`.
 fn keep(
     item: Item,
     documents: &mut BTreeMap<String, serde_json::Value>,
     raw: &mut BTreeMap<String, String>,
+    expires: &mut BTreeMap<String, i64>,
 ) {
+    if let Some(at) = item.expires {
+        let at = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        expires.insert(item.key.clone(), at);
+    }
     match serde_json::from_slice(&item.value) {
         Ok(v) => {
             documents.insert(item.key, v);
@@ -108,14 +127,20 @@ async fn backup(
         ..Default::default()
     };
     for item in s.backend().range("/").await? {
-        // Items that expire (heartbeats, join tokens) would be stale.
-        if item.expires.is_some() || is_under(&item.key, EPHEMERAL) {
+        if is_under(&item.key, EPHEMERAL) {
             continue;
         }
+        // Items that expire (time-limited locks, requests, join tokens)
+        // go with their expiry, and restore only while it is ahead.
         if is_under(&item.key, SECRET) {
-            keep(item, &mut secrets.documents, &mut secrets.raw);
+            keep(
+                item,
+                &mut secrets.documents,
+                &mut secrets.raw,
+                &mut secrets.expires,
+            );
         } else {
-            keep(item, &mut out.documents, &mut out.raw);
+            keep(item, &mut out.documents, &mut out.raw, &mut out.expires);
         }
     }
     // Signed now, so the backup names the chain as it stands.
@@ -221,9 +246,9 @@ fn open(backup: &Backup, passphrase: &str) -> anyhow::Result<Secrets> {
         s.kdf,
         s.cipher
     );
-    // Bounds, so a doctored file cannot ask for terabytes.
+    // Bounds, so a doctored file cannot ask for much memory or time.
     anyhow::ensure!(
-        s.m_kib <= 4 << 20 && s.t <= 64 && s.p <= 16,
+        s.m_kib <= 1 << 20 && s.t <= 64 && s.p <= 16,
         "the backup's KDF parameters are out of range"
     );
     let damaged = || anyhow::anyhow!("the backup's secrets are damaged (bad base64)");
@@ -324,18 +349,31 @@ pub async fn restore(
     crate::server::create_private_dir(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let (backend, audit) = crate::server::open_state(data_dir, stores).await?;
+    let marker = serde_json::to_vec(&(&backup.cluster, backup.created))?;
+    let resuming = backend
+        .get(RESTORING)
+        .await?
+        .is_some_and(|m| m.value == marker);
     let present = backend.range("/").await?;
-    if let Some(first) = present.iter().find(|i| i.expires.is_none()) {
-        anyhow::bail!(
-            "the backend already holds a cluster ({} documents, e.g. {}); restore goes into an empty backend: point --backend at a new one (and start no auth server on it before the restore)",
-            present.len(),
-            first.key
-        );
+    if !resuming {
+        if let Some(first) = present.first() {
+            anyhow::bail!(
+                "the backend already holds a cluster ({} documents, e.g. {}); restore goes into an empty backend: point --backend at a new one (and start no auth server on it before the restore)",
+                present.len(),
+                first.key
+            );
+        }
+        backend.create(RESTORING, marker, None).await?;
     }
     let kek = Zeroizing::new(
         data_encoding::BASE64
             .decode(secrets.kek.as_bytes())
             .context("the backup's key-encryption key is damaged")?,
+    );
+    anyhow::ensure!(
+        kek.len() == 32,
+        "the backup's key-encryption key is {} bytes, not 32",
+        kek.len()
     );
     let kek_path = crate::server::kek_path(data_dir, stores);
     match std::fs::read(&kek_path) {
@@ -350,20 +388,55 @@ pub async fn restore(
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", kek_path.display())),
     }
-    let mut written = 0;
-    let json = backup.documents.iter().chain(secrets.documents.iter());
-    for (key, value) in json {
-        backend
-            .create(key, serde_json::to_vec(value)?, None)
-            .await?;
-        written += 1;
+    let at = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut items: Vec<(String, Vec<u8>, Option<i64>)> = Vec::new();
+    for (docs, raw, expires) in [
+        (&backup.documents, &backup.raw, &backup.expires),
+        (&secrets.documents, &secrets.raw, &secrets.expires),
+    ] {
+        for (key, value) in docs {
+            items.push((
+                key.clone(),
+                serde_json::to_vec(value)?,
+                expires.get(key).copied(),
+            ));
+        }
+        for (key, b64) in raw {
+            let value = data_encoding::BASE64
+                .decode(b64.as_bytes())
+                .with_context(|| format!("{key}: bad base64"))?;
+            items.push((key.clone(), value, expires.get(key).copied()));
+        }
     }
-    for (key, b64) in backup.raw.iter().chain(secrets.raw.iter()) {
-        let value = data_encoding::BASE64
-            .decode(b64.as_bytes())
-            .with_context(|| format!("{key}: bad base64"))?;
-        backend.create(key, value, None).await?;
-        written += 1;
+    let mut written = 0;
+    for (key, mut value, expires) in items {
+        if expires.is_some_and(|t| t <= at) {
+            continue; // ran out since the backup
+        }
+        if key == crate::resources::SSH_SERIAL {
+            // Serials issued after the backup must not come again.
+            let n: u64 = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let since = (at - backup.created).max(0) as u64;
+            value = (n + 1_000_000 + since * 1_000).to_string().into_bytes();
+        }
+        let expiry =
+            expires.map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t as u64));
+        match backend.create(&key, value.clone(), expiry).await {
+            Ok(_) => written += 1,
+            // A rerun of an interrupted restore: what it wrote stands.
+            Err(warden_store::StoreError::AlreadyExists(_)) if resuming => {
+                let same = backend.get(&key).await?.is_some_and(|i| i.value == value);
+                anyhow::ensure!(
+                    same || key == crate::resources::SSH_SERIAL,
+                    "{key} changed since the interrupted restore; restore into a new, empty backend"
+                );
+                written += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let new_chain = audit.head().await?.is_none();
     let head = backup.audit_head.as_ref();
@@ -397,6 +470,7 @@ pub async fn restore(
         event = event.with("previous_head_signed", head_signed(backup, head));
     }
     let stored = audit.append(event).await?;
+    backend.delete(RESTORING).await?;
     Ok(Restored {
         documents: written,
         audit_index: stored.index,

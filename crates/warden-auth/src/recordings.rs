@@ -18,6 +18,10 @@ use warden_types::resource::{resources as res, verbs};
 
 /// Largest recording a node may upload (the node caps what it records).
 pub const MAX_RECORDING: usize = 256 << 20;
+/// Uploads an auth server receives at once; more wait their turn. Each
+/// holds at most a chunk being checked (4 MiB, and as much decompressed)
+/// and, for S3, a part (8 MiB).
+pub(crate) const CONCURRENT_UPLOADS: usize = 8;
 
 pub fn routes() -> Router<AuthServer> {
     Router::new()
@@ -52,6 +56,12 @@ async fn upload(
     if let Some(existing) = s.recording_store(stored, false)? {
         return Ok(Json(existing));
     }
+    let _slot = s
+        .inner
+        .upload_slots
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
     let begun = s.inner.recordings.begin(&id).await;
     let mut upload = s.recording_store(begun, false)?;
     let (scanned, size) = match receive(&s, &id, body, upload.as_mut()).await {

@@ -52,6 +52,10 @@ pub(crate) struct Inner {
     pub epoch: String,
     /// Outages of the recording store.
     pub recording_health: crate::recordings::StoreHealth,
+    /// Uploads received at once (each holds a chunk and, for S3, a part).
+    pub upload_slots: tokio::sync::Semaphore,
+    /// CA signers already loaded (unsealed, or found in the HSM), by key.
+    pub signers: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn CaSigner>>>,
 }
 
 /// Where CA keys live: the software store (its key-encryption key also
@@ -271,6 +275,11 @@ impl AuthServer {
         spool: warden_store::EventSpool,
         cluster_name: Option<&str>,
     ) -> anyhow::Result<Self> {
+        if backend.get(crate::backup::RESTORING).await?.is_some() {
+            anyhow::bail!(
+                "a restore into this backend has not finished; run the same 'warden admin restore' again to complete it"
+            );
+        }
         let config = ensure_cluster_config(&*backend, cluster_name).await?;
         let cluster = config.spec.cluster_name.clone();
         // New CAs go where the operator said: the HSM if there is one.
@@ -325,6 +334,8 @@ impl AuthServer {
                 node_policy: Default::default(),
                 epoch: uuid::Uuid::new_v4().to_string(),
                 recording_health: Default::default(),
+                upload_slots: tokio::sync::Semaphore::new(crate::recordings::CONCURRENT_UPLOADS),
+                signers: Default::default(),
             }),
         })
     }
@@ -368,8 +379,29 @@ impl AuthServer {
         Ok((signer, authority))
     }
 
-    /// A CA key from the store that holds it.
+    /// A CA key from the store that holds it, loaded once.
     fn load_key(&self, handle: &warden_ca::KeyHandle) -> warden_ca::Result<Arc<dyn CaSigner>> {
+        let id = format!("{}:{}:{}", handle.store, handle.public_key, handle.data);
+        let cached = self
+            .inner
+            .signers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(signer) = cached {
+            return Ok(signer);
+        }
+        let signer = self.open_key(handle)?;
+        self.inner
+            .signers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, signer.clone());
+        Ok(signer)
+    }
+
+    fn open_key(&self, handle: &warden_ca::KeyHandle) -> warden_ca::Result<Arc<dyn CaSigner>> {
         match (handle.store.as_str(), &self.inner.hsm) {
             (warden_ca::pkcs11::STORE, Some(hsm)) => hsm.load(handle),
             (warden_ca::pkcs11::STORE, None) => Err(warden_ca::CaError::Hsm(format!(

@@ -48,10 +48,55 @@ fn hsm_err(what: &str, e: impl std::fmt::Display) -> CaError {
     CaError::Hsm(format!("{what}: {e}"))
 }
 
-/// CA keys in one PKCS#11 token, through one logged-in session.
+/// CA keys in one PKCS#11 token, through one logged-in session (opened
+/// again, and logged in again, when the token drops it).
 pub struct Pkcs11KeyStore {
-    token: String,
-    session: Arc<Mutex<Session>>,
+    token: Arc<Token>,
+}
+
+/// A token and the session this process uses with it.
+struct Token {
+    label: String,
+    ctx: Pkcs11,
+    slot: cryptoki::slot::Slot,
+    pin: Zeroizing<String>,
+    session: Mutex<Session>,
+}
+
+impl Token {
+    fn login(ctx: &Pkcs11, slot: cryptoki::slot::Slot, label: &str, pin: &str) -> Result<Session> {
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(|e| hsm_err("cannot open a session", e))?;
+        match session.login(UserType::User, Some(&AuthPin::from(pin))) {
+            Ok(()) => Ok(session),
+            // Logins are per token and application: another session's counts.
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => Ok(session),
+            Err(e) => Err(hsm_err(
+                &format!("cannot log in to token {label:?} (check the PIN)"),
+                e,
+            )),
+        }
+    }
+
+    /// Runs `f` on the session; if the token refuses, opens a new session
+    /// (logging in again) and runs it once more: an HSM that restarted or
+    /// timed the session out costs one retry, not every signature until
+    /// a restart.
+    fn with<T>(&self, what: &str, f: impl Fn(&Session) -> cryptoki::error::Result<T>) -> Result<T> {
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        match f(&session) {
+            Ok(v) => Ok(v),
+            Err(first) => {
+                tracing::warn!(error = %first, "{what}: the HSM refused; opening a new session");
+                *session = Self::login(&self.ctx, self.slot, &self.label, &self.pin)?;
+                f(&session).map_err(|e| hsm_err(what, e))
+            }
+        }
+    }
 }
 
 impl Pkcs11KeyStore {
@@ -108,29 +153,32 @@ impl Pkcs11KeyStore {
                 missing.join(", ")
             )));
         }
-        let session = ctx
-            .open_rw_session(slot)
-            .map_err(|e| hsm_err("cannot open a session", e))?;
-        let pin = AuthPin::from(config.pin.as_str());
-        session.login(UserType::User, Some(&pin)).map_err(|e| {
-            hsm_err(
-                &format!("cannot log in to token {:?} (check the PIN)", config.token),
-                e,
-            )
-        })?;
+        let session = Token::login(&ctx, slot, &config.token, &config.pin)?;
         Ok(Pkcs11KeyStore {
-            token: config.token.clone(),
-            session: Arc::new(Mutex::new(session)),
+            token: Arc::new(Token {
+                label: config.token.clone(),
+                ctx,
+                slot,
+                pin: config.pin.clone(),
+                session: Mutex::new(session),
+            }),
         })
     }
 
     /// The token this store uses.
     pub fn token(&self) -> &str {
-        &self.token
+        &self.token.label
     }
 
-    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
-        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    /// Logs this process out of the token (at shutdown); a later use logs
+    /// in again, as after the token dropped the session.
+    pub fn logout(&self) -> Result<()> {
+        self.token
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .logout()
+            .map_err(|e| hsm_err("cannot log out", e))
     }
 
     /// The token and object id a handle names.
@@ -192,35 +240,23 @@ impl KeyStore for Pkcs11KeyStore {
             Attribute::Label(label),
             Attribute::Id(id),
         ];
-        let session = self.session();
-        let (public, _) = session
-            .generate_key_pair(
-                &Mechanism::EccEdwardsKeyPairGen,
-                &public_template,
-                &private_template,
-            )
-            .map_err(|e| {
-                hsm_err(
-                    &format!("cannot generate a key in token {:?}", self.token),
-                    e,
-                )
-            })?;
-        let point = match session
-            .get_attributes(public, &[AttributeType::EcPoint])
-            .map_err(|e| hsm_err("cannot read the new public key", e))?
-            .as_slice()
-        {
-            [Attribute::EcPoint(p)] => ed25519_point(p)?,
-            _ => {
-                return Err(CaError::Hsm(
-                    "the token did not give the new public key".into(),
-                ))
-            }
-        };
+        let public = self.token.with(
+            &format!("cannot generate a key in token {:?}", self.token.label),
+            |session| {
+                session
+                    .generate_key_pair(
+                        &Mechanism::EccEdwardsKeyPairGen,
+                        &public_template,
+                        &private_template,
+                    )
+                    .map(|(public, _)| public)
+            },
+        )?;
+        let point = public_point(&self.token, public)?;
         Ok(KeyHandle {
             store: STORE.into(),
             public_key: data_encoding::HEXLOWER.encode(&point),
-            data: format!("token={};id={hex}", self.token),
+            data: format!("token={};id={hex}", self.token.label),
         })
     }
 
@@ -229,51 +265,64 @@ impl KeyStore for Pkcs11KeyStore {
             return Err(CaError::UnknownKeyStore(handle.store.clone()));
         }
         let (token, id) = Self::reference(handle)?;
-        if token != self.token {
+        if token != self.token.label {
             return Err(CaError::Hsm(format!(
                 "the key is in token {token:?}; this server's HSM token is {:?}",
-                self.token
+                self.token.label
             )));
         }
-        let session = self.session();
-        let find = |class| {
-            session
-                .find_objects(&[Attribute::Class(class), Attribute::Id(id.clone())])
-                .map_err(|e| hsm_err("cannot search the token", e))
-        };
-        let (Some(&key), Some(&public)) = (
-            find(ObjectClass::PRIVATE_KEY)?.first(),
-            find(ObjectClass::PUBLIC_KEY)?.first(),
-        ) else {
-            return Err(CaError::Hsm(format!(
-                "token {token:?} holds no key {}; was the token replaced?",
-                data_encoding::HEXLOWER.encode(&id)
-            )));
-        };
-        let point = match session
-            .get_attributes(public, &[AttributeType::EcPoint])
-            .map_err(|e| hsm_err("cannot read a public key", e))?
-            .as_slice()
-        {
-            [Attribute::EcPoint(p)] => ed25519_point(p)?,
-            _ => return Err(CaError::Hsm("the token did not give the public key".into())),
-        };
+        let (key, public) = find_pair(&self.token, &id)?;
+        let point = public_point(&self.token, public)?;
         if data_encoding::HEXLOWER.encode(&point) != handle.public_key {
             return Err(CaError::Key(
                 "the HSM's key does not match the CA's public key".into(),
             ));
         }
         Ok(Arc::new(Pkcs11Signer {
-            session: self.session.clone(),
-            key,
+            token: self.token.clone(),
+            id,
+            key: Mutex::new(key),
             public: point,
         }))
     }
 }
 
+/// The private and public key objects with CKA_ID `id`.
+fn find_pair(token: &Token, id: &[u8]) -> Result<(ObjectHandle, ObjectHandle)> {
+    let find = |class| {
+        token.with("cannot search the token", |session| {
+            session.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
+        })
+    };
+    match (
+        find(ObjectClass::PRIVATE_KEY)?.first(),
+        find(ObjectClass::PUBLIC_KEY)?.first(),
+    ) {
+        (Some(&key), Some(&public)) => Ok((key, public)),
+        _ => Err(CaError::Hsm(format!(
+            "token {:?} holds no key {}; was the token replaced?",
+            token.label,
+            data_encoding::HEXLOWER.encode(id)
+        ))),
+    }
+}
+
+/// The Ed25519 public key of a public key object.
+fn public_point(token: &Token, public: ObjectHandle) -> Result<[u8; 32]> {
+    let attrs = token.with("cannot read a public key", |session| {
+        session.get_attributes(public, &[AttributeType::EcPoint])
+    })?;
+    match attrs.as_slice() {
+        [Attribute::EcPoint(p)] => ed25519_point(p),
+        _ => Err(CaError::Hsm("the token did not give the public key".into())),
+    }
+}
+
 struct Pkcs11Signer {
-    session: Arc<Mutex<Session>>,
-    key: ObjectHandle,
+    token: Arc<Token>,
+    id: Vec<u8>,
+    /// Found again after the token drops the session.
+    key: Mutex<ObjectHandle>,
     public: [u8; 32],
 }
 
@@ -284,15 +333,21 @@ impl CaSigner for Pkcs11Signer {
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
         let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-        let sig = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sign(&mechanism, self.key, msg)
-            .map_err(|e| {
-                tracing::warn!(error = %e, "the HSM did not sign");
-                hsm_err("the HSM did not sign", e)
-            })?;
+        let key = *self.key.lock().unwrap_or_else(|p| p.into_inner());
+        let sig = match self
+            .token
+            .with("the HSM did not sign", |s| s.sign(&mechanism, key, msg))
+        {
+            Ok(sig) => sig,
+            Err(first) => {
+                // A new session may number its objects anew.
+                let (key, _) = find_pair(&self.token, &self.id).map_err(|_| first)?;
+                *self.key.lock().unwrap_or_else(|p| p.into_inner()) = key;
+                self.token
+                    .with("the HSM did not sign", |s| s.sign(&mechanism, key, msg))
+                    .inspect_err(|e| tracing::warn!(error = %e, "the HSM did not sign"))?
+            }
+        };
         if sig.len() != 64 {
             return Err(CaError::Hsm(format!(
                 "the HSM gave a {}-byte signature, not 64",

@@ -51,6 +51,14 @@ fn ca_keys_live_and_sign_in_the_token() {
         .verify(b"hello", &sig)
         .expect("the token's signature verifies");
 
+    // A token that dropped the login (restarted, timed out) costs one
+    // retry, not every signature until a restart.
+    store.logout().unwrap();
+    let sig = signer.sign(b"again").unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(b"again", &sig)
+        .expect("signed after logging in again");
+
     // A CA certificate and an OpenSSH public key line built on it.
     let pem = warden_ca::tls::create_ca_cert(&*signer, "hsm-cluster").unwrap();
     assert!(pem.contains("BEGIN CERTIFICATE"));

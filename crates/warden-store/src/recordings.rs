@@ -104,17 +104,27 @@ fn valid_id(id: &str) -> Result<()> {
 
 /// Writes `data` to `path` atomically and durably.
 pub(crate) fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_through(path, &path.with_extension("tmp"), data)
+}
+
+/// As [`write_durable`], through a temporary file of its own: two
+/// commits of one recording may overlap.
+fn write_durable_unique(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    write_through(path, &tmp, data)
+}
+
+fn write_through(path: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
+        .open(tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -129,9 +139,17 @@ impl FileRecordingStore {
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
-        // Uploads cut short by a crash: their nodes still hold them.
+        // Uploads cut short by a crash: their nodes still hold them. Only
+        // old ones: a process handing over (SIGHUP) may still be writing.
         for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
-            if entry.file_name().to_string_lossy().contains(".wrec.part-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if (name.contains(".wrec.part-") || name.contains(".tmp-")) && stale {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -230,7 +248,12 @@ impl Upload for FileUpload {
             .file
             .as_mut()
             .ok_or_else(|| io(std::io::ErrorKind::BrokenPipe.into()))?;
-        file.write_all(&data).await.map_err(io)
+        if let Err(e) = file.write_all(&data).await {
+            // What was buffered may be lost: this upload can only abort.
+            self.file = None;
+            return Err(io(e));
+        }
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>, info: &RecordingInfo) -> Result<()> {
@@ -247,7 +270,7 @@ impl Upload for FileUpload {
             file.sync_all()?;
             std::fs::rename(&part, &rec)?;
             // The recording first: metadata present means the data is too.
-            write_durable(&meta, &json)
+            write_durable_unique(&meta, &json)
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?

@@ -399,6 +399,10 @@ pub struct Backup {
     /// Backend key → base64, for values that are not JSON.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub raw: std::collections::BTreeMap<String, String>,
+    /// Backend key → Unix seconds, for documents that expire (time-limited
+    /// locks, access requests): restored only while that is ahead.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub expires: std::collections::BTreeMap<String, i64>,
     /// The audit chain head last signed before the backup (JSON), so a
     /// restore can say where the chain it continues from stood.
     #[serde(default, skip_serializing_if = "Option::is_none")]

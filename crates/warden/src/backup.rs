@@ -20,10 +20,15 @@ pub struct Passphrase {
 impl Passphrase {
     fn read(&self) -> anyhow::Result<Zeroizing<String>> {
         let text = match &self.passphrase_file {
-            Some(path) => Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            ),
+            Some(path) => {
+                warden_ca::keystore::check_private_mode(path).map_err(|e| {
+                    anyhow::anyhow!("--passphrase-file {}: {e}", path.display())
+                })?;
+                Zeroizing::new(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )
+            }
             None => match std::env::var("WARDEN_BACKUP_PASSPHRASE") {
                 Ok(p) => Zeroizing::new(p),
                 Err(_) => bail!(

@@ -708,8 +708,12 @@ fn hsm_config(a: &StartArgs) -> anyhow::Result<Option<warden_ca::pkcs11::HsmConf
                 std::fs::read_to_string(path)
                     .with_context(|| format!("--hsm-pin-file: cannot read {}", path.display()))?,
             );
+            warden_ca::keystore::check_private_mode(path)
+                .map_err(|e| anyhow::anyhow!("--hsm-pin-file {}: {e}", path.display()))?;
             text.lines().next().unwrap_or_default().to_string()
         }
+        // Left in the environment: removing it while other threads run is
+        // not sound; --hsm-pin-file keeps it out of child processes.
         None => std::env::var("WARDEN_HSM_PIN").map_err(|_| {
             anyhow::anyhow!(
                 "--hsm-module needs the token's PIN: --hsm-pin-file FILE or WARDEN_HSM_PIN"

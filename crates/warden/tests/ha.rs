@@ -527,6 +527,20 @@ fn disaster_recovery_from_a_backup_and_git() {
     }
     let pass = dir.join("passphrase");
     std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    c.admin(&[
+        "backup",
+        "-o",
+        "/dev/null",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+    .expect_err("chmod 600");
+    warden_ca::keystore::write_private_file(&pass, b"correct horse battery staple\n").unwrap();
+    // A time-limited lock is part of the state to restore.
+    c.admin(&[
+        "lock", "--login", "nobody", "--reason", "dr drill", "--ttl", "1h",
+    ])
+    .expect_ok();
     let file = dir.join("backup.yaml");
     c.admin(&[
         "backup",
@@ -571,7 +585,7 @@ fn disaster_recovery_from_a_backup_and_git() {
         )
     };
     let wrong = dir.join("wrong");
-    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    warden_ca::keystore::write_private_file(&wrong, b"not the passphrase at all").unwrap();
     restore(&wrong).expect_err("wrong passphrase");
     let out = restore(&pass).expect_ok();
     assert!(out.stdout.contains("starts a new chain"), "{}", out.all());
@@ -603,6 +617,8 @@ fn disaster_recovery_from_a_backup_and_git() {
         "{}",
         played.all()
     );
+    let locks = c.admin(&["locks", "ls"]).expect_ok();
+    assert!(locks.stdout.contains("dr drill"), "{}", locks.all());
     let roles = c.admin(&["roles", "ls"]).expect_ok();
     assert!(roles.stdout.contains("dba"), "{}", roles.stdout);
     // The audit log starts at the restore, and says from what.

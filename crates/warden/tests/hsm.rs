@@ -38,7 +38,7 @@ fn ca_keys_in_an_hsm() {
     // warden inherits it: the module reads it when it loads.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let pin = dir.join("hsm.pin");
-    std::fs::write(&pin, "2468\n").unwrap();
+    warden_ca::keystore::write_private_file(&pin, b"2468\n").unwrap();
     let hsm = [
         "--hsm-module",
         MODULE,

@@ -1991,6 +1991,11 @@ fn signed_by(cert: &std::path::Path) -> String {
 /// old key; an automatic rotation runs to its end by itself.
 #[test]
 fn the_user_ca_rotates_without_dropping_anyone() {
+    assert!(
+        include_str!("../../../README.md")
+            .contains("warden admin ca rotate --type user --grace 8h"),
+        "README.md no longer shows the rotation example"
+    );
     let dir = temp_dir("rotate");
     let c = Cluster::start_with(&dir, &["--heartbeat-interval", "1s", "--name", "rot"]);
     let alice = c.add_user("alice", "access", "root");

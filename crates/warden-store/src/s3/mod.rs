@@ -529,6 +529,7 @@ impl RecordingStore for S3RecordingStore {
             buffer: Vec::new(),
             multipart: None,
             etags: Vec::new(),
+            failed: false,
         }))
     }
 
@@ -574,6 +575,8 @@ struct S3Upload {
     multipart: Option<String>,
     /// ETags of the parts sent.
     etags: Vec<String>,
+    /// A part failed: its bytes are gone, so this upload can only abort.
+    failed: bool,
 }
 
 impl S3Upload {
@@ -599,6 +602,9 @@ impl S3Upload {
 #[async_trait]
 impl Upload for S3Upload {
     async fn write(&mut self, data: Bytes) -> Result<()> {
+        if self.failed {
+            return Err(err("this upload failed before; start it again"));
+        }
         let mut data = &data[..];
         while !data.is_empty() {
             if self.buffer.capacity() == 0 {
@@ -610,13 +616,19 @@ impl Upload for S3Upload {
             data = &data[take..];
             if self.buffer.len() == PART_SIZE {
                 let part = std::mem::take(&mut self.buffer);
-                self.send_part(part).await?;
+                if let Err(e) = self.send_part(part).await {
+                    self.failed = true;
+                    return Err(e);
+                }
             }
         }
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>, info: &RecordingInfo) -> Result<()> {
+        if self.failed {
+            return Err(err("this upload failed before; start it again"));
+        }
         let json = serde_json::to_vec(info).map_err(|e| err(e.to_string()))?;
         let buffer = std::mem::take(&mut self.buffer);
         match self.multipart.clone() {

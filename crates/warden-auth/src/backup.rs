@@ -441,13 +441,7 @@ pub async fn restore(
     let new_chain = audit.head().await?.is_none();
     let head = backup.audit_head.as_ref();
     let field = |name: &str| head.and_then(|h| h.get(name)).cloned();
-    let created = time::OffsetDateTime::from_unix_timestamp(backup.created)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let created = backup.created_rfc3339();
     let message = match (new_chain, field("index")) {
         (true, Some(i)) => format!(
             "restored from the backup of {created}; this log starts here: the previous log's chain stood at event {i} when the backup was taken, and events after that are not in this log"

@@ -410,6 +410,19 @@ pub struct Backup {
     pub secrets: SealedSecrets,
 }
 
+impl Backup {
+    /// When it was taken, as RFC 3339.
+    pub fn created_rfc3339(&self) -> String {
+        time::OffsetDateTime::from_unix_timestamp(self.created)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// The encrypted part of a [`Backup`]: argon2id turns the passphrase
 /// into an AES-256-GCM key.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -47,25 +47,9 @@ impl Passphrase {
 pub struct RestoreArgs {
     /// The backup file.
     file: PathBuf,
-    /// The (empty) cluster state store, as for 'warden start'.
-    #[arg(
-        long,
-        env = "WARDEN_BACKEND",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    backend: Option<String>,
-    /// The audit log, as for 'warden start'.
-    #[arg(
-        long,
-        env = "WARDEN_AUDIT_LOG",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    audit_log: Option<String>,
-    /// Where to write the key-encryption key [default: DATA_DIR/kek].
-    #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
-    kek_file: Option<PathBuf>,
+    /// The (empty) stores to fill, named as for 'warden start'.
+    #[command(flatten)]
+    state: crate::start::StateArgs,
     #[command(flatten)]
     passphrase: Passphrase,
 }
@@ -81,13 +65,7 @@ pub async fn backup(admin: &Admin, output: &Path, passphrase: &Passphrase) -> an
             },
         )
         .await?;
-    let created = time::OffsetDateTime::from_unix_timestamp(backup.created)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let created = backup.created_rfc3339();
     let text = format!(
         "# Warden backup of cluster {:?}, {created}. Documents are in the clear;\n# the secrets (CA key encryption key, credentials, connector and webhook\n# secrets, tokens) are encrypted to the passphrase. Restore into an empty\n# backend with: warden admin restore FILE\n{}",
         backup.cluster,
@@ -109,13 +87,7 @@ pub async fn restore(data_dir: &Path, a: &RestoreArgs) -> anyhow::Result<()> {
     let backup: Backup = serde_norway::from_str(&text)
         .with_context(|| format!("{} is not a Warden backup", a.file.display()))?;
     let passphrase = a.passphrase.read()?;
-    let stores = warden_auth::StoreConfig {
-        backend: a.backend.clone(),
-        audit_log: a.audit_log.clone(),
-        kek_file: a.kek_file.clone(),
-        recordings: None,
-        hsm: None,
-    };
+    let stores = a.state.stores(None, None);
     let r = warden_auth::backup::restore(&backup, &passphrase, data_dir, &stores).await?;
     println!(
         "restored cluster {:?}: {} documents; audit event {} marks the restore{}",

@@ -45,32 +45,8 @@ pub struct StartArgs {
     /// Cluster name, fixed at first start.
     #[arg(long)]
     cluster_name: Option<String>,
-    /// Auth: the cluster state store. `sqlite` (state.db in the data dir)
-    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
-    /// auth server of the cluster [default: sqlite].
-    #[arg(
-        long,
-        env = "WARDEN_BACKEND",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    backend: Option<String>,
-    /// Auth: the audit log. `sqlite` (audit.db in the data dir) or
-    /// postgres://... [default: the --backend database when it is
-    /// PostgreSQL, else sqlite].
-    #[arg(
-        long,
-        env = "WARDEN_AUDIT_LOG",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    audit_log: Option<String>,
-    /// Auth: the key-encryption key that seals the CA keys in the backend.
-    /// Every auth server sharing a backend needs the same one: copy the
-    /// first auth server's DATA_DIR/kek [default: DATA_DIR/kek, created on
-    /// first start].
-    #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
-    kek_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
     /// Auth: keep the CA keys in an HSM, through its PKCS#11 module (e.g.
     /// /usr/lib/softhsm/libsofthsm2.so). A new cluster's CA keys are
     /// generated inside the token (Ed25519, never extractable) and every
@@ -379,13 +355,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         false => None,
     };
     let _lock = lock_data_dir(&mut listeners)?;
-    let stores = warden_auth::StoreConfig {
-        backend: a.backend.clone(),
-        audit_log: a.audit_log.clone(),
-        kek_file: a.kek_file.clone(),
-        recordings: a.recordings.clone(),
-        hsm: hsm_config(&a)?,
-    };
+    let stores = a.state.stores(a.recordings.clone(), hsm_config(&a)?);
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref(), &stores)
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
@@ -695,6 +665,55 @@ async fn build_proxy(
         ssh_host_cert,
     };
     warden_proxy::Proxy::new(auth_addr.to_string(), &identity, auth_client)
+}
+
+/// Where the cluster state lives (auth): the flags `warden start` and
+/// `warden admin restore` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StateArgs {
+    /// Auth: the cluster state store. `sqlite` (state.db in the data dir)
+    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, shared by every
+    /// auth server of the cluster [default: sqlite].
+    #[arg(
+        long,
+        env = "WARDEN_BACKEND",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub backend: Option<String>,
+    /// Auth: the audit log. `sqlite` (audit.db in the data dir) or
+    /// postgres://... [default: the --backend database when it is
+    /// PostgreSQL, else sqlite].
+    #[arg(
+        long,
+        env = "WARDEN_AUDIT_LOG",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub audit_log: Option<String>,
+    /// Auth: the key-encryption key that seals the CA keys in the backend.
+    /// Every auth server sharing a backend needs the same one: copy the
+    /// first auth server's DATA_DIR/kek [default: DATA_DIR/kek, created on
+    /// first start].
+    #[arg(long, env = "WARDEN_KEK_FILE", value_name = "FILE")]
+    pub kek_file: Option<std::path::PathBuf>,
+}
+
+impl StateArgs {
+    /// The stores these flags name.
+    pub fn stores(
+        &self,
+        recordings: Option<String>,
+        hsm: Option<warden_ca::pkcs11::HsmConfig>,
+    ) -> warden_auth::StoreConfig {
+        warden_auth::StoreConfig {
+            backend: self.backend.clone(),
+            audit_log: self.audit_log.clone(),
+            kek_file: self.kek_file.clone(),
+            recordings,
+            hsm,
+        }
+    }
 }
 
 /// The HSM named by `--hsm-*`, with its PIN read.

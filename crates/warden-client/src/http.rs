@@ -300,6 +300,17 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
+        self.call_json_limited(method, path, body, MAX_RESPONSE)
+            .await
+    }
+
+    async fn call_json_limited<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        limit: usize,
+    ) -> Result<T> {
         let body = match body {
             Some(b) => Payload::Bytes(
                 serde_json::to_vec(b)
@@ -309,7 +320,7 @@ impl ApiClient {
             ),
             None => Payload::Empty,
         };
-        let bytes = self.call_raw(method, path, body, MAX_RESPONSE).await?;
+        let bytes = self.call_raw(method, path, body, limit).await?;
         self.parse(&bytes)
     }
 
@@ -522,6 +533,19 @@ impl ApiClient {
             }
             m => self.call_json(method(m), path, Some(req)).await,
         }
+    }
+
+    /// As [`ApiClient::call`] for a `POST`/`PUT` whose answer may be
+    /// larger than the usual bound (a backup of a large cluster), up to
+    /// `limit` bytes.
+    pub async fn call_large<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        e: &Endpoint<Req, Resp>,
+        req: &Req,
+        limit: usize,
+    ) -> Result<Resp> {
+        self.call_json_limited(method(e.method), e.path, Some(req), limit)
+            .await
     }
 
     /// Passes a JSON body to endpoint `e` untouched and returns the answer

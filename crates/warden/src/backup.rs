@@ -8,6 +8,9 @@ use warden_types::api::{Backup, BackupRequest};
 use warden_types::endpoints;
 use zeroize::Zeroizing;
 
+/// The largest backup read back from auth.
+const MAX_BACKUP: usize = 1 << 30;
+
 /// Where the passphrase comes from.
 #[derive(clap::Args)]
 pub struct Passphrase {
@@ -56,13 +59,16 @@ pub struct RestoreArgs {
 
 pub async fn backup(admin: &Admin, output: &Path, passphrase: &Passphrase) -> anyhow::Result<()> {
     let passphrase = passphrase.read()?;
+    // Every user's credentials and every document: more than the usual
+    // bound on an answer in a large cluster.
     let backup: Backup = admin
         .api
-        .call(
+        .call_large(
             &endpoints::BACKUP,
             &BackupRequest {
                 passphrase: passphrase.to_string(),
             },
+            MAX_BACKUP,
         )
         .await?;
     let created = backup.created_rfc3339();

@@ -8,6 +8,7 @@ mod cas;
 mod certs;
 mod config;
 mod error;
+mod explain;
 /// Outgoing HTTP(S): webhooks and OpenID Connect.
 use warden_http as http_out;
 mod init;

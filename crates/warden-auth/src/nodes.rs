@@ -590,7 +590,7 @@ impl AuthServer {
 }
 
 /// The auth server's watch-fed caches, as the policy evaluator reads them.
-struct LiveState<'a>(&'a AuthServer);
+pub(crate) struct LiveState<'a>(pub(crate) &'a AuthServer);
 
 impl warden_policy::AccessState for LiveState<'_> {
     fn user(&self, name: &str) -> Option<Document<UserSpec>> {

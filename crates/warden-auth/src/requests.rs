@@ -122,7 +122,7 @@ impl AuthServer {
     }
 
     /// Resolves a node named in a resource request (by id or name).
-    async fn resolve_node(&self, wanted: &str) -> Result<Document<NodeSpec>> {
+    pub(crate) async fn resolve_node(&self, wanted: &str) -> Result<Document<NodeSpec>> {
         let nodes: Vec<Document<NodeSpec>> =
             resources::list(self.backend(), resources::NODES).await?;
         if let Some(n) = nodes.iter().find(|n| n.name() == wanted) {

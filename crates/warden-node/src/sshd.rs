@@ -185,6 +185,8 @@ struct Authed {
     account: Option<Account>,
     /// Why this user may do nothing here (shown to them on every request).
     denied: Option<String>,
+    /// Each role's verdict behind a denial by the policy (audited with it).
+    explanation: Vec<String>,
     permit_pty: bool,
     permit_port_forwarding: bool,
     permit_agent_forwarding: bool,
@@ -357,6 +359,7 @@ impl Conn {
             login: login.to_string(),
             account: None,
             denied: None,
+            explanation: Vec::new(),
             permit_pty: exts.contains_key("permit-pty"),
             permit_port_forwarding: exts.contains_key("permit-port-forwarding"),
             permit_agent_forwarding: exts.contains_key("permit-agent-forwarding"),
@@ -397,6 +400,7 @@ impl Conn {
                     "access to this node as {login} denied: {}",
                     d.reason
                 ));
+                authed.explanation = d.explanation;
                 return authed;
             }
             Err(e) => {
@@ -477,7 +481,10 @@ impl Conn {
         session.channel_success(id)?;
         if let Some(reason) = &user.denied {
             METRICS.node_rejections.inc();
-            let ev = self.event(codes::SESSION_REJECTED, reason.clone());
+            let mut ev = self.event(codes::SESSION_REJECTED, reason.clone());
+            if !user.explanation.is_empty() {
+                ev = ev.with("explanation", user.explanation.clone());
+            }
             self.emit(ev);
             self.refuse(channel, reason.clone());
             return Ok(());

@@ -350,6 +350,35 @@ pub struct AuditVerifyResponse {
     pub signed_head: Option<(u64, i64)>,
 }
 
+/// `POST /v1/access/check`: would this user (or a hypothetical one with
+/// these roles and traits) get in as `login` on `node`, and why?
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AccessExplainRequest {
+    /// A real user: their roles, traits, approved requests and the locks
+    /// in force count, as at a login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A hypothetical user with these roles (instead of `user`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The hypothetical user's traits.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub traits: std::collections::BTreeMap<String, Vec<String>>,
+    /// Node name or id.
+    pub node: String,
+    pub login: String,
+}
+
+/// The answer to [`AccessExplainRequest`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AccessExplainResponse {
+    /// The node's name and id, as found.
+    pub node: String,
+    pub node_id: String,
+    /// The decision as the node would make it.
+    pub decision: AccessCheckResponse,
+}
+
 /// One key of a certificate authority (`warden admin ca ls`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CaKeyInfo {
@@ -757,7 +786,7 @@ pub struct MfaSessionResponse {
     pub expires: i64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AccessCheckResponse {
     pub allowed: bool,
     /// One-line reason, shown to the user on denial.

@@ -150,6 +150,7 @@ endpoints! {
     AUDIT_VERIFY: Get "/v1/audit/verify", () => AuditVerifyResponse;
     BACKUP: Post "/v1/admin/backup", BackupRequest => Backup;
     CAS: Get "/v1/cas", () => Vec<CaKeyInfo>;
+    ACCESS_EXPLAIN: Post "/v1/access/check", AccessExplainRequest => AccessExplainResponse;
     CA_ROTATE: Post "/v1/cas/rotate", RotateRequest => Vec<CaKeyInfo>;
     RECORDINGS: Get "/v1/recordings", RecordingQuery => Vec<RecordingInfo>;
     RECORDING: Get "/v1/recordings/{id}", () => Raw;

@@ -75,6 +75,10 @@ enum AdminCommand {
     /// Locks in force: ls, rm.
     #[command(subcommand)]
     Locks(LocksCommand),
+    /// Explain access decisions: `check` whether a user, or a
+    /// hypothetical one, gets in, and which role's rule decided.
+    #[command(subcommand)]
+    Access(AccessCommand),
     /// Create or update documents from YAML (a file or a directory) of
     /// any kind: role, user, lock, oidc, approval_rule, webhook
     /// (`secret_file: PATH` keeps a secret out of the file). Prints the
@@ -136,6 +140,33 @@ enum LocksCommand {
     },
     /// Remove a lock by id.
     Rm { id: String },
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// May this user log in as LOGIN on NODE? Prints the decision, the
+    /// role that made it and each role's verdict, as the node would
+    /// decide it now (approved requests and locks included). For someone
+    /// who does not exist yet, give --roles (and --traits) instead of
+    /// --user. Exits 1 when access is denied.
+    Check {
+        #[arg(long, required_unless_present = "roles", conflicts_with = "roles")]
+        user: Option<String>,
+        /// A hypothetical user's roles (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// A hypothetical user's trait, KEY=VALUE (repeatable; a key given
+        /// twice has both values).
+        #[arg(long = "traits", value_name = "KEY=VALUE", requires = "roles")]
+        traits: Vec<String>,
+        /// Node name or id.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        login: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -608,6 +639,65 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                     )
                 }
             );
+            Ok(())
+        }
+        AdminCommand::Access(AccessCommand::Check {
+            user,
+            roles,
+            traits,
+            node,
+            login,
+            format,
+        }) => {
+            let mut trait_map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for t in &traits {
+                let Some((k, v)) = t.split_once('=') else {
+                    bail!("--traits {t:?}: expected KEY=VALUE");
+                };
+                trait_map
+                    .entry(k.to_string())
+                    .or_default()
+                    .push(v.to_string());
+            }
+            let who = user
+                .clone()
+                .unwrap_or_else(|| format!("a user with roles {}", roles.join(",")));
+            let r: AccessExplainResponse = admin
+                .api
+                .call(
+                    &endpoints::ACCESS_EXPLAIN,
+                    &AccessExplainRequest {
+                        user,
+                        roles,
+                        traits: trait_map,
+                        node,
+                        login: login.clone(),
+                    },
+                )
+                .await?;
+            let d = &r.decision;
+            match format {
+                Format::Json => println!("{}", output::json(&r)?),
+                Format::Text => {
+                    println!(
+                        "{}: {who} {} log in as {login} on {} ({}): {}",
+                        if d.allowed { "allowed" } else { "denied" },
+                        if d.allowed { "may" } else { "may not" },
+                        output::safe(&r.node),
+                        r.node_id,
+                        output::safe(&d.reason)
+                    );
+                    for line in &d.explanation {
+                        println!("  {}", output::safe(line));
+                    }
+                    if !d.roles.is_empty() {
+                        println!("roles considered: {}", d.roles.join(", "));
+                    }
+                }
+            }
+            if !d.allowed {
+                std::process::exit(1);
+            }
             Ok(())
         }
         AdminCommand::Ca(CaCommand::Rotate { kind, grace, phase }) => {

@@ -2119,3 +2119,125 @@ fn the_user_ca_rotates_without_dropping_anyone() {
         );
     }
 }
+
+/// `warden admin access check` explains a login decision as the node
+/// makes it: for a real user (locks included) and for a hypothetical one
+/// (deny wins), naming each role's verdict; a session the policy refuses
+/// carries the same explanation in its audit event.
+#[test]
+fn access_check_explains_decisions() {
+    assert!(
+        include_str!("../../../README.md")
+            .contains("warden admin access check --user alice --node db-1 --login root"),
+        "README.md no longer shows the access check example"
+    );
+    let dir = temp_dir("explain");
+    let c = Cluster::start_with(&dir, &["--name", "box", "--labels", "env=prod"]);
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: no-root\nspec:\n  deny:\n    logins: [root]\n---\nkind: role\nversion: v1\nmetadata:\n  name: staging-deploy\nspec:\n  allow:\n    logins: [deploy]\n    node_labels:\n      env: [staging]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let alice = c.add_user("alice", "access", "root");
+    c.add_user("bob", "access", "root");
+    let check = |args: &[&str]| {
+        let mut full = vec!["access", "check", "--node", "box"];
+        full.extend_from_slice(args);
+        c.admin(&full)
+    };
+
+    let out = check(&["--user", "alice", "--login", "root"]).expect_ok();
+    assert!(
+        out.stdout
+            .contains("allowed: alice may log in as root on box")
+            && out.stdout.contains("allowed by role access"),
+        "{}",
+        out.all()
+    );
+    let out = check(&["--user", "alice", "--login", "postgres"]);
+    assert!(!out.ok, "a denial exits 1");
+    assert!(
+        out.stdout
+            .contains("denied: alice may not log in as postgres")
+            && out
+                .stdout
+                .contains("role access: login \"postgres\" not in allowed logins")
+            && out.stdout.contains("no role allows this access"),
+        "{}",
+        out.all()
+    );
+    // Hypothetical users: a deny wins; labels decide.
+    let out = check(&[
+        "--roles",
+        "access,no-root",
+        "--traits",
+        "logins=root",
+        "--login",
+        "root",
+    ]);
+    assert!(
+        !out.ok && out.stdout.contains("denied by role no-root"),
+        "{}",
+        out.all()
+    );
+    let out = check(&["--roles", "staging-deploy", "--login", "deploy"]);
+    assert!(
+        !out.ok && out.stdout.contains("role staging-deploy:"),
+        "{}",
+        out.all()
+    );
+    check(&["--roles", "nope", "--login", "root"]).expect_err("no role \"nope\"");
+    c.admin(&[
+        "access", "check", "--node", "nowhere", "--user", "alice", "--login", "root",
+    ])
+    .expect_err("no node \"nowhere\"");
+    // Locks count, as at a login.
+    c.admin(&["lock", "--user", "alice", "--reason", "explain drill"])
+        .expect_ok();
+    let out = check(&["--user", "alice", "--login", "root"]);
+    assert!(
+        !out.ok && out.stdout.contains("explain drill"),
+        "{}",
+        out.all()
+    );
+    let locks: Vec<serde_json::Value> = serde_json::from_str(
+        &c.admin(&["locks", "ls", "--format", "json"])
+            .expect_ok()
+            .stdout,
+    )
+    .unwrap();
+    for l in locks {
+        c.admin(&["locks", "rm", l["metadata"]["name"].as_str().unwrap()])
+            .expect_ok();
+    }
+    // It shows roles' insides: only for those who may read roles and users.
+    c.login("bob", "bob", &totp(&totp_secret("bob"), 30))
+        .expect_ok();
+    c.run_as(
+        "bob",
+        &[
+            "admin", "--as-me", "access", "check", "--user", "alice", "--node", "box", "--login",
+            "root",
+        ],
+        None,
+    )
+    .expect_err("bob may not read users");
+
+    // A session the policy refuses is audited with the same explanation.
+    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
+    c.admin(&["users", "update", "alice", "--roles", "access,no-root"])
+        .expect_ok();
+    wait_for("the node refuses alice as root", 15, || {
+        !c.ssh("alice", "alice", "root", &[], "true", None).ok
+    });
+    let rejected = c
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "session.rejected" && e["user"] == "alice")
+        .expect("a session.rejected event");
+    let explanation = rejected["fields"]["explanation"].to_string();
+    assert!(explanation.contains("no-root"), "{rejected}");
+}

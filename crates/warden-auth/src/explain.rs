@@ -101,14 +101,11 @@ async fn explain(
                 },
             );
             let q = query(&node, &req.login, &user);
-            let decision = {
-                let state = WithUser {
-                    live,
-                    user: user.clone(),
-                };
-                warden_policy::decide_node_login(&state, &q, now)
+            let state = WithUser {
+                live,
+                user: user.clone(),
             };
-            decision
+            warden_policy::decide_node_login(&state, &q, now)
         }
         _ => {
             return Err(AuthError::BadRequest(

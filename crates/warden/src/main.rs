@@ -11,6 +11,7 @@ mod mfa;
 mod nodes;
 mod output;
 mod play;
+mod policy_test;
 mod prompt;
 mod requests;
 mod sso;
@@ -89,6 +90,10 @@ enum Command {
     Mfa(mfa::MfaCommand),
     /// Manage users, roles, tokens and the audit log.
     Admin(admin::AdminArgs),
+    /// Policy as code, offline: `test DIR` checks the roles in DIR/roles
+    /// against the expected decisions in DIR/tests (exit 1 on a failure).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print a shell completion script:
     /// `warden completion bash > /etc/bash_completion.d/warden`.
     Completion { shell: clap_complete::Shell },
@@ -98,6 +103,15 @@ enum Command {
         #[arg(long, default_value = ".")]
         out_dir: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the cases in DIR/tests against the roles in DIR/roles (plus the
+    /// built-in ones), without a cluster. Each case: `name`, `user: {roles,
+    /// traits}`, `node: {labels}`, `login`, `expect: allow|deny`, and
+    /// optionally `decided_by: ROLE`.
+    Test(policy_test::TestArgs),
 }
 
 #[derive(Subcommand)]
@@ -270,6 +284,11 @@ fn main() -> ExitCode {
             Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
             Command::Mfa(c) => mfa::run(c).await,
             Command::Admin(a) => admin::run(a).await,
+            Command::Policy(PolicyCommand::Test(t)) => match policy_test::run(&t) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => Err(e),
+            },
             Command::Completion { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();
                 let mut script = Vec::new();

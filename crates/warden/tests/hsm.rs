@@ -97,6 +97,19 @@ fn ca_keys_in_an_hsm() {
         )
         .expect_ok();
     assert_eq!(out.stdout.trim(), "signed-in-the-hsm");
+    // Stock sshd accepts what the token signed.
+    let ca = dir.join("user_ca.pub");
+    std::fs::write(
+        &ca,
+        c.admin(&["ca", "export", "--type", "user"])
+            .expect_ok()
+            .stdout,
+    )
+    .unwrap();
+    let sshd = PlainSshd::start(&dir, &ca, "");
+    let out = sshd.ssh_when_up(&c.keys_dir("alice"), "alice", "root", "echo stock-sshd");
+    assert_eq!(out.stdout.trim(), "stock-sshd", "{}", out.all());
+    drop(sshd);
     let pin_before = c.pin.clone();
 
     // Without its HSM the auth server says what is missing and stops.

@@ -1154,73 +1154,11 @@ fn krl_makes_plain_sshd_refuse_locked_users() {
     std::fs::write(&ca, out.stdout).unwrap();
     let krl = dir.join("revoked.krl");
     c.admin(&["krl", "-o", krl.to_str().unwrap()]).expect_ok();
-    let host_key = dir.join("sshd_host");
-    assert!(std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host_key)
-        .status()
-        .unwrap()
-        .success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nTrustedUserCAKeys {}\nRevokedKeys {}\nAuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
-            host_key.display(),
-            dir.join("sshd.pid").display(),
-            ca.display(),
-            krl.display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let mut sshd = std::process::Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("sshd (Debian package openssh-server) must be installed");
+    let sshd = PlainSshd::start(&dir, &ca, &format!("RevokedKeys {}\n", krl.display()));
     let k = c.keys_dir("alice");
-    let ssh_cmd = |command: &str| {
-        run_program(
-            "ssh",
-            &[
-                "-o".into(),
-                "BatchMode=yes".into(),
-                "-o".into(),
-                format!("CertificateFile={}", k.join("alice-cert.pub").display()),
-                "-i".into(),
-                k.join("alice").display().to_string(),
-                "-o".into(),
-                "IdentitiesOnly=yes".into(),
-                "-o".into(),
-                "UserKnownHostsFile=/dev/null".into(),
-                "-o".into(),
-                "StrictHostKeyChecking=no".into(),
-                "-o".into(),
-                "LogLevel=ERROR".into(),
-                "-p".into(),
-                port.to_string(),
-                "root@127.0.0.1".into(),
-                command.into(),
-            ],
-            None,
-        )
-    };
+    let ssh_cmd = |command: &str| sshd.ssh(&k, "alice", "root", command);
     let ssh = || ssh_cmd("echo plain sshd");
-    let mut first = ssh();
-    for _ in 0..50 {
-        if first.ok {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        first = ssh();
-    }
+    let first = sshd.ssh_when_up(&k, "alice", "root", "echo plain sshd");
     assert_eq!(first.stdout.trim(), "plain sshd", "{}", first.all());
 
     // A command's environment matches sshd's for the same login: the
@@ -1276,8 +1214,7 @@ fn krl_makes_plain_sshd_refuse_locked_users() {
         "{check:?}"
     );
     let refused = ssh();
-    let _ = sshd.kill();
-    let _ = sshd.wait();
+    drop(sshd);
     assert!(
         !refused.ok && refused.stderr.contains("Permission denied"),
         "{}",

@@ -658,3 +658,99 @@ impl Cluster {
         data
     }
 }
+
+/// Debian's stock sshd on a free loopback port, trusting `user_ca` (an
+/// OpenSSH public key file) for user certificates, with `extra` lines of
+/// sshd_config; stopped on drop.
+pub struct PlainSshd {
+    child: Child,
+    pub port: u16,
+}
+
+impl PlainSshd {
+    pub fn start(dir: &Path, user_ca: &Path, extra: &str) -> PlainSshd {
+        let host_key = dir.join("sshd_host");
+        assert!(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .unwrap()
+            .success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nTrustedUserCAKeys {}\n{extra}AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+                host_key.display(),
+                dir.join("sshd.pid").display(),
+                user_ca.display(),
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sshd (Debian package openssh-server) must be installed");
+        PlainSshd { child, port }
+    }
+
+    /// Stock `ssh` as `login` with `user`'s key and certificate in `keys`,
+    /// running `command`.
+    pub fn ssh(&self, keys: &Path, user: &str, login: &str, command: &str) -> Out {
+        run_program(
+            "ssh",
+            &[
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-o".into(),
+                format!(
+                    "CertificateFile={}",
+                    keys.join(format!("{user}-cert.pub")).display()
+                ),
+                "-i".into(),
+                keys.join(user).display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+                "-o".into(),
+                "UserKnownHostsFile=/dev/null".into(),
+                "-o".into(),
+                "StrictHostKeyChecking=no".into(),
+                "-o".into(),
+                "LogLevel=ERROR".into(),
+                "-p".into(),
+                self.port.to_string(),
+                format!("{login}@127.0.0.1"),
+                command.into(),
+            ],
+            None,
+        )
+    }
+
+    /// Like [`PlainSshd::ssh`], retried for up to 5 s while sshd starts.
+    pub fn ssh_when_up(&self, keys: &Path, user: &str, login: &str, command: &str) -> Out {
+        let mut out = self.ssh(keys, user, login, command);
+        for _ in 0..50 {
+            if out.ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = self.ssh(keys, user, login, command);
+        }
+        out
+    }
+}
+
+impl Drop for PlainSshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

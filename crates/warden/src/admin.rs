@@ -90,6 +90,11 @@ enum AdminCommand {
         /// Show the plan without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete documents of the kinds in FILE that it no longer
+        /// has, so the directory is the whole truth (shown in the plan as
+        /// `- delete`; the built-in roles and cluster_config are kept).
+        #[arg(long)]
+        prune: bool,
     },
     /// Identity provider connectors (kind: oidc) for single sign-on:
     /// apply, ls, rm.
@@ -473,9 +478,11 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Roles(c) => roles(&admin, c).await,
         AdminCommand::Tokens(c) => tokens(&admin, c).await,
         AdminCommand::Audit(c) => audit(&admin, c).await,
-        AdminCommand::Apply { file, dry_run } => {
-            crate::admin_config::apply(&admin, &file, None, dry_run).await
-        }
+        AdminCommand::Apply {
+            file,
+            dry_run,
+            prune,
+        } => crate::admin_config::apply_pruning(&admin, &file, None, dry_run, prune).await,
         AdminCommand::Connectors(c) => connectors(&admin, c).await,
         AdminCommand::Get { kind, name, format } => {
             crate::admin_config::get(&admin.api, &kind, name.as_deref(), format).await

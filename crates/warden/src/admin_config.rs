@@ -234,6 +234,54 @@ pub async fn apply(
     only: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    apply_pruning(admin, path, only, dry_run, false).await
+}
+
+/// The built-in roles: never pruned (a cluster needs them, and its next
+/// start would bring them back).
+fn protected(k: &str, name: &str) -> bool {
+    k == kind::CLUSTER_CONFIG
+        || (k == kind::ROLE
+            && warden_policy::defaults::roles()
+                .iter()
+                .any(|r| r.name() == name))
+}
+
+/// What `--prune` deletes: documents of the kinds in `docs` that `docs`
+/// no longer has (locks compared by content, as auth names them itself).
+async fn prunable(
+    api: &ApiClient,
+    docs: &[(String, Document<Value>)],
+) -> anyhow::Result<Vec<Document<Value>>> {
+    let kinds: std::collections::BTreeSet<&str> =
+        docs.iter().map(|(_, d)| d.kind.as_str()).collect();
+    let mut out = Vec::new();
+    for k in kinds {
+        for existing in list(api, k).await? {
+            let kept = docs.iter().any(|(_, d)| {
+                d.kind == k
+                    && match k {
+                        kind::LOCK => comparable(d).spec == comparable(&existing).spec,
+                        _ => d.name() == existing.name(),
+                    }
+            });
+            if !kept && !protected(k, existing.name()) {
+                out.push(existing);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `apply`, and with `prune`, also deletes what [`prunable`] finds (shown
+/// in the plan first).
+pub async fn apply_pruning(
+    admin: &crate::admin::Admin,
+    path: &Path,
+    only: Option<&str>,
+    dry_run: bool,
+    prune: bool,
+) -> anyhow::Result<()> {
     let api = &admin.api;
     let docs = load(path)?;
     if let Some(k) = only {
@@ -280,6 +328,10 @@ pub async fn apply(
         warden_types::resource::validate_name(doc.name())
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     }
+    let pruned = match prune {
+        true => prunable(api, &docs).await?,
+        false => Vec::new(),
+    };
     // The plan.
     let mut planned = Vec::new();
     for (origin, doc) in docs {
@@ -332,7 +384,10 @@ pub async fn apply(
         let change = old.as_ref() != Some(&new);
         planned.push((origin, doc, existing, change));
     }
-    let changes = planned.iter().filter(|p| p.3).count();
+    for doc in &pruned {
+        println!("- delete {} {}", doc.kind, doc.name());
+    }
+    let changes = planned.iter().filter(|p| p.3).count() + pruned.len();
     if dry_run {
         println!("Dry run: {changes} change(s) planned, none made.");
         return Ok(());
@@ -384,6 +439,11 @@ pub async fn apply(
             }
         }
         .with_context(|| what.clone())?;
+    }
+    for doc in &pruned {
+        rm(api, &doc.kind, doc.name())
+            .await
+            .with_context(|| format!("pruning {} {}", doc.kind, doc.name()))?;
     }
     println!("Applied: {changes} change(s).");
     Ok(())

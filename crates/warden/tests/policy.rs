@@ -73,3 +73,61 @@ fn the_example_repository_passes_and_a_breaking_change_fails() {
     let out = policy_test(&dir).expect_err("more.yaml");
     assert!(out.stderr.contains("more.yaml"), "{}", out.all());
 }
+
+/// `apply --prune`: the directory becomes the whole truth for the kinds it
+/// holds; the plan shows the deletions first, and the built-in roles stay.
+#[test]
+fn apply_prune_makes_the_directory_the_whole_truth() {
+    assert!(
+        include_str!("../../../README.md").contains("warden admin apply -f roles/ --prune"),
+        "README.md no longer shows apply --prune"
+    );
+    let dir = temp_dir("prune");
+    let c = Cluster::start(&dir);
+    let repo = dir.join("roles");
+    std::fs::create_dir_all(&repo).unwrap();
+    for name in ["team-a", "team-b"] {
+        std::fs::write(
+            repo.join(format!("{name}.yaml")),
+            format!("kind: role\nversion: v1\nmetadata:\n  name: {name}\nspec:\n  allow:\n    logins: [{name}]\n"),
+        )
+        .unwrap();
+    }
+    let repo = repo.to_str().unwrap();
+    c.admin(&["apply", "-f", repo]).expect_ok();
+    std::fs::remove_file(dir.join("roles/team-b.yaml")).unwrap();
+
+    let plan = c
+        .admin(&["apply", "-f", repo, "--prune", "--dry-run"])
+        .expect_ok();
+    assert!(
+        plan.stdout.contains("- delete role team-b")
+            && plan.stdout.contains("= role team-a unchanged")
+            && !plan.stdout.contains("delete role access")
+            && plan.stdout.contains("1 change(s) planned"),
+        "{}",
+        plan.all()
+    );
+    let roles = c.admin(&["roles", "ls"]).expect_ok().stdout;
+    assert!(roles.contains("team-b"), "a dry run changes nothing");
+
+    c.admin(&["apply", "-f", repo, "--prune"]).expect_ok();
+    let roles = c.admin(&["roles", "ls"]).expect_ok().stdout;
+    assert!(!roles.contains("team-b"), "{roles}");
+    for kept in ["team-a", "access", "editor", "auditor"] {
+        assert!(roles.contains(kept), "{kept} missing:\n{roles}");
+    }
+    // Without --prune, nothing is deleted.
+    std::fs::remove_file(dir.join("roles/team-a.yaml")).unwrap();
+    std::fs::write(
+        dir.join("roles/team-c.yaml"),
+        "kind: role\nversion: v1\nmetadata:\n  name: team-c\nspec: {}\n",
+    )
+    .unwrap();
+    c.admin(&["apply", "-f", repo]).expect_ok();
+    assert!(c
+        .admin(&["roles", "ls"])
+        .expect_ok()
+        .stdout
+        .contains("team-a"));
+}

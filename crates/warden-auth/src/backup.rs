@@ -183,8 +183,8 @@ async fn backup(
 /// included: an edited document fails the restore like a wrong
 /// passphrase would, so a backup cannot be doctored to grant access.
 fn aad(b: &Backup) -> Vec<u8> {
-    let clear =
-        serde_json::to_vec(&(&b.documents, &b.raw, &b.audit_head)).expect("JSON values serialize");
+    let clear = serde_json::to_vec(&(&b.documents, &b.raw, &b.expires, &b.audit_head))
+        .expect("JSON values serialize");
     let digest = ring::digest::digest(&ring::digest::SHA256, &clear);
     let mut out = format!(
         "warden backup v{}\0{}\0{}\0",
@@ -520,6 +520,11 @@ mod tests {
             serde_json::json!({"kind": "role", "n": 2}),
         );
         assert!(open(&doctored, "a long passphrase").is_err());
+        // Expiries are bound too: a time-limited lock cannot be made to
+        // lapse by editing the file.
+        let mut lapsed = b.clone();
+        lapsed.expires.insert("/locks/l1".into(), 1);
+        assert!(open(&lapsed, "a long passphrase").is_err());
         let mut later = b.clone();
         later.created += 1;
         assert!(open(&later, "a long passphrase").is_err());

@@ -123,7 +123,7 @@ async fn backup(
         ..Default::default()
     };
     let mut secrets = Secrets {
-        kek: data_encoding::BASE64.encode(&s.inner.keys.export_kek()),
+        kek: data_encoding::BASE64.encode(&s.inner.keys.software.export_kek()),
         ..Default::default()
     };
     for item in s.backend().range("/").await? {
@@ -158,22 +158,19 @@ async fn backup(
     out.secrets = tokio::task::spawn_blocking(move || seal(&passphrase, &aad, &plain))
         .await
         .map_err(|e| AuthError::Internal(e.to_string()))??;
+    let (clear, secret) = (
+        out.documents.len() + out.raw.len(),
+        secrets.documents.len() + secrets.raw.len(),
+    );
     s.audit(
         AuditEvent::new(
             codes::CLUSTER_BACKUP,
             s.cluster(),
             &c.identity.username,
-            format!(
-                "backed up {} documents and {} secret ones",
-                out.documents.len() + out.raw.len(),
-                secrets.documents.len() + secrets.raw.len()
-            ),
+            format!("backed up {clear} documents and {secret} secret ones"),
         )
-        .with("documents", out.documents.len() + out.raw.len())
-        .with(
-            "secret_documents",
-            secrets.documents.len() + secrets.raw.len(),
-        ),
+        .with("documents", clear)
+        .with("secret_documents", secret),
     )
     .await;
     Ok(Json(out))

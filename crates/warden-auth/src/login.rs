@@ -186,7 +186,7 @@ impl AuthServer {
         let password_hash = self.hash_job(move || hash_password(&password)).await??;
         let creds = Credentials {
             password_hash,
-            totp_sealed: self.inner.keys.seal(TOTP_AAD, &secret),
+            totp_sealed: self.inner.keys.software.seal(TOTP_AAD, &secret),
             last_otp_step: step,
             failed_attempts: 0,
             locked_until: 0,
@@ -348,7 +348,11 @@ impl AuthServer {
                 ("password+webauthn", Some(outcome), None)
             }
             None => {
-                let secret = self.inner.keys.open(TOTP_AAD, &creds.totp_sealed)?;
+                let secret = self
+                    .inner
+                    .keys
+                    .software
+                    .open(TOTP_AAD, &creds.totp_sealed)?;
                 let step = otp::verify(&secret, req.otp.expose(), now() as u64);
                 ("password+totp", None, step)
             }

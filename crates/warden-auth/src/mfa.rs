@@ -151,6 +151,7 @@ impl AuthServer {
                 let secret = self
                     .inner
                     .keys
+                    .software
                     .open(crate::login::TOTP_AAD, &c.totp_sealed)?;
                 let step = otp::verify(&secret, code.expose(), now() as u64)
                     .filter(|s| *s > c.last_otp_step);

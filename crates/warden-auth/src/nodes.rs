@@ -654,9 +654,8 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatAck>> {
     let id = require_node(&c)?.to_string();
     s.heartbeat(&id, &hb).await?;
-    s.note_node_trust(&id, &hb.ca_generation).await?;
     Ok(Json(HeartbeatAck {
-        ca_generation: s.ca_generation().await?,
+        ca_generation: s.heartbeat_trust(&id, &hb.ca_generation).await?,
     }))
 }
 

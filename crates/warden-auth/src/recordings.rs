@@ -104,7 +104,6 @@ async fn receive(
     let bad = |e: &dyn std::fmt::Display| AuthError::BadRequest(format!("recording {id}: {e}"));
     let mut reader = warden_recording::scanner();
     let mut size = 0u64;
-    let mut checked = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| bad(&format!("the upload broke off: {e}")))?;
         let Ok(data) = frame.into_data() else {
@@ -118,18 +117,15 @@ async fn receive(
             )));
         }
         reader.push(&data).map_err(|e| bad(&e))?;
-        // The header is in the first chunk: known before a part is sent.
-        if !checked {
-            if let Some(h) = reader.header() {
-                same_session(&h.warden.session_id, id)?;
-                checked = true;
-            }
+        // The header is in the first chunk: checked before a part is sent.
+        if let Some(h) = reader.header() {
+            same_session(&h.warden.session_id, id)?;
         }
         let written = upload.write(data).await;
         s.recording_store(written, false)?;
     }
+    // Every header is read in a push, so it was checked above.
     let scanned = reader.finish().map_err(|e| bad(&e))?;
-    same_session(&scanned.header.warden.session_id, id)?;
     Ok((scanned, size))
 }
 

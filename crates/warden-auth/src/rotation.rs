@@ -32,6 +32,12 @@ const SWITCH_AT_MOST: i64 = 300;
 /// An automatic rotation switches no sooner than this after its init:
 /// proxies re-read the user CA every 5 s.
 const SWITCH_AT_LEAST: i64 = 10;
+/// What [`AuthServer::ca_state`] reads.
+struct CaState {
+    generation: String,
+    rotating: bool,
+}
+
 /// How often automatic rotations are looked at.
 const DRIVE_EVERY: Duration = Duration::from_secs(2);
 
@@ -133,7 +139,7 @@ impl AuthServer {
         let at = now();
         let result = match step {
             Step::Init => {
-                let fresh = authority.new_key(self.key_generator())?;
+                let fresh = authority.new_key(self.inner.keys.generator())?;
                 authority.rotate_init(fresh, at, grace)
             }
             Step::Switch => authority.rotate_switch(at),
@@ -193,20 +199,20 @@ impl AuthServer {
         Ok(())
     }
 
-    /// Where new CA keys are made: this server's HSM if it has one.
-    pub(crate) fn key_generator(&self) -> &dyn warden_ca::KeyStore {
-        match &self.inner.hsm {
-            Some(hsm) => &**hsm,
-            None => &*self.inner.keys,
-        }
-    }
-
     /// A short digest of every CA's keys and which one signs: a node whose
     /// certificates were issued under another renews.
     pub(crate) async fn ca_generation(&self) -> Result<String> {
+        Ok(self.ca_state().await?.generation)
+    }
+
+    /// The CA generation, and whether a rotation is under way: what a
+    /// heartbeat needs, read once.
+    async fn ca_state(&self) -> Result<CaState> {
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut rotating = false;
         for ca in CaType::ALL {
             let a = self.authority(ca).await?;
+            rotating |= a.rotation.is_some();
             digest.update(ca.as_str().as_bytes());
             for key in a.active.iter().chain(a.trusted.iter()) {
                 digest.update(b"\0");
@@ -214,13 +220,18 @@ impl AuthServer {
             }
             digest.update(b"\n");
         }
-        Ok(data_encoding::HEXLOWER.encode(&digest.finish().as_ref()[..8]))
+        Ok(CaState {
+            generation: data_encoding::HEXLOWER.encode(&digest.finish().as_ref()[..8]),
+            rotating,
+        })
     }
 
-    /// Notes the generation node `id` reported, while a rotation needs it.
-    pub(crate) async fn note_node_trust(&self, id: &str, reported: &str) -> Result<()> {
-        if reported.is_empty() || self.authority(CaType::User).await?.rotation.is_none() {
-            return Ok(());
+    /// Answers a node's heartbeat: the current CA generation, noting the
+    /// one node `id` reported while a rotation needs it.
+    pub(crate) async fn heartbeat_trust(&self, id: &str, reported: &str) -> Result<String> {
+        let state = self.ca_state().await?;
+        if reported.is_empty() || !state.rotating {
+            return Ok(state.generation);
         }
         let key = format!("{TRUST}{id}");
         let same = self
@@ -233,7 +244,7 @@ impl AuthServer {
                 .put(&key, reported.as_bytes().to_vec(), None)
                 .await?;
         }
-        Ok(())
+        Ok(state.generation)
     }
 
     /// Online nodes that do not yet report `generation`, by name.

@@ -29,9 +29,7 @@ pub(crate) struct Inner {
     pub backend: Arc<dyn Backend>,
     pub audit: Arc<dyn AuditLog>,
     pub recordings: Arc<dyn RecordingStore>,
-    pub keys: Arc<SoftwareKeyStore>,
-    /// This server's HSM, when its CA keys live in one.
-    pub hsm: Option<Arc<warden_ca::pkcs11::Pkcs11KeyStore>>,
+    pub keys: Keys,
     pub limiter: RateLimiter,
     /// Rate-limited attempts, summarised per source and window.
     pub refusals: crate::ratelimit::Refusals,
@@ -59,10 +57,20 @@ pub(crate) struct Inner {
 }
 
 /// Where CA keys live: the software store (its key-encryption key also
-/// seals TOTP secrets), and optionally an HSM.
+/// seals TOTP secrets), and optionally this server's HSM.
 pub struct Keys {
     pub software: Arc<SoftwareKeyStore>,
     pub hsm: Option<Arc<warden_ca::pkcs11::Pkcs11KeyStore>>,
+}
+
+impl Keys {
+    /// Where new CA keys are made: the HSM if there is one.
+    pub(crate) fn generator(&self) -> &dyn KeyStore {
+        match &self.hsm {
+            Some(hsm) => &**hsm,
+            None => &*self.software,
+        }
+    }
 }
 
 /// Key and certificate of a service (proxy, auth itself) or of the local
@@ -282,18 +290,9 @@ impl AuthServer {
         }
         let config = ensure_cluster_config(&*backend, cluster_name).await?;
         let cluster = config.spec.cluster_name.clone();
-        // New CAs go where the operator said: the HSM if there is one.
-        let generator: &dyn KeyStore = match &keys.hsm {
-            Some(hsm) => &**hsm,
-            None => &*keys.software,
-        };
         for ca in CaType::ALL {
-            ensure_authority(&*backend, generator, ca, &cluster).await?;
+            ensure_authority(&*backend, keys.generator(), ca, &cluster).await?;
         }
-        let Keys {
-            software: keys,
-            hsm,
-        } = keys;
         for role in warden_policy::defaults::roles() {
             let key = format!("{ROLES}{}", role.name());
             match backend.create(&key, resources::encode(&role), None).await {
@@ -318,7 +317,6 @@ impl AuthServer {
                 audit,
                 recordings,
                 keys,
-                hsm,
                 limiter: RateLimiter::new(),
                 refusals: crate::ratelimit::Refusals::new(),
                 roles,
@@ -402,13 +400,13 @@ impl AuthServer {
     }
 
     fn open_key(&self, handle: &warden_ca::KeyHandle) -> warden_ca::Result<Arc<dyn CaSigner>> {
-        match (handle.store.as_str(), &self.inner.hsm) {
+        match (handle.store.as_str(), &self.inner.keys.hsm) {
             (warden_ca::pkcs11::STORE, Some(hsm)) => hsm.load(handle),
             (warden_ca::pkcs11::STORE, None) => Err(warden_ca::CaError::Hsm(format!(
                 "it is held in an HSM ({}); start this auth server with --hsm-module, --hsm-token and --hsm-pin-file",
                 handle.data
             ))),
-            _ => self.inner.keys.load(handle),
+            _ => self.inner.keys.software.load(handle),
         }
     }
 

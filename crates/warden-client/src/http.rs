@@ -340,10 +340,14 @@ impl ApiClient {
     ) -> Result<Bytes> {
         tokio::time::timeout(body.timeout(), self.call_inner(method, path, body, limit))
             .await
-            .map_err(|_| ClientError::Unreachable {
-                addr: self.addr.clone(),
-                reason: "request timed out".into(),
-            })?
+            .map_err(|_| self.timed_out())?
+    }
+
+    fn timed_out(&self) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.addr.clone(),
+            reason: "request timed out".into(),
+        }
     }
 
     /// An idle connection that is still open and recent enough.
@@ -467,10 +471,7 @@ impl ApiClient {
             self.exchange(method(e.method), path, Payload::Empty),
         )
         .await
-        .map_err(|_| ClientError::Unreachable {
-            addr: self.addr.clone(),
-            reason: "request timed out".into(),
-        })??;
+        .map_err(|_| self.timed_out())??;
         let status = resp.status();
         if !status.is_success() {
             let body = Limited::new(resp.into_body(), MAX_RESPONSE)

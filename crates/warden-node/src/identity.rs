@@ -210,8 +210,8 @@ impl NodeIdentity {
     }
 
     /// Renews the certificates once half their lifetime has passed, or
-    /// at once when `now`.
-    pub async fn renew_if_due(&self, addrs: &[String], now_: bool) -> anyhow::Result<()> {
+    /// at once when `force`.
+    pub async fn renew_if_due(&self, addrs: &[String], force: bool) -> anyhow::Result<()> {
         let certs = self.certs();
         let der = warden_ca::tls::pem_to_der(&certs.tls_cert_pem)?;
         let not_after = warden_ca::tls::not_after(der.first().context("no node certificate")?)?;
@@ -219,7 +219,7 @@ impl NodeIdentity {
         let lifetime = warden_types::duration::HumanDuration::from_secs(24 * 3600)
             .0
             .as_secs() as i64;
-        if !now_ && not_after - now > lifetime / 2 {
+        if !force && not_after - now > lifetime / 2 {
             return Ok(());
         }
         let req = RenewNodeRequest {

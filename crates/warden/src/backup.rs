@@ -2,7 +2,7 @@
 //! one YAML file whose secrets are encrypted to a passphrase, and back.
 
 use crate::admin::Admin;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use warden_types::api::{Backup, BackupRequest};
 use warden_types::endpoints;
@@ -22,25 +22,12 @@ pub struct Passphrase {
 
 impl Passphrase {
     fn read(&self) -> anyhow::Result<Zeroizing<String>> {
-        let text = match &self.passphrase_file {
-            Some(path) => {
-                warden_ca::keystore::check_private_mode(path).map_err(|e| {
-                    anyhow::anyhow!("--passphrase-file {}: {e}", path.display())
-                })?;
-                Zeroizing::new(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                )
-            }
-            None => match std::env::var("WARDEN_BACKUP_PASSPHRASE") {
-                Ok(p) => Zeroizing::new(p),
-                Err(_) => bail!(
-                    "a backup's secrets are encrypted to a passphrase: give --passphrase-file FILE or set WARDEN_BACKUP_PASSPHRASE"
-                ),
-            },
-        };
-        let line = text.lines().next().unwrap_or_default();
-        Ok(Zeroizing::new(line.to_string()))
+        crate::prompt::secret_from_file_or_env(
+            self.passphrase_file.as_deref(),
+            "--passphrase-file",
+            "WARDEN_BACKUP_PASSPHRASE",
+            "a backup's secrets are encrypted to a passphrase: give --passphrase-file FILE or set WARDEN_BACKUP_PASSPHRASE",
+        )
     }
 }
 

@@ -4,6 +4,33 @@ use anyhow::{bail, Context};
 use std::io::{BufRead, IsTerminal, Write};
 use warden_types::Secret;
 
+/// A secret from the first line of `file` (given with `flag`; it must be
+/// 0600), else from the environment variable `env`; `missing` says what
+/// to give when there is neither.
+pub fn secret_from_file_or_env(
+    file: Option<&std::path::Path>,
+    flag: &str,
+    env: &str,
+    missing: &str,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let text = match file {
+        Some(path) => {
+            warden_ca::keystore::check_private_mode(path)
+                .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+            zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("{flag}: cannot read {}", path.display()))?,
+            )
+        }
+        None => {
+            zeroize::Zeroizing::new(std::env::var(env).map_err(|_| anyhow::anyhow!("{missing}"))?)
+        }
+    };
+    Ok(zeroize::Zeroizing::new(
+        text.lines().next().unwrap_or_default().to_string(),
+    ))
+}
+
 /// Reads one line from stdin (for `--password-stdin`).
 pub fn line_from_stdin(what: &str) -> anyhow::Result<Secret<String>> {
     let mut line = String::new();

@@ -721,27 +721,17 @@ fn hsm_config(a: &StartArgs) -> anyhow::Result<Option<warden_ca::pkcs11::HsmConf
     let (Some(module), Some(token)) = (&a.hsm_module, &a.hsm_token) else {
         return Ok(None);
     };
-    let pin = match &a.hsm_pin_file {
-        Some(path) => {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("--hsm-pin-file: cannot read {}", path.display()))?,
-            );
-            warden_ca::keystore::check_private_mode(path)
-                .map_err(|e| anyhow::anyhow!("--hsm-pin-file {}: {e}", path.display()))?;
-            text.lines().next().unwrap_or_default().to_string()
-        }
-        // Left in the environment: removing it while other threads run is
-        // not sound; --hsm-pin-file keeps it out of child processes.
-        None => std::env::var("WARDEN_HSM_PIN").map_err(|_| {
-            anyhow::anyhow!(
-                "--hsm-module needs the token's PIN: --hsm-pin-file FILE or WARDEN_HSM_PIN"
-            )
-        })?,
-    };
+    // The environment variable stays set: removing it while other threads
+    // run is not sound; --hsm-pin-file keeps it out of child processes.
+    let pin = crate::prompt::secret_from_file_or_env(
+        a.hsm_pin_file.as_deref(),
+        "--hsm-pin-file",
+        "WARDEN_HSM_PIN",
+        "--hsm-module needs the token's PIN: --hsm-pin-file FILE or WARDEN_HSM_PIN",
+    )?;
     Ok(Some(warden_ca::pkcs11::HsmConfig {
         module: module.clone(),
         token: token.clone(),
-        pin: zeroize::Zeroizing::new(pin),
+        pin,
     }))
 }

@@ -358,6 +358,7 @@ async fn ping(State(s): State<AuthServer>) -> Result<Json<PingResponse>> {
         tls_ca_pems: s.tls_ca_pems().await?,
         ssh_host_ca_keys: s.authority(CaType::Host).await?.ssh_public_keys(),
         ssh_user_ca_keys: s.authority(CaType::User).await?.ssh_public_keys(),
+        ca_generation: s.ca_generation().await?,
     }))
 }
 

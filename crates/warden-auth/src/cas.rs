@@ -66,6 +66,12 @@ impl AuthServer {
                     created: key.created,
                     state: state.to_string(),
                     rotation: rotation.clone(),
+                    pin: key
+                        .tls_cert_pem
+                        .as_deref()
+                        .and_then(|pem| warden_ca::tls::pem_to_der(pem).ok())
+                        .and_then(|ders| ders.first().and_then(|d| warden_ca::tls::spki_pin(d).ok()))
+                        .unwrap_or_default(),
                 });
             }
         }

@@ -42,6 +42,7 @@ pub fn routes() -> Router<AuthServer> {
         .serve(&endpoints::EVENTS, node_events)
         .serve(&endpoints::PROXIES, list_proxies)
         .serve(&endpoints::PROXY_HEARTBEAT, proxy_heartbeat)
+        .serve(&endpoints::PROXY_CERTS, renew_proxy)
 }
 
 /// What each node was admitted as (`NodeGrant`), by node id.
@@ -206,10 +207,16 @@ impl AuthServer {
 
     /// Certificates for a joining proxy: its TLS identity (server and
     /// client, for users, nodes and peers) and its jump host's SSH cert.
-    async fn proxy_certs(&self, id: &str, req: &JoinRequest) -> Result<NodeCerts> {
+    async fn proxy_certs(
+        &self,
+        id: &str,
+        ssh_public_key: &str,
+        tls_csr_pem: &str,
+        addrs: &[String],
+    ) -> Result<NodeCerts> {
         let mut dns = vec!["localhost".to_string()];
         let mut ips: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
-        for a in req.addrs.iter().take(16) {
+        for a in addrs.iter().take(16) {
             let h = host_of(a);
             match h.parse::<std::net::IpAddr>() {
                 Ok(ip) if !ips.contains(&ip) => ips.push(ip),
@@ -220,16 +227,14 @@ impl AuthServer {
         }
         let mut principals = dns.clone();
         principals.extend(ips.iter().map(|i| i.to_string()));
-        let ssh_host_cert = self
-            .proxy_host_cert(&req.ssh_public_key, principals)
-            .await?;
+        let ssh_host_cert = self.proxy_host_cert(ssh_public_key, principals).await?;
         let now = OffsetDateTime::now_utc();
         let until = now + Duration::days(365);
         let (tls_cert_pem, tls_ca_pems) = self
             .service_tls_cert(
                 IdentityKind::Proxy,
                 id,
-                &req.tls_csr_pem,
+                tls_csr_pem,
                 dns,
                 ips,
                 now,
@@ -334,7 +339,8 @@ impl AuthServer {
         let node_id = uuid::Uuid::new_v4().to_string();
         let mut refused_addrs = Vec::new();
         let certs = if req.kind == TokenKind::Proxy {
-            self.proxy_certs(&node_id, req).await?
+            self.proxy_certs(&node_id, &req.ssh_public_key, &req.tls_csr_pem, &req.addrs)
+                .await?
         } else {
             // Only addresses the admin allowed on the token are principals.
             let (allowed, refused): (Vec<String>, Vec<String>) = req
@@ -647,6 +653,21 @@ async fn renew(
     ))
 }
 
+/// A proxy's fresh certificates (it renews when a CA rotates). It is
+/// trusted with its addresses as at join: a proxy token admits any.
+async fn renew_proxy(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(req): Json<RenewNodeRequest>,
+) -> Result<Json<NodeCerts>> {
+    crate::api::require_proxy(&c)?;
+    let id = c.identity.username.clone();
+    Ok(Json(
+        s.proxy_certs(&id, &req.ssh_public_key, &req.tls_csr_pem, &req.addrs)
+            .await?,
+    ))
+}
+
 async fn heartbeat(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,
@@ -768,6 +789,7 @@ async fn proxy_heartbeat(
     // A proxy speaks for itself only.
     hb.id = c.identity.username.clone();
     s.proxy_heartbeat(&hb).await?;
+    s.proxy_trust(&hb.id, &hb.ca_generation).await?;
     Ok(Json(serde_json::json!({})))
 }
 

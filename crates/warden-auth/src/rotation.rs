@@ -1,8 +1,11 @@
-//! CA rotation without an outage (user CA): a new key is trusted
-//! everywhere first, then signs, and the old one is dropped after a grace
-//! period; live sessions never notice. Nodes learn each step from their
-//! heartbeat's answer (the CA generation moved: they renew at once and so
-//! fetch the new trust); proxies re-read the user CA every few seconds.
+//! CA rotation without an outage, for each of the three CAs: a new key
+//! is trusted everywhere first, then signs, and the old one is dropped;
+//! live sessions never notice. Nodes learn each step from their
+//! heartbeat's answer (the CA generation moved: they renew at once, which
+//! brings the new trust and certificates from the signing key); proxies
+//! notice within seconds and renew the same way; clients learn at their
+//! next login or renewal, which is why the host and tls CAs wait a grace
+//! period before the switch (`warden_ca::CaType::wait`).
 //!
 //! The phases themselves are pure (`warden_ca::CertAuthority::rotate_*`);
 //! this module stores them with compare-and-swap (several auth servers may
@@ -10,7 +13,7 @@
 
 use crate::api::Caller;
 use crate::error::{AuthError, Result};
-use crate::resources::{AUTHORITIES, NODES};
+use crate::resources::{AUTHORITIES, NODES, PROXIES};
 use crate::routes::Serve;
 use crate::server::AuthServer;
 use axum::extract::State;
@@ -18,20 +21,14 @@ use axum::{Extension, Json, Router};
 use std::time::Duration;
 use warden_ca::{CaType, CertAuthority, Phase};
 use warden_store::StoreError;
-use warden_types::api::{CaKeyInfo, RotateRequest};
+use warden_types::api::{CaKeyInfo, ProxyInfo, RotateRequest};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{resources as res, verbs};
 use warden_types::{endpoints, Document, NodeSpec};
 
-/// Where nodes' reports of the CA generation they trust are kept while a
-/// rotation is under way.
+/// Where nodes' and proxies' reports of the CA generation they hold are
+/// kept while a rotation is under way (proxies as `proxy:<id>`).
 const TRUST: &str = "/ca_trust/";
-/// An automatic rotation switches once every online node trusts the new
-/// key, and after this long whether or not they all do (naming the late).
-const SWITCH_AT_MOST: i64 = 300;
-/// An automatic rotation switches no sooner than this after its init:
-/// proxies re-read the user CA every 5 s.
-const SWITCH_AT_LEAST: i64 = 10;
 /// What [`AuthServer::ca_state`] reads.
 struct CaState {
     generation: String,
@@ -91,12 +88,8 @@ async fn rotate(
     s.authorize(&c, res::CLUSTER_CONFIG, verbs::UPDATE).await?;
     let ca = match req.ca.as_str() {
         "user" => CaType::User,
-        "host" | "tls" => {
-            return Err(AuthError::BadRequest(format!(
-                "rotating the {} CA is not supported yet (it re-issues node and proxy certificates and, for tls, clients' CA pins); the user CA rotates",
-                req.ca
-            )))
-        }
+        "host" => CaType::Host,
+        "tls" => CaType::Tls,
         other => {
             return Err(AuthError::BadRequest(format!(
                 "unknown CA {other:?}: user, host or tls"
@@ -175,9 +168,9 @@ impl AuthServer {
             .unwrap_or_default();
         let what = match step {
             Step::Init if grace.is_some() => format!(
-                "started an automatic rotation of the {} CA: a new key is trusted; it signs once every online node trusts it, and the old key is dropped {}s after that",
+                "started an automatic rotation of the {} CA: a new key is trusted; {}",
                 ca.as_str(),
-                grace.unwrap_or(0)
+                schedule(ca, grace.unwrap_or(0))
             ),
             Step::Init => format!("started a rotation of the {} CA: a new key is trusted, the old one still signs", ca.as_str()),
             Step::Switch => format!("the {} CA's new key signs; the old one is still trusted", ca.as_str()),
@@ -201,7 +194,7 @@ impl AuthServer {
 
     /// A short digest of every CA's keys and which one signs: a node whose
     /// certificates were issued under another renews.
-    pub(crate) async fn ca_generation(&self) -> Result<String> {
+    pub async fn ca_generation(&self) -> Result<String> {
         Ok(self.ca_state().await?.generation)
     }
 
@@ -247,8 +240,8 @@ impl AuthServer {
         Ok(state.generation)
     }
 
-    /// Online nodes that do not yet report `generation`, by name.
-    async fn nodes_behind(&self, generation: &str) -> Result<Vec<String>> {
+    /// Online nodes and proxies that do not yet report `generation`.
+    async fn behind(&self, generation: &str) -> Result<Vec<String>> {
         let at = now();
         let reports: std::collections::HashMap<String, Vec<u8>> = self
             .backend()
@@ -257,54 +250,74 @@ impl AuthServer {
             .into_iter()
             .map(|i| (i.key[TRUST.len()..].to_string(), i.value))
             .collect();
+        let holds = |id: &str| reports.get(id).map(Vec::as_slice) == Some(generation.as_bytes());
         let mut behind = Vec::new();
         for item in self.backend().range(NODES).await? {
             let Ok(doc) = serde_json::from_slice::<Document<NodeSpec>>(&item.value) else {
                 continue;
             };
-            if !doc.spec.online(at) {
-                continue;
-            }
-            if reports.get(doc.name()).map(Vec::as_slice) != Some(generation.as_bytes()) {
+            if doc.spec.online(at) && !holds(doc.name()) {
                 behind.push(doc.spec.hostname.clone());
+            }
+        }
+        // Proxies' records expire when their heartbeats stop.
+        for item in self.backend().range(PROXIES).await? {
+            let Ok(p) = serde_json::from_slice::<ProxyInfo>(&item.value) else {
+                continue;
+            };
+            if !holds(&format!("proxy:{}", p.id)) {
+                behind.push(format!("proxy {}", p.id));
             }
         }
         Ok(behind)
     }
 
-    /// Moves automatic rotations on: the switch once every online node
-    /// trusts the new key (or after [`SWITCH_AT_MOST`]), the drop once the
-    /// grace period after the switch has passed.
-    async fn drive_rotations(&self) -> Result<()> {
-        let ca = CaType::User;
-        let authority = self.authority(ca).await?;
-        let Some(r) = authority.rotation.clone() else {
-            return Ok(());
-        };
-        let Some(grace) = r.grace else {
-            return Ok(()); // an operator moves it
-        };
-        let at = now();
-        match r.phase {
-            Phase::Init => {
-                let waited = at - r.since;
-                if waited < SWITCH_AT_LEAST {
-                    return Ok(());
-                }
-                let behind = self.nodes_behind(&self.ca_generation().await?).await?;
-                if !behind.is_empty() && waited < SWITCH_AT_MOST {
-                    return Ok(());
-                }
-                if !behind.is_empty() {
-                    tracing::warn!(nodes = %behind.join(", "), "switching the user CA although these nodes have not confirmed its new key for {waited}s");
-                }
-                self.rotation_step(ca, Step::Switch, None, "warden").await
-            }
-            Phase::Switched if at >= r.since + grace => {
-                self.rotation_step(ca, Step::Drop, None, "warden").await
-            }
-            Phase::Switched => Ok(()),
+    /// Notes the CA generation a proxy holds, while a rotation needs it.
+    pub(crate) async fn proxy_trust(&self, id: &str, reported: &str) -> Result<()> {
+        if !reported.is_empty() {
+            self.heartbeat_trust(&format!("proxy:{id}"), reported)
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Moves automatic rotations on, each CA at its own pace
+    /// (`CaType::wait`): nodes and proxies must hold the new trust, and
+    /// the grace period must have passed where clients need it.
+    async fn drive_rotations(&self) -> Result<()> {
+        for ca in CaType::ALL {
+            let authority = self.authority(ca).await?;
+            let Some(r) = authority.rotation.clone() else {
+                continue;
+            };
+            let Some(grace) = r.grace else {
+                continue; // an operator moves it
+            };
+            let waited = now() - r.since;
+            let wait = ca.wait(r.phase, grace);
+            if waited < wait.after {
+                continue;
+            }
+            let behind = match wait.nodes {
+                true => self.behind(&self.ca_generation().await?).await?,
+                false => Vec::new(),
+            };
+            match wait.due(waited, behind.is_empty()) {
+                None => continue,
+                Some(false) => tracing::warn!(
+                    ca = ca.as_str(),
+                    lagging = %behind.join(", "),
+                    "moving the CA rotation on although these have not confirmed its last step for {waited}s"
+                ),
+                Some(true) => {}
+            }
+            let step = match r.phase {
+                Phase::Init => Step::Switch,
+                Phase::Switched => Step::Drop,
+            };
+            self.rotation_step(ca, step, None, "warden").await?;
+        }
+        Ok(())
     }
 
     /// Keeps automatic rotations moving while the service runs.
@@ -320,5 +333,20 @@ impl AuthServer {
                 tokio::time::sleep(DRIVE_EVERY).await;
             }
         });
+    }
+}
+
+/// What an automatic rotation of `ca` will do, for its audit event.
+fn schedule(ca: CaType, grace: i64) -> String {
+    match ca {
+        CaType::User => format!(
+            "it signs once every online node and proxy trusts it, and the old key is dropped {grace}s after that"
+        ),
+        CaType::Host => format!(
+            "it signs after {grace}s (clients learn it when they log in or renew), and the old key is dropped once every node and proxy holds a host certificate from the new one"
+        ),
+        CaType::Tls => format!(
+            "it signs after {grace}s (clients learn it when they log in or renew), and the old key is dropped {grace}s after that, once every node and proxy holds a certificate from the new one"
+        ),
     }
 }

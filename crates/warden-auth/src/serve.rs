@@ -45,13 +45,59 @@ pub async fn tls_config(server: &AuthServer) -> anyhow::Result<Arc<rustls::Serve
     Ok(Arc::new(config))
 }
 
+/// How often the listener looks for a CA rotation step.
+const CA_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The listener's TLS acceptor, rebuilt whenever a CA rotation step moves
+/// the CA generation: the new trust applies to the next handshake and the
+/// server certificate comes from the signing key; open connections stay.
+async fn current_acceptor(
+    server: &AuthServer,
+) -> anyhow::Result<(Arc<std::sync::RwLock<TlsAcceptor>>, tokio::task::JoinHandle<()>)> {
+    let mut generation = server.ca_generation().await?;
+    let current = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(
+        tls_config(server).await?,
+    )));
+    let (server, shared) = (server.clone(), current.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CA_CHECK_EVERY).await;
+            let now = match server.ca_generation().await {
+                Ok(g) if g != generation => g,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the CAs");
+                    continue;
+                }
+            };
+            match tls_config(&server).await {
+                Ok(config) => {
+                    *shared.write().unwrap_or_else(|p| p.into_inner()) = TlsAcceptor::from(config);
+                    tracing::info!(generation = %now, "the auth API's TLS follows the CA rotation");
+                    generation = now;
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew the auth API's TLS"),
+            }
+        }
+    });
+    Ok((current, task))
+}
+
 /// Serves the auth API on `listener` until `shutdown` completes.
 pub async fn serve_mtls(
     server: AuthServer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let acceptor = TlsAcceptor::from(tls_config(&server).await?);
+    let (acceptor, follow) = current_acceptor(&server).await?;
+    // Stops following the CAs when this listener stops.
+    struct Abort(tokio::task::JoinHandle<()>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _follow = Abort(follow);
     let app = router(server.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -74,7 +120,7 @@ pub async fn serve_mtls(
             tracing::warn!(%addr, "connection limit reached; closing");
             continue;
         };
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
         let app = app.clone();
         let cluster = server.cluster().to_string();
         tokio::spawn(async move {

@@ -90,6 +90,74 @@ pub struct Rotation {
     pub grace: Option<i64>,
 }
 
+/// What an automatic rotation waits for before its next step: at least
+/// `after` seconds in its phase, and then every online node confirming the
+/// new trust (for at most [`Wait::NODES_AT_MOST`] more seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub after: i64,
+    pub nodes: bool,
+}
+
+impl Wait {
+    /// Proxies re-read the CAs every 5 s: no step comes sooner than this.
+    pub const AT_LEAST: i64 = 10;
+    /// Nodes that have not confirmed by then are named and passed over.
+    pub const NODES_AT_MOST: i64 = 300;
+
+    /// Whether the step is due `waited` seconds into the phase, given
+    /// whether every online node has confirmed: `None` not yet,
+    /// `Some(false)` due although some nodes lag, `Some(true)` due.
+    pub fn due(self, waited: i64, nodes_confirmed: bool) -> Option<bool> {
+        if waited < self.after {
+            return None;
+        }
+        if !self.nodes || nodes_confirmed {
+            return Some(true);
+        }
+        (waited >= self.after + Self::NODES_AT_MOST).then_some(false)
+    }
+}
+
+impl CaType {
+    /// How an automatic rotation of this CA paces itself; `grace` is the
+    /// operator's (by default the longest certificate lifetime).
+    ///
+    /// - user: nodes and proxies must trust the new key before it signs
+    ///   (quick); certificates the old key signed run out over `grace`
+    ///   before it is dropped.
+    /// - host: clients learn a new host CA only when they log in or renew,
+    ///   so `grace` comes before the switch; the drop waits only for nodes
+    ///   and proxies to hold host certificates from the new key.
+    /// - tls: both: clients must hold the new CA before servers present
+    ///   certificates from it, and certificates from the old key must run
+    ///   out before it is dropped.
+    pub fn wait(self, phase: Phase, grace: i64) -> Wait {
+        let grace = grace.max(Wait::AT_LEAST);
+        let quick = Wait {
+            after: Wait::AT_LEAST,
+            nodes: true,
+        };
+        let slow = Wait {
+            after: grace,
+            nodes: true,
+        };
+        match (self, phase) {
+            (CaType::User, Phase::Init) => quick,
+            (CaType::User, Phase::Switched) => Wait {
+                after: grace,
+                nodes: false,
+            },
+            (CaType::Host, Phase::Init) => Wait {
+                after: grace,
+                nodes: false,
+            },
+            (CaType::Host, Phase::Switched) => quick,
+            (CaType::Tls, _) => slow,
+        }
+    }
+}
+
 /// Why a rotation step cannot be taken.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RotationError {
@@ -243,6 +311,32 @@ mod tests {
 
     fn publics(a: &CertAuthority) -> Vec<String> {
         a.ssh_public_keys()
+    }
+
+    #[test]
+    fn automatic_rotations_pace_each_ca_by_what_its_clients_need() {
+        let g = 3600;
+        let w = |ca: CaType, p| ca.wait(p, g);
+        // User: quick to switch (nodes only), grace before the drop.
+        assert_eq!(w(CaType::User, Phase::Init).due(9, true), None);
+        assert_eq!(w(CaType::User, Phase::Init).due(10, false), None);
+        assert_eq!(w(CaType::User, Phase::Init).due(10, true), Some(true));
+        assert_eq!(w(CaType::User, Phase::Init).due(310, false), Some(false));
+        assert_eq!(w(CaType::User, Phase::Switched).due(g - 1, true), None);
+        assert_eq!(w(CaType::User, Phase::Switched).due(g, false), Some(true));
+        // Host: grace before the switch, quick to drop.
+        assert_eq!(w(CaType::Host, Phase::Init).due(g - 1, true), None);
+        assert_eq!(w(CaType::Host, Phase::Init).due(g, false), Some(true));
+        assert_eq!(w(CaType::Host, Phase::Switched).due(10, true), Some(true));
+        assert_eq!(w(CaType::Host, Phase::Switched).due(10, false), None);
+        // tls: grace on both sides, nodes confirming each time.
+        for p in [Phase::Init, Phase::Switched] {
+            assert_eq!(w(CaType::Tls, p).due(g - 1, true), None);
+            assert_eq!(w(CaType::Tls, p).due(g, false), None);
+            assert_eq!(w(CaType::Tls, p).due(g, true), Some(true));
+        }
+        // A grace shorter than proxies' refresh is stretched to it.
+        assert_eq!(CaType::Tls.wait(Phase::Init, 1).after, Wait::AT_LEAST);
     }
 
     #[test]

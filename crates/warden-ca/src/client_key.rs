@@ -12,7 +12,8 @@ const PKCS8_ED25519_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-/// A client's private key.
+/// A client's private key (a clone is another zeroized copy).
+#[derive(Clone)]
 pub struct ClientKey {
     seed: Zeroizing<[u8; 32]>,
 }

@@ -15,7 +15,7 @@ pub mod pkcs11;
 pub mod ssh;
 pub mod tls;
 
-pub use authority::{CaKey, CaType, CertAuthority, Phase, Rotation, RotationError};
+pub use authority::{CaKey, CaType, CertAuthority, Phase, Rotation, RotationError, Wait};
 pub use client_key::ClientKey;
 pub use keystore::{CaSigner, KeyHandle, KeyStore, SoftwareKeyStore};
 

@@ -190,9 +190,17 @@ pub struct ApiClient {
     endpoints: Endpoints,
     idle: Idle,
     server_name: ServerName<'static>,
+    alpn: Vec<u8>,
+    /// Shared by clones, so [`ApiClient::set_identity`] reaches them all.
+    tls: Arc<std::sync::RwLock<Tls>>,
+    extra_headers: Vec<(String, String)>,
+}
+
+/// How an [`ApiClient`] does TLS.
+#[derive(Clone)]
+struct Tls {
     verifier: Arc<ClusterVerifier>,
     config: Arc<rustls::ClientConfig>,
-    extra_headers: Vec<(String, String)>,
 }
 
 /// The host part of `host:port` (IPv6 in brackets allowed).
@@ -225,10 +233,24 @@ impl ApiClient {
             endpoints,
             idle: Default::default(),
             server_name,
-            verifier,
-            config,
+            alpn: alpn.to_vec(),
+            tls: Arc::new(std::sync::RwLock::new(Tls { verifier, config })),
             extra_headers: Vec::new(),
         })
+    }
+
+    /// Replaces the trust and client certificate of this client and all
+    /// its clones (a service renewed its certificates). Connections already
+    /// open are kept until they are idle too long.
+    pub fn set_identity(&self, trust: Trust, client_cert: Option<&ClientCert>) -> Result<()> {
+        let verifier = ClusterVerifier::new(trust);
+        let config = client_config(verifier.clone(), &self.alpn, client_cert)?;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Tls { verifier, config };
+        Ok(())
+    }
+
+    fn current_tls(&self) -> Tls {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Adds a header to every request (the proxy passes the client address).
@@ -244,7 +266,8 @@ impl ApiClient {
 
     /// CA pins the server presented on the last handshake.
     pub fn presented_pins(&self) -> Vec<String> {
-        self.verifier
+        self.current_tls()
+            .verifier
             .presented
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -257,7 +280,7 @@ impl ApiClient {
         if text.contains("CA pin mismatch") {
             return ClientError::PinMismatch {
                 addr: self.addr.clone(),
-                expected: match self.verifier.trust() {
+                expected: match self.current_tls().verifier.trust() {
                     Trust::Pin(p) => p.clone(),
                     _ => String::new(),
                 },
@@ -273,6 +296,15 @@ impl ApiClient {
         let reason =
             if text.contains("CertificateRequired") || text.contains("certificate required") {
                 "the server requires a client certificate; run 'warden login'".to_string()
+            } else if text.contains("UnknownIssuer") {
+                // Saved trust, and the server's CA is not in it: after a
+                // tls CA rotation, a client that never renewed meanwhile.
+                format!(
+                    "the cluster presents a certificate from a CA this machine does not trust (presented: {}); if your admin rotated the cluster's tls CA, log in again with the new pin: warden login --ca-pin PIN ('warden admin ca ls' shows it)",
+                    if presented.is_empty() { "none".to_string() } else { presented.join(", ") }
+                )
+            } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
+                "the server refused this machine's certificate (its CA key is no longer trusted, e.g. after a CA rotation); run 'warden login'".to_string()
             } else if text.contains("CertExpired") || text.contains("expired") {
                 "a certificate has expired; run 'warden login'".to_string()
             } else {
@@ -288,7 +320,7 @@ impl ApiClient {
     pub async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = self.endpoints.connect().await?;
         let _ = tcp.set_nodelay(true);
-        TlsConnector::from(self.config.clone())
+        TlsConnector::from(self.current_tls().config)
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| self.tls_error(e))

@@ -1,14 +1,17 @@
 //! A standalone proxy's identity: joined once with a proxy token through
-//! an existing proxy, persisted in `<data-dir>/proxy`.
+//! an existing proxy, persisted in `<data-dir>/proxy`, and renewed with
+//! its own certificate when a CA rotates.
 
+use crate::creds::{BoxFuture, Renew};
 use crate::ProxyIdentity;
 use anyhow::{bail, Context};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use warden_client::ApiClient;
 use warden_ca::keystore::write_private_file;
 use warden_ca::ClientKey;
 use warden_client::login::public_client;
 use warden_client::tls::Trust;
-use warden_types::api::{JoinRequest, NodeCerts};
+use warden_types::api::{JoinRequest, NodeCerts, RenewNodeRequest};
 use warden_types::endpoints;
 use warden_types::{Secret, TokenKind};
 
@@ -58,13 +61,59 @@ impl ProxyIdentity {
             write_private_file(&dir.join("certs.json"), &serde_json::to_vec_pretty(&certs)?)?;
             (key, certs)
         };
-        Ok(ProxyIdentity {
-            id: certs.node_id,
-            public_addrs,
-            key,
-            tls_cert_pem: certs.tls_cert_pem,
-            ca_pems: certs.tls_ca_pems,
-            ssh_host_cert: certs.ssh_host_cert,
+        Ok(identity(key, certs, public_addrs))
+    }
+}
+
+fn identity(key: ClientKey, certs: NodeCerts, public_addrs: Vec<String>) -> ProxyIdentity {
+    ProxyIdentity {
+        id: certs.node_id,
+        public_addrs,
+        key,
+        tls_cert_pem: certs.tls_cert_pem,
+        ca_pems: certs.tls_ca_pems,
+        ssh_host_cert: certs.ssh_host_cert,
+        ca_generation: certs.ca_generation,
+    }
+}
+
+/// Renews a joined proxy's certificates for its key, and saves them.
+pub struct Joined {
+    /// `<data-dir>/proxy`.
+    pub dir: PathBuf,
+}
+
+impl Joined {
+    pub fn new(data_dir: &Path) -> Self {
+        Joined {
+            dir: data_dir.join("proxy"),
+        }
+    }
+}
+
+impl Renew for Joined {
+    fn renew<'a>(
+        &'a self,
+        current: &'a ProxyIdentity,
+        auth: &'a ApiClient,
+    ) -> BoxFuture<'a, anyhow::Result<ProxyIdentity>> {
+        Box::pin(async move {
+            let req = RenewNodeRequest {
+                ssh_public_key: current.key.ssh_public_key().to_openssh()?,
+                tls_csr_pem: current.key.csr_pem("proxy")?,
+                addrs: current.public_addrs.clone(),
+            };
+            let mut certs: NodeCerts = auth.call(&endpoints::PROXY_CERTS, &req).await?;
+            certs.node_id = current.id.clone();
+            write_private_file(
+                &self.dir.join("certs.json"),
+                &serde_json::to_vec_pretty(&certs)?,
+            )?;
+            Ok(identity(
+                current.key.clone(),
+                certs,
+                current.public_addrs.clone(),
+            ))
         })
     }
 }

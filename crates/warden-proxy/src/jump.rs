@@ -19,7 +19,8 @@ use warden_types::metrics::METRICS;
 /// What the jump host needs.
 #[derive(Clone)]
 pub struct Jump {
-    pub config: Arc<russh::server::Config>,
+    /// The jump host's certificate is in here (renewed when a CA rotates).
+    pub(crate) creds: crate::creds::Current,
     /// SHA-256 fingerprints of the trusted user CA keys.
     pub user_cas: Arc<RwLock<Vec<Fingerprint>>>,
     pub inventory: Inventory,
@@ -289,7 +290,7 @@ pub async fn serve_ssh<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let config = jump.config.clone();
+    let config = jump.creds.get().jump_ssh.clone();
     let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let conn = JumpConn {
         jump,

@@ -7,6 +7,7 @@
 //! - SSH goes to the jump host, which forwards `direct-tcpip` to nodes;
 //! - TLS with ALPN `warden-tunnel` is a node's reverse tunnel (mTLS).
 
+mod creds;
 mod identity;
 mod inventory;
 mod jump;
@@ -17,7 +18,8 @@ mod public;
 mod sniff;
 mod tunnel;
 
-pub use identity::Join;
+pub use creds::{BoxFuture, Renew};
+pub use identity::{Join, Joined};
 pub use tunnel::Tunnels;
 
 pub use public::public_router;
@@ -57,6 +59,8 @@ pub struct ProxyIdentity {
     pub ca_pems: Vec<String>,
     /// OpenSSH host certificate of the jump host.
     pub ssh_host_cert: String,
+    /// The CA generation these certificates were issued under.
+    pub ca_generation: String,
 }
 
 /// What the proxy needs to run.
@@ -65,12 +69,8 @@ pub struct Proxy {
     pub auth_addr: String,
     /// The auth servers, failed over on connect.
     auth_endpoints: warden_client::http::Endpoints,
-    /// The proxy's public TLS config (cert issued by the cluster's tls CA).
-    pub tls: Arc<rustls::ServerConfig>,
-    /// TLS for reverse tunnels: node certificates required.
-    tunnel_tls: Arc<rustls::ServerConfig>,
-    peer_tls: Arc<rustls::ServerConfig>,
-    tunnel_ssh: Arc<russh::server::Config>,
+    /// The certificates in use (renewed when a CA rotates).
+    creds: creds::Current,
     jump: jump::Jump,
     /// mTLS client of the auth API with the proxy's own identity.
     pub auth: ApiClient,
@@ -78,48 +78,28 @@ pub struct Proxy {
     pub public_addrs: Vec<String>,
 }
 
-fn tls_config(
-    id: &ProxyIdentity,
-    client_auth: bool,
-    alpn: &[u8],
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let mut chain = warden_ca::tls::pem_to_der(&id.tls_cert_pem)?;
-    chain.extend(warden_ca::tls::pem_to_der(&id.ca_pems[0])?);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
-    let builder = rustls::ServerConfig::builder();
-    let mut config = if client_auth {
-        let mut roots = rustls::RootCertStore::empty();
-        for pem in &id.ca_pems {
-            for der in warden_ca::tls::pem_to_der(pem)? {
-                roots.add(der)?;
-            }
-        }
-        builder
-            .with_client_cert_verifier(
-                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?,
-            )
-            .with_single_cert(chain, key)?
-    } else {
-        builder.with_no_client_auth().with_single_cert(chain, key)?
-    };
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Reports this proxy to the cluster, so nodes tunnel to it and peers can
-/// ask it for nodes.
-async fn heartbeat(auth: ApiClient, addrs: Vec<String>) {
+/// ask it for nodes; at once after a renewal, so a CA rotation sees it.
+async fn heartbeat(
+    auth: ApiClient,
+    addrs: Vec<String>,
+    generation: Arc<std::sync::RwLock<String>>,
+    renewed: Arc<tokio::sync::Notify>,
+) {
     loop {
         let hb = warden_types::api::ProxyHeartbeat {
             id: String::new(), // auth takes the id from our certificate
             addrs: addrs.clone(),
             version: warden_types::VERSION.to_string(),
+            ca_generation: generation.read().unwrap_or_else(|p| p.into_inner()).clone(),
         };
         if let Err(e) = auth.call(&endpoints::PROXY_HEARTBEAT, &hb).await {
             tracing::warn!(error = %e, "proxy heartbeat failed");
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = renewed.notified() => {}
+        }
     }
 }
 
@@ -149,65 +129,50 @@ where
     }
 }
 
-/// Keeps the trusted user CA keys current (rotation adds keys).
-async fn refresh_user_cas(
-    auth: ApiClient,
-    cas: Arc<std::sync::RwLock<Vec<russh::keys::ssh_key::Fingerprint>>>,
-) {
-    loop {
-        match auth.call(&endpoints::PING, &()).await {
-            Ok(ping) => {
-                let fps = ping
-                    .ssh_user_ca_keys
-                    .iter()
-                    .filter_map(|k| russh::keys::PublicKey::from_openssh(k).ok())
-                    .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
-                    .collect();
-                *cas.write().unwrap_or_else(|p| p.into_inner()) = fps;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot refresh the user CA"),
-        }
-        // A rotation's new key is trusted here within seconds (auth waits
-        // for the nodes, which take longer, before it signs with it).
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-}
-
 impl Proxy {
-    /// Builds the proxy from its identity and its client of auth.
-    pub fn new(auth_addr: String, id: &ProxyIdentity, auth: ApiClient) -> anyhow::Result<Self> {
-        let ssh_key = id.key.ssh_private();
-        let ssh_cert = russh::keys::Certificate::from_openssh(id.ssh_host_cert.trim())?;
+    /// Builds the proxy from its identity and its client of auth; `renew`
+    /// issues it fresh certificates when a CA rotates.
+    pub fn new(
+        auth_addr: String,
+        id: ProxyIdentity,
+        auth: ApiClient,
+        renew: Arc<dyn Renew>,
+    ) -> anyhow::Result<Self> {
+        let current = creds::Current::new(creds::Creds::build(&id)?);
         let user_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
-        tokio::spawn(refresh_user_cas(auth.clone(), user_cas.clone()));
-        tokio::spawn(heartbeat(auth.clone(), id.public_addrs.clone()));
-        let peer_client = warden_client::tls::client_config(
-            warden_client::tls::ClusterVerifier::new(warden_client::tls::Trust::Roots(
-                id.ca_pems.clone(),
-            )),
-            warden_types::ALPN_PEER,
-            Some(&warden_client::tls::ClientCert {
-                cert_pem: id.tls_cert_pem.clone(),
-                key_pkcs8: id.key.pkcs8_der().to_vec(),
-            }),
-        )?;
+        let generation = Arc::new(std::sync::RwLock::new(id.ca_generation.clone()));
+        let renewed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(heartbeat(
+            auth.clone(),
+            id.public_addrs.clone(),
+            generation.clone(),
+            renewed.clone(),
+        ));
+        let public_addrs = id.public_addrs.clone();
+        let self_id = id.id.clone();
+        tokio::spawn(creds::follow(creds::Following {
+            identity: id,
+            current: current.clone(),
+            auth: auth.clone(),
+            renew,
+            user_cas: user_cas.clone(),
+            generation,
+            renewed,
+        }));
         Ok(Proxy {
-            public_addrs: id.public_addrs.clone(),
+            public_addrs,
             auth_endpoints: warden_client::http::Endpoints::parse(&auth_addr),
             auth_addr,
-            tls: tls_config(id, false, b"http/1.1")?,
-            tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
-            peer_tls: tls_config(id, true, warden_types::ALPN_PEER)?,
-            tunnel_ssh: tunnel::tunnel_ssh_config(ssh_key.clone()),
             jump: jump::Jump {
-                config: jump::jump_ssh_config(ssh_key, ssh_cert),
+                creds: current.clone(),
                 user_cas,
                 inventory: inventory::Inventory::new(auth.clone()),
                 tunnels: Tunnels::default(),
-                peers: peer::Peers::new(id.id.clone(), auth.clone(), peer_client),
+                peers: peer::Peers::new(self_id, auth.clone(), current.clone()),
                 locks: inventory::Locks::new(auth.clone()),
                 auth: auth.clone(),
             },
+            creds: current,
             auth,
         })
     }
@@ -312,7 +277,7 @@ impl Proxy {
             Protocol::Web => {
                 METRICS.proxy_connections_tls.inc();
                 let tls = handshake(
-                    TlsAcceptor::from(self.tls.clone()),
+                    TlsAcceptor::from(self.creds.get().tls.clone()),
                     Prefixed::new(head, tcp),
                 )
                 .await?;
@@ -336,7 +301,7 @@ impl Proxy {
             }
             Protocol::Peer => {
                 let tls = handshake(
-                    TlsAcceptor::from(self.peer_tls.clone()),
+                    TlsAcceptor::from(self.creds.get().peer_tls.clone()),
                     Prefixed::new(head, tcp),
                 )
                 .await?;
@@ -359,7 +324,7 @@ impl Proxy {
             Protocol::Tunnel => {
                 METRICS.proxy_connections_tunnel.inc();
                 let tls = handshake(
-                    TlsAcceptor::from(self.tunnel_tls.clone()),
+                    TlsAcceptor::from(self.creds.get().tunnel_tls.clone()),
                     Prefixed::new(head, tcp),
                 )
                 .await?;
@@ -378,7 +343,7 @@ impl Proxy {
                 );
                 drop(pending);
                 tunnel::serve_tunnel(
-                    self.tunnel_ssh.clone(),
+                    self.creds.get().tunnel_ssh.clone(),
                     tls,
                     identity.username,
                     self.jump.tunnels.clone(),

@@ -59,16 +59,17 @@ type Cached = Option<(Instant, Vec<ProxyInfo>)>;
 pub struct Peers {
     self_id: String,
     auth: ApiClient,
-    tls: Arc<rustls::ClientConfig>,
+    /// The client certificate for peers is in here.
+    creds: crate::creds::Current,
     cache: Arc<Mutex<Cached>>,
 }
 
 impl Peers {
-    pub fn new(self_id: String, auth: ApiClient, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub(crate) fn new(self_id: String, auth: ApiClient, creds: crate::creds::Current) -> Self {
         Peers {
             self_id,
             auth,
-            tls,
+            creds,
             cache: Arc::new(Mutex::new(None)),
         }
     }
@@ -127,7 +128,7 @@ impl Peers {
             tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
                 .await??;
         let _ = tcp.set_nodelay(true);
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+        let tls = tokio_rustls::TlsConnector::from(self.creds.get().peer_client.clone())
             .connect(name, tcp)
             .await?;
         let mut stream = BufReader::new(tls);

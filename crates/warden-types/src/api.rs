@@ -25,6 +25,10 @@ pub struct PingResponse {
     pub ssh_host_ca_keys: Vec<String>,
     /// OpenSSH public keys of the user CA, for `TrustedUserCAKeys`.
     pub ssh_user_ca_keys: Vec<String>,
+    /// A digest of every CA's keys: it moves with each rotation step, and
+    /// a service holding certificates issued under another renews them.
+    #[serde(default)]
+    pub ca_generation: String,
 }
 
 /// Password + TOTP login with the public keys to certify.
@@ -400,6 +404,9 @@ pub struct CaKeyInfo {
     /// with `(auto)` for an automatic one; empty without one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rotation: String,
+    /// For a tls CA key, the pin clients pass to `warden login --ca-pin`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pin: String,
 }
 
 /// `POST /v1/admin/backup`.
@@ -565,6 +572,10 @@ pub struct ProxyHeartbeat {
     /// Public `host:port` addresses.
     pub addrs: Vec<String>,
     pub version: String,
+    /// The CA generation the proxy's certificates were issued under (a
+    /// rotation waits for every proxy to hold the current one).
+    #[serde(default)]
+    pub ca_generation: String,
 }
 
 /// A proxy in the cluster, as listed.
@@ -608,11 +619,10 @@ pub struct HeartbeatAck {
 /// or moves it by hand.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RotateRequest {
-    /// `user` (`host` and `tls` are refused for now).
+    /// `user`, `host` or `tls`.
     pub ca: String,
     /// `init`, `switch`, `drop` or `rollback`; left out, the rotation runs
-    /// by itself: init, the switch once every online node trusts the new
-    /// key, the drop after `grace_secs`.
+    /// by itself at the CA's pace (`warden_ca::CaType::wait`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// How long the old key stays trusted after the switch (automatic

@@ -195,6 +195,7 @@ endpoints! {
     EVENTS: Post "/v1/events/batch", [AuditEvent] => Ack;
     PROXIES: Get "/v1/proxies", () => Vec<ProxyInfo>;
     PROXY_HEARTBEAT: Put "/v1/proxies/heartbeat", ProxyHeartbeat => Ack;
+    PROXY_CERTS: Post "/v1/proxies/certs", RenewNodeRequest => NodeCerts;
     // Single sign-on, called by the proxy for the browser.
     SSO_CALLBACK: Post "/v1/sso/callback", SsoCallback => SsoCallbackResponse;
     SSO_DEVICE: Post "/v1/sso/device", SsoDeviceRequest => SsoDeviceResponse;

@@ -183,17 +183,22 @@ enum CaCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Rotate a CA without dropping anyone: a new key is trusted
-    /// everywhere, then signs once every online node trusts it, and the old
-    /// key is dropped after the grace period (certificates it signed are
-    /// refused from then on). With --phase, move it by hand: init, switch,
-    /// drop, or rollback (before the drop). The user CA rotates; host and
-    /// tls are not supported yet.
+    /// Rotate a CA without dropping anyone: init (a new key is trusted
+    /// everywhere; nodes and proxies renew at once), switch (the new key
+    /// signs; nodes and proxies get certificates from it), drop (the old
+    /// key is forgotten: what it signed is refused). Each CA paces itself:
+    /// user switches once every node and proxy trusts the new key and
+    /// drops after the grace period; host switches after the grace period
+    /// (users pick up the new host CA at their next login) and drops once
+    /// nodes and proxies hold new host certificates; tls waits the grace
+    /// period on both sides (users pick up the new CA at their next login,
+    /// then their old certificates run out). With --phase, move it by
+    /// hand: init, switch, drop, or rollback (before the drop).
     Rotate {
         #[arg(long = "type", value_parser = ["user", "host", "tls"])]
         kind: String,
-        /// How long the old key stays trusted after the switch [default:
-        /// the cluster's default session TTL].
+        /// The grace period (see above); make it the longest certificate
+        /// lifetime users get [default: the cluster's default session TTL].
         #[arg(long, conflicts_with = "phase")]
         grace: Option<HumanDuration>,
         #[arg(long, value_parser = ["init", "switch", "drop", "rollback"])]
@@ -393,6 +398,12 @@ fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
                     .collect()
             )
         ),
+    }
+    if format == Format::Text {
+        // What users pass to 'warden login --ca-pin' (both, mid-rotation).
+        for k in keys.iter().filter(|k| !k.pin.is_empty()) {
+            println!("tls CA pin ({}): {}", k.state, k.pin);
+        }
     }
     Ok(())
 }
@@ -726,7 +737,12 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             match (phase.as_deref(), rotation) {
                 (_, "") => println!("the {kind} CA's rotation ended; one key signs and is trusted"),
                 (None, _) => println!(
-                    "rotating the {kind} CA: its new key is trusted now, signs once every online node trusts it, and the old key is dropped after the grace period; 'warden admin ca ls' shows the phase"
+                    "rotating the {kind} CA: its new key is trusted now; {}; 'warden admin ca ls' shows the phase",
+                    match kind.as_str() {
+                        "user" => "it signs once every node and proxy trusts it, and the old key is dropped after the grace period",
+                        "host" => "it signs after the grace period (users get it at their next 'warden login'), and the old key is dropped once nodes and proxies hold new host certificates",
+                        _ => "it signs after the grace period (users get it at their next 'warden login'), and the old key is dropped after another grace period",
+                    }
                 ),
                 (Some(_), r) => println!("the {kind} CA's rotation is in phase {r}"),
             }

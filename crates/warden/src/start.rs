@@ -278,8 +278,10 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             identity.ca_pems.clone(),
             &cert,
         )?;
-        let proxy = warden_proxy::Proxy::new(auth_server, &identity, auth_client)?;
-        println!("Proxy {} serving on {}.", identity.id, public_addrs[0]);
+        let id = identity.id.clone();
+        let renew = std::sync::Arc::new(warden_proxy::Joined::new(&data_dir));
+        let proxy = warden_proxy::Proxy::new(auth_server, identity, auth_client, renew)?;
+        println!("Proxy {id} serving on {}.", public_addrs[0]);
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         crate::handover::notify_systemd_ready();
         use std::io::Write;
@@ -623,8 +625,6 @@ async fn build_proxy(
     dns.dedup();
     ips.sort();
     ips.dedup();
-    let mut principals: Vec<String> = dns.clone();
-    principals.extend(ips.iter().map(|ip| ip.to_string()));
     // A stable id, so this proxy's heartbeats replace their predecessors.
     let id_file = data_dir.join("proxy_id");
     let proxy_id = match std::fs::read_to_string(&id_file) {
@@ -635,36 +635,82 @@ async fn build_proxy(
             id
         }
     };
-    let id = auth
-        .issue_service_identity(
-            IdentityKind::Proxy,
-            &proxy_id,
-            dns,
-            ips,
-            Duration::days(365),
-        )
-        .await?;
-    let ssh_host_cert = auth
-        .proxy_host_cert(&id.key.ssh_public_key().to_openssh()?, principals)
-        .await?;
+    let local = LocalProxy {
+        auth: auth.clone(),
+        id: proxy_id,
+        public_addrs: public_addrs.to_vec(),
+        dns,
+        ips,
+    };
+    let identity = local.issue().await?;
     let cert = ClientCert {
-        cert_pem: id.cert_pem.clone(),
-        key_pkcs8: id.key.pkcs8_der().to_vec(),
+        cert_pem: identity.tls_cert_pem.clone(),
+        key_pkcs8: identity.key.pkcs8_der().to_vec(),
     };
     let auth_client = warden_client::login::direct_auth_client(
         &auth_addr.to_string(),
-        id.ca_pems.clone(),
+        identity.ca_pems.clone(),
         &cert,
     )?;
-    let identity = warden_proxy::ProxyIdentity {
-        id: proxy_id,
-        public_addrs: public_addrs.to_vec(),
-        key: id.key,
-        tls_cert_pem: id.cert_pem,
-        ca_pems: id.ca_pems,
-        ssh_host_cert,
-    };
-    warden_proxy::Proxy::new(auth_addr.to_string(), &identity, auth_client)
+    warden_proxy::Proxy::new(
+        auth_addr.to_string(),
+        identity,
+        auth_client,
+        std::sync::Arc::new(local),
+    )
+}
+
+/// The all-in-one proxy's identity, issued in process by its auth server
+/// (at start and whenever a CA rotates).
+struct LocalProxy {
+    auth: AuthServer,
+    id: String,
+    public_addrs: Vec<String>,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl LocalProxy {
+    async fn issue(&self) -> anyhow::Result<warden_proxy::ProxyIdentity> {
+        // Read first: certificates issued meanwhile are at least this new,
+        // and a later step is noticed and renews again.
+        let ca_generation = self.auth.ca_generation().await?;
+        let id = self
+            .auth
+            .issue_service_identity(
+                IdentityKind::Proxy,
+                &self.id,
+                self.dns.clone(),
+                self.ips.clone(),
+                Duration::days(365),
+            )
+            .await?;
+        let mut principals = self.dns.clone();
+        principals.extend(self.ips.iter().map(|ip| ip.to_string()));
+        let ssh_host_cert = self
+            .auth
+            .proxy_host_cert(&id.key.ssh_public_key().to_openssh()?, principals)
+            .await?;
+        Ok(warden_proxy::ProxyIdentity {
+            id: self.id.clone(),
+            public_addrs: self.public_addrs.clone(),
+            key: id.key,
+            tls_cert_pem: id.cert_pem,
+            ca_pems: id.ca_pems,
+            ssh_host_cert,
+            ca_generation,
+        })
+    }
+}
+
+impl warden_proxy::Renew for LocalProxy {
+    fn renew<'a>(
+        &'a self,
+        _current: &'a warden_proxy::ProxyIdentity,
+        _auth: &'a warden_client::ApiClient,
+    ) -> warden_proxy::BoxFuture<'a, anyhow::Result<warden_proxy::ProxyIdentity>> {
+        Box::pin(self.issue())
+    }
 }
 
 /// Where the cluster state lives (auth): the flags `warden start` and

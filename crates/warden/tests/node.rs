@@ -1889,9 +1889,14 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 
 /// The user CA's signing key fingerprint and the number of its keys.
 fn user_ca(c: &Cluster) -> (String, usize, String) {
+    ca_state(c, "user")
+}
+
+/// A CA's signing key fingerprint, the number of its keys, its phase.
+fn ca_state(c: &Cluster, kind: &str) -> (String, usize, String) {
     let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
     let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
-    let user: Vec<&serde_json::Value> = keys.iter().filter(|k| k["ca"] == "user").collect();
+    let user: Vec<&serde_json::Value> = keys.iter().filter(|k| k["ca"] == kind).collect();
     let signing = user
         .iter()
         .find(|k| k["state"] == "signing")
@@ -1957,12 +1962,6 @@ fn the_user_ca_rotates_without_dropping_anyone() {
     let (old_key, n, _) = user_ca(&c);
     assert_eq!(n, 1);
     let mut live = live_session(&c);
-
-    for refused in [&["--type", "host"][..], &["--type", "tls"]] {
-        let mut args = vec!["ca", "rotate"];
-        args.extend_from_slice(refused);
-        c.admin(&args).expect_err("not supported yet");
-    }
 
     // init: the new key is trusted (the node renews on its next
     // heartbeat); the old one still signs.
@@ -2055,6 +2054,258 @@ fn the_user_ca_rotates_without_dropping_anyone() {
             "no {phase} by {by} in {phases:?}"
         );
     }
+}
+
+/// The node's saved certificates.
+fn node_certs(c: &Cluster) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(c.dir.join("data/node/certs.json")).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// The fingerprint of the host CA that signed the node's host certificate.
+fn node_host_signer(c: &Cluster) -> String {
+    let file = c.dir.join("node-host-cert.pub");
+    std::fs::write(&file, node_certs(c)["ssh_host_cert"].as_str().unwrap()).unwrap();
+    signed_by(&file)
+}
+
+/// The fingerprint of the host CA that signed the certificate an SSH
+/// server at `addr` presents (a proxy's jump host).
+fn presented_host_signer(c: &Cluster, addr: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = run_program(
+        "ssh-keyscan",
+        &["-c".into(), "-p".into(), port.into(), host.into()],
+        None,
+    );
+    let cert = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("-cert-v01@openssh.com"))
+        .unwrap_or_else(|| panic!("no host certificate from {addr}: {}", out.all()));
+    let file = c.dir.join("presented-cert.pub");
+    let fields: Vec<&str> = cert.split_whitespace().skip(1).collect();
+    std::fs::write(&file, fields.join(" ")).unwrap();
+    signed_by(&file)
+}
+
+/// Copies a user's whole Warden home (profile, keys, trusted CAs) as it is
+/// now, to run as that snapshot later.
+fn snapshot(c: &Cluster, home: &str, copy: &str) {
+    let to = c.dir.join(copy);
+    let _ = std::fs::remove_dir_all(&to);
+    run_program(
+        "cp",
+        &[
+            "-a".into(),
+            c.dir.join(home).display().to_string(),
+            to.display().to_string(),
+        ],
+        None,
+    )
+    .expect_ok();
+}
+
+/// Rotating the host and tls CAs drops no one: live sessions (direct and
+/// through the proxy) run through every phase; the node and both proxies
+/// (the all-in-one and a joined one) renew their certificates by
+/// themselves; users who logged in after the init keep working across the
+/// switch, and what the old keys signed or trusted stops working at the
+/// drop. Automatic rotations of both run to their end by themselves.
+#[test]
+fn host_and_tls_cas_rotate_without_dropping_anyone() {
+    let dir = temp_dir("rotate-ht");
+    let c = Cluster::start_with(&dir, &["--heartbeat-interval", "1s", "--name", "rot"]);
+    let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
+    let alice = c.add_user("alice", "access", "root");
+    let bob = c.add_user("bob", "access", "root");
+    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
+    c.wait_reachable("alice", "root", "rot");
+    let mut live = live_session(&c);
+    let mut live_proxied = c.spawn_ssh("alice", "root@rot", "sleep 120");
+    let proxy = c.proxy.clone();
+    let (old_host, n, _) = ca_state(&c, "host");
+    assert_eq!((n, node_host_signer(&c)), (1, old_host.clone()));
+    assert_eq!(presented_host_signer(&c, &proxy), old_host);
+    snapshot(&c, "alice", "alice-pre-host");
+
+    // host init: every known_hosts written from now on has both keys.
+    c.admin(&["ca", "rotate", "--type", "host", "--phase", "init"])
+        .expect_ok();
+    assert_eq!(ca_state(&c, "host").1, 2);
+    let export = c.admin(&["ca", "export", "--type", "host"]).expect_ok();
+    assert_eq!(
+        export.stdout.matches("@cert-authority").count(),
+        2,
+        "{}",
+        export.stdout
+    );
+    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
+    c.ssh("alice-pre-host", "alice", "root", &[], "true", None)
+        .expect_ok();
+
+    // host switch: the node and both proxies get host certificates from
+    // the new key; a known_hosts with the old key only no longer matches.
+    c.admin(&["ca", "rotate", "--type", "host", "--phase", "switch"])
+        .expect_ok();
+    let (new_host, _, _) = ca_state(&c, "host");
+    assert_ne!(new_host, old_host);
+    wait_for("the node's host certificate is from the new key", 15, || {
+        node_host_signer(&c) == new_host
+    });
+    wait_for("both proxies' jump host certificates are from the new key", 20, || {
+        presented_host_signer(&c, &proxy) == new_host && presented_host_signer(&c, &b) == new_host
+    });
+    c.ssh("bob", "bob", "root", &[], "echo host-switched", None)
+        .expect_ok();
+    c.run_as("bob", &["ssh", "root@rot", "--", "true"], None)
+        .expect_ok();
+    c.ssh("alice-pre-host", "alice", "root", &[], "true", None)
+        .expect_err("Host key verification failed");
+
+    // host drop: one key again; new logins work.
+    c.admin(&["ca", "rotate", "--type", "host", "--phase", "drop"])
+        .expect_ok();
+    assert_eq!(ca_state(&c, "host"), (new_host.clone(), 1, String::new()));
+    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
+    c.ssh("alice", "alice", "root", &[], "true", None).expect_ok();
+
+    // tls init: services trust the new key at once; clients at login.
+    let (old_tls, _, _) = ca_state(&c, "tls");
+    snapshot(&c, "bob", "bob-pre-tls");
+    c.admin(&["ca", "rotate", "--type", "tls", "--phase", "init"])
+        .expect_ok();
+    wait_for("the node trusts the new tls key", 15, || {
+        node_certs(&c)["tls_ca_pems"].as_array().map_or(0, Vec::len) == 2
+    });
+    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
+    snapshot(&c, "bob", "bob-mid-tls");
+    c.run_as("bob-pre-tls", &["ls"], None).expect_ok();
+
+    // tls switch: servers present certificates from the new key; a client
+    // that never logged in since the init no longer trusts them.
+    c.admin(&["ca", "rotate", "--type", "tls", "--phase", "switch"])
+        .expect_ok();
+    let (new_tls, _, _) = ca_state(&c, "tls");
+    assert_ne!(new_tls, old_tls);
+    wait_for("auth presents a certificate from the new key", 15, || {
+        !c.run_as("bob-pre-tls", &["ls"], None).ok
+    });
+    let refused = c.run_as("bob-pre-tls", &["ls"], None);
+    assert!(
+        refused.stderr.contains("does not trust") && refused.stderr.contains("--ca-pin"),
+        "{}",
+        refused.all()
+    );
+    c.run_as("bob-mid-tls", &["ls"], None).expect_ok();
+    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
+    c.run_as("bob", &["ls"], None).expect_ok();
+    c.run_as("bob", &["ssh", "root@rot", "--", "true"], None)
+        .expect_ok();
+
+    // tls drop: a client certificate from the old key is refused; the node
+    // and the proxies, renewed at the switch, keep working.
+    c.admin(&["ca", "rotate", "--type", "tls", "--phase", "drop"])
+        .expect_ok();
+    assert_eq!(ca_state(&c, "tls"), (new_tls.clone(), 1, String::new()));
+    wait_for("a certificate from the dropped key is refused", 15, || {
+        !c.run_as("bob-mid-tls", &["ls"], None).ok
+    });
+    wait_for("the node renewed after the drop", 15, || {
+        node_certs(&c)["tls_ca_pems"].as_array().map_or(0, Vec::len) == 1
+    });
+    c.run_as("bob", &["ls"], None).expect_ok();
+    c.run_as("bob", &["ssh", "root@rot", "--", "echo", "after"], None)
+        .expect_ok();
+    // The joined proxy saved what it renewed: restarted, it still reaches
+    // auth (its certificate is from the new key) and the node.
+    let _ = proxy_b.kill();
+    let _ = proxy_b.wait();
+    let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
+    c.run_as(
+        "bob-b",
+        &[
+            "login", "--proxy", &b, "--user", "bob", "--ca-pin", &pin_of(&c, &new_tls),
+            "--password-stdin", "--otp", &totp(&bob, 30),
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_ok();
+    c.wait_reachable("bob-b", "root", "rot");
+
+    for (what, child) in [("direct", &mut live), ("through the proxy", &mut live_proxied)] {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the live session {what} survived both rotations"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // Automatic rotations of both, at once, run to their end.
+    for kind in ["host", "tls"] {
+        c.admin(&["ca", "rotate", "--type", kind, "--grace", "2s"])
+            .expect_ok();
+    }
+    wait_for("both automatic rotations end", 90, || {
+        let (h, hn, _) = ca_state(&c, "host");
+        let (t, tn, _) = ca_state(&c, "tls");
+        h != new_host && hn == 1 && t != new_tls && tn == 1
+    });
+    let (final_tls, _, _) = ca_state(&c, "tls");
+    let pin = pin_of(&c, &final_tls);
+    c.run_as(
+        "carol",
+        &[
+            "login", "--proxy", &c.proxy, "--user", "bob", "--ca-pin", &pin,
+            "--password-stdin", "--otp", &totp(&bob, 30),
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_ok();
+    c.wait_reachable("carol", "root", "rot");
+    c.ssh("carol", "bob", "root", &[], "true", None).expect_ok();
+
+    let phases: Vec<(String, String, String)> = c
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "ca.rotate")
+        .map(|e| {
+            (
+                e["fields"]["ca"].as_str().unwrap().to_string(),
+                e["fields"]["phase"].as_str().unwrap().to_string(),
+                e["user"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for ca in ["host", "tls"] {
+        for (phase, by) in [
+            ("init", "admin"),
+            ("switch", "admin"),
+            ("drop", "admin"),
+            ("switch", "warden"),
+            ("drop", "warden"),
+        ] {
+            assert!(
+                phases.iter().any(|(c, p, u)| c == ca && p == phase && u == by),
+                "no {ca} {phase} by {by} in {phases:?}"
+            );
+        }
+    }
+    let _ = proxy_b.kill();
+    let _ = proxy_b.wait();
+}
+
+/// The CA pin of the tls key with `fingerprint` (as `warden admin ca ls`
+/// shows it).
+fn pin_of(c: &Cluster, fingerprint: &str) -> String {
+    let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
+    let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    keys.iter()
+        .find(|k| k["ca"] == "tls" && k["fingerprint"] == fingerprint)
+        .and_then(|k| k["pin"].as_str())
+        .unwrap_or_else(|| panic!("no pin for {fingerprint} in {keys:?}"))
+        .to_string()
 }
 
 /// `warden admin access check` explains a login decision as the node

@@ -1,0 +1,183 @@
+//! The proxy's certificates in use, and keeping them current: the proxy
+//! re-reads the CAs every few seconds; when a rotation step moved them on,
+//! it renews its identity (a jump host certificate from the signing host
+//! key, TLS certificates from the signing tls key, the new trust for
+//! nodes' and peers' certificates) and swaps it in. New connections get
+//! the new certificates; open ones are left alone.
+
+use crate::ProxyIdentity;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use warden_client::tls::{ClientCert, ClusterVerifier, Trust};
+use warden_client::ApiClient;
+use warden_types::endpoints;
+
+/// How often the proxy re-reads the CAs.
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
+
+/// A boxed future, for [`Renew`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Issues the proxy fresh certificates under the CAs as they are now.
+pub trait Renew: Send + Sync + 'static {
+    /// `current` is the identity in use; `auth` calls auth with it.
+    fn renew<'a>(
+        &'a self,
+        current: &'a ProxyIdentity,
+        auth: &'a ApiClient,
+    ) -> BoxFuture<'a, anyhow::Result<ProxyIdentity>>;
+}
+
+/// Everything built from the proxy's identity that a connection uses.
+pub(crate) struct Creds {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub tunnel_tls: Arc<rustls::ServerConfig>,
+    pub peer_tls: Arc<rustls::ServerConfig>,
+    pub tunnel_ssh: Arc<russh::server::Config>,
+    pub jump_ssh: Arc<russh::server::Config>,
+    /// Client config for dialling peer proxies.
+    pub peer_client: Arc<rustls::ClientConfig>,
+}
+
+impl Creds {
+    pub fn build(id: &ProxyIdentity) -> anyhow::Result<Self> {
+        let ssh_key = id.key.ssh_private();
+        let ssh_cert = russh::keys::Certificate::from_openssh(id.ssh_host_cert.trim())?;
+        Ok(Creds {
+            tls: tls_config(id, false, b"http/1.1")?,
+            tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
+            peer_tls: tls_config(id, true, warden_types::ALPN_PEER)?,
+            tunnel_ssh: crate::tunnel::tunnel_ssh_config(ssh_key.clone()),
+            jump_ssh: crate::jump::jump_ssh_config(ssh_key, ssh_cert),
+            peer_client: warden_client::tls::client_config(
+                ClusterVerifier::new(Trust::Roots(id.ca_pems.clone())),
+                warden_types::ALPN_PEER,
+                Some(&client_cert(id)),
+            )?,
+        })
+    }
+}
+
+fn client_cert(id: &ProxyIdentity) -> ClientCert {
+    ClientCert {
+        cert_pem: id.tls_cert_pem.clone(),
+        key_pkcs8: id.key.pkcs8_der().to_vec(),
+    }
+}
+
+/// The credentials in use, shared by every part of the proxy.
+#[derive(Clone)]
+pub(crate) struct Current(Arc<RwLock<Arc<Creds>>>);
+
+impl Current {
+    pub fn new(creds: Creds) -> Self {
+        Current(Arc::new(RwLock::new(Arc::new(creds))))
+    }
+
+    pub fn get(&self) -> Arc<Creds> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, creds: Creds) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(creds);
+    }
+}
+
+/// A server TLS config from the proxy's identity: its certificate with the
+/// issuing CA; with `client_auth`, client certificates from any trusted
+/// tls CA key are required.
+fn tls_config(
+    id: &ProxyIdentity,
+    client_auth: bool,
+    alpn: &[u8],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    // The signing key's CA certificate comes first (auth issues both from
+    // one reading of the CA).
+    let mut chain = warden_ca::tls::pem_to_der(&id.tls_cert_pem)?;
+    chain.extend(warden_ca::tls::pem_to_der(&id.ca_pems[0])?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
+    let builder = rustls::ServerConfig::builder();
+    let mut config = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in &id.ca_pems {
+            for der in warden_ca::tls::pem_to_der(pem)? {
+                roots.add(der)?;
+            }
+        }
+        builder
+            .with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?,
+            )
+            .with_single_cert(chain, key)?
+    } else {
+        builder.with_no_client_auth().with_single_cert(chain, key)?
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What [`follow`] keeps current.
+pub(crate) struct Following {
+    pub identity: ProxyIdentity,
+    pub current: Current,
+    pub auth: ApiClient,
+    pub renew: Arc<dyn Renew>,
+    /// Fingerprints of the trusted user CA keys (the jump host's).
+    pub user_cas: Arc<RwLock<Vec<russh::keys::ssh_key::Fingerprint>>>,
+    /// The generation the proxy holds, reported by its heartbeat.
+    pub generation: Arc<RwLock<String>>,
+    /// Wakes the heartbeat to report a renewal at once.
+    pub renewed: Arc<Notify>,
+}
+
+/// Keeps the trusted user CA keys and the proxy's certificates current.
+pub(crate) async fn follow(mut f: Following) {
+    loop {
+        match f.auth.call(&endpoints::PING, &()).await {
+            Ok(ping) => {
+                let fps = ping
+                    .ssh_user_ca_keys
+                    .iter()
+                    .filter_map(|k| russh::keys::PublicKey::from_openssh(k).ok())
+                    .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
+                    .collect();
+                *f.user_cas.write().unwrap_or_else(|p| p.into_inner()) = fps;
+                let held = f.identity.ca_generation.clone();
+                if !ping.ca_generation.is_empty() && ping.ca_generation != held {
+                    match renew(&mut f).await {
+                        Ok(()) => tracing::info!(
+                            generation = %f.identity.ca_generation,
+                            "proxy certificates renewed for the CA rotation"
+                        ),
+                        Err(e) => tracing::warn!(
+                            error = %format!("{e:#}"),
+                            "cannot renew the proxy's certificates"
+                        ),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the CAs"),
+        }
+        // A rotation's new user key is trusted here within seconds (auth
+        // waits for nodes and proxies before it signs with it).
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+async fn renew(f: &mut Following) -> anyhow::Result<()> {
+    let fresh = f.renew.renew(&f.identity, &f.auth).await?;
+    let creds = Creds::build(&fresh)?;
+    f.auth.set_identity(
+        Trust::Roots(fresh.ca_pems.clone()),
+        Some(&client_cert(&fresh)),
+    )?;
+    f.current.set(creds);
+    *f.generation.write().unwrap_or_else(|p| p.into_inner()) = fresh.ca_generation.clone();
+    f.identity = fresh;
+    f.renewed.notify_one();
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The local admin identity: like a kubeconfig, written into the data dir
-//! at start so `warden admin` on the auth host works without a login.
+//! at start so `warden admin` on the auth host works without a login, and
+//! written again whenever a CA rotation step moves the CAs (and daily).
 
 use crate::server::AuthServer;
 use std::path::Path;
@@ -43,4 +44,44 @@ impl AuthServer {
         )?;
         Ok(())
     }
+
+    /// Writes the admin identity now, then keeps it current while the
+    /// service runs: after each CA rotation step (within seconds) and
+    /// once a day, so it never runs out.
+    pub async fn keep_admin_identity(
+        &self,
+        data_dir: &Path,
+        auth_addr: &str,
+        proxy_addr: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut generation = self.ca_generation().await?;
+        self.write_admin_identity(data_dir, auth_addr, proxy_addr)
+            .await?;
+        let (s, dir, auth, proxy) = (
+            self.clone(),
+            data_dir.to_path_buf(),
+            auth_addr.to_string(),
+            proxy_addr.map(str::to_string),
+        );
+        tokio::spawn(async move {
+            let mut written = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let Ok(now) = s.ca_generation().await else {
+                    continue;
+                };
+                if now == generation && written.elapsed() < REWRITE_EVERY {
+                    continue;
+                }
+                match s.write_admin_identity(&dir, &auth, proxy.as_deref()).await {
+                    Ok(()) => (generation, written) = (now, std::time::Instant::now()),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew the admin identity"),
+                }
+            }
+        });
+        Ok(())
+    }
 }
+
+/// The admin identity is re-issued this often while auth runs.
+const REWRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

@@ -74,7 +74,12 @@ pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, cluster);
-    dn.push(DnType::CommonName, format!("{cluster} tls CA"));
+    // A name of its own per key: during a rotation two CA certificates are
+    // trusted at once, and a client that trusts only one must find no
+    // candidate issuer ("unknown issuer") rather than a namesake whose
+    // signature fails.
+    let id = data_encoding::HEXLOWER.encode(&ca.public_key()[..4]);
+    dn.push(DnType::CommonName, format!("{cluster} tls CA {id}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![

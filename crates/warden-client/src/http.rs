@@ -403,6 +403,21 @@ impl ApiClient {
         }
     }
 
+    /// A failed request; under TLS 1.3 a server refuses a client
+    /// certificate after the handshake, so its alert surfaces here.
+    fn send_error(&self, e: hyper::Error) -> ClientError {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        if text.contains("received fatal alert") {
+            return self.tls_error(std::io::Error::other(text));
+        }
+        self.proto(e.to_string())
+    }
+
     fn proto(&self, reason: String) -> ClientError {
         ClientError::Protocol {
             addr: self.addr.clone(),
@@ -489,7 +504,7 @@ impl ApiClient {
                 {
                     continue
                 }
-                Err(e) => return Err(proto(e.to_string())),
+                Err(e) => return Err(self.send_error(e)),
             }
         };
         Ok((resp, sender))

@@ -381,7 +381,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             proxy.serve(listener, wait(shutdown_rx.clone())),
         ));
     }
-    auth.write_admin_identity(&data_dir, &auth_addr.to_string(), public.as_deref())
+    auth.keep_admin_identity(&data_dir, &auth_addr.to_string(), public.as_deref())
         .await
         .context("cannot write the admin identity")?;
     let pin = auth.ca_pin().await?;

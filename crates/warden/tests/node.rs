@@ -2070,23 +2070,31 @@ fn node_host_signer(c: &Cluster) -> String {
 }
 
 /// The fingerprint of the host CA that signed the certificate an SSH
-/// server at `addr` presents (a proxy's jump host).
-fn presented_host_signer(c: &Cluster, addr: &str) -> String {
+/// server at `addr` presents (a proxy's jump host), as `ssh -v` reports it.
+fn presented_host_signer(addr: &str) -> String {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let out = run_program(
-        "ssh-keyscan",
-        &["-c".into(), "-p".into(), port.into(), host.into()],
+        "ssh",
+        &[
+            "-v", "-p", port, "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=10", &format!("nobody@{host}"), "true",
+        ]
+        .map(String::from),
         None,
     );
-    let cert = out
-        .stdout
+    // "Server host certificate: ... CA ssh-ed25519 SHA256:... valid ..."
+    let line = out
+        .stderr
         .lines()
-        .find(|l| l.contains("-cert-v01@openssh.com"))
+        .find(|l| l.contains("Server host certificate:"))
         .unwrap_or_else(|| panic!("no host certificate from {addr}: {}", out.all()));
-    let file = c.dir.join("presented-cert.pub");
-    let fields: Vec<&str> = cert.split_whitespace().skip(1).collect();
-    std::fs::write(&file, fields.join(" ")).unwrap();
-    signed_by(&file)
+    let after_ca = line.split(" CA ").nth(1).unwrap_or_default();
+    after_ca
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no CA in {line}"))
+        .to_string()
 }
 
 /// Copies a user's whole Warden home (profile, keys, trusted CAs) as it is
@@ -2119,6 +2127,12 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
     let alice = c.add_user("alice", "access", "root");
     let bob = c.add_user("bob", "access", "root");
+    // One login each: a one-time code works once.
+    let carol = c.add_user("carol", "access", "root");
+    let dave = c.add_user("dave", "access", "root");
+    let erin = c.add_user("erin", "access", "root");
+    let frank = c.add_user("frank", "access", "root");
+    let gina = c.add_user("gina", "access", "root");
     c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
     c.wait_reachable("alice", "root", "rot");
     let mut live = live_session(&c);
@@ -2126,7 +2140,7 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     let proxy = c.proxy.clone();
     let (old_host, n, _) = ca_state(&c, "host");
     assert_eq!((n, node_host_signer(&c)), (1, old_host.clone()));
-    assert_eq!(presented_host_signer(&c, &proxy), old_host);
+    assert_eq!(presented_host_signer(&proxy), old_host);
     snapshot(&c, "alice", "alice-pre-host");
 
     // host init: every known_hosts written from now on has both keys.
@@ -2154,7 +2168,7 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
         node_host_signer(&c) == new_host
     });
     wait_for("both proxies' jump host certificates are from the new key", 20, || {
-        presented_host_signer(&c, &proxy) == new_host && presented_host_signer(&c, &b) == new_host
+        presented_host_signer(&proxy) == new_host && presented_host_signer(&b) == new_host
     });
     c.ssh("bob", "bob", "root", &[], "echo host-switched", None)
         .expect_ok();
@@ -2167,8 +2181,8 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     c.admin(&["ca", "rotate", "--type", "host", "--phase", "drop"])
         .expect_ok();
     assert_eq!(ca_state(&c, "host"), (new_host.clone(), 1, String::new()));
-    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
-    c.ssh("alice", "alice", "root", &[], "true", None).expect_ok();
+    c.login("gina", "gina", &totp(&gina, 30)).expect_ok();
+    c.ssh("gina", "gina", "root", &[], "true", None).expect_ok();
 
     // tls init: services trust the new key at once; clients at login.
     let (old_tls, _, _) = ca_state(&c, "tls");
@@ -2178,8 +2192,8 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     wait_for("the node trusts the new tls key", 15, || {
         node_certs(&c)["tls_ca_pems"].as_array().map_or(0, Vec::len) == 2
     });
-    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
-    snapshot(&c, "bob", "bob-mid-tls");
+    c.login("carol", "carol", &totp(&carol, 30)).expect_ok();
+    snapshot(&c, "carol", "carol-mid-tls");
     c.run_as("bob-pre-tls", &["ls"], None).expect_ok();
 
     // tls switch: servers present certificates from the new key; a client
@@ -2197,10 +2211,13 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
         "{}",
         refused.all()
     );
-    c.run_as("bob-mid-tls", &["ls"], None).expect_ok();
-    c.login("bob", "bob", &totp(&bob, 30)).expect_ok();
-    c.run_as("bob", &["ls"], None).expect_ok();
-    c.run_as("bob", &["ssh", "root@rot", "--", "true"], None)
+    c.run_as("carol-mid-tls", &["ls"], None).expect_ok();
+    // A first login now needs the new pin: the old one is refused.
+    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &c.pin)
+        .expect_err("CA pin mismatch");
+    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &pin_of(&c, &new_tls)).expect_ok();
+    c.run_as("dave", &["ls"], None).expect_ok();
+    c.run_as("dave", &["ssh", "root@rot", "--", "true"], None)
         .expect_ok();
 
     // tls drop: a client certificate from the old key is refused; the node
@@ -2209,29 +2226,27 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
         .expect_ok();
     assert_eq!(ca_state(&c, "tls"), (new_tls.clone(), 1, String::new()));
     wait_for("a certificate from the dropped key is refused", 15, || {
-        !c.run_as("bob-mid-tls", &["ls"], None).ok
+        !c.run_as("carol-mid-tls", &["ls"], None).ok
     });
     wait_for("the node renewed after the drop", 15, || {
         node_certs(&c)["tls_ca_pems"].as_array().map_or(0, Vec::len) == 1
     });
-    c.run_as("bob", &["ls"], None).expect_ok();
-    c.run_as("bob", &["ssh", "root@rot", "--", "echo", "after"], None)
+    let refused = c.run_as("carol-mid-tls", &["ls"], None);
+    assert!(
+        refused.stderr.contains("run 'warden login'"),
+        "{}",
+        refused.all()
+    );
+    c.run_as("dave", &["ls"], None).expect_ok();
+    c.run_as("dave", &["ssh", "root@rot", "--", "echo", "after"], None)
         .expect_ok();
     // The joined proxy saved what it renewed: restarted, it still reaches
     // auth (its certificate is from the new key) and the node.
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
     let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
-    c.run_as(
-        "bob-b",
-        &[
-            "login", "--proxy", &b, "--user", "bob", "--ca-pin", &pin_of(&c, &new_tls),
-            "--password-stdin", "--otp", &totp(&bob, 30),
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    )
-    .expect_ok();
-    c.wait_reachable("bob-b", "root", "rot");
+    login_with_pin(&c, "erin", &totp(&erin, 30), &b, &pin_of(&c, &new_tls)).expect_ok();
+    c.wait_reachable("erin", "root", "rot");
 
     for (what, child) in [("direct", &mut live), ("through the proxy", &mut live_proxied)] {
         assert!(
@@ -2254,17 +2269,9 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     });
     let (final_tls, _, _) = ca_state(&c, "tls");
     let pin = pin_of(&c, &final_tls);
-    c.run_as(
-        "carol",
-        &[
-            "login", "--proxy", &c.proxy, "--user", "bob", "--ca-pin", &pin,
-            "--password-stdin", "--otp", &totp(&bob, 30),
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    )
-    .expect_ok();
-    c.wait_reachable("carol", "root", "rot");
-    c.ssh("carol", "bob", "root", &[], "true", None).expect_ok();
+    login_with_pin(&c, "frank", &totp(&frank, 30), &c.proxy, &pin).expect_ok();
+    c.wait_reachable("frank", "root", "rot");
+    c.ssh("frank", "frank", "root", &[], "true", None).expect_ok();
 
     let phases: Vec<(String, String, String)> = c
         .events()
@@ -2294,6 +2301,19 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     }
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
+}
+
+/// `warden login` as `user` (home of the same name) through `proxy`,
+/// trusting `pin`.
+fn login_with_pin(c: &Cluster, user: &str, otp: &str, proxy: &str, pin: &str) -> Out {
+    c.run_as(
+        user,
+        &[
+            "login", "--proxy", proxy, "--user", user, "--ca-pin", pin, "--password-stdin",
+            "--otp", otp,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
 }
 
 /// The CA pin of the tls key with `fingerprint` (as `warden admin ca ls`

@@ -71,6 +71,8 @@ pub struct Proxy {
     auth_endpoints: warden_client::http::Endpoints,
     /// The certificates in use (renewed when a CA rotates).
     creds: creds::Current,
+    /// The CA generation they are from.
+    generation: Arc<std::sync::RwLock<String>>,
     jump: jump::Jump,
     /// mTLS client of the auth API with the proxy's own identity.
     pub auth: ApiClient,
@@ -156,7 +158,7 @@ impl Proxy {
             auth: auth.clone(),
             renew,
             user_cas: user_cas.clone(),
-            generation,
+            generation: generation.clone(),
             renewed,
         }));
         Ok(Proxy {
@@ -173,6 +175,7 @@ impl Proxy {
                 auth: auth.clone(),
             },
             creds: current,
+            generation,
             auth,
         })
     }
@@ -189,10 +192,13 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let this = Arc::new(self);
-        let app = public_router(this.auth.clone().with_header(
-            warden_types::api::PROXY_ADDRS_HEADER,
-            &this.public_addrs.join(","),
-        ));
+        let app = public_router(
+            this.auth.clone().with_header(
+                warden_types::api::PROXY_ADDRS_HEADER,
+                &this.public_addrs.join(","),
+            ),
+            this.generation.clone(),
+        );
         let slots = Arc::new(tokio::sync::Semaphore::new(limits::connection_cap(
             MAX_CONNECTIONS,
         )));

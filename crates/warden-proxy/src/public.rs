@@ -32,12 +32,19 @@ const PING_CACHE: Duration = Duration::from_secs(10);
 struct Public {
     auth: ApiClient,
     ping: Arc<Mutex<Option<(Instant, serde_json::Value)>>>,
+    /// The CA generation the proxy's certificates are from: a cached ping
+    /// from another is stale (a client checks its pin against the CAs the
+    /// ping lists, and the proxy's certificate against its pin).
+    generation: Arc<std::sync::RwLock<String>>,
 }
 
-pub fn public_router(auth: ApiClient) -> Router {
+/// The public API: `auth` forwards to auth; `generation` is the CA
+/// generation the proxy's own certificates are from.
+pub fn public_router(auth: ApiClient, generation: Arc<std::sync::RwLock<String>>) -> Router {
     let state = Public {
         auth,
         ping: Arc::new(Mutex::new(None)),
+        generation,
     };
     Router::new()
         .route(endpoints::PING.path, get(ping))
@@ -98,7 +105,9 @@ fn auth_for(auth: &ApiClient, addr: ClientAddr) -> ApiClient {
 
 async fn ping(State(p): State<Public>) -> Response {
     if let Some((at, v)) = p.ping.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        if at.elapsed() < PING_CACHE {
+        let generation = p.generation.read().unwrap_or_else(|e| e.into_inner());
+        let current = v["ca_generation"].as_str().unwrap_or_default() == generation.as_str();
+        if at.elapsed() < PING_CACHE && current {
             return Json(v.clone()).into_response();
         }
     }

@@ -2192,6 +2192,15 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     wait_for("the node trusts the new tls key", 15, || {
         node_certs(&c)["tls_ca_pems"].as_array().map_or(0, Vec::len) == 2
     });
+    // Until the switch, proxies present the old CA only.
+    let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
+    let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let next = keys
+        .iter()
+        .find(|k| k["ca"] == "tls" && k["state"] == "trusted")
+        .unwrap();
+    let new_pin = next["pin"].as_str().unwrap().to_string();
+    assert!(!proxy_verifies(&c, &c.proxy, &new_pin));
     c.login("carol", "carol", &totp(&carol, 30)).expect_ok();
     snapshot(&c, "carol", "carol-mid-tls");
     c.run_as("bob-pre-tls", &["ls"], None).expect_ok();
@@ -2211,11 +2220,15 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
         "{}",
         refused.all()
     );
+    assert_eq!(pin_of(&c, &new_tls), new_pin);
+    wait_for("both proxies present the new CA", 15, || {
+        proxy_verifies(&c, &c.proxy, &new_pin) && proxy_verifies(&c, &b, &new_pin)
+    });
     c.run_as("carol-mid-tls", &["ls"], None).expect_ok();
     // A first login now needs the new pin: the old one is refused.
     login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &c.pin)
         .expect_err("CA pin mismatch");
-    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &pin_of(&c, &new_tls)).expect_ok();
+    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &new_pin).expect_ok();
     c.run_as("dave", &["ls"], None).expect_ok();
     c.run_as("dave", &["ssh", "root@rot", "--", "true"], None)
         .expect_ok();
@@ -2245,7 +2258,7 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
     let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
-    login_with_pin(&c, "erin", &totp(&erin, 30), &b, &pin_of(&c, &new_tls)).expect_ok();
+    login_with_pin(&c, "erin", &totp(&erin, 30), &b, &new_pin).expect_ok();
     c.wait_reachable("erin", "root", "rot");
 
     for (what, child) in [("direct", &mut live), ("through the proxy", &mut live_proxied)] {
@@ -2314,6 +2327,18 @@ fn login_with_pin(c: &Cluster, user: &str, otp: &str, proxy: &str, pin: &str) ->
         ],
         Some(&format!("{PASSWORD}\n")),
     )
+}
+
+/// Whether `proxy` verifies against `pin` (a login that stops before
+/// asking for a password, so no one-time code is spent).
+fn proxy_verifies(c: &Cluster, proxy: &str, pin: &str) -> bool {
+    let out = c.run_as(
+        "probe",
+        &["login", "--proxy", proxy, "--user", "nobody", "--ca-pin", pin],
+        None,
+    );
+    assert!(!out.ok, "a login without a password cannot succeed");
+    !out.stderr.contains("pin mismatch")
 }
 
 /// The CA pin of the tls key with `fingerprint` (as `warden admin ca ls`

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CA keys in an HSM against the software store, in the same run, on a
 # fresh SoftHSM2 token:
-# - certificates signed per second by each store (N OpenSSH user
-#   certificates, one thread: crates/warden-ca/examples/sign_rate.rs);
+# - certificates signed per second by each store, Ed25519 and ECDSA P-256
+#   keys in the token (N OpenSSH user certificates, one thread:
+#   crates/warden-ca/examples/sign_rate.rs);
 # - login latency (password + TOTP, certificates issued) of LOGINS users
 #   against an all-in-one cluster with software CA keys and one with its
 #   CA keys in the token: the median, each login timed alone.
@@ -63,6 +64,9 @@ login_ms() {
 echo "== login latency, median of $LOGINS (ms)"
 soft=$(login_ms software)
 hsm=$(login_ms hsm --hsm-module $MODULE --hsm-token warden --hsm-pin-file "$T/pin")
-echo "software: $soft ms"
-echo "pkcs11:   $hsm ms"
-awk -v s="$soft" -v h="$hsm" 'BEGIN {printf "ratio pkcs11/software: %.2fx\n", h / s}'
+ec=$(login_ms hsm-ec --hsm-module $MODULE --hsm-token warden --hsm-pin-file "$T/pin" --hsm-key-type ecdsa-p256)
+echo "software:          $soft ms"
+echo "pkcs11 ed25519:    $hsm ms"
+echo "pkcs11 ecdsa-p256: $ec ms"
+awk -v s="$soft" -v h="$hsm" 'BEGIN {printf "ratio pkcs11 ed25519/software: %.2fx\n", h / s}'
+awk -v s="$soft" -v h="$ec" 'BEGIN {printf "ratio pkcs11 ecdsa-p256/software: %.2fx\n", h / s}'

@@ -144,15 +144,12 @@ async fn verify(
     if let Some(item) = s.backend().get(HEAD_KEY).await? {
         let head: SignedHead = serde_json::from_slice(&item.value)
             .map_err(|e| AuthError::Internal(format!("corrupt signed audit head: {e}")))?;
-        let (signer, _) = s.signer(CaType::Tls).await?;
-        let key =
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, signer.public_key());
+        // Any trusted tls key: the head may predate a rotation's switch.
+        let tls = s.authority(CaType::Tls).await?;
         let sig = data_encoding::HEXLOWER
             .decode(head.signature.as_bytes())
             .unwrap_or_default();
-        let signed_ok = key
-            .verify(&message(head.index, &head.hash, head.time), &sig)
-            .is_ok();
+        let signed_ok = tls.verifies(&message(head.index, &head.hash, head.time), &sig);
         out.signed_head = Some((head.index, head.time));
         if out.first_broken.is_none() {
             let stored = s.inner.audit.at(head.index).await?;

@@ -301,15 +301,7 @@ fn head_signed(backup: &Backup, head: &serde_json::Value) -> bool {
         return false;
     };
     let message = crate::audit_chain::message(index, hash, time);
-    tls.active.iter().chain(tls.trusted.iter()).any(|k| {
-        data_encoding::HEXLOWER
-            .decode(k.handle.public_key.as_bytes())
-            .is_ok_and(|public| {
-                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
-                    .verify(&message, &sig)
-                    .is_ok()
-            })
-    })
+    tls.verifies(&message, &sig)
 }
 
 /// What [`restore`] did.

@@ -45,15 +45,10 @@ impl AuthServer {
                 .map(|(i, k)| (k, if i == 0 { "signing" } else { "trusted" }))
                 .chain(authority.trusted.iter().map(|k| (k, "trusted")));
             for (key, state) in keys {
-                let public = data_encoding::HEXLOWER
-                    .decode(key.handle.public_key.as_bytes())
-                    .unwrap_or_default();
-                let fingerprint = ssh_key::public::Ed25519PublicKey::try_from(&public[..])
-                    .map(|k| {
-                        ssh_key::PublicKey::from(k)
-                            .fingerprint(ssh_key::HashAlg::Sha256)
-                            .to_string()
-                    })
+                let fingerprint = key
+                    .handle
+                    .public_bytes()
+                    .and_then(|p| warden_ca::ssh::fingerprint(key.handle.alg, &p))
                     .unwrap_or_else(|_| key.handle.public_key.clone());
                 out.push(CaKeyInfo {
                     ca: ca.as_str().to_string(),
@@ -65,6 +60,7 @@ impl AuthServer {
                     fingerprint,
                     created: key.created,
                     state: state.to_string(),
+                    alg: key.handle.alg.as_str().to_string(),
                     rotation: rotation.clone(),
                     pin: key
                         .tls_cert_pem

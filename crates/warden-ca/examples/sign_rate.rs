@@ -1,6 +1,6 @@
 //! OpenSSH user certificates signed per second by a CA key in the
-//! software store and by one in a PKCS#11 token, in the same run
-//! (`bench/hsm.sh` sets the token up).
+//! software store and by Ed25519 and ECDSA P-256 keys in a PKCS#11 token,
+//! in the same run (`bench/hsm.sh` sets the token up).
 //!
 //! `sign_rate N` with WARDEN_HSM_MODULE, WARDEN_HSM_TOKEN and
 //! WARDEN_HSM_PIN naming the token; prints one line per store.
@@ -8,7 +8,7 @@
 use std::time::Instant;
 use warden_ca::pkcs11::{HsmConfig, Pkcs11KeyStore};
 use warden_ca::ssh::{sign_user_cert, UserCert};
-use warden_ca::{CaSigner, ClientKey, KeyStore, SoftwareKeyStore};
+use warden_ca::{CaSigner, ClientKey, KeyAlg, KeyStore, SoftwareKeyStore};
 
 fn rate(name: &str, ca: &dyn CaSigner, n: u32) -> f64 {
     let client = ClientKey::generate();
@@ -53,14 +53,22 @@ fn main() {
     let software = SoftwareKeyStore::open_or_create(&kek).unwrap();
     let soft = software.load(&software.generate().unwrap()).unwrap();
     let _ = std::fs::remove_file(&kek);
-    let hsm = Pkcs11KeyStore::open(&HsmConfig {
+    let token = Pkcs11KeyStore::open(&HsmConfig {
         module: var("WARDEN_HSM_MODULE").into(),
         token: var("WARDEN_HSM_TOKEN"),
         pin: zeroize::Zeroizing::new(var("WARDEN_HSM_PIN")),
+        key_type: None,
     })
     .unwrap();
-    let hard = hsm.load(&hsm.generate().unwrap()).unwrap();
+    let hsm = |alg| {
+        let store = token.with_key_type(Some(alg)).unwrap();
+        store.load(&store.generate().unwrap()).unwrap()
+    };
+    let ed = hsm(KeyAlg::Ed25519);
+    let ec = hsm(KeyAlg::EcdsaP256);
     let s = rate("software", &*soft, n);
-    let h = rate("pkcs11", &*hard, n);
-    println!("ratio pkcs11/software: {:.2}x", h / s);
+    let h = rate("pkcs11 ed25519", &*ed, n);
+    let e = rate("pkcs11 ecdsa-p256", &*ec, n);
+    println!("ratio pkcs11 ed25519/software: {:.2}x", h / s);
+    println!("ratio pkcs11 ecdsa-p256/software: {:.2}x", e / s);
 }

@@ -298,6 +298,15 @@ impl CertAuthority {
             .collect()
     }
 
+    /// Whether `sig` over `msg` is from any key this CA trusts.
+    pub fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        self.all().any(|k| {
+            k.handle
+                .public_bytes()
+                .is_ok_and(|public| k.handle.alg.verify(&public, msg, sig))
+        })
+    }
+
     /// Every trusted CA certificate (PEM).
     pub fn tls_cert_pems(&self) -> Vec<String> {
         self.all().filter_map(|k| k.tls_cert_pem.clone()).collect()

@@ -9,22 +9,73 @@ use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+/// A CA key's algorithm: Ed25519 wherever the key store offers it, ECDSA
+/// P-256 (SHA-256) for HSMs that lack Ed25519.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlg {
+    #[default]
+    Ed25519,
+    EcdsaP256,
+}
+
+impl KeyAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlg::Ed25519 => "ed25519",
+            KeyAlg::EcdsaP256 => "ecdsa-p256",
+        }
+    }
+
+    fn is_ed25519(&self) -> bool {
+        *self == KeyAlg::Ed25519
+    }
+
+    /// Whether `sig` (as [`CaSigner::sign`] makes it) over `msg` verifies
+    /// under `public` (as [`CaSigner::public_key`] gives it).
+    pub fn verify(self, public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+        let alg: &'static dyn ring::signature::VerificationAlgorithm = match self {
+            KeyAlg::Ed25519 => &ring::signature::ED25519,
+            KeyAlg::EcdsaP256 => &ring::signature::ECDSA_P256_SHA256_FIXED,
+        };
+        ring::signature::UnparsedPublicKey::new(alg, public)
+            .verify(msg, sig)
+            .is_ok()
+    }
+}
+
 /// A stored reference to a CA key: safe to keep in the backend because the
 /// private part is either encrypted (software) or a label in an HSM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyHandle {
     /// Which key store holds the key: `software` or `pkcs11` (an HSM).
     pub store: String,
-    /// Raw Ed25519 public key, hex.
+    /// The public key, hex: raw Ed25519, or an uncompressed SEC1 point.
     pub public_key: String,
     /// Store-specific data: for `software`, the sealed seed (base64).
     pub data: String,
+    #[serde(default, skip_serializing_if = "KeyAlg::is_ed25519")]
+    pub alg: KeyAlg,
+}
+
+impl KeyHandle {
+    /// The public key's bytes.
+    pub fn public_bytes(&self) -> Result<Vec<u8>> {
+        data_encoding::HEXLOWER
+            .decode(self.public_key.as_bytes())
+            .map_err(|_| CaError::Key("a CA key's public key is not hex".into()))
+    }
 }
 
 /// Something that signs with a CA key.
 pub trait CaSigner: Send + Sync {
-    fn public_key(&self) -> [u8; 32];
-    /// An Ed25519 signature over `msg` (an HSM may fail to give one).
+    fn alg(&self) -> KeyAlg {
+        KeyAlg::Ed25519
+    }
+    /// Raw Ed25519 (32 bytes), or an uncompressed SEC1 P-256 point (65).
+    fn public_key(&self) -> Vec<u8>;
+    /// A signature over `msg` (an HSM may fail to give one): Ed25519, or
+    /// ECDSA P-256 over SHA-256 as `r || s` (64 bytes each way).
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>>;
 }
 
@@ -40,8 +91,8 @@ struct SoftwareSigner {
 }
 
 impl CaSigner for SoftwareSigner {
-    fn public_key(&self) -> [u8; 32] {
-        self.public
+    fn public_key(&self) -> Vec<u8> {
+        self.public.to_vec()
     }
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
         Ok(self.pair.sign(msg).as_ref().to_vec())
@@ -153,6 +204,7 @@ impl KeyStore for SoftwareKeyStore {
             store: "software".into(),
             public_key: data_encoding::HEXLOWER.encode(pair.public_key().as_ref()),
             data: self.seal(CA_KEY_AAD, &*seed),
+            alg: KeyAlg::Ed25519,
         })
     }
 
@@ -256,9 +308,8 @@ mod tests {
         assert!(!h.data.contains(&h.public_key));
         let signer = ks.load(&h).unwrap();
         let sig = signer.sign(b"msg").unwrap();
-        let pk =
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, signer.public_key());
-        pk.verify(b"msg", &sig).unwrap();
+        assert!(KeyAlg::Ed25519.verify(&signer.public_key(), b"msg", &sig));
+        assert!(!KeyAlg::Ed25519.verify(&signer.public_key(), b"other", &sig));
         // Reopening the same KEK loads the key; another KEK cannot.
         let again = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
         assert_eq!(again.load(&h).unwrap().public_key(), signer.public_key());

@@ -17,7 +17,7 @@ pub mod tls;
 
 pub use authority::{CaKey, CaType, CertAuthority, Phase, Rotation, RotationError, Wait};
 pub use client_key::ClientKey;
-pub use keystore::{CaSigner, KeyHandle, KeyStore, SoftwareKeyStore};
+pub use keystore::{CaSigner, KeyAlg, KeyHandle, KeyStore, SoftwareKeyStore};
 
 use thiserror::Error;
 

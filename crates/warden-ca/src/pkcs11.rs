@@ -2,11 +2,13 @@
 //! inside the token (sensitive, never extractable) and used there; the
 //! backend keeps only a reference (token label and object id).
 //!
-//! Every Warden CA key is Ed25519 (`CKM_EC_EDWARDS_KEY_PAIR_GEN`,
-//! `CKM_EDDSA`), so a token must offer those; one that does not is refused
-//! at start, naming what it lacks.
+//! New keys are Ed25519 (`CKM_EC_EDWARDS_KEY_PAIR_GEN`, `CKM_EDDSA`)
+//! where the token offers it, else ECDSA P-256 (`CKM_EC_KEY_PAIR_GEN`,
+//! `CKM_ECDSA` over a SHA-256 digest); the operator may pick one. A token
+//! with neither is refused at start, naming what it lacks. Each key's
+//! handle records its algorithm, so a token may hold both.
 
-use crate::keystore::{CaSigner, KeyHandle, KeyStore};
+use crate::keystore::{CaSigner, KeyAlg, KeyHandle, KeyStore};
 use crate::{CaError, Result};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -23,6 +25,50 @@ pub const STORE: &str = "pkcs11";
 
 /// DER of the Ed25519 curve's OID (1.3.101.112), for `CKA_EC_PARAMS`.
 const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// DER of P-256's OID (1.2.840.10045.3.1.7, prime256v1).
+const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// What each algorithm needs of a token.
+fn mechanisms(alg: KeyAlg) -> [(MechanismType, &'static str); 2] {
+    match alg {
+        KeyAlg::Ed25519 => [
+            (
+                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+                "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+            ),
+            (MechanismType::EDDSA, "CKM_EDDSA"),
+        ],
+        KeyAlg::EcdsaP256 => [
+            (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"),
+            (MechanismType::ECDSA, "CKM_ECDSA"),
+        ],
+    }
+}
+
+/// The algorithm of new keys: `wanted`, or Ed25519 if the token offers it
+/// and ECDSA P-256 otherwise. `offered` is the token's mechanism list.
+fn choose(wanted: Option<KeyAlg>, offered: &[MechanismType]) -> std::result::Result<KeyAlg, String> {
+    let missing = |alg| -> Vec<&'static str> {
+        mechanisms(alg)
+            .into_iter()
+            .filter(|(m, _)| !offered.contains(m))
+            .map(|(_, name)| name)
+            .collect()
+    };
+    let candidates = match wanted {
+        Some(alg) => vec![alg],
+        None => vec![KeyAlg::Ed25519, KeyAlg::EcdsaP256],
+    };
+    let mut lacks = Vec::new();
+    for alg in candidates {
+        let m = missing(alg);
+        if m.is_empty() {
+            return Ok(alg);
+        }
+        lacks.push(format!("{} ({})", alg.as_str(), m.join(", ")));
+    }
+    Err(format!("it has no {}", lacks.join(" and no ")))
+}
 
 /// Where the HSM is and how to log in.
 #[derive(Clone)]
@@ -33,6 +79,9 @@ pub struct HsmConfig {
     pub token: String,
     /// The user PIN.
     pub pin: Zeroizing<String>,
+    /// The algorithm of new keys; `None`: Ed25519 if the token offers it,
+    /// else ECDSA P-256.
+    pub key_type: Option<KeyAlg>,
 }
 
 impl std::fmt::Debug for HsmConfig {
@@ -52,6 +101,8 @@ fn hsm_err(what: &str, e: impl std::fmt::Display) -> CaError {
 /// again, and logged in again, when the token drops it).
 pub struct Pkcs11KeyStore {
     token: Arc<Token>,
+    /// The algorithm of the keys it generates.
+    alg: KeyAlg,
 }
 
 /// A token and the session this process uses with it.
@@ -61,6 +112,8 @@ struct Token {
     slot: cryptoki::slot::Slot,
     pin: Zeroizing<String>,
     session: Mutex<Session>,
+    /// What the token offers.
+    mechanisms: Vec<MechanismType>,
 }
 
 impl Token {
@@ -135,32 +188,18 @@ impl Pkcs11KeyStore {
         let mechanisms = ctx
             .get_mechanism_list(slot)
             .map_err(|e| hsm_err("cannot list the token's mechanisms", e))?;
-        let missing: Vec<&str> = [
-            (
-                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
-                "CKM_EC_EDWARDS_KEY_PAIR_GEN",
-            ),
-            (MechanismType::EDDSA, "CKM_EDDSA"),
-        ]
-        .into_iter()
-        .filter(|(m, _)| !mechanisms.contains(m))
-        .map(|(_, name)| name)
-        .collect();
-        if !missing.is_empty() {
-            return Err(CaError::Hsm(format!(
-                "token {:?} has no Ed25519 ({}), which every Warden CA key is",
-                config.token,
-                missing.join(", ")
-            )));
-        }
+        let alg = choose(config.key_type, &mechanisms)
+            .map_err(|why| CaError::Hsm(format!("token {:?} cannot hold CA keys: {why}", config.token)))?;
         let session = Token::login(&ctx, slot, &config.token, &config.pin)?;
         Ok(Pkcs11KeyStore {
+            alg,
             token: Arc::new(Token {
                 label: config.token.clone(),
                 ctx,
                 slot,
                 pin: config.pin.clone(),
                 session: Mutex::new(session),
+                mechanisms,
             }),
         })
     }
@@ -168,6 +207,23 @@ impl Pkcs11KeyStore {
     /// The token this store uses.
     pub fn token(&self) -> &str {
         &self.token.label
+    }
+
+    /// The algorithm of the keys it generates.
+    pub fn alg(&self) -> KeyAlg {
+        self.alg
+    }
+
+    /// The same token and session, generating keys of `key_type` (a
+    /// module initializes once per process: a second `open` would fail).
+    pub fn with_key_type(&self, key_type: Option<KeyAlg>) -> Result<Self> {
+        let alg = choose(key_type, &self.token.mechanisms).map_err(|why| {
+            CaError::Hsm(format!("token {:?} cannot hold CA keys: {why}", self.token.label))
+        })?;
+        Ok(Pkcs11KeyStore {
+            token: self.token.clone(),
+            alg,
+        })
     }
 
     /// Logs this process out of the token (at shutdown); a later use logs
@@ -203,20 +259,29 @@ impl Pkcs11KeyStore {
     }
 }
 
-/// The 32 key bytes of a `CKA_EC_POINT`: DER `OCTET STRING` (as the
-/// standard says) or bare (as some tokens give it).
-fn ed25519_point(value: &[u8]) -> Result<[u8; 32]> {
+/// The key bytes of a `CKA_EC_POINT` (raw Ed25519, or an uncompressed
+/// SEC1 P-256 point): DER `OCTET STRING` (as the standard says) or bare
+/// (as some tokens give it).
+fn ec_point(alg: KeyAlg, value: &[u8]) -> Result<Vec<u8>> {
+    let len = match alg {
+        KeyAlg::Ed25519 => 32,
+        KeyAlg::EcdsaP256 => 65,
+    };
     let raw = match value {
-        [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
-        v if v.len() == 32 => v,
+        [0x04, l, rest @ ..] if usize::from(*l) == len && rest.len() == len => rest,
+        v if v.len() == len => v,
         _ => {
             return Err(CaError::Key(format!(
-                "unexpected Ed25519 public key encoding ({} bytes)",
+                "unexpected {} public key encoding ({} bytes)",
+                alg.as_str(),
                 value.len()
             )))
         }
     };
-    Ok(raw.try_into().expect("32 bytes"))
+    if alg == KeyAlg::EcdsaP256 && raw[0] != 0x04 {
+        return Err(CaError::Key("a P-256 public key that is not an uncompressed point".into()));
+    }
+    Ok(raw.to_vec())
 }
 
 impl KeyStore for Pkcs11KeyStore {
@@ -224,10 +289,14 @@ impl KeyStore for Pkcs11KeyStore {
         let id = crate::random_bytes::<16>().to_vec();
         let hex = data_encoding::HEXLOWER.encode(&id);
         let label = format!("warden-ca-{hex}").into_bytes();
+        let (mechanism, params) = match self.alg {
+            KeyAlg::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, ED25519_PARAMS),
+            KeyAlg::EcdsaP256 => (Mechanism::EccKeyPairGen, P256_PARAMS),
+        };
         let public_template = [
             Attribute::Token(true),
             Attribute::Verify(true),
-            Attribute::EcParams(ED25519_PARAMS.to_vec()),
+            Attribute::EcParams(params.to_vec()),
             Attribute::Label(label.clone()),
             Attribute::Id(id.clone()),
         ];
@@ -244,19 +313,16 @@ impl KeyStore for Pkcs11KeyStore {
             &format!("cannot generate a key in token {:?}", self.token.label),
             |session| {
                 session
-                    .generate_key_pair(
-                        &Mechanism::EccEdwardsKeyPairGen,
-                        &public_template,
-                        &private_template,
-                    )
+                    .generate_key_pair(&mechanism, &public_template, &private_template)
                     .map(|(public, _)| public)
             },
         )?;
-        let point = public_point(&self.token, public)?;
+        let point = public_point(&self.token, public, self.alg)?;
         Ok(KeyHandle {
             store: STORE.into(),
             public_key: data_encoding::HEXLOWER.encode(&point),
             data: format!("token={};id={hex}", self.token.label),
+            alg: self.alg,
         })
     }
 
@@ -272,7 +338,7 @@ impl KeyStore for Pkcs11KeyStore {
             )));
         }
         let (key, public) = find_pair(&self.token, &id)?;
-        let point = public_point(&self.token, public)?;
+        let point = public_point(&self.token, public, handle.alg)?;
         if data_encoding::HEXLOWER.encode(&point) != handle.public_key {
             return Err(CaError::Key(
                 "the HSM's key does not match the CA's public key".into(),
@@ -283,6 +349,7 @@ impl KeyStore for Pkcs11KeyStore {
             id,
             key: Mutex::new(key),
             public: point,
+            alg: handle.alg,
         }))
     }
 }
@@ -307,13 +374,13 @@ fn find_pair(token: &Token, id: &[u8]) -> Result<(ObjectHandle, ObjectHandle)> {
     }
 }
 
-/// The Ed25519 public key of a public key object.
-fn public_point(token: &Token, public: ObjectHandle) -> Result<[u8; 32]> {
+/// The public key of a public key object.
+fn public_point(token: &Token, public: ObjectHandle, alg: KeyAlg) -> Result<Vec<u8>> {
     let attrs = token.with("cannot read a public key", |session| {
         session.get_attributes(public, &[AttributeType::EcPoint])
     })?;
     match attrs.as_slice() {
-        [Attribute::EcPoint(p)] => ed25519_point(p),
+        [Attribute::EcPoint(p)] => ec_point(alg, p),
         _ => Err(CaError::Hsm("the token did not give the public key".into())),
     }
 }
@@ -323,16 +390,32 @@ struct Pkcs11Signer {
     id: Vec<u8>,
     /// Found again after the token drops the session.
     key: Mutex<ObjectHandle>,
-    public: [u8; 32],
+    public: Vec<u8>,
+    alg: KeyAlg,
 }
 
 impl CaSigner for Pkcs11Signer {
-    fn public_key(&self) -> [u8; 32] {
-        self.public
+    fn alg(&self) -> KeyAlg {
+        self.alg
+    }
+
+    fn public_key(&self) -> Vec<u8> {
+        self.public.clone()
     }
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
-        let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+        // CKM_ECDSA signs a digest: the SHA-256 is taken here.
+        let digest;
+        let (mechanism, msg) = match self.alg {
+            KeyAlg::Ed25519 => (
+                Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                msg,
+            ),
+            KeyAlg::EcdsaP256 => {
+                digest = ring::digest::digest(&ring::digest::SHA256, msg);
+                (Mechanism::Ecdsa, digest.as_ref())
+            }
+        };
         let key = *self.key.lock().unwrap_or_else(|p| p.into_inner());
         let sig = match self
             .token
@@ -366,13 +449,24 @@ mod tests {
     fn points_and_references() {
         let mut der = vec![0x04, 0x20];
         der.extend([7u8; 32]);
-        assert_eq!(ed25519_point(&der).unwrap(), [7; 32]);
-        assert_eq!(ed25519_point(&[9; 32]).unwrap(), [9; 32]);
-        assert!(ed25519_point(&[1, 2, 3]).is_err());
+        assert_eq!(ec_point(KeyAlg::Ed25519, &der).unwrap(), [7; 32]);
+        assert_eq!(ec_point(KeyAlg::Ed25519, &[9; 32]).unwrap(), [9; 32]);
+        assert!(ec_point(KeyAlg::Ed25519, &[1, 2, 3]).is_err());
+        let mut point = vec![0x04];
+        point.extend([5u8; 64]);
+        let mut der = vec![0x04, 0x41];
+        der.extend(&point);
+        assert_eq!(ec_point(KeyAlg::EcdsaP256, &der).unwrap(), point);
+        assert_eq!(ec_point(KeyAlg::EcdsaP256, &point).unwrap(), point);
+        let mut compressed = vec![0x02];
+        compressed.extend([5u8; 64]);
+        assert!(ec_point(KeyAlg::EcdsaP256, &compressed).is_err());
+        assert!(ec_point(KeyAlg::EcdsaP256, &[7; 32]).is_err());
         let h = KeyHandle {
             store: STORE.into(),
             public_key: String::new(),
             data: "token=warden;id=00ff".into(),
+            alg: KeyAlg::Ed25519,
         };
         assert_eq!(
             Pkcs11KeyStore::reference(&h).unwrap(),
@@ -383,5 +477,21 @@ mod tests {
             ..h
         };
         assert!(Pkcs11KeyStore::reference(&bad).is_err());
+    }
+
+    #[test]
+    fn ed25519_where_offered_else_p256() {
+        use MechanismType as M;
+        let both = [M::ECC_EDWARDS_KEY_PAIR_GEN, M::EDDSA, M::ECC_KEY_PAIR_GEN, M::ECDSA];
+        assert_eq!(choose(None, &both), Ok(KeyAlg::Ed25519));
+        assert_eq!(choose(None, &both[2..]), Ok(KeyAlg::EcdsaP256));
+        assert_eq!(choose(Some(KeyAlg::EcdsaP256), &both), Ok(KeyAlg::EcdsaP256));
+        let err = choose(Some(KeyAlg::Ed25519), &both[2..]).unwrap_err();
+        assert!(err.contains("CKM_EC_EDWARDS_KEY_PAIR_GEN"), "{err}");
+        let err = choose(None, &[M::ECDSA]).unwrap_err();
+        assert!(
+            err.contains("no ed25519") && err.contains("no ecdsa-p256 (CKM_EC_KEY_PAIR_GEN)"),
+            "{err}"
+        );
     }
 }

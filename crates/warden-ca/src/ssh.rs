@@ -1,10 +1,11 @@
 //! OpenSSH certificates.
 
-use crate::keystore::CaSigner;
+use crate::keystore::{CaSigner, KeyAlg};
 use crate::{random_bytes, CaError, Result};
 use ssh_key::certificate::{Builder, CertType, Certificate};
-use ssh_key::public::{Ed25519PublicKey, KeyData};
-use ssh_key::{Algorithm, PublicKey, Signature};
+use ssh_key::encoding::Encode;
+use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData};
+use ssh_key::{Algorithm, EcdsaCurve, Mpint, PublicKey, Signature};
 use std::collections::BTreeMap;
 
 /// Principal used when a user may log in nowhere: OpenSSH treats a
@@ -13,25 +14,76 @@ use std::collections::BTreeMap;
 pub const NO_LOGIN_PRINCIPAL: &str = "-warden-no-login";
 
 /// Adapts a [`CaSigner`] to ssh-key's signing traits.
-struct SshSigner<'a>(&'a dyn CaSigner);
+struct SshSigner<'a> {
+    ca: &'a dyn CaSigner,
+    public: KeyData,
+}
+
+impl<'a> SshSigner<'a> {
+    fn new(ca: &'a dyn CaSigner) -> Result<Self> {
+        Ok(SshSigner {
+            public: key_data(ca.alg(), &ca.public_key())?,
+            ca,
+        })
+    }
+}
 
 impl signature::Signer<Signature> for SshSigner<'_> {
     fn try_sign(&self, msg: &[u8]) -> std::result::Result<Signature, signature::Error> {
-        let sig = self.0.sign(msg).map_err(signature::Error::from_source)?;
-        Signature::new(Algorithm::Ed25519, sig).map_err(|_| signature::Error::new())
+        let sig = self.ca.sign(msg).map_err(signature::Error::from_source)?;
+        match self.ca.alg() {
+            KeyAlg::Ed25519 => Signature::new(Algorithm::Ed25519, sig),
+            KeyAlg::EcdsaP256 => {
+                // RFC 5656: the blob is r and s as mpints.
+                let (r, s) = sig.split_at(sig.len() / 2);
+                let mut blob = Vec::with_capacity(74);
+                for half in [r, s] {
+                    Mpint::from_positive_bytes(half)
+                        .encode(&mut blob)
+                        .map_err(signature::Error::from_source)?;
+                }
+                Signature::new(
+                    Algorithm::Ecdsa {
+                        curve: EcdsaCurve::NistP256,
+                    },
+                    blob,
+                )
+            }
+        }
+        .map_err(|_| signature::Error::new())
     }
 }
 
 impl ssh_key::SigningKey for SshSigner<'_> {
     fn public_key(&self) -> KeyData {
-        KeyData::Ed25519(Ed25519PublicKey(self.0.public_key()))
+        self.public.clone()
     }
 }
 
-/// `ssh-ed25519 AAAA... comment` for a CA key.
+/// A CA public key as ssh-key has it.
+pub fn key_data(alg: KeyAlg, public: &[u8]) -> Result<KeyData> {
+    let bad = |e: String| CaError::Key(format!("bad {} CA public key: {e}", alg.as_str()));
+    Ok(match alg {
+        KeyAlg::Ed25519 => KeyData::Ed25519(Ed25519PublicKey(
+            public.try_into().map_err(|_| bad("not 32 bytes".into()))?,
+        )),
+        KeyAlg::EcdsaP256 => KeyData::Ecdsa(
+            EcdsaPublicKey::from_sec1_bytes(public).map_err(|e| bad(e.to_string()))?,
+        ),
+    })
+}
+
+/// `ssh-ed25519 AAAA... comment` (or `ecdsa-sha2-nistp256 ...`) for a CA key.
 pub fn public_key_line(ca: &dyn CaSigner, comment: &str) -> Result<String> {
-    let key = PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(ca.public_key())), comment);
+    let key = PublicKey::new(key_data(ca.alg(), &ca.public_key())?, comment);
     key.to_openssh().map_err(|e| CaError::Ssh(e.to_string()))
+}
+
+/// The SHA256 fingerprint of a CA key, as OpenSSH shows it.
+pub fn fingerprint(alg: KeyAlg, public: &[u8]) -> Result<String> {
+    Ok(key_data(alg, public)?
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string())
 }
 
 /// Extension naming the node a per-session MFA certificate is good for.
@@ -115,7 +167,7 @@ pub fn sign_user_cert(ca: &dyn CaSigner, c: &UserCert) -> Result<Certificate> {
             .map_err(ssh_err)?;
     }
     b.comment(c.username.clone()).map_err(ssh_err)?;
-    b.sign(&SshSigner(ca)).map_err(ssh_err)
+    b.sign(&SshSigner::new(ca)?).map_err(ssh_err)
 }
 
 /// What goes into a host certificate.
@@ -150,7 +202,7 @@ pub fn sign_host_cert(ca: &dyn CaSigner, c: &HostCert) -> Result<Certificate> {
     }
     b.extension("cluster@warden", c.cluster.clone())
         .map_err(ssh_err)?;
-    b.sign(&SshSigner(ca)).map_err(ssh_err)
+    b.sign(&SshSigner::new(ca)?).map_err(ssh_err)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

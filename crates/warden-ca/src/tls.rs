@@ -1,7 +1,7 @@
 //! X.509: the tls CA certificate, client and server certificates, the
 //! identity extension and the CA pin.
 
-use crate::keystore::CaSigner;
+use crate::keystore::{CaSigner, KeyAlg};
 use crate::{sha256_hex, CaError, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, CustomExtension,
@@ -23,7 +23,7 @@ fn x509_err(e: impl std::fmt::Display) -> CaError {
 /// Adapts a [`CaSigner`] to rcgen.
 struct RcgenSigner<'a> {
     signer: &'a dyn CaSigner,
-    public: [u8; 32],
+    public: Vec<u8>,
 }
 
 /// rcgen's errors, where the CA key's own failure has no text of its own.
@@ -50,17 +50,49 @@ impl PublicKeyData for RcgenSigner<'_> {
         &self.public
     }
     fn algorithm(&self) -> &'static SignatureAlgorithm {
-        &rcgen::PKCS_ED25519
+        match self.signer.alg() {
+            KeyAlg::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyAlg::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        }
     }
 }
 
 impl rcgen::SigningKey for RcgenSigner<'_> {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
         // The signer logs its own failure (rcgen's error carries no text).
-        self.signer
+        let sig = self
+            .signer
             .sign(msg)
-            .map_err(|_| rcgen::Error::RemoteKeyError)
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(match self.signer.alg() {
+            KeyAlg::Ed25519 => sig,
+            // X.509 wants ECDSA signatures as DER, not r || s.
+            KeyAlg::EcdsaP256 => ecdsa_der(&sig),
+        })
     }
+}
+
+/// An ECDSA signature `r || s` as DER (`SEQUENCE { INTEGER r, INTEGER s }`).
+fn ecdsa_der(sig: &[u8]) -> Vec<u8> {
+    let int = |b: &[u8]| {
+        let b = match b.iter().position(|&x| x != 0) {
+            Some(i) => &b[i..],
+            None => &[0u8][..],
+        };
+        let mut out = vec![0x02];
+        let pad = b[0] & 0x80 != 0;
+        out.push((b.len() + usize::from(pad)) as u8);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(b);
+        out
+    };
+    let (r, s) = sig.split_at(sig.len() / 2);
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    out
 }
 
 fn random_serial() -> SerialNumber {

@@ -400,6 +400,9 @@ pub struct CaKeyInfo {
     pub created: i64,
     /// `signing` (signs new certificates) or `trusted` (only trusted).
     pub state: String,
+    /// `ed25519` or `ecdsa-p256` (HSMs without Ed25519).
+    #[serde(default)]
+    pub alg: String,
     /// The phase of the CA's rotation under way (`init`, `switched`),
     /// with `(auto)` for an automatic one; empty without one.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -379,6 +379,7 @@ fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
                 &[
                     "ca",
                     "store",
+                    "key",
                     "state",
                     "rotation",
                     "fingerprint",
@@ -389,6 +390,7 @@ fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
                     .map(|k| vec![
                         k.ca.clone(),
                         k.store.clone(),
+                        k.alg.clone(),
                         k.state.clone(),
                         k.rotation.clone(),
                         k.fingerprint.clone(),

@@ -70,6 +70,18 @@ pub struct StartArgs {
     /// [default: the WARDEN_HSM_PIN environment variable].
     #[arg(long, value_name = "FILE", requires = "hsm_module")]
     hsm_pin_file: Option<std::path::PathBuf>,
+    /// Auth: the algorithm of CA keys made in the HSM. `auto`: Ed25519
+    /// where the token offers it, else ECDSA P-256 (both work with stock
+    /// OpenSSH and every TLS client).
+    #[arg(
+        long,
+        env = "WARDEN_HSM_KEY_TYPE",
+        value_name = "TYPE",
+        value_parser = ["auto", "ed25519", "ecdsa-p256"],
+        default_value = "auto",
+        requires = "hsm_module"
+    )]
+    hsm_key_type: String,
     /// Auth: where session recordings go: the data dir, or
     /// s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=REGION
     /// (S3-compatible object storage, shared by every auth server; keys
@@ -775,7 +787,13 @@ fn hsm_config(a: &StartArgs) -> anyhow::Result<Option<warden_ca::pkcs11::HsmConf
         "WARDEN_HSM_PIN",
         "--hsm-module needs the token's PIN: --hsm-pin-file FILE or WARDEN_HSM_PIN",
     )?;
+    let key_type = match a.hsm_key_type.as_str() {
+        "ed25519" => Some(warden_ca::KeyAlg::Ed25519),
+        "ecdsa-p256" => Some(warden_ca::KeyAlg::EcdsaP256),
+        _ => None,
+    };
     Ok(Some(warden_ca::pkcs11::HsmConfig {
+        key_type,
         module: module.clone(),
         token: token.clone(),
         pin,

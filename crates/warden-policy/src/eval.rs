@@ -1,6 +1,7 @@
 //! Access decisions over a set of roles.
 
 use crate::labels::{compile, label_matches};
+use crate::predicate::{Context, Predicate};
 use crate::template::expand;
 use crate::Traits;
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +71,11 @@ pub fn check_node_access(
         return Decision::deny(vec!["user has no roles".into()], None);
     }
     let mut reasons = Vec::new();
+    let ctx = Context {
+        traits,
+        login,
+        labels: node_labels,
+    };
     // Deny first: any matching deny ends the evaluation.
     for role in roles {
         let deny = &role.spec.deny;
@@ -80,13 +86,19 @@ pub fn check_node_access(
             reasons.push(format!("role {}: denies login {login:?}", role.name()));
             return Decision::deny(reasons, Some(role.name().to_string()));
         }
-        if !deny.node_labels.is_empty() {
-            let (hit, why) = label_matches(&deny.node_labels, node_labels, traits);
-            if hit {
-                reasons.push(format!("role {}: deny rule: {why}", role.name()));
-                return Decision::deny(reasons, Some(role.name().to_string()));
-            }
-        }
+        let labels = match deny.node_labels.is_empty() {
+            true => None,
+            false => Some(label_matches(&deny.node_labels, node_labels, traits)),
+        };
+        let condition = deny.where_.as_deref().map(|w| holds(w, &ctx, true));
+        let why = match (labels, condition) {
+            (Some((true, why)), None) => why,
+            (None, Some((true, why))) => why,
+            (Some((true, l)), Some((true, w))) => format!("{l}; {w}"),
+            _ => continue,
+        };
+        reasons.push(format!("role {}: deny rule: {why}", role.name()));
+        return Decision::deny(reasons, Some(role.name().to_string()));
     }
     let mut allowed_by = None;
     for role in roles {
@@ -100,15 +112,23 @@ pub fn check_node_access(
             continue;
         }
         let (hit, why) = label_matches(&allow.node_labels, node_labels, traits);
-        if hit {
-            reasons.push(format!(
-                "role {}: allows login {login:?}; {why}",
-                role.name()
-            ));
-            allowed_by.get_or_insert_with(|| role.name().to_string());
-        } else {
+        if !hit {
             reasons.push(format!("role {}: {why}", role.name()));
+            continue;
         }
+        let why = match allow.where_.as_deref().map(|w| holds(w, &ctx, false)) {
+            Some((false, w)) => {
+                reasons.push(format!("role {}: {w}", role.name()));
+                continue;
+            }
+            Some((true, w)) => format!("{why}; {w}"),
+            None => why,
+        };
+        reasons.push(format!(
+            "role {}: allows login {login:?}; {why}",
+            role.name()
+        ));
+        allowed_by.get_or_insert_with(|| role.name().to_string());
     }
     match allowed_by {
         Some(role) => Decision {
@@ -120,6 +140,20 @@ pub fn check_node_access(
             reasons.push("no role allows this access".into());
             Decision::deny(reasons, None)
         }
+    }
+}
+
+/// Whether a role's `where` holds, with the reason. One that does not
+/// compile (stored before it was checked, or by hand) fails closed: it
+/// grants nothing on an allow rule and denies on a deny rule.
+fn holds(source: &str, ctx: &Context<'_>, deny: bool) -> (bool, String) {
+    match Predicate::cached(source) {
+        Ok(p) => {
+            let v = p.eval(ctx);
+            let what = if v { "holds" } else { "does not hold" };
+            (v, format!("where {source:?} {what}"))
+        }
+        Err(e) => (deny, format!("where {source:?} is invalid ({e})")),
     }
 }
 
@@ -262,6 +296,11 @@ pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
                 errors.push(format!(
                     "{side}.node_labels: the key '*' only takes the value '*'"
                 ));
+            }
+        }
+        if let Some(w) = &cond.where_ {
+            if let Err(e) = Predicate::compile(w) {
+                errors.push(format!("{side}.where: {e}: {w}"));
             }
         }
         for g in &cond.grant_roles {

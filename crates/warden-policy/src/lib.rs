@@ -13,6 +13,7 @@ mod grant;
 mod labels;
 mod locks;
 mod password;
+pub mod predicate;
 mod template;
 
 pub use access::{
@@ -29,6 +30,7 @@ pub use grant::{check_grant, check_grant_all, ANY_ROLE};
 pub use labels::{label_matches, value_matches};
 pub use locks::{lock_for, lock_message, node_lock, LockSubject};
 pub use password::{password_strength, MAX_PASSWORD, MIN_PASSWORD};
+pub use predicate::{Predicate, PredicateError};
 pub use template::{expand, external_traits, is_internal_trait, TemplateError, EXTERNAL_PREFIX};
 
 use std::collections::BTreeMap;

@@ -50,8 +50,22 @@ const VALUES: &[&str] = &[
     "",
 ];
 
+const WHERES: &[&str] = &[
+    r#"contains(user.traits["team"], node.labels["team"])"#,
+    r#"node.labels.env == "prod""#,
+    r#"login != "root" && !regexp.match(node.labels.env, "dev|prod-[0-9]+")"#,
+    r#"has_prefix(login, "svc-") || contains_any(user.traits.team, user.traits.logins)"#,
+    "true",
+    "false",
+    "contains(login)",
+    "((",
+];
+
 fn conditions(r: &mut Rng) -> RoleConditions {
     let mut c = RoleConditions::default();
+    if r.below(3) == 0 {
+        c.where_ = Some(r.pick(WHERES).to_string());
+    }
     for _ in 0..r.below(3) {
         c.logins.push(r.pick(LOGINS).to_string());
     }
@@ -137,6 +151,34 @@ fn deny_always_wins_and_nothing_panics() {
                 "case {case}: denied login in certificate"
             );
         }
+        // A deny rule whose condition holds (and that names no labels)
+        // wins; an invalid one denies too (fail closed).
+        let ctx = warden_policy::predicate::Context {
+            traits: &t,
+            login,
+            labels: &l,
+        };
+        let deny_holds = roles.iter().any(|x| {
+            x.spec.deny.node_labels.is_empty()
+                && x.spec.deny.where_.as_deref().is_some_and(|w| {
+                    warden_policy::Predicate::compile(w).map_or(true, |p| p.eval(&ctx))
+                })
+        });
+        if deny_holds {
+            assert!(!d.allowed, "case {case}: a holding deny condition ignored: {d:?}");
+        }
+        // Allowed means some allowing role's condition holds (or it has
+        // none).
+        if d.allowed {
+            let by = roles
+                .iter()
+                .find(|x| Some(x.name()) == d.role.as_deref())
+                .unwrap();
+            if let Some(w) = &by.spec.allow.where_ {
+                let p = warden_policy::Predicate::compile(w).expect("an invalid where never allows");
+                assert!(p.eval(&ctx), "case {case}: allowed where {w:?} does not hold");
+            }
+        }
         // Deny by labels: removing the denying role can only widen access,
         // never the reverse (monotonicity of deny).
         if d.allowed {
@@ -169,4 +211,42 @@ fn deny_always_wins_and_nothing_panics() {
             );
         }
     }
+}
+
+/// The predicate compiler on random input: token soups and byte strings
+/// never panic, and whatever compiles evaluates.
+#[test]
+fn predicates_never_panic() {
+    let cases: usize = std::env::var("WARDEN_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    const PIECES: &[&str] = &[
+        "(", ")", "[", "]", ",", ".", "!", "&&", "||", "==", "!=", "\"", "\"x\"", "\"(\"",
+        "login", "node", "labels", "user", "traits", "contains", "contains_any", "has_prefix",
+        "regexp", "match", "true", "false", " ", "\\", "é", "\"env\"", "#", "=",
+    ];
+    let mut r = Rng(0xfeed_5eed_0bad_cafe);
+    let traits: Traits = [("team".to_string(), vec!["db".to_string()])].into();
+    let labels: BTreeMap<String, String> = [("env".to_string(), "prod".to_string())].into();
+    let ctx = warden_policy::predicate::Context {
+        traits: &traits,
+        login: "root",
+        labels: &labels,
+    };
+    let mut compiled = 0;
+    for _ in 0..cases {
+        let src: String = if r.below(4) == 0 {
+            (0..r.below(40))
+                .map(|_| char::from_u32(r.below(0x250) as u32).unwrap_or('?'))
+                .collect()
+        } else {
+            (0..r.below(16)).map(|_| r.pick(PIECES)).collect()
+        };
+        if let Ok(p) = warden_policy::Predicate::compile(&src) {
+            let _ = p.eval(&ctx);
+            compiled += 1;
+        }
+    }
+    assert!(compiled > 0, "the soup never produced a valid expression");
 }

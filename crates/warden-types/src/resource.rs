@@ -224,6 +224,14 @@ pub struct RoleConditions {
     /// Node label selectors: exact values, `*`, or anchored `^regex$`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_labels: BTreeMap<String, LabelValues>,
+    /// A condition over the user, the login and the node, in the
+    /// predicate language of `warden_policy::Predicate`, e.g.
+    /// `contains(user.traits["teams"], node.labels["team"])`. Allow: the
+    /// role grants node access only where it holds (as well as `logins`
+    /// and `node_labels`). Deny: the rule denies where it holds (and its
+    /// `node_labels`, if any, match).
+    #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
+    pub where_: Option<String>,
     #[serde(skip_serializing_if = "RequestConditions::is_empty")]
     pub request: RequestConditions,
     /// Access requests this role may approve or deny.

@@ -232,6 +232,11 @@ enum UsersCommand {
         /// Unix logins (the `logins` trait), comma-separated.
         #[arg(long, value_delimiter = ',')]
         logins: Vec<String>,
+        /// Other traits, for role templates and `where` conditions
+        /// (repeatable; a key given twice gets both values), e.g.
+        /// --traits teams=web --traits teams=search.
+        #[arg(long = "traits", value_name = "KEY=VALUE")]
+        traits: Vec<String>,
         /// How long the signup token stays valid.
         #[arg(long, default_value = "1h")]
         token_ttl: HumanDuration,
@@ -370,6 +375,19 @@ fn read(path: &Path) -> anyhow::Result<String> {
 }
 
 /// CA keys as a table (or JSON).
+/// `--traits KEY=VALUE` flags as a trait map (a key given twice gets
+/// both values).
+fn parse_traits(items: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in items {
+        let Some((k, v)) = t.split_once('=') else {
+            bail!("--traits {t:?}: expected KEY=VALUE");
+        };
+        map.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    Ok(map)
+}
+
 fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", output::json(&keys)?),
@@ -669,16 +687,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             login,
             format,
         }) => {
-            let mut trait_map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for t in &traits {
-                let Some((k, v)) = t.split_once('=') else {
-                    bail!("--traits {t:?}: expected KEY=VALUE");
-                };
-                trait_map
-                    .entry(k.to_string())
-                    .or_default()
-                    .push(v.to_string());
-            }
+            let trait_map = parse_traits(&traits)?;
             let who = user
                 .clone()
                 .unwrap_or_else(|| format!("a user with roles {}", roles.join(",")));
@@ -789,6 +798,7 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
             name,
             roles,
             logins,
+            traits,
             token_ttl,
             format,
         } => {
@@ -799,7 +809,7 @@ async fn users(admin: &Admin, c: UsersCommand) -> anyhow::Result<()> {
                         name: name.clone(),
                         roles,
                         logins,
-                        traits: BTreeMap::new(),
+                        traits: parse_traits(&traits)?,
                         token_ttl_secs: token_ttl.0.as_secs(),
                     },
                 )

@@ -38,7 +38,7 @@ fn the_example_repository_passes_and_a_breaking_change_fails() {
         "README.md no longer shows the policy test"
     );
     let out = policy_test(&example).expect_ok();
-    assert!(out.stdout.contains("5 passed, 0 failed"), "{}", out.all());
+    assert!(out.stdout.contains("9 passed, 0 failed"), "{}", out.all());
 
     // Someone drops the contractors' deny rule: production opens up.
     let dir = temp_dir("policy");
@@ -56,7 +56,7 @@ fn the_example_repository_passes_and_a_breaking_change_fails() {
                 .stdout
                 .contains("expected deny by role contractor, got Allow")
             && out.stdout.contains("role dba: allows login \"postgres\"")
-            && out.stdout.contains("4 passed, 1 failed"),
+            && out.stdout.contains("8 passed, 1 failed"),
         "{}",
         out.all()
     );
@@ -130,4 +130,77 @@ fn apply_prune_makes_the_directory_the_whole_truth() {
         .expect_ok()
         .stdout
         .contains("team-a"));
+}
+
+/// A user made with extra traits (`users add --traits`), signed up.
+fn add_user_with_traits(c: &Cluster, name: &str, roles: &str, traits: &[&str]) -> String {
+    let mut args = vec!["users", "add", name, "--roles", roles, "--logins", "root"];
+    for t in traits {
+        args.extend(["--traits", t]);
+    }
+    let out = c.admin(&args).expect_ok();
+    let token = signup_token(&out.stdout);
+    let secret = totp_secret(name);
+    c.run(
+        &[
+            "signup", &token, "--proxy", &c.proxy, "--ca-pin", &c.pin, "--password-stdin",
+            "--totp-secret", &secret, "--otp", &totp(&secret, 0),
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    )
+    .expect_ok();
+    secret
+}
+
+/// `where` conditions in a cluster: auth refuses a role whose condition
+/// does not compile and says where; the node lets a user in only where
+/// the condition holds (the node's team label among the user's teams),
+/// for `warden ssh` and stock ssh alike; `access check` explains both.
+#[test]
+fn where_conditions_decide_logins_on_the_node() {
+    let dir = temp_dir("where");
+    let c = Cluster::start_with(
+        &dir,
+        &["--name", "search-1", "--labels", "env=staging,team=search"],
+    );
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: role\nversion: v1\nmetadata:\n  name: bad\nspec:\n  allow:\n    logins: [root]\n    where: 'contains(user.traits.teams)'\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", bad.to_str().unwrap()])
+        .expect_err("allow.where: at 0: contains takes two arguments");
+    let role = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/policy/roles/team-access.yaml");
+    c.admin(&["roles", "apply", "-f", role.to_str().unwrap()])
+        .expect_ok();
+    let tess = add_user_with_traits(&c, "tess", "team-access", &["teams=web", "teams=search"]);
+    let walt = add_user_with_traits(&c, "walt", "team-access", &["teams=web"]);
+    c.login("tess", "tess", &totp(&tess, 30)).expect_ok();
+    c.login("walt", "walt", &totp(&walt, 30)).expect_ok();
+    c.wait_reachable("tess", "root", "search-1");
+    c.ssh("tess", "tess", "root", &[], "true", None).expect_ok();
+    c.ssh("walt", "walt", "root", &[], "true", None)
+        .expect_err("access to this node as root denied");
+    let out = c.run_as("walt", &["ssh", "root@search-1", "--", "true"], None);
+    assert!(!out.ok, "{}", out.all());
+
+    let check = |user: &str| {
+        c.admin(&[
+            "access", "check", "--user", user, "--node", "search-1", "--login", "root",
+        ])
+    };
+    let out = check("tess").expect_ok();
+    assert!(
+        out.stdout.contains("allowed by role team-access") && out.stdout.contains("holds"),
+        "{}",
+        out.all()
+    );
+    let out = check("walt");
+    assert!(
+        !out.ok && out.stdout.contains("does not hold") && out.stdout.contains("where"),
+        "{}",
+        out.all()
+    );
 }

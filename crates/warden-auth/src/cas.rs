@@ -66,7 +66,9 @@ impl AuthServer {
                         .tls_cert_pem
                         .as_deref()
                         .and_then(|pem| warden_ca::tls::pem_to_der(pem).ok())
-                        .and_then(|ders| ders.first().and_then(|d| warden_ca::tls::spki_pin(d).ok()))
+                        .and_then(|ders| {
+                            ders.first().and_then(|d| warden_ca::tls::spki_pin(d).ok())
+                        })
                         .unwrap_or_default(),
                 });
             }

@@ -10,14 +10,67 @@ use crate::server::AuthServer;
 use axum::extract::State;
 use axum::{Extension, Json, Router};
 use warden_policy::{AccessState, NodeLogin};
-use warden_types::api::{AccessExplainRequest, AccessExplainResponse};
+use warden_types::api::{AccessExplainRequest, AccessExplainResponse, PolicySyncReport};
+use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{kind, resources as res, verbs};
 use warden_types::{
     endpoints, AccessRequestSpec, Document, LockSpec, NodeSpec, RoleSpec, UserSpec,
 };
 
 pub fn routes() -> Router<AuthServer> {
-    Router::new().serve(&endpoints::ACCESS_EXPLAIN, explain)
+    Router::new()
+        .serve(&endpoints::ACCESS_EXPLAIN, explain)
+        .serve(&endpoints::POLICY_SYNC, policy_sync)
+}
+
+/// Audits what `warden policy sync` did with a commit. The caller must be
+/// one who may change roles (the sync applies them with its identity).
+async fn policy_sync(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+    Json(r): Json<PolicySyncReport>,
+) -> Result<Json<serde_json::Value>> {
+    s.authorize(&c, res::ROLE, verbs::UPDATE).await?;
+    let short = r.commit.chars().take(12).collect::<String>();
+    let (code, message) = match r.outcome.as_str() {
+        "applied" => (
+            codes::POLICY_SYNC,
+            format!(
+                "policy sync applied {short} of {} ({}): {} created, {} updated, {} deleted",
+                r.repo,
+                r.branch,
+                r.created.len(),
+                r.updated.len(),
+                r.deleted.len()
+            ),
+        ),
+        "refused" | "failed" => (
+            codes::POLICY_SYNC_FAILED,
+            format!(
+                "policy sync {} {short} of {} ({}); the last good state stays: {}",
+                r.outcome, r.repo, r.branch, r.reason
+            ),
+        ),
+        other => {
+            return Err(AuthError::BadRequest(format!(
+                "unknown outcome {other:?}: applied, refused or failed"
+            )))
+        }
+    };
+    let cap = |v: &[String]| v.iter().take(200).cloned().collect::<Vec<_>>();
+    s.audit(
+        AuditEvent::new(code, s.cluster(), &c.identity.username, message)
+            .with("repo", r.repo.clone())
+            .with("branch", r.branch.clone())
+            .with("commit", r.commit.clone())
+            .with("outcome", r.outcome.clone())
+            .with("created", cap(&r.created))
+            .with("updated", cap(&r.updated))
+            .with("deleted", cap(&r.deleted))
+            .with("reason", r.reason.chars().take(4000).collect::<String>()),
+    )
+    .await;
+    Ok(Json(serde_json::json!({})))
 }
 
 /// The name a hypothetical user goes by.

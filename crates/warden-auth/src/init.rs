@@ -75,7 +75,9 @@ impl AuthServer {
                 }
                 match s.write_admin_identity(&dir, &auth, proxy.as_deref()).await {
                     Ok(()) => (generation, written) = (now, std::time::Instant::now()),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew the admin identity"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot renew the admin identity")
+                    }
                 }
             }
         });

@@ -231,15 +231,7 @@ impl AuthServer {
         let now = OffsetDateTime::now_utc();
         let until = now + Duration::days(365);
         let (tls_cert_pem, tls_ca_pems) = self
-            .service_tls_cert(
-                IdentityKind::Proxy,
-                id,
-                tls_csr_pem,
-                dns,
-                ips,
-                now,
-                until,
-            )
+            .service_tls_cert(IdentityKind::Proxy, id, tls_csr_pem, dns, ips, now, until)
             .await?;
         Ok(NodeCerts {
             node_id: id.to_string(),

@@ -172,10 +172,22 @@ impl AuthServer {
                 ca.as_str(),
                 schedule(ca, grace.unwrap_or(0))
             ),
-            Step::Init => format!("started a rotation of the {} CA: a new key is trusted, the old one still signs", ca.as_str()),
-            Step::Switch => format!("the {} CA's new key signs; the old one is still trusted", ca.as_str()),
-            Step::Drop => format!("the {} CA's old key was dropped: what it signed is refused", ca.as_str()),
-            Step::Rollback => format!("the {} CA's rotation was rolled back: the old key signs, the new one is forgotten", ca.as_str()),
+            Step::Init => format!(
+                "started a rotation of the {} CA: a new key is trusted, the old one still signs",
+                ca.as_str()
+            ),
+            Step::Switch => format!(
+                "the {} CA's new key signs; the old one is still trusted",
+                ca.as_str()
+            ),
+            Step::Drop => format!(
+                "the {} CA's old key was dropped: what it signed is refused",
+                ca.as_str()
+            ),
+            Step::Rollback => format!(
+                "the {} CA's rotation was rolled back: the old key signs, the new one is forgotten",
+                ca.as_str()
+            ),
         };
         tracing::info!(ca = ca.as_str(), phase = step.as_str(), "{what}");
         self.audit(

@@ -53,7 +53,10 @@ const CA_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// server certificate comes from the signing key; open connections stay.
 async fn current_acceptor(
     server: &AuthServer,
-) -> anyhow::Result<(Arc<std::sync::RwLock<TlsAcceptor>>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    Arc<std::sync::RwLock<TlsAcceptor>>,
+    tokio::task::JoinHandle<()>,
+)> {
     let mut generation = server.ca_generation().await?;
     let current = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(
         tls_config(server).await?,
@@ -76,7 +79,9 @@ async fn current_acceptor(
                     tracing::info!(generation = %now, "the auth API's TLS follows the CA rotation");
                     generation = now;
                 }
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot renew the auth API's TLS"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot renew the auth API's TLS")
+                }
             }
         }
     });

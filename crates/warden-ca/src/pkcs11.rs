@@ -47,7 +47,10 @@ fn mechanisms(alg: KeyAlg) -> [(MechanismType, &'static str); 2] {
 
 /// The algorithm of new keys: `wanted`, or Ed25519 if the token offers it
 /// and ECDSA P-256 otherwise. `offered` is the token's mechanism list.
-fn choose(wanted: Option<KeyAlg>, offered: &[MechanismType]) -> std::result::Result<KeyAlg, String> {
+fn choose(
+    wanted: Option<KeyAlg>,
+    offered: &[MechanismType],
+) -> std::result::Result<KeyAlg, String> {
     let missing = |alg| -> Vec<&'static str> {
         mechanisms(alg)
             .into_iter()
@@ -188,8 +191,12 @@ impl Pkcs11KeyStore {
         let mechanisms = ctx
             .get_mechanism_list(slot)
             .map_err(|e| hsm_err("cannot list the token's mechanisms", e))?;
-        let alg = choose(config.key_type, &mechanisms)
-            .map_err(|why| CaError::Hsm(format!("token {:?} cannot hold CA keys: {why}", config.token)))?;
+        let alg = choose(config.key_type, &mechanisms).map_err(|why| {
+            CaError::Hsm(format!(
+                "token {:?} cannot hold CA keys: {why}",
+                config.token
+            ))
+        })?;
         let session = Token::login(&ctx, slot, &config.token, &config.pin)?;
         Ok(Pkcs11KeyStore {
             alg,
@@ -218,7 +225,10 @@ impl Pkcs11KeyStore {
     /// module initializes once per process: a second `open` would fail).
     pub fn with_key_type(&self, key_type: Option<KeyAlg>) -> Result<Self> {
         let alg = choose(key_type, &self.token.mechanisms).map_err(|why| {
-            CaError::Hsm(format!("token {:?} cannot hold CA keys: {why}", self.token.label))
+            CaError::Hsm(format!(
+                "token {:?} cannot hold CA keys: {why}",
+                self.token.label
+            ))
         })?;
         Ok(Pkcs11KeyStore {
             token: self.token.clone(),
@@ -279,7 +289,9 @@ fn ec_point(alg: KeyAlg, value: &[u8]) -> Result<Vec<u8>> {
         }
     };
     if alg == KeyAlg::EcdsaP256 && raw[0] != 0x04 {
-        return Err(CaError::Key("a P-256 public key that is not an uncompressed point".into()));
+        return Err(CaError::Key(
+            "a P-256 public key that is not an uncompressed point".into(),
+        ));
     }
     Ok(raw.to_vec())
 }
@@ -482,10 +494,18 @@ mod tests {
     #[test]
     fn ed25519_where_offered_else_p256() {
         use MechanismType as M;
-        let both = [M::ECC_EDWARDS_KEY_PAIR_GEN, M::EDDSA, M::ECC_KEY_PAIR_GEN, M::ECDSA];
+        let both = [
+            M::ECC_EDWARDS_KEY_PAIR_GEN,
+            M::EDDSA,
+            M::ECC_KEY_PAIR_GEN,
+            M::ECDSA,
+        ];
         assert_eq!(choose(None, &both), Ok(KeyAlg::Ed25519));
         assert_eq!(choose(None, &both[2..]), Ok(KeyAlg::EcdsaP256));
-        assert_eq!(choose(Some(KeyAlg::EcdsaP256), &both), Ok(KeyAlg::EcdsaP256));
+        assert_eq!(
+            choose(Some(KeyAlg::EcdsaP256), &both),
+            Ok(KeyAlg::EcdsaP256)
+        );
         let err = choose(Some(KeyAlg::Ed25519), &both[2..]).unwrap_err();
         assert!(err.contains("CKM_EC_EDWARDS_KEY_PAIR_GEN"), "{err}");
         let err = choose(None, &[M::ECDSA]).unwrap_err();

@@ -67,9 +67,9 @@ pub fn key_data(alg: KeyAlg, public: &[u8]) -> Result<KeyData> {
         KeyAlg::Ed25519 => KeyData::Ed25519(Ed25519PublicKey(
             public.try_into().map_err(|_| bad("not 32 bytes".into()))?,
         )),
-        KeyAlg::EcdsaP256 => KeyData::Ecdsa(
-            EcdsaPublicKey::from_sec1_bytes(public).map_err(|e| bad(e.to_string()))?,
-        ),
+        KeyAlg::EcdsaP256 => {
+            KeyData::Ecdsa(EcdsaPublicKey::from_sec1_bytes(public).map_err(|e| bad(e.to_string()))?)
+        }
     })
 }
 

@@ -21,7 +21,12 @@ impl CaSigner for P256 {
         self.0.public_key().as_ref().to_vec()
     }
     fn sign(&self, msg: &[u8]) -> warden_ca::Result<Vec<u8>> {
-        Ok(self.0.sign(&SystemRandom::new(), msg).unwrap().as_ref().to_vec())
+        Ok(self
+            .0
+            .sign(&SystemRandom::new(), msg)
+            .unwrap()
+            .as_ref()
+            .to_vec())
     }
 }
 

@@ -48,7 +48,10 @@ fn ca_keys_live_and_sign_in_the_token() {
     let public = signer.public_key();
     assert_eq!(data_encoding::HEXLOWER.encode(&public), handle.public_key);
     // SoftHSM2 offers Ed25519, so that is what it gets by default.
-    assert_eq!((store.alg(), handle.alg), (KeyAlg::Ed25519, KeyAlg::Ed25519));
+    assert_eq!(
+        (store.alg(), handle.alg),
+        (KeyAlg::Ed25519, KeyAlg::Ed25519)
+    );
     let sig = signer.sign(b"hello").unwrap();
     assert!(
         KeyAlg::Ed25519.verify(&public, b"hello", &sig),

@@ -293,23 +293,24 @@ impl ApiClient {
                 presented: presented.first().cloned().unwrap_or_default(),
             };
         }
-        let reason =
-            if text.contains("CertificateRequired") || text.contains("certificate required") {
-                "the server requires a client certificate; run 'warden login'".to_string()
-            } else if text.contains("UnknownIssuer") {
-                // Saved trust, and the server's CA is not in it: after a
-                // tls CA rotation, a client that never renewed meanwhile.
-                format!(
+        let reason = if text.contains("CertificateRequired")
+            || text.contains("certificate required")
+        {
+            "the server requires a client certificate; run 'warden login'".to_string()
+        } else if text.contains("UnknownIssuer") {
+            // Saved trust, and the server's CA is not in it: after a
+            // tls CA rotation, a client that never renewed meanwhile.
+            format!(
                     "the cluster presents a certificate from a CA this machine does not trust (presented: {}); if your admin rotated the cluster's tls CA, log in again with the new pin: warden login --ca-pin PIN ('warden admin ca ls' shows it)",
                     if presented.is_empty() { "none".to_string() } else { presented.join(", ") }
                 )
-            } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
-                "the server refused this machine's certificate (its CA key is no longer trusted, e.g. after a CA rotation); run 'warden login'".to_string()
-            } else if text.contains("CertExpired") || text.contains("expired") {
-                "a certificate has expired; run 'warden login'".to_string()
-            } else {
-                text
-            };
+        } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
+            "the server refused this machine's certificate (its CA key is no longer trusted, e.g. after a CA rotation); run 'warden login'".to_string()
+        } else if text.contains("CertExpired") || text.contains("expired") {
+            "a certificate has expired; run 'warden login'".to_string()
+        } else {
+            text
+        };
         ClientError::Tls {
             addr: self.addr.clone(),
             reason,

@@ -138,11 +138,7 @@ impl Predicate {
     /// login and every node listed).
     pub fn cached(source: &str) -> Result<Arc<Self>, PredicateError> {
         static CACHE: Mutex<BTreeMap<String, Arc<Predicate>>> = Mutex::new(BTreeMap::new());
-        if let Some(p) = CACHE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(source)
-        {
+        if let Some(p) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(source) {
             return Ok(p.clone());
         }
         let p = Arc::new(Self::compile(source)?);
@@ -409,7 +405,9 @@ impl Parser {
             let at = self.at();
             let v = self.unary()?;
             self.depth -= 1;
-            return Ok(Value::Bool(Bool::Not(Box::new(self.boolean(v, at, "'!'")?))));
+            return Ok(Value::Bool(Bool::Not(Box::new(
+                self.boolean(v, at, "'!'")?,
+            ))));
         }
         self.comparison()
     }
@@ -585,7 +583,11 @@ impl Parser {
                     Value::Bool(_) => return Err(wrong("(string or list, \"pattern\")")),
                 }
             }
-            _ => return Err(wrong("(string or list, \"pattern\") with a literal pattern")),
+            _ => {
+                return Err(wrong(
+                    "(string or list, \"pattern\") with a literal pattern",
+                ))
+            }
         };
         Ok(Value::Bool(b))
     }
@@ -595,7 +597,12 @@ impl Parser {
 mod tests {
     use super::*;
 
-    fn ctx_eval(src: &str, traits: &[(&str, &[&str])], login: &str, labels: &[(&str, &str)]) -> bool {
+    fn ctx_eval(
+        src: &str,
+        traits: &[(&str, &[&str])],
+        login: &str,
+        labels: &[(&str, &str)],
+    ) -> bool {
         let traits: Traits = traits
             .iter()
             .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
@@ -616,8 +623,18 @@ mod tests {
     #[test]
     fn evaluates_over_user_login_and_node() {
         let team = r#"contains(user.traits["teams"], node.labels["team"])"#;
-        assert!(ctx_eval(team, &[("teams", &["db", "web"])], "root", &[("team", "db")]));
-        assert!(!ctx_eval(team, &[("teams", &["web"])], "root", &[("team", "db")]));
+        assert!(ctx_eval(
+            team,
+            &[("teams", &["db", "web"])],
+            "root",
+            &[("team", "db")]
+        ));
+        assert!(!ctx_eval(
+            team,
+            &[("teams", &["web"])],
+            "root",
+            &[("team", "db")]
+        ));
         // A missing label is "", which no trait value of a real team is.
         assert!(!ctx_eval(team, &[("teams", &["web"])], "root", &[]));
         assert!(!ctx_eval(team, &[], "root", &[("team", "db")]));
@@ -632,8 +649,18 @@ mod tests {
         // Anchored: "staging|dev" does not match "devops".
         assert!(!ctx_eval(m, &[], "svc-x", &[("env", "devops")]));
         let any = r#"contains_any(user.traits.groups, user.traits["oncall"])"#;
-        assert!(ctx_eval(any, &[("groups", &["a", "b"]), ("oncall", &["b"])], "x", &[]));
-        assert!(!ctx_eval(any, &[("groups", &["a"]), ("oncall", &["b"])], "x", &[]));
+        assert!(ctx_eval(
+            any,
+            &[("groups", &["a", "b"]), ("oncall", &["b"])],
+            "x",
+            &[]
+        ));
+        assert!(!ctx_eval(
+            any,
+            &[("groups", &["a"]), ("oncall", &["b"])],
+            "x",
+            &[]
+        ));
         let list = r#"regexp.match(user.traits.groups, "sre-.*")"#;
         assert!(ctx_eval(list, &[("groups", &["dev", "sre-eu"])], "x", &[]));
         assert!(ctx_eval("true && !(false || false)", &[], "x", &[]));
@@ -646,7 +673,11 @@ mod tests {
             ("", 0, "expected a value"),
             ("login", 0, "a string, not a condition"),
             ("user.traits.teams == \"db\"", 0, "use contains"),
-            ("contains(node.labels.team, \"x\")", 0, "contains takes (list, string)"),
+            (
+                "contains(node.labels.team, \"x\")",
+                0,
+                "contains takes (list, string)",
+            ),
             ("contains(user.traits.t)", 0, "two arguments"),
             ("node.name == \"x\"", 0, "unknown name \"node.name\""),
             ("login == \"x\" &&", 15, "expected a value, found the end"),
@@ -666,9 +697,15 @@ mod tests {
             );
         }
         let deep = format!("{}true{}", "(".repeat(40), ")".repeat(40));
-        assert!(Predicate::compile(&deep).unwrap_err().what.contains("nested"));
+        assert!(Predicate::compile(&deep)
+            .unwrap_err()
+            .what
+            .contains("nested"));
         let nots = format!("{}true", "!".repeat(40));
-        assert!(Predicate::compile(&nots).unwrap_err().what.contains("nested"));
+        assert!(Predicate::compile(&nots)
+            .unwrap_err()
+            .what
+            .contains("nested"));
         assert!(Predicate::compile(&"a".repeat(MAX_LEN + 1)).is_err());
     }
 }

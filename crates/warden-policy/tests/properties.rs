@@ -165,7 +165,10 @@ fn deny_always_wins_and_nothing_panics() {
                 })
         });
         if deny_holds {
-            assert!(!d.allowed, "case {case}: a holding deny condition ignored: {d:?}");
+            assert!(
+                !d.allowed,
+                "case {case}: a holding deny condition ignored: {d:?}"
+            );
         }
         // Allowed means some allowing role's condition holds (or it has
         // none).
@@ -175,8 +178,12 @@ fn deny_always_wins_and_nothing_panics() {
                 .find(|x| Some(x.name()) == d.role.as_deref())
                 .unwrap();
             if let Some(w) = &by.spec.allow.where_ {
-                let p = warden_policy::Predicate::compile(w).expect("an invalid where never allows");
-                assert!(p.eval(&ctx), "case {case}: allowed where {w:?} does not hold");
+                let p =
+                    warden_policy::Predicate::compile(w).expect("an invalid where never allows");
+                assert!(
+                    p.eval(&ctx),
+                    "case {case}: allowed where {w:?} does not hold"
+                );
             }
         }
         // Deny by labels: removing the denying role can only widen access,
@@ -222,9 +229,38 @@ fn predicates_never_panic() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     const PIECES: &[&str] = &[
-        "(", ")", "[", "]", ",", ".", "!", "&&", "||", "==", "!=", "\"", "\"x\"", "\"(\"",
-        "login", "node", "labels", "user", "traits", "contains", "contains_any", "has_prefix",
-        "regexp", "match", "true", "false", " ", "\\", "é", "\"env\"", "#", "=",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        ".",
+        "!",
+        "&&",
+        "||",
+        "==",
+        "!=",
+        "\"",
+        "\"x\"",
+        "\"(\"",
+        "login",
+        "node",
+        "labels",
+        "user",
+        "traits",
+        "contains",
+        "contains_any",
+        "has_prefix",
+        "regexp",
+        "match",
+        "true",
+        "false",
+        " ",
+        "\\",
+        "é",
+        "\"env\"",
+        "#",
+        "=",
     ];
     let mut r = Rng(0xfeed_5eed_0bad_cafe);
     let traits: Traits = [("team".to_string(), vec!["db".to_string()])].into();

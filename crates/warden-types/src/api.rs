@@ -942,3 +942,27 @@ pub enum SsoResult {
     Done { login: Box<LoginResponse> },
     Failed { error: String },
 }
+
+/// `POST /v1/policy/sync`: what `warden policy sync` did with a commit of
+/// the RBAC repository it follows, for the audit log.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PolicySyncReport {
+    /// The repository (URL or path) and the branch followed.
+    pub repo: String,
+    pub branch: String,
+    /// The commit id (`dir:HASH` for a plain directory).
+    pub commit: String,
+    /// `applied`, `refused` (its tests failed) or `failed` (it could not
+    /// be applied).
+    pub outcome: String,
+    /// What changed, as `KIND NAME`.
+    #[serde(default)]
+    pub created: Vec<String>,
+    #[serde(default)]
+    pub updated: Vec<String>,
+    #[serde(default)]
+    pub deleted: Vec<String>,
+    /// Why it was refused or failed.
+    #[serde(default)]
+    pub reason: String,
+}

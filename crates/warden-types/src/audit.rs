@@ -99,6 +99,11 @@ pub mod codes {
     pub const CLUSTER_RESTORE: (&str, &str) = ("cluster.restore", "WA9006W");
     /// A CA rotation moved to another phase (or was rolled back).
     pub const CA_ROTATE: (&str, &str) = ("ca.rotate", "WA9007I");
+    /// `warden policy sync` applied a commit of the RBAC repository.
+    pub const POLICY_SYNC: (&str, &str) = ("policy.sync", "WA9008I");
+    /// `warden policy sync` refused a commit (its tests failed) or could
+    /// not apply it; the last good state stays.
+    pub const POLICY_SYNC_FAILED: (&str, &str) = ("policy.sync_failed", "WA9009W");
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");

@@ -151,6 +151,7 @@ endpoints! {
     BACKUP: Post "/v1/admin/backup", BackupRequest => Backup;
     CAS: Get "/v1/cas", () => Vec<CaKeyInfo>;
     ACCESS_EXPLAIN: Post "/v1/access/check", AccessExplainRequest => AccessExplainResponse;
+    POLICY_SYNC: Post "/v1/policy/sync", PolicySyncReport => Ack;
     CA_ROTATE: Post "/v1/cas/rotate", RotateRequest => Vec<CaKeyInfo>;
     RECORDINGS: Get "/v1/recordings", RecordingQuery => Vec<RecordingInfo>;
     RECORDING: Get "/v1/recordings/{id}", () => Raw;

@@ -429,6 +429,12 @@ fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
 }
 
 /// The local admin identity if this is the auth host, else the login.
+/// The local admin identity of the auth service in `data_dir` (as
+/// 'warden admin' finds it).
+pub(crate) fn connect_local(data_dir: Option<PathBuf>) -> anyhow::Result<Admin> {
+    connect(data_dir, false)
+}
+
 fn connect(data_dir: Option<PathBuf>, use_login: bool) -> anyhow::Result<Admin> {
     if use_login {
         return connect_as_login();
@@ -513,7 +519,9 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             file,
             dry_run,
             prune,
-        } => crate::admin_config::apply_pruning(&admin, &file, None, dry_run, prune).await,
+        } => crate::admin_config::apply_pruning(&admin, &file, None, dry_run, prune)
+            .await
+            .map(|_| ()),
         AdminCommand::Connectors(c) => connectors(&admin, c).await,
         AdminCommand::Get { kind, name, format } => {
             crate::admin_config::get(&admin.api, &kind, name.as_deref(), format).await

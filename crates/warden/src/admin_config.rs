@@ -234,7 +234,17 @@ pub async fn apply(
     only: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    apply_pruning(admin, path, only, dry_run, false).await
+    apply_pruning(admin, path, only, dry_run, false)
+        .await
+        .map(|_| ())
+}
+
+/// What an apply changed (or would change), as `KIND NAME`.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub deleted: Vec<String>,
 }
 
 /// The built-in roles: never pruned (a cluster needs them, and its next
@@ -281,8 +291,9 @@ pub async fn apply_pruning(
     only: Option<&str>,
     dry_run: bool,
     prune: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Changes> {
     let api = &admin.api;
+    let mut changed = Changes::default();
     let docs = load(path)?;
     if let Some(k) = only {
         if let Some((origin, d)) = docs.iter().find(|(_, d)| d.kind != k) {
@@ -369,11 +380,16 @@ pub async fn apply_pruning(
                 );
             }
         }
+        let named = format!("{} {}", doc.kind, doc.name());
         match &old {
-            None => println!("+ create {} {}", doc.kind, doc.name()),
-            Some(old) if *old == new => println!("= {} {} unchanged", doc.kind, doc.name()),
+            None => {
+                println!("+ create {named}");
+                changed.created.push(named);
+            }
+            Some(old) if *old == new => println!("= {named} unchanged"),
             Some(old) => {
-                println!("~ update {} {}", doc.kind, doc.name());
+                println!("~ update {named}");
+                changed.updated.push(named);
                 for line in
                     crate::admin::diff(&crate::admin::yaml(old)?, &crate::admin::yaml(&new)?)
                 {
@@ -386,11 +402,12 @@ pub async fn apply_pruning(
     }
     for doc in &pruned {
         println!("- delete {} {}", doc.kind, doc.name());
+        changed.deleted.push(format!("{} {}", doc.kind, doc.name()));
     }
     let changes = planned.iter().filter(|p| p.3).count() + pruned.len();
     if dry_run {
         println!("Dry run: {changes} change(s) planned, none made.");
-        return Ok(());
+        return Ok(changed);
     }
     for (origin, mut doc, existing, change) in planned {
         let what = format!("{origin}: {} {}", doc.kind, doc.name());
@@ -446,7 +463,7 @@ pub async fn apply_pruning(
             .with_context(|| format!("pruning {} {}", doc.kind, doc.name()))?;
     }
     println!("Applied: {changes} change(s).");
-    Ok(())
+    Ok(changed)
 }
 
 /// A user document: an existing user gets its roles and logins; a new one

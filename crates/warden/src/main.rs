@@ -11,6 +11,7 @@ mod mfa;
 mod nodes;
 mod output;
 mod play;
+mod policy_sync;
 mod policy_test;
 mod prompt;
 mod requests;
@@ -90,8 +91,9 @@ enum Command {
     Mfa(mfa::MfaCommand),
     /// Manage users, roles, tokens and the audit log.
     Admin(admin::AdminArgs),
-    /// Policy as code, offline: `test DIR` checks the roles in DIR/roles
-    /// against the expected decisions in DIR/tests (exit 1 on a failure).
+    /// Policy as code: `test DIR` checks the roles in DIR/roles against
+    /// the expected decisions in DIR/tests, offline (exit 1 on a failure);
+    /// `sync REPO` keeps the cluster's roles equal to a git repository's.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Print a shell completion script:
@@ -112,6 +114,14 @@ enum PolicyCommand {
     /// traits}`, `node: {labels}`, `login`, `expect: allow|deny`, and
     /// optionally `decided_by: ROLE`.
     Test(policy_test::TestArgs),
+    /// Keep the cluster's roles equal to an RBAC repository's roles/: each
+    /// round (--every) fetch the branch, run its tests/ and only if they
+    /// pass apply roles/ with prune (built-in roles stay). A commit whose
+    /// tests fail, or that cannot be applied, changes nothing; each is
+    /// audited (policy.sync, policy.sync_failed) with its commit id, and
+    /// /readyz on --diag-addr says why. Runs on an auth host with its
+    /// local admin identity.
+    Sync(policy_sync::SyncArgs),
 }
 
 #[derive(Subcommand)]
@@ -284,6 +294,7 @@ fn main() -> ExitCode {
             Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
             Command::Mfa(c) => mfa::run(c).await,
             Command::Admin(a) => admin::run(a).await,
+            Command::Policy(PolicyCommand::Sync(a)) => policy_sync::run(a).await,
             Command::Policy(PolicyCommand::Test(t)) => match policy_test::run(&t) {
                 Ok(true) => Ok(()),
                 Ok(false) => std::process::exit(1),

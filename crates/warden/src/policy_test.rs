@@ -59,14 +59,36 @@ enum Expect {
     Deny,
 }
 
+/// What a run of the cases found.
+pub struct Report {
+    pub passed: usize,
+    /// Names of the failed cases.
+    pub failed: Vec<String>,
+    /// The report as `warden policy test` prints it.
+    pub lines: Vec<String>,
+}
+
 /// Runs the cases; `Ok(false)` when one failed (the report says which).
 pub fn run(a: &TestArgs) -> anyhow::Result<bool> {
-    let roles = roles(&a.dir.join("roles"))?;
-    let tests = a.dir.join("tests");
-    if !tests.is_dir() {
-        bail!("{} has no tests/ directory of cases", a.dir.display());
+    let report = evaluate(&a.dir)?;
+    for line in &report.lines {
+        println!("{line}");
     }
-    let (mut passed, mut failed) = (0, 0);
+    Ok(report.failed.is_empty())
+}
+
+/// Runs the cases in `dir/tests` against `dir/roles` and the built-ins.
+pub fn evaluate(dir: &Path) -> anyhow::Result<Report> {
+    let roles = roles(&dir.join("roles"))?;
+    let tests = dir.join("tests");
+    if !tests.is_dir() {
+        bail!("{} has no tests/ directory of cases", dir.display());
+    }
+    let mut r = Report {
+        passed: 0,
+        failed: Vec::new(),
+        lines: Vec::new(),
+    };
     for file in yaml_files(&tests)? {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -75,27 +97,29 @@ pub fn run(a: &TestArgs) -> anyhow::Result<bool> {
         for case in cases {
             match check(&roles, &case) {
                 Ok(()) => {
-                    passed += 1;
-                    println!("ok    {}", case.name);
+                    r.passed += 1;
+                    r.lines.push(format!("ok    {}", case.name));
                 }
                 Err(report) => {
-                    failed += 1;
-                    println!("FAIL  {} ({})", case.name, file.display());
-                    for line in report {
-                        println!("        {line}");
-                    }
+                    r.lines
+                        .push(format!("FAIL  {} ({})", case.name, file.display()));
+                    r.lines
+                        .extend(report.into_iter().map(|l| format!("        {l}")));
+                    r.failed.push(case.name);
                 }
             }
         }
     }
-    if passed + failed == 0 {
+    if r.passed + r.failed.len() == 0 {
         bail!("{} holds no cases", tests.display());
     }
-    println!(
-        "{passed} passed, {failed} failed, against {} roles",
+    r.lines.push(format!(
+        "{} passed, {} failed, against {} roles",
+        r.passed,
+        r.failed.len(),
         roles.len()
-    );
-    Ok(failed == 0)
+    ));
+    Ok(r)
 }
 
 /// The built-in roles, with those of `dir` in their place or beside them.

@@ -271,19 +271,6 @@ fn diag_port() -> (u16, String) {
 }
 
 /// A plain HTTP GET on the diagnostics port.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The audit log's PostgreSQL goes down while events are written: auth
 /// keeps serving, keeps its events on disk (metric and /readyz say so),
 /// and delivers them in order once it is back, followed by an

@@ -161,16 +161,27 @@ fn ca_keys_in_an_hsm() {
                 .expect_ok();
             // Nodes renew with their next heartbeat; the admin identity
             // and proxy within 5 s.
-            std::thread::sleep(std::time::Duration::from_secs(if ca == "tls" { 6 } else { 2 }));
+            std::thread::sleep(std::time::Duration::from_secs(if ca == "tls" {
+                6
+            } else {
+                2
+            }));
         }
     }
     let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
     let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(keys.len(), 3, "{keys:?}");
     for k in &keys {
-        assert_eq!((k["store"].as_str(), k["alg"].as_str()), (Some("pkcs11"), Some("ecdsa-p256")), "{k}");
+        assert_eq!(
+            (k["store"].as_str(), k["alg"].as_str()),
+            (Some("pkcs11"), Some("ecdsa-p256")),
+            "{k}"
+        );
     }
-    let export = c.admin(&["ca", "export", "--type", "user"]).expect_ok().stdout;
+    let export = c
+        .admin(&["ca", "export", "--type", "user"])
+        .expect_ok()
+        .stdout;
     assert!(export.starts_with("ecdsa-sha2-nistp256 "), "{export}");
     // The rotated tls CA has a new pin.
     let pin = keys.iter().find(|k| k["ca"] == "tls").unwrap()["pin"]
@@ -188,7 +199,8 @@ fn ca_keys_in_an_hsm() {
     assert_eq!(out.stdout.trim(), "p256");
     // Straight to the node, its ECDSA-signed host certificate checked
     // against the known_hosts line 'warden login' wrote.
-    c.ssh("bob", "bob", "root", &[], "echo direct", None).expect_ok();
+    c.ssh("bob", "bob", "root", &[], "echo direct", None)
+        .expect_ok();
     let ca = ec_dir.join("user_ca.pub");
     std::fs::write(&ca, export).unwrap();
     let sshd = PlainSshd::start(&ec_dir, &ca, "");

@@ -2076,9 +2076,21 @@ fn presented_host_signer(addr: &str) -> String {
     let out = run_program(
         "ssh",
         &[
-            "-v", "-p", port, "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
-            "-o", "ConnectTimeout=10", &format!("nobody@{host}"), "true",
+            "-v",
+            "-p",
+            port,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=10",
+            &format!("nobody@{host}"),
+            "true",
         ]
         .map(String::from),
         None,
@@ -2164,12 +2176,16 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
         .expect_ok();
     let (new_host, _, _) = ca_state(&c, "host");
     assert_ne!(new_host, old_host);
-    wait_for("the node's host certificate is from the new key", 15, || {
-        node_host_signer(&c) == new_host
-    });
-    wait_for("both proxies' jump host certificates are from the new key", 20, || {
-        presented_host_signer(&proxy) == new_host && presented_host_signer(&b) == new_host
-    });
+    wait_for(
+        "the node's host certificate is from the new key",
+        15,
+        || node_host_signer(&c) == new_host,
+    );
+    wait_for(
+        "both proxies' jump host certificates are from the new key",
+        20,
+        || presented_host_signer(&proxy) == new_host && presented_host_signer(&b) == new_host,
+    );
     c.ssh("bob", "bob", "root", &[], "echo host-switched", None)
         .expect_ok();
     c.run_as("bob", &["ssh", "root@rot", "--", "true"], None)
@@ -2226,8 +2242,7 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     });
     c.run_as("carol-mid-tls", &["ls"], None).expect_ok();
     // A first login now needs the new pin: the old one is refused.
-    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &c.pin)
-        .expect_err("CA pin mismatch");
+    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &c.pin).expect_err("CA pin mismatch");
     login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &new_pin).expect_ok();
     c.run_as("dave", &["ls"], None).expect_ok();
     c.run_as("dave", &["ssh", "root@rot", "--", "true"], None)
@@ -2261,7 +2276,10 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     login_with_pin(&c, "erin", &totp(&erin, 30), &b, &new_pin).expect_ok();
     c.wait_reachable("erin", "root", "rot");
 
-    for (what, child) in [("direct", &mut live), ("through the proxy", &mut live_proxied)] {
+    for (what, child) in [
+        ("direct", &mut live),
+        ("through the proxy", &mut live_proxied),
+    ] {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the live session {what} survived both rotations"
@@ -2284,7 +2302,8 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     let pin = pin_of(&c, &final_tls);
     login_with_pin(&c, "frank", &totp(&frank, 30), &c.proxy, &pin).expect_ok();
     c.wait_reachable("frank", "root", "rot");
-    c.ssh("frank", "frank", "root", &[], "true", None).expect_ok();
+    c.ssh("frank", "frank", "root", &[], "true", None)
+        .expect_ok();
 
     let phases: Vec<(String, String, String)> = c
         .events()
@@ -2307,7 +2326,9 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
             ("drop", "warden"),
         ] {
             assert!(
-                phases.iter().any(|(c, p, u)| c == ca && p == phase && u == by),
+                phases
+                    .iter()
+                    .any(|(c, p, u)| c == ca && p == phase && u == by),
                 "no {ca} {phase} by {by} in {phases:?}"
             );
         }
@@ -2322,8 +2343,16 @@ fn login_with_pin(c: &Cluster, user: &str, otp: &str, proxy: &str, pin: &str) ->
     c.run_as(
         user,
         &[
-            "login", "--proxy", proxy, "--user", user, "--ca-pin", pin, "--password-stdin",
-            "--otp", otp,
+            "login",
+            "--proxy",
+            proxy,
+            "--user",
+            user,
+            "--ca-pin",
+            pin,
+            "--password-stdin",
+            "--otp",
+            otp,
         ],
         Some(&format!("{PASSWORD}\n")),
     )
@@ -2334,7 +2363,9 @@ fn login_with_pin(c: &Cluster, user: &str, otp: &str, proxy: &str, pin: &str) ->
 fn proxy_verifies(c: &Cluster, proxy: &str, pin: &str) -> bool {
     let out = c.run_as(
         "probe",
-        &["login", "--proxy", proxy, "--user", "nobody", "--ca-pin", pin],
+        &[
+            "login", "--proxy", proxy, "--user", "nobody", "--ca-pin", pin,
+        ],
         None,
     );
     assert!(!out.ok, "a login without a password cannot succeed");

@@ -143,8 +143,17 @@ fn add_user_with_traits(c: &Cluster, name: &str, roles: &str, traits: &[&str]) -
     let secret = totp_secret(name);
     c.run(
         &[
-            "signup", &token, "--proxy", &c.proxy, "--ca-pin", &c.pin, "--password-stdin",
-            "--totp-secret", &secret, "--otp", &totp(&secret, 0),
+            "signup",
+            &token,
+            "--proxy",
+            &c.proxy,
+            "--ca-pin",
+            &c.pin,
+            "--password-stdin",
+            "--totp-secret",
+            &secret,
+            "--otp",
+            &totp(&secret, 0),
         ],
         Some(&format!("{PASSWORD}\n")),
     )
@@ -171,8 +180,8 @@ fn where_conditions_decide_logins_on_the_node() {
     .unwrap();
     c.admin(&["roles", "apply", "-f", bad.to_str().unwrap()])
         .expect_err("allow.where: at 0: contains takes two arguments");
-    let role = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/policy/roles/team-access.yaml");
+    let role =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy/roles/team-access.yaml");
     c.admin(&["roles", "apply", "-f", role.to_str().unwrap()])
         .expect_ok();
     let tess = add_user_with_traits(&c, "tess", "team-access", &["teams=web", "teams=search"]);
@@ -203,4 +212,180 @@ fn where_conditions_decide_logins_on_the_node() {
         "{}",
         out.all()
     );
+}
+
+/// Runs `git` in `dir` (a test identity for commits).
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn commit_all(repo: &Path, message: &str) -> String {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// `warden policy sync` keeps the cluster's roles equal to a git
+/// repository: a commit whose tests pass is applied with prune (a role
+/// made by hand goes, the built-ins stay); one whose tests fail changes
+/// nothing, is audited with its commit id, and /readyz says why until a
+/// fixed commit lands, which the running service then applies by itself.
+#[test]
+fn policy_sync_follows_a_git_repository() {
+    let readme = include_str!("../../../README.md");
+    assert!(
+        readme.contains("warden policy sync https://git.example.com/infra/rbac.git"),
+        "README.md no longer shows the policy sync"
+    );
+    let dir = temp_dir("sync");
+    let c = Cluster::start(&dir);
+    let data = dir.join("data");
+    let repo = dir.join("rbac");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy"),
+        &repo,
+    );
+    let first = commit_all(&repo, "roles");
+    // A role made by hand, which the repository does not have.
+    let stale = dir.join("stale.yaml");
+    std::fs::write(
+        &stale,
+        "kind: role\nversion: v1\nmetadata:\n  name: stale\nspec:\n  allow:\n    logins: [root]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", stale.to_str().unwrap()])
+        .expect_ok();
+    let sync = |extra: &[&str]| {
+        let mut args: Vec<String> = ["policy", "sync", repo.to_str().unwrap(), "--data-dir"]
+            .map(String::from)
+            .to_vec();
+        args.push(data.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let roles = || -> Vec<String> {
+        let out = c.admin(&["roles", "ls", "--format", "json"]).expect_ok();
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        v.iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    run_program(WARDEN, &sync(&["--once"]), None).expect_ok();
+    let names = roles();
+    for want in [
+        "dba",
+        "contractor",
+        "team-access",
+        "access",
+        "editor",
+        "auditor",
+    ] {
+        assert!(names.iter().any(|n| n == want), "no {want} in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "stale"), "pruned: {names:?}");
+    let applied = c
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "policy.sync")
+        .expect("the sync is audited");
+    assert_eq!(applied["fields"]["commit"], first.as_str());
+    assert!(
+        applied["fields"]["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "role stale"),
+        "{applied}"
+    );
+
+    // A commit that breaks a tested decision is refused: nothing changes.
+    let contractor = repo.join("roles/contractor.yaml");
+    let good = std::fs::read_to_string(&contractor).unwrap();
+    std::fs::write(&contractor, &good[..good.find("  deny:").unwrap()]).unwrap();
+    let bad = commit_all(&repo, "open production to contractors");
+    let out = run_program(WARDEN, &sync(&["--once"]), None);
+    assert!(
+        !out.ok && out.stderr.contains("refused") && out.stderr.contains("test case(s) failed"),
+        "{}",
+        out.all()
+    );
+    let role = c.admin(&["roles", "get", "contractor"]).expect_ok().stdout;
+    assert!(
+        role.contains("deny"),
+        "the cluster kept the last good role:\n{role}"
+    );
+    let refused = c
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "policy.sync_failed")
+        .expect("the refusal is audited");
+    assert_eq!(refused["fields"]["commit"], bad.as_str());
+    assert_eq!(refused["fields"]["outcome"], "refused");
+
+    // As a service: /readyz says why it is behind, then a fixed commit
+    // lands and is applied by itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = std::process::Command::new(WARDEN)
+        .args(sync(&[
+            "--every",
+            "1s",
+            "--diag-addr",
+            &format!("127.0.0.1:{port}"),
+        ]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = |want: &str| {
+        for _ in 0..100 {
+            let got = std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(|_| http_get(port, "/readyz"))
+                .unwrap_or_default();
+            if got.contains(want) {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("/readyz never said {want:?}");
+    };
+    let behind = ready("not in sync");
+    assert!(
+        behind.contains("503")
+            && behind.contains(&bad)
+            && behind.contains("a contractor who is also a dba stays out of production")
+            && behind.contains(&first),
+        "{behind}"
+    );
+    std::fs::write(&contractor, &good).unwrap();
+    std::fs::write(
+        repo.join("roles/ops.yaml"),
+        "kind: role\nversion: v1\nmetadata:\n  name: ops\nspec:\n  allow:\n    logins: [ops]\n    node_labels: {'*': '*'}\n",
+    )
+    .unwrap();
+    let fixed = commit_all(&repo, "fix, and an ops role");
+    let in_sync = ready("in sync with");
+    assert!(in_sync.contains(&fixed), "{in_sync}");
+    assert!(roles().iter().any(|n| n == "ops"));
+    let _ = service.kill();
+    let _ = service.wait();
 }

@@ -754,3 +754,18 @@ impl Drop for PlainSshd {
         let _ = self.child.wait();
     }
 }
+
+/// A plain HTTP GET of `path` on 127.0.0.1:`port` (diagnostics
+/// endpoints); the whole response, status line included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}

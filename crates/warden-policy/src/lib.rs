@@ -14,6 +14,7 @@ mod labels;
 mod locks;
 mod password;
 pub mod predicate;
+pub mod suggest;
 mod template;
 
 pub use access::{

@@ -286,3 +286,130 @@ fn predicates_never_panic() {
     }
     assert!(compiled > 0, "the soup never produced a valid expression");
 }
+
+/// Least privilege from random histories: the proposed role allows every
+/// session the role allowed (nothing used is taken away), never allows
+/// what the role did not (it only narrows), and the unused logins it names
+/// were used by no session.
+#[test]
+fn suggestions_keep_every_used_grant_and_only_narrow() {
+    use warden_policy::suggest::{suggest, Use};
+    let cases: usize = std::env::var("WARDEN_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    let mut r = Rng(0xabad_1dea_5eed_0001);
+    let (mut kept, mut narrowed) = (0, 0);
+    for case in 0..cases {
+        // Roles that grant something, and histories that use some of it.
+        let mut spec = RoleSpec::default();
+        for _ in 0..1 + r.below(3) {
+            spec.allow.logins.push(
+                r.pick(&["root", "alice", "{{internal.logins}}", "ubuntu"])
+                    .to_string(),
+            );
+        }
+        if r.below(4) == 0 {
+            spec.allow
+                .node_labels
+                .insert("*".into(), LabelValues(vec!["*".into()]));
+        } else {
+            for key in ["env", "team"] {
+                if r.below(2) == 0 {
+                    let values = (0..1 + r.below(3))
+                        .map(|_| {
+                            r.pick(&[
+                                "prod",
+                                "dev",
+                                "*",
+                                "^prod-[0-9]+$",
+                                "db",
+                                "{{external.team}}",
+                            ])
+                            .to_string()
+                        })
+                        .collect();
+                    spec.allow
+                        .node_labels
+                        .insert(key.into(), LabelValues(values));
+                }
+            }
+        }
+        if r.below(4) == 0 {
+            spec.allow.where_ = Some(r.pick(WHERES).to_string());
+        }
+        if r.below(4) == 0 {
+            spec.deny = conditions(&mut r);
+        }
+        let role = Document::new(kind::ROLE, "r", spec);
+        if validate_role(&role).is_err() {
+            continue;
+        }
+        let logins = ["root", "alice", "ubuntu", "svc-alice", "db"];
+        let uses: Vec<Use> = (0..r.below(12))
+            .map(|i| {
+                let mut labels = BTreeMap::new();
+                for key in ["env", "team"] {
+                    if r.below(4) != 0 {
+                        let v = match key {
+                            "env" => r.pick(&["prod", "dev", "prod-12", "prod-7"]),
+                            _ => r.pick(&["db", "web"]),
+                        };
+                        labels.insert(key.to_string(), v.to_string());
+                    }
+                }
+                Use {
+                    user: format!("u{}", i % 3),
+                    traits: traits(&mut r),
+                    login: r.pick(&logins).to_string(),
+                    node: format!("n{i}"),
+                    labels,
+                }
+            })
+            .collect();
+        let s = suggest(&role, &uses);
+        if s.proposed != role {
+            narrowed += 1;
+        }
+        let allows = |x: &warden_types::Document<RoleSpec>,
+                      t: &Traits,
+                      login: &str,
+                      l: &BTreeMap<String, String>| {
+            check_node_access(std::slice::from_ref(x), t, login, l).allowed
+        };
+        for u in &uses {
+            if allows(&role, &u.traits, &u.login, &u.labels) {
+                kept += 1;
+                assert!(
+                    allows(&s.proposed, &u.traits, &u.login, &u.labels),
+                    "case {case}: a used grant was taken away: {u:?}\nrole {:?}\nproposed {:?}",
+                    role.spec,
+                    s.proposed.spec
+                );
+                for unused in &s.unused_logins {
+                    let expanded = warden_policy::expand(unused, &u.traits).unwrap_or_default();
+                    assert!(
+                        !expanded.contains(&u.login),
+                        "case {case}: login entry {unused:?} called unused, but {u:?} used it"
+                    );
+                }
+            }
+        }
+        for _ in 0..20 {
+            let (t, l) = (traits(&mut r), labels(&mut r));
+            let login = r.pick(&logins);
+            if allows(&s.proposed, &t, login, &l) {
+                assert!(
+                    allows(&role, &t, login, &l),
+                    "case {case}: the proposal widened access: {login} {l:?} {t:?}\nrole {:?}\nproposed {:?}",
+                    role.spec,
+                    s.proposed.spec
+                );
+            }
+        }
+    }
+    assert!(
+        kept > 100 && narrowed > 100,
+        "the histories exercised too little: {kept} used grants, {narrowed} narrowed roles"
+    );
+}

@@ -172,6 +172,20 @@ enum AccessCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// What a role (or a user's roles) was used for: the SSH sessions of
+    /// the audit log against what it allows. With --role, prints the
+    /// unused logins and node labels as comments, then the narrower role
+    /// as YAML (every session seen is still allowed), ready for review and
+    /// 'roles apply -f'. With --user, which of their roles went unused.
+    Suggest {
+        #[arg(long, required_unless_present = "user", conflicts_with = "user")]
+        role: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// How far back to look.
+        #[arg(long, default_value = "30d")]
+        since: HumanDuration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -686,6 +700,17 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                 }
             );
             Ok(())
+        }
+        AdminCommand::Access(AccessCommand::Suggest { role, user, since }) => {
+            crate::suggest::run(
+                &admin,
+                crate::suggest::Ask {
+                    role,
+                    user,
+                    since_secs: since.0.as_secs(),
+                },
+            )
+            .await
         }
         AdminCommand::Access(AccessCommand::Check {
             user,

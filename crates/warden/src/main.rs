@@ -17,6 +17,7 @@ mod prompt;
 mod requests;
 mod sso;
 mod start;
+mod suggest;
 mod user;
 
 use clap::{Parser, Subcommand};

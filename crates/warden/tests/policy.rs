@@ -389,3 +389,64 @@ fn policy_sync_follows_a_git_repository() {
     let _ = service.kill();
     let _ = service.wait();
 }
+
+/// `warden admin access suggest` over a real audit log: the grants a role
+/// gave that no session used are named, and the narrower role it prints
+/// applies as is and still lets the user in; for a user, the roles that
+/// went unused and the command that takes them away.
+#[test]
+fn access_suggest_learns_least_privilege_from_the_audit_log() {
+    let dir = temp_dir("suggest");
+    let c = Cluster::start_with(&dir, &["--name", "box", "--labels", "env=staging,team=db"]);
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: deploy\nspec:\n  allow:\n    logins: [root, ubuntu]\n    node_labels:\n      env: '*'\n      team: [db, web]\n---\nkind: role\nversion: v1\nmetadata:\n  name: prod-only\nspec:\n  allow:\n    logins: [root]\n    node_labels:\n      env: prod\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let dana = c.add_user("dana", "deploy,prod-only", "root");
+    c.login("dana", "dana", &totp(&dana, 30)).expect_ok();
+    c.wait_reachable("dana", "root", "box");
+    c.ssh("dana", "dana", "root", &[], "true", None).expect_ok();
+
+    let suggest = |args: &[&str]| {
+        let mut full = vec!["access", "suggest"];
+        full.extend_from_slice(args);
+        c.admin(&full).expect_ok().stdout
+    };
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = suggest(&["--role", "deploy", "--since", "1h"]);
+        if out.contains("role deploy: 2 session(s)") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        out.contains("role deploy: 2 session(s) by 1 user(s) on 1 node(s)")
+            && out.contains("unused logins: ubuntu")
+            && out.contains("unused node labels: team: web")
+            && out.contains("narrowed: env: * -> [staging]"),
+        "{out}"
+    );
+    // The output is YAML: the narrower role, applied as printed.
+    let proposed = dir.join("deploy.yaml");
+    std::fs::write(&proposed, &out).unwrap();
+    c.admin(&["roles", "apply", "-f", proposed.to_str().unwrap()])
+        .expect_ok();
+    let role = c.admin(&["roles", "get", "deploy"]).expect_ok().stdout;
+    assert!(
+        !role.contains("ubuntu") && !role.contains("web") && role.contains("staging"),
+        "{role}"
+    );
+    c.ssh("dana", "dana", "root", &[], "true", None).expect_ok();
+
+    let out = suggest(&["--user", "dana", "--since", "1h"]);
+    assert!(
+        out.contains("Unused: prod-only")
+            && out.contains("warden admin users update dana --roles deploy"),
+        "{out}"
+    );
+}

@@ -253,7 +253,13 @@ mod tests {
         assert_eq!(p.node_labels["team"].0, vec!["db"]);
         for u in &uses[..2] {
             assert!(
-                check_node_access(&[s.proposed.clone()], &u.traits, &u.login, &u.labels).allowed
+                check_node_access(
+                    std::slice::from_ref(&s.proposed),
+                    &u.traits,
+                    &u.login,
+                    &u.labels
+                )
+                .allowed
             );
         }
     }

@@ -389,6 +389,21 @@ impl Conn {
             .await
         {
             Ok(d) if d.allowed => {
+                if !d.would_deny.is_empty() {
+                    // A narrowing watched before it is enforced.
+                    let mut ev = AuditEvent::new(
+                        codes::ACCESS_WOULD_DENY,
+                        self.identity.cluster(),
+                        &username,
+                        format!(
+                            "{username} logged in as {login}, which a role in audit mode would deny"
+                        ),
+                    )
+                    .source(Some(self.peer.ip().to_string()))
+                    .with("explanation", d.would_deny.clone());
+                    ev.login = Some(login.to_string());
+                    self.emit(ev);
+                }
                 authed.permit_port_forwarding &= d.permit_port_forwarding;
                 authed.permit_agent_forwarding &= d.permit_agent_forwarding;
                 authed.permit_x11_forwarding &= d.permit_x11_forwarding;

@@ -180,6 +180,10 @@ pub fn decide_node_login(state: &impl AccessState, q: &NodeLogin, now: i64) -> A
         permit_x11_forwarding: options.permit_x11_forwarding,
         roles: roles.iter().map(|r| r.name().to_string()).collect(),
         record_session: options.record_session,
+        would_deny: match allowed {
+            true => decision.would_deny.clone(),
+            false => Vec::new(),
+        },
     }
 }
 

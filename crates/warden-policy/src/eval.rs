@@ -7,15 +7,18 @@ use crate::Traits;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use warden_types::resource::{resources, verbs};
-use warden_types::{Document, RecordMode, RoleConditions, RoleSpec};
+use warden_types::{Document, RecordMode, RoleConditions, RoleMode, RoleSpec};
 
 /// An access decision and the reasons behind it, one line per role consulted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Decision {
     pub allowed: bool,
     /// The role that decided: the denying role, or the first allowing one.
     pub role: Option<String>,
     pub reasons: Vec<String>,
+    /// Deny rules of roles in audit mode that matched: they did not
+    /// refuse, and would have.
+    pub would_deny: Vec<String>,
 }
 
 impl Decision {
@@ -24,6 +27,7 @@ impl Decision {
             allowed: false,
             role,
             reasons,
+            would_deny: Vec::new(),
         }
     }
 
@@ -76,15 +80,33 @@ pub fn check_node_access(
         login,
         labels: node_labels,
     };
-    // Deny first: any matching deny ends the evaluation.
+    // Deny first: any matching deny ends the evaluation, except that of a
+    // role in audit mode, which is recorded instead.
+    let mut would_deny = Vec::new();
     for role in roles {
         let deny = &role.spec.deny;
+        let audit = role.spec.options.mode == RoleMode::Audit;
+        let mut refuse = |why: String| -> Option<Decision> {
+            if audit {
+                let line = format!("role {} (audit mode) would deny: {why}", role.name());
+                reasons.push(line.clone());
+                would_deny.push(line);
+                return None;
+            }
+            reasons.push(format!("role {}: {why}", role.name()));
+            Some(Decision::deny(
+                std::mem::take(&mut reasons),
+                Some(role.name().to_string()),
+            ))
+        };
         if expand_logins(&deny.logins, traits)
             .iter()
             .any(|l| l == login)
         {
-            reasons.push(format!("role {}: denies login {login:?}", role.name()));
-            return Decision::deny(reasons, Some(role.name().to_string()));
+            match refuse(format!("denies login {login:?}")) {
+                Some(d) => return d,
+                None => continue,
+            }
         }
         let labels = match deny.node_labels.is_empty() {
             true => None,
@@ -97,8 +119,9 @@ pub fn check_node_access(
             (Some((true, l)), Some((true, w))) => format!("{l}; {w}"),
             _ => continue,
         };
-        reasons.push(format!("role {}: deny rule: {why}", role.name()));
-        return Decision::deny(reasons, Some(role.name().to_string()));
+        if let Some(d) = refuse(format!("deny rule: {why}")) {
+            return d;
+        }
     }
     let mut allowed_by = None;
     for role in roles {
@@ -135,6 +158,7 @@ pub fn check_node_access(
             allowed: true,
             role: Some(role),
             reasons,
+            would_deny,
         },
         None => {
             reasons.push("no role allows this access".into());
@@ -160,8 +184,10 @@ fn holds(source: &str, ctx: &Context<'_>, deny: bool) -> (bool, String) {
 /// The logins (certificate principals) the roles grant: every allowed login
 /// that no role denies, sorted.
 pub fn allowed_logins(roles: &[Document<RoleSpec>], traits: &Traits) -> Vec<String> {
+    // A role in audit mode denies nothing (its logins stay principals).
     let denied: BTreeSet<String> = roles
         .iter()
+        .filter(|r| r.spec.options.mode != RoleMode::Audit)
         .flat_map(|r| expand_logins(&r.spec.deny.logins, traits))
         .collect();
     let allowed: BTreeSet<String> = roles
@@ -248,6 +274,7 @@ pub fn check_rule(roles: &[Document<RoleSpec>], resource: &str, verb: &str) -> D
             allowed: true,
             role: Some(role.name().to_string()),
             reasons: vec![format!("role {}: allows {verb} on {resource}", role.name())],
+            ..Default::default()
         },
         None => Decision::deny(
             vec![format!(
@@ -421,6 +448,40 @@ mod tests {
         assert!(
             check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "dev")])).allowed
         );
+    }
+
+    #[test]
+    fn audit_mode_records_what_its_deny_rules_would_refuse() {
+        let allow = role("access", |s| {
+            s.allow.logins = vec!["root".into()];
+            s.allow.node_labels = all_nodes();
+        });
+        let watch = role("no-prod-root", |s| {
+            s.options.mode = RoleMode::Audit;
+            s.deny.logins = vec!["root".into()];
+            s.deny.where_ = Some(r#"node.labels.env == "prod""#.into());
+        });
+        let roles = [allow.clone(), watch.clone()];
+        let d = check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "prod")]));
+        assert!(d.allowed, "audit mode does not refuse: {d:?}");
+        assert_eq!(d.would_deny.len(), 1, "one line per role: {d:?}");
+        assert!(d.would_deny[0].contains("role no-prod-root (audit mode) would deny"));
+        // Its logins stay certificate principals.
+        assert_eq!(allowed_logins(&roles, &Traits::new()), vec!["root"]);
+        // Nothing to record where the deny rules do not match.
+        let d = check_node_access(&[allow.clone()], &Traits::new(), "root", &labels(&[]));
+        assert!(d.allowed && d.would_deny.is_empty());
+        // Enforced, the same role refuses.
+        let mut enforced = watch;
+        enforced.spec.options.mode = RoleMode::Enforce;
+        let d = check_node_access(
+            &[allow, enforced],
+            &Traits::new(),
+            "root",
+            &labels(&[("env", "prod")]),
+        );
+        assert!(!d.allowed && d.would_deny.is_empty());
+        assert_eq!(d.summary(), "denied by role no-prod-root");
     }
 
     #[test]

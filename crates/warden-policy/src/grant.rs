@@ -42,6 +42,7 @@ pub fn check_grant(roles: &[Document<RoleSpec>], traits: &Traits, role: &str) ->
                 allowed: false,
                 role: Some(r.name().to_string()),
                 reasons: vec![format!("role {}: denies granting role {role}", r.name())],
+                ..Default::default()
             };
         }
     }
@@ -53,6 +54,7 @@ pub fn check_grant(roles: &[Document<RoleSpec>], traits: &Traits, role: &str) ->
             allowed: true,
             role: Some(r.name().to_string()),
             reasons: vec![format!("role {}: may grant role {role}", r.name())],
+            ..Default::default()
         },
         None => Decision {
             allowed: false,
@@ -60,6 +62,7 @@ pub fn check_grant(roles: &[Document<RoleSpec>], traits: &Traits, role: &str) ->
             reasons: vec![format!(
                 "no role of yours lists {role:?} in allow.grant_roles"
             )],
+            ..Default::default()
         },
     }
 }

@@ -812,6 +812,10 @@ pub struct AccessCheckResponse {
     pub roles: Vec<String>,
     #[serde(default)]
     pub record_session: crate::RecordMode,
+    /// An allowed login that a role in audit mode would have refused: its
+    /// reasons (the node records them as `access.would_deny`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_deny: Vec<String>,
 }
 
 impl AccessCheckResponse {
@@ -826,6 +830,7 @@ impl AccessCheckResponse {
             permit_x11_forwarding: false,
             roles: vec![],
             record_session: Default::default(),
+            would_deny: vec![],
         }
     }
 }

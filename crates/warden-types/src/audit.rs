@@ -79,6 +79,9 @@ pub mod codes {
     pub const SESSION_TERMINATED: (&str, &str) = ("session.terminated", "WA6008W");
     pub const RECORDING_PLAY: (&str, &str) = ("recording.play", "WA6010I");
     pub const RECORDING_FAILURE: (&str, &str) = ("recording.failure", "WA6011W");
+    /// A login a role in audit mode would have refused (its deny rules
+    /// only record); the login went ahead.
+    pub const ACCESS_WOULD_DENY: (&str, &str) = ("access.would_deny", "WA6012W");
     pub const LOCK_CREATE: (&str, &str) = ("lock.create", "WA7000I");
     pub const REQUEST_CREATE: (&str, &str) = ("access_request.create", "WA8000I");
     pub const REQUEST_REVIEW: (&str, &str) = ("access_request.review", "WA8001I");
@@ -168,6 +171,7 @@ pub mod codes {
         "sftp",
         "session.terminated",
         "recording.failure",
+        "access.would_deny",
     ];
 }
 

@@ -14,8 +14,8 @@ pub use identity::{Identity, IdentityKind};
 pub use resource::{
     AccessRequestSpec, ApprovalRuleSpec, ClaimMapping, ClusterConfigSpec, Document, LabelValues,
     LockSpec, LockTarget, Metadata, NodeSpec, OidcConnectorSpec, RecordMode, RequestState,
-    RequestedNode, Requester, RequireMfa, Review, RoleConditions, RoleOptions, RoleSpec, Rule,
-    Schedule, TokenKind, TokenSpec, UserSpec, WebhookSpec,
+    RequestedNode, Requester, RequireMfa, Review, RoleConditions, RoleMode, RoleOptions, RoleSpec,
+    Rule, Schedule, TokenKind, TokenSpec, UserSpec, WebhookSpec,
 };
 pub use secret::Secret;
 

@@ -173,6 +173,20 @@ pub struct RoleOptions {
     /// `session`: every SSH session needs a fresh MFA check (any role).
     #[serde(skip_serializing_if = "is_default")]
     pub require_mfa: RequireMfa,
+    /// `audit`: this role's deny rules do not refuse node logins; each
+    /// login they would have refused is recorded (`access.would_deny`),
+    /// so a narrowing can be watched before it is enforced.
+    #[serde(skip_serializing_if = "is_default")]
+    pub mode: RoleMode,
+}
+
+/// Whether a role's deny rules refuse (`enforce`) or only record (`audit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleMode {
+    #[default]
+    Enforce,
+    Audit,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -210,6 +224,7 @@ impl Default for RoleOptions {
             permit_x11_forwarding: None,
             record_session: None,
             require_mfa: RequireMfa::Off,
+            mode: RoleMode::Enforce,
         }
     }
 }

@@ -450,3 +450,61 @@ fn access_suggest_learns_least_privilege_from_the_audit_log() {
         "{out}"
     );
 }
+
+/// A role in audit mode: its deny rules let the login through and the
+/// node records `access.would_deny` with the reason; enforced, the same
+/// rules refuse.
+#[test]
+fn audit_mode_records_what_a_narrowing_would_refuse() {
+    let dir = temp_dir("audit-mode");
+    let c = Cluster::start_with(&dir, &["--name", "box", "--labels", "env=staging"]);
+    let role = |mode: &str| {
+        let file = dir.join(format!("watch-{mode}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "kind: role\nversion: v1\nmetadata:\n  name: no-staging\nspec:\n  options:\n    mode: {mode}\n  deny:\n    node_labels:\n      env: staging\n"
+            ),
+        )
+        .unwrap();
+        c.admin(&["roles", "apply", "-f", file.to_str().unwrap()])
+            .expect_ok();
+    };
+    role("audit");
+    let sam = c.add_user("sam", "access,no-staging", "root");
+    c.login("sam", "sam", &totp(&sam, 30)).expect_ok();
+    c.wait_reachable("sam", "root", "box");
+    c.ssh("sam", "sam", "root", &[], "true", None).expect_ok();
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = c
+            .events()
+            .into_iter()
+            .find(|e| e["type"] == "access.would_deny");
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let ev = seen.expect("access.would_deny recorded");
+    assert_eq!(ev["user"], "sam");
+    assert_eq!(ev["login"], "root");
+    assert!(
+        ev["fields"]["explanation"][0]
+            .as_str()
+            .unwrap()
+            .contains("role no-staging (audit mode) would deny: deny rule"),
+        "{ev}"
+    );
+    // Enforced: refused (once the node has the new policy).
+    role("enforce");
+    let mut refused = false;
+    for _ in 0..50 {
+        if !c.ssh("sam", "sam", "root", &[], "true", None).ok {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(refused, "the enforced role refuses");
+}

@@ -469,7 +469,12 @@ mod tests {
         // Its logins stay certificate principals.
         assert_eq!(allowed_logins(&roles, &Traits::new()), vec!["root"]);
         // Nothing to record where the deny rules do not match.
-        let d = check_node_access(&[allow.clone()], &Traits::new(), "root", &labels(&[]));
+        let d = check_node_access(
+            std::slice::from_ref(&allow),
+            &Traits::new(),
+            "root",
+            &labels(&[]),
+        );
         assert!(d.allowed && d.would_deny.is_empty());
         // Enforced, the same role refuses.
         let mut enforced = watch;

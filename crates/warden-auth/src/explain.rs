@@ -10,7 +10,9 @@ use crate::server::AuthServer;
 use axum::extract::State;
 use axum::{Extension, Json, Router};
 use warden_policy::{AccessState, NodeLogin};
-use warden_types::api::{AccessExplainRequest, AccessExplainResponse, PolicySyncReport};
+use warden_types::api::{
+    AccessExplainRequest, AccessExplainResponse, PolicySyncReport, RequestExplain,
+};
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::resource::{kind, resources as res, verbs};
 use warden_types::{
@@ -124,6 +126,9 @@ async fn explain(
 ) -> Result<Json<AccessExplainResponse>> {
     s.authorize(&c, res::USER, verbs::READ).await?;
     s.authorize(&c, res::ROLE, verbs::READ).await?;
+    if !req.request_roles.is_empty() {
+        return explain_request(&s, &req).map(Json);
+    }
     let node = s.resolve_node(&req.node).await?;
     let live = LiveState(&s);
     let now = crate::resources::now();
@@ -171,5 +176,45 @@ async fn explain(
         node: node.spec.hostname.clone(),
         node_id: node.name().to_string(),
         decision,
+        request: None,
     }))
+}
+
+/// May the user (or a hypothetical one) request `request_roles`, and what
+/// would the request get: the same checks and terms as creating it.
+fn explain_request(s: &AuthServer, req: &AccessExplainRequest) -> Result<AccessExplainResponse> {
+    let live = LiveState(s);
+    let holds = match (&req.user, req.roles.is_empty()) {
+        (Some(user), true) => match live.user(user) {
+            Some(u) => u.spec.roles,
+            None => return Err(AuthError::NotFound(format!("no user {user:?}"))),
+        },
+        (None, false) => req.roles.clone(),
+        _ => {
+            return Err(AuthError::BadRequest(
+                "name a user (--user) or the roles of a hypothetical one (--roles), not both"
+                    .into(),
+            ))
+        }
+    };
+    for r in holds.iter().chain(&req.request_roles) {
+        if live.role(r).is_none() {
+            return Err(AuthError::NotFound(format!(
+                "no role {r:?}; 'warden admin roles ls' lists them"
+            )));
+        }
+    }
+    let current = s.roles(&holds);
+    let d = warden_policy::check_request_roles(&current, &req.request_roles);
+    let (max_duration_secs, approvals_needed) = s.request_terms(&current, &req.request_roles, &[]);
+    Ok(AccessExplainResponse {
+        request: Some(RequestExplain {
+            allowed: d.allowed,
+            reason: d.summary(),
+            explanation: d.reasons,
+            approvals_needed,
+            max_duration_secs,
+        }),
+        ..Default::default()
+    })
 }

@@ -54,6 +54,52 @@ fn grants(
 pub(crate) use warden_policy::Effective;
 
 impl AuthServer {
+    /// What a request for `roles` (or, for a resource request, through
+    /// `search_as`) by a holder of `current` gets: its longest duration
+    /// (the shortest max_session_ttl of the roles involved and the
+    /// max_duration of the roles that let the user ask) and the approvals
+    /// it needs (the strictest of those roles).
+    pub(crate) fn request_terms(
+        &self,
+        current: &[Document<RoleSpec>],
+        roles: &[String],
+        search_as: &[String],
+    ) -> (u64, u32) {
+        let asking_via: Vec<&Document<RoleSpec>> = current
+            .iter()
+            .filter(|r| {
+                let a = &r.spec.allow.request;
+                if roles.is_empty() {
+                    a.search_as_roles
+                        .iter()
+                        .any(|x| search_as.contains(x) || x == "*")
+                } else {
+                    a.roles.iter().any(|x| roles.contains(x) || x == "*")
+                }
+            })
+            .collect();
+        let cap = roles
+            .iter()
+            .chain(search_as)
+            .filter_map(|r| self.inner.roles.get(r))
+            .map(|r| r.spec.options.max_session_ttl.0.as_secs())
+            .chain(
+                asking_via
+                    .iter()
+                    .filter_map(|r| r.spec.allow.request.max_duration.map(|d| d.0.as_secs())),
+            )
+            .min()
+            .unwrap_or(DEFAULT_TTL)
+            .min(MAX_TTL);
+        let approvals = asking_via
+            .iter()
+            .filter_map(|r| r.spec.allow.request.approvals)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        (cap, approvals)
+    }
+
     /// A user's access in force now; see [`Effective`].
     pub(crate) fn effective(&self, user: &Document<UserSpec>) -> Effective {
         warden_policy::effective(
@@ -233,55 +279,19 @@ async fn create(
                 "role {role:?} does not exist"
             )));
         }
-        if !grants(&current, role, |sp| {
-            (&sp.allow.request.roles, &sp.deny.request.roles)
-        }) {
+        let d = warden_policy::check_request_roles(&current, std::slice::from_ref(role));
+        if !d.allowed {
             return Err(AuthError::AccessDenied(format!(
-                "your roles do not let you request {role:?} (see allow.request.roles)"
+                "your roles do not let you request {role:?}: {} (see allow.request.roles)",
+                d.summary()
             )));
         }
     }
-    // The roles that let the user ask.
-    let asking_via: Vec<&Document<RoleSpec>> = current
-        .iter()
-        .filter(|r| {
-            let a = &r.spec.allow.request;
-            if req.roles.is_empty() {
-                a.search_as_roles
-                    .iter()
-                    .any(|x| search_as.contains(x) || x == "*")
-            } else {
-                a.roles.iter().any(|x| req.roles.contains(x) || x == "*")
-            }
-        })
-        .collect();
-    // Never longer than the shortest max_session_ttl of the roles involved,
-    // nor the max_duration of the roles that let the user ask.
-    let cap = req
-        .roles
-        .iter()
-        .chain(&search_as)
-        .filter_map(|r| s.inner.roles.get(r))
-        .map(|r| r.spec.options.max_session_ttl.0.as_secs())
-        .chain(
-            asking_via
-                .iter()
-                .filter_map(|r| r.spec.allow.request.max_duration.map(|d| d.0.as_secs())),
-        )
-        .min()
-        .unwrap_or(DEFAULT_TTL)
-        .min(MAX_TTL);
+    let (cap, approvals_needed) = s.request_terms(&current, &req.roles, &search_as);
     let duration = req
         .ttl_secs
         .unwrap_or(DEFAULT_TTL.min(cap))
         .clamp(60, cap.max(60));
-    // The strictest threshold among the roles that let the user ask.
-    let approvals_needed = asking_via
-        .iter()
-        .filter_map(|r| r.spec.allow.request.approvals)
-        .max()
-        .unwrap_or(1)
-        .max(1);
     let id = uuid::Uuid::new_v4().to_string();
     let mut doc = Document::new(
         kind::ACCESS_REQUEST,

@@ -167,6 +167,43 @@ pub fn check_node_access(
     }
 }
 
+/// May holders of `roles` request each of `wanted` just in time? A role
+/// listed (or `*`) in some role's `allow.request.roles` and in none's
+/// `deny.request.roles`; one line per role consulted.
+pub fn check_request_roles(roles: &[Document<RoleSpec>], wanted: &[String]) -> Decision {
+    let listed = |list: &[String], r: &str| list.iter().any(|x| x == r || x == "*");
+    let mut reasons = Vec::new();
+    let mut allowed_by = None;
+    for want in wanted {
+        if let Some(deny) = roles
+            .iter()
+            .find(|x| listed(&x.spec.deny.request.roles, want))
+        {
+            reasons.push(format!("role {}: denies requesting {want:?}", deny.name()));
+            return Decision::deny(reasons, Some(deny.name().to_string()));
+        }
+        match roles
+            .iter()
+            .find(|x| listed(&x.spec.allow.request.roles, want))
+        {
+            Some(by) => {
+                reasons.push(format!("role {}: allows requesting {want:?}", by.name()));
+                allowed_by.get_or_insert_with(|| by.name().to_string());
+            }
+            None => {
+                reasons.push(format!("no role lists {want:?} in allow.request.roles"));
+                return Decision::deny(reasons, None);
+            }
+        }
+    }
+    Decision {
+        allowed: allowed_by.is_some(),
+        role: allowed_by,
+        reasons,
+        ..Default::default()
+    }
+}
+
 /// Whether a role's `where` holds, with the reason. One that does not
 /// compile (stored before it was checked, or by hand) fails closed: it
 /// grants nothing on an allow rule and denies on a deny rule.
@@ -487,6 +524,32 @@ mod tests {
         );
         assert!(!d.allowed && d.would_deny.is_empty());
         assert_eq!(d.summary(), "denied by role no-prod-root");
+    }
+
+    #[test]
+    fn request_roles_deny_wins() {
+        let asker = role("dev", |s| {
+            s.allow.request.roles = vec!["dba".into(), "ops".into()]
+        });
+        let wild = role("any", |s| s.allow.request.roles = vec!["*".into()]);
+        let no_ops = role("no-ops", |s| s.deny.request.roles = vec!["ops".into()]);
+        let d = check_request_roles(std::slice::from_ref(&asker), &["dba".into()]);
+        assert!(d.allowed && d.role.as_deref() == Some("dev"), "{d:?}");
+        let d = check_request_roles(
+            &[asker.clone(), no_ops.clone()],
+            &["dba".into(), "ops".into()],
+        );
+        assert!(
+            !d.allowed && d.summary() == "denied by role no-ops",
+            "{d:?}"
+        );
+        let d = check_request_roles(&[wild, no_ops], &["root-ish".into()]);
+        assert!(d.allowed, "{d:?}");
+        let d = check_request_roles(&[asker], &["editor".into()]);
+        assert!(
+            !d.allowed && d.summary().contains("no role lists \"editor\""),
+            "{d:?}"
+        );
     }
 
     #[test]

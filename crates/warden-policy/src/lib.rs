@@ -24,8 +24,8 @@ pub use access::{
 pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
 pub use claims::{claims_to_traits, map_roles, validate_claim_mappings};
 pub use eval::{
-    allowed_logins, check_node_access, check_rule, session_options, validate_role, Decision,
-    SessionOptions, MAX_SESSION_TTL,
+    allowed_logins, check_node_access, check_request_roles, check_rule, session_options,
+    validate_role, Decision, SessionOptions, MAX_SESSION_TTL,
 };
 pub use grant::{check_grant, check_grant_all, ANY_ROLE};
 pub use labels::{label_matches, value_matches};

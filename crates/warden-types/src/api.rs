@@ -368,9 +368,15 @@ pub struct AccessExplainRequest {
     /// The hypothetical user's traits.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub traits: std::collections::BTreeMap<String, Vec<String>>,
-    /// Node name or id.
+    /// Node name or id (with `login`), or empty with `request_roles`.
+    #[serde(default)]
     pub node: String,
+    #[serde(default)]
     pub login: String,
+    /// Instead of a node login: may the user request these roles just in
+    /// time, and on what terms?
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_roles: Vec<String>,
 }
 
 /// The answer to [`AccessExplainRequest`].
@@ -381,6 +387,22 @@ pub struct AccessExplainResponse {
     pub node_id: String,
     /// The decision as the node would make it.
     pub decision: AccessCheckResponse,
+    /// For `request_roles`: whether the user may ask, and on what terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestExplain>,
+}
+
+/// May a user request roles, and what would a request get?
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RequestExplain {
+    pub allowed: bool,
+    pub reason: String,
+    /// Each role's verdict.
+    pub explanation: Vec<String>,
+    /// Distinct approvals a request would need.
+    pub approvals_needed: u32,
+    /// The longest access it could grant, in seconds.
+    pub max_duration_secs: u64,
 }
 
 /// One key of a certificate authority (`warden admin ca ls`).

@@ -149,11 +149,13 @@ enum LocksCommand {
 
 #[derive(Subcommand)]
 enum AccessCommand {
-    /// May this user log in as LOGIN on NODE? Prints the decision, the
-    /// role that made it and each role's verdict, as the node would
-    /// decide it now (approved requests and locks included). For someone
-    /// who does not exist yet, give --roles (and --traits) instead of
-    /// --user. Exits 1 when access is denied.
+    /// May this user log in as LOGIN on NODE (or request roles just in
+    /// time, with --request-roles)? Prints the decision, the role that
+    /// made it and each role's verdict, as the node (or auth) would decide
+    /// it now (approved requests and locks included); for a request, the
+    /// approvals it would need and its longest duration. For someone who
+    /// does not exist yet, give --roles (and --traits) instead of --user.
+    /// Exits 1 when access is denied.
     Check {
         #[arg(long, required_unless_present = "roles", conflicts_with = "roles")]
         user: Option<String>,
@@ -165,10 +167,14 @@ enum AccessCommand {
         #[arg(long = "traits", value_name = "KEY=VALUE", requires = "roles")]
         traits: Vec<String>,
         /// Node name or id.
-        #[arg(long)]
-        node: String,
-        #[arg(long)]
-        login: String,
+        #[arg(long, required_unless_present = "request_roles", requires = "login")]
+        node: Option<String>,
+        #[arg(long, requires = "node")]
+        login: Option<String>,
+        /// Roles to request just in time (comma-separated), instead of a
+        /// node login.
+        #[arg(long, value_delimiter = ',', conflicts_with = "node")]
+        request_roles: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -718,46 +724,22 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             traits,
             node,
             login,
+            request_roles,
             format,
         }) => {
-            let trait_map = parse_traits(&traits)?;
             let who = user
                 .clone()
                 .unwrap_or_else(|| format!("a user with roles {}", roles.join(",")));
-            let r: AccessExplainResponse = admin
-                .api
-                .call(
-                    &endpoints::ACCESS_EXPLAIN,
-                    &AccessExplainRequest {
-                        user,
-                        roles,
-                        traits: trait_map,
-                        node,
-                        login: login.clone(),
-                    },
-                )
-                .await?;
-            let d = &r.decision;
-            match format {
-                Format::Json => println!("{}", output::json(&r)?),
-                Format::Text => {
-                    println!(
-                        "{}: {who} {} log in as {login} on {} ({}): {}",
-                        if d.allowed { "allowed" } else { "denied" },
-                        if d.allowed { "may" } else { "may not" },
-                        output::safe(&r.node),
-                        r.node_id,
-                        output::safe(&d.reason)
-                    );
-                    for line in &d.explanation {
-                        println!("  {}", output::safe(line));
-                    }
-                    if !d.roles.is_empty() {
-                        println!("roles considered: {}", d.roles.join(", "));
-                    }
-                }
-            }
-            if !d.allowed {
+            let req = AccessExplainRequest {
+                user,
+                roles,
+                traits: parse_traits(&traits)?,
+                node: node.unwrap_or_default(),
+                login: login.unwrap_or_default(),
+                request_roles,
+            };
+            let allowed = crate::suggest::check(&admin, &who, req, format).await?;
+            if !allowed {
                 std::process::exit(1);
             }
             Ok(())

@@ -508,3 +508,44 @@ fn audit_mode_records_what_a_narrowing_would_refuse() {
     }
     assert!(refused, "the enforced role refuses");
 }
+
+/// `access check --request-roles`: whether a user (or a hypothetical
+/// one) may request roles just in time, which role says so (a deny wins),
+/// and the terms a request would get.
+#[test]
+fn access_check_explains_requests() {
+    let dir = temp_dir("check-requests");
+    let c = Cluster::start(&dir);
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: dev\nspec:\n  allow:\n    request:\n      roles: [dba, ops]\n      approvals: 2\n      max_duration: 2h\n---\nkind: role\nversion: v1\nmetadata:\n  name: no-ops\nspec:\n  deny:\n    request:\n      roles: [ops]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  allow:\n    logins: [postgres]\n---\nkind: role\nversion: v1\nmetadata:\n  name: ops\nspec:\n  allow:\n    logins: [root]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    c.add_user("dora", "dev,no-ops", "dora");
+    let check = |args: &[&str]| {
+        let mut full = vec!["access", "check"];
+        full.extend_from_slice(args);
+        c.admin(&full)
+    };
+    let out = check(&["--user", "dora", "--request-roles", "dba"]).expect_ok();
+    assert!(
+        out.stdout
+            .contains("allowed: dora may request dba: allowed by role dev")
+            && out.stdout.contains("2 approval(s) and grant at most 2h"),
+        "{}",
+        out.all()
+    );
+    let out = check(&["--user", "dora", "--request-roles", "dba,ops"]);
+    assert!(
+        !out.ok && out.stdout.contains("denied by role no-ops"),
+        "{}",
+        out.all()
+    );
+    let out = check(&["--roles", "dev", "--request-roles", "ops"]).expect_ok();
+    assert!(out.stdout.contains("may request ops"), "{}", out.all());
+    check(&["--roles", "dev", "--request-roles", "nope"]).expect_err("no role \"nope\"");
+    check(&["--user", "dora"]).expect_err("--node");
+}

@@ -31,5 +31,6 @@ mod webhook;
 
 pub use error::AuthError;
 pub use init::{AdminConfig, ADMIN_DIR};
+pub use nodes::SERVICE_CERT_TTL;
 pub use serve::serve_mtls;
 pub use server::{AuthServer, Keys, ServiceIdentity, StoreConfig};

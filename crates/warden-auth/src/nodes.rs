@@ -26,6 +26,9 @@ use warden_types::{
 
 /// Lifetime of node certificates; nodes renew at half-life.
 pub const NODE_CERT_TTL: Duration = Duration::hours(24);
+/// Lifetime of proxies' and auth's own certificates; they renew at
+/// half-life (and at every CA rotation step).
+pub const SERVICE_CERT_TTL: Duration = Duration::days(30);
 /// An offline node leaves the inventory after this long.
 const INVENTORY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -197,7 +200,7 @@ impl AuthServer {
                 host_id: "proxy".into(),
                 principals,
                 valid_after: (now - Duration::minutes(1)).unix_timestamp() as u64,
-                valid_before: (now + Duration::days(365)).unix_timestamp() as u64,
+                valid_before: (now + SERVICE_CERT_TTL).unix_timestamp() as u64,
                 cluster: self.cluster().to_string(),
             },
         )?;
@@ -229,7 +232,7 @@ impl AuthServer {
         principals.extend(ips.iter().map(|i| i.to_string()));
         let ssh_host_cert = self.proxy_host_cert(ssh_public_key, principals).await?;
         let now = OffsetDateTime::now_utc();
-        let until = now + Duration::days(365);
+        let until = now + SERVICE_CERT_TTL;
         let (tls_cert_pem, tls_ca_pems) = self
             .service_tls_cert(IdentityKind::Proxy, id, tls_csr_pem, dns, ips, now, until)
             .await?;

@@ -49,8 +49,9 @@ pub async fn tls_config(server: &AuthServer) -> anyhow::Result<Arc<rustls::Serve
 const CA_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The listener's TLS acceptor, rebuilt whenever a CA rotation step moves
-/// the CA generation: the new trust applies to the next handshake and the
-/// server certificate comes from the signing key; open connections stay.
+/// the CA generation (the new trust applies to the next handshake and the
+/// server certificate comes from the signing key; open connections stay)
+/// and when its certificate is half way through its life.
 async fn current_acceptor(
     server: &AuthServer,
 ) -> anyhow::Result<(
@@ -62,11 +63,20 @@ async fn current_acceptor(
         tls_config(server).await?,
     )));
     let (server, shared) = (server.clone(), current.clone());
+    // Its certificate is renewed at half-life too.
+    let half_life = || {
+        std::time::Instant::now()
+            + std::time::Duration::from_secs(
+                crate::nodes::SERVICE_CERT_TTL.whole_seconds() as u64 / 2,
+            )
+    };
+    let mut renew_at = half_life();
     let task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(CA_CHECK_EVERY).await;
+            let due = renew_at <= std::time::Instant::now();
             let now = match server.ca_generation().await {
-                Ok(g) if g != generation => g,
+                Ok(g) if g != generation || due => g,
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the CAs");
@@ -76,8 +86,9 @@ async fn current_acceptor(
             match tls_config(&server).await {
                 Ok(config) => {
                     *shared.write().unwrap_or_else(|p| p.into_inner()) = TlsAcceptor::from(config);
-                    tracing::info!(generation = %now, "the auth API's TLS follows the CA rotation");
+                    tracing::info!(generation = %now, "the auth API's server certificate was renewed");
                     generation = now;
+                    renew_at = half_life();
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot renew the auth API's TLS")

@@ -688,7 +688,7 @@ impl AuthServer {
                 ips: vec![],
                 identity: None,
                 not_before: now - Duration::minutes(1),
-                not_after: now + Duration::days(365),
+                not_after: now + crate::nodes::SERVICE_CERT_TTL,
                 usage: Usage::Server,
             },
         )?;

@@ -314,6 +314,24 @@ pub fn not_after(cert_der: &[u8]) -> Result<i64> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// Whether a certificate (the first in `pem`) is past half its lifetime
+/// at `now` (unix seconds): services renew then. An unreadable one is due.
+pub fn renewal_due(pem: &str, now: i64) -> bool {
+    let Some(der) = pem_to_der(pem).ok().and_then(|d| d.into_iter().next()) else {
+        return true;
+    };
+    match x509_parser::parse_x509_certificate(&der) {
+        Ok((_, cert)) => {
+            let (from, to) = (
+                cert.validity().not_before.timestamp(),
+                cert.validity().not_after.timestamp(),
+            );
+            now >= from + (to - from) / 2
+        }
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +408,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("certificate signing request"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn renewal_is_due_at_half_life() {
+        let dir = std::env::temp_dir().join(format!(
+            "warden-renew-{}",
+            crate::sha256_hex(&random_bytes::<8>())
+        ));
+        let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
+        let ca = ks.load(&ks.generate().unwrap()).unwrap();
+        let ca_pem = create_ca_cert(&*ca, "c1").unwrap();
+        let t = OffsetDateTime::now_utc();
+        let pem = issue_for_ed25519(
+            &*ca,
+            &ca_pem,
+            ClientKey::generate().public_raw(),
+            &CertRequest {
+                common_name: "svc".into(),
+                dns_names: vec![],
+                ips: vec![],
+                identity: None,
+                not_before: t - Duration::seconds(100),
+                not_after: t + Duration::seconds(300),
+                usage: Usage::Server,
+            },
+        )
+        .unwrap();
+        let now = t.unix_timestamp();
+        assert!(!renewal_due(&pem, now));
+        assert!(!renewal_due(&pem, now + 99));
+        assert!(renewal_due(&pem, now + 100));
+        assert!(renewal_due("not a certificate", now));
         let _ = std::fs::remove_dir_all(dir);
     }
 

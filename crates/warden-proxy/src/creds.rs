@@ -1,6 +1,7 @@
 //! The proxy's certificates in use, and keeping them current: the proxy
 //! re-reads the CAs every few seconds; when a rotation step moved them on,
-//! it renews its identity (a jump host certificate from the signing host
+//! or its certificates are half way through their life, it renews its
+//! identity (a jump host certificate from the signing host
 //! key, TLS certificates from the signing tls key, the new trust for
 //! nodes' and peers' certificates) and swaps it in. New connections get
 //! the new certificates; open ones are left alone.
@@ -147,11 +148,15 @@ pub(crate) async fn follow(mut f: Following) {
                     .collect();
                 *f.user_cas.write().unwrap_or_else(|p| p.into_inner()) = fps;
                 let held = f.identity.ca_generation.clone();
-                if !ping.ca_generation.is_empty() && ping.ca_generation != held {
+                let moved = !ping.ca_generation.is_empty() && ping.ca_generation != held;
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                // The jump host's certificate comes with it, as long-lived.
+                let due = warden_ca::tls::renewal_due(&f.identity.tls_cert_pem, now);
+                if moved || due {
                     match renew(&mut f).await {
                         Ok(()) => tracing::info!(
                             generation = %f.identity.ca_generation,
-                            "proxy certificates renewed for the CA rotation"
+                            "proxy certificates renewed"
                         ),
                         Err(e) => tracing::warn!(
                             error = %format!("{e:#}"),

@@ -5,7 +5,6 @@ use clap::Args;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use time::Duration;
 use tokio::net::TcpListener;
 use warden_auth::AuthServer;
 use warden_client::tls::ClientCert;
@@ -694,7 +693,7 @@ impl LocalProxy {
                 &self.id,
                 self.dns.clone(),
                 self.ips.clone(),
-                Duration::days(365),
+                warden_auth::SERVICE_CERT_TTL,
             )
             .await?;
         let mut principals = self.dns.clone();

@@ -50,6 +50,9 @@ pub fn routes() -> Router<AuthServer> {
 
 /// What each node was admitted as (`NodeGrant`), by node id.
 const GRANTS: &str = "/node_grants/";
+/// The host names and addresses each proxy was admitted with (a JSON
+/// list), by proxy id: its renewals get those and no others.
+const PROXY_GRANTS: &str = "/proxy_grants/";
 
 /// Join attempts a source may make per minute (a fleet behind one NAT
 /// joins in bursts; tokens are single use and 256-bit, so this only bounds
@@ -131,6 +134,8 @@ impl AuthServer {
         addrs: &[String],
     ) -> Result<NodeCerts> {
         warden_types::resource::validate_name(name).map_err(AuthError::BadRequest)?;
+        // Read before signing (see `proxy_certs`).
+        let ca_generation = self.ca_generation().await?;
         let public_key = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
             .map_err(|e| AuthError::BadRequest(format!("invalid SSH public key: {e}")))?;
         // `<name>.<cluster>` is how `warden config` users address nodes.
@@ -179,7 +184,7 @@ impl AuthServer {
             tls_cert_pem,
             tls_ca_pems,
             ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
-            ca_generation: self.ca_generation().await?,
+            ca_generation,
         })
     }
 
@@ -208,19 +213,49 @@ impl AuthServer {
             .map_err(|e| AuthError::Internal(e.to_string()))
     }
 
+    /// The hosts of a proxy's claimed `host:port` addresses that it may
+    /// carry as names: never auth's own name (a proxy must not pose as
+    /// auth to nodes), a wildcard, or a `<node>.<cluster>` name. A host
+    /// name shared with a node on the same machine is allowed: the admin
+    /// admitted the proxy with a token.
+    fn proxy_hosts(&self, addrs: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for a in addrs.iter().take(16) {
+            let h = host_of(a).to_ascii_lowercase();
+            if h.is_empty() || out.contains(&h) {
+                continue;
+            }
+            let cluster_suffix = format!(".{}", self.cluster().to_ascii_lowercase());
+            let reserved = h == warden_types::AUTH_SERVER_NAME
+                || h.contains('*')
+                || h.ends_with(&cluster_suffix);
+            if reserved {
+                return Err(AuthError::BadRequest(format!(
+                    "a proxy cannot be known as {h:?}: the name is auth's, a node's within the cluster, or a wildcard"
+                )));
+            }
+            out.push(h);
+        }
+        Ok(out)
+    }
+
     /// Certificates for a joining proxy: its TLS identity (server and
     /// client, for users, nodes and peers) and its jump host's SSH cert.
+    /// `addrs` are hosts already checked by [`AuthServer::proxy_hosts`].
     async fn proxy_certs(
         &self,
         id: &str,
         ssh_public_key: &str,
         tls_csr_pem: &str,
-        addrs: &[String],
+        hosts: &[String],
     ) -> Result<NodeCerts> {
+        // Read before signing: should a rotation step land meanwhile, the
+        // proxy sees a generation older than its certificates and renews.
+        let ca_generation = self.ca_generation().await?;
         let mut dns = vec!["localhost".to_string()];
         let mut ips: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
-        for a in addrs.iter().take(16) {
-            let h = host_of(a);
+        for h in hosts.iter().take(16) {
+            let h = h.as_str();
             match h.parse::<std::net::IpAddr>() {
                 Ok(ip) if !ips.contains(&ip) => ips.push(ip),
                 Ok(_) => {}
@@ -243,7 +278,7 @@ impl AuthServer {
             tls_cert_pem,
             tls_ca_pems,
             ssh_user_ca_keys: self.authority(CaType::User).await?.ssh_public_keys(),
-            ca_generation: self.ca_generation().await?,
+            ca_generation,
         })
     }
 
@@ -334,7 +369,15 @@ impl AuthServer {
         let node_id = uuid::Uuid::new_v4().to_string();
         let mut refused_addrs = Vec::new();
         let certs = if req.kind == TokenKind::Proxy {
-            self.proxy_certs(&node_id, &req.ssh_public_key, &req.tls_csr_pem, &req.addrs)
+            let hosts = self.proxy_hosts(&req.addrs)?;
+            self.backend()
+                .put(
+                    &format!("{PROXY_GRANTS}{node_id}"),
+                    resources::to_json(&hosts)?,
+                    None,
+                )
+                .await?;
+            self.proxy_certs(&node_id, &req.ssh_public_key, &req.tls_csr_pem, &hosts)
                 .await?
         } else {
             // Only addresses the admin allowed on the token are principals.
@@ -648,8 +691,8 @@ async fn renew(
     ))
 }
 
-/// A proxy's fresh certificates (it renews when a CA rotates). It is
-/// trusted with its addresses as at join: a proxy token admits any.
+/// A proxy's fresh certificates (it renews when a CA rotates, and at
+/// half-life): for the names it was admitted with at join, no others.
 async fn renew_proxy(
     State(s): State<AuthServer>,
     Extension(c): Extension<Caller>,
@@ -657,8 +700,25 @@ async fn renew_proxy(
 ) -> Result<Json<NodeCerts>> {
     crate::api::require_proxy(&c)?;
     let id = c.identity.username.clone();
+    let Some(item) = s.backend().get(&format!("{PROXY_GRANTS}{id}")).await? else {
+        return Err(AuthError::AccessDenied(
+            "this proxy joined before renewals were bound to what it was admitted with; join it again with a new proxy token".into(),
+        ));
+    };
+    let granted: Vec<String> = serde_json::from_slice(&item.value)
+        .map_err(|e| AuthError::Internal(format!("corrupt proxy grant: {e}")))?;
+    // Addresses it no longer claims are left out; new ones are not added.
+    let claimed: Vec<String> = req
+        .addrs
+        .iter()
+        .map(|a| host_of(a).to_ascii_lowercase())
+        .collect();
+    let hosts: Vec<String> = granted
+        .into_iter()
+        .filter(|h| claimed.contains(h))
+        .collect();
     Ok(Json(
-        s.proxy_certs(&id, &req.ssh_public_key, &req.tls_csr_pem, &req.addrs)
+        s.proxy_certs(&id, &req.ssh_public_key, &req.tls_csr_pem, &hosts)
             .await?,
     ))
 }

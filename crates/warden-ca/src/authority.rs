@@ -91,12 +91,16 @@ pub struct Rotation {
 }
 
 /// What an automatic rotation waits for before its next step: at least
-/// `after` seconds in its phase, and then every online node confirming the
-/// new trust (for at most [`Wait::NODES_AT_MOST`] more seconds).
+/// `after` seconds in its phase, and then every online node and proxy
+/// confirming it holds the new trust. With `force`, nodes that have not
+/// confirmed [`Wait::NODES_AT_MOST`] seconds later are passed over; without,
+/// the rotation waits for them (or an operator), because moving on would
+/// cut them off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wait {
     pub after: i64,
     pub nodes: bool,
+    pub force: bool,
 }
 
 impl Wait {
@@ -115,45 +119,38 @@ impl Wait {
         if !self.nodes || nodes_confirmed {
             return Some(true);
         }
-        (waited >= self.after + Self::NODES_AT_MOST).then_some(false)
+        (self.force && waited >= self.after + Self::NODES_AT_MOST).then_some(false)
     }
 }
 
 impl CaType {
     /// How an automatic rotation of this CA paces itself; `grace` is the
-    /// operator's (by default the longest certificate lifetime).
+    /// operator's (by default the cluster's default session TTL).
     ///
     /// - user: nodes and proxies must trust the new key before it signs
-    ///   (quick); certificates the old key signed run out over `grace`
-    ///   before it is dropped.
+    ///   (quick; a node late past 5 minutes only refuses new certificates
+    ///   until it catches up); certificates the old key signed run out
+    ///   over `grace` before it is dropped.
     /// - host: clients learn a new host CA only when they log in or renew,
-    ///   so `grace` comes before the switch; the drop waits only for nodes
-    ///   and proxies to hold host certificates from the new key.
+    ///   so `grace` comes before the switch; the drop waits for every node
+    ///   and proxy to hold host certificates from the new key.
     /// - tls: both: clients must hold the new CA before servers present
     ///   certificates from it, and certificates from the old key must run
-    ///   out before it is dropped.
+    ///   out before it is dropped; every node and proxy must confirm each
+    ///   step, since one that missed it could no longer reach auth.
     pub fn wait(self, phase: Phase, grace: i64) -> Wait {
         let grace = grace.max(Wait::AT_LEAST);
-        let quick = Wait {
-            after: Wait::AT_LEAST,
-            nodes: true,
+        let (after, nodes, force) = match (self, phase) {
+            (CaType::User, Phase::Init) => (Wait::AT_LEAST, true, true),
+            (CaType::User, Phase::Switched) => (grace, false, false),
+            (CaType::Host, Phase::Init) => (grace, false, false),
+            (CaType::Host, Phase::Switched) => (Wait::AT_LEAST, true, false),
+            (CaType::Tls, _) => (grace, true, false),
         };
-        let slow = Wait {
-            after: grace,
-            nodes: true,
-        };
-        match (self, phase) {
-            (CaType::User, Phase::Init) => quick,
-            (CaType::User, Phase::Switched) => Wait {
-                after: grace,
-                nodes: false,
-            },
-            (CaType::Host, Phase::Init) => Wait {
-                after: grace,
-                nodes: false,
-            },
-            (CaType::Host, Phase::Switched) => quick,
-            (CaType::Tls, _) => slow,
+        Wait {
+            after,
+            nodes,
+            force,
         }
     }
 }
@@ -167,6 +164,8 @@ pub enum RotationError {
     UnderWay(&'static str),
     #[error("no rotation is under way; start one with 'warden admin ca rotate'")]
     NotUnderWay,
+    #[error("the tls CA cannot roll back after the switch: every node and proxy now holds a certificate from the new key; finish with --phase drop (and rotate again if need be)")]
+    TlsSwitched,
     #[error("the rotation is in phase {have}; {step} needs phase {need}")]
     WrongPhase {
         step: &'static str,
@@ -265,11 +264,16 @@ impl CertAuthority {
     }
 
     /// Undoes a rotation before its drop: the old key signs again and the
-    /// new one is forgotten.
+    /// new one is forgotten. Not for the tls CA once switched: nodes and
+    /// proxies then hold certificates from the new key, and forgetting it
+    /// would leave them unable to reach auth.
     pub fn rotate_rollback(&mut self) -> std::result::Result<(), RotationError> {
         let Some(r) = &self.rotation else {
             return Err(RotationError::NotUnderWay);
         };
+        if self.kind == CaType::Tls && r.phase == Phase::Switched {
+            return Err(RotationError::TlsSwitched);
+        }
         match r.phase {
             Phase::Init => {
                 self.active.pop();
@@ -338,6 +342,10 @@ mod tests {
         assert_eq!(w(CaType::Host, Phase::Init).due(g, false), Some(true));
         assert_eq!(w(CaType::Host, Phase::Switched).due(10, true), Some(true));
         assert_eq!(w(CaType::Host, Phase::Switched).due(10, false), None);
+        // Never forced past nodes that would be cut off.
+        assert_eq!(w(CaType::Host, Phase::Switched).due(100_000, false), None);
+        assert_eq!(w(CaType::Tls, Phase::Init).due(100_000, false), None);
+        assert_eq!(w(CaType::Tls, Phase::Switched).due(100_000, false), None);
         // tls: grace on both sides, nodes confirming each time.
         for p in [Phase::Init, Phase::Switched] {
             assert_eq!(w(CaType::Tls, p).due(g - 1, true), None);
@@ -386,6 +394,11 @@ mod tests {
         assert!(a.rotation.is_none());
         assert_eq!(a.rotate_rollback(), Err(RotationError::NotUnderWay));
 
+        // The tls CA does not roll back once switched.
+        let mut t = CertAuthority::generate(CaType::Tls, "c1", &store).unwrap();
+        t.rotate_init(t.new_key(&store).unwrap(), 1, None).unwrap();
+        t.rotate_switch(2).unwrap();
+        assert_eq!(t.rotate_rollback(), Err(RotationError::TlsSwitched));
         // Rolled back from init: the new key is simply forgotten.
         let mut b = CertAuthority::generate(CaType::Host, "c1", &store).unwrap();
         let before = b.clone();

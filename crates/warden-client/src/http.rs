@@ -240,12 +240,15 @@ impl ApiClient {
     }
 
     /// Replaces the trust and client certificate of this client and all
-    /// its clones (a service renewed its certificates). Connections already
-    /// open are kept until they are idle too long.
+    /// its clones (a service renewed its certificates). Calls in flight
+    /// finish on their connections; idle ones are dropped.
     pub fn set_identity(&self, trust: Trust, client_cert: Option<&ClientCert>) -> Result<()> {
         let verifier = ClusterVerifier::new(trust);
         let config = client_config(verifier.clone(), &self.alpn, client_cert)?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Tls { verifier, config };
+        // Kept-alive connections were made with the old identity (perhaps
+        // one a rotation is retiring): none is reused.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 
@@ -479,6 +482,10 @@ impl ApiClient {
         let mut reused = self.reusable().await;
         let (resp, sender) = loop {
             let was_reused = reused.is_some();
+            // Why a fresh connection ended: a refused client certificate
+            // (TLS 1.3 refuses it after the handshake) shows up there, while
+            // the request itself only sees "canceled".
+            let mut ended = None;
             let mut sender = match reused.take() {
                 Some(s) => s,
                 None => {
@@ -486,8 +493,12 @@ impl ApiClient {
                     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                         .await
                         .map_err(|e| proto(e.to_string()))?;
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    ended = Some(rx);
                     tokio::spawn(async move {
-                        let _ = conn.await;
+                        if let Err(e) = conn.await {
+                            let _ = tx.send(e);
+                        }
                     });
                     sender
                 }
@@ -505,7 +516,16 @@ impl ApiClient {
                 {
                     continue
                 }
-                Err(e) => return Err(self.send_error(e)),
+                Err(e) => {
+                    let cause = match ended {
+                        Some(rx) => tokio::time::timeout(Duration::from_millis(500), rx)
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok()),
+                        None => None,
+                    };
+                    return Err(self.send_error(cause.unwrap_or(e)));
+                }
             }
         };
         Ok((resp, sender))

@@ -99,27 +99,47 @@ pub fn check_node_access(
                 Some(role.name().to_string()),
             ))
         };
-        if expand_logins(&deny.logins, traits)
+        let login_listed = expand_logins(&deny.logins, traits)
             .iter()
-            .any(|l| l == login)
-        {
-            match refuse(format!("denies login {login:?}")) {
-                Some(d) => return d,
-                None => continue,
+            .any(|l| l == login);
+        let Some(condition) = deny.where_.as_deref() else {
+            // Without a condition, listed logins and matching labels each
+            // deny on their own.
+            if login_listed {
+                match refuse(format!("denies login {login:?}")) {
+                    Some(d) => return d,
+                    None => continue,
+                }
             }
+            if !deny.node_labels.is_empty() {
+                let (hit, why) = label_matches(&deny.node_labels, node_labels, traits);
+                if hit {
+                    if let Some(d) = refuse(format!("deny rule: {why}")) {
+                        return d;
+                    }
+                }
+            }
+            continue;
+        };
+        // With one, the whole rule is scoped by it: it denies where the
+        // condition holds, for its logins (if any) on nodes matching its
+        // labels (if any).
+        let (held, w) = holds(condition, &ctx, true);
+        if !held || (!deny.logins.is_empty() && !login_listed) {
+            continue;
         }
-        let labels = match deny.node_labels.is_empty() {
-            true => None,
-            false => Some(label_matches(&deny.node_labels, node_labels, traits)),
-        };
-        let condition = deny.where_.as_deref().map(|w| holds(w, &ctx, true));
-        let why = match (labels, condition) {
-            (Some((true, why)), None) => why,
-            (None, Some((true, why))) => why,
-            (Some((true, l)), Some((true, w))) => format!("{l}; {w}"),
-            _ => continue,
-        };
-        if let Some(d) = refuse(format!("deny rule: {why}")) {
+        let mut why = vec![w];
+        if login_listed {
+            why.insert(0, format!("login {login:?}"));
+        }
+        if !deny.node_labels.is_empty() {
+            let (hit, l) = label_matches(&deny.node_labels, node_labels, traits);
+            if !hit {
+                continue;
+            }
+            why.push(l);
+        }
+        if let Some(d) = refuse(format!("deny rule: {}", why.join("; "))) {
             return d;
         }
     }
@@ -221,10 +241,11 @@ fn holds(source: &str, ctx: &Context<'_>, deny: bool) -> (bool, String) {
 /// The logins (certificate principals) the roles grant: every allowed login
 /// that no role denies, sorted.
 pub fn allowed_logins(roles: &[Document<RoleSpec>], traits: &Traits) -> Vec<String> {
-    // A role in audit mode denies nothing (its logins stay principals).
+    // A role in audit mode denies nothing, and a deny rule with a `where`
+    // only somewhere: their logins stay principals (nodes decide).
     let denied: BTreeSet<String> = roles
         .iter()
-        .filter(|r| r.spec.options.mode != RoleMode::Audit)
+        .filter(|r| r.spec.options.mode != RoleMode::Audit && r.spec.deny.where_.is_none())
         .flat_map(|r| expand_logins(&r.spec.deny.logins, traits))
         .collect();
     let allowed: BTreeSet<String> = roles
@@ -503,6 +524,9 @@ mod tests {
         assert!(d.allowed, "audit mode does not refuse: {d:?}");
         assert_eq!(d.would_deny.len(), 1, "one line per role: {d:?}");
         assert!(d.would_deny[0].contains("role no-prod-root (audit mode) would deny"));
+        // The where scopes the rule's logins: root elsewhere is not noted.
+        let d = check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "dev")]));
+        assert!(d.allowed && d.would_deny.is_empty(), "{d:?}");
         // Its logins stay certificate principals.
         assert_eq!(allowed_logins(&roles, &Traits::new()), vec!["root"]);
         // Nothing to record where the deny rules do not match.
@@ -513,15 +537,16 @@ mod tests {
             &labels(&[]),
         );
         assert!(d.allowed && d.would_deny.is_empty());
-        // Enforced, the same role refuses.
+        // Enforced, the same role refuses root on prod only, and root stays
+        // a certificate principal (the node decides where).
         let mut enforced = watch;
         enforced.spec.options.mode = RoleMode::Enforce;
-        let d = check_node_access(
-            &[allow, enforced],
-            &Traits::new(),
-            "root",
-            &labels(&[("env", "prod")]),
+        let roles = [allow, enforced];
+        assert!(
+            check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "dev")])).allowed
         );
+        assert_eq!(allowed_logins(&roles, &Traits::new()), vec!["root"]);
+        let d = check_node_access(&roles, &Traits::new(), "root", &labels(&[("env", "prod")]));
         assert!(!d.allowed && d.would_deny.is_empty());
         assert_eq!(d.summary(), "denied by role no-prod-root");
     }

@@ -15,6 +15,14 @@ pub(crate) fn compile(pattern: &str) -> Option<Result<regex::Regex, regex::Error
         // Re-anchor the whole pattern so an alternation cannot escape the
         // anchors (`^a|b$` must not match "xb-and-more").
         let inner = &pattern[1..pattern.len() - 1];
+        // Checked alone first: `^a)|(b$` must not compile into something
+        // the anchors no longer hold.
+        if let Err(e) = regex::RegexBuilder::new(inner)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+        {
+            return Some(Err(e));
+        }
         Some(
             regex::RegexBuilder::new(&format!("^(?:{inner})$"))
                 .size_limit(REGEX_SIZE_LIMIT)
@@ -152,6 +160,8 @@ mod tests {
         assert!(!value_matches("^a|b$", "xxb"));
         assert!(!value_matches("^a|b$", "ab"));
         assert!(value_matches("^a|b$", "b"));
+        // Nor can a pattern that closes the group itself.
+        assert!(!value_matches("^a)|(.*$", "anything"));
     }
 
     #[test]

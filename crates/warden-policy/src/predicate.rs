@@ -27,8 +27,11 @@ use std::sync::{Arc, Mutex};
 pub const MAX_LEN: usize = 4096;
 /// Deepest nesting accepted (parentheses, `!`, calls).
 const MAX_DEPTH: usize = 32;
-/// Upper bound on a compiled pattern.
+/// Upper bound on a compiled pattern (and on its matcher's cache).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Most `regexp.match` patterns in one expression (each may cost up to
+/// the size limit, on every node the policy is pushed to).
+const MAX_PATTERNS: usize = 8;
 
 /// What an expression is evaluated against.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +113,7 @@ impl Predicate {
             tokens,
             pos: 0,
             depth: 0,
+            patterns: 0,
             end: source.len(),
         };
         let value = p.or()?;
@@ -316,6 +320,8 @@ struct Parser {
     tokens: Vec<(usize, Tok)>,
     pos: usize,
     depth: usize,
+    /// `regexp.match` patterns so far.
+    patterns: usize,
     /// Offset of the end of the source, for errors at the end.
     end: usize,
 }
@@ -570,13 +576,28 @@ impl Parser {
             ("has_prefix", Value::Str(s), Value::Str(p)) => Bool::HasPrefix(s, p),
             ("has_prefix", _, _) => return Err(wrong("(string, string)")),
             (_, v, Value::Str(Str::Lit(pattern))) => {
-                let re = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                self.patterns += 1;
+                if self.patterns > MAX_PATTERNS {
+                    return Err(PredicateError {
+                        at: b.0,
+                        what: format!("more than {MAX_PATTERNS} patterns in one expression"),
+                    });
+                }
+                let bad = |e: regex::Error| PredicateError {
+                    at: b.0,
+                    what: format!("invalid pattern {pattern:?}: {e}"),
+                };
+                // Checked alone first: wrapped in the anchors, a pattern
+                // such as `x)|(.*` would otherwise escape them.
+                regex::RegexBuilder::new(&pattern)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| PredicateError {
-                        at: b.0,
-                        what: format!("invalid pattern {pattern:?}: {e}"),
-                    })?;
+                    .map_err(bad)?;
+                let re = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(bad)?;
                 match v {
                     Value::Str(s) => Bool::MatchStr(s, re),
                     Value::List(l) => Bool::MatchList(l, re),
@@ -685,6 +706,7 @@ mod tests {
             ("(login == \"x\"", 13, "expected ')'"),
             ("regexp.match(login, \"(\")", 20, "invalid pattern"),
             ("regexp.match(login, login)", 0, "literal pattern"),
+            ("regexp.match(login, \"x)|(?:.*\")", 20, "invalid pattern"),
             ("login = \"x\"", 6, "unexpected character '='"),
             ("true true", 5, "unexpected \"true\""),
             ("node.labels", 0, "needs a key"),
@@ -696,6 +718,11 @@ mod tests {
                 "{src:?}: got {e} (want at {at}: {what})"
             );
         }
+        let many = vec![r#"regexp.match(login, "a")"#; MAX_PATTERNS + 1].join(" || ");
+        assert!(Predicate::compile(&many)
+            .unwrap_err()
+            .what
+            .contains("patterns"));
         let deep = format!("{}true{}", "(".repeat(40), ")".repeat(40));
         assert!(Predicate::compile(&deep)
             .unwrap_err()

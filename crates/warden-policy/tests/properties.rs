@@ -143,7 +143,7 @@ fn deny_always_wins_and_nothing_panics() {
         // A role that denies this login literally always wins.
         let denied_literally = roles
             .iter()
-            .any(|x| x.spec.deny.logins.iter().any(|v| v == login));
+            .any(|x| x.spec.deny.where_.is_none() && x.spec.deny.logins.iter().any(|v| v == login));
         if denied_literally {
             assert!(!d.allowed, "case {case}: deny of {login} ignored: {d:?}");
             assert!(
@@ -160,6 +160,7 @@ fn deny_always_wins_and_nothing_panics() {
         };
         let deny_holds = roles.iter().any(|x| {
             x.spec.deny.node_labels.is_empty()
+                && x.spec.deny.logins.is_empty()
                 && x.spec.deny.where_.as_deref().is_some_and(|w| {
                     warden_policy::Predicate::compile(w).map_or(true, |p| p.eval(&ctx))
                 })

@@ -98,8 +98,12 @@ fn tls_config(
     use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     // The signing key's CA certificate comes first (auth issues both from
     // one reading of the CA).
+    let issuer = id
+        .ca_pems
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the proxy's identity names no tls CA"))?;
     let mut chain = warden_ca::tls::pem_to_der(&id.tls_cert_pem)?;
-    chain.extend(warden_ca::tls::pem_to_der(&id.ca_pems[0])?);
+    chain.extend(warden_ca::tls::pem_to_der(issuer)?);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
     let builder = rustls::ServerConfig::builder();
     let mut config = if client_auth {

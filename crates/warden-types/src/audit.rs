@@ -112,6 +112,7 @@ pub mod codes {
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
     /// Every event type, for checking a search's `--type`.
     pub const EVENT_TYPES: &[&str] = &[
+        "access.would_deny",
         "access_request.auto_approve",
         "access_request.create",
         "access_request.drop",
@@ -132,6 +133,8 @@ pub mod codes {
         "mfa.session",
         "node.delete",
         "node.join",
+        "policy.sync",
+        "policy.sync_failed",
         "port_forward",
         "rate_limited",
         "recording.failure",

@@ -296,6 +296,11 @@ async fn checkout(a: &SyncArgs, state_dir: &Path) -> anyhow::Result<(String, Pat
         git(
             parent,
             &[
+                // Symbolic links check out as plain files holding their
+                // target: a repository cannot make us read files of this
+                // host (the admin identity, /dev/zero).
+                "-c",
+                "core.symlinks=false",
                 "clone",
                 "--quiet",
                 "--no-tags",
@@ -316,23 +321,48 @@ async fn checkout(a: &SyncArgs, state_dir: &Path) -> anyhow::Result<(String, Pat
         )
         .await
         .with_context(|| format!("cannot fetch branch {} of {}", a.branch, a.repo))?;
-        git(&tree, &["reset", "--quiet", "--hard", "FETCH_HEAD"]).await?;
+        git(
+            &tree,
+            &[
+                "-c",
+                "core.symlinks=false",
+                "reset",
+                "--quiet",
+                "--hard",
+                "FETCH_HEAD",
+            ],
+        )
+        .await?;
         git(&tree, &["clean", "--quiet", "-fdx"]).await?;
     }
     let commit = git(&tree, &["rev-parse", "HEAD"]).await?;
     Ok((commit.trim().to_string(), tree))
 }
 
+/// How long one git command may take (a fetch from a stalled server).
+const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Runs `git` in `dir`; its stdout, or an error with its stderr.
 async fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("git")
-        .args(args)
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.args(args)
         .current_dir(dir)
         // Never prompt: a service has no one to answer.
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true);
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
+    let out = tokio::time::timeout(GIT_TIMEOUT, cmd.output())
         .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "git {} took longer than {}s",
+                args.first().unwrap_or(&""),
+                GIT_TIMEOUT.as_secs()
+            )
+        })?
         .context("cannot run git (is it installed and on PATH?)")?;
     if !out.status.success() {
         bail!(
@@ -350,7 +380,12 @@ fn digest(dir: &Path) -> anyhow::Result<String> {
         for entry in
             std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
         {
-            let p = entry?.path();
+            let entry = entry?;
+            // Links are not followed (a loop, or a file elsewhere).
+            if entry.file_type()?.is_symlink() {
+                continue;
+            }
+            let p = entry.path();
             if p.is_dir() {
                 walk(root, &p, out)?;
             } else {

@@ -270,7 +270,6 @@ fn diag_port() -> (u16, String) {
     (port, format!("127.0.0.1:{port}"))
 }
 
-/// A plain HTTP GET on the diagnostics port.
 /// The audit log's PostgreSQL goes down while events are written: auth
 /// keeps serving, keeps its events on disk (metric and /readyz say so),
 /// and delivers them in order once it is back, followed by an

@@ -134,31 +134,8 @@ fn apply_prune_makes_the_directory_the_whole_truth() {
 
 /// A user made with extra traits (`users add --traits`), signed up.
 fn add_user_with_traits(c: &Cluster, name: &str, roles: &str, traits: &[&str]) -> String {
-    let mut args = vec!["users", "add", name, "--roles", roles, "--logins", "root"];
-    for t in traits {
-        args.extend(["--traits", t]);
-    }
-    let out = c.admin(&args).expect_ok();
-    let token = signup_token(&out.stdout);
-    let secret = totp_secret(name);
-    c.run(
-        &[
-            "signup",
-            &token,
-            "--proxy",
-            &c.proxy,
-            "--ca-pin",
-            &c.pin,
-            "--password-stdin",
-            "--totp-secret",
-            &secret,
-            "--otp",
-            &totp(&secret, 0),
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    )
-    .expect_ok();
-    secret
+    let extra: Vec<&str> = traits.iter().flat_map(|t| ["--traits", t]).collect();
+    c.add_user_with(name, roles, "root", &extra)
 }
 
 /// `where` conditions in a cluster: auth refuses a role whose condition

@@ -178,18 +178,7 @@ fn stock_clients_reach_a_node_behind_nat_through_the_proxy() {
     assert_eq!(std::fs::read(&synced).unwrap(), data);
 
     // Metrics and health on the diagnostics address.
-    let get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&diag).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let get = |path: &str| http_get(diag_port, path);
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
     assert!(get("/readyz").starts_with("HTTP/1.1 200"));
     let metrics = get("/metrics");
@@ -621,4 +610,47 @@ fn ssh_to_labels_and_default_logins() {
     );
     c.run_as("alice", &["ssh", "root@fleet=maybe", "--", "true"], None)
         .expect_err("no online node you may access has the labels fleet=maybe");
+}
+
+/// A proxy joining with auth's own name (or a wildcard) among its public
+/// addresses is refused: its certificate would let it pose as auth to
+/// nodes. What it was admitted with is all its renewals get.
+#[test]
+fn a_proxy_cannot_join_as_auth() {
+    let dir = temp_dir("proxy-as-auth");
+    let c = Cluster::start(&dir);
+    for bad in ["warden-auth:3080", "*.example.com:3080"] {
+        let out = c
+            .admin(&["tokens", "add", "--type", "proxy", "--format", "json"])
+            .expect_ok();
+        let tok: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let mut child = std::process::Command::new(WARDEN)
+            .args(["start", "--roles", "proxy", "--auth-server", &c.auth])
+            .args(["--proxy", &c.proxy, "--ca-pin", &c.pin])
+            .args(["--token", tok["token"].as_str().unwrap()])
+            .args(["--listen-addr", "127.0.0.1:0", "--public-addr", bad])
+            .arg("--data-dir")
+            .arg(dir.join("bad-proxy"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("a proxy claiming {bad} was admitted");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(
+            !status.success() && err.contains("a proxy cannot be known as"),
+            "{err}"
+        );
+    }
 }

@@ -173,9 +173,14 @@ impl Cluster {
 
     /// Adds a user and completes their signup; returns the TOTP secret.
     pub fn add_user(&self, name: &str, roles: &str, logins: &str) -> String {
-        let out = self
-            .admin(&["users", "add", name, "--roles", roles, "--logins", logins])
-            .expect_ok();
+        self.add_user_with(name, roles, logins, &[])
+    }
+
+    /// `add_user` with more `users add` flags (e.g. `--traits k=v`).
+    pub fn add_user_with(&self, name: &str, roles: &str, logins: &str, extra: &[&str]) -> String {
+        let mut args = vec!["users", "add", name, "--roles", roles, "--logins", logins];
+        args.extend_from_slice(extra);
+        let out = self.admin(&args).expect_ok();
         let token = signup_token(&out.stdout);
         let secret = totp_secret(name);
         self.run(

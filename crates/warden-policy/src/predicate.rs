@@ -718,7 +718,7 @@ mod tests {
                 "{src:?}: got {e} (want at {at}: {what})"
             );
         }
-        let many = vec![r#"regexp.match(login, "a")"#; MAX_PATTERNS + 1].join(" || ");
+        let many = [r#"regexp.match(login, "a")"#; MAX_PATTERNS + 1].join(" || ");
         assert!(Predicate::compile(&many)
             .unwrap_err()
             .what

@@ -109,6 +109,18 @@ async fn rotate(
             (Step::Init, Some(grace as i64))
         }
     };
+    // By hand too, a tls step that would cut off a node or proxy still on
+    // the previous one waits for it (unless forced): it could not reach
+    // auth again.
+    if ca == CaType::Tls && matches!(step, Step::Switch | Step::Drop) && !req.force {
+        let behind = s.behind(&s.ca_generation().await?).await?;
+        if !behind.is_empty() {
+            return Err(AuthError::Conflict(format!(
+                "not yet: {} still hold the tls CA's previous step (they renew within a heartbeat, proxies within 5 s); try again shortly, or pass --force to cut them off",
+                behind.join(", ")
+            )));
+        }
+    }
     s.rotation_step(ca, step, grace, &c.identity.username)
         .await?;
     Ok(Json(s.ca_keys().await?))

@@ -50,15 +50,19 @@ const CA_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The listener's TLS acceptor, rebuilt whenever a CA rotation step moves
 /// the CA generation (the new trust applies to the next handshake and the
-/// server certificate comes from the signing key; open connections stay)
-/// and when its certificate is half way through its life.
+/// server certificate comes from the signing key) and when its certificate
+/// is half way through its life. The receiver counts rotation steps: open
+/// connections end (gracefully) at each, so none outlives the trust it was
+/// verified under.
 async fn current_acceptor(
     server: &AuthServer,
 ) -> anyhow::Result<(
     Arc<std::sync::RwLock<TlsAcceptor>>,
+    tokio::sync::watch::Receiver<u64>,
     tokio::task::JoinHandle<()>,
 )> {
     let mut generation = server.ca_generation().await?;
+    let (steps_tx, steps) = tokio::sync::watch::channel(0u64);
     let current = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(
         tls_config(server).await?,
     )));
@@ -87,6 +91,9 @@ async fn current_acceptor(
                 Ok(config) => {
                     *shared.write().unwrap_or_else(|p| p.into_inner()) = TlsAcceptor::from(config);
                     tracing::info!(generation = %now, "the auth API's server certificate was renewed");
+                    if now != generation {
+                        steps_tx.send_modify(|n| *n += 1);
+                    }
                     generation = now;
                     renew_at = half_life();
                 }
@@ -96,7 +103,7 @@ async fn current_acceptor(
             }
         }
     });
-    Ok((current, task))
+    Ok((current, steps, task))
 }
 
 /// Serves the auth API on `listener` until `shutdown` completes.
@@ -105,7 +112,7 @@ pub async fn serve_mtls(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (acceptor, follow) = current_acceptor(&server).await?;
+    let (acceptor, steps, follow) = current_acceptor(&server).await?;
     // Stops following the CAs when this listener stops.
     struct Abort(tokio::task::JoinHandle<()>);
     impl Drop for Abort {
@@ -139,9 +146,11 @@ pub async fn serve_mtls(
         let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
         let app = app.clone();
         let cluster = server.cluster().to_string();
+        let mut steps = steps.clone();
+        steps.borrow_and_update();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = handle(tcp, addr, acceptor, app, &cluster).await {
+            if let Err(e) = handle(tcp, addr, acceptor, app, &cluster, steps).await {
                 tracing::debug!(%addr, error = %e, "auth connection ended");
             }
         });
@@ -154,6 +163,7 @@ async fn handle(
     acceptor: TlsAcceptor,
     app: axum::Router,
     cluster: &str,
+    mut steps: tokio::sync::watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
@@ -184,10 +194,20 @@ async fn handle(
         not_after,
     };
     let svc = TowerToHyperService::new(app.layer(Extension(caller)));
-    hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(tls), svc)
-        .await?;
+        .serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r?,
+        Ok(()) = steps.changed() => {
+            // A rotation step: the certificate this connection was verified
+            // with may no longer be trusted. The call in flight finishes;
+            // the client reconnects under the trust in force now.
+            conn.as_mut().graceful_shutdown();
+            conn.await?;
+        }
+    }
     Ok(())
 }

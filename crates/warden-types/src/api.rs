@@ -655,6 +655,10 @@ pub struct RotateRequest {
     /// certificates signed before the switch run out first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_secs: Option<u64>,
+    /// A tls switch or drop by hand goes ahead although some node or
+    /// proxy has not confirmed the previous step (it is cut off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// A node's certificate renewal (mTLS with its current certificate).

@@ -223,6 +223,11 @@ enum CaCommand {
         grace: Option<HumanDuration>,
         #[arg(long, value_parser = ["init", "switch", "drop", "rollback"])]
         phase: Option<String>,
+        /// With --type tls --phase switch|drop: go ahead although some
+        /// node or proxy has not confirmed the previous step (it will no
+        /// longer reach auth and must join again).
+        #[arg(long, requires = "phase")]
+        force: bool,
     },
     /// Print a CA's public keys: `user` for sshd's TrustedUserCAKeys,
     /// `host` for a known_hosts @cert-authority line, `tls` as PEM.
@@ -744,7 +749,12 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AdminCommand::Ca(CaCommand::Rotate { kind, grace, phase }) => {
+        AdminCommand::Ca(CaCommand::Rotate {
+            kind,
+            grace,
+            phase,
+            force,
+        }) => {
             let keys: Vec<CaKeyInfo> = admin
                 .api
                 .call(
@@ -753,6 +763,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                         ca: kind.clone(),
                         phase: phase.clone(),
                         grace_secs: grace.map(|g| g.0.as_secs()),
+                        force,
                     },
                 )
                 .await?;

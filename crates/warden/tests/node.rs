@@ -2222,9 +2222,12 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     c.run_as("bob-pre-tls", &["ls"], None).expect_ok();
 
     // tls switch: servers present certificates from the new key; a client
-    // that never logged in since the init no longer trusts them.
-    c.admin(&["ca", "rotate", "--type", "tls", "--phase", "switch"])
-        .expect_ok();
+    // that never logged in since the init no longer trusts them. By hand
+    // too, it waits for every node and proxy to trust the new key.
+    wait_for("the tls switch is accepted", 20, || {
+        c.admin(&["ca", "rotate", "--type", "tls", "--phase", "switch"])
+            .ok
+    });
     let (new_tls, _, _) = ca_state(&c, "tls");
     assert_ne!(new_tls, old_tls);
     wait_for("auth presents a certificate from the new key", 15, || {
@@ -2249,13 +2252,28 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
         .expect_ok();
 
     // tls drop: a client certificate from the old key is refused; the node
-    // and the proxies, renewed at the switch, keep working.
-    c.admin(&["ca", "rotate", "--type", "tls", "--phase", "drop"])
-        .expect_ok();
+    // and the proxies, renewed at the switch, keep working. A connection
+    // made with the old key before the drop does not outlive it either.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = warden_client::ProfileStore::new(c.dir.join("carol-mid-tls"));
+    let profile = store.current().unwrap().expect("carol's profile");
+    let kept = warden_client::login::auth_client(&store, &profile).unwrap();
+    let whoami = || rt.block_on(kept.call(&warden_types::endpoints::WHOAMI, &()));
+    whoami().expect("the old key's certificate works until the drop");
+    wait_for("the tls drop is accepted", 20, || {
+        c.admin(&["ca", "rotate", "--type", "tls", "--phase", "drop"])
+            .ok
+    });
     assert_eq!(ca_state(&c, "tls"), (new_tls.clone(), 1, String::new()));
     wait_for("a certificate from the dropped key is refused", 15, || {
         !c.run_as("carol-mid-tls", &["ls"], None).ok
     });
+    // The kept-alive connection (idle less than the client's 15 s) was
+    // closed at the drop: the next call must handshake again, and fails.
+    assert!(
+        whoami().is_err(),
+        "a connection outlived the key it was made with"
+    );
     wait_for("the node renewed after the drop", 15, || {
         node_certs(&c)["tls_ca_pems"].as_array().map_or(0, Vec::len) == 1
     });

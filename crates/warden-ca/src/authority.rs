@@ -42,26 +42,86 @@ pub struct CaKey {
 }
 
 /// A CA: the keys that sign now and every key that is still trusted. Several
-/// keys may be trusted at once, so keys can rotate without an outage.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// keys may be trusted at once, so keys can rotate without an outage; and
+/// several may sign at once, one per auth server whose HSM holds its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertAuthority {
     pub kind: CaType,
     pub cluster: String,
-    /// The first key signs; all are trusted.
+    /// Keys that sign. An auth server signs with the first one it can
+    /// load (preferring one in its own HSM); all are trusted.
     pub active: Vec<CaKey>,
+    /// Trusted, not signing yet: a rotation's new keys, or those of an
+    /// auth server joining with its own HSM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<CaKey>,
     /// Keys still trusted but no longer signing (public parts only).
     #[serde(default)]
     pub trusted: Vec<CaKey>,
-    /// A rotation under way.
+    /// tls only: each signing key's certificate for the others' keys, so a
+    /// client that pinned (or saved) one auth server's key accepts a
+    /// certificate issued with another's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cross: Vec<CrossCert>,
+    /// A rotation (or a join) under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+}
+
+/// A CA certificate for `subject`'s key issued with `issuer`'s (both
+/// [`crate::KeyHandle::public_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrossCert {
+    pub subject: String,
+    pub issuer: String,
+    pub pem: String,
+}
+
+/// The stored form, which may predate `pending`: a rotation then kept its
+/// new key second in `active` (init) or the old one there (switched).
+#[derive(Deserialize)]
+struct Stored {
+    kind: CaType,
+    cluster: String,
+    active: Vec<CaKey>,
+    #[serde(default)]
+    pending: Vec<CaKey>,
+    #[serde(default)]
+    trusted: Vec<CaKey>,
+    #[serde(default)]
+    cross: Vec<CrossCert>,
+    #[serde(default)]
+    rotation: Option<Rotation>,
+}
+
+impl<'de> Deserialize<'de> for CertAuthority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut s = Stored::deserialize(d)?;
+        let old_form = s.pending.is_empty() && s.trusted.is_empty() && s.active.len() > 1;
+        match s.rotation.as_ref().map(|r| r.phase) {
+            Some(Phase::Init) if old_form => s.pending = s.active.split_off(1),
+            Some(Phase::Switched) if old_form => s.trusted = s.active.split_off(1),
+            _ => {}
+        }
+        Ok(CertAuthority {
+            kind: s.kind,
+            cluster: s.cluster,
+            active: s.active,
+            pending: s.pending,
+            trusted: s.trusted,
+            cross: s.cross,
+            rotation: s.rotation,
+        })
+    }
 }
 
 /// Where a rotation stands. It goes `init` (a new key is trusted
 /// everywhere; the old one still signs), then `switched` (the new key
 /// signs; the old one is still trusted, so certificates it signed keep
 /// working), then the old key is dropped and the rotation ends. Until the
-/// drop it can be rolled back.
+/// drop it can be rolled back. A join (an auth server adding its own HSM
+/// key) has only `init`: its switch adds the key to the signing ones and
+/// ends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -88,6 +148,9 @@ pub struct Rotation {
     /// switch (seconds). `None`: an operator moves every phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace: Option<i64>,
+    /// A join: the keys that sign now keep signing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
 }
 
 /// What an automatic rotation waits for before its next step: at least
@@ -198,7 +261,9 @@ impl CertAuthority {
             kind,
             cluster: cluster.to_string(),
             active: vec![key],
+            pending: Vec::new(),
             trusted: Vec::new(),
+            cross: Vec::new(),
             rotation: None,
         })
     }
@@ -222,8 +287,8 @@ impl CertAuthority {
         }
     }
 
-    /// Starts a rotation: `key` is trusted from now on; the signing key
-    /// does not change yet.
+    /// Starts a rotation: `key` is trusted from now on; the signing keys
+    /// do not change yet.
     pub fn rotate_init(
         &mut self,
         key: CaKey,
@@ -233,23 +298,58 @@ impl CertAuthority {
         if let Some(r) = &self.rotation {
             return Err(RotationError::UnderWay(r.phase.as_str()));
         }
-        self.active.push(key);
+        self.pending.push(key);
         self.rotation = Some(Rotation {
             phase: Phase::Init,
             since: now,
             grace,
+            join: false,
         });
         Ok(())
     }
 
-    /// The new key signs; the old one stays trusted.
+    /// Adds an auth server's own key (from its HSM) as pending: to the
+    /// rotation in `init` if there is one, else in a join of its own, whose
+    /// switch makes it sign beside the keys that sign now. Returns whether
+    /// a join was started.
+    pub fn join(
+        &mut self,
+        key: CaKey,
+        now: i64,
+        grace: Option<i64>,
+    ) -> std::result::Result<bool, RotationError> {
+        match &self.rotation {
+            Some(r) if r.phase == Phase::Init => {
+                self.pending.push(key);
+                Ok(false)
+            }
+            Some(r) => Err(RotationError::UnderWay(r.phase.as_str())),
+            None => {
+                self.rotate_init(key, now, grace)?;
+                if let Some(r) = self.rotation.as_mut() {
+                    r.join = true;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// The new keys sign; the old ones stay trusted. A join ends here:
+    /// its keys sign beside the others.
     pub fn rotate_switch(&mut self, now: i64) -> std::result::Result<(), RotationError> {
         self.phase("switch", Phase::Init)?;
-        let new = self.active.pop().expect("init added a key");
-        self.active.insert(0, new);
-        let r = self.rotation.as_mut().expect("checked");
+        let Some(r) = self.rotation.as_mut() else {
+            return Err(RotationError::NotUnderWay);
+        };
+        if r.join {
+            self.active.append(&mut self.pending);
+            self.rotation = None;
+            return Ok(());
+        }
         r.phase = Phase::Switched;
         r.since = now;
+        self.trusted.append(&mut self.active);
+        self.active = std::mem::take(&mut self.pending);
         Ok(())
     }
 
@@ -257,16 +357,16 @@ impl CertAuthority {
     /// so what they signed is refused.
     pub fn rotate_drop(&mut self) -> std::result::Result<(), RotationError> {
         self.phase("drop", Phase::Switched)?;
-        self.active.truncate(1);
         self.trusted.clear();
         self.rotation = None;
+        self.prune_cross();
         Ok(())
     }
 
-    /// Undoes a rotation before its drop: the old key signs again and the
-    /// new one is forgotten. Not for the tls CA once switched: nodes and
-    /// proxies then hold certificates from the new key, and forgetting it
-    /// would leave them unable to reach auth.
+    /// Undoes a rotation before its drop: the old keys sign again and the
+    /// new ones are forgotten. Not for the tls CA once switched: nodes and
+    /// proxies then hold certificates from the new keys, and forgetting
+    /// them would leave them unable to reach auth.
     pub fn rotate_rollback(&mut self) -> std::result::Result<(), RotationError> {
         let Some(r) = &self.rotation else {
             return Err(RotationError::NotUnderWay);
@@ -275,24 +375,93 @@ impl CertAuthority {
             return Err(RotationError::TlsSwitched);
         }
         match r.phase {
-            Phase::Init => {
-                self.active.pop();
-            }
-            Phase::Switched => {
-                self.active.remove(0);
-            }
+            Phase::Init => self.pending.clear(),
+            Phase::Switched => self.active = std::mem::take(&mut self.trusted),
         }
         self.rotation = None;
+        self.prune_cross();
         Ok(())
     }
 
-    /// The key that signs new certificates.
+    /// Forgets cross certificates for or from keys no longer trusted.
+    fn prune_cross(&mut self) {
+        let known: std::collections::HashSet<String> =
+            self.all().map(|k| k.handle.public_key.clone()).collect();
+        self.cross
+            .retain(|c| known.contains(&c.subject) && known.contains(&c.issuer));
+    }
+
+    /// The first key that signs (with several, each auth server picks its
+    /// own: [`CertAuthority::own_key`]).
     pub fn signing_key(&self) -> Option<&CaKey> {
         self.active.first()
     }
 
-    fn all(&self) -> impl Iterator<Item = &CaKey> {
-        self.active.iter().chain(self.trusted.iter())
+    /// Every trusted key: signing, pending, retiring.
+    pub fn all(&self) -> impl Iterator<Item = &CaKey> {
+        self.active
+            .iter()
+            .chain(self.pending.iter())
+            .chain(self.trusted.iter())
+    }
+
+    /// Which of `keys` an auth server uses: the first it can load,
+    /// preferring one in its own HSM (`has_hsm`) over a shared software
+    /// key.
+    pub fn own_key<'a>(
+        keys: &'a [CaKey],
+        has_hsm: bool,
+        loadable: impl Fn(&CaKey) -> bool,
+    ) -> Option<&'a CaKey> {
+        let in_hsm = |k: &&CaKey| k.handle.store == crate::pkcs11::STORE;
+        let usable = || keys.iter().filter(|k| loadable(k));
+        has_hsm
+            .then(|| usable().find(in_hsm))
+            .flatten()
+            .or_else(|| usable().next())
+    }
+
+    /// Whether an auth server with an HSM should add a key of its own: in
+    /// a rotation's `init` when no pending key is in its HSM (or shared
+    /// with it); otherwise when it can load none of the signing keys (it
+    /// joins, or joins the join under way).
+    pub fn wants_own_key(&self, loadable: impl Fn(&CaKey) -> bool) -> bool {
+        let in_my_hsm = |k: &CaKey| k.handle.store == crate::pkcs11::STORE && loadable(k);
+        let signs = self.active.iter().any(&loadable);
+        match &self.rotation {
+            Some(r) if r.phase == Phase::Switched => false,
+            Some(r) if !r.join => !self.pending.iter().any(in_my_hsm),
+            Some(_) => !signs && !self.pending.iter().any(&loadable),
+            None => !signs,
+        }
+    }
+
+    /// This CA with `key` first among the signing keys: what an auth
+    /// server that signs with `key` hands out, so the issuer's certificate
+    /// leads the CA list.
+    pub fn led_by(mut self, key: &CaKey) -> Self {
+        if let Some(i) = self.active.iter().position(|k| k == key) {
+            let k = self.active.remove(i);
+            self.active.insert(0, k);
+        } else if let Some(i) = self.pending.iter().position(|k| k == key) {
+            // A joining auth server's own listener, before its key signs.
+            let k = self.pending.remove(i);
+            self.active.insert(0, k);
+        }
+        self
+    }
+
+    /// tls: keys (other than `mine`) that `mine` has not yet certified.
+    pub fn uncertified<'a>(&'a self, mine: &'a CaKey) -> impl Iterator<Item = &'a CaKey> + 'a {
+        self.active
+            .iter()
+            .chain(self.pending.iter())
+            .filter(move |k| {
+                k.handle.public_key != mine.handle.public_key
+                    && !self.cross.iter().any(|c| {
+                        c.subject == k.handle.public_key && c.issuer == mine.handle.public_key
+                    })
+            })
     }
 
     /// Every trusted OpenSSH public key line.
@@ -311,9 +480,13 @@ impl CertAuthority {
         })
     }
 
-    /// Every trusted CA certificate (PEM).
+    /// Every trusted CA certificate (PEM), the signing keys' first, then
+    /// the cross certificates between keys.
     pub fn tls_cert_pems(&self) -> Vec<String> {
-        self.all().filter_map(|k| k.tls_cert_pem.clone()).collect()
+        self.all()
+            .filter_map(|k| k.tls_cert_pem.clone())
+            .chain(self.cross.iter().map(|c| c.pem.clone()))
+            .collect()
     }
 }
 
@@ -405,6 +578,84 @@ mod tests {
         b.rotate_init(b.new_key(&store).unwrap(), 1, None).unwrap();
         b.rotate_rollback().unwrap();
         assert_eq!(b, before);
+        let _ = std::fs::remove_file(kek);
+    }
+
+    #[test]
+    fn an_auth_server_joins_with_its_own_key_and_signs_beside_the_others() {
+        let kek = std::env::temp_dir().join(format!("warden-join-kek-{}", std::process::id()));
+        let store = SoftwareKeyStore::open_or_create(&kek).unwrap();
+        let mut a = CertAuthority::generate(CaType::Tls, "c1", &store).unwrap();
+        let first = a.signing_key().unwrap().clone();
+        let second = a.new_key(&store).unwrap();
+        // The second server loads only its own key.
+        let theirs = |k: &CaKey| k == &second;
+        assert!(a.wants_own_key(theirs));
+        assert!(!a.wants_own_key(|k: &CaKey| k == &first));
+        assert!(a.join(second.clone(), 5, Some(60)).unwrap(), "a join starts");
+        assert!(!a.wants_own_key(theirs), "its key is pending");
+        assert!(
+            !a.wants_own_key(|k: &CaKey| k == &first),
+            "the first signs and keeps out of the join"
+        );
+        assert_eq!(a.tls_cert_pems().len(), 2, "pending is trusted");
+        assert_eq!(CertAuthority::own_key(&a.active, false, theirs), None);
+        a.rotate_switch(6).unwrap();
+        assert!(a.rotation.is_none(), "a join ends at its switch");
+        assert_eq!(a.active, vec![first.clone(), second.clone()]);
+        assert_eq!(
+            CertAuthority::own_key(&a.active, false, theirs),
+            Some(&second)
+        );
+        assert_eq!(a.clone().led_by(&second).active[0], second);
+        // Cross certificates until a key goes.
+        let mut b = a.clone();
+        b.cross.push(CrossCert {
+            subject: second.handle.public_key.clone(),
+            issuer: first.handle.public_key.clone(),
+            pem: "x".into(),
+        });
+        assert_eq!(b.uncertified(&first).count(), 0);
+        assert_eq!(b.uncertified(&second).count(), 1);
+        assert_eq!(b.tls_cert_pems().len(), 3);
+        b.rotate_init(b.new_key(&store).unwrap(), 7, None).unwrap();
+        b.rotate_switch(8).unwrap();
+        b.rotate_drop().unwrap();
+        assert!(b.cross.is_empty(), "pruned with the keys");
+        // A rotation in init takes each server's key into its pending set.
+        let mut c = a.clone();
+        c.rotate_init(c.new_key(&store).unwrap(), 9, None).unwrap();
+        let late = c.new_key(&store).unwrap();
+        assert!(!c.join(late.clone(), 10, None).unwrap());
+        assert_eq!(c.pending.len(), 2);
+        c.rotate_switch(11).unwrap();
+        assert!(c.active.contains(&late) && c.trusted.contains(&second));
+        assert!(matches!(
+            c.join(c.new_key(&store).unwrap(), 12, None),
+            Err(RotationError::UnderWay("switched"))
+        ));
+        let _ = std::fs::remove_file(kek);
+    }
+
+    #[test]
+    fn a_rotation_stored_before_pending_keys_reads_the_same() {
+        let kek = std::env::temp_dir().join(format!("warden-old-kek-{}", std::process::id()));
+        let store = SoftwareKeyStore::open_or_create(&kek).unwrap();
+        let mut a = CertAuthority::generate(CaType::User, "c1", &store).unwrap();
+        let (old, new) = (a.active[0].clone(), a.new_key(&store).unwrap());
+        let stored = |phase: &str, first: &CaKey, second: &CaKey| {
+            serde_json::json!({
+                "kind": "user", "cluster": "c1", "active": [first, second],
+                "rotation": {"phase": phase, "since": 1}
+            })
+        };
+        let init: CertAuthority = serde_json::from_value(stored("init", &old, &new)).unwrap();
+        a.rotate_init(new.clone(), 1, None).unwrap();
+        assert_eq!(init, a);
+        let switched: CertAuthority =
+            serde_json::from_value(stored("switched", &new, &old)).unwrap();
+        a.rotate_switch(1).unwrap();
+        assert_eq!(switched, a);
         let _ = std::fs::remove_file(kek);
     }
 }

@@ -15,7 +15,9 @@ pub mod pkcs11;
 pub mod ssh;
 pub mod tls;
 
-pub use authority::{CaKey, CaType, CertAuthority, Phase, Rotation, RotationError, Wait};
+pub use authority::{
+    CaKey, CaType, CertAuthority, CrossCert, Phase, Rotation, RotationError, Wait,
+};
 pub use client_key::ClientKey;
 pub use keystore::{CaSigner, KeyAlg, KeyHandle, KeyStore, SoftwareKeyStore};
 

@@ -101,8 +101,8 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// A self-signed CA certificate for the cluster's tls CA.
-pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
+/// A tls CA certificate's fields for the key `public` (raw bytes).
+fn ca_params(cluster: &str, public: &[u8]) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, cluster);
@@ -110,7 +110,7 @@ pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
     // trusted at once, and a client that trusts only one must find no
     // candidate issuer ("unknown issuer") rather than a namesake whose
     // signature fails.
-    let id = data_encoding::HEXLOWER.encode(&ca.public_key()[..4]);
+    let id = data_encoding::HEXLOWER.encode(&public[..4.min(public.len())]);
     dn.push(DnType::CommonName, format!("{cluster} tls CA {id}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -123,8 +123,47 @@ pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
     params.not_before = now - Duration::minutes(1);
     params.not_after = now + CA_LIFETIME;
     params.serial_number = Some(random_serial());
-    let cert = params
+    params
+}
+
+/// A self-signed CA certificate for the cluster's tls CA.
+pub fn create_ca_cert(ca: &dyn CaSigner, cluster: &str) -> Result<String> {
+    let cert = ca_params(cluster, &ca.public_key())
         .self_signed(&RcgenSigner::new(ca))
+        .map_err(rcgen_err)?;
+    Ok(cert.pem())
+}
+
+/// A CA certificate for another tls CA key (`subject`, raw public bytes)
+/// issued with `issuer`'s: with several auth servers each signing with a
+/// key of its own, a client that trusts one key follows this to accept a
+/// certificate issued with another. Same name and key as the other key's
+/// own CA certificate, so either completes a chain.
+pub fn cross_certify(
+    issuer: &dyn CaSigner,
+    issuer_cert_pem: &str,
+    cluster: &str,
+    subject_alg: KeyAlg,
+    subject: &[u8],
+) -> Result<String> {
+    struct Key(KeyAlg, Vec<u8>);
+    impl PublicKeyData for Key {
+        fn der_bytes(&self) -> &[u8] {
+            &self.1
+        }
+        fn algorithm(&self) -> &'static SignatureAlgorithm {
+            match self.0 {
+                KeyAlg::Ed25519 => &rcgen::PKCS_ED25519,
+                KeyAlg::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            }
+        }
+    }
+    let from = Issuer::from_ca_cert_pem(issuer_cert_pem, RcgenSigner::new(issuer))
+        .map_err(x509_err)?;
+    let mut params = ca_params(cluster, subject);
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&Key(subject_alg, subject.to_vec()), &from)
         .map_err(rcgen_err)?;
     Ok(cert.pem())
 }

@@ -90,8 +90,11 @@ impl ServerCertVerifier for ClusterVerifier {
                 }
             }
         }
+        // The rest of the chain may hold cross certificates: with several
+        // auth servers each signing with a key of its own, the path from a
+        // certificate issued with one key to another trusted key.
         self.webpki(roots)?
-            .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
 
     fn verify_tls12_signature(
@@ -156,4 +159,67 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_ca::tls::{ca_pin, create_ca_cert, cross_certify, issue_for_ed25519};
+    use warden_ca::tls::{CertRequest, Usage};
+    use warden_ca::{KeyStore, SoftwareKeyStore};
+
+    /// Two auth servers' tls keys: a server certificate issued with the
+    /// second verifies for a client that pinned (or saved) only the first
+    /// once the chain carries the first's cross certificate for the
+    /// second, and not without it.
+    #[test]
+    fn a_cross_certificate_bridges_two_signing_keys() {
+        let dir = std::env::temp_dir().join(format!("warden-cross-{}", std::process::id()));
+        let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
+        let a = ks.load(&ks.generate().unwrap()).unwrap();
+        let b = ks.load(&ks.generate().unwrap()).unwrap();
+        let (a_pem, b_pem) = (
+            create_ca_cert(&*a, "c1").unwrap(),
+            create_ca_cert(&*b, "c1").unwrap(),
+        );
+        let cross = cross_certify(&*a, &a_pem, "c1", b.alg(), &b.public_key()).unwrap();
+        let key = warden_ca::ClientKey::generate();
+        let now = time::OffsetDateTime::now_utc();
+        let leaf = issue_for_ed25519(
+            &*b,
+            &b_pem,
+            key.public_raw(),
+            &CertRequest {
+                common_name: "proxy".into(),
+                dns_names: vec!["proxy.c1".into()],
+                ips: vec![],
+                identity: None,
+                not_before: now - time::Duration::minutes(1),
+                not_after: now + time::Duration::hours(1),
+                usage: Usage::Server,
+            },
+        )
+        .unwrap();
+        let der = |pem: &str| pem_to_der(pem).unwrap().remove(0);
+        let name = ServerName::try_from("proxy.c1").unwrap();
+        let verify = |trust: Trust, chain: &[&str]| {
+            let rest: Vec<_> = chain.iter().map(|p| der(p)).collect();
+            ClusterVerifier::new(trust)
+                .verify_server_cert(&der(&leaf), &rest, &name, &[], UnixTime::now())
+                .map(|_| ())
+        };
+        let pin_a = Trust::Pin(ca_pin(&a_pem).unwrap());
+        let saved_a = Trust::Roots(vec![a_pem.clone()]);
+        for trust in [pin_a.clone(), saved_a.clone()] {
+            verify(trust.clone(), &[&b_pem, &a_pem, &cross]).unwrap();
+            assert!(verify(trust, &[&b_pem, &a_pem]).is_err(), "no bridge");
+        }
+        // A cross certificate from a key the client does not trust bridges
+        // nothing.
+        let c = ks.load(&ks.generate().unwrap()).unwrap();
+        let c_pem = create_ca_cert(&*c, "c1").unwrap();
+        let forged = cross_certify(&*c, &c_pem, "c1", b.alg(), &b.public_key()).unwrap();
+        assert!(verify(saved_a, &[&b_pem, &c_pem, &forged]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -33,16 +33,19 @@ impl AuthServer {
             let authority = self.authority(ca).await?;
             let rotation = authority.rotation.as_ref().map_or(String::new(), |r| {
                 format!(
-                    "{}{}",
+                    "{}{}{}",
+                    if r.join { "join " } else { "" },
                     r.phase.as_str(),
                     if r.grace.is_some() { " (auto)" } else { "" }
                 )
             });
+            // Several keys sign where auth servers hold their own (HSM);
+            // pending ones are trusted and sign after the switch.
             let keys = authority
                 .active
                 .iter()
-                .enumerate()
-                .map(|(i, k)| (k, if i == 0 { "signing" } else { "trusted" }))
+                .map(|k| (k, "signing"))
+                .chain(authority.pending.iter().map(|k| (k, "pending")))
                 .chain(authority.trusted.iter().map(|k| (k, "trusted")));
             for (key, state) in keys {
                 let fingerprint = key

@@ -7,6 +7,13 @@
 //! next login or renewal, which is why the host and tls CAs wait a grace
 //! period before the switch (`warden_ca::CaType::wait`).
 //!
+//! An auth server whose HSM holds none of a CA's keys *joins*: it adds a
+//! key of its own as pending (to a rotation in `init`, or in a join of its
+//! own, paced like one), and from the switch signs with it beside the
+//! other auth servers' keys. For the tls CA each signing key certifies the
+//! others' (`CertAuthority::cross`), so a client that pinned one auth
+//! server's key accepts certificates issued with another's.
+//!
 //! The phases themselves are pure (`warden_ca::CertAuthority::rotate_*`);
 //! this module stores them with compare-and-swap (several auth servers may
 //! drive the same rotation), audits each, and runs automatic rotations.
@@ -19,7 +26,7 @@ use crate::server::AuthServer;
 use axum::extract::State;
 use axum::{Extension, Json, Router};
 use std::time::Duration;
-use warden_ca::{CaType, CertAuthority, Phase};
+use warden_ca::{CaKey, CaType, CertAuthority, CrossCert, Phase};
 use warden_store::StoreError;
 use warden_types::api::{CaKeyInfo, ProxyInfo, RotateRequest};
 use warden_types::audit::{codes, AuditEvent};
@@ -142,6 +149,7 @@ impl AuthServer {
                 .await?
                 .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))?;
         let at = now();
+        let join = authority.rotation.as_ref().is_some_and(|r| r.join);
         let result = match step {
             Step::Init => {
                 let fresh = authority.new_key(self.inner.keys.generator())?;
@@ -188,6 +196,10 @@ impl AuthServer {
                 "started a rotation of the {} CA: a new key is trusted, the old one still signs",
                 ca.as_str()
             ),
+            Step::Switch if join => format!(
+                "the {} CA's joining key signs beside the others",
+                ca.as_str()
+            ),
             Step::Switch => format!(
                 "the {} CA's new key signs; the old one is still trusted",
                 ca.as_str()
@@ -207,10 +219,7 @@ impl AuthServer {
                 .with("ca", ca.as_str())
                 .with("phase", step.as_str())
                 .with("signing_key", signing)
-                .with(
-                    "trusted_keys",
-                    authority.active.len() + authority.trusted.len(),
-                ),
+                .with("trusted_keys", authority.all().count()),
         )
         .await;
         Ok(())
@@ -231,9 +240,15 @@ impl AuthServer {
             let a = self.authority(ca).await?;
             rotating |= a.rotation.is_some();
             digest.update(ca.as_str().as_bytes());
-            for key in a.active.iter().chain(a.trusted.iter()) {
+            for key in a.all() {
                 digest.update(b"\0");
                 digest.update(key.handle.public_key.as_bytes());
+            }
+            // New cross certificates go into services' chains at renewal.
+            for c in &a.cross {
+                digest.update(b"\0x");
+                digest.update(c.subject.as_bytes());
+                digest.update(c.issuer.as_bytes());
             }
             digest.update(b"\n");
         }
@@ -309,6 +324,12 @@ impl AuthServer {
     /// (`CaType::wait`): nodes and proxies must hold the new trust, and
     /// the grace period must have passed where clients need it.
     async fn drive_rotations(&self) -> Result<()> {
+        if self.inner.keys.hsm.is_some() {
+            for ca in CaType::ALL {
+                self.take_own_key(ca).await?;
+            }
+        }
+        self.certify_peers().await?;
         for ca in CaType::ALL {
             let authority = self.authority(ca).await?;
             let Some(r) = authority.rotation.clone() else {
@@ -357,6 +378,127 @@ impl AuthServer {
                 tokio::time::sleep(DRIVE_EVERY).await;
             }
         });
+    }
+}
+
+impl AuthServer {
+    /// With an HSM of its own: adds a key from it to `ca` when this auth
+    /// server needs one (`CertAuthority::wants_own_key`): to the rotation
+    /// in `init`, or in a join of its own (automatic, paced like a
+    /// rotation over the cluster's default session TTL). Returns whether
+    /// it added one.
+    pub(crate) async fn take_own_key(&self, ca: CaType) -> Result<bool> {
+        let Some(hsm) = self.inner.keys.hsm.as_deref() else {
+            return Ok(false);
+        };
+        let key = format!("{AUTHORITIES}{}", ca.as_str());
+        let (mut authority, revision) =
+            crate::resources::get_raw::<CertAuthority>(self.backend(), &key)
+                .await?
+                .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))?;
+        if !authority.wants_own_key(|k: &CaKey| self.can_load(&k.handle)) {
+            return Ok(false);
+        }
+        let grace = self.config().await?.default_session_ttl.0.as_secs() as i64;
+        let fresh = authority.new_key(hsm)?;
+        let location = fresh.handle.data.clone();
+        let started = authority
+            .join(fresh, now(), Some(grace))
+            .map_err(|e| AuthError::Conflict(e.to_string()))?;
+        let value =
+            serde_json::to_vec(&authority).map_err(|e| AuthError::Internal(e.to_string()))?;
+        match self
+            .backend()
+            .compare_and_swap(&key, revision, value, None)
+            .await
+        {
+            Ok(_) => {}
+            // Another step came first: the next round looks again (the
+            // key made in the token is left unused).
+            Err(StoreError::Conflict { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let what = match started {
+            true => format!(
+                "an auth server joined the {} CA with a key of its own HSM ({location}): trusted now, it signs after the join's switch ({})",
+                ca.as_str(),
+                schedule(ca, grace)
+            ),
+            false => format!(
+                "an auth server added a key of its own HSM ({location}) to the {} CA's rotation",
+                ca.as_str()
+            ),
+        };
+        tracing::info!(ca = ca.as_str(), "{what}");
+        self.audit(
+            AuditEvent::new(codes::CA_ROTATE, self.cluster(), "warden", what)
+                .with("ca", ca.as_str())
+                .with("phase", if started { "join" } else { "init" })
+                .with("key", location)
+                .with("trusted_keys", authority.all().count()),
+        )
+        .await;
+        Ok(true)
+    }
+
+    /// Issues this auth server's cross certificates: its tls signing key
+    /// certifies every other signing or pending key it cannot use itself
+    /// (other auth servers' HSM keys).
+    async fn certify_peers(&self) -> Result<()> {
+        let key = format!("{AUTHORITIES}{}", CaType::Tls.as_str());
+        let Some((mut authority, revision)) =
+            crate::resources::get_raw::<CertAuthority>(self.backend(), &key).await?
+        else {
+            return Ok(());
+        };
+        let has_hsm = self.inner.keys.hsm.is_some();
+        let loadable = |k: &CaKey| self.can_load(&k.handle);
+        let Some(mine) = CertAuthority::own_key(&authority.active, has_hsm, loadable).cloned()
+        else {
+            return Ok(());
+        };
+        let others: Vec<CaKey> = authority
+            .uncertified(&mine)
+            .filter(|k| !loadable(k))
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let signer = self.load_key(&mine.handle)?;
+        let issuer_pem = mine
+            .tls_cert_pem
+            .as_deref()
+            .ok_or_else(|| AuthError::Internal("a tls CA key without its certificate".into()))?;
+        for other in &others {
+            let pem = warden_ca::tls::cross_certify(
+                &*signer,
+                issuer_pem,
+                self.cluster(),
+                other.handle.alg,
+                &other.handle.public_bytes()?,
+            )?;
+            authority.cross.push(CrossCert {
+                subject: other.handle.public_key.clone(),
+                issuer: mine.handle.public_key.clone(),
+                pem,
+            });
+        }
+        let value =
+            serde_json::to_vec(&authority).map_err(|e| AuthError::Internal(e.to_string()))?;
+        match self
+            .backend()
+            .compare_and_swap(&key, revision, value, None)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                keys = others.len(),
+                "certified other auth servers' tls CA keys with this one's"
+            ),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 }
 

@@ -34,8 +34,13 @@ pub async fn tls_config(server: &AuthServer) -> anyhow::Result<Arc<rustls::Serve
         }
     }
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    // The issuer's CA certificate first, then the others and the cross
+    // certificates: a client that trusts another auth server's key finds
+    // its path (`warden_ca::CertAuthority::cross`).
     let mut chain = pem_to_der(&id.cert_pem)?;
-    chain.extend(pem_to_der(&id.ca_pems[0])?);
+    for pem in &id.ca_pems {
+        chain.extend(pem_to_der(pem)?);
+    }
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use warden_ca::tls::{self, CertRequest, Usage};
-use warden_ca::{CaSigner, CaType, CertAuthority, ClientKey, KeyStore, SoftwareKeyStore};
+use warden_ca::{CaKey, CaSigner, CaType, CertAuthority, ClientKey, KeyStore, SoftwareKeyStore};
 use warden_store::{
     AuditLog, Backend, FileRecordingStore, RecordingStore, SqliteAuditLog, SqliteBackend,
     StoreError, WatchCache,
@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     pub upload_slots: tokio::sync::Semaphore,
     /// CA signers already loaded (unsealed, or found in the HSM), by key.
     pub signers: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn CaSigner>>>,
+    /// CA keys this auth server could not load lately (another auth
+    /// server's HSM key): not tried again on every signature.
+    pub unloadable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// Where CA keys live: the software store (its key-encryption key also
@@ -253,25 +256,83 @@ impl AuthServer {
     /// Fails start-up when the CA keys in the backend were sealed under
     /// another key-encryption key (a second auth server without the first
     /// one's KEK), instead of failing every login later.
+    ///
+    /// An auth server with an HSM of its own that holds none of a CA's
+    /// keys joins instead: it adds a key from its HSM (see `rotation`).
     async fn check_kek(&self, kek_path: &Path) -> anyhow::Result<()> {
+        self.check_sealed_secrets(kek_path).await?;
         for ca in CaType::ALL {
-            if let Err(e) = self.signer(ca).await {
-                let in_hsm = self
-                    .authority(ca)
-                    .await?
-                    .signing_key()
-                    .is_some_and(|k| k.handle.store == warden_ca::pkcs11::STORE);
-                if in_hsm {
-                    anyhow::bail!("cannot use the cluster's CA keys: {e}");
+            let authority = self.authority(ca).await?;
+            if self.own_signer(authority.clone(), true).is_ok() {
+                continue;
+            }
+            if self.inner.keys.hsm.is_some() && self.join_at_start(ca).await? {
+                continue;
+            }
+            let Err(e) = self.signer(ca).await else {
+                continue;
+            };
+            let in_hsm = authority
+                .signing_key()
+                .is_some_and(|k| k.handle.store == warden_ca::pkcs11::STORE);
+            if in_hsm || self.inner.keys.hsm.is_some() {
+                anyhow::bail!("cannot use the cluster's CA keys: {e}");
+            }
+            anyhow::bail!(
+                "cannot unseal the cluster's {} CA key with the key-encryption key {} ({e}): every auth server sharing a backend needs the same KEK; copy it from the first auth server's data dir (kek) and start with --kek-file",
+                ca.as_str(),
+                kek_path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Users' TOTP seeds are sealed with the key-encryption key whether or
+    /// not the CA keys live in HSMs: an auth server with another KEK (an
+    /// HSM of its own, a typo'd --kek-file) must not start, or every OTP
+    /// login through it fails. The first auth server leaves a sealed
+    /// marker in the backend; the others must open it.
+    async fn check_sealed_secrets(&self, kek_path: &Path) -> anyhow::Result<()> {
+        const AAD: &[u8] = b"warden kek check";
+        let software = &self.inner.keys.software;
+        // Twice: another auth server may write the marker meanwhile.
+        for _ in 0..2 {
+            let Some(item) = self.backend().get(KEK_CHECK).await? else {
+                let value = software.seal(AAD, b"ok").into_bytes();
+                match self.backend().create(KEK_CHECK, value, None).await {
+                    Ok(_) => return Ok(()),
+                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e.into()),
                 }
+            };
+            if software
+                .open(AAD, &String::from_utf8_lossy(&item.value))
+                .is_err()
+            {
                 anyhow::bail!(
-                    "cannot unseal the cluster's {} CA key with the key-encryption key {} ({e}): every auth server sharing a backend needs the same KEK; copy it from the first auth server's data dir (kek) and start with --kek-file",
-                    ca.as_str(),
+                    "the key-encryption key {} is not the cluster's: it cannot unseal what other auth servers sealed (users' TOTP seeds), HSM or not; copy the first auth server's (its data dir's kek) and start with --kek-file",
                     kek_path.display()
                 );
             }
+            return Ok(());
         }
         Ok(())
+    }
+
+    /// Joins `ca` with a key of this auth server's HSM, retrying when
+    /// another auth server moved the CA meanwhile.
+    async fn join_at_start(&self, ca: CaType) -> anyhow::Result<bool> {
+        for _ in 0..5 {
+            if self.take_own_key(ca).await? {
+                return Ok(true);
+            }
+            let authority = self.authority(ca).await?;
+            if self.own_signer(authority, true).is_ok() {
+                return Ok(true);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Ok(false)
     }
 
     /// Builds the service over given stores.
@@ -334,6 +395,7 @@ impl AuthServer {
                 recording_health: Default::default(),
                 upload_slots: tokio::sync::Semaphore::new(crate::recordings::CONCURRENT_UPLOADS),
                 signers: Default::default(),
+                unloadable: Default::default(),
             }),
         })
     }
@@ -365,21 +427,86 @@ impl AuthServer {
         .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))
     }
 
-    /// The signer and (for tls) CA certificate of a CA's active key.
+    /// The key this auth server signs with for `ca`, and the CA led by it
+    /// (its certificate first among the tls CA's): with several signing
+    /// keys, one per auth server whose HSM holds its own, the first it can
+    /// load.
     pub(crate) async fn signer(&self, ca: CaType) -> Result<(Arc<dyn CaSigner>, CertAuthority)> {
-        let authority = self.authority(ca).await?;
-        let key = authority
-            .signing_key()
-            .ok_or_else(|| AuthError::Internal(format!("{} CA has no active key", ca.as_str())))?;
+        self.own_signer(self.authority(ca).await?, false)
+    }
+
+    /// As [`AuthServer::signer`]; with `pending`, a key of its own that is
+    /// not signing yet will do (a joining auth server's own listener and
+    /// admin identity: nodes and proxies trust it already).
+    pub(crate) fn own_signer(
+        &self,
+        authority: CertAuthority,
+        pending: bool,
+    ) -> Result<(Arc<dyn CaSigner>, CertAuthority)> {
+        let ca = authority.kind.as_str();
+        let has_hsm = self.inner.keys.hsm.is_some();
+        let loadable = |k: &CaKey| self.can_load(&k.handle);
+        let key = CertAuthority::own_key(&authority.active, has_hsm, loadable)
+            .or_else(|| {
+                pending
+                    .then(|| CertAuthority::own_key(&authority.pending, has_hsm, loadable))
+                    .flatten()
+            })
+            .cloned();
+        let Some(key) = key else {
+            let first = authority
+                .signing_key()
+                .ok_or_else(|| AuthError::Internal(format!("{ca} CA has no active key")))?;
+            if has_hsm && authority.pending.iter().any(loadable) {
+                return Err(AuthError::Unavailable(format!(
+                    "this auth server cannot sign with the {ca} CA yet: its own HSM key is trusted but not signing until the join's switch ('warden admin ca ls'; 'warden admin ca rotate --type {ca} --phase switch' moves it on)"
+                )));
+            }
+            let e = self
+                .load_key(&first.handle)
+                .err()
+                .map_or_else(|| "not usable here".to_string(), |e| e.to_string());
+            return Err(AuthError::Internal(format!("the {ca} CA's key: {e}")));
+        };
         let signer = self
             .load_key(&key.handle)
-            .map_err(|e| AuthError::Internal(format!("the {} CA's key: {e}", ca.as_str())))?;
-        Ok((signer, authority))
+            .map_err(|e| AuthError::Internal(format!("the {ca} CA's key: {e}")))?;
+        Ok((signer, authority.led_by(&key)))
+    }
+
+    /// Whether this auth server can sign with a CA key (remembered for a
+    /// minute when it cannot: another auth server's HSM key stays out of
+    /// reach).
+    pub(crate) fn can_load(&self, handle: &warden_ca::KeyHandle) -> bool {
+        const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+        let id = key_id(handle);
+        let recent_miss = self
+            .inner
+            .unloadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < RETRY);
+        if recent_miss {
+            return false;
+        }
+        let ok = self.load_key(handle).is_ok();
+        if !ok {
+            self.inner
+                .unloadable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, std::time::Instant::now());
+        }
+        ok
     }
 
     /// A CA key from the store that holds it, loaded once.
-    fn load_key(&self, handle: &warden_ca::KeyHandle) -> warden_ca::Result<Arc<dyn CaSigner>> {
-        let id = format!("{}:{}:{}", handle.store, handle.public_key, handle.data);
+    pub(crate) fn load_key(
+        &self,
+        handle: &warden_ca::KeyHandle,
+    ) -> warden_ca::Result<Arc<dyn CaSigner>> {
+        let id = key_id(handle);
         let cached = self
             .inner
             .signers
@@ -627,7 +754,10 @@ impl AuthServer {
         ips: Vec<IpAddr>,
         ttl: Duration,
     ) -> Result<ServiceIdentity> {
-        let (signer, authority) = self.signer(CaType::Tls).await?;
+        // The local admin identity of a joining auth server may come from
+        // its own pending key (see `server_identity`).
+        let (signer, authority) =
+            self.own_signer(self.authority(CaType::Tls).await?, kind == IdentityKind::Admin)?;
         let ca_pems = authority.tls_cert_pems();
         let key = ClientKey::generate();
         let now = OffsetDateTime::now_utc();
@@ -673,8 +803,11 @@ impl AuthServer {
     }
 
     /// The auth server's own TLS certificate (name `warden-auth`).
+    /// A joining auth server serves with its own pending key: nodes and
+    /// proxies trust it from the join's start, and clients reach auth only
+    /// through proxies.
     pub async fn server_identity(&self) -> Result<ServiceIdentity> {
-        let (signer, authority) = self.signer(CaType::Tls).await?;
+        let (signer, authority) = self.own_signer(self.authority(CaType::Tls).await?, true)?;
         let ca_pems = authority.tls_cert_pems();
         let key = ClientKey::generate();
         let now = OffsetDateTime::now_utc();
@@ -709,7 +842,13 @@ impl AuthServer {
     }
 }
 
-/// Creates a directory readable only by its owner.
+/// A value sealed with the cluster's key-encryption key (`check_kek`).
+const KEK_CHECK: &str = "/cluster/kek_check";
+
+fn key_id(handle: &warden_ca::KeyHandle) -> String {
+    format!("{}:{}:{}", handle.store, handle.public_key, handle.data)
+}
+
 /// Brings a built-in role left unchanged since an older release up to
 /// today's default (the `editor` of clusters made before `grant_roles`
 /// existed could otherwise grant nothing). Roles an admin edited stay as

@@ -96,14 +96,17 @@ fn tls_config(
     alpn: &[u8],
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    // The signing key's CA certificate comes first (auth issues both from
-    // one reading of the CA).
-    let issuer = id
-        .ca_pems
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the proxy's identity names no tls CA"))?;
+    // The issuing key's CA certificate comes first (auth issues both from
+    // one reading of the CA), then the other keys' and the cross
+    // certificates between them: a client that pinned another auth
+    // server's key finds its path.
+    if id.ca_pems.is_empty() {
+        anyhow::bail!("the proxy's identity names no tls CA");
+    }
     let mut chain = warden_ca::tls::pem_to_der(&id.tls_cert_pem)?;
-    chain.extend(warden_ca::tls::pem_to_der(issuer)?);
+    for pem in &id.ca_pems {
+        chain.extend(warden_ca::tls::pem_to_der(pem)?);
+    }
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
     let builder = rustls::ServerConfig::builder();
     let mut config = if client_auth {

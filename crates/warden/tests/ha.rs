@@ -9,6 +9,8 @@ mod etcd;
 mod pg;
 #[path = "../../warden-store/tests/support/s3.rs"]
 mod s3;
+#[path = "../../warden-ca/tests/support/softhsm.rs"]
+mod softhsm;
 
 use common::*;
 use std::io::BufRead;
@@ -30,9 +32,20 @@ fn start_auth(
     name: &str,
     extra: &[&str],
 ) -> (Child, Result<String, String>) {
+    start_auth_env(dir, name, extra, &[])
+}
+
+/// [`start_auth`] with environment variables of its own.
+fn start_auth_env(
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> (Child, Result<String, String>) {
     let mut child = Command::new(WARDEN)
         .args(["start", "--roles", "auth", "--auth-addr", "127.0.0.1:0"])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .arg("--data-dir")
         .arg(dir.join(name))
         .env("XDG_STATE_HOME", dir.join(format!("state-{name}")))
@@ -258,6 +271,202 @@ fn two_auth_servers_and_a_proxy(
         logins >= 2,
         "logins through both auth servers audited in PostgreSQL: {logins}"
     );
+}
+
+/// The cluster's CA keys as `warden admin ca ls --format json` shows them.
+fn ca_keys(c: &Cluster) -> Vec<serde_json::Value> {
+    let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// Each auth server keeps its CA keys in an HSM of its own (two SoftHSM2
+/// tokens, one per process, on one PostgreSQL). The second auth server
+/// cannot use the first one's keys, so it joins: its own keys are trusted
+/// at once and sign after the switch, beside the first one's. Then each
+/// signs with its own, and what either signed is accepted everywhere: a
+/// user pinned to the first server's tls key logs in through a proxy whose
+/// certificate the second issued (cross certificates), and certificates
+/// from each key open nodes whose certificates came from the other.
+#[test]
+fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
+    use softhsm::{softhsm_token, MODULE};
+    let pg = pg::PgServer::start();
+    let url = pg.database("cluster");
+    let dir = temp_dir("ha-hsm");
+    let token = |name: &str, pin: &str| {
+        let conf = softhsm_token(&dir.join(format!("hsm-{name}")), &format!("warden-{name}"), pin);
+        let file = dir.join(format!("hsm-{name}.pin"));
+        warden_ca::keystore::write_private_file(&file, pin.as_bytes()).unwrap();
+        (conf, file.display().to_string())
+    };
+    let (conf_a, pin_a) = token("a", "1111");
+    let (conf_b, pin_b) = token("b", "2222");
+    // Auth 1 (and whatever it starts) finds its token through this.
+    std::env::set_var("SOFTHSM2_CONF", &conf_a);
+    let mut args = vec!["--name", "box", "--heartbeat-interval", "1s", "--backend", &url];
+    args.extend(["--hsm-module", MODULE, "--hsm-token", "warden-a"]);
+    args.extend(["--hsm-pin-file", &pin_a]);
+    let c = Cluster::start_with(&dir, &args);
+    let first_user_key = ca_keys(&c)
+        .into_iter()
+        .find(|k| k["ca"] == "user")
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Alice logs in before the second auth server exists.
+    let alice = c.add_user("alice", "access", "root");
+    c.login("alice", "alice", &totp(&alice, 30)).expect_ok();
+
+    // Auth 2, with its own token. It still needs auth 1's key-encryption
+    // key (users' TOTP seeds are sealed with it): without, it stops before
+    // touching the CAs.
+    let kek = dir.join("data/kek").display().to_string();
+    let mut args = vec!["--backend", &url, "--hsm-module", MODULE];
+    args.extend(["--hsm-token", "warden-b", "--hsm-pin-file", &pin_b]);
+    let env = [("SOFTHSM2_CONF", conf_b.as_path())];
+    let (mut wrong, started) = start_auth_env(&dir, "auth-wrong", &args, &env);
+    let err = started.expect_err("an auth server with another KEK must not start");
+    assert!(err.contains("--kek-file") && err.contains("TOTP"), "{err}");
+    let _ = wrong.wait();
+    assert_eq!(ca_keys(&c).len(), 3, "it added no keys");
+    args.extend(["--kek-file", &kek]);
+    let (auth2, started) = start_auth_env(&dir, "auth2", &args, &env);
+    let _auth2 = Killed(auth2);
+    let auth2 = started.unwrap_or_else(|e| panic!("auth 2 did not start: {e}"));
+    let located = |k: &serde_json::Value, token: &str| {
+        k["store"] == "pkcs11"
+            && k["location"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("token={token};"))
+    };
+    let keys = ca_keys(&c);
+    for ca in ["user", "host", "tls"] {
+        let keys: Vec<_> = keys.iter().filter(|k| k["ca"] == ca).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(
+            keys.iter()
+                .any(|k| k["state"] == "signing" && located(k, "warden-a")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter()
+                .any(|k| k["state"] == "pending" && located(k, "warden-b")),
+            "{keys:?}"
+        );
+        assert_eq!(keys[0]["rotation"], "join init (auto)", "{keys:?}");
+    }
+
+    // The join moves on by hand here (automatically it waits the cluster's
+    // default session TTL); a tls step waits for the node and proxy.
+    for ca in ["user", "host", "tls"] {
+        let mut done = false;
+        for _ in 0..100 {
+            if c.admin(&["ca", "rotate", "--type", ca, "--phase", "switch"])
+                .ok
+            {
+                done = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(done, "the {ca} join's switch was never accepted");
+    }
+    let keys = ca_keys(&c);
+    for ca in ["user", "host", "tls"] {
+        let keys: Vec<_> = keys.iter().filter(|k| k["ca"] == ca).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        for token in ["warden-a", "warden-b"] {
+            assert!(
+                keys.iter()
+                    .any(|k| k["state"] == "signing" && located(k, token)),
+                "{ca}: no signing key in {token}: {keys:?}"
+            );
+        }
+        assert!(keys[0]["rotation"].as_str().unwrap_or("").is_empty(), "the join ended: {keys:?}");
+    }
+    let second_user_key = keys
+        .iter()
+        .find(|k| k["ca"] == "user" && located(k, "warden-b"))
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let joins = c
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "ca.rotate" && e["fields"]["phase"] == "join")
+        .count();
+    assert_eq!(joins, 3, "each CA's join is audited");
+
+    // A proxy that prefers auth 2 gets its certificate from auth 2's key.
+    let (proxy_b, b) = c.start_proxy("proxy-b", &format!("{auth2},{}", c.auth));
+    let _proxy_b = Killed(proxy_b);
+    // Bob pins auth 1's tls key (the pin 'warden start' printed) and logs
+    // in through it: the proxy's chain carries auth 1's certificate for
+    // auth 2's key. Auth 2 signs his certificates.
+    let bob = c.add_user("bob", "access", "root");
+    let mut out = None;
+    for offset in [30, 60, 90, 120, 150] {
+        let o = c.run_as(
+            "bob",
+            &[
+                "login",
+                "--proxy",
+                &b,
+                "--user",
+                "bob",
+                "--ca-pin",
+                &c.pin,
+                "--password-stdin",
+                "--otp",
+                &totp(&bob, offset),
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        );
+        if o.ok {
+            out = Some(o);
+            break;
+        }
+        eprintln!("login through proxy B: {}", o.all());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    assert!(out.is_some(), "bob could not log in through proxy B");
+    let bob_cert = walk_for(&dir.join("bob"), "bob-cert.pub").expect("bob's certificate");
+    assert_eq!(signed_by(&bob_cert), second_user_key, "auth 2 signed it");
+    let alice_cert = c.keys_dir("alice").join("alice-cert.pub");
+    assert_eq!(signed_by(&alice_cert), first_user_key, "auth 1 signed it");
+
+    // A node that joins through proxy B (so through auth 2), and the
+    // all-in-one node (auth 1's): each accepts both users.
+    let _node_b = TunnelNode::start_via(&c, &b, "box-b", "env=b", &["--heartbeat-interval", "1s"]);
+    for (user, node) in [
+        ("bob", "box"),
+        ("bob", "box-b"),
+        ("alice", "box-b"),
+        ("alice", "box"),
+    ] {
+        c.wait_reachable(user, "root", node);
+        let out = c
+            .run_as(user, &["ssh", &format!("root@{node}"), "--", "echo", "in"], None)
+            .expect_ok();
+        assert_eq!(out.stdout.trim(), "in", "{user} at {node}");
+    }
+}
+
+/// The first file called `name` under `dir`.
+fn walk_for(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if let Some(found) = p.is_dir().then(|| walk_for(&p, name)).flatten() {
+            return Some(found);
+        }
+    }
+    None
 }
 
 /// A free port for `--diag-addr`, and the address to pass.

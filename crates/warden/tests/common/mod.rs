@@ -774,3 +774,24 @@ pub fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// The fingerprint (`SHA256:...`) of the CA that signed an OpenSSH
+/// certificate.
+pub fn signed_by(cert: &Path) -> String {
+    let out = run_program(
+        "ssh-keygen",
+        &["-L".into(), "-f".into(), cert.display().to_string()],
+        None,
+    )
+    .expect_ok();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("Signing CA:"))
+        .unwrap()
+        .to_string();
+    line.split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap()
+        .to_string()
+}

@@ -28,6 +28,11 @@ pub enum AuthError {
     /// A service we depend on (the identity provider) failed.
     #[error("{0}")]
     Unavailable(String),
+    /// This auth server cannot serve the request yet, another may (it
+    /// joins with a key that does not sign yet): clients with several
+    /// auth addresses try the next.
+    #[error("{0}")]
+    NotReady(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -45,6 +50,7 @@ impl AuthError {
             AuthError::Locked(_) => (StatusCode::FORBIDDEN, "account_locked"),
             AuthError::Expired(_) => (StatusCode::GONE, "expired"),
             AuthError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+            AuthError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             AuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

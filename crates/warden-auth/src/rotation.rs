@@ -240,9 +240,15 @@ impl AuthServer {
             let a = self.authority(ca).await?;
             rotating |= a.rotation.is_some();
             digest.update(ca.as_str().as_bytes());
-            for key in a.all() {
-                digest.update(b"\0");
-                digest.update(key.handle.public_key.as_bytes());
+            // Which keys sign matters, not only which are trusted: after a
+            // join's switch services renew, and may then get certificates
+            // from the new key.
+            for (state, keys) in [("a", &a.active), ("p", &a.pending), ("t", &a.trusted)] {
+                digest.update(state.as_bytes());
+                for key in keys {
+                    digest.update(b"\0");
+                    digest.update(key.handle.public_key.as_bytes());
+                }
             }
             // New cross certificates go into services' chains at renewal.
             for c in &a.cross {

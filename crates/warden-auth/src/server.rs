@@ -458,7 +458,7 @@ impl AuthServer {
                 .signing_key()
                 .ok_or_else(|| AuthError::Internal(format!("{ca} CA has no active key")))?;
             if has_hsm && authority.pending.iter().any(loadable) {
-                return Err(AuthError::Unavailable(format!(
+                return Err(AuthError::NotReady(format!(
                     "this auth server cannot sign with the {ca} CA yet: its own HSM key is trusted but not signing until the join's switch ('warden admin ca ls'; 'warden admin ca rotate --type {ca} --phase switch' moves it on)"
                 )));
             }

@@ -59,9 +59,21 @@ impl Endpoints {
         &self.addrs[self.preferred.load(Ordering::Relaxed) % self.addrs.len()]
     }
 
+    /// How many addresses there are.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
     /// Connects to the current address, failing over to the others.
     pub async fn connect(&self) -> Result<TcpStream> {
-        let start = self.preferred.load(Ordering::Relaxed);
+        self.connect_past(0).await
+    }
+
+    /// As [`Endpoints::connect`], starting `skip` addresses past the
+    /// current one (without preferring where it lands: those passed over
+    /// were alive, only unable to serve one request).
+    async fn connect_past(&self, skip: usize) -> Result<TcpStream> {
+        let start = (self.preferred.load(Ordering::Relaxed) + skip) % self.addrs.len();
         // One address: the patient timeout; several: move on sooner.
         let timeout = match self.addrs.len() {
             1 => CONNECT_TIMEOUT,
@@ -73,7 +85,7 @@ impl Endpoints {
             let addr = &self.addrs[n];
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(tcp)) => {
-                    if n != start {
+                    if n != start && skip == 0 {
                         tracing::info!(to = %addr, "failed over");
                         self.preferred.store(n, Ordering::Relaxed);
                     }
@@ -322,7 +334,14 @@ impl ApiClient {
 
     /// Opens a TLS connection (also used for raw streams later).
     pub async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let tcp = self.endpoints.connect().await?;
+        self.connect_past(0).await
+    }
+
+    async fn connect_past(
+        &self,
+        skip: usize,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = self.endpoints.connect_past(skip).await?;
         let _ = tcp.set_nodelay(true);
         TlsConnector::from(self.current_tls().config)
             .connect(self.server_name.clone(), tcp)
@@ -436,15 +455,17 @@ impl ApiClient {
         body: Payload<'_>,
         limit: usize,
     ) -> Result<Bytes> {
-        let (resp, mut sender) = self.exchange(method, path, body).await?;
+        let (resp, sender) = self.exchange(method, path, body).await?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map_err(|e| self.proto(e.to_string()))?
             .to_bytes();
-        if sender.ready().await.is_ok() {
-            self.keep(sender);
+        if let Some(mut sender) = sender {
+            if sender.ready().await.is_ok() {
+                self.keep(sender);
+            }
         }
         if !status.is_success() {
             return Err(api_error(status, &body));
@@ -453,13 +474,16 @@ impl ApiClient {
     }
 
     /// Sends a request, on a kept-alive connection if there is one: the
-    /// answer, its body unread, and the connection.
+    /// answer, its body unread, and the connection if it may be kept.
     async fn exchange(
         &self,
         method: Method,
         path: &str,
         body: Payload<'_>,
-    ) -> Result<(hyper::Response<hyper::body::Incoming>, SendRequest<ReqBody>)> {
+    ) -> Result<(
+        hyper::Response<hyper::body::Incoming>,
+        Option<SendRequest<ReqBody>>,
+    )> {
         let proto = |reason: String| self.proto(reason);
         let mut req = Request::builder()
             .method(method.clone())
@@ -480,6 +504,10 @@ impl ApiClient {
         // now: a request it never took (or, for a GET, any failure on it)
         // is sent again once on a new connection.
         let mut reused = self.reusable().await;
+        // Servers passed over for answering 503 (e.g. an auth server
+        // joining with a key that does not sign yet): the request goes to
+        // the next address, once each.
+        let mut skip = 0;
         let (resp, sender) = loop {
             let was_reused = reused.is_some();
             // Why a fresh connection ended: a refused client certificate
@@ -489,7 +517,7 @@ impl ApiClient {
             let mut sender = match reused.take() {
                 Some(s) => s,
                 None => {
-                    let tls = self.connect().await?;
+                    let tls = self.connect_past(skip).await?;
                     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                         .await
                         .map_err(|e| proto(e.to_string()))?;
@@ -508,6 +536,13 @@ impl ApiClient {
                 body.body().map_err(|e| ClientError::Local(e.to_string()))?,
             );
             match sender.send_request(req).await {
+                Ok(resp)
+                    if resp.status() == hyper::StatusCode::SERVICE_UNAVAILABLE
+                        && skip + 1 < self.endpoints.len() =>
+                {
+                    skip += 1;
+                    tracing::debug!(skip, "the server cannot serve this now; trying the next");
+                }
                 Ok(resp) => break (resp, sender),
                 Err(e)
                     if was_reused
@@ -528,7 +563,9 @@ impl ApiClient {
                 }
             }
         };
-        Ok((resp, sender))
+        // A connection past the preferred server is not kept: the next
+        // request tries the preferred one again.
+        Ok((resp, (skip == 0).then_some(sender)))
     }
 
     /// Fetches the raw bytes at `path` of `e` as they arrive (a recording

@@ -358,20 +358,25 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
         assert_eq!(keys[0]["rotation"], "join init (auto)", "{keys:?}");
     }
 
+    // A proxy that prefers auth 2. It joins through auth 1's proxy; from
+    // the switch it renews through auth 2, with auth 2's key.
+    let (proxy_b, b) = c.start_proxy("proxy-b", &format!("{auth2},{}", c.auth));
+    let _proxy_b = Killed(proxy_b);
+
     // The join moves on by hand here (automatically it waits the cluster's
     // default session TTL); a tls step waits for the node and proxy.
     for ca in ["user", "host", "tls"] {
-        let mut done = false;
+        let mut last = None;
         for _ in 0..100 {
-            if c.admin(&["ca", "rotate", "--type", ca, "--phase", "switch"])
-                .ok
-            {
-                done = true;
+            let out = c.admin(&["ca", "rotate", "--type", ca, "--phase", "switch"]);
+            if out.ok {
+                last = None;
                 break;
             }
+            last = Some(out.all());
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        assert!(done, "the {ca} join's switch was never accepted");
+        assert!(last.is_none(), "the {ca} join's switch was never accepted: {last:?}");
     }
     let keys = ca_keys(&c);
     for ca in ["user", "host", "tls"] {
@@ -400,12 +405,10 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
         .count();
     assert_eq!(joins, 3, "each CA's join is audited");
 
-    // A proxy that prefers auth 2 gets its certificate from auth 2's key.
-    let (proxy_b, b) = c.start_proxy("proxy-b", &format!("{auth2},{}", c.auth));
-    let _proxy_b = Killed(proxy_b);
     // Bob pins auth 1's tls key (the pin 'warden start' printed) and logs
-    // in through it: the proxy's chain carries auth 1's certificate for
-    // auth 2's key. Auth 2 signs his certificates.
+    // in through proxy B, whose certificate auth 2's key issued: its chain
+    // carries auth 1's certificate for auth 2's key. Auth 2 signs his
+    // certificates.
     let bob = c.add_user("bob", "access", "root");
     let mut out = None;
     for offset in [30, 60, 90, 120, 150] {

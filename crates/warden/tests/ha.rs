@@ -405,6 +405,32 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
         .count();
     assert_eq!(joins, 3, "each CA's join is audited");
 
+    // Proxy B renews at the switch (through auth 2, which signs now): its
+    // saved identity leads with the issuing key's CA certificate.
+    let tls_b = keys
+        .iter()
+        .find(|k| k["ca"] == "tls" && located(k, "warden-b"))
+        .unwrap()["pin"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(tls_b, c.pin);
+    let issuer = || -> Option<String> {
+        let saved = std::fs::read_to_string(dir.join("proxy-b/proxy/certs.json")).ok()?;
+        let certs: serde_json::Value = serde_json::from_str(&saved).ok()?;
+        warden_ca::tls::ca_pin(certs["tls_ca_pems"][0].as_str()?).ok()
+    };
+    let waited = std::time::Instant::now();
+    while issuer().as_deref() != Some(tls_b.as_str()) {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(30),
+            "proxy B never got a certificate from auth 2's key"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // It swaps the new certificate in right after saving it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
     // Bob pins auth 1's tls key (the pin 'warden start' printed) and logs
     // in through proxy B, whose certificate auth 2's key issued: its chain
     // carries auth 1's certificate for auth 2's key. Auth 2 signs his

@@ -93,8 +93,24 @@ impl ServerCertVerifier for ClusterVerifier {
         // The rest of the chain may hold cross certificates: with several
         // auth servers each signing with a key of its own, the path from a
         // certificate issued with one key to another trusted key.
-        self.webpki(roots)?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        let verified = self.webpki(roots)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp,
+            now,
+        );
+        match (&self.trust, verified) {
+            // The pinned key is in the chain but did not issue (or
+            // certify) the server's certificate: that is a mismatch too.
+            (
+                Trust::Pin(_),
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+                )),
+            ) => Err(rustls::Error::General("CA pin mismatch".into())),
+            (_, verified) => verified,
+        }
     }
 
     fn verify_tls12_signature(

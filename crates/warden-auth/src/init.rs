@@ -54,7 +54,7 @@ impl AuthServer {
         auth_addr: &str,
         proxy_addr: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut generation = self.ca_generation().await?;
+        let mut generations = self.ca_generations().await?;
         self.write_admin_identity(data_dir, auth_addr, proxy_addr)
             .await?;
         let (s, dir, auth, proxy) = (
@@ -64,21 +64,19 @@ impl AuthServer {
             proxy_addr.map(str::to_string),
         );
         tokio::spawn(async move {
-            let mut written = std::time::Instant::now();
+            let mut next = REWRITE_EVERY;
             loop {
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                let Ok(now) = s.ca_generation().await else {
-                    continue;
-                };
-                if now == generation && written.elapsed() < REWRITE_EVERY {
-                    continue;
+                tokio::select! {
+                    changed = generations.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(next) => {}
                 }
-                match s.write_admin_identity(&dir, &auth, proxy.as_deref()).await {
-                    Ok(()) => (generation, written) = (now, std::time::Instant::now()),
+                next = match s.write_admin_identity(&dir, &auth, proxy.as_deref()).await {
+                    Ok(()) => REWRITE_EVERY,
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "cannot renew the admin identity")
+                        tracing::warn!(error = %format!("{e:#}"), "cannot renew the admin identity");
+                        std::time::Duration::from_secs(5)
                     }
-                }
+                };
             }
         });
         Ok(())

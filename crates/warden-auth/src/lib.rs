@@ -17,6 +17,7 @@ mod login;
 mod mfa;
 mod nodes;
 mod oidc;
+mod policy_sync;
 mod push;
 mod ratelimit;
 mod recordings;

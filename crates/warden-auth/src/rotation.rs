@@ -44,6 +44,8 @@ struct CaState {
 
 /// How often automatic rotations are looked at.
 const DRIVE_EVERY: Duration = Duration::from_secs(2);
+/// How often this process's own followers of the CAs learn a step.
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Router<AuthServer> {
     Router::new().serve(&endpoints::CA_ROTATE, rotate)
@@ -229,6 +231,38 @@ impl AuthServer {
     /// certificates were issued under another renews.
     pub async fn ca_generation(&self) -> Result<String> {
         Ok(self.ca_state().await?.generation)
+    }
+
+    /// The CA generation as it moves, for what in this process follows
+    /// it (the auth listener, the local admin identity): one reader of
+    /// the CAs every [`FOLLOW_EVERY`], however many follow.
+    pub async fn ca_generations(&self) -> Result<tokio::sync::watch::Receiver<String>> {
+        if let Some(tx) = self.inner.generations.get() {
+            return Ok(tx.subscribe());
+        }
+        let first = self.ca_generation().await?;
+        let tx = self.inner.generations.get_or_init(|| {
+            let (tx, _) = tokio::sync::watch::channel(first);
+            // Holds the server weakly: it ends with the server.
+            let inner = std::sync::Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    let s = AuthServer { inner };
+                    match s.ca_generation().await {
+                        Ok(now) => {
+                            if let Some(tx) = s.inner.generations.get() {
+                                tx.send_if_modified(|g| std::mem::replace(g, now.clone()) != now);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the CAs"),
+                    }
+                }
+            });
+            tx
+        });
+        Ok(tx.subscribe())
     }
 
     /// The CA generation, and whether a rotation is under way: what a

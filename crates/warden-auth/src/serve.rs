@@ -50,9 +50,6 @@ pub async fn tls_config(server: &AuthServer) -> anyhow::Result<Arc<rustls::Serve
     Ok(Arc::new(config))
 }
 
-/// How often the listener looks for a CA rotation step.
-const CA_CHECK_EVERY: Duration = Duration::from_secs(5);
-
 /// The listener's TLS acceptor, rebuilt whenever a CA rotation step moves
 /// the CA generation (the new trust applies to the next handshake and the
 /// server certificate comes from the signing key) and when its certificate
@@ -66,7 +63,7 @@ async fn current_acceptor(
     tokio::sync::watch::Receiver<u64>,
     tokio::task::JoinHandle<()>,
 )> {
-    let mut generation = server.ca_generation().await?;
+    let mut generations = server.ca_generations().await?;
     let (steps_tx, steps) = tokio::sync::watch::channel(0u64);
     let current = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(
         tls_config(server).await?,
@@ -74,36 +71,36 @@ async fn current_acceptor(
     let (server, shared) = (server.clone(), current.clone());
     // Its certificate is renewed at half-life too.
     let half_life = || {
-        std::time::Instant::now()
-            + std::time::Duration::from_secs(
-                crate::nodes::SERVICE_CERT_TTL.whole_seconds() as u64 / 2,
-            )
+        tokio::time::Instant::now()
+            + Duration::from_secs(crate::nodes::SERVICE_CERT_TTL.whole_seconds() as u64 / 2)
     };
-    let mut renew_at = half_life();
     let task = tokio::spawn(async move {
+        let mut renew_at = half_life();
+        // A step whose new configuration could not be built yet.
+        let mut stepped = false;
         loop {
-            tokio::time::sleep(CA_CHECK_EVERY).await;
-            let due = renew_at <= std::time::Instant::now();
-            let now = match server.ca_generation().await {
-                Ok(g) if g != generation || due => g,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the CAs");
-                    continue;
-                }
-            };
+            tokio::select! {
+                changed = generations.changed() => match changed {
+                    Ok(()) => stepped = true,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep_until(renew_at) => {}
+            }
             match tls_config(&server).await {
                 Ok(config) => {
                     *shared.write().unwrap_or_else(|p| p.into_inner()) = TlsAcceptor::from(config);
-                    tracing::info!(generation = %now, "the auth API's server certificate was renewed");
-                    if now != generation {
+                    tracing::info!(
+                        generation = %*generations.borrow(),
+                        "the auth API's server certificate was renewed"
+                    );
+                    if std::mem::take(&mut stepped) {
                         steps_tx.send_modify(|n| *n += 1);
                     }
-                    generation = now;
                     renew_at = half_life();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot renew the auth API's TLS")
+                    tracing::warn!(error = %format!("{e:#}"), "cannot renew the auth API's TLS");
+                    renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
                 }
             }
         }
@@ -188,9 +185,7 @@ async fn handle(
     );
     // The raw public key: a user's one key signs both TLS and SSH, so calls
     // can be bound to it.
-    let public_key = x509_parser::parse_x509_certificate(&der)
-        .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
-        .unwrap_or_default();
+    let public_key = warden_ca::tls::public_key_raw(&der).unwrap_or_default();
     let not_after = warden_ca::tls::not_after(&der)?;
     let caller = Caller {
         identity,

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     /// CA keys this auth server could not load lately (another auth
     /// server's HSM key): not tried again on every signature.
     pub unloadable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The CA generation as it moves (`AuthServer::ca_generations`).
+    pub generations: std::sync::OnceLock<tokio::sync::watch::Sender<String>>,
 }
 
 /// Where CA keys live: the software store (its key-encryption key also
@@ -396,6 +398,7 @@ impl AuthServer {
                 upload_slots: tokio::sync::Semaphore::new(crate::recordings::CONCURRENT_UPLOADS),
                 signers: Default::default(),
                 unloadable: Default::default(),
+                generations: Default::default(),
             }),
         })
     }
@@ -756,8 +759,10 @@ impl AuthServer {
     ) -> Result<ServiceIdentity> {
         // The local admin identity of a joining auth server may come from
         // its own pending key (see `server_identity`).
-        let (signer, authority) =
-            self.own_signer(self.authority(CaType::Tls).await?, kind == IdentityKind::Admin)?;
+        let (signer, authority) = self.own_signer(
+            self.authority(CaType::Tls).await?,
+            kind == IdentityKind::Admin,
+        )?;
         let ca_pems = authority.tls_cert_pems();
         let key = ClientKey::generate();
         let now = OffsetDateTime::now_utc();

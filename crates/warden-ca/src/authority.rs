@@ -408,11 +408,11 @@ impl CertAuthority {
     /// Which of `keys` an auth server uses: the first it can load,
     /// preferring one in its own HSM (`has_hsm`) over a shared software
     /// key.
-    pub fn own_key<'a>(
-        keys: &'a [CaKey],
+    pub fn own_key(
+        keys: &[CaKey],
         has_hsm: bool,
         loadable: impl Fn(&CaKey) -> bool,
-    ) -> Option<&'a CaKey> {
+    ) -> Option<&CaKey> {
         let in_hsm = |k: &&CaKey| k.handle.store == crate::pkcs11::STORE;
         let usable = || keys.iter().filter(|k| loadable(k));
         has_hsm
@@ -592,7 +592,10 @@ mod tests {
         let theirs = |k: &CaKey| k == &second;
         assert!(a.wants_own_key(theirs));
         assert!(!a.wants_own_key(|k: &CaKey| k == &first));
-        assert!(a.join(second.clone(), 5, Some(60)).unwrap(), "a join starts");
+        assert!(
+            a.join(second.clone(), 5, Some(60)).unwrap(),
+            "a join starts"
+        );
         assert!(!a.wants_own_key(theirs), "its key is pending");
         assert!(
             !a.wants_own_key(|k: &CaKey| k == &first),

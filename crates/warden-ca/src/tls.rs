@@ -158,8 +158,8 @@ pub fn cross_certify(
             }
         }
     }
-    let from = Issuer::from_ca_cert_pem(issuer_cert_pem, RcgenSigner::new(issuer))
-        .map_err(x509_err)?;
+    let from =
+        Issuer::from_ca_cert_pem(issuer_cert_pem, RcgenSigner::new(issuer)).map_err(x509_err)?;
     let mut params = ca_params(cluster, subject);
     params.use_authority_key_identifier_extension = true;
     let cert = params
@@ -336,6 +336,12 @@ pub fn identity_from_der(der: &[u8]) -> Result<Option<Identity>> {
 pub fn spki_pin(cert_der: &[u8]) -> Result<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(x509_err)?;
     Ok(format!("sha256:{}", sha256_hex(cert.public_key().raw)))
+}
+
+/// The raw public key a certificate is for (Ed25519: 32 bytes).
+pub fn public_key_raw(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(x509_err)?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// The pin of the first certificate in a PEM bundle.

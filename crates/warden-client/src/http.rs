@@ -59,8 +59,8 @@ impl Endpoints {
         &self.addrs[self.preferred.load(Ordering::Relaxed) % self.addrs.len()]
     }
 
-    /// How many addresses there are.
-    pub fn len(&self) -> usize {
+    /// How many addresses there are (at least one).
+    fn count(&self) -> usize {
         self.addrs.len()
     }
 
@@ -538,7 +538,7 @@ impl ApiClient {
             match sender.send_request(req).await {
                 Ok(resp)
                     if resp.status() == hyper::StatusCode::SERVICE_UNAVAILABLE
-                        && skip + 1 < self.endpoints.len() =>
+                        && skip + 1 < self.endpoints.count() =>
                 {
                     skip += 1;
                     tracing::debug!(skip, "the server cannot serve this now; trying the next");

@@ -106,7 +106,8 @@ impl ServerCertVerifier for ClusterVerifier {
             (
                 Trust::Pin(_),
                 Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+                    rustls::CertificateError::UnknownIssuer
+                    | rustls::CertificateError::BadSignature,
                 )),
             ) => Err(rustls::Error::General("CA pin mismatch".into())),
             (_, verified) => verified,

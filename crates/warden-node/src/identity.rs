@@ -212,14 +212,10 @@ impl NodeIdentity {
     /// Renews the certificates once half their lifetime has passed, or
     /// at once when `force`.
     pub async fn renew_if_due(&self, addrs: &[String], force: bool) -> anyhow::Result<()> {
-        let certs = self.certs();
-        let der = warden_ca::tls::pem_to_der(&certs.tls_cert_pem)?;
-        let not_after = warden_ca::tls::not_after(der.first().context("no node certificate")?)?;
+        // Half-life read from the certificate itself, as proxies do; an
+        // unreadable one is renewed.
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let lifetime = warden_types::duration::HumanDuration::from_secs(24 * 3600)
-            .0
-            .as_secs() as i64;
-        if !force && not_after - now > lifetime / 2 {
+        if !force && !warden_ca::tls::renewal_due(&self.certs().tls_cert_pem, now) {
             return Ok(());
         }
         let req = RenewNodeRequest {

@@ -453,7 +453,26 @@ fn print_ca_keys(keys: &[CaKeyInfo], format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local admin identity if this is the auth host, else the login.
+/// The admin identity's key and certificate. Auth replaces each file
+/// atomically, but not the two as a set (after a CA rotation step): a read
+/// in between pairs a new key with the old certificate, so read again.
+fn read_identity(dir: &Path) -> anyhow::Result<(warden_ca::ClientKey, String)> {
+    let mut tries = 0;
+    loop {
+        let key = warden_ca::ClientKey::from_openssh(&read(&dir.join("identity"))?)?;
+        let cert_pem = read(&dir.join("identity.crt"))?;
+        let paired = warden_ca::tls::pem_to_der(&cert_pem)
+            .ok()
+            .and_then(|d| warden_ca::tls::public_key_raw(d.first()?).ok())
+            .is_some_and(|p| p[..] == key.public_raw()[..]);
+        if paired || tries == 10 {
+            return Ok((key, cert_pem));
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The local admin identity of the auth service in `data_dir` (as
 /// 'warden admin' finds it).
 pub(crate) fn connect_local(data_dir: Option<PathBuf>) -> anyhow::Result<Admin> {
@@ -483,9 +502,9 @@ fn connect(data_dir: Option<PathBuf>, use_login: bool) -> anyhow::Result<Admin> 
                     config_path.display()
                 )
             })?;
-        let key = warden_ca::ClientKey::from_openssh(&read(&dir.join("identity"))?)?;
+        let (key, cert_pem) = read_identity(&dir)?;
         let cert = ClientCert {
-            cert_pem: read(&dir.join("identity.crt"))?,
+            cert_pem,
             key_pkcs8: key.pkcs8_der().to_vec(),
         };
         let api = warden_client::login::direct_auth_client(
@@ -743,7 +762,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                 login: login.unwrap_or_default(),
                 request_roles,
             };
-            let allowed = crate::suggest::check(&admin, &who, req, format).await?;
+            let allowed = crate::access::check(&admin, &who, req, format).await?;
             if !allowed {
                 std::process::exit(1);
             }

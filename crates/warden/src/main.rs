@@ -1,6 +1,7 @@
 //! `warden`: one binary for the cluster's services, its users and its
 //! administrators.
 
+mod access;
 mod admin;
 mod admin_config;
 mod backup;

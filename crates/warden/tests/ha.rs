@@ -294,7 +294,11 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     let url = pg.database("cluster");
     let dir = temp_dir("ha-hsm");
     let token = |name: &str, pin: &str| {
-        let conf = softhsm_token(&dir.join(format!("hsm-{name}")), &format!("warden-{name}"), pin);
+        let conf = softhsm_token(
+            &dir.join(format!("hsm-{name}")),
+            &format!("warden-{name}"),
+            pin,
+        );
         let file = dir.join(format!("hsm-{name}.pin"));
         warden_ca::keystore::write_private_file(&file, pin.as_bytes()).unwrap();
         (conf, file.display().to_string())
@@ -303,14 +307,19 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     let (conf_b, pin_b) = token("b", "2222");
     // Auth 1 (and whatever it starts) finds its token through this.
     std::env::set_var("SOFTHSM2_CONF", &conf_a);
-    let mut args = vec!["--name", "box", "--heartbeat-interval", "1s", "--backend", &url];
+    let mut args = vec![
+        "--name",
+        "box",
+        "--heartbeat-interval",
+        "1s",
+        "--backend",
+        &url,
+    ];
     args.extend(["--hsm-module", MODULE, "--hsm-token", "warden-a"]);
     args.extend(["--hsm-pin-file", &pin_a]);
     let c = Cluster::start_with(&dir, &args);
-    let first_user_key = ca_keys(&c)
-        .into_iter()
-        .find(|k| k["ca"] == "user")
-        .unwrap()["fingerprint"]
+    let first_user_key = ca_keys(&c).into_iter().find(|k| k["ca"] == "user").unwrap()
+        ["fingerprint"]
         .as_str()
         .unwrap()
         .to_string();
@@ -376,7 +385,10 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
             last = Some(out.all());
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        assert!(last.is_none(), "the {ca} join's switch was never accepted: {last:?}");
+        assert!(
+            last.is_none(),
+            "the {ca} join's switch was never accepted: {last:?}"
+        );
     }
     let keys = ca_keys(&c);
     for ca in ["user", "host", "tls"] {
@@ -389,7 +401,10 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
                 "{ca}: no signing key in {token}: {keys:?}"
             );
         }
-        assert!(keys[0]["rotation"].as_str().unwrap_or("").is_empty(), "the join ended: {keys:?}");
+        assert!(
+            keys[0]["rotation"].as_str().unwrap_or("").is_empty(),
+            "the join ended: {keys:?}"
+        );
     }
     let second_user_key = keys
         .iter()
@@ -478,7 +493,11 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     ] {
         c.wait_reachable(user, "root", node);
         let out = c
-            .run_as(user, &["ssh", &format!("root@{node}"), "--", "echo", "in"], None)
+            .run_as(
+                user,
+                &["ssh", &format!("root@{node}"), "--", "echo", "in"],
+                None,
+            )
             .expect_ok();
         assert_eq!(out.stdout.trim(), "in", "{user} at {node}");
     }

@@ -1906,7 +1906,6 @@ fn ca_state(c: &Cluster, kind: &str) -> (String, usize, String) {
     (signing, user.len(), rotation)
 }
 
-
 /// Rotating the user CA drops no one: a live session runs through every
 /// phase, the pre-rotation certificate works until the old key is dropped
 /// and is refused after, certificates from the new key work from the

@@ -168,6 +168,32 @@ pub fn cross_certify(
     Ok(cert.pem())
 }
 
+/// A self-signed ECDSA P-256 server certificate for `names` (DNS names or
+/// IP addresses) and its PKCS#8 key: what a proxy shows browsers when the
+/// operator gave it no certificate of its own (browsers take neither
+/// Ed25519 certificates nor the cluster's CA).
+pub fn self_signed_p256(names: &[String]) -> Result<(String, Vec<u8>)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(x509_err)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Warden web UI (self-signed)");
+    params.distinguished_name = dn;
+    for name in names {
+        params.subject_alt_names.push(match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.clone().try_into().map_err(x509_err)?),
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(1);
+    params.not_after = now + Duration::days(90);
+    params.serial_number = Some(random_serial());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key).map_err(x509_err)?;
+    Ok((cert.pem(), key.serialize_der()))
+}
+
 /// What a certificate is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {

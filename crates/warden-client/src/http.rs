@@ -264,6 +264,24 @@ impl ApiClient {
         Ok(())
     }
 
+    /// A client of the same service (addresses, server name, trust, ALPN)
+    /// presenting another certificate, sharing nothing with this one: the
+    /// proxy acting for a web session with the certificate issued to it.
+    pub fn as_identity(&self, client_cert: &ClientCert) -> Result<ApiClient> {
+        let trust = self.current_tls().verifier.trust().clone();
+        let verifier = ClusterVerifier::new(trust);
+        let config = client_config(verifier.clone(), &self.alpn, Some(client_cert))?;
+        Ok(ApiClient {
+            addr: self.addr.clone(),
+            endpoints: Endpoints::parse(&self.addr),
+            idle: Default::default(),
+            server_name: self.server_name.clone(),
+            alpn: self.alpn.clone(),
+            tls: Arc::new(std::sync::RwLock::new(Tls { verifier, config })),
+            extra_headers: Vec::new(),
+        })
+    }
+
     fn current_tls(&self) -> Tls {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

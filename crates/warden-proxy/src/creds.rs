@@ -43,14 +43,86 @@ pub(crate) struct Creds {
     pub peer_client: Arc<rustls::ClientConfig>,
 }
 
+/// The certificate browsers get on the public port: they take neither
+/// Ed25519 certificates nor the cluster's CA. The operator's (`--web-cert`,
+/// `--web-key`: a publicly trusted one), else a P-256 one made up at start
+/// (self-signed: the browser warns).
+#[derive(Clone, Debug)]
+pub struct WebCert(Arc<rustls::sign::CertifiedKey>);
+
+impl WebCert {
+    /// A PEM certificate chain and its PEM private key.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .with_context(|| {
+                format!("--web-cert {}: not a PEM certificate chain", cert.display())
+            })?;
+        anyhow::ensure!(
+            !chain.is_empty(),
+            "--web-cert {}: no certificate in it",
+            cert.display()
+        );
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("--web-key {}: not a PEM private key", key.display()))?;
+        Self::from_parts(chain, key)
+    }
+
+    /// A self-signed P-256 certificate for `names`.
+    pub fn self_signed(names: &[String]) -> anyhow::Result<Self> {
+        let (pem, key) = warden_ca::tls::self_signed_p256(names)?;
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.into());
+        Self::from_parts(warden_ca::tls::pem_to_der(&pem)?, key)
+    }
+
+    fn from_parts(
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> anyhow::Result<Self> {
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| anyhow::anyhow!("the web certificate's key: {e}"))?;
+        Ok(WebCert(Arc::new(rustls::sign::CertifiedKey::new(
+            chain, signer,
+        ))))
+    }
+}
+
+/// Picks the public port's certificate by what the client can check:
+/// Warden's clients (rustls) verify Ed25519 and get the cluster-signed
+/// one their pin names; browsers do not, and get the web certificate.
+#[derive(Debug)]
+struct ByClient {
+    cluster: Arc<rustls::sign::CertifiedKey>,
+    web: WebCert,
+}
+
+impl rustls::server::ResolvesServerCert for ByClient {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            match hello
+                .signature_schemes()
+                .contains(&rustls::SignatureScheme::ED25519)
+            {
+                true => self.cluster.clone(),
+                false => self.web.0.clone(),
+            },
+        )
+    }
+}
+
 impl Creds {
-    pub fn build(id: &ProxyIdentity) -> anyhow::Result<Self> {
+    pub fn build(id: &ProxyIdentity, web: &WebCert) -> anyhow::Result<Self> {
         let ssh_key = id.key.ssh_private();
         let ssh_cert = russh::keys::Certificate::from_openssh(id.ssh_host_cert.trim())?;
         Ok(Creds {
-            tls: tls_config(id, false, b"http/1.1")?,
-            tunnel_tls: tls_config(id, true, warden_types::ALPN_TUNNEL)?,
-            peer_tls: tls_config(id, true, warden_types::ALPN_PEER)?,
+            tls: public_tls_config(id, web)?,
+            tunnel_tls: tls_config(id, warden_types::ALPN_TUNNEL)?,
+            peer_tls: tls_config(id, warden_types::ALPN_PEER)?,
             tunnel_ssh: crate::tunnel::tunnel_ssh_config(ssh_key.clone()),
             jump_ssh: crate::jump::jump_ssh_config(ssh_key, ssh_cert),
             peer_client: warden_client::tls::client_config(
@@ -87,19 +159,12 @@ impl Current {
     }
 }
 
-/// A server TLS config from the proxy's identity: its certificate with the
-/// issuing CA; with `client_auth`, client certificates from any trusted
-/// tls CA key are required.
-fn tls_config(
-    id: &ProxyIdentity,
-    client_auth: bool,
-    alpn: &[u8],
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// The proxy's certificate chain and key. The issuing key's CA
+/// certificate comes first (auth issues both from one reading of the CA),
+/// then the other keys' and the cross certificates between them: a client
+/// that pinned another auth server's key finds its path.
+fn cluster_cert(id: &ProxyIdentity) -> anyhow::Result<rustls::sign::CertifiedKey> {
     use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    // The issuing key's CA certificate comes first (auth issues both from
-    // one reading of the CA), then the other keys' and the cross
-    // certificates between them: a client that pinned another auth
-    // server's key finds its path.
     if id.ca_pems.is_empty() {
         anyhow::bail!("the proxy's identity names no tls CA");
     }
@@ -108,29 +173,51 @@ fn tls_config(
         chain.extend(warden_ca::tls::pem_to_der(pem)?);
     }
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec()));
-    let builder = rustls::ServerConfig::builder();
-    let mut config = if client_auth {
-        let mut roots = rustls::RootCertStore::empty();
-        for pem in &id.ca_pems {
-            for der in warden_ca::tls::pem_to_der(pem)? {
-                roots.add(der)?;
-            }
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| anyhow::anyhow!("the proxy's key: {e}"))?;
+    Ok(rustls::sign::CertifiedKey::new(chain, signer))
+}
+
+/// A server TLS config for nodes' tunnels and peers: the proxy's
+/// certificate, and client certificates from any trusted tls CA key
+/// required.
+fn tls_config(id: &ProxyIdentity, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in &id.ca_pems {
+        for der in warden_ca::tls::pem_to_der(pem)? {
+            roots.add(der)?;
         }
-        builder
-            .with_client_cert_verifier(
-                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?,
-            )
-            .with_single_cert(chain, key)?
-    } else {
-        builder.with_no_client_auth().with_single_cert(chain, key)?
-    };
+    }
+    let cert = Arc::new(cluster_cert(id)?);
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?,
+        )
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(cert)));
     config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The public port's TLS: the cluster-signed certificate, or the web one
+/// for browsers (`ByClient`).
+fn public_tls_config(
+    id: &ProxyIdentity,
+    web: &WebCert,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ByClient {
+            cluster: Arc::new(cluster_cert(id)?),
+            web: web.clone(),
+        }));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// What [`follow`] keeps current.
 pub(crate) struct Following {
     pub identity: ProxyIdentity,
+    pub web: WebCert,
     pub current: Current,
     pub auth: ApiClient,
     pub renew: Arc<dyn Renew>,
@@ -182,7 +269,7 @@ pub(crate) async fn follow(mut f: Following) {
 
 async fn renew(f: &mut Following) -> anyhow::Result<()> {
     let fresh = f.renew.renew(&f.identity, &f.auth).await?;
-    let creds = Creds::build(&fresh)?;
+    let creds = Creds::build(&fresh, &f.web)?;
     f.auth.set_identity(
         Trust::Roots(fresh.ca_pems.clone()),
         Some(&client_cert(&fresh)),

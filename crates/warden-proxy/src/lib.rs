@@ -17,8 +17,9 @@ mod prefixed;
 mod public;
 mod sniff;
 mod tunnel;
+mod web;
 
-pub use creds::{BoxFuture, Renew};
+pub use creds::{BoxFuture, Renew, WebCert};
 pub use identity::{Join, Joined};
 pub use tunnel::Tunnels;
 
@@ -139,8 +140,9 @@ impl Proxy {
         id: ProxyIdentity,
         auth: ApiClient,
         renew: Arc<dyn Renew>,
+        web: WebCert,
     ) -> anyhow::Result<Self> {
-        let current = creds::Current::new(creds::Creds::build(&id)?);
+        let current = creds::Current::new(creds::Creds::build(&id, &web)?);
         let user_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
         let generation = Arc::new(std::sync::RwLock::new(id.ca_generation.clone()));
         let renewed = Arc::new(tokio::sync::Notify::new());
@@ -154,6 +156,7 @@ impl Proxy {
         let self_id = id.id.clone();
         tokio::spawn(creds::follow(creds::Following {
             identity: id,
+            web,
             current: current.clone(),
             auth: auth.clone(),
             renew,

@@ -41,6 +41,7 @@ struct Public {
 /// The public API: `auth` forwards to auth; `generation` is the CA
 /// generation the proxy's own certificates are from.
 pub fn public_router(auth: ApiClient, generation: Arc<std::sync::RwLock<String>>) -> Router {
+    let web = crate::web::routes(auth.clone());
     let state = Public {
         auth,
         ping: Arc::new(Mutex::new(None)),
@@ -65,6 +66,7 @@ pub fn public_router(auth: ApiClient, generation: Arc<std::sync::RwLock<String>>
         .route("/web/device", get(device_page).post(device_submit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+        .merge(web)
 }
 
 /// Status, code and message of a failed auth call: auth's own answer, or
@@ -92,13 +94,13 @@ fn auth_failure(e: ClientError) -> (StatusCode, String, String) {
     }
 }
 
-fn error_response(e: ClientError) -> Response {
+pub(crate) fn error_response(e: ClientError) -> Response {
     let (status, code, message) = auth_failure(e);
     (status, Json(ApiError { code, message })).into_response()
 }
 
 /// The auth client, telling auth the client's address.
-fn auth_for(auth: &ApiClient, addr: ClientAddr) -> ApiClient {
+pub(crate) fn auth_for(auth: &ApiClient, addr: ClientAddr) -> ApiClient {
     auth.clone()
         .with_header(CLIENT_ADDR_HEADER, &addr.0.ip().to_string())
 }
@@ -307,7 +309,7 @@ async fn oidc_callback(
 const CSRF_COOKIE: &str = "warden_csrf";
 
 /// A cookie's value from the request's `Cookie` headers.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all("cookie")
         .iter()
@@ -360,6 +362,22 @@ struct DeviceForm {
 /// Why a device-page post is not from the page itself, if it is not: a
 /// foreign `Origin`, a cross-site fetch, or a missing or wrong token.
 fn forged(headers: &HeaderMap, uri: &axum::http::Uri, form: &DeviceForm) -> Option<&'static str> {
+    if let Some(why) = cross_site(headers, uri) {
+        return Some(why);
+    }
+    let Some(expected) = cookie(headers, CSRF_COOKIE) else {
+        return Some("this browser did not open the code page first");
+    };
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), form.csrf.as_bytes()).into();
+    if form.csrf.is_empty() || !ok {
+        return Some("the form's token does not match this browser");
+    }
+    None
+}
+
+/// Why a request is from another site, if it is: a foreign `Origin`, or a
+/// browser saying it is a cross-site fetch.
+pub(crate) fn cross_site(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<&'static str> {
     // HTTP/1.1 names the host in `Host`, HTTP/2 in the URI's authority.
     let host = headers
         .get("host")
@@ -382,13 +400,6 @@ fn forged(headers: &HeaderMap, uri: &axum::http::Uri, form: &DeviceForm) -> Opti
         .is_some_and(|v| v == "cross-site")
     {
         return Some("the form was posted from another site");
-    }
-    let Some(expected) = cookie(headers, CSRF_COOKIE) else {
-        return Some("this browser did not open the code page first");
-    };
-    let ok: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), form.csrf.as_bytes()).into();
-    if form.csrf.is_empty() || !ok {
-        return Some("the form's token does not match this browser");
     }
     None
 }

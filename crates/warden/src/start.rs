@@ -87,6 +87,16 @@ pub struct StartArgs {
     /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
     #[arg(long, env = "WARDEN_RECORDINGS", value_name = "URL")]
     recordings: Option<String>,
+    /// Proxy: the certificate chain (PEM) browsers get for the web UI, e.g.
+    /// a publicly trusted one for the proxy's public name. Without it the
+    /// proxy makes up a self-signed one at start (browsers warn). Warden's
+    /// own clients always get the cluster-signed certificate their pin
+    /// names.
+    #[arg(long, value_name = "FILE", requires = "web_key")]
+    web_cert: Option<PathBuf>,
+    /// Proxy: the private key (PEM) of --web-cert; keep it 0600.
+    #[arg(long, value_name = "FILE", requires = "web_cert")]
+    web_key: Option<PathBuf>,
     /// Proxy on its own: the auth API to use, HOST:PORT; several
     /// (comma-separated) for failover: the first that answers serves.
     #[arg(long)]
@@ -291,7 +301,8 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         )?;
         let id = identity.id.clone();
         let renew = std::sync::Arc::new(warden_proxy::Joined::new(&data_dir));
-        let proxy = warden_proxy::Proxy::new(auth_server, identity, auth_client, renew)?;
+        let web = web_cert(&a, &public_addrs)?;
+        let proxy = warden_proxy::Proxy::new(auth_server, identity, auth_client, renew, web)?;
         println!("Proxy {id} serving on {}.", public_addrs[0]);
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         crate::handover::notify_systemd_ready();
@@ -386,7 +397,8 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     let mut public = None;
     let mut proxy_task = None;
     if let Some((listener, bound, public_addrs)) = proxy_listener {
-        let proxy = build_proxy(&auth, &data_dir, auth_addr, bound, &public_addrs).await?;
+        let web = web_cert(&a, &public_addrs)?;
+        let proxy = build_proxy(&auth, &data_dir, auth_addr, bound, &public_addrs, web).await?;
         public = Some(public_addrs[0].clone());
         proxy_task = Some(tokio::spawn(
             proxy.serve(listener, wait(shutdown_rx.clone())),
@@ -618,6 +630,7 @@ async fn build_proxy(
     auth_addr: SocketAddr,
     bound: SocketAddr,
     public_addrs: &[String],
+    web: warden_proxy::WebCert,
 ) -> anyhow::Result<warden_proxy::Proxy> {
     let mut dns = vec!["localhost".to_string()];
     dns.extend(hostname());
@@ -668,7 +681,30 @@ async fn build_proxy(
         identity,
         auth_client,
         std::sync::Arc::new(local),
+        web,
     )
+}
+
+/// The certificate browsers get: the operator's, else a self-signed one
+/// for the proxy's public names (and this host's).
+fn web_cert(a: &StartArgs, public_addrs: &[String]) -> anyhow::Result<warden_proxy::WebCert> {
+    if let (Some(cert), Some(key)) = (&a.web_cert, &a.web_key) {
+        if let Err(e) = warden_ca::keystore::check_private_mode(key) {
+            anyhow::bail!("--web-key {}: {e}", key.display());
+        }
+        return warden_proxy::WebCert::load(cert, key);
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(hostname());
+    names.extend(
+        public_addrs
+            .iter()
+            .map(|p| warden_client::http::host_of(p).to_string()),
+    );
+    names.retain(|n| n != "0.0.0.0" && n != "::");
+    names.sort();
+    names.dedup();
+    warden_proxy::WebCert::self_signed(&names)
 }
 
 /// The all-in-one proxy's identity, issued in process by its auth server

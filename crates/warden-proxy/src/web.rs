@@ -1,0 +1,456 @@
+//! The web UI: a small page and script served by the proxy on its one
+//! port, and the JSON they call.
+//!
+//! A web login makes the proxy a client for the user: it makes a key,
+//! logs in to auth with it (the same password and TOTP checks, rate
+//! limits and audit as `warden login`, with the browser's address) and
+//! keeps the key and the certificate issued for it in memory only, under a
+//! random id in an HttpOnly, Secure, SameSite=Strict cookie. Each call
+//! then goes to auth with that certificate, so auth decides everything,
+//! exactly as for the CLI; the page is never the security boundary. A
+//! session ends with its certificate or at logout, when the key is
+//! forgotten (the certificate is then useless). Calls that change
+//! anything carry the session's anti-forgery token in a header, and every
+//! answer carries a strict Content-Security-Policy (no inline script).
+
+use crate::public::{auth_for, cookie, cross_site, error_response, ClientAddr};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use warden_ca::ClientKey;
+use warden_client::tls::ClientCert;
+use warden_client::ApiClient;
+use warden_types::api::{ApiError, AuditQuery, LoginRequest, LoginResponse};
+use warden_types::{endpoints, Document, NodeSpec, Secret};
+
+/// The session cookie. `__Host-`: only set by this host over HTTPS, for
+/// the whole site, never for a parent domain.
+const COOKIE: &str = "__Host-warden-web";
+/// The lifetime asked for a web session's certificate (roles may clamp it).
+const SESSION_TTL_SECS: u64 = 12 * 3600;
+/// Web sessions one proxy keeps at most.
+const MAX_SESSIONS: usize = 10_000;
+/// Servers per page, by default and at most.
+const PER_PAGE: usize = 50;
+const MAX_PER_PAGE: usize = 500;
+/// Audit events per search at most.
+const MAX_EVENTS: u32 = 500;
+
+/// Every answer: scripts and styles from this origin only, never framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+const APP_CSS: &str = include_str!("../web/app.css");
+
+/// A logged-in browser.
+struct Session {
+    user: String,
+    roles: Vec<String>,
+    /// The anti-forgery token the page sends back in `x-csrf-token`.
+    csrf: String,
+    /// Unix seconds: the certificate's end.
+    expires: i64,
+    /// Auth, as the user.
+    api: ApiClient,
+}
+
+#[derive(Clone)]
+struct Web {
+    /// Auth, as the proxy (logins go through it, as for the CLI).
+    auth: ApiClient,
+    /// By the SHA-256 of the cookie's value.
+    sessions: Arc<Mutex<HashMap<String, Arc<Session>>>>,
+}
+
+/// The web UI's routes; `auth` is the proxy's auth client.
+pub fn routes(auth: ApiClient) -> Router {
+    let state = Web {
+        auth,
+        sessions: Default::default(),
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/web/app.js", get(app_js))
+        .route("/web/app.css", get(app_css))
+        .route("/web/api/login", post(login))
+        .route("/web/api/session", get(session_info))
+        .route("/web/api/logout", post(logout))
+        .route("/web/api/nodes", get(nodes))
+        .route("/web/api/audit", get(audit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    h.entry("cache-control")
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([("content-type", content_type)], body).into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn app_css() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
+
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            code: code.to_string(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn session_key(id: &str) -> String {
+    warden_ca::sha256_hex(id.as_bytes())
+}
+
+impl Web {
+    /// The request's session, or the answer to give instead.
+    fn session(&self, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
+        let key = cookie(headers, COOKIE).map(|id| session_key(&id));
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match key.and_then(|k| sessions.get(&k).cloned().map(|s| (k, s))) {
+            Some((_, s)) if s.expires > now() => Ok(s),
+            Some((k, _)) => {
+                sessions.remove(&k);
+                Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "expired",
+                    "your web session has ended; log in again",
+                ))
+            }
+            None => Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "log in first",
+            )),
+        }
+    }
+
+    /// The session of a request that changes something: it must carry the
+    /// session's token (a page on another site cannot read it).
+    fn session_for_change(&self, headers: &HeaderMap, uri: &Uri) -> Result<Arc<Session>, Response> {
+        if let Some(why) = cross_site(headers, uri) {
+            return Err(refuse(StatusCode::FORBIDDEN, "cross_site", why));
+        }
+        let s = self.session(headers)?;
+        let sent = headers
+            .get("x-csrf-token")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(s.csrf.as_bytes(), sent).into();
+        if !ok {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "this request lacks the page's anti-forgery token; reload the page",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+#[derive(Deserialize)]
+struct WebLogin {
+    user: String,
+    password: Secret<String>,
+    #[serde(default)]
+    otp: Secret<String>,
+}
+
+/// What the page knows of its session.
+#[derive(Serialize)]
+struct SessionInfo {
+    user: String,
+    roles: Vec<String>,
+    csrf: String,
+    expires: i64,
+}
+
+impl SessionInfo {
+    fn of(s: &Session) -> Self {
+        SessionInfo {
+            user: s.user.clone(),
+            roles: s.roles.clone(),
+            csrf: s.csrf.clone(),
+            expires: s.expires,
+        }
+    }
+}
+
+/// Password and TOTP, checked by auth as for `warden login`. The body is
+/// JSON (a form on another site cannot send it without the browser asking
+/// first), and a post from another site is refused outright.
+async fn login(
+    State(w): State<Web>,
+    Extension(addr): Extension<ClientAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    Json(req): Json<WebLogin>,
+) -> Response {
+    if let Some(why) = cross_site(&headers, &uri) {
+        return refuse(StatusCode::FORBIDDEN, "cross_site", why);
+    }
+    let key = ClientKey::generate();
+    let (ssh_public_key, tls_csr_pem) =
+        match (key.ssh_public_key().to_openssh(), key.csr_pem(&req.user)) {
+            (Ok(ssh), Ok(csr)) => (ssh, csr),
+            _ => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no key"),
+        };
+    let login = LoginRequest {
+        user: req.user,
+        password: req.password,
+        otp: req.otp,
+        webauthn: None,
+        ssh_public_key,
+        tls_csr_pem,
+        ttl_secs: Some(SESSION_TTL_SECS),
+    };
+    let resp: LoginResponse = match auth_for(&w.auth, addr)
+        .call(&endpoints::LOGIN, &login)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(e),
+    };
+    let cert = ClientCert {
+        cert_pem: resp.tls_cert_pem,
+        key_pkcs8: key.pkcs8_der().to_vec(),
+    };
+    let api = match w.auth.as_identity(&cert) {
+        Ok(api) => api,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    };
+    let id = data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>());
+    let session = Arc::new(Session {
+        user: resp.identity.username.clone(),
+        roles: resp.identity.roles.clone(),
+        csrf: data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>()),
+        expires: resp.identity.expires,
+        api,
+    });
+    {
+        let mut sessions = w.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.len() >= MAX_SESSIONS {
+            let at = now();
+            sessions.retain(|_, s| s.expires > at);
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "this proxy holds as many web sessions as it may; try again later",
+            );
+        }
+        sessions.insert(session_key(&id), session.clone());
+    }
+    tracing::info!(user = %session.user, "web session started");
+    let max_age = (session.expires - now()).max(0);
+    let cookie =
+        format!("{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}");
+    ([("set-cookie", cookie)], Json(SessionInfo::of(&session))).into_response()
+}
+
+async fn session_info(State(w): State<Web>, headers: HeaderMap) -> Response {
+    match w.session(&headers) {
+        Ok(s) => Json(SessionInfo::of(&s)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Forgets the session's key: its certificate can no longer be used.
+async fn logout(State(w): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
+    let s = match w.session_for_change(&headers, &uri) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Some(id) = cookie(&headers, COOKIE) {
+        w.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session_key(&id));
+    }
+    tracing::info!(user = %s.user, "web session ended");
+    (
+        [(
+            "set-cookie",
+            format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0"),
+        )],
+        Json(serde_json::json!({})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct NodeQuery {
+    /// Words that must all match: `key=value` a label, anything else part
+    /// of the name or of a label's value.
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    page: usize,
+    #[serde(default)]
+    per_page: Option<usize>,
+}
+
+/// One row of the servers table.
+#[derive(Serialize)]
+struct NodeRow {
+    id: String,
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    online: bool,
+}
+
+#[derive(Serialize)]
+struct NodePage {
+    total: usize,
+    page: usize,
+    per_page: usize,
+    nodes: Vec<NodeRow>,
+}
+
+/// Whether a node matches every word of a search.
+fn matches(doc: &Document<NodeSpec>, words: &[String]) -> bool {
+    let labels = &doc.metadata.labels;
+    words.iter().all(|w| match w.split_once('=') {
+        Some((k, v)) => labels
+            .get(k)
+            .is_some_and(|have| have.eq_ignore_ascii_case(v)),
+        None => {
+            doc.spec.hostname.to_lowercase().contains(w)
+                || labels.values().any(|v| v.to_lowercase().contains(w))
+        }
+    })
+}
+
+/// The servers the user may reach (auth filters them by the user's roles,
+/// as for `warden ls`), searched and paged here so the page stays small.
+async fn nodes(State(w): State<Web>, headers: HeaderMap, Query(q): Query<NodeQuery>) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let docs: Vec<Document<NodeSpec>> = match s.api.call(&endpoints::NODES, &()).await {
+        Ok(d) => d,
+        Err(e) => return error_response(e),
+    };
+    let words: Vec<String> = q.q.split_whitespace().map(str::to_lowercase).collect();
+    let mut found: Vec<&Document<NodeSpec>> = docs.iter().filter(|d| matches(d, &words)).collect();
+    found.sort_by(|a, b| a.spec.hostname.cmp(&b.spec.hostname));
+    let per_page = q.per_page.unwrap_or(PER_PAGE).clamp(1, MAX_PER_PAGE);
+    let at = now();
+    let nodes = found
+        .iter()
+        .skip(q.page.saturating_mul(per_page))
+        .take(per_page)
+        .map(|d| NodeRow {
+            id: d.name().to_string(),
+            name: d.spec.hostname.clone(),
+            labels: d.metadata.labels.clone(),
+            online: d.spec.online(at),
+        })
+        .collect();
+    Json(NodePage {
+        total: found.len(),
+        page: q.page,
+        per_page,
+        nodes,
+    })
+    .into_response()
+}
+
+/// An audit search with the CLI's filters; auth decides who may read it.
+async fn audit(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    Query(mut q): Query<AuditQuery>,
+) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    q.limit = Some(q.limit.unwrap_or(100).min(MAX_EVENTS));
+    match s
+        .api
+        .call_as::<serde_json::Value, _, _>(
+            &endpoints::AUDIT_EVENTS,
+            endpoints::AUDIT_EVENTS.path,
+            &q,
+        )
+        .await
+    {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> Document<NodeSpec> {
+        let mut d = Document::new(
+            warden_types::resource::kind::NODE,
+            name,
+            NodeSpec {
+                hostname: name.to_string(),
+                addrs: vec![],
+                version: String::new(),
+                heartbeat: 0,
+                heartbeat_every: 0,
+            },
+        );
+        for (k, v) in labels {
+            d.metadata.labels.insert(k.to_string(), v.to_string());
+        }
+        d
+    }
+
+    #[test]
+    fn searches_match_names_labels_and_key_value_pairs() {
+        let db = node("db-1", &[("env", "prod"), ("team", "payments")]);
+        let web = node("web-1", &[("env", "staging")]);
+        let q = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_lowercase).collect() };
+        assert!(matches(&db, &q("")));
+        assert!(matches(&db, &q("DB")));
+        assert!(matches(&db, &q("env=prod")));
+        assert!(!matches(&web, &q("env=prod")));
+        assert!(matches(&db, &q("pay env=PROD")), "all words, any case");
+        assert!(!matches(&db, &q("pay env=staging")));
+        assert!(!matches(&db, &q("nosuch=prod")));
+    }
+}

@@ -1,0 +1,173 @@
+// Warden's web UI. Plain DOM, no libraries; every value shown goes in
+// through textContent (never as HTML). The proxy and auth decide what the
+// user may see and do: this page only asks.
+'use strict';
+
+const state = { session: null, page: 0, total: 0, perPage: 50 };
+const $ = (id) => document.getElementById(id);
+
+/** Calls the proxy's web API; a change carries the anti-forgery token. */
+async function api(path, { method = 'GET', body } = {}) {
+  const headers = { accept: 'application/json' };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (method !== 'GET' && state.session) headers['x-csrf-token'] = state.session.csrf;
+  const resp = await fetch(path, {
+    method,
+    headers,
+    credentials: 'same-origin',
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!resp.ok) {
+    const err = new Error((data && data.message) || `${resp.status} ${resp.statusText}`);
+    err.status = resp.status;
+    throw err;
+  }
+  return data;
+}
+
+function show(id) {
+  for (const s of ['login', 'servers', 'audit']) $(s).hidden = s !== id;
+  $('nav').hidden = !state.session;
+}
+
+function cell(row, text) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  row.appendChild(td);
+  return td;
+}
+
+function signedIn(session) {
+  state.session = session;
+  $('whoami').textContent = `${session.user} (${session.roles.join(', ')})`;
+  route();
+}
+
+function signedOut(message) {
+  state.session = null;
+  // Nothing of this session stays on the page for the next user.
+  for (const t of ['server-table', 'audit-table']) $(t).querySelector('tbody').replaceChildren();
+  for (const f of ['q', 'audit-type', 'audit-user']) $(f).value = '';
+  for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error']) $(m).textContent = '';
+  state.page = 0;
+  // The next user starts on the servers page.
+  history.replaceState(null, '', location.pathname);
+  $('login-error').textContent = message || '';
+  show('login');
+}
+
+/** A call failed: a lost session sends the user back to the login form. */
+function failed(e, where) {
+  if (e.status === 401) return signedOut(e.message);
+  $(where).textContent = e.message;
+}
+
+async function loadServers() {
+  $('servers-error').textContent = '';
+  $('server-table').querySelector('tbody').replaceChildren();
+  const q = encodeURIComponent($('q').value.trim());
+  let data;
+  try {
+    data = await api(`/web/api/nodes?q=${q}&page=${state.page}&per_page=${state.perPage}`);
+  } catch (e) { return failed(e, 'servers-error'); }
+  state.total = data.total;
+  const body = $('server-table').querySelector('tbody');
+  body.replaceChildren();
+  for (const n of data.nodes) {
+    const row = document.createElement('tr');
+    cell(row, n.name);
+    const labels = cell(row, '');
+    labels.className = 'labels';
+    for (const [k, v] of Object.entries(n.labels)) {
+      const code = document.createElement('code');
+      code.textContent = `${k}=${v}`;
+      labels.appendChild(code);
+    }
+    cell(row, n.online ? 'online' : 'offline');
+    body.appendChild(row);
+  }
+  const pages = Math.max(1, Math.ceil(data.total / data.per_page));
+  $('server-count').textContent = `${data.total} server${data.total === 1 ? '' : 's'}`;
+  $('page').textContent = `page ${data.page + 1} of ${pages}`;
+  $('prev').disabled = data.page === 0;
+  $('next').disabled = data.page + 1 >= pages;
+}
+
+/** An RFC 3339 time as `YYYY-MM-DD hh:mm:ss`. */
+function time(rfc3339) {
+  return String(rfc3339).replace('T', ' ').replace(/(\.\d+)?(Z|[+-]\d\d:\d\d)$/, '');
+}
+
+async function loadAudit() {
+  $('audit-error').textContent = '';
+  $('audit-table').querySelector('tbody').replaceChildren();
+  const params = new URLSearchParams({ limit: '200' });
+  if ($('audit-type').value.trim()) params.set('type', $('audit-type').value.trim());
+  if ($('audit-user').value.trim()) params.set('user', $('audit-user').value.trim());
+  let data;
+  try { data = await api(`/web/api/audit?${params}`); } catch (e) { return failed(e, 'audit-error'); }
+  const body = $('audit-table').querySelector('tbody');
+  body.replaceChildren();
+  for (const ev of data.events || []) {
+    const row = document.createElement('tr');
+    cell(row, time(ev.time));
+    cell(row, ev.type);
+    cell(row, ev.user || '');
+    cell(row, ev.message || '');
+    cell(row, ev.success ? 'ok' : 'failed');
+    body.appendChild(row);
+  }
+}
+
+function route() {
+  if (!state.session) return show('login');
+  if (location.hash === '#audit') {
+    show('audit');
+    loadAudit();
+  } else {
+    show('servers');
+    loadServers();
+  }
+}
+
+document.addEventListener('DOMContentLoaded', async () => {
+  $('login-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    $('login-error').textContent = '';
+    $('login-submit').disabled = true;
+    try {
+      const session = await api('/web/api/login', {
+        method: 'POST',
+        body: { user: $('user').value, password: $('password').value, otp: $('otp').value },
+      });
+      $('password').value = '';
+      $('otp').value = '';
+      signedIn(session);
+    } catch (e) {
+      $('login-error').textContent = e.message;
+    } finally {
+      $('login-submit').disabled = false;
+    }
+  });
+  $('logout').addEventListener('click', async () => {
+    try { await api('/web/api/logout', { method: 'POST' }); } catch (_) { /* ended anyway */ }
+    signedOut('You are logged out.');
+  });
+  $('server-search').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    state.page = 0;
+    loadServers();
+  });
+  $('prev').addEventListener('click', () => { state.page = Math.max(0, state.page - 1); loadServers(); });
+  $('next').addEventListener('click', () => { state.page += 1; loadServers(); });
+  $('audit-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadAudit(); });
+  window.addEventListener('hashchange', route);
+  try {
+    signedIn(await api('/web/api/session'));
+  } catch (_) {
+    signedOut('');
+  }
+});

@@ -1,0 +1,140 @@
+//! The web UI in a real browser: Debian's Chromium, headless, driven by
+//! tests/web/drive.js (playwright-core, from npm) against an all-in-one
+//! cluster. Logging in with password and TOTP, the servers a user may
+//! reach with search, the audit log, and the web session's defences: the
+//! cookie's flags, the Content-Security-Policy, a change without the
+//! anti-forgery token, a login posted from another site, logout, and a
+//! user whom auth does not let read the audit log. Screenshots of each
+//! page land in target/tmp/web-screenshots.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web")
+}
+
+/// The driver's npm package (.ci/run installs it; a developer machine gets
+/// it on first run).
+fn ensure_packages() {
+    if web_dir().join("node_modules/playwright-core").exists() {
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(web_dir())
+        .output()
+        .expect("npm (Node.js) is needed for the web UI tests; .ci/run installs it");
+    assert!(
+        out.status.success(),
+        "npm ci failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_web_ui_in_chromium() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
+    );
+    ensure_packages();
+    let dir = temp_dir("web");
+    let c = Cluster::start_with(
+        &dir,
+        &["--name", "web-box", "--labels", "env=demo,team=web"],
+    );
+    let alice = c.add_user("alice", "access,auditor", "root");
+    let bob = c.add_user("bob", "access", "root");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let out = Command::new("node")
+        .arg("drive.js")
+        .current_dir(web_dir())
+        .env("WARDEN_URL", format!("https://{}/", c.proxy))
+        .env("SHOTS", &shots)
+        .env("ALICE", format!("alice:{PASSWORD}:{}", totp(&alice, 30)))
+        .env("BOB", format!("bob:{PASSWORD}:{}", totp(&bob, 30)))
+        .env("NODE", "web-box")
+        .output()
+        .expect("node runs tests/web/drive.js");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}"));
+    eprintln!("{saw:#}");
+
+    // The page's defences.
+    let csp = saw["csp"].as_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'")
+            && csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(saw["frame_options"], "DENY");
+    assert_eq!(
+        saw["cookie"],
+        serde_json::json!({"httpOnly": true, "secure": true, "sameSite": "Strict"})
+    );
+    assert_eq!(saw["logout_without_token"], 403, "{saw}");
+    assert_eq!(saw["cross_site_login"], 403, "{saw}");
+    assert_eq!(
+        saw["session_still"], 200,
+        "the refused calls changed nothing"
+    );
+    assert_eq!(saw["session_after_logout"], 401);
+    assert_eq!(saw["nodes_after_logout"], 401);
+
+    // What alice saw.
+    assert!(
+        saw["bad_login"].as_str().unwrap().contains("login failed"),
+        "{}",
+        saw["bad_login"]
+    );
+    let servers = saw["servers"].as_array().unwrap();
+    let row = servers
+        .iter()
+        .find(|r| r[0] == "web-box")
+        .unwrap_or_else(|| panic!("web-box not listed: {servers:?}"));
+    assert_eq!(
+        row[1], "env=demoteam=web",
+        "labels, each in its own element: {row}"
+    );
+    assert_eq!(row[2], "online", "{row}");
+    assert_eq!(saw["by_label"], serde_json::json!(["web-box"]));
+    assert!(saw["whoami"].as_str().unwrap().starts_with("alice"));
+    assert_eq!(saw["no_match"], "0 servers");
+    assert_eq!(saw["by_name"], serde_json::json!(["web-box"]));
+    let audit = saw["audit"].as_array().unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r[1] == "user.login" && r[2] == "alice" && r[4] == "ok"),
+        "alice's web login is in the audit log: {audit:?}"
+    );
+    // The failed attempt too: the web login is audited like any other.
+    let failures = c
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "user.login" && e["user"] == "alice" && e["success"] == false)
+        .count();
+    assert!(failures >= 1, "the wrong code was audited");
+
+    // Bob: auth refuses him the audit log, and the page shows nothing of it
+    // (not even what alice saw before him).
+    assert_eq!(saw["bob_audit_status"], 403, "{saw}");
+    assert!(!saw["bob_audit_error"].as_str().unwrap().is_empty());
+    assert_eq!(saw["bob_audit_rows"], 0);
+    for shot in ["login-failed", "servers", "audit", "audit-denied"] {
+        assert!(shots.join(format!("{shot}.png")).exists(), "{shot}.png");
+    }
+}

@@ -1,0 +1,134 @@
+// Drives Debian's Chromium (headless, through playwright-core) through the
+// web UI for crates/warden/tests/web.rs, and prints what it saw as one JSON
+// line; the Rust test decides pass or fail. Inputs from the environment:
+// WARDEN_URL, SHOTS (a directory for screenshots), ALICE and BOB as
+// "user:password:otp", NODE (a server alice may reach).
+'use strict';
+const { chromium } = require('playwright-core');
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const url = env('WARDEN_URL');
+const shots = env('SHOTS');
+const [aliceUser, alicePass, aliceOtp] = env('ALICE').split(':');
+const [bobUser, bobPass, bobOtp] = env('BOB').split(':');
+const node = env('NODE');
+
+async function logIn(page, user, password, otp) {
+  await page.waitForSelector('#login-form', { state: 'visible' });
+  await page.fill('#user', user);
+  await page.fill('#password', password);
+  await page.fill('#otp', otp);
+  await page.click('#login-submit');
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  const out = {};
+  let page;
+  try {
+    // The cluster's certificate is not one a browser trusts (--web-cert is
+    // the operator's answer); the test accepts it.
+    const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+    page = await ctx.newPage();
+    const first = await page.goto(url);
+    out.csp = first.headers()['content-security-policy'] || '';
+    out.frame_options = first.headers()['x-frame-options'] || '';
+
+    // A wrong code: the form says why and stays.
+    await logIn(page, aliceUser, alicePass, '000000');
+    await page.waitForFunction(() => document.getElementById('login-error').textContent !== '');
+    out.bad_login = await page.textContent('#login-error');
+    await page.screenshot({ path: `${shots}/login-failed.png`, fullPage: true });
+
+    await logIn(page, aliceUser, alicePass, aliceOtp);
+    await page.waitForSelector('#server-table tbody tr');
+    out.servers = await page.$$eval('#server-table tbody tr', (rows) =>
+      rows.map((r) => Array.from(r.cells).map((c) => c.textContent)));
+    out.whoami = await page.textContent('#whoami');
+    await page.screenshot({ path: `${shots}/servers.png`, fullPage: true });
+
+    // Search: a label that no server has, then the node's name.
+    await page.fill('#q', 'env=no-such-env');
+    await page.press('#q', 'Enter');
+    await page.waitForFunction(() => document.getElementById('server-count').textContent.startsWith('0 '));
+    out.no_match = await page.textContent('#server-count');
+    await page.fill('#q', 'env=demo');
+    await page.press('#q', 'Enter');
+    await page.waitForFunction(() => document.getElementById('server-count').textContent.startsWith('1 '));
+    out.by_label = await page.$$eval('#server-table tbody tr td:first-child', (c) => c.map((x) => x.textContent));
+    await page.fill('#q', 'env=no-such-env');
+    await page.press('#q', 'Enter');
+    await page.waitForFunction(() => document.getElementById('server-count').textContent.startsWith('0 '));
+    await page.fill('#q', node);
+    await page.press('#q', 'Enter');
+    await page.waitForFunction(() => document.getElementById('server-count').textContent.startsWith('1 '));
+    out.by_name = await page.$$eval('#server-table tbody tr td:first-child', (c) => c.map((x) => x.textContent));
+
+    // The audit log, newest first, then filtered to logins.
+    await page.click('#nav-audit');
+    await page.waitForSelector('#audit-table tbody tr');
+    await page.fill('#audit-type', 'user.login');
+    await page.press('#audit-type', 'Enter');
+    await page.waitForFunction(() => {
+      const types = Array.from(document.querySelectorAll('#audit-table tbody tr td:nth-child(2)'));
+      return types.length > 0 && types.every((c) => c.textContent === 'user.login');
+    });
+    out.audit = await page.$$eval('#audit-table tbody tr', (rows) =>
+      rows.map((r) => Array.from(r.cells).map((c) => c.textContent)));
+    await page.screenshot({ path: `${shots}/audit.png`, fullPage: true });
+
+    const cookie = (await ctx.cookies()).find((c) => c.name === '__Host-warden-web') || {};
+    out.cookie = { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite };
+    // Same page, same cookie, but no anti-forgery token: refused.
+    out.logout_without_token = await page.evaluate(() =>
+      fetch('/web/api/logout', { method: 'POST' }).then((r) => r.status));
+    // A login posted from another site: refused.
+    const cross = await ctx.request.post(`${url}web/api/login`, {
+      headers: { origin: 'https://attacker.example', 'content-type': 'application/json' },
+      data: { user: aliceUser, password: alicePass, otp: '000000' },
+    });
+    out.cross_site_login = cross.status();
+    out.session_still = await page.evaluate(() => fetch('/web/api/session').then((r) => r.status));
+
+    // Logging out forgets the session.
+    await page.click('#logout');
+    await page.waitForSelector('#login-form', { state: 'visible' });
+    out.session_after_logout = await page.evaluate(() => fetch('/web/api/session').then((r) => r.status));
+    out.nodes_after_logout = await page.evaluate(() => fetch('/web/api/nodes').then((r) => r.status));
+
+    // Bob may reach servers but not read the audit log: auth says no.
+    await logIn(page, bobUser, bobPass, bobOtp);
+    await page.waitForSelector('#server-table tbody tr');
+    out.bob_audit_status = await page.evaluate(() => fetch('/web/api/audit').then((r) => r.status));
+    await page.click('#nav-audit');
+    await page.waitForFunction(() => document.getElementById('audit-error').textContent !== '');
+    out.bob_audit_error = await page.textContent('#audit-error');
+    out.bob_audit_rows = await page.$$eval('#audit-table tbody tr', (r) => r.length);
+    await page.screenshot({ path: `${shots}/audit-denied.png`, fullPage: true });
+  } catch (e) {
+    // What the page showed when it went wrong, for the test's message.
+    if (page) {
+      await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+      const text = await page.evaluate(() => document.body.innerText).catch(() => '');
+      e.message += `\npage text:\n${text}`;
+    }
+    throw e;
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(out));
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -118,15 +118,32 @@ async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
 }
 
-fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
+/// Why a web call is refused, as the page gets it.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiError {
+                code: self.code.to_string(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
         status,
-        Json(ApiError {
-            code: code.to_string(),
-            message: message.into(),
-        }),
-    )
-        .into_response()
+        code,
+        message: message.into(),
+    }
 }
 
 fn now() -> i64 {
@@ -139,7 +156,7 @@ fn session_key(id: &str) -> String {
 
 impl Web {
     /// The request's session, or the answer to give instead.
-    fn session(&self, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
+    fn session(&self, headers: &HeaderMap) -> Result<Arc<Session>, Refusal> {
         let key = cookie(headers, COOKIE).map(|id| session_key(&id));
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match key.and_then(|k| sessions.get(&k).cloned().map(|s| (k, s))) {
@@ -162,7 +179,7 @@ impl Web {
 
     /// The session of a request that changes something: it must carry the
     /// session's token (a page on another site cannot read it).
-    fn session_for_change(&self, headers: &HeaderMap, uri: &Uri) -> Result<Arc<Session>, Response> {
+    fn session_for_change(&self, headers: &HeaderMap, uri: &Uri) -> Result<Arc<Session>, Refusal> {
         if let Some(why) = cross_site(headers, uri) {
             return Err(refuse(StatusCode::FORBIDDEN, "cross_site", why));
         }
@@ -222,13 +239,16 @@ async fn login(
     Json(req): Json<WebLogin>,
 ) -> Response {
     if let Some(why) = cross_site(&headers, &uri) {
-        return refuse(StatusCode::FORBIDDEN, "cross_site", why);
+        return refuse(StatusCode::FORBIDDEN, "cross_site", why).into_response();
     }
     let key = ClientKey::generate();
     let (ssh_public_key, tls_csr_pem) =
         match (key.ssh_public_key().to_openssh(), key.csr_pem(&req.user)) {
             (Ok(ssh), Ok(csr)) => (ssh, csr),
-            _ => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no key"),
+            _ => {
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no key")
+                    .into_response()
+            }
         };
     let login = LoginRequest {
         user: req.user,
@@ -252,7 +272,10 @@ async fn login(
     };
     let api = match w.auth.as_identity(&cert) {
         Ok(api) => api,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => {
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                .into_response()
+        }
     };
     let id = data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>());
     let session = Arc::new(Session {
@@ -273,7 +296,8 @@ async fn login(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
                 "this proxy holds as many web sessions as it may; try again later",
-            );
+            )
+            .into_response();
         }
         sessions.insert(session_key(&id), session.clone());
     }
@@ -287,7 +311,7 @@ async fn login(
 async fn session_info(State(w): State<Web>, headers: HeaderMap) -> Response {
     match w.session(&headers) {
         Ok(s) => Json(SessionInfo::of(&s)).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -295,7 +319,7 @@ async fn session_info(State(w): State<Web>, headers: HeaderMap) -> Response {
 async fn logout(State(w): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
     let s = match w.session_for_change(&headers, &uri) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Some(id) = cookie(&headers, COOKIE) {
         w.sessions
@@ -362,7 +386,7 @@ fn matches(doc: &Document<NodeSpec>, words: &[String]) -> bool {
 async fn nodes(State(w): State<Web>, headers: HeaderMap, Query(q): Query<NodeQuery>) -> Response {
     let s = match w.session(&headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let docs: Vec<Document<NodeSpec>> = match s.api.call(&endpoints::NODES, &()).await {
         Ok(d) => d,
@@ -401,7 +425,7 @@ async fn audit(
 ) -> Response {
     let s = match w.session(&headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     q.limit = Some(q.limit.unwrap_or(100).min(MAX_EVENTS));
     match s

@@ -233,6 +233,11 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     if beat < std::time::Duration::from_secs(1) || beat > std::time::Duration::from_secs(300) {
         bail!("--heartbeat-interval must be between 1s and 300s");
     }
+    // A bad web certificate or a key others may read stops the start
+    // before anything is bound.
+    if has("proxy") && a.web_cert.is_some() {
+        web_cert(&a, &[])?;
+    }
     let stale = a.policy_max_stale.0;
     if stale < std::time::Duration::from_secs(30) || stale > std::time::Duration::from_secs(3600) {
         bail!("--policy-max-stale must be between 30s (auth answers the node's watch at least every 25 s) and 1h");

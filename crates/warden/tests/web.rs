@@ -138,3 +138,64 @@ fn the_web_ui_in_chromium() {
         assert!(shots.join(format!("{shot}.png")).exists(), "{shot}.png");
     }
 }
+
+/// `--web-cert`/`--web-key`: browsers (which cannot check Ed25519) get the
+/// operator's certificate; Warden's clients still get the cluster-signed
+/// one their pin names. A key others may read is refused at start.
+#[test]
+fn browsers_get_the_operators_certificate() {
+    let dir = temp_dir("web-cert");
+    let (cert, key) = warden_ca::tls::self_signed_p256(&["warden.example".into()]).unwrap();
+    let (cert_file, key_file) = (dir.join("web.crt"), dir.join("web.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    let key_pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        data_encoding::BASE64.encode(&key)
+    );
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let args = [
+        "--web-cert",
+        cert_file.to_str().unwrap(),
+        "--web-key",
+        key_file.to_str().unwrap(),
+    ];
+    // World-readable key: refused, saying how to fix it.
+    let out = run_program(
+        WARDEN,
+        &["start", "--data-dir", dir.join("d0").to_str().unwrap()]
+            .iter()
+            .chain(args.iter())
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        None,
+    );
+    assert!(
+        !out.ok && out.stderr.contains("--web-key") && out.stderr.contains("chmod 600"),
+        "{}",
+        out.all()
+    );
+    warden_ca::keystore::write_private_file(&key_file, key_pem.as_bytes()).unwrap();
+    let c = Cluster::start_with(&dir, &args);
+    // Which certificate a client that offers only these signature
+    // algorithms gets (openssl s_client prints its subject).
+    let subject = |sigalgs: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &c.proxy, "-sigalgs", sigalgs])
+            .args(["-servername", "warden.example", "-alpn", "http/1.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl (Debian package openssl) runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or_else(|| panic!("no certificate shown:\n{text}"))
+            .to_string()
+    };
+    let browser = subject("ECDSA+SHA256:RSA-PSS+SHA256");
+    assert!(browser.contains("Warden web UI"), "{browser}");
+    let warden = subject("ed25519:ECDSA+SHA256");
+    assert!(!warden.contains("Warden web UI"), "{warden}");
+    // And the CLI, pinned, works as ever.
+    let secret = c.add_user("carol", "access", "root");
+    c.login("carol", "carol", &totp(&secret, 30)).expect_ok();
+}

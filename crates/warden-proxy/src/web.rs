@@ -14,7 +14,7 @@
 //! answer carries a strict Content-Security-Policy (no inline script).
 
 use crate::public::{auth_for, cookie, cross_site, error_response, ClientAddr};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use warden_ca::ClientKey;
 use warden_client::tls::ClientCert;
 use warden_client::ApiClient;
-use warden_types::api::{ApiError, AuditQuery, LoginRequest, LoginResponse};
+use warden_types::api::{
+    ApiError, AuditQuery, CreateRequestRequest, LoginRequest, LoginResponse, ReviewRequest,
+};
 use warden_types::{endpoints, Document, NodeSpec, Secret};
 
 /// The session cookie. `__Host-`: only set by this host over HTTPS, for
@@ -84,6 +86,8 @@ pub fn routes(auth: ApiClient) -> Router {
         .route("/web/api/logout", post(logout))
         .route("/web/api/nodes", get(nodes))
         .route("/web/api/audit", get(audit))
+        .route("/web/api/requests", get(requests).post(create_request))
+        .route("/web/api/requests/{id}/review", post(review_request))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -428,15 +432,80 @@ async fn audit(
         Err(r) => return r.into_response(),
     };
     q.limit = Some(q.limit.unwrap_or(100).min(MAX_EVENTS));
-    match s
-        .api
-        .call_as::<serde_json::Value, _, _>(
-            &endpoints::AUDIT_EVENTS,
-            endpoints::AUDIT_EVENTS.path,
-            &q,
-        )
-        .await
-    {
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(
+                &endpoints::AUDIT_EVENTS,
+                endpoints::AUDIT_EVENTS.path,
+                &q,
+            )
+            .await,
+    )
+}
+
+/// The access requests the user may see (their own, and those they may
+/// review), as auth lists them.
+async fn requests(State(w): State<Web>, headers: HeaderMap) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(&endpoints::REQUESTS, endpoints::REQUESTS.path, &())
+            .await,
+    )
+}
+
+/// A request for roles (or nodes), checked by auth as `warden request
+/// create` is.
+async fn create_request(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    uri: Uri,
+    Json(req): Json<CreateRequestRequest>,
+) -> Response {
+    let s = match w.session_for_change(&headers, &uri) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(
+                &endpoints::CREATE_REQUEST,
+                endpoints::CREATE_REQUEST.path,
+                &req,
+            )
+            .await,
+    )
+}
+
+/// Approves or denies a request; auth decides whether this user may.
+async fn review_request(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(id): Path<String>,
+    Json(req): Json<ReviewRequest>,
+) -> Response {
+    let s = match w.session_for_change(&headers, &uri) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(
+                &endpoints::REVIEW_REQUEST,
+                &endpoints::REVIEW_REQUEST.at(&[&id]),
+                &req,
+            )
+            .await,
+    )
+}
+
+/// Auth's answer as it is, or its refusal.
+fn passthrough(r: Result<serde_json::Value, warden_client::ClientError>) -> Response {
+    match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => error_response(e),
     }

@@ -29,7 +29,7 @@ async function api(path, { method = 'GET', body } = {}) {
 }
 
 function show(id) {
-  for (const s of ['login', 'servers', 'audit']) $(s).hidden = s !== id;
+  for (const s of ['login', 'servers', 'audit', 'requests']) $(s).hidden = s !== id;
   $('nav').hidden = !state.session;
 }
 
@@ -49,9 +49,11 @@ function signedIn(session) {
 function signedOut(message) {
   state.session = null;
   // Nothing of this session stays on the page for the next user.
-  for (const t of ['server-table', 'audit-table']) $(t).querySelector('tbody').replaceChildren();
-  for (const f of ['q', 'audit-type', 'audit-user']) $(f).value = '';
-  for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error']) $(m).textContent = '';
+  for (const t of ['server-table', 'audit-table', 'requests-table']) $(t).querySelector('tbody').replaceChildren();
+  for (const f of ['q', 'audit-type', 'audit-user', 'request-roles', 'request-reason', 'review-reason']) $(f).value = '';
+  for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error', 'request-created']) {
+    $(m).textContent = '';
+  }
   state.page = 0;
   // The next user starts on the servers page.
   history.replaceState(null, '', location.pathname);
@@ -122,9 +124,58 @@ async function loadAudit() {
   }
 }
 
+/** Requests; with `only`, just that one (the page a chat bot links to). */
+async function loadRequests(only) {
+  $('requests-error').textContent = '';
+  const body = $('requests-table').querySelector('tbody');
+  body.replaceChildren();
+  let list;
+  try { list = await api('/web/api/requests'); } catch (e) { return failed(e, 'requests-error'); }
+  for (const r of list) {
+    const id = r.metadata.name;
+    if (only && id !== only) continue;
+    const spec = r.spec;
+    const row = document.createElement('tr');
+    row.dataset.id = id;
+    cell(row, id);
+    cell(row, spec.user);
+    cell(row, (spec.roles || []).join(', '));
+    cell(row, spec.reason);
+    cell(row, spec.state);
+    const actions = cell(row, '');
+    if (spec.state === 'pending' && spec.user !== state.session.user) {
+      for (const [label, approve] of [['Approve', true], ['Deny', false]]) {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.textContent = label;
+        b.setAttribute('aria-label', `${label} request ${id}`);
+        b.addEventListener('click', () => review(id, approve));
+        actions.appendChild(b);
+      }
+    } else {
+      actions.textContent = (spec.reviews || [])
+        .map((v) => `${v.reviewer}: ${v.approve ? 'approved' : 'denied'} (${v.reason})`).join('; ');
+    }
+    body.appendChild(row);
+  }
+}
+
+async function review(id, approve) {
+  try {
+    await api(`/web/api/requests/${encodeURIComponent(id)}/review`, {
+      method: 'POST',
+      body: { approve, reason: $('review-reason').value },
+    });
+  } catch (e) { return failed(e, 'requests-error'); }
+  route();
+}
+
 function route() {
   if (!state.session) return show('login');
-  if (location.hash === '#audit') {
+  if (location.hash.startsWith('#requests')) {
+    show('requests');
+    loadRequests(decodeURIComponent(location.hash.slice('#requests/'.length)));
+  } else if (location.hash === '#audit') {
     show('audit');
     loadAudit();
   } else {
@@ -164,6 +215,20 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('prev').addEventListener('click', () => { state.page = Math.max(0, state.page - 1); loadServers(); });
   $('next').addEventListener('click', () => { state.page += 1; loadServers(); });
   $('audit-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadAudit(); });
+  $('request-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    $('request-created').textContent = '';
+    const roles = $('request-roles').value.split(',').map((r) => r.trim()).filter(Boolean);
+    try {
+      const r = await api('/web/api/requests', {
+        method: 'POST',
+        body: { roles, reason: $('request-reason').value },
+      });
+      $('request-created').textContent = `Request ${r.metadata.name} sent: ${r.spec.state}.`;
+      $('request-created').dataset.id = r.metadata.name;
+    } catch (e) { return failed(e, 'requests-error'); }
+    loadRequests();
+  });
   window.addEventListener('hashchange', route);
   try {
     signedIn(await api('/web/api/session'));

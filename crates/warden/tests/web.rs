@@ -49,6 +49,16 @@ fn the_web_ui_in_chromium() {
     );
     let alice = c.add_user("alice", "access,auditor", "root");
     let bob = c.add_user("bob", "access", "root");
+    let roles = dir.join("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v1\nmetadata:\n  name: requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [dba]\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
+        .expect_ok();
+    let carol = c.add_user("carol", "access,requester", "root");
+    let dave = c.add_user("dave", "access,reviewer", "root");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -60,6 +70,8 @@ fn the_web_ui_in_chromium() {
         .env("ALICE", format!("alice:{PASSWORD}:{}", totp(&alice, 30)))
         .env("BOB", format!("bob:{PASSWORD}:{}", totp(&bob, 30)))
         .env("NODE", "web-box")
+        .env("CAROL", format!("carol:{PASSWORD}:{}", totp(&carol, 30)))
+        .env("DAVE", format!("dave:{PASSWORD}:{}", totp(&dave, 30)))
         .output()
         .expect("node runs tests/web/drive.js");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -134,7 +146,48 @@ fn the_web_ui_in_chromium() {
     assert_eq!(saw["bob_audit_status"], 403, "{saw}");
     assert!(!saw["bob_audit_error"].as_str().unwrap().is_empty());
     assert_eq!(saw["bob_audit_rows"], 0);
-    for shot in ["login-failed", "servers", "audit", "audit-denied"] {
+    // Carol's request, approved by Dave through its link; auth recorded it.
+    let id = saw["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{saw}"));
+    assert_eq!(saw["request_error"], "", "{saw}");
+    let carol_row = &saw["carol_sees"];
+    assert_eq!(
+        (&carol_row[1], &carol_row[2], &carol_row[3], &carol_row[4]),
+        (
+            &serde_json::json!("carol"),
+            &serde_json::json!("dba"),
+            &serde_json::json!("INC-7 disk full"),
+            &serde_json::json!("pending")
+        ),
+        "{carol_row}"
+    );
+    assert_eq!(saw["dave_rows"], 1, "the link shows just that request");
+    assert_eq!(saw["dave_sees"][4], "approved", "{saw}");
+    assert!(
+        saw["dave_sees"][5]
+            .as_str()
+            .unwrap()
+            .contains("dave: approved (ok for INC-7)"),
+        "{saw}"
+    );
+    let reviews: Vec<_> = c
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "access_request.review" && e["user"] == "dave")
+        .collect();
+    assert!(
+        reviews.iter().any(|e| e.to_string().contains(id)),
+        "auth audited dave's review of {id}: {reviews:?}"
+    );
+    for shot in [
+        "login-failed",
+        "servers",
+        "audit",
+        "audit-denied",
+        "request-created",
+        "request-approved",
+    ] {
         assert!(shots.join(format!("{shot}.png")).exists(), "{shot}.png");
     }
 }

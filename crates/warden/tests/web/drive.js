@@ -1,7 +1,8 @@
 // Drives Debian's Chromium (headless, through playwright-core) through the
 // web UI for crates/warden/tests/web.rs, and prints what it saw as one JSON
 // line; the Rust test decides pass or fail. Inputs from the environment:
-// WARDEN_URL, SHOTS (a directory for screenshots), ALICE and BOB as
+// WARDEN_URL, SHOTS (a directory for screenshots), ALICE, BOB, CAROL (who
+// may request the role dba) and DAVE (who may review it) as
 // "user:password:otp", NODE (a server alice may reach).
 'use strict';
 const { chromium } = require('playwright-core');
@@ -16,6 +17,8 @@ const shots = env('SHOTS');
 const [aliceUser, alicePass, aliceOtp] = env('ALICE').split(':');
 const [bobUser, bobPass, bobOtp] = env('BOB').split(':');
 const node = env('NODE');
+const [carolUser, carolPass, carolOtp] = env('CAROL').split(':');
+const [daveUser, davePass, daveOtp] = env('DAVE').split(':');
 
 async function logIn(page, user, password, otp) {
   await page.waitForSelector('#login-form', { state: 'visible' });
@@ -116,6 +119,39 @@ async function logIn(page, user, password, otp) {
     out.bob_audit_error = await page.textContent('#audit-error');
     out.bob_audit_rows = await page.$$eval('#audit-table tbody tr', (r) => r.length);
     await page.screenshot({ path: `${shots}/audit-denied.png`, fullPage: true });
+    await page.click('#logout');
+
+    // Carol asks for dba; Dave approves it from the request's own link.
+    await logIn(page, carolUser, carolPass, carolOtp);
+    await page.waitForSelector('#servers', { state: 'visible' });
+    await page.click('#nav-requests');
+    await page.fill('#request-roles', 'dba');
+    await page.fill('#request-reason', 'INC-7 disk full');
+    await page.click('#request-submit');
+    await page.waitForFunction(() => document.getElementById('request-created').textContent !== ''
+      || document.getElementById('requests-error').textContent !== '');
+    out.request_created = await page.textContent('#request-created');
+    out.request_error = await page.textContent('#requests-error');
+    const id = await page.getAttribute('#request-created', 'data-id');
+    out.request_id = id;
+    await page.waitForSelector(`#requests-table tbody tr[data-id="${id}"]`);
+    out.carol_sees = await page.$$eval(`#requests-table tbody tr[data-id="${id}"] td`, (c) => c.map((x) => x.textContent));
+    await page.screenshot({ path: `${shots}/request-created.png`, fullPage: true });
+    await page.click('#logout');
+
+    await logIn(page, daveUser, davePass, daveOtp);
+    await page.waitForSelector('#servers', { state: 'visible' });
+    await page.goto(`${url}#requests/${id}`);
+    await page.waitForSelector(`#requests-table tbody tr[data-id="${id}"] button`);
+    out.dave_rows = await page.$$eval('#requests-table tbody tr', (r) => r.length);
+    await page.fill('#review-reason', 'ok for INC-7');
+    await page.click(`#requests-table tbody tr[data-id="${id}"] button:has-text("Approve")`);
+    await page.waitForFunction((rid) => {
+      const row = document.querySelector(`#requests-table tbody tr[data-id="${rid}"]`);
+      return row && row.cells[4].textContent === 'approved';
+    }, id);
+    out.dave_sees = await page.$$eval(`#requests-table tbody tr[data-id="${id}"] td`, (c) => c.map((x) => x.textContent));
+    await page.screenshot({ path: `${shots}/request-approved.png`, fullPage: true });
   } catch (e) {
     // What the page showed when it went wrong, for the test's message.
     if (page) {

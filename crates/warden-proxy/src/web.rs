@@ -40,8 +40,9 @@ const MAX_SESSIONS: usize = 10_000;
 /// Servers per page, by default and at most.
 const PER_PAGE: usize = 50;
 const MAX_PER_PAGE: usize = 500;
-/// Audit events per search at most.
+/// Audit events per search, and per export, at most.
 const MAX_EVENTS: u32 = 500;
+const MAX_EXPORT: u32 = 10_000;
 
 /// Every answer: scripts and styles from this origin only, never framed.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -86,6 +87,7 @@ pub fn routes(auth: ApiClient) -> Router {
         .route("/web/api/logout", post(logout))
         .route("/web/api/nodes", get(nodes))
         .route("/web/api/audit", get(audit))
+        .route("/web/api/audit/export", get(audit_export))
         .route("/web/api/requests", get(requests).post(create_request))
         .route("/web/api/requests/{id}/review", post(review_request))
         .layer(axum::middleware::map_response(security_headers))
@@ -441,6 +443,49 @@ async fn audit(
             )
             .await,
     )
+}
+
+/// The same search as a download, one JSON event per line (what a SIEM
+/// or `jq` takes), oldest first.
+async fn audit_export(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    Query(mut q): Query<AuditQuery>,
+) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    q.limit = Some(q.limit.unwrap_or(MAX_EXPORT).min(MAX_EXPORT));
+    let events: warden_types::api::AuditEvents =
+        match s.api.call(&endpoints::AUDIT_EVENTS, &q).await {
+            Ok(e) => e,
+            Err(e) => return error_response(e),
+        };
+    let mut body = String::new();
+    for event in events.events.iter().rev() {
+        match serde_json::to_string(event) {
+            Ok(line) => {
+                body.push_str(&line);
+                body.push('\n');
+            }
+            Err(e) => {
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    .into_response()
+            }
+        }
+    }
+    (
+        [
+            ("content-type", "application/x-ndjson"),
+            (
+                "content-disposition",
+                "attachment; filename=\"warden-audit.jsonl\"",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The access requests the user may see (their own, and those they may

@@ -109,6 +109,9 @@ async function loadAudit() {
   const params = new URLSearchParams({ limit: '200' });
   if ($('audit-type').value.trim()) params.set('type', $('audit-type').value.trim());
   if ($('audit-user').value.trim()) params.set('user', $('audit-user').value.trim());
+  const exported = new URLSearchParams(params);
+  exported.delete('limit');
+  $('audit-export').href = `/web/api/audit/export?${exported}`;
   let data;
   try { data = await api(`/web/api/audit?${params}`); } catch (e) { return failed(e, 'audit-error'); }
   const body = $('audit-table').querySelector('tbody');
@@ -120,6 +123,15 @@ async function loadAudit() {
     cell(row, ev.user || '');
     cell(row, ev.message || '');
     cell(row, ev.success ? 'ok' : 'failed');
+    // The whole event, on demand.
+    const more = cell(row, '');
+    const details = document.createElement('details');
+    const summary = document.createElement('summary');
+    summary.textContent = 'JSON';
+    const pre = document.createElement('pre');
+    pre.textContent = JSON.stringify(ev, null, 2);
+    details.append(summary, pre);
+    more.appendChild(details);
     body.appendChild(row);
   }
 }

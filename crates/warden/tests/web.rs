@@ -133,6 +133,12 @@ fn the_web_ui_in_chromium() {
             .any(|r| r[1] == "user.login" && r[2] == "alice" && r[4] == "ok"),
         "alice's web login is in the audit log: {audit:?}"
     );
+    assert_eq!(saw["event_json"]["type"], "user.login", "{saw}");
+    assert!(saw["event_json"]["hash"]
+        .as_str()
+        .is_some_and(|h| !h.is_empty()));
+    assert_eq!(saw["export_types"], serde_json::json!(["user.login"]));
+    assert!(saw["export_count"].as_u64().unwrap() >= 2, "{saw}");
     // The failed attempt too: the web login is audited like any other.
     let failures = c
         .events()

@@ -90,6 +90,14 @@ async function logIn(page, user, password, otp) {
     out.audit = await page.$$eval('#audit-table tbody tr', (rows) =>
       rows.map((r) => Array.from(r.cells).map((c) => c.textContent)));
     await page.screenshot({ path: `${shots}/audit.png`, fullPage: true });
+    // One event's JSON, and the same search as a download.
+    await page.click('#audit-table tbody tr:first-child summary');
+    out.event_json = JSON.parse(await page.textContent('#audit-table tbody tr:first-child pre'));
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#audit-export')]);
+    const fs = require('fs');
+    const lines = fs.readFileSync(await download.path(), 'utf8').trim().split('\n');
+    out.export_types = [...new Set(lines.map((l) => JSON.parse(l).type))];
+    out.export_count = lines.length;
 
     const cookie = (await ctx.cookies()).find((c) => c.name === '__Host-warden-web') || {};
     out.cookie = { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite };

@@ -99,6 +99,7 @@ pub fn router(server: AuthServer) -> Router {
         .merge(crate::rotation::routes())
         .merge(crate::explain::routes())
         .merge(crate::policy_sync::routes())
+        .merge(crate::sessions::routes())
         .merge(crate::oidc::routes())
         .merge(crate::mfa::routes())
         .route_layer(axum::middleware::from_fn_with_state(

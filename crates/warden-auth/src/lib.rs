@@ -27,6 +27,7 @@ mod rotation;
 mod routes;
 mod serve;
 mod server;
+mod sessions;
 mod webauthn;
 mod webhook;
 

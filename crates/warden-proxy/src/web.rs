@@ -26,7 +26,8 @@ use warden_ca::ClientKey;
 use warden_client::tls::ClientCert;
 use warden_client::ApiClient;
 use warden_types::api::{
-    ApiError, AuditQuery, CreateRequestRequest, LoginRequest, LoginResponse, ReviewRequest,
+    ApiError, AuditQuery, CreateLockRequest, CreateRequestRequest, LoginRequest, LoginResponse,
+    ReviewRequest,
 };
 use warden_types::{endpoints, Document, NodeSpec, Secret};
 
@@ -88,6 +89,8 @@ pub fn routes(auth: ApiClient) -> Router {
         .route("/web/api/nodes", get(nodes))
         .route("/web/api/audit", get(audit))
         .route("/web/api/audit/export", get(audit_export))
+        .route("/web/api/sessions", get(sessions))
+        .route("/web/api/sessions/end", post(end_session))
         .route("/web/api/requests", get(requests).post(create_request))
         .route("/web/api/requests/{id}/review", post(review_request))
         .layer(axum::middleware::map_response(security_headers))
@@ -486,6 +489,68 @@ async fn audit_export(
         body,
     )
         .into_response()
+}
+
+/// Sessions running now, for roles that may list sessions.
+async fn sessions(State(w): State<Web>, headers: HeaderMap) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(
+                &endpoints::ACTIVE_SESSIONS,
+                endpoints::ACTIVE_SESSIONS.path,
+                &(),
+            )
+            .await,
+    )
+}
+
+/// Which session to end.
+#[derive(Deserialize)]
+struct EndSession {
+    user: String,
+    node: String,
+    login: String,
+}
+
+/// How long ending a session keeps its user off that node as that login.
+const END_LOCK_SECS: u64 = 15 * 60;
+
+/// Ends a session with a lock on its user, node and login (the node ends
+/// what the lock covers at once), for a quarter of an hour; auth decides
+/// who may lock.
+async fn end_session(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    uri: Uri,
+    Json(req): Json<EndSession>,
+) -> Response {
+    let s = match w.session_for_change(&headers, &uri) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let lock = CreateLockRequest {
+        target: warden_types::LockTarget {
+            user: Some(req.user),
+            node: Some(req.node),
+            login: Some(req.login),
+            ..Default::default()
+        },
+        reason: format!("session ended by {} from the web UI", s.user),
+        ttl_secs: Some(END_LOCK_SECS),
+    };
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(
+                &endpoints::CREATE_LOCK,
+                endpoints::CREATE_LOCK.path,
+                &lock,
+            )
+            .await,
+    )
 }
 
 /// The access requests the user may see (their own, and those they may

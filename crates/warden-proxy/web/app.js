@@ -29,7 +29,7 @@ async function api(path, { method = 'GET', body } = {}) {
 }
 
 function show(id) {
-  for (const s of ['login', 'servers', 'audit', 'requests']) $(s).hidden = s !== id;
+  for (const s of ['login', 'servers', 'audit', 'requests', 'sessions']) $(s).hidden = s !== id;
   $('nav').hidden = !state.session;
 }
 
@@ -49,9 +49,12 @@ function signedIn(session) {
 function signedOut(message) {
   state.session = null;
   // Nothing of this session stays on the page for the next user.
-  for (const t of ['server-table', 'audit-table', 'requests-table']) $(t).querySelector('tbody').replaceChildren();
+  for (const t of ['server-table', 'audit-table', 'requests-table', 'sessions-table']) {
+    $(t).querySelector('tbody').replaceChildren();
+  }
   for (const f of ['q', 'audit-type', 'audit-user', 'request-roles', 'request-reason', 'review-reason']) $(f).value = '';
-  for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error', 'request-created']) {
+  for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error',
+    'request-created', 'sessions-error']) {
     $(m).textContent = '';
   }
   state.page = 0;
@@ -182,9 +185,44 @@ async function review(id, approve) {
   route();
 }
 
+async function loadSessions() {
+  $('sessions-error').textContent = '';
+  const body = $('sessions-table').querySelector('tbody');
+  body.replaceChildren();
+  let list;
+  try { list = await api('/web/api/sessions'); } catch (e) { return failed(e, 'sessions-error'); }
+  for (const a of list) {
+    const row = document.createElement('tr');
+    row.dataset.id = a.session_id;
+    cell(row, a.user);
+    cell(row, a.login);
+    cell(row, a.node_name || a.node);
+    cell(row, time(new Date(a.started * 1000).toISOString()));
+    cell(row, a.session_id);
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = 'End';
+    b.setAttribute('aria-label', `End ${a.user}'s session on ${a.node_name || a.node}`);
+    b.addEventListener('click', async () => {
+      try {
+        await api('/web/api/sessions/end', {
+          method: 'POST',
+          body: { user: a.user, node: a.node, login: a.login },
+        });
+      } catch (e) { return failed(e, 'sessions-error'); }
+      loadSessions();
+    });
+    cell(row, '').appendChild(b);
+    body.appendChild(row);
+  }
+}
+
 function route() {
   if (!state.session) return show('login');
-  if (location.hash.startsWith('#requests')) {
+  if (location.hash === '#sessions') {
+    show('sessions');
+    loadSessions();
+  } else if (location.hash.startsWith('#requests')) {
     show('requests');
     loadRequests(decodeURIComponent(location.hash.slice('#requests/'.length)));
   } else if (location.hash === '#audit') {

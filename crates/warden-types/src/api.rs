@@ -502,6 +502,20 @@ pub struct SealedSecrets {
     pub data: String,
 }
 
+/// An SSH session that started and has not ended, from the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActiveSession {
+    pub session_id: String,
+    pub user: String,
+    pub login: String,
+    /// Node id.
+    pub node: String,
+    /// The node's name when auth knows it.
+    pub node_name: String,
+    /// Unix seconds.
+    pub started: i64,
+}
+
 /// A stored session recording, as listed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordingInfo {

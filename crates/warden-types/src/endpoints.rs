@@ -153,6 +153,7 @@ endpoints! {
     ACCESS_EXPLAIN: Post "/v1/access/check", AccessExplainRequest => AccessExplainResponse;
     POLICY_SYNC: Post "/v1/policy/sync", PolicySyncReport => Ack;
     CA_ROTATE: Post "/v1/cas/rotate", RotateRequest => Vec<CaKeyInfo>;
+    ACTIVE_SESSIONS: Get "/v1/sessions/active", () => Vec<ActiveSession>;
     RECORDINGS: Get "/v1/recordings", RecordingQuery => Vec<RecordingInfo>;
     RECORDING: Get "/v1/recordings/{id}", () => Raw;
     UPLOAD_RECORDING: Put "/v1/recordings/{id}", Raw => RecordingInfo;

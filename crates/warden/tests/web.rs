@@ -59,6 +59,32 @@ fn the_web_ui_in_chromium() {
         .expect_ok();
     let carol = c.add_user("carol", "access,requester", "root");
     let dave = c.add_user("dave", "access,reviewer", "root");
+    let frank = c.add_user("frank", "access,editor,auditor", "root");
+    // Erin holds a live session on the node; a file marks when it ends.
+    let erin = c.add_user("erin", "access", "root");
+    c.login("erin", "erin", &totp(&erin, 30)).expect_ok();
+    c.wait_reachable("erin", "root", "web-box");
+    let end_file = dir.join("erin-ended");
+    let mut erin_ssh = c.spawn_ssh("erin", "root@web-box", "sleep 120");
+    let marker = end_file.clone();
+    let waiter = std::thread::spawn(move || {
+        let status = erin_ssh.wait();
+        std::fs::write(&marker, "").unwrap();
+        status
+    });
+    // Its start is audited once the session runs.
+    let started = std::time::Instant::now();
+    while !c
+        .events()
+        .iter()
+        .any(|e| e["type"] == "session.start" && e["user"] == "erin")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "erin's session never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -72,6 +98,8 @@ fn the_web_ui_in_chromium() {
         .env("NODE", "web-box")
         .env("CAROL", format!("carol:{PASSWORD}:{}", totp(&carol, 30)))
         .env("DAVE", format!("dave:{PASSWORD}:{}", totp(&dave, 30)))
+        .env("FRANK", format!("frank:{PASSWORD}:{}", totp(&frank, 30)))
+        .env("END_FILE", &end_file)
         .output()
         .expect("node runs tests/web/drive.js");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -186,7 +214,25 @@ fn the_web_ui_in_chromium() {
         reviews.iter().any(|e| e.to_string().contains(id)),
         "auth audited dave's review of {id}: {reviews:?}"
     );
+    // Erin's session was listed, and ending it ended her ssh.
+    let sessions = saw["sessions"].as_array().unwrap();
+    assert!(
+        sessions
+            .iter()
+            .any(|r| r[0] == "erin" && r[1] == "root" && r[2] == "web-box"),
+        "{sessions:?}"
+    );
+    assert_eq!(saw["sessions_error"], "", "{saw}");
+    assert!(
+        saw["ended_after_ms"].is_u64(),
+        "the session did not end: {saw}"
+    );
+    let status = waiter.join().unwrap().unwrap();
+    assert!(!status.success(), "ended by the lock, not by itself");
+    let locks = c.admin(&["locks", "ls"]).expect_ok().stdout;
+    assert!(locks.contains("erin") && locks.contains("frank"), "{locks}");
     for shot in [
+        "sessions",
         "login-failed",
         "servers",
         "audit",

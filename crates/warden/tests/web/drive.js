@@ -5,6 +5,7 @@
 // may request the role dba) and DAVE (who may review it) as
 // "user:password:otp", NODE (a server alice may reach).
 'use strict';
+const fs = require('fs');
 const { chromium } = require('playwright-core');
 
 const env = (k) => {
@@ -19,6 +20,8 @@ const [bobUser, bobPass, bobOtp] = env('BOB').split(':');
 const node = env('NODE');
 const [carolUser, carolPass, carolOtp] = env('CAROL').split(':');
 const [daveUser, davePass, daveOtp] = env('DAVE').split(':');
+const [frankUser, frankPass, frankOtp] = env('FRANK').split(':');
+const endFile = env('END_FILE');
 
 async function logIn(page, user, password, otp) {
   await page.waitForSelector('#login-form', { state: 'visible' });
@@ -94,7 +97,6 @@ async function logIn(page, user, password, otp) {
     await page.click('#audit-table tbody tr:first-child summary');
     out.event_json = JSON.parse(await page.textContent('#audit-table tbody tr:first-child pre'));
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#audit-export')]);
-    const fs = require('fs');
     const lines = fs.readFileSync(await download.path(), 'utf8').trim().split('\n');
     out.export_types = [...new Set(lines.map((l) => JSON.parse(l).type))];
     out.export_count = lines.length;
@@ -160,6 +162,24 @@ async function logIn(page, user, password, otp) {
     }, id);
     out.dave_sees = await page.$$eval(`#requests-table tbody tr[data-id="${id}"] td`, (c) => c.map((x) => x.textContent));
     await page.screenshot({ path: `${shots}/request-approved.png`, fullPage: true });
+    await page.click('#logout');
+
+    // Frank (an editor and auditor) sees Erin's live session and ends it.
+    await logIn(page, frankUser, frankPass, frankOtp);
+    await page.waitForSelector('#servers', { state: 'visible' });
+    await page.click('#nav-sessions');
+    await page.waitForSelector('#sessions-table tbody tr');
+    out.sessions = await page.$$eval('#sessions-table tbody tr', (rows) =>
+      rows.map((r) => Array.from(r.cells).map((c) => c.textContent)));
+    await page.screenshot({ path: `${shots}/sessions.png`, fullPage: true });
+    await page.click('#sessions-table tbody tr:first-child button');
+    // The Rust side notes when the ssh client ended.
+    const began = Date.now();
+    while (!fs.existsSync(endFile) && Date.now() - began < 30000) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    out.ended_after_ms = fs.existsSync(endFile) ? Date.now() - began : null;
+    out.sessions_error = await page.textContent('#sessions-error');
   } catch (e) {
     // What the page showed when it went wrong, for the test's message.
     if (page) {

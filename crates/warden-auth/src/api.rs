@@ -106,6 +106,12 @@ pub fn router(server: AuthServer) -> Router {
             server.clone(),
             crate::locks::enforce,
         ))
+        // Before any handler: a request this auth server could not finish
+        // goes elsewhere before it uses up a one-time code or token.
+        .route_layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            crate::rotation::signing_gate,
+        ))
         // Outermost: an expired certificate is refused before anything.
         .route_layer(axum::middleware::from_fn(unexpired))
         .with_state(server)

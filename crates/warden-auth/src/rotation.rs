@@ -284,11 +284,11 @@ impl AuthServer {
                     digest.update(key.handle.public_key.as_bytes());
                 }
             }
-            // New cross certificates go into services' chains at renewal.
+            // New cross certificates (daily) go into services' chains at
+            // renewal.
             for c in &a.cross {
                 digest.update(b"\0x");
-                digest.update(c.subject.as_bytes());
-                digest.update(c.issuer.as_bytes());
+                digest.update(c.pem.as_bytes());
             }
             digest.update(b"\n");
         }
@@ -366,10 +366,17 @@ impl AuthServer {
     async fn drive_rotations(&self) -> Result<()> {
         if self.inner.keys.hsm.is_some() {
             for ca in CaType::ALL {
-                self.take_own_key(ca).await?;
+                // A rotation's init takes this server's own key; a join
+                // only starts when the operator asked (`--hsm-join`).
+                if let Err(e) = self.take_own_key(ca, false).await {
+                    tracing::warn!(ca = ca.as_str(), error = %e, "cannot add this auth server's key");
+                }
             }
         }
-        self.certify_peers().await?;
+        if let Err(e) = self.certify_peers().await {
+            tracing::warn!(error = %e, "cannot certify the other auth servers' tls keys");
+        }
+        self.refresh_signing_ready().await;
         for ca in CaType::ALL {
             let authority = self.authority(ca).await?;
             let Some(r) = authority.rotation.clone() else {
@@ -421,13 +428,65 @@ impl AuthServer {
     }
 }
 
+/// Requests that end in signing something after a side effect (a
+/// one-time code, a join token, an SSO state used up).
+const SIGNING_PATHS: &[&str] = &[
+    endpoints::LOGIN.path,
+    endpoints::SIGNUP.path,
+    endpoints::SSO_RESULT.path,
+    endpoints::SSO_CALLBACK.path,
+    endpoints::JOIN.path,
+    endpoints::RENEW.path,
+    endpoints::MFA_SESSION.path,
+    endpoints::NODE_CERTS.path,
+    endpoints::PROXY_CERTS.path,
+];
+
+/// Answers a signing request with 503 `not_ready`, before its handler
+/// changes anything, while this auth server cannot sign with every CA
+/// (it joins with keys of its own that sign after the switch): clients
+/// with several auth addresses send it to the next.
+pub(crate) async fn signing_gate(
+    State(s): State<AuthServer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ready = s
+        .inner
+        .signing_ready
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if !ready && SIGNING_PATHS.contains(&req.uri().path()) {
+        return AuthError::NotReady(
+            "this auth server cannot sign yet: its own HSM keys are trusted but sign only after the join's switch ('warden admin ca ls'); another auth server can".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 impl AuthServer {
+    /// Notes whether this auth server can sign with every CA now.
+    pub(crate) async fn refresh_signing_ready(&self) {
+        let mut ready = true;
+        for ca in CaType::ALL {
+            match self.authority(ca).await {
+                Ok(a) => ready &= self.own_signer(a, false).is_ok(),
+                // The backend's trouble shows on the request itself.
+                Err(_) => return,
+            }
+        }
+        self.inner
+            .signing_ready
+            .store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// With an HSM of its own: adds a key from it to `ca` when this auth
     /// server needs one (`CertAuthority::wants_own_key`): to the rotation
-    /// in `init`, or in a join of its own (automatic, paced like a
-    /// rotation over the cluster's default session TTL). Returns whether
-    /// it added one.
-    pub(crate) async fn take_own_key(&self, ca: CaType) -> Result<bool> {
+    /// in `init`, or, with `may_join` (`--hsm-join`, at start), in a join
+    /// (automatic, paced like a rotation over the cluster's default
+    /// session TTL). Returns whether it added one.
+    pub(crate) async fn take_own_key(&self, ca: CaType, may_join: bool) -> Result<bool> {
         let Some(hsm) = self.inner.keys.hsm.as_deref() else {
             return Ok(false);
         };
@@ -437,6 +496,15 @@ impl AuthServer {
                 .await?
                 .ok_or_else(|| AuthError::Internal(format!("{} CA missing", ca.as_str())))?;
         if !authority.wants_own_key(|k: &CaKey| self.can_load(&k.handle)) {
+            return Ok(false);
+        }
+        // A rotation's init takes every auth server's key; a join (its own
+        // or one under way) only when the operator said so at start.
+        let rotating = authority
+            .rotation
+            .as_ref()
+            .is_some_and(|r| r.phase == Phase::Init && !r.join);
+        if !rotating && !may_join {
             return Ok(false);
         }
         let grace = self.config().await?.default_session_ttl.0.as_secs() as i64;
@@ -498,7 +566,7 @@ impl AuthServer {
             return Ok(());
         };
         let others: Vec<CaKey> = authority
-            .uncertified(&mine)
+            .uncertified(&mine, now())
             .filter(|k| !loadable(k))
             .cloned()
             .collect();
@@ -518,7 +586,7 @@ impl AuthServer {
                 other.handle.alg,
                 &other.handle.public_bytes()?,
             )?;
-            authority.cross.push(CrossCert {
+            authority.certify(CrossCert {
                 subject: other.handle.public_key.clone(),
                 issuer: mine.handle.public_key.clone(),
                 pem,

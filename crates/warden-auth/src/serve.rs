@@ -8,7 +8,6 @@ use anyhow::Context;
 use axum::Extension;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::future::Future;
 use std::sync::Arc;
@@ -27,13 +26,7 @@ const MAX_CONNECTIONS: usize = 50_000;
 /// client certs required and verified against the tls CA.
 pub async fn tls_config(server: &AuthServer) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let id = server.server_identity().await?;
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in &id.ca_pems {
-        for der in pem_to_der(pem)? {
-            roots.add(der)?;
-        }
-    }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    let verifier = warden_ca::tls::client_cert_verifier(&id.ca_pems)?;
     // The issuer's CA certificate first, then the others and the cross
     // certificates: a client that trusts another auth server's key finds
     // its path (`warden_ca::CertAuthority::cross`).

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     /// CA keys this auth server could not load lately (another auth
     /// server's HSM key): not tried again on every signature.
     pub unloadable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Whether this auth server can sign with every CA (`signing_gate`).
+    pub signing_ready: std::sync::atomic::AtomicBool,
     /// The CA generation as it moves (`AuthServer::ca_generations`).
     pub generations: std::sync::OnceLock<tokio::sync::watch::Sender<String>>,
 }
@@ -66,6 +68,8 @@ pub(crate) struct Inner {
 pub struct Keys {
     pub software: Arc<SoftwareKeyStore>,
     pub hsm: Option<Arc<warden_ca::pkcs11::Pkcs11KeyStore>>,
+    /// May join with keys of its own HSM (`StoreConfig::hsm_join`).
+    pub hsm_join: bool,
 }
 
 impl Keys {
@@ -107,6 +111,9 @@ pub struct StoreConfig {
     /// An HSM for the CA keys: new CAs are generated in it, and keys held
     /// in it sign through it.
     pub hsm: Option<warden_ca::pkcs11::HsmConfig>,
+    /// With an HSM that holds none of the cluster's keys: join with keys
+    /// of its own (`--hsm-join`) instead of refusing to start.
+    pub hsm_join: bool,
 }
 
 /// A store named on the command line.
@@ -246,6 +253,7 @@ impl AuthServer {
             Keys {
                 software: keys,
                 hsm,
+                hsm_join: stores.hsm_join,
             },
             spool,
             cluster_name,
@@ -263,21 +271,32 @@ impl AuthServer {
     /// keys joins instead: it adds a key from its HSM (see `rotation`).
     async fn check_kek(&self, kek_path: &Path) -> anyhow::Result<()> {
         self.check_sealed_secrets(kek_path).await?;
+        self.refresh_signing_ready().await;
         for ca in CaType::ALL {
             let authority = self.authority(ca).await?;
             if self.own_signer(authority.clone(), true).is_ok() {
                 continue;
             }
-            if self.inner.keys.hsm.is_some() && self.join_at_start(ca).await? {
+            if self.inner.keys.hsm.is_some()
+                && self.inner.keys.hsm_join
+                && self.join_at_start(ca).await?
+            {
                 continue;
             }
             let Err(e) = self.signer(ca).await else {
                 continue;
             };
+            if let Some(hsm) = &self.inner.keys.hsm {
+                anyhow::bail!(
+                    "this auth server's HSM (token {}) holds none of the cluster's {} CA keys ({e}). If it is a new auth server with an HSM of its own, start it with --hsm-join: its keys are trusted at once and sign after the join's switch. Otherwise check --hsm-token",
+                    hsm.token(),
+                    ca.as_str()
+                );
+            }
             let in_hsm = authority
                 .signing_key()
                 .is_some_and(|k| k.handle.store == warden_ca::pkcs11::STORE);
-            if in_hsm || self.inner.keys.hsm.is_some() {
+            if in_hsm {
                 anyhow::bail!("cannot use the cluster's CA keys: {e}");
             }
             anyhow::bail!(
@@ -300,6 +319,15 @@ impl AuthServer {
         // Twice: another auth server may write the marker meanwhile.
         for _ in 0..2 {
             let Some(item) = self.backend().get(KEK_CHECK).await? else {
+                // An upgraded cluster has sealed data but no marker yet: the
+                // key must open that before it is written down as the
+                // cluster's.
+                if !self.kek_opens_sealed_data().await? {
+                    anyhow::bail!(
+                        "the key-encryption key {} is not the cluster's: it cannot unseal what other auth servers sealed (CA keys or users' TOTP seeds), HSM or not; copy the first auth server's (its data dir's kek) and start with --kek-file",
+                        kek_path.display()
+                    );
+                }
                 let value = software.seal(AAD, b"ok").into_bytes();
                 match self.backend().create(KEK_CHECK, value, None).await {
                     Ok(_) => return Ok(()),
@@ -321,11 +349,38 @@ impl AuthServer {
         Ok(())
     }
 
+    /// Whether the key-encryption key opens what the backend already holds
+    /// sealed: a software CA key, else a user's TOTP seed (true when there
+    /// is nothing sealed yet).
+    async fn kek_opens_sealed_data(&self) -> anyhow::Result<bool> {
+        let software = &self.inner.keys.software;
+        for ca in CaType::ALL {
+            let authority = self.authority(ca).await?;
+            let sealed = authority
+                .all()
+                .find(|k| k.handle.store != warden_ca::pkcs11::STORE)
+                .map(|k| software.load(&k.handle).is_ok());
+            if let Some(opens) = sealed {
+                return Ok(opens);
+            }
+        }
+        for item in self.backend().range(resources::CREDENTIALS).await? {
+            if let Ok(c) = serde_json::from_slice::<resources::Credentials>(&item.value) {
+                if !c.totp_sealed.is_empty() {
+                    return Ok(software
+                        .open(crate::login::TOTP_AAD, &c.totp_sealed)
+                        .is_ok());
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Joins `ca` with a key of this auth server's HSM, retrying when
     /// another auth server moved the CA meanwhile.
     async fn join_at_start(&self, ca: CaType) -> anyhow::Result<bool> {
         for _ in 0..5 {
-            if self.take_own_key(ca).await? {
+            if self.take_own_key(ca, true).await? {
                 return Ok(true);
             }
             let authority = self.authority(ca).await?;
@@ -399,6 +454,7 @@ impl AuthServer {
                 signers: Default::default(),
                 unloadable: Default::default(),
                 generations: Default::default(),
+                signing_ready: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }
@@ -463,6 +519,13 @@ impl AuthServer {
             if has_hsm && authority.pending.iter().any(loadable) {
                 return Err(AuthError::NotReady(format!(
                     "this auth server cannot sign with the {ca} CA yet: its own HSM key is trusted but not signing until the join's switch ('warden admin ca ls'; 'warden admin ca rotate --type {ca} --phase switch' moves it on)"
+                )));
+            }
+            if has_hsm {
+                // It missed a rotation's init (or its join was rolled
+                // back): other auth servers sign meanwhile.
+                return Err(AuthError::NotReady(format!(
+                    "this auth server holds none of the {ca} CA's signing keys: restart it with --hsm-join, or rotate the CA ('warden admin ca rotate --type {ca}': each auth server adds its own key at init)"
                 )));
             }
             let e = self

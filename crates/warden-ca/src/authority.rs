@@ -451,17 +451,32 @@ impl CertAuthority {
         self
     }
 
-    /// tls: keys (other than `mine`) that `mine` has not yet certified.
-    pub fn uncertified<'a>(&'a self, mine: &'a CaKey) -> impl Iterator<Item = &'a CaKey> + 'a {
+    /// tls: keys (other than `mine`) that `mine` has not certified, or
+    /// whose certificate from it is half way through its (short) life at
+    /// `now`.
+    pub fn uncertified<'a>(
+        &'a self,
+        mine: &'a CaKey,
+        now: i64,
+    ) -> impl Iterator<Item = &'a CaKey> + 'a {
         self.active
             .iter()
             .chain(self.pending.iter())
             .filter(move |k| {
                 k.handle.public_key != mine.handle.public_key
                     && !self.cross.iter().any(|c| {
-                        c.subject == k.handle.public_key && c.issuer == mine.handle.public_key
+                        c.subject == k.handle.public_key
+                            && c.issuer == mine.handle.public_key
+                            && !crate::tls::renewal_due(&c.pem, now)
                     })
             })
+    }
+
+    /// Records `mine`'s certificate for `subject`, replacing an older one.
+    pub fn certify(&mut self, cert: CrossCert) {
+        self.cross
+            .retain(|c| !(c.subject == cert.subject && c.issuer == cert.issuer));
+        self.cross.push(cert);
     }
 
     /// Every trusted OpenSSH public key line.
@@ -613,13 +628,31 @@ mod tests {
         assert_eq!(a.clone().led_by(&second).active[0], second);
         // Cross certificates until a key goes.
         let mut b = a.clone();
-        b.cross.push(CrossCert {
+        let signer = store.load(&first.handle).unwrap();
+        let pem = crate::tls::cross_certify(
+            &*signer,
+            first.tls_cert_pem.as_deref().unwrap(),
+            "c1",
+            second.handle.alg,
+            &second.handle.public_bytes().unwrap(),
+        )
+        .unwrap();
+        let cross = CrossCert {
             subject: second.handle.public_key.clone(),
             issuer: first.handle.public_key.clone(),
-            pem: "x".into(),
-        });
-        assert_eq!(b.uncertified(&first).count(), 0);
-        assert_eq!(b.uncertified(&second).count(), 1);
+            pem,
+        };
+        b.certify(cross.clone());
+        b.certify(cross);
+        assert_eq!(b.cross.len(), 1, "a newer one replaces the older");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(b.uncertified(&first, now).count(), 0);
+        assert_eq!(b.uncertified(&second, now).count(), 1);
+        assert_eq!(
+            b.uncertified(&first, now + 13 * 3600).count(),
+            1,
+            "renewed at half its day"
+        );
         assert_eq!(b.tls_cert_pems().len(), 3);
         b.rotate_init(b.new_key(&store).unwrap(), 7, None).unwrap();
         b.rotate_switch(8).unwrap();

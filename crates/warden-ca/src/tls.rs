@@ -15,6 +15,8 @@ use warden_types::{Identity, IDENTITY_EXT_OID};
 
 /// Lifetime of a tls CA certificate.
 const CA_LIFETIME: Duration = Duration::days(3650);
+/// Lifetime of a cross certificate between two auth servers' tls keys.
+const CROSS_LIFETIME: Duration = Duration::days(1);
 
 fn x509_err(e: impl std::fmt::Display) -> CaError {
     CaError::X509(e.to_string())
@@ -161,6 +163,9 @@ pub fn cross_certify(
     let from =
         Issuer::from_ca_cert_pem(issuer_cert_pem, RcgenSigner::new(issuer)).map_err(x509_err)?;
     let mut params = ca_params(cluster, subject);
+    // Short-lived: renewed daily while both keys are trusted, it outlives
+    // a dropped key by a day at most (clients with a pin use it).
+    params.not_after = OffsetDateTime::now_utc() + CROSS_LIFETIME;
     params.use_authority_key_identifier_extension = true;
     let cert = params
         .signed_by(&Key(subject_alg, subject.to_vec()), &from)
@@ -172,11 +177,11 @@ pub fn cross_certify(
 /// IP addresses) and its PKCS#8 key: what a proxy shows browsers when the
 /// operator gave it no certificate of its own (browsers take neither
 /// Ed25519 certificates nor the cluster's CA).
-pub fn self_signed_p256(names: &[String]) -> Result<(String, Vec<u8>)> {
+pub fn self_signed_p256(common_name: &str, names: &[String]) -> Result<(String, Vec<u8>)> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(x509_err)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Warden web UI (self-signed)");
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     for name in names {
         params.subject_alt_names.push(match name.parse::<IpAddr>() {
@@ -331,6 +336,70 @@ pub fn issue_for_ed25519(
         .signed_by(&Raw(public_key), &issuer)
         .map_err(rcgen_err)?;
     Ok(cert.pem())
+}
+
+/// Verifies client certificates against the trusted CA list alone,
+/// ignoring intermediates the client sends: every trusted key is in the
+/// list already, and a chain through a cross certificate (which outlives
+/// its place in the list by up to its lifetime) must not bring a dropped
+/// key back.
+#[derive(Debug)]
+struct LeafOnly(std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for LeafOnly {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, &[], now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The client certificate verifier of Warden's servers: required, from a
+/// key in `ca_pems`, chained directly (see `LeafOnly`).
+pub fn client_cert_verifier(
+    ca_pems: &[String],
+) -> Result<std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in ca_pems {
+        for der in pem_to_der(pem)? {
+            roots.add(der).map_err(x509_err)?;
+        }
+    }
+    let inner = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .map_err(x509_err)?;
+    Ok(std::sync::Arc::new(LeafOnly(inner)))
 }
 
 /// DER certificates in a PEM bundle.

@@ -72,7 +72,7 @@ impl WebCert {
 
     /// A self-signed P-256 certificate for `names`.
     pub fn self_signed(names: &[String]) -> anyhow::Result<Self> {
-        let (pem, key) = warden_ca::tls::self_signed_p256(names)?;
+        let (pem, key) = warden_ca::tls::self_signed_p256("Warden web UI (self-signed)", names)?;
         let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.into());
         Self::from_parts(warden_ca::tls::pem_to_der(&pem)?, key)
     }
@@ -182,17 +182,9 @@ fn cluster_cert(id: &ProxyIdentity) -> anyhow::Result<rustls::sign::CertifiedKey
 /// certificate, and client certificates from any trusted tls CA key
 /// required.
 fn tls_config(id: &ProxyIdentity, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in &id.ca_pems {
-        for der in warden_ca::tls::pem_to_der(pem)? {
-            roots.add(der)?;
-        }
-    }
     let cert = Arc::new(cluster_cert(id)?);
     let mut config = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?,
-        )
+        .with_client_cert_verifier(warden_ca::tls::client_cert_verifier(&id.ca_pems)?)
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(cert)));
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))

@@ -93,6 +93,7 @@ pub fn routes(auth: ApiClient) -> Router {
         .route("/web/api/sessions/end", post(end_session))
         .route("/web/api/requests", get(requests).post(create_request))
         .route("/web/api/requests/{id}/review", post(review_request))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -381,8 +382,8 @@ fn matches(doc: &Document<NodeSpec>, words: &[String]) -> bool {
     let labels = &doc.metadata.labels;
     words.iter().all(|w| match w.split_once('=') {
         Some((k, v)) => labels
-            .get(k)
-            .is_some_and(|have| have.eq_ignore_ascii_case(v)),
+            .iter()
+            .any(|(lk, lv)| lk.eq_ignore_ascii_case(k) && lv.eq_ignore_ascii_case(v)),
         None => {
             doc.spec.hostname.to_lowercase().contains(w)
                 || labels.values().any(|v| v.to_lowercase().contains(w))
@@ -645,7 +646,7 @@ mod tests {
 
     #[test]
     fn searches_match_names_labels_and_key_value_pairs() {
-        let db = node("db-1", &[("env", "prod"), ("team", "payments")]);
+        let db = node("db-1", &[("env", "prod"), ("team", "payments"), ("Zone", "EU")]);
         let web = node("web-1", &[("env", "staging")]);
         let q = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_lowercase).collect() };
         assert!(matches(&db, &q("")));
@@ -655,5 +656,6 @@ mod tests {
         assert!(matches(&db, &q("pay env=PROD")), "all words, any case");
         assert!(!matches(&db, &q("pay env=staging")));
         assert!(!matches(&db, &q("nosuch=prod")));
+        assert!(matches(&db, &q("zone=eu")), "label keys in any case");
     }
 }

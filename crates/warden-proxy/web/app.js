@@ -224,7 +224,9 @@ function route() {
     loadSessions();
   } else if (location.hash.startsWith('#requests')) {
     show('requests');
-    loadRequests(decodeURIComponent(location.hash.slice('#requests/'.length)));
+    let only = '';
+    try { only = decodeURIComponent(location.hash.slice('#requests/'.length)); } catch (_) { only = ''; }
+    loadRequests(only);
   } else if (location.hash === '#audit') {
     show('audit');
     loadAudit();

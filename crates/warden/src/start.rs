@@ -81,6 +81,12 @@ pub struct StartArgs {
         requires = "hsm_module"
     )]
     hsm_key_type: String,
+    /// Auth: let this auth server join a cluster whose CA keys its HSM does
+    /// not hold: it adds a key of its own per CA, trusted at once, signing
+    /// after the join's switch (paced like a rotation). Without it such a
+    /// start is refused (a mistyped --hsm-token must not make new keys).
+    #[arg(long, requires = "hsm_module")]
+    hsm_join: bool,
     /// Auth: where session recordings go: the data dir, or
     /// s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=REGION
     /// (S3-compatible object storage, shared by every auth server; keys
@@ -384,7 +390,8 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
         false => None,
     };
     let _lock = lock_data_dir(&mut listeners)?;
-    let stores = a.state.stores(a.recordings.clone(), hsm_config(&a)?);
+    let mut stores = a.state.stores(a.recordings.clone(), hsm_config(&a)?);
+    stores.hsm_join = a.hsm_join;
     let auth = AuthServer::open(&data_dir, a.cluster_name.as_deref(), &stores)
         .await
         .with_context(|| format!("cannot open the cluster in {}", data_dir.display()))?;
@@ -810,6 +817,7 @@ impl StateArgs {
             kek_file: self.kek_file.clone(),
             recordings,
             hsm,
+            hsm_join: false,
         }
     }
 }

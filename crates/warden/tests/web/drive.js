@@ -2,11 +2,41 @@
 // web UI for crates/warden/tests/web.rs, and prints what it saw as one JSON
 // line; the Rust test decides pass or fail. Inputs from the environment:
 // WARDEN_URL, SHOTS (a directory for screenshots), ALICE, BOB, CAROL (who
-// may request the role dba) and DAVE (who may review it) as
-// "user:password:otp", NODE (a server alice may reach).
+// may request the role dba), DAVE (who may review it) and FRANK (who may
+// end sessions) as "user:password:totp-secret", NODE (a server alice may
+// reach), END_FILE (appears when the session Frank ends has ended).
 'use strict';
+const crypto = require('crypto');
 const fs = require('fs');
 const { chromium } = require('playwright-core');
+
+/** RFC 4648 base32, as TOTP secrets are written. */
+function base32(text) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  const out = [];
+  let bits = 0;
+  let value = 0;
+  for (const c of text.replace(/=+$/, '').toUpperCase()) {
+    value = ((value << 5) | alphabet.indexOf(c)) & 0xfff;
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
+
+/** The RFC 6238 code (SHA-1, 6 digits, 30 s) for 30 s from now, made
+ * just before it is typed (as the tests' oathtool helper does). */
+function totp(secret) {
+  const step = Math.floor((Date.now() / 1000 + 30) / 30);
+  const msg = Buffer.alloc(8);
+  msg.writeBigUInt64BE(BigInt(step));
+  const h = crypto.createHmac('sha1', base32(secret)).update(msg).digest();
+  const o = h[h.length - 1] & 15;
+  return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, '0');
+}
 
 const env = (k) => {
   const v = process.env[k];
@@ -15,12 +45,12 @@ const env = (k) => {
 };
 const url = env('WARDEN_URL');
 const shots = env('SHOTS');
-const [aliceUser, alicePass, aliceOtp] = env('ALICE').split(':');
-const [bobUser, bobPass, bobOtp] = env('BOB').split(':');
+const [aliceUser, alicePass, aliceSecret] = env('ALICE').split(':');
+const [bobUser, bobPass, bobSecret] = env('BOB').split(':');
 const node = env('NODE');
-const [carolUser, carolPass, carolOtp] = env('CAROL').split(':');
-const [daveUser, davePass, daveOtp] = env('DAVE').split(':');
-const [frankUser, frankPass, frankOtp] = env('FRANK').split(':');
+const [carolUser, carolPass, carolSecret] = env('CAROL').split(':');
+const [daveUser, davePass, daveSecret] = env('DAVE').split(':');
+const [frankUser, frankPass, frankSecret] = env('FRANK').split(':');
 const endFile = env('END_FILE');
 
 async function logIn(page, user, password, otp) {
@@ -57,7 +87,7 @@ async function logIn(page, user, password, otp) {
     out.bad_login = await page.textContent('#login-error');
     await page.screenshot({ path: `${shots}/login-failed.png`, fullPage: true });
 
-    await logIn(page, aliceUser, alicePass, aliceOtp);
+    await logIn(page, aliceUser, alicePass, totp(aliceSecret));
     await page.waitForSelector('#server-table tbody tr');
     out.servers = await page.$$eval('#server-table tbody tr', (rows) =>
       rows.map((r) => Array.from(r.cells).map((c) => c.textContent)));
@@ -121,7 +151,7 @@ async function logIn(page, user, password, otp) {
     out.nodes_after_logout = await page.evaluate(() => fetch('/web/api/nodes').then((r) => r.status));
 
     // Bob may reach servers but not read the audit log: auth says no.
-    await logIn(page, bobUser, bobPass, bobOtp);
+    await logIn(page, bobUser, bobPass, totp(bobSecret));
     await page.waitForSelector('#server-table tbody tr');
     out.bob_audit_status = await page.evaluate(() => fetch('/web/api/audit').then((r) => r.status));
     await page.click('#nav-audit');
@@ -132,7 +162,7 @@ async function logIn(page, user, password, otp) {
     await page.click('#logout');
 
     // Carol asks for dba; Dave approves it from the request's own link.
-    await logIn(page, carolUser, carolPass, carolOtp);
+    await logIn(page, carolUser, carolPass, totp(carolSecret));
     await page.waitForSelector('#servers', { state: 'visible' });
     await page.click('#nav-requests');
     await page.fill('#request-roles', 'dba');
@@ -149,7 +179,7 @@ async function logIn(page, user, password, otp) {
     await page.screenshot({ path: `${shots}/request-created.png`, fullPage: true });
     await page.click('#logout');
 
-    await logIn(page, daveUser, davePass, daveOtp);
+    await logIn(page, daveUser, davePass, totp(daveSecret));
     await page.waitForSelector('#servers', { state: 'visible' });
     await page.goto(`${url}#requests/${id}`);
     await page.waitForSelector(`#requests-table tbody tr[data-id="${id}"] button`);
@@ -165,7 +195,7 @@ async function logIn(page, user, password, otp) {
     await page.click('#logout');
 
     // Frank (an editor and auditor) sees Erin's live session and ends it.
-    await logIn(page, frankUser, frankPass, frankOtp);
+    await logIn(page, frankUser, frankPass, totp(frankSecret));
     await page.waitForSelector('#servers', { state: 'visible' });
     await page.click('#nav-sessions');
     await page.waitForSelector('#sessions-table tbody tr');

@@ -229,7 +229,10 @@ mod tests {
         };
         let pin_a = Trust::Pin(ca_pin(&a_pem).unwrap());
         verify(pin_a.clone(), &[&b_pem, &a_pem, &cross]).unwrap();
-        assert!(verify(pin_a.clone(), &[&b_pem, &a_pem]).is_err(), "no bridge");
+        assert!(
+            verify(pin_a.clone(), &[&b_pem, &a_pem]).is_err(),
+            "no bridge"
+        );
         // A saved CA list takes no path from the server: it trusts the
         // keys it holds (B's too, once saved after B joined).
         let saved_a = Trust::Roots(vec![a_pem.clone()]);

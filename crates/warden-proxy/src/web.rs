@@ -646,7 +646,10 @@ mod tests {
 
     #[test]
     fn searches_match_names_labels_and_key_value_pairs() {
-        let db = node("db-1", &[("env", "prod"), ("team", "payments"), ("Zone", "EU")]);
+        let db = node(
+            "db-1",
+            &[("env", "prod"), ("team", "payments"), ("Zone", "EU")],
+        );
         let web = node("web-1", &[("env", "staging")]);
         let q = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_lowercase).collect() };
         assert!(matches(&db, &q("")));

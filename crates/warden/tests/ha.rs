@@ -344,7 +344,10 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     // token must not join.
     let (mut wrong, started) = start_auth_env(&dir, "auth-nojoin", &args, &env);
     let err = started.expect_err("an auth server whose HSM holds no key must not start");
-    assert!(err.contains("--hsm-join") && err.contains("warden-b"), "{err}");
+    assert!(
+        err.contains("--hsm-join") && err.contains("warden-b"),
+        "{err}"
+    );
     let _ = wrong.wait();
     assert_eq!(ca_keys(&c).len(), 3, "it added no keys");
     args.push("--hsm-join");

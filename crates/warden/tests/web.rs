@@ -251,8 +251,7 @@ fn the_web_ui_in_chromium() {
 fn browsers_get_the_operators_certificate() {
     let dir = temp_dir("web-cert");
     let (cert, key) =
-        warden_ca::tls::self_signed_p256("operator test cert", &["warden.example".into()])
-            .unwrap();
+        warden_ca::tls::self_signed_p256("operator test cert", &["warden.example".into()]).unwrap();
     let (cert_file, key_file) = (dir.join("web.crt"), dir.join("web.key"));
     std::fs::write(&cert_file, cert).unwrap();
     let key_pem = format!(
@@ -304,7 +303,10 @@ fn browsers_get_the_operators_certificate() {
     let browser = subject("ECDSA+SHA256:RSA-PSS+SHA256");
     assert!(browser.contains("operator test cert"), "{browser}");
     let warden = subject("ed25519:ECDSA+SHA256");
-    assert!(warden.contains("tls CA"), "the cluster-signed one: {warden}");
+    assert!(
+        warden.contains("tls CA"),
+        "the cluster-signed one: {warden}"
+    );
     // And the CLI, pinned, works as ever.
     let secret = c.add_user("carol", "access", "root");
     c.login("carol", "carol", &totp(&secret, 30)).expect_ok();

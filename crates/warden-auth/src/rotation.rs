@@ -162,21 +162,11 @@ impl AuthServer {
             Step::Rollback => authority.rotate_rollback(),
         };
         result.map_err(|e| AuthError::Conflict(e.to_string()))?;
-        let value =
-            serde_json::to_vec(&authority).map_err(|e| AuthError::Internal(e.to_string()))?;
-        match self
-            .backend()
-            .compare_and_swap(&key, revision, value, None)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(AuthError::Conflict(format!(
-                    "the {} CA changed meanwhile (another auth server moved the rotation); look with 'warden admin ca ls'",
-                    ca.as_str()
-                )))
-            }
-            Err(e) => return Err(e.into()),
+        if !self.store_authority(&key, revision, &authority).await? {
+            return Err(AuthError::Conflict(format!(
+                "the {} CA changed meanwhile (another auth server moved the rotation); look with 'warden admin ca ls'",
+                ca.as_str()
+            )));
         }
         if step == Step::Drop || step == Step::Rollback {
             // The reports were for this rotation only.
@@ -513,18 +503,10 @@ impl AuthServer {
         let started = authority
             .join(fresh, now(), Some(grace))
             .map_err(|e| AuthError::Conflict(e.to_string()))?;
-        let value =
-            serde_json::to_vec(&authority).map_err(|e| AuthError::Internal(e.to_string()))?;
-        match self
-            .backend()
-            .compare_and_swap(&key, revision, value, None)
-            .await
-        {
-            Ok(_) => {}
+        if !self.store_authority(&key, revision, &authority).await? {
             // Another step came first: the next round looks again (the
             // key made in the token is left unused).
-            Err(StoreError::Conflict { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
+            return Ok(false);
         }
         let what = match started {
             true => format!(
@@ -592,21 +574,35 @@ impl AuthServer {
                 pem,
             });
         }
-        let value =
-            serde_json::to_vec(&authority).map_err(|e| AuthError::Internal(e.to_string()))?;
-        match self
-            .backend()
-            .compare_and_swap(&key, revision, value, None)
-            .await
-        {
-            Ok(_) => tracing::info!(
+        // Lost to another writer: the next round certifies again.
+        if self.store_authority(&key, revision, &authority).await? {
+            tracing::info!(
                 keys = others.len(),
                 "certified other auth servers' tls CA keys with this one's"
-            ),
-            Err(StoreError::Conflict { .. }) => {}
-            Err(e) => return Err(e.into()),
+            );
         }
         Ok(())
+    }
+
+    /// Stores a CA at `key` if it is still at `revision` (several auth
+    /// servers write CAs); false when another write came first.
+    async fn store_authority(
+        &self,
+        key: &str,
+        revision: i64,
+        authority: &CertAuthority,
+    ) -> Result<bool> {
+        let value =
+            serde_json::to_vec(authority).map_err(|e| AuthError::Internal(e.to_string()))?;
+        match self
+            .backend()
+            .compare_and_swap(key, revision, value, None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -185,24 +185,7 @@ fn two_auth_servers_and_a_proxy(
     // A user created through auth 1 logs in through auth 2 (via proxy B),
     // and auth 1's node accepts the certificate auth 2 issued.
     let secret = c.add_user("alice", "access,auditor", "root");
-    let login = |user: &str, otp: &str| {
-        c.run_as(
-            user,
-            &[
-                "login",
-                "--proxy",
-                &b,
-                "--user",
-                user,
-                "--ca-pin",
-                &c.pin,
-                "--password-stdin",
-                "--otp",
-                otp,
-            ],
-            Some(&format!("{PASSWORD}\n")),
-        )
-    };
+    let login = |user: &str, otp: &str| c.login_through(user, otp, &b, &c.pin);
     login("alice", &totp(&secret, 30)).expect_ok();
     c.wait_reachable("alice", "root", "box");
     let out = c
@@ -385,7 +368,8 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     // Until then auth 2 cannot sign: it answers a login with 503 before
     // using the one-time code, and the proxy takes it to auth 1.
     let gina = c.add_user("gina", "access", "root");
-    login_via(&c, "gina", &b, &totp(&gina, 30)).expect_ok();
+    c.login_through("gina", &totp(&gina, 30), &b, &c.pin)
+        .expect_ok();
     let gina_cert = walk_for(&dir.join("gina"), "gina-cert.pub").expect("gina's certificate");
     assert_eq!(signed_by(&gina_cert), first_user_key, "auth 1 signed it");
 
@@ -468,7 +452,8 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     // carries auth 1's certificate for auth 2's key. Auth 2 signs his
     // certificates.
     let bob = c.add_user("bob", "access", "root");
-    login_via(&c, "bob", &b, &totp(&bob, 30)).expect_ok();
+    c.login_through("bob", &totp(&bob, 30), &b, &c.pin)
+        .expect_ok();
     let bob_cert = walk_for(&dir.join("bob"), "bob-cert.pub").expect("bob's certificate");
     assert_eq!(signed_by(&bob_cert), second_user_key, "auth 2 signed it");
     let alice_cert = c.keys_dir("alice").join("alice-cert.pub");
@@ -493,27 +478,6 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
             .expect_ok();
         assert_eq!(out.stdout.trim(), "in", "{user} at {node}");
     }
-}
-
-/// `warden login` as `user` through `proxy`, pinning the cluster's first
-/// tls key.
-fn login_via(c: &Cluster, user: &str, proxy: &str, otp: &str) -> Out {
-    c.run_as(
-        user,
-        &[
-            "login",
-            "--proxy",
-            proxy,
-            "--user",
-            user,
-            "--ca-pin",
-            &c.pin,
-            "--password-stdin",
-            "--otp",
-            otp,
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    )
 }
 
 /// The first file called `name` under `dir`.

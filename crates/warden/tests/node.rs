@@ -2225,8 +2225,10 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     });
     c.run_as("carol-mid-tls", &["ls"], None).expect_ok();
     // A first login now needs the new pin: the old one is refused.
-    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &c.pin).expect_err("CA pin mismatch");
-    login_with_pin(&c, "dave", &totp(&dave, 30), &c.proxy, &new_pin).expect_ok();
+    c.login_through("dave", &totp(&dave, 30), &c.proxy, &c.pin)
+        .expect_err("CA pin mismatch");
+    c.login_through("dave", &totp(&dave, 30), &c.proxy, &new_pin)
+        .expect_ok();
     c.run_as("dave", &["ls"], None).expect_ok();
     c.run_as("dave", &["ssh", "root@rot", "--", "true"], None)
         .expect_ok();
@@ -2271,7 +2273,8 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
     let (mut proxy_b, b) = c.start_proxy("proxy-b", &c.auth);
-    login_with_pin(&c, "erin", &totp(&erin, 30), &b, &new_pin).expect_ok();
+    c.login_through("erin", &totp(&erin, 30), &b, &new_pin)
+        .expect_ok();
     c.wait_reachable("erin", "root", "rot");
 
     for (what, child) in [
@@ -2298,7 +2301,8 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     });
     let (final_tls, _, _) = ca_state(&c, "tls");
     let pin = pin_of(&c, &final_tls);
-    login_with_pin(&c, "frank", &totp(&frank, 30), &c.proxy, &pin).expect_ok();
+    c.login_through("frank", &totp(&frank, 30), &c.proxy, &pin)
+        .expect_ok();
     c.wait_reachable("frank", "root", "rot");
     c.ssh("frank", "frank", "root", &[], "true", None)
         .expect_ok();
@@ -2333,27 +2337,6 @@ fn host_and_tls_cas_rotate_without_dropping_anyone() {
     }
     let _ = proxy_b.kill();
     let _ = proxy_b.wait();
-}
-
-/// `warden login` as `user` (home of the same name) through `proxy`,
-/// trusting `pin`.
-fn login_with_pin(c: &Cluster, user: &str, otp: &str, proxy: &str, pin: &str) -> Out {
-    c.run_as(
-        user,
-        &[
-            "login",
-            "--proxy",
-            proxy,
-            "--user",
-            user,
-            "--ca-pin",
-            pin,
-            "--password-stdin",
-            "--otp",
-            otp,
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    )
 }
 
 /// Whether `proxy` verifies against `pin` (a login that stops before

@@ -281,6 +281,27 @@ pub fn wrong_code(right: &str) -> String {
 
 impl Cluster {
     /// The key directory of `user`'s profile in `home`.
+    /// `warden login` as `user` (home of the same name) through `proxy`,
+    /// trusting the cluster by `pin` on first contact.
+    pub fn login_through(&self, user: &str, otp: &str, proxy: &str, pin: &str) -> Out {
+        self.run_as(
+            user,
+            &[
+                "login",
+                "--proxy",
+                proxy,
+                "--user",
+                user,
+                "--ca-pin",
+                pin,
+                "--password-stdin",
+                "--otp",
+                otp,
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        )
+    }
+
     pub fn keys_dir(&self, home: &str) -> PathBuf {
         let name: String = self
             .proxy

@@ -297,9 +297,12 @@ async fn login(
     });
     {
         let mut sessions = w.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.len() >= MAX_SESSIONS {
-            let at = now();
-            sessions.retain(|_, s| s.expires > at);
+        // Ended sessions go at each login (their keys with them), and the
+        // browser's previous one is replaced.
+        let at = now();
+        sessions.retain(|_, s| s.expires > at);
+        if let Some(old) = cookie(&headers, COOKIE) {
+            sessions.remove(&session_key(&old));
         }
         if sessions.len() >= MAX_SESSIONS {
             return refuse(

@@ -27,7 +27,7 @@ use warden_client::tls::ClientCert;
 use warden_client::ApiClient;
 use warden_types::api::{
     ApiError, AuditQuery, CreateLockRequest, CreateRequestRequest, LoginRequest, LoginResponse,
-    ReviewRequest,
+    RecordingQuery, ReviewRequest,
 };
 use warden_types::{endpoints, Document, NodeSpec, Secret};
 
@@ -89,6 +89,8 @@ pub fn routes(auth: ApiClient) -> Router {
         .route("/web/api/nodes", get(nodes))
         .route("/web/api/audit", get(audit))
         .route("/web/api/audit/export", get(audit_export))
+        .route("/web/api/recordings", get(recordings))
+        .route("/web/api/recordings/{id}/text", get(transcript))
         .route("/web/api/sessions", get(sessions))
         .route("/web/api/sessions/end", post(end_session))
         .route("/web/api/requests", get(requests).post(create_request))
@@ -493,6 +495,86 @@ async fn audit_export(
         body,
     )
         .into_response()
+}
+
+/// Recordings, filtered by user, node and start, for roles that may read
+/// them (auth decides).
+async fn recordings(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<RecordingQuery>,
+) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    passthrough(
+        s.api
+            .call_as::<serde_json::Value, _, _>(
+                &endpoints::RECORDINGS,
+                endpoints::RECORDINGS.path,
+                &q,
+            )
+            .await,
+    )
+}
+
+/// The largest transcript the page gets (the CLI exports any size).
+const MAX_TRANSCRIPT: usize = 16 << 20;
+
+/// A recording's output as plain text (escape sequences removed, markers
+/// on lines of their own), decoded as it downloads from auth, which
+/// checks the right to read it and audits the playback.
+async fn transcript(State(w): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let mut download = match s
+        .api
+        .download(&endpoints::RECORDING, &endpoints::RECORDING.at(&[&id]))
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => return error_response(e),
+    };
+    let mut text = warden_recording::TextWriter::new(Vec::new());
+    let mut reader = warden_recording::Reader::new(|item| text.item(&item));
+    let mut read = 0usize;
+    loop {
+        match download.next().await {
+            Ok(Some(piece)) => {
+                read += piece.len();
+                if read > MAX_TRANSCRIPT {
+                    return refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("this recording is larger than {} MiB; export it with 'warden play {id} --format text'", MAX_TRANSCRIPT >> 20),
+                    )
+                    .into_response();
+                }
+                if let Err(e) = reader.push(&piece) {
+                    return refuse(StatusCode::BAD_GATEWAY, "bad_recording", e.to_string())
+                        .into_response();
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return error_response(e),
+        }
+    }
+    if let Err(e) = reader.finish() {
+        return refuse(StatusCode::BAD_GATEWAY, "bad_recording", e.to_string()).into_response();
+    }
+    match text.finish() {
+        Ok(bytes) => (
+            [("content-type", "text/plain; charset=utf-8")],
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+            .into_response(),
+        Err(e) => {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response()
+        }
+    }
 }
 
 /// Sessions running now, for roles that may list sessions.

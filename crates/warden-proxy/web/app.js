@@ -29,7 +29,7 @@ async function api(path, { method = 'GET', body } = {}) {
 }
 
 function show(id) {
-  for (const s of ['login', 'servers', 'audit', 'requests', 'sessions']) $(s).hidden = s !== id;
+  for (const s of ['login', 'servers', 'audit', 'requests', 'sessions', 'recordings']) $(s).hidden = s !== id;
   $('nav').hidden = !state.session;
 }
 
@@ -49,12 +49,15 @@ function signedIn(session) {
 function signedOut(message) {
   state.session = null;
   // Nothing of this session stays on the page for the next user.
-  for (const t of ['server-table', 'audit-table', 'requests-table', 'sessions-table']) {
+  for (const t of ['server-table', 'audit-table', 'requests-table', 'sessions-table', 'recordings-table']) {
     $(t).querySelector('tbody').replaceChildren();
   }
-  for (const f of ['q', 'audit-type', 'audit-user', 'request-roles', 'request-reason', 'review-reason']) $(f).value = '';
+  for (const f of ['q', 'audit-type', 'audit-user', 'request-roles', 'request-reason', 'review-reason',
+    'rec-user', 'rec-node']) {
+    $(f).value = '';
+  }
   for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error',
-    'request-created', 'sessions-error']) {
+    'request-created', 'sessions-error', 'recordings-error', 'transcript']) {
     $(m).textContent = '';
   }
   state.page = 0;
@@ -217,9 +220,54 @@ async function loadSessions() {
   }
 }
 
+async function loadRecordings() {
+  $('recordings-error').textContent = '';
+  const body = $('recordings-table').querySelector('tbody');
+  body.replaceChildren();
+  const params = new URLSearchParams();
+  if ($('rec-user').value.trim()) params.set('user', $('rec-user').value.trim());
+  if ($('rec-node').value.trim()) params.set('node', $('rec-node').value.trim());
+  let list;
+  try { list = await api(`/web/api/recordings?${params}`); } catch (e) { return failed(e, 'recordings-error'); }
+  list.sort((a, b) => b.start - a.start);
+  for (const r of list) {
+    const row = document.createElement('tr');
+    row.dataset.id = r.session_id;
+    cell(row, time(new Date(r.start * 1000).toISOString()));
+    cell(row, r.user);
+    cell(row, r.login);
+    cell(row, r.node_name || r.node);
+    cell(row, r.command || '(shell)');
+    cell(row, `${(r.duration_ms / 1000).toFixed(1)} s${r.truncated ? ' (cut short)' : ''}`);
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = 'Show';
+    b.setAttribute('aria-label', `Show the transcript of ${r.user}'s session on ${r.node_name || r.node}`);
+    b.addEventListener('click', async () => {
+      $('transcript').textContent = '';
+      const resp = await fetch(`/web/api/recordings/${encodeURIComponent(r.session_id)}/text`, {
+        credentials: 'same-origin',
+      });
+      const text = await resp.text();
+      if (!resp.ok) {
+        let message = text;
+        try { message = JSON.parse(text).message; } catch (_) { /* plain text */ }
+        $('recordings-error').textContent = message;
+        return;
+      }
+      $('transcript').textContent = text;
+    });
+    cell(row, '').appendChild(b);
+    body.appendChild(row);
+  }
+}
+
 function route() {
   if (!state.session) return show('login');
-  if (location.hash === '#sessions') {
+  if (location.hash === '#recordings') {
+    show('recordings');
+    loadRecordings();
+  } else if (location.hash === '#sessions') {
     show('sessions');
     loadSessions();
   } else if (location.hash.startsWith('#requests')) {
@@ -267,6 +315,7 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('prev').addEventListener('click', () => { state.page = Math.max(0, state.page - 1); loadServers(); });
   $('next').addEventListener('click', () => { state.page += 1; loadServers(); });
   $('audit-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadAudit(); });
+  $('recording-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadRecordings(); });
   $('request-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     $('request-created').textContent = '';

@@ -64,6 +64,14 @@ fn the_web_ui_in_chromium() {
     let erin = c.add_user("erin", "access", "root");
     c.login("erin", "erin", &totp(&erin, 30)).expect_ok();
     c.wait_reachable("erin", "root", "web-box");
+    let out = c
+        .run_as(
+            "erin",
+            &["ssh", "root@web-box", "--", "echo", "web-recorded"],
+            None,
+        )
+        .expect_ok();
+    assert_eq!(out.stdout.trim(), "web-recorded");
     let end_file = dir.join("erin-ended");
     let mut erin_ssh = c.spawn_ssh("erin", "root@web-box", "sleep 120");
     let marker = end_file.clone();
@@ -178,6 +186,7 @@ fn the_web_ui_in_chromium() {
     // Bob: auth refuses him the audit log, and the page shows nothing of it
     // (not even what alice saw before him).
     assert_eq!(saw["bob_audit_status"], 403, "{saw}");
+    assert_eq!(saw["bob_recordings_status"], 403, "no recordings for him");
     assert!(!saw["bob_audit_error"].as_str().unwrap().is_empty());
     assert_eq!(saw["bob_audit_rows"], 0);
     // Carol's request, approved by Dave through its link; auth recorded it.
@@ -231,7 +240,15 @@ fn the_web_ui_in_chromium() {
     assert!(!status.success(), "ended by the lock, not by itself");
     let locks = c.admin(&["locks", "ls"]).expect_ok().stdout;
     assert!(locks.contains("erin") && locks.contains("frank"), "{locks}");
+    // Erin's recorded command, and its transcript.
+    assert_eq!(saw["recording_listed"], true, "{saw}");
+    assert_eq!(saw["recordings_error"], "", "{saw}");
+    assert!(
+        saw["transcript"].as_str().unwrap().contains("web-recorded"),
+        "{saw}"
+    );
     for shot in [
+        "recordings",
         "sessions",
         "login-failed",
         "servers",

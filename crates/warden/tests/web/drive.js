@@ -154,6 +154,7 @@ async function logIn(page, user, password, otp) {
     await logIn(page, bobUser, bobPass, totp(bobSecret));
     await page.waitForSelector('#server-table tbody tr');
     out.bob_audit_status = await page.evaluate(() => fetch('/web/api/audit').then((r) => r.status));
+    out.bob_recordings_status = await page.evaluate(() => fetch('/web/api/recordings').then((r) => r.status));
     await page.click('#nav-audit');
     await page.waitForFunction(() => document.getElementById('audit-error').textContent !== '');
     out.bob_audit_error = await page.textContent('#audit-error');
@@ -210,6 +211,27 @@ async function logIn(page, user, password, otp) {
     }
     out.ended_after_ms = fs.existsSync(endFile) ? Date.now() - began : null;
     out.sessions_error = await page.textContent('#sessions-error');
+
+    // Erin's earlier command, recorded: its transcript, as Frank (an
+    // auditor) reads it. The node uploads it when the session ends.
+    await page.click('#nav-recordings');
+    await page.fill('#rec-user', 'erin');
+    let found = false;
+    for (let i = 0; i < 60 && !found; i++) {
+      await page.click('#recording-search button');
+      await page.waitForTimeout(500);
+      found = await page.$$eval('#recordings-table tbody tr td:nth-child(5)', (c) =>
+        c.some((x) => x.textContent.includes('web-recorded')));
+    }
+    out.recording_listed = found;
+    if (found) {
+      await page.click('#recordings-table tbody tr:has(td:text("echo web-recorded")) button');
+      await page.waitForFunction(() => document.getElementById('transcript').textContent !== ''
+        || document.getElementById('recordings-error').textContent !== '');
+      out.transcript = await page.textContent('#transcript');
+      out.recordings_error = await page.textContent('#recordings-error');
+      await page.screenshot({ path: `${shots}/recordings.png`, fullPage: true });
+    }
   } catch (e) {
     // What the page showed when it went wrong, for the test's message.
     if (page) {

@@ -443,15 +443,8 @@ async fn audit(
         Err(r) => return r.into_response(),
     };
     q.limit = Some(q.limit.unwrap_or(100).min(MAX_EVENTS));
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(
-                &endpoints::AUDIT_EVENTS,
-                endpoints::AUDIT_EVENTS.path,
-                &q,
-            )
-            .await,
-    )
+    s.forward(&endpoints::AUDIT_EVENTS, endpoints::AUDIT_EVENTS.path, &q)
+        .await
 }
 
 /// The same search as a download, one JSON event per line (what a SIEM
@@ -508,15 +501,8 @@ async fn recordings(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(
-                &endpoints::RECORDINGS,
-                endpoints::RECORDINGS.path,
-                &q,
-            )
-            .await,
-    )
+    s.forward(&endpoints::RECORDINGS, endpoints::RECORDINGS.path, &q)
+        .await
 }
 
 /// The largest transcript the page gets (the CLI exports any size).
@@ -583,15 +569,12 @@ async fn sessions(State(w): State<Web>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(
-                &endpoints::ACTIVE_SESSIONS,
-                endpoints::ACTIVE_SESSIONS.path,
-                &(),
-            )
-            .await,
+    s.forward(
+        &endpoints::ACTIVE_SESSIONS,
+        endpoints::ACTIVE_SESSIONS.path,
+        &(),
     )
+    .await
 }
 
 /// Which session to end.
@@ -628,15 +611,8 @@ async fn end_session(
         reason: format!("session ended by {} from the web UI", s.user),
         ttl_secs: Some(END_LOCK_SECS),
     };
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(
-                &endpoints::CREATE_LOCK,
-                endpoints::CREATE_LOCK.path,
-                &lock,
-            )
-            .await,
-    )
+    s.forward(&endpoints::CREATE_LOCK, endpoints::CREATE_LOCK.path, &lock)
+        .await
 }
 
 /// The access requests the user may see (their own, and those they may
@@ -646,11 +622,8 @@ async fn requests(State(w): State<Web>, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(&endpoints::REQUESTS, endpoints::REQUESTS.path, &())
-            .await,
-    )
+    s.forward(&endpoints::REQUESTS, endpoints::REQUESTS.path, &())
+        .await
 }
 
 /// A request for roles (or nodes), checked by auth as `warden request
@@ -665,15 +638,12 @@ async fn create_request(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(
-                &endpoints::CREATE_REQUEST,
-                endpoints::CREATE_REQUEST.path,
-                &req,
-            )
-            .await,
+    s.forward(
+        &endpoints::CREATE_REQUEST,
+        endpoints::CREATE_REQUEST.path,
+        &req,
     )
+    .await
 }
 
 /// Approves or denies a request; auth decides whether this user may.
@@ -688,22 +658,30 @@ async fn review_request(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    passthrough(
-        s.api
-            .call_as::<serde_json::Value, _, _>(
-                &endpoints::REVIEW_REQUEST,
-                &endpoints::REVIEW_REQUEST.at(&[&id]),
-                &req,
-            )
-            .await,
+    s.forward(
+        &endpoints::REVIEW_REQUEST,
+        &endpoints::REVIEW_REQUEST.at(&[&id]),
+        &req,
     )
+    .await
 }
 
-/// Auth's answer as it is, or its refusal.
-fn passthrough(r: Result<serde_json::Value, warden_client::ClientError>) -> Response {
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error_response(e),
+impl Session {
+    /// Calls auth as the user: its answer as it is, or its refusal.
+    async fn forward<Req: Serialize + ?Sized, Resp>(
+        &self,
+        e: &endpoints::Endpoint<Req, Resp>,
+        path: &str,
+        req: &Req,
+    ) -> Response {
+        match self
+            .api
+            .call_as::<serde_json::Value, _, _>(e, path, req)
+            .await
+        {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => error_response(e),
+        }
     }
 }
 

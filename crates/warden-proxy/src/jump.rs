@@ -226,59 +226,58 @@ impl russh::server::Handler for JumpConn {
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
-        // The tunnel first (it is the only way to nodes behind NAT); else
-        // the node's advertised address.
-        let peer = self.peer;
-        let jump = self.jump.clone();
-        if let Some(upstream) = jump.tunnels.dial(&node.id, peer).await {
-            reply.accept().await;
-            tokio::spawn(async move {
-                let _permit = permit;
-                METRICS.proxy_jump_sessions.inc();
-                let mut a = channel.into_stream();
-                let mut b = upstream.into_stream();
-                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                METRICS.proxy_jump_sessions.dec();
-            });
+        let Some(upstream) = dial(&self.jump, &node, self.peer).await else {
+            tracing::info!(%user, node = %node.id, "node unreachable: no tunnel here or at a peer, no reachable address");
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
-        }
-        for addr in &node.addrs {
-            if let Ok(Ok(tcp)) = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::net::TcpStream::connect(addr),
-            )
-            .await
-            {
-                let _ = tcp.set_nodelay(true);
-                reply.accept().await;
-                tokio::spawn(async move {
-                    METRICS.proxy_jump_sessions.inc();
-                    let mut a = channel.into_stream();
-                    let mut b = tcp;
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                    METRICS.proxy_jump_sessions.dec();
-                });
-                return Ok(());
-            }
-        }
-        METRICS.proxy_errors_node_unreachable.inc();
-        // Last: a peer proxy that holds a tunnel to the node.
-        if let Some(upstream) = jump.peers.dial(&node.id).await {
-            reply.accept().await;
-            tokio::spawn(async move {
-                let _permit = permit;
-                METRICS.proxy_jump_sessions.inc();
-                let mut a = channel.into_stream();
-                let mut b = upstream;
-                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                METRICS.proxy_jump_sessions.dec();
-            });
-            return Ok(());
-        }
-        tracing::info!(%user, node = %node.id, "node unreachable: no tunnel here or at a peer, no reachable address");
-        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            let _permit = permit;
+            METRICS.proxy_jump_sessions.inc();
+            let mut a = channel.into_stream();
+            let mut b = upstream;
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            METRICS.proxy_jump_sessions.dec();
+        });
         Ok(())
     }
+}
+
+/// A byte stream to a node's SSH server.
+pub(crate) type NodeStream = Box<dyn NodeIo>;
+
+/// What a [`NodeStream`] is.
+pub(crate) trait NodeIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> NodeIo for T {}
+
+/// Reaches `node`'s SSH server for a client at `originator`: through its
+/// tunnel here first (the only way to nodes behind NAT), else by TCP to an
+/// address it advertises, else through a peer proxy holding its tunnel.
+pub(crate) async fn dial(
+    jump: &Jump,
+    node: &crate::inventory::Route,
+    originator: SocketAddr,
+) -> Option<NodeStream> {
+    if let Some(upstream) = jump.tunnels.dial(&node.id, originator).await {
+        return Some(Box::new(upstream.into_stream()));
+    }
+    for addr in &node.addrs {
+        if let Ok(Ok(tcp)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            let _ = tcp.set_nodelay(true);
+            return Some(Box::new(tcp));
+        }
+    }
+    METRICS.proxy_errors_node_unreachable.inc();
+    if let Some(upstream) = jump.peers.dial(&node.id).await {
+        return Some(Box::new(upstream));
+    }
+    None
 }
 
 /// Serves one SSH connection (bytes already read are replayed by `stream`).

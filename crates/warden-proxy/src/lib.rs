@@ -23,7 +23,6 @@ pub use creds::{BoxFuture, Renew, WebCert};
 pub use identity::{Join, Joined};
 pub use tunnel::Tunnels;
 
-pub use public::public_router;
 
 use anyhow::Context;
 use prefixed::Prefixed;
@@ -195,12 +194,13 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let this = Arc::new(self);
-        let app = public_router(
+        let app = public::public_router(
             this.auth.clone().with_header(
                 warden_types::api::PROXY_ADDRS_HEADER,
                 &this.public_addrs.join(","),
             ),
             this.generation.clone(),
+            this.jump.clone(),
         );
         let slots = Arc::new(tokio::sync::Semaphore::new(limits::connection_cap(
             MAX_CONNECTIONS,
@@ -300,6 +300,7 @@ impl Proxy {
                         hyper_util::rt::TokioIo::new(tls),
                         hyper_util::service::TowerToHyperService::new(app),
                     )
+                    .with_upgrades()
                     .await?;
                 Ok(())
             }

@@ -39,9 +39,14 @@ struct Public {
 }
 
 /// The public API: `auth` forwards to auth; `generation` is the CA
-/// generation the proxy's own certificates are from.
-pub fn public_router(auth: ApiClient, generation: Arc<std::sync::RwLock<String>>) -> Router {
-    let web = crate::web::routes(auth.clone());
+/// generation the proxy's own certificates are from; `jump` reaches nodes
+/// for the web terminal.
+pub(crate) fn public_router(
+    auth: ApiClient,
+    generation: Arc<std::sync::RwLock<String>>,
+    jump: crate::jump::Jump,
+) -> Router {
+    let web = crate::web::routes(auth.clone(), jump);
     let state = Public {
         auth,
         ping: Arc::new(Mutex::new(None)),

@@ -3,8 +3,21 @@
 // user may see and do: this page only asks.
 'use strict';
 
-const state = { session: null, page: 0, total: 0, perPage: 50 };
+const state = { session: null, page: 0, total: 0, perPage: 50, recordings: new Map() };
 const $ = (id) => document.getElementById(id);
+
+// The terminal emulator sizes its cells with <style> elements; the policy
+// admits only those carrying this page's nonce (read back from the
+// stylesheet link, where the proxy put it), so each gets it on creation.
+(() => {
+  const nonce = document.getElementById('app-css').nonce;
+  const create = Document.prototype.createElement;
+  Document.prototype.createElement = function createElement(name, ...rest) {
+    const el = create.call(this, name, ...rest);
+    if (nonce && String(name).toLowerCase() === 'style') el.setAttribute('nonce', nonce);
+    return el;
+  };
+})();
 
 /** Calls the proxy's web API; a change carries the anti-forgery token. */
 async function api(path, { method = 'GET', body } = {}) {
@@ -29,7 +42,11 @@ async function api(path, { method = 'GET', body } = {}) {
 }
 
 function show(id) {
-  for (const s of ['login', 'servers', 'audit', 'requests', 'sessions', 'recordings']) $(s).hidden = s !== id;
+  for (const s of ['login', 'servers', 'terminal', 'audit', 'requests', 'sessions', 'recordings', 'player']) {
+    $(s).hidden = s !== id;
+  }
+  if (id !== 'terminal') closeTerminal();
+  if (id !== 'player') stopPlayer();
   $('nav').hidden = !state.session;
 }
 
@@ -57,7 +74,8 @@ function signedOut(message) {
     $(f).value = '';
   }
   for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error',
-    'request-created', 'sessions-error', 'recordings-error', 'transcript']) {
+    'request-created', 'sessions-error', 'recordings-error', 'transcript', 'terminal-status', 'play-status',
+    'play-time']) {
     $(m).textContent = '';
   }
   state.page = 0;
@@ -95,6 +113,7 @@ async function loadServers() {
       labels.appendChild(code);
     }
     cell(row, n.online ? 'online' : 'offline');
+    cell(row, '').appendChild(connectControls(n.name));
     body.appendChild(row);
   }
   const pages = Math.max(1, Math.ceil(data.total / data.per_page));
@@ -239,6 +258,12 @@ async function loadRecordings() {
     cell(row, r.node_name || r.node);
     cell(row, r.command || '(shell)');
     cell(row, `${(r.duration_ms / 1000).toFixed(1)} s${r.truncated ? ' (cut short)' : ''}`);
+    state.recordings.set(r.session_id, r);
+    const play = document.createElement('a');
+    play.href = `#play/${encodeURIComponent(r.session_id)}`;
+    play.textContent = 'Play';
+    play.setAttribute('aria-label', `Play ${r.user}'s session on ${r.node_name || r.node}`);
+    cell(row, '').appendChild(play);
     const b = document.createElement('button');
     b.type = 'button';
     b.textContent = 'Show';
@@ -262,9 +287,268 @@ async function loadRecordings() {
   }
 }
 
+/** A login picker and a Connect button for one server. */
+function connectControls(node) {
+  const wrap = document.createElement('span');
+  const logins = (state.session.logins || []).filter((l) => !l.includes('*'));
+  if (!logins.length) {
+    wrap.textContent = 'no logins';
+    return wrap;
+  }
+  const pick = document.createElement('select');
+  pick.setAttribute('aria-label', `Login on ${node}`);
+  for (const l of logins) {
+    const o = document.createElement('option');
+    o.value = l;
+    o.textContent = l;
+    pick.appendChild(o);
+  }
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = 'Connect';
+  b.setAttribute('aria-label', `Connect to ${node}`);
+  b.addEventListener('click', () => {
+    location.hash = `#terminal/${encodeURIComponent(node)}/${encodeURIComponent(pick.value)}`;
+  });
+  wrap.append(pick, b);
+  return wrap;
+}
+
+/** `#NAME/a/b` as ['a', 'b'] (decoded), or null. */
+function hashArgs(name) {
+  if (!location.hash.startsWith(`#${name}/`)) return null;
+  try {
+    return location.hash.slice(name.length + 2).split('/').map(decodeURIComponent);
+  } catch (_) { return null; }
+}
+
+function closeTerminal() {
+  const t = state.terminal;
+  state.terminal = null;
+  if (!t) return;
+  window.removeEventListener('resize', t.onResize);
+  try { t.ws.close(); } catch (_) { /* already closed */ }
+  t.term.dispose();
+}
+
+/** A terminal on `node` as `login`: keys go to the node over a WebSocket
+ * to the proxy, which logs in with this web session's certificate. */
+function openTerminal(node, login) {
+  closeTerminal();
+  $('terminal-title').textContent = `${login}@${node}`;
+  $('terminal-status').textContent = 'Connecting…';
+  const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000 });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open($('terminal-screen'));
+  fit.fit();
+  const params = new URLSearchParams({ node, login });
+  const ws = new WebSocket(`wss://${location.host}/web/api/terminal?${params}`);
+  ws.binaryType = 'arraybuffer';
+  const t = { term, ws, onResize: () => fit.fit() };
+  state.terminal = t;
+  const encoder = new TextEncoder();
+  const send = (data) => { if (ws.readyState === WebSocket.OPEN) ws.send(data); };
+  ws.addEventListener('open', () => {
+    ws.send(JSON.stringify({ csrf: state.session.csrf, cols: term.cols, rows: term.rows }));
+  });
+  ws.addEventListener('message', (ev) => {
+    if (typeof ev.data !== 'string') {
+      term.write(new Uint8Array(ev.data));
+      return;
+    }
+    let m = {};
+    try { m = JSON.parse(ev.data); } catch (_) { return; }
+    if (m.connected) $('terminal-status').textContent = `Connected to ${m.connected} as ${login}.`;
+    if (m.error) $('terminal-status').textContent = `Not connected: ${m.error}`;
+    if ('exit' in m) {
+      $('terminal-status').textContent = m.exit === null ? 'The session ended.'
+        : `The session ended (exit status ${m.exit}).`;
+    }
+  });
+  ws.addEventListener('close', () => {
+    if (state.terminal === t && /^(Connecting|Connected)/.test($('terminal-status').textContent)) {
+      $('terminal-status').textContent = 'The connection closed.';
+    }
+  });
+  term.onData((d) => send(encoder.encode(d)));
+  term.onBinary((d) => send(Uint8Array.from(d, (c) => c.charCodeAt(0))));
+  term.onResize(({ cols, rows }) => send(JSON.stringify({ resize: [cols, rows] })));
+  window.addEventListener('resize', t.onResize);
+  term.focus();
+}
+
+/** The player: events arrive as JSON lines while the recording downloads;
+ * playing starts with the first of them. */
+function stopPlayer() {
+  const p = state.player;
+  state.player = null;
+  if (!p) return;
+  p.stopped = true;
+  clearTimeout(p.timer);
+  try { p.abort.abort(); } catch (_) { /* done */ }
+  p.term.dispose();
+}
+
+function fmt(seconds) {
+  const s = Math.max(0, seconds);
+  return `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, '0')}`;
+}
+
+async function openPlayer(id) {
+  stopPlayer();
+  const known = state.recordings.get(id);
+  $('player-title').textContent = known
+    ? `Playback: ${known.user} as ${known.login} on ${known.node_name || known.node}` : 'Playback';
+  $('play-status').textContent = 'Loading…';
+  $('play-markers').replaceChildren();
+  $('play-ticks').replaceChildren();
+  const term = new Terminal({ fontSize: 14, scrollback: 5000, disableStdin: true });
+  term.open($('player-screen'));
+  const p = {
+    term, events: [], next: 0, pos: 0, playing: true, speed: Number($('play-speed').value),
+    done: false, known: known ? known.duration_ms / 1000 : 0, size: null,
+    abort: new AbortController(), timer: 0, last: performance.now(), stopped: false,
+  };
+  state.player = p;
+  $('play-pause').textContent = 'Pause';
+  let resp;
+  try {
+    resp = await fetch(`/web/api/recordings/${encodeURIComponent(id)}/events`, {
+      credentials: 'same-origin', signal: p.abort.signal,
+    });
+  } catch (e) { if (!p.stopped) $('play-status').textContent = e.message; return; }
+  if (!resp.ok) {
+    let message = `${resp.status}`;
+    try { message = (await resp.json()).message; } catch (_) { /* no body */ }
+    if (resp.status === 401) return signedOut(message);
+    $('play-status').textContent = message;
+    return;
+  }
+  tick(p);
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = '';
+  for (;;) {
+    let chunk;
+    try { chunk = await reader.read(); } catch (_) { return; }
+    if (p.stopped) return;
+    if (chunk.done) break;
+    buf += decoder.decode(chunk.value, { stream: true });
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      received(p, buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+    }
+  }
+  p.done = true;
+  if ($('play-status').textContent === 'Loading…') $('play-status').textContent = '';
+  timeline(p);
+}
+
+/** One line of the stream. */
+function received(p, line) {
+  if (!line) return;
+  let v;
+  try { v = JSON.parse(line); } catch (_) { return; }
+  if (Array.isArray(v)) {
+    const [t, code, data] = v;
+    p.events.push([t, code, data]);
+    if (code === 'm') marker(p, t, data);
+  } else if (v.version) {
+    p.size = [v.width, v.height];
+    p.term.resize(v.width || 80, v.height || 24);
+  } else if (v.error) {
+    $('play-status').textContent = `The recording is damaged: ${v.error}`;
+  } else if (v.end) {
+    $('play-status').textContent = v.end.truncated ? 'The recording was cut short.' : '';
+  }
+}
+
+function marker(p, t, text) {
+  const li = document.createElement('li');
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = `${fmt(t)}  ${text}`;
+  b.addEventListener('click', () => seek(p, t));
+  li.appendChild(b);
+  $('play-markers').appendChild(li);
+  const o = document.createElement('option');
+  o.value = String(t);
+  $('play-ticks').appendChild(o);
+}
+
+function loadedUntil(p) {
+  return p.events.length ? p.events[p.events.length - 1][0] : 0;
+}
+
+function length(p) {
+  return Math.max(p.known, loadedUntil(p));
+}
+
+/** Writes events up to `p.pos`, output batched into one write. */
+function apply(p) {
+  let out = '';
+  while (p.next < p.events.length && p.events[p.next][0] <= p.pos) {
+    const [, code, data] = p.events[p.next];
+    if (code === 'o') out += data;
+    if (code === 'r') {
+      if (out) { p.term.write(out); out = ''; }
+      const [cols, rows] = String(data).split('x').map(Number);
+      if (cols > 0 && rows > 0) p.term.resize(cols, rows);
+    }
+    p.next += 1;
+  }
+  if (out) p.term.write(out);
+}
+
+function timeline(p) {
+  const seekbar = $('play-seek');
+  seekbar.max = String(length(p));
+  if (document.activeElement !== seekbar) seekbar.value = String(p.pos);
+  const loading = p.done ? '' : ` (loaded ${fmt(loadedUntil(p))})`;
+  $('play-time').textContent = `${fmt(p.pos)} / ${fmt(length(p))}${loading}`;
+}
+
+/** The clock: advances while playing, waits at the end of what arrived. */
+function tick(p) {
+  if (p.stopped) return;
+  const now = performance.now();
+  if (p.playing) {
+    const limit = p.done ? length(p) : loadedUntil(p);
+    p.pos = Math.min(p.pos + ((now - p.last) / 1000) * p.speed, limit);
+    apply(p);
+    if (p.done && p.pos >= length(p)) {
+      p.playing = false;
+      $('play-pause').textContent = 'Play';
+    }
+  }
+  p.last = now;
+  timeline(p);
+  p.timer = setTimeout(() => tick(p), 50);
+}
+
+/** Jumps to `t`: the screen is rebuilt from the start, at once. */
+function seek(p, t) {
+  p.pos = Math.max(0, Math.min(t, loadedUntil(p)));
+  p.term.reset();
+  if (p.size) p.term.resize(p.size[0] || 80, p.size[1] || 24);
+  p.next = 0;
+  apply(p);
+  timeline(p);
+}
+
 function route() {
   if (!state.session) return show('login');
-  if (location.hash === '#recordings') {
+  const term = hashArgs('terminal');
+  const play = hashArgs('play');
+  if (term && term.length === 2) {
+    show('terminal');
+    openTerminal(term[0], term[1]);
+  } else if (play && play.length === 1) {
+    show('player');
+    openPlayer(play[0]);
+  } else if (location.hash === '#recordings') {
     show('recordings');
     loadRecordings();
   } else if (location.hash === '#sessions') {
@@ -316,6 +600,21 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('next').addEventListener('click', () => { state.page += 1; loadServers(); });
   $('audit-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadAudit(); });
   $('recording-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadRecordings(); });
+  $('terminal-close').addEventListener('click', () => { location.hash = '#servers'; });
+  $('play-pause').addEventListener('click', () => {
+    const p = state.player;
+    if (!p) return;
+    if (!p.playing && p.done && p.pos >= length(p)) seek(p, 0);
+    p.playing = !p.playing;
+    p.last = performance.now();
+    $('play-pause').textContent = p.playing ? 'Pause' : 'Play';
+  });
+  $('play-speed').addEventListener('change', () => {
+    if (state.player) state.player.speed = Number($('play-speed').value);
+  });
+  $('play-seek').addEventListener('input', () => {
+    if (state.player) seek(state.player, Number($('play-seek').value));
+  });
   $('request-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     $('request-created').textContent = '';

@@ -1,7 +1,9 @@
 //! The web UI in a real browser: Debian's Chromium, headless, driven by
 //! tests/web/drive.js (playwright-core, from npm) against an all-in-one
 //! cluster. Logging in with password and TOTP, the servers a user may
-//! reach with search, the audit log, and the web session's defences: the
+//! reach with search, a terminal on one (recorded, audited, ended by a
+//! lock) and its recording in the player, the audit log, and the web
+//! session's defences: the
 //! cookie's flags, the Content-Security-Policy, a change without the
 //! anti-forgery token, a login posted from another site, logout, and a
 //! user whom auth does not let read the audit log. Screenshots of each
@@ -62,6 +64,7 @@ fn the_web_ui_in_chromium() {
     let frank = c.add_user("frank", "access,editor,auditor", "root");
     // Erin holds a live session on the node; a file marks when it ends.
     let erin = c.add_user("erin", "access", "root");
+    let gina = c.add_user("gina", "access", "root");
     c.login("erin", "erin", &totp(&erin, 30)).expect_ok();
     c.wait_reachable("erin", "root", "web-box");
     let out = c
@@ -107,6 +110,7 @@ fn the_web_ui_in_chromium() {
         .env("CAROL", format!("carol:{PASSWORD}:{carol}"))
         .env("DAVE", format!("dave:{PASSWORD}:{dave}"))
         .env("FRANK", format!("frank:{PASSWORD}:{frank}"))
+        .env("GINA", format!("gina:{PASSWORD}:{gina}"))
         .env("END_FILE", &end_file)
         .output()
         .expect("node runs tests/web/drive.js");
@@ -162,6 +166,48 @@ fn the_web_ui_in_chromium() {
     assert!(saw["whoami"].as_str().unwrap().starts_with("alice"));
     assert_eq!(saw["no_match"], "0 servers");
     assert_eq!(saw["by_name"], serde_json::json!(["web-box"]));
+
+    // Alice's terminal: a real PTY session on the node, through the proxy.
+    assert!(
+        saw["terminal_status"]
+            .as_str()
+            .unwrap()
+            .starts_with("Connected to web-box as root"),
+        "{saw}"
+    );
+    assert!(
+        saw["red"].as_str().unwrap().contains("xterm-fg-1"),
+        "the red text is drawn red: {saw}"
+    );
+    assert_ne!(
+        saw["size_before"], saw["size_after"],
+        "the PTY follows the window"
+    );
+    assert_eq!(
+        saw["terminal_end"], "The session ended (exit status 3).",
+        "{saw}"
+    );
+    let denied = saw["denied_login"].as_str().unwrap();
+    assert!(
+        denied.contains("nobody-here") || denied.contains("denied"),
+        "a login the roles lack is refused, saying why: {denied}"
+    );
+    assert_eq!(saw["ws_cross_site"], 403, "{saw}");
+    assert_eq!(saw["ws_no_cookie"], 401, "{saw}");
+    assert_eq!(saw["ws_same_site"], 101, "{saw}");
+    // The node recorded and audited it as alice, with the browser's address.
+    let events = c.events();
+    let start = events
+        .iter()
+        .find(|e| e["type"] == "session.start" && e["user"] == "alice" && e["login"] == "root")
+        .unwrap_or_else(|| panic!("alice's web terminal was not audited"));
+    assert_eq!(start["success"], true, "{start}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "session.rejected" && e["user"] == "alice"),
+        "the refused login was audited too"
+    );
     let audit = saw["audit"].as_array().unwrap();
     assert!(
         audit
@@ -240,6 +286,22 @@ fn the_web_ui_in_chromium() {
     assert!(!status.success(), "ended by the lock, not by itself");
     let locks = c.admin(&["locks", "ls"]).expect_ok().stdout;
     assert!(locks.contains("erin") && locks.contains("frank"), "{locks}");
+    // Gina's web terminal ended when Frank ended it (a lock), telling her.
+    assert!(
+        saw["gina_terminal"]
+            .as_str()
+            .unwrap()
+            .starts_with("Connected"),
+        "{saw}"
+    );
+    assert!(
+        saw["gina_screen"]
+            .as_str()
+            .unwrap()
+            .contains("session terminated"),
+        "{saw}"
+    );
+    assert!(saw["gina_ended_after_ms"].as_u64().unwrap() < 15_000, "{saw}");
     // Erin's recorded command, and its transcript.
     assert_eq!(saw["recording_listed"], true, "{saw}");
     assert_eq!(saw["recordings_error"], "", "{saw}");
@@ -247,7 +309,34 @@ fn the_web_ui_in_chromium() {
         saw["transcript"].as_str().unwrap().contains("web-recorded"),
         "{saw}"
     );
+    // The player: erin's command as a marker; alice's terminal played to
+    // the end (it showed her output on the way), then sought to the start
+    // (blank) and to the end again.
+    assert!(
+        saw["erin_markers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_str().unwrap().contains("exec: echo web-recorded")),
+        "{saw}"
+    );
+    assert_eq!(saw["alice_recording_listed"], true, "{saw}");
+    assert!(
+        !saw["player_at_start"]
+            .as_str()
+            .unwrap()
+            .contains("web-42"),
+        "{saw}"
+    );
+    let end = saw["player_at_end"].as_str().unwrap();
+    assert!(
+        end.contains(saw["size_after"].as_str().unwrap()) && end.contains("exit 3"),
+        "the last screen, after `clear; stty size` and `exit 3`: {saw}"
+    );
     for shot in [
+        "terminal",
+        "terminal-ended",
+        "player",
         "recordings",
         "sessions",
         "login-failed",

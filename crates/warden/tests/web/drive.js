@@ -3,11 +3,13 @@
 // line; the Rust test decides pass or fail. Inputs from the environment:
 // WARDEN_URL, SHOTS (a directory for screenshots), ALICE, BOB, CAROL (who
 // may request the role dba), DAVE (who may review it) and FRANK (who may
-// end sessions) as "user:password:totp-secret", NODE (a server alice may
-// reach), END_FILE (appears when the session Frank ends has ended).
+// end sessions) and GINA (who holds a web terminal Frank ends) as
+// "user:password:totp-secret", NODE (a server alice may reach), END_FILE
+// (appears when the session Frank ends has ended).
 'use strict';
 const crypto = require('crypto');
 const fs = require('fs');
+const https = require('https');
 const { chromium } = require('playwright-core');
 
 /** RFC 4648 base32, as TOTP secrets are written. */
@@ -52,6 +54,54 @@ const [carolUser, carolPass, carolSecret] = env('CAROL').split(':');
 const [daveUser, davePass, daveSecret] = env('DAVE').split(':');
 const [frankUser, frankPass, frankSecret] = env('FRANK').split(':');
 const endFile = env('END_FILE');
+const [ginaUser, ginaPass, ginaSecret] = env('GINA').split(':');
+
+/** What the page's terminal shows, row by row. */
+const screenText = (page, id) => page.$eval(`#${id} .xterm-rows`, (r) => r.innerText);
+
+/** Waits until the terminal `id` shows `text`. */
+async function waitForScreen(page, id, text, timeout = 20000) {
+  await page.waitForFunction(([i, t]) => {
+    const rows = document.querySelector(`#${i} .xterm-rows`);
+    return rows && rows.innerText.includes(t);
+  }, [id, text], { timeout });
+}
+
+/** Types a line into the page's terminal. */
+async function typeLine(page, line) {
+  await page.click('#terminal-screen');
+  await page.keyboard.type(line);
+  await page.keyboard.press('Enter');
+}
+
+/** The status of a WebSocket handshake to the terminal with `headers`. */
+function upgrade(base, headers) {
+  const u = new URL('web/api/terminal?node=x&login=y', base);
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: u.hostname, port: u.port, path: u.pathname + u.search, rejectUnauthorized: false,
+      headers: {
+        connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13',
+        'sec-websocket-key': crypto.randomBytes(16).toString('base64'), ...headers,
+      },
+    });
+    req.on('upgrade', (res, socket) => { socket.destroy(); resolve(res.statusCode); });
+    req.on('response', (res) => { res.resume(); resolve(res.statusCode); });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Opens a terminal from the servers page and waits until it is live. */
+async function connect(page, server) {
+  await page.fill('#q', server);
+  await page.press('#q', 'Enter');
+  await page.waitForFunction(() => document.getElementById('server-count').textContent.startsWith('1 '));
+  await page.click(`#server-table tbody tr:has(td:text-is("${server}")) button:has-text("Connect")`);
+  await page.waitForFunction(() => /^(Connected|Not connected)/.test(
+    document.getElementById('terminal-status').textContent));
+  return page.textContent('#terminal-status');
+}
 
 async function logIn(page, user, password, otp) {
   await page.waitForSelector('#login-form', { state: 'visible' });
@@ -110,6 +160,44 @@ async function logIn(page, user, password, otp) {
     await page.press('#q', 'Enter');
     await page.waitForFunction(() => document.getElementById('server-count').textContent.startsWith('1 '));
     out.by_name = await page.$$eval('#server-table tbody tr td:first-child', (c) => c.map((x) => x.textContent));
+
+    // A terminal on the node: a command's output, Unicode, colour, resize.
+    out.terminal_status = await connect(page, node);
+    await typeLine(page, 'echo web-$((6*7)) ünï→✓');
+    await waitForScreen(page, 'terminal-screen', 'web-42 ünï→✓');
+    await typeLine(page, "printf '\\033[31mred-text\\033[0m\\n'");
+    await waitForScreen(page, 'terminal-screen', 'red-text\n');
+    out.red = await page.$$eval('#terminal-screen .xterm-rows span', (spans) =>
+      spans.filter((s) => s.textContent === 'red-text').map((s) => s.className).join(' '));
+    await typeLine(page, 'stty size');
+    await page.waitForFunction(() => /\n\d+ \d+\s*\n/.test(document.querySelector('#terminal-screen .xterm-rows').innerText));
+    out.size_before = (await screenText(page, 'terminal-screen')).match(/\n(\d+ \d+)\s*\n/)[1];
+    await page.setViewportSize({ width: 900, height: 700 });
+    await page.waitForTimeout(300);
+    await typeLine(page, 'clear; stty size');
+    await page.waitForFunction((before) => {
+      const m = document.querySelector('#terminal-screen .xterm-rows').innerText.match(/\n?(\d+ \d+)\s*\n/g);
+      return m && m.some((x) => x.trim() !== before);
+    }, out.size_before);
+    out.size_after = (await screenText(page, 'terminal-screen')).match(/(\d+ \d+)\s*\n/)[1];
+    await page.screenshot({ path: `${shots}/terminal.png`, fullPage: true });
+    await typeLine(page, 'exit 3');
+    await page.waitForFunction(() => document.getElementById('terminal-status').textContent.includes('ended'));
+    out.terminal_end = await page.textContent('#terminal-status');
+    // A login the roles do not allow: the node says no, the page says why.
+    await page.goto(`${url}#terminal/${encodeURIComponent(node)}/nobody-here`);
+    await page.waitForFunction(() => /ended|Not connected|closed/.test(document.getElementById('terminal-status').textContent));
+    await page.waitForTimeout(500);
+    out.denied_login = `${await page.textContent('#terminal-status')} ${await screenText(page, 'terminal-screen')}`;
+    // The terminal's handshake: from another site it is refused, as it is
+    // without the session cookie; from the page's own origin it upgrades.
+    const cookieHeader = (await ctx.cookies()).map((c) => `${c.name}=${c.value}`).join('; ');
+    const origin = new URL(url).origin;
+    out.ws_cross_site = await upgrade(url, { origin: 'https://attacker.example', cookie: cookieHeader });
+    out.ws_no_cookie = await upgrade(url, { origin });
+    out.ws_same_site = await upgrade(url, { origin, cookie: cookieHeader });
+    await page.goto(`${url}#servers`);
+    await page.setViewportSize({ width: 1280, height: 720 });
 
     // The audit log, newest first, then filtered to logins.
     await page.click('#nav-audit');
@@ -195,7 +283,18 @@ async function logIn(page, user, password, otp) {
     await page.screenshot({ path: `${shots}/request-approved.png`, fullPage: true });
     await page.click('#logout');
 
-    // Frank (an editor and auditor) sees Erin's live session and ends it.
+    // Gina holds a terminal open in a browser of her own.
+    const ginaCtx = await browser.newContext({ ignoreHTTPSErrors: true });
+    const gina = await ginaCtx.newPage();
+    await gina.goto(url);
+    await logIn(gina, ginaUser, ginaPass, totp(ginaSecret));
+    await gina.waitForSelector('#server-table tbody tr');
+    out.gina_terminal = await connect(gina, node);
+    await typeLine(gina, 'echo gina-$((40+2))');
+    await waitForScreen(gina, 'terminal-screen', 'gina-42');
+
+    // Frank (an editor and auditor) sees Erin's and Gina's live sessions
+    // and ends them.
     await logIn(page, frankUser, frankPass, totp(frankSecret));
     await page.waitForSelector('#servers', { state: 'visible' });
     await page.click('#nav-sessions');
@@ -203,7 +302,18 @@ async function logIn(page, user, password, otp) {
     out.sessions = await page.$$eval('#sessions-table tbody tr', (rows) =>
       rows.map((r) => Array.from(r.cells).map((c) => c.textContent)));
     await page.screenshot({ path: `${shots}/sessions.png`, fullPage: true });
-    await page.click('#sessions-table tbody tr:first-child button');
+    await page.click(`#sessions-table tbody tr:has(td:first-child:text-is("${ginaUser}")) button`);
+    const ginaBegan = Date.now();
+    await gina.waitForFunction(() => document.getElementById('terminal-status').textContent.includes('ended'),
+      null, { timeout: 30000 });
+    out.gina_ended_after_ms = Date.now() - ginaBegan;
+    out.gina_screen = await screenText(gina, 'terminal-screen');
+    out.gina_status = await gina.textContent('#terminal-status');
+    await gina.screenshot({ path: `${shots}/terminal-ended.png`, fullPage: true });
+    await ginaCtx.close();
+    await page.click('#nav-sessions');
+    await page.waitForSelector(`#sessions-table tbody tr:has(td:first-child:text-is("erin"))`);
+    await page.click('#sessions-table tbody tr:has(td:first-child:text-is("erin")) button');
     // The Rust side notes when the ssh client ended.
     const began = Date.now();
     while (!fs.existsSync(endFile) && Date.now() - began < 30000) {
@@ -231,6 +341,38 @@ async function logIn(page, user, password, otp) {
       out.transcript = await page.textContent('#transcript');
       out.recordings_error = await page.textContent('#recordings-error');
       await page.screenshot({ path: `${shots}/recordings.png`, fullPage: true });
+      // The same session in the player: its output and its command marker.
+      await page.click('#recordings-table tbody tr:has(td:text("echo web-recorded")) a:has-text("Play")');
+      await waitForScreen(page, 'player-screen', 'web-recorded');
+      await page.waitForSelector('#play-markers li');
+      out.erin_markers = await page.$$eval('#play-markers li', (l) => l.map((x) => x.textContent));
+    }
+    // Alice's web terminal, recorded like any session: played at 16x,
+    // paused, sought back to the start and forward again.
+    await page.click('#nav-recordings');
+    await page.fill('#rec-user', aliceUser);
+    let played = false;
+    for (let i = 0; i < 60 && !played; i++) {
+      await page.click('#recording-search button');
+      await page.waitForTimeout(500);
+      played = await page.$$eval('#recordings-table tbody tr td:nth-child(5)', (c) =>
+        c.some((x) => x.textContent === 'shell'));
+    }
+    out.alice_recording_listed = played;
+    if (played) {
+      await page.click('#recordings-table tbody tr:has(td:text-is("shell")) a:has-text("Play")');
+      await page.selectOption('#play-speed', '16');
+      await waitForScreen(page, 'player-screen', 'web-42 ünï→✓');
+      await page.waitForFunction(() => document.getElementById('play-pause').textContent === 'Play',
+        null, { timeout: 30000 });
+      out.player_time = await page.textContent('#play-time');
+      await page.screenshot({ path: `${shots}/player.png`, fullPage: true });
+      await page.$eval('#play-seek', (s) => { s.value = '0'; s.dispatchEvent(new Event('input')); });
+      await page.waitForTimeout(500);
+      out.player_at_start = await screenText(page, 'player-screen');
+      await page.$eval('#play-seek', (s) => { s.value = s.max; s.dispatchEvent(new Event('input')); });
+      await waitForScreen(page, 'player-screen', 'exit 3', 5000).catch(() => {});
+      out.player_at_end = await screenText(page, 'player-screen');
     }
   } catch (e) {
     // What the page showed when it went wrong, for the test's message.

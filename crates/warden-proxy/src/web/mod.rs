@@ -13,6 +13,9 @@
 //! anything carry the session's anti-forgery token in a header, and every
 //! answer carries a strict Content-Security-Policy (no inline script).
 
+mod player;
+mod terminal;
+
 use crate::public::{auth_for, cookie, cross_site, error_response, ClientAddr};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -46,12 +49,21 @@ const MAX_EVENTS: u32 = 500;
 const MAX_EXPORT: u32 = 10_000;
 
 /// Every answer: scripts and styles from this origin only, never framed.
+/// The page itself also admits `<style>` elements stamped with its
+/// per-response nonce: the terminal emulator sizes its cells with them.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const INDEX_HTML: &str = include_str!("../web/index.html");
-const APP_JS: &str = include_str!("../web/app.js");
-const APP_CSS: &str = include_str!("../web/app.css");
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const APP_CSS: &str = include_str!("../../web/app.css");
+/// The terminal emulator, vendored (web/vendor/update.sh re-fetches it).
+const XTERM_JS: &str = include_str!("../../web/vendor/xterm.js");
+const XTERM_CSS: &str = include_str!("../../web/vendor/xterm.css");
+const XTERM_FIT_JS: &str = include_str!("../../web/vendor/addon-fit.js");
+/// Where the vendored files are served: the version is in the path, so
+/// browsers may keep them.
+const VENDOR: &str = "/web/vendor/xterm-6.0.0";
 
 /// A logged-in browser.
 struct Session {
@@ -63,6 +75,11 @@ struct Session {
     expires: i64,
     /// Auth, as the user.
     api: ApiClient,
+    /// The key and certificate the terminal logs in to nodes with.
+    ssh_key: Arc<russh::keys::PrivateKey>,
+    ssh_cert: russh::keys::Certificate,
+    /// Host CA keys the login named: nodes must show a certificate of one.
+    host_cas: Vec<russh::keys::ssh_key::Fingerprint>,
 }
 
 #[derive(Clone)]
@@ -71,18 +88,25 @@ struct Web {
     auth: ApiClient,
     /// By the SHA-256 of the cookie's value.
     sessions: Arc<Mutex<HashMap<String, Arc<Session>>>>,
+    /// How the terminal reaches nodes (as the jump host does).
+    jump: crate::jump::Jump,
 }
 
-/// The web UI's routes; `auth` is the proxy's auth client.
-pub fn routes(auth: ApiClient) -> Router {
+/// The web UI's routes; `auth` is the proxy's auth client, `jump` how it
+/// reaches nodes.
+pub(crate) fn routes(auth: ApiClient, jump: crate::jump::Jump) -> Router {
     let state = Web {
         auth,
         sessions: Default::default(),
+        jump,
     };
     Router::new()
         .route("/", get(index))
         .route("/web/app.js", get(app_js))
         .route("/web/app.css", get(app_css))
+        .route(&format!("{VENDOR}/xterm.js"), get(xterm_js))
+        .route(&format!("{VENDOR}/xterm.css"), get(xterm_css))
+        .route(&format!("{VENDOR}/addon-fit.js"), get(xterm_fit_js))
         .route("/web/api/login", post(login))
         .route("/web/api/session", get(session_info))
         .route("/web/api/logout", post(logout))
@@ -91,6 +115,8 @@ pub fn routes(auth: ApiClient) -> Router {
         .route("/web/api/audit/export", get(audit_export))
         .route("/web/api/recordings", get(recordings))
         .route("/web/api/recordings/{id}/text", get(transcript))
+        .route("/web/api/recordings/{id}/events", get(player::events))
+        .route("/web/api/terminal", get(terminal::terminal))
         .route("/web/api/sessions", get(sessions))
         .route("/web/api/sessions/end", post(end_session))
         .route("/web/api/requests", get(requests).post(create_request))
@@ -102,7 +128,8 @@ pub fn routes(auth: ApiClient) -> Router {
 
 async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.entry("content-security-policy")
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
@@ -118,8 +145,46 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([("content-type", content_type)], body).into_response()
 }
 
+/// The page, with a fresh style nonce in its policy and its stylesheet
+/// link (where the script reads it back: see app.js).
 async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+    let nonce = data_encoding::BASE64.encode(&warden_ca::random_bytes::<18>());
+    let csp = CSP.replace(
+        "style-src 'self'",
+        &format!("style-src 'self' 'nonce-{nonce}'"),
+    );
+    (
+        [
+            ("content-type", "text/html; charset=utf-8".to_string()),
+            ("content-security-policy", csp),
+        ],
+        INDEX_HTML.replace("{{nonce}}", &nonce),
+    )
+        .into_response()
+}
+
+/// A vendored file: versioned path, so cacheable for a day.
+fn vendored(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            ("content-type", content_type),
+            ("cache-control", "public, max-age=86400, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn xterm_js() -> Response {
+    vendored("text/javascript; charset=utf-8", XTERM_JS)
+}
+
+async fn xterm_css() -> Response {
+    vendored("text/css; charset=utf-8", XTERM_CSS)
+}
+
+async fn xterm_fit_js() -> Response {
+    vendored("text/javascript; charset=utf-8", XTERM_FIT_JS)
 }
 
 async fn app_js() -> Response {
@@ -225,6 +290,8 @@ struct WebLogin {
 struct SessionInfo {
     user: String,
     roles: Vec<String>,
+    /// The logins the certificate names (the terminal offers these).
+    logins: Vec<String>,
     csrf: String,
     expires: i64,
 }
@@ -234,6 +301,7 @@ impl SessionInfo {
         SessionInfo {
             user: s.user.clone(),
             roles: s.roles.clone(),
+            logins: s.ssh_cert.valid_principals().to_vec(),
             csrf: s.csrf.clone(),
             expires: s.expires,
         }
@@ -278,6 +346,23 @@ async fn login(
         Ok(r) => r,
         Err(e) => return error_response(e),
     };
+    let ssh_cert = match russh::keys::Certificate::from_openssh(resp.ssh_cert.trim()) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "internal",
+                format!("auth issued an unreadable SSH certificate: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let host_cas = resp
+        .ssh_host_ca_keys
+        .iter()
+        .filter_map(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok())
+        .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
+        .collect();
     let cert = ClientCert {
         cert_pem: resp.tls_cert_pem,
         key_pkcs8: key.pkcs8_der().to_vec(),
@@ -296,6 +381,9 @@ async fn login(
         csrf: data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>()),
         expires: resp.identity.expires,
         api,
+        ssh_key: Arc::new(key.ssh_private()),
+        ssh_cert,
+        host_cas,
     });
     {
         let mut sessions = w.sessions.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,308 @@
+//! The terminal in the browser: a WebSocket from the page, and an SSH
+//! session from the proxy to the node with the web session's own key and
+//! certificate. The node sees an ordinary certificate login from the
+//! user, so it applies RBAC, locks, recording and audit exactly as for
+//! `warden ssh`; the proxy only carries bytes and checks the node's host
+//! certificate against the cluster's host CA.
+//!
+//! On the socket, binary frames are terminal bytes (keys in, output out)
+//! and text frames are JSON: the page's first frame
+//! `{"csrf": TOKEN, "cols": C, "rows": R}`, then `{"resize": [C, R]}`;
+//! the proxy's `{"connected": NODE}`, `{"error": WHY}` and
+//! `{"exit": STATUS}`.
+
+use super::{refuse, Session, Web};
+use crate::jump::Jump;
+use crate::public::{cross_site, ClientAddr};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::{Algorithm, EcdsaCurve, Fingerprint, HashAlg};
+use russh::{ChannelMsg, Disconnect};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+use warden_types::metrics::METRICS;
+
+/// How long the page has to send its first frame.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the node has to accept the SSH session.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest frame the page may send (keys and pastes).
+const MAX_FRAME: usize = 256 << 10;
+/// Terminal sizes outside this are refused as nonsense.
+const MAX_DIMENSION: u32 = 1000;
+
+#[derive(Deserialize)]
+pub(super) struct TerminalQuery {
+    node: String,
+    login: String,
+}
+
+/// The page's first frame.
+#[derive(Deserialize)]
+struct Hello {
+    csrf: String,
+    cols: u32,
+    rows: u32,
+}
+
+/// A later control frame.
+#[derive(Deserialize)]
+struct Control {
+    resize: Option<(u32, u32)>,
+}
+
+/// Upgrades to a WebSocket for a logged-in browser of this site; the
+/// anti-forgery token comes in the first frame (a browser cannot add
+/// headers to a WebSocket handshake).
+pub(super) async fn terminal(
+    State(w): State<Web>,
+    Extension(addr): Extension<ClientAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TerminalQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(why) = cross_site(&headers, &uri) {
+        return refuse(StatusCode::FORBIDDEN, "cross_site", why).into_response();
+    }
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let jump = w.jump.clone();
+    ws.max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            METRICS.proxy_jump_sessions.inc();
+            run(socket, s, jump, q, addr).await;
+            METRICS.proxy_jump_sessions.dec();
+        })
+}
+
+/// Tells the page why, and closes.
+async fn fail(socket: &mut WebSocket, why: impl Into<String>) {
+    let why = why.into();
+    let _ = socket
+        .send(Message::Text(
+            serde_json::json!({ "error": why }).to_string().into(),
+        ))
+        .await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+fn sane(cols: u32, rows: u32) -> bool {
+    (1..=MAX_DIMENSION).contains(&cols) && (1..=MAX_DIMENSION).contains(&rows)
+}
+
+async fn run(
+    mut socket: WebSocket,
+    s: Arc<Session>,
+    jump: Jump,
+    q: TerminalQuery,
+    addr: ClientAddr,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Hello>(&t).ok(),
+        _ => None,
+    };
+    let Some(hello) = hello else {
+        return fail(&mut socket, "the page did not introduce itself; reload it").await;
+    };
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(s.csrf.as_bytes(), hello.csrf.as_bytes()).into();
+    if !ok {
+        return fail(
+            &mut socket,
+            "this request lacks the page's anti-forgery token; reload the page",
+        )
+        .await;
+    }
+    if !sane(hello.cols, hello.rows) {
+        return fail(&mut socket, "the terminal size is out of range").await;
+    }
+    if s.expires <= super::now() {
+        return fail(&mut socket, "your web session has ended; log in again").await;
+    }
+    let Some(route) = jump.inventory.resolve(&q.node, 22).await else {
+        return fail(
+            &mut socket,
+            format!("no single node is named {:?}; pick one from the list", q.node),
+        )
+        .await;
+    };
+    let Some(stream) = crate::jump::dial(&jump, &route, addr.0).await else {
+        return fail(
+            &mut socket,
+            format!(
+                "node {} is unreachable: no tunnel and no reachable address",
+                q.node
+            ),
+        )
+        .await;
+    };
+    let ssh = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&s, &route.id, &q.login, stream))
+        .await
+    {
+        Ok(Ok(ssh)) => ssh,
+        Ok(Err(why)) => return fail(&mut socket, why).await,
+        Err(_) => return fail(&mut socket, "the node did not answer in time").await,
+    };
+    let channel = match open_shell(&ssh, hello.cols, hello.rows).await {
+        Ok(c) => c,
+        Err(why) => return fail(&mut socket, why).await,
+    };
+    tracing::info!(user = %s.user, node = %q.node, login = %q.login, "web terminal opened");
+    let _ = socket
+        .send(Message::Text(
+            serde_json::json!({ "connected": q.node }).to_string().into(),
+        ))
+        .await;
+    let (mut from_node, to_node) = channel.split();
+    let mut status: Option<u32> = None;
+    loop {
+        tokio::select! {
+            msg = from_node.wait() => match msg {
+                Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    if socket.send(Message::Binary(data)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(keys))) => {
+                    if to_node.data_bytes(keys).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(Control { resize: Some((cols, rows)) }) = serde_json::from_str(&t) {
+                        if sane(cols, rows) {
+                            let _ = to_node.window_change(cols, rows, 0, 0).await;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket
+        .send(Message::Text(
+            serde_json::json!({ "exit": status }).to_string().into(),
+        ))
+        .await;
+    let _ = socket.send(Message::Close(None)).await;
+    let _ = ssh
+        .disconnect(Disconnect::ByApplication, "web terminal closed", "")
+        .await;
+    tracing::info!(user = %s.user, node = %q.node, "web terminal closed");
+}
+
+/// Checks the node's host certificate: issued by a host CA key the user's
+/// login trusts, for this node, and valid now.
+struct NodeCheck {
+    host_cas: Vec<Fingerprint>,
+    node_id: String,
+}
+
+impl russh::client::Handler for NodeCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::Certificate(cert) = key else {
+            tracing::warn!(node = %self.node_id, "node offered a bare host key; refused");
+            return Ok(false);
+        };
+        let ok = cert.cert_type() == CertType::Host
+            && cert.validate(self.host_cas.iter()).is_ok()
+            && cert.valid_principals().iter().any(|p| *p == self.node_id);
+        if !ok {
+            tracing::warn!(node = %self.node_id, key_id = %cert.key_id(), "node's host certificate is not this cluster's for this node; refused");
+        }
+        Ok(ok)
+    }
+}
+
+/// Host certificate algorithms asked of the node, most preferred first.
+const HOST_CERT_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+];
+
+async fn connect(
+    s: &Session,
+    node_id: &str,
+    login: &str,
+    stream: crate::jump::NodeStream,
+) -> Result<russh::client::Handle<NodeCheck>, String> {
+    let config = Arc::new(russh::client::Config {
+        client_id: russh::SshId::Standard(
+            format!("SSH-2.0-warden_web_{}", warden_types::VERSION).into(),
+        ),
+        preferred: russh::Preferred {
+            host_key_certificates: Cow::Borrowed(HOST_CERT_ALGORITHMS),
+            ..Default::default()
+        },
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        ..Default::default()
+    });
+    let check = NodeCheck {
+        host_cas: s.host_cas.clone(),
+        node_id: node_id.to_string(),
+    };
+    let mut ssh = russh::client::connect_stream(config, stream, check)
+        .await
+        .map_err(|e| match e {
+            russh::Error::UnknownKey => {
+                "the node's host certificate is not from this cluster; refused".to_string()
+            }
+            e => format!("cannot speak SSH with the node: {e}"),
+        })?;
+    let auth = ssh
+        .authenticate_openssh_cert(login, s.ssh_key.clone(), s.ssh_cert.clone())
+        .await
+        .map_err(|e| format!("the node ended the login: {e}"))?;
+    if !auth.success() {
+        return Err(format!(
+            "access denied: your roles do not allow login {login:?} on this node"
+        ));
+    }
+    Ok(ssh)
+}
+
+async fn open_shell(
+    ssh: &russh::client::Handle<NodeCheck>,
+    cols: u32,
+    rows: u32,
+) -> Result<russh::Channel<russh::client::Msg>, String> {
+    let channel = ssh
+        .channel_open_session()
+        .await
+        .map_err(|e| format!("the node refused a session: {e}"))?;
+    channel
+        .request_pty(true, "xterm-256color", cols, rows, 0, 0, &[])
+        .await
+        .map_err(|e| format!("the node refused a terminal: {e}"))?;
+    channel
+        .request_shell(true)
+        .await
+        .map_err(|e| format!("the node refused a shell: {e}"))?;
+    Ok(channel)
+}

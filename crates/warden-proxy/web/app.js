@@ -42,7 +42,8 @@ async function api(path, { method = 'GET', body } = {}) {
 }
 
 function show(id) {
-  for (const s of ['login', 'servers', 'terminal', 'audit', 'requests', 'sessions', 'recordings', 'player']) {
+  for (const s of ['login', 'servers', 'terminal', 'audit', 'requests', 'sessions', 'recordings', 'player',
+    'account']) {
     $(s).hidden = s !== id;
   }
   if (id !== 'terminal') closeTerminal();
@@ -66,16 +67,17 @@ function signedIn(session) {
 function signedOut(message) {
   state.session = null;
   // Nothing of this session stays on the page for the next user.
-  for (const t of ['server-table', 'audit-table', 'requests-table', 'sessions-table', 'recordings-table']) {
+  for (const t of ['server-table', 'audit-table', 'requests-table', 'sessions-table', 'recordings-table',
+    'devices-table']) {
     $(t).querySelector('tbody').replaceChildren();
   }
   for (const f of ['q', 'audit-type', 'audit-user', 'request-roles', 'request-reason', 'review-reason',
-    'rec-user', 'rec-node']) {
+    'rec-user', 'rec-node', 'enrol-name', 'enrol-otp']) {
     $(f).value = '';
   }
   for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error',
     'request-created', 'sessions-error', 'recordings-error', 'transcript', 'terminal-status', 'play-status',
-    'play-time']) {
+    'play-time', 'account-error', 'enrolled']) {
     $(m).textContent = '';
   }
   state.page = 0;
@@ -538,6 +540,115 @@ function seek(p, t) {
   timeline(p);
 }
 
+/** WebAuthn's binary fields travel as base64url in JSON. */
+function fromB64(text) {
+  const b = atob(String(text).replace(/-/g, '+').replace(/_/g, '/'));
+  return Uint8Array.from(b, (c) => c.charCodeAt(0));
+}
+
+function toB64(buf) {
+  let s = '';
+  for (const byte of new Uint8Array(buf)) s += String.fromCharCode(byte);
+  return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** Asks the user's security key to answer auth's challenge. */
+async function keyAnswer(challenge) {
+  const pk = challenge.request.publicKey;
+  const options = {
+    ...pk,
+    challenge: fromB64(pk.challenge),
+    allowCredentials: (pk.allowCredentials || []).map((c) => ({ ...c, id: fromB64(c.id) })),
+  };
+  const cred = await navigator.credentials.get({ publicKey: options });
+  return {
+    challenge_id: challenge.id,
+    credential: {
+      id: cred.id,
+      rawId: toB64(cred.rawId),
+      type: cred.type,
+      response: {
+        authenticatorData: toB64(cred.response.authenticatorData),
+        clientDataJSON: toB64(cred.response.clientDataJSON),
+        signature: toB64(cred.response.signature),
+        userHandle: cred.response.userHandle ? toB64(cred.response.userHandle) : null,
+      },
+      extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+    },
+  };
+}
+
+/** Enrols a new key: auth's creation options, the browser makes the key. */
+async function keyEnrol(challenge) {
+  const pk = challenge.request.publicKey;
+  // Chromium refuses credProtect's "UV required" for a key that keeps no
+  // resident credential unless UV is required too; auth's checks of the
+  // answer do not depend on it.
+  const extensions = { ...(pk.extensions || {}) };
+  delete extensions.credentialProtectionPolicy;
+  delete extensions.enforceCredentialProtectionPolicy;
+  const options = {
+    ...pk,
+    extensions,
+    challenge: fromB64(pk.challenge),
+    user: { ...pk.user, id: fromB64(pk.user.id) },
+    excludeCredentials: (pk.excludeCredentials || []).map((c) => ({ ...c, id: fromB64(c.id) })),
+  };
+  const cred = await navigator.credentials.create({ publicKey: options });
+  return {
+    challenge_id: challenge.id,
+    credential: {
+      id: cred.id,
+      rawId: toB64(cred.rawId),
+      type: cred.type,
+      response: {
+        attestationObject: toB64(cred.response.attestationObject),
+        clientDataJSON: toB64(cred.response.clientDataJSON),
+        transports: cred.response.getTransports ? cred.response.getTransports() : [],
+      },
+      extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+    },
+  };
+}
+
+/** Password and a one-time code, or password and a security key. */
+async function logIn() {
+  const user = $('user').value;
+  const password = $('password').value;
+  const otp = $('otp').value.trim();
+  if (otp) return api('/web/api/login', { method: 'POST', body: { user, password, otp } });
+  const challenge = await api('/web/api/login/challenge', { method: 'POST', body: { user, password } });
+  if (!challenge.webauthn) throw new Error('enter the one-time code from your authenticator app');
+  if (!window.PublicKeyCredential) throw new Error('this browser cannot use security keys; enter a one-time code');
+  $('login-error').textContent = 'Touch your security key…';
+  let webauthn;
+  try {
+    webauthn = await keyAnswer(challenge.webauthn);
+  } catch (e) {
+    // Users without a key get a decoy challenge (so nobody learns who has
+    // one), which no key answers.
+    throw new Error(`no security key answered (${e.name}); touch an enrolled key, or enter the one-time code from your authenticator app`);
+  }
+  return api('/web/api/login', { method: 'POST', body: { user, password, webauthn } });
+}
+
+async function loadDevices() {
+  $('account-error').textContent = '';
+  const body = $('devices-table').querySelector('tbody');
+  body.replaceChildren();
+  let list;
+  try { list = await api('/web/api/mfa/devices'); } catch (e) { return failed(e, 'account-error'); }
+  const when = (t) => (t ? time(new Date(t * 1000).toISOString()) : '');
+  for (const d of list) {
+    const row = document.createElement('tr');
+    cell(row, d.name);
+    cell(row, d.type === 'webauthn' ? 'security key' : 'authenticator app');
+    cell(row, when(d.added));
+    cell(row, when(d.last_used));
+    body.appendChild(row);
+  }
+}
+
 function route() {
   if (!state.session) return show('login');
   const term = hashArgs('terminal');
@@ -548,6 +659,9 @@ function route() {
   } else if (play && play.length === 1) {
     show('player');
     openPlayer(play[0]);
+  } else if (location.hash === '#account') {
+    show('account');
+    loadDevices();
   } else if (location.hash === '#recordings') {
     show('recordings');
     loadRecordings();
@@ -574,10 +688,8 @@ document.addEventListener('DOMContentLoaded', async () => {
     $('login-error').textContent = '';
     $('login-submit').disabled = true;
     try {
-      const session = await api('/web/api/login', {
-        method: 'POST',
-        body: { user: $('user').value, password: $('password').value, otp: $('otp').value },
-      });
+      const session = await logIn();
+      $('login-error').textContent = '';
       $('password').value = '';
       $('otp').value = '';
       signedIn(session);
@@ -600,6 +712,30 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('next').addEventListener('click', () => { state.page += 1; loadServers(); });
   $('audit-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadAudit(); });
   $('recording-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadRecordings(); });
+  $('enrol-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    $('enrolled').textContent = '';
+    $('account-error').textContent = '';
+    $('enrol-submit').disabled = true;
+    try {
+      const challenge = await api('/web/api/mfa/register', {
+        method: 'POST',
+        body: { name: $('enrol-name').value.trim(), otp: $('enrol-otp').value.trim() },
+      });
+      $('enrolled').textContent = 'Touch your security key…';
+      const answer = await keyEnrol(challenge);
+      const device = await api('/web/api/mfa/register/finish', { method: 'POST', body: { answer } });
+      $('enrolled').textContent = `Security key ${device.name} added: log in with it next time.`;
+      $('enrol-name').value = '';
+      $('enrol-otp').value = '';
+      loadDevices();
+    } catch (e) {
+      $('enrolled').textContent = '';
+      failed(e, 'account-error');
+    } finally {
+      $('enrol-submit').disabled = false;
+    }
+  });
   $('terminal-close').addEventListener('click', () => { location.hash = '#servers'; });
   $('play-pause').addEventListener('click', () => {
     const p = state.player;

@@ -417,3 +417,78 @@ fn browsers_get_the_operators_certificate() {
     let secret = c.add_user("carol", "access", "root");
     c.login("carol", "carol", &totp(&secret, 30)).expect_ok();
 }
+
+/// A security key in the browser: added on the Security keys page with
+/// Chromium's virtual authenticator, then used to log in without a code.
+/// The page's host must lie under the cluster name (the WebAuthn relying
+/// party), so Chromium resolves `proxy.warden.test` to the proxy.
+#[test]
+fn security_keys_in_chromium() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
+    );
+    ensure_packages();
+    let dir = temp_dir("web-keys");
+    let c = Cluster::start_with(&dir, &["--cluster-name", "warden.test"]);
+    let hana = c.add_user("hana", "access", "root");
+    let port = c.proxy.rsplit(':').next().unwrap();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg("keys.js")
+        .current_dir(web_dir())
+        .env("WARDEN_URL", format!("https://proxy.warden.test:{port}/"))
+        .env("HOST_RULES", "MAP proxy.warden.test 127.0.0.1")
+        .env("SHOTS", &shots)
+        .env("USER", format!("hana:{PASSWORD}:{hana}"))
+        .output()
+        .expect("node runs tests/web/keys.js");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}"));
+    eprintln!("{saw:#}");
+    assert!(
+        saw["no_key"].as_str().unwrap().contains("one-time code"),
+        "{saw}"
+    );
+    assert_eq!(saw["enrol_error"], "", "{saw}");
+    assert!(
+        saw["enrolled"].as_str().unwrap().contains("desk-key"),
+        "{saw}"
+    );
+    assert!(
+        saw["devices"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["desk-key", "security key"])),
+        "{saw}"
+    );
+    assert_eq!(saw["credentials"], 1, "the key lives in the authenticator");
+    assert!(saw["whoami"].as_str().unwrap().starts_with("hana"), "{saw}");
+    assert!(saw["sign_count"].as_u64().unwrap() >= 1, "the key signed: {saw}");
+    assert!(
+        saw["wrong_password"]
+            .as_str()
+            .unwrap()
+            .contains("login failed"),
+        "{saw}"
+    );
+    // Auth audited the enrolment and the login by key.
+    let events = c.events();
+    assert!(
+        events.iter().any(|e| e["type"] == "user.login"
+            && e["user"] == "hana"
+            && e["success"] == true
+            && e["fields"]["method"]
+                .as_str()
+                .is_some_and(|m| m.contains("webauthn"))),
+        "{events:?}"
+    );
+    assert!(shots.join("security-keys.png").exists());
+}

@@ -13,6 +13,7 @@
 //! anything carry the session's anti-forgery token in a header, and every
 //! answer carries a strict Content-Security-Policy (no inline script).
 
+mod mfa;
 mod player;
 mod terminal;
 
@@ -108,6 +109,10 @@ pub(crate) fn routes(auth: ApiClient, jump: crate::jump::Jump) -> Router {
         .route(&format!("{VENDOR}/xterm.css"), get(xterm_css))
         .route(&format!("{VENDOR}/addon-fit.js"), get(xterm_fit_js))
         .route("/web/api/login", post(login))
+        .route("/web/api/login/challenge", post(mfa::login_challenge))
+        .route("/web/api/mfa/devices", get(mfa::devices))
+        .route("/web/api/mfa/register", post(mfa::register))
+        .route("/web/api/mfa/register/finish", post(mfa::register_finish))
         .route("/web/api/session", get(session_info))
         .route("/web/api/logout", post(logout))
         .route("/web/api/nodes", get(nodes))
@@ -283,6 +288,9 @@ struct WebLogin {
     password: Secret<String>,
     #[serde(default)]
     otp: Secret<String>,
+    /// A security key's answer, instead of `otp`.
+    #[serde(default)]
+    webauthn: Option<warden_types::api::WebauthnAnswer>,
 }
 
 /// What the page knows of its session.
@@ -334,7 +342,7 @@ async fn login(
         user: req.user,
         password: req.password,
         otp: req.otp,
-        webauthn: None,
+        webauthn: req.webauthn,
         ssh_public_key,
         tls_csr_pem,
         ttl_secs: Some(SESSION_TTL_SECS),

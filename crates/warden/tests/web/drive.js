@@ -11,34 +11,7 @@ const crypto = require('crypto');
 const fs = require('fs');
 const https = require('https');
 const { chromium } = require('playwright-core');
-
-/** RFC 4648 base32, as TOTP secrets are written. */
-function base32(text) {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  const out = [];
-  let bits = 0;
-  let value = 0;
-  for (const c of text.replace(/=+$/, '').toUpperCase()) {
-    value = ((value << 5) | alphabet.indexOf(c)) & 0xfff;
-    bits += 5;
-    if (bits >= 8) {
-      out.push((value >>> (bits - 8)) & 0xff);
-      bits -= 8;
-    }
-  }
-  return Buffer.from(out);
-}
-
-/** The RFC 6238 code (SHA-1, 6 digits, 30 s) for 30 s from now, made
- * just before it is typed (as the tests' oathtool helper does). */
-function totp(secret) {
-  const step = Math.floor((Date.now() / 1000 + 30) / 30);
-  const msg = Buffer.alloc(8);
-  msg.writeBigUInt64BE(BigInt(step));
-  const h = crypto.createHmac('sha1', base32(secret)).update(msg).digest();
-  const o = h[h.length - 1] & 15;
-  return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, '0');
-}
+const { totp, logIn, launch } = require('./lib');
 
 const env = (k) => {
   const v = process.env[k];
@@ -103,23 +76,8 @@ async function connect(page, server) {
   return page.textContent('#terminal-status');
 }
 
-async function logIn(page, user, password, otp) {
-  await page.waitForSelector('#login-form', { state: 'visible' });
-  await page.fill('#user', user);
-  await page.fill('#password', password);
-  await page.fill('#otp', otp);
-  await page.click('#login-submit');
-}
-
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  const browser = await launch(chromium);
   const out = {};
   let page;
   try {
@@ -169,6 +127,7 @@ async function logIn(page, user, password, otp) {
     await waitForScreen(page, 'terminal-screen', 'red-text\n');
     out.red = await page.$$eval('#terminal-screen .xterm-rows span', (spans) =>
       spans.filter((s) => s.textContent === 'red-text').map((s) => s.className).join(' '));
+    await page.screenshot({ path: `${shots}/terminal.png`, fullPage: true });
     await typeLine(page, 'stty size');
     await page.waitForFunction(() => /\n\d+ \d+\s*\n/.test(document.querySelector('#terminal-screen .xterm-rows').innerText));
     out.size_before = (await screenText(page, 'terminal-screen')).match(/\n(\d+ \d+)\s*\n/)[1];
@@ -180,7 +139,6 @@ async function logIn(page, user, password, otp) {
       return m && m.some((x) => x.trim() !== before);
     }, out.size_before);
     out.size_after = (await screenText(page, 'terminal-screen')).match(/(\d+ \d+)\s*\n/)[1];
-    await page.screenshot({ path: `${shots}/terminal.png`, fullPage: true });
     await typeLine(page, 'exit 3');
     await page.waitForFunction(() => document.getElementById('terminal-status').textContent.includes('ended'));
     out.terminal_end = await page.textContent('#terminal-status');

@@ -116,6 +116,9 @@ struct Pending {
     /// Unix seconds the login was started.
     #[serde(default)]
     started: i64,
+    /// Started by the proxy's web UI: the browser returns to the proxy.
+    #[serde(default)]
+    web: bool,
     outcome: Option<SsoResult>,
     expires: i64,
 }
@@ -178,6 +181,15 @@ fn choose_redirect(spec: &OidcConnectorSpec, proxy_addrs: &[String]) -> Result<S
             proxy_addrs.first().map(String::as_str).unwrap_or("PROXY")
         ))),
     }
+}
+
+/// The proxy's origin in a connector's callback URL (what precedes the
+/// callback path).
+fn origin_of(redirect_url: &str) -> &str {
+    redirect_url
+        .find(warden_types::endpoints::OIDC_CALLBACK_PATH)
+        .map(|i| &redirect_url[..i])
+        .unwrap_or(redirect_url)
 }
 
 /// Is `url` a plain-http loopback URL (the CLI's listener)?
@@ -405,6 +417,11 @@ impl AuthServer {
             ));
         }
         let spec = self.connector(&req.connector).await?;
+        if req.web && req.client_redirect.is_some() {
+            return Err(AuthError::BadRequest(
+                "a web login has no client_redirect: the browser returns to the proxy".into(),
+            ));
+        }
         if let Some(r) = &req.client_redirect {
             if !is_loopback(r) {
                 return Err(AuthError::BadRequest(
@@ -458,6 +475,7 @@ impl AuthServer {
             binding_hash: None,
             client_host: req.client_host.as_deref().map(clean_host),
             started: now(),
+            web: req.web,
             outcome: None,
             expires,
         };
@@ -473,18 +491,14 @@ impl AuthServer {
             user_code: None,
             expires,
         };
-        if req.client_redirect.is_some() {
+        if req.client_redirect.is_some() || req.web {
             resp.auth_url = Some(auth_url);
         } else {
             let code = user_code();
             self.backend()
                 .create(&format!("{USER_CODES}{code}"), id.into_bytes(), Some(until))
                 .await?;
-            let origin = redirect_url
-                .find(warden_types::endpoints::OIDC_CALLBACK_PATH)
-                .map(|i| &redirect_url[..i])
-                .unwrap_or(&redirect_url);
-            resp.device_url = Some(format!("{origin}/web/device"));
+            resp.device_url = Some(format!("{}/web/device", origin_of(&redirect_url)));
             resp.user_code = Some(code);
         }
         Ok(resp)
@@ -590,7 +604,7 @@ impl AuthServer {
                 "this login link was already used; run 'warden login' again".into(),
             ));
         }
-        if p.client_redirect.is_none() {
+        if p.client_redirect.is_none() && !p.web {
             // Headless: only the browser that typed the code may finish.
             let bound = match (&p.binding_hash, &cb.binding) {
                 (Some(want), Some(got)) => same(&hash(got.expose()), want),
@@ -616,7 +630,19 @@ impl AuthServer {
                     login.identity.username
                 );
                 let mut redirect = None;
-                if let Some(r) = &p.client_redirect {
+                // Browser and web modes: only who holds the completion
+                // value (the loopback listener, or the proxy for the
+                // browser that started it) collects the login.
+                let back = match &p.client_redirect {
+                    Some(r) => Some(r.clone()),
+                    None if p.web => Some(format!(
+                        "{}{}",
+                        origin_of(&p.redirect_url),
+                        warden_types::endpoints::WEB_SSO_DONE_PATH
+                    )),
+                    None => None,
+                };
+                if let Some(r) = back {
                     let completion = token();
                     p.completion_hash = Some(hash(&completion));
                     redirect = Some(format!("{r}?{}", form(&[("completion", &completion)])));
@@ -1035,6 +1061,17 @@ pub fn routes() -> Router<AuthServer> {
         .serve(&endpoints::SSO_DEVICE, device)
         .serve(&endpoints::SSO_DEVICE_INFO, device_info)
         .serve(&endpoints::SSO_RESULT, result)
+        .serve(&endpoints::SSO_CONNECTORS, connectors)
+}
+
+/// Connector names, for the web UI's login buttons (nothing else of them).
+async fn connectors(
+    State(s): State<AuthServer>,
+    Extension(c): Extension<Caller>,
+) -> Result<Json<Vec<String>>> {
+    require_proxy(&c)?;
+    let docs = resources::list::<OidcConnectorSpec>(s.backend(), CONNECTORS).await?;
+    Ok(Json(docs.iter().map(|d| d.name().to_string()).collect()))
 }
 
 async fn start(

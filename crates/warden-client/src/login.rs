@@ -152,6 +152,7 @@ pub async fn sso_start(
             .ok()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty()),
+        web: false,
     };
     let resp = public_client(proxy, trust)?
         .call(&endpoints::SSO_START, &req)

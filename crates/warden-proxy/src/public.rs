@@ -247,7 +247,7 @@ fn esc(s: &str) -> String {
 
 /// A small HTML page for the browser leg of single sign-on; `form` is
 /// trusted HTML (built here, with every value escaped).
-fn page(status: StatusCode, title: &str, message: &str, form: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, message: &str, form: &str) -> Response {
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Warden: {t}</title></head>\
          <body><h1>{t}</h1><p>{m}</p>{form}</body></html>",
@@ -275,7 +275,7 @@ fn page(status: StatusCode, title: &str, message: &str, form: &str) -> Response 
         .into_response()
 }
 
-fn see_other(url: &str) -> Response {
+pub(crate) fn see_other(url: &str) -> Response {
     (
         StatusCode::SEE_OTHER,
         [("location", url), ("cache-control", "no-store")],
@@ -284,7 +284,7 @@ fn see_other(url: &str) -> Response {
 }
 
 /// An auth error as a page.
-fn error_page(title: &str, e: ClientError) -> Response {
+pub(crate) fn error_page(title: &str, e: ClientError) -> Response {
     let (status, _, message) = auth_failure(e);
     page(status, title, &message, "")
 }

@@ -85,6 +85,24 @@ function signedOut(message) {
   history.replaceState(null, '', location.pathname);
   $('login-error').textContent = message || '';
   show('login');
+  loadConnectors();
+}
+
+/** A link per identity provider connector (none: no single sign-on). */
+async function loadConnectors() {
+  let names = [];
+  try { names = await api('/web/api/sso/connectors'); } catch (_) { names = []; }
+  const list = $('sso-list');
+  list.replaceChildren();
+  for (const name of names || []) {
+    const a = document.createElement('a');
+    a.href = `/web/sso/start?connector=${encodeURIComponent(name)}`;
+    a.textContent = `Log in with ${name}`;
+    const li = document.createElement('li');
+    li.appendChild(a);
+    list.appendChild(li);
+  }
+  $('sso').hidden = !list.children.length;
 }
 
 /** A call failed: a lost session sends the user back to the login form. */

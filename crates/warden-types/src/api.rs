@@ -893,6 +893,12 @@ pub struct SsoStartRequest {
     /// login they are about to complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_host: Option<String>,
+    /// Web mode (the proxy's web UI starts it): after the provider, the
+    /// browser is sent to the proxy's `/web/sso/done` with a completion
+    /// value, which the proxy collects the login with for the browser that
+    /// started it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub web: bool,
 }
 
 /// How the client continues a started login.

@@ -128,6 +128,8 @@ endpoints! {
     JOIN: Post "/v1/join", JoinRequest => NodeCerts;
     SSO_START: Post "/v1/sso/start", SsoStartRequest => SsoStartResponse;
     SSO_RESULT: Post "/v1/sso/result", SsoResultRequest => SsoResult;
+    /// The names of the identity provider connectors (for login buttons).
+    SSO_CONNECTORS: Get "/v1/sso/connectors", () => Vec<String>;
     // Users.
     WHOAMI: Get "/v1/whoami", () => WhoAmI;
     RENEW: Post "/v1/certs/renew", RenewRequest => LoginResponse;
@@ -207,6 +209,9 @@ endpoints! {
 /// The page an identity provider sends the browser back to: served by the
 /// proxy to browsers, not part of the auth API.
 pub const OIDC_CALLBACK_PATH: &str = "/v1/oidc/callback";
+
+/// Where a web UI single sign-on returns the browser, on the proxy.
+pub const WEB_SSO_DONE_PATH: &str = "/web/sso/done";
 
 #[cfg(test)]
 mod tests {

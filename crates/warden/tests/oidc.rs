@@ -15,22 +15,8 @@ fn oidc_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
 }
 
-/// The provider's npm packages (.ci/run installs them; a developer machine
-/// gets them on first run).
 fn ensure_packages() {
-    if oidc_dir().join("node_modules/oidc-provider").exists() {
-        return;
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(oidc_dir())
-        .output()
-        .expect("npm (Node.js) is needed for the OIDC tests; .ci/run installs it");
-    assert!(
-        out.status.success(),
-        "npm ci failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    npm_packages(&oidc_dir(), "node_modules/oidc-provider");
 }
 
 struct Provider {
@@ -437,4 +423,69 @@ fn oidc_single_sign_on() {
     let t0 = Instant::now();
     sso_login(&c, "down", "down", "true").expect_err("cannot reach identity provider down");
     assert!(t0.elapsed() < Duration::from_secs(15));
+}
+
+/// Single sign-on from the web UI in Chromium: the login page offers the
+/// connector, the provider's forms are filled, and the browser comes back
+/// logged in with the claims' roles. The return link does nothing in a
+/// browser that did not start the login.
+#[test]
+fn web_ui_single_sign_on_in_chromium() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
+    );
+    let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web");
+    npm_packages(&web, "node_modules/playwright-core");
+    let dir = temp_dir("oidc-web");
+    let c = Cluster::start(&dir);
+    let redirect = format!("https://{}/v1/oidc/callback", c.proxy);
+    let idp = Provider::start(&redirect);
+    let f = connector(&dir, "okta", &idp.issuer, &redirect, "2m");
+    c.admin(&["connectors", "apply", "-f", f.to_str().unwrap()])
+        .expect_ok();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg("sso.js")
+        .current_dir(&web)
+        .env("WARDEN_URL", format!("https://{}/", c.proxy))
+        .env("SHOTS", &shots)
+        .env("CONNECTOR", "okta")
+        .env("ACCOUNT", "alice")
+        .output()
+        .expect("node runs tests/web/sso.js");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}"));
+    eprintln!("{saw:#}");
+    assert_eq!(saw["buttons"], serde_json::json!(["Log in with okta"]));
+    assert_eq!(saw["provider_page"], idp.issuer, "{saw}");
+    assert_eq!(
+        saw["whoami"], "alice@example.com (access)",
+        "groups mapped to roles: {saw}"
+    );
+    assert_eq!(saw["servers_shown"], true, "{saw}");
+    assert_eq!(saw["back_at"], format!("https://{}/", c.proxy));
+    assert_eq!(saw["other_browser"], 400, "{saw}");
+    assert!(
+        saw["other_browser_text"]
+            .as_str()
+            .unwrap()
+            .contains("did not start this login"),
+        "{saw}"
+    );
+    let events = c.events();
+    assert!(
+        events.iter().any(|e| e["type"] == "user.login"
+            && e["user"] == "alice@example.com"
+            && e["success"] == true
+            && e["fields"]["method"] == "oidc"),
+        "{events:?}"
+    );
 }

@@ -19,22 +19,8 @@ fn web_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web")
 }
 
-/// The driver's npm package (.ci/run installs it; a developer machine gets
-/// it on first run).
 fn ensure_packages() {
-    if web_dir().join("node_modules/playwright-core").exists() {
-        return;
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(web_dir())
-        .output()
-        .expect("npm (Node.js) is needed for the web UI tests; .ci/run installs it");
-    assert!(
-        out.status.success(),
-        "npm ci failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    npm_packages(&web_dir(), "node_modules/playwright-core");
 }
 
 #[test]

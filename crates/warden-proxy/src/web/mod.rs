@@ -15,6 +15,7 @@
 
 mod mfa;
 mod player;
+mod sso;
 mod terminal;
 
 use crate::public::{auth_for, cookie, cross_site, error_response, ClientAddr};
@@ -91,6 +92,8 @@ struct Web {
     sessions: Arc<Mutex<HashMap<String, Arc<Session>>>>,
     /// How the terminal reaches nodes (as the jump host does).
     jump: crate::jump::Jump,
+    /// Single sign-on logins waiting for the identity provider.
+    sso: sso::PendingLogins,
 }
 
 /// The web UI's routes; `auth` is the proxy's auth client, `jump` how it
@@ -100,6 +103,7 @@ pub(crate) fn routes(auth: ApiClient, jump: crate::jump::Jump) -> Router {
         auth,
         sessions: Default::default(),
         jump,
+        sso: Default::default(),
     };
     Router::new()
         .route("/", get(index))
@@ -110,6 +114,9 @@ pub(crate) fn routes(auth: ApiClient, jump: crate::jump::Jump) -> Router {
         .route(&format!("{VENDOR}/addon-fit.js"), get(xterm_fit_js))
         .route("/web/api/login", post(login))
         .route("/web/api/login/challenge", post(mfa::login_challenge))
+        .route("/web/api/sso/connectors", get(sso::connectors))
+        .route("/web/sso/start", get(sso::start))
+        .route(endpoints::WEB_SSO_DONE_PATH, get(sso::done))
         .route("/web/api/mfa/devices", get(mfa::devices))
         .route("/web/api/mfa/register", post(mfa::register))
         .route("/web/api/mfa/register/finish", post(mfa::register_finish))
@@ -354,69 +361,78 @@ async fn login(
         Ok(r) => r,
         Err(e) => return error_response(e),
     };
-    let ssh_cert = match russh::keys::Certificate::from_openssh(resp.ssh_cert.trim()) {
-        Ok(c) => c,
-        Err(e) => {
-            return refuse(
+    match w.begin(&headers, &key, resp) {
+        Ok((session, cookie)) => {
+            ([("set-cookie", cookie)], Json(SessionInfo::of(&session))).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+impl Web {
+    /// A new session for the browser that sent `headers`, from a login's
+    /// certificates for `key`: the session and its `Set-Cookie` value. The
+    /// browser's previous session, and every ended one, is dropped.
+    fn begin(
+        &self,
+        headers: &HeaderMap,
+        key: &ClientKey,
+        resp: LoginResponse,
+    ) -> Result<(Arc<Session>, String), Refusal> {
+        let ssh_cert = russh::keys::Certificate::from_openssh(resp.ssh_cert.trim()).map_err(|e| {
+            refuse(
                 StatusCode::BAD_GATEWAY,
                 "internal",
                 format!("auth issued an unreadable SSH certificate: {e}"),
             )
-            .into_response()
+        })?;
+        let host_cas = resp
+            .ssh_host_ca_keys
+            .iter()
+            .filter_map(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok())
+            .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
+            .collect();
+        let cert = ClientCert {
+            cert_pem: resp.tls_cert_pem,
+            key_pkcs8: key.pkcs8_der().to_vec(),
+        };
+        let api = self
+            .auth
+            .as_identity(&cert)
+            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let id = data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>());
+        let session = Arc::new(Session {
+            user: resp.identity.username.clone(),
+            roles: resp.identity.roles.clone(),
+            csrf: data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>()),
+            expires: resp.identity.expires,
+            api,
+            ssh_key: Arc::new(key.ssh_private()),
+            ssh_cert,
+            host_cas,
+        });
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let at = now();
+            sessions.retain(|_, s| s.expires > at);
+            if let Some(old) = cookie(headers, COOKIE) {
+                sessions.remove(&session_key(&old));
+            }
+            if sessions.len() >= MAX_SESSIONS {
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "this proxy holds as many web sessions as it may; try again later",
+                ));
+            }
+            sessions.insert(session_key(&id), session.clone());
         }
-    };
-    let host_cas = resp
-        .ssh_host_ca_keys
-        .iter()
-        .filter_map(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok())
-        .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
-        .collect();
-    let cert = ClientCert {
-        cert_pem: resp.tls_cert_pem,
-        key_pkcs8: key.pkcs8_der().to_vec(),
-    };
-    let api = match w.auth.as_identity(&cert) {
-        Ok(api) => api,
-        Err(e) => {
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                .into_response()
-        }
-    };
-    let id = data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>());
-    let session = Arc::new(Session {
-        user: resp.identity.username.clone(),
-        roles: resp.identity.roles.clone(),
-        csrf: data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>()),
-        expires: resp.identity.expires,
-        api,
-        ssh_key: Arc::new(key.ssh_private()),
-        ssh_cert,
-        host_cas,
-    });
-    {
-        let mut sessions = w.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        // Ended sessions go at each login (their keys with them), and the
-        // browser's previous one is replaced.
-        let at = now();
-        sessions.retain(|_, s| s.expires > at);
-        if let Some(old) = cookie(&headers, COOKIE) {
-            sessions.remove(&session_key(&old));
-        }
-        if sessions.len() >= MAX_SESSIONS {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "this proxy holds as many web sessions as it may; try again later",
-            )
-            .into_response();
-        }
-        sessions.insert(session_key(&id), session.clone());
+        tracing::info!(user = %session.user, "web session started");
+        let max_age = (session.expires - now()).max(0);
+        let cookie =
+            format!("{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}");
+        Ok((session, cookie))
     }
-    tracing::info!(user = %session.user, "web session started");
-    let max_age = (session.expires - now()).max(0);
-    let cookie =
-        format!("{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}");
-    ([("set-cookie", cookie)], Json(SessionInfo::of(&session))).into_response()
 }
 
 async fn session_info(State(w): State<Web>, headers: HeaderMap) -> Response {

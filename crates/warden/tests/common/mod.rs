@@ -20,6 +20,27 @@ pub const FREE_PORTS: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
+/// Installs the npm packages of a test's Node.js helper in `dir` unless
+/// `probe` (a path under it) is there already: .ci/run installs them, a
+/// developer machine gets them on first run.
+#[allow(dead_code)]
+pub fn npm_packages(dir: &Path, probe: &str) {
+    if dir.join(probe).exists() {
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .expect("npm (Node.js) is needed for this test; .ci/run installs it");
+    assert!(
+        out.status.success(),
+        "npm ci in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(

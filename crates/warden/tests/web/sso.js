@@ -1,0 +1,69 @@
+// Single sign-on from the web UI, for crates/warden/tests/oidc.rs: the
+// login page's connector button, the test identity provider's own login
+// and consent forms, and back to the web UI logged in. Inputs: WARDEN_URL,
+// SHOTS, CONNECTOR, ACCOUNT (a login the provider knows). Prints what it
+// saw as one JSON line.
+'use strict';
+const { chromium } = require('playwright-core');
+const { launch } = require('./lib');
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const url = env('WARDEN_URL');
+const shots = env('SHOTS');
+const connector = env('CONNECTOR');
+
+(async () => {
+  const browser = await launch(chromium);
+  const out = {};
+  let page;
+  try {
+    const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+    page = await ctx.newPage();
+    await page.goto(url);
+    const button = `#sso-list a:has-text("Log in with ${connector}")`;
+    await page.waitForSelector(button);
+    out.buttons = await page.$$eval('#sso-list a', (a) => a.map((x) => x.textContent));
+    await page.screenshot({ path: `${shots}/login-sso.png`, fullPage: true });
+    await page.click(button);
+    // The provider's forms (oidc-provider's development interactions).
+    await page.waitForSelector('input[name="login"]');
+    out.provider_page = new URL(page.url()).origin;
+    await page.fill('input[name="login"]', env('ACCOUNT'));
+    await page.fill('input[name="password"]', 'any password');
+    await page.click('button[type="submit"]');
+    await page.waitForSelector('button:has-text("Continue")');
+    await page.click('button:has-text("Continue")');
+    await page.waitForFunction(() => {
+      const w = document.getElementById('whoami');
+      return w && w.textContent !== '';
+    }, null, { timeout: 30000 });
+    out.back_at = page.url();
+    out.whoami = await page.textContent('#whoami');
+    out.servers_shown = await page.isVisible('#servers');
+    await page.screenshot({ path: `${shots}/after-sso.png`, fullPage: true });
+
+    // The return link in another browser (a forwarded link): refused.
+    const other = await browser.newContext({ ignoreHTTPSErrors: true });
+    const resp = await other.request.get(`${url}web/sso/done?completion=stolen`);
+    out.other_browser = resp.status();
+    out.other_browser_text = await resp.text();
+    await other.close();
+  } catch (e) {
+    if (page) {
+      await page.screenshot({ path: `${shots}/sso-failure.png`, fullPage: true }).catch(() => {});
+      const text = await page.evaluate(() => document.body.innerText).catch(() => '');
+      e.message += `\npage ${page.url()}:\n${text}`;
+    }
+    throw e;
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(out));
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -343,6 +343,7 @@ function hashArgs(name) {
 }
 
 function closeTerminal() {
+  if (state.mfaPrompt) state.mfaPrompt.reject(new Error('cancelled'));
   const t = state.terminal;
   state.terminal = null;
   if (!t) return;
@@ -351,11 +352,44 @@ function closeTerminal() {
   t.term.dispose();
 }
 
+/** A fresh second factor for a session on `node`, when the user's roles
+ * ask for one: a one-time code typed, or a security key's answer. Null
+ * when none is needed. */
+async function sessionProof(node) {
+  const need = await api(`/web/api/mfa/required?node=${encodeURIComponent(node)}`);
+  if (!need.required) return null;
+  $('terminal-mfa-why').textContent =
+    `Role ${need.roles.join(', ')} asks for a second factor before each session.`;
+  $('terminal-otp').value = '';
+  $('terminal-mfa').hidden = false;
+  $('terminal-otp').focus();
+  try {
+    return await new Promise((resolve, reject) => {
+      state.mfaPrompt = { resolve, reject };
+    });
+  } finally {
+    state.mfaPrompt = null;
+    $('terminal-mfa').hidden = true;
+  }
+}
+
 /** A terminal on `node` as `login`: keys go to the node over a WebSocket
- * to the proxy, which logs in with this web session's certificate. */
-function openTerminal(node, login) {
+ * to the proxy, which logs in with this web session's certificate (or a
+ * one-minute one for this node, when a second factor was asked for). */
+async function openTerminal(node, login) {
   closeTerminal();
   $('terminal-title').textContent = `${login}@${node}`;
+  $('terminal-status').textContent = '';
+  let mfa = null;
+  try {
+    mfa = await sessionProof(node);
+  } catch (e) {
+    if (e.message === 'cancelled') return;
+    if (e.status === 401) return signedOut(e.message);
+    $('terminal-status').textContent = `Not connected: ${e.message}`;
+    return;
+  }
+  if (!location.hash.startsWith('#terminal/')) return;
   $('terminal-status').textContent = 'Connecting…';
   const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000 });
   const fit = new FitAddon.FitAddon();
@@ -370,7 +404,9 @@ function openTerminal(node, login) {
   const encoder = new TextEncoder();
   const send = (data) => { if (ws.readyState === WebSocket.OPEN) ws.send(data); };
   ws.addEventListener('open', () => {
-    ws.send(JSON.stringify({ csrf: state.session.csrf, cols: term.cols, rows: term.rows }));
+    const hello = { csrf: state.session.csrf, cols: term.cols, rows: term.rows };
+    if (mfa) hello.mfa = mfa;
+    ws.send(JSON.stringify(hello));
   });
   ws.addEventListener('message', (ev) => {
     if (typeof ev.data !== 'string') {
@@ -752,6 +788,23 @@ document.addEventListener('DOMContentLoaded', async () => {
       failed(e, 'account-error');
     } finally {
       $('enrol-submit').disabled = false;
+    }
+  });
+  $('terminal-mfa').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const code = $('terminal-otp').value.trim();
+    if (state.mfaPrompt && code) state.mfaPrompt.resolve({ otp: code });
+  });
+  $('terminal-key').addEventListener('click', async () => {
+    const prompt = state.mfaPrompt;
+    if (!prompt) return;
+    try {
+      const challenge = await api('/web/api/mfa/challenge', { method: 'POST' });
+      if (!challenge.webauthn) throw new Error('you have no security key; enter a one-time code');
+      $('terminal-status').textContent = 'Touch your security key…';
+      prompt.resolve({ webauthn: await keyAnswer(challenge.webauthn) });
+    } catch (e) {
+      $('terminal-status').textContent = e.message;
     }
   });
   $('terminal-close').addEventListener('click', () => { location.hash = '#servers'; });

@@ -36,15 +36,15 @@ fn the_web_ui_in_chromium() {
         &["--name", "web-box", "--labels", "env=demo,team=web"],
     );
     let alice = c.add_user("alice", "access,auditor", "root");
-    let bob = c.add_user("bob", "access", "root");
     let roles = dir.join("roles.yaml");
     std::fs::write(
         &roles,
-        "kind: role\nversion: v1\nmetadata:\n  name: requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [dba]\n",
+        "kind: role\nversion: v1\nmetadata:\n  name: requester\nspec:\n  allow:\n    request:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: dba\nspec:\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n---\nkind: role\nversion: v1\nmetadata:\n  name: reviewer\nspec:\n  allow:\n    review_requests:\n      roles: [dba]\n---\nkind: role\nversion: v1\nmetadata:\n  name: no-terminal\nspec:\n  options:\n    permit_pty: false\n",
     )
     .unwrap();
     c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
         .expect_ok();
+    let bob = c.add_user("bob", "access,no-terminal", "root");
     let carol = c.add_user("carol", "access,requester", "root");
     let dave = c.add_user("dave", "access,reviewer", "root");
     let frank = c.add_user("frank", "access,editor,auditor", "root");
@@ -220,6 +220,15 @@ fn the_web_ui_in_chromium() {
     assert_eq!(saw["bob_audit_status"], 403, "{saw}");
     assert_eq!(saw["bob_recordings_status"], 403, "no recordings for him");
     assert!(!saw["bob_audit_error"].as_str().unwrap().is_empty());
+    // A role that forbids a PTY: the terminal says so instead of a dead
+    // screen.
+    assert!(
+        saw["bob_terminal"]
+            .as_str()
+            .unwrap()
+            .contains("permit_pty"),
+        "{saw}"
+    );
     assert_eq!(saw["bob_audit_rows"], 0);
     // Carol's request, approved by Dave through its link; auth recorded it.
     let id = saw["request_id"]
@@ -405,7 +414,8 @@ fn browsers_get_the_operators_certificate() {
 }
 
 /// A security key in the browser: added on the Security keys page with
-/// Chromium's virtual authenticator, then used to log in without a code.
+/// Chromium's virtual authenticator, then used to log in without a code,
+/// and to answer the per-session check a role asks for before a terminal.
 /// The page's host must lie under the cluster name (the WebAuthn relying
 /// party), so Chromium resolves `proxy.warden.test` to the proxy.
 #[test]
@@ -416,8 +426,19 @@ fn security_keys_in_chromium() {
     );
     ensure_packages();
     let dir = temp_dir("web-keys");
-    let c = Cluster::start_with(&dir, &["--cluster-name", "warden.test"]);
-    let hana = c.add_user("hana", "access", "root");
+    let c = Cluster::start_with(
+        &dir,
+        &["--cluster-name", "warden.test", "--name", "key-box"],
+    );
+    let role = dir.join("mfa-ops.yaml");
+    std::fs::write(
+        &role,
+        "kind: role\nversion: v1\nmetadata:\n  name: mfa-ops\nspec:\n  options:\n    require_mfa: session\n    permit_pty: true\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n",
+    )
+    .unwrap();
+    c.admin(&["roles", "apply", "-f", role.to_str().unwrap()])
+        .expect_ok();
+    let hana = c.add_user("hana", "mfa-ops", "root");
     let port = c.proxy.rsplit(':').next().unwrap();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -428,8 +449,10 @@ fn security_keys_in_chromium() {
         .env("HOST_RULES", "MAP proxy.warden.test 127.0.0.1")
         .env("SHOTS", &shots)
         .env("USER", format!("hana:{PASSWORD}:{hana}"))
+        .env("NODE", "key-box")
         .output()
         .expect("node runs tests/web/keys.js");
+
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -457,6 +480,11 @@ fn security_keys_in_chromium() {
     );
     assert_eq!(saw["credentials"], 1, "the key lives in the authenticator");
     assert!(saw["whoami"].as_str().unwrap().starts_with("hana"), "{saw}");
+    assert!(
+        saw["mfa_why"].as_str().unwrap().contains("mfa-ops"),
+        "{saw}"
+    );
+    assert_eq!(saw["mfa_terminal"], "Connected to key-box as root.", "{saw}");
     assert!(saw["sign_count"].as_u64().unwrap() >= 1, "the key signed: {saw}");
     assert!(
         saw["wrong_password"]
@@ -477,4 +505,5 @@ fn security_keys_in_chromium() {
         "{events:?}"
     );
     assert!(shots.join("security-keys.png").exists());
+    assert!(shots.join("terminal-mfa.png").exists());
 }

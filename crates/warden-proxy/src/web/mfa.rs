@@ -5,14 +5,14 @@
 
 use super::Web;
 use crate::public::{auth_for, cross_site, error_response, ClientAddr};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use warden_types::api::{
-    LoginChallengeRequest, MfaChallengeResponse, MfaProof, MfaRegisterFinish, MfaRegisterRequest,
-    WebauthnAnswer,
+    LoginChallengeRequest, MfaChallengeRequest, MfaChallengeResponse, MfaProof, MfaPurpose,
+    MfaRegisterFinish, MfaRegisterRequest, MfaRequiredRequest, WebauthnAnswer,
 };
 use warden_types::{endpoints, Secret};
 
@@ -97,4 +97,50 @@ pub(super) async fn register_finish(
         &req,
     )
     .await
+}
+
+#[derive(Deserialize)]
+pub(super) struct NodeQuery {
+    node: String,
+}
+
+/// Whether the user's roles ask for a second factor before a session on
+/// `node` (the page then asks for one before it connects).
+pub(super) async fn required(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<NodeQuery>,
+) -> Response {
+    let s = match w.session(&headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Some(route) = w.jump.inventory.resolve(&q.node, 22).await else {
+        return super::refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no single node is named {:?}", q.node),
+        )
+        .into_response();
+    };
+    let req = MfaRequiredRequest { node: route.id };
+    s.forward(&endpoints::MFA_REQUIRED, endpoints::MFA_REQUIRED.path, &req)
+        .await
+}
+
+/// A challenge for a session's second factor (TOTP, or the user's keys).
+pub(super) async fn session_challenge(
+    State(w): State<Web>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let s = match w.session_for_change(&headers, &uri) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let req = MfaChallengeRequest {
+        purpose: MfaPurpose::Session,
+    };
+    s.forward(&endpoints::MFA_CHALLENGE, endpoints::MFA_CHALLENGE.path, &req)
+        .await
 }

@@ -118,6 +118,8 @@ pub(crate) fn routes(auth: ApiClient, jump: crate::jump::Jump) -> Router {
         .route("/web/sso/start", get(sso::start))
         .route(endpoints::WEB_SSO_DONE_PATH, get(sso::done))
         .route("/web/api/mfa/devices", get(mfa::devices))
+        .route("/web/api/mfa/required", get(mfa::required))
+        .route("/web/api/mfa/challenge", post(mfa::session_challenge))
         .route("/web/api/mfa/register", post(mfa::register))
         .route("/web/api/mfa/register/finish", post(mfa::register_finish))
         .route("/web/api/session", get(session_info))

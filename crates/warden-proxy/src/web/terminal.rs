@@ -26,6 +26,8 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
+use warden_types::api::{MfaProof, MfaSessionRequest, MfaSessionResponse};
+use warden_types::endpoints;
 use warden_types::metrics::METRICS;
 
 /// How long the page has to send its first frame.
@@ -49,6 +51,10 @@ struct Hello {
     csrf: String,
     cols: u32,
     rows: u32,
+    /// A fresh second factor, when the user's roles ask for one per
+    /// session: auth then issues a one-minute certificate for this node.
+    #[serde(default)]
+    mfa: Option<MfaProof>,
 }
 
 /// A later control frame.
@@ -144,8 +150,18 @@ async fn run(
         )
         .await;
     };
-    let ssh = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&s, &route.id, &q.login, stream))
-        .await
+    let cert = match hello.mfa {
+        None => s.ssh_cert.clone(),
+        Some(proof) => match session_cert(&s, &route.id, proof).await {
+            Ok(c) => c,
+            Err(why) => return fail(&mut socket, why).await,
+        },
+    };
+    let ssh = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect(&s, cert, &route.id, &q.login, stream),
+    )
+    .await
     {
         Ok(Ok(ssh)) => ssh,
         Ok(Err(why)) => return fail(&mut socket, why).await,
@@ -163,9 +179,21 @@ async fn run(
         .await;
     let (mut from_node, to_node) = channel.split();
     let mut status: Option<u32> = None;
+    // The node answers the PTY request first, then the shell's.
+    let mut answers = 0;
     loop {
         tokio::select! {
             msg = from_node.wait() => match msg {
+                Some(ChannelMsg::Success) => answers += 1,
+                Some(ChannelMsg::Failure) => {
+                    let why = if answers == 0 {
+                        "the node refused a terminal: none of your roles permits one (role option permit_pty)"
+                    } else {
+                        "the node refused a shell"
+                    };
+                    let _ = ssh.disconnect(Disconnect::ByApplication, "", "").await;
+                    return fail(&mut socket, why).await;
+                }
                 Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
                     if socket.send(Message::Binary(data)).await.is_err() {
                         break;
@@ -244,8 +272,40 @@ const HOST_CERT_ALGORITHMS: &[Algorithm] = &[
     },
 ];
 
+/// The one-minute certificate for `node_id` that a second factor buys,
+/// for the session's own key.
+async fn session_cert(
+    s: &Session,
+    node_id: &str,
+    proof: MfaProof,
+) -> Result<russh::keys::Certificate, String> {
+    let public = s
+        .ssh_key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| format!("internal: {e}"))?;
+    let resp: MfaSessionResponse = s
+        .api
+        .call(
+            &endpoints::MFA_SESSION,
+            &MfaSessionRequest {
+                node: node_id.to_string(),
+                ssh_public_key: public,
+                proof,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            warden_client::ClientError::Api { message, .. } => message,
+            e => format!("the auth service cannot be reached: {e}"),
+        })?;
+    russh::keys::Certificate::from_openssh(resp.ssh_cert.trim())
+        .map_err(|e| format!("auth issued an unreadable certificate: {e}"))
+}
+
 async fn connect(
     s: &Session,
+    cert: russh::keys::Certificate,
     node_id: &str,
     login: &str,
     stream: crate::jump::NodeStream,
@@ -276,7 +336,7 @@ async fn connect(
             e => format!("cannot speak SSH with the node: {e}"),
         })?;
     let auth = ssh
-        .authenticate_openssh_cert(login, s.ssh_key.clone(), s.ssh_cert.clone())
+        .authenticate_openssh_cert(login, s.ssh_key.clone(), cert)
         .await
         .map_err(|e| format!("the node ended the login: {e}"))?;
     if !auth.success() {

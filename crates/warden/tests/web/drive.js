@@ -206,6 +206,8 @@ async function connect(page, server) {
     out.bob_audit_error = await page.textContent('#audit-error');
     out.bob_audit_rows = await page.$$eval('#audit-table tbody tr', (r) => r.length);
     await page.screenshot({ path: `${shots}/audit-denied.png`, fullPage: true });
+    await page.click('#nav-servers');
+    out.bob_terminal = await connect(page, node);
     await page.click('#logout');
 
     // Carol asks for dba; Dave approves it from the request's own link.

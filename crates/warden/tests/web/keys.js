@@ -4,7 +4,8 @@
 // Security keys page, logs out and logs in with password and key alone.
 // Inputs: WARDEN_URL (its host must be under the cluster name, the
 // relying party), HOST_RULES (Chromium's --host-resolver-rules), SHOTS,
-// USER as "user:password:totp-secret". Prints what it saw as one JSON line.
+// USER as "user:password:totp-secret", NODE (a server whose sessions need
+// a second factor for her). Prints what it saw as one JSON line.
 'use strict';
 const { chromium } = require('playwright-core');
 const { totp, logIn, launch } = require('./lib');
@@ -67,6 +68,24 @@ const [user, password, secret] = env('USER').split(':');
     out.whoami = await page.textContent('#whoami');
     const after = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
     out.sign_count = after.credentials[0].signCount;
+
+    // Her role asks for a second factor per session: the terminal asks,
+    // the key answers, and the node accepts the one-minute certificate.
+    await page.fill('#q', env('NODE'));
+    await page.press('#q', 'Enter');
+    await page.click(`#server-table tbody tr:has(td:text-is("${env('NODE')}")) button:has-text("Connect")`);
+    await page.waitForSelector('#terminal-mfa', { state: 'visible' });
+    out.mfa_why = await page.textContent('#terminal-mfa-why');
+    await page.screenshot({ path: `${shots}/terminal-mfa.png`, fullPage: true });
+    await page.click('#terminal-key');
+    await page.waitForFunction(() => /^(Connected|Not connected)/.test(
+      document.getElementById('terminal-status').textContent));
+    out.mfa_terminal = await page.textContent('#terminal-status');
+    await page.click('#terminal-screen');
+    await page.keyboard.type('echo mfa-$((20+22))');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelector('#terminal-screen .xterm-rows').innerText.includes('\nmfa-42'));
+    await page.click('#terminal-close');
     await page.click('#logout');
 
     // A wrong password never reaches the key.

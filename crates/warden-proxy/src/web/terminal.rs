@@ -172,19 +172,24 @@ async fn run(
         Err(why) => return fail(&mut socket, why).await,
     };
     tracing::info!(user = %s.user, node = %q.node, login = %q.login, "web terminal opened");
-    let _ = socket
-        .send(Message::Text(
-            serde_json::json!({ "connected": q.node }).to_string().into(),
-        ))
-        .await;
     let (mut from_node, to_node) = channel.split();
     let mut status: Option<u32> = None;
-    // The node answers the PTY request first, then the shell's.
+    // The node answers the PTY request first, then the shell's; the page
+    // hears "connected" once both are granted.
     let mut answers = 0;
     loop {
         tokio::select! {
             msg = from_node.wait() => match msg {
-                Some(ChannelMsg::Success) => answers += 1,
+                Some(ChannelMsg::Success) => {
+                    answers += 1;
+                    // Both granted: the page may say it is connected.
+                    if answers == 2 {
+                        let hello = serde_json::json!({ "connected": q.node }).to_string();
+                        if socket.send(Message::Text(hello.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 Some(ChannelMsg::Failure) => {
                     let why = if answers == 0 {
                         "the node refused a terminal: none of your roles permits one (role option permit_pty)"

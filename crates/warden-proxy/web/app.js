@@ -3,7 +3,7 @@
 // user may see and do: this page only asks.
 'use strict';
 
-const state = { session: null, page: 0, total: 0, perPage: 50, recordings: new Map() };
+const state = { session: null, page: 0, total: 0, perPage: 50, recordings: new Map(), opened: 0 };
 const $ = (id) => document.getElementById(id);
 
 // The terminal emulator sizes its cells with <style> elements; the policy
@@ -343,6 +343,7 @@ function hashArgs(name) {
 }
 
 function closeTerminal() {
+  state.opened += 1;
   if (state.mfaPrompt) state.mfaPrompt.reject(new Error('cancelled'));
   const t = state.terminal;
   state.terminal = null;
@@ -350,6 +351,27 @@ function closeTerminal() {
   window.removeEventListener('resize', t.onResize);
   try { t.ws.close(); } catch (_) { /* already closed */ }
   t.term.dispose();
+}
+
+/** The terminal emulator, loaded the first time a terminal or a
+ * recording is opened (most pages never need it). */
+const VENDOR = '/web/vendor/xterm-6.0.0';
+function loadTerminalEmulator() {
+  if (!state.emulator) {
+    const add = (tag, attrs) => new Promise((resolve, reject) => {
+      const el = document.createElement(tag);
+      Object.assign(el, attrs);
+      el.addEventListener('load', resolve);
+      el.addEventListener('error', () => reject(new Error(`cannot load ${attrs.src || attrs.href}`)));
+      document.head.appendChild(el);
+    });
+    state.emulator = Promise.all([
+      add('link', { rel: 'stylesheet', href: `${VENDOR}/xterm.css` }),
+      add('script', { src: `${VENDOR}/xterm.js` })
+        .then(() => add('script', { src: `${VENDOR}/addon-fit.js` })),
+    ]).catch((e) => { state.emulator = null; throw e; });
+  }
+  return state.emulator;
 }
 
 /** A fresh second factor for a session on `node`, when the user's roles
@@ -378,6 +400,8 @@ async function sessionProof(node) {
  * one-minute one for this node, when a second factor was asked for). */
 async function openTerminal(node, login) {
   closeTerminal();
+  // A later open (or leaving the page) supersedes this one at each wait.
+  const ticket = ++state.opened;
   $('terminal-title').textContent = `${login}@${node}`;
   $('terminal-status').textContent = '';
   let mfa = null;
@@ -389,8 +413,13 @@ async function openTerminal(node, login) {
     $('terminal-status').textContent = `Not connected: ${e.message}`;
     return;
   }
-  if (!location.hash.startsWith('#terminal/')) return;
+  if (ticket !== state.opened) return;
   $('terminal-status').textContent = 'Connecting…';
+  try { await loadTerminalEmulator(); } catch (e) {
+    $('terminal-status').textContent = `Not connected: ${e.message}`;
+    return;
+  }
+  if (ticket !== state.opened) return;
   const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000 });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
@@ -437,6 +466,7 @@ async function openTerminal(node, login) {
 /** The player: events arrive as JSON lines while the recording downloads;
  * playing starts with the first of them. */
 function stopPlayer() {
+  state.opened += 1;
   const p = state.player;
   state.player = null;
   if (!p) return;
@@ -453,12 +483,18 @@ function fmt(seconds) {
 
 async function openPlayer(id) {
   stopPlayer();
+  const ticket = ++state.opened;
   const known = state.recordings.get(id);
   $('player-title').textContent = known
     ? `Playback: ${known.user} as ${known.login} on ${known.node_name || known.node}` : 'Playback';
   $('play-status').textContent = 'Loading…';
   $('play-markers').replaceChildren();
   $('play-ticks').replaceChildren();
+  try { await loadTerminalEmulator(); } catch (e) {
+    $('play-status').textContent = e.message;
+    return;
+  }
+  if (ticket !== state.opened) return;
   const term = new Terminal({ fontSize: 14, scrollback: 5000, disableStdin: true });
   term.open($('player-screen'));
   const p = {

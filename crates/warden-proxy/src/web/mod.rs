@@ -177,36 +177,66 @@ async fn index() -> Response {
         .into_response()
 }
 
-/// A vendored file: versioned path, so cacheable for a day.
-fn vendored(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            ("content-type", content_type),
-            ("cache-control", "public, max-age=86400, immutable"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-async fn xterm_js() -> Response {
-    vendored("text/javascript; charset=utf-8", XTERM_JS)
-}
-
-async fn xterm_css() -> Response {
-    vendored("text/css; charset=utf-8", XTERM_CSS)
-}
-
-async fn xterm_fit_js() -> Response {
-    vendored("text/javascript; charset=utf-8", XTERM_FIT_JS)
-}
-
 async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
 async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
+}
+
+/// A vendored file: versioned path, so cacheable for a day; deflated
+/// (once, on first use) for browsers that take it, as they all do.
+fn vendored(
+    headers: &HeaderMap,
+    content_type: &'static str,
+    body: &'static str,
+    packed: &'static std::sync::LazyLock<Vec<u8>>,
+) -> Response {
+    let deflate = headers
+        .get_all("accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().is_some_and(|t| t.trim() == "deflate"));
+    let head = [
+        ("content-type", content_type),
+        ("cache-control", "public, max-age=86400, immutable"),
+        ("vary", "accept-encoding"),
+    ];
+    if deflate {
+        (head, [("content-encoding", "deflate")], packed.as_slice()).into_response()
+    } else {
+        (head, body).into_response()
+    }
+}
+
+/// zlib-wrapped deflate (HTTP's `deflate`).
+fn pack(text: &str) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec_zlib(text.as_bytes(), 6)
+}
+
+static XTERM_JS_PACKED: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| pack(XTERM_JS));
+static XTERM_CSS_PACKED: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| pack(XTERM_CSS));
+static XTERM_FIT_JS_PACKED: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| pack(XTERM_FIT_JS));
+
+async fn xterm_js(headers: HeaderMap) -> Response {
+    vendored(&headers, "text/javascript; charset=utf-8", XTERM_JS, &XTERM_JS_PACKED)
+}
+
+async fn xterm_css(headers: HeaderMap) -> Response {
+    vendored(&headers, "text/css; charset=utf-8", XTERM_CSS, &XTERM_CSS_PACKED)
+}
+
+async fn xterm_fit_js(headers: HeaderMap) -> Response {
+    vendored(
+        &headers,
+        "text/javascript; charset=utf-8",
+        XTERM_FIT_JS,
+        &XTERM_FIT_JS_PACKED,
+    )
 }
 
 /// Why a web call is refused, as the page gets it.
@@ -819,6 +849,22 @@ mod tests {
             d.metadata.labels.insert(k.to_string(), v.to_string());
         }
         d
+    }
+
+    #[tokio::test]
+    async fn vendored_files_are_deflated_for_browsers_that_take_it() {
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_static("gzip, deflate, br, zstd"));
+        let resp = xterm_js(h).await;
+        assert_eq!(resp.headers()["content-encoding"], "deflate");
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        assert!(body.len() < XTERM_JS.len() / 2, "{} bytes", body.len());
+        let plain = miniz_oxide::inflate::decompress_to_vec_zlib(&body).unwrap();
+        assert_eq!(plain, XTERM_JS.as_bytes());
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        let resp = xterm_js(h).await;
+        assert!(resp.headers().get("content-encoding").is_none());
     }
 
     #[test]

@@ -71,13 +71,14 @@ function signedOut(message) {
     'devices-table']) {
     $(t).querySelector('tbody').replaceChildren();
   }
-  for (const f of ['q', 'audit-type', 'audit-user', 'request-roles', 'request-reason', 'review-reason',
-    'rec-user', 'rec-node', 'enrol-name', 'enrol-otp']) {
+  for (const f of ['q', 'audit-type', 'audit-user', 'audit-node', 'audit-session', 'audit-since',
+    'request-roles', 'request-reason', 'review-reason', 'rec-user', 'rec-node', 'rec-since', 'enrol-name',
+    'enrol-otp']) {
     $(f).value = '';
   }
   for (const m of ['whoami', 'server-count', 'page', 'servers-error', 'audit-error', 'requests-error',
     'request-created', 'sessions-error', 'recordings-error', 'transcript', 'terminal-status', 'play-status',
-    'play-time', 'account-error', 'enrolled']) {
+    'play-time', 'account-error', 'enrolled', 'audit-count']) {
     $(m).textContent = '';
   }
   state.page = 0;
@@ -143,6 +144,11 @@ async function loadServers() {
   $('next').disabled = data.page + 1 >= pages;
 }
 
+/** Unix seconds `ago` seconds before now. */
+function since(ago) {
+  return Math.floor(Date.now() / 1000) - Number(ago);
+}
+
 /** An RFC 3339 time as `YYYY-MM-DD hh:mm:ss`. */
 function time(rfc3339) {
   return String(rfc3339).replace('T', ' ').replace(/(\.\d+)?(Z|[+-]\d\d:\d\d)$/, '');
@@ -154,6 +160,9 @@ async function loadAudit() {
   const params = new URLSearchParams({ limit: '200' });
   if ($('audit-type').value.trim()) params.set('type', $('audit-type').value.trim());
   if ($('audit-user').value.trim()) params.set('user', $('audit-user').value.trim());
+  if ($('audit-node').value.trim()) params.set('node', $('audit-node').value.trim());
+  if ($('audit-session').value.trim()) params.set('session_id', $('audit-session').value.trim());
+  if ($('audit-since').value) params.set('since', String(since($('audit-since').value)));
   const exported = new URLSearchParams(params);
   exported.delete('limit');
   $('audit-export').href = `/web/api/audit/export?${exported}`;
@@ -161,6 +170,10 @@ async function loadAudit() {
   try { data = await api(`/web/api/audit?${params}`); } catch (e) { return failed(e, 'audit-error'); }
   const body = $('audit-table').querySelector('tbody');
   body.replaceChildren();
+  const shown = (data.events || []).length;
+  $('audit-count').textContent = data.total && data.total > shown
+    ? `The newest ${shown} of ${data.total} events; narrow the search, or export it all.`
+    : `${shown} event${shown === 1 ? '' : 's'}`;
   for (const ev of data.events || []) {
     const row = document.createElement('tr');
     cell(row, time(ev.time));
@@ -266,6 +279,7 @@ async function loadRecordings() {
   const params = new URLSearchParams();
   if ($('rec-user').value.trim()) params.set('user', $('rec-user').value.trim());
   if ($('rec-node').value.trim()) params.set('node', $('rec-node').value.trim());
+  if ($('rec-since').value) params.set('since', String(since($('rec-since').value)));
   let list;
   try { list = await api(`/web/api/recordings?${params}`); } catch (e) { return failed(e, 'recordings-error'); }
   list.sort((a, b) => b.start - a.start);

@@ -202,6 +202,21 @@ fn the_web_ui_in_chromium() {
         "alice's web login is in the audit log: {audit:?}"
     );
     assert_eq!(saw["event_json"]["type"], "user.login", "{saw}");
+    let by_node = saw["audit_by_node"].as_array().unwrap();
+    assert!(
+        by_node
+            .iter()
+            .any(|r| r[0] == "session.start" && r[1] == "alice"),
+        "{by_node:?}"
+    );
+    assert!(
+        by_node.iter().all(|r| r[0] != "user.login"),
+        "only the node's events: {by_node:?}"
+    );
+    assert!(
+        saw["audit_count"].as_str().unwrap().ends_with("events"),
+        "{saw}"
+    );
     assert!(saw["event_json"]["hash"]
         .as_str()
         .is_some_and(|h| !h.is_empty()));

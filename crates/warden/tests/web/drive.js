@@ -157,9 +157,21 @@ async function connect(page, server) {
     await page.goto(`${url}#servers`);
     await page.setViewportSize({ width: 1280, height: 720 });
 
-    // The audit log, newest first, then filtered to logins.
+    // The audit log, newest first: this node's events of the last hour
+    // (alice's terminal), then logins only.
     await page.click('#nav-audit');
     await page.waitForSelector('#audit-table tbody tr');
+    await page.fill('#audit-node', node);
+    await page.selectOption('#audit-since', '3600');
+    await page.press('#audit-node', 'Enter');
+    await page.waitForFunction(() => {
+      const types = Array.from(document.querySelectorAll('#audit-table tbody tr td:nth-child(2)'));
+      return types.some((c) => c.textContent === 'session.start');
+    });
+    out.audit_by_node = await page.$$eval('#audit-table tbody tr', (rows) =>
+      rows.map((r) => [r.cells[1].textContent, r.cells[2].textContent]));
+    out.audit_count = await page.textContent('#audit-count');
+    await page.fill('#audit-node', '');
     await page.fill('#audit-type', 'user.login');
     await page.press('#audit-type', 'Enter');
     await page.waitForFunction(() => {
@@ -286,6 +298,7 @@ async function connect(page, server) {
     // auditor) reads it. The node uploads it when the session ends.
     await page.click('#nav-recordings');
     await page.fill('#rec-user', 'erin');
+    await page.selectOption('#rec-since', '3600');
     let found = false;
     for (let i = 0; i < 60 && !found; i++) {
       await page.click('#recording-search button');

@@ -248,7 +248,10 @@ impl russh::server::Handler for JumpConn {
 pub(crate) type NodeStream = Box<dyn NodeIo>;
 
 /// What a [`NodeStream`] is.
-pub(crate) trait NodeIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait NodeIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> NodeIo for T {}
 
 /// Reaches `node`'s SSH server for a client at `originator`: through its

@@ -23,7 +23,6 @@ pub use creds::{BoxFuture, Renew, WebCert};
 pub use identity::{Join, Joined};
 pub use tunnel::Tunnels;
 
-
 use anyhow::Context;
 use prefixed::Prefixed;
 use sniff::{sniff, Protocol};

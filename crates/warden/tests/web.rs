@@ -234,14 +234,12 @@ fn the_web_ui_in_chromium() {
     // (not even what alice saw before him).
     assert_eq!(saw["bob_audit_status"], 403, "{saw}");
     assert_eq!(saw["bob_recordings_status"], 403, "no recordings for him");
+    assert_eq!(saw["bob_player_status"], 403, "nor a recording's events");
     assert!(!saw["bob_audit_error"].as_str().unwrap().is_empty());
     // A role that forbids a PTY: the terminal says so instead of a dead
     // screen.
     assert!(
-        saw["bob_terminal"]
-            .as_str()
-            .unwrap()
-            .contains("permit_pty"),
+        saw["bob_terminal"].as_str().unwrap().contains("permit_pty"),
         "{saw}"
     );
     assert_eq!(saw["bob_audit_rows"], 0);
@@ -311,7 +309,10 @@ fn the_web_ui_in_chromium() {
             .contains("session terminated"),
         "{saw}"
     );
-    assert!(saw["gina_ended_after_ms"].as_u64().unwrap() < 15_000, "{saw}");
+    assert!(
+        saw["gina_ended_after_ms"].as_u64().unwrap() < 15_000,
+        "{saw}"
+    );
     // Erin's recorded command, and its transcript.
     assert_eq!(saw["recording_listed"], true, "{saw}");
     assert_eq!(saw["recordings_error"], "", "{saw}");
@@ -332,10 +333,7 @@ fn the_web_ui_in_chromium() {
     );
     assert_eq!(saw["alice_recording_listed"], true, "{saw}");
     assert!(
-        !saw["player_at_start"]
-            .as_str()
-            .unwrap()
-            .contains("web-42"),
+        !saw["player_at_start"].as_str().unwrap().contains("web-42"),
         "{saw}"
     );
     let end = saw["player_at_end"].as_str().unwrap();
@@ -499,8 +497,14 @@ fn security_keys_in_chromium() {
         saw["mfa_why"].as_str().unwrap().contains("mfa-ops"),
         "{saw}"
     );
-    assert_eq!(saw["mfa_terminal"], "Connected to key-box as root.", "{saw}");
-    assert!(saw["sign_count"].as_u64().unwrap() >= 1, "the key signed: {saw}");
+    assert_eq!(
+        saw["mfa_terminal"], "Connected to key-box as root.",
+        "{saw}"
+    );
+    assert!(
+        saw["sign_count"].as_u64().unwrap() >= 1,
+        "the key signed: {saw}"
+    );
     assert!(
         saw["wrong_password"]
             .as_str()

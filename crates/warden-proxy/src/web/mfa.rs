@@ -76,8 +76,12 @@ pub(super) async fn register(
             webauthn: req.webauthn,
         },
     };
-    s.forward(&endpoints::MFA_REGISTER, endpoints::MFA_REGISTER.path, &body)
-        .await
+    s.forward(
+        &endpoints::MFA_REGISTER,
+        endpoints::MFA_REGISTER.path,
+        &body,
+    )
+    .await
 }
 
 /// Completes enrolment with the browser's attestation.
@@ -141,6 +145,10 @@ pub(super) async fn session_challenge(
     let req = MfaChallengeRequest {
         purpose: MfaPurpose::Session,
     };
-    s.forward(&endpoints::MFA_CHALLENGE, endpoints::MFA_CHALLENGE.path, &req)
-        .await
+    s.forward(
+        &endpoints::MFA_CHALLENGE,
+        endpoints::MFA_CHALLENGE.path,
+        &req,
+    )
+    .await
 }

@@ -223,11 +223,21 @@ static XTERM_FIT_JS_PACKED: std::sync::LazyLock<Vec<u8>> =
     std::sync::LazyLock::new(|| pack(XTERM_FIT_JS));
 
 async fn xterm_js(headers: HeaderMap) -> Response {
-    vendored(&headers, "text/javascript; charset=utf-8", XTERM_JS, &XTERM_JS_PACKED)
+    vendored(
+        &headers,
+        "text/javascript; charset=utf-8",
+        XTERM_JS,
+        &XTERM_JS_PACKED,
+    )
 }
 
 async fn xterm_css(headers: HeaderMap) -> Response {
-    vendored(&headers, "text/css; charset=utf-8", XTERM_CSS, &XTERM_CSS_PACKED)
+    vendored(
+        &headers,
+        "text/css; charset=utf-8",
+        XTERM_CSS,
+        &XTERM_CSS_PACKED,
+    )
 }
 
 async fn xterm_fit_js(headers: HeaderMap) -> Response {
@@ -411,13 +421,14 @@ impl Web {
         key: &ClientKey,
         resp: LoginResponse,
     ) -> Result<(Arc<Session>, String), Refusal> {
-        let ssh_cert = russh::keys::Certificate::from_openssh(resp.ssh_cert.trim()).map_err(|e| {
-            refuse(
-                StatusCode::BAD_GATEWAY,
-                "internal",
-                format!("auth issued an unreadable SSH certificate: {e}"),
-            )
-        })?;
+        let ssh_cert =
+            russh::keys::Certificate::from_openssh(resp.ssh_cert.trim()).map_err(|e| {
+                refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "internal",
+                    format!("auth issued an unreadable SSH certificate: {e}"),
+                )
+            })?;
         let host_cas = resp
             .ssh_host_ca_keys
             .iter()
@@ -854,10 +865,15 @@ mod tests {
     #[tokio::test]
     async fn vendored_files_are_deflated_for_browsers_that_take_it() {
         let mut h = HeaderMap::new();
-        h.insert("accept-encoding", HeaderValue::from_static("gzip, deflate, br, zstd"));
+        h.insert(
+            "accept-encoding",
+            HeaderValue::from_static("gzip, deflate, br, zstd"),
+        );
         let resp = xterm_js(h).await;
         assert_eq!(resp.headers()["content-encoding"], "deflate");
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         assert!(body.len() < XTERM_JS.len() / 2, "{} bytes", body.len());
         let plain = miniz_oxide::inflate::decompress_to_vec_zlib(&body).unwrap();
         assert_eq!(plain, XTERM_JS.as_bytes());

@@ -59,11 +59,18 @@ pub(super) async fn start(
     Query(q): Query<Start>,
 ) -> Response {
     let key = ClientKey::generate();
-    let (ssh_public_key, tls_csr_pem) = match (key.ssh_public_key().to_openssh(), key.csr_pem("sso"))
-    {
-        (Ok(ssh), Ok(csr)) => (ssh, csr),
-        _ => return page(StatusCode::INTERNAL_SERVER_ERROR, "Login failed", "no key", ""),
-    };
+    let (ssh_public_key, tls_csr_pem) =
+        match (key.ssh_public_key().to_openssh(), key.csr_pem("sso")) {
+            (Ok(ssh), Ok(csr)) => (ssh, csr),
+            _ => {
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Login failed",
+                    "no key",
+                    "",
+                )
+            }
+        };
     let req = SsoStartRequest {
         connector: q.connector,
         ssh_public_key,
@@ -160,7 +167,12 @@ pub(super) async fn done(
     let login = match result {
         Ok(SsoResult::Done { login }) => *login,
         Ok(SsoResult::Failed { error }) => {
-            return page(StatusCode::FORBIDDEN, "Login failed", &error, "<p><a href=\"/\">Log in</a></p>")
+            return page(
+                StatusCode::FORBIDDEN,
+                "Login failed",
+                &error,
+                "<p><a href=\"/\">Log in</a></p>",
+            )
         }
         Ok(SsoResult::Pending) => {
             return page(

@@ -136,7 +136,10 @@ async fn run(
     let Some(route) = jump.inventory.resolve(&q.node, 22).await else {
         return fail(
             &mut socket,
-            format!("no single node is named {:?}; pick one from the list", q.node),
+            format!(
+                "no single node is named {:?}; pick one from the list",
+                q.node
+            ),
         )
         .await;
     };
@@ -258,7 +261,7 @@ impl russh::client::Handler for NodeCheck {
         };
         let ok = cert.cert_type() == CertType::Host
             && cert.validate(self.host_cas.iter()).is_ok()
-            && cert.valid_principals().iter().any(|p| *p == self.node_id);
+            && cert.valid_principals().contains(&self.node_id);
         if !ok {
             tracing::warn!(node = %self.node_id, key_id = %cert.key_id(), "node's host certificate is not this cluster's for this node; refused");
         }
@@ -370,4 +373,78 @@ async fn open_shell(
         .await
         .map_err(|e| format!("the node refused a shell: {e}"))?;
     Ok(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::client::Handler;
+    use russh::keys::PublicKeyOrCertificate;
+    use warden_ca::ssh::{public_key_line, sign_host_cert, HostCert};
+    use warden_ca::{ClientKey, KeyStore, SoftwareKeyStore};
+
+    /// A host CA in a fresh software store, and its fingerprint.
+    fn host_ca() -> (Arc<dyn warden_ca::CaSigner>, Fingerprint) {
+        let dir = std::env::temp_dir().join(format!(
+            "warden-web-terminal-{}",
+            warden_ca::sha256_hex(&warden_ca::random_bytes::<8>())
+        ));
+        let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
+        let ca = ks.load(&ks.generate().unwrap()).unwrap();
+        let fp = russh::keys::PublicKey::from_openssh(&public_key_line(&*ca, "ca").unwrap())
+            .unwrap()
+            .fingerprint(HashAlg::Sha256);
+        (ca, fp)
+    }
+
+    fn host_cert(ca: &dyn warden_ca::CaSigner, principal: &str) -> russh::keys::Certificate {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        sign_host_cert(
+            ca,
+            &HostCert {
+                public_key: ClientKey::generate().ssh_public_key(),
+                host_id: principal.into(),
+                principals: vec![principal.into(), "box".into()],
+                valid_after: now - 60,
+                valid_before: now + 3600,
+                cluster: "c1".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    async fn accepts(cas: &[Fingerprint], node: &str, key: PublicKeyOrCertificate) -> bool {
+        NodeCheck {
+            host_cas: cas.to_vec(),
+            node_id: node.into(),
+        }
+        .check_server_key(&key)
+        .await
+        .unwrap()
+    }
+
+    /// The proxy speaks SSH to the node for the browser: only this
+    /// cluster's host certificate for that very node will do.
+    #[tokio::test]
+    async fn only_the_nodes_own_host_certificate_is_accepted() {
+        let (ca, fp) = host_ca();
+        let (other, other_fp) = host_ca();
+        let cert = || PublicKeyOrCertificate::Certificate(host_cert(&*ca, "node-1"));
+        assert!(accepts(&[fp.clone()], "node-1", cert()).await);
+        assert!(
+            !accepts(&[fp.clone()], "node-2", cert()).await,
+            "another node's certificate"
+        );
+        assert!(
+            !accepts(&[other_fp], "node-1", cert()).await,
+            "a CA the login did not name"
+        );
+        let foreign = PublicKeyOrCertificate::Certificate(host_cert(&*other, "node-1"));
+        assert!(!accepts(&[fp.clone()], "node-1", foreign).await);
+        let bare = PublicKeyOrCertificate::PublicKey {
+            key: ClientKey::generate().ssh_public_key(),
+            hash_alg: None,
+        };
+        assert!(!accepts(&[fp], "node-1", bare).await, "a bare host key");
+    }
 }

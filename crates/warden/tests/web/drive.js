@@ -213,6 +213,8 @@ async function connect(page, server) {
     await page.waitForSelector('#server-table tbody tr');
     out.bob_audit_status = await page.evaluate(() => fetch('/web/api/audit').then((r) => r.status));
     out.bob_recordings_status = await page.evaluate(() => fetch('/web/api/recordings').then((r) => r.status));
+    out.bob_player_status = await page.evaluate(() =>
+      fetch('/web/api/recordings/01a25247-e990-7090-acc1-bacc613fd430/events').then((r) => r.status));
     await page.click('#nav-audit');
     await page.waitForFunction(() => document.getElementById('audit-error').textContent !== '');
     out.bob_audit_error = await page.textContent('#audit-error');

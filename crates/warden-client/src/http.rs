@@ -526,6 +526,10 @@ impl ApiClient {
         // joining with a key that does not sign yet): the request goes to
         // the next address, once each.
         let mut skip = 0;
+        // A server may also close a fresh connection before reading the
+        // request (auth does at a CA rotation step, so clients reconnect
+        // under the new trust): a GET is sent again, once.
+        let mut fresh_retry = method == Method::GET;
         let (resp, sender) = loop {
             let was_reused = reused.is_some();
             // Why a fresh connection ended: a refused client certificate
@@ -568,6 +572,12 @@ impl ApiClient {
                             || (method == Method::GET && e.is_incomplete_message())) =>
                 {
                     continue
+                }
+                Err(e) if !was_reused && fresh_retry && e.is_incomplete_message() => {
+                    fresh_retry = false;
+                    tracing::debug!(
+                        "the server closed a new connection unread; retrying the GET once"
+                    );
                 }
                 Err(e) => {
                     let cause = match ended {

@@ -215,6 +215,9 @@ pub(crate) struct Following {
     pub renew: Arc<dyn Renew>,
     /// Fingerprints of the trusted user CA keys (the jump host's).
     pub user_cas: Arc<RwLock<Vec<russh::keys::ssh_key::Fingerprint>>>,
+    /// Fingerprints of the trusted host CA keys (the web terminal checks
+    /// nodes with them).
+    pub host_cas: Arc<RwLock<Vec<russh::keys::ssh_key::Fingerprint>>>,
     /// The generation the proxy holds, reported by its heartbeat.
     pub generation: Arc<RwLock<String>>,
     /// Wakes the heartbeat to report a renewal at once.
@@ -226,13 +229,16 @@ pub(crate) async fn follow(mut f: Following) {
     loop {
         match f.auth.call(&endpoints::PING, &()).await {
             Ok(ping) => {
-                let fps = ping
-                    .ssh_user_ca_keys
-                    .iter()
-                    .filter_map(|k| russh::keys::PublicKey::from_openssh(k).ok())
-                    .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
-                    .collect();
-                *f.user_cas.write().unwrap_or_else(|p| p.into_inner()) = fps;
+                let fps = |keys: &[String]| {
+                    keys.iter()
+                        .filter_map(|k| russh::keys::PublicKey::from_openssh(k).ok())
+                        .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
+                        .collect()
+                };
+                *f.user_cas.write().unwrap_or_else(|p| p.into_inner()) =
+                    fps(&ping.ssh_user_ca_keys);
+                *f.host_cas.write().unwrap_or_else(|p| p.into_inner()) =
+                    fps(&ping.ssh_host_ca_keys);
                 let held = f.identity.ca_generation.clone();
                 let moved = !ping.ca_generation.is_empty() && ping.ca_generation != held;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();

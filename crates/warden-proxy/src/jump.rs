@@ -23,12 +23,39 @@ pub struct Jump {
     pub(crate) creds: crate::creds::Current,
     /// SHA-256 fingerprints of the trusted user CA keys.
     pub user_cas: Arc<RwLock<Vec<Fingerprint>>>,
+    /// And of the host CA keys (for the web terminal's SSH to nodes).
+    pub host_cas: Arc<RwLock<Vec<Fingerprint>>>,
     pub inventory: Inventory,
     pub tunnels: Tunnels,
     pub peers: crate::peer::Peers,
     pub locks: crate::inventory::Locks,
     /// Auth, where refused attempts are audited.
     pub auth: warden_client::ApiClient,
+}
+
+impl Jump {
+    /// Why a lock refuses the holder of `cert` (on its user, or a role or
+    /// access request it carries), if one does; unknown locks refuse.
+    pub(crate) async fn lock_refusal(&self, cert: &Certificate) -> Option<String> {
+        let list = |ext: &str| -> Vec<String> {
+            cert.extensions()
+                .get(ext)
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or_default()
+        };
+        let (roles, requests) = (list("roles@warden"), list("requests@warden"));
+        match self.locks.find(cert.key_id(), &roles, &requests).await {
+            Ok(None) => None,
+            Ok(Some(lock)) => Some(format!("access denied: {lock}")),
+            Err(why) => {
+                tracing::warn!(key_id = %cert.key_id(), %why, "locks unknown");
+                Some(
+                    "access denied: the proxy cannot check locks right now; try again shortly"
+                        .into(),
+                )
+            }
+        }
+    }
 }
 
 /// SSH settings of the jump host.
@@ -144,28 +171,7 @@ impl russh::server::Handler for JumpConn {
         }
         // Locks on the user (or a role the certificate carries) stop them
         // here too, before any node is dialled.
-        let roles: Vec<String> = cert
-            .extensions()
-            .get("roles@warden")
-            .and_then(|r| serde_json::from_str(r).ok())
-            .unwrap_or_default();
-        let requests: Vec<String> = cert
-            .extensions()
-            .get("requests@warden")
-            .and_then(|r| serde_json::from_str(r).ok())
-            .unwrap_or_default();
-        let refusal = match self.jump.locks.find(cert.key_id(), &roles, &requests).await {
-            Ok(None) => None,
-            Ok(Some(lock)) => Some(format!("access denied: {lock}")),
-            Err(why) => {
-                tracing::warn!(peer = %self.peer, key_id = %cert.key_id(), %why, "locks unknown");
-                Some(
-                    "access denied: the proxy cannot check locks right now; try again shortly"
-                        .into(),
-                )
-            }
-        };
-        if let Some(reason) = refusal {
+        if let Some(reason) = self.jump.lock_refusal(cert).await {
             tracing::info!(peer = %self.peer, key_id = %cert.key_id(), %reason, "jump host refused a user");
             self.audit_refusal(cert.key_id(), login, &reason);
             // Accepted only to say why: `auth_succeeded` disconnects at

@@ -142,6 +142,7 @@ impl Proxy {
     ) -> anyhow::Result<Self> {
         let current = creds::Current::new(creds::Creds::build(&id, &web)?);
         let user_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
+        let host_cas = Arc::new(std::sync::RwLock::new(Vec::new()));
         let generation = Arc::new(std::sync::RwLock::new(id.ca_generation.clone()));
         let renewed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(heartbeat(
@@ -159,6 +160,7 @@ impl Proxy {
             auth: auth.clone(),
             renew,
             user_cas: user_cas.clone(),
+            host_cas: host_cas.clone(),
             generation: generation.clone(),
             renewed,
         }));
@@ -169,6 +171,7 @@ impl Proxy {
             jump: jump::Jump {
                 creds: current.clone(),
                 user_cas,
+                host_cas,
                 inventory: inventory::Inventory::new(auth.clone()),
                 tunnels: Tunnels::default(),
                 peers: peer::Peers::new(self_id, auth.clone(), current.clone()),
@@ -291,7 +294,8 @@ impl Proxy {
                 .await?;
                 let app = app
                     .layer(axum::middleware::from_fn(public::deadline))
-                    .layer(axum::Extension(public::ClientAddr(addr)));
+                    .layer(axum::Extension(public::ClientAddr(addr)))
+                    .layer(axum::Extension(limits::Pending::new(pending)));
                 hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)

@@ -126,6 +126,22 @@ pub struct SourceGuard {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// A connection's [`SourceGuard`], shared with its requests: a request
+/// that authenticates a long-lived stream (the web terminal) gives it up.
+#[derive(Clone)]
+pub struct Pending(Arc<Mutex<Option<SourceGuard>>>);
+
+impl Pending {
+    pub fn new(guard: SourceGuard) -> Self {
+        Pending(Arc::new(Mutex::new(Some(guard))))
+    }
+
+    /// Frees the connection's place among its source's unauthenticated ones.
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 impl PerSource {
     /// A place for one more connection from `ip`, if it has fewer than
     /// `max` unauthenticated connections now.

@@ -295,6 +295,7 @@ async function loadRecordings() {
     state.recordings.set(r.session_id, r);
     const play = document.createElement('a');
     play.href = `#play/${encodeURIComponent(r.session_id)}`;
+    play.addEventListener('click', (ev) => { ev.preventDefault(); go(play.getAttribute('href')); });
     play.textContent = 'Play';
     play.setAttribute('aria-label', `Play ${r.user}'s session on ${r.node_name || r.node}`);
     cell(row, '').appendChild(play);
@@ -342,7 +343,7 @@ function connectControls(node) {
   b.textContent = 'Connect';
   b.setAttribute('aria-label', `Connect to ${node}`);
   b.addEventListener('click', () => {
-    location.hash = `#terminal/${encodeURIComponent(node)}/${encodeURIComponent(pick.value)}`;
+    go(`#terminal/${encodeURIComponent(node)}/${encodeURIComponent(pick.value)}`);
   });
   wrap.append(pick, b);
   return wrap;
@@ -445,7 +446,12 @@ async function openTerminal(node, login) {
   const t = { term, ws, onResize: () => fit.fit() };
   state.terminal = t;
   const encoder = new TextEncoder();
-  const send = (data) => { if (ws.readyState === WebSocket.OPEN) ws.send(data); };
+  // Large pastes go in pieces (the proxy takes frames of up to 256 KiB).
+  const send = (data) => {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    if (typeof data === 'string' || data.length <= 65536) return ws.send(data);
+    for (let at = 0; at < data.length; at += 65536) ws.send(data.subarray(at, at + 65536));
+  };
   ws.addEventListener('open', () => {
     const hello = { csrf: state.session.csrf, cols: term.cols, rows: term.rows };
     if (mfa) hello.mfa = mfa;
@@ -753,14 +759,42 @@ async function loadDevices() {
   }
 }
 
+/** Navigates to `hash` on the user's own click: a terminal or a
+ * playback opens at once only then. */
+function go(hash) {
+  state.intent = hash;
+  if (location.hash === hash) route(); else location.hash = hash;
+}
+
+/** A terminal or a playback reached otherwise (a link from elsewhere, a
+ * reload) waits for the user to say so: opening one is an action, audited
+ * under their name. */
+function confirmFirst(section, status, label, what) {
+  if (state.intent === location.hash) return false;
+  show(section);
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = label;
+  b.addEventListener('click', () => go(location.hash));
+  $(status).replaceChildren(`${what} `, b);
+  return true;
+}
+
 function route() {
   if (!state.session) return show('login');
   const term = hashArgs('terminal');
   const play = hashArgs('play');
   if (term && term.length === 2) {
+    if (confirmFirst('terminal', 'terminal-status', 'Connect', `Open a terminal on ${term[0]} as ${term[1]}?`)) {
+      $('terminal-title').textContent = `${term[1]}@${term[0]}`;
+      return;
+    }
+    state.intent = null;
     show('terminal');
     openTerminal(term[0], term[1]);
   } else if (play && play.length === 1) {
+    if (confirmFirst('player', 'play-status', 'Play', 'Play this recording?')) return;
+    state.intent = null;
     show('player');
     openPlayer(play[0]);
   } else if (location.hash === '#account') {

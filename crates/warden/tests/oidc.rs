@@ -472,6 +472,19 @@ fn web_ui_single_sign_on_in_chromium() {
     );
     assert_eq!(saw["servers_shown"], true, "{saw}");
     assert_eq!(saw["back_at"], format!("https://{}/", c.proxy));
+    assert_eq!(saw["done_url_seen"], true, "{saw}");
+    assert_eq!(saw["replay_status"], 400, "{saw}");
+    assert!(
+        saw["replay_text"]
+            .as_str()
+            .unwrap()
+            .contains("does not complete the login this browser started"),
+        "another browser's completion value finishes nothing: {saw}"
+    );
+    assert_eq!(
+        saw["other_whoami"], "alice@example.com (access)",
+        "its own link still works after the wrong one: {saw}"
+    );
     assert_eq!(saw["other_browser"], 400, "{saw}");
     assert!(
         saw["other_browser_text"]

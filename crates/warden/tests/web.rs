@@ -173,14 +173,28 @@ fn the_web_ui_in_chromium() {
         saw["terminal_end"], "The session ended (exit status 3).",
         "{saw}"
     );
+    assert!(
+        saw["link_asks"]
+            .as_str()
+            .unwrap()
+            .starts_with("Open a terminal on web-box as nobody-here?"),
+        "{saw}"
+    );
     let denied = saw["denied_login"].as_str().unwrap();
     assert!(
-        denied.contains("nobody-here") || denied.contains("denied"),
+        denied.contains("login \"nobody-here\" is not in your certificate"),
         "a login the roles lack is refused, saying why: {denied}"
     );
     assert_eq!(saw["ws_cross_site"], 403, "{saw}");
     assert_eq!(saw["ws_no_cookie"], 401, "{saw}");
     assert_eq!(saw["ws_same_site"], 101, "{saw}");
+    assert!(
+        saw["ws_wrong_token"]
+            .as_str()
+            .unwrap()
+            .contains("anti-forgery token"),
+        "{saw}"
+    );
     // The node recorded and audited it as alice, with the browser's address.
     let events = c.events();
     let start = events

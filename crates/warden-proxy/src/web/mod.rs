@@ -41,8 +41,9 @@ use warden_types::{endpoints, Document, NodeSpec, Secret};
 const COOKIE: &str = "__Host-warden-web";
 /// The lifetime asked for a web session's certificate (roles may clamp it).
 const SESSION_TTL_SECS: u64 = 12 * 3600;
-/// Web sessions one proxy keeps at most.
+/// Web sessions one proxy keeps at most, and per user.
 const MAX_SESSIONS: usize = 10_000;
+const MAX_SESSIONS_PER_USER: usize = 16;
 /// Servers per page, by default and at most.
 const PER_PAGE: usize = 50;
 const MAX_PER_PAGE: usize = 500;
@@ -80,8 +81,21 @@ struct Session {
     /// The key and certificate the terminal logs in to nodes with.
     ssh_key: Arc<russh::keys::PrivateKey>,
     ssh_cert: russh::keys::Certificate,
-    /// Host CA keys the login named: nodes must show a certificate of one.
-    host_cas: Vec<russh::keys::ssh_key::Fingerprint>,
+    /// Set when the session ends (logout, a newer login of this browser,
+    /// eviction): its terminals end with it.
+    ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl Session {
+    /// Is `sent` this session's anti-forgery token? (constant time)
+    fn token_ok(&self, sent: &[u8]) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.csrf.as_bytes(), sent).into()
+    }
+
+    /// Ends the session's terminals.
+    fn end(&self) {
+        self.ended.send_replace(true);
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +108,8 @@ struct Web {
     jump: crate::jump::Jump,
     /// Single sign-on logins waiting for the identity provider.
     sso: sso::PendingLogins,
+    /// The connector names the login page shows.
+    connectors: sso::ConnectorCache,
 }
 
 /// The web UI's routes; `auth` is the proxy's auth client, `jump` how it
@@ -104,6 +120,7 @@ pub(crate) fn routes(auth: ApiClient, jump: crate::jump::Jump) -> Router {
         sessions: Default::default(),
         jump,
         sso: Default::default(),
+        connectors: Default::default(),
     };
     Router::new()
         .route("/", get(index))
@@ -149,6 +166,11 @@ async fn security_headers(mut resp: Response) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    // A page on another site that opened this one cannot steer it later.
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.entry("cache-control")
         .or_insert(HeaderValue::from_static("no-store"));
@@ -198,7 +220,10 @@ fn vendored(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|e| e.split(';').next().is_some_and(|t| t.trim() == "deflate"));
+        .any(|e| {
+            let mut parts = e.split(';').map(str::trim);
+            parts.next() == Some("deflate") && !parts.any(|p| p.replace(' ', "") == "q=0")
+        });
     let head = [
         ("content-type", content_type),
         ("cache-control", "public, max-age=86400, immutable"),
@@ -292,8 +317,9 @@ impl Web {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match key.and_then(|k| sessions.get(&k).cloned().map(|s| (k, s))) {
             Some((_, s)) if s.expires > now() => Ok(s),
-            Some((k, _)) => {
+            Some((k, s)) => {
                 sessions.remove(&k);
+                s.end();
                 Err(refuse(
                     StatusCode::UNAUTHORIZED,
                     "expired",
@@ -319,8 +345,7 @@ impl Web {
             .get("x-csrf-token")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let ok: bool = subtle::ConstantTimeEq::ct_eq(s.csrf.as_bytes(), sent).into();
-        if !ok {
+        if !s.token_ok(sent) {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 "csrf",
@@ -429,12 +454,6 @@ impl Web {
                     format!("auth issued an unreadable SSH certificate: {e}"),
                 )
             })?;
-        let host_cas = resp
-            .ssh_host_ca_keys
-            .iter()
-            .filter_map(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok())
-            .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256))
-            .collect();
         let cert = ClientCert {
             cert_pem: resp.tls_cert_pem,
             key_pkcs8: key.pkcs8_der().to_vec(),
@@ -452,14 +471,30 @@ impl Web {
             api,
             ssh_key: Arc::new(key.ssh_private()),
             ssh_cert,
-            host_cas,
+            ended: tokio::sync::watch::channel(false).0,
         });
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let at = now();
             sessions.retain(|_, s| s.expires > at);
-            if let Some(old) = cookie(headers, COOKIE) {
-                sessions.remove(&session_key(&old));
+            if let Some(old) =
+                cookie(headers, COOKIE).and_then(|c| sessions.remove(&session_key(&c)))
+            {
+                old.end();
+            }
+            // One user's logins cannot crowd out everyone else's: past
+            // their share, their own oldest session goes.
+            let mine: Vec<(String, i64)> = sessions
+                .iter()
+                .filter(|(_, s)| s.user == session.user)
+                .map(|(k, s)| (k.clone(), s.expires))
+                .collect();
+            if mine.len() >= MAX_SESSIONS_PER_USER {
+                if let Some((k, _)) = mine.into_iter().min_by_key(|(_, e)| *e) {
+                    if let Some(old) = sessions.remove(&k) {
+                        old.end();
+                    }
+                }
             }
             if sessions.len() >= MAX_SESSIONS {
                 return Err(refuse(
@@ -497,6 +532,8 @@ async fn logout(State(w): State<Web>, headers: HeaderMap, uri: Uri) -> Response 
             .unwrap_or_else(|p| p.into_inner())
             .remove(&session_key(&id));
     }
+    // Its terminals end too, in every tab.
+    s.end();
     tracing::info!(user = %s.user, "web session ended");
     (
         [(
@@ -877,10 +914,15 @@ mod tests {
         assert!(body.len() < XTERM_JS.len() / 2, "{} bytes", body.len());
         let plain = miniz_oxide::inflate::decompress_to_vec_zlib(&body).unwrap();
         assert_eq!(plain, XTERM_JS.as_bytes());
-        let mut h = HeaderMap::new();
-        h.insert("accept-encoding", HeaderValue::from_static("gzip"));
-        let resp = xterm_js(h).await;
-        assert!(resp.headers().get("content-encoding").is_none());
+        for refused in ["gzip", "gzip, deflate;q=0"] {
+            let mut h = HeaderMap::new();
+            h.insert("accept-encoding", HeaderValue::from_static(refused));
+            let resp = xterm_js(h).await;
+            assert!(
+                resp.headers().get("content-encoding").is_none(),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -21,8 +21,11 @@ use warden_types::{endpoints, Secret};
 /// Binds a started login to its browser. Lax, not Strict: the browser
 /// comes back from the identity provider's site.
 const COOKIE: &str = "__Host-warden-sso";
-/// Logins one proxy keeps waiting at most.
+/// Logins one proxy keeps waiting at most, and per source address (a
+/// /64 for IPv6): past either, the oldest waiting login goes, so a flood
+/// from a few sources cannot shut everyone else out.
 const MAX_PENDING: usize = 10_000;
+const MAX_PENDING_PER_SOURCE: usize = 16;
 
 /// A login waiting for the provider.
 pub(super) struct Pending {
@@ -30,19 +33,69 @@ pub(super) struct Pending {
     poll_token: Secret<String>,
     key: ClientKey,
     expires: i64,
+    /// Where it was started from (a /64 for IPv6).
+    source: std::net::IpAddr,
+    /// Unix seconds it was started, to find the oldest.
+    started: i64,
+}
+
+/// Makes room for one more login from `source`: drops ended ones, then the
+/// oldest of that source past its share, then the oldest of all.
+fn make_room(pending: &mut HashMap<String, Pending>, source: std::net::IpAddr) {
+    let at = super::now();
+    pending.retain(|_, p| p.expires > at);
+    let oldest = |pending: &HashMap<String, Pending>, of: Option<std::net::IpAddr>| {
+        pending
+            .iter()
+            .filter(|(_, p)| of.is_none_or(|s| p.source == s))
+            .min_by_key(|(_, p)| p.started)
+            .map(|(k, _)| k.clone())
+    };
+    let mine = pending.values().filter(|p| p.source == source).count();
+    if mine >= MAX_PENDING_PER_SOURCE {
+        if let Some(k) = oldest(pending, Some(source)) {
+            pending.remove(&k);
+        }
+    }
+    if pending.len() >= MAX_PENDING {
+        if let Some(k) = oldest(pending, None) {
+            pending.remove(&k);
+        }
+    }
 }
 
 /// Started logins, by the SHA-256 of their cookie.
 pub(super) type PendingLogins = Arc<Mutex<HashMap<String, Pending>>>;
 
+/// How long the connector list is reused (the login page is public: it
+/// must not cost auth a store read per visit).
+const CONNECTORS_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The connector list last fetched, and when.
+pub(super) type ConnectorCache = Arc<Mutex<Option<(std::time::Instant, Vec<String>)>>>;
+
 /// Connector names, for the login page's buttons.
 pub(super) async fn connectors(State(w): State<Web>) -> Response {
+    if let Some((at, names)) = w
+        .connectors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        if at.elapsed() < CONNECTORS_FOR {
+            return Json(names.clone()).into_response();
+        }
+    }
     match w
         .auth
         .call::<_, Vec<String>>(&endpoints::SSO_CONNECTORS, &())
         .await
     {
-        Ok(names) => Json(names).into_response(),
+        Ok(names) => {
+            *w.connectors.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), names.clone()));
+            Json(names).into_response()
+        }
         Err(e) => error_response(e),
     }
 }
@@ -97,17 +150,9 @@ pub(super) async fn start(
     };
     let value = data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>());
     {
+        let source = crate::limits::source_of(addr.0.ip());
         let mut pending = w.sso.lock().unwrap_or_else(|p| p.into_inner());
-        let at = super::now();
-        pending.retain(|_, p| p.expires > at);
-        if pending.len() >= MAX_PENDING {
-            return page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Login failed",
-                "this proxy has as many logins waiting as it may; try again shortly",
-                "",
-            );
-        }
+        make_room(&mut pending, source);
         pending.insert(
             super::session_key(&value),
             Pending {
@@ -115,6 +160,8 @@ pub(super) async fn start(
                 poll_token: started.poll_token,
                 key,
                 expires: started.expires,
+                source,
+                started: super::now(),
             },
         );
     }
@@ -139,12 +186,13 @@ pub(super) async fn done(
     headers: HeaderMap,
     Query(q): Query<Done>,
 ) -> Response {
-    let waiting = crate::public::cookie(&headers, COOKIE).and_then(|v| {
-        w.sso
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&super::session_key(&v))
-    });
+    // Taken out while auth is asked; put back unless the login is over
+    // (a wrong completion value, from a link opened elsewhere, must not
+    // end the real one).
+    let slot = crate::public::cookie(&headers, COOKIE).map(|v| super::session_key(&v));
+    let waiting = slot
+        .as_ref()
+        .and_then(|k| w.sso.lock().unwrap_or_else(|p| p.into_inner()).remove(k));
     let Some(p) = waiting else {
         return page(
             StatusCode::BAD_REQUEST,
@@ -158,31 +206,32 @@ pub(super) async fn done(
         .call::<_, SsoResult>(
             &endpoints::SSO_RESULT,
             &SsoResultRequest {
-                id: p.id,
-                poll_token: p.poll_token,
+                id: p.id.clone(),
+                poll_token: p.poll_token.clone(),
                 completion: Some(q.completion),
             },
         )
         .await;
+    let again = "<p><a href=\"/\">Log in</a></p>";
     let login = match result {
         Ok(SsoResult::Done { login }) => *login,
         Ok(SsoResult::Failed { error }) => {
-            return page(
-                StatusCode::FORBIDDEN,
-                "Login failed",
-                &error,
-                "<p><a href=\"/\">Log in</a></p>",
-            )
+            return page(StatusCode::FORBIDDEN, "Login failed", &error, again)
         }
-        Ok(SsoResult::Pending) => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Login failed",
-                "the identity provider has not completed this login; start it again",
-                "<p><a href=\"/\">Log in</a></p>",
-            )
+        other => {
+            if let Some(k) = slot {
+                w.sso.lock().unwrap_or_else(|p| p.into_inner()).insert(k, p);
+            }
+            return match other {
+                Err(e) => error_page("Login failed", e),
+                _ => page(
+                    StatusCode::BAD_REQUEST,
+                    "Login failed",
+                    "this link does not complete the login this browser started; finish it at your identity provider, or start again",
+                    again,
+                ),
+            };
         }
-        Err(e) => return error_page("Login failed", e),
     };
     match w.begin(&headers, &p.key, login) {
         Ok((_, session_cookie)) => {
@@ -197,6 +246,6 @@ pub(super) async fn done(
             }
             resp
         }
-        Err(r) => r.into_response(),
+        Err(r) => page(r.status, "Login failed", &r.message, again),
     }
 }

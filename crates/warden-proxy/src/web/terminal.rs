@@ -69,6 +69,7 @@ struct Control {
 pub(super) async fn terminal(
     State(w): State<Web>,
     Extension(addr): Extension<ClientAddr>,
+    Extension(pending): Extension<crate::limits::Pending>,
     headers: HeaderMap,
     uri: Uri,
     Query(q): Query<TerminalQuery>,
@@ -81,6 +82,9 @@ pub(super) async fn terminal(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    // A logged-in user's terminal may last hours: it no longer counts
+    // among its source's unauthenticated connections.
+    pending.release();
     let jump = w.jump.clone();
     ws.max_message_size(MAX_FRAME)
         .on_upgrade(move |socket| async move {
@@ -119,8 +123,7 @@ async fn run(
     let Some(hello) = hello else {
         return fail(&mut socket, "the page did not introduce itself; reload it").await;
     };
-    let ok: bool = subtle::ConstantTimeEq::ct_eq(s.csrf.as_bytes(), hello.csrf.as_bytes()).into();
-    if !ok {
+    if !s.token_ok(hello.csrf.as_bytes()) {
         return fail(
             &mut socket,
             "this request lacks the page's anti-forgery token; reload the page",
@@ -143,6 +146,11 @@ async fn run(
         )
         .await;
     };
+    // Locks stop the user here too, as at the jump host, before any node
+    // is dialled (the node checks them again).
+    if let Some(why) = jump.lock_refusal(&s.ssh_cert).await {
+        return fail(&mut socket, why).await;
+    }
     let Some(stream) = crate::jump::dial(&jump, &route, addr.0).await else {
         return fail(
             &mut socket,
@@ -160,9 +168,14 @@ async fn run(
             Err(why) => return fail(&mut socket, why).await,
         },
     };
+    let host_cas = jump
+        .host_cas
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let ssh = match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        connect(&s, cert, &route.id, &q.login, stream),
+        connect(&s, cert, host_cas, &route.id, &q.login, stream),
     )
     .await
     {
@@ -175,8 +188,77 @@ async fn run(
         Err(why) => return fail(&mut socket, why).await,
     };
     tracing::info!(user = %s.user, node = %q.node, login = %q.login, "web terminal opened");
+    let ended = pump(&mut socket, &s, channel, &q.node).await;
+    let last = match ended {
+        Ended::Exit(status) => serde_json::json!({ "exit": status }),
+        Ended::Refused(why) => serde_json::json!({ "error": why }),
+        Ended::Gone => serde_json::json!({ "exit": null }),
+    };
+    let _ = socket.send(Message::Text(last.to_string().into())).await;
+    let _ = socket.send(Message::Close(None)).await;
+    let _ = ssh
+        .disconnect(Disconnect::ByApplication, "web terminal closed", "")
+        .await;
+    tracing::info!(user = %s.user, node = %q.node, "web terminal closed");
+}
+
+/// How a terminal ended.
+enum Ended {
+    /// The shell ended (its exit status, if the node sent one).
+    Exit(Option<u32>),
+    /// The node refused the PTY or the shell; why.
+    Refused(&'static str),
+    /// The browser left, fell silent, or its web session ended.
+    Gone,
+}
+
+/// Keys and resizes from the page, on their way to the node.
+enum ToNode {
+    Keys(axum::body::Bytes),
+    Resize(u32, u32),
+}
+
+/// Keys waiting for the node (a paste arrives in many frames).
+const TO_NODE_QUEUE: usize = 64;
+/// How often the page is pinged, and how long it may stay silent.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENT_FOR: Duration = Duration::from_secs(75);
+
+/// Carries bytes both ways until one side ends. Writes to the node run in
+/// a task of their own, so the node's output keeps being read while a
+/// paste waits for the node's window (else both would wait for ever); the
+/// page is read only while that queue has room. The page is pinged, and
+/// the terminal ends with the web session (logout, expiry).
+async fn pump(
+    socket: &mut WebSocket,
+    s: &Session,
+    channel: russh::Channel<russh::client::Msg>,
+    node: &str,
+) -> Ended {
     let (mut from_node, to_node) = channel.split();
-    let mut status: Option<u32> = None;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ToNode>(TO_NODE_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let sent = match m {
+                ToNode::Keys(keys) => to_node.data_bytes(keys).await,
+                ToNode::Resize(cols, rows) => to_node.window_change(cols, rows, 0, 0).await,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    let _writer = AbortOnDrop(writer);
+    let mut session_ended = s.ended.subscribe();
+    if *session_ended.borrow() {
+        return Ended::Gone;
+    }
+    let expires =
+        tokio::time::Instant::now() + Duration::from_secs((s.expires - super::now()).max(0) as u64);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut heard = tokio::time::Instant::now();
+    let mut status = None;
     // The node answers the PTY request first, then the shell's; the page
     // hears "connected" once both are granted.
     let mut answers = 0;
@@ -185,60 +267,74 @@ async fn run(
             msg = from_node.wait() => match msg {
                 Some(ChannelMsg::Success) => {
                     answers += 1;
-                    // Both granted: the page may say it is connected.
                     if answers == 2 {
-                        let hello = serde_json::json!({ "connected": q.node }).to_string();
+                        let hello = serde_json::json!({ "connected": node }).to_string();
                         if socket.send(Message::Text(hello.into())).await.is_err() {
-                            break;
+                            return Ended::Gone;
                         }
                     }
                 }
                 Some(ChannelMsg::Failure) => {
-                    let why = if answers == 0 {
+                    return Ended::Refused(if answers == 0 {
                         "the node refused a terminal: none of your roles permits one (role option permit_pty)"
                     } else {
                         "the node refused a shell"
-                    };
-                    let _ = ssh.disconnect(Disconnect::ByApplication, "", "").await;
-                    return fail(&mut socket, why).await;
+                    });
                 }
                 Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
                     if socket.send(Message::Binary(data)).await.is_err() {
-                        break;
+                        return Ended::Gone;
                     }
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
-                Some(ChannelMsg::Close) | None => break,
+                Some(ChannelMsg::Close) | None => return Ended::Exit(status),
                 Some(_) => {}
             },
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(keys))) => {
-                    if to_node.data_bytes(keys).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Text(t))) => {
-                    if let Ok(Control { resize: Some((cols, rows)) }) = serde_json::from_str(&t) {
-                        if sane(cols, rows) {
-                            let _ = to_node.window_change(cols, rows, 0, 0).await;
+            msg = socket.recv(), if tx.capacity() > 0 => {
+                heard = tokio::time::Instant::now();
+                let next = match msg {
+                    Some(Ok(Message::Binary(keys))) => Some(ToNode::Keys(keys)),
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str(&t) {
+                        Ok(Control { resize: Some((cols, rows)) }) if sane(cols, rows) => {
+                            Some(ToNode::Resize(cols, rows))
                         }
+                        _ => None,
+                    },
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ended::Gone,
+                    Some(Ok(_)) => None,
+                };
+                if let Some(m) = next {
+                    if tx.try_send(m).is_err() {
+                        return Ended::Gone; // the writer stopped: the node is gone
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => {}
             },
+            // Room again in the queue: read the page once more.
+            permit = tx.reserve(), if tx.capacity() == 0 => drop(permit),
+            _ = ping.tick() => {
+                if heard.elapsed() > SILENT_FOR
+                    || socket.send(Message::Ping(Default::default())).await.is_err()
+                {
+                    return Ended::Gone;
+                }
+            },
+            changed = session_ended.changed() => {
+                if changed.is_err() || *session_ended.borrow() {
+                    return Ended::Gone;
+                }
+            },
+            _ = tokio::time::sleep_until(expires) => return Ended::Gone,
         }
     }
-    let _ = socket
-        .send(Message::Text(
-            serde_json::json!({ "exit": status }).to_string().into(),
-        ))
-        .await;
-    let _ = socket.send(Message::Close(None)).await;
-    let _ = ssh
-        .disconnect(Disconnect::ByApplication, "web terminal closed", "")
-        .await;
-    tracing::info!(user = %s.user, node = %q.node, "web terminal closed");
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Checks the node's host certificate: issued by a host CA key the user's
@@ -314,6 +410,7 @@ async fn session_cert(
 async fn connect(
     s: &Session,
     cert: russh::keys::Certificate,
+    host_cas: Vec<Fingerprint>,
     node_id: &str,
     login: &str,
     stream: crate::jump::NodeStream,
@@ -332,7 +429,7 @@ async fn connect(
         ..Default::default()
     });
     let check = NodeCheck {
-        host_cas: s.host_cas.clone(),
+        host_cas,
         node_id: node_id.to_string(),
     };
     let mut ssh = russh::client::connect_stream(config, stream, check)
@@ -383,7 +480,8 @@ mod tests {
     use warden_ca::ssh::{public_key_line, sign_host_cert, HostCert};
     use warden_ca::{ClientKey, KeyStore, SoftwareKeyStore};
 
-    /// A host CA in a fresh software store, and its fingerprint.
+    /// A host CA in a fresh software store (removed after), and its
+    /// fingerprint.
     fn host_ca() -> (Arc<dyn warden_ca::CaSigner>, Fingerprint) {
         let dir = std::env::temp_dir().join(format!(
             "warden-web-terminal-{}",
@@ -391,26 +489,38 @@ mod tests {
         ));
         let ks = SoftwareKeyStore::open_or_create(&dir.join("kek")).unwrap();
         let ca = ks.load(&ks.generate().unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         let fp = russh::keys::PublicKey::from_openssh(&public_key_line(&*ca, "ca").unwrap())
             .unwrap()
             .fingerprint(HashAlg::Sha256);
         (ca, fp)
     }
 
-    fn host_cert(ca: &dyn warden_ca::CaSigner, principal: &str) -> russh::keys::Certificate {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    /// A host certificate for `principal`, valid from `from` to `until`
+    /// seconds from now.
+    fn host_cert_at(
+        ca: &dyn warden_ca::CaSigner,
+        principal: &str,
+        from: i64,
+        until: i64,
+    ) -> russh::keys::Certificate {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         sign_host_cert(
             ca,
             &HostCert {
                 public_key: ClientKey::generate().ssh_public_key(),
                 host_id: principal.into(),
                 principals: vec![principal.into(), "box".into()],
-                valid_after: now - 60,
-                valid_before: now + 3600,
+                valid_after: (now + from) as u64,
+                valid_before: (now + until) as u64,
                 cluster: "c1".into(),
             },
         )
         .unwrap()
+    }
+
+    fn host_cert(ca: &dyn warden_ca::CaSigner, principal: &str) -> russh::keys::Certificate {
+        host_cert_at(ca, principal, -60, 3600)
     }
 
     async fn accepts(cas: &[Fingerprint], node: &str, key: PublicKeyOrCertificate) -> bool {
@@ -445,6 +555,17 @@ mod tests {
             key: ClientKey::generate().ssh_public_key(),
             hash_alg: None,
         };
-        assert!(!accepts(&[fp], "node-1", bare).await, "a bare host key");
+        assert!(
+            !accepts(&[fp.clone()], "node-1", bare).await,
+            "a bare host key"
+        );
+        let expired =
+            PublicKeyOrCertificate::Certificate(host_cert_at(&*ca, "node-1", -7200, -3600));
+        assert!(
+            !accepts(&[fp.clone()], "node-1", expired).await,
+            "an expired one"
+        );
+        let early = PublicKeyOrCertificate::Certificate(host_cert_at(&*ca, "node-1", 3600, 7200));
+        assert!(!accepts(&[fp], "node-1", early).await, "one not yet valid");
     }
 }

@@ -65,6 +65,42 @@ function upgrade(base, headers) {
   });
 }
 
+/** Upgrades to the terminal's WebSocket with `headers`, sends `text` as
+ * the first frame (masked, as a browser does) and resolves to the text of
+ * the proxy's first frame. */
+function firstFrame(base, headers, text) {
+  const u = new URL('web/api/terminal?node=x&login=y', base);
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: u.hostname, port: u.port, path: u.pathname + u.search, rejectUnauthorized: false,
+      headers: {
+        connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13',
+        'sec-websocket-key': crypto.randomBytes(16).toString('base64'), ...headers,
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      const payload = Buffer.from(text);
+      const mask = crypto.randomBytes(4);
+      const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
+      socket.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]));
+      let buf = Buffer.alloc(0);
+      socket.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length < 2) return;
+        let len = buf[1] & 0x7f;
+        let at = 2;
+        if (len === 126) { len = buf.readUInt16BE(2); at = 4; }
+        if (buf.length < at + len) return;
+        socket.destroy();
+        resolve(buf.subarray(at, at + len).toString());
+      });
+    });
+    req.on('response', (res) => { res.resume(); reject(new Error(`no upgrade: ${res.statusCode}`)); });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** Opens a terminal from the servers page and waits until it is live. */
 async function connect(page, server) {
   await page.fill('#q', server);
@@ -143,7 +179,11 @@ async function connect(page, server) {
     await page.waitForFunction(() => document.getElementById('terminal-status').textContent.includes('ended'));
     out.terminal_end = await page.textContent('#terminal-status');
     // A login the roles do not allow: the node says no, the page says why.
+    // Reached by a link, it asks first (opening one is an action).
     await page.goto(`${url}#terminal/${encodeURIComponent(node)}/nobody-here`);
+    await page.waitForSelector('#terminal-status button:has-text("Connect")');
+    out.link_asks = await page.textContent('#terminal-status');
+    await page.click('#terminal-status button');
     await page.waitForFunction(() => /ended|Not connected|closed/.test(document.getElementById('terminal-status').textContent));
     await page.waitForTimeout(500);
     out.denied_login = `${await page.textContent('#terminal-status')} ${await screenText(page, 'terminal-screen')}`;
@@ -154,6 +194,9 @@ async function connect(page, server) {
     out.ws_cross_site = await upgrade(url, { origin: 'https://attacker.example', cookie: cookieHeader });
     out.ws_no_cookie = await upgrade(url, { origin });
     out.ws_same_site = await upgrade(url, { origin, cookie: cookieHeader });
+    // The session's cookie but not the page's token: told so, nothing dialled.
+    out.ws_wrong_token = await firstFrame(url, { origin, cookie: cookieHeader },
+      JSON.stringify({ csrf: 'not-the-token', cols: 80, rows: 24 }));
     await page.goto(`${url}#servers`);
     await page.setViewportSize({ width: 1280, height: 720 });
 

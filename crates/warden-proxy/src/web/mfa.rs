@@ -3,7 +3,7 @@
 //! (a current one-time code or key proves it is the user). The browser's
 //! WebAuthn API answers; auth verifies, exactly as for the CLI.
 
-use super::Web;
+use super::{Authed, ForChange, Web};
 use crate::public::{auth_for, cross_site, error_response, ClientAddr};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -38,11 +38,7 @@ pub(super) async fn login_challenge(
 }
 
 /// The user's MFA devices.
-pub(super) async fn devices(State(w): State<Web>, headers: HeaderMap) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub(super) async fn devices(Authed(s): Authed) -> Response {
     s.forward(&endpoints::MFA_DEVICES, endpoints::MFA_DEVICES.path, &())
         .await
 }
@@ -59,16 +55,7 @@ pub(super) struct Enrol {
 }
 
 /// Starts enrolling a key: the creation options for the browser.
-pub(super) async fn register(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    uri: Uri,
-    Json(req): Json<Enrol>,
-) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub(super) async fn register(ForChange(s): ForChange, Json(req): Json<Enrol>) -> Response {
     let body = MfaRegisterRequest {
         name: req.name,
         proof: MfaProof {
@@ -86,15 +73,9 @@ pub(super) async fn register(
 
 /// Completes enrolment with the browser's attestation.
 pub(super) async fn register_finish(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    uri: Uri,
+    ForChange(s): ForChange,
     Json(req): Json<MfaRegisterFinish>,
 ) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     s.forward(
         &endpoints::MFA_REGISTER_FINISH,
         endpoints::MFA_REGISTER_FINISH.path,
@@ -111,14 +92,10 @@ pub(super) struct NodeQuery {
 /// Whether the user's roles ask for a second factor before a session on
 /// `node` (the page then asks for one before it connects).
 pub(super) async fn required(
+    Authed(s): Authed,
     State(w): State<Web>,
-    headers: HeaderMap,
     Query(q): Query<NodeQuery>,
 ) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     let Some(route) = w.jump.inventory.resolve(&q.node, 22).await else {
         return super::refuse(
             StatusCode::NOT_FOUND,
@@ -133,15 +110,7 @@ pub(super) async fn required(
 }
 
 /// A challenge for a session's second factor (TOTP, or the user's keys).
-pub(super) async fn session_challenge(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub(super) async fn session_challenge(ForChange(s): ForChange) -> Response {
     let req = MfaChallengeRequest {
         purpose: MfaPurpose::Session,
     };

@@ -356,6 +356,36 @@ impl Web {
     }
 }
 
+/// A logged-in browser's session; the request is refused otherwise.
+struct Authed(Arc<Session>);
+
+/// The session of a request that changes something: it also carries the
+/// page's anti-forgery token and comes from no other site.
+struct ForChange(Arc<Session>);
+
+impl axum::extract::FromRequestParts<Web> for Authed {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        w: &Web,
+    ) -> Result<Self, Refusal> {
+        w.session(&parts.headers).map(Authed)
+    }
+}
+
+impl axum::extract::FromRequestParts<Web> for ForChange {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        w: &Web,
+    ) -> Result<Self, Refusal> {
+        w.session_for_change(&parts.headers, &parts.uri)
+            .map(ForChange)
+    }
+}
+
 #[derive(Deserialize)]
 struct WebLogin {
     user: String,
@@ -521,11 +551,7 @@ async fn session_info(State(w): State<Web>, headers: HeaderMap) -> Response {
 }
 
 /// Forgets the session's key: its certificate can no longer be used.
-async fn logout(State(w): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn logout(ForChange(s): ForChange, State(w): State<Web>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         w.sessions
             .lock()
@@ -590,11 +616,7 @@ fn matches(doc: &Document<NodeSpec>, words: &[String]) -> bool {
 
 /// The servers the user may reach (auth filters them by the user's roles,
 /// as for `warden ls`), searched and paged here so the page stays small.
-async fn nodes(State(w): State<Web>, headers: HeaderMap, Query(q): Query<NodeQuery>) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn nodes(Authed(s): Authed, Query(q): Query<NodeQuery>) -> Response {
     let docs: Vec<Document<NodeSpec>> = match s.api.call(&endpoints::NODES, &()).await {
         Ok(d) => d,
         Err(e) => return error_response(e),
@@ -625,15 +647,7 @@ async fn nodes(State(w): State<Web>, headers: HeaderMap, Query(q): Query<NodeQue
 }
 
 /// An audit search with the CLI's filters; auth decides who may read it.
-async fn audit(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    Query(mut q): Query<AuditQuery>,
-) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn audit(Authed(s): Authed, Query(mut q): Query<AuditQuery>) -> Response {
     q.limit = Some(q.limit.unwrap_or(100).min(MAX_EVENTS));
     s.forward(&endpoints::AUDIT_EVENTS, endpoints::AUDIT_EVENTS.path, &q)
         .await
@@ -641,15 +655,7 @@ async fn audit(
 
 /// The same search as a download, one JSON event per line (what a SIEM
 /// or `jq` takes), oldest first.
-async fn audit_export(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    Query(mut q): Query<AuditQuery>,
-) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn audit_export(Authed(s): Authed, Query(mut q): Query<AuditQuery>) -> Response {
     q.limit = Some(q.limit.unwrap_or(MAX_EXPORT).min(MAX_EXPORT));
     let events: warden_types::api::AuditEvents =
         match s.api.call(&endpoints::AUDIT_EVENTS, &q).await {
@@ -684,15 +690,7 @@ async fn audit_export(
 
 /// Recordings, filtered by user, node and start, for roles that may read
 /// them (auth decides).
-async fn recordings(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<RecordingQuery>,
-) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn recordings(Authed(s): Authed, Query(q): Query<RecordingQuery>) -> Response {
     s.forward(&endpoints::RECORDINGS, endpoints::RECORDINGS.path, &q)
         .await
 }
@@ -703,11 +701,7 @@ const MAX_TRANSCRIPT: usize = 16 << 20;
 /// A recording's output as plain text (escape sequences removed, markers
 /// on lines of their own), decoded as it downloads from auth, which
 /// checks the right to read it and audits the playback.
-async fn transcript(State(w): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn transcript(Authed(s): Authed, Path(id): Path<String>) -> Response {
     let mut download = match s
         .api
         .download(&endpoints::RECORDING, &endpoints::RECORDING.at(&[&id]))
@@ -756,11 +750,7 @@ async fn transcript(State(w): State<Web>, headers: HeaderMap, Path(id): Path<Str
 }
 
 /// Sessions running now, for roles that may list sessions.
-async fn sessions(State(w): State<Web>, headers: HeaderMap) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn sessions(Authed(s): Authed) -> Response {
     s.forward(
         &endpoints::ACTIVE_SESSIONS,
         endpoints::ACTIVE_SESSIONS.path,
@@ -783,16 +773,7 @@ const END_LOCK_SECS: u64 = 15 * 60;
 /// Ends a session with a lock on its user, node and login (the node ends
 /// what the lock covers at once), for a quarter of an hour; auth decides
 /// who may lock.
-async fn end_session(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    uri: Uri,
-    Json(req): Json<EndSession>,
-) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn end_session(ForChange(s): ForChange, Json(req): Json<EndSession>) -> Response {
     let lock = CreateLockRequest {
         target: warden_types::LockTarget {
             user: Some(req.user),
@@ -809,11 +790,7 @@ async fn end_session(
 
 /// The access requests the user may see (their own, and those they may
 /// review), as auth lists them.
-async fn requests(State(w): State<Web>, headers: HeaderMap) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn requests(Authed(s): Authed) -> Response {
     s.forward(&endpoints::REQUESTS, endpoints::REQUESTS.path, &())
         .await
 }
@@ -821,15 +798,9 @@ async fn requests(State(w): State<Web>, headers: HeaderMap) -> Response {
 /// A request for roles (or nodes), checked by auth as `warden request
 /// create` is.
 async fn create_request(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    uri: Uri,
+    ForChange(s): ForChange,
     Json(req): Json<CreateRequestRequest>,
 ) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     s.forward(
         &endpoints::CREATE_REQUEST,
         endpoints::CREATE_REQUEST.path,
@@ -840,16 +811,10 @@ async fn create_request(
 
 /// Approves or denies a request; auth decides whether this user may.
 async fn review_request(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    uri: Uri,
+    ForChange(s): ForChange,
     Path(id): Path<String>,
     Json(req): Json<ReviewRequest>,
 ) -> Response {
-    let s = match w.session_for_change(&headers, &uri) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     s.forward(
         &endpoints::REVIEW_REQUEST,
         &endpoints::REVIEW_REQUEST.at(&[&id]),

@@ -8,11 +8,10 @@
 //! Auth checks the right to read it and audits the playback, as for
 //! `warden play`.
 
-use super::Web;
+use super::Authed;
 use crate::public::error_response;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, Mutex};
 use warden_recording::{Item, Reader};
@@ -22,15 +21,7 @@ use warden_types::endpoints;
 /// slows the download, so the proxy holds little of any recording.
 const IN_FLIGHT: usize = 8;
 
-pub(super) async fn events(
-    State(w): State<Web>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub(super) async fn events(Authed(s): Authed, Path(id): Path<String>) -> Response {
     let mut download = match s
         .api
         .download(&endpoints::RECORDING, &endpoints::RECORDING.at(&[&id]))

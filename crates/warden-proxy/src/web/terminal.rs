@@ -11,7 +11,7 @@
 //! the proxy's `{"connected": NODE}`, `{"error": WHY}` and
 //! `{"exit": STATUS}`.
 
-use super::{refuse, Session, Web};
+use super::{refuse, Authed, Session, Web};
 use crate::jump::Jump;
 use crate::public::{cross_site, ClientAddr};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -66,7 +66,9 @@ struct Control {
 /// Upgrades to a WebSocket for a logged-in browser of this site; the
 /// anti-forgery token comes in the first frame (a browser cannot add
 /// headers to a WebSocket handshake).
+#[allow(clippy::too_many_arguments)] // axum extractors, one per argument
 pub(super) async fn terminal(
+    Authed(s): Authed,
     State(w): State<Web>,
     Extension(addr): Extension<ClientAddr>,
     Extension(pending): Extension<crate::limits::Pending>,
@@ -78,10 +80,6 @@ pub(super) async fn terminal(
     if let Some(why) = cross_site(&headers, &uri) {
         return refuse(StatusCode::FORBIDDEN, "cross_site", why).into_response();
     }
-    let s = match w.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     // A logged-in user's terminal may last hours: it no longer counts
     // among its source's unauthenticated connections.
     pending.release();
@@ -540,9 +538,9 @@ mod tests {
         let (ca, fp) = host_ca();
         let (other, other_fp) = host_ca();
         let cert = || PublicKeyOrCertificate::Certificate(host_cert(&*ca, "node-1"));
-        assert!(accepts(&[fp.clone()], "node-1", cert()).await);
+        assert!(accepts(&[fp], "node-1", cert()).await);
         assert!(
-            !accepts(&[fp.clone()], "node-2", cert()).await,
+            !accepts(&[fp], "node-2", cert()).await,
             "another node's certificate"
         );
         assert!(
@@ -550,21 +548,15 @@ mod tests {
             "a CA the login did not name"
         );
         let foreign = PublicKeyOrCertificate::Certificate(host_cert(&*other, "node-1"));
-        assert!(!accepts(&[fp.clone()], "node-1", foreign).await);
+        assert!(!accepts(&[fp], "node-1", foreign).await);
         let bare = PublicKeyOrCertificate::PublicKey {
             key: ClientKey::generate().ssh_public_key(),
             hash_alg: None,
         };
-        assert!(
-            !accepts(&[fp.clone()], "node-1", bare).await,
-            "a bare host key"
-        );
+        assert!(!accepts(&[fp], "node-1", bare).await, "a bare host key");
         let expired =
             PublicKeyOrCertificate::Certificate(host_cert_at(&*ca, "node-1", -7200, -3600));
-        assert!(
-            !accepts(&[fp.clone()], "node-1", expired).await,
-            "an expired one"
-        );
+        assert!(!accepts(&[fp], "node-1", expired).await, "an expired one");
         let early = PublicKeyOrCertificate::Certificate(host_cert_at(&*ca, "node-1", 3600, 7200));
         assert!(!accepts(&[fp], "node-1", early).await, "one not yet valid");
     }

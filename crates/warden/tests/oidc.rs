@@ -431,12 +431,6 @@ fn oidc_single_sign_on() {
 /// browser that did not start the login.
 #[test]
 fn web_ui_single_sign_on_in_chromium() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
-    );
-    let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web");
-    npm_packages(&web, "node_modules/playwright-core");
     let dir = temp_dir("oidc-web");
     let c = Cluster::start(&dir);
     let redirect = format!("https://{}/v1/oidc/callback", c.proxy);
@@ -444,26 +438,14 @@ fn web_ui_single_sign_on_in_chromium() {
     let f = connector(&dir, "okta", &idp.issuer, &redirect, "2m");
     c.admin(&["connectors", "apply", "-f", f.to_str().unwrap()])
         .expect_ok();
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
-        .arg("sso.js")
-        .current_dir(&web)
-        .env("WARDEN_URL", format!("https://{}/", c.proxy))
-        .env("SHOTS", &shots)
-        .env("CONNECTOR", "okta")
-        .env("ACCOUNT", "alice")
-        .output()
-        .expect("node runs tests/web/sso.js");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let saw = browser_run(
+        "sso.js",
+        &[
+            ("WARDEN_URL", format!("https://{}/", c.proxy)),
+            ("CONNECTOR", "okta".to_string()),
+            ("ACCOUNT", "alice".to_string()),
+        ],
     );
-    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}"));
-    eprintln!("{saw:#}");
     assert_eq!(saw["buttons"], serde_json::json!(["Log in with okta"]));
     assert_eq!(saw["provider_page"], idp.issuer, "{saw}");
     assert_eq!(

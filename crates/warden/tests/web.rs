@@ -12,24 +12,10 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn web_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web")
-}
-
-fn ensure_packages() {
-    npm_packages(&web_dir(), "node_modules/playwright-core");
-}
 
 #[test]
 fn the_web_ui_in_chromium() {
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
-    );
-    ensure_packages();
     let dir = temp_dir("web");
     let c = Cluster::start_with(
         &dir,
@@ -82,33 +68,22 @@ fn the_web_ui_in_chromium() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
+    let shots = screenshots();
 
-    let out = Command::new("node")
-        .arg("drive.js")
-        .current_dir(web_dir())
-        .env("WARDEN_URL", format!("https://{}/", c.proxy))
-        .env("SHOTS", &shots)
-        .env("ALICE", format!("alice:{PASSWORD}:{alice}"))
-        .env("BOB", format!("bob:{PASSWORD}:{bob}"))
-        .env("NODE", "web-box")
-        .env("CAROL", format!("carol:{PASSWORD}:{carol}"))
-        .env("DAVE", format!("dave:{PASSWORD}:{dave}"))
-        .env("FRANK", format!("frank:{PASSWORD}:{frank}"))
-        .env("GINA", format!("gina:{PASSWORD}:{gina}"))
-        .env("END_FILE", &end_file)
-        .output()
-        .expect("node runs tests/web/drive.js");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let saw = browser_run(
+        "drive.js",
+        &[
+            ("WARDEN_URL", format!("https://{}/", c.proxy)),
+            ("ALICE", format!("alice:{PASSWORD}:{alice}")),
+            ("BOB", format!("bob:{PASSWORD}:{bob}")),
+            ("NODE", "web-box".to_string()),
+            ("CAROL", format!("carol:{PASSWORD}:{carol}")),
+            ("DAVE", format!("dave:{PASSWORD}:{dave}")),
+            ("FRANK", format!("frank:{PASSWORD}:{frank}")),
+            ("GINA", format!("gina:{PASSWORD}:{gina}")),
+            ("END_FILE", end_file.display().to_string()),
+        ],
     );
-    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}"));
-    eprintln!("{saw:#}");
 
     // The page's defences.
     let csp = saw["csp"].as_str().unwrap();
@@ -447,11 +422,6 @@ fn browsers_get_the_operators_certificate() {
 /// party), so Chromium resolves `proxy.warden.test` to the proxy.
 #[test]
 fn security_keys_in_chromium() {
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
-    );
-    ensure_packages();
     let dir = temp_dir("web-keys");
     let c = Cluster::start_with(
         &dir,
@@ -467,28 +437,16 @@ fn security_keys_in_chromium() {
         .expect_ok();
     let hana = c.add_user("hana", "mfa-ops", "root");
     let port = c.proxy.rsplit(':').next().unwrap();
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
-        .arg("keys.js")
-        .current_dir(web_dir())
-        .env("WARDEN_URL", format!("https://proxy.warden.test:{port}/"))
-        .env("HOST_RULES", "MAP proxy.warden.test 127.0.0.1")
-        .env("SHOTS", &shots)
-        .env("USER", format!("hana:{PASSWORD}:{hana}"))
-        .env("NODE", "key-box")
-        .output()
-        .expect("node runs tests/web/keys.js");
-
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let shots = screenshots();
+    let saw = browser_run(
+        "keys.js",
+        &[
+            ("WARDEN_URL", format!("https://proxy.warden.test:{port}/")),
+            ("HOST_RULES", "MAP proxy.warden.test 127.0.0.1".to_string()),
+            ("USER", format!("hana:{PASSWORD}:{hana}")),
+            ("NODE", "key-box".to_string()),
+        ],
     );
-    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}"));
-    eprintln!("{saw:#}");
     assert!(
         saw["no_key"].as_str().unwrap().contains("one-time code"),
         "{saw}"

@@ -41,6 +41,45 @@ pub fn npm_packages(dir: &Path, probe: &str) {
     );
 }
 
+/// Runs one of the Chromium drivers in tests/web (`script`, with the
+/// environment `env`; Node.js and playwright-core, installed on first use)
+/// and returns what it saw: the JSON object on its last line of output.
+/// Its screenshots go to target/tmp/web-screenshots (`SHOTS`).
+#[allow(dead_code)]
+pub fn browser_run(script: &str, env: &[(&str, String)]) -> serde_json::Value {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed for the web UI tests; .ci/run installs it"
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web");
+    npm_packages(&dir, "node_modules/playwright-core");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(script)
+        .current_dir(&dir)
+        .env("SHOTS", &shots)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("node runs tests/web/{script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run ({script}) failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saw: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no result line from {script} ({e}):\n{stdout}"));
+    eprintln!("{saw:#}");
+    saw
+}
+
+/// Where the browser tests save their screenshots.
+#[allow(dead_code)]
+pub fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots")
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(

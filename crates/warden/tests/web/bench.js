@@ -4,13 +4,8 @@
 // (page loads), KEYS (keystrokes). Prints one JSON line of milliseconds.
 'use strict';
 const { chromium } = require('playwright-core');
-const { totp, logIn, launch } = require('./lib');
+const { env, launch, logIn, main, totp } = require('./lib');
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env('WARDEN_URL');
 const [user, password, secret] = env('USER').split(':');
 const runs = Number(process.env.RUNS || 20);
@@ -22,7 +17,7 @@ const pct = (xs, p) => {
 };
 const summary = (xs) => ({ p50: pct(xs, 50), p99: pct(xs, 99), n: xs.length });
 
-(async () => {
+main(async () => {
   const browser = await launch(chromium);
   const out = {};
   try {
@@ -101,8 +96,5 @@ const summary = (xs) => ({ p50: pct(xs, 50), p99: pct(xs, 99), n: xs.length });
   } finally {
     await browser.close();
   }
-  console.log(JSON.stringify(out));
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+  return out;
 });

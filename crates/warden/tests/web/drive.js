@@ -11,13 +11,8 @@ const crypto = require('crypto');
 const fs = require('fs');
 const https = require('https');
 const { chromium } = require('playwright-core');
-const { totp, logIn, launch } = require('./lib');
+const { env, launch, logIn, main, pageAtFailure, totp } = require('./lib');
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env('WARDEN_URL');
 const shots = env('SHOTS');
 const [aliceUser, alicePass, aliceSecret] = env('ALICE').split(':');
@@ -47,17 +42,22 @@ async function typeLine(page, line) {
   await page.keyboard.press('Enter');
 }
 
+/** A WebSocket handshake to the terminal with `headers`, not yet sent. */
+function wsRequest(base, headers) {
+  const u = new URL('web/api/terminal?node=x&login=y', base);
+  return https.request({
+    host: u.hostname, port: u.port, path: u.pathname + u.search, rejectUnauthorized: false,
+    headers: {
+      connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13',
+      'sec-websocket-key': crypto.randomBytes(16).toString('base64'), ...headers,
+    },
+  });
+}
+
 /** The status of a WebSocket handshake to the terminal with `headers`. */
 function upgrade(base, headers) {
-  const u = new URL('web/api/terminal?node=x&login=y', base);
   return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: u.hostname, port: u.port, path: u.pathname + u.search, rejectUnauthorized: false,
-      headers: {
-        connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13',
-        'sec-websocket-key': crypto.randomBytes(16).toString('base64'), ...headers,
-      },
-    });
+    const req = wsRequest(base, headers);
     req.on('upgrade', (res, socket) => { socket.destroy(); resolve(res.statusCode); });
     req.on('response', (res) => { res.resume(); resolve(res.statusCode); });
     req.on('error', reject);
@@ -69,15 +69,8 @@ function upgrade(base, headers) {
  * the first frame (masked, as a browser does) and resolves to the text of
  * the proxy's first frame. */
 function firstFrame(base, headers, text) {
-  const u = new URL('web/api/terminal?node=x&login=y', base);
   return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: u.hostname, port: u.port, path: u.pathname + u.search, rejectUnauthorized: false,
-      headers: {
-        connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13',
-        'sec-websocket-key': crypto.randomBytes(16).toString('base64'), ...headers,
-      },
-    });
+    const req = wsRequest(base, headers);
     req.on('upgrade', (res, socket) => {
       const payload = Buffer.from(text);
       const mask = crypto.randomBytes(4);
@@ -112,7 +105,7 @@ async function connect(page, server) {
   return page.textContent('#terminal-status');
 }
 
-(async () => {
+main(async () => {
   const browser = await launch(chromium);
   const out = {};
   let page;
@@ -393,18 +386,10 @@ async function connect(page, server) {
       out.player_at_end = await screenText(page, 'player-screen');
     }
   } catch (e) {
-    // What the page showed when it went wrong, for the test's message.
-    if (page) {
-      await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
-      const text = await page.evaluate(() => document.body.innerText).catch(() => '');
-      e.message += `\npage text:\n${text}`;
-    }
+    await pageAtFailure(page, shots, 'failure.png', e);
     throw e;
   } finally {
     await browser.close();
   }
-  console.log(JSON.stringify(out));
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+  return out;
 });

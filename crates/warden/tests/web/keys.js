@@ -8,18 +8,13 @@
 // a second factor for her). Prints what it saw as one JSON line.
 'use strict';
 const { chromium } = require('playwright-core');
-const { totp, logIn, launch } = require('./lib');
+const { env, launch, logIn, main, pageAtFailure, totp } = require('./lib');
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env('WARDEN_URL');
 const shots = env('SHOTS');
 const [user, password, secret] = env('USER').split(':');
 
-(async () => {
+main(async () => {
   const browser = await launch(chromium, [`--host-resolver-rules=${env('HOST_RULES')}`]);
   const out = {};
   let page;
@@ -94,17 +89,10 @@ const [user, password, secret] = env('USER').split(':');
       && !document.getElementById('login-error').textContent.startsWith('Touch'));
     out.wrong_password = await page.textContent('#login-error');
   } catch (e) {
-    if (page) {
-      await page.screenshot({ path: `${shots}/keys-failure.png`, fullPage: true }).catch(() => {});
-      const text = await page.evaluate(() => document.body.innerText).catch(() => '');
-      e.message += `\npage text:\n${text}`;
-    }
+    await pageAtFailure(page, shots, 'keys-failure.png', e);
     throw e;
   } finally {
     await browser.close();
   }
-  console.log(JSON.stringify(out));
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+  return out;
 });

@@ -52,4 +52,28 @@ function launch(chromium, args = []) {
   });
 }
 
-module.exports = { totp, logIn, launch };
+/** An input from the environment; missing is an error. */
+function env(k) {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+}
+
+/** What the page showed when a step failed: a screenshot in `shots` as
+ * `name`, and its URL and text added to the error. */
+async function pageAtFailure(page, shots, name, e) {
+  if (!page) return;
+  await page.screenshot({ path: `${shots}/${name}`, fullPage: true }).catch(() => {});
+  const text = await page.evaluate(() => document.body.innerText).catch(() => '');
+  e.message += `\npage ${page.url()}:\n${text}`;
+}
+
+/** Runs a driver: its result as one JSON line, or the error and exit 1. */
+function main(run) {
+  run().then((out) => console.log(JSON.stringify(out))).catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
+
+module.exports = { totp, logIn, launch, env, pageAtFailure, main };

@@ -5,18 +5,13 @@
 // saw as one JSON line.
 'use strict';
 const { chromium } = require('playwright-core');
-const { launch } = require('./lib');
+const { env, launch, main, pageAtFailure } = require('./lib');
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env('WARDEN_URL');
 const shots = env('SHOTS');
 const connector = env('CONNECTOR');
 
-(async () => {
+main(async () => {
   const browser = await launch(chromium);
   const out = {};
   let page;
@@ -92,17 +87,10 @@ const connector = env('CONNECTOR');
     out.other_whoami = await otherPage.textContent('#whoami');
     await other.close();
   } catch (e) {
-    if (page) {
-      await page.screenshot({ path: `${shots}/sso-failure.png`, fullPage: true }).catch(() => {});
-      const text = await page.evaluate(() => document.body.innerText).catch(() => '');
-      e.message += `\npage ${page.url()}:\n${text}`;
-    }
+    await pageAtFailure(page, shots, 'sso-failure.png', e);
     throw e;
   } finally {
     await browser.close();
   }
-  console.log(JSON.stringify(out));
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+  return out;
 });

@@ -22,7 +22,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn deny(reasons: Vec<String>, role: Option<String>) -> Self {
+    pub(crate) fn deny(reasons: Vec<String>, role: Option<String>) -> Self {
         Decision {
             allowed: false,
             role,
@@ -386,6 +386,25 @@ pub fn validate_role(role: &Document<RoleSpec>) -> Result<(), Vec<String>> {
         if let Some(w) = &cond.where_ {
             if let Err(e) = Predicate::compile(w) {
                 errors.push(format!("{side}.where: {e}: {w}"));
+            }
+        }
+        for (key, values) in &cond.db_labels {
+            for v in &values.0 {
+                if let Err(e) = expand(v, &Traits::new()) {
+                    errors.push(format!("{side}.db_labels.{key}: {e}"));
+                }
+                if let Some(Err(e)) = compile(v) {
+                    errors.push(format!("{side}.db_labels.{key}: invalid regex {v:?}: {e}"));
+                }
+            }
+        }
+        for (field, list) in [("db_users", &cond.db_users), ("db_names", &cond.db_names)] {
+            for v in list {
+                if let Err(e) = expand(v, &Traits::new()) {
+                    errors.push(format!("{side}.{field}: {e}"));
+                } else if v != "*" && !v.contains("{{") && !crate::db::valid_db_identifier(v) {
+                    errors.push(format!("{side}.{field}: {v:?} is not a plain identifier"));
+                }
             }
         }
         for g in &cond.grant_roles {

@@ -7,6 +7,7 @@
 mod access;
 mod approval;
 mod claims;
+mod db;
 pub mod defaults;
 mod eval;
 mod grant;
@@ -23,6 +24,7 @@ pub use access::{
 };
 pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
 pub use claims::{claims_to_traits, map_roles, validate_claim_mappings};
+pub use db::{check_db_access, valid_db_identifier, DbRequest};
 pub use eval::{
     allowed_logins, check_node_access, check_request_roles, check_rule, session_options,
     validate_role, Decision, SessionOptions, MAX_SESSION_TTL,

@@ -414,3 +414,97 @@ fn suggestions_keep_every_used_grant_and_only_narrow() {
         "the histories exercised too little: {kept} used grants, {narrowed} narrowed roles"
     );
 }
+
+/// Database access over random roles: never panics, no role means no
+/// access, a literal deny of the user or the name always wins, and an
+/// allowed connection is one that its deciding role lists in full.
+#[test]
+fn database_access_deny_always_wins() {
+    use warden_policy::{check_db_access, DbRequest};
+    let cases: usize = std::env::var("WARDEN_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    const USERS: &[&str] = &["app", "postgres", "*", "{{internal.db_users}}", "a b", ""];
+    const NAMES: &[&str] = &["app", "billing", "*", "{{external.team}}", "x;y"];
+    let db_conditions = |r: &mut Rng| {
+        let mut c = RoleConditions::default();
+        for _ in 0..r.below(3) {
+            c.db_users.push(r.pick(USERS).to_string());
+        }
+        for _ in 0..r.below(3) {
+            c.db_names.push(r.pick(NAMES).to_string());
+        }
+        for _ in 0..r.below(3) {
+            let values = (0..1 + r.below(2))
+                .map(|_| r.pick(VALUES).to_string())
+                .collect();
+            c.db_labels
+                .insert(r.pick(KEYS).to_string(), LabelValues(values));
+        }
+        c
+    };
+    let mut r = Rng(0xdb5e_ed00_1234_5678);
+    for case in 0..cases {
+        let roles: Vec<_> = (0..r.below(4))
+            .map(|i| {
+                let mut spec = RoleSpec {
+                    allow: db_conditions(&mut r),
+                    ..Default::default()
+                };
+                if r.below(3) == 0 {
+                    spec.deny = db_conditions(&mut r);
+                }
+                Document::new(kind::ROLE, format!("r{i}"), spec)
+            })
+            .collect();
+        let mut t = traits(&mut r);
+        if r.below(2) == 0 {
+            t.insert(
+                "db_users".into(),
+                vec![r.pick(&["app", "*", "postgres"]).to_string()],
+            );
+        }
+        let l = labels(&mut r);
+        let user = r.pick(&["app", "postgres", "reader"]);
+        let name = r.pick(&["app", "billing", "db"]);
+        let _ = roles.iter().map(validate_role).count();
+        let d = check_db_access(
+            &roles,
+            &t,
+            DbRequest {
+                labels: &l,
+                db_user: user,
+                db_name: name,
+            },
+        );
+        if roles.is_empty() {
+            assert!(!d.allowed, "case {case}: access without roles");
+        }
+        let literally = |list: &[String], v: &str| list.iter().any(|x| x == v || x == "*");
+        if roles.iter().any(|x| {
+            literally(&x.spec.deny.db_users, user) || literally(&x.spec.deny.db_names, name)
+        }) {
+            assert!(!d.allowed, "case {case}: a literal deny ignored: {d:?}");
+        }
+        if d.allowed {
+            let by = roles
+                .iter()
+                .find(|x| Some(x.name()) == d.role.as_deref())
+                .unwrap();
+            assert!(!by.spec.allow.db_labels.is_empty(), "case {case}");
+            assert!(
+                !by.spec.allow.db_users.is_empty() && !by.spec.allow.db_names.is_empty(),
+                "case {case}: allowed by a role that lists no users or names: {d:?}"
+            );
+            // A wildcard user is granted only by a `*` in the role itself.
+            if !by.spec.allow.db_users.iter().any(|v| v == "*" || v == user) {
+                assert!(
+                    by.spec.allow.db_users.iter().any(|v| v.contains("{{"))
+                        && t.get("db_users").is_some_and(|v| v.iter().any(|x| x == user)),
+                    "case {case}: user {user} allowed from nowhere: {d:?}"
+                );
+            }
+        }
+    }
+}

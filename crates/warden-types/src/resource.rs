@@ -260,6 +260,17 @@ pub struct RoleConditions {
     /// templates (`{{internal.grantable}}`). Deny wins.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub grant_roles: Vec<String>,
+    /// Database label selectors, as `node_labels` for nodes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub db_labels: BTreeMap<String, LabelValues>,
+    /// Database users (names, `*`, or trait templates such as
+    /// `{{internal.db_users}}`). Allow: the users one may connect as.
+    /// Deny: users nobody with this role may connect as, anywhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub db_users: Vec<String>,
+    /// Database names (logical databases), like `db_users`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub db_names: Vec<String>,
 }
 
 /// Roles a user may request just in time.

@@ -501,7 +501,8 @@ fn database_access_deny_always_wins() {
             if !by.spec.allow.db_users.iter().any(|v| v == "*" || v == user) {
                 assert!(
                     by.spec.allow.db_users.iter().any(|v| v.contains("{{"))
-                        && t.get("db_users").is_some_and(|v| v.iter().any(|x| x == user)),
+                        && t.get("db_users")
+                            .is_some_and(|v| v.iter().any(|x| x == user)),
                     "case {case}: user {user} allowed from nowhere: {d:?}"
                 );
             }

@@ -7,6 +7,7 @@
 //! [`MAX_MESSAGE`] bytes) and refuses malformed input with an error that
 //! says what was wrong; none panics on any input.
 
+pub mod mysql;
 pub mod postgres;
 
 /// The largest protocol message a decoder accepts (larger ones are
@@ -28,4 +29,37 @@ fn malformed(what: &'static str, why: impl Into<String>) -> ProtocolError {
         what,
         why: why.into(),
     }
+}
+
+/// One statement run, as the audit log records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryRecord {
+    /// The SQL text.
+    pub query: String,
+    /// The parameters bound to a prepared statement: text ones as they
+    /// are, binary ones as `\x` and hex, NULL as `NULL`.
+    pub params: Vec<String>,
+}
+
+/// The largest statement or parameter an audit record keeps (longer ones
+/// are cut and marked).
+pub const MAX_AUDITED: usize = 16 << 10;
+
+/// `s`, cut to [`MAX_AUDITED`] bytes (on a character boundary) and marked.
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_AUDITED {
+        return s.to_string();
+    }
+    let mut end = MAX_AUDITED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Bytes as `\x` and hex (cut to half of [`MAX_AUDITED`] bytes).
+fn hex(b: &[u8]) -> String {
+    let b = &b[..b.len().min(MAX_AUDITED / 2)];
+    let digits: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("\\x{digits}")
 }

@@ -3,7 +3,7 @@
 //! the queries they run for the audit log (simple queries, and the
 //! extended protocol's Parse/Bind/Execute with the parameters sent).
 
-use crate::{malformed, ProtocolError, MAX_MESSAGE};
+use crate::{cut, malformed, ProtocolError, QueryRecord, MAX_AUDITED, MAX_MESSAGE};
 use std::collections::HashMap;
 
 /// Protocol version 3.0, as a startup packet carries it.
@@ -251,19 +251,6 @@ fn frontend(tag: u8, body: &[u8]) -> Result<Frontend, ProtocolError> {
     Ok(m)
 }
 
-/// One statement run, as the audit log records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueryRecord {
-    /// The SQL text.
-    pub query: String,
-    /// The parameters bound (extended protocol): text ones as they are,
-    /// binary ones as `\x` and hex, NULL as `NULL`.
-    pub params: Vec<String>,
-}
-
-/// The largest statement or parameter an audit record keeps (longer ones
-/// are cut and marked).
-pub const MAX_AUDITED: usize = 16 << 10;
 /// Prepared statements and portals remembered per connection at most.
 const MAX_PREPARED: usize = 10_000;
 
@@ -351,26 +338,11 @@ impl QueryLog {
     }
 }
 
-fn cut(s: &str) -> String {
-    if s.len() <= MAX_AUDITED {
-        return s.to_string();
-    }
-    let mut end = MAX_AUDITED;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 fn show_param(p: Option<&[u8]>, binary: bool) -> String {
     match p {
         None => "NULL".into(),
         Some(b) if !binary => cut(&String::from_utf8_lossy(b)),
-        Some(b) => {
-            let b = &b[..b.len().min(MAX_AUDITED / 2)];
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            format!("\\x{hex}")
-        }
+        Some(b) => crate::hex(b),
     }
 }
 

@@ -1,9 +1,10 @@
-//! Mutation fuzzing of the PostgreSQL decoders: valid client streams, then
+//! Mutation fuzzing of the PostgreSQL and MySQL decoders: valid streams, then
 //! random byte flips, cuts, splices and length rewrites, fed in random
 //! pieces. They must never panic; what the frontend decoder accepts whole
 //! must decode the same however it is split. Deterministic;
 //! WARDEN_FUZZ_CASES for more.
 
+use warden_db::mysql;
 use warden_db::postgres::{build, parse_startup, FrontendDecoder, QueryLog};
 
 struct Rng(u64);
@@ -117,5 +118,70 @@ fn decoders_never_panic_and_do_not_depend_on_how_bytes_arrive() {
         }
         let _ = parse_startup(&p);
         let _ = parse_startup(&b);
+    }
+}
+
+fn mysql_stream(r: &mut Rng) -> Vec<u8> {
+    use mysql::build;
+    let mut s = build::packet(1, &build::handshake_response("app", Some("db")));
+    for i in 0..r.below(10) {
+        let seq = (i % 256) as u8;
+        let payload = match r.below(6) {
+            0 => build::command(0x03, "select 'ü', ?".as_bytes()),
+            1 => build::command(0x16, b"insert into t values (?, ?)"),
+            2 => build::prepare_ok(r.below(4) as u32, r.below(3) as u16),
+            3 => build::execute(r.below(4) as u32, Some("x"), Some(-1)),
+            4 => build::execute(r.below(4) as u32, None, None),
+            _ => build::command(0x0e, b""),
+        };
+        s.extend(build::packet(seq, &payload));
+    }
+    s
+}
+
+/// Packets in random pieces, each read as a command (and as a prepare
+/// answer), through one query log; the records, or the first error.
+fn mysql_decode(r: &mut Rng, b: &[u8]) -> Result<Vec<String>, String> {
+    let mut d = mysql::PacketDecoder::new();
+    let mut log = mysql::QueryLog::new();
+    let mut out = Vec::new();
+    let mut first = true;
+    let mut at = 0;
+    while at < b.len() {
+        let n = 1 + r.below(64);
+        let piece = &b[at..(at + n).min(b.len())];
+        at += piece.len();
+        for p in d.push(piece).map_err(|e| e.to_string())? {
+            if std::mem::take(&mut first) {
+                out.push(format!("{:?}", mysql::parse_handshake_response(&p.payload)));
+                continue;
+            }
+            log.prepared(&p.payload);
+            match mysql::parse_command(&p.payload) {
+                Ok(c) => out.push(format!("{:?}", log.client(&c))),
+                Err(e) => out.push(e.to_string()),
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn mysql_decoders_never_panic_and_do_not_depend_on_how_bytes_arrive() {
+    let cases: usize = std::env::var("WARDEN_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut r = Rng(0x0123_4567_89ab_cdef);
+    for case in 0..cases {
+        let clean = mysql_stream(&mut r);
+        let b = if r.below(4) == 0 {
+            clean
+        } else {
+            mutate(&mut r, clean)
+        };
+        let one = mysql_decode(&mut r, &b);
+        let two = mysql_decode(&mut r, &b);
+        assert_eq!(one, two, "case {case}: the split changed the result");
     }
 }

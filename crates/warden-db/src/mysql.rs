@@ -1,0 +1,616 @@
+//! The MySQL/MariaDB client/server protocol: packet framing, the client's
+//! handshake response (who connects, to which database), its commands,
+//! and the statements they run for the audit log (COM_QUERY, and
+//! prepared statements with the parameters COM_STMT_EXECUTE sends).
+
+use crate::{cut, malformed, ProtocolError, QueryRecord};
+use std::collections::HashMap;
+
+/// Capability flags Warden reads.
+pub mod caps {
+    pub const CONNECT_WITH_DB: u32 = 0x0000_0008;
+    pub const PROTOCOL_41: u32 = 0x0000_0200;
+    pub const SSL: u32 = 0x0000_0800;
+    pub const SECURE_CONNECTION: u32 = 0x0000_8000;
+    pub const PLUGIN_AUTH: u32 = 0x0008_0000;
+    pub const CONNECT_ATTRS: u32 = 0x0010_0000;
+    pub const PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x0020_0000;
+}
+
+/// A packet's payload: at most 2^24 - 1 bytes (longer ones are split, the
+/// pieces joined by [`PacketDecoder`]).
+const MAX_PAYLOAD: usize = 0xff_ffff;
+/// The largest joined packet accepted: 32 MiB (MySQL's default
+/// `max_allowed_packet` is 64 MiB, MariaDB's 16; a bigger statement is
+/// refused here rather than buffered without bound).
+pub const MAX_PACKET: usize = 32 << 20;
+
+/// One logical packet: its sequence id (of the first piece) and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub seq: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Splits a byte stream (either direction) into packets, joining those
+/// split at 2^24 - 1 bytes; holds at most one incomplete packet, never
+/// more than [`MAX_PACKET`] bytes of one.
+#[derive(Default)]
+pub struct PacketDecoder {
+    buf: Vec<u8>,
+    /// A packet being joined from pieces.
+    partial: Option<Packet>,
+}
+
+impl PacketDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads `input`; the packets it completed.
+    pub fn push(&mut self, input: &[u8]) -> Result<Vec<Packet>, ProtocolError> {
+        self.buf.extend_from_slice(input);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while self.buf.len() - at >= 4 {
+            let h = &self.buf[at..at + 4];
+            let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+            let seq = h[3];
+            let held = self.partial.as_ref().map_or(0, |p| p.payload.len());
+            if held + len > MAX_PACKET {
+                return Err(ProtocolError::TooLarge(held + len));
+            }
+            if self.buf.len() - at < 4 + len {
+                break;
+            }
+            let piece = &self.buf[at + 4..at + 4 + len];
+            at += 4 + len;
+            let mut p = self.partial.take().unwrap_or(Packet {
+                seq,
+                payload: Vec::new(),
+            });
+            p.payload.extend_from_slice(piece);
+            if len == MAX_PAYLOAD {
+                self.partial = Some(p);
+            } else {
+                out.push(p);
+            }
+        }
+        self.buf.drain(..at);
+        Ok(out)
+    }
+}
+
+/// The client's handshake response: who it is and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeResponse {
+    pub capabilities: u32,
+    pub user: String,
+    pub database: Option<String>,
+    pub auth_plugin: Option<String>,
+}
+
+/// Reads a client's first packet: `Ok(None)` for an SSL request (the
+/// short form that asks for TLS first), else the handshake response.
+pub fn parse_handshake_response(
+    payload: &[u8],
+) -> Result<Option<HandshakeResponse>, ProtocolError> {
+    let what = "handshake response";
+    let mut r = Reader::new(payload, what);
+    let capabilities = r.u32()?;
+    if capabilities & caps::PROTOCOL_41 == 0 {
+        return Err(malformed(what, "the client does not speak protocol 4.1"));
+    }
+    r.bytes(4 + 1 + 23)?; // max packet size, character set, filler
+    if r.done() {
+        return if capabilities & caps::SSL != 0 {
+            Ok(None)
+        } else {
+            Err(malformed(what, "it ends before the user name"))
+        };
+    }
+    let user = r.cstr()?;
+    if capabilities & caps::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+        let n = r.lenenc()?;
+        r.bytes(usize::try_from(n).map_err(|_| malformed(what, "auth data length"))?)?;
+    } else if capabilities & caps::SECURE_CONNECTION != 0 {
+        let n = r.u8()? as usize;
+        r.bytes(n)?;
+    } else {
+        r.cstr_bytes()?;
+    }
+    let database = if capabilities & caps::CONNECT_WITH_DB != 0 && !r.done() {
+        Some(r.cstr()?).filter(|d| !d.is_empty())
+    } else {
+        None
+    };
+    let auth_plugin = if capabilities & caps::PLUGIN_AUTH != 0 && !r.done() {
+        Some(r.cstr()?)
+    } else {
+        None
+    };
+    Ok(Some(HandshakeResponse {
+        capabilities,
+        user,
+        database,
+        auth_plugin,
+    }))
+}
+
+/// A client command (the first packet of each exchange after login).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Quit,
+    /// COM_INIT_DB: switches the database.
+    InitDb(String),
+    Query(String),
+    Ping,
+    /// COM_STMT_PREPARE
+    Prepare(String),
+    /// COM_STMT_EXECUTE: the statement and its raw parameter block.
+    Execute {
+        statement: u32,
+        rest: Vec<u8>,
+    },
+    /// COM_STMT_SEND_LONG_DATA: a parameter's value sent ahead.
+    SendLongData {
+        statement: u32,
+        param: u16,
+    },
+    /// COM_STMT_CLOSE
+    Close(u32),
+    /// COM_STMT_RESET
+    Reset(u32),
+    /// COM_STMT_FETCH
+    Fetch(u32),
+    /// COM_CHANGE_USER: a new login inside the connection. Warden refuses
+    /// it (the database user is the one the certificate names).
+    ChangeUser,
+    /// COM_RESET_CONNECTION
+    ResetConnection,
+    /// COM_SET_OPTION
+    SetOption,
+    /// Anything else (replication, shutdown, debug...): its code.
+    Other(u8),
+}
+
+/// Reads a command packet's payload.
+pub fn parse_command(payload: &[u8]) -> Result<Command, ProtocolError> {
+    let what = "command";
+    let Some((&code, body)) = payload.split_first() else {
+        return Err(malformed(what, "an empty packet"));
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut r = Reader::new(body, what);
+    Ok(match code {
+        0x01 => Command::Quit,
+        0x02 => Command::InitDb(text(body)),
+        0x03 => Command::Query(text(body)),
+        0x0e => Command::Ping,
+        0x16 => Command::Prepare(text(body)),
+        0x17 => Command::Execute {
+            statement: r.u32()?,
+            rest: r.rest().to_vec(),
+        },
+        0x18 => Command::SendLongData {
+            statement: r.u32()?,
+            param: r.u16()?,
+        },
+        0x19 => Command::Close(r.u32()?),
+        0x1a => Command::Reset(r.u32()?),
+        0x1c => Command::Fetch(r.u32()?),
+        0x11 => Command::ChangeUser,
+        0x1f => Command::ResetConnection,
+        0x1b => Command::SetOption,
+        other => Command::Other(other),
+    })
+}
+
+/// The server's answer to COM_STMT_PREPARE, when it succeeded: the
+/// statement's id and its parameter count.
+pub fn parse_prepare_ok(payload: &[u8]) -> Option<(u32, u16)> {
+    let mut r = Reader::new(payload, "prepare answer");
+    if r.u8().ok()? != 0 {
+        return None;
+    }
+    let id = r.u32().ok()?;
+    let _columns = r.u16().ok()?;
+    let params = r.u16().ok()?;
+    Some((id, params))
+}
+
+/// Prepared statements remembered per connection at most.
+const MAX_PREPARED: usize = 10_000;
+
+/// Follows a connection's commands (and the server's answers to prepares)
+/// and names the statements it runs: COM_QUERY at once, a prepared
+/// statement at each COM_STMT_EXECUTE, with its parameters.
+#[derive(Default)]
+pub struct QueryLog {
+    /// A prepare sent, waiting for the server's answer.
+    preparing: Option<String>,
+    statements: HashMap<u32, (String, u16)>,
+}
+
+impl QueryLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What the client's command runs, if anything.
+    pub fn client(&mut self, c: &Command) -> Option<QueryRecord> {
+        match c {
+            Command::Query(q) => Some(QueryRecord {
+                query: cut(q),
+                params: Vec::new(),
+            }),
+            Command::InitDb(db) => Some(QueryRecord {
+                query: cut(&format!("USE {db}")),
+                params: Vec::new(),
+            }),
+            Command::Prepare(q) => {
+                self.preparing = Some(cut(q));
+                None
+            }
+            Command::Execute { statement, rest } => {
+                let (query, n) = self
+                    .statements
+                    .get(statement)
+                    .cloned()
+                    .unwrap_or_else(|| (format!("(prepared statement {statement})"), 0));
+                Some(QueryRecord {
+                    query,
+                    params: execute_params(rest, n),
+                })
+            }
+            Command::Close(id) => {
+                self.statements.remove(id);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The server's first packet after a COM_STMT_PREPARE.
+    pub fn prepared(&mut self, payload: &[u8]) {
+        let Some(query) = self.preparing.take() else {
+            return;
+        };
+        if let Some((id, params)) = parse_prepare_ok(payload) {
+            if self.statements.len() >= MAX_PREPARED {
+                self.statements.clear();
+            }
+            self.statements.insert(id, (query, params));
+        }
+    }
+}
+
+/// The parameters of a COM_STMT_EXECUTE (after the statement id): flags,
+/// iteration count, NULL bitmap, "types follow" flag, types, values. What
+/// cannot be decoded is shown as such rather than guessed.
+fn execute_params(rest: &[u8], n: u16) -> Vec<String> {
+    let n = n as usize;
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut r = Reader::new(rest, "execute");
+    let parsed = (|| -> Result<Vec<String>, ProtocolError> {
+        r.bytes(1 + 4)?; // flags, iteration count
+        let bitmap = r.bytes(n.div_ceil(8))?.to_vec();
+        if r.u8()? != 1 {
+            // Types were sent with an earlier execute; not kept here.
+            return Ok(vec!["(types sent earlier)".into(); n]);
+        }
+        let types: Vec<(u8, u8)> = (0..n)
+            .map(|_| Ok((r.u8()?, r.u8()?)))
+            .collect::<Result<_, ProtocolError>>()?;
+        let mut out = Vec::with_capacity(n);
+        for (i, (t, flags)) in types.into_iter().enumerate() {
+            if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+                out.push("NULL".into());
+                continue;
+            }
+            let unsigned = flags & 0x80 != 0;
+            let v = match t {
+                0x01 => int(r.bytes(1)?, unsigned),
+                0x02 | 0x0d => int(r.bytes(2)?, unsigned),
+                0x03 | 0x09 => int(r.bytes(4)?, unsigned),
+                0x08 => int(r.bytes(8)?, unsigned),
+                0x04 => {
+                    let b = r.bytes(4)?;
+                    f32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string()
+                }
+                0x05 => {
+                    let b = r.bytes(8)?;
+                    f64::from_le_bytes(b.try_into().expect("8 bytes")).to_string()
+                }
+                0x07 | 0x0a | 0x0b | 0x0c => {
+                    let len = r.u8()? as usize;
+                    crate::hex(r.bytes(len)?)
+                }
+                0x06 => "NULL".into(),
+                0x00 | 0x0f | 0xf5 | 0xf6 | 0xf7 | 0xf8 | 0xf9 | 0xfa | 0xfb | 0xfc | 0xfd
+                | 0xfe | 0x10 => {
+                    let len = usize::try_from(r.lenenc()?)
+                        .map_err(|_| malformed("execute", "value length"))?;
+                    let b = r.bytes(len)?;
+                    match std::str::from_utf8(b) {
+                        Ok(s) => cut(s),
+                        Err(_) => crate::hex(b),
+                    }
+                }
+                other => {
+                    // Unknown type: its length is unknown, so nothing after
+                    // it can be read either.
+                    out.push(format!("(type {other:#x})"));
+                    out.resize(n, "(not decoded)".into());
+                    return Ok(out);
+                }
+            };
+            out.push(v);
+        }
+        Ok(out)
+    })();
+    parsed.unwrap_or_else(|e| vec![format!("(parameters not decoded: {e})")])
+}
+
+fn int(b: &[u8], unsigned: bool) -> String {
+    let mut v = [0u8; 8];
+    v[..b.len()].copy_from_slice(b);
+    let u = u64::from_le_bytes(v);
+    if unsigned {
+        return u.to_string();
+    }
+    let shift = 64 - 8 * b.len() as u32;
+    (((u << shift) as i64) >> shift).to_string()
+}
+
+/// Reads fields off a payload.
+struct Reader<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(b: &'a [u8], what: &'static str) -> Self {
+        Reader { b, what }
+    }
+
+    fn done(&self) -> bool {
+        self.b.is_empty()
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.b.len() < n {
+            return Err(malformed(self.what, "it ends inside a field"));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        let b = self.bytes(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A length-encoded integer.
+    fn lenenc(&mut self) -> Result<u64, ProtocolError> {
+        Ok(match self.u8()? {
+            n @ 0..=0xfa => n as u64,
+            0xfc => self.u16()? as u64,
+            0xfd => {
+                let b = self.bytes(3)?;
+                u32::from_le_bytes([b[0], b[1], b[2], 0]) as u64
+            }
+            0xfe => {
+                let b = self.bytes(8)?;
+                u64::from_le_bytes(b.try_into().expect("8 bytes"))
+            }
+            other => {
+                return Err(malformed(
+                    self.what,
+                    format!("{other:#x} starts no length-encoded integer"),
+                ))
+            }
+        })
+    }
+
+    fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let Some(end) = self.b.iter().position(|&c| c == 0) else {
+            return Err(malformed(self.what, "a string has no terminating NUL"));
+        };
+        let s = &self.b[..end];
+        self.b = &self.b[end + 1..];
+        Ok(s)
+    }
+
+    fn cstr(&mut self) -> Result<String, ProtocolError> {
+        let b = self.cstr_bytes()?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| malformed(self.what, "a string is not UTF-8"))
+    }
+}
+
+/// Builds packets (tests).
+pub mod build {
+    use super::caps;
+
+    /// A packet with `seq` around `payload` (one piece: under 16 MiB).
+    pub fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        p.push(seq);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A handshake response payload for `user` (and `db`).
+    pub fn handshake_response(user: &str, db: Option<&str>) -> Vec<u8> {
+        let mut c = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH;
+        if db.is_some() {
+            c |= caps::CONNECT_WITH_DB;
+        }
+        let mut p = c.to_le_bytes().to_vec();
+        p.extend_from_slice(&(1u32 << 24).to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(user.as_bytes());
+        p.push(0);
+        p.push(0); // no auth data: the certificate authenticates
+        if let Some(db) = db {
+            p.extend_from_slice(db.as_bytes());
+            p.push(0);
+        }
+        p.extend_from_slice(b"mysql_native_password\0");
+        p
+    }
+
+    /// The short form asking for TLS.
+    pub fn ssl_request() -> Vec<u8> {
+        let c = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::SSL;
+        let mut p = c.to_le_bytes().to_vec();
+        p.extend_from_slice(&(1u32 << 24).to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        p
+    }
+
+    pub fn command(code: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![code];
+        p.extend_from_slice(body);
+        p
+    }
+
+    /// COM_STMT_EXECUTE of `statement` with a string and a signed
+    /// long-long parameter (`None`: NULL).
+    pub fn execute(statement: u32, s: Option<&str>, n: Option<i64>) -> Vec<u8> {
+        let mut p = vec![0x17];
+        p.extend_from_slice(&statement.to_le_bytes());
+        p.push(0); // flags
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.push(s.is_none() as u8 | ((n.is_none() as u8) << 1));
+        p.push(1); // types follow
+        p.extend_from_slice(&[0xfd, 0, 0x08, 0]);
+        if let Some(s) = s {
+            p.push(s.len() as u8);
+            p.extend_from_slice(s.as_bytes());
+        }
+        if let Some(n) = n {
+            p.extend_from_slice(&n.to_le_bytes());
+        }
+        p
+    }
+
+    /// The server's COM_STMT_PREPARE_OK.
+    pub fn prepare_ok(statement: u32, params: u16) -> Vec<u8> {
+        let mut p = vec![0];
+        p.extend_from_slice(&statement.to_le_bytes());
+        p.extend_from_slice(&1u16.to_le_bytes());
+        p.extend_from_slice(&params.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0]);
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_are_framed_and_joined() {
+        let mut stream = build::packet(0, b"hello");
+        stream.extend(build::packet(1, b""));
+        let mut d = PacketDecoder::new();
+        let mut got = Vec::new();
+        for b in &stream {
+            got.extend(d.push(std::slice::from_ref(b)).unwrap());
+        }
+        assert_eq!(
+            got,
+            vec![
+                Packet {
+                    seq: 0,
+                    payload: b"hello".to_vec()
+                },
+                Packet {
+                    seq: 1,
+                    payload: vec![]
+                }
+            ]
+        );
+        // A payload of exactly 2^24 - 1 continues in the next packet.
+        let big = vec![7u8; MAX_PAYLOAD];
+        let mut s = build::packet(3, &big);
+        s.extend(build::packet(4, b"end"));
+        let got = PacketDecoder::new().push(&s).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].seq, 3);
+        assert_eq!(got[0].payload.len(), MAX_PAYLOAD + 3);
+    }
+
+    #[test]
+    fn handshake_names_the_user_and_database() {
+        let h = parse_handshake_response(&build::handshake_response("alice", Some("app")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.user.as_str(), h.database.as_deref()),
+            ("alice", Some("app"))
+        );
+        assert_eq!(h.auth_plugin.as_deref(), Some("mysql_native_password"));
+        assert_eq!(parse_handshake_response(&build::ssl_request()), Ok(None));
+        assert!(parse_handshake_response(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn queries_and_prepared_statements_are_named() {
+        let mut log = QueryLog::new();
+        let q = parse_command(&build::command(0x03, b"select 1")).unwrap();
+        assert_eq!(log.client(&q).unwrap().query, "select 1");
+        let p = parse_command(&build::command(
+            0x16,
+            b"select * from t where a = ? and b = ?",
+        ))
+        .unwrap();
+        assert_eq!(log.client(&p), None);
+        log.prepared(&build::prepare_ok(7, 2));
+        let e = parse_command(&build::execute(7, Some("x'y"), Some(-42))).unwrap();
+        assert_eq!(
+            log.client(&e),
+            Some(QueryRecord {
+                query: "select * from t where a = ? and b = ?".into(),
+                params: vec!["x'y".into(), "-42".into()]
+            })
+        );
+        let e = parse_command(&build::execute(7, None, Some(5))).unwrap();
+        assert_eq!(log.client(&e).unwrap().params, vec!["NULL", "5"]);
+        assert_eq!(parse_command(&[0x11, 1, 2]).unwrap(), Command::ChangeUser);
+        assert!(parse_command(&[]).is_err());
+    }
+
+    #[test]
+    fn oversized_packets_are_refused() {
+        let mut d = PacketDecoder::new();
+        let mut s = Vec::new();
+        for seq in 0..3 {
+            s.extend_from_slice(&[0xff, 0xff, 0xff, seq]);
+            s.resize(s.len() + MAX_PAYLOAD, 0);
+        }
+        // 48 MiB of continuation pieces: past the limit, refused.
+        assert!(matches!(d.push(&s), Err(ProtocolError::TooLarge(_))));
+    }
+}

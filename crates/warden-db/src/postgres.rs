@@ -3,7 +3,7 @@
 //! the queries they run for the audit log (simple queries, and the
 //! extended protocol's Parse/Bind/Execute with the parameters sent).
 
-use crate::{cut, malformed, ProtocolError, QueryRecord, MAX_AUDITED, MAX_MESSAGE};
+use crate::{cut, malformed, ProtocolError, QueryRecord, MAX_MESSAGE};
 use std::collections::HashMap;
 
 /// Protocol version 3.0, as a startup packet carries it.
@@ -478,6 +478,7 @@ pub mod build {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_AUDITED;
 
     #[test]
     fn startup_packets() {

@@ -76,6 +76,9 @@ struct Session {
     csrf: String,
     /// Unix seconds: the certificate's end.
     expires: i64,
+    /// When the session began (the oldest goes first when a user has too
+    /// many).
+    started: std::time::Instant,
     /// Auth, as the user.
     api: ApiClient,
     /// The key and certificate the terminal logs in to nodes with.
@@ -222,7 +225,13 @@ fn vendored(
         .flat_map(|v| v.split(','))
         .any(|e| {
             let mut parts = e.split(';').map(str::trim);
-            parts.next() == Some("deflate") && !parts.any(|p| p.replace(' ', "") == "q=0")
+            parts.next() == Some("deflate")
+                && !parts.any(|p| {
+                    p.replace(' ', "")
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        == Some(0.0)
+                })
         });
     let head = [
         ("content-type", content_type),
@@ -498,6 +507,7 @@ impl Web {
             roles: resp.identity.roles.clone(),
             csrf: data_encoding::BASE64URL_NOPAD.encode(&warden_ca::random_bytes::<32>()),
             expires: resp.identity.expires,
+            started: std::time::Instant::now(),
             api,
             ssh_key: Arc::new(key.ssh_private()),
             ssh_cert,
@@ -514,13 +524,13 @@ impl Web {
             }
             // One user's logins cannot crowd out everyone else's: past
             // their share, their own oldest session goes.
-            let mine: Vec<(String, i64)> = sessions
+            let mine: Vec<(String, std::time::Instant)> = sessions
                 .iter()
                 .filter(|(_, s)| s.user == session.user)
-                .map(|(k, s)| (k.clone(), s.expires))
+                .map(|(k, s)| (k.clone(), s.started))
                 .collect();
             if mine.len() >= MAX_SESSIONS_PER_USER {
-                if let Some((k, _)) = mine.into_iter().min_by_key(|(_, e)| *e) {
+                if let Some((k, _)) = mine.into_iter().min_by_key(|(_, started)| *started) {
                     if let Some(old) = sessions.remove(&k) {
                         old.end();
                     }
@@ -879,7 +889,7 @@ mod tests {
         assert!(body.len() < XTERM_JS.len() / 2, "{} bytes", body.len());
         let plain = miniz_oxide::inflate::decompress_to_vec_zlib(&body).unwrap();
         assert_eq!(plain, XTERM_JS.as_bytes());
-        for refused in ["gzip", "gzip, deflate;q=0"] {
+        for refused in ["gzip", "gzip, deflate;q=0", "deflate; q=0.000"] {
             let mut h = HeaderMap::new();
             h.insert("accept-encoding", HeaderValue::from_static(refused));
             let resp = xterm_js(h).await;

@@ -94,13 +94,9 @@ pub(super) async fn terminal(
 
 /// Tells the page why, and closes.
 async fn fail(socket: &mut WebSocket, why: impl Into<String>) {
-    let why = why.into();
-    let _ = socket
-        .send(Message::Text(
-            serde_json::json!({ "error": why }).to_string().into(),
-        ))
-        .await;
-    let _ = socket.send(Message::Close(None)).await;
+    let why = serde_json::json!({ "error": why.into() }).to_string();
+    let _ = send(socket, Message::Text(why.into())).await;
+    let _ = send(socket, Message::Close(None)).await;
 }
 
 fn sane(cols: u32, rows: u32) -> bool {
@@ -192,8 +188,8 @@ async fn run(
         Ended::Refused(why) => serde_json::json!({ "error": why }),
         Ended::Gone => serde_json::json!({ "exit": null }),
     };
-    let _ = socket.send(Message::Text(last.to_string().into())).await;
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = send(&mut socket, Message::Text(last.to_string().into())).await;
+    let _ = send(&mut socket, Message::Close(None)).await;
     let _ = ssh
         .disconnect(Disconnect::ByApplication, "web terminal closed", "")
         .await;
@@ -267,7 +263,7 @@ async fn pump(
                     answers += 1;
                     if answers == 2 {
                         let hello = serde_json::json!({ "connected": node }).to_string();
-                        if socket.send(Message::Text(hello.into())).await.is_err() {
+                        if !send(socket, Message::Text(hello.into())).await {
                             return Ended::Gone;
                         }
                     }
@@ -280,7 +276,7 @@ async fn pump(
                     });
                 }
                 Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    if socket.send(Message::Binary(data)).await.is_err() {
+                    if !send(socket, Message::Binary(data)).await {
                         return Ended::Gone;
                     }
                 }
@@ -308,10 +304,18 @@ async fn pump(
                 }
             },
             // Room again in the queue: read the page once more.
-            permit = tx.reserve(), if tx.capacity() == 0 => drop(permit),
+            permit = tx.reserve(), if tx.capacity() == 0 => {
+                // The page was waiting on the node, not silent.
+                heard = tokio::time::Instant::now();
+                drop(permit);
+            },
             _ = ping.tick() => {
+                // A page whose keys wait for the node is not silent.
+                if tx.capacity() == 0 {
+                    heard = tokio::time::Instant::now();
+                }
                 if heard.elapsed() > SILENT_FOR
-                    || socket.send(Message::Ping(Default::default())).await.is_err()
+                    || !send(socket, Message::Ping(Default::default())).await
                 {
                     return Ended::Gone;
                 }
@@ -324,6 +328,19 @@ async fn pump(
             _ = tokio::time::sleep_until(expires) => return Ended::Gone,
         }
     }
+}
+
+/// How long a frame may wait for the page to take it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends a frame to the page; false if it is gone, or has not read for
+/// [`SEND_TIMEOUT`] (a stalled page must not hold the loop, and with it
+/// logout, expiry and the node's session, for ever).
+async fn send(socket: &mut WebSocket, m: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(m)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Aborts a task when dropped.

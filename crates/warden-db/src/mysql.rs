@@ -271,17 +271,23 @@ impl QueryLog {
         }
     }
 
-    /// The server's first packet after a COM_STMT_PREPARE.
-    pub fn prepared(&mut self, payload: &[u8]) {
+    /// The server's first packet after a COM_STMT_PREPARE. Past
+    /// [`MAX_PREPARED`] statements the connection is refused (forgetting
+    /// one would let it run unnamed).
+    pub fn prepared(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
         let Some(query) = self.preparing.take() else {
-            return;
+            return Ok(());
         };
         if let Some((id, params)) = parse_prepare_ok(payload) {
-            if self.statements.len() >= MAX_PREPARED {
-                self.statements.clear();
-            }
             self.statements.insert(id, (query, params));
+            if self.statements.len() > MAX_PREPARED {
+                return Err(malformed(
+                    "connection",
+                    format!("more than {MAX_PREPARED} prepared statements; reconnect"),
+                ));
+            }
         }
+        Ok(())
     }
 }
 
@@ -587,7 +593,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(log.client(&p), None);
-        log.prepared(&build::prepare_ok(7, 2));
+        log.prepared(&build::prepare_ok(7, 2)).unwrap();
         let e = parse_command(&build::execute(7, Some("x'y"), Some(-42))).unwrap();
         assert_eq!(
             log.client(&e),

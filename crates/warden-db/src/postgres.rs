@@ -78,6 +78,14 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(Startup, usize)>, ProtocolErr
                     break;
                 }
                 let v = r.cstr()?;
+                // PostgreSQL takes the last of a repeated key: refused, so
+                // what Warden checks is what the server uses.
+                if params.iter().any(|(x, _)| *x == k) {
+                    return Err(malformed(
+                        "startup packet",
+                        format!("parameter {k:?} given twice"),
+                    ));
+                }
                 params.push((k, v));
             }
             if !r.done() {
@@ -136,11 +144,53 @@ pub enum Frontend {
     FunctionCall { oid: u32 },
 }
 
-/// Splits the client's byte stream into messages, holding at most one
-/// incomplete message.
+/// Splits a byte stream (either direction, after the startup packet) into
+/// `(type, body)` messages, holding at most one incomplete message.
+#[derive(Default)]
+struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    /// The messages `input` completed, each handed to `each`; the first
+    /// error ends the stream (messages before it are handed out first).
+    fn push(
+        &mut self,
+        input: &[u8],
+        mut each: impl FnMut(u8, &[u8]) -> Result<(), ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        self.buf.extend_from_slice(input);
+        let mut at = 0;
+        let result = loop {
+            if self.buf.len() - at < 5 {
+                break Ok(());
+            }
+            let tag = self.buf[at];
+            let b = &self.buf[at + 1..at + 5];
+            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if len < 4 {
+                break Err(malformed("message", format!("length {len} is too small")));
+            }
+            if len > MAX_MESSAGE {
+                break Err(ProtocolError::TooLarge(len));
+            }
+            if self.buf.len() - at < 1 + len {
+                break Ok(());
+            }
+            if let Err(e) = each(tag, &self.buf[at + 5..at + 1 + len]) {
+                break Err(e);
+            }
+            at += 1 + len;
+        };
+        self.buf.drain(..at);
+        result
+    }
+}
+
+/// Splits the client's byte stream into messages.
 #[derive(Default)]
 pub struct FrontendDecoder {
-    buf: Vec<u8>,
+    framer: Framer,
 }
 
 impl FrontendDecoder {
@@ -148,30 +198,46 @@ impl FrontendDecoder {
         Self::default()
     }
 
-    /// Reads `input` and returns the messages it completed. After an error
-    /// the stream is refused: push nothing more.
-    pub fn push(&mut self, input: &[u8]) -> Result<Vec<Frontend>, ProtocolError> {
-        self.buf.extend_from_slice(input);
+    /// Reads `input`: the messages it completed, and the error that ends
+    /// the stream, if one does (the messages before it still count: the
+    /// caller audits them, then refuses the stream).
+    pub fn push(&mut self, input: &[u8]) -> (Vec<Frontend>, Option<ProtocolError>) {
         let mut out = Vec::new();
-        let mut at = 0;
-        while self.buf.len() - at >= 5 {
-            let tag = self.buf[at];
-            let b = &self.buf[at + 1..at + 5];
-            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            if len < 4 {
-                return Err(malformed("message", format!("length {len} is too small")));
-            }
-            if len > MAX_MESSAGE {
-                return Err(ProtocolError::TooLarge(len));
-            }
-            if self.buf.len() - at < 1 + len {
-                break;
-            }
-            out.push(frontend(tag, &self.buf[at + 5..at + 1 + len])?);
-            at += 1 + len;
-        }
-        self.buf.drain(..at);
-        Ok(out)
+        let err = self
+            .framer
+            .push(input, |tag, body| {
+                out.push(frontend(tag, body)?);
+                Ok(())
+            })
+            .err();
+        (out, err)
+    }
+}
+
+/// Splits the server's byte stream into message types (all the query log
+/// needs of it).
+#[derive(Default)]
+pub struct BackendDecoder {
+    framer: Framer,
+}
+
+impl BackendDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The types of the messages `input` completed, and the error that
+    /// ends the stream, if one does.
+    pub fn push(&mut self, input: &[u8]) -> (Vec<u8>, Option<ProtocolError>) {
+        let mut out = Vec::new();
+        let err = self
+            .framer
+            .push(input, |tag, _| {
+                out.push(tag);
+                Ok(())
+            })
+            .err();
+        (out, err)
     }
 }
 
@@ -251,16 +317,45 @@ fn frontend(tag: u8, body: &[u8]) -> Result<Frontend, ProtocolError> {
     Ok(m)
 }
 
-/// Prepared statements and portals remembered per connection at most.
+/// Prepared statements, portals and unanswered messages remembered per
+/// connection at most; past that the connection is refused, since
+/// forgetting would let a statement run unnamed.
 const MAX_PREPARED: usize = 10_000;
+/// Bytes of statement text and parameters one connection's log holds at
+/// most (the same reasoning).
+const MAX_HELD: usize = 32 << 20;
+/// Parameter text one record carries at most; the rest are counted.
+const MAX_PARAMS_TEXT: usize = 4 * crate::MAX_AUDITED;
 
-/// Follows a connection's messages and names the statements it runs:
-/// simple queries at once, extended ones at Execute, with the statement's
-/// text from its Parse and the parameters from its Bind.
+fn size(r: &QueryRecord) -> usize {
+    r.query.len() + r.params.iter().map(String::len).sum::<usize>()
+}
+
+/// A client message waiting for the server's answer.
+enum Waiting {
+    Parse { name: String, query: String },
+    Bind { portal: String, record: QueryRecord },
+    Close { kind: u8, name: String },
+    Describe,
+    Execute { portal: String },
+    Sync,
+    Query,
+}
+
+/// Follows a connection and names the statements it runs. The server has
+/// the last word: a Parse, Bind or Close takes effect when the server
+/// confirms it (and not at all when it refuses it, or ignores it after an
+/// error until the next Sync), and an extended-protocol statement is named
+/// when the server completes or refuses its Execute, as the server knew it
+/// then. So a client cannot make the log name one statement while the
+/// server runs another. Simple queries are named as sent.
 #[derive(Default)]
 pub struct QueryLog {
     statements: HashMap<String, String>,
     portals: HashMap<String, QueryRecord>,
+    waiting: std::collections::VecDeque<Waiting>,
+    /// Bytes held in `statements` and `portals`.
+    held: usize,
 }
 
 impl QueryLog {
@@ -268,74 +363,185 @@ impl QueryLog {
         Self::default()
     }
 
-    /// What `m` runs, if anything.
-    pub fn observe(&mut self, m: &Frontend) -> Option<QueryRecord> {
-        match m {
-            Frontend::Query(q) => Some(QueryRecord {
-                query: cut(q),
-                params: Vec::new(),
-            }),
-            Frontend::Parse { name, query, .. } => {
-                if self.statements.len() >= MAX_PREPARED && !self.statements.contains_key(name) {
-                    self.statements.clear();
-                }
-                self.statements.insert(name.clone(), cut(query));
-                None
-            }
+    /// A client message: a simple query (or function call) is named at
+    /// once; the extended protocol's wait for [`Self::server`].
+    pub fn client(&mut self, m: &Frontend) -> Result<Option<QueryRecord>, ProtocolError> {
+        if self.waiting.len() >= MAX_PREPARED {
+            return Err(too_many("messages the server has not answered"));
+        }
+        let (wait, record) = match m {
+            Frontend::Query(q) => (
+                Some(Waiting::Query),
+                Some(QueryRecord {
+                    query: cut(q),
+                    params: Vec::new(),
+                }),
+            ),
+            Frontend::FunctionCall { oid } => (
+                None,
+                Some(QueryRecord {
+                    query: format!("(function call {oid})"),
+                    params: Vec::new(),
+                }),
+            ),
+            Frontend::Parse { name, query, .. } => (
+                Some(Waiting::Parse {
+                    name: name.clone(),
+                    query: cut(query),
+                }),
+                None,
+            ),
             Frontend::Bind {
                 portal,
                 statement,
                 formats,
                 params,
             } => {
-                let query = self
-                    .statements
-                    .get(statement)
-                    .cloned()
-                    .unwrap_or_else(|| format!("(prepared statement {statement:?})"));
-                let params = params
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        let binary = match formats.len() {
-                            0 => false,
-                            1 => formats[0] == 1,
-                            _ => formats.get(i) == Some(&1),
-                        };
-                        show_param(p.as_deref(), binary)
-                    })
-                    .collect();
-                if self.portals.len() >= MAX_PREPARED && !self.portals.contains_key(portal) {
-                    self.portals.clear();
+                let mut shown = Vec::new();
+                let mut text = 0;
+                for (i, p) in params.iter().enumerate() {
+                    if text >= MAX_PARAMS_TEXT {
+                        shown.push(format!("({} more parameters)", params.len() - i));
+                        break;
+                    }
+                    let binary = match formats.len() {
+                        0 => false,
+                        1 => formats[0] == 1,
+                        _ => formats.get(i) == Some(&1),
+                    };
+                    let v = show_param(p.as_deref(), binary);
+                    text += v.len();
+                    shown.push(v);
                 }
-                self.portals
-                    .insert(portal.clone(), QueryRecord { query, params });
-                None
-            }
-            Frontend::Execute { portal, .. } => Some(
-                self.portals
-                    .get(portal)
-                    .cloned()
-                    .unwrap_or_else(|| QueryRecord {
-                        query: format!("(portal {portal:?})"),
-                        params: Vec::new(),
+                let params = shown;
+                // The statement's text is looked up when the server binds.
+                let record = QueryRecord {
+                    query: statement.clone(),
+                    params,
+                };
+                (
+                    Some(Waiting::Bind {
+                        portal: portal.clone(),
+                        record,
                     }),
+                    None,
+                )
+            }
+            Frontend::Close { kind, name } => (
+                Some(Waiting::Close {
+                    kind: *kind,
+                    name: name.clone(),
+                }),
+                None,
             ),
-            Frontend::Close { kind: b'S', name } => {
-                self.statements.remove(name);
-                None
-            }
-            Frontend::Close { name, .. } => {
-                self.portals.remove(name);
-                None
-            }
-            Frontend::FunctionCall { oid } => Some(QueryRecord {
-                query: format!("(function call {oid})"),
-                params: Vec::new(),
-            }),
-            _ => None,
-        }
+            Frontend::Describe { .. } => (Some(Waiting::Describe), None),
+            Frontend::Execute { portal, .. } => (
+                Some(Waiting::Execute {
+                    portal: portal.clone(),
+                }),
+                None,
+            ),
+            Frontend::Sync => (Some(Waiting::Sync), None),
+            _ => (None, None),
+        };
+        self.waiting.extend(wait);
+        Ok(record)
     }
+
+    /// A server message (its type): what an Execute it completes (or
+    /// refuses) ran.
+    pub fn server(&mut self, tag: u8) -> Result<Option<QueryRecord>, ProtocolError> {
+        let front = self.waiting.front();
+        match (tag, front) {
+            // A simple query's own messages, up to its ReadyForQuery.
+            (b'Z', Some(Waiting::Query)) | (b'Z', Some(Waiting::Sync)) => {
+                self.waiting.pop_front();
+            }
+            (_, Some(Waiting::Query)) => {}
+            (b'1', Some(Waiting::Parse { .. })) => {
+                if let Some(Waiting::Parse { name, query }) = self.waiting.pop_front() {
+                    self.held += query.len();
+                    if let Some(old) = self.statements.insert(name, query) {
+                        self.held -= old.len();
+                    }
+                    if self.statements.len() > MAX_PREPARED || self.held > MAX_HELD {
+                        return Err(too_many("prepared statements, or bytes of them"));
+                    }
+                }
+            }
+            (b'2', Some(Waiting::Bind { .. })) => {
+                if let Some(Waiting::Bind { portal, mut record }) = self.waiting.pop_front() {
+                    record.query = self
+                        .statements
+                        .get(&record.query)
+                        .cloned()
+                        .unwrap_or_else(|| format!("(prepared statement {:?})", record.query));
+                    self.held += size(&record);
+                    if let Some(old) = self.portals.insert(portal, record) {
+                        self.held -= size(&old);
+                    }
+                    if self.portals.len() > MAX_PREPARED || self.held > MAX_HELD {
+                        return Err(too_many("portals, or bytes of them"));
+                    }
+                }
+            }
+            (b'3', Some(Waiting::Close { .. })) => {
+                if let Some(Waiting::Close { kind, name }) = self.waiting.pop_front() {
+                    if kind == b'S' {
+                        if let Some(old) = self.statements.remove(&name) {
+                            self.held -= old.len();
+                        }
+                    } else if let Some(old) = self.portals.remove(&name) {
+                        self.held -= size(&old);
+                    }
+                }
+            }
+            (b'T' | b'n', Some(Waiting::Describe)) => {
+                self.waiting.pop_front();
+            }
+            (b'C' | b'I' | b's', Some(Waiting::Execute { .. })) => {
+                return Ok(self.executed());
+            }
+            (b'E', Some(_)) => {
+                // Refused: the failing message, and everything after it up
+                // to the Sync, never took effect (the server skips them).
+                // An Execute that failed still ran as far as it got.
+                let failed = match self.waiting.front() {
+                    Some(Waiting::Execute { .. }) => self.executed(),
+                    _ => None,
+                };
+                while !matches!(self.waiting.front(), Some(Waiting::Sync) | None) {
+                    self.waiting.pop_front();
+                }
+                return Ok(failed);
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The Execute at the front: what its portal held.
+    fn executed(&mut self) -> Option<QueryRecord> {
+        let Some(Waiting::Execute { portal }) = self.waiting.pop_front() else {
+            return None;
+        };
+        Some(
+            self.portals
+                .get(&portal)
+                .cloned()
+                .unwrap_or_else(|| QueryRecord {
+                    query: format!("(portal {portal:?})"),
+                    params: Vec::new(),
+                }),
+        )
+    }
+}
+
+fn too_many(what: &str) -> ProtocolError {
+    malformed(
+        "connection",
+        format!("more than {MAX_PREPARED} {what}; reconnect"),
+    )
 }
 
 fn show_param(p: Option<&[u8]>, binary: bool) -> String {
@@ -466,6 +672,18 @@ pub mod build {
         message(b'E', &b)
     }
 
+    /// Closes prepared statement `name`.
+    pub fn close_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        message(b'C', &b)
+    }
+
+    /// A server message of type `tag` with an empty body.
+    pub fn backend(tag: u8) -> Vec<u8> {
+        message(tag, &[])
+    }
+
     pub fn sync() -> Vec<u8> {
         message(b'S', &[])
     }
@@ -496,70 +714,139 @@ mod tests {
         assert!(parse_startup(&unknown).is_err());
     }
 
-    #[test]
-    fn simple_and_extended_queries_are_named_with_their_parameters() {
-        let mut stream = build::query("select 1; select 2");
-        stream.extend(build::parse(
-            "s1",
-            "select * from t where id = $1 and name = $2",
-        ));
-        stream.extend(build::bind("", "s1", &[Some(b"42"), None], false));
-        stream.extend(build::execute(""));
-        stream.extend(build::bind("p", "s1", &[Some(&[0, 1, 255])], true));
-        stream.extend(build::execute("p"));
-        stream.extend(build::sync());
-        stream.extend(build::terminate());
+    /// Client bytes, each followed by the server's answer (message types),
+    /// through a decoder and a log; the statements named.
+    fn run(steps: &[(Vec<u8>, &[u8])]) -> Vec<QueryRecord> {
         let mut d = FrontendDecoder::new();
         let mut log = QueryLog::new();
         let mut runs = Vec::new();
-        // Byte by byte: messages complete across reads.
-        for b in &stream {
-            for m in d.push(std::slice::from_ref(b)).unwrap() {
-                runs.extend(log.observe(&m));
+        for (client, server) in steps {
+            // Byte by byte: messages complete across reads.
+            for b in client {
+                let (msgs, err) = d.push(std::slice::from_ref(b));
+                assert_eq!(err, None);
+                for m in msgs {
+                    runs.extend(log.client(&m).unwrap());
+                }
+            }
+            for tag in *server {
+                runs.extend(log.server(*tag).unwrap());
             }
         }
+        runs
+    }
+
+    fn record(query: &str, params: &[&str]) -> QueryRecord {
+        QueryRecord {
+            query: query.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn simple_and_extended_queries_are_named_with_their_parameters() {
+        let q = "select * from t where id = $1 and name = $2";
+        let runs = run(&[
+            (build::query("select 1; select 2"), b"TDCTDCZ"),
+            (build::parse("s1", q), b"1"),
+            (build::bind("", "s1", &[Some(b"42"), None], false), b"2"),
+            (build::execute(""), b"DC"),
+            (build::bind("p", "s1", &[Some(&[0, 1, 255])], true), b"2"),
+            (build::execute("p"), b"C"),
+            (build::sync(), b"Z"),
+            (build::terminate(), b""),
+        ]);
         assert_eq!(
             runs,
             vec![
-                QueryRecord {
-                    query: "select 1; select 2".into(),
-                    params: vec![]
-                },
-                QueryRecord {
-                    query: "select * from t where id = $1 and name = $2".into(),
-                    params: vec!["42".into(), "NULL".into()]
-                },
-                QueryRecord {
-                    query: "select * from t where id = $1 and name = $2".into(),
-                    params: vec!["\\x0001ff".into()]
-                },
+                record("select 1; select 2", &[]),
+                record(q, &["42", "NULL"]),
+                record(q, &["\\x0001ff"]),
             ]
         );
     }
 
+    /// Pipelined: the client sends everything before the server answers.
+    #[test]
+    fn pipelined_messages_are_named_as_the_server_answers() {
+        let mut all = build::parse("", "select $1");
+        all.extend(build::bind("", "", &[Some(b"7")], false));
+        all.extend(build::execute(""));
+        all.extend(build::sync());
+        assert_eq!(run(&[(all, b"12DCZ")]), vec![record("select $1", &["7"])]);
+    }
+
+    /// What the server refused, or skipped after an error, never changes
+    /// what the log names: a client cannot have it name one statement
+    /// while the server runs another.
+    #[test]
+    fn refused_and_skipped_messages_take_no_effect() {
+        let runs = run(&[
+            (build::parse("s", "drop table t"), b"1"),
+            (build::sync(), b"Z"),
+            // Already exists: the server refuses it and keeps the first.
+            (build::parse("s", "select 1"), b"E"),
+            (build::sync(), b"Z"),
+            (build::bind("", "s", &[], false), b"2"),
+            (build::execute(""), b"C"),
+            (build::sync(), b"Z"),
+        ]);
+        assert_eq!(runs, vec![record("drop table t", &[])]);
+        // An error, then a Close and a Parse the server skips until Sync.
+        let mut skipped = build::bind("", "nosuch", &[], false);
+        skipped.extend(build::close_statement("s"));
+        skipped.extend(build::parse("s", "select 1"));
+        skipped.extend(build::sync());
+        let runs = run(&[
+            (build::parse("s", "drop table t"), b"1"),
+            (build::sync(), b"Z"),
+            (skipped, b"EZ"),
+            (build::bind("", "s", &[], false), b"2"),
+            (build::execute(""), b"C"),
+            (build::sync(), b"Z"),
+        ]);
+        assert_eq!(runs, vec![record("drop table t", &[])]);
+        // A failing Execute is still named.
+        let runs = run(&[
+            (build::parse("", "select 1/0"), b"1"),
+            (build::bind("", "", &[], false), b"2"),
+            (build::execute(""), b"E"),
+            (build::sync(), b"Z"),
+        ]);
+        assert_eq!(runs, vec![record("select 1/0", &[])]);
+    }
+
     #[test]
     fn bad_messages_are_refused_not_panicked_on() {
-        let mut d = FrontendDecoder::new();
+        let err = |b: &[u8]| FrontendDecoder::new().push(b).1;
         assert_eq!(
-            d.push(&[b'Q', 0x7f, 0xff, 0xff, 0xff]),
-            Err(ProtocolError::TooLarge(0x7fff_ffff))
+            err(&[b'Q', 0x7f, 0xff, 0xff, 0xff]),
+            Some(ProtocolError::TooLarge(0x7fff_ffff))
         );
-        let mut d = FrontendDecoder::new();
-        assert!(d.push(&[b'Q', 0, 0, 0, 2]).is_err(), "length below 4");
-        let mut d = FrontendDecoder::new();
-        assert!(d.push(&[b'Q', 0, 0, 0, 6, b'x', b'y']).is_err(), "no NUL");
-        let mut d = FrontendDecoder::new();
-        assert!(d.push(&[b'?', 0, 0, 0, 4]).is_err(), "unknown type");
-        let mut d = FrontendDecoder::new();
+        assert!(err(&[b'Q', 0, 0, 0, 2]).is_some(), "length below 4");
+        assert!(err(&[b'Q', 0, 0, 0, 6, b'x', b'y']).is_some(), "no NUL");
+        assert!(err(&[b'?', 0, 0, 0, 4]).is_some(), "unknown type");
         let mut bind = build::bind("", "", &[Some(b"x")], false);
         bind[11] = 0xff; // a parameter count far beyond the body
-        assert!(d.push(&bind).is_err());
+        assert!(err(&bind).is_some());
+        // The messages before a bad one are still handed out.
+        let mut two = build::query("select 1");
+        two.extend([b'?', 0, 0, 0, 4]);
+        let (msgs, e) = FrontendDecoder::new().push(&two);
+        assert_eq!(msgs, vec![Frontend::Query("select 1".into())]);
+        assert!(e.is_some());
+        // A repeated startup parameter: PostgreSQL would take the last.
+        let p = build::startup(&[("user", "app"), ("user", "postgres")]);
+        assert!(parse_startup(&p).is_err());
     }
 
     #[test]
     fn long_statements_are_cut_for_the_audit_log() {
         let q = "é".repeat(MAX_AUDITED);
-        let r = QueryLog::new().observe(&Frontend::Query(q)).unwrap();
+        let r = QueryLog::new()
+            .client(&Frontend::Query(q))
+            .unwrap()
+            .unwrap();
         assert!(r.query.len() <= MAX_AUDITED + '…'.len_utf8());
         assert!(r.query.ends_with('…'));
     }

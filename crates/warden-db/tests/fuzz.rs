@@ -5,7 +5,7 @@
 //! WARDEN_FUZZ_CASES for more.
 
 use warden_db::mysql;
-use warden_db::postgres::{build, parse_startup, FrontendDecoder, QueryLog};
+use warden_db::postgres::{build, parse_startup, BackendDecoder, FrontendDecoder, QueryLog};
 
 struct Rng(u64);
 
@@ -84,11 +84,19 @@ fn decode(r: &mut Rng, b: &[u8]) -> Result<Vec<String>, String> {
         let n = 1 + r.below(64);
         let piece = &b[at..(at + n).min(b.len())];
         at += piece.len();
-        for m in d.push(piece).map_err(|e| e.to_string())? {
+        let (msgs, err) = d.push(piece);
+        for m in msgs {
             out.push(format!("{m:?}"));
-            if let Some(q) = log.observe(&m) {
-                out.push(format!("{q:?}"));
-            }
+            let named = log.client(&m).map_err(|e| e.to_string())?;
+            out.push(format!("{named:?}"));
+            // A server answer drawn from the message (so both splits see
+            // the same conversation).
+            let tag = b"12CEZTnsID"[format!("{m:?}").len() % 10];
+            let named = log.server(tag).map_err(|e| e.to_string())?;
+            out.push(format!("{named:?}"));
+        }
+        if let Some(e) = err {
+            return Err(e.to_string());
         }
     }
     Ok(out)
@@ -118,6 +126,9 @@ fn decoders_never_panic_and_do_not_depend_on_how_bytes_arrive() {
         }
         let _ = parse_startup(&p);
         let _ = parse_startup(&b);
+        // The server's side: any bytes split into message types.
+        let mut bd = BackendDecoder::new();
+        let _ = bd.push(&b);
     }
 }
 
@@ -156,7 +167,7 @@ fn mysql_decode(r: &mut Rng, b: &[u8]) -> Result<Vec<String>, String> {
                 out.push(format!("{:?}", mysql::parse_handshake_response(&p.payload)));
                 continue;
             }
-            log.prepared(&p.payload);
+            log.prepared(&p.payload).map_err(|e| e.to_string())?;
             match mysql::parse_command(&p.payload) {
                 Ok(c) => out.push(format!("{:?}", log.client(&c))),
                 Err(e) => out.push(e.to_string()),

@@ -229,7 +229,20 @@ const MAX_PREPARED: usize = 10_000;
 pub struct QueryLog {
     /// A prepare sent, waiting for the server's answer.
     preparing: Option<String>,
-    statements: HashMap<u32, (String, u16)>,
+    statements: HashMap<u32, Prepared>,
+}
+
+/// A prepared statement as the log knows it.
+#[derive(Clone, Default)]
+struct Prepared {
+    query: String,
+    params: u16,
+    /// Parameter types from the last execute that sent them (clients send
+    /// them once, then reuse them).
+    types: Option<Vec<(u8, u8)>>,
+    /// Parameters sent ahead with COM_STMT_SEND_LONG_DATA (absent from the
+    /// next execute's values).
+    long_data: std::collections::BTreeSet<u16>,
 }
 
 impl QueryLog {
@@ -253,15 +266,34 @@ impl QueryLog {
                 None
             }
             Command::Execute { statement, rest } => {
-                let (query, n) = self
-                    .statements
-                    .get(statement)
-                    .cloned()
-                    .unwrap_or_else(|| (format!("(prepared statement {statement})"), 0));
+                let Some(p) = self.statements.get_mut(statement) else {
+                    return Some(QueryRecord {
+                        query: format!("(prepared statement {statement})"),
+                        params: Vec::new(),
+                    });
+                };
+                let (params, types) = execute_params(rest, p);
+                if types.is_some() {
+                    p.types = types;
+                }
+                // Long data counts for one execute.
+                p.long_data.clear();
                 Some(QueryRecord {
-                    query,
-                    params: execute_params(rest, n),
+                    query: p.query.clone(),
+                    params,
                 })
+            }
+            Command::SendLongData { statement, param } => {
+                if let Some(p) = self.statements.get_mut(statement) {
+                    p.long_data.insert(*param);
+                }
+                None
+            }
+            Command::Reset(id) => {
+                if let Some(p) = self.statements.get_mut(id) {
+                    p.long_data.clear();
+                }
+                None
             }
             Command::Close(id) => {
                 self.statements.remove(id);
@@ -279,7 +311,14 @@ impl QueryLog {
             return Ok(());
         };
         if let Some((id, params)) = parse_prepare_ok(payload) {
-            self.statements.insert(id, (query, params));
+            self.statements.insert(
+                id,
+                Prepared {
+                    query,
+                    params,
+                    ..Default::default()
+                },
+            );
             if self.statements.len() > MAX_PREPARED {
                 return Err(malformed(
                     "connection",
@@ -292,28 +331,41 @@ impl QueryLog {
 }
 
 /// The parameters of a COM_STMT_EXECUTE (after the statement id): flags,
-/// iteration count, NULL bitmap, "types follow" flag, types, values. What
-/// cannot be decoded is shown as such rather than guessed.
-fn execute_params(rest: &[u8], n: u16) -> Vec<String> {
-    let n = n as usize;
+/// iteration count, NULL bitmap, "types follow" flag, types, values; and
+/// the types, when this execute sent them. Types sent by an earlier
+/// execute are used when this one sends none; parameters sent ahead as
+/// long data are not in the values. What cannot be decoded is shown as
+/// such rather than guessed.
+fn execute_params(rest: &[u8], p: &Prepared) -> (Vec<String>, Option<Vec<(u8, u8)>>) {
+    let n = p.params as usize;
     if n == 0 {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut r = Reader::new(rest, "execute");
+    let mut sent = None;
     let parsed = (|| -> Result<Vec<String>, ProtocolError> {
         r.bytes(1 + 4)?; // flags, iteration count
         let bitmap = r.bytes(n.div_ceil(8))?.to_vec();
-        if r.u8()? != 1 {
-            // Types were sent with an earlier execute; not kept here.
-            return Ok(vec!["(types sent earlier)".into(); n]);
-        }
-        let types: Vec<(u8, u8)> = (0..n)
-            .map(|_| Ok((r.u8()?, r.u8()?)))
-            .collect::<Result<_, ProtocolError>>()?;
+        let types: Vec<(u8, u8)> = if r.u8()? == 1 {
+            let t: Vec<(u8, u8)> = (0..n)
+                .map(|_| Ok((r.u8()?, r.u8()?)))
+                .collect::<Result<_, ProtocolError>>()?;
+            sent = Some(t.clone());
+            t
+        } else {
+            match &p.types {
+                Some(t) if t.len() == n => t.clone(),
+                _ => return Ok(vec!["(types not known)".into(); n]),
+            }
+        };
         let mut out = Vec::with_capacity(n);
         for (i, (t, flags)) in types.into_iter().enumerate() {
             if bitmap[i / 8] & (1 << (i % 8)) != 0 {
                 out.push("NULL".into());
+                continue;
+            }
+            if p.long_data.contains(&(i as u16)) {
+                out.push("(sent as long data)".into());
                 continue;
             }
             let unsigned = flags & 0x80 != 0;
@@ -336,7 +388,7 @@ fn execute_params(rest: &[u8], n: u16) -> Vec<String> {
                 }
                 0x06 => "NULL".into(),
                 0x00 | 0x0f | 0xf5 | 0xf6 | 0xf7 | 0xf8 | 0xf9 | 0xfa | 0xfb | 0xfc | 0xfd
-                | 0xfe | 0x10 => {
+                | 0xfe | 0xff | 0x10 => {
                     let len = usize::try_from(r.lenenc()?)
                         .map_err(|_| malformed("execute", "value length"))?;
                     let b = r.bytes(len)?;
@@ -357,7 +409,8 @@ fn execute_params(rest: &[u8], n: u16) -> Vec<String> {
         }
         Ok(out)
     })();
-    parsed.unwrap_or_else(|e| vec![format!("(parameters not decoded: {e})")])
+    let shown = parsed.unwrap_or_else(|e| vec![format!("(parameters not decoded: {e})")]);
+    (shown, sent)
 }
 
 fn int(b: &[u8], unsigned: bool) -> String {
@@ -604,6 +657,23 @@ mod tests {
         );
         let e = parse_command(&build::execute(7, None, Some(5))).unwrap();
         assert_eq!(log.client(&e).unwrap().params, vec!["NULL", "5"]);
+        // Types sent once are reused by a later execute that sends none.
+        // (Layout: code, id 1..5, flags 5, iterations 6..10, NULL bitmap
+        // 10, "types follow" 11, types 12..16, values from 16.)
+        let mut again = build::execute(7, Some("z"), Some(9));
+        again.splice(11..16, [0]);
+        let e = parse_command(&again).unwrap();
+        assert_eq!(log.client(&e).unwrap().params, vec!["z", "9"]);
+        // A parameter sent ahead as long data is not among the values.
+        let long = parse_command(&build::command(0x18, &[7, 0, 0, 0, 0, 0, b'x'])).unwrap();
+        assert_eq!(log.client(&long), None);
+        let mut no_first = build::execute(7, Some(""), Some(3));
+        no_first.remove(16); // the empty string's length byte
+        let e = parse_command(&no_first).unwrap();
+        assert_eq!(
+            log.client(&e).unwrap().params,
+            vec!["(sent as long data)", "3"]
+        );
         assert_eq!(parse_command(&[0x11, 1, 2]).unwrap(), Command::ChangeUser);
         assert!(parse_command(&[]).is_err());
     }

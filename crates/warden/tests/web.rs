@@ -105,6 +105,17 @@ fn the_web_ui_in_chromium() {
         "the refused calls changed nothing"
     );
     assert_eq!(saw["session_after_logout"], 401);
+    assert!(
+        saw["tab_terminal"]
+            .as_str()
+            .unwrap()
+            .starts_with("Connected"),
+        "{saw}"
+    );
+    assert_eq!(
+        saw["tab_after_logout"], "The session ended.",
+        "logout ends the session's terminal in another tab: {saw}"
+    );
     assert_eq!(saw["nodes_after_logout"], 401);
 
     // What alice saw.

@@ -238,9 +238,18 @@ main(async () => {
     out.cross_site_login = cross.status();
     out.session_still = await page.evaluate(() => fetch('/web/api/session').then((r) => r.status));
 
-    // Logging out forgets the session.
+    // Logging out forgets the session, and ends its terminals in every
+    // tab: one is open in a second tab.
+    const tab = await ctx.newPage();
+    await tab.goto(url);
+    await tab.waitForSelector('#server-table tbody tr');
+    out.tab_terminal = await connect(tab, node);
     await page.click('#logout');
     await page.waitForSelector('#login-form', { state: 'visible' });
+    await tab.waitForFunction(() => /ended|closed/.test(document.getElementById('terminal-status').textContent),
+      null, { timeout: 15000 }).catch(() => {});
+    out.tab_after_logout = await tab.textContent('#terminal-status');
+    await tab.close();
     out.session_after_logout = await page.evaluate(() => fetch('/web/api/session').then((r) => r.status));
     out.nodes_after_logout = await page.evaluate(() => fetch('/web/api/nodes').then((r) => r.status));
 
@@ -371,7 +380,10 @@ main(async () => {
     }
     out.alice_recording_listed = played;
     if (played) {
-      await page.click('#recordings-table tbody tr:has(td:text-is("shell")) a:has-text("Play")');
+      // Newest first: her first terminal is the last shell (the second
+      // tab's, ended by logout, came after it).
+      await page.locator('#recordings-table tbody tr:has(td:text-is("shell"))').last()
+        .locator('a:has-text("Play")').click();
       await page.selectOption('#play-speed', '16');
       await waitForScreen(page, 'player-screen', 'web-42 ünï→✓');
       await page.waitForFunction(() => document.getElementById('play-pause').textContent === 'Play',
@@ -387,6 +399,7 @@ main(async () => {
     }
   } catch (e) {
     await pageAtFailure(page, shots, 'failure.png', e);
+    e.message += `\nso far: ${JSON.stringify(out)}`;
     throw e;
   } finally {
     await browser.close();

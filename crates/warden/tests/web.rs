@@ -12,6 +12,28 @@
 mod common;
 
 use common::*;
+
+/// The Unix login the browser terminals use.
+const WEB_LOGIN: &str = "wardenweb";
+
+/// Makes the Unix user `name` (a home, bash) unless it exists.
+fn unix_user(name: &str) {
+    let exists = || {
+        std::process::Command::new("id")
+            .arg(name)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !exists() {
+        let _ = std::process::Command::new("useradd")
+            .args(["-m", "-s", "/bin/bash", name])
+            .output();
+    }
+    assert!(
+        exists(),
+        "cannot create the Unix user {name} (useradd, as root)"
+    );
+}
 use std::process::Command;
 
 #[test]
@@ -21,7 +43,10 @@ fn the_web_ui_in_chromium() {
         &dir,
         &["--name", "web-box", "--labels", "env=demo,team=web"],
     );
-    let alice = c.add_user("alice", "access,auditor", "root");
+    // Terminals log in as a plain Unix user: root's shell profile on a
+    // build machine can take a minute to start (pyenv's rehash lock).
+    unix_user(WEB_LOGIN);
+    let alice = c.add_user("alice", "access,auditor", WEB_LOGIN);
     let roles = dir.join("roles.yaml");
     std::fs::write(
         &roles,
@@ -30,13 +55,13 @@ fn the_web_ui_in_chromium() {
     .unwrap();
     c.admin(&["roles", "apply", "-f", roles.to_str().unwrap()])
         .expect_ok();
-    let bob = c.add_user("bob", "access,no-terminal", "root");
+    let bob = c.add_user("bob", "access,no-terminal", WEB_LOGIN);
     let carol = c.add_user("carol", "access,requester", "root");
     let dave = c.add_user("dave", "access,reviewer", "root");
     let frank = c.add_user("frank", "access,editor,auditor", "root");
     // Erin holds a live session on the node; a file marks when it ends.
     let erin = c.add_user("erin", "access", "root");
-    let gina = c.add_user("gina", "access", "root");
+    let gina = c.add_user("gina", "access", WEB_LOGIN);
     c.login("erin", "erin", &totp(&erin, 30)).expect_ok();
     c.wait_reachable("erin", "root", "web-box");
     let out = c
@@ -144,7 +169,7 @@ fn the_web_ui_in_chromium() {
         saw["terminal_status"]
             .as_str()
             .unwrap()
-            .starts_with("Connected to web-box as root"),
+            .starts_with(&format!("Connected to web-box as {WEB_LOGIN}")),
         "{saw}"
     );
     assert!(
@@ -185,7 +210,7 @@ fn the_web_ui_in_chromium() {
     let events = c.events();
     let start = events
         .iter()
-        .find(|e| e["type"] == "session.start" && e["user"] == "alice" && e["login"] == "root")
+        .find(|e| e["type"] == "session.start" && e["user"] == "alice" && e["login"] == WEB_LOGIN)
         .unwrap_or_else(|| panic!("alice's web terminal was not audited"));
     assert_eq!(start["success"], true, "{start}");
     assert!(
@@ -441,12 +466,13 @@ fn security_keys_in_chromium() {
     let role = dir.join("mfa-ops.yaml");
     std::fs::write(
         &role,
-        "kind: role\nversion: v1\nmetadata:\n  name: mfa-ops\nspec:\n  options:\n    require_mfa: session\n    permit_pty: true\n  allow:\n    logins: [root]\n    node_labels:\n      '*': '*'\n",
+        "kind: role\nversion: v1\nmetadata:\n  name: mfa-ops\nspec:\n  options:\n    require_mfa: session\n    permit_pty: true\n  allow:\n    logins: [wardenweb]\n    node_labels:\n      '*': '*'\n",
     )
     .unwrap();
     c.admin(&["roles", "apply", "-f", role.to_str().unwrap()])
         .expect_ok();
-    let hana = c.add_user("hana", "mfa-ops", "root");
+    unix_user(WEB_LOGIN);
+    let hana = c.add_user("hana", "mfa-ops", WEB_LOGIN);
     let port = c.proxy.rsplit(':').next().unwrap();
     let shots = screenshots();
     let saw = browser_run(
@@ -481,7 +507,8 @@ fn security_keys_in_chromium() {
         "{saw}"
     );
     assert_eq!(
-        saw["mfa_terminal"], "Connected to key-box as root.",
+        saw["mfa_terminal"],
+        format!("Connected to key-box as {WEB_LOGIN}."),
         "{saw}"
     );
     assert!(

@@ -476,6 +476,14 @@ async fn open_shell(
         .channel_open_session()
         .await
         .map_err(|e| format!("the node refused a session: {e}"))?;
+    // The browser's terminal is UTF-8 and has colours: say so, as an
+    // OpenSSH client passes its LANG (the node admits these two only).
+    for (name, value) in [("LANG", "C.UTF-8"), ("COLORTERM", "truecolor")] {
+        channel
+            .set_env(false, name, value)
+            .await
+            .map_err(|e| format!("the node refused the session: {e}"))?;
+    }
     channel
         .request_pty(true, "xterm-256color", cols, rows, 0, 0, &[])
         .await

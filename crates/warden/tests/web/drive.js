@@ -363,7 +363,9 @@ main(async () => {
       await page.screenshot({ path: `${shots}/recordings.png`, fullPage: true });
       // The same session in the player: its output and its command marker.
       await page.click('#recordings-table tbody tr:has(td:text("echo web-recorded")) a:has-text("Play")');
-      await waitForScreen(page, 'player-screen', 'web-recorded');
+      // Fast: a root shell's profile may have taken a while to start.
+      await page.selectOption('#play-speed', '16');
+      await waitForScreen(page, 'player-screen', 'web-recorded', 30000);
       await page.waitForSelector('#play-markers li');
       out.erin_markers = await page.$$eval('#play-markers li', (l) => l.map((x) => x.textContent));
     }

@@ -64,3 +64,84 @@ fn hex(b: &[u8]) -> String {
     let digits: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("\\x{digits}")
 }
+
+/// Reads fields off a message body, in the protocol's byte order
+/// (PostgreSQL's big-endian, MySQL's little-endian).
+struct Reader<'a> {
+    b: &'a [u8],
+    what: &'static str,
+    big_endian: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn big_endian(b: &'a [u8], what: &'static str) -> Self {
+        Reader {
+            b,
+            what,
+            big_endian: true,
+        }
+    }
+
+    fn little_endian(b: &'a [u8], what: &'static str) -> Self {
+        Reader {
+            b,
+            what,
+            big_endian: false,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.b.is_empty()
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.b.len() < n {
+            return Err(malformed(self.what, "it ends inside a field"));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        let b: [u8; 2] = self.bytes(2)?.try_into().expect("2 bytes");
+        Ok(match self.big_endian {
+            true => u16::from_be_bytes(b),
+            false => u16::from_le_bytes(b),
+        })
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        let b: [u8; 4] = self.bytes(4)?.try_into().expect("4 bytes");
+        Ok(match self.big_endian {
+            true => u32::from_be_bytes(b),
+            false => u32::from_le_bytes(b),
+        })
+    }
+
+    /// A NUL-terminated string's bytes.
+    fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let Some(end) = self.b.iter().position(|&c| c == 0) else {
+            return Err(malformed(self.what, "a string has no terminating NUL"));
+        };
+        let s = &self.b[..end];
+        self.b = &self.b[end + 1..];
+        Ok(s)
+    }
+
+    /// A NUL-terminated UTF-8 string.
+    fn cstr(&mut self) -> Result<String, ProtocolError> {
+        let b = self.cstr_bytes()?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| malformed(self.what, "a string is not UTF-8"))
+    }
+}

@@ -3,7 +3,7 @@
 //! and the statements they run for the audit log (COM_QUERY, and
 //! prepared statements with the parameters COM_STMT_EXECUTE sends).
 
-use crate::{cut, malformed, ProtocolError, QueryRecord};
+use crate::{cut, malformed, ProtocolError, QueryRecord, Reader};
 use std::collections::HashMap;
 
 /// Capability flags Warden reads.
@@ -96,7 +96,7 @@ pub fn parse_handshake_response(
     payload: &[u8],
 ) -> Result<Option<HandshakeResponse>, ProtocolError> {
     let what = "handshake response";
-    let mut r = Reader::new(payload, what);
+    let mut r = Reader::little_endian(payload, what);
     let capabilities = r.u32()?;
     if capabilities & caps::PROTOCOL_41 == 0 {
         return Err(malformed(what, "the client does not speak protocol 4.1"));
@@ -111,7 +111,7 @@ pub fn parse_handshake_response(
     }
     let user = r.cstr()?;
     if capabilities & caps::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
-        let n = r.lenenc()?;
+        let n = lenenc(&mut r)?;
         r.bytes(usize::try_from(n).map_err(|_| malformed(what, "auth data length"))?)?;
     } else if capabilities & caps::SECURE_CONNECTION != 0 {
         let n = r.u8()? as usize;
@@ -181,7 +181,7 @@ pub fn parse_command(payload: &[u8]) -> Result<Command, ProtocolError> {
         return Err(malformed(what, "an empty packet"));
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut r = Reader::new(body, what);
+    let mut r = Reader::little_endian(body, what);
     Ok(match code {
         0x01 => Command::Quit,
         0x02 => Command::InitDb(text(body)),
@@ -209,7 +209,7 @@ pub fn parse_command(payload: &[u8]) -> Result<Command, ProtocolError> {
 /// The server's answer to COM_STMT_PREPARE, when it succeeded: the
 /// statement's id and its parameter count.
 pub fn parse_prepare_ok(payload: &[u8]) -> Option<(u32, u16)> {
-    let mut r = Reader::new(payload, "prepare answer");
+    let mut r = Reader::little_endian(payload, "prepare answer");
     if r.u8().ok()? != 0 {
         return None;
     }
@@ -341,7 +341,7 @@ fn execute_params(rest: &[u8], p: &Prepared) -> (Vec<String>, Option<Vec<(u8, u8
     if n == 0 {
         return (Vec::new(), None);
     }
-    let mut r = Reader::new(rest, "execute");
+    let mut r = Reader::little_endian(rest, "execute");
     let mut sent = None;
     let parsed = (|| -> Result<Vec<String>, ProtocolError> {
         r.bytes(1 + 4)?; // flags, iteration count
@@ -389,7 +389,7 @@ fn execute_params(rest: &[u8], p: &Prepared) -> (Vec<String>, Option<Vec<(u8, u8
                 0x06 => "NULL".into(),
                 0x00 | 0x0f | 0xf5 | 0xf6 | 0xf7 | 0xf8 | 0xf9 | 0xfa | 0xfb | 0xfc | 0xfd
                 | 0xfe | 0xff | 0x10 => {
-                    let len = usize::try_from(r.lenenc()?)
+                    let len = usize::try_from(lenenc(&mut r)?)
                         .map_err(|_| malformed("execute", "value length"))?;
                     let b = r.bytes(len)?;
                     match std::str::from_utf8(b) {
@@ -424,85 +424,26 @@ fn int(b: &[u8], unsigned: bool) -> String {
     (((u << shift) as i64) >> shift).to_string()
 }
 
-/// Reads fields off a payload.
-struct Reader<'a> {
-    b: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(b: &'a [u8], what: &'static str) -> Self {
-        Reader { b, what }
-    }
-
-    fn done(&self) -> bool {
-        self.b.is_empty()
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.b)
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        if self.b.len() < n {
-            return Err(malformed(self.what, "it ends inside a field"));
+/// A length-encoded integer.
+fn lenenc(r: &mut Reader<'_>) -> Result<u64, ProtocolError> {
+    Ok(match r.u8()? {
+        n @ 0..=0xfa => n as u64,
+        0xfc => r.u16()? as u64,
+        0xfd => {
+            let b = r.bytes(3)?;
+            u32::from_le_bytes([b[0], b[1], b[2], 0]) as u64
         }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
-        Ok(self.bytes(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, ProtocolError> {
-        let b = self.bytes(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, ProtocolError> {
-        let b = self.bytes(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// A length-encoded integer.
-    fn lenenc(&mut self) -> Result<u64, ProtocolError> {
-        Ok(match self.u8()? {
-            n @ 0..=0xfa => n as u64,
-            0xfc => self.u16()? as u64,
-            0xfd => {
-                let b = self.bytes(3)?;
-                u32::from_le_bytes([b[0], b[1], b[2], 0]) as u64
-            }
-            0xfe => {
-                let b = self.bytes(8)?;
-                u64::from_le_bytes(b.try_into().expect("8 bytes"))
-            }
-            other => {
-                return Err(malformed(
-                    self.what,
-                    format!("{other:#x} starts no length-encoded integer"),
-                ))
-            }
-        })
-    }
-
-    fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let Some(end) = self.b.iter().position(|&c| c == 0) else {
-            return Err(malformed(self.what, "a string has no terminating NUL"));
-        };
-        let s = &self.b[..end];
-        self.b = &self.b[end + 1..];
-        Ok(s)
-    }
-
-    fn cstr(&mut self) -> Result<String, ProtocolError> {
-        let b = self.cstr_bytes()?;
-        std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|_| malformed(self.what, "a string is not UTF-8"))
-    }
+        0xfe => {
+            let b = r.bytes(8)?;
+            u64::from_le_bytes(b.try_into().expect("8 bytes"))
+        }
+        other => {
+            return Err(malformed(
+                r.what,
+                format!("{other:#x} starts no length-encoded integer"),
+            ))
+        }
+    })
 }
 
 /// Builds packets (tests).

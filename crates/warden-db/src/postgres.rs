@@ -3,7 +3,7 @@
 //! the queries they run for the audit log (simple queries, and the
 //! extended protocol's Parse/Bind/Execute with the parameters sent).
 
-use crate::{cut, malformed, ProtocolError, QueryRecord, MAX_MESSAGE};
+use crate::{cut, malformed, ProtocolError, QueryRecord, Reader, MAX_MESSAGE};
 use std::collections::HashMap;
 
 /// Protocol version 3.0, as a startup packet carries it.
@@ -70,7 +70,7 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(Startup, usize)>, ProtocolErr
             key: u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
         },
         v if v >> 16 == 3 => {
-            let mut r = Reader::new(body, "startup packet");
+            let mut r = Reader::big_endian(body, "startup packet");
             let mut params = Vec::new();
             loop {
                 let k = r.cstr()?;
@@ -243,7 +243,7 @@ impl BackendDecoder {
 
 fn frontend(tag: u8, body: &[u8]) -> Result<Frontend, ProtocolError> {
     let what = "client message";
-    let mut r = Reader::new(body, what);
+    let mut r = Reader::big_endian(body, what);
     let m = match tag {
         b'Q' => Frontend::Query(r.cstr()?),
         b'P' => {
@@ -549,57 +549,6 @@ fn show_param(p: Option<&[u8]>, binary: bool) -> String {
         None => "NULL".into(),
         Some(b) if !binary => cut(&String::from_utf8_lossy(b)),
         Some(b) => crate::hex(b),
-    }
-}
-
-/// Reads fields off a message body.
-struct Reader<'a> {
-    b: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(b: &'a [u8], what: &'static str) -> Self {
-        Reader { b, what }
-    }
-
-    fn done(&self) -> bool {
-        self.b.is_empty()
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        if self.b.len() < n {
-            return Err(malformed(self.what, "it ends inside a field"));
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
-        Ok(self.bytes(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, ProtocolError> {
-        let b = self.bytes(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, ProtocolError> {
-        let b = self.bytes(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// A NUL-terminated UTF-8 string.
-    fn cstr(&mut self) -> Result<String, ProtocolError> {
-        let Some(end) = self.b.iter().position(|&c| c == 0) else {
-            return Err(malformed(self.what, "a string has no terminating NUL"));
-        };
-        let s = std::str::from_utf8(&self.b[..end])
-            .map_err(|_| malformed(self.what, "a string is not UTF-8"))?
-            .to_string();
-        self.b = &self.b[end + 1..];
-        Ok(s)
     }
 }
 

@@ -88,6 +88,7 @@ pub fn router(server: AuthServer) -> Router {
         .serve(&endpoints::DELETE_TOKEN, delete_token)
         .serve(&endpoints::AUDIT_EVENTS, audit_events)
         .merge(crate::nodes::routes())
+        .merge(crate::databases::routes())
         .merge(crate::locks::routes())
         .merge(crate::push::routes())
         .merge(crate::requests::routes())

@@ -7,6 +7,7 @@ pub mod backup;
 mod cas;
 mod certs;
 mod config;
+mod databases;
 mod error;
 mod explain;
 /// Outgoing HTTP(S): webhooks and OpenID Connect.

@@ -576,6 +576,7 @@ impl AuthServer {
                 version: hb.version.clone(),
                 heartbeat: now.unix_timestamp(),
                 heartbeat_every: every,
+                db_only: hb.db_only,
             },
         );
         doc.metadata.labels = hb.labels.clone();
@@ -588,6 +589,8 @@ impl AuthServer {
                 Some(expires),
             )
             .await?;
+        self.register_databases(id, &hb.name, &hb.databases, expires)
+            .await?;
         Ok(())
     }
 
@@ -595,6 +598,7 @@ impl AuthServer {
     /// identity stays valid; its next heartbeat brings it back.
     pub async fn leave(&self, id: &str) -> Result<()> {
         self.backend().delete(&format!("{NODES}{id}")).await?;
+        self.unregister_databases(id).await?;
         tracing::info!(node = %id, "node left the inventory");
         Ok(())
     }
@@ -926,6 +930,7 @@ async fn list_nodes(
     Ok(Json(
         nodes
             .into_iter()
+            .filter(|n| !n.spec.db_only)
             .filter(|n| {
                 requested.iter().any(|id| id == n.name())
                     || logins.iter().any(|l| {

@@ -99,9 +99,10 @@ async fn rotate(
         "user" => CaType::User,
         "host" => CaType::Host,
         "tls" => CaType::Tls,
+        "db" => CaType::Db,
         other => {
             return Err(AuthError::BadRequest(format!(
-                "unknown CA {other:?}: user, host or tls"
+                "unknown CA {other:?}: user, host, tls or db"
             )))
         }
     };
@@ -614,6 +615,9 @@ fn schedule(ca: CaType, grace: i64) -> String {
         ),
         CaType::Host => format!(
             "it signs after {grace}s (clients learn it when they log in or renew), and the old key is dropped once every node and proxy holds a host certificate from the new one"
+        ),
+        CaType::Db => format!(
+            "it signs after {grace}s (add it to every database's trusted CAs meanwhile: 'warden admin db ca export'), and the old key is dropped {grace}s after that"
         ),
         CaType::Tls => format!(
             "it signs after {grace}s (clients learn it when they log in or renew), and the old key is dropped {grace}s after that, once every node and proxy holds a certificate from the new one"

@@ -13,16 +13,20 @@ pub enum CaType {
     Host,
     /// Signs X.509 certificates for the API and tunnels.
     Tls,
+    /// Signs the X.509 client certificates that databases trust (and, on
+    /// an admin's request, databases' server certificates).
+    Db,
 }
 
 impl CaType {
-    pub const ALL: [CaType; 3] = [CaType::User, CaType::Host, CaType::Tls];
+    pub const ALL: [CaType; 4] = [CaType::User, CaType::Host, CaType::Tls, CaType::Db];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CaType::User => "user",
             CaType::Host => "host",
             CaType::Tls => "tls",
+            CaType::Db => "db",
         }
     }
 }
@@ -209,6 +213,11 @@ impl CaType {
             (CaType::Host, Phase::Init) => (grace, false, false),
             (CaType::Host, Phase::Switched) => (Wait::AT_LEAST, true, false),
             (CaType::Tls, _) => (grace, true, false),
+            // Databases are configured by hand to trust the new key (from
+            // `warden admin db ca export`): `grace` for that before the
+            // switch, and for the old key's certificates (minutes long)
+            // to run out after it. No node confirms anything.
+            (CaType::Db, _) => (grace, false, false),
         };
         Wait {
             after,
@@ -256,6 +265,9 @@ impl CertAuthority {
                 )?)
             }
             CaType::Tls => key.tls_cert_pem = Some(tls::create_ca_cert(&*signer, cluster)?),
+            CaType::Db => {
+                key.tls_cert_pem = Some(tls::create_ca_cert(&*signer, &format!("{cluster} db"))?)
+            }
         }
         Ok(CertAuthority {
             kind,

@@ -103,6 +103,95 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(Startup, usize)>, ProtocolErr
     Ok(Some((packet, len)))
 }
 
+/// An ErrorResponse (`E`) with severity `FATAL`, SQLSTATE `code` and
+/// `message`, as the server would send it: how Warden refuses a client in
+/// its own words (stock clients print the message).
+pub fn fatal(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        // A NUL would end the field early: none in what Warden writes.
+        body.extend(value.bytes().filter(|b| *b != 0));
+        body.push(0);
+    }
+    body.push(0);
+    let mut m = vec![b'E'];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(&body);
+    m
+}
+
+/// What the server says while a connection starts, up to ReadyForQuery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartupReply {
+    /// `R` with code 0: authenticated.
+    AuthenticationOk,
+    /// `R` with another code: the server wants a password (or SASL,
+    /// GSSAPI...), which Warden never has: it connects with certificates.
+    AuthenticationRequest(u32),
+    /// `E`: the server refused; its message.
+    Error(String),
+    /// `Z`: ready for queries.
+    Ready,
+    /// Anything else (parameter status, backend key data, notices).
+    Other(u8),
+}
+
+/// Reads one server message at the front of `buf` during startup: the
+/// message and its length, or `None` while more bytes are needed.
+pub fn parse_startup_reply(buf: &[u8]) -> Result<Option<(StartupReply, usize)>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(malformed("server message", format!("length {len}")));
+    }
+    if len > MAX_MESSAGE {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    if buf.len() < len + 1 {
+        return Ok(None);
+    }
+    let body = &buf[5..len + 1];
+    let reply = match tag {
+        b'R' => {
+            if body.len() < 4 {
+                return Err(malformed("authentication request", "shorter than 4 bytes"));
+            }
+            match u32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
+                0 => StartupReply::AuthenticationOk,
+                n => StartupReply::AuthenticationRequest(n),
+            }
+        }
+        b'E' => {
+            // Fields: a type byte and a C string each; `M` is the message.
+            let mut message = String::new();
+            let mut rest = body;
+            while let Some((&field, tail)) = rest.split_first() {
+                if field == 0 {
+                    break;
+                }
+                let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+                if field == b'M' {
+                    message = String::from_utf8_lossy(&tail[..end]).into_owned();
+                }
+                rest = tail.get(end + 1..).unwrap_or(&[]);
+            }
+            StartupReply::Error(cut(&message))
+        }
+        b'Z' => StartupReply::Ready,
+        other => StartupReply::Other(other),
+    };
+    Ok(Some((reply, len + 1)))
+}
+
 /// A message from the client, after the startup packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frontend {
@@ -646,6 +735,27 @@ pub mod build {
 mod tests {
     use super::*;
     use crate::MAX_AUDITED;
+
+    #[test]
+    fn the_servers_start_and_warden_refusals() {
+        let refusal = fatal("28000", "warden: access denied");
+        let (r, len) = parse_startup_reply(&refusal).unwrap().unwrap();
+        assert_eq!(r, StartupReply::Error("warden: access denied".into()));
+        assert_eq!(len, refusal.len());
+        assert_eq!(parse_startup_reply(&refusal[..len - 1]), Ok(None));
+        let mut ok = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+        ok.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 5]);
+        let (r, len) = parse_startup_reply(&ok).unwrap().unwrap();
+        assert_eq!((r, len), (StartupReply::AuthenticationOk, 9));
+        let (r, _) = parse_startup_reply(&ok[9..]).unwrap().unwrap();
+        assert_eq!(r, StartupReply::AuthenticationRequest(5));
+        assert!(parse_startup_reply(&[b'R', 0, 0, 0, 2]).is_err());
+        assert!(parse_startup_reply(&[b'R', 0, 0, 0, 4]).is_err(), "no code");
+        assert!(
+            parse_startup_reply(&[b'Z', 0x7f, 0, 0, 0]).is_err(),
+            "too large"
+        );
+    }
 
     #[test]
     fn startup_packets() {

@@ -5,7 +5,9 @@
 //! WARDEN_FUZZ_CASES for more.
 
 use warden_db::mysql;
-use warden_db::postgres::{build, parse_startup, BackendDecoder, FrontendDecoder, QueryLog};
+use warden_db::postgres::{
+    build, parse_startup, parse_startup_reply, BackendDecoder, FrontendDecoder, QueryLog,
+};
 
 struct Rng(u64);
 
@@ -126,6 +128,13 @@ fn decoders_never_panic_and_do_not_depend_on_how_bytes_arrive() {
         }
         let _ = parse_startup(&p);
         let _ = parse_startup(&b);
+        // The server's side of the start, as the database service reads
+        // it: whatever the bytes, an answer or an error.
+        let mut at = 0;
+        while let Ok(Some((_, len))) = parse_startup_reply(&b[at..]) {
+            assert!(len > 0 && at + len <= b.len());
+            at += len;
+        }
         // The server's side: any bytes split into message types.
         let mut bd = BackendDecoder::new();
         let _ = bd.push(&b);

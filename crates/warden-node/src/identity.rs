@@ -47,6 +47,8 @@ pub struct NodeIdentity {
     api: std::sync::Mutex<Option<(String, ApiClient)>>,
     /// The users, roles, requests and locks logins are decided from.
     pub policy: crate::policy::PolicyCache,
+    /// The databases this agent serves, and their live connections.
+    pub db: crate::db::DbService,
 }
 
 fn open_events(data_dir: &Path) -> anyhow::Result<warden_store::EventSpool> {
@@ -84,6 +86,7 @@ impl NodeIdentity {
                 state,
                 certs: RwLock::new(certs),
                 registry: Default::default(),
+                db: crate::db::DbService::new(config.databases.clone(), config.db_only),
                 spool: crate::recording::Spool::new(
                     &config.data_dir.join(NODE_DIR).join("recordings"),
                 ),
@@ -136,6 +139,7 @@ impl NodeIdentity {
             events: open_events(&config.data_dir)?,
             api: Default::default(),
             policy: crate::policy::PolicyCache::new(config.policy_max_stale, config.labels.clone()),
+            db: crate::db::DbService::new(config.databases.clone(), config.db_only),
         };
         id.save_certs(&certs)?;
         tracing::info!(node_id = %id.state.node_id, cluster = %id.state.cluster, "joined the cluster");
@@ -308,6 +312,18 @@ impl NodeIdentity {
             }
             (Err(e), None) => Err(e),
         }
+    }
+
+    /// Asks auth to decide a database connection and, when it allows it,
+    /// for the client certificate that opens it.
+    pub async fn db_cert(
+        &self,
+        req: &warden_types::api::DbCertRequest,
+    ) -> Result<warden_types::api::DbCertResponse, warden_client::ClientError> {
+        let api = self
+            .api()
+            .map_err(|e| warden_client::ClientError::Local(format!("{e:#}")))?;
+        api.call(&endpoints::DB_CERT, req).await
     }
 
     /// Asks auth whether `user` may log in as `login` here, now.

@@ -3,6 +3,7 @@
 //! that trusts only the cluster's user CA and asks auth, with the user's
 //! live roles, before every login.
 
+pub mod db;
 mod forward;
 mod identity;
 mod locks;
@@ -58,6 +59,10 @@ pub struct NodeConfig {
     /// Set before shutdown when the node should leave the inventory (a
     /// stop); left unset when a successor process takes over.
     pub leave_on_shutdown: Arc<std::sync::atomic::AtomicBool>,
+    /// Databases served through the tunnel (`--db`).
+    pub databases: Vec<db::DatabaseConfig>,
+    /// Serve databases only: take no SSH logins (`--roles db`).
+    pub db_only: bool,
 }
 
 /// `--label-cmd arch='uname -m'@1m`: a label refreshed from a command.
@@ -229,6 +234,8 @@ pub async fn run(
                 version: warden_types::VERSION.to_string(),
                 every_secs: Some(every.as_secs().max(1)),
                 ca_generation: String::new(),
+                databases: agent.db.heartbeat(),
+                db_only: agent.db.only,
             };
             let rotated = match agent.heartbeat(&hb).await {
                 Ok(r) => r,

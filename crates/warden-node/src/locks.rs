@@ -164,5 +164,24 @@ pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
         for (live, why) in identity.registry.take_locked(&locks, (&node_id, &name)) {
             terminate(&identity, live, why).await;
         }
+        // Database connections: a lock on the user, a role, the service,
+        // the database by name, or the database user (as a login).
+        identity.db.end_where(|l, _| {
+            locks
+                .iter()
+                .find(|k| {
+                    [
+                        (node_id.as_str(), name.as_str()),
+                        (&l.database, &l.database),
+                    ]
+                    .into_iter()
+                    .any(|target| {
+                        k.spec
+                            .target
+                            .matches(&l.user, &l.roles, Some(target), Some(&l.db_user))
+                    })
+                })
+                .map(warden_policy::lock_message)
+        });
     }
 }

@@ -257,4 +257,20 @@ async fn revoke(identity: &NodeIdentity, name: &str, snapshot: &AccessSnapshot) 
     for (live, why) in gone {
         crate::locks::terminate(identity, live, why).await;
     }
+    identity.db.end_where(|l, db| {
+        let q = warden_policy::DbLogin {
+            service: (&node_id, name),
+            database: &l.database,
+            labels: &db.labels,
+            user: &l.user,
+            user_id: l.user_id.as_deref(),
+            db_user: &l.db_user,
+            db_name: &l.db_name,
+        };
+        let d = warden_policy::decide_db_login(snapshot, &q, now);
+        (!d.allowed).then(|| match d.reason.starts_with("locked") {
+            true => d.reason,
+            false => format!("access revoked: {}", d.reason),
+        })
+    });
 }

@@ -49,6 +49,14 @@ impl client::Handler for TunnelClient {
                 .await;
             return Ok(());
         }
+        let db = connected_address == warden_types::TUNNEL_DB_ADDRESS;
+        if self.identity.db.only && !db {
+            // A database-only agent takes no SSH logins.
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         reply.accept().await;
         let addr = |host: &str, port: u32| {
             format!("{host}:{port}")
@@ -59,7 +67,11 @@ impl client::Handler for TunnelClient {
         let local = addr(connected_address, connected_port);
         let identity = self.identity.clone();
         tokio::spawn(async move {
-            crate::sshd::serve_stream(identity, channel.into_stream(), peer, local).await;
+            if db {
+                crate::db::serve(identity, channel.into_stream(), peer).await;
+            } else {
+                crate::sshd::serve_stream(identity, channel.into_stream(), peer, local).await;
+            }
         });
         Ok(())
     }

@@ -187,6 +187,77 @@ pub fn decide_node_login(state: &impl AccessState, q: &NodeLogin, now: i64) -> A
     }
 }
 
+/// A database connection to decide.
+#[derive(Clone, Copy, Debug)]
+pub struct DbLogin<'a> {
+    /// The database service (an agent) serving it: its id and name, which
+    /// a lock's `node` may name.
+    pub service: (&'a str, &'a str),
+    /// The database's Warden name (a lock's `node` may name it too).
+    pub database: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub user: &'a str,
+    pub user_id: Option<&'a str>,
+    pub db_user: &'a str,
+    pub db_name: &'a str,
+}
+
+/// Decides a database connection as [`decide_node_login`] decides an SSH
+/// login: the user's roles and active requests' roles, locks first
+/// (user, role, request, the service or the database by name, or the
+/// database user as a login), then `db_labels`/`db_users`/`db_names`
+/// with deny winning.
+pub fn decide_db_login(state: &impl AccessState, q: &DbLogin, now: i64) -> AccessCheckResponse {
+    let user_doc = state.user(q.user);
+    if user_doc.as_ref().is_some_and(|u| !same_user(u, q.user_id)) {
+        return AccessCheckResponse::denied(format!(
+            "this certificate was issued to an earlier user named {}, since deleted; run 'warden login'",
+            q.user
+        ));
+    }
+    let locks = locks_in_force(state.locks(), now);
+    let effective = user_doc
+        .as_ref()
+        .map(|u| effective(u, &state.requests(), &locks, now))
+        .unwrap_or_default();
+    for target in [q.service, (q.database, q.database)] {
+        let subject = LockSubject {
+            user: q.user,
+            roles: &effective.roles,
+            requests: &effective.requests,
+            node: Some(target),
+            login: Some(q.db_user),
+        };
+        if let Some(lock) = lock_for(&locks, &subject) {
+            return AccessCheckResponse::denied(crate::lock_message(lock));
+        }
+    }
+    let Some(u) = user_doc else {
+        return AccessCheckResponse::denied(format!("user {} does not exist (deleted?)", q.user));
+    };
+    let roles = roles_named(state, &effective.roles);
+    let decision = crate::check_db_access(
+        &roles,
+        &u.spec.traits,
+        crate::DbRequest {
+            labels: q.labels,
+            db_user: q.db_user,
+            db_name: q.db_name,
+        },
+    );
+    AccessCheckResponse {
+        allowed: decision.allowed,
+        reason: decision.summary(),
+        explanation: decision.reasons.clone(),
+        roles: roles.iter().map(|r| r.name().to_string()).collect(),
+        would_deny: match decision.allowed {
+            true => decision.would_deny.clone(),
+            false => Vec::new(),
+        },
+        ..AccessCheckResponse::denied(String::new())
+    }
+}
+
 /// The state a node holds, as auth pushes it: a [`AccessState`] over
 /// plain maps.
 #[derive(Clone, Debug, Default)]
@@ -315,6 +386,61 @@ mod tests {
         );
         d.metadata.expires = expires.map(|e| OffsetDateTime::from_unix_timestamp(e).unwrap());
         d
+    }
+
+    fn db<'a>(
+        labels: &'a BTreeMap<String, String>,
+        user: &'a str,
+        db_user: &'a str,
+    ) -> DbLogin<'a> {
+        DbLogin {
+            service: ("svc-1", "db-agent"),
+            database: "pg1",
+            labels,
+            user,
+            user_id: Some("uid-alice"),
+            db_user,
+            db_name: "app",
+        }
+    }
+
+    #[test]
+    fn database_connections_follow_roles_requests_and_locks() {
+        let mut s = state();
+        s.roles.insert(
+            "pg".into(),
+            role(
+                "pg",
+                r#"{"allow":{"db_labels":{"env":["dev"]},"db_users":["reader"],"db_names":["app"]}}"#,
+            ),
+        );
+        let dev = labels("dev");
+        let prod = labels("prod");
+        // Alice's roles give no database: refused, then granted by a request.
+        assert!(!decide_db_login(&s, &db(&dev, "alice", "reader"), NOW).allowed);
+        s.requests.push(request("alice", &["pg"], NOW + 60));
+        let d = decide_db_login(&s, &db(&dev, "alice", "reader"), NOW);
+        assert!(d.allowed, "{}", d.reason);
+        assert!(d.roles.contains(&"pg".to_string()), "{:?}", d.roles);
+        assert!(!decide_db_login(&s, &db(&dev, "alice", "reader"), NOW + 61).allowed);
+        assert!(!decide_db_login(&s, &db(&prod, "alice", "reader"), NOW).allowed);
+        assert!(!decide_db_login(&s, &db(&dev, "alice", "postgres"), NOW).allowed);
+        // A lock on the database by name, on its service, or on the
+        // database user ends it.
+        for l in [
+            lock(|t| t.node = Some("pg1".into()), None),
+            lock(|t| t.node = Some("svc-1".into()), None),
+            lock(|t| t.login = Some("reader".into()), None),
+        ] {
+            let mut locked = s.clone();
+            locked.locks.push(l);
+            let d = decide_db_login(&locked, &db(&dev, "alice", "reader"), NOW);
+            assert!(!d.allowed && d.reason.contains("locked"), "{}", d.reason);
+        }
+        // Another user of the same name is not alice.
+        let mut other = db(&dev, "alice", "reader");
+        other.user_id = Some("uid-old");
+        assert!(!decide_db_login(&s, &other, NOW).allowed);
     }
 
     #[test]

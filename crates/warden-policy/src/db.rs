@@ -157,6 +157,26 @@ pub fn check_db_access(
     }
 }
 
+/// Whether `warden db ls` shows a database with `labels`: some role's
+/// `db_labels` allow it and no enforcing role's deny `db_labels` covers
+/// it (users and names are decided at connection time).
+pub fn database_visible(
+    roles: &[Document<RoleSpec>],
+    traits: &Traits,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let denied = roles.iter().any(|r| {
+        r.spec.options.mode != RoleMode::Audit
+            && !r.spec.deny.db_labels.is_empty()
+            && label_matches(&r.spec.deny.db_labels, labels, traits).0
+    });
+    !denied
+        && roles.iter().any(|r| {
+            !r.spec.allow.db_labels.is_empty()
+                && label_matches(&r.spec.allow.db_labels, labels, traits).0
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

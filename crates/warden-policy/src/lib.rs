@@ -19,12 +19,12 @@ pub mod suggest;
 mod template;
 
 pub use access::{
-    decide_node_login, effective, locks_in_force, same_user, AccessSnapshot, AccessState,
-    Effective, NodeLogin,
+    decide_db_login, decide_node_login, effective, locks_in_force, same_user, AccessSnapshot,
+    AccessState, DbLogin, Effective, NodeLogin,
 };
 pub use approval::{rule_approves, validate_approval_rule, ApprovalInput};
 pub use claims::{claims_to_traits, map_roles, validate_claim_mappings};
-pub use db::{check_db_access, valid_db_identifier, DbRequest};
+pub use db::{check_db_access, database_visible, valid_db_identifier, DbRequest};
 pub use eval::{
     allowed_logins, check_node_access, check_request_roles, check_rule, session_options,
     validate_role, Decision, SessionOptions, MAX_SESSION_TTL,

@@ -307,6 +307,25 @@ impl Proxy {
                     .await?;
                 Ok(())
             }
+            Protocol::Db => {
+                // TLS is end to end between the user and the database
+                // service, which authenticates the user; the proxy routes
+                // by the service id the SNI names, to its tunnel.
+                METRICS.proxy_connections_tls.inc();
+                let service = sniff::server_name(&head)
+                    .context("a database connection must name its service (SNI)")?;
+                let channel = self
+                    .jump
+                    .tunnels
+                    .dial_db(&service, addr)
+                    .await
+                    .with_context(|| format!("no tunnel from database service {service}"))?;
+                let mut upstream = channel.into_stream();
+                use tokio::io::AsyncWriteExt;
+                upstream.write_all(&head).await?;
+                tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await?;
+                Ok(())
+            }
             Protocol::Ssh => {
                 METRICS.proxy_connections_ssh.inc();
                 jump::serve_ssh(self.jump.clone(), Prefixed::new(head, tcp), addr, pending).await;

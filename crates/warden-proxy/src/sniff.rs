@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use warden_types::{ALPN_AUTH, ALPN_PEER, ALPN_TUNNEL};
+use warden_types::{ALPN_AUTH, ALPN_DB_POSTGRES, ALPN_PEER, ALPN_TUNNEL};
 
 /// Largest ClientHello we buffer before deciding.
 const MAX_HELLO: usize = 16 * 1024;
@@ -13,6 +13,9 @@ pub enum Protocol {
     AuthPassthrough,
     Tunnel,
     Peer,
+    /// A database connection, mTLS end to end to the database service
+    /// its SNI names.
+    Db,
     Web,
 }
 
@@ -80,12 +83,26 @@ pub fn classify(head: &[u8]) -> anyhow::Result<Option<Protocol>> {
                 Protocol::Tunnel
             } else if alpn.contains(&ALPN_PEER) {
                 Protocol::Peer
+            } else if alpn.contains(&ALPN_DB_POSTGRES) {
+                Protocol::Db
             } else {
                 Protocol::Web
             }))
         }
         Err((e, _)) => bail!("invalid TLS ClientHello: {e}"),
     }
+}
+
+/// The server name (SNI) of the ClientHello at the front of `head`, which
+/// [`classify`] has already found complete.
+pub fn server_name(head: &[u8]) -> Option<String> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rd: &[u8] = head;
+    while !rd.is_empty() {
+        acceptor.read_tls(&mut rd).ok()?;
+    }
+    let accepted = acceptor.accept().ok()??;
+    accepted.client_hello().server_name().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -136,6 +153,11 @@ mod tests {
             Some(Protocol::Web)
         );
         assert_eq!(classify(&client_hello(&[])).unwrap(), Some(Protocol::Web));
+        // A database connection, routed by the service its SNI names.
+        let db = client_hello(&[ALPN_DB_POSTGRES]);
+        assert_eq!(classify(&db).unwrap(), Some(Protocol::Db));
+        assert_eq!(server_name(&db).as_deref(), Some("example.com"));
+        assert_eq!(server_name(&db[..db.len() / 2]), None);
         // Garbage after the TLS byte is an error, not a panic.
         assert!(classify(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]).is_err());
     }

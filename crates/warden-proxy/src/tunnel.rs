@@ -73,6 +73,25 @@ impl Tunnels {
 
     /// Opens a stream to the node's SSH server through its tunnel.
     pub async fn dial(&self, node: &str, originator: std::net::SocketAddr) -> Option<Channel<Msg>> {
+        self.open(node, "node", originator).await
+    }
+
+    /// Opens a stream to the database service of agent `node`.
+    pub async fn dial_db(
+        &self,
+        node: &str,
+        originator: std::net::SocketAddr,
+    ) -> Option<Channel<Msg>> {
+        self.open(node, warden_types::TUNNEL_DB_ADDRESS, originator)
+            .await
+    }
+
+    async fn open(
+        &self,
+        node: &str,
+        address: &str,
+        originator: std::net::SocketAddr,
+    ) -> Option<Channel<Msg>> {
         let handle = self
             .inner
             .lock()
@@ -81,7 +100,7 @@ impl Tunnels {
             .map(|(_, h)| h.clone())?;
         handle
             .channel_open_forwarded_tcpip(
-                "node",
+                address,
                 0,
                 originator.ip().to_string(),
                 originator.port() as u32,

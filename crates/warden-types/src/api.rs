@@ -699,6 +699,97 @@ pub struct Heartbeat {
     /// The CA generation of the node's certificates and trust.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ca_generation: String,
+    /// The databases this agent's database service serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseHeartbeat>,
+    /// An agent that serves databases only (`--roles db`): it takes no
+    /// SSH logins and `warden ls` does not list it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub db_only: bool,
+}
+
+/// A database as its service reports it (its address stays with the
+/// service).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseHeartbeat {
+    pub name: String,
+    /// `postgres` (MySQL is not served yet).
+    pub protocol: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// A database in the inventory (`GET /v1/databases`): one entry per
+/// service that serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub protocol: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The id of the database service (an agent) that serves it.
+    pub service: String,
+    /// That service's name.
+    pub service_name: String,
+    /// Unix seconds of the service's last heartbeat.
+    pub heartbeat: i64,
+}
+
+/// A database service asks auth whether a user may open a database
+/// connection, and for the client certificate that opens it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DbCertRequest {
+    pub user: String,
+    /// The user certificate's user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The database (its Warden name).
+    pub database: String,
+    /// The database user to connect as.
+    pub db_user: String,
+    /// The database (schema) name inside it.
+    pub db_name: String,
+    /// The service's fresh Ed25519 public key for this connection, base64.
+    pub public_key: String,
+}
+
+/// What auth answers a [`DbCertRequest`] (a refusal is a 403 with the
+/// reason).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DbCertResponse {
+    /// The client certificate (subject CN: the database user), PEM.
+    pub cert_pem: String,
+    /// The database CA's certificates, PEM: what a database trusts, and
+    /// what the service trusts in a database's server certificate unless
+    /// the database has a CA file of its own.
+    pub ca_pems: Vec<String>,
+    /// The roles that allowed it.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `warden admin db cert`: a server certificate for a database, from the
+/// database CA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DbServerCertRequest {
+    /// DNS names and IP addresses the database is reached at.
+    pub hosts: Vec<String>,
+    /// The database's Ed25519 public key, base64 (its private key never
+    /// leaves the admin's machine).
+    pub public_key: String,
+    /// Lifetime in seconds (default 90 days, at most 1 year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The database CA's certificates (`warden admin db ca export`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DbCa {
+    pub ca_pems: Vec<String>,
 }
 
 /// A node asks auth whether a user may log in (decided with live roles).

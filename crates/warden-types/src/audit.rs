@@ -110,6 +110,11 @@ pub mod codes {
     pub const CERT_RENEW: (&str, &str) = ("cert.renew", "WA8002I");
     pub const LOCK_DELETE: (&str, &str) = ("lock.delete", "WA7001I");
     pub const SFTP_FAILURE: (&str, &str) = ("sftp", "WA6007W");
+    pub const DB_SESSION_START: (&str, &str) = ("db.session.start", "WD1000I");
+    pub const DB_SESSION_REJECTED: (&str, &str) = ("db.session.start", "WD1000W");
+    pub const DB_SESSION_END: (&str, &str) = ("db.session.end", "WD1001I");
+    pub const DB_QUERY: (&str, &str) = ("db.query", "WD1002I");
+    pub const DB_SESSION_TERMINATED: (&str, &str) = ("db.session.terminated", "WD1003W");
     /// Every event type, for checking a search's `--type`.
     pub const EVENT_TYPES: &[&str] = &[
         "access.would_deny",
@@ -125,6 +130,10 @@ pub mod codes {
         "cluster.restore",
         "config.delete",
         "config.update",
+        "db.query",
+        "db.session.end",
+        "db.session.start",
+        "db.session.terminated",
         "exec",
         "lock.create",
         "lock.delete",
@@ -175,6 +184,10 @@ pub mod codes {
         "session.terminated",
         "recording.failure",
         "access.would_deny",
+        "db.session.start",
+        "db.session.end",
+        "db.query",
+        "db.session.terminated",
     ];
 }
 

@@ -200,6 +200,11 @@ endpoints! {
     PROXIES: Get "/v1/proxies", () => Vec<ProxyInfo>;
     PROXY_HEARTBEAT: Put "/v1/proxies/heartbeat", ProxyHeartbeat => Ack;
     PROXY_CERTS: Post "/v1/proxies/certs", RenewNodeRequest => NodeCerts;
+    // Databases.
+    DATABASES: Get "/v1/databases", () => Vec<DatabaseInfo>;
+    DB_CERT: Post "/v1/db/certs", DbCertRequest => DbCertResponse;
+    DB_SERVER_CERT: Post "/v1/db/server-certs", DbServerCertRequest => DbCertResponse;
+    DB_CA: Get "/v1/db/ca", () => DbCa;
     // Single sign-on, called by the proxy for the browser.
     SSO_CALLBACK: Post "/v1/sso/callback", SsoCallback => SsoCallbackResponse;
     SSO_DEVICE: Post "/v1/sso/device", SsoDeviceRequest => SsoDeviceResponse;

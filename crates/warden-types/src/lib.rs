@@ -29,6 +29,13 @@ pub const ALPN_TUNNEL: &[u8] = b"warden-tunnel";
 /// The `forwarded-tcpip` address a draining proxy opens in a tunnel to ask
 /// the node to open a new tunnel (to the process now accepting).
 pub const TUNNEL_MOVE_ADDRESS: &str = "move@warden";
+/// TLS ALPN protocol of a PostgreSQL connection through the proxy to a
+/// database service (mTLS end to end with the user's certificate; the SNI
+/// names the service's id, which the proxy routes by).
+pub const ALPN_DB_POSTGRES: &[u8] = b"warden-db-postgres";
+/// The `connected address` of a tunnel channel that carries a database
+/// connection rather than an SSH one.
+pub const TUNNEL_DB_ADDRESS: &str = "db@warden";
 /// TLS ALPN protocol between peer proxies (mTLS, proxy identities).
 pub const ALPN_PEER: &[u8] = b"warden-peer";
 /// DNS name in the auth server's certificate; clients always verify this name.

@@ -458,6 +458,9 @@ pub struct NodeSpec {
     /// nodes that do not report it.
     #[serde(skip_serializing_if = "is_zero")]
     pub heartbeat_every: u64,
+    /// Serves databases only (no SSH logins): not listed as a server.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub db_only: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

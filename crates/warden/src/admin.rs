@@ -31,6 +31,36 @@ pub struct AdminArgs {
 }
 
 #[derive(Subcommand)]
+pub enum AdminDbCommand {
+    /// Write a key (made here), its certificate from the database CA and
+    /// the CA's certificates into a directory: server.key, server.crt and
+    /// ca.crt, for PostgreSQL's ssl_key_file, ssl_cert_file and
+    /// ssl_ca_file.
+    Cert {
+        /// DNS names and addresses the database is reached at
+        /// (comma-separated; the database service connects to the first).
+        #[arg(long = "host", value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        /// Where to write the files (created 0700).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// The certificate's lifetime.
+        #[arg(long, default_value = "90d")]
+        ttl: HumanDuration,
+    },
+    /// The database CA.
+    #[command(subcommand)]
+    Ca(AdminDbCaCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AdminDbCaCommand {
+    /// Print the database CA's certificates (PEM): what a database trusts
+    /// in client certificates (PostgreSQL's ssl_ca_file).
+    Export,
+}
+
+#[derive(Subcommand)]
 enum AdminCommand {
     /// Users: add (with a signup token), ls, update, rm, unlock, reset.
     #[command(subcommand)]
@@ -50,6 +80,10 @@ enum AdminCommand {
     /// The cluster's certificate authorities.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Database access: `cert` writes a database's server certificate from
+    /// the database CA; `ca export` prints what databases trust.
+    #[command(subcommand)]
+    Db(AdminDbCommand),
     /// Lock a user, role, node or login: refuses new access at once and ends
     /// live sessions within seconds.
     Lock {
@@ -215,7 +249,7 @@ enum CaCommand {
     /// then their old certificates run out). With --phase, move it by
     /// hand: init, switch, drop, or rollback (before the drop).
     Rotate {
-        #[arg(long = "type", value_parser = ["user", "host", "tls"])]
+        #[arg(long = "type", value_parser = ["user", "host", "tls", "db"])]
         kind: String,
         /// The grace period (see above); make it the longest certificate
         /// lifetime users get [default: the cluster's default session TTL].
@@ -230,9 +264,10 @@ enum CaCommand {
         force: bool,
     },
     /// Print a CA's public keys: `user` for sshd's TrustedUserCAKeys,
-    /// `host` for a known_hosts @cert-authority line, `tls` as PEM.
+    /// `host` for a known_hosts @cert-authority line, `tls` and `db` (what
+    /// databases trust: PostgreSQL's ssl_ca_file) as PEM.
     Export {
-        #[arg(long = "type", value_parser = ["user", "host", "tls"])]
+        #[arg(long = "type", value_parser = ["user", "host", "tls", "db"])]
         kind: String,
     },
 }
@@ -816,10 +851,27 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                     .ssh_host_ca_keys
                     .iter()
                     .for_each(|k| println!("@cert-authority * {k}")),
+                "db" => admin
+                    .api
+                    .call(&endpoints::DB_CA, &())
+                    .await?
+                    .ca_pems
+                    .iter()
+                    .for_each(|p| print!("{p}")),
                 _ => ping.tls_ca_pems.iter().for_each(|p| print!("{p}")),
             }
             Ok(())
         }
+        AdminCommand::Db(AdminDbCommand::Ca(AdminDbCaCommand::Export)) => {
+            let ca = admin.api.call(&endpoints::DB_CA, &()).await?;
+            ca.ca_pems.iter().for_each(|p| print!("{p}"));
+            Ok(())
+        }
+        AdminCommand::Db(AdminDbCommand::Cert {
+            hosts,
+            out_dir,
+            ttl,
+        }) => db_server_cert(&admin, hosts, &out_dir, ttl.0).await,
         AdminCommand::Nodes(NodesCommand::Ls { format }) => {
             let nodes: Vec<Document<warden_types::NodeSpec>> =
                 admin.api.call(&endpoints::NODES, &()).await?;
@@ -1426,4 +1478,54 @@ async fn connectors(admin: &Admin, c: ConnectorsCommand) -> anyhow::Result<()> {
             crate::admin_config::rm(&admin.api, kind::OIDC, &name).await
         }
     }
+}
+
+/// `warden admin db cert`: the key is made here and never leaves this
+/// machine; auth signs its public half with the database CA.
+async fn db_server_cert(
+    admin: &Admin,
+    hosts: Vec<String>,
+    out_dir: &Path,
+    ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let key = warden_ca::ClientKey::generate();
+    let signed = admin
+        .api
+        .call(
+            &endpoints::DB_SERVER_CERT,
+            &warden_types::api::DbServerCertRequest {
+                hosts,
+                public_key: data_encoding::BASE64.encode(&key.public_raw()),
+                ttl_secs: Some(ttl.as_secs()),
+            },
+        )
+        .await?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let pem = pem_block("PRIVATE KEY", &key.pkcs8_der());
+    warden_ca::keystore::write_private_file(&out_dir.join("server.key"), pem.as_bytes())
+        .context("cannot write server.key")?;
+    std::fs::write(out_dir.join("server.crt"), &signed.cert_pem)?;
+    std::fs::write(out_dir.join("ca.crt"), signed.ca_pems.concat())?;
+    println!(
+        "Wrote {dir}/server.key (0600), server.crt and ca.crt. In postgresql.conf:\n  ssl = on\n  ssl_cert_file = '{dir}/server.crt'\n  ssl_key_file = '{dir}/server.key'\n  ssl_ca_file = '{dir}/ca.crt'\nand in pg_hba.conf, for each database user Warden may use:\n  hostssl all all 0.0.0.0/0 cert",
+        dir = out_dir.display()
+    );
+    Ok(())
+}
+
+/// `data` as a PEM block.
+fn pem_block(label: &str, data: &[u8]) -> String {
+    let b64 = data_encoding::BASE64.encode(data);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

@@ -7,6 +7,7 @@ mod admin_config;
 mod backup;
 mod config_file;
 mod datadir;
+mod db;
 mod handover;
 mod mfa;
 mod nodes;
@@ -85,7 +86,11 @@ enum Command {
     Renew(requests::RenewArgs),
     /// Print an OpenSSH config block: then `ssh LOGIN@NODE.CLUSTER` works.
     Config(nodes::ConfigArgs),
-    /// Helpers for OpenSSH (ProxyCommand).
+    /// Databases through the proxy: ls, login, connect.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Local tunnels: `ssh` for OpenSSH's ProxyCommand, `db` for database
+    /// tools.
     #[command(subcommand)]
     Proxy(ProxyCommand),
     /// Your MFA devices: enrol a security key (add), list (ls), remove (rm).
@@ -131,6 +136,9 @@ enum ProxyCommand {
     /// Connect stdin/stdout to a node through the proxy:
     /// ProxyCommand warden proxy ssh %r@%h:%p
     Ssh(nodes::ProxySshArgs),
+    /// Serve a database on a loopback port for GUI tools and drivers
+    /// (plain connections there; TLS with your certificate beyond).
+    Db(db::DbProxyArgs),
 }
 
 /// The default data directory (ARCHITECTURE.md §1).
@@ -294,6 +302,8 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Proxy(ProxyCommand::Ssh(a)) => nodes::proxy_ssh(a).await,
+            Command::Proxy(ProxyCommand::Db(a)) => db::proxy(a).await,
+            Command::Db(c) => db::run(c).await,
             Command::Mfa(c) => mfa::run(c).await,
             Command::Admin(a) => admin::run(a).await,
             Command::Policy(PolicyCommand::Sync(a)) => policy_sync::run(a).await,

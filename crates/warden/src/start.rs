@@ -21,7 +21,8 @@ pub struct StartArgs {
     /// environment and flags combined) as a config file, and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Services to run, comma-separated: auth, proxy, node.
+    /// Services to run, comma-separated: auth, proxy, node, db (a node
+    /// agent that serves the --db databases only, with no SSH logins).
     #[arg(long, value_delimiter = ',', default_value = "auth,proxy,node")]
     roles: Vec<String>,
     /// Where this service keeps its state [default: /var/lib/warden as
@@ -141,6 +142,12 @@ pub struct StartArgs {
     /// --label-cmd arch='uname -m'@1m.
     #[arg(long = "label-cmd", value_name = "KEY=CMD@PERIOD")]
     label_cmd: Vec<warden_node::LabelCommand>,
+    /// Node or db service: a database to serve through the proxy
+    /// (repeatable), e.g. --db 'pg1=postgres://127.0.0.1:5432?label.env=dev'.
+    /// Options: label.KEY=VALUE, description=TEXT, ca=FILE (the CA of the
+    /// database's server certificate; default: the cluster's database CA).
+    #[arg(long = "db", value_name = "NAME=postgres://HOST:PORT[?OPTIONS]")]
+    db: Vec<warden_node::db::DatabaseConfig>,
     /// On SIGHUP a new process takes over the listening sockets; this one
     /// serves its live sessions at most this long.
     #[arg(long, default_value = "10m")]
@@ -230,11 +237,22 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
     a.token = crate::prompt::token_from(a.token.take(), a.token_file.as_deref(), "join token")?;
     let data_dir = a.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     for r in &a.roles {
-        if !matches!(r.as_str(), "auth" | "proxy" | "node") {
-            bail!("unknown service {r:?}: expected auth, proxy and/or node");
+        if !matches!(r.as_str(), "auth" | "proxy" | "node" | "db") {
+            bail!("unknown service {r:?}: expected auth, proxy, node and/or db");
         }
     }
     let has = |r: &str| a.roles.iter().any(|x| x == r);
+    if !a.db.is_empty() && !has("node") && !has("db") {
+        bail!("--db needs a node or db service to serve it: --roles node (or db)");
+    }
+    if has("db") && a.db.is_empty() {
+        bail!("a db service needs a database to serve: --db NAME=postgres://HOST:PORT");
+    }
+    if has("db") && has("auth") && !has("node") {
+        bail!("serve databases from the all-in-one node (--roles auth,proxy,node --db ...), or start the db service as its own process (--roles db)");
+    }
+    // Without the node service, the agent serves databases only.
+    let db_only = has("db") && !has("node");
     let beat = a.heartbeat_interval.0;
     if beat < std::time::Duration::from_secs(1) || beat > std::time::Duration::from_secs(300) {
         bail!("--heartbeat-interval must be between 1s and 300s");
@@ -339,7 +357,7 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             name,
             labels,
             // No --listen-addr: outbound only, reached through the tunnel.
-            listen_addr: a.listen_addr,
+            listen_addr: a.listen_addr.filter(|_| !db_only),
             listener: None,
             advertise_addr: a.advertise_addr.clone(),
             label_commands: a.label_cmd.clone(),
@@ -347,6 +365,8 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             heartbeat_every: a.heartbeat_interval.0,
             policy_max_stale: a.policy_max_stale.0,
             leave_on_shutdown: leave.clone(),
+            databases: a.db.clone(),
+            db_only,
         };
         let mut node = tokio::spawn(warden_node::run(config, wait(shutdown_rx.clone())));
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -487,6 +507,8 @@ pub async fn run(mut a: StartArgs) -> anyhow::Result<()> {
             heartbeat_every: a.heartbeat_interval.0,
             policy_max_stale: a.policy_max_stale.0,
             leave_on_shutdown: leave.clone(),
+            databases: a.db.clone(),
+            db_only,
         };
         node_task = Some(tokio::spawn(warden_node::run(
             config,

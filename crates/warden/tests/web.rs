@@ -363,8 +363,10 @@ fn the_web_ui_in_chromium() {
     );
     let end = saw["player_at_end"].as_str().unwrap();
     assert!(
-        end.contains(saw["size_after"].as_str().unwrap()) && end.contains("exit 3"),
-        "the last screen, after `clear; stty size` and `exit 3`: {saw}"
+        end.contains("web-42")
+            && end.contains(saw["size_after"].as_str().unwrap())
+            && end.contains("exit 3"),
+        "the last screen, after `stty size` and `exit 3`: {saw}"
     );
     for shot in [
         "terminal",

@@ -162,12 +162,15 @@ main(async () => {
     out.size_before = (await screenText(page, 'terminal-screen')).match(/\n(\d+ \d+)\s*\n/)[1];
     await page.setViewportSize({ width: 900, height: 700 });
     await page.waitForTimeout(300);
-    await typeLine(page, 'clear; stty size');
+    // No `clear`: the first output stays on the screen, so the player can
+    // be checked for it once it has played to the end, not in the moment
+    // it would have been on screen (a race at 16x).
+    await typeLine(page, 'stty size');
     await page.waitForFunction((before) => {
       const m = document.querySelector('#terminal-screen .xterm-rows').innerText.match(/\n?(\d+ \d+)\s*\n/g);
       return m && m.some((x) => x.trim() !== before);
     }, out.size_before);
-    out.size_after = (await screenText(page, 'terminal-screen')).match(/(\d+ \d+)\s*\n/)[1];
+    out.size_after = (await screenText(page, 'terminal-screen')).match(/\d+ \d+(?=\s*\n)/g).pop();
     await typeLine(page, 'exit 3');
     await page.waitForFunction(() => document.getElementById('terminal-status').textContent.includes('ended'));
     out.terminal_end = await page.textContent('#terminal-status');

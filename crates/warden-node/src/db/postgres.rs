@@ -1,0 +1,440 @@
+//! A PostgreSQL connection through the database service: the client's
+//! startup packet names the database user and database; auth decides and
+//! signs a client certificate; the service opens the database with it
+//! (TLS, `hostssl ... cert`) and relays, auditing each statement.
+
+use super::{DatabaseConfig, LiveDb, Registered};
+use crate::identity::NodeIdentity;
+use anyhow::{bail, Context};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use warden_db::postgres::{
+    fatal, parse_startup, parse_startup_reply, BackendDecoder, FrontendDecoder, QueryLog, Startup,
+    StartupReply,
+};
+use warden_types::api::DbCertRequest;
+use warden_types::audit::{codes, AuditEvent};
+
+/// PostgreSQL's SSLRequest packet.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audit events of statements waiting to be spooled (the relay waits when
+/// this many are).
+const AUDIT_QUEUE: usize = 1024;
+
+/// One client connection, after TLS.
+pub(super) struct Conn {
+    pub identity: Arc<NodeIdentity>,
+    pub db: DatabaseConfig,
+    pub user: String,
+    pub user_id: Option<String>,
+    pub peer: std::net::SocketAddr,
+}
+
+/// What every event of this connection carries.
+#[derive(Clone)]
+struct Session {
+    id: String,
+    user: String,
+    database: String,
+    db_user: String,
+    db_name: String,
+    peer: String,
+}
+
+impl Session {
+    fn event(&self, code: (&str, &str), message: impl Into<String>) -> AuditEvent {
+        let mut ev = AuditEvent::new(code, "", &self.user, message)
+            .with("database", self.database.as_str())
+            .with("db_protocol", "postgres")
+            .with("db_user", self.db_user.as_str())
+            .with("db_name", self.db_name.as_str());
+        ev.login = Some(self.db_user.clone());
+        ev.session_id = Some(self.id.clone());
+        ev.source_addr = Some(self.peer.clone());
+        ev
+    }
+}
+
+/// Reads into `buf` from `r`; an error when the peer has left.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, who: &str) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = r
+        .read(&mut chunk)
+        .await
+        .with_context(|| format!("reading from the {who}"))?;
+    if n == 0 {
+        bail!("the {who} closed the connection");
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+impl Conn {
+    pub async fn run<C>(self, mut client: C) -> anyhow::Result<()>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // The startup packet: TLS and GSSAPI requests are answered "no"
+        // (the connection is already TLS, end to end to this service).
+        let mut buf = Vec::new();
+        let (startup, packet) = loop {
+            match parse_startup(&buf) {
+                Ok(Some((Startup::SslRequest | Startup::GssEncRequest, n))) => {
+                    buf.drain(..n);
+                    client.write_all(b"N").await?;
+                }
+                Ok(Some((Startup::Cancel { .. }, _))) => {
+                    bail!("query cancel requests are not passed on");
+                }
+                Ok(Some((s, n))) => break (s, buf.drain(..n).collect::<Vec<u8>>()),
+                Ok(None) => {
+                    tokio::time::timeout(CONNECT_TIMEOUT, fill(&mut client, &mut buf, "client"))
+                        .await
+                        .context("the client sent no startup packet")??
+                }
+                Err(e) => {
+                    let _ = client
+                        .write_all(&fatal("08P01", &format!("warden: {e}")))
+                        .await;
+                    bail!("bad startup packet: {e}");
+                }
+            }
+        };
+        let db_user = startup.param("user").unwrap_or_default().to_string();
+        let db_name = startup.param("database").unwrap_or(&db_user).to_string();
+        let session = Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            user: self.user.clone(),
+            database: self.db.name.clone(),
+            db_user: db_user.clone(),
+            db_name: db_name.clone(),
+            peer: self.peer.to_string(),
+        };
+        if startup.param("replication").is_some() {
+            return self
+                .refuse(
+                    &mut client,
+                    &session,
+                    "28000",
+                    "replication connections are not passed on".into(),
+                )
+                .await;
+        }
+
+        // Auth decides with the user's live roles, and signs.
+        let key = warden_ca::ClientKey::generate();
+        let asked = self
+            .identity
+            .db_cert(&DbCertRequest {
+                user: self.user.clone(),
+                user_id: self.user_id.clone(),
+                database: self.db.name.clone(),
+                db_user: db_user.clone(),
+                db_name: db_name.clone(),
+                public_key: data_encoding::BASE64.encode(&key.public_raw()),
+            })
+            .await;
+        let granted = match asked {
+            Ok(g) => g,
+            Err(warden_client::ClientError::Api {
+                status: 403,
+                message,
+                ..
+            }) => {
+                let why = format!(
+                    "access to database {} as database user {db_user:?} on {db_name:?} denied: {message}",
+                    self.db.name
+                );
+                return self.refuse(&mut client, &session, "28000", why).await;
+            }
+            Err(e) => {
+                let why = format!("cannot ask the auth service about this connection: {e}");
+                return self.refuse(&mut client, &session, "08006", why).await;
+            }
+        };
+
+        // The database, with the certificate.
+        let mut server = match self.connect(&granted, &key).await {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("cannot open database {}: {e:#}", self.db.name);
+                return self.refuse(&mut client, &session, "08006", why).await;
+            }
+        };
+        server.write_all(&packet).await?;
+        // Its answers, passed on, up to ReadyForQuery.
+        let mut reply = Vec::new();
+        loop {
+            match parse_startup_reply(&reply) {
+                Ok(Some((r, n))) => {
+                    let message: Vec<u8> = reply.drain(..n).collect();
+                    match r {
+                        StartupReply::AuthenticationRequest(code) => {
+                            let why = format!(
+                                "database {} asked for a password (authentication code {code}); Warden signs in with a certificate: give its user a 'hostssl ... cert' line in pg_hba.conf",
+                                self.db.name
+                            );
+                            return self.refuse(&mut client, &session, "28000", why).await;
+                        }
+                        StartupReply::Error(m) => {
+                            client.write_all(&message).await?;
+                            let ev = session.event(
+                                codes::DB_SESSION_REJECTED,
+                                format!("the database refused: {m}"),
+                            );
+                            self.identity.emit(ev).await;
+                            return Ok(());
+                        }
+                        StartupReply::Ready => {
+                            client.write_all(&message).await?;
+                            break;
+                        }
+                        _ => client.write_all(&message).await?,
+                    }
+                }
+                Ok(None) => {
+                    tokio::time::timeout(CONNECT_TIMEOUT, fill(&mut server, &mut reply, "database"))
+                        .await
+                        .context("the database did not finish the startup")??
+                }
+                Err(e) => bail!("the database's startup: {e}"),
+            }
+        }
+        let start = session
+            .event(
+                codes::DB_SESSION_START,
+                format!(
+                    "{} connected to database {} as {db_user}",
+                    self.user, self.db.name
+                ),
+            )
+            .with("roles", granted.roles.clone());
+        self.identity.emit(start).await;
+
+        let (end_tx, mut end_rx) = tokio::sync::mpsc::channel(1);
+        let id = self.identity.db.register(LiveDb {
+            user: self.user.clone(),
+            user_id: self.user_id.clone(),
+            roles: granted.roles.clone(),
+            database: self.db.name.clone(),
+            db_user: db_user.clone(),
+            db_name: db_name.clone(),
+            end: end_tx,
+        });
+        let _registered = Registered(&self.identity.db, id);
+        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
+        let auditor = tokio::spawn(audit_writer(self.identity.clone(), rx));
+        let log = Arc::new(Mutex::new(QueryLog::new()));
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut sr, mut sw) = tokio::io::split(server);
+        let ended = tokio::select! {
+            r = upstream(&mut cr, &mut sw, &log, &session, &tx) => r.err().map(|e| format!("{e:#}")),
+            r = downstream(&mut sr, &mut cw, &reply, &log, &session, &tx) => r.err().map(|e| format!("{e:#}")),
+            why = end_rx.recv() => {
+                let why = why.unwrap_or_else(|| "ended".into());
+                let _ = cw
+                    .write_all(&fatal("57P01", &format!("warden: session terminated: {why}")))
+                    .await;
+                let _ = cw.shutdown().await;
+                let ev = session.event(codes::DB_SESSION_TERMINATED, why.clone());
+                let _ = tx.send(ev).await;
+                Some(why)
+            }
+        };
+        let mut end = session.event(
+            codes::DB_SESSION_END,
+            format!("{} left database {}", self.user, self.db.name),
+        );
+        if let Some(why) = ended {
+            end = end.with("reason", why);
+        }
+        let _ = tx.send(end).await;
+        drop(tx);
+        let _ = auditor.await;
+        Ok(())
+    }
+
+    /// Tells the client why, in PostgreSQL's words, and audits it.
+    async fn refuse<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        session: &Session,
+        code: &str,
+        why: String,
+    ) -> anyhow::Result<()> {
+        let _ = client
+            .write_all(&fatal(code, &format!("warden: {why}")))
+            .await;
+        let _ = client.shutdown().await;
+        self.identity
+            .emit(session.event(codes::DB_SESSION_REJECTED, why.clone()))
+            .await;
+        tracing::info!(user = %self.user, database = %self.db.name, reason = %why, "database connection refused");
+        Ok(())
+    }
+
+    /// Opens the database over TLS with the connection's certificate,
+    /// verifying the database's own certificate.
+    async fn connect(
+        &self,
+        granted: &warden_types::api::DbCertResponse,
+        key: &warden_ca::ClientKey,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let roots_pem = match &self.db.ca_file {
+            Some(path) => vec![std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the database's CA file {}", path.display())
+            })?],
+            None => granted.ca_pems.clone(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in &roots_pem {
+            for der in warden_ca::tls::pem_to_der(pem)? {
+                roots.add(der)?;
+            }
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                warden_ca::tls::pem_to_der(&granted.cert_pem)?,
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+            )?;
+        let name = rustls::pki_types::ServerName::try_from(self.db.host.clone())
+            .with_context(|| format!("{:?} is not a host name", self.db.host))?;
+        let addr = format!("{}:{}", self.db.host, self.db.port);
+        let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+            .await
+            .with_context(|| format!("{addr} did not answer"))?
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let _ = tcp.set_nodelay(true);
+        tcp.write_all(&SSL_REQUEST).await?;
+        let answer = tcp
+            .read_u8()
+            .await
+            .context("the database closed the connection")?;
+        if answer != b'S' {
+            bail!("it does not accept TLS: set ssl = on (and a certificate) in postgresql.conf");
+        }
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .context("TLS with the database timed out")?
+        .context("TLS with the database")?;
+        Ok(tls)
+    }
+}
+
+/// Spools statement events in order, off the relay's path.
+async fn audit_writer(
+    identity: Arc<NodeIdentity>,
+    mut rx: tokio::sync::mpsc::Receiver<AuditEvent>,
+) {
+    while let Some(ev) = rx.recv().await {
+        identity.emit(ev).await;
+    }
+}
+
+fn query_event(session: &Session, q: warden_db::QueryRecord) -> AuditEvent {
+    let mut ev = session
+        .event(codes::DB_QUERY, q.query.clone())
+        .with("query", q.query);
+    if !q.params.is_empty() {
+        ev = ev.with("params", q.params);
+    }
+    ev
+}
+
+/// Client to database: every message decoded (a simple query is named as
+/// sent), then passed on.
+async fn upstream<R, W>(
+    r: &mut R,
+    w: &mut W,
+    log: &Mutex<QueryLog>,
+    session: &Session,
+    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
+) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = FrontendDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        let (messages, err) = decoder.push(&buf[..n]);
+        let mut records = Vec::new();
+        {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            for m in &messages {
+                if let Some(q) = log.client(m)? {
+                    records.push(q);
+                }
+            }
+        }
+        for q in records {
+            tx.send(query_event(session, q)).await?;
+        }
+        if let Some(e) = err {
+            bail!("the client sent {e}");
+        }
+        w.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Database to client: message types followed (an extended-protocol
+/// statement is named when the server completes it), then passed on.
+async fn downstream<R, W>(
+    r: &mut R,
+    w: &mut W,
+    leftover: &[u8],
+    log: &Mutex<QueryLog>,
+    session: &Session,
+    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
+) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = BackendDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = leftover.to_vec();
+    loop {
+        let n = if pending.is_empty() {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            n
+        } else {
+            let n = pending.len().min(buf.len());
+            buf[..n].copy_from_slice(&pending[..n]);
+            pending.drain(..n);
+            n
+        };
+        let (tags, err) = decoder.push(&buf[..n]);
+        let mut records = Vec::new();
+        {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            for tag in tags {
+                if let Some(q) = log.server(tag)? {
+                    records.push(q);
+                }
+            }
+        }
+        for q in records {
+            tx.send(query_event(session, q)).await?;
+        }
+        if let Some(e) = err {
+            bail!("the database sent {e}");
+        }
+        w.write_all(&buf[..n]).await?;
+    }
+}

@@ -245,9 +245,15 @@ pub fn decide_db_login(state: &impl AccessState, q: &DbLogin, now: i64) -> Acces
             db_name: q.db_name,
         },
     );
+    // A refusal says why role by role: which list left the user or name
+    // out, or which deny rule took it away.
+    let reason = match decision.allowed {
+        true => decision.summary(),
+        false => decision.reasons.join("; "),
+    };
     AccessCheckResponse {
         allowed: decision.allowed,
-        reason: decision.summary(),
+        reason,
         explanation: decision.reasons.clone(),
         roles: roles.iter().map(|r| r.name().to_string()).collect(),
         would_deny: match decision.allowed {

@@ -258,6 +258,7 @@ impl Route {
             })?;
         let hello = serde_json::json!({ "database": self.database });
         tls.write_all(format!("{hello}\n").as_bytes()).await?;
+        tls.flush().await?;
         Ok(tls)
     }
 
@@ -277,6 +278,7 @@ impl Route {
                 let _ = local
                     .write_all(&warden_db::postgres::fatal("08006", &msg))
                     .await;
+                let _ = local.flush().await;
             }
         }
     }
@@ -350,14 +352,10 @@ pub async fn proxy(a: DbProxyArgs) -> anyhow::Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // Until interrupted (Ctrl-C's default action ends the process).
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (local, _) = accepted?;
-                let _ = local.set_nodelay(true);
-                tokio::spawn(route.clone().carry(local));
-            }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
+        let (local, _) = listener.accept().await?;
+        let _ = local.set_nodelay(true);
+        tokio::spawn(route.clone().carry(local));
     }
 }

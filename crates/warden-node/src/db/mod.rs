@@ -280,6 +280,7 @@ where
         let _ = tls
             .write_all(&warden_db::postgres::fatal("3D000", &msg))
             .await;
+        let _ = tls.flush().await;
         bail!("{msg}");
     };
     let conn = postgres::Conn {

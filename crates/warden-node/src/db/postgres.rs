@@ -84,6 +84,7 @@ impl Conn {
                 Ok(Some((Startup::SslRequest | Startup::GssEncRequest, n))) => {
                     buf.drain(..n);
                     client.write_all(b"N").await?;
+                    client.flush().await?;
                 }
                 Ok(Some((Startup::Cancel { .. }, _))) => {
                     bail!("query cancel requests are not passed on");
@@ -164,6 +165,7 @@ impl Conn {
             }
         };
         server.write_all(&packet).await?;
+        server.flush().await?;
         // Its answers, passed on, up to ReadyForQuery.
         let mut reply = Vec::new();
         loop {
@@ -180,6 +182,7 @@ impl Conn {
                         }
                         StartupReply::Error(m) => {
                             client.write_all(&message).await?;
+                            client.flush().await?;
                             let ev = session.event(
                                 codes::DB_SESSION_REJECTED,
                                 format!("the database refused: {m}"),
@@ -189,6 +192,7 @@ impl Conn {
                         }
                         StartupReply::Ready => {
                             client.write_all(&message).await?;
+                            client.flush().await?;
                             break;
                         }
                         _ => client.write_all(&message).await?,
@@ -237,6 +241,7 @@ impl Conn {
                 let _ = cw
                     .write_all(&fatal("57P01", &format!("warden: session terminated: {why}")))
                     .await;
+                let _ = cw.flush().await;
                 let _ = cw.shutdown().await;
                 let ev = session.event(codes::DB_SESSION_TERMINATED, why.clone());
                 let _ = tx.send(ev).await;
@@ -385,6 +390,7 @@ where
             bail!("the client sent {e}");
         }
         w.write_all(&buf[..n]).await?;
+        w.flush().await?;
     }
 }
 
@@ -436,5 +442,6 @@ where
             bail!("the database sent {e}");
         }
         w.write_all(&buf[..n]).await?;
+        w.flush().await?;
     }
 }

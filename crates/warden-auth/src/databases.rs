@@ -117,6 +117,29 @@ impl AuthServer {
             .collect())
     }
 
+    /// The user of a certificate a service was shown: it must be a user
+    /// certificate from the tls CA, valid now.
+    async fn presented_user(&self, b64: &str) -> Result<warden_types::Identity> {
+        let bad = |why: &str| AuthError::BadRequest(format!("user_cert: {why}"));
+        let der = data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .map_err(|_| bad("not base64"))?;
+        if der.len() > 16 * 1024 {
+            return Err(bad("too large"));
+        }
+        let pems = self.authority(CaType::Tls).await?.tls_cert_pems();
+        let verifier = tls::client_cert_verifier(&pems)?;
+        let cert = rustls::pki_types::CertificateDer::from(der.as_slice());
+        verifier
+            .verify_client_cert(&cert, &[], rustls::pki_types::UnixTime::now())
+            .map_err(|e| AuthError::Unauthenticated(format!("the user's certificate: {e}")))?;
+        let identity = tls::identity_from_der(&der)?.ok_or_else(|| bad("no Warden identity"))?;
+        if identity.kind != IdentityKind::User || identity.cluster != self.cluster() {
+            return Err(bad("not a user certificate of this cluster"));
+        }
+        Ok(identity)
+    }
+
     async fn db_ca(&self) -> Result<(std::sync::Arc<dyn warden_ca::CaSigner>, Vec<String>)> {
         let (signer, authority) = self.signer(CaType::Db).await?;
         let pems = authority.tls_cert_pems();
@@ -169,6 +192,7 @@ async fn client_cert(
 ) -> Result<Json<DbCertResponse>> {
     let service = require_node(&c)?.to_string();
     let key = ed25519_key(&req.public_key)?;
+    let user = s.presented_user(&req.user_cert).await?;
     let item = s
         .backend()
         .get(&format!("{DATABASES}{service}/{}", req.database))
@@ -184,8 +208,8 @@ async fn client_cert(
         service: (&service, &info.service_name),
         database: &info.name,
         labels: &info.labels,
-        user: &req.user,
-        user_id: req.user_id.as_deref(),
+        user: &user.username,
+        user_id: (!user.user_id.is_empty()).then_some(user.user_id.as_str()),
         db_user: &req.db_user,
         db_name: &req.db_name,
     };

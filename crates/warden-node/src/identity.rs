@@ -372,6 +372,31 @@ impl NodeIdentity {
         }
     }
 
+    /// Records several audit events with one durable write (a database
+    /// connection's statements).
+    pub async fn emit_all(&self, mut events: Vec<AuditEvent>) {
+        for e in &mut events {
+            e.cluster = self.state.cluster.clone();
+            e.node = Some(self.state.node_id.clone());
+        }
+        let spool = self.events.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let r = spool.push_all(&events);
+            (r, events)
+        })
+        .await;
+        match pushed {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), events)) => {
+                tracing::error!(error = %e, "cannot spool audit events; sending them directly");
+                if let Err(e) = self.send_events(&events).await {
+                    tracing::error!(error = %format!("{e:#}"), count = events.len(), "audit events lost");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "audit spool task failed"),
+        }
+    }
+
     /// Sends one event to auth; it is stored once even if sent again.
     pub async fn send_event(&self, event: &AuditEvent) -> anyhow::Result<()> {
         let _: serde_json::Value = self.api()?.call(&endpoints::EVENT, event).await?;

@@ -311,7 +311,7 @@ impl Proxy {
                 // TLS is end to end between the user and the database
                 // service, which authenticates the user; the proxy routes
                 // by the service id the SNI names, to its tunnel.
-                METRICS.proxy_connections_tls.inc();
+                METRICS.proxy_connections_db.inc();
                 let service = sniff::server_name(&head)
                     .context("a database connection must name its service (SNI)")?;
                 let channel = self

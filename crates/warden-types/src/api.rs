@@ -743,10 +743,10 @@ pub struct DatabaseInfo {
 /// connection, and for the client certificate that opens it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DbCertRequest {
-    pub user: String,
-    /// The user certificate's user id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
+    /// The X.509 certificate the user presented to the service (DER,
+    /// base64): auth takes the user from it, so a service can ask only for
+    /// users who hold a valid certificate, never for a name it makes up.
+    pub user_cert: String,
     /// The database (its Warden name).
     pub database: String,
     /// The database user to connect as.

@@ -113,6 +113,7 @@ pub struct Metrics {
     pub proxy_connections_tls: Counter,
     pub proxy_connections_tunnel: Counter,
     pub proxy_connections_auth: Counter,
+    pub proxy_connections_db: Counter,
     pub proxy_errors_sniff: Counter,
     pub proxy_errors_handshake: Counter,
     pub proxy_errors_node_unreachable: Counter,
@@ -174,6 +175,7 @@ impl Metrics {
             proxy_connections_tls: Counter::new(),
             proxy_connections_tunnel: Counter::new(),
             proxy_connections_auth: Counter::new(),
+            proxy_connections_db: Counter::new(),
             proxy_errors_sniff: Counter::new(),
             proxy_errors_handshake: Counter::new(),
             proxy_errors_node_unreachable: Counter::new(),
@@ -209,6 +211,7 @@ impl Metrics {
                 ("{protocol=\"web\"}", self.proxy_connections_tls.get()),
                 ("{protocol=\"tunnel\"}", self.proxy_connections_tunnel.get()),
                 ("{protocol=\"auth\"}", self.proxy_connections_auth.get()),
+                ("{protocol=\"db\"}", self.proxy_connections_db.get()),
             ],
         );
         family(

@@ -141,12 +141,22 @@ pub async fn play(mut a: PlayArgs) -> anyhow::Result<()> {
             "warden recordings ls",
         )?;
     }
-    let mut download = api()?
+    let download = api()?
         .download(
             &endpoints::RECORDING,
             &endpoints::RECORDING.at(&[&a.session_id]),
         )
-        .await?;
+        .await;
+    let mut download = match download {
+        // A database session has no recording: its statements are in the
+        // audit log.
+        Err(warden_client::ClientError::Api { status: 404, .. })
+            if uuid::Uuid::parse_str(&a.session_id).is_ok() =>
+        {
+            return play_db(&a.session_id, a.format).await;
+        }
+        d => d?,
+    };
     let what = || format!("recording {}", a.session_id);
     // Exports stream (memory: one chunk, however long the session); what
     // came before a damaged chunk is written, then the error.
@@ -346,5 +356,69 @@ async fn replay(rec: &Decoded, speed: f64, skip_idle: bool) -> anyhow::Result<()
         }
     }
     drop(interactive);
+    Ok(())
+}
+
+/// A database session, as its list of statements from the audit log.
+async fn play_db(session_id: &str, format: PlayFormat) -> anyhow::Result<()> {
+    let found: warden_types::api::AuditEvents = api()?
+        .call(
+            &endpoints::AUDIT_EVENTS,
+            &warden_types::api::AuditQuery {
+                session_id: Some(session_id.to_string()),
+                limit: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut events = found.events;
+    events.retain(|e| e.event_type.starts_with("db."));
+    events.sort_by_key(|e| e.index);
+    let Some(first) = events.first() else {
+        bail!("no recording or database session {session_id}; 'warden recordings ls' lists recordings");
+    };
+    let field = |e: &warden_types::audit::AuditEvent, k: &str| {
+        e.fields
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    if format == PlayFormat::Asciicast {
+        bail!("database session {session_id} has no terminal output; use --format text");
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Database session {session_id}: {} on {} as {} (database {}), {}",
+        first.user,
+        field(first, "database"),
+        field(first, "db_user"),
+        field(first, "db_name"),
+        output::time(first.time.unix_timestamp()),
+    )?;
+    let start = first.time;
+    for e in &events {
+        let at = (e.time - start).as_seconds_f64();
+        let line = match e.event_type.as_str() {
+            "db.query" => {
+                let params = e
+                    .fields
+                    .get("params")
+                    .and_then(|p| p.as_array())
+                    .map(|p| {
+                        let list: Vec<String> = p
+                            .iter()
+                            .map(|v| v.as_str().unwrap_or("").to_string())
+                            .collect();
+                        format!("  -- params: {}", list.join(", "))
+                    })
+                    .unwrap_or_default();
+                format!("{}{params}", field(e, "query"))
+            }
+            other => format!("-- {other}: {}", e.message),
+        };
+        writeln!(out, "{at:>9.3}s  {line}")?;
+    }
     Ok(())
 }

@@ -111,6 +111,23 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The README's Databases section shows what this test does.
+#[test]
+fn the_readme_shows_the_database_setup() {
+    let readme = include_str!("../../../README.md");
+    for line in [
+        "warden admin db cert --host 127.0.0.1 --out-dir",
+        "hostssl all all 127.0.0.1/32 cert",
+        "ssl_ca_file = '/etc/postgresql/warden/ca.crt'",
+        "--db 'pg1=postgres://127.0.0.1:5432?label.env=dev",
+        "warden db connect pg1 -- -c 'select 1'",
+        "warden proxy db pg1 --port 15432",
+        "db_users: [reader, '{{internal.db_user}}']",
+    ] {
+        assert!(readme.contains(line), "README.md no longer shows {line:?}");
+    }
+}
+
 #[test]
 fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
     let dir = temp_dir("db");
@@ -236,7 +253,10 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
     );
     assert!(!out.ok, "{}", out.all());
     assert!(
-        out.stderr.contains("denied") && out.stderr.contains("\"postgres\""),
+        out.stderr.contains("denied")
+            && out
+                .stderr
+                .contains("database user \"postgres\" not in allowed db_users"),
         "{}",
         out.all()
     );
@@ -284,6 +304,18 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
             .iter()
             .any(|e| e["session_id"] == q["session_id"])
     });
+    // `warden play` shows a database session as its statements.
+    let dave = c.add_user("dave", "auditor", "");
+    c.login("dave", "dave", &totp(&dave, 30)).expect_ok();
+    let played = c
+        .run_as("dave", &["play", q["session_id"].as_str().unwrap()], None)
+        .expect_ok();
+    assert!(
+        played.stdout.contains("select x from t")
+            && played.stdout.contains("as reader (database app)"),
+        "{}",
+        played.stdout
+    );
     let refused: Vec<_> = events_of(&c, "db.session.start")
         .into_iter()
         .filter(|e| e["success"] == false)

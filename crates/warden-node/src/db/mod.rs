@@ -288,6 +288,7 @@ where
         db,
         user: user.username,
         user_id: (!user.user_id.is_empty()).then_some(user.user_id),
+        user_cert: der.to_vec(),
         peer,
     };
     conn.run(tls).await

@@ -29,6 +29,8 @@ pub(super) struct Conn {
     pub db: DatabaseConfig,
     pub user: String,
     pub user_id: Option<String>,
+    /// The certificate the user presented (DER), which auth checks again.
+    pub user_cert: Vec<u8>,
     pub peer: std::net::SocketAddr,
 }
 
@@ -129,8 +131,7 @@ impl Conn {
         let asked = self
             .identity
             .db_cert(&DbCertRequest {
-                user: self.user.clone(),
-                user_id: self.user_id.clone(),
+                user_cert: data_encoding::BASE64.encode(&self.user_cert),
                 database: self.db.name.clone(),
                 db_user: db_user.clone(),
                 db_name: db_name.clone(),
@@ -332,13 +333,19 @@ impl Conn {
     }
 }
 
-/// Spools statement events in order, off the relay's path.
+/// Spools statement events in order, off the relay's path: whatever has
+/// queued up goes in one durable write.
 async fn audit_writer(
     identity: Arc<NodeIdentity>,
     mut rx: tokio::sync::mpsc::Receiver<AuditEvent>,
 ) {
-    while let Some(ev) = rx.recv().await {
-        identity.emit(ev).await;
+    let mut batch = Vec::new();
+    while rx
+        .recv_many(&mut batch, warden_store::spool::MAX_PER_FILE)
+        .await
+        > 0
+    {
+        identity.emit_all(std::mem::take(&mut batch)).await;
     }
 }
 

@@ -23,6 +23,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # The cluster, and the database's server certificate from its database CA.
 $W start --data-dir "$T/data" --listen-addr 127.0.0.1:0 --auth-addr 127.0.0.1:0 \
   --node-listen-addr 127.0.0.1:0 >"$T/cluster.log" 2>"$T/cluster.err" &
+CLUSTER=$!
 PIDS="$PIDS $!"
 for _ in $(seq 100); do grep -q "serving SSH" "$T/cluster.log" && break; sleep 0.1; done
 PROXY=$(awk '/proxy:/ {print $2}' "$T/cluster.log")
@@ -49,6 +50,7 @@ psql -q -h "$T/pg/sock" -p "$PG" -U warden -d app -c 'GRANT SELECT ON ALL TABLES
 TOKEN=$($W admin --data-dir "$T/data" tokens add --type node --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 $W start --roles db --proxy "$PROXY" --ca-pin "$PIN" --token "$TOKEN" --name db-agent \
   --data-dir "$T/agent" --db "pg1=postgres://127.0.0.1:$PG?label.env=bench" >"$T/agent.log" 2>&1 &
+AGENT=$!
 PIDS="$PIDS $!"
 cat >"$T/role.yaml" <<EOF
 kind: role
@@ -72,8 +74,12 @@ echo "bench password 123" | $W login --proxy "$PROXY" --user bench --password-st
 for _ in $(seq 100); do $W db ls | grep -q pg1 && break; sleep 0.2; done
 LOCAL=$(free_port)
 $W proxy db pg1 --port "$LOCAL" >"$T/tunnel.log" 2>&1 &
+TUNNEL=$!
 PIDS="$PIDS $!"
 sleep 0.5
+
+# CPU seconds (user + system) a process has used.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 # pgbench -S for SECS seconds: transactions/s, then p50/p99 latency (ms)
 # from the per-transaction log (third column: microseconds).
@@ -88,7 +94,12 @@ run() {
 }
 echo "== pgbench -S, $CLIENTS clients, ${SECS}s each"
 run direct "host=127.0.0.1 port=$PG user=warden dbname=app sslmode=require" | tee "$T/direct.txt"
+c0=$(cpu $CLUSTER) a0=$(cpu $AGENT) t0=$(cpu $TUNNEL)
 run warden "host=127.0.0.1 port=$LOCAL user=reader dbname=app sslmode=disable" | tee "$T/warden.txt"
+n=$(cat "$T/warden"/pgbench_log.* | wc -l)
+awk -v n="$n" -v c="$(cpu $CLUSTER)" -v c0="$c0" -v a="$(cpu $AGENT)" -v a0="$a0" -v t="$(cpu $TUNNEL)" -v t0="$t0" \
+  'BEGIN {printf "CPU per transaction: proxy+auth %.0f us, database service %.0f us, local tunnel %.0f us\n", (c-c0)*1e6/n, (a-a0)*1e6/n, (t-t0)*1e6/n}'
+
 d=$(awk '{print $2}' "$T/direct.txt")
 w=$(awk '{print $2}' "$T/warden.txt")
 awk -v d="$d" -v w="$w" 'BEGIN {printf "ratio through Warden/direct: %.2fx\n", w / d}'

@@ -55,9 +55,9 @@ impl AuthServer {
         for db in dbs {
             warden_types::resource::validate_name(&db.name).map_err(AuthError::BadRequest)?;
             warden_types::resource::validate_labels(&db.labels).map_err(AuthError::BadRequest)?;
-            if db.protocol != "postgres" {
+            if !matches!(db.protocol.as_str(), "postgres" | "mysql") {
                 return Err(AuthError::BadRequest(format!(
-                    "database {}: protocol {:?} is not served (postgres)",
+                    "database {}: protocol {:?} is not served (postgres, mysql)",
                     db.name, db.protocol
                 )));
             }

@@ -15,6 +15,12 @@ pub mod caps {
     pub const PLUGIN_AUTH: u32 = 0x0008_0000;
     pub const CONNECT_ATTRS: u32 = 0x0010_0000;
     pub const PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x0020_0000;
+    pub const COMPRESS: u32 = 0x0000_0020;
+    pub const QUERY_ATTRIBUTES: u32 = 0x0800_0000;
+    /// What Warden's relay does not pass on: compression (it could not
+    /// read the statements) and query attributes (its parser does not
+    /// know them), and TLS, which the relay does itself.
+    pub const NOT_RELAYED: u32 = COMPRESS | QUERY_ATTRIBUTES | SSL;
 }
 
 /// A packet's payload: at most 2^24 - 1 bytes (longer ones are split, the
@@ -135,6 +141,76 @@ pub fn parse_handshake_response(
         database,
         auth_plugin,
     }))
+}
+
+/// The server's greeting (HandshakeV10) as the relay passes it to its
+/// client: the same, but for the capabilities the relay does not pass on
+/// ([`caps::NOT_RELAYED`]), so the client asks for none of them.
+pub fn greeting_for_client(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    let what = "server greeting";
+    let mut r = Reader::little_endian(payload, what);
+    match r.u8()? {
+        10 => {}
+        0xff => return Err(malformed(what, "the server refused the connection")),
+        v => return Err(malformed(what, format!("protocol version {v}"))),
+    }
+    r.cstr_bytes()?; // server version
+    r.bytes(4 + 8 + 1)?; // connection id, scramble, filler
+    let low = payload.len() - r.b.len();
+    r.bytes(2 + 1 + 2)?; // capabilities (low), character set, status
+    let high = payload.len() - r.b.len();
+    r.bytes(2)?;
+    let mut out = payload.to_vec();
+    let caps =
+        u32::from_le_bytes([out[low], out[low + 1], out[high], out[high + 1]]) & !caps::NOT_RELAYED;
+    let b = caps.to_le_bytes();
+    out[low..low + 2].copy_from_slice(&b[..2]);
+    out[high..high + 2].copy_from_slice(&b[2..]);
+    Ok(out)
+}
+
+/// What the relay sends the server for a client's handshake response: the
+/// SSL request (TLS comes first, with the connection's certificate), then
+/// the response itself with TLS among its capabilities and no password
+/// (the certificate authenticates; the client's answer to a scramble the
+/// relay made up would mean nothing to the server).
+pub fn handshake_for_server(payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+    let what = "handshake response";
+    let mut r = Reader::little_endian(payload, what);
+    let caps = (r.u32()? & !caps::NOT_RELAYED) | caps::SSL;
+    r.bytes(4 + 1 + 23)?;
+    r.cstr_bytes()?;
+    let auth_at = payload.len() - r.b.len();
+    if caps & caps::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+        let n = lenenc(&mut r)?;
+        r.bytes(usize::try_from(n).map_err(|_| malformed(what, "auth data length"))?)?;
+    } else if caps & caps::SECURE_CONNECTION != 0 {
+        let n = r.u8()? as usize;
+        r.bytes(n)?;
+    } else {
+        r.cstr_bytes()?;
+    }
+    let after_auth = payload.len() - r.b.len();
+    let mut response = caps.to_le_bytes().to_vec();
+    response.extend_from_slice(&payload[4..auth_at]);
+    // Empty auth data: one zero byte in each of the three encodings.
+    response.push(0);
+    response.extend_from_slice(&payload[after_auth..]);
+    let ssl = response[..32].to_vec();
+    Ok((ssl, response))
+}
+
+/// An ERR packet's payload: how the relay refuses a client in MySQL's
+/// words (`mysql` prints `ERROR code (state): message`).
+pub fn err_packet(code: u16, state: &str, message: &str) -> Vec<u8> {
+    let mut p = vec![0xff];
+    p.extend_from_slice(&code.to_le_bytes());
+    p.push(b'#');
+    let mut st = state.as_bytes().to_vec();
+    st.resize(5, b'0');
+    p.extend_from_slice(&st);
+    p.extend_from_slice(message.as_bytes());
+    p
 }
 
 /// A client command (the first packet of each exchange after login).
@@ -528,6 +604,54 @@ pub mod build {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_relay_rewrites_the_handshake() {
+        // A greeting: version 10, "10.11.6-MariaDB", id, scramble,
+        // filler, caps low (SSL | PROTOCOL_41), charset, status, caps high
+        // (PLUGIN_AUTH), auth data length, reserved, scramble 2, plugin.
+        let low = (caps::SSL | caps::PROTOCOL_41 | caps::COMPRESS) as u16;
+        let high = ((caps::PLUGIN_AUTH | caps::QUERY_ATTRIBUTES) >> 16) as u16;
+        let mut g = vec![10];
+        g.extend_from_slice(b"10.11.6-MariaDB\0");
+        g.extend_from_slice(&[1, 0, 0, 0]);
+        g.extend_from_slice(b"abcdefgh\0");
+        g.extend_from_slice(&low.to_le_bytes());
+        g.push(45);
+        g.extend_from_slice(&[2, 0]);
+        g.extend_from_slice(&high.to_le_bytes());
+        g.push(21);
+        g.extend_from_slice(&[0; 10]);
+        g.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+        let out = greeting_for_client(&g).unwrap();
+        assert_eq!(out.len(), g.len());
+        let at = 1 + 16 + 4 + 9;
+        let caps = u32::from_le_bytes([out[at], out[at + 1], out[at + 5], out[at + 6]]);
+        assert_eq!(caps, caps::PROTOCOL_41 | caps::PLUGIN_AUTH);
+        assert!(greeting_for_client(&[0xff, 1, 2]).is_err());
+        assert!(greeting_for_client(&g[..20]).is_err());
+
+        // The client's response: TLS added, its password answer dropped.
+        let mut resp = build::handshake_response("reader", Some("app"));
+        // A 20-byte scrambled password where the builder put none.
+        let at = 32 + 7;
+        resp.splice(at..at + 1, std::iter::once(20).chain([7u8; 20]));
+        let parsed = parse_handshake_response(&resp).unwrap().unwrap();
+        assert_eq!(parsed.database.as_deref(), Some("app"));
+        let (ssl, server) = handshake_for_server(&resp).unwrap();
+        assert_eq!(ssl.len(), 32);
+        assert_eq!(parse_handshake_response(&ssl), Ok(None), "an SSL request");
+        let again = parse_handshake_response(&server).unwrap().unwrap();
+        assert_eq!(again.user, "reader");
+        assert_eq!(again.database.as_deref(), Some("app"));
+        assert_eq!(again.auth_plugin.as_deref(), Some("mysql_native_password"));
+        assert_ne!(again.capabilities & caps::SSL, 0);
+        assert_eq!(server.len(), resp.len() - 20);
+        assert!(handshake_for_server(&resp[..30]).is_err());
+        let err = err_packet(1045, "28000", "warden: denied");
+        assert_eq!(err[0], 0xff);
+        assert!(String::from_utf8_lossy(&err).ends_with("#28000warden: denied"));
+    }
+
     use super::*;
 
     #[test]

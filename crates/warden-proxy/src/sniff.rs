@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use warden_types::{ALPN_AUTH, ALPN_DB_POSTGRES, ALPN_PEER, ALPN_TUNNEL};
+use warden_types::{ALPN_AUTH, ALPN_DB_MYSQL, ALPN_DB_POSTGRES, ALPN_PEER, ALPN_TUNNEL};
 
 /// Largest ClientHello we buffer before deciding.
 const MAX_HELLO: usize = 16 * 1024;
@@ -83,7 +83,7 @@ pub fn classify(head: &[u8]) -> anyhow::Result<Option<Protocol>> {
                 Protocol::Tunnel
             } else if alpn.contains(&ALPN_PEER) {
                 Protocol::Peer
-            } else if alpn.contains(&ALPN_DB_POSTGRES) {
+            } else if alpn.contains(&ALPN_DB_POSTGRES) || alpn.contains(&ALPN_DB_MYSQL) {
                 Protocol::Db
             } else {
                 Protocol::Web
@@ -158,6 +158,10 @@ mod tests {
         assert_eq!(classify(&db).unwrap(), Some(Protocol::Db));
         assert_eq!(server_name(&db).as_deref(), Some("example.com"));
         assert_eq!(server_name(&db[..db.len() / 2]), None);
+        assert_eq!(
+            classify(&client_hello(&[ALPN_DB_MYSQL])).unwrap(),
+            Some(Protocol::Db)
+        );
         // Garbage after the TLS byte is an error, not a panic.
         assert!(classify(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]).is_err());
     }

@@ -33,6 +33,9 @@ pub const TUNNEL_MOVE_ADDRESS: &str = "move@warden";
 /// database service (mTLS end to end with the user's certificate; the SNI
 /// names the service's id, which the proxy routes by).
 pub const ALPN_DB_POSTGRES: &[u8] = b"warden-db-postgres";
+/// TLS ALPN protocol of a MySQL/MariaDB connection, as
+/// [`ALPN_DB_POSTGRES`].
+pub const ALPN_DB_MYSQL: &[u8] = b"warden-db-mysql";
 /// The `connected address` of a tunnel channel that carries a database
 /// connection rather than an SSH one.
 pub const TUNNEL_DB_ADDRESS: &str = "db@warden";

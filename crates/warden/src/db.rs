@@ -26,8 +26,8 @@ pub enum DbCommand {
     /// Choose the database user and name `connect` and `proxy db` use for
     /// a database (checked when you connect).
     Login(DbLoginArgs),
-    /// Open `psql` on a database through the proxy; arguments after `--`
-    /// go to psql (e.g. `-- -c 'select 1'`).
+    /// Open `psql` (or `mysql`) on a database through the proxy;
+    /// arguments after `--` go to it (e.g. `-- -c 'select 1'`).
     Connect(DbConnectArgs),
 }
 
@@ -191,7 +191,7 @@ async fn find(store: &ProfileStore, p: &Profile, name: &str) -> anyhow::Result<D
         .collect();
     found.sort_by_key(|d| std::cmp::Reverse(d.heartbeat));
     match found.into_iter().next() {
-        Some(d) if d.protocol == "postgres" => Ok(d),
+        Some(d) if matches!(d.protocol.as_str(), "postgres" | "mysql") => Ok(d),
         Some(d) => bail!(
             "database {name} speaks {}, which this client does not serve",
             d.protocol
@@ -222,6 +222,14 @@ struct Route {
     service: String,
     database: String,
     tls: Arc<rustls::ClientConfig>,
+    mysql: bool,
+}
+
+fn alpn(db: &DatabaseInfo) -> &'static [u8] {
+    match db.protocol.as_str() {
+        "mysql" => warden_types::ALPN_DB_MYSQL,
+        _ => warden_types::ALPN_DB_POSTGRES,
+    }
 }
 
 impl Route {
@@ -234,7 +242,8 @@ impl Route {
             proxy: p.proxy.clone(),
             service: db.service.clone(),
             database: db.name.clone(),
-            tls: client_config(verifier, warden_types::ALPN_DB_POSTGRES, Some(&cert))?,
+            tls: client_config(verifier, alpn(db), Some(&cert))?,
+            mysql: db.protocol == "mysql",
         })
     }
 
@@ -273,11 +282,16 @@ impl Route {
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
-                // psql shows this as the server's message.
+                // The client shows this as the server's message.
                 let msg = format!("warden: {e:#}");
-                let _ = local
-                    .write_all(&warden_db::postgres::fatal("08006", &msg))
-                    .await;
+                let refusal = match self.mysql {
+                    true => warden_db::mysql::build::packet(
+                        0,
+                        &warden_db::mysql::err_packet(2013, "08S01", &msg),
+                    ),
+                    false => warden_db::postgres::fatal("08006", &msg),
+                };
+                let _ = local.write_all(&refusal).await;
                 let _ = local.flush().await;
             }
         }
@@ -292,23 +306,35 @@ async fn connect(a: DbConnectArgs) -> anyhow::Result<()> {
     // A socket in a directory only this user can enter: other local users
     // cannot ride on this connection.
     let dir = tempfile_dir()?;
-    let socket = dir.join(".s.PGSQL.5432");
+    let mysql = db.protocol == "mysql";
+    let socket = dir.join(if mysql { "mysql.sock" } else { ".s.PGSQL.5432" });
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let conninfo = format!(
-        "host={} port=5432 user={} dbname={} sslmode=disable application_name=warden",
-        dir.display(),
-        c.db_user,
-        c.db_name
-    );
-    let mut psql = tokio::process::Command::new("psql")
-        .arg(&conninfo)
+    let mut client = if mysql {
+        let mut cmd = tokio::process::Command::new("mysql");
+        cmd.arg(format!("--socket={}", socket.display()))
+            .arg(format!("--user={}", c.db_user))
+            .arg(format!("--database={}", c.db_name));
+        cmd
+    } else {
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.arg(format!(
+            "host={} port=5432 user={} dbname={} sslmode=disable application_name=warden",
+            dir.display(),
+            c.db_user,
+            c.db_name
+        ));
+        cmd
+    };
+    let (program, package) = match mysql {
+        true => ("mysql", "mariadb-client"),
+        false => ("psql", "postgresql-client"),
+    };
+    let mut psql = client
         .args(&a.args)
         .kill_on_drop(true)
         .spawn()
-        .context(
-            "cannot run psql (install the PostgreSQL client: apt install postgresql-client)",
-        )?;
+        .with_context(|| format!("cannot run {program} (install it: apt install {package})"))?;
     let status = loop {
         tokio::select! {
             s = psql.wait() => break s?,
@@ -344,11 +370,17 @@ pub async fn proxy(a: DbProxyArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", a.port))?;
     let port = listener.local_addr()?.port();
-    println!(
-        "Serving database {} on 127.0.0.1:{port}; anyone on this machine who can reach that port connects as you. Connect with:\n  psql 'host=127.0.0.1 port={port} user={} dbname={} sslmode=disable'",
-        db.name,
+    let (user, name) = (
         c.as_ref().map_or("USER", |c| c.db_user.as_str()),
         c.as_ref().map_or("DB", |c| c.db_name.as_str()),
+    );
+    let hint = match db.protocol.as_str() {
+        "mysql" => format!("mysql --protocol=TCP -h 127.0.0.1 -P {port} -u {user} -D {name}"),
+        _ => format!("psql 'host=127.0.0.1 port={port} user={user} dbname={name} sslmode=disable'"),
+    };
+    println!(
+        "Serving database {} on 127.0.0.1:{port}; anyone on this machine who can reach that port connects as you. Connect with:\n  {hint}",
+        db.name
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -55,6 +55,101 @@ impl Drop for DbAgent {
     }
 }
 
+/// A real MariaDB server for the test: its own data dir on a free
+/// loopback port, TLS with the given certificate files, run as the `mysql`
+/// user when we are root. Stopped and deleted on drop.
+struct MariaDb {
+    child: Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl MariaDb {
+    fn start(certs: &std::path::Path) -> MariaDb {
+        let dir = std::env::temp_dir().join(format!("warden-maria-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["server.crt", "server.key", "ca.crt"] {
+            std::fs::copy(certs.join(f), dir.join(f)).unwrap();
+        }
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if root {
+            assert!(Command::new("chown")
+                .args(["-R", "mysql:mysql"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let user = if root { "mysql" } else { "" };
+        let out = Command::new("mariadb-install-db")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args(if root {
+                vec![format!("--user={user}")]
+            } else {
+                vec![]
+            })
+            .output()
+            .expect("mariadb-install-db (apt-get install -y mariadb-server)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = |f: &str| dir.join(f).display().to_string();
+        let mut cmd = Command::new("/usr/sbin/mariadbd");
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", d("data")))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", d("sock")))
+            .arg(format!("--pid-file={}", d("pid")))
+            .arg(format!("--log-error={}", d("err.log")))
+            .arg(format!("--ssl-cert={}", d("server.crt")))
+            .arg(format!("--ssl-key={}", d("server.key")))
+            .arg(format!("--ssl-ca={}", d("ca.crt")))
+            .arg("--skip-name-resolve");
+        if root {
+            cmd.arg("--user=mysql");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = MariaDb { child, dir, port };
+        wait_for("MariaDB to start", || m.sql("select 1").is_ok());
+        m
+    }
+
+    /// Runs SQL as the server's root, over its Unix socket.
+    fn sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .args(["-uroot", "-N", "-B", "-e", sql])
+            .output()
+            .unwrap();
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 const ROLES: &str = "\
 kind: role
 version: v1
@@ -188,9 +283,20 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
         "CREATE TABLE t (x int); INSERT INTO t VALUES (42); GRANT SELECT ON t TO reader",
     );
 
+    // MariaDB, with the same server certificate; its users must show a
+    // certificate naming them.
+    let maria = MariaDb::start(&certs);
+    maria
+        .sql(
+            "CREATE DATABASE app; CREATE TABLE app.t (x int); INSERT INTO app.t VALUES (42); \
+             CREATE USER reader@'%' REQUIRE SUBJECT '/CN=reader'; GRANT SELECT ON app.* TO reader@'%'",
+        )
+        .unwrap();
+
     let dev = format!("pg1=postgres://127.0.0.1:{}?label.env=dev", server.port);
     let prod = format!("pg2=postgres://127.0.0.1:{}?label.env=prod", server.port);
-    let _agent = DbAgent::start(&c, &[dev, prod]);
+    let my = format!("my1=mysql://127.0.0.1:{}?label.env=dev", maria.port);
+    let _agent = DbAgent::start(&c, &[dev, prod, my]);
 
     let roles = dir.join("roles.yaml");
     std::fs::write(&roles, ROLES).unwrap();
@@ -207,9 +313,10 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
             .expect_ok();
         let dbs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
         listed = dbs.iter().map(|d| d["name"].to_string()).collect();
-        !dbs.is_empty()
+        dbs.len() >= 2
     });
-    assert_eq!(listed, vec!["\"pg1\""], "only the dev database");
+    listed.sort();
+    assert_eq!(listed, vec!["\"my1\"", "\"pg1\""], "only the dev databases");
     let table = c.run_as("alice", &["db", "ls"], None).expect_ok();
     assert!(table.stdout.contains("env=dev"), "{}", table.stdout);
 
@@ -304,6 +411,57 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
             .iter()
             .any(|e| e["session_id"] == q["session_id"])
     });
+    // MariaDB with the stock client: allowed, then a database user the
+    // role does not give.
+    let out = c.run_as(
+        "alice",
+        &[
+            "db",
+            "connect",
+            "my1",
+            "--db-user",
+            "reader",
+            "--db-name",
+            "app",
+            "--",
+            "-N",
+            "-B",
+            "-e",
+            "select x from t",
+        ],
+        None,
+    );
+    assert_eq!(out.stdout.trim(), "42", "{}", out.all());
+    let out = c.run_as(
+        "alice",
+        &[
+            "db",
+            "connect",
+            "my1",
+            "--db-user",
+            "root",
+            "--db-name",
+            "app",
+            "--",
+            "-e",
+            "select 1",
+        ],
+        None,
+    );
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("database user \"root\" not in allowed db_users"),
+        "{}",
+        out.all()
+    );
+    wait_for("the MariaDB query in the audit log", || {
+        events_of(&c, "db.query")
+            .iter()
+            .any(|e| e["fields"]["database"] == "my1" && e["fields"]["query"] == "select x from t")
+    });
+
     // `warden play` shows a database session as its statements.
     let dave = c.add_user("dave", "auditor", "");
     c.login("dave", "dave", &totp(&dave, 30)).expect_ok();

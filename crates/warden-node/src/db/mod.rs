@@ -6,6 +6,7 @@
 //! and relays the protocol, auditing every statement. Live connections
 //! end when a lock or a policy change no longer allows them.
 
+mod mysql;
 mod postgres;
 
 use crate::identity::NodeIdentity;
@@ -17,28 +18,44 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use warden_types::api::DatabaseHeartbeat;
-use warden_types::{IdentityKind, ALPN_DB_POSTGRES};
+use warden_types::audit::{codes, AuditEvent};
+use warden_types::{IdentityKind, ALPN_DB_MYSQL, ALPN_DB_POSTGRES};
 
 /// How long a client has to finish TLS and name its database.
 const HANDSHAKE: Duration = Duration::from_secs(15);
 /// Longest first line (the database's name, as JSON).
 const MAX_HELLO: usize = 1024;
+/// How long the database has to answer and finish its start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audit events of statements waiting to be spooled (the relay waits when
+/// this many are).
+const AUDIT_QUEUE: usize = 1024;
 
 /// The wire protocol of a database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Postgres,
+    Mysql,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+        }
+    }
+
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Protocol::Postgres => ALPN_DB_POSTGRES,
+            Protocol::Mysql => ALPN_DB_MYSQL,
         }
     }
 }
 
-/// One database this service serves: `--db NAME=postgres://HOST:PORT`,
+/// One database this service serves: `--db NAME=postgres://HOST:PORT`
+/// (or `mysql://`),
 /// with `?ca=FILE` (the CA of the database's server certificate; default:
 /// the cluster's database CA) and labels as `&label.KEY=VALUE`.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,20 +73,20 @@ impl std::str::FromStr for DatabaseConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = |why: &str| {
-            format!("invalid --db {s:?}: {why}; use NAME=postgres://HOST:PORT[?label.KEY=VALUE&ca=FILE], e.g. pg1=postgres://127.0.0.1:5432?label.env=dev")
+            format!("invalid --db {s:?}: {why}; use NAME=postgres://HOST:PORT or NAME=mysql://HOST:PORT, with [?label.KEY=VALUE&ca=FILE], e.g. pg1=postgres://127.0.0.1:5432?label.env=dev")
         };
         let (name, uri) = s.split_once('=').ok_or_else(|| usage("no NAME="))?;
         warden_types::resource::validate_name(name).map_err(|e| usage(&e))?;
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| usage("no scheme"))?;
-        let protocol = match scheme {
-            "postgres" | "postgresql" => Protocol::Postgres,
-            "mysql" | "mariadb" => return Err(usage("MySQL is not served yet")),
+        let (protocol, default_port) = match scheme {
+            "postgres" | "postgresql" => (Protocol::Postgres, 5432),
+            "mysql" | "mariadb" => (Protocol::Mysql, 3306),
             other => return Err(usage(&format!("unknown protocol {other:?}"))),
         };
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (host, port) = match addr.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| usage("bad port"))?),
-            None => (addr, 5432),
+            None => (addr, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -206,7 +223,7 @@ fn tls_config(identity: &NodeIdentity) -> anyhow::Result<Arc<rustls::ServerConfi
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .context("the agent's certificate")?;
-    config.alpn_protocols = vec![ALPN_DB_POSTGRES.to_vec()];
+    config.alpn_protocols = vec![ALPN_DB_POSTGRES.to_vec(), ALPN_DB_MYSQL.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -271,19 +288,31 @@ where
     if user.kind != IdentityKind::User || user.cluster != identity.cluster() {
         bail!("only users of this cluster open database connections");
     }
-    let Some(db) = identity.db.get(&hello.database).cloned() else {
+    let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
+    let db = identity
+        .db
+        .get(&hello.database)
+        .filter(|d| d.protocol.alpn() == alpn.as_slice())
+        .cloned();
+    let Some(db) = db else {
         use tokio::io::AsyncWriteExt;
         let msg = format!(
-            "warden: this service does not serve a database named {:?}; run 'warden db ls'",
+            "warden: this service does not serve a {} database named {:?}; run 'warden db ls'",
+            String::from_utf8_lossy(&alpn).trim_start_matches("warden-db-"),
             hello.database
         );
-        let _ = tls
-            .write_all(&warden_db::postgres::fatal("3D000", &msg))
-            .await;
+        let refusal = match alpn.as_slice() {
+            ALPN_DB_MYSQL => warden_db::mysql::build::packet(
+                0,
+                &warden_db::mysql::err_packet(1049, "42000", &msg),
+            ),
+            _ => warden_db::postgres::fatal("3D000", &msg),
+        };
+        let _ = tls.write_all(&refusal).await;
         let _ = tls.flush().await;
         bail!("{msg}");
     };
-    let conn = postgres::Conn {
+    let conn = Conn {
         identity: identity.clone(),
         db,
         user: user.username,
@@ -291,5 +320,190 @@ where
         user_cert: der.to_vec(),
         peer,
     };
-    conn.run(tls).await
+    match conn.db.protocol {
+        Protocol::Postgres => conn.run_postgres(tls).await,
+        Protocol::Mysql => conn.run_mysql(tls).await,
+    }
+}
+
+/// One client connection, after TLS.
+pub(super) struct Conn {
+    pub identity: Arc<NodeIdentity>,
+    pub db: DatabaseConfig,
+    pub user: String,
+    pub user_id: Option<String>,
+    /// The certificate the user presented (DER), which auth checks again.
+    pub user_cert: Vec<u8>,
+    pub peer: std::net::SocketAddr,
+}
+
+impl Conn {
+    /// A new session's audit context.
+    fn session(&self, db_user: &str, db_name: &str) -> Session {
+        Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            user: self.user.clone(),
+            database: self.db.name.clone(),
+            protocol: self.db.protocol.as_str(),
+            db_user: db_user.to_string(),
+            db_name: db_name.to_string(),
+            peer: self.peer.to_string(),
+        }
+    }
+
+    /// Asks auth to decide the connection and sign its certificate; the
+    /// refusal's words for the user when it does not.
+    async fn certificate(
+        &self,
+        key: &warden_ca::ClientKey,
+        db_user: &str,
+        db_name: &str,
+    ) -> Result<warden_types::api::DbCertResponse, (&'static str, String)> {
+        let asked = self
+            .identity
+            .db_cert(&warden_types::api::DbCertRequest {
+                user_cert: data_encoding::BASE64.encode(&self.user_cert),
+                database: self.db.name.clone(),
+                db_user: db_user.to_string(),
+                db_name: db_name.to_string(),
+                public_key: data_encoding::BASE64.encode(&key.public_raw()),
+            })
+            .await;
+        match asked {
+            Ok(g) => Ok(g),
+            Err(warden_client::ClientError::Api {
+                status: 403,
+                message,
+                ..
+            }) => Err((
+                "28000",
+                format!(
+                    "access to database {} as database user {db_user:?} on {db_name:?} denied: {message}",
+                    self.db.name
+                ),
+            )),
+            Err(e) => Err((
+                "08006",
+                format!("cannot ask the auth service about this connection: {e}"),
+            )),
+        }
+    }
+
+    /// Registers a live connection; the receiver hears why it must end.
+    fn register(
+        &self,
+        session: &Session,
+        roles: &[String],
+    ) -> (Registered<'_>, tokio::sync::mpsc::Receiver<String>) {
+        let (end_tx, end_rx) = tokio::sync::mpsc::channel(1);
+        let id = self.identity.db.register(LiveDb {
+            user: self.user.clone(),
+            user_id: self.user_id.clone(),
+            roles: roles.to_vec(),
+            database: self.db.name.clone(),
+            db_user: session.db_user.clone(),
+            db_name: session.db_name.clone(),
+            end: end_tx,
+        });
+        (Registered(&self.identity.db, id), end_rx)
+    }
+}
+
+/// What every event of a connection carries.
+#[derive(Clone)]
+struct Session {
+    id: String,
+    user: String,
+    database: String,
+    protocol: &'static str,
+    db_user: String,
+    db_name: String,
+    peer: String,
+}
+
+impl Session {
+    fn event(&self, code: (&str, &str), message: impl Into<String>) -> AuditEvent {
+        let mut ev = AuditEvent::new(code, "", &self.user, message)
+            .with("database", self.database.as_str())
+            .with("db_protocol", self.protocol)
+            .with("db_user", self.db_user.as_str())
+            .with("db_name", self.db_name.as_str());
+        ev.login = Some(self.db_user.clone());
+        ev.session_id = Some(self.id.clone());
+        ev.source_addr = Some(self.peer.clone());
+        ev
+    }
+}
+
+fn query_event(session: &Session, q: warden_db::QueryRecord) -> AuditEvent {
+    let mut ev = session
+        .event(codes::DB_QUERY, q.query.clone())
+        .with("query", q.query);
+    if !q.params.is_empty() {
+        ev = ev.with("params", q.params);
+    }
+    ev
+}
+
+/// Spools statement events in order, off the relay's path: whatever has
+/// queued up goes in one durable write.
+async fn audit_writer(
+    identity: Arc<NodeIdentity>,
+    mut rx: tokio::sync::mpsc::Receiver<AuditEvent>,
+) {
+    let mut batch = Vec::new();
+    while rx
+        .recv_many(&mut batch, warden_store::spool::MAX_PER_FILE)
+        .await
+        > 0
+    {
+        identity.emit_all(std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Reads into `buf` from `r`; an error when the peer has left.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, who: &str) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = r
+        .read(&mut chunk)
+        .await
+        .with_context(|| format!("reading from the {who}"))?;
+    if n == 0 {
+        bail!("the {who} closed the connection");
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// The TLS client config of a connection to the database: the
+/// connection's certificate, and the database's server certificate checked
+/// against its CA file or the database CA.
+fn tls_to_database(
+    db: &DatabaseConfig,
+    granted: &warden_types::api::DbCertResponse,
+    key: &warden_ca::ClientKey,
+) -> anyhow::Result<(
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    let roots_pem = match &db.ca_file {
+        Some(path) => vec![std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the database's CA file {}", path.display()))?],
+        None => granted.ca_pems.clone(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in &roots_pem {
+        for der in warden_ca::tls::pem_to_der(pem)? {
+            roots.add(der)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            warden_ca::tls::pem_to_der(&granted.cert_pem)?,
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
+        )?;
+    let name = rustls::pki_types::ServerName::try_from(db.host.clone())
+        .with_context(|| format!("{:?} is not a host name", db.host))?;
+    Ok((Arc::new(config), name))
 }

@@ -3,78 +3,22 @@
 //! signs a client certificate; the service opens the database with it
 //! (TLS, `hostssl ... cert`) and relays, auditing each statement.
 
-use super::{DatabaseConfig, LiveDb, Registered};
-use crate::identity::NodeIdentity;
+use super::{audit_writer, fill, query_event, Conn, Session};
 use anyhow::{bail, Context};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use warden_db::postgres::{
     fatal, parse_startup, parse_startup_reply, BackendDecoder, FrontendDecoder, QueryLog, Startup,
     StartupReply,
 };
-use warden_types::api::DbCertRequest;
 use warden_types::audit::{codes, AuditEvent};
 
 /// PostgreSQL's SSLRequest packet.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Audit events of statements waiting to be spooled (the relay waits when
-/// this many are).
-const AUDIT_QUEUE: usize = 1024;
-
-/// One client connection, after TLS.
-pub(super) struct Conn {
-    pub identity: Arc<NodeIdentity>,
-    pub db: DatabaseConfig,
-    pub user: String,
-    pub user_id: Option<String>,
-    /// The certificate the user presented (DER), which auth checks again.
-    pub user_cert: Vec<u8>,
-    pub peer: std::net::SocketAddr,
-}
-
-/// What every event of this connection carries.
-#[derive(Clone)]
-struct Session {
-    id: String,
-    user: String,
-    database: String,
-    db_user: String,
-    db_name: String,
-    peer: String,
-}
-
-impl Session {
-    fn event(&self, code: (&str, &str), message: impl Into<String>) -> AuditEvent {
-        let mut ev = AuditEvent::new(code, "", &self.user, message)
-            .with("database", self.database.as_str())
-            .with("db_protocol", "postgres")
-            .with("db_user", self.db_user.as_str())
-            .with("db_name", self.db_name.as_str());
-        ev.login = Some(self.db_user.clone());
-        ev.session_id = Some(self.id.clone());
-        ev.source_addr = Some(self.peer.clone());
-        ev
-    }
-}
-
-/// Reads into `buf` from `r`; an error when the peer has left.
-async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, who: &str) -> anyhow::Result<()> {
-    let mut chunk = [0u8; 8192];
-    let n = r
-        .read(&mut chunk)
-        .await
-        .with_context(|| format!("reading from the {who}"))?;
-    if n == 0 {
-        bail!("the {who} closed the connection");
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
-}
+use super::{AUDIT_QUEUE, CONNECT_TIMEOUT};
 
 impl Conn {
-    pub async fn run<C>(self, mut client: C) -> anyhow::Result<()>
+    pub(super) async fn run_postgres<C>(self, mut client: C) -> anyhow::Result<()>
     where
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -107,17 +51,10 @@ impl Conn {
         };
         let db_user = startup.param("user").unwrap_or_default().to_string();
         let db_name = startup.param("database").unwrap_or(&db_user).to_string();
-        let session = Session {
-            id: uuid::Uuid::new_v4().to_string(),
-            user: self.user.clone(),
-            database: self.db.name.clone(),
-            db_user: db_user.clone(),
-            db_name: db_name.clone(),
-            peer: self.peer.to_string(),
-        };
+        let session = self.session(&db_user, &db_name);
         if startup.param("replication").is_some() {
             return self
-                .refuse(
+                .refuse_postgres(
                     &mut client,
                     &session,
                     "28000",
@@ -128,32 +65,10 @@ impl Conn {
 
         // Auth decides with the user's live roles, and signs.
         let key = warden_ca::ClientKey::generate();
-        let asked = self
-            .identity
-            .db_cert(&DbCertRequest {
-                user_cert: data_encoding::BASE64.encode(&self.user_cert),
-                database: self.db.name.clone(),
-                db_user: db_user.clone(),
-                db_name: db_name.clone(),
-                public_key: data_encoding::BASE64.encode(&key.public_raw()),
-            })
-            .await;
-        let granted = match asked {
+        let granted = match self.certificate(&key, &db_user, &db_name).await {
             Ok(g) => g,
-            Err(warden_client::ClientError::Api {
-                status: 403,
-                message,
-                ..
-            }) => {
-                let why = format!(
-                    "access to database {} as database user {db_user:?} on {db_name:?} denied: {message}",
-                    self.db.name
-                );
-                return self.refuse(&mut client, &session, "28000", why).await;
-            }
-            Err(e) => {
-                let why = format!("cannot ask the auth service about this connection: {e}");
-                return self.refuse(&mut client, &session, "08006", why).await;
+            Err((code, why)) => {
+                return self.refuse_postgres(&mut client, &session, code, why).await
             }
         };
 
@@ -162,7 +77,9 @@ impl Conn {
             Ok(s) => s,
             Err(e) => {
                 let why = format!("cannot open database {}: {e:#}", self.db.name);
-                return self.refuse(&mut client, &session, "08006", why).await;
+                return self
+                    .refuse_postgres(&mut client, &session, "08006", why)
+                    .await;
             }
         };
         server.write_all(&packet).await?;
@@ -179,7 +96,9 @@ impl Conn {
                                 "database {} asked for a password (authentication code {code}); Warden signs in with a certificate: give its user a 'hostssl ... cert' line in pg_hba.conf",
                                 self.db.name
                             );
-                            return self.refuse(&mut client, &session, "28000", why).await;
+                            return self
+                                .refuse_postgres(&mut client, &session, "28000", why)
+                                .await;
                         }
                         StartupReply::Error(m) => {
                             client.write_all(&message).await?;
@@ -218,17 +137,7 @@ impl Conn {
             .with("roles", granted.roles.clone());
         self.identity.emit(start).await;
 
-        let (end_tx, mut end_rx) = tokio::sync::mpsc::channel(1);
-        let id = self.identity.db.register(LiveDb {
-            user: self.user.clone(),
-            user_id: self.user_id.clone(),
-            roles: granted.roles.clone(),
-            database: self.db.name.clone(),
-            db_user: db_user.clone(),
-            db_name: db_name.clone(),
-            end: end_tx,
-        });
-        let _registered = Registered(&self.identity.db, id);
+        let (_registered, mut end_rx) = self.register(&session, &granted.roles);
         let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
         let auditor = tokio::spawn(audit_writer(self.identity.clone(), rx));
         let log = Arc::new(Mutex::new(QueryLog::new()));
@@ -263,7 +172,7 @@ impl Conn {
     }
 
     /// Tells the client why, in PostgreSQL's words, and audits it.
-    async fn refuse<C: AsyncWrite + Unpin>(
+    async fn refuse_postgres<C: AsyncWrite + Unpin>(
         &self,
         client: &mut C,
         session: &Session,
@@ -288,26 +197,7 @@ impl Conn {
         granted: &warden_types::api::DbCertResponse,
         key: &warden_ca::ClientKey,
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let roots_pem = match &self.db.ca_file {
-            Some(path) => vec![std::fs::read_to_string(path).with_context(|| {
-                format!("cannot read the database's CA file {}", path.display())
-            })?],
-            None => granted.ca_pems.clone(),
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for pem in &roots_pem {
-            for der in warden_ca::tls::pem_to_der(pem)? {
-                roots.add(der)?;
-            }
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                warden_ca::tls::pem_to_der(&granted.cert_pem)?,
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
-            )?;
-        let name = rustls::pki_types::ServerName::try_from(self.db.host.clone())
-            .with_context(|| format!("{:?} is not a host name", self.db.host))?;
+        let (config, name) = super::tls_to_database(&self.db, granted, key)?;
         let addr = format!("{}:{}", self.db.host, self.db.port);
         let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
             .await
@@ -324,39 +214,13 @@ impl Conn {
         }
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
         )
         .await
         .context("TLS with the database timed out")?
         .context("TLS with the database")?;
         Ok(tls)
     }
-}
-
-/// Spools statement events in order, off the relay's path: whatever has
-/// queued up goes in one durable write.
-async fn audit_writer(
-    identity: Arc<NodeIdentity>,
-    mut rx: tokio::sync::mpsc::Receiver<AuditEvent>,
-) {
-    let mut batch = Vec::new();
-    while rx
-        .recv_many(&mut batch, warden_store::spool::MAX_PER_FILE)
-        .await
-        > 0
-    {
-        identity.emit_all(std::mem::take(&mut batch)).await;
-    }
-}
-
-fn query_event(session: &Session, q: warden_db::QueryRecord) -> AuditEvent {
-    let mut ev = session
-        .event(codes::DB_QUERY, q.query.clone())
-        .with("query", q.query);
-    if !q.params.is_empty() {
-        ev = ev.with("params", q.params);
-    }
-    ev
 }
 
 /// Client to database: every message decoded (a simple query is named as

@@ -1,0 +1,316 @@
+//! A MySQL/MariaDB connection through the database service. The server
+//! speaks first: its greeting goes to the client without TLS and the other
+//! capabilities the relay does not pass on; the client's handshake
+//! response names the database user and database; auth decides and signs
+//! a client certificate; the service upgrades its own connection to TLS
+//! with it (`REQUIRE SUBJECT '/CN=user'`), logs in without a password and
+//! relays, auditing each statement.
+
+use super::{audit_writer, fill, query_event, Conn, Session, AUDIT_QUEUE, CONNECT_TIMEOUT};
+use anyhow::{bail, Context};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use warden_db::mysql::{
+    build::packet, err_packet, greeting_for_client, handshake_for_server, parse_command,
+    parse_handshake_response, Command, Packet, PacketDecoder, QueryLog,
+};
+use warden_types::audit::{codes, AuditEvent};
+
+/// Reads the next packet from `r` through `dec`, holding any that follow.
+async fn next_packet<R: AsyncRead + Unpin>(
+    r: &mut R,
+    dec: &mut PacketDecoder,
+    held: &mut std::collections::VecDeque<Packet>,
+    who: &str,
+) -> anyhow::Result<Packet> {
+    loop {
+        if let Some(p) = held.pop_front() {
+            return Ok(p);
+        }
+        let mut buf = Vec::new();
+        tokio::time::timeout(CONNECT_TIMEOUT, fill(r, &mut buf, who))
+            .await
+            .with_context(|| format!("the {who} did not answer in time"))??;
+        held.extend(dec.push(&buf).with_context(|| format!("the {who} sent"))?);
+    }
+}
+
+/// Commands the relay refuses: another login inside the connection (the
+/// database user is the one the certificate names) and replication.
+fn refused(c: &Command) -> Option<&'static str> {
+    match c {
+        Command::ChangeUser => Some("COM_CHANGE_USER (the database user is fixed at connect)"),
+        Command::Other(0x12 | 0x15 | 0x1e) => Some("replication commands"),
+        _ => None,
+    }
+}
+
+impl Conn {
+    pub(super) async fn run_mysql<C>(self, mut client: C) -> anyhow::Result<()>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = format!("{}:{}", self.db.host, self.db.port);
+        let refuse_early = |why: String| format!("cannot open database {}: {why}", self.db.name);
+        let mut tcp = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let why = refuse_early(format!("cannot connect to {addr}: {e}"));
+                return self.refuse_mysql(&mut client, None, 0, &why).await;
+            }
+            Err(_) => {
+                let why = refuse_early(format!("{addr} did not answer"));
+                return self.refuse_mysql(&mut client, None, 0, &why).await;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (mut sdec, mut sheld) = (PacketDecoder::new(), Default::default());
+        let greeting = next_packet(&mut tcp, &mut sdec, &mut sheld, "database").await?;
+        let relayed = match greeting_for_client(&greeting.payload) {
+            Ok(g) => g,
+            Err(e) => {
+                let why = refuse_early(e.to_string());
+                return self.refuse_mysql(&mut client, None, 0, &why).await;
+            }
+        };
+        client.write_all(&packet(0, &relayed)).await?;
+        client.flush().await?;
+
+        let (mut cdec, mut cheld) = (PacketDecoder::new(), Default::default());
+        let response = next_packet(&mut client, &mut cdec, &mut cheld, "client").await?;
+        let hello = match parse_handshake_response(&response.payload) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                let why = "the connection is already encrypted end to end: connect without TLS (mysql --ssl=0)".to_string();
+                return self
+                    .refuse_mysql(&mut client, None, response.seq + 1, &why)
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .refuse_mysql(&mut client, None, response.seq + 1, &format!("{e}"))
+                    .await
+            }
+        };
+        let db_user = hello.user.clone();
+        let db_name = hello.database.clone().unwrap_or_default();
+        let session = self.session(&db_user, &db_name);
+        let reply_seq = response.seq + 1;
+        if db_name.is_empty() {
+            let why = "name the database to use (mysql -D NAME; warden db connect --db-name NAME)";
+            return self
+                .refuse_mysql(&mut client, Some(&session), reply_seq, why)
+                .await;
+        }
+        let key = warden_ca::ClientKey::generate();
+        let granted = match self.certificate(&key, &db_user, &db_name).await {
+            Ok(g) => g,
+            Err((_, why)) => {
+                return self
+                    .refuse_mysql(&mut client, Some(&session), reply_seq, &why)
+                    .await
+            }
+        };
+
+        // TLS with the certificate, then the client's response without
+        // its password.
+        let (ssl, login) = handshake_for_server(&response.payload)?;
+        tcp.write_all(&packet(1, &ssl)).await?;
+        tcp.flush().await?;
+        let (config, name) = super::tls_to_database(&self.db, &granted, &key)?;
+        let mut server = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let why = refuse_early(format!("TLS with the database: {e} (is it set up with a certificate? see 'warden admin db cert')"));
+                return self
+                    .refuse_mysql(&mut client, Some(&session), reply_seq, &why)
+                    .await;
+            }
+            Err(_) => {
+                let why = refuse_early("TLS with the database timed out".into());
+                return self
+                    .refuse_mysql(&mut client, Some(&session), reply_seq, &why)
+                    .await;
+            }
+        };
+        server.write_all(&packet(2, &login)).await?;
+        server.flush().await?;
+        // Its answer: OK, ERR, or a request to switch authentication
+        // method, answered with an empty password.
+        let (mut sdec, mut sheld) = (PacketDecoder::new(), std::collections::VecDeque::new());
+        loop {
+            let p = next_packet(&mut server, &mut sdec, &mut sheld, "database").await?;
+            match p.payload.first() {
+                Some(0x00) => {
+                    client.write_all(&packet(reply_seq, &p.payload)).await?;
+                    client.flush().await?;
+                    break;
+                }
+                Some(0xff) => {
+                    client.write_all(&packet(reply_seq, &p.payload)).await?;
+                    client.flush().await?;
+                    let msg = String::from_utf8_lossy(p.payload.get(9..).unwrap_or_default());
+                    let ev = session.event(
+                        codes::DB_SESSION_REJECTED,
+                        format!("the database refused: {msg}"),
+                    );
+                    self.identity.emit(ev).await;
+                    return Ok(());
+                }
+                Some(0xfe) => {
+                    server
+                        .write_all(&packet(p.seq.wrapping_add(1), &[]))
+                        .await?;
+                    server.flush().await?;
+                }
+                _ => {
+                    let why = format!(
+                        "database {} wants a password for {db_user:?}; Warden signs in with a certificate: CREATE USER {db_user} REQUIRE SUBJECT '/CN={db_user}' (no password)",
+                        self.db.name
+                    );
+                    return self
+                        .refuse_mysql(&mut client, Some(&session), reply_seq, &why)
+                        .await;
+                }
+            }
+        }
+        let start = session
+            .event(
+                codes::DB_SESSION_START,
+                format!(
+                    "{} connected to database {} as {db_user}",
+                    self.user, self.db.name
+                ),
+            )
+            .with("roles", granted.roles.clone());
+        self.identity.emit(start).await;
+
+        let (_registered, mut end_rx) = self.register(&session, &granted.roles);
+        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
+        let auditor = tokio::spawn(audit_writer(self.identity.clone(), rx));
+        let log = Arc::new(Mutex::new(QueryLog::new()));
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut sr, mut sw) = tokio::io::split(server);
+        let ended = tokio::select! {
+            r = upstream(&mut cr, &mut sw, &log, &session, &tx) => r.err().map(|e| format!("{e:#}")),
+            r = downstream(&mut sr, &mut cw, &log) => r.err().map(|e| format!("{e:#}")),
+            why = end_rx.recv() => {
+                let why = why.unwrap_or_else(|| "ended".into());
+                let _ = cw.shutdown().await;
+                let _ = sw.shutdown().await;
+                let ev = session.event(codes::DB_SESSION_TERMINATED, why.clone());
+                let _ = tx.send(ev).await;
+                Some(why)
+            }
+        };
+        let mut end = session.event(
+            codes::DB_SESSION_END,
+            format!("{} left database {}", self.user, self.db.name),
+        );
+        if let Some(why) = ended {
+            end = end.with("reason", why);
+        }
+        let _ = tx.send(end).await;
+        drop(tx);
+        let _ = auditor.await;
+        Ok(())
+    }
+
+    /// Tells the client why in an ERR packet (sequence `seq`), and audits
+    /// it when the client had said who it is.
+    async fn refuse_mysql<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        session: Option<&Session>,
+        seq: u8,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        let err = err_packet(1045, "28000", &format!("warden: {why}"));
+        let _ = client.write_all(&packet(seq, &err)).await;
+        let _ = client.flush().await;
+        let _ = client.shutdown().await;
+        if let Some(s) = session {
+            self.identity
+                .emit(s.event(codes::DB_SESSION_REJECTED, why.to_string()))
+                .await;
+        }
+        tracing::info!(user = %self.user, database = %self.db.name, reason = %why, "database connection refused");
+        Ok(())
+    }
+}
+
+/// Client to database: each command decoded, audited and passed on.
+async fn upstream<R, W>(
+    r: &mut R,
+    w: &mut W,
+    log: &Mutex<QueryLog>,
+    session: &Session,
+    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
+) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = PacketDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        let packets = decoder.push(&buf[..n]).context("the client sent")?;
+        let mut records = Vec::new();
+        for p in packets.iter().filter(|p| p.seq == 0) {
+            let c = parse_command(&p.payload).context("the client sent")?;
+            if let Some(what) = refused(&c) {
+                bail!("the client sent {what}, which Warden does not pass on");
+            }
+            if let Some(q) = log.lock().unwrap_or_else(|p| p.into_inner()).client(&c) {
+                records.push(q);
+            }
+        }
+        for q in records {
+            tx.send(query_event(session, q)).await?;
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+    }
+}
+
+/// Database to client: the first answer to each command read (a prepared
+/// statement's id), then passed on.
+async fn downstream<R, W>(r: &mut R, w: &mut W, log: &Mutex<QueryLog>) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = PacketDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        let packets = decoder.push(&buf[..n]).context("the database sent")?;
+        for p in packets.iter().filter(|p| p.seq == 1) {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prepared(&p.payload)
+                .context("the database sent")?;
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+    }
+}

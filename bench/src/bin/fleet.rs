@@ -126,6 +126,8 @@ async fn sim_node(
                 version: "sim".into(),
                 every_secs: None,
                 ca_generation: String::new(),
+                databases: vec![],
+                db_only: false,
             },
         )
         .await?;

@@ -218,6 +218,8 @@ fn the_readme_shows_the_database_setup() {
         "warden db connect pg1 -- -c 'select 1'",
         "warden proxy db pg1 --port 15432",
         "db_users: [reader, '{{internal.db_user}}']",
+        "CREATE USER reader@'%' REQUIRE SUBJECT '/CN=reader';",
+        "--db 'my1=mysql://127.0.0.1:3306?label.env=dev'",
     ] {
         assert!(readme.contains(line), "README.md no longer shows {line:?}");
     }

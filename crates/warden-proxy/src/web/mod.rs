@@ -866,6 +866,7 @@ mod tests {
                 version: String::new(),
                 heartbeat: 0,
                 heartbeat_every: 0,
+                db_only: false,
             },
         );
         for (k, v) in labels {

@@ -47,27 +47,7 @@ impl AuthServer {
         dbs: &[DatabaseHeartbeat],
         expires: std::time::SystemTime,
     ) -> Result<()> {
-        if dbs.len() > MAX_PER_SERVICE {
-            return Err(AuthError::BadRequest(format!(
-                "a database service registers at most {MAX_PER_SERVICE} databases"
-            )));
-        }
-        for db in dbs {
-            warden_types::resource::validate_name(&db.name).map_err(AuthError::BadRequest)?;
-            warden_types::resource::validate_labels(&db.labels).map_err(AuthError::BadRequest)?;
-            if !matches!(db.protocol.as_str(), "postgres" | "mysql") {
-                return Err(AuthError::BadRequest(format!(
-                    "database {}: protocol {:?} is not served (postgres, mysql)",
-                    db.name, db.protocol
-                )));
-            }
-            if db.description.len() > 256 || db.description.chars().any(char::is_control) {
-                return Err(AuthError::BadRequest(format!(
-                    "database {}: invalid description",
-                    db.name
-                )));
-            }
-        }
+        validate(dbs)?;
         let prefix = format!("{DATABASES}{service}/");
         let now = OffsetDateTime::now_utc().unix_timestamp();
         for db in dbs {
@@ -145,6 +125,32 @@ impl AuthServer {
         let pems = authority.tls_cert_pems();
         Ok((signer, pems))
     }
+}
+
+/// Checks the databases a heartbeat reports, before anything is written.
+pub(crate) fn validate(dbs: &[DatabaseHeartbeat]) -> Result<()> {
+    if dbs.len() > MAX_PER_SERVICE {
+        return Err(AuthError::BadRequest(format!(
+            "a database service registers at most {MAX_PER_SERVICE} databases"
+        )));
+    }
+    for db in dbs {
+        warden_types::resource::validate_name(&db.name).map_err(AuthError::BadRequest)?;
+        warden_types::resource::validate_labels(&db.labels).map_err(AuthError::BadRequest)?;
+        if !matches!(db.protocol.as_str(), "postgres" | "mysql") {
+            return Err(AuthError::BadRequest(format!(
+                "database {}: protocol {:?} is not served (postgres, mysql)",
+                db.name, db.protocol
+            )));
+        }
+        if db.description.len() > 256 || db.description.chars().any(char::is_control) {
+            return Err(AuthError::BadRequest(format!(
+                "database {}: invalid description",
+                db.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn ed25519_key(b64: &str) -> Result<[u8; 32]> {

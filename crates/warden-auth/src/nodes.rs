@@ -552,6 +552,7 @@ impl AuthServer {
         {
             return Err(AuthError::BadRequest("invalid node address".into()));
         }
+        crate::databases::validate(&hb.databases)?;
         let every = hb.every_secs.unwrap_or(0);
         if every > 300 {
             return Err(AuthError::BadRequest(

@@ -46,6 +46,12 @@ pub struct QueryRecord {
 /// are cut and marked).
 pub const MAX_AUDITED: usize = 16 << 10;
 
+/// `s` as an audit record keeps it: cut to [`MAX_AUDITED`] bytes (on a
+/// character boundary) and marked.
+pub fn audit_text(s: &str) -> String {
+    cut(s)
+}
+
 /// `s`, cut to [`MAX_AUDITED`] bytes (on a character boundary) and marked.
 fn cut(s: &str) -> String {
     if s.len() <= MAX_AUDITED {

@@ -148,6 +148,9 @@ pub fn parse_handshake_response(
 /// ([`caps::NOT_RELAYED`]), so the client asks for none of them.
 pub fn greeting_for_client(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     let what = "server greeting";
+    if payload.len() > MAX_HANDSHAKE {
+        return Err(ProtocolError::TooLarge(payload.len()));
+    }
     let mut r = Reader::little_endian(payload, what);
     match r.u8()? {
         10 => {}
@@ -159,8 +162,13 @@ pub fn greeting_for_client(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     let low = payload.len() - r.b.len();
     r.bytes(2 + 1 + 2)?; // capabilities (low), character set, status
     let high = payload.len() - r.b.len();
-    r.bytes(2)?;
+    r.bytes(2 + 1)?; // capabilities (high), auth data length
+    let reserved = payload.len() - r.b.len();
+    r.bytes(10)?;
     let mut out = payload.to_vec();
+    // MariaDB's extended capabilities (bulk execution and the like) live
+    // in the last four reserved bytes: none are offered.
+    out[reserved..reserved + 10].fill(0);
     let caps =
         u32::from_le_bytes([out[low], out[low + 1], out[high], out[high + 1]]) & !caps::NOT_RELAYED;
     let b = caps.to_le_bytes();
@@ -176,6 +184,12 @@ pub fn greeting_for_client(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
 /// relay made up would mean nothing to the server).
 pub fn handshake_for_server(payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
     let what = "handshake response";
+    // Bounded well under a packet's 16 MiB: the rewritten response is sent
+    // as one packet, and what follows the fields read here (connection
+    // attributes) is passed on as it is.
+    if payload.len() > MAX_HANDSHAKE {
+        return Err(ProtocolError::TooLarge(payload.len()));
+    }
     let mut r = Reader::little_endian(payload, what);
     let caps = (r.u32()? & !caps::NOT_RELAYED) | caps::SSL;
     r.bytes(4 + 1 + 23)?;
@@ -193,6 +207,9 @@ pub fn handshake_for_server(payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Protoc
     let after_auth = payload.len() - r.b.len();
     let mut response = caps.to_le_bytes().to_vec();
     response.extend_from_slice(&payload[4..auth_at]);
+    // MariaDB's extended capabilities (the filler's last four bytes):
+    // none, as none were offered.
+    response[28..32].fill(0);
     // Empty auth data: one zero byte in each of the three encodings.
     response.push(0);
     response.extend_from_slice(&payload[after_auth..]);
@@ -212,6 +229,9 @@ pub fn err_packet(code: u16, state: &str, message: &str) -> Vec<u8> {
     p.extend_from_slice(message.as_bytes());
     p
 }
+
+/// The largest greeting or handshake response the relay rewrites.
+pub const MAX_HANDSHAKE: usize = 64 << 10;
 
 /// A client command (the first packet of each exchange after login).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,6 +325,9 @@ const MAX_PREPARED: usize = 10_000;
 pub struct QueryLog {
     /// A prepare sent, waiting for the server's answer.
     preparing: Option<String>,
+    /// The id of the statement prepared last (an execute of id
+    /// 0xffffffff means it, in MariaDB).
+    last: Option<u32>,
     statements: HashMap<u32, Prepared>,
 }
 
@@ -342,7 +365,11 @@ impl QueryLog {
                 None
             }
             Command::Execute { statement, rest } => {
-                let Some(p) = self.statements.get_mut(statement) else {
+                let statement = match (*statement, self.last) {
+                    (u32::MAX, Some(last)) => last,
+                    (id, _) => id,
+                };
+                let Some(p) = self.statements.get_mut(&statement) else {
                     return Some(QueryRecord {
                         query: format!("(prepared statement {statement})"),
                         params: Vec::new(),
@@ -387,6 +414,7 @@ impl QueryLog {
             return Ok(());
         };
         if let Some((id, params)) = parse_prepare_ok(payload) {
+            self.last = Some(id);
             self.statements.insert(
                 id,
                 Prepared {
@@ -522,12 +550,13 @@ fn lenenc(r: &mut Reader<'_>) -> Result<u64, ProtocolError> {
     })
 }
 
-/// Builds packets (tests).
+/// Builds packets (of one piece: under 16 MiB).
 pub mod build {
     use super::caps;
 
     /// A packet with `seq` around `payload` (one piece: under 16 MiB).
     pub fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() <= 0xff_ffff, "one piece only");
         let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
         p.push(seq);
         p.extend_from_slice(payload);

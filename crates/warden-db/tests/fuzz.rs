@@ -203,5 +203,15 @@ fn mysql_decoders_never_panic_and_do_not_depend_on_how_bytes_arrive() {
         let one = mysql_decode(&mut r, &b);
         let two = mysql_decode(&mut r, &b);
         assert_eq!(one, two, "case {case}: the split changed the result");
+        // The relay's rewrites of a greeting and a handshake response,
+        // on whatever a server or client sent: an answer or an error.
+        let payload = b.get(4..).unwrap_or_default();
+        if let Ok(g) = warden_db::mysql::greeting_for_client(payload) {
+            assert_eq!(g.len(), payload.len(), "case {case}");
+        }
+        if let Ok((ssl, resp)) = warden_db::mysql::handshake_for_server(payload) {
+            assert_eq!(ssl.len(), 32, "case {case}");
+            assert!(resp.len() >= 33, "case {case}");
+        }
     }
 }

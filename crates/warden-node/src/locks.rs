@@ -166,22 +166,8 @@ pub async fn enforce(identity: Arc<NodeIdentity>, name: String) {
         }
         // Database connections: a lock on the user, a role, the service,
         // the database by name, or the database user (as a login).
-        identity.db.end_where(|l, _| {
-            locks
-                .iter()
-                .find(|k| {
-                    [
-                        (node_id.as_str(), name.as_str()),
-                        (&l.database, &l.database),
-                    ]
-                    .into_iter()
-                    .any(|target| {
-                        k.spec
-                            .target
-                            .matches(&l.user, &l.roles, Some(target), Some(&l.db_user))
-                    })
-                })
-                .map(warden_policy::lock_message)
-        });
+        identity
+            .db
+            .end_where(|l, _| crate::db::lock_reason(&locks, (&node_id, &name), l));
     }
 }

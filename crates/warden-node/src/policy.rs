@@ -133,6 +133,15 @@ impl PolicyCache {
         Some(snapshot)
     }
 
+    /// The locks in force in the copy held (none without a copy).
+    pub fn locks(&self) -> Vec<warden_types::Document<warden_types::LockSpec>> {
+        let now = self.auth_now();
+        match self.read().as_ref() {
+            Some(h) => warden_policy::locks_in_force(h.snapshot.locks.clone(), now),
+            None => Vec::new(),
+        }
+    }
+
     /// Auth's clock now, as last measured (our own before any answer).
     fn auth_now(&self) -> i64 {
         now() + self.read().as_ref().map_or(0, |h| h.clock_offset)

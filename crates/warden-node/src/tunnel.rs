@@ -50,8 +50,9 @@ impl client::Handler for TunnelClient {
             return Ok(());
         }
         let db = connected_address == warden_types::TUNNEL_DB_ADDRESS;
-        if self.identity.db.only && !db {
-            // A database-only agent takes no SSH logins.
+        if (self.identity.db.only && !db) || (db && self.identity.db.databases.is_empty()) {
+            // A database-only agent takes no SSH logins; an agent without
+            // databases takes no database connections.
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;

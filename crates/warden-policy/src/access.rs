@@ -247,16 +247,31 @@ pub fn decide_db_login(state: &impl AccessState, q: &DbLogin, now: i64) -> Acces
     );
     // A refusal says why role by role: which list left the user or name
     // out, or which deny rule took it away.
-    let reason = match decision.allowed {
+    let mut reason = match decision.allowed {
         true => decision.summary(),
         false => decision.reasons.join("; "),
     };
+    let mut allowed = decision.allowed;
+    // Per-session MFA is not asked for on database connections yet: a
+    // role that requires it is not satisfied without it (fail closed).
+    if allowed && crate::session_options(&roles).session_mfa {
+        allowed = false;
+        let asking: Vec<&str> = roles
+            .iter()
+            .filter(|r| r.spec.options.require_mfa == RequireMfa::Session)
+            .map(|r| r.name())
+            .collect();
+        reason = format!(
+            "role {} requires a fresh MFA check for each session, which database connections do not offer yet",
+            asking.join(", ")
+        );
+    }
     AccessCheckResponse {
-        allowed: decision.allowed,
+        allowed,
         reason,
         explanation: decision.reasons.clone(),
         roles: roles.iter().map(|r| r.name().to_string()).collect(),
-        would_deny: match decision.allowed {
+        would_deny: match allowed {
             true => decision.would_deny.clone(),
             false => Vec::new(),
         },
@@ -443,6 +458,11 @@ mod tests {
             let d = decide_db_login(&locked, &db(&dev, "alice", "reader"), NOW);
             assert!(!d.allowed && d.reason.contains("locked"), "{}", d.reason);
         }
+        // A role that asks for MFA per session is not satisfied.
+        let mut mfa = s.clone();
+        mfa.roles.get_mut("pg").unwrap().spec.options.require_mfa = RequireMfa::Session;
+        let d = decide_db_login(&mfa, &db(&dev, "alice", "reader"), NOW);
+        assert!(!d.allowed && d.reason.contains("MFA"), "{}", d.reason);
         // Another user of the same name is not alice.
         let mut other = db(&dev, "alice", "reader");
         other.user_id = Some("uid-old");

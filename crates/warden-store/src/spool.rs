@@ -43,9 +43,19 @@ struct Inner {
     wake: tokio::sync::Notify,
 }
 
-fn seq_of(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?;
-    name.strip_suffix(".json")?.parse().ok()
+/// A spool file's sequence number and how many events it holds: `SEQ.json`
+/// holds one, `SEQ-N.json` (written by `push_all`) holds N.
+fn seq_of(path: &Path) -> Option<(u64, usize)> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".json")?;
+    match name.split_once('-') {
+        Some((seq, n)) => Some((seq.parse().ok()?, n.parse().ok()?)),
+        None => Some((name.parse().ok()?, 1)),
+    }
+}
+
+/// How many events a spool file holds, by its name.
+fn count_of(path: &Path) -> usize {
+    seq_of(path).map_or(1, |(_, n)| n)
 }
 
 impl EventSpool {
@@ -71,7 +81,8 @@ impl EventSpool {
             }
         }
         let pending = spool.pending();
-        spool.inner.queued.store(pending.len(), Ordering::SeqCst);
+        let events = pending.iter().map(|(_, p)| count_of(p)).sum();
+        spool.inner.queued.store(events, Ordering::SeqCst);
         let last = pending.last().map(|(s, _)| *s).unwrap_or(0);
         *spool.inner.next.lock().unwrap_or_else(|e| e.into_inner()) = last + 1;
         Ok(spool)
@@ -85,7 +96,7 @@ impl EventSpool {
             .flatten()
             .filter_map(|e| {
                 let p = e.path();
-                seq_of(&p).map(|s| (s, p))
+                seq_of(&p).map(|(s, _)| (s, p))
             })
             .collect();
         out.sort_by_key(|(s, _)| *s);
@@ -124,7 +135,10 @@ impl EventSpool {
         self.inner.queued.fetch_add(count, Ordering::SeqCst);
         // Written aside, synced and renamed: the loop never sees half an
         // event, and an event is on disk before `push` returns.
-        let path = self.inner.dir.join(format!("{seq:020}.json"));
+        let path = match count {
+            1 => self.inner.dir.join(format!("{seq:020}.json")),
+            n => self.inner.dir.join(format!("{seq:020}-{n}.json")),
+        };
         if let Err(e) = crate::recordings::write_durable(&path, body) {
             self.uncount(count);
             return Err(e);
@@ -193,7 +207,7 @@ where
                     // count is unknown; one is the least it held.
                     tracing::error!(path = %path.display(), error = %e, "unreadable spooled audit event");
                     let _ = std::fs::rename(&path, path.with_extension("bad"));
-                    spool.uncount(1);
+                    spool.uncount(count_of(&path));
                 }
             }
         }
@@ -311,6 +325,9 @@ mod tests {
         spool.push(&event(451)).unwrap();
         assert_eq!(spool.queued(), 452);
         assert_eq!(spool.pending().len(), 5, "1 + 200 + 200 + 50 + 1");
+        // Counted again, by event, after a restart.
+        let spool = EventSpool::open(&dir).unwrap();
+        assert_eq!(spool.queued(), 452);
         let got = std::sync::Mutex::new(Vec::new());
         let sizes = std::sync::Mutex::new(Vec::new());
         let send = |evs: Vec<AuditEvent>| {

@@ -713,7 +713,7 @@ pub struct Heartbeat {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseHeartbeat {
     pub name: String,
-    /// `postgres` (MySQL is not served yet).
+    /// `postgres` or `mysql`.
     pub protocol: String,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,

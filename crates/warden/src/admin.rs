@@ -38,7 +38,7 @@ pub enum AdminDbCommand {
     /// ssl_ca_file.
     Cert {
         /// DNS names and addresses the database is reached at
-        /// (comma-separated; the database service connects to the first).
+        /// (comma-separated): the host of each --db URI that names it.
         #[arg(long = "host", value_delimiter = ',', required = true)]
         hosts: Vec<String>,
         /// Where to write the files (created 0700).

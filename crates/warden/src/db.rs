@@ -221,7 +221,7 @@ struct Route {
     proxy: String,
     service: String,
     database: String,
-    tls: Arc<rustls::ClientConfig>,
+    alpn: &'static [u8],
     mysql: bool,
 }
 
@@ -234,29 +234,39 @@ fn alpn(db: &DatabaseInfo) -> &'static [u8] {
 
 impl Route {
     async fn new(store: &ProfileStore, p: &Profile, db: &DatabaseInfo) -> anyhow::Result<Self> {
+        let route = Route {
+            proxy: p.proxy.clone(),
+            service: db.service.clone(),
+            database: db.name.clone(),
+            alpn: alpn(db),
+            mysql: db.protocol == "mysql",
+        };
+        route.tls(store, p)?;
+        Ok(route)
+    }
+
+    /// TLS with the profile's certificate as it is now: a long-running
+    /// `warden proxy db` picks up a `warden login` or renewal.
+    fn tls(&self, store: &ProfileStore, p: &Profile) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         // Checks the certificate's expiry with a message to act on.
         warden_client::login::auth_client(store, p)?;
         let cert = store.client_cert(p)?;
         let verifier = ClusterVerifier::new(store.trust(p)?);
-        Ok(Route {
-            proxy: p.proxy.clone(),
-            service: db.service.clone(),
-            database: db.name.clone(),
-            tls: client_config(verifier, alpn(db), Some(&cert))?,
-            mysql: db.protocol == "mysql",
-        })
+        Ok(client_config(verifier, self.alpn, Some(&cert))?)
     }
 
     /// TLS through the proxy to the service (its certificate must name the
     /// service's id), and the database's name.
     async fn open(&self) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let (store, p) = profile()?;
+        let config = self.tls(&store, &p)?;
         let tcp = tokio::net::TcpStream::connect(&self.proxy)
             .await
             .with_context(|| format!("cannot reach the proxy at {}", self.proxy))?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(self.service.clone())
             .context("the service id is not a name")?;
-        let mut tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+        let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .with_context(|| {

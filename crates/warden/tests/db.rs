@@ -383,6 +383,18 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
         "{}",
         out.all()
     );
+    // Auth decides too, not only the listing: an editor lists every
+    // database (it may list nodes) but no role of hers has db_labels.
+    let erin = c.add_user("erin", "editor", "");
+    c.login("erin", "erin", &totp(&erin, 30)).expect_ok();
+    let out = psql(&c, "erin", "pg2", &["--db-user", "reader"], "select 1");
+    assert!(
+        !out.ok
+            && out.stderr.contains("denied")
+            && out.stderr.contains("no role allows this database access"),
+        "{}",
+        out.all()
+    );
 
     // The audit log: the session, its statement, its end; the refusals.
     wait_for("the query in the audit log", || {
@@ -588,7 +600,11 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
         &["--db-user", "reader", "--db-name", "app"],
         "select 1",
     );
-    assert!(!out.ok, "no role of bob's reaches pg1: {}", out.all());
+    assert!(
+        !out.ok && out.stderr.contains("no database pg1"),
+        "no role of bob's reaches pg1: {}",
+        out.all()
+    );
     let id = c
         .run_as(
             "bob",
@@ -613,24 +629,52 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
         None,
     )
     .expect_ok();
-    let out = psql(
-        &c,
-        "bob",
-        "pg1",
-        &["--db-user", "reader", "--db-name", "app"],
-        "select x from t",
-    );
+    // Through a local tunnel that stays up: each connection is decided by
+    // auth when it is made.
+    let mut tunnel = Command::new(WARDEN)
+        .args(["proxy", "db", "pg1", "--port", "0"])
+        .env("WARDEN_HOME", dir.join("bob"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(tunnel.stdout.take().unwrap());
+    let mut first = String::new();
+    said.read_line(&mut first).unwrap();
+    let port = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap()
+        .to_string();
+    let through = |sql: &str| {
+        run_program(
+            "psql",
+            &[
+                format!("host=127.0.0.1 port={port} user=reader dbname=app sslmode=disable"),
+                "-XAtc".into(),
+                sql.into(),
+            ],
+            None,
+        )
+    };
+    let out = through("select x from t");
     assert_eq!(out.stdout.trim(), "42", "{}", out.all());
     c.run_as("bob", &["request", "drop", &id], None).expect_ok();
-    let out = psql(
-        &c,
-        "bob",
-        "pg1",
-        &["--db-user", "reader", "--db-name", "app"],
-        "select 1",
-    );
+    // Auth's caches follow the store's watch: a moment, not a session.
+    let mut out = through("select 1");
+    for _ in 0..25 {
+        if !out.ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        out = through("select 1");
+    }
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    drop(said);
     assert!(
-        !out.ok && out.stderr.contains("no database pg1"),
+        !out.ok && out.stderr.contains("denied"),
         "a dropped request grants nothing: {}",
         out.all()
     );

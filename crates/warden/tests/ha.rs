@@ -321,7 +321,7 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
     let err = started.expect_err("an auth server with another KEK must not start");
     assert!(err.contains("--kek-file") && err.contains("TOTP"), "{err}");
     let _ = wrong.wait();
-    assert_eq!(ca_keys(&c).len(), 3, "it added no keys");
+    assert_eq!(ca_keys(&c).len(), 4, "it added no keys");
     args.extend(["--kek-file", &kek]);
     // Without --hsm-join it does not make keys of its own: a mistyped
     // token must not join.
@@ -332,7 +332,7 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
         "{err}"
     );
     let _ = wrong.wait();
-    assert_eq!(ca_keys(&c).len(), 3, "it added no keys");
+    assert_eq!(ca_keys(&c).len(), 4, "it added no keys");
     args.push("--hsm-join");
     let (auth2, started) = start_auth_env(&dir, "auth2", &args, &env);
     let _auth2 = Killed(auth2);
@@ -345,7 +345,7 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
                 .starts_with(&format!("token={token};"))
     };
     let keys = ca_keys(&c);
-    for ca in ["user", "host", "tls"] {
+    for ca in ["user", "host", "tls", "db"] {
         let keys: Vec<_> = keys.iter().filter(|k| k["ca"] == ca).collect();
         assert_eq!(keys.len(), 2, "{keys:?}");
         assert!(
@@ -375,7 +375,7 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
 
     // The join moves on by hand here (automatically it waits the cluster's
     // default session TTL); a tls step waits for the node and proxy.
-    for ca in ["user", "host", "tls"] {
+    for ca in ["user", "host", "tls", "db"] {
         let mut last = None;
         for _ in 0..100 {
             let out = c.admin(&["ca", "rotate", "--type", ca, "--phase", "switch"]);
@@ -392,7 +392,7 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
         );
     }
     let keys = ca_keys(&c);
-    for ca in ["user", "host", "tls"] {
+    for ca in ["user", "host", "tls", "db"] {
         let keys: Vec<_> = keys.iter().filter(|k| k["ca"] == ca).collect();
         assert_eq!(keys.len(), 2, "{keys:?}");
         for token in ["warden-a", "warden-b"] {
@@ -419,7 +419,7 @@ fn each_auth_server_signs_with_a_key_of_its_own_hsm() {
         .into_iter()
         .filter(|e| e["type"] == "ca.rotate" && e["fields"]["phase"] == "join")
         .count();
-    assert_eq!(joins, 3, "each CA's join is audited");
+    assert_eq!(joins, 4, "each CA's join is audited");
 
     // Proxy B renews at the switch (through auth 2, which signs now): its
     // saved identity leads with the issuing key's CA certificate.

@@ -1,5 +1,5 @@
 //! CA keys in an HSM (a fresh SoftHSM2 token): a new cluster generates
-//! its three CA keys inside the token, logins and SSH sessions are signed
+//! its four CA keys inside the token, logins and SSH sessions are signed
 //! there, `ca ls` shows where each key lives, and an auth server without
 //! the HSM refuses to start instead of failing every login.
 
@@ -55,11 +55,11 @@ fn ca_keys_in_an_hsm() {
         "README.md no longer shows the HSM example"
     );
     let mut c = Cluster::start_with(&dir, &hsm);
-    assert!(token_objects(&dir) >= 6, "three key pairs in the token");
+    assert!(token_objects(&dir) >= 8, "four key pairs in the token");
 
     let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
     let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
-    for ca in ["user", "host", "tls"] {
+    for ca in ["user", "host", "tls", "db"] {
         let k = keys
             .iter()
             .find(|k| k["ca"] == ca)
@@ -155,7 +155,7 @@ fn ca_keys_in_an_hsm() {
     ec_args.extend(["--hsm-key-type", "ecdsa-p256"]);
     ec_args.extend(base);
     let mut c = Cluster::start_with(&ec_dir, &ec_args);
-    for ca in ["user", "host", "tls"] {
+    for ca in ["user", "host", "tls", "db"] {
         for phase in ["init", "switch", "drop"] {
             // A tls step waits until every node and proxy confirms the last.
             let mut done = false;
@@ -180,7 +180,7 @@ fn ca_keys_in_an_hsm() {
     }
     let out = c.admin(&["ca", "ls", "--format", "json"]).expect_ok();
     let keys: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.len(), 4, "{keys:?}");
     for k in &keys {
         assert_eq!(
             (k["store"].as_str(), k["alg"].as_str()),

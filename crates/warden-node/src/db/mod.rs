@@ -115,6 +115,11 @@ impl std::str::FromStr for DatabaseConfig {
             }
         }
         warden_types::resource::validate_labels(&db.labels).map_err(|e| usage(&e))?;
+        if db.description.len() > 256 || db.description.chars().any(char::is_control) {
+            return Err(usage(
+                "the description is longer than 256 characters or has control characters",
+            ));
+        }
         Ok(db)
     }
 }
@@ -130,6 +135,28 @@ pub struct LiveDb {
     pub db_name: String,
     /// Told why, when the connection must end.
     end: tokio::sync::mpsc::Sender<String>,
+}
+
+/// Why `locks` cover a live connection on the service `node` (id, name):
+/// a lock on its user, one of its roles, the service, the database by
+/// name, or the database user as a login.
+pub fn lock_reason(
+    locks: &[warden_types::Document<warden_types::LockSpec>],
+    node: (&str, &str),
+    l: &LiveDb,
+) -> Option<String> {
+    locks
+        .iter()
+        .find(|k| {
+            [node, (&l.database, &l.database)]
+                .into_iter()
+                .any(|target| {
+                    k.spec
+                        .target
+                        .matches(&l.user, &l.roles, Some(target), Some(&l.db_user))
+                })
+        })
+        .map(warden_policy::lock_message)
 }
 
 /// The databases this agent serves, and its live connections.
@@ -382,6 +409,19 @@ impl Conn {
                     self.db.name
                 ),
             )),
+            Err(warden_client::ClientError::Api {
+                status: 404,
+                message,
+                ..
+            }) => Err(("3D000", format!("{message}; try again in a few seconds"))),
+            Err(warden_client::ClientError::Api {
+                status: 400 | 401,
+                message,
+                ..
+            }) => Err((
+                "28000",
+                format!("auth refused your certificate: {message}; run 'warden login'"),
+            )),
             Err(e) => Err((
                 "08006",
                 format!("cannot ask the auth service about this connection: {e}"),
@@ -389,14 +429,16 @@ impl Conn {
         }
     }
 
-    /// Registers a live connection; the receiver hears why it must end.
+    /// Registers a live connection; the receiver hears why it must end. A
+    /// lock that arrived between auth's decision and now (its push found
+    /// nothing to end yet) ends it at once.
     fn register(
         &self,
         session: &Session,
         roles: &[String],
     ) -> (Registered<'_>, tokio::sync::mpsc::Receiver<String>) {
         let (end_tx, end_rx) = tokio::sync::mpsc::channel(1);
-        let id = self.identity.db.register(LiveDb {
+        let live = LiveDb {
             user: self.user.clone(),
             user_id: self.user_id.clone(),
             roles: roles.to_vec(),
@@ -404,7 +446,12 @@ impl Conn {
             db_user: session.db_user.clone(),
             db_name: session.db_name.clone(),
             end: end_tx,
-        });
+        };
+        let node = (self.identity.node_id(), self.identity.name());
+        if let Some(why) = lock_reason(&self.identity.policy.locks(), node, &live) {
+            let _ = live.end.try_send(why);
+        }
+        let id = self.identity.db.register(live);
         (Registered(&self.identity.db, id), end_rx)
     }
 }

@@ -36,11 +36,17 @@ async fn next_packet<R: AsyncRead + Unpin>(
 }
 
 /// Commands the relay refuses: another login inside the connection (the
-/// database user is the one the certificate names) and replication.
-fn refused(c: &Command) -> Option<&'static str> {
+/// database user is the one the certificate names), and every command it
+/// does not know (replication, bulk execution...), which could run
+/// statements the audit log would not name.
+fn refused(c: &Command) -> Option<String> {
     match c {
-        Command::ChangeUser => Some("COM_CHANGE_USER (the database user is fixed at connect)"),
-        Command::Other(0x12 | 0x15 | 0x1e) => Some("replication commands"),
+        Command::ChangeUser => {
+            Some("COM_CHANGE_USER (the database user is fixed at connect)".into())
+        }
+        // COM_FIELD_LIST, COM_STATISTICS, COM_PROCESS_INFO, COM_PROCESS_KILL
+        Command::Other(0x04 | 0x09 | 0x0a | 0x0c) => None,
+        Command::Other(code) => Some(format!("command {code:#04x}")),
         _ => None,
     }
 }
@@ -88,19 +94,24 @@ impl Conn {
             Ok(None) => {
                 let why = "the connection is already encrypted end to end: connect without TLS (mysql --ssl=0)".to_string();
                 return self
-                    .refuse_mysql(&mut client, None, response.seq + 1, &why)
+                    .refuse_mysql(&mut client, None, response.seq.wrapping_add(1), &why)
                     .await;
             }
             Err(e) => {
                 return self
-                    .refuse_mysql(&mut client, None, response.seq + 1, &format!("{e}"))
+                    .refuse_mysql(
+                        &mut client,
+                        None,
+                        response.seq.wrapping_add(1),
+                        &format!("{e}"),
+                    )
                     .await
             }
         };
         let db_user = hello.user.clone();
         let db_name = hello.database.clone().unwrap_or_default();
         let session = self.session(&db_user, &db_name);
-        let reply_seq = response.seq + 1;
+        let reply_seq = response.seq.wrapping_add(1);
         if db_name.is_empty() {
             let why = "name the database to use (mysql -D NAME; warden db connect --db-name NAME)";
             return self
@@ -275,6 +286,16 @@ where
             let c = parse_command(&p.payload).context("the client sent")?;
             if let Some(what) = refused(&c) {
                 bail!("the client sent {what}, which Warden does not pass on");
+            }
+            // A prepared statement's text is audited when it is prepared
+            // too, so no statement reaches the server without its text in
+            // the log, whatever the server's answers (the executes that
+            // follow are named by the id it gives).
+            if let Command::Prepare(q) = &c {
+                records.push(warden_db::QueryRecord {
+                    query: warden_db::audit_text(&format!("PREPARE {q}")),
+                    params: Vec::new(),
+                });
             }
             if let Some(q) = log.lock().unwrap_or_else(|p| p.into_inner()).client(&c) {
                 records.push(q);

@@ -205,9 +205,9 @@ impl Conn {
             .with_context(|| format!("cannot connect to {addr}"))?;
         let _ = tcp.set_nodelay(true);
         tcp.write_all(&SSL_REQUEST).await?;
-        let answer = tcp
-            .read_u8()
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, tcp.read_u8())
             .await
+            .context("the database did not answer its SSL request")?
             .context("the database closed the connection")?;
         if answer != b'S' {
             bail!("it does not accept TLS: set ssl = on (and a certificate) in postgresql.conf");

@@ -563,6 +563,22 @@ pub mod build {
         p
     }
 
+    /// `payload` as the packets that carry it from `seq` on: pieces of
+    /// 2^24 - 1 bytes, then a shorter (possibly empty) last one.
+    pub fn packets(mut seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = payload;
+        loop {
+            let n = rest.len().min(super::MAX_PAYLOAD);
+            out.extend(packet(seq, &rest[..n]));
+            seq = seq.wrapping_add(1);
+            rest = &rest[n..];
+            if n < super::MAX_PAYLOAD {
+                return out;
+            }
+        }
+    }
+
     /// A handshake response payload for `user` (and `db`).
     pub fn handshake_response(user: &str, db: Option<&str>) -> Vec<u8> {
         let mut c = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::PLUGIN_AUTH;
@@ -633,6 +649,16 @@ pub mod build {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_payloads_go_out_in_pieces_and_come_back_whole() {
+        for len in [0, 5, 0xff_ffff, 0xff_ffff + 7] {
+            let payload = vec![7u8; len];
+            let mut d = PacketDecoder::new();
+            let got = d.push(&build::packets(3, &payload)).unwrap();
+            assert_eq!(got, vec![Packet { seq: 3, payload }], "{len}");
+        }
+    }
+
     #[test]
     fn the_relay_rewrites_the_handshake() {
         // A greeting: version 10, "10.11.6-MariaDB", id, scramble,

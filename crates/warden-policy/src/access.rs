@@ -103,6 +103,37 @@ pub struct NodeLogin<'a> {
     pub mfa_node: Option<&'a str>,
 }
 
+/// The user a certificate names (unless it names an earlier user of that
+/// name), the locks in force and the user's effective roles (those of
+/// approved requests count for locks too).
+#[allow(clippy::type_complexity)]
+fn subject(
+    state: &impl AccessState,
+    user: &str,
+    user_id: Option<&str>,
+    now: i64,
+) -> Result<
+    (
+        Option<Document<UserSpec>>,
+        Vec<Document<LockSpec>>,
+        Effective,
+    ),
+    AccessCheckResponse,
+> {
+    let user_doc = state.user(user);
+    if user_doc.as_ref().is_some_and(|u| !same_user(u, user_id)) {
+        return Err(AccessCheckResponse::denied(format!(
+            "this certificate was issued to an earlier user named {user}, since deleted; run 'warden login'"
+        )));
+    }
+    let locks = locks_in_force(state.locks(), now);
+    let effective = user_doc
+        .as_ref()
+        .map(|u| effective(u, &state.requests(), &locks, now))
+        .unwrap_or_default();
+    Ok((user_doc, locks, effective))
+}
+
 fn roles_named(state: &impl AccessState, names: &[String]) -> Vec<Document<RoleSpec>> {
     names.iter().filter_map(|n| state.role(n)).collect()
 }
@@ -110,19 +141,10 @@ fn roles_named(state: &impl AccessState, names: &[String]) -> Vec<Document<RoleS
 /// Decides whether `q.user` may log in as `q.login` on the node, with the
 /// user's current roles, requests and the locks in force at `now`.
 pub fn decide_node_login(state: &impl AccessState, q: &NodeLogin, now: i64) -> AccessCheckResponse {
-    let user_doc = state.user(q.user);
-    if user_doc.as_ref().is_some_and(|u| !same_user(u, q.user_id)) {
-        return AccessCheckResponse::denied(format!(
-            "this certificate was issued to an earlier user named {}, since deleted; run 'warden login'",
-            q.user
-        ));
-    }
-    let locks = locks_in_force(state.locks(), now);
-    // Roles and requests from approved requests count for locks too.
-    let effective = user_doc
-        .as_ref()
-        .map(|u| effective(u, &state.requests(), &locks, now))
-        .unwrap_or_default();
+    let (user_doc, locks, effective) = match subject(state, q.user, q.user_id, now) {
+        Ok(x) => x,
+        Err(refused) => return refused,
+    };
     let subject = LockSubject {
         user: q.user,
         roles: &effective.roles,
@@ -208,18 +230,10 @@ pub struct DbLogin<'a> {
 /// database user as a login), then `db_labels`/`db_users`/`db_names`
 /// with deny winning.
 pub fn decide_db_login(state: &impl AccessState, q: &DbLogin, now: i64) -> AccessCheckResponse {
-    let user_doc = state.user(q.user);
-    if user_doc.as_ref().is_some_and(|u| !same_user(u, q.user_id)) {
-        return AccessCheckResponse::denied(format!(
-            "this certificate was issued to an earlier user named {}, since deleted; run 'warden login'",
-            q.user
-        ));
-    }
-    let locks = locks_in_force(state.locks(), now);
-    let effective = user_doc
-        .as_ref()
-        .map(|u| effective(u, &state.requests(), &locks, now))
-        .unwrap_or_default();
+    let (user_doc, locks, effective) = match subject(state, q.user, q.user_id, now) {
+        Ok(x) => x,
+        Err(refused) => return refused,
+    };
     for target in [q.service, (q.database, q.database)] {
         let subject = LockSubject {
             user: q.user,

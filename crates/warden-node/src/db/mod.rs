@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use warden_types::api::DatabaseHeartbeat;
 use warden_types::audit::{codes, AuditEvent};
 use warden_types::{IdentityKind, ALPN_DB_MYSQL, ALPN_DB_POSTGRES};
@@ -453,6 +453,136 @@ impl Conn {
         }
         let id = self.identity.db.register(live);
         (Registered(&self.identity.db, id), end_rx)
+    }
+}
+
+/// What a protocol's relay reads off each direction: the statements the
+/// bytes ran, for the audit log, and the reason the connection must end,
+/// if they give one (the statements before it still count). Pure: the
+/// relay loop does the I/O.
+trait Audit: Send {
+    fn client(&mut self, bytes: &[u8]) -> (Vec<warden_db::QueryRecord>, Option<String>);
+    fn server(&mut self, bytes: &[u8]) -> (Vec<warden_db::QueryRecord>, Option<String>);
+    /// What the client is told when the connection is ended (a lock).
+    fn farewell(&self, why: &str) -> Option<Vec<u8>>;
+}
+
+impl Conn {
+    /// Audits the start, relays until a side leaves or the connection must
+    /// end (a lock, a policy change), and audits the end. `early`: what
+    /// the client and the server sent after the start, already read but not
+    /// yet passed on.
+    async fn relay<C, S, A>(
+        &self,
+        session: &Session,
+        roles: &[String],
+        (client, server): (C, S),
+        early: (Vec<u8>, Vec<u8>),
+        audit: A,
+    ) -> anyhow::Result<()>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+        A: Audit,
+    {
+        let start = session
+            .event(
+                codes::DB_SESSION_START,
+                format!(
+                    "{} connected to database {} as {}",
+                    self.user, self.db.name, session.db_user
+                ),
+            )
+            .with("roles", roles.to_vec());
+        self.identity.emit(start).await;
+        let (_registered, mut end_rx) = self.register(session, roles);
+        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
+        let auditor = tokio::spawn(audit_writer(self.identity.clone(), rx));
+        let audit = Mutex::new(audit);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut sr, mut sw) = tokio::io::split(server);
+        let ended = tokio::select! {
+            r = pump(&mut cr, &mut sw, &audit, Direction::Up, &early.0, session, &tx) => r.err().map(|e| format!("{e:#}")),
+            r = pump(&mut sr, &mut cw, &audit, Direction::Down, &early.1, session, &tx) => r.err().map(|e| format!("{e:#}")),
+            why = end_rx.recv() => {
+                let why = why.unwrap_or_else(|| "ended".into());
+                let farewell = audit.lock().unwrap_or_else(|p| p.into_inner()).farewell(&why);
+                if let Some(bytes) = farewell {
+                    let _ = cw.write_all(&bytes).await;
+                    let _ = cw.flush().await;
+                }
+                let _ = cw.shutdown().await;
+                let _ = sw.shutdown().await;
+                let _ = tx.send(session.event(codes::DB_SESSION_TERMINATED, why.clone())).await;
+                Some(why)
+            }
+        };
+        let mut end = session.event(
+            codes::DB_SESSION_END,
+            format!("{} left database {}", self.user, self.db.name),
+        );
+        if let Some(why) = ended {
+            end = end.with("reason", why);
+        }
+        let _ = tx.send(end).await;
+        drop(tx);
+        let _ = auditor.await;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Client to database.
+    Up,
+    /// Database to client.
+    Down,
+}
+
+/// One direction of a relay: bytes read, audited, passed on (`first`:
+/// bytes already read, passed on before anything else).
+async fn pump<R, W, A>(
+    r: &mut R,
+    w: &mut W,
+    audit: &Mutex<A>,
+    direction: Direction,
+    first: &[u8],
+    session: &Session,
+    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
+) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    A: Audit,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = first;
+    loop {
+        let bytes: &[u8] = if !pending.is_empty() {
+            std::mem::take(&mut pending)
+        } else {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            &buf[..n]
+        };
+        let (records, ends) = {
+            let mut a = audit.lock().unwrap_or_else(|p| p.into_inner());
+            match direction {
+                Direction::Up => a.client(bytes),
+                Direction::Down => a.server(bytes),
+            }
+        };
+        for q in records {
+            tx.send(query_event(session, q)).await?;
+        }
+        if let Some(why) = ends {
+            bail!("{why}");
+        }
+        w.write_all(bytes).await?;
+        w.flush().await?;
     }
 }
 

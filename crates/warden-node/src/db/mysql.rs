@@ -6,15 +6,15 @@
 //! with it (`REQUIRE SUBJECT '/CN=user'`), logs in without a password and
 //! relays, auditing each statement.
 
-use super::{audit_writer, fill, query_event, Conn, Session, AUDIT_QUEUE, CONNECT_TIMEOUT};
-use anyhow::{bail, Context};
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use super::{fill, Audit, Conn, Session, CONNECT_TIMEOUT};
+use anyhow::Context;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use warden_db::mysql::{
     build::packet, err_packet, greeting_for_client, handshake_for_server, parse_command,
     parse_handshake_response, Command, Packet, PacketDecoder, QueryLog,
 };
-use warden_types::audit::{codes, AuditEvent};
+use warden_db::QueryRecord;
+use warden_types::audit::codes;
 
 /// Reads the next packet from `r` through `dec`, holding any that follow.
 async fn next_packet<R: AsyncRead + Unpin>(
@@ -195,46 +195,20 @@ impl Conn {
                 }
             }
         }
-        let start = session
-            .event(
-                codes::DB_SESSION_START,
-                format!(
-                    "{} connected to database {} as {db_user}",
-                    self.user, self.db.name
-                ),
-            )
-            .with("roles", granted.roles.clone());
-        self.identity.emit(start).await;
-
-        let (_registered, mut end_rx) = self.register(&session, &granted.roles);
-        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
-        let auditor = tokio::spawn(audit_writer(self.identity.clone(), rx));
-        let log = Arc::new(Mutex::new(QueryLog::new()));
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let (mut sr, mut sw) = tokio::io::split(server);
-        let ended = tokio::select! {
-            r = upstream(&mut cr, &mut sw, &log, &session, &tx) => r.err().map(|e| format!("{e:#}")),
-            r = downstream(&mut sr, &mut cw, &log) => r.err().map(|e| format!("{e:#}")),
-            why = end_rx.recv() => {
-                let why = why.unwrap_or_else(|| "ended".into());
-                let _ = cw.shutdown().await;
-                let _ = sw.shutdown().await;
-                let ev = session.event(codes::DB_SESSION_TERMINATED, why.clone());
-                let _ = tx.send(ev).await;
-                Some(why)
-            }
+        let audit = MyAudit {
+            client: PacketDecoder::new(),
+            server: PacketDecoder::new(),
+            log: QueryLog::new(),
         };
-        let mut end = session.event(
-            codes::DB_SESSION_END,
-            format!("{} left database {}", self.user, self.db.name),
-        );
-        if let Some(why) = ended {
-            end = end.with("reason", why);
-        }
-        let _ = tx.send(end).await;
-        drop(tx);
-        let _ = auditor.await;
-        Ok(())
+        // Packets either side sent early are passed on first.
+        let early = |held: std::collections::VecDeque<Packet>| -> Vec<u8> {
+            held.into_iter()
+                .flat_map(|p| warden_db::mysql::build::packets(p.seq, &p.payload))
+                .collect()
+        };
+        let early = (early(cheld), early(sheld));
+        self.relay(&session, &granted.roles, (client, server), early, audit)
+            .await
     }
 
     /// Tells the client why in an ERR packet (sequence `seq`), and audits
@@ -260,78 +234,69 @@ impl Conn {
     }
 }
 
-/// Client to database: each command decoded, audited and passed on.
-async fn upstream<R, W>(
-    r: &mut R,
-    w: &mut W,
-    log: &Mutex<QueryLog>,
-    session: &Session,
-    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
-) -> anyhow::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut decoder = PacketDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-        let packets = decoder.push(&buf[..n]).context("the client sent")?;
-        let mut records = Vec::new();
+/// MySQL's side of the relay: commands decoded and audited (a prepared
+/// statement at its PREPARE and at each execute), refused ones ending the
+/// connection; the server's first answer to each command read for the
+/// ids of prepared statements.
+struct MyAudit {
+    client: PacketDecoder,
+    server: PacketDecoder,
+    log: QueryLog,
+}
+
+impl Audit for MyAudit {
+    fn client(&mut self, bytes: &[u8]) -> (Vec<QueryRecord>, Option<String>) {
+        let packets = match self.client.push(bytes) {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), Some(format!("the client sent {e}"))),
+        };
+        let mut out = Vec::new();
         for p in packets.iter().filter(|p| p.seq == 0) {
-            let c = parse_command(&p.payload).context("the client sent")?;
+            let c = match parse_command(&p.payload) {
+                Ok(c) => c,
+                Err(e) => return (out, Some(format!("the client sent {e}"))),
+            };
             if let Some(what) = refused(&c) {
-                bail!("the client sent {what}, which Warden does not pass on");
+                return (
+                    out,
+                    Some(format!(
+                        "the client sent {what}, which Warden does not pass on"
+                    )),
+                );
             }
             // A prepared statement's text is audited when it is prepared
             // too, so no statement reaches the server without its text in
             // the log, whatever the server's answers (the executes that
             // follow are named by the id it gives).
             if let Command::Prepare(q) = &c {
-                records.push(warden_db::QueryRecord {
+                out.push(QueryRecord {
                     query: warden_db::audit_text(&format!("PREPARE {q}")),
                     params: Vec::new(),
                 });
             }
-            if let Some(q) = log.lock().unwrap_or_else(|p| p.into_inner()).client(&c) {
-                records.push(q);
+            if let Some(q) = self.log.client(&c) {
+                out.push(q);
             }
         }
-        for q in records {
-            tx.send(query_event(session, q)).await?;
-        }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
+        (out, None)
     }
-}
 
-/// Database to client: the first answer to each command read (a prepared
-/// statement's id), then passed on.
-async fn downstream<R, W>(r: &mut R, w: &mut W, log: &Mutex<QueryLog>) -> anyhow::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut decoder = PacketDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-        let packets = decoder.push(&buf[..n]).context("the database sent")?;
+    fn server(&mut self, bytes: &[u8]) -> (Vec<QueryRecord>, Option<String>) {
+        let packets = match self.server.push(bytes) {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), Some(format!("the database sent {e}"))),
+        };
         for p in packets.iter().filter(|p| p.seq == 1) {
-            log.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .prepared(&p.payload)
-                .context("the database sent")?;
+            if let Err(e) = self.log.prepared(&p.payload) {
+                return (Vec::new(), Some(format!("the database sent {e}")));
+            }
         }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
+        (Vec::new(), None)
+    }
+
+    fn farewell(&self, _why: &str) -> Option<Vec<u8>> {
+        // Mid-exchange, no packet the client expects could say it: the
+        // connection closes, and the audit log says why.
+        None
     }
 }

@@ -3,19 +3,19 @@
 //! signs a client certificate; the service opens the database with it
 //! (TLS, `hostssl ... cert`) and relays, auditing each statement.
 
-use super::{audit_writer, fill, query_event, Conn, Session};
+use super::{fill, Audit, Conn, Session};
 use anyhow::{bail, Context};
-use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use warden_db::postgres::{
     fatal, parse_startup, parse_startup_reply, BackendDecoder, FrontendDecoder, QueryLog, Startup,
     StartupReply,
 };
-use warden_types::audit::{codes, AuditEvent};
+use warden_db::QueryRecord;
+use warden_types::audit::codes;
 
 /// PostgreSQL's SSLRequest packet.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
-use super::{AUDIT_QUEUE, CONNECT_TIMEOUT};
+use super::CONNECT_TIMEOUT;
 
 impl Conn {
     pub(super) async fn run_postgres<C>(self, mut client: C) -> anyhow::Result<()>
@@ -126,49 +126,21 @@ impl Conn {
                 Err(e) => bail!("the database's startup: {e}"),
             }
         }
-        let start = session
-            .event(
-                codes::DB_SESSION_START,
-                format!(
-                    "{} connected to database {} as {db_user}",
-                    self.user, self.db.name
-                ),
-            )
-            .with("roles", granted.roles.clone());
-        self.identity.emit(start).await;
-
-        let (_registered, mut end_rx) = self.register(&session, &granted.roles);
-        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
-        let auditor = tokio::spawn(audit_writer(self.identity.clone(), rx));
-        let log = Arc::new(Mutex::new(QueryLog::new()));
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let (mut sr, mut sw) = tokio::io::split(server);
-        let ended = tokio::select! {
-            r = upstream(&mut cr, &mut sw, &log, &session, &tx) => r.err().map(|e| format!("{e:#}")),
-            r = downstream(&mut sr, &mut cw, &reply, &log, &session, &tx) => r.err().map(|e| format!("{e:#}")),
-            why = end_rx.recv() => {
-                let why = why.unwrap_or_else(|| "ended".into());
-                let _ = cw
-                    .write_all(&fatal("57P01", &format!("warden: session terminated: {why}")))
-                    .await;
-                let _ = cw.flush().await;
-                let _ = cw.shutdown().await;
-                let ev = session.event(codes::DB_SESSION_TERMINATED, why.clone());
-                let _ = tx.send(ev).await;
-                Some(why)
-            }
+        let audit = PgAudit {
+            front: FrontendDecoder::new(),
+            back: BackendDecoder::new(),
+            log: QueryLog::new(),
         };
-        let mut end = session.event(
-            codes::DB_SESSION_END,
-            format!("{} left database {}", self.user, self.db.name),
-        );
-        if let Some(why) = ended {
-            end = end.with("reason", why);
-        }
-        let _ = tx.send(end).await;
-        drop(tx);
-        let _ = auditor.await;
-        Ok(())
+        // What the client sent after its startup packet, without waiting
+        // for the answer, goes on first.
+        self.relay(
+            &session,
+            &granted.roles,
+            (client, server),
+            (buf, reply),
+            audit,
+        )
+        .await
     }
 
     /// Tells the client why, in PostgreSQL's words, and audits it.
@@ -223,96 +195,46 @@ impl Conn {
     }
 }
 
-/// Client to database: every message decoded (a simple query is named as
-/// sent), then passed on.
-async fn upstream<R, W>(
-    r: &mut R,
-    w: &mut W,
-    log: &Mutex<QueryLog>,
-    session: &Session,
-    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
-) -> anyhow::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut decoder = FrontendDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-        let (messages, err) = decoder.push(&buf[..n]);
-        let mut records = Vec::new();
-        {
-            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            for m in &messages {
-                if let Some(q) = log.client(m)? {
-                    records.push(q);
-                }
-            }
-        }
-        for q in records {
-            tx.send(query_event(session, q)).await?;
-        }
-        if let Some(e) = err {
-            bail!("the client sent {e}");
-        }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
-    }
+/// PostgreSQL's side of the relay: client messages decoded (a simple
+/// query is named as sent), server message types followed (an
+/// extended-protocol statement is named when the server completes it).
+struct PgAudit {
+    front: FrontendDecoder,
+    back: BackendDecoder,
+    log: QueryLog,
 }
 
-/// Database to client: message types followed (an extended-protocol
-/// statement is named when the server completes it), then passed on.
-async fn downstream<R, W>(
-    r: &mut R,
-    w: &mut W,
-    leftover: &[u8],
-    log: &Mutex<QueryLog>,
-    session: &Session,
-    tx: &tokio::sync::mpsc::Sender<AuditEvent>,
-) -> anyhow::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut decoder = BackendDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending = leftover.to_vec();
-    loop {
-        let n = if pending.is_empty() {
-            let n = r.read(&mut buf).await?;
-            if n == 0 {
-                let _ = w.shutdown().await;
-                return Ok(());
-            }
-            n
-        } else {
-            let n = pending.len().min(buf.len());
-            buf[..n].copy_from_slice(&pending[..n]);
-            pending.drain(..n);
-            n
-        };
-        let (tags, err) = decoder.push(&buf[..n]);
-        let mut records = Vec::new();
-        {
-            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            for tag in tags {
-                if let Some(q) = log.server(tag)? {
-                    records.push(q);
-                }
+impl Audit for PgAudit {
+    fn client(&mut self, bytes: &[u8]) -> (Vec<QueryRecord>, Option<String>) {
+        let (messages, err) = self.front.push(bytes);
+        let mut out = Vec::new();
+        for m in &messages {
+            match self.log.client(m) {
+                Ok(Some(q)) => out.push(q),
+                Ok(None) => {}
+                Err(e) => return (out, Some(format!("the client sent {e}"))),
             }
         }
-        for q in records {
-            tx.send(query_event(session, q)).await?;
+        (out, err.map(|e| format!("the client sent {e}")))
+    }
+
+    fn server(&mut self, bytes: &[u8]) -> (Vec<QueryRecord>, Option<String>) {
+        let (tags, err) = self.back.push(bytes);
+        let mut out = Vec::new();
+        for tag in tags {
+            match self.log.server(tag) {
+                Ok(Some(q)) => out.push(q),
+                Ok(None) => {}
+                Err(e) => return (out, Some(format!("the database sent {e}"))),
+            }
         }
-        if let Some(e) = err {
-            bail!("the database sent {e}");
-        }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
+        (out, err.map(|e| format!("the database sent {e}")))
+    }
+
+    fn farewell(&self, why: &str) -> Option<Vec<u8>> {
+        Some(fatal(
+            "57P01",
+            &format!("warden: session terminated: {why}"),
+        ))
     }
 }

@@ -266,7 +266,7 @@ fn the_readme_shows_the_database_setup() {
 }
 
 #[test]
-fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
+fn postgres_and_mariadb_through_the_proxy_with_certificates_rbac_audit_and_locks() {
     let dir = temp_dir("db");
     let c = Cluster::start(&dir);
 
@@ -545,49 +545,69 @@ fn postgres_through_the_proxy_with_certificates_rbac_audit_and_locks() {
     drop(said);
     assert_eq!(out.stdout.trim(), "43", "{}", out.all());
 
-    // A lock ends a live session within seconds.
-    let mut live = Command::new(WARDEN)
-        .args([
-            "db",
-            "connect",
-            "pg1",
-            "--db-user",
-            "reader",
-            "--db-name",
-            "app",
-        ])
-        .args(["--", "-X", "-c", "select pg_sleep(120)"])
-        .env("WARDEN_HOME", dir.join("alice"))
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // A lock ends live sessions within seconds: one on PostgreSQL, one on
+    // MariaDB.
+    let live = |db: &str, sql: &str| {
+        Command::new(WARDEN)
+            .args([
+                "db",
+                "connect",
+                db,
+                "--db-user",
+                "reader",
+                "--db-name",
+                "app",
+                "--",
+            ])
+            .args(if db == "pg1" {
+                ["-X", "-c", sql]
+            } else {
+                ["-N", "-e", sql]
+            })
+            .env("WARDEN_HOME", dir.join("alice"))
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let before = events_of(&c, "db.session.start").len();
-    wait_for("the live session to start", || {
-        events_of(&c, "db.session.start").len() > before
+    let mut sessions = [
+        live("pg1", "select pg_sleep(120)"),
+        live("my1", "select sleep(120)"),
+    ];
+    wait_for("the live sessions to start", || {
+        events_of(&c, "db.session.start").len() >= before + 2
     });
     c.admin(&["lock", "--user", "alice", "--reason", "INC-7"])
         .expect_ok();
     let locked_at = Instant::now();
-    let ended = loop {
-        if let Some(status) = live.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            locked_at.elapsed() < Duration::from_secs(5),
-            "the session outlived the lock"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = finish(live, None);
-    assert!(!ended.success(), "{}", out.all());
+    for s in &mut sessions {
+        let ended = loop {
+            if let Some(status) = s.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                locked_at.elapsed() < Duration::from_secs(5),
+                "a session outlived the lock"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!ended.success());
+    }
+    let [pg, my] = sessions;
+    let out = finish(pg, None);
     assert!(out.stderr.contains("INC-7"), "{}", out.all());
-    wait_for("the termination in the audit log", || {
-        events_of(&c, "db.session.terminated")
-            .iter()
-            .any(|e| e["user"] == "alice")
+    let out = finish(my, None);
+    assert!(out.stderr.contains("Lost connection"), "{}", out.all());
+    wait_for("both terminations in the audit log", || {
+        let ended = events_of(&c, "db.session.terminated");
+        ["pg1", "my1"].iter().all(|db| {
+            ended
+                .iter()
+                .any(|e| e["user"] == "alice" && e["fields"]["database"] == *db)
+        })
     });
     let out = psql(
         &c,

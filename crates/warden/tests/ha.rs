@@ -933,7 +933,14 @@ fn recording_store_outage_on_s3_loses_nothing() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    let waiting = metric(diag, "warden_node_spooled_recordings");
+    // The node counts them as its upload loop comes round: a moment on a
+    // loaded machine.
+    let counted = std::time::Instant::now();
+    let mut waiting = metric(diag, "warden_node_spooled_recordings");
+    while waiting < 3 && counted.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        waiting = metric(diag, "warden_node_spooled_recordings");
+    }
     assert!(waiting >= 3, "recordings waiting on the node: {waiting}");
     let ready = http_get(diag, "/readyz");
     assert!(ready.contains("recording store unavailable"), "{ready}");

@@ -624,9 +624,12 @@ impl Cluster {
         path
     }
 
-    /// Waits until the node named `name` is reachable for `home`'s user.
+    /// Waits until the node named `name` is reachable for `home`'s user:
+    /// up to a minute, as a node whose tunnel failed for a while retries
+    /// only every 15-45 s (its backoff).
     pub fn wait_reachable(&self, home: &str, login: &str, name: &str) {
-        for _ in 0..100 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
             if self
                 .run_as(
                     home,

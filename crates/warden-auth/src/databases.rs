@@ -153,6 +153,26 @@ pub(crate) fn validate(dbs: &[DatabaseHeartbeat]) -> Result<()> {
     Ok(())
 }
 
+/// A database CA certificate's request: no Warden identity, valid from a
+/// minute ago (clock skew) for `ttl`.
+fn cert_request(
+    common_name: String,
+    (dns_names, ips): (Vec<String>, Vec<std::net::IpAddr>),
+    ttl: Duration,
+    usage: Usage,
+) -> CertRequest {
+    let now = OffsetDateTime::now_utc();
+    CertRequest {
+        common_name,
+        dns_names,
+        ips,
+        identity: None,
+        not_before: now - Duration::minutes(1),
+        not_after: now + ttl,
+        usage,
+    }
+}
+
 fn ed25519_key(b64: &str) -> Result<[u8; 32]> {
     data_encoding::BASE64
         .decode(b64.as_bytes())
@@ -224,21 +244,13 @@ async fn client_cert(
         return Err(AuthError::AccessDenied(decision.reason));
     }
     let (signer, pems) = s.db_ca().await?;
-    let now = OffsetDateTime::now_utc();
-    let cert_pem = tls::issue_for_ed25519(
-        &*signer,
-        &pems[0],
-        key,
-        &CertRequest {
-            common_name: req.db_user.clone(),
-            dns_names: vec![],
-            ips: vec![],
-            identity: None,
-            not_before: now - Duration::minutes(1),
-            not_after: now + CLIENT_CERT_TTL,
-            usage: Usage::Client,
-        },
-    )?;
+    let request = cert_request(
+        req.db_user.clone(),
+        (vec![], vec![]),
+        CLIENT_CERT_TTL,
+        Usage::Client,
+    );
+    let cert_pem = tls::issue_for_ed25519(&*signer, &pems[0], key, &request)?;
     Ok(Json(DbCertResponse {
         cert_pem,
         ca_pems: pems,
@@ -278,22 +290,9 @@ async fn server_cert(
         ));
     }
     let (signer, pems) = s.db_ca().await?;
-    let now = OffsetDateTime::now_utc();
-    let cert_pem = tls::issue_for_ed25519(
-        &*signer,
-        &pems[0],
-        key,
-        &CertRequest {
-            common_name: req.hosts[0].clone(),
-            dns_names: dns,
-            ips,
-            identity: None,
-            not_before: now - Duration::minutes(1),
-            not_after: now + ttl,
-            usage: Usage::Server,
-        },
-    )
-    .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+    let request = cert_request(req.hosts[0].clone(), (dns, ips), ttl, Usage::Server);
+    let cert_pem = tls::issue_for_ed25519(&*signer, &pems[0], key, &request)
+        .map_err(|e| AuthError::BadRequest(e.to_string()))?;
     tracing::info!(user = %c.identity.username, hosts = ?req.hosts, "issued a database server certificate");
     Ok(Json(DbCertResponse {
         cert_pem,

@@ -350,30 +350,12 @@ impl NodeIdentity {
 
     /// Records an audit event: spooled durably here, then delivered to auth
     /// in order (later, if auth is unreachable now).
-    pub async fn emit(&self, mut event: AuditEvent) {
-        event.cluster = self.state.cluster.clone();
-        event.node = Some(self.state.node_id.clone());
-        let spool = self.events.clone();
-        let pushed = tokio::task::spawn_blocking(move || {
-            let r = spool.push(&event);
-            (r, event)
-        })
-        .await;
-        match pushed {
-            Ok((Ok(()), _)) => {}
-            Ok((Err(e), event)) => {
-                // The spool is unusable (disk full?): try auth directly.
-                tracing::error!(error = %e, "cannot spool an audit event; sending it directly");
-                if let Err(e) = self.send_event(&event).await {
-                    tracing::error!(error = %format!("{e:#}"), event = %event.event_type, "audit event lost");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "audit spool task failed"),
-        }
+    pub async fn emit(&self, event: AuditEvent) {
+        self.emit_all(vec![event]).await
     }
 
-    /// Records several audit events with one durable write (a database
-    /// connection's statements).
+    /// Records audit events with one durable write (a database
+    /// connection's statements come in batches).
     pub async fn emit_all(&self, mut events: Vec<AuditEvent>) {
         for e in &mut events {
             e.cluster = self.state.cluster.clone();
@@ -388,6 +370,7 @@ impl NodeIdentity {
         match pushed {
             Ok((Ok(()), _)) => {}
             Ok((Err(e), events)) => {
+                // The spool is unusable (disk full?): try auth directly.
                 tracing::error!(error = %e, "cannot spool audit events; sending them directly");
                 if let Err(e) = self.send_events(&events).await {
                     tracing::error!(error = %format!("{e:#}"), count = events.len(), "audit events lost");
@@ -395,12 +378,6 @@ impl NodeIdentity {
             }
             Err(e) => tracing::error!(error = %e, "audit spool task failed"),
         }
-    }
-
-    /// Sends one event to auth; it is stored once even if sent again.
-    pub async fn send_event(&self, event: &AuditEvent) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.api()?.call(&endpoints::EVENT, event).await?;
-        Ok(())
     }
 
     /// Sends events (oldest first) in one request and one durable write.

@@ -134,6 +134,16 @@ fn subject(
     Ok((user_doc, locks, effective))
 }
 
+/// The roles that ask for MFA before each session, for a refusal's words.
+fn session_mfa_roles(roles: &[Document<RoleSpec>]) -> String {
+    roles
+        .iter()
+        .filter(|r| r.spec.options.require_mfa == RequireMfa::Session)
+        .map(|r| r.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn roles_named(state: &impl AccessState, names: &[String]) -> Vec<Document<RoleSpec>> {
     names.iter().filter_map(|n| state.role(n)).collect()
 }
@@ -183,14 +193,9 @@ pub fn decide_node_login(state: &impl AccessState, q: &NodeLogin, now: i64) -> A
     let mut allowed = decision.allowed;
     if allowed && options.session_mfa && q.mfa_node != Some(q.node_id) {
         allowed = false;
-        let asking: Vec<&str> = roles
-            .iter()
-            .filter(|r| r.spec.options.require_mfa == RequireMfa::Session)
-            .map(|r| r.name())
-            .collect();
         reason = format!(
             "role {} requires a fresh MFA check for each session; connect with 'warden ssh' (it asks for a one-time code)",
-            asking.join(", ")
+            session_mfa_roles(&roles)
         );
     }
     AccessCheckResponse {
@@ -270,14 +275,9 @@ pub fn decide_db_login(state: &impl AccessState, q: &DbLogin, now: i64) -> Acces
     // role that requires it is not satisfied without it (fail closed).
     if allowed && crate::session_options(&roles).session_mfa {
         allowed = false;
-        let asking: Vec<&str> = roles
-            .iter()
-            .filter(|r| r.spec.options.require_mfa == RequireMfa::Session)
-            .map(|r| r.name())
-            .collect();
         reason = format!(
             "role {} requires a fresh MFA check for each session, which database connections do not offer yet",
-            asking.join(", ")
+            session_mfa_roles(&roles)
         );
     }
     AccessCheckResponse {

@@ -105,8 +105,7 @@ impl EventSpool {
 
     /// Stores `event` durably; the delivery loop sends it.
     pub fn push(&self, event: &AuditEvent) -> std::io::Result<()> {
-        let body = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-        self.write(&body, 1)
+        self.push_all(std::slice::from_ref(event))
     }
 
     /// Stores `events` durably, in order, with one synced write per
@@ -115,7 +114,12 @@ impl EventSpool {
     /// the bottleneck.
     pub fn push_all(&self, events: &[AuditEvent]) -> std::io::Result<()> {
         for chunk in events.chunks(MAX_PER_FILE) {
-            let body = serde_json::to_vec(chunk).map_err(std::io::Error::other)?;
+            // One event is stored as itself, as `push` always stored it.
+            let body = match chunk {
+                [one] => serde_json::to_vec(one),
+                _ => serde_json::to_vec(chunk),
+            }
+            .map_err(std::io::Error::other)?;
             self.write(&body, chunk.len())?;
         }
         Ok(())
